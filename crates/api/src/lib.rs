@@ -1,0 +1,27 @@
+//! keel's wire contract: the generated etcd v3 client API (`etcdserverpb`,
+//! `mvccpb`), keel's peer API (`keelpb`), etcd's error strings
+//! ([`wire_error`]) and the key-range conventions every layer shares
+//! ([`key_range`]). Everything else in keel depends on this crate.
+
+#![allow(clippy::all)]
+
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+pub mod keelpb {
+    tonic::include_proto!("keelpb");
+}
+
+pub mod key_range;
+pub mod wire_error;
+
+pub use wire_error::WireError;
+
+/// The etcd API version keel reports in `Maintenance.Status` (clients such as
+/// etcdctl and Kubernetes compare it against their minimum).
+pub const REPORTED_ETCD_VERSION: &str = "3.5.0";

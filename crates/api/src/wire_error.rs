@@ -1,0 +1,127 @@
+//! etcd's client-visible errors, defined once with etcd's exact strings and
+//! gRPC codes. Clients match on these texts (clientv3's `rpctypes`), so they
+//! must never be reworded. Every other layer maps its domain errors onto
+//! [`WireError`]; only this file knows the strings.
+
+use tonic::{Code, Status};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+}
+
+impl WireError {
+    pub fn code(self) -> Code {
+        match self {
+            WireError::EmptyKey
+            | WireError::KeyNotFound
+            | WireError::ValueProvided
+            | WireError::LeaseProvided
+            | WireError::TooManyOps
+            | WireError::DuplicateKey
+            | WireError::RequestTooLarge => Code::InvalidArgument,
+            WireError::Compacted | WireError::FutureRevision => Code::OutOfRange,
+            WireError::LeaseNotFound | WireError::MemberNotFound => Code::NotFound,
+            WireError::NoLeader | WireError::LeaderChanged | WireError::Timeout | WireError::Stopped => {
+                Code::Unavailable
+            }
+        }
+    }
+
+    pub fn to_status(self) -> Status {
+        Status::new(self.code(), self.to_string())
+    }
+
+    /// Recognises a status produced by [`WireError::to_status`] (for example
+    /// one relayed by the leader to a follower, or received by a client).
+    pub fn from_status(status: &Status) -> Option<WireError> {
+        ALL.iter().copied().find(|error| error.code() == status.code() && status.message() == error.to_string())
+    }
+}
+
+const ALL: [WireError; 15] = [
+    WireError::EmptyKey,
+    WireError::KeyNotFound,
+    WireError::ValueProvided,
+    WireError::LeaseProvided,
+    WireError::TooManyOps,
+    WireError::DuplicateKey,
+    WireError::RequestTooLarge,
+    WireError::Compacted,
+    WireError::FutureRevision,
+    WireError::LeaseNotFound,
+    WireError::NoLeader,
+    WireError::LeaderChanged,
+    WireError::Timeout,
+    WireError::Stopped,
+    WireError::MemberNotFound,
+];
+
+impl From<WireError> for Status {
+    fn from(error: WireError) -> Status {
+        error.to_status()
+    }
+}
+
+impl From<crate::keelpb::ApplyErrorKind> for WireError {
+    fn from(kind: crate::keelpb::ApplyErrorKind) -> WireError {
+        use crate::keelpb::ApplyErrorKind;
+        match kind {
+            ApplyErrorKind::Compacted => WireError::Compacted,
+            ApplyErrorKind::FutureRevision => WireError::FutureRevision,
+            ApplyErrorKind::KeyNotFound => WireError::KeyNotFound,
+            ApplyErrorKind::LeaseNotFound => WireError::LeaseNotFound,
+            // An unknown kind can only come from a newer member; the closest
+            // honest answer is that the request did not complete here.
+            ApplyErrorKind::ApplyErrorUnspecified => WireError::Stopped,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_wire_error_round_trips_through_its_status() {
+        for error in ALL {
+            assert_eq!(WireError::from_status(&error.to_status()), Some(error));
+        }
+    }
+
+    #[test]
+    fn compacted_uses_etcds_exact_text_and_code() {
+        let status = WireError::Compacted.to_status();
+        assert_eq!(status.code(), Code::OutOfRange);
+        assert_eq!(status.message(), "etcdserver: mvcc: required revision has been compacted");
+    }
+}
