@@ -1,1 +1,21 @@
-//! placeholder
+//! keel's keyspace: etcd's MVCC semantics on sled, with no Raft and no gRPC.
+//!
+//! Invariants this crate keeps (see `store.rs` for how):
+//! - The store revision starts at 1 and grows by exactly one per write
+//!   request that changes something (a put, a delete that deletes, a txn
+//!   whose chosen branch writes); all changes of one request share that main
+//!   revision and are told apart by a sub-revision.
+//! - Per key: `create_revision` is the revision of the put that created the
+//!   current generation, `mod_revision` the last put, `version` counts puts
+//!   since creation; a delete writes a tombstone and ends the generation.
+//! - A read at revision R sees exactly the writes with revision <= R; reads
+//!   below the compacted revision fail with [`MvccError::Compacted`].
+//! - Everything an [`ApplyBatch`] changes (data and app meta such as the last
+//!   applied Raft log id) reaches sled in one atomic batch, so a crash never
+//!   leaves half of it.
+//! - Applying the same requests to equal stores gives byte-equal stores
+//!   ([`MvccStore::hash_kv`] proves it).
+
+mod store;
+
+pub use store::{ApplyBatch, KvHash, MvccError, MvccStore, SnapshotStats};
