@@ -1,1 +1,36 @@
-//! placeholder
+//! keel's replication layer: openraft 0.9 (storage-v2) wired to sled.
+//!
+//! - [`type_config`]: the openraft type configuration (node ids, member
+//!   records, the log entry payload = a group-committed batch of etcd writes).
+//! - [`log_store`]: the Raft log, vote and committed index in sled; durable
+//!   before acknowledged.
+//! - [`state_machine`]: applies committed batches to the mvcc keyspace and
+//!   builds / installs snapshots from / into it.
+//! - [`network`]: the client side of the peer protocol, one cached gRPC
+//!   channel per peer; [`peer_codec`] is the payload encoding both sides share.
+
+pub mod apply;
+pub mod log_store;
+pub mod network;
+pub mod peer_codec;
+pub mod snapshot_files;
+pub mod state_machine;
+pub mod type_config;
+
+pub use log_store::SledLogStore;
+pub use network::PeerNetwork;
+pub use state_machine::KeelStateMachine;
+pub use type_config::{KeelRaft, MemberNode, NodeId, TypeConfig};
+
+/// Errors opening keel's Raft storage.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftStorageError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("mvcc: {0}")]
+    Mvcc(#[from] keel_mvcc::MvccError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("corrupt record in {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}

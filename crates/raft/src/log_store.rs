@@ -1,0 +1,185 @@
+//! The Raft log, vote and committed index, in their own sled database.
+//!
+//! Durability rule (openraft's `RaftLogStorage` contract): a vote is
+//! reported saved, and appended entries are reported through
+//! `LogFlushed::log_io_completed`, only after `sled::Db::flush_async` has
+//! made them durable (sled fsyncs its log on flush). A member therefore never
+//! votes twice in a term or acknowledges an entry it could lose in a crash.
+//! Truncation and purge are flushed too before they return.
+//!
+//! Layout: tree `log` maps the big-endian u64 index to a bincode entry; tree
+//! `raft_state` holds `vote`, `committed` and `last_purged`.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
+
+use crate::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::RaftStorageError;
+
+const VOTE_KEY: &[u8] = b"vote";
+const COMMITTED_KEY: &[u8] = b"committed";
+const LAST_PURGED_KEY: &[u8] = b"last_purged";
+
+#[derive(Clone)]
+pub struct SledLogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    state: sled::Tree,
+}
+
+fn io_error(subject: ErrorSubject<u64>, verb: ErrorVerb, error: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(subject, verb, AnyError::new(&error)).into()
+}
+
+fn read_logs_error(error: impl std::error::Error + 'static) -> StorageError {
+    io_error(ErrorSubject::Logs, ErrorVerb::Read, error)
+}
+
+fn write_logs_error(error: impl std::error::Error + 'static) -> StorageError {
+    io_error(ErrorSubject::Logs, ErrorVerb::Write, error)
+}
+
+impl SledLogStore {
+    /// Opens (or creates) the log database in `path`.
+    pub fn open(path: &std::path::Path) -> Result<Self, RaftStorageError> {
+        let db = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).open()?;
+        let log = db.open_tree("log")?;
+        let state = db.open_tree("raft_state")?;
+        Ok(SledLogStore { db, log, state })
+    }
+
+    fn read_state<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        let Some(bytes) = self.state.get(key).map_err(read_logs_error)? else {
+            return Ok(None);
+        };
+        bincode::deserialize(&bytes).map(Some).map_err(read_logs_error)
+    }
+
+    fn write_state<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
+        let bytes = bincode::serialize(value).map_err(write_logs_error)?;
+        self.state.insert(key, bytes).map_err(write_logs_error)?;
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush_async().await.map_err(write_logs_error)?;
+        Ok(())
+    }
+
+    fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        let Some((_, bytes)) = self.log.last().map_err(read_logs_error)? else {
+            return Ok(None);
+        };
+        let entry: Entry = bincode::deserialize(&bytes).map_err(read_logs_error)?;
+        Ok(Some(entry.log_id))
+    }
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+impl RaftLogReader<TypeConfig> for SledLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&index) => index,
+            Bound::Excluded(&index) => index.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let mut entries = Vec::new();
+        for item in self.log.range(index_key(start)..) {
+            let (key, bytes) = item.map_err(read_logs_error)?;
+            let index = u64::from_be_bytes(key.as_ref().try_into().map_err(|_| {
+                read_logs_error(RaftStorageError::Corrupt { what: "log key", detail: format!("{key:?}") })
+            })?);
+            if !range.contains(&index) {
+                break;
+            }
+            entries.push(bincode::deserialize(&bytes).map_err(read_logs_error)?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for SledLogStore {
+    type LogReader = SledLogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.read_state(LAST_PURGED_KEY)?;
+        let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.write_state(VOTE_KEY, vote)
+            .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, AnyError::new(&e)))?;
+        self.flush().await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.read_state(VOTE_KEY)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not flushed here: the committed index only shortens recovery (it lets a
+        // restarted member re-apply without waiting for the leader); losing the
+        // latest value is safe because committed entries are re-learned from the leader.
+        self.write_state(COMMITTED_KEY, &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.read_state::<Option<LogId>>(COMMITTED_KEY)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes = bincode::serialize(&entry).map_err(write_logs_error)?;
+            batch.insert(&index_key(entry.log_id.index), bytes);
+        }
+        self.log.apply_batch(batch).map_err(write_logs_error)?;
+        let flushed = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
+        callback.log_io_completed(flushed);
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(since = %log_id, "truncating conflicting log entries");
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(index_key(log_id.index)..) {
+            let (key, _) = item.map_err(write_logs_error)?;
+            batch.remove(key);
+        }
+        self.log.apply_batch(batch).map_err(write_logs_error)?;
+        self.flush().await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(upto = %log_id, "purging log entries covered by a snapshot");
+        // Record the purge point first: a crash between the two steps leaves
+        // extra entries behind it, which get_log_state ignores.
+        self.write_state(LAST_PURGED_KEY, &log_id)?;
+        self.flush().await?;
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(..=index_key(log_id.index)) {
+            let (key, _) = item.map_err(write_logs_error)?;
+            batch.remove(key);
+        }
+        self.log.apply_batch(batch).map_err(write_logs_error)?;
+        self.flush().await
+    }
+}

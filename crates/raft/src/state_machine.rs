@@ -1,0 +1,277 @@
+//! openraft's `RaftStateMachine` over the mvcc keyspace.
+//!
+//! Durability rules kept here:
+//! - Every `apply` call commits the data changes of all its entries, the new
+//!   `last_applied` log id, the membership and the member attribute table in
+//!   ONE atomic mvcc batch. A restarted member therefore resumes from a state
+//!   that is exactly "all entries up to last_applied", never half of one.
+//! - The mvcc database may flush lazily (the Raft log replays what was lost),
+//!   except before a snapshot is reported built or installed: the log is
+//!   purged behind a snapshot, so the state it covers must be on disk first.
+//! - A snapshot is built under the apply gate, so the dump and the
+//!   `last_applied` it is labelled with describe the same point.
+
+use std::io::{BufReader, BufWriter, Seek, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use keel_mvcc::MvccStore;
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StorageIOError,
+};
+
+use crate::apply::{apply_write_batch, MemberAttributeTable};
+use crate::snapshot_files::SnapshotFiles;
+use crate::type_config::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::RaftStorageError;
+use keel_api::keelpb::WriteBatchOutcome;
+
+const LAST_APPLIED_KEY: &str = "raft/last_applied";
+const MEMBERSHIP_KEY: &str = "raft/membership";
+const MEMBER_ATTRIBUTES_KEY: &str = "keel/member_attributes";
+
+fn sm_error(verb: ErrorVerb, error: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::new(&error)).into()
+}
+
+fn snapshot_error(verb: ErrorVerb, error: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(ErrorSubject::Snapshot(None), verb, AnyError::new(&error)).into()
+}
+
+struct Shared {
+    store: MvccStore,
+    /// Held for writing while a batch is applied or a snapshot installed, for
+    /// reading while a snapshot is dumped.
+    apply_gate: RwLock<()>,
+    members: RwLock<MemberAttributeTable>,
+    snapshots: SnapshotFiles,
+}
+
+/// What the server reads from the state machine outside openraft.
+#[derive(Clone)]
+pub struct StateView {
+    shared: Arc<Shared>,
+}
+
+impl StateView {
+    pub fn store(&self) -> &MvccStore {
+        &self.shared.store
+    }
+
+    /// Names and client URLs the members published, by member id.
+    pub fn member_attributes(&self) -> MemberAttributeTable {
+        self.shared.members.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+pub struct KeelStateMachine {
+    shared: Arc<Shared>,
+    receiving: Vec<PathBuf>,
+}
+
+fn read_meta<T: serde::de::DeserializeOwned>(store: &MvccStore, key: &str) -> Result<Option<T>, RaftStorageError> {
+    match store.app_meta(key)? {
+        None => Ok(None),
+        Some(bytes) => bincode::deserialize(&bytes)
+            .map(Some)
+            .map_err(|e| RaftStorageError::Corrupt { what: "state machine meta", detail: e.to_string() }),
+    }
+}
+
+fn encode_meta<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
+    bincode::serialize(value).map_err(|e| sm_error(ErrorVerb::Write, e))
+}
+
+impl KeelStateMachine {
+    /// Opens the state machine over `store`, keeping snapshots in `snapshot_dir`.
+    pub fn open(store: MvccStore, snapshot_dir: &std::path::Path) -> Result<Self, RaftStorageError> {
+        let members = read_meta(&store, MEMBER_ATTRIBUTES_KEY)?.unwrap_or_default();
+        let snapshots = SnapshotFiles::open(snapshot_dir)?;
+        let shared =
+            Arc::new(Shared { store, apply_gate: RwLock::new(()), members: RwLock::new(members), snapshots });
+        Ok(KeelStateMachine { shared, receiving: Vec::new() })
+    }
+
+    pub fn view(&self) -> StateView {
+        StateView { shared: self.shared.clone() }
+    }
+
+    fn applied_state_now(&self) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
+        let last_applied = read_meta::<Option<LogId>>(&self.shared.store, LAST_APPLIED_KEY)?.flatten();
+        let membership = read_meta(&self.shared.store, MEMBERSHIP_KEY)?.unwrap_or_default();
+        Ok((last_applied, membership))
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for KeelStateMachine {
+    type SnapshotBuilder = KeelSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        self.applied_state_now().map_err(|e| sm_error(ErrorVerb::Read, e))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<WriteBatchOutcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let shared = &self.shared;
+        let _gate = shared.apply_gate.write().unwrap_or_else(|p| p.into_inner());
+        let mut members = shared.members.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut members_changed = false;
+        let mut batch = shared.store.begin_apply();
+        let mut outcomes = Vec::new();
+        let mut last_applied = None;
+        let mut membership = None;
+        for entry in entries {
+            last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => outcomes.push(WriteBatchOutcome::default()),
+                EntryPayload::Normal(write_batch) => {
+                    members_changed |= write_batch.requests.iter().any(|r| {
+                        matches!(r.request, Some(keel_api::keelpb::write_request::Request::MemberAttributes(_)))
+                    });
+                    let outcome = apply_write_batch(&mut batch, &mut members, &write_batch)
+                        .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+                    outcomes.push(outcome);
+                }
+                EntryPayload::Membership(new_membership) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id), new_membership));
+                    outcomes.push(WriteBatchOutcome::default());
+                }
+            }
+        }
+        if last_applied.is_none() {
+            return Ok(outcomes);
+        }
+        batch.set_app_meta(LAST_APPLIED_KEY, encode_meta(&last_applied)?);
+        if let Some(membership) = &membership {
+            batch.set_app_meta(MEMBERSHIP_KEY, encode_meta(membership)?);
+        }
+        if members_changed {
+            batch.set_app_meta(MEMBER_ATTRIBUTES_KEY, encode_meta(&members)?);
+        }
+        batch.commit().map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        if members_changed {
+            *shared.members.write().unwrap_or_else(|p| p.into_inner()) = members;
+        }
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> KeelSnapshotBuilder {
+        KeelSnapshotBuilder { shared: self.shared.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.shared.snapshots.partial_path("incoming");
+        let file = tokio::fs::File::create(&path).await.map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+        self.receiving.push(path);
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let Some(partial) = self.receiving.pop() else {
+            return Err(snapshot_error(
+                ErrorVerb::Read,
+                std::io::Error::other("install_snapshot without begin_receiving_snapshot"),
+            ));
+        };
+        let shared = self.shared.clone();
+        let meta_owned = meta.clone();
+        let mut file = snapshot.into_std().await;
+        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+            let read_error = |e: &dyn std::fmt::Display| {
+                snapshot_error(ErrorVerb::Read, std::io::Error::other(format!("installing snapshot: {e}")))
+            };
+            file.sync_all().map_err(|e| read_error(&e))?;
+            file.rewind().map_err(|e| read_error(&e))?;
+            let _gate = shared.apply_gate.write().unwrap_or_else(|p| p.into_inner());
+            let stats = shared.store.install_snapshot(&mut BufReader::new(&mut file)).map_err(|e| read_error(&e))?;
+            // The dump carries the meta of the point it was taken at; label it
+            // with what the leader says it is, which must agree.
+            let mut batch = shared.store.begin_apply();
+            batch.set_app_meta(LAST_APPLIED_KEY, encode_meta(&meta_owned.last_log_id)?);
+            batch.set_app_meta(MEMBERSHIP_KEY, encode_meta(&meta_owned.last_membership)?);
+            batch.commit().map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            shared.store.flush().map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            let members: MemberAttributeTable = read_meta(&shared.store, MEMBER_ATTRIBUTES_KEY)
+                .map_err(|e| read_error(&e))?
+                .unwrap_or_default();
+            *shared.members.write().unwrap_or_else(|p| p.into_inner()) = members;
+            shared.snapshots.commit(&meta_owned, &partial).map_err(|e| read_error(&e))?;
+            tracing::info!(
+                snapshot = %meta_owned.snapshot_id,
+                last_log_id = ?meta_owned.last_log_id,
+                records = stats.records,
+                bytes = stats.bytes,
+                "installed snapshot received from the leader"
+            );
+            Ok(())
+        })
+        .await
+        .map_err(|e| snapshot_error(ErrorVerb::Write, e))?
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let Some((meta, data_path)) =
+            self.shared.snapshots.current().map_err(|e| snapshot_error(ErrorVerb::Read, e))?
+        else {
+            return Ok(None);
+        };
+        let file = tokio::fs::File::open(&data_path).await.map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+    }
+}
+
+pub struct KeelSnapshotBuilder {
+    shared: Arc<Shared>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for KeelSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let shared = self.shared.clone();
+        let (meta, data_path) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
+            let write_error = |e: &dyn std::fmt::Display| {
+                snapshot_error(ErrorVerb::Write, std::io::Error::other(format!("building snapshot: {e}")))
+            };
+            let partial = shared.snapshots.partial_path("build");
+            let mut file = std::fs::File::create(&partial).map_err(|e| write_error(&e))?;
+            let (meta, stats) = {
+                let _gate = shared.apply_gate.read().unwrap_or_else(|p| p.into_inner());
+                let last_applied = read_meta::<Option<LogId>>(&shared.store, LAST_APPLIED_KEY)
+                    .map_err(|e| write_error(&e))?
+                    .flatten();
+                let last_membership: StoredMembership =
+                    read_meta(&shared.store, MEMBERSHIP_KEY).map_err(|e| write_error(&e))?.unwrap_or_default();
+                let mut writer = BufWriter::new(&mut file);
+                let stats = shared.store.write_snapshot(&mut writer).map_err(|e| write_error(&e))?;
+                writer.flush().map_err(|e| write_error(&e))?;
+                // The log is purged behind this snapshot: what it covers must be durable.
+                shared.store.flush().map_err(|e| write_error(&e))?;
+                let snapshot_id = match last_applied {
+                    Some(log_id) => format!("{}-{}-{}", log_id.leader_id.term, log_id.index, stats.records),
+                    None => format!("empty-{}", stats.records),
+                };
+                (SnapshotMeta { last_log_id: last_applied, last_membership, snapshot_id }, stats)
+            };
+            file.sync_all().map_err(|e| write_error(&e))?;
+            let data_path = shared.snapshots.commit(&meta, &partial).map_err(|e| write_error(&e))?;
+            tracing::info!(
+                snapshot = %meta.snapshot_id,
+                records = stats.records,
+                bytes = stats.bytes,
+                "built snapshot"
+            );
+            Ok((meta, data_path))
+        })
+        .await
+        .map_err(|e| snapshot_error(ErrorVerb::Write, e))??;
+        let file = tokio::fs::File::open(&data_path).await.map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
+    }
+}

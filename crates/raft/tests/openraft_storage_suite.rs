@@ -1,0 +1,31 @@
+//! Runs openraft's own storage conformance suite (`openraft::testing::Suite`)
+//! against keel's sled log store and mvcc-backed state machine.
+
+use keel_mvcc::MvccStore;
+use keel_raft::{KeelStateMachine, SledLogStore, TypeConfig};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::StorageError;
+
+struct SledStoreBuilder;
+
+impl StoreBuilder<TypeConfig, SledLogStore, KeelStateMachine, tempfile::TempDir> for SledStoreBuilder {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, SledLogStore, KeelStateMachine), StorageError<u64>> {
+        let dir = tempfile::tempdir().map_err(|e| StorageError::from_io_error(
+            openraft::ErrorSubject::Store,
+            openraft::ErrorVerb::Write,
+            e,
+        ))?;
+        let log = SledLogStore::open(&dir.path().join("raft")).expect("open log store");
+        let db = sled::open(dir.path().join("mvcc")).expect("open mvcc db");
+        let store = MvccStore::open(&db).expect("open mvcc store");
+        let sm = KeelStateMachine::open(store, &dir.path().join("snap")).expect("open state machine");
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn sled_log_store_and_mvcc_state_machine_pass_openraft_storage_suite() -> Result<(), StorageError<u64>> {
+    Suite::test_all(SledStoreBuilder)
+}
