@@ -1,1 +1,63 @@
-fn main() {}
+//! The `keel` binary: a member started with etcd's flags, or
+//! `keel local-cluster` to run a whole local cluster.
+
+mod cluster_service;
+mod config;
+mod context;
+mod election_timer;
+mod identity;
+mod kv_service;
+mod leader_log;
+mod leadership;
+mod maintenance_service;
+mod member;
+mod peer_service;
+mod read_path;
+mod request_checks;
+mod unserved_services;
+mod write_path;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "keel", version, about = "keel: a Raft-replicated key-value store speaking etcd's v3 API")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    member: config::MemberFlags,
+}
+
+#[derive(Subcommand)]
+enum Command {}
+
+fn init_logging(level: &str) {
+    let default = format!("{level},openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn");
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => {
+            init_logging(&cli.member.log_level);
+            member::run_member(cli.member, shutdown_signal()).await
+        }
+    }
+}

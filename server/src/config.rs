@@ -1,0 +1,159 @@
+//! The `keel` member's command line, with etcd's flag names, defaults and
+//! meanings, and the parsing of its URL lists.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MemberFlags {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Path to the data directory (default: ./<name>.keel).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic (comma-separated).
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub listen_client_urls: String,
+    /// This member's client URLs to advertise to the cluster (comma-separated).
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub advertise_client_urls: String,
+    /// URLs to listen on for peer traffic (comma-separated).
+    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    pub listen_peer_urls: String,
+    /// This member's peer URLs to advertise to the rest of the cluster.
+    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster configuration for bootstrapping: name=peer-url,...
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// Initial cluster state: 'new' or 'existing'.
+    #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+    /// Initial cluster token, so that clusters with the same members get different ids.
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to timeout; each election round
+    /// waits a fresh random time in [election-timeout, 2 x election-timeout).
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, default_value_t = 1572864)]
+    pub max_request_bytes: usize,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Number of committed log entries between two snapshots.
+    #[arg(long, default_value_t = 100000)]
+    pub snapshot_count: u64,
+    /// Log level: debug, info, warn, error.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+/// One member of the initial cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialMember {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+pub fn split_urls(list: &str) -> Vec<String> {
+    list.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_string).collect()
+}
+
+/// Parses `name=url,name=url2,other=url3` (a name may repeat for several URLs).
+pub fn parse_initial_cluster(spec: &str) -> anyhow::Result<Vec<InitialMember>> {
+    let mut members: Vec<InitialMember> = Vec::new();
+    for item in split_urls(spec) {
+        let (name, url) =
+            item.split_once('=').ok_or_else(|| anyhow!("--initial-cluster entry {item:?} is not name=url"))?;
+        if name.is_empty() || url.is_empty() {
+            bail!("--initial-cluster entry {item:?} is not name=url");
+        }
+        match members.iter_mut().find(|m| m.name == name) {
+            Some(member) => member.peer_urls.push(url.to_string()),
+            None => members.push(InitialMember { name: name.to_string(), peer_urls: vec![url.to_string()] }),
+        }
+    }
+    if members.is_empty() {
+        bail!("--initial-cluster is empty");
+    }
+    Ok(members)
+}
+
+/// Resolves an `http://host:port` URL to the socket address to bind.
+pub async fn listen_address(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("URL {url:?} must start with http:// (TLS is not supported yet)"))?;
+    let host_port = rest.trim_end_matches('/');
+    let mut addresses =
+        tokio::net::lookup_host(host_port).await.with_context(|| format!("cannot resolve listen URL {url:?}"))?;
+    addresses.next().ok_or_else(|| anyhow!("listen URL {url:?} resolves to no address"))
+}
+
+impl MemberFlags {
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.keel", self.name)))
+    }
+
+    pub fn initial_members(&self) -> anyhow::Result<Vec<InitialMember>> {
+        match &self.initial_cluster {
+            Some(spec) => parse_initial_cluster(spec),
+            None => Ok(vec![InitialMember {
+                name: self.name.clone(),
+                peer_urls: split_urls(&self.initial_advertise_peer_urls),
+            }]),
+        }
+    }
+
+    pub fn election_timeout(&self) -> Duration {
+        Duration::from_millis(self.election_timeout)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.heartbeat_interval == 0 {
+            bail!("--heartbeat-interval must be > 0");
+        }
+        if self.election_timeout < 5 * self.heartbeat_interval {
+            bail!(
+                "--election-timeout[{}ms] should be at least as 5 times as --heartbeat-interval[{}ms]",
+                self.election_timeout,
+                self.heartbeat_interval
+            );
+        }
+        if self.max_txn_ops == 0 {
+            bail!("--max-txn-ops must be > 0");
+        }
+        if self.snapshot_count == 0 {
+            bail!("--snapshot-count must be > 0");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_groups_urls_by_name() {
+        let members = parse_initial_cluster("a=http://127.0.0.1:1,b=http://127.0.0.1:2,a=http://127.0.0.1:3")
+            .expect("valid spec");
+        assert_eq!(members.len(), 2);
+        assert_eq!(members[0].peer_urls, vec!["http://127.0.0.1:1", "http://127.0.0.1:3"]);
+    }
+
+    #[test]
+    fn initial_cluster_rejects_entries_without_a_url() {
+        assert!(parse_initial_cluster("a").is_err());
+        assert!(parse_initial_cluster("a=").is_err());
+    }
+}

@@ -1,0 +1,59 @@
+//! What every service of a running member shares: its identity, its Raft
+//! handle, the read and write paths, the state machine view and the request
+//! limits; and the stamping of etcd's `ResponseHeader`.
+
+use keel_api::etcdserverpb::ResponseHeader;
+use keel_api::WireError;
+use keel_mvcc::MvccError;
+use keel_raft::state_machine::StateView;
+use keel_raft::KeelRaft;
+use tonic::Status;
+
+use crate::leadership::Leadership;
+use crate::read_path::ReadPath;
+use crate::request_checks::RequestLimits;
+use crate::write_path::WritePath;
+
+pub struct MemberContext {
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub raft: KeelRaft,
+    pub leadership: Leadership,
+    pub write_path: WritePath,
+    pub read_path: ReadPath,
+    pub state: StateView,
+    pub limits: RequestLimits,
+    pub raft_db_size: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl MemberContext {
+    /// A full header for a response produced at `revision` (or, when the
+    /// producing layer set none, at the current revision).
+    pub fn stamp(&self, header: Option<ResponseHeader>) -> Option<ResponseHeader> {
+        let revision = header.map_or_else(|| self.state.store().current_revision(), |h| h.revision);
+        Some(ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.leadership.current_term(),
+        })
+    }
+
+    pub fn header_now(&self) -> Option<ResponseHeader> {
+        self.stamp(None)
+    }
+}
+
+/// The one translation of mvcc's domain errors into etcd's gRPC statuses.
+pub fn mvcc_status(error: MvccError) -> Status {
+    match error {
+        MvccError::Compacted { .. } => WireError::Compacted.into(),
+        MvccError::FutureRevision { .. } => WireError::FutureRevision.into(),
+        MvccError::KeyNotFound => WireError::KeyNotFound.into(),
+        MvccError::LeaseNotFound => WireError::LeaseNotFound.into(),
+        storage => {
+            tracing::error!(error = %storage, "keyspace storage error");
+            Status::internal(format!("etcdserver: {storage}"))
+        }
+    }
+}

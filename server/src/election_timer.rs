@@ -1,0 +1,97 @@
+//! keel's own election timer, replacing openraft 0.9's.
+//!
+//! Invariant: every election round waits a FRESH random timeout drawn
+//! uniformly from [election-timeout, 2 x election-timeout) since the later
+//! of the last contact from a legitimate leader (or a vote this member
+//! granted) and this member's own last election attempt. openraft 0.9.25
+//! draws one timeout per member at start, so two members with close draws can
+//! split the vote round after round; redrawing each round breaks such ties.
+//!
+//! openraft's built-in election is disabled (`enable_elect = false`) and its
+//! `election_timeout_max` is set to the election timeout, which is also the
+//! leader lease during which followers reject vote requests; since every draw
+//! here is at least that long, a candidate never asks for votes while the
+//! voters still honour the previous leader's lease.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+use rand::Rng;
+
+use keel_raft::KeelRaft;
+
+/// When this member last heard from a leader (or granted a vote).
+#[derive(Clone)]
+pub struct LeaderContact {
+    origin: Instant,
+    last_contact_micros: Arc<AtomicU64>,
+}
+
+impl LeaderContact {
+    pub fn new() -> Self {
+        LeaderContact { origin: Instant::now(), last_contact_micros: Arc::new(AtomicU64::new(0)) }
+    }
+
+    pub fn touch(&self) {
+        let now = self.origin.elapsed().as_micros() as u64;
+        self.last_contact_micros.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn since_last_contact(&self) -> Duration {
+        let last = Duration::from_micros(self.last_contact_micros.load(Ordering::Relaxed));
+        self.origin.elapsed().saturating_sub(last)
+    }
+}
+
+pub fn draw_election_timeout(election_timeout: Duration) -> Duration {
+    let min = election_timeout.as_micros() as u64;
+    Duration::from_micros(rand::thread_rng().gen_range(min..min.saturating_mul(2).max(min + 1)))
+}
+
+/// Runs until the raft instance shuts down.
+pub async fn run_election_timer(raft: KeelRaft, contact: LeaderContact, election_timeout: Duration) {
+    let mut since_attempt = Instant::now();
+    loop {
+        let timeout = draw_election_timeout(election_timeout);
+        loop {
+            let quiet = contact.since_last_contact().min(since_attempt.elapsed());
+            if quiet >= timeout {
+                break;
+            }
+            tokio::time::sleep(timeout - quiet).await;
+        }
+        let metrics = raft.metrics().borrow().clone();
+        if metrics.running_state.is_err() {
+            return;
+        }
+        since_attempt = Instant::now();
+        let is_voter = metrics.membership_config.membership().voter_ids().any(|id| id == metrics.id);
+        if metrics.state == ServerState::Leader || !is_voter {
+            continue;
+        }
+        tracing::info!(
+            term = metrics.current_term,
+            waited_ms = timeout.as_millis() as u64,
+            "no leader heard from within the election timeout; starting an election"
+        );
+        if raft.trigger().elect().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_fall_in_one_to_two_election_timeouts_and_vary() {
+        let base = Duration::from_millis(300);
+        let draws: Vec<Duration> = (0..200).map(|_| draw_election_timeout(base)).collect();
+        assert!(draws.iter().all(|d| *d >= base && *d < base * 2));
+        let distinct: std::collections::BTreeSet<_> = draws.iter().collect();
+        assert!(distinct.len() > 150, "draws should differ round to round");
+    }
+}

@@ -1,0 +1,34 @@
+//! Tells the operator, through the member's log, what Raft is doing: this
+//! member won an election, stepped down, or follows a new leader; snapshots
+//! are logged where they are built and installed.
+
+use keel_raft::KeelRaft;
+use openraft::ServerState;
+
+pub async fn log_leadership_changes(raft: KeelRaft, member_name: String) {
+    let mut metrics = raft.metrics();
+    let mut last_state = ServerState::Learner;
+    let mut last_leader: Option<u64> = None;
+    loop {
+        let (state, leader, term, id) = {
+            let m = metrics.borrow_and_update();
+            (m.state, m.current_leader, m.current_term, m.id)
+        };
+        if state == ServerState::Leader && last_state != ServerState::Leader {
+            tracing::info!(member = %member_name, term, "elected leader");
+        } else if state != ServerState::Leader && last_state == ServerState::Leader {
+            tracing::info!(member = %member_name, term, "stepped down as leader");
+        }
+        if leader != last_leader && leader != Some(id) {
+            match leader {
+                Some(leader) => tracing::info!(member = %member_name, term, leader = %format!("{leader:x}"), "following leader"),
+                None => tracing::info!(member = %member_name, term, "lost the leader"),
+            }
+        }
+        last_state = state;
+        last_leader = leader;
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Who leads, as this member sees it, and bounded waiting for a leader.
+//!
+//! A leader that has not heard from a quorum for longer than the election
+//! timeout does not count as a leader (openraft 0.9 leaders do not step down
+//! on their own when cut off), so requests on a cut-off member fail with
+//! "etcdserver: no leader" instead of hanging.
+
+use std::time::Duration;
+
+use keel_api::WireError;
+use keel_raft::{KeelRaft, MemberNode, NodeId};
+use openraft::ServerState;
+use tokio::time::Instant;
+
+#[derive(Clone)]
+pub struct Leadership {
+    raft: KeelRaft,
+    self_id: NodeId,
+    election_timeout: Duration,
+}
+
+impl Leadership {
+    pub fn new(raft: KeelRaft, self_id: NodeId, election_timeout: Duration) -> Self {
+        Leadership { raft, self_id, election_timeout }
+    }
+
+    pub fn self_id(&self) -> NodeId {
+        self.self_id
+    }
+
+    /// The leader this member currently trusts, with its member record.
+    pub fn known_leader(&self) -> Option<(NodeId, MemberNode)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        if leader == self.self_id {
+            if metrics.state != ServerState::Leader {
+                return None;
+            }
+            let voters = metrics.membership_config.membership().voter_ids().count();
+            let lease_ms = self.election_timeout.as_millis() as u64;
+            if voters > 1 && metrics.millis_since_quorum_ack.is_some_and(|ms| ms > lease_ms) {
+                return None;
+            }
+        }
+        let node = metrics.membership_config.membership().get_node(&leader)?.clone();
+        Some((leader, node))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.known_leader().is_some_and(|(id, _)| id == self.self_id)
+    }
+
+    /// Waits until a leader is known, or fails with "no leader" at `deadline`.
+    pub async fn wait_for_leader(&self, deadline: Instant) -> Result<(NodeId, MemberNode), WireError> {
+        loop {
+            if let Some(leader) = self.known_leader() {
+                return Ok(leader);
+            }
+            if Instant::now() >= deadline {
+                return Err(WireError::NoLeader);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn current_term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+}

@@ -1,0 +1,86 @@
+//! The etcd `Maintenance` service: `Status`, `HashKV` and alarm listing
+//! (keel raises no alarms yet); the rest answers UNIMPLEMENTED.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use keel_api::etcdserverpb::maintenance_server::Maintenance;
+use keel_api::etcdserverpb::{
+    alarm_request, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest,
+    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest,
+    SnapshotResponse, StatusRequest, StatusResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::context::{mvcc_status, MemberContext};
+
+pub struct MaintenanceService {
+    context: Arc<MemberContext>,
+}
+
+impl MaintenanceService {
+    pub fn new(context: Arc<MemberContext>) -> Self {
+        MaintenanceService { context }
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        if request.get_ref().action() != alarm_request::AlarmAction::Get {
+            return Err(Status::unimplemented("keel: raising or clearing alarms is not supported yet"));
+        }
+        Ok(Response::new(AlarmResponse { header: self.context.header_now(), alarms: Vec::new() }))
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let context = &self.context;
+        let metrics = context.raft.metrics().borrow().clone();
+        let leader = context.leadership.known_leader().map_or(0, |(id, _)| id);
+        let db_size = context.state.store().size_on_disk() + (context.raft_db_size)();
+        let is_learner = !metrics.membership_config.membership().voter_ids().any(|id| id == context.member_id);
+        Ok(Response::new(StatusResponse {
+            header: context.header_now(),
+            version: keel_api::REPORTED_ETCD_VERSION.to_string(),
+            db_size: db_size as i64,
+            leader,
+            raft_index: metrics.last_log_index.unwrap_or(0),
+            raft_term: metrics.current_term,
+            raft_applied_index: metrics.last_applied.map_or(0, |id| id.index),
+            errors: Vec::new(),
+            db_size_in_use: db_size as i64,
+            is_learner,
+        }))
+    }
+
+    async fn defragment(&self, _: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        Err(Status::unimplemented("keel: Defragment is not supported yet"))
+    }
+
+    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        Err(Status::unimplemented("keel: Hash is not supported; use HashKV"))
+    }
+
+    async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        let hash = self.context.state.store().hash_kv(request.get_ref().revision).map_err(mvcc_status)?;
+        Ok(Response::new(HashKvResponse {
+            header: self.context.header_now(),
+            hash: hash.hash,
+            compact_revision: hash.compact_revision,
+            hash_revision: hash.revision,
+        }))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+        Err(Status::unimplemented("keel: Snapshot is not supported yet"))
+    }
+
+    async fn move_leader(&self, _: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        Err(Status::unimplemented("keel: MoveLeader is not supported yet"))
+    }
+}

@@ -1,0 +1,293 @@
+//! Starting and running one member: identity checks, storage, Raft, the
+//! client and peer gRPC servers, bootstrap, and the background tasks
+//! (election timer, proposer, read-index rounds, attribute publishing).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use keel_api::etcdserverpb::cluster_server::ClusterServer;
+use keel_api::etcdserverpb::kv_server::KvServer;
+use keel_api::etcdserverpb::lease_server::LeaseServer;
+use keel_api::etcdserverpb::maintenance_server::MaintenanceServer;
+use keel_api::etcdserverpb::watch_server::WatchServer;
+use keel_api::keelpb::peer_server::PeerServer;
+use keel_api::keelpb::{write_request, MemberAttributes, WriteRequest};
+use keel_mvcc::MvccStore;
+use keel_raft::peer_codec::MAX_PEER_MESSAGE_BYTES;
+use keel_raft::{KeelRaft, KeelStateMachine, MemberNode, PeerNetwork, SledLogStore};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::cluster_service::ClusterService;
+use crate::config::{listen_address, split_urls, MemberFlags};
+use crate::context::MemberContext;
+use crate::election_timer::{run_election_timer, LeaderContact};
+use crate::identity::{claim_data_dir, cluster_id, initial_member_ids, member_id, DataDirIdentity};
+use crate::kv_service::KvService;
+use crate::leadership::Leadership;
+use crate::maintenance_service::MaintenanceService;
+use crate::peer_service::PeerService;
+use crate::read_path::ReadPath;
+use crate::request_checks::RequestLimits;
+use crate::unserved_services::{UnservedLease, UnservedWatch};
+use crate::write_path::WritePath;
+
+/// Headroom over --max-request-bytes that gRPC accepts, so that oversized
+/// requests get etcd's "request is too large" instead of a transport error.
+const GRPC_DECODE_HEADROOM: usize = 8 * 1024 * 1024;
+
+pub async fn run_member(flags: MemberFlags, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    flags.validate()?;
+    let initial = flags.initial_members()?;
+    if initial.len() % 2 == 0 {
+        tracing::warn!(
+            members = initial.len(),
+            "an even number of members tolerates no more failures than one member fewer; use 3 or 5"
+        );
+    }
+    let token = &flags.initial_cluster_token;
+    let own_peer_urls = split_urls(&flags.initial_advertise_peer_urls);
+    let self_id = member_id(&own_peer_urls, token);
+    let ids = initial_member_ids(&initial, token);
+    let Some(position) = ids.iter().position(|id| *id == self_id) else {
+        bail!(
+            "--initial-cluster has no member named {:?} with peer URLs {:?} (--initial-advertise-peer-urls)",
+            flags.name,
+            own_peer_urls
+        );
+    };
+    if initial[position].name != flags.name {
+        bail!(
+            "--initial-cluster names the member with peer URLs {:?} {:?}, but --name is {:?}",
+            own_peer_urls,
+            initial[position].name,
+            flags.name
+        );
+    }
+    let cluster = cluster_id(&ids, token);
+    let data_dir = flags.data_dir();
+    claim_data_dir(&data_dir, &DataDirIdentity { cluster_id: cluster, member_id: self_id, name: flags.name.clone() })?;
+
+    let log_store = SledLogStore::open(&data_dir.join("raft")).context("opening the Raft log")?;
+    let mvcc_db = sled::Config::new()
+        .path(data_dir.join("mvcc"))
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .context("opening the keyspace database")?;
+    let store = MvccStore::open(&mvcc_db).context("opening the keyspace")?;
+    let state_machine = KeelStateMachine::open(store, &data_dir.join("snap")).context("opening the state machine")?;
+    let state = state_machine.view();
+
+    let raft_config = openraft_config(&flags)?;
+    let network = PeerNetwork::new();
+    let raft = KeelRaft::new(self_id, raft_config, network.clone(), log_store.clone(), state_machine)
+        .await
+        .map_err(|e| anyhow!("starting Raft: {e}"))?;
+
+    let election_timeout = flags.election_timeout();
+    let leadership = Leadership::new(raft.clone(), self_id, election_timeout);
+    let request_timeout = Duration::from_secs(5) + 2 * election_timeout;
+    let leader_wait = 3 * election_timeout;
+    let heartbeat = Duration::from_millis(flags.heartbeat_interval);
+    let write_path =
+        WritePath::start(raft.clone(), leadership.clone(), network.clone(), request_timeout, leader_wait, heartbeat);
+    let read_path =
+        ReadPath::start(raft.clone(), leadership.clone(), network.clone(), request_timeout, leader_wait, election_timeout);
+    let raft_db_path = data_dir.join("raft");
+    let context = Arc::new(MemberContext {
+        cluster_id: cluster,
+        member_id: self_id,
+        raft: raft.clone(),
+        leadership,
+        write_path: write_path.clone(),
+        read_path,
+        state,
+        limits: RequestLimits { max_request_bytes: flags.max_request_bytes, max_txn_ops: flags.max_txn_ops },
+        raft_db_size: Box::new(move || dir_size(&raft_db_path)),
+    });
+
+    let contact = LeaderContact::new();
+    let peer_listeners = bind_all(&flags.listen_peer_urls, "peer").await?;
+    let client_listeners = bind_all(&flags.listen_client_urls, "client").await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in peer_listeners {
+        let service = PeerServer::new(PeerService::new(context.clone(), contact.clone()))
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        let mut stop = stop_rx.clone();
+        servers.spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                }),
+        );
+    }
+    let (mut health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    health_reporter.set_serving::<KvServer<KvService>>().await;
+    let decode_limit = flags.max_request_bytes + GRPC_DECODE_HEADROOM;
+    for listener in client_listeners {
+        let mut stop = stop_rx.clone();
+        servers.spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(
+                    KvServer::new(KvService::new(context.clone()))
+                        .max_decoding_message_size(decode_limit)
+                        .max_encoding_message_size(usize::MAX),
+                )
+                .add_service(ClusterServer::new(ClusterService::new(context.clone())))
+                .add_service(MaintenanceServer::new(MaintenanceService::new(context.clone())))
+                .add_service(WatchServer::new(UnservedWatch))
+                .add_service(LeaseServer::new(UnservedLease))
+                .add_service(health_service.clone())
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                }),
+        );
+    }
+
+    bootstrap(&raft, &flags, &initial, &ids).await?;
+    tokio::spawn(run_election_timer(raft.clone(), contact, election_timeout));
+    tokio::spawn(crate::leader_log::log_leadership_changes(raft.clone(), flags.name.clone()));
+    tokio::spawn(publish_attributes(
+        context.clone(),
+        MemberAttributes {
+            member_id: self_id,
+            name: flags.name.clone(),
+            client_urls: split_urls(&flags.advertise_client_urls),
+        },
+    ));
+    tracing::info!(
+        name = %flags.name,
+        member_id = %format!("{self_id:x}"),
+        cluster_id = %format!("{cluster:x}"),
+        data_dir = %data_dir.display(),
+        clients = %flags.listen_client_urls,
+        peers = %flags.listen_peer_urls,
+        "member started"
+    );
+
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutting down on signal"),
+        Some(result) = servers.join_next() => {
+            let error = match result {
+                Ok(Ok(())) => anyhow!("a gRPC server stopped unexpectedly"),
+                Ok(Err(e)) => anyhow!("a gRPC server failed: {e}"),
+                Err(e) => anyhow!("a gRPC server task failed: {e}"),
+            };
+            let _ = raft.shutdown().await;
+            return Err(error);
+        }
+    }
+    let _ = stop_tx.send(true);
+    if let Err(error) = raft.shutdown().await {
+        tracing::warn!(%error, "raft shutdown");
+    }
+    mvcc_db.flush_async().await.context("flushing the keyspace")?;
+    while servers.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn openraft_config(flags: &MemberFlags) -> anyhow::Result<Arc<openraft::Config>> {
+    let election = flags.election_timeout;
+    let config = openraft::Config {
+        cluster_name: flags.initial_cluster_token.clone(),
+        heartbeat_interval: flags.heartbeat_interval,
+        // Only election_timeout_max matters: it is the leader lease during
+        // which followers refuse votes. Elections are keel's (election_timer.rs).
+        election_timeout_min: (election / 2).max(flags.heartbeat_interval + 1),
+        election_timeout_max: election,
+        enable_elect: false,
+        install_snapshot_timeout: (10 * election).max(5_000),
+        max_payload_entries: 64,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(flags.snapshot_count),
+        max_in_snapshot_log_to_keep: flags.snapshot_count.min(5_000),
+        snapshot_max_chunk_size: 2 * 1024 * 1024,
+        ..Default::default()
+    };
+    Ok(Arc::new(config.validate().map_err(|e| anyhow!("invalid raft timing flags: {e}"))?))
+}
+
+async fn bind_all(urls: &str, what: &str) -> anyhow::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::new();
+    for url in split_urls(urls) {
+        let address = listen_address(&url).await?;
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen for {what} traffic on {url}"))?;
+        listeners.push(listener);
+    }
+    if listeners.is_empty() {
+        bail!("no {what} URL to listen on");
+    }
+    Ok(listeners)
+}
+
+async fn bootstrap(
+    raft: &KeelRaft,
+    flags: &MemberFlags,
+    initial: &[crate::config::InitialMember],
+    ids: &[u64],
+) -> anyhow::Result<()> {
+    if raft.is_initialized().await.map_err(|e| anyhow!("{e}"))? {
+        tracing::info!("restarting on existing data");
+        return Ok(());
+    }
+    if flags.initial_cluster_state == "existing" {
+        tracing::info!("joining an existing cluster; waiting for the leader to contact this member");
+        return Ok(());
+    }
+    let members: BTreeMap<u64, MemberNode> = initial
+        .iter()
+        .zip(ids)
+        .map(|(member, id)| {
+            (*id, MemberNode { name: member.name.clone(), peer_url: member.peer_urls[0].clone() })
+        })
+        .collect();
+    // Every member of a new cluster proposes the same initial membership at
+    // log index 0, so whichever of them is elected, they agree.
+    match raft.initialize(members).await {
+        Ok(()) => tracing::info!(members = initial.len(), "bootstrapped a new cluster"),
+        Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+        Err(e) => bail!("bootstrapping the cluster: {e}"),
+    }
+    Ok(())
+}
+
+/// Publishes this member's name and client URLs through Raft (as etcd
+/// does), retrying until it is applied.
+async fn publish_attributes(context: Arc<MemberContext>, attributes: MemberAttributes) {
+    loop {
+        if context.state.member_attributes().get(&attributes.member_id) == Some(&attributes) {
+            return;
+        }
+        let request = WriteRequest { request: Some(write_request::Request::MemberAttributes(attributes.clone())) };
+        match context.write_path.write(request).await {
+            Ok(_) => {
+                tracing::info!(name = %attributes.name, "published member attributes");
+                return;
+            }
+            Err(status) => tracing::debug!(%status, "publishing member attributes; will retry"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn dir_size(path: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => dir_size(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}

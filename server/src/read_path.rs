@@ -1,0 +1,140 @@
+//! Linearizable reads through ReadIndex, on every member.
+//!
+//! Invariant: a linearizable read is served only after this member's state
+//! machine has applied at least the leader's commit index as confirmed by a
+//! quorum AFTER the read arrived. So the read reflects every write
+//! acknowledged before it started, whichever member acknowledged it.
+//!
+//! Concurrent reads share one confirmation: a batcher task takes every read
+//! waiting when a round starts and answers all of them with that round's
+//! index; reads arriving during a round wait for the next one (a round that
+//! started before a read arrived could miss a write acknowledged just before).
+//! On the leader a round is openraft's `get_read_log_id` (a heartbeat round
+//! to a quorum); on a follower it is a `ReadIndex` RPC to the leader, which
+//! answers from its own leader-side batcher.
+
+use std::time::Duration;
+
+use keel_api::keelpb::ReadIndexRequest;
+use keel_api::WireError;
+use keel_raft::{KeelRaft, PeerNetwork};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tonic::Status;
+
+use crate::leadership::Leadership;
+use crate::write_path::NOT_LEADER_MESSAGE;
+
+type IndexReply = oneshot::Sender<Result<u64, Status>>;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RoundKind {
+    /// Confirm as leader, or ask the leader (requests from local clients).
+    AnyMember,
+    /// Confirm as leader or refuse (requests forwarded by followers).
+    LeaderOnly,
+}
+
+#[derive(Clone)]
+pub struct ReadPath {
+    any_member: mpsc::Sender<IndexReply>,
+    leader_only: mpsc::Sender<IndexReply>,
+    raft: KeelRaft,
+    request_timeout: Duration,
+}
+
+#[derive(Clone)]
+struct RoundContext {
+    raft: KeelRaft,
+    leadership: Leadership,
+    network: PeerNetwork,
+    leader_wait: Duration,
+    confirm_timeout: Duration,
+}
+
+impl ReadPath {
+    pub fn start(
+        raft: KeelRaft,
+        leadership: Leadership,
+        network: PeerNetwork,
+        request_timeout: Duration,
+        leader_wait: Duration,
+        confirm_timeout: Duration,
+    ) -> Self {
+        let context = RoundContext { raft: raft.clone(), leadership, network, leader_wait, confirm_timeout };
+        let (any_member, any_queue) = mpsc::channel(16 * 1024);
+        let (leader_only, leader_queue) = mpsc::channel(16 * 1024);
+        tokio::spawn(run_rounds(context.clone(), any_queue, RoundKind::AnyMember));
+        tokio::spawn(run_rounds(context, leader_queue, RoundKind::LeaderOnly));
+        ReadPath { any_member, leader_only, raft, request_timeout }
+    }
+
+    /// Returns once a read on this member is linearizable.
+    pub async fn linearize(&self) -> Result<(), Status> {
+        let deadline = Instant::now() + self.request_timeout;
+        let index = ask(&self.any_member).await?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|_| Status::from(WireError::Timeout))?;
+        Ok(())
+    }
+
+    /// The leader's answer to a follower's ReadIndex RPC.
+    pub async fn serve_follower_request(&self) -> Result<u64, Status> {
+        ask(&self.leader_only).await
+    }
+}
+
+async fn ask(queue: &mpsc::Sender<IndexReply>) -> Result<u64, Status> {
+    let (reply, answer) = oneshot::channel();
+    queue.send(reply).await.map_err(|_| Status::from(WireError::Stopped))?;
+    answer.await.map_err(|_| Status::from(WireError::Stopped))?
+}
+
+async fn run_rounds(context: RoundContext, mut queue: mpsc::Receiver<IndexReply>, kind: RoundKind) {
+    while let Some(first) = queue.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(next) = queue.try_recv() {
+            waiting.push(next);
+        }
+        let result = confirm_read_index(&context, kind).await;
+        for reply in waiting {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
+async fn confirm_read_index(context: &RoundContext, kind: RoundKind) -> Result<u64, Status> {
+    let leader_deadline = Instant::now() + context.leader_wait;
+    let (leader, node) = match kind {
+        RoundKind::AnyMember => context.leadership.wait_for_leader(leader_deadline).await?,
+        RoundKind::LeaderOnly => match context.leadership.known_leader() {
+            Some(leader) if leader.0 == context.leadership.self_id() => leader,
+            _ => return Err(Status::failed_precondition(NOT_LEADER_MESSAGE)),
+        },
+    };
+    if leader == context.leadership.self_id() {
+        return match tokio::time::timeout(context.confirm_timeout, context.raft.get_read_log_id()).await {
+            Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map_or(0, |id| id.index)),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "read index confirmation failed");
+                Err(WireError::LeaderChanged.into())
+            }
+            Err(_elapsed) => Err(WireError::NoLeader.into()),
+        };
+    }
+    let mut client = context.network.client(leader, &node.peer_url).map_err(|e| Status::internal(e.to_string()))?;
+    let mut request = tonic::Request::new(ReadIndexRequest {});
+    request.set_timeout(context.confirm_timeout);
+    match client.read_index(request).await {
+        Ok(response) => Ok(response.into_inner().read_index),
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => Err(WireError::LeaderChanged.into()),
+        Err(status) if status.code() == tonic::Code::Unavailable || status.code() == tonic::Code::DeadlineExceeded => {
+            Err(WireError::NoLeader.into())
+        }
+        Err(status) => Err(status),
+    }
+}

@@ -1,0 +1,196 @@
+//! The write path: any member accepts a write; a follower forwards it to the
+//! leader over the peer service; the leader group-commits.
+//!
+//! Group commit: the proposer packs every write that is queued while earlier
+//! proposals are in flight into ONE Raft log entry (a `WriteBatch`, applied
+//! in order, each request with its own revision and outcome), so one log
+//! fdatasync and one replication round carry many writes.
+//!
+//! A write is retried on another route only when it provably did not take
+//! effect (the target said it is not the leader, or the connection to it was
+//! never made); anything else is reported to the client, never replayed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_api::keelpb::{write_outcome, WriteBatch, WriteRequest, WriteResponse};
+use keel_api::WireError;
+use keel_raft::{KeelRaft, PeerNetwork};
+use openraft::error::{ClientWriteError, RaftError};
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
+use tonic::{Code, Status};
+
+use crate::leadership::Leadership;
+
+/// Most writes packed into one log entry.
+const MAX_WRITES_PER_ENTRY: usize = 1024;
+/// Stop packing once an entry holds this many bytes of requests.
+const MAX_BYTES_PER_ENTRY: usize = 4 * 1024 * 1024;
+/// Log entries proposed but not yet applied, at most.
+const MAX_PROPOSALS_IN_FLIGHT: usize = 4;
+
+/// What a forwarding follower is told by a member that is not the leader.
+pub const NOT_LEADER_MESSAGE: &str = "keel: this member is not the leader";
+
+enum ProposeError {
+    NotLeader,
+    Wire(WireError),
+}
+
+struct Proposal {
+    request: WriteRequest,
+    reply: oneshot::Sender<Result<WriteResponse, ProposeError>>,
+}
+
+#[derive(Clone)]
+pub struct WritePath {
+    proposals: mpsc::Sender<Proposal>,
+    leadership: Leadership,
+    network: PeerNetwork,
+    request_timeout: Duration,
+    leader_wait: Duration,
+    retry_pause: Duration,
+}
+
+impl WritePath {
+    pub fn start(
+        raft: KeelRaft,
+        leadership: Leadership,
+        network: PeerNetwork,
+        request_timeout: Duration,
+        leader_wait: Duration,
+        retry_pause: Duration,
+    ) -> Self {
+        let (proposals, queue) = mpsc::channel(16 * 1024);
+        tokio::spawn(run_proposer(raft, queue));
+        WritePath { proposals, leadership, network, request_timeout, leader_wait, retry_pause }
+    }
+
+    /// Performs a client write from any member; answers once it is applied.
+    pub async fn write(&self, request: WriteRequest) -> Result<WriteResponse, Status> {
+        let deadline = Instant::now() + self.request_timeout;
+        match tokio::time::timeout_at(deadline, self.route(request, deadline)).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(WireError::Timeout.into()),
+        }
+    }
+
+    async fn route(&self, request: WriteRequest, deadline: Instant) -> Result<WriteResponse, Status> {
+        loop {
+            let leader_deadline = deadline.min(Instant::now() + self.leader_wait);
+            let (leader, node) = self.leadership.wait_for_leader(leader_deadline).await?;
+            if leader == self.leadership.self_id() {
+                match self.propose_on_leader(request.clone()).await {
+                    Ok(response) => return Ok(response),
+                    Err(ProposeError::NotLeader) => {}
+                    Err(ProposeError::Wire(error)) => return Err(error.into()),
+                }
+            } else {
+                let mut client = match self.network.client(leader, &node.peer_url) {
+                    Ok(client) => client,
+                    Err(invalid) => return Err(Status::internal(invalid.to_string())),
+                };
+                let mut forwarded = tonic::Request::new(request.clone());
+                forwarded.set_timeout(deadline.saturating_duration_since(Instant::now()));
+                match client.forward_write(forwarded).await {
+                    Ok(response) => return Ok(response.into_inner()),
+                    Err(status) if write_provably_not_applied(&status) => {}
+                    Err(status) => return Err(status),
+                }
+            }
+            tokio::time::sleep(self.retry_pause).await;
+        }
+    }
+
+    /// Proposes through this member's Raft; used when this member leads,
+    /// including for writes forwarded by followers.
+    async fn propose_on_leader(&self, request: WriteRequest) -> Result<WriteResponse, ProposeError> {
+        let (reply, answer) = oneshot::channel();
+        if self.proposals.send(Proposal { request, reply }).await.is_err() {
+            return Err(ProposeError::Wire(WireError::Stopped));
+        }
+        answer.await.unwrap_or(Err(ProposeError::Wire(WireError::Stopped)))
+    }
+
+    /// The status a leader answers a forwarded write with.
+    pub async fn serve_forwarded(&self, request: WriteRequest) -> Result<WriteResponse, Status> {
+        if !self.leadership.is_leader() {
+            return Err(Status::failed_precondition(NOT_LEADER_MESSAGE));
+        }
+        match self.propose_on_leader(request).await {
+            Ok(response) => Ok(response),
+            Err(ProposeError::NotLeader) => Err(Status::failed_precondition(NOT_LEADER_MESSAGE)),
+            Err(ProposeError::Wire(error)) => Err(error.into()),
+        }
+    }
+}
+
+fn write_provably_not_applied(status: &Status) -> bool {
+    let not_leader = status.code() == Code::FailedPrecondition && status.message() == NOT_LEADER_MESSAGE;
+    // A lazily connected channel reports a failed TCP connect as Unavailable
+    // before anything was sent.
+    let never_connected = status.code() == Code::Unavailable
+        && (status.message().contains("connect") || status.message().contains("Connection refused"));
+    not_leader || never_connected
+}
+
+async fn run_proposer(raft: KeelRaft, mut queue: mpsc::Receiver<Proposal>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_PROPOSALS_IN_FLIGHT));
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let Some(first) = queue.recv().await else { return };
+        let mut bytes = first.request.encoded_len();
+        let mut requests = vec![first.request];
+        let mut replies = vec![first.reply];
+        while requests.len() < MAX_WRITES_PER_ENTRY && bytes < MAX_BYTES_PER_ENTRY {
+            let Ok(next) = queue.try_recv() else { break };
+            bytes += next.request.encoded_len();
+            requests.push(next.request);
+            replies.push(next.reply);
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let written = raft.client_write(WriteBatch { requests }).await;
+            deliver_outcomes(written, replies);
+        });
+    }
+}
+
+type ClientWriteResult = Result<
+    openraft::raft::ClientWriteResponse<keel_raft::TypeConfig>,
+    RaftError<u64, ClientWriteError<u64, keel_raft::MemberNode>>,
+>;
+
+fn deliver_outcomes(written: ClientWriteResult, replies: Vec<oneshot::Sender<Result<WriteResponse, ProposeError>>>) {
+    match written {
+        Ok(response) => {
+            let mut outcomes = response.data.outcomes.into_iter();
+            for reply in replies {
+                let result = match outcomes.next().and_then(|o| o.outcome) {
+                    Some(write_outcome::Outcome::Response(response)) => Ok(response),
+                    Some(write_outcome::Outcome::Error(kind)) => Err(ProposeError::Wire(
+                        keel_api::keelpb::ApplyErrorKind::try_from(kind)
+                            .map(WireError::from)
+                            .unwrap_or(WireError::Stopped),
+                    )),
+                    None => Err(ProposeError::Wire(WireError::Stopped)),
+                };
+                let _ = reply.send(result);
+            }
+        }
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+            for reply in replies {
+                let _ = reply.send(Err(ProposeError::NotLeader));
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "proposing a write batch failed");
+            for reply in replies {
+                let _ = reply.send(Err(ProposeError::Wire(WireError::Stopped)));
+            }
+        }
+    }
+}
