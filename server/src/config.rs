@@ -52,6 +52,11 @@ pub struct MemberFlags {
     /// Number of committed log entries between two snapshots.
     #[arg(long, default_value_t = 100000)]
     pub snapshot_count: u64,
+    /// Test hook: dial these addresses instead of the named members' peer
+    /// URLs (name=url,...), so a fault-injection harness can put a proxy on
+    /// every directed link. Member ids still derive from --initial-cluster.
+    #[arg(long, hide = true)]
+    pub peer_dial_overrides: Option<String>,
     /// Log level: debug, info, warn, error.
     #[arg(long, default_value = "info")]
     pub log_level: String,

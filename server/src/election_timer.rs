@@ -55,12 +55,15 @@ pub async fn run_election_timer(raft: KeelRaft, contact: LeaderContact, election
     let mut since_attempt = Instant::now();
     loop {
         let timeout = draw_election_timeout(election_timeout);
+        // A lone voter has nobody to hear from: it elects itself at once.
+        let single_voter = raft.metrics().borrow().membership_config.membership().voter_ids().count() == 1;
         loop {
             let quiet = contact.since_last_contact().min(since_attempt.elapsed());
-            if quiet >= timeout {
+            if quiet >= timeout || (single_voter && since_attempt.elapsed() >= election_timeout / 10) {
                 break;
             }
-            tokio::time::sleep(timeout - quiet).await;
+            let wait = if single_voter { election_timeout / 10 } else { timeout - quiet };
+            tokio::time::sleep(wait).await;
         }
         let metrics = raft.metrics().borrow().clone();
         if metrics.running_state.is_err() {

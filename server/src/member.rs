@@ -81,7 +81,19 @@ pub async fn run_member(flags: MemberFlags, shutdown: impl std::future::Future<O
     let state = state_machine.view();
 
     let raft_config = openraft_config(&flags)?;
-    let network = PeerNetwork::new();
+    let network = match &flags.peer_dial_overrides {
+        None => PeerNetwork::new(),
+        Some(spec) => {
+            let mut overrides = std::collections::HashMap::new();
+            for entry in crate::config::parse_initial_cluster(spec)? {
+                let Some(position) = initial.iter().position(|m| m.name == entry.name) else {
+                    bail!("--peer-dial-overrides names unknown member {:?}", entry.name);
+                };
+                overrides.insert(ids[position], entry.peer_urls[0].clone());
+            }
+            PeerNetwork::with_dial_overrides(overrides)
+        }
+    };
     let raft = KeelRaft::new(self_id, raft_config, network.clone(), log_store.clone(), state_machine)
         .await
         .map_err(|e| anyhow!("starting Raft: {e}"))?;

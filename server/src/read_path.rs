@@ -72,7 +72,16 @@ impl ReadPath {
     /// Returns once a read on this member is linearizable.
     pub async fn linearize(&self) -> Result<(), Status> {
         let deadline = Instant::now() + self.request_timeout;
-        let index = ask(&self.any_member).await?;
+        let index = loop {
+            match ask(&self.any_member).await {
+                Ok(index) => break index,
+                // The leader moved while the round ran: ask again, in time.
+                Err(status) if is_leader_changed(&status) && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(status) => return Err(status),
+            }
+        };
         let remaining = deadline.saturating_duration_since(Instant::now());
         self.raft
             .wait(Some(remaining))
@@ -86,6 +95,10 @@ impl ReadPath {
     pub async fn serve_follower_request(&self) -> Result<u64, Status> {
         ask(&self.leader_only).await
     }
+}
+
+fn is_leader_changed(status: &Status) -> bool {
+    WireError::from_status(status) == Some(WireError::LeaderChanged)
 }
 
 async fn ask(queue: &mpsc::Sender<IndexReply>) -> Result<u64, Status> {

@@ -23,6 +23,9 @@ use crate::type_config::{MemberNode, NodeId, TypeConfig};
 #[derive(Clone, Default)]
 pub struct PeerNetwork {
     channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+    /// Addresses to dial instead of a member's advertised peer URL, by member
+    /// id: lets a test harness route each directed link through its own proxy.
+    dial_overrides: Arc<HashMap<NodeId, String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +40,14 @@ impl PeerNetwork {
         Self::default()
     }
 
+    /// A network that dials `overrides[id]` instead of member `id`'s peer URL.
+    pub fn with_dial_overrides(overrides: HashMap<NodeId, String>) -> Self {
+        PeerNetwork { dial_overrides: Arc::new(overrides), ..Self::default() }
+    }
+
     /// The cached channel to `target`, created (lazily connecting) on first use.
     pub fn channel(&self, target: NodeId, peer_url: &str) -> Result<Channel, InvalidPeerUrl> {
+        let peer_url = self.dial_overrides.get(&target).map_or(peer_url, String::as_str);
         let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some((url, channel)) = channels.get(&target) {
             if url == peer_url {
