@@ -7,7 +7,8 @@ use std::sync::Arc;
 use keel_api::etcdserverpb::cluster_server::Cluster;
 use keel_api::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
-    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
+    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
+    MemberUpdateResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -65,7 +66,10 @@ impl Cluster for ClusterService {
         Err(Status::unimplemented("keel: MemberUpdate is not supported yet"))
     }
 
-    async fn member_list(&self, request: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
+    async fn member_list(
+        &self,
+        request: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
         if request.get_ref().linearizable {
             self.context.read_path.linearize().await?;
         }

@@ -70,21 +70,29 @@ pub struct InitialMember {
 }
 
 pub fn split_urls(list: &str) -> Vec<String> {
-    list.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_string).collect()
+    list.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// Parses `name=url,name=url2,other=url3` (a name may repeat for several URLs).
 pub fn parse_initial_cluster(spec: &str) -> anyhow::Result<Vec<InitialMember>> {
     let mut members: Vec<InitialMember> = Vec::new();
     for item in split_urls(spec) {
-        let (name, url) =
-            item.split_once('=').ok_or_else(|| anyhow!("--initial-cluster entry {item:?} is not name=url"))?;
+        let (name, url) = item
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--initial-cluster entry {item:?} is not name=url"))?;
         if name.is_empty() || url.is_empty() {
             bail!("--initial-cluster entry {item:?} is not name=url");
         }
         match members.iter_mut().find(|m| m.name == name) {
             Some(member) => member.peer_urls.push(url.to_string()),
-            None => members.push(InitialMember { name: name.to_string(), peer_urls: vec![url.to_string()] }),
+            None => members.push(InitialMember {
+                name: name.to_string(),
+                peer_urls: vec![url.to_string()],
+            }),
         }
     }
     if members.is_empty() {
@@ -99,14 +107,19 @@ pub async fn listen_address(url: &str) -> anyhow::Result<SocketAddr> {
         .strip_prefix("http://")
         .ok_or_else(|| anyhow!("URL {url:?} must start with http:// (TLS is not supported yet)"))?;
     let host_port = rest.trim_end_matches('/');
-    let mut addresses =
-        tokio::net::lookup_host(host_port).await.with_context(|| format!("cannot resolve listen URL {url:?}"))?;
-    addresses.next().ok_or_else(|| anyhow!("listen URL {url:?} resolves to no address"))
+    let mut addresses = tokio::net::lookup_host(host_port)
+        .await
+        .with_context(|| format!("cannot resolve listen URL {url:?}"))?;
+    addresses
+        .next()
+        .ok_or_else(|| anyhow!("listen URL {url:?} resolves to no address"))
 }
 
 impl MemberFlags {
     pub fn data_dir(&self) -> PathBuf {
-        self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.keel", self.name)))
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.keel", self.name)))
     }
 
     pub fn initial_members(&self) -> anyhow::Result<Vec<InitialMember>> {
@@ -153,7 +166,10 @@ mod tests {
         let members = parse_initial_cluster("a=http://127.0.0.1:1,b=http://127.0.0.1:2,a=http://127.0.0.1:3")
             .expect("valid spec");
         assert_eq!(members.len(), 2);
-        assert_eq!(members[0].peer_urls, vec!["http://127.0.0.1:1", "http://127.0.0.1:3"]);
+        assert_eq!(
+            members[0].peer_urls,
+            vec!["http://127.0.0.1:1", "http://127.0.0.1:3"]
+        );
     }
 
     #[test]

@@ -31,7 +31,10 @@ pub struct LeaderContact {
 
 impl LeaderContact {
     pub fn new() -> Self {
-        LeaderContact { origin: Instant::now(), last_contact_micros: Arc::new(AtomicU64::new(0)) }
+        LeaderContact {
+            origin: Instant::now(),
+            last_contact_micros: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     pub fn touch(&self) {
@@ -56,13 +59,24 @@ pub async fn run_election_timer(raft: KeelRaft, contact: LeaderContact, election
     loop {
         let timeout = draw_election_timeout(election_timeout);
         // A lone voter has nobody to hear from: it elects itself at once.
-        let single_voter = raft.metrics().borrow().membership_config.membership().voter_ids().count() == 1;
+        let single_voter = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count()
+            == 1;
         loop {
             let quiet = contact.since_last_contact().min(since_attempt.elapsed());
             if quiet >= timeout || (single_voter && since_attempt.elapsed() >= election_timeout / 10) {
                 break;
             }
-            let wait = if single_voter { election_timeout / 10 } else { timeout - quiet };
+            let wait = if single_voter {
+                election_timeout / 10
+            } else {
+                timeout - quiet
+            };
             tokio::time::sleep(wait).await;
         }
         let metrics = raft.metrics().borrow().clone();
@@ -70,7 +84,11 @@ pub async fn run_election_timer(raft: KeelRaft, contact: LeaderContact, election
             return;
         }
         since_attempt = Instant::now();
-        let is_voter = metrics.membership_config.membership().voter_ids().any(|id| id == metrics.id);
+        let is_voter = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == metrics.id);
         if metrics.state == ServerState::Leader || !is_voter {
             continue;
         }

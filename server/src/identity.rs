@@ -92,7 +92,10 @@ pub fn claim_data_dir(data_dir: &Path, identity: &DataDirIdentity) -> anyhow::Re
 
 /// The ids of the initial cluster's members, in flag order.
 pub fn initial_member_ids(members: &[InitialMember], cluster_token: &str) -> Vec<u64> {
-    members.iter().map(|m| member_id(&m.peer_urls, cluster_token)).collect()
+    members
+        .iter()
+        .map(|m| member_id(&m.peer_urls, cluster_token))
+        .collect()
 }
 
 #[cfg(test)]
@@ -103,7 +106,10 @@ mod tests {
     fn ids_depend_on_urls_and_token_not_url_order() {
         let a = member_id(&["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()], "t");
         let b = member_id(&["http://127.0.0.1:2".into(), "http://127.0.0.1:1".into()], "t");
-        let c = member_id(&["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()], "other");
+        let c = member_id(
+            &["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()],
+            "other",
+        );
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(cluster_id(&[1, 2, 3], "t"), cluster_id(&[3, 1, 2], "t"));
@@ -113,10 +119,17 @@ mod tests {
     #[test]
     fn data_dir_of_another_cluster_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ours = DataDirIdentity { cluster_id: 1, member_id: 7, name: "a".into() };
+        let ours = DataDirIdentity {
+            cluster_id: 1,
+            member_id: 7,
+            name: "a".into(),
+        };
         claim_data_dir(dir.path(), &ours).expect("fresh dir is claimed");
         claim_data_dir(dir.path(), &ours).expect("same identity is accepted");
-        let theirs = DataDirIdentity { cluster_id: 2, ..ours.clone() };
+        let theirs = DataDirIdentity {
+            cluster_id: 2,
+            ..ours.clone()
+        };
         let error = claim_data_dir(dir.path(), &theirs).expect_err("other cluster refused");
         assert!(error.to_string().contains("belongs to cluster 1"), "{error}");
     }

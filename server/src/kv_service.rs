@@ -25,8 +25,16 @@ impl KvService {
     }
 
     async fn write(&self, request: write_request::Request) -> Result<write_response::Response, Status> {
-        let response = self.context.write_path.write(WriteRequest { request: Some(request) }).await?;
-        response.response.ok_or_else(|| Status::internal("etcdserver: empty write response"))
+        let response = self
+            .context
+            .write_path
+            .write(WriteRequest {
+                request: Some(request),
+            })
+            .await?;
+        response
+            .response
+            .ok_or_else(|| Status::internal("etcdserver: empty write response"))
     }
 }
 
@@ -90,7 +98,10 @@ impl Kv for KvService {
         }
     }
 
-    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
         let compaction = request.into_inner();
         match self.write(write_request::Request::Compaction(compaction)).await? {
             write_response::Response::Compaction(mut response) => {

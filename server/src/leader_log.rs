@@ -21,7 +21,9 @@ pub async fn log_leadership_changes(raft: KeelRaft, member_name: String) {
         }
         if leader != last_leader && leader != Some(id) {
             match leader {
-                Some(leader) => tracing::info!(member = %member_name, term, leader = %format!("{leader:x}"), "following leader"),
+                Some(leader) => {
+                    tracing::info!(member = %member_name, term, leader = %format!("{leader:x}"), "following leader")
+                }
                 None => tracing::info!(member = %member_name, term, "lost the leader"),
             }
         }

@@ -21,7 +21,11 @@ pub struct Leadership {
 
 impl Leadership {
     pub fn new(raft: KeelRaft, self_id: NodeId, election_timeout: Duration) -> Self {
-        Leadership { raft, self_id, election_timeout }
+        Leadership {
+            raft,
+            self_id,
+            election_timeout,
+        }
     }
 
     pub fn self_id(&self) -> NodeId {

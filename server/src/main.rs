@@ -1,6 +1,9 @@
 //! The `keel` binary: a member started with etcd's flags, or
 //! `keel local-cluster` to run a whole local cluster.
 
+// tonic's service traits return `tonic::Status`, which is large by design.
+#![allow(clippy::result_large_err)]
+
 mod cluster_service;
 mod config;
 mod context;
@@ -9,6 +12,7 @@ mod identity;
 mod kv_service;
 mod leader_log;
 mod leadership;
+mod local_cluster;
 mod maintenance_service;
 mod member;
 mod peer_service;
@@ -20,7 +24,11 @@ mod write_path;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "keel", version, about = "keel: a Raft-replicated key-value store speaking etcd's v3 API")]
+#[command(
+    name = "keel",
+    version,
+    about = "keel: a Raft-replicated key-value store speaking etcd's v3 API"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
@@ -30,25 +38,21 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Run a local cluster of 3 or 5 keel members on 127.0.0.1.
+    ///
+    /// Example: keel local-cluster --size 3
+    LocalCluster(local_cluster::LocalClusterFlags),
+}
 
 fn init_logging(level: &str) {
     let default = format!("{level},openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn");
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 #[tokio::main]
@@ -57,7 +61,8 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         None => {
             init_logging(&cli.member.log_level);
-            member::run_member(cli.member, shutdown_signal()).await
+            member::run_member(cli.member, local_cluster::shutdown_signal()).await
         }
+        Some(Command::LocalCluster(flags)) => local_cluster::run_local_cluster(flags).await,
     }
 }

@@ -31,9 +31,14 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         if request.get_ref().action() != alarm_request::AlarmAction::Get {
-            return Err(Status::unimplemented("keel: raising or clearing alarms is not supported yet"));
+            return Err(Status::unimplemented(
+                "keel: raising or clearing alarms is not supported yet",
+            ));
         }
-        Ok(Response::new(AlarmResponse { header: self.context.header_now(), alarms: Vec::new() }))
+        Ok(Response::new(AlarmResponse {
+            header: self.context.header_now(),
+            alarms: Vec::new(),
+        }))
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -41,7 +46,11 @@ impl Maintenance for MaintenanceService {
         let metrics = context.raft.metrics().borrow().clone();
         let leader = context.leadership.known_leader().map_or(0, |(id, _)| id);
         let db_size = context.state.store().size_on_disk() + (context.raft_db_size)();
-        let is_learner = !metrics.membership_config.membership().voter_ids().any(|id| id == context.member_id);
+        let is_learner = !metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == context.member_id);
         Ok(Response::new(StatusResponse {
             header: context.header_now(),
             version: keel_api::REPORTED_ETCD_VERSION.to_string(),
@@ -56,7 +65,10 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn defragment(&self, _: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(
+        &self,
+        _: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
         Err(Status::unimplemented("keel: Defragment is not supported yet"))
     }
 
@@ -65,7 +77,12 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        let hash = self.context.state.store().hash_kv(request.get_ref().revision).map_err(mvcc_status)?;
+        let hash = self
+            .context
+            .state
+            .store()
+            .hash_kv(request.get_ref().revision)
+            .map_err(mvcc_status)?;
         Ok(Response::new(HashKvResponse {
             header: self.context.header_now(),
             hash: hash.hash,
@@ -80,7 +97,10 @@ impl Maintenance for MaintenanceService {
         Err(Status::unimplemented("keel: Snapshot is not supported yet"))
     }
 
-    async fn move_leader(&self, _: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+    async fn move_leader(
+        &self,
+        _: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
         Err(Status::unimplemented("keel: MoveLeader is not supported yet"))
     }
 }

@@ -38,10 +38,13 @@ use crate::write_path::WritePath;
 /// requests get etcd's "request is too large" instead of a transport error.
 const GRPC_DECODE_HEADROOM: usize = 8 * 1024 * 1024;
 
-pub async fn run_member(flags: MemberFlags, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run_member(
+    flags: MemberFlags,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     flags.validate()?;
     let initial = flags.initial_members()?;
-    if initial.len() % 2 == 0 {
+    if initial.len().is_multiple_of(2) {
         tracing::warn!(
             members = initial.len(),
             "an even number of members tolerates no more failures than one member fewer; use 3 or 5"
@@ -68,7 +71,14 @@ pub async fn run_member(flags: MemberFlags, shutdown: impl std::future::Future<O
     }
     let cluster = cluster_id(&ids, token);
     let data_dir = flags.data_dir();
-    claim_data_dir(&data_dir, &DataDirIdentity { cluster_id: cluster, member_id: self_id, name: flags.name.clone() })?;
+    claim_data_dir(
+        &data_dir,
+        &DataDirIdentity {
+            cluster_id: cluster,
+            member_id: self_id,
+            name: flags.name.clone(),
+        },
+    )?;
 
     let log_store = SledLogStore::open(&data_dir.join("raft")).context("opening the Raft log")?;
     let mvcc_db = sled::Config::new()
@@ -77,7 +87,8 @@ pub async fn run_member(flags: MemberFlags, shutdown: impl std::future::Future<O
         .open()
         .context("opening the keyspace database")?;
     let store = MvccStore::open(&mvcc_db).context("opening the keyspace")?;
-    let state_machine = KeelStateMachine::open(store, &data_dir.join("snap")).context("opening the state machine")?;
+    let state_machine =
+        KeelStateMachine::open(store, &data_dir.join("snap")).context("opening the state machine")?;
     let state = state_machine.view();
 
     let raft_config = openraft_config(&flags)?;
@@ -94,19 +105,37 @@ pub async fn run_member(flags: MemberFlags, shutdown: impl std::future::Future<O
             PeerNetwork::with_dial_overrides(overrides)
         }
     };
-    let raft = KeelRaft::new(self_id, raft_config, network.clone(), log_store.clone(), state_machine)
-        .await
-        .map_err(|e| anyhow!("starting Raft: {e}"))?;
+    let raft = KeelRaft::new(
+        self_id,
+        raft_config,
+        network.clone(),
+        log_store.clone(),
+        state_machine,
+    )
+    .await
+    .map_err(|e| anyhow!("starting Raft: {e}"))?;
 
     let election_timeout = flags.election_timeout();
     let leadership = Leadership::new(raft.clone(), self_id, election_timeout);
     let request_timeout = Duration::from_secs(5) + 2 * election_timeout;
     let leader_wait = 3 * election_timeout;
     let heartbeat = Duration::from_millis(flags.heartbeat_interval);
-    let write_path =
-        WritePath::start(raft.clone(), leadership.clone(), network.clone(), request_timeout, leader_wait, heartbeat);
-    let read_path =
-        ReadPath::start(raft.clone(), leadership.clone(), network.clone(), request_timeout, leader_wait, election_timeout);
+    let write_path = WritePath::start(
+        raft.clone(),
+        leadership.clone(),
+        network.clone(),
+        request_timeout,
+        leader_wait,
+        heartbeat,
+    );
+    let read_path = ReadPath::start(
+        raft.clone(),
+        leadership.clone(),
+        network.clone(),
+        request_timeout,
+        leader_wait,
+        election_timeout,
+    );
     let raft_db_path = data_dir.join("raft");
     let context = Arc::new(MemberContext {
         cluster_id: cluster,
@@ -116,7 +145,10 @@ pub async fn run_member(flags: MemberFlags, shutdown: impl std::future::Future<O
         write_path: write_path.clone(),
         read_path,
         state,
-        limits: RequestLimits { max_request_bytes: flags.max_request_bytes, max_txn_ops: flags.max_txn_ops },
+        limits: RequestLimits {
+            max_request_bytes: flags.max_request_bytes,
+            max_txn_ops: flags.max_txn_ops,
+        },
         raft_db_size: Box::new(move || dir_size(&raft_db_path)),
     });
 
@@ -140,7 +172,9 @@ pub async fn run_member(flags: MemberFlags, shutdown: impl std::future::Future<O
         );
     }
     let (mut health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
     health_reporter.set_serving::<KvServer<KvService>>().await;
     let decode_limit = flags.max_request_bytes + GRPC_DECODE_HEADROOM;
     for listener in client_listeners {
@@ -166,7 +200,10 @@ pub async fn run_member(flags: MemberFlags, shutdown: impl std::future::Future<O
 
     bootstrap(&raft, &flags, &initial, &ids).await?;
     tokio::spawn(run_election_timer(raft.clone(), contact, election_timeout));
-    tokio::spawn(crate::leader_log::log_leadership_changes(raft.clone(), flags.name.clone()));
+    tokio::spawn(crate::leader_log::log_leadership_changes(
+        raft.clone(),
+        flags.name.clone(),
+    ));
     tokio::spawn(publish_attributes(
         context.clone(),
         MemberAttributes {
@@ -224,7 +261,11 @@ fn openraft_config(flags: &MemberFlags) -> anyhow::Result<Arc<openraft::Config>>
         snapshot_max_chunk_size: 2 * 1024 * 1024,
         ..Default::default()
     };
-    Ok(Arc::new(config.validate().map_err(|e| anyhow!("invalid raft timing flags: {e}"))?))
+    Ok(Arc::new(
+        config
+            .validate()
+            .map_err(|e| anyhow!("invalid raft timing flags: {e}"))?,
+    ))
 }
 
 async fn bind_all(urls: &str, what: &str) -> anyhow::Result<Vec<TcpListener>> {
@@ -260,7 +301,13 @@ async fn bootstrap(
         .iter()
         .zip(ids)
         .map(|(member, id)| {
-            (*id, MemberNode { name: member.name.clone(), peer_url: member.peer_urls[0].clone() })
+            (
+                *id,
+                MemberNode {
+                    name: member.name.clone(),
+                    peer_url: member.peer_urls[0].clone(),
+                },
+            )
         })
         .collect();
     // Every member of a new cluster proposes the same initial membership at
@@ -280,7 +327,9 @@ async fn publish_attributes(context: Arc<MemberContext>, attributes: MemberAttri
         if context.state.member_attributes().get(&attributes.member_id) == Some(&attributes) {
             return;
         }
-        let request = WriteRequest { request: Some(write_request::Request::MemberAttributes(attributes.clone())) };
+        let request = WriteRequest {
+            request: Some(write_request::Request::MemberAttributes(attributes.clone())),
+        };
         match context.write_path.write(request).await {
             Ok(_) => {
                 tracing::info!(name = %attributes.name, "published member attributes");
@@ -293,7 +342,9 @@ async fn publish_attributes(context: Arc<MemberContext>, attributes: MemberAttri
 }
 
 fn dir_size(path: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
     entries
         .filter_map(Result::ok)
         .map(|entry| match entry.metadata() {

@@ -29,7 +29,9 @@ fn bad_payload(error: impl std::fmt::Display) -> Status {
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
-    encode_payload(value).map(Response::new).map_err(|e| Status::internal(e.to_string()))
+    encode_payload(value)
+        .map(Response::new)
+        .map_err(|e| Status::internal(e.to_string()))
 }
 
 #[tonic::async_trait]
@@ -66,11 +68,18 @@ impl Peer for PeerService {
     }
 
     async fn forward_write(&self, request: Request<WriteRequest>) -> Result<Response<WriteResponse>, Status> {
-        self.context.write_path.serve_forwarded(request.into_inner()).await.map(Response::new)
+        self.context
+            .write_path
+            .serve_forwarded(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn read_index(&self, _: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
         let read_index = self.context.read_path.serve_follower_request().await?;
-        Ok(Response::new(ReadIndexResponse { read_index, leader_id: self.context.member_id }))
+        Ok(Response::new(ReadIndexResponse {
+            read_index,
+            leader_id: self.context.member_id,
+        }))
     }
 }

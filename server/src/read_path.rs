@@ -61,12 +61,23 @@ impl ReadPath {
         leader_wait: Duration,
         confirm_timeout: Duration,
     ) -> Self {
-        let context = RoundContext { raft: raft.clone(), leadership, network, leader_wait, confirm_timeout };
+        let context = RoundContext {
+            raft: raft.clone(),
+            leadership,
+            network,
+            leader_wait,
+            confirm_timeout,
+        };
         let (any_member, any_queue) = mpsc::channel(16 * 1024);
         let (leader_only, leader_queue) = mpsc::channel(16 * 1024);
         tokio::spawn(run_rounds(context.clone(), any_queue, RoundKind::AnyMember));
         tokio::spawn(run_rounds(context, leader_queue, RoundKind::LeaderOnly));
-        ReadPath { any_member, leader_only, raft, request_timeout }
+        ReadPath {
+            any_member,
+            leader_only,
+            raft,
+            request_timeout,
+        }
     }
 
     /// Returns once a read on this member is linearizable.
@@ -103,7 +114,10 @@ fn is_leader_changed(status: &Status) -> bool {
 
 async fn ask(queue: &mpsc::Sender<IndexReply>) -> Result<u64, Status> {
     let (reply, answer) = oneshot::channel();
-    queue.send(reply).await.map_err(|_| Status::from(WireError::Stopped))?;
+    queue
+        .send(reply)
+        .await
+        .map_err(|_| Status::from(WireError::Stopped))?;
     answer.await.map_err(|_| Status::from(WireError::Stopped))?
 }
 
@@ -139,13 +153,21 @@ async fn confirm_read_index(context: &RoundContext, kind: RoundKind) -> Result<u
             Err(_elapsed) => Err(WireError::NoLeader.into()),
         };
     }
-    let mut client = context.network.client(leader, &node.peer_url).map_err(|e| Status::internal(e.to_string()))?;
+    let mut client = context
+        .network
+        .client(leader, &node.peer_url)
+        .map_err(|e| Status::internal(e.to_string()))?;
     let mut request = tonic::Request::new(ReadIndexRequest {});
     request.set_timeout(context.confirm_timeout);
     match client.read_index(request).await {
         Ok(response) => Ok(response.into_inner().read_index),
-        Err(status) if status.code() == tonic::Code::FailedPrecondition => Err(WireError::LeaderChanged.into()),
-        Err(status) if status.code() == tonic::Code::Unavailable || status.code() == tonic::Code::DeadlineExceeded => {
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+            Err(WireError::LeaderChanged.into())
+        }
+        Err(status)
+            if status.code() == tonic::Code::Unavailable
+                || status.code() == tonic::Code::DeadlineExceeded =>
+        {
             Err(WireError::NoLeader.into())
         }
         Err(status) => Err(status),

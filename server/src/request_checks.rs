@@ -4,7 +4,9 @@
 
 use std::collections::HashSet;
 
-use keel_api::etcdserverpb::{request_op, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use keel_api::etcdserverpb::{
+    request_op, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
 use keel_api::key_range::KeySelection;
 use keel_api::WireError;
 
@@ -86,7 +88,10 @@ struct BranchWrites<'a> {
 /// two branches of a nested txn are alternatives, so they may overlap each
 /// other but not the enclosing branch.
 fn branch_writes(ops: &[RequestOp]) -> Result<BranchWrites<'_>, WireError> {
-    let mut writes = BranchWrites { puts: HashSet::new(), deletes: Vec::new() };
+    let mut writes = BranchWrites {
+        puts: HashSet::new(),
+        deletes: Vec::new(),
+    };
     let mut nested_puts: HashSet<&[u8]> = HashSet::new();
     for op in ops {
         match &op.request {
@@ -143,21 +148,37 @@ mod tests {
         }
     }
 
-    const LIMITS: RequestLimits = RequestLimits { max_request_bytes: 100, max_txn_ops: 2 };
+    const LIMITS: RequestLimits = RequestLimits {
+        max_request_bytes: 100,
+        max_txn_ops: 2,
+    };
 
     #[test]
     fn txn_with_more_ops_than_the_limit_is_refused() {
-        let txn = TxnRequest { success: vec![put("a"), put("b"), put("c")], ..Default::default() };
+        let txn = TxnRequest {
+            success: vec![put("a"), put("b"), put("c")],
+            ..Default::default()
+        };
         assert_eq!(LIMITS.check_txn(&txn), Err(WireError::TooManyOps));
     }
 
     #[test]
     fn txn_writing_a_key_twice_in_one_branch_is_refused() {
-        let twice = TxnRequest { success: vec![put("a"), put("a")], ..Default::default() };
+        let twice = TxnRequest {
+            success: vec![put("a"), put("a")],
+            ..Default::default()
+        };
         assert_eq!(LIMITS.check_txn(&twice), Err(WireError::DuplicateKey));
-        let put_and_delete = TxnRequest { success: vec![put("ab"), delete("a", "b")], ..Default::default() };
+        let put_and_delete = TxnRequest {
+            success: vec![put("ab"), delete("a", "b")],
+            ..Default::default()
+        };
         assert_eq!(LIMITS.check_txn(&put_and_delete), Err(WireError::DuplicateKey));
-        let across_branches = TxnRequest { success: vec![put("a")], failure: vec![put("a")], ..Default::default() };
+        let across_branches = TxnRequest {
+            success: vec![put("a")],
+            failure: vec![put("a")],
+            ..Default::default()
+        };
         assert_eq!(LIMITS.check_txn(&across_branches), Ok(()));
     }
 

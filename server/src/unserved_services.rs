@@ -8,8 +8,8 @@ use keel_api::etcdserverpb::lease_server::Lease;
 use keel_api::etcdserverpb::watch_server::Watch;
 use keel_api::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
-    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
-    WatchRequest, WatchResponse,
+    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse, WatchRequest, WatchResponse,
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -26,18 +26,27 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 impl Watch for UnservedWatch {
     type WatchStream = BoxStream<WatchResponse>;
 
-    async fn watch(&self, _: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        _: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         Err(unserved("Watch"))
     }
 }
 
 #[tonic::async_trait]
 impl Lease for UnservedLease {
-    async fn lease_grant(&self, _: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+    async fn lease_grant(
+        &self,
+        _: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
         Err(unserved("LeaseGrant"))
     }
 
-    async fn lease_revoke(&self, _: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
+    async fn lease_revoke(
+        &self,
+        _: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
         Err(unserved("LeaseRevoke"))
     }
 
@@ -57,7 +66,10 @@ impl Lease for UnservedLease {
         Err(unserved("LeaseTimeToLive"))
     }
 
-    async fn lease_leases(&self, _: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+    async fn lease_leases(
+        &self,
+        _: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
         Err(unserved("LeaseLeases"))
     }
 }

@@ -65,7 +65,14 @@ impl WritePath {
     ) -> Self {
         let (proposals, queue) = mpsc::channel(16 * 1024);
         tokio::spawn(run_proposer(raft, queue));
-        WritePath { proposals, leadership, network, request_timeout, leader_wait, retry_pause }
+        WritePath {
+            proposals,
+            leadership,
+            network,
+            request_timeout,
+            leader_wait,
+            retry_pause,
+        }
     }
 
     /// Performs a client write from any member; answers once it is applied.
@@ -111,7 +118,9 @@ impl WritePath {
         if self.proposals.send(Proposal { request, reply }).await.is_err() {
             return Err(ProposeError::Wire(WireError::Stopped));
         }
-        answer.await.unwrap_or(Err(ProposeError::Wire(WireError::Stopped)))
+        answer
+            .await
+            .unwrap_or(Err(ProposeError::Wire(WireError::Stopped)))
     }
 
     /// The status a leader answers a forwarded write with.
@@ -129,17 +138,15 @@ impl WritePath {
 
 fn write_provably_not_applied(status: &Status) -> bool {
     let not_leader = status.code() == Code::FailedPrecondition && status.message() == NOT_LEADER_MESSAGE;
-    // A lazily connected channel reports a failed TCP connect as Unavailable
-    // before anything was sent.
-    let never_connected = status.code() == Code::Unavailable
-        && (status.message().contains("connect") || status.message().contains("Connection refused"));
-    not_leader || never_connected
+    not_leader || keel_client::never_reached_server(status)
 }
 
 async fn run_proposer(raft: KeelRaft, mut queue: mpsc::Receiver<Proposal>) {
     let in_flight = Arc::new(Semaphore::new(MAX_PROPOSALS_IN_FLIGHT));
     loop {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
         let Some(first) = queue.recv().await else { return };
         let mut bytes = first.request.encoded_len();
         let mut requests = vec![first.request];
@@ -164,7 +171,10 @@ type ClientWriteResult = Result<
     RaftError<u64, ClientWriteError<u64, keel_raft::MemberNode>>,
 >;
 
-fn deliver_outcomes(written: ClientWriteResult, replies: Vec<oneshot::Sender<Result<WriteResponse, ProposeError>>>) {
+fn deliver_outcomes(
+    written: ClientWriteResult,
+    replies: Vec<oneshot::Sender<Result<WriteResponse, ProposeError>>>,
+) {
     match written {
         Ok(response) => {
             let mut outcomes = response.data.outcomes.into_iter();

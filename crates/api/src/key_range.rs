@@ -33,9 +33,15 @@ impl<'a> KeySelection<'a> {
         if range_end.is_empty() {
             KeySelection::Single(key)
         } else if range_end == FROM_KEY_RANGE_END {
-            KeySelection::Range { start: key, end: None }
+            KeySelection::Range {
+                start: key,
+                end: None,
+            }
         } else {
-            KeySelection::Range { start: key, end: Some(range_end) }
+            KeySelection::Range {
+                start: key,
+                end: Some(range_end),
+            }
         }
     }
 

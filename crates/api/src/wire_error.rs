@@ -64,7 +64,9 @@ impl WireError {
     /// Recognises a status produced by [`WireError::to_status`] (for example
     /// one relayed by the leader to a follower, or received by a client).
     pub fn from_status(status: &Status) -> Option<WireError> {
-        ALL.iter().copied().find(|error| error.code() == status.code() && status.message() == error.to_string())
+        ALL.iter()
+            .copied()
+            .find(|error| error.code() == status.code() && status.message() == error.to_string())
     }
 }
 
@@ -122,6 +124,9 @@ mod tests {
     fn compacted_uses_etcds_exact_text_and_code() {
         let status = WireError::Compacted.to_status();
         assert_eq!(status.code(), Code::OutOfRange);
-        assert_eq!(status.message(), "etcdserver: mvcc: required revision has been compacted");
+        assert_eq!(
+            status.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
     }
 }

@@ -1,1 +1,376 @@
-//! placeholder
+//! keel's Rust client, shared by `keelctl`, the `keel` server (local-cluster),
+//! the tests and the benchmarks. It speaks etcd's v3 gRPC API, so it drives a
+//! real etcd just as well as keel.
+//!
+//! Endpoint failover, as etcd's client does it: the client keeps one cached
+//! channel per endpoint and sends each call to its preferred endpoint; when
+//! that endpoint cannot be reached it moves on to the next. Reads move on
+//! after any transport failure; writes only when the failure proves the
+//! request was never sent (or the member said "no leader", which keel answers
+//! only before proposing), so a write is never applied twice by a retry.
+
+mod error;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use keel_api::etcdserverpb::cluster_client::ClusterClient;
+use keel_api::etcdserverpb::kv_client::KvClient;
+use keel_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use keel_api::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest,
+    HashKvResponse, MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+};
+use keel_api::WireError;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+pub use error::{never_reached_server, transport_failure, ClientError};
+
+/// etcdctl's default `--dial-timeout`.
+pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Largest response the client accepts (etcd's client allows up to 2 GiB).
+const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port` or `http://host:port`, in order of preference.
+    pub endpoints: Vec<String>,
+    /// How long `connect` waits for the first endpoint to answer, and each
+    /// later (re)connection attempt to one endpoint.
+    pub dial_timeout: Duration,
+    /// Bound on each call including its failover attempts (`None`: unbounded).
+    pub request_timeout: Option<Duration>,
+}
+
+impl ClientConfig {
+    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Self {
+        ClientConfig {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            dial_timeout: DEFAULT_DIAL_TIMEOUT,
+            request_timeout: None,
+        }
+    }
+
+    pub fn with_dial_timeout(mut self, timeout: Duration) -> Self {
+        self.dial_timeout = timeout;
+        self
+    }
+
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+}
+
+/// `http://` + `endpoint` unless it names a scheme already.
+pub fn endpoint_url(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+struct ConnectedEndpoint {
+    name: String,
+    channel: Channel,
+}
+
+struct Shared {
+    endpoints: Vec<ConnectedEndpoint>,
+    preferred: AtomicUsize,
+    config: ClientConfig,
+}
+
+/// A cheap-to-clone handle; clones share the endpoints' channels.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Idempotent: move on after any transport failure.
+    Read,
+    /// Move on only when the request was provably not applied.
+    Write,
+}
+
+fn lazy_channel(endpoint: &str, dial_timeout: Duration) -> Result<Channel, ClientError> {
+    let url = endpoint_url(endpoint);
+    let builder = Endpoint::from_shared(url).map_err(|e| ClientError::InvalidEndpoint {
+        endpoint: endpoint.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(builder
+        .connect_timeout(dial_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .connect_lazy())
+}
+
+impl Client {
+    /// Connects to the first endpoint that answers within the dial timeout
+    /// (all are dialled at once); fails naming every endpoint tried.
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        let client = Client::connect_lazy(config)?;
+        let timeout = client.shared.config.dial_timeout;
+        let mut attempts: FuturesUnordered<_> = client
+            .shared
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(index, endpoint)| {
+                let health = MaintenanceClient::new(endpoint.channel.clone());
+                async move { (index, probe(health).await) }
+            })
+            .collect();
+        let mut last_error = String::from("no answer");
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                next = attempts.next() => match next {
+                    Some((index, Ok(()))) => {
+                        client.shared.preferred.store(index, Ordering::Relaxed);
+                        return Ok(client);
+                    }
+                    Some((_, Err(error))) => last_error = error,
+                    None => break,
+                },
+                _ = &mut deadline => {
+                    last_error = "dial timed out".to_string();
+                    break;
+                }
+            }
+        }
+        Err(ClientError::Unreachable {
+            endpoints: client.endpoint_names(),
+            timeout,
+            last_error,
+        })
+    }
+
+    /// A client whose channels connect on first use.
+    pub fn connect_lazy(config: ClientConfig) -> Result<Client, ClientError> {
+        if config.endpoints.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|name| {
+                Ok(ConnectedEndpoint {
+                    name: name.clone(),
+                    channel: lazy_channel(name, config.dial_timeout)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ClientError>>()?;
+        Ok(Client {
+            shared: Arc::new(Shared {
+                endpoints,
+                preferred: AtomicUsize::new(0),
+                config,
+            }),
+        })
+    }
+
+    /// The endpoints, as given.
+    pub fn endpoint_names(&self) -> Vec<String> {
+        self.shared.endpoints.iter().map(|e| e.name.clone()).collect()
+    }
+
+    /// A client that talks to `endpoint` only (sharing its channel when it
+    /// is one of this client's endpoints).
+    pub fn pinned(&self, endpoint: &str) -> Result<Client, ClientError> {
+        let config = ClientConfig {
+            endpoints: vec![endpoint.to_string()],
+            ..self.shared.config.clone()
+        };
+        let channel = match self.shared.endpoints.iter().find(|e| e.name == endpoint) {
+            Some(known) => known.channel.clone(),
+            None => lazy_channel(endpoint, config.dial_timeout)?,
+        };
+        let endpoints = vec![ConnectedEndpoint {
+            name: endpoint.to_string(),
+            channel,
+        }];
+        Ok(Client {
+            shared: Arc::new(Shared {
+                endpoints,
+                preferred: AtomicUsize::new(0),
+                config,
+            }),
+        })
+    }
+
+    /// The raw KV stub on the preferred endpoint's channel (no failover),
+    /// for callers that drive the channel themselves, such as load generators.
+    pub fn kv_stub(&self) -> KvClient<Channel> {
+        let index = self.shared.preferred.load(Ordering::Relaxed) % self.shared.endpoints.len();
+        kv_stub(&self.shared.endpoints[index].channel)
+    }
+
+    pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, ClientError> {
+        self.call(Retry::Read, move |channel| {
+            let request = request.clone();
+            Box::pin(async move { kv_stub(&channel).range(request).await })
+        })
+        .await
+    }
+
+    pub async fn put(&self, request: PutRequest) -> Result<PutResponse, ClientError> {
+        self.call(Retry::Write, move |channel| {
+            let request = request.clone();
+            Box::pin(async move { kv_stub(&channel).put(request).await })
+        })
+        .await
+    }
+
+    pub async fn delete_range(
+        &self,
+        request: DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, ClientError> {
+        self.call(Retry::Write, move |channel| {
+            let request = request.clone();
+            Box::pin(async move { kv_stub(&channel).delete_range(request).await })
+        })
+        .await
+    }
+
+    pub async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, ClientError> {
+        self.call(Retry::Write, move |channel| {
+            let request = request.clone();
+            Box::pin(async move { kv_stub(&channel).txn(request).await })
+        })
+        .await
+    }
+
+    pub async fn compact(&self, request: CompactionRequest) -> Result<CompactionResponse, ClientError> {
+        self.call(Retry::Write, move |channel| {
+            let request = request;
+            Box::pin(async move { kv_stub(&channel).compact(request).await })
+        })
+        .await
+    }
+
+    pub async fn member_list(&self) -> Result<MemberListResponse, ClientError> {
+        self.call(Retry::Read, |channel| {
+            Box::pin(async move {
+                ClusterClient::new(channel)
+                    .member_list(MemberListRequest { linearizable: false })
+                    .await
+            })
+        })
+        .await
+    }
+
+    /// `Maintenance.Status` of one endpoint (no failover: the answer is about
+    /// that member).
+    pub async fn status(&self, endpoint: &str) -> Result<StatusResponse, ClientError> {
+        self.pinned(endpoint)?
+            .call(Retry::Read, |channel| {
+                Box::pin(async move { maintenance_stub(&channel).status(StatusRequest {}).await })
+            })
+            .await
+    }
+
+    /// `Maintenance.HashKV` of one endpoint at `revision` (0 = its current).
+    pub async fn hash_kv(&self, endpoint: &str, revision: i64) -> Result<HashKvResponse, ClientError> {
+        self.pinned(endpoint)?
+            .call(Retry::Read, move |channel| {
+                Box::pin(async move {
+                    maintenance_stub(&channel)
+                        .hash_kv(HashKvRequest { revision })
+                        .await
+                })
+            })
+            .await
+    }
+
+    async fn call<T>(
+        &self,
+        retry: Retry,
+        send: impl Fn(Channel) -> BoxFuture<'static, Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, ClientError> {
+        let attempts = self.call_with_failover(retry, send);
+        match self.shared.config.request_timeout {
+            None => attempts.await,
+            Some(timeout) => tokio::time::timeout(timeout, attempts)
+                .await
+                .map_err(|_| ClientError::Timeout(timeout))?,
+        }
+    }
+
+    async fn call_with_failover<T>(
+        &self,
+        retry: Retry,
+        send: impl Fn(Channel) -> BoxFuture<'static, Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, ClientError> {
+        let count = self.shared.endpoints.len();
+        let first = self.shared.preferred.load(Ordering::Relaxed) % count;
+        let mut last_status = None;
+        for offset in 0..count {
+            let index = (first + offset) % count;
+            let endpoint = &self.shared.endpoints[index];
+            match send(endpoint.channel.clone()).await {
+                Ok(response) => {
+                    if offset > 0 {
+                        self.shared.preferred.store(index, Ordering::Relaxed);
+                    }
+                    return Ok(response.into_inner());
+                }
+                Err(status) if may_try_next_endpoint(retry, &status) => {
+                    tracing::debug!(endpoint = %endpoint.name, %status, "endpoint failed; trying the next one");
+                    last_status = Some(status);
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+        match last_status {
+            Some(status) if count > 1 && transport_failure(&status) => Err(ClientError::Unreachable {
+                endpoints: self.endpoint_names(),
+                timeout: self.shared.config.dial_timeout,
+                last_error: status.message().to_string(),
+            }),
+            Some(status) => Err(status.into()),
+            None => Err(ClientError::NoEndpoints),
+        }
+    }
+}
+
+fn may_try_next_endpoint(retry: Retry, status: &Status) -> bool {
+    if WireError::from_status(status) == Some(WireError::NoLeader) {
+        return true;
+    }
+    match retry {
+        Retry::Read => transport_failure(status),
+        Retry::Write => never_reached_server(status),
+    }
+}
+
+fn kv_stub(channel: &Channel) -> KvClient<Channel> {
+    KvClient::new(channel.clone())
+        .max_decoding_message_size(MAX_RESPONSE_BYTES)
+        .max_encoding_message_size(usize::MAX)
+}
+
+fn maintenance_stub(channel: &Channel) -> MaintenanceClient<Channel> {
+    MaintenanceClient::new(channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES)
+}
+
+async fn probe(mut maintenance: MaintenanceClient<Channel>) -> Result<(), String> {
+    match maintenance.status(StatusRequest {}).await {
+        Ok(_) => Ok(()),
+        // An answer of any kind proves the endpoint is reachable.
+        Err(status) if !transport_failure(&status) => Ok(()),
+        Err(status) => Err(status.message().to_string()),
+    }
+}

@@ -28,11 +28,17 @@ fn request_outcome(error: MvccError) -> Result<WriteOutcome, FatalApplyError> {
         MvccError::LeaseNotFound => ApplyErrorKind::LeaseNotFound,
         fatal => return Err(FatalApplyError(fatal)),
     };
-    Ok(WriteOutcome { outcome: Some(write_outcome::Outcome::Error(kind as i32)) })
+    Ok(WriteOutcome {
+        outcome: Some(write_outcome::Outcome::Error(kind as i32)),
+    })
 }
 
 fn response_outcome(response: write_response::Response) -> WriteOutcome {
-    WriteOutcome { outcome: Some(write_outcome::Outcome::Response(WriteResponse { response: Some(response) })) }
+    WriteOutcome {
+        outcome: Some(write_outcome::Outcome::Response(WriteResponse {
+            response: Some(response),
+        })),
+    }
 }
 
 pub fn apply_write_batch(
@@ -55,11 +61,13 @@ fn apply_write_request(
     use write_response::Response;
     let result = match &request.request {
         Some(write_request::Request::Put(put)) => mvcc.put(put).map(Response::Put),
-        Some(write_request::Request::DeleteRange(delete)) => mvcc.delete_range(delete).map(Response::DeleteRange),
-        Some(write_request::Request::Txn(txn)) => mvcc.txn(txn).map(Response::Txn),
-        Some(write_request::Request::Compaction(compaction)) => {
-            mvcc.compact(compaction.revision).map(|()| Response::Compaction(Default::default()))
+        Some(write_request::Request::DeleteRange(delete)) => {
+            mvcc.delete_range(delete).map(Response::DeleteRange)
         }
+        Some(write_request::Request::Txn(txn)) => mvcc.txn(txn).map(Response::Txn),
+        Some(write_request::Request::Compaction(compaction)) => mvcc
+            .compact(compaction.revision)
+            .map(|()| Response::Compaction(Default::default())),
         Some(write_request::Request::MemberAttributes(attributes)) => {
             members.insert(attributes.member_id, attributes.clone());
             Ok(Response::MemberAttributes(MemberAttributesApplied {}))

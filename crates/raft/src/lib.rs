@@ -9,6 +9,9 @@
 //! - [`network`]: the client side of the peer protocol, one cached gRPC
 //!   channel per peer; [`peer_codec`] is the payload encoding both sides share.
 
+// openraft's traits dictate its large error types (StorageError, RPCError).
+#![allow(clippy::result_large_err)]
+
 pub mod apply;
 pub mod log_store;
 pub mod network;

@@ -30,7 +30,11 @@ pub struct SledLogStore {
     state: sled::Tree,
 }
 
-fn io_error(subject: ErrorSubject<u64>, verb: ErrorVerb, error: impl std::error::Error + 'static) -> StorageError {
+fn io_error(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+    error: impl std::error::Error + 'static,
+) -> StorageError {
     StorageIOError::new(subject, verb, AnyError::new(&error)).into()
 }
 
@@ -45,7 +49,10 @@ fn write_logs_error(error: impl std::error::Error + 'static) -> StorageError {
 impl SledLogStore {
     /// Opens (or creates) the log database in `path`.
     pub fn open(path: &std::path::Path) -> Result<Self, RaftStorageError> {
-        let db = sled::Config::new().path(path).mode(sled::Mode::HighThroughput).open()?;
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
         let log = db.open_tree("log")?;
         let state = db.open_tree("raft_state")?;
         Ok(SledLogStore { db, log, state })
@@ -96,7 +103,10 @@ impl RaftLogReader<TypeConfig> for SledLogStore {
         for item in self.log.range(index_key(start)..) {
             let (key, bytes) = item.map_err(read_logs_error)?;
             let index = u64::from_be_bytes(key.as_ref().try_into().map_err(|_| {
-                read_logs_error(RaftStorageError::Corrupt { what: "log key", detail: format!("{key:?}") })
+                read_logs_error(RaftStorageError::Corrupt {
+                    what: "log key",
+                    detail: format!("{key:?}"),
+                })
             })?);
             if !range.contains(&index) {
                 break;
@@ -113,7 +123,10 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.read_state(LAST_PURGED_KEY)?;
         let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -152,7 +165,12 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
             batch.insert(&index_key(entry.log_id.index), bytes);
         }
         self.log.apply_batch(batch).map_err(write_logs_error)?;
-        let flushed = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
+        let flushed = self
+            .db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(std::io::Error::other);
         callback.log_io_completed(flushed);
         Ok(())
     }

@@ -11,8 +11,8 @@ use keel_api::keelpb::peer_client::PeerClient;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -42,20 +42,29 @@ impl PeerNetwork {
 
     /// A network that dials `overrides[id]` instead of member `id`'s peer URL.
     pub fn with_dial_overrides(overrides: HashMap<NodeId, String>) -> Self {
-        PeerNetwork { dial_overrides: Arc::new(overrides), ..Self::default() }
+        PeerNetwork {
+            dial_overrides: Arc::new(overrides),
+            ..Self::default()
+        }
     }
 
     /// The cached channel to `target`, created (lazily connecting) on first use.
     pub fn channel(&self, target: NodeId, peer_url: &str) -> Result<Channel, InvalidPeerUrl> {
         let peer_url = self.dial_overrides.get(&target).map_or(peer_url, String::as_str);
-        let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some((url, channel)) = channels.get(&target) {
             if url == peer_url {
                 return Ok(channel.clone());
             }
         }
         let endpoint = Endpoint::from_shared(peer_url.to_string())
-            .map_err(|e| InvalidPeerUrl { url: peer_url.to_string(), reason: e.to_string() })?
+            .map_err(|e| InvalidPeerUrl {
+                url: peer_url.to_string(),
+                reason: e.to_string(),
+            })?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
@@ -82,7 +91,10 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> PeerConnection {
-        PeerConnection { target, client: self.client(target, &node.peer_url) }
+        PeerConnection {
+            target,
+            client: self.client(target, &node.peer_url),
+        }
     }
 }
 
@@ -117,7 +129,10 @@ macro_rules! peer_call {
     ($self:ident, $method:ident, $rpc:ident, $option:ident, $err:ty) => {{
         let mut client = $self.client::<$err>()?;
         let payload = encode_payload(&$rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let reply = client.$method(Self::request(payload, &$option)).await.map_err(rpc_failure::<$err>)?;
+        let reply = client
+            .$method(Self::request(payload, &$option))
+            .await
+            .map_err(rpc_failure::<$err>)?;
         let result: Result<_, $err> =
             decode_payload(reply.get_ref()).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|remote| RPCError::RemoteError(RemoteError::new($self.target, remote)))

@@ -14,9 +14,13 @@ pub const MAX_PEER_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 pub struct PeerCodecError(#[from] bincode::Error);
 
 pub fn encode_payload<T: Serialize>(value: &T) -> Result<keel_api::keelpb::RaftPayload, PeerCodecError> {
-    Ok(keel_api::keelpb::RaftPayload { data: bincode::serialize(value)? })
+    Ok(keel_api::keelpb::RaftPayload {
+        data: bincode::serialize(value)?,
+    })
 }
 
-pub fn decode_payload<T: DeserializeOwned>(payload: &keel_api::keelpb::RaftPayload) -> Result<T, PeerCodecError> {
+pub fn decode_payload<T: DeserializeOwned>(
+    payload: &keel_api::keelpb::RaftPayload,
+) -> Result<T, PeerCodecError> {
     Ok(bincode::deserialize(&payload.data)?)
 }

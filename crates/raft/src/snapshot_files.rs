@@ -29,7 +29,9 @@ impl SnapshotFiles {
                 let _ = fs::remove_file(&path);
             }
         }
-        Ok(SnapshotFiles { dir: dir.to_path_buf() })
+        Ok(SnapshotFiles {
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// A fresh path for a snapshot being built or received.
@@ -42,8 +44,17 @@ impl SnapshotFiles {
     }
 
     fn data_path(&self, meta: &SnapshotMeta) -> PathBuf {
-        let safe_id: String =
-            meta.snapshot_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        let safe_id: String = meta
+            .snapshot_id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
         self.dir.join(format!("snapshot-{safe_id}.data"))
     }
 
@@ -52,7 +63,10 @@ impl SnapshotFiles {
         let data_path = self.data_path(meta);
         fs::rename(partial, &data_path)?;
         let meta_bytes = serde_json::to_vec(&(meta, data_path.file_name().map(|n| n.to_string_lossy())))
-            .map_err(|e| RaftStorageError::Corrupt { what: "snapshot meta", detail: e.to_string() })?;
+            .map_err(|e| RaftStorageError::Corrupt {
+                what: "snapshot meta",
+                detail: e.to_string(),
+            })?;
         let tmp_meta = self.dir.join(format!("{CURRENT_META}.partial"));
         let mut file = fs::File::create(&tmp_meta)?;
         file.write_all(&meta_bytes)?;
@@ -81,8 +95,11 @@ impl SnapshotFiles {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let (meta, file_name): (SnapshotMeta, String) = serde_json::from_slice(&bytes)
-            .map_err(|e| RaftStorageError::Corrupt { what: "snapshot meta", detail: e.to_string() })?;
+        let (meta, file_name): (SnapshotMeta, String) =
+            serde_json::from_slice(&bytes).map_err(|e| RaftStorageError::Corrupt {
+                what: "snapshot meta",
+                detail: e.to_string(),
+            })?;
         Ok(Some((meta, self.dir.join(file_name))))
     }
 }

@@ -61,7 +61,11 @@ impl StateView {
 
     /// Names and client URLs the members published, by member id.
     pub fn member_attributes(&self) -> MemberAttributeTable {
-        self.shared.members.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.shared
+            .members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -70,12 +74,18 @@ pub struct KeelStateMachine {
     receiving: Vec<PathBuf>,
 }
 
-fn read_meta<T: serde::de::DeserializeOwned>(store: &MvccStore, key: &str) -> Result<Option<T>, RaftStorageError> {
+fn read_meta<T: serde::de::DeserializeOwned>(
+    store: &MvccStore,
+    key: &str,
+) -> Result<Option<T>, RaftStorageError> {
     match store.app_meta(key)? {
         None => Ok(None),
         Some(bytes) => bincode::deserialize(&bytes)
             .map(Some)
-            .map_err(|e| RaftStorageError::Corrupt { what: "state machine meta", detail: e.to_string() }),
+            .map_err(|e| RaftStorageError::Corrupt {
+                what: "state machine meta",
+                detail: e.to_string(),
+            }),
     }
 }
 
@@ -88,13 +98,22 @@ impl KeelStateMachine {
     pub fn open(store: MvccStore, snapshot_dir: &std::path::Path) -> Result<Self, RaftStorageError> {
         let members = read_meta(&store, MEMBER_ATTRIBUTES_KEY)?.unwrap_or_default();
         let snapshots = SnapshotFiles::open(snapshot_dir)?;
-        let shared =
-            Arc::new(Shared { store, apply_gate: RwLock::new(()), members: RwLock::new(members), snapshots });
-        Ok(KeelStateMachine { shared, receiving: Vec::new() })
+        let shared = Arc::new(Shared {
+            store,
+            apply_gate: RwLock::new(()),
+            members: RwLock::new(members),
+            snapshots,
+        });
+        Ok(KeelStateMachine {
+            shared,
+            receiving: Vec::new(),
+        })
     }
 
     pub fn view(&self) -> StateView {
-        StateView { shared: self.shared.clone() }
+        StateView {
+            shared: self.shared.clone(),
+        }
     }
 
     fn applied_state_now(&self) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
@@ -130,7 +149,10 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
                 EntryPayload::Blank => outcomes.push(WriteBatchOutcome::default()),
                 EntryPayload::Normal(write_batch) => {
                     members_changed |= write_batch.requests.iter().any(|r| {
-                        matches!(r.request, Some(keel_api::keelpb::write_request::Request::MemberAttributes(_)))
+                        matches!(
+                            r.request,
+                            Some(keel_api::keelpb::write_request::Request::MemberAttributes(_))
+                        )
                     });
                     let outcome = apply_write_batch(&mut batch, &mut members, &write_batch)
                         .map_err(|e| sm_error(ErrorVerb::Write, e))?;
@@ -160,12 +182,16 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> KeelSnapshotBuilder {
-        KeelSnapshotBuilder { shared: self.shared.clone() }
+        KeelSnapshotBuilder {
+            shared: self.shared.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
         let path = self.shared.snapshots.partial_path("incoming");
-        let file = tokio::fs::File::create(&path).await.map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
+        let file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
         self.receiving.push(path);
         Ok(Box::new(file))
     }
@@ -186,12 +212,18 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
         let mut file = snapshot.into_std().await;
         tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
             let read_error = |e: &dyn std::fmt::Display| {
-                snapshot_error(ErrorVerb::Read, std::io::Error::other(format!("installing snapshot: {e}")))
+                snapshot_error(
+                    ErrorVerb::Read,
+                    std::io::Error::other(format!("installing snapshot: {e}")),
+                )
             };
             file.sync_all().map_err(|e| read_error(&e))?;
             file.rewind().map_err(|e| read_error(&e))?;
             let _gate = shared.apply_gate.write().unwrap_or_else(|p| p.into_inner());
-            let stats = shared.store.install_snapshot(&mut BufReader::new(&mut file)).map_err(|e| read_error(&e))?;
+            let stats = shared
+                .store
+                .install_snapshot(&mut BufReader::new(&mut file))
+                .map_err(|e| read_error(&e))?;
             // The dump carries the meta of the point it was taken at; label it
             // with what the leader says it is, which must agree.
             let mut batch = shared.store.begin_apply();
@@ -203,7 +235,10 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
                 .map_err(|e| read_error(&e))?
                 .unwrap_or_default();
             *shared.members.write().unwrap_or_else(|p| p.into_inner()) = members;
-            shared.snapshots.commit(&meta_owned, &partial).map_err(|e| read_error(&e))?;
+            shared
+                .snapshots
+                .commit(&meta_owned, &partial)
+                .map_err(|e| read_error(&e))?;
             tracing::info!(
                 snapshot = %meta_owned.snapshot_id,
                 last_log_id = ?meta_owned.last_log_id,
@@ -218,13 +253,21 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some((meta, data_path)) =
-            self.shared.snapshots.current().map_err(|e| snapshot_error(ErrorVerb::Read, e))?
+        let Some((meta, data_path)) = self
+            .shared
+            .snapshots
+            .current()
+            .map_err(|e| snapshot_error(ErrorVerb::Read, e))?
         else {
             return Ok(None);
         };
-        let file = tokio::fs::File::open(&data_path).await.map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+        let file = tokio::fs::File::open(&data_path)
+            .await
+            .map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        }))
     }
 }
 
@@ -237,7 +280,10 @@ impl RaftSnapshotBuilder<TypeConfig> for KeelSnapshotBuilder {
         let shared = self.shared.clone();
         let (meta, data_path) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
             let write_error = |e: &dyn std::fmt::Display| {
-                snapshot_error(ErrorVerb::Write, std::io::Error::other(format!("building snapshot: {e}")))
+                snapshot_error(
+                    ErrorVerb::Write,
+                    std::io::Error::other(format!("building snapshot: {e}")),
+                )
             };
             let partial = shared.snapshots.partial_path("build");
             let mut file = std::fs::File::create(&partial).map_err(|e| write_error(&e))?;
@@ -246,10 +292,14 @@ impl RaftSnapshotBuilder<TypeConfig> for KeelSnapshotBuilder {
                 let last_applied = read_meta::<Option<LogId>>(&shared.store, LAST_APPLIED_KEY)
                     .map_err(|e| write_error(&e))?
                     .flatten();
-                let last_membership: StoredMembership =
-                    read_meta(&shared.store, MEMBERSHIP_KEY).map_err(|e| write_error(&e))?.unwrap_or_default();
+                let last_membership: StoredMembership = read_meta(&shared.store, MEMBERSHIP_KEY)
+                    .map_err(|e| write_error(&e))?
+                    .unwrap_or_default();
                 let mut writer = BufWriter::new(&mut file);
-                let stats = shared.store.write_snapshot(&mut writer).map_err(|e| write_error(&e))?;
+                let stats = shared
+                    .store
+                    .write_snapshot(&mut writer)
+                    .map_err(|e| write_error(&e))?;
                 writer.flush().map_err(|e| write_error(&e))?;
                 // The log is purged behind this snapshot: what it covers must be durable.
                 shared.store.flush().map_err(|e| write_error(&e))?;
@@ -257,10 +307,20 @@ impl RaftSnapshotBuilder<TypeConfig> for KeelSnapshotBuilder {
                     Some(log_id) => format!("{}-{}-{}", log_id.leader_id.term, log_id.index, stats.records),
                     None => format!("empty-{}", stats.records),
                 };
-                (SnapshotMeta { last_log_id: last_applied, last_membership, snapshot_id }, stats)
+                (
+                    SnapshotMeta {
+                        last_log_id: last_applied,
+                        last_membership,
+                        snapshot_id,
+                    },
+                    stats,
+                )
             };
             file.sync_all().map_err(|e| write_error(&e))?;
-            let data_path = shared.snapshots.commit(&meta, &partial).map_err(|e| write_error(&e))?;
+            let data_path = shared
+                .snapshots
+                .commit(&meta, &partial)
+                .map_err(|e| write_error(&e))?;
             tracing::info!(
                 snapshot = %meta.snapshot_id,
                 records = stats.records,
@@ -271,7 +331,12 @@ impl RaftSnapshotBuilder<TypeConfig> for KeelSnapshotBuilder {
         })
         .await
         .map_err(|e| snapshot_error(ErrorVerb::Write, e))??;
-        let file = tokio::fs::File::open(&data_path).await.map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(file) })
+        let file = tokio::fs::File::open(&data_path)
+            .await
+            .map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
     }
 }

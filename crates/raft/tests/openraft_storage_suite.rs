@@ -1,6 +1,9 @@
 //! Runs openraft's own storage conformance suite (`openraft::testing::Suite`)
 //! against keel's sled log store and mvcc-backed state machine.
 
+// openraft's StorageError is the suite's own error type.
+#![allow(clippy::result_large_err)]
+
 use keel_mvcc::MvccStore;
 use keel_raft::{KeelStateMachine, SledLogStore, TypeConfig};
 use openraft::testing::{StoreBuilder, Suite};
@@ -9,14 +12,10 @@ use openraft::StorageError;
 struct SledStoreBuilder;
 
 impl StoreBuilder<TypeConfig, SledLogStore, KeelStateMachine, tempfile::TempDir> for SledStoreBuilder {
-    async fn build(
-        &self,
-    ) -> Result<(tempfile::TempDir, SledLogStore, KeelStateMachine), StorageError<u64>> {
-        let dir = tempfile::tempdir().map_err(|e| StorageError::from_io_error(
-            openraft::ErrorSubject::Store,
-            openraft::ErrorVerb::Write,
-            e,
-        ))?;
+    async fn build(&self) -> Result<(tempfile::TempDir, SledLogStore, KeelStateMachine), StorageError<u64>> {
+        let dir = tempfile::tempdir().map_err(|e| {
+            StorageError::from_io_error(openraft::ErrorSubject::Store, openraft::ErrorVerb::Write, e)
+        })?;
         let log = SledLogStore::open(&dir.path().join("raft")).expect("open log store");
         let db = sled::open(dir.path().join("mvcc")).expect("open mvcc db");
         let store = MvccStore::open(&db).expect("open mvcc store");

@@ -1,0 +1,305 @@
+//! `keel local-cluster`: runs a 3- or 5-member cluster of real `keel`
+//! processes on 127.0.0.1 from one command, streams their logs with a
+//! per-member prefix, reports a member that dies, and on Ctrl-C or SIGTERM
+//! stops every member cleanly. Run again on the same data dir, it resumes
+//! the same cluster with its data.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+
+/// Client port offsets from --base-port, as in etcd's local Procfile
+/// (2379, 22379, 32379, 42379, 52379); each peer port is the client port + 1.
+const CLIENT_PORT_OFFSETS: [u16; 5] = [0, 20000, 30000, 40000, 50000];
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LocalClusterFlags {
+    /// Number of members (3 or 5; at most 5).
+    #[arg(long, default_value_t = 3)]
+    pub size: usize,
+    /// Directory holding one data dir per member.
+    #[arg(long, default_value = "keel-data")]
+    pub data_dir: PathBuf,
+    /// First client port; every port of the cluster shifts with it.
+    #[arg(long, default_value_t = 2379)]
+    pub base_port: u16,
+    /// Do not stream the members' logs.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Passed to every member (ms).
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Passed to every member (ms).
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+}
+
+struct PlannedMember {
+    name: String,
+    client_url: String,
+    peer_url: String,
+}
+
+fn plan(flags: &LocalClusterFlags) -> anyhow::Result<Vec<PlannedMember>> {
+    if flags.size == 0 || flags.size > CLIENT_PORT_OFFSETS.len() {
+        bail!("--size must be between 1 and {}", CLIENT_PORT_OFFSETS.len());
+    }
+    CLIENT_PORT_OFFSETS[..flags.size]
+        .iter()
+        .enumerate()
+        .map(|(index, offset)| {
+            let client_port = flags
+                .base_port
+                .checked_add(*offset)
+                .and_then(|p| p.checked_add(1).map(|_| p));
+            let Some(client_port) = client_port else {
+                bail!(
+                    "--base-port {} leaves no room for {} members' ports",
+                    flags.base_port,
+                    flags.size
+                );
+            };
+            Ok(PlannedMember {
+                name: format!("keel{}", index + 1),
+                client_url: format!("http://127.0.0.1:{client_port}"),
+                peer_url: format!("http://127.0.0.1:{}", client_port + 1),
+            })
+        })
+        .collect()
+}
+
+fn member_command(
+    flags: &LocalClusterFlags,
+    member: &PlannedMember,
+    initial_cluster: &str,
+    token: &str,
+) -> anyhow::Result<Command> {
+    let exe = std::env::current_exe().context("cannot find the keel executable")?;
+    let mut command = Command::new(exe);
+    command
+        .arg("--name")
+        .arg(&member.name)
+        .arg("--data-dir")
+        .arg(flags.data_dir.join(&member.name))
+        .arg("--listen-client-urls")
+        .arg(&member.client_url)
+        .arg("--advertise-client-urls")
+        .arg(&member.client_url)
+        .arg("--listen-peer-urls")
+        .arg(&member.peer_url)
+        .arg("--initial-advertise-peer-urls")
+        .arg(&member.peer_url)
+        .arg("--initial-cluster")
+        .arg(initial_cluster)
+        .arg("--initial-cluster-token")
+        .arg(token)
+        .arg("--initial-cluster-state")
+        .arg("new")
+        .arg("--heartbeat-interval")
+        .arg(flags.heartbeat_interval.to_string())
+        .arg("--election-timeout")
+        .arg(flags.election_timeout.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    Ok(command)
+}
+
+fn stream_lines(prefix: String, output: impl AsyncRead + Unpin + Send + 'static, quiet: bool) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(output).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if !quiet {
+                println!("{prefix} | {line}");
+            }
+        }
+    });
+}
+
+struct RunningMember {
+    name: String,
+    client_url: String,
+    child: Child,
+    exited: bool,
+}
+
+pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
+    let members = plan(&flags)?;
+    if flags.size.is_multiple_of(2) {
+        eprintln!(
+            "warning: a cluster of {} members tolerates no more failures than one of {}; prefer 3 or 5",
+            flags.size,
+            flags.size - 1
+        );
+    }
+    std::fs::create_dir_all(&flags.data_dir)
+        .with_context(|| format!("cannot create {}", flags.data_dir.display()))?;
+    let initial_cluster = members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url))
+        .collect::<Vec<_>>()
+        .join(",");
+    let token = "keel-local-cluster";
+    let mut running = Vec::new();
+    for member in &members {
+        let mut child = member_command(&flags, member, &initial_cluster, token)?
+            .spawn()
+            .with_context(|| format!("cannot start member {}", member.name))?;
+        if let Some(stdout) = child.stdout.take() {
+            stream_lines(member.name.clone(), stdout, flags.quiet);
+        }
+        if let Some(stderr) = child.stderr.take() {
+            stream_lines(member.name.clone(), stderr, flags.quiet);
+        }
+        running.push(RunningMember {
+            name: member.name.clone(),
+            client_url: member.client_url.clone(),
+            child,
+            exited: false,
+        });
+    }
+
+    let endpoints: Vec<String> = members
+        .iter()
+        .map(|m| m.client_url.trim_start_matches("http://").to_string())
+        .collect();
+    let leader_deadline = Duration::from_millis(flags.election_timeout * 20).max(Duration::from_secs(20));
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    tokio::select! {
+        result = wait_for_leader(&endpoints, leader_deadline) => {
+            if let Err(error) = result {
+                stop_all(&mut running).await;
+                return Err(error);
+            }
+        }
+        _ = &mut signal => {
+            stop_all(&mut running).await;
+            return Ok(());
+        }
+    }
+    println!("keel local cluster of {} members is up:", running.len());
+    for member in &running {
+        let pid = member
+            .child
+            .id()
+            .map_or_else(|| "?".to_string(), |pid| pid.to_string());
+        println!("  {}  {}  pid {}", member.name, member.client_url, pid);
+    }
+    println!("export KEELCTL_ENDPOINTS={}", endpoints.join(","));
+
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                for member in running.iter_mut().filter(|m| !m.exited) {
+                    if let Ok(Some(status)) = member.child.try_wait() {
+                        member.exited = true;
+                        eprintln!("member {} exited unexpectedly: {status}; it is not restarted", member.name);
+                    }
+                }
+            }
+        }
+    }
+    stop_all(&mut running).await;
+    Ok(())
+}
+
+async fn wait_for_leader(endpoints: &[String], deadline: Duration) -> anyhow::Result<()> {
+    let config = keel_client::ClientConfig::new(endpoints.iter().cloned());
+    let give_up = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Ok(client) = keel_client::Client::connect(config.clone()).await {
+            for endpoint in endpoints {
+                if let Ok(status) = client.status(endpoint).await {
+                    if status.leader != 0 {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= give_up {
+            bail!("the cluster elected no leader within {deadline:?}; see the members' logs above");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn stop_all(running: &mut [RunningMember]) {
+    for member in running.iter_mut().filter(|m| !m.exited) {
+        if let Some(pid) = member.child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+    for member in running.iter_mut().filter(|m| !m.exited) {
+        match tokio::time::timeout(Duration::from_secs(10), member.child.wait()).await {
+            Ok(Ok(status)) => println!("member {} stopped ({status})", member.name),
+            _ => {
+                eprintln!("member {} did not stop within 10s; killing it", member.name);
+                let _ = member.child.kill().await;
+            }
+        }
+        member.exited = true;
+    }
+}
+
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(size: usize, base_port: u16) -> LocalClusterFlags {
+        LocalClusterFlags {
+            size,
+            data_dir: PathBuf::from("d"),
+            base_port,
+            quiet: true,
+            heartbeat_interval: 100,
+            election_timeout: 1000,
+        }
+    }
+
+    #[test]
+    fn ports_follow_etcds_local_layout_and_shift_with_base_port() {
+        let members = plan(&flags(5, 2379)).expect("plan");
+        let clients: Vec<&str> = members.iter().map(|m| m.client_url.as_str()).collect();
+        assert_eq!(
+            clients,
+            [
+                "http://127.0.0.1:2379",
+                "http://127.0.0.1:22379",
+                "http://127.0.0.1:32379",
+                "http://127.0.0.1:42379",
+                "http://127.0.0.1:52379"
+            ]
+        );
+        assert_eq!(members[1].peer_url, "http://127.0.0.1:22380");
+        let shifted = plan(&flags(3, 3379)).expect("plan");
+        assert_eq!(shifted[2].client_url, "http://127.0.0.1:33379");
+    }
+
+    #[test]
+    fn sizes_beyond_five_or_ports_beyond_range_are_refused() {
+        assert!(plan(&flags(6, 2379)).is_err());
+        assert!(plan(&flags(5, 20000)).is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! keel's partition suite (`keel-jepsen`): starts a real keel cluster on
+//! 127.0.0.1 with a cuttable TCP proxy on every member-to-member link, runs
+//! client workloads while a nemesis partitions, kills and pauses members,
+//! records the history as JSON lines, and checks it: linearizability of the
+//! register workloads, no lost or phantom elements in the set workload, at
+//! most one leader per term, and convergence after healing.
+
+pub mod history;
+pub mod invariants;
+pub mod linearizable;
+pub mod model;
+pub mod pairing;
+pub mod register_check;
+pub mod set_check;
+pub mod shrink;
+pub mod stats;
+pub mod verdict;

@@ -1,0 +1,2 @@
+//! The `keel-jepsen` command line.
+fn main() {}
