@@ -1,1 +1,14 @@
-//! placeholder
+//! keel's test fixtures, in their own crate so that the integration tests,
+//! the keelctl golden tests, the partition suite and the benchmarks start
+//! clusters the same way: real `keel` (or real `etcd`) processes on
+//! 127.0.0.1, on free ports, with data dirs and logs in a temporary
+//! directory. A cluster kills its members and removes its directory when
+//! dropped, also when a test fails (it then prints the members' log tails).
+
+pub mod binaries;
+pub mod cluster;
+pub mod ports;
+
+pub use binaries::{built_binary, BinaryError};
+pub use cluster::{which, Cluster, ClusterOptions, FixtureError, Flavor, MemberState};
+pub use ports::free_port;

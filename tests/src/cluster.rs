@@ -1,0 +1,506 @@
+//! One `Cluster` interface over real member processes, keel or etcd: both
+//! take etcd's flags, so the same fixture starts either, and the same test
+//! can run against both (compatibility tests compare their answers).
+//!
+//! Invariant: every child process a `Cluster` starts is killed and reaped
+//! when the `Cluster` is dropped, and its directory (data dirs, logs) is
+//! removed unless `KEEL_TEST_KEEP_DIRS` is set; if the test is panicking the
+//! members' log tails are printed first so the failure can be understood.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use keel_client::{Client, ClientConfig, ClientError};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::time::Instant;
+
+use crate::binaries::{built_binary, BinaryError};
+use crate::ports::free_port;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FixtureError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Binary(#[from] BinaryError),
+    #[error("client: {0}")]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("member {member} is not running")]
+    NotRunning { member: String },
+}
+
+/// Which server the cluster runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Keel,
+    Etcd,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub flavor: Flavor,
+    pub size: usize,
+    /// ms; etcd's default is 1000, tests use less to run faster.
+    pub election_timeout_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub snapshot_count: Option<u64>,
+    /// Extra flags passed to every member.
+    pub extra_args: Vec<String>,
+    /// Extra flags for member `i` only (`member_args[i]`), e.g. keel's
+    /// hidden `--peer-dial-overrides` for a harness that proxies peer links.
+    pub member_args: Vec<Vec<String>>,
+    /// `(client, peer)` ports per member, when the caller picked them (for
+    /// example to point proxies at them before the members start).
+    pub ports: Option<Vec<(u16, u16)>>,
+    /// Where data dirs and logs go. `None`: a temporary directory removed on
+    /// drop; `Some(dir)`: the caller's directory, kept.
+    pub base_dir: Option<PathBuf>,
+}
+
+impl ClusterOptions {
+    pub fn keel(size: usize) -> Self {
+        ClusterOptions {
+            flavor: Flavor::Keel,
+            size,
+            election_timeout_ms: 500,
+            heartbeat_interval_ms: 50,
+            snapshot_count: None,
+            extra_args: Vec::new(),
+            member_args: Vec::new(),
+            ports: None,
+            base_dir: None,
+        }
+    }
+
+    pub fn etcd(size: usize) -> Self {
+        ClusterOptions {
+            flavor: Flavor::Etcd,
+            ..ClusterOptions::keel(size)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberState {
+    Running,
+    Paused,
+    Stopped,
+}
+
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+pub struct Cluster {
+    options: ClusterOptions,
+    dir: Option<tempfile::TempDir>,
+    kept_dir: Option<PathBuf>,
+    binary: PathBuf,
+    token: String,
+    initial_cluster: String,
+    members: Vec<Member>,
+}
+
+impl Cluster {
+    /// Starts the members and waits until they agree on a leader.
+    pub async fn start(options: ClusterOptions) -> Result<Cluster, FixtureError> {
+        let mut cluster = Cluster::spawn(options)?;
+        cluster.wait_for_leader(Duration::from_secs(30)).await?;
+        Ok(cluster)
+    }
+
+    /// Starts the members without waiting for a leader.
+    pub fn spawn(options: ClusterOptions) -> Result<Cluster, FixtureError> {
+        let binary = match options.flavor {
+            Flavor::Keel => built_binary("keel")?,
+            Flavor::Etcd => which("etcd").ok_or_else(|| BinaryError {
+                name: "etcd".into(),
+                searched: vec!["$PATH".into()],
+            })?,
+        };
+        let (dir, kept_dir) = match &options.base_dir {
+            Some(base) => {
+                std::fs::create_dir_all(base)?;
+                (None, Some(base.clone()))
+            }
+            None => (
+                Some(tempfile::Builder::new().prefix("keel-test-cluster-").tempdir()?),
+                None,
+            ),
+        };
+        let root = dir.as_ref().map_or_else(
+            || kept_dir.clone().unwrap_or_default(),
+            |d| d.path().to_path_buf(),
+        );
+        let mut members = Vec::new();
+        for index in 0..options.size {
+            let name = format!("m{}", index + 1);
+            let (client_port, peer_port) = match &options.ports {
+                Some(ports) => ports[index],
+                None => (free_port()?, free_port()?),
+            };
+            members.push(Member {
+                data_dir: root.join(format!("{name}.data")),
+                log_path: root.join(format!("{name}.log")),
+                name,
+                client_port,
+                peer_port,
+                child: None,
+                paused: false,
+            });
+        }
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!(
+            "test-{}",
+            root.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        );
+        let mut cluster = Cluster {
+            options,
+            dir,
+            kept_dir,
+            binary,
+            token,
+            initial_cluster,
+            members,
+        };
+        for index in 0..cluster.members.len() {
+            cluster.launch(index)?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn flavor(&self) -> Flavor {
+        self.options.flavor
+    }
+
+    /// The directory holding every member's data dir and log.
+    pub fn dir(&self) -> &Path {
+        match (&self.dir, &self.kept_dir) {
+            (Some(temporary), _) => temporary.path(),
+            (None, Some(kept)) => kept,
+            (None, None) => Path::new("."),
+        }
+    }
+
+    pub fn member_name(&self, index: usize) -> &str {
+        &self.members[index].name
+    }
+
+    pub fn data_dir(&self, index: usize) -> &Path {
+        &self.members[index].data_dir
+    }
+
+    pub fn log_path(&self, index: usize) -> &Path {
+        &self.members[index].log_path
+    }
+
+    /// `127.0.0.1:port` of member `index`'s client listener.
+    pub fn endpoint(&self, index: usize) -> String {
+        format!("127.0.0.1:{}", self.members[index].client_port)
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.members.len()).map(|i| self.endpoint(i)).collect()
+    }
+
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.members[index].child.as_ref().map(Child::id)
+    }
+
+    pub fn state(&self, index: usize) -> MemberState {
+        let member = &self.members[index];
+        match (&member.child, member.paused) {
+            (None, _) => MemberState::Stopped,
+            (Some(_), true) => MemberState::Paused,
+            (Some(_), false) => MemberState::Running,
+        }
+    }
+
+    /// A client over every member's endpoint (with failover).
+    pub fn client(&self) -> Result<Client, FixtureError> {
+        Ok(Client::connect_lazy(self.client_config(self.endpoints()))?)
+    }
+
+    /// A client that talks to member `index` only.
+    pub fn member_client(&self, index: usize) -> Result<Client, FixtureError> {
+        Ok(Client::connect_lazy(
+            self.client_config(vec![self.endpoint(index)]),
+        )?)
+    }
+
+    fn client_config(&self, endpoints: Vec<String>) -> ClientConfig {
+        ClientConfig::new(endpoints).with_request_timeout(Duration::from_secs(15))
+    }
+
+    /// The command line of member `index`: etcd's flags, which keel shares.
+    pub fn member_args(&self, index: usize) -> Vec<String> {
+        let member = &self.members[index];
+        let client_url = format!("http://127.0.0.1:{}", member.client_port);
+        let peer_url = format!("http://127.0.0.1:{}", member.peer_port);
+        let mut args: Vec<String> = vec![
+            "--name".into(),
+            member.name.clone(),
+            "--data-dir".into(),
+            member.data_dir.display().to_string(),
+            "--listen-client-urls".into(),
+            client_url.clone(),
+            "--advertise-client-urls".into(),
+            client_url,
+            "--listen-peer-urls".into(),
+            peer_url.clone(),
+            "--initial-advertise-peer-urls".into(),
+            peer_url,
+            "--initial-cluster".into(),
+            self.initial_cluster.clone(),
+            "--initial-cluster-token".into(),
+            self.token.clone(),
+            "--initial-cluster-state".into(),
+            "new".into(),
+            "--heartbeat-interval".into(),
+            self.options.heartbeat_interval_ms.to_string(),
+            "--election-timeout".into(),
+            self.options.election_timeout_ms.to_string(),
+        ];
+        if let Some(count) = self.options.snapshot_count {
+            args.extend(["--snapshot-count".into(), count.to_string()]);
+        }
+        args.extend(self.options.extra_args.iter().cloned());
+        if let Some(own) = self.options.member_args.get(index) {
+            args.extend(own.iter().cloned());
+        }
+        args
+    }
+
+    fn launch(&mut self, index: usize) -> Result<(), FixtureError> {
+        let args = self.member_args(index);
+        let member = &mut self.members[index];
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&member.log_path)?;
+        let child = Command::new(&self.binary)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        member.child = Some(child);
+        member.paused = false;
+        Ok(())
+    }
+
+    /// kill -9 member `index`.
+    pub fn kill(&mut self, index: usize) -> Result<(), FixtureError> {
+        let member = &mut self.members[index];
+        let mut child = member.child.take().ok_or_else(|| FixtureError::NotRunning {
+            member: member.name.clone(),
+        })?;
+        child.kill()?;
+        child.wait()?;
+        member.paused = false;
+        Ok(())
+    }
+
+    /// SIGTERM member `index` and wait for it to exit.
+    pub async fn stop(&mut self, index: usize) -> Result<(), FixtureError> {
+        let member = &mut self.members[index];
+        let mut child = member.child.take().ok_or_else(|| FixtureError::NotRunning {
+            member: member.name.clone(),
+        })?;
+        let pid = Pid::from_raw(child.id() as i32);
+        if member.paused {
+            let _ = kill(pid, Signal::SIGCONT);
+            member.paused = false;
+        }
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                child.kill()?;
+                child.wait()?;
+                return Err(FixtureError::Timeout(format!(
+                    "{} did not stop within 10s of SIGTERM",
+                    member.name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts a stopped (or killed) member again on its data dir.
+    pub fn restart(&mut self, index: usize) -> Result<(), FixtureError> {
+        if self.members[index].child.is_some() {
+            return Ok(());
+        }
+        self.launch(index)
+    }
+
+    /// SIGSTOP member `index`.
+    pub fn pause(&mut self, index: usize) -> Result<(), FixtureError> {
+        let member = &mut self.members[index];
+        let child = member.child.as_ref().ok_or_else(|| FixtureError::NotRunning {
+            member: member.name.clone(),
+        })?;
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGSTOP).map_err(std::io::Error::from)?;
+        member.paused = true;
+        Ok(())
+    }
+
+    /// SIGCONT member `index`.
+    pub fn resume(&mut self, index: usize) -> Result<(), FixtureError> {
+        let member = &mut self.members[index];
+        let child = member.child.as_ref().ok_or_else(|| FixtureError::NotRunning {
+            member: member.name.clone(),
+        })?;
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT).map_err(std::io::Error::from)?;
+        member.paused = false;
+        Ok(())
+    }
+
+    /// The index of the member that leads, as the running members report
+    /// it: a majority of the cluster must name the same member, which must
+    /// itself answer.
+    pub async fn leader(&self) -> Option<usize> {
+        let mut member_ids = vec![None; self.members.len()];
+        let mut reported_leaders = Vec::new();
+        for (index, member_id) in member_ids.iter_mut().enumerate() {
+            if self.state(index) != MemberState::Running {
+                continue;
+            }
+            let Ok(client) = self.member_client(index) else {
+                continue;
+            };
+            let endpoint = self.endpoint(index);
+            let asked = tokio::time::timeout(Duration::from_millis(500), client.status(&endpoint));
+            if let Ok(Ok(status)) = asked.await {
+                *member_id = status.header.map(|h| h.member_id);
+                if status.leader != 0 {
+                    reported_leaders.push(status.leader);
+                }
+            }
+        }
+        let majority = self.members.len() / 2 + 1;
+        member_ids.iter().position(|id| {
+            id.is_some_and(|id| reported_leaders.iter().filter(|leader| **leader == id).count() >= majority)
+        })
+    }
+
+    /// Waits until a majority agrees on a leader; returns its index.
+    pub async fn wait_for_leader(&mut self, timeout: Duration) -> Result<usize, FixtureError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.leader().await {
+                return Ok(leader);
+            }
+            if let Some(exited) = self.exited_member() {
+                return Err(FixtureError::Timeout(format!(
+                    "member {exited} exited while waiting for a leader"
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(FixtureError::Timeout(format!("no leader within {timeout:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The name of a member whose process exited on its own, if any.
+    pub fn exited_member(&mut self) -> Option<String> {
+        self.members
+            .iter_mut()
+            .find_map(|m| match m.child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(_))) => Some(m.name.clone()),
+                _ => None,
+            })
+    }
+
+    /// The last `lines` lines of member `index`'s log.
+    pub fn log_tail(&self, index: usize, lines: usize) -> String {
+        tail(&self.members[index].log_path, lines)
+    }
+
+    /// Keeps the directory (data dirs, logs) after the cluster is dropped.
+    pub fn keep_dir(&mut self) -> Option<PathBuf> {
+        if let Some(temporary) = self.dir.take() {
+            self.kept_dir = Some(temporary.keep());
+        }
+        self.kept_dir.clone()
+    }
+
+    /// Member `index`'s peer port.
+    pub fn peer_port(&self, index: usize) -> u16 {
+        self.members[index].peer_port
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let failing = std::thread::panicking();
+        for member in &mut self.members {
+            if let Some(mut child) = member.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if failing {
+            for (index, member) in self.members.iter().enumerate() {
+                eprintln!(
+                    "---- last log lines of {} ----\n{}",
+                    member.name,
+                    self.log_tail(index, 40)
+                );
+            }
+        }
+        if std::env::var_os("KEEL_TEST_KEEP_DIRS").is_some() {
+            if let Some(dir) = self.keep_dir() {
+                eprintln!("kept cluster directory {}", dir.display());
+            }
+        }
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let length = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(length.saturating_sub(64 * 1024)));
+    let mut text = String::new();
+    let mut bytes = Vec::new();
+    if file.read_to_end(&mut bytes).is_ok() {
+        text = String::from_utf8_lossy(&bytes).into_owned();
+    }
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The first `name` on `$PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
