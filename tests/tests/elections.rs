@@ -1,0 +1,63 @@
+//! Elections under keel's own timer: every round draws a fresh random
+//! timeout, so killing the leader again and again never leaves the cluster
+//! stuck in repeated split votes (openraft 0.9.25 draws once per member).
+
+use std::time::Duration;
+
+use keel_api::etcdserverpb::PutRequest;
+use keel_tests::{Cluster, ClusterOptions};
+use tokio::time::Instant;
+
+const ELECTION_TIMEOUT_MS: u64 = 300;
+
+#[tokio::test]
+async fn killing_the_leader_20_times_elects_a_new_one_each_time_within_10_election_timeouts() {
+    let options = ClusterOptions {
+        election_timeout_ms: ELECTION_TIMEOUT_MS,
+        heartbeat_interval_ms: 50,
+        ..ClusterOptions::keel(3)
+    };
+    let mut cluster = Cluster::start(options).await.expect("cluster starts");
+    let bound = Duration::from_millis(10 * ELECTION_TIMEOUT_MS);
+    let mut leader = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("first leader");
+    let mut waits = Vec::new();
+    for round in 0..20 {
+        cluster.kill(leader).expect("kill -9 the leader");
+        let killed_at = Instant::now();
+        let next = cluster
+            .wait_for_leader(bound)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: no new leader within {bound:?}: {e}"));
+        waits.push(killed_at.elapsed());
+        assert_ne!(next, leader, "round {round}: the killed member cannot lead");
+        let client = cluster.member_client(next).expect("client");
+        client
+            .put(PutRequest {
+                key: format!("round-{round}").into_bytes(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: write through the new leader: {e}"));
+        cluster.restart(leader).expect("restart the killed member");
+        // Let the restarted member come up before its peer is killed next.
+        let restarted = cluster.member_client(leader).expect("client");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while restarted.status(&cluster.endpoint(leader)).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: restarted member does not answer"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        leader = next;
+    }
+    waits.sort();
+    eprintln!(
+        "time from kill to new leader: median {:?}, max {:?}",
+        waits[waits.len() / 2],
+        waits[waits.len() - 1]
+    );
+}

@@ -1,0 +1,262 @@
+//! The replicated keyspace end to end, on real `keel` processes: writes
+//! through any member are linearizably visible through every member, the
+//! cluster survives kill -9 of its leader and of all members at once without
+//! losing an acknowledged write or breaking revision numbering, and a member
+//! that fell behind a snapshot catches up through it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_api::etcdserverpb::{PutRequest, RangeRequest};
+use keel_api::key_range::prefix_range_end;
+use keel_client::Client;
+use keel_tests::{Cluster, ClusterOptions};
+
+fn put(key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+fn get(key: &str) -> RangeRequest {
+    RangeRequest {
+        key: key.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+fn prefix(prefix: &str) -> RangeRequest {
+    RangeRequest {
+        key: prefix.as_bytes().to_vec(),
+        range_end: prefix_range_end(prefix.as_bytes()),
+        ..Default::default()
+    }
+}
+
+async fn value_of(client: &Client, key: &str) -> Option<Vec<u8>> {
+    let response = client.range(get(key)).await.expect("range");
+    response.kvs.first().map(|kv| kv.value.clone())
+}
+
+#[tokio::test]
+async fn a_write_through_any_member_is_read_linearizably_through_every_member() {
+    let cluster = Cluster::start(ClusterOptions::keel(3))
+        .await
+        .expect("cluster starts");
+    let clients: Vec<Client> = (0..3)
+        .map(|i| cluster.member_client(i).expect("client"))
+        .collect();
+    for round in 0..5 {
+        for (writer, client) in clients.iter().enumerate() {
+            let key = format!("key-{writer}");
+            let value = format!("round-{round}-via-{writer}");
+            let written = client.put(put(&key, &value)).await.expect("put acknowledged");
+            let revision = written.header.expect("header").revision;
+            for (reader, reading) in clients.iter().enumerate() {
+                let response = reading.range(get(&key)).await.expect("linearizable range");
+                let kv = response
+                    .kvs
+                    .first()
+                    .unwrap_or_else(|| panic!("member {reader} misses {key}"));
+                assert_eq!(
+                    kv.value,
+                    value.as_bytes(),
+                    "member {reader} read a stale value of {key}"
+                );
+                assert_eq!(kv.mod_revision, revision);
+                assert!(response.header.expect("header").revision >= revision);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn after_kill_9_of_the_leader_writes_continue_and_the_old_leader_catches_up() {
+    let mut cluster = Cluster::start(ClusterOptions::keel(3))
+        .await
+        .expect("cluster starts");
+    let old_leader = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    cluster
+        .client()
+        .expect("client")
+        .put(put("before", "1"))
+        .await
+        .expect("put before the kill");
+    cluster.kill(old_leader).expect("kill -9 the leader");
+
+    let new_leader = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("a new leader");
+    assert_ne!(new_leader, old_leader);
+    for survivor in (0..3).filter(|i| *i != old_leader) {
+        let client = cluster.member_client(survivor).expect("client");
+        client
+            .put(put(&format!("during-{survivor}"), "2"))
+            .await
+            .expect("write through a survivor");
+    }
+
+    cluster.restart(old_leader).expect("restart on its data dir");
+    let rejoined = cluster.member_client(old_leader).expect("client");
+    for key in ["before", "during-0", "during-1", "during-2"] {
+        if key.ends_with(&format!("-{old_leader}")) {
+            continue;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let serializable = RangeRequest {
+                serializable: true,
+                ..get(key)
+            };
+            if let Ok(response) = rejoined.range(serializable).await {
+                if !response.kvs.is_empty() {
+                    break;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "restarted member never caught up on {key}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(value_of(&rejoined, "before").await.as_deref(), Some(&b"1"[..]));
+}
+
+#[tokio::test]
+async fn kill_9_of_every_member_under_load_loses_no_acknowledged_write_and_no_revision() {
+    let mut cluster = Cluster::start(ClusterOptions::keel(3))
+        .await
+        .expect("cluster starts");
+    let client = cluster.client().expect("client");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut acknowledged = BTreeMap::new();
+            let mut sequence = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("w/{sequence:08}");
+                if let Ok(response) = client.put(put(&key, &sequence.to_string())).await {
+                    acknowledged.insert(key, response.header.map_or(0, |h| h.revision));
+                }
+                sequence += 1;
+            }
+            acknowledged
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for member in 0..3 {
+        cluster.kill(member).expect("kill -9");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged = writer.await.expect("writer");
+    assert!(
+        acknowledged.len() > 10,
+        "the writer got too few writes in: {}",
+        acknowledged.len()
+    );
+
+    for member in 0..3 {
+        cluster.restart(member).expect("restart");
+    }
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("leader after restart");
+    let stored = client.range(prefix("w/")).await.expect("read back");
+    let by_key: BTreeMap<String, i64> = stored
+        .kvs
+        .iter()
+        .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.mod_revision))
+        .collect();
+    for (key, revision) in &acknowledged {
+        assert_eq!(
+            by_key.get(key),
+            Some(revision),
+            "acknowledged write {key} at revision {revision}"
+        );
+    }
+    // Every key was written once, so the revisions 2..=current must each
+    // belong to exactly one key: no gap, no repeat.
+    let mut revisions: Vec<i64> = by_key.values().copied().collect();
+    revisions.sort_unstable();
+    let expected: Vec<i64> = (2..2 + revisions.len() as i64).collect();
+    assert_eq!(revisions, expected, "revisions must run without gap or repeat");
+    let next = client
+        .put(put("after-restart", "x"))
+        .await
+        .expect("write after restart");
+    assert_eq!(
+        next.header.expect("header").revision,
+        expected.last().copied().unwrap_or(1) + 1
+    );
+}
+
+#[tokio::test]
+async fn a_member_that_missed_more_than_the_snapshot_threshold_catches_up_through_a_snapshot() {
+    let options = ClusterOptions {
+        snapshot_count: Some(50),
+        ..ClusterOptions::keel(3)
+    };
+    let mut cluster = Cluster::start(options).await.expect("cluster starts");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let lagging = (leader + 1) % 3;
+    cluster.stop(lagging).await.expect("stop a follower");
+    let client = cluster.member_client(leader).expect("client");
+    for i in 0..400 {
+        client
+            .put(put(&format!("s/{i:04}"), &"v".repeat(100)))
+            .await
+            .expect("put while a member is down");
+    }
+    cluster.restart(lagging).expect("restart the lagging member");
+    let rejoined = cluster.member_client(lagging).expect("client");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let serializable = RangeRequest {
+            serializable: true,
+            count_only: true,
+            ..prefix("s/")
+        };
+        if let Ok(response) = rejoined.range(serializable).await {
+            if response.count == 400 {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lagging member did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(cluster.log_path(lagging)).unwrap_or_default();
+    assert!(
+        log.contains("installed snapshot"),
+        "the member must have caught up through a snapshot:\n{log}"
+    );
+    let leader_hash = client
+        .hash_kv(&cluster.endpoint(leader), 0)
+        .await
+        .expect("hash on leader");
+    let follower_hash = rejoined
+        .hash_kv(&cluster.endpoint(lagging), 0)
+        .await
+        .expect("hash on follower");
+    assert_eq!(
+        leader_hash.hash, follower_hash.hash,
+        "the snapshot-restored keyspace equals the leader's"
+    );
+}
