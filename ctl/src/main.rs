@@ -1,1 +1,326 @@
-fn main() {}
+//! keelctl: the etcdctl-compatible command line for keel (and any etcd v3
+//! cluster). This file owns the command-line surface (global flags and
+//! their KEELCTL_*/ETCDCTL_* environment variables, the command tree, the
+//! help text), turns clap's errors into etcdctl's "Error: ..." form, and
+//! dispatches to `commands`; what each command prints lives in `output`.
+
+mod commands;
+mod error;
+mod gofmt;
+mod output;
+mod txn_parse;
+
+use std::ffi::OsString;
+use std::io::Write;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Parser, Subcommand};
+
+use commands::cluster::{EndpointArgs, MemberCommand};
+use commands::kv::{go_bool, CompactionArgs, DelArgs, GetArgs, PutArgs};
+use commands::txn::TxnArgs;
+use commands::Ctx;
+use error::{CtlError, EXIT_ERROR};
+use output::{Display, Format, Output};
+
+const EXAMPLES: &str = "\
+Examples:
+  keelctl put name john                          write a key (the value is read from stdin when absent)
+  keelctl get name                               read a key
+  keelctl get / --prefix --keys-only             list the keys under a prefix
+  keelctl get a z -w table                       a range [a, z) as a table (KEY, VALUE, REVISION)
+  keelctl del /tmp --prefix --prev-kv            delete every key under a prefix, printing them
+  keelctl txn -i                                 a transaction: compares, then success and failure requests
+  printf 'mod(\"k\") > \"0\"\\n\\nput k v\\n\\nput k new\\n\\n' | keelctl txn
+  keelctl compaction 42                          forget the history before revision 42
+  keelctl member list -w table                   the cluster's members
+  keelctl endpoint status --cluster -w table     every member's status (leader, raft term and index)
+  keelctl endpoint health --cluster              a linearizable read through every member
+
+Endpoints come from --endpoints, else $KEELCTL_ENDPOINTS, else $ETCDCTL_ENDPOINTS
+(every global flag can be set that way, e.g. KEELCTL_WRITE_OUT=json).";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "keelctl",
+    version,
+    about = "keelctl: a command line client for keel (and etcd v3), compatible with etcdctl",
+    after_help = EXAMPLES,
+    infer_subcommands = true,
+    arg_required_else_help = true
+)]
+struct Cli {
+    /// gRPC endpoints (comma-separated).
+    #[arg(long, global = true, value_delimiter = ',', default_value = "127.0.0.1:2379")]
+    endpoints: Vec<String>,
+    /// Dial timeout for client connections (Go duration: 2s, 500ms, 1m).
+    #[arg(long = "dial-timeout", global = true, default_value = "2s")]
+    dial_timeout: String,
+    /// Timeout for short running command (excluding dial timeout).
+    #[arg(long = "command-timeout", global = true, default_value = "5s")]
+    command_timeout: String,
+    /// Set the output format (fields, json, protobuf, simple, table).
+    #[arg(short = 'w', long = "write-out", global = true, default_value = "simple")]
+    write_out: String,
+    /// Print byte strings as hex encoded strings.
+    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", value_parser = go_bool)]
+    hex: bool,
+    /// Enable client-side debug logging.
+    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", value_parser = go_bool)]
+    debug: bool,
+    /// Accepted for etcdctl compatibility; keel uses its own keepalive.
+    #[arg(long = "keepalive-time", global = true, hide = true)]
+    keepalive_time: Option<String>,
+    /// Accepted for etcdctl compatibility; keel uses its own keepalive.
+    #[arg(long = "keepalive-timeout", global = true, hide = true)]
+    keepalive_timeout: Option<String>,
+    /// Accepted for etcdctl compatibility; keel serves plaintext gRPC only.
+    #[arg(long = "insecure-transport", global = true, hide = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", value_parser = go_bool)]
+    insecure_transport: Option<bool>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Puts the given key into the store.
+    ///
+    /// When VALUE is absent it is read from stdin (`cat file | keelctl put KEY`).
+    /// A value that begins with '-' needs '--' first: `keelctl put KEY -- -value`.
+    ///
+    /// Example: keelctl put name john --prev-kv
+    Put(PutArgs),
+    /// Gets the key or a range of keys [KEY, RANGE_END).
+    ///
+    /// Example: keelctl get / --prefix --keys-only
+    Get(GetArgs),
+    /// Removes the specified key or range of keys [KEY, RANGE_END).
+    ///
+    /// Example: keelctl del /tmp --prefix
+    Del(DelArgs),
+    /// Txn processes all the requests in one transaction.
+    ///
+    /// Reads three sections from stdin, each ended by an empty line: the
+    /// compares (e.g. `mod("key") > "0"`, `value("key") = "v"`), the requests
+    /// run when all compares hold, and those run otherwise (put, get, del
+    /// lines with their flags).
+    ///
+    /// Example: printf 'value("k") = "v"\n\nput k w\n\nget k\n\n' | keelctl txn
+    Txn(TxnArgs),
+    /// Compacts the event history up to a revision.
+    ///
+    /// Example: keelctl compaction 42
+    Compaction(CompactionArgs),
+    /// Membership related commands.
+    ///
+    /// Example: keelctl member list -w table
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
+    /// Endpoint related commands (status, health).
+    ///
+    /// Example: keelctl endpoint status --cluster -w table
+    Endpoint(EndpointArgs),
+    /// Prints the version of keelctl.
+    ///
+    /// Example: keelctl version
+    Version,
+}
+
+/// The global flags that the environment may set: (flag, short, variable suffix).
+const ENV_FLAGS: [(&str, Option<&str>, &str); 8] = [
+    ("--endpoints", None, "ENDPOINTS"),
+    ("--dial-timeout", None, "DIAL_TIMEOUT"),
+    ("--command-timeout", None, "COMMAND_TIMEOUT"),
+    ("--write-out", Some("-w"), "WRITE_OUT"),
+    ("--hex", None, "HEX"),
+    ("--debug", None, "DEBUG"),
+    ("--keepalive-time", None, "KEEPALIVE_TIME"),
+    ("--keepalive-timeout", None, "KEEPALIVE_TIMEOUT"),
+];
+
+/// Inserts `--flag=value` for each global flag the command line does not
+/// set but `KEELCTL_<FLAG>` (or else `ETCDCTL_<FLAG>`) does.
+fn with_environment(args: Vec<OsString>) -> Vec<OsString> {
+    let given: Vec<&OsString> = args.iter().take_while(|a| a.as_os_str() != "--").collect();
+    let is_given = |long: &str, short: Option<&str>| {
+        given.iter().any(|arg| {
+            let arg = arg.to_string_lossy();
+            arg == long
+                || arg.starts_with(&format!("{long}="))
+                || short.is_some_and(|s| arg.starts_with(s) && !arg.starts_with("--"))
+        })
+    };
+    let mut extra = Vec::new();
+    for (long, short, suffix) in ENV_FLAGS {
+        if is_given(long, short) {
+            continue;
+        }
+        let value = std::env::var_os(format!("KEELCTL_{suffix}"))
+            .or_else(|| std::env::var_os(format!("ETCDCTL_{suffix}")))
+            .filter(|v| !v.is_empty());
+        if let Some(value) = value {
+            let mut flag = OsString::from(format!("{long}="));
+            flag.push(value);
+            extra.push(flag);
+        }
+    }
+    let mut all = args;
+    if !all.is_empty() {
+        all.splice(1..1, extra);
+    }
+    all
+}
+
+/// clap's error in etcdctl's words ("unknown flag: --foo").
+fn usage_error(error: &clap::Error) -> String {
+    let invalid = match error.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => Some(arg.clone()),
+        _ => None,
+    };
+    match (error.kind(), invalid) {
+        (ErrorKind::UnknownArgument, Some(arg)) if arg.starts_with("--") => {
+            format!("unknown flag: {}", arg.split('=').next().unwrap_or(&arg))
+        }
+        (ErrorKind::UnknownArgument, Some(arg)) if arg.starts_with('-') && arg.len() > 1 => {
+            format!("unknown shorthand flag: '{}' in {arg}", &arg[1..2])
+        }
+        (ErrorKind::InvalidSubcommand, Some(arg)) => format!("unknown command \"{arg}\" for \"keelctl\""),
+        _ => {
+            let rendered = error.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            first.trim_start_matches("error: ").to_string()
+        }
+    }
+}
+
+fn resolve(cli: &Cli) -> Result<Ctx, CtlError> {
+    let dial_timeout = gofmt::parse_duration(&cli.dial_timeout).map_err(|e| {
+        CtlError::failed(format!(
+            "invalid argument \"{}\" for \"--dial-timeout\" flag: {e}",
+            cli.dial_timeout
+        ))
+    })?;
+    let command_timeout = gofmt::parse_duration(&cli.command_timeout).map_err(|e| {
+        CtlError::failed(format!(
+            "invalid argument \"{}\" for \"--command-timeout\" flag: {e}",
+            cli.command_timeout
+        ))
+    })?;
+    if cli.insecure_transport == Some(false) {
+        return Err(CtlError::bad_args(
+            "keel serves plaintext gRPC only (--insecure-transport=false)",
+        ));
+    }
+    let endpoints: Vec<String> = cli
+        .endpoints
+        .iter()
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .collect();
+    if endpoints.is_empty() {
+        return Err(CtlError::bad_args("no endpoints given (--endpoints)"));
+    }
+    Ok(Ctx {
+        endpoints,
+        dial_timeout,
+        command_timeout,
+        display: Display {
+            format: Format::parse(&cli.write_out)?,
+            hex: cli.hex,
+            value_only: false,
+        },
+        debug: cli.debug,
+    })
+}
+
+async fn run(cli: Cli) -> Result<Output, CtlError> {
+    if let Command::Version = cli.command {
+        let mut out = Output::default();
+        let text = format!(
+            "keelctl version: {}\nAPI version: 3.4\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        out.stdout.extend(text.as_bytes());
+        return Ok(out);
+    }
+    let ctx = resolve(&cli)?;
+    if ctx.debug {
+        eprintln!("KEELCTL_ENDPOINTS=[{}]", ctx.endpoints.join(","));
+        eprintln!(
+            "KEELCTL_DIAL_TIMEOUT={}",
+            gofmt::format_duration(ctx.dial_timeout)
+        );
+        eprintln!(
+            "KEELCTL_COMMAND_TIMEOUT={}",
+            gofmt::format_duration(ctx.command_timeout)
+        );
+        eprintln!("KEELCTL_WRITE_OUT={}", ctx.display.format.name());
+        eprintln!("KEELCTL_HEX={}", ctx.display.hex);
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "debug,h2=info,hyper=info,tower=info",
+            ))
+            .try_init();
+    }
+    match &cli.command {
+        Command::Put(args) => commands::kv::put(&ctx, args).await,
+        Command::Get(args) => commands::kv::get(&ctx, args).await,
+        Command::Del(args) => commands::kv::del(&ctx, args).await,
+        Command::Txn(args) => commands::txn::txn(&ctx, args).await,
+        Command::Compaction(args) => commands::kv::compaction(&ctx, args).await,
+        Command::Member { command } => commands::cluster::member(&ctx, command).await,
+        Command::Endpoint(args) => commands::cluster::endpoint(&ctx, args).await,
+        Command::Version => Ok(Output::default()),
+    }
+}
+
+fn emit(out: &Output) {
+    let _ = std::io::stdout().write_all(&out.stdout);
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().write_all(&out.stderr);
+}
+
+fn main() {
+    let args = with_environment(std::env::args_os().collect());
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => match error.kind() {
+            ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                let _ = error.print();
+                std::process::exit(0);
+            }
+            _ => {
+                eprintln!("Error: {}", usage_error(&error));
+                eprintln!("Run 'keelctl --help' (or 'keelctl <command> --help') for usage.");
+                std::process::exit(EXIT_ERROR);
+            }
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("Error: cannot start the async runtime: {error}");
+            std::process::exit(EXIT_ERROR);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(out) => emit(&out),
+        Err(error) => {
+            if let Some(partial) = &error.partial {
+                emit(partial);
+            }
+            if !error.silent {
+                eprintln!("Error: {}", error.message);
+            }
+            std::process::exit(error.code);
+        }
+    }
+}

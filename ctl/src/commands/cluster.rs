@@ -1,0 +1,172 @@
+//! `member list`, `endpoint status` and `endpoint health` (with
+//! `--cluster`: the endpoints are every member's client URLs from the
+//! member list, as etcdctl does).
+
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use keel_api::etcdserverpb::RangeRequest;
+use keel_client::Client;
+
+use super::kv::go_bool;
+use super::Ctx;
+use crate::error::{client_error_text, CtlError, EXIT_ERROR};
+use crate::gofmt::format_duration;
+use crate::output::{EndpointHealth, EndpointStatus, Output};
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum MemberCommand {
+    /// Lists all members in the cluster.
+    ///
+    /// With -w simple, one comma-separated line per member:
+    /// ID, Status, Name, Peer Addrs, Client Addrs, Is Learner.
+    ///
+    /// Example: keelctl member list -w table
+    List,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EndpointArgs {
+    /// Use all endpoints from the cluster member list.
+    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", value_parser = go_bool)]
+    pub cluster: bool,
+    #[command(subcommand)]
+    pub command: EndpointCommand,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum EndpointCommand {
+    /// Checks the health of the endpoints given with --endpoints (a linearizable read on each).
+    ///
+    /// Example: keelctl endpoint health --cluster
+    Health,
+    /// Prints the status of the endpoints given with --endpoints.
+    ///
+    /// With -w simple, one comma-separated line per endpoint: endpoint, ID,
+    /// version, db size, is leader, is learner, raft term, raft index, raft
+    /// applied index, errors.
+    ///
+    /// Example: keelctl endpoint status --cluster -w table
+    Status,
+}
+
+pub async fn member(ctx: &Ctx, command: &MemberCommand) -> Result<Output, CtlError> {
+    match command {
+        MemberCommand::List => {
+            let response = ctx.connect().await?.member_list().await?;
+            let mut out = Output::default();
+            ctx.display.member_list(&mut out, &response)?;
+            Ok(out)
+        }
+    }
+}
+
+/// The endpoints a command addresses: `--endpoints`, or with `--cluster`
+/// every member's client URLs.
+async fn endpoints(ctx: &Ctx, cluster: bool) -> Result<Vec<String>, CtlError> {
+    if !cluster {
+        return Ok(ctx.endpoints.clone());
+    }
+    let members = ctx.connect().await?.member_list().await.map_err(|e| {
+        CtlError::failed(format!(
+            "failed to fetch endpoints from etcd cluster member list: {}",
+            client_error_text(&e)
+        ))
+    })?;
+    Ok(members
+        .members
+        .into_iter()
+        .flat_map(|member| member.client_ur_ls)
+        .collect())
+}
+
+pub async fn endpoint(ctx: &Ctx, args: &EndpointArgs) -> Result<Output, CtlError> {
+    match args.command {
+        EndpointCommand::Status => status(ctx, args.cluster).await,
+        EndpointCommand::Health => health(ctx, args.cluster).await,
+    }
+}
+
+async fn status(ctx: &Ctx, cluster: bool) -> Result<Output, CtlError> {
+    let targets = endpoints(ctx, cluster).await?;
+    let client = ctx.connect().await?;
+    let mut out = Output::default();
+    let mut statuses = Vec::new();
+    let mut failed = false;
+    for endpoint in targets {
+        match client.status(&endpoint).await {
+            Ok(status) => statuses.push(EndpointStatus { endpoint, status }),
+            Err(error) => {
+                failed = true;
+                let text = format!(
+                    "Failed to get the status of endpoint {endpoint} ({})\n",
+                    client_error_text(&error)
+                );
+                out.stderr.extend(text.as_bytes());
+            }
+        }
+    }
+    ctx.display.endpoint_status(&mut out, &statuses)?;
+    if failed {
+        return Err(partial_failure(out, CtlError::exit_quietly(EXIT_ERROR)));
+    }
+    Ok(out)
+}
+
+async fn health(ctx: &Ctx, cluster: bool) -> Result<Output, CtlError> {
+    let targets = endpoints(ctx, cluster).await?;
+    let probes = targets.into_iter().map(|endpoint| probe(ctx, endpoint));
+    let results = futures::future::join_all(probes).await;
+    let mut out = Output::default();
+    ctx.display.endpoint_health(&mut out, &results)?;
+    if results.iter().any(|r| !r.error.is_empty()) {
+        return Err(partial_failure(out, CtlError::failed("unhealthy cluster")));
+    }
+    Ok(out)
+}
+
+/// etcdctl's health check: a linearizable read of the key "health" through
+/// a client of that endpoint alone; any answer but an error is healthy.
+async fn probe(ctx: &Ctx, endpoint: String) -> EndpointHealth {
+    let config = ctx.client_config(vec![endpoint.clone()]);
+    let client = match Client::connect(config).await {
+        Ok(client) => client,
+        Err(error) => {
+            return EndpointHealth {
+                endpoint,
+                health: false,
+                took: String::new(),
+                error: client_error_text(&error),
+            }
+        }
+    };
+    let started = Instant::now();
+    let answer = client
+        .range(RangeRequest {
+            key: b"health".to_vec(),
+            ..Default::default()
+        })
+        .await;
+    let took = format_duration(started.elapsed());
+    match answer {
+        Ok(_) => EndpointHealth {
+            endpoint,
+            health: true,
+            took,
+            error: String::new(),
+        },
+        Err(error) => EndpointHealth {
+            endpoint,
+            health: false,
+            took,
+            error: client_error_text(&error),
+        },
+    }
+}
+
+/// An error that still prints what the command gathered.
+fn partial_failure(out: Output, mut error: CtlError) -> CtlError {
+    error.partial = Some(out);
+    error
+}

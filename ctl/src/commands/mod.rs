@@ -1,0 +1,36 @@
+//! What every command shares: the resolved global flags (`Ctx`) and the
+//! connection to the cluster through keel's failover client.
+
+pub mod cluster;
+pub mod kv;
+pub mod txn;
+
+use std::time::Duration;
+
+use keel_client::{Client, ClientConfig};
+
+use crate::error::CtlError;
+use crate::output::Display;
+
+/// The global flags, resolved from the command line and the environment.
+pub struct Ctx {
+    pub endpoints: Vec<String>,
+    pub dial_timeout: Duration,
+    pub command_timeout: Duration,
+    pub display: Display,
+    pub debug: bool,
+}
+
+impl Ctx {
+    pub fn client_config(&self, endpoints: Vec<String>) -> ClientConfig {
+        ClientConfig::new(endpoints)
+            .with_dial_timeout(self.dial_timeout)
+            .with_request_timeout(self.command_timeout)
+    }
+
+    /// A client over every endpoint; fails within the dial timeout, naming
+    /// the endpoints, when none answers.
+    pub async fn connect(&self) -> Result<Client, CtlError> {
+        Ok(Client::connect(self.client_config(self.endpoints.clone())).await?)
+    }
+}

@@ -1,0 +1,227 @@
+//! Output formats (`-w/--write-out`): which format prints which response,
+//! and the rules etcdctl 3.4 applies when a format does not support one
+//! ("table not supported as output format", exit 4). The formats
+//! themselves live in `simple`, `json`, `table` and `fields`; `protobuf` is
+//! the raw marshalled response.
+
+pub mod fields;
+pub mod json;
+pub mod simple;
+pub mod table;
+
+use keel_api::etcdserverpb::{
+    DeleteRangeResponse, MemberListResponse, PutResponse, RangeResponse, StatusResponse, TxnResponse,
+};
+use prost::Message;
+
+use crate::error::CtlError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Simple,
+    Json,
+    Table,
+    Fields,
+    Protobuf,
+}
+
+impl Format {
+    pub fn parse(name: &str) -> Result<Format, CtlError> {
+        match name {
+            "simple" => Ok(Format::Simple),
+            "json" => Ok(Format::Json),
+            "table" => Ok(Format::Table),
+            "fields" => Ok(Format::Fields),
+            "protobuf" => Ok(Format::Protobuf),
+            _ => Err(CtlError::bad_feature("unsupported output format")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Simple => "simple",
+            Format::Json => "json",
+            Format::Table => "table",
+            Format::Fields => "fields",
+            Format::Protobuf => "protobuf",
+        }
+    }
+
+    fn unsupported(self) -> CtlError {
+        CtlError::bad_feature(format!("{} not supported as output format", self.name()))
+    }
+}
+
+/// The result of one endpoint's `Maintenance.Status` (`endpoint status`).
+pub struct EndpointStatus {
+    pub endpoint: String,
+    pub status: StatusResponse,
+}
+
+/// The result of one endpoint's health probe (`endpoint health`).
+pub struct EndpointHealth {
+    pub endpoint: String,
+    pub health: bool,
+    /// Go's `time.Duration` text, empty when the endpoint was never asked.
+    pub took: String,
+    pub error: String,
+}
+
+/// What a command prints, collected so that nothing is written before the
+/// command knows it succeeded.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// How responses are printed (`-w`, `--hex`, `--print-value-only`).
+#[derive(Debug, Clone, Copy)]
+pub struct Display {
+    pub format: Format,
+    pub hex: bool,
+    pub value_only: bool,
+}
+
+impl Display {
+    pub fn get(&self, out: &mut Output, response: &RangeResponse) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::get(&mut out.stdout, response, self.hex, self.value_only),
+            Format::Json => json::print(&mut out.stdout, json::range(response)),
+            Format::Table => table::get(&mut out.stdout, response, self.hex),
+            Format::Fields => fields::get(&mut out.stdout, response),
+            Format::Protobuf => out.stdout.extend(response.encode_to_vec()),
+        }
+        Ok(())
+    }
+
+    pub fn put(&self, out: &mut Output, response: &PutResponse) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::put(&mut out.stdout, response, self.hex, self.value_only),
+            Format::Json => json::print(&mut out.stdout, json::put(response)),
+            Format::Fields => fields::put(&mut out.stdout, response),
+            Format::Protobuf => out.stdout.extend(response.encode_to_vec()),
+            Format::Table => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    pub fn del(&self, out: &mut Output, response: &DeleteRangeResponse) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::del(&mut out.stdout, response, self.hex, self.value_only),
+            Format::Json => json::print(&mut out.stdout, json::delete(response)),
+            Format::Fields => fields::del(&mut out.stdout, response),
+            Format::Protobuf => out.stdout.extend(response.encode_to_vec()),
+            Format::Table => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    pub fn txn(&self, out: &mut Output, response: &TxnResponse) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::txn(&mut out.stdout, response, self.hex, self.value_only),
+            Format::Json => json::print(&mut out.stdout, json::txn(response)),
+            Format::Fields => fields::txn(&mut out.stdout, response),
+            Format::Protobuf => out.stdout.extend(response.encode_to_vec()),
+            Format::Table => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    pub fn member_list(&self, out: &mut Output, response: &MemberListResponse) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::member_list(&mut out.stdout, response),
+            Format::Json => json::print(&mut out.stdout, json::member_list(response)),
+            Format::Table => table::member_list(&mut out.stdout, response),
+            Format::Fields => fields::member_list(&mut out.stdout, response),
+            Format::Protobuf => out.stdout.extend(response.encode_to_vec()),
+        }
+        Ok(())
+    }
+
+    pub fn endpoint_status(&self, out: &mut Output, statuses: &[EndpointStatus]) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::endpoint_status(&mut out.stdout, statuses),
+            Format::Json => json::print(&mut out.stdout, json::endpoint_status(statuses)),
+            Format::Table => table::endpoint_status(&mut out.stdout, statuses),
+            Format::Fields => fields::endpoint_status(&mut out.stdout, statuses),
+            Format::Protobuf => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    pub fn endpoint_health(&self, out: &mut Output, health: &[EndpointHealth]) -> Result<(), CtlError> {
+        match self.format {
+            // etcdctl prints the simple health lines on stderr.
+            Format::Simple => simple::endpoint_health(&mut out.stderr, health),
+            Format::Json => json::print(&mut out.stdout, json::endpoint_health(health)),
+            Format::Table => table::endpoint_health(&mut out.stdout, health),
+            Format::Fields => fields::endpoint_health(&mut out.stdout, health),
+            Format::Protobuf => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+}
+
+/// The columns etcdctl prints for `member list` (simple and table).
+pub fn member_rows(response: &MemberListResponse) -> Vec<Vec<String>> {
+    response
+        .members
+        .iter()
+        .map(|member| {
+            vec![
+                format!("{:x}", member.id),
+                if member.name.is_empty() {
+                    "unstarted"
+                } else {
+                    "started"
+                }
+                .to_string(),
+                member.name.clone(),
+                member.peer_ur_ls.join(","),
+                member.client_ur_ls.join(","),
+                member.is_learner.to_string(),
+            ]
+        })
+        .collect()
+}
+
+pub const MEMBER_HEADER: [&str; 6] = ["ID", "Status", "Name", "Peer Addrs", "Client Addrs", "Is Learner"];
+
+/// The columns etcdctl prints for `endpoint status` (simple and table).
+pub fn status_rows(statuses: &[EndpointStatus]) -> Vec<Vec<String>> {
+    statuses
+        .iter()
+        .map(|entry| {
+            let status = &entry.status;
+            let member_id = status.header.as_ref().map_or(0, |h| h.member_id);
+            vec![
+                entry.endpoint.clone(),
+                format!("{member_id:x}"),
+                status.version.clone(),
+                crate::gofmt::humanize_bytes(status.db_size.max(0) as u64),
+                (status.leader == member_id).to_string(),
+                status.is_learner.to_string(),
+                status.raft_term.to_string(),
+                status.raft_index.to_string(),
+                status.raft_applied_index.to_string(),
+                status.errors.join(", "),
+            ]
+        })
+        .collect()
+}
+
+pub const STATUS_HEADER: [&str; 10] = [
+    "endpoint",
+    "ID",
+    "version",
+    "db size",
+    "is leader",
+    "is learner",
+    "raft term",
+    "raft index",
+    "raft applied index",
+    "errors",
+];
+
+pub const HEALTH_HEADER: [&str; 4] = ["endpoint", "health", "took", "error"];
