@@ -16,6 +16,17 @@
 //! - Applying the same requests to equal stores gives byte-equal stores
 //!   ([`MvccStore::hash_kv`] proves it).
 
+mod apply;
+mod compaction;
+mod error;
+mod hash;
+mod keys;
+mod range;
+mod snapshot;
 mod store;
+mod txn;
+mod view;
 
-pub use store::{ApplyBatch, KvHash, MvccError, MvccStore, SnapshotStats};
+pub use apply::ApplyBatch;
+pub use error::MvccError;
+pub use store::{KvHash, MvccStore, SnapshotStats};

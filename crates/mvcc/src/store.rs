@@ -1,103 +1,286 @@
-//! PLACEHOLDER API: the helper session replaces the bodies.
-use keel_api::etcdserverpb::{
-    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest,
-    TxnResponse,
-};
+//! [`MvccStore`]: opening the keyspace, finding the active tree, and every
+//! read that does not go through an [`ApplyBatch`].
+//!
+//! Invariants owned here:
+//! - Everything the store owns lives in ONE sled tree (the active keyspace,
+//!   layout in `keys.rs`); the Db's default tree holds only the pointer
+//!   [`ACTIVE_POINTER`] naming it. `open` follows the pointer and drops any
+//!   other keyspace tree (a leftover of an interrupted snapshot install).
+//! - Readers never see a torn batch: a read holds `active` shared for the
+//!   whole time it touches the tree; a commit holds it exclusively only
+//!   around `Tree::apply_batch` (and updates the cached revisions inside the
+//!   same section); a snapshot install holds it exclusively only to flip the
+//!   pointer and swap the tree.
+//! - One writer at a time: an `ApplyBatch`, a snapshot dump and a snapshot
+//!   install each hold the writer slot for their whole life, so the tree a
+//!   batch reads cannot change under it and a dump is a consistent cut.
+//!   (A thread holding an `ApplyBatch` must therefore not start another
+//!   batch, dump or install: it would wait for itself.)
 
-#[derive(Debug, thiserror::Error)]
-pub enum MvccError {
-    #[error("mvcc: required revision has been compacted (requested {requested}, compacted {compacted})")]
-    Compacted { requested: i64, compacted: i64 },
-    #[error("mvcc: required revision is a future revision (requested {requested}, current {current})")]
-    FutureRevision { requested: i64, current: i64 },
-    #[error("key not found")]
-    KeyNotFound,
-    #[error("requested lease not found")]
-    LeaseNotFound,
-    #[error("storage error: {0}")]
-    Storage(#[from] sled::Error),
-    #[error("corrupt record: {0}")]
-    Corrupt(String),
-    #[error("snapshot i/o error: {0}")]
-    SnapshotIo(#[from] std::io::Error),
-}
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::apply::ApplyBatch;
+use crate::error::{corrupt, MvccError, Result};
+use crate::keys;
+use crate::range::{self, ViewRevisions};
+use crate::{hash, snapshot};
+use keel_api::etcdserverpb::{RangeRequest, RangeResponse};
+
+/// The key in the Db's default tree naming the active keyspace tree.
+pub(crate) const ACTIVE_POINTER: &[u8] = b"keel-mvcc/active-keyspace";
+const KEYSPACE_TREE_PREFIX: &str = "keel-mvcc/keyspace/";
+
+/// The revision of an empty store, as etcd's.
+const INITIAL_REVISION: i64 = 1;
+/// The compact revision of a never compacted store, as etcd's.
+const NEVER_COMPACTED: i64 = -1;
+
+/// The hash of the key-value history up to a revision ([`MvccStore::hash_kv`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvHash {
     pub hash: u32,
+    /// The revision the hash covers.
     pub revision: i64,
     pub compact_revision: i64,
 }
 
+/// What a snapshot dump or install moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SnapshotStats {
     pub records: u64,
     pub bytes: u64,
 }
 
+/// etcd's MVCC keyspace on sled. Cheap to clone; clones share one store.
 #[derive(Clone)]
-pub struct MvccStore {}
+pub struct MvccStore {
+    shared: Arc<Shared>,
+}
+
+/// The active keyspace tree and the name the pointer gives it.
+pub(crate) struct Keyspace {
+    pub generation: u64,
+    pub tree: sled::Tree,
+}
+
+pub(crate) struct Shared {
+    pub db: sled::Db,
+    pub active: RwLock<Keyspace>,
+    /// The store revision and compact revision of the committed state; only
+    /// changed while `active` is held exclusively.
+    pub revision: AtomicI64,
+    pub compact_revision: AtomicI64,
+    writer_busy: Mutex<bool>,
+    writer_free: Condvar,
+}
+
+/// Proof of holding the writer slot; releases it when dropped.
+pub(crate) struct WriterSlot<'a> {
+    shared: &'a Shared,
+}
+
+impl Drop for WriterSlot<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.shared.writer_busy.lock().unwrap_or_else(|p| p.into_inner());
+        *busy = false;
+        self.shared.writer_free.notify_one();
+    }
+}
+
+impl Shared {
+    pub fn acquire_writer(&self) -> WriterSlot<'_> {
+        let mut busy = self.writer_busy.lock().unwrap_or_else(|p| p.into_inner());
+        while *busy {
+            busy = self.writer_free.wait(busy).unwrap_or_else(|p| p.into_inner());
+        }
+        *busy = true;
+        WriterSlot { shared: self }
+    }
+
+    pub fn read_keyspace(&self) -> RwLockReadGuard<'_, Keyspace> {
+        self.active.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn write_keyspace(&self) -> RwLockWriteGuard<'_, Keyspace> {
+        self.active.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The committed revisions; consistent with the tree while `active` is held.
+    pub fn revisions(&self) -> ViewRevisions {
+        ViewRevisions {
+            current: self.revision.load(Ordering::Acquire),
+            compacted: self.compact_revision.load(Ordering::Acquire),
+        }
+    }
+
+    pub fn set_revisions(&self, revisions: ViewRevisions) {
+        self.revision.store(revisions.current, Ordering::Release);
+        self.compact_revision
+            .store(revisions.compacted, Ordering::Release);
+    }
+}
+
+pub(crate) fn keyspace_tree_name(generation: u64) -> String {
+    format!("{KEYSPACE_TREE_PREFIX}{generation}")
+}
+
+fn parse_keyspace_tree_name(name: &[u8]) -> Result<u64> {
+    std::str::from_utf8(name)
+        .ok()
+        .and_then(|name| name.strip_prefix(KEYSPACE_TREE_PREFIX))
+        .and_then(|generation| generation.parse().ok())
+        .ok_or_else(|| {
+            corrupt(format!(
+                "active keyspace pointer names {:?}",
+                String::from_utf8_lossy(name)
+            ))
+        })
+}
+
+/// Reads the store meta of a keyspace tree; `None` if the tree is empty.
+pub(crate) fn load_meta(tree: &sled::Tree) -> Result<Option<ViewRevisions>> {
+    let format = tree.get(keys::META_FORMAT)?;
+    let revision = tree.get(keys::META_REVISION)?;
+    let compacted = tree.get(keys::META_COMPACT)?;
+    match (format, revision, compacted) {
+        (None, None, None) if tree.is_empty() => Ok(None),
+        (Some(format), Some(revision), Some(compacted)) => {
+            let format = u32::from_be_bytes(
+                format
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt("format version is not 4 bytes"))?,
+            );
+            if format != keys::FORMAT_VERSION {
+                return Err(corrupt(format!(
+                    "keyspace format {format}, this build reads {}",
+                    keys::FORMAT_VERSION
+                )));
+            }
+            Ok(Some(ViewRevisions {
+                current: keys::decode_i64(&revision, "store revision")?,
+                compacted: keys::decode_i64(&compacted, "compact revision")?,
+            }))
+        }
+        _ => Err(corrupt("keyspace without its store meta")),
+    }
+}
+
+fn initialize(tree: &sled::Tree) -> Result<ViewRevisions> {
+    let mut batch = sled::Batch::default();
+    batch.insert(keys::META_FORMAT, &keys::FORMAT_VERSION.to_be_bytes()[..]);
+    batch.insert(keys::META_REVISION, &keys::encode_i64(INITIAL_REVISION)[..]);
+    batch.insert(keys::META_COMPACT, &keys::encode_i64(NEVER_COMPACTED)[..]);
+    tree.apply_batch(batch)?;
+    Ok(ViewRevisions {
+        current: INITIAL_REVISION,
+        compacted: NEVER_COMPACTED,
+    })
+}
 
 impl MvccStore {
-    pub fn open(_db: &sled::Db) -> Result<Self, MvccError> {
-        unimplemented!()
+    /// Opens (or creates) the store kept in `db`.
+    pub fn open(db: &sled::Db) -> Result<Self, MvccError> {
+        let pointer = db.get(ACTIVE_POINTER)?;
+        let generation = match &pointer {
+            Some(name) => parse_keyspace_tree_name(name)?,
+            None => 0,
+        };
+        let name = keyspace_tree_name(generation);
+        for stale in db.tree_names() {
+            if stale.starts_with(KEYSPACE_TREE_PREFIX.as_bytes()) && stale != name.as_bytes() {
+                tracing::info!(tree = %String::from_utf8_lossy(&stale), "dropping a stale keyspace tree");
+                db.drop_tree(&stale)?;
+            }
+        }
+        let tree = db.open_tree(&name)?;
+        let revisions = match load_meta(&tree)? {
+            Some(revisions) => revisions,
+            None => initialize(&tree)?,
+        };
+        if pointer.is_none() {
+            db.insert(ACTIVE_POINTER, name.as_bytes())?;
+        }
+        let shared = Shared {
+            db: db.clone(),
+            active: RwLock::new(Keyspace { generation, tree }),
+            revision: AtomicI64::new(revisions.current),
+            compact_revision: AtomicI64::new(revisions.compacted),
+            writer_busy: Mutex::new(false),
+            writer_free: Condvar::new(),
+        };
+        Ok(MvccStore {
+            shared: Arc::new(shared),
+        })
     }
+
+    /// The revision of the last committed write (1 for an empty store).
     pub fn current_revision(&self) -> i64 {
-        unimplemented!()
+        self.shared.revision.load(Ordering::Acquire)
     }
+
+    /// The revision of the last compaction (-1 if never compacted, as etcd).
     pub fn compact_revision(&self) -> i64 {
-        unimplemented!()
+        self.shared.compact_revision.load(Ordering::Acquire)
     }
-    pub fn range(&self, _request: &RangeRequest) -> Result<RangeResponse, MvccError> {
-        unimplemented!()
+
+    /// Serves a range read at the current or a historical revision; the
+    /// header carries the current revision.
+    pub fn range(&self, request: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        let (selected, revisions) = {
+            let keyspace = self.shared.read_keyspace();
+            let revisions = self.shared.revisions();
+            (range::select(&keyspace.tree, revisions, request)?, revisions)
+        };
+        Ok(selected.into_response(request, revisions.current))
     }
+
+    /// Starts a batch of writes; waits while another batch, dump or install runs.
     pub fn begin_apply(&self) -> ApplyBatch<'_> {
-        unimplemented!()
+        ApplyBatch::begin(&self.shared)
     }
-    pub fn hash_kv(&self, _revision: i64) -> Result<KvHash, MvccError> {
-        unimplemented!()
+
+    /// A crc32 of the history up to `revision` (0 = current): every change
+    /// record with a revision at or below it, which after a compaction means
+    /// the versions the compaction kept plus everything newer.
+    pub fn hash_kv(&self, revision: i64) -> Result<KvHash, MvccError> {
+        let keyspace = self.shared.read_keyspace();
+        hash::hash_kv(&keyspace.tree, self.shared.revisions(), revision)
     }
-    pub fn app_meta(&self, _key: &str) -> Result<Option<Vec<u8>>, MvccError> {
-        unimplemented!()
+
+    /// An application blob committed with [`ApplyBatch::set_app_meta`].
+    pub fn app_meta(&self, key: &str) -> Result<Option<Vec<u8>>, MvccError> {
+        let keyspace = self.shared.read_keyspace();
+        Ok(keyspace
+            .tree
+            .get(keys::app_meta_key(key))?
+            .map(|value| value.to_vec()))
     }
-    pub fn write_snapshot(&self, _out: &mut dyn std::io::Write) -> Result<SnapshotStats, MvccError> {
-        unimplemented!()
+
+    /// Streams the whole keyspace (data, history, meta, app meta) to `out`.
+    /// Writes wait until the dump is done, so it is one consistent cut.
+    pub fn write_snapshot(&self, out: &mut dyn std::io::Write) -> Result<SnapshotStats, MvccError> {
+        let _slot = self.shared.acquire_writer();
+        let tree = self.shared.read_keyspace().tree.clone();
+        snapshot::write(&tree, out)
     }
-    pub fn install_snapshot(&self, _input: &mut dyn std::io::Read) -> Result<SnapshotStats, MvccError> {
-        unimplemented!()
+
+    /// Replaces the whole keyspace with a stream from [`Self::write_snapshot`].
+    /// Atomic: on any error the store is left as it was.
+    pub fn install_snapshot(&self, input: &mut dyn std::io::Read) -> Result<SnapshotStats, MvccError> {
+        let _slot = self.shared.acquire_writer();
+        snapshot::install(&self.shared, input)
     }
+
+    /// Makes everything committed so far durable.
     pub fn flush(&self) -> Result<(), MvccError> {
-        unimplemented!()
+        self.shared.db.flush()?;
+        Ok(())
     }
+
+    /// The size of the sled database on disk, in bytes (0 if unknown).
     pub fn size_on_disk(&self) -> u64 {
-        unimplemented!()
-    }
-}
-
-pub struct ApplyBatch<'a> {
-    _store: &'a MvccStore,
-}
-
-impl ApplyBatch<'_> {
-    pub fn current_revision(&self) -> i64 {
-        unimplemented!()
-    }
-    pub fn put(&mut self, _request: &PutRequest) -> Result<PutResponse, MvccError> {
-        unimplemented!()
-    }
-    pub fn delete_range(&mut self, _request: &DeleteRangeRequest) -> Result<DeleteRangeResponse, MvccError> {
-        unimplemented!()
-    }
-    pub fn txn(&mut self, _request: &TxnRequest) -> Result<TxnResponse, MvccError> {
-        unimplemented!()
-    }
-    pub fn compact(&mut self, _revision: i64) -> Result<(), MvccError> {
-        unimplemented!()
-    }
-    pub fn set_app_meta(&mut self, _key: &str, _value: Vec<u8>) {
-        unimplemented!()
-    }
-    pub fn commit(self) -> Result<(), MvccError> {
-        unimplemented!()
+        self.shared.db.size_on_disk().unwrap_or(0)
     }
 }

@@ -1,0 +1,31 @@
+//! The crate's one error type. Request-level variants (`Compacted`,
+//! `FutureRevision`, `KeyNotFound`, `LeaseNotFound`) are answers to a bad
+//! request and leave the store unchanged; the others (`Storage`, `Corrupt`,
+//! `SnapshotIo`, `InvalidSnapshot`) mean the disk or a stream failed.
+
+#[derive(Debug, thiserror::Error)]
+pub enum MvccError {
+    #[error("mvcc: required revision has been compacted (requested {requested}, compacted {compacted})")]
+    Compacted { requested: i64, compacted: i64 },
+    #[error("mvcc: required revision is a future revision (requested {requested}, current {current})")]
+    FutureRevision { requested: i64, current: i64 },
+    #[error("key not found")]
+    KeyNotFound,
+    #[error("requested lease not found")]
+    LeaseNotFound,
+    #[error("storage error: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    #[error("snapshot i/o error: {0}")]
+    SnapshotIo(#[from] std::io::Error),
+    /// A snapshot stream that is truncated, damaged or of an unknown format.
+    #[error("invalid snapshot stream: {0}")]
+    InvalidSnapshot(String),
+}
+
+pub(crate) type Result<T, E = MvccError> = std::result::Result<T, E>;
+
+pub(crate) fn corrupt(what: impl Into<String>) -> MvccError {
+    MvccError::Corrupt(what.into())
+}

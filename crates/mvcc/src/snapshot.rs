@@ -1,0 +1,227 @@
+//! Snapshot streams of the whole keyspace tree, and their atomic install.
+//!
+//! Stream format (all integers big-endian), written and read incrementally:
+//! ```text
+//! header   "KEELMVCC" u32:format_version
+//! record*  0x01 u32:key_len key u32:value_len value     (raw tree entries, key order)
+//! trailer  0x00 u64:record_count u32:crc32(every byte before the crc)
+//! ```
+//!
+//! Invariant (atomic flip): an install writes into a FRESH tree, verifies
+//! the trailer and the store meta, flushes, and only then, under the store's
+//! exclusive lock, points [`ACTIVE_POINTER`] at the new tree and swaps it in;
+//! the old tree is dropped afterwards. A truncated or corrupt stream, or a
+//! crash at any point before the pointer is written, leaves the active store
+//! untouched (`open` drops a half-filled tree).
+
+use std::io::{self, Read, Write};
+
+use sled::IVec;
+
+use crate::error::{MvccError, Result};
+use crate::store::{keyspace_tree_name, load_meta, Keyspace, Shared, SnapshotStats, ACTIVE_POINTER};
+
+const MAGIC: &[u8; 8] = b"KEELMVCC";
+const STREAM_FORMAT_VERSION: u32 = 1;
+const RECORD_TAG: u8 = 0x01;
+const END_TAG: u8 = 0x00;
+/// Records per sled batch while installing.
+const INSTALL_CHUNK_RECORDS: usize = 4096;
+
+fn invalid(what: impl Into<String>) -> MvccError {
+    MvccError::InvalidSnapshot(what.into())
+}
+
+/// Counts and checksums every byte written.
+struct HashingWriter<'a> {
+    out: &'a mut dyn Write,
+    hasher: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl HashingWriter<'_> {
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out.write_all(bytes)?;
+        self.hasher.update(bytes);
+        self.bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn put_len(&mut self, len: usize) -> Result<()> {
+        let len = u32::try_from(len).map_err(|_| invalid("a record longer than 4 GiB"))?;
+        self.put(&len.to_be_bytes())
+    }
+}
+
+/// Dumps every entry of `tree`; the caller keeps writers out meanwhile.
+pub(crate) fn write(tree: &sled::Tree, out: &mut dyn Write) -> Result<SnapshotStats> {
+    let mut writer = HashingWriter {
+        out,
+        hasher: crc32fast::Hasher::new(),
+        bytes: 0,
+    };
+    writer.put(MAGIC)?;
+    writer.put(&STREAM_FORMAT_VERSION.to_be_bytes())?;
+    let mut records = 0u64;
+    for entry in tree.iter() {
+        let (key, value) = entry?;
+        writer.put(&[RECORD_TAG])?;
+        writer.put_len(key.len())?;
+        writer.put(&key)?;
+        writer.put_len(value.len())?;
+        writer.put(&value)?;
+        records += 1;
+    }
+    writer.put(&[END_TAG])?;
+    writer.put(&records.to_be_bytes())?;
+    let crc = writer.hasher.clone().finalize();
+    writer.out.write_all(&crc.to_be_bytes())?;
+    writer.out.flush()?;
+    Ok(SnapshotStats {
+        records,
+        bytes: writer.bytes + 4,
+    })
+}
+
+/// Reads exactly what is asked, checksumming it; end of stream is an error.
+struct HashingReader<'a> {
+    input: &'a mut dyn Read,
+    hasher: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl HashingReader<'_> {
+    fn take_exact(&mut self, buffer: &mut [u8]) -> Result<()> {
+        self.input.read_exact(buffer).map_err(eof_is_truncation)?;
+        self.hasher.update(buffer);
+        self.bytes += buffer.len() as u64;
+        Ok(())
+    }
+
+    fn take_array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut buffer = [0u8; N];
+        self.take_exact(&mut buffer)?;
+        Ok(buffer)
+    }
+
+    /// A length-prefixed byte string, grown as bytes arrive (a corrupt length
+    /// cannot make it allocate more than the stream holds).
+    fn take_bytes(&mut self) -> Result<Vec<u8>> {
+        let len = u32::from_be_bytes(self.take_array()?) as u64;
+        let mut buffer = Vec::new();
+        let read = (&mut *self.input)
+            .take(len)
+            .read_to_end(&mut buffer)
+            .map_err(eof_is_truncation)?;
+        if read as u64 != len {
+            return Err(invalid("stream truncated inside a record"));
+        }
+        self.hasher.update(&buffer);
+        self.bytes += len;
+        Ok(buffer)
+    }
+}
+
+fn eof_is_truncation(error: io::Error) -> MvccError {
+    if error.kind() == io::ErrorKind::UnexpectedEof {
+        invalid("stream truncated")
+    } else {
+        MvccError::SnapshotIo(error)
+    }
+}
+
+/// Fills the empty `tree` from `input`, verifying order, count and checksum.
+fn fill(tree: &sled::Tree, input: &mut dyn Read) -> Result<SnapshotStats> {
+    let mut reader = HashingReader {
+        input,
+        hasher: crc32fast::Hasher::new(),
+        bytes: 0,
+    };
+    if &reader.take_array::<8>()? != MAGIC {
+        return Err(invalid("not a keel mvcc snapshot"));
+    }
+    let version = u32::from_be_bytes(reader.take_array()?);
+    if version != STREAM_FORMAT_VERSION {
+        return Err(invalid(format!(
+            "snapshot format {version}, this build reads {STREAM_FORMAT_VERSION}"
+        )));
+    }
+    let mut records = 0u64;
+    let mut previous_key: Option<Vec<u8>> = None;
+    let mut chunk = sled::Batch::default();
+    let mut chunk_len = 0usize;
+    loop {
+        let [tag] = reader.take_array::<1>()?;
+        match tag {
+            RECORD_TAG => {}
+            END_TAG => break,
+            other => return Err(invalid(format!("unknown record tag {other:#04x}"))),
+        }
+        let key = reader.take_bytes()?;
+        let value = reader.take_bytes()?;
+        if previous_key.as_ref().is_some_and(|previous| *previous >= key) {
+            return Err(invalid("records out of key order"));
+        }
+        previous_key = Some(key.clone());
+        chunk.insert(IVec::from(key), IVec::from(value));
+        chunk_len += 1;
+        records += 1;
+        if chunk_len == INSTALL_CHUNK_RECORDS {
+            tree.apply_batch(std::mem::take(&mut chunk))?;
+            chunk_len = 0;
+        }
+    }
+    tree.apply_batch(chunk)?;
+    let declared = u64::from_be_bytes(reader.take_array()?);
+    let expected_crc = reader.hasher.clone().finalize();
+    let mut crc = [0u8; 4];
+    reader.input.read_exact(&mut crc).map_err(eof_is_truncation)?;
+    if u32::from_be_bytes(crc) != expected_crc {
+        return Err(invalid("checksum mismatch"));
+    }
+    if declared != records {
+        return Err(invalid(format!(
+            "trailer declares {declared} records, stream held {records}"
+        )));
+    }
+    Ok(SnapshotStats {
+        records,
+        bytes: reader.bytes + 4,
+    })
+}
+
+/// Installs a stream as the new active keyspace; the caller holds the writer slot.
+pub(crate) fn install(shared: &Shared, input: &mut dyn Read) -> Result<SnapshotStats> {
+    let generation = shared.read_keyspace().generation + 1;
+    let name = keyspace_tree_name(generation);
+    shared.db.drop_tree(&name)?;
+    let tree = shared.db.open_tree(&name)?;
+    let filled = fill(&tree, input).and_then(|stats| match load_meta(&tree) {
+        Ok(Some(revisions)) => Ok((stats, revisions)),
+        Ok(None) => Err(invalid("snapshot holds no store meta")),
+        Err(error) => Err(invalid(format!("snapshot store meta: {error}"))),
+    });
+    let (stats, revisions) = match filled {
+        Ok(filled) => filled,
+        Err(error) => {
+            drop(tree);
+            if let Err(drop_error) = shared.db.drop_tree(&name) {
+                tracing::warn!(%drop_error, "could not drop a rejected snapshot tree; open will");
+            }
+            return Err(error);
+        }
+    };
+    shared.db.flush()?;
+    let old_generation = {
+        let mut active = shared.write_keyspace();
+        shared.db.insert(ACTIVE_POINTER, name.as_bytes())?;
+        let old = std::mem::replace(&mut *active, Keyspace { generation, tree });
+        shared.set_revisions(revisions);
+        old.generation
+    };
+    shared.db.flush()?;
+    if let Err(error) = shared.db.drop_tree(keyspace_tree_name(old_generation)) {
+        tracing::warn!(%error, "could not drop the replaced keyspace tree; open will");
+    }
+    Ok(stats)
+}

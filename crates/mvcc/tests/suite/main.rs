@@ -1,0 +1,12 @@
+//! keel-mvcc's behaviour through its public API: etcd's revision, range,
+//! txn and compaction semantics, durability, snapshots, and a model check.
+
+mod common;
+
+mod compaction;
+mod durability;
+mod model;
+mod puts_and_deletes;
+mod ranges;
+mod snapshot;
+mod txns;

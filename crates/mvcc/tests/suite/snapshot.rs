@@ -1,0 +1,156 @@
+//! Snapshot dumps and installs: equal state after install, atomic failure.
+
+use keel_api::etcdserverpb::RangeRequest;
+use keel_mvcc::{MvccError, MvccStore};
+
+use crate::common::*;
+
+fn with_history() -> TestStore {
+    let t = temp_store();
+    for round in 0..5 {
+        let mut batch = t.store.begin_apply();
+        for i in 0..30 {
+            batch
+                .put(&put_request(&format!("key/{i:02}"), &format!("{round}-{i}")))
+                .expect("put");
+        }
+        batch.commit().expect("commit");
+        delete(&t.store, &format!("key/{round:02}"), "");
+    }
+    compact(&t.store, 70).expect("compact");
+    let mut batch = t.store.begin_apply();
+    batch.set_app_meta("raft/last_applied", b"applied".to_vec());
+    batch.commit().expect("commit");
+    t
+}
+
+fn fingerprint(store: &MvccStore) -> Vec<String> {
+    let mut seen = vec![
+        format!("revision {}", store.current_revision()),
+        format!("compacted {}", store.compact_revision()),
+        format!("hash {:?}", store.hash_kv(0).expect("hash")),
+        format!("meta {:?}", store.app_meta("raft/last_applied").expect("meta")),
+    ];
+    let floor = store.compact_revision().max(1);
+    for revision in floor..=store.current_revision() {
+        let response = store
+            .range(&RangeRequest {
+                revision,
+                ..range_request("", "\0")
+            })
+            .expect("range");
+        seen.push(format!("{revision}: {:?}", response.kvs));
+    }
+    seen
+}
+
+#[test]
+fn an_installed_snapshot_reads_and_hashes_like_its_source() {
+    let source = with_history();
+    let mut stream = Vec::new();
+    let written = source.store.write_snapshot(&mut stream).expect("write snapshot");
+    assert_eq!(written.bytes, stream.len() as u64);
+    assert!(written.records > 100);
+
+    let target = temp_store();
+    put(&target.store, "unrelated", "data");
+    let installed = target
+        .store
+        .install_snapshot(&mut stream.as_slice())
+        .expect("install");
+    assert_eq!(installed, written);
+    assert_eq!(fingerprint(&target.store), fingerprint(&source.store));
+    assert_eq!(get(&target.store, "unrelated"), None);
+    assert!(matches!(
+        target.store.range(&RangeRequest {
+            revision: 69,
+            ..range_request("", "\0")
+        }),
+        Err(MvccError::Compacted { .. })
+    ));
+    // The target keeps working, and a reopen follows the flipped pointer.
+    let next = put(&target.store, "key/99", "after");
+    assert_eq!(header_revision(&next.header), source.store.current_revision() + 1);
+    let expected = fingerprint(&target.store);
+    let TestStore { dir, db, store } = target;
+    drop(store);
+    db.flush().expect("flush");
+    drop(db);
+    let db = open_db(&dir.path().join("db"));
+    let reopened = MvccStore::open(&db).expect("reopen");
+    assert_eq!(fingerprint(&reopened), expected);
+    let keyspace_trees = db
+        .tree_names()
+        .iter()
+        .filter(|name| name.starts_with(b"keel-mvcc/keyspace/"))
+        .count();
+    assert_eq!(keyspace_trees, 1, "the replaced tree is gone");
+}
+
+#[test]
+fn a_truncated_or_corrupt_stream_leaves_the_target_as_it_was() {
+    let source = with_history();
+    let mut stream = Vec::new();
+    source.store.write_snapshot(&mut stream).expect("write snapshot");
+    let target = temp_store();
+    put(&target.store, "mine", "1");
+    put(&target.store, "mine", "2");
+    let before = fingerprint(&target.store);
+    let cuts = [
+        0,
+        5,
+        12,
+        13,
+        100,
+        stream.len() / 2,
+        stream.len() - 13,
+        stream.len() - 4,
+        stream.len() - 1,
+    ];
+    for cut in cuts {
+        let result = target.store.install_snapshot(&mut &stream[..cut]);
+        assert!(
+            matches!(result, Err(MvccError::InvalidSnapshot(_))),
+            "a stream cut at {cut} of {} must fail, got {result:?}",
+            stream.len()
+        );
+        assert_eq!(fingerprint(&target.store), before, "cut at {cut}");
+    }
+    for position in [20, stream.len() / 3, stream.len() - 6] {
+        let mut damaged = stream.clone();
+        damaged[position] ^= 0x40;
+        assert!(
+            target.store.install_snapshot(&mut damaged.as_slice()).is_err(),
+            "flip at {position}"
+        );
+        assert_eq!(fingerprint(&target.store), before);
+    }
+    assert!(target
+        .store
+        .install_snapshot(&mut &b"not a snapshot at all"[..])
+        .is_err());
+    assert_eq!(fingerprint(&target.store), before);
+    // Still writable, and the good stream still installs afterwards.
+    put(&target.store, "mine", "3");
+    target
+        .store
+        .install_snapshot(&mut stream.as_slice())
+        .expect("install");
+    assert_eq!(fingerprint(&target.store), fingerprint(&source.store));
+}
+
+#[test]
+fn a_snapshot_of_an_empty_store_installs_as_an_empty_store() {
+    let empty = temp_store();
+    let mut stream = Vec::new();
+    empty.store.write_snapshot(&mut stream).expect("write");
+    let target = temp_store();
+    put(&target.store, "a", "1");
+    target
+        .store
+        .install_snapshot(&mut stream.as_slice())
+        .expect("install");
+    assert_eq!(target.store.current_revision(), 1);
+    assert_eq!(target.store.compact_revision(), -1);
+    assert!(range(&target.store, "", "\0").kvs.is_empty());
+}
