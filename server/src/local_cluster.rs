@@ -106,7 +106,18 @@ fn member_command(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group: a Ctrl-C in the terminal reaches only
+        // local-cluster, which then stops every member cleanly.
+        .process_group(0)
         .kill_on_drop(true);
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // the prctl system call, which is async-signal-safe.
+    unsafe {
+        // If local-cluster itself dies (even by SIGKILL), its members stop too.
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
+        });
+    }
     Ok(command)
 }
 
@@ -172,7 +183,7 @@ pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
     let signal = shutdown_signal();
     tokio::pin!(signal);
     tokio::select! {
-        result = wait_for_leader(&endpoints, leader_deadline) => {
+        result = wait_for_leader(&endpoints, leader_deadline, &mut running) => {
             if let Err(error) = result {
                 stop_all(&mut running).await;
                 return Err(error);
@@ -197,11 +208,9 @@ pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
         tokio::select! {
             _ = &mut signal => break,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                for member in running.iter_mut().filter(|m| !m.exited) {
-                    if let Ok(Some(status)) = member.child.try_wait() {
-                        member.exited = true;
-                        eprintln!("member {} exited unexpectedly: {status}; it is not restarted", member.name);
-                    }
+                report_exited(&mut running);
+                if running.iter().all(|m| m.exited) {
+                    bail!("every member has exited; stopping");
                 }
             }
         }
@@ -210,8 +219,31 @@ pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_leader(endpoints: &[String], deadline: Duration) -> anyhow::Result<()> {
-    let config = keel_client::ClientConfig::new(endpoints.iter().cloned());
+/// Reports (by name, with the exit status) each member that exited since
+/// the last look; such a member is not restarted. Returns how many did.
+fn report_exited(running: &mut [RunningMember]) -> usize {
+    let mut count = 0;
+    for member in running.iter_mut().filter(|m| !m.exited) {
+        if let Ok(Some(status)) = member.child.try_wait() {
+            member.exited = true;
+            count += 1;
+            eprintln!(
+                "member {} exited unexpectedly ({status}); it is not restarted",
+                member.name
+            );
+        }
+    }
+    count
+}
+
+async fn wait_for_leader(
+    endpoints: &[String],
+    deadline: Duration,
+    running: &mut [RunningMember],
+) -> anyhow::Result<()> {
+    let config = keel_client::ClientConfig::new(endpoints.iter().cloned())
+        .with_dial_timeout(Duration::from_millis(500))
+        .with_request_timeout(Duration::from_secs(2));
     let give_up = tokio::time::Instant::now() + deadline;
     loop {
         if let Ok(client) = keel_client::Client::connect(config.clone()).await {
@@ -222,6 +254,9 @@ async fn wait_for_leader(endpoints: &[String], deadline: Duration) -> anyhow::Re
                     }
                 }
             }
+        }
+        if report_exited(running) > 0 {
+            bail!("a member exited before the cluster elected a leader; see its log above");
         }
         if tokio::time::Instant::now() >= give_up {
             bail!("the cluster elected no leader within {deadline:?}; see the members' logs above");
