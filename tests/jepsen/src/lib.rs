@@ -5,13 +5,24 @@
 //! register workloads, no lost or phantom elements in the set workload, at
 //! most one leader per term, and convergence after healing.
 
+pub mod check;
+pub mod config;
+pub mod finale;
 pub mod history;
 pub mod invariants;
 pub mod linearizable;
 pub mod model;
+pub mod monitor;
+pub mod nemesis;
+pub mod outcome;
 pub mod pairing;
+pub mod partition;
+pub mod proxy;
 pub mod register_check;
+pub mod run;
 pub mod set_check;
 pub mod shrink;
 pub mod stats;
 pub mod verdict;
+pub mod worker;
+pub mod workload;

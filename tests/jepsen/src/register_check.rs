@@ -202,15 +202,20 @@ pub fn render_ops(ops: &[Op]) -> Vec<String> {
 
 /// The `linearizability` check over a whole history.
 pub fn linearizability_check(events: &[Event], limits: &CheckLimits) -> CheckResult {
-    const NAME: &str = "linearizability";
+    named_linearizability_check("linearizability", events, limits)
+}
+
+/// The same check under another name (e.g. over a history with its reads
+/// removed).
+pub fn named_linearizability_check(name: &str, events: &[Event], limits: &CheckLimits) -> CheckResult {
     let by_key = match register_histories(events) {
         Ok(by_key) => by_key,
         Err(error) => {
-            return CheckResult::new(NAME, Outcome::Unknown, format!("unreadable history: {error}"))
+            return CheckResult::new(name, Outcome::Unknown, format!("unreadable history: {error}"))
         }
     };
     if by_key.is_empty() {
-        return CheckResult::new(NAME, Outcome::Unknown, "no register operations in the history");
+        return CheckResult::new(name, Outcome::Unknown, "no register operations in the history");
     }
     let total_ops: usize = by_key.values().map(Vec::len).sum();
     let verdicts = check_keys(&by_key, limits);
@@ -262,5 +267,5 @@ pub fn linearizability_check(events: &[Event], limits: &CheckLimits) -> CheckRes
     } else {
         Outcome::Pass
     };
-    CheckResult::new(NAME, outcome, summary).with_details(details)
+    CheckResult::new(name, outcome, summary).with_details(details)
 }

@@ -2,7 +2,11 @@
 //! unique key under the set's prefix); after healing, one `read-all` of the
 //! prefix on every member must contain every acknowledged add (none lost),
 //! nothing that was never attempted, and nothing whose add definitely
-//! failed. Adds whose outcome is unknown may or may not be present.
+//! failed. Adds whose outcome is unknown may or may not be present, but
+//! the final reads are linearizable and taken one after another, so an
+//! element one of them saw must be in every later one (an unknown add may
+//! appear late, never vanish). A member counts as read when any of its
+//! read attempts succeeded (the harness retries a read that failed).
 
 use std::collections::BTreeSet;
 
@@ -32,6 +36,15 @@ fn sample(set: &BTreeSet<u64>) -> String {
     format!("[{}{more}]", shown.join(" "))
 }
 
+/// One successful final read: who answered, when it started and ended,
+/// and what it saw.
+struct FinalRead {
+    node: String,
+    start: u64,
+    end: u64,
+    present: BTreeSet<u64>,
+}
+
 /// Checks the set workload's history.
 pub fn set_check(events: &[Event]) -> CheckResult {
     let pairs = match pair_operations(events) {
@@ -42,8 +55,8 @@ pub fn set_check(events: &[Event]) -> CheckResult {
     };
     let (mut attempted, mut acked, mut failed, mut unknown) =
         (BTreeSet::new(), BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
-    let mut reads: Vec<(String, BTreeSet<u64>)> = Vec::new();
-    let mut unread: Vec<String> = Vec::new();
+    let mut reads: Vec<FinalRead> = Vec::new();
+    let mut asked: BTreeSet<String> = BTreeSet::new();
     for pair in &pairs {
         match pair.invoke.f.as_str() {
             f::ADD => {
@@ -67,9 +80,21 @@ pub fn set_check(events: &[Event]) -> CheckResult {
                     .node
                     .clone()
                     .unwrap_or_else(|| format!("process {}", pair.process()));
-                match (pair.outcome(), pair.completion.and_then(|c| elements(&c.value))) {
-                    (EventType::Ok, Some(set)) => reads.push((node, set)),
-                    _ => unread.push(node),
+                asked.insert(node.clone());
+                let seen = pair.completion.and_then(|c| elements(&c.value));
+                if let (EventType::Ok, Some(present), Some(end)) = (pair.outcome(), seen, pair.end()) {
+                    reads.push(FinalRead {
+                        node,
+                        start: pair.invoke.start,
+                        end,
+                        present,
+                    });
+                } else if pair.outcome() == EventType::Ok {
+                    return CheckResult::new(
+                        NAME,
+                        Outcome::Unknown,
+                        format!("line {}: unreadable read-all value", pair.invoke.index),
+                    );
                 }
             }
             _ => {}
@@ -80,50 +105,43 @@ pub fn set_check(events: &[Event]) -> CheckResult {
     }
     let mut details = Vec::new();
     let mut anomaly = false;
-    for (node, present) in &reads {
-        let lost: BTreeSet<u64> = acked.difference(present).copied().collect();
-        let unexpected: BTreeSet<u64> = present.difference(&attempted).copied().collect();
-        let resurrected: BTreeSet<u64> = present.intersection(&failed).copied().collect();
-        if !lost.is_empty() {
-            anomaly = true;
-            details.push(format!(
-                "{node}: {} acknowledged adds lost: {}",
-                lost.len(),
-                sample(&lost)
-            ));
-        }
-        if !unexpected.is_empty() {
-            anomaly = true;
-            details.push(format!(
-                "{node}: {} elements never added: {}",
-                unexpected.len(),
-                sample(&unexpected)
-            ));
-        }
-        if !resurrected.is_empty() {
-            anomaly = true;
-            details.push(format!(
-                "{node}: {} elements whose add definitely failed: {}",
-                resurrected.len(),
-                sample(&resurrected)
-            ));
+    for read in &reads {
+        let lost: BTreeSet<u64> = acked.difference(&read.present).copied().collect();
+        let unexpected: BTreeSet<u64> = read.present.difference(&attempted).copied().collect();
+        let resurrected: BTreeSet<u64> = read.present.intersection(&failed).copied().collect();
+        for (what, set) in [
+            ("acknowledged adds lost", &lost),
+            ("elements never added", &unexpected),
+            ("elements whose add definitely failed", &resurrected),
+        ] {
+            if !set.is_empty() {
+                anomaly = true;
+                details.push(format!("{}: {} {what}: {}", read.node, set.len(), sample(set)));
+            }
         }
     }
-    if let Some((first_node, first)) = reads.first() {
-        for (node, present) in reads.iter().skip(1) {
-            if present != first {
+    // An element seen by a read that ended before another began must be in
+    // that later read too.
+    for earlier in &reads {
+        for later in reads.iter().filter(|r| r.start > earlier.end) {
+            let vanished: BTreeSet<u64> = earlier.present.difference(&later.present).copied().collect();
+            if !vanished.is_empty() {
                 anomaly = true;
-                let only_there: BTreeSet<u64> = present.symmetric_difference(first).copied().collect();
                 details.push(format!(
-                    "{node} and {first_node} disagree on {}",
-                    sample(&only_there)
+                    "{} no longer has {} elements {} had read before: {}",
+                    later.node,
+                    vanished.len(),
+                    earlier.node,
+                    sample(&vanished)
                 ));
             }
         }
     }
+    let read_nodes: BTreeSet<String> = reads.iter().map(|r| r.node.clone()).collect();
+    let unread: Vec<&String> = asked.difference(&read_nodes).collect();
     let recovered = reads
-        .first()
-        .map_or(0, |(_, present)| present.intersection(&unknown).count());
+        .last()
+        .map_or(0, |read| read.present.intersection(&unknown).count());
     let summary = format!(
         "{} attempted, {} acknowledged, {} failed, {} unknown ({} of them present); read on {} members",
         attempted.len(),
@@ -131,10 +149,10 @@ pub fn set_check(events: &[Event]) -> CheckResult {
         failed.len(),
         unknown.len(),
         recovered,
-        reads.len()
+        read_nodes.len()
     );
     for node in &unread {
-        details.push(format!("{node}: the final read did not succeed"));
+        details.push(format!("{node}: no final read succeeded"));
     }
     let outcome = if anomaly {
         Outcome::Fail

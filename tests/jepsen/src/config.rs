@@ -1,0 +1,218 @@
+//! What a run is asked to do: the workload, the nemeses and their schedule,
+//! the cluster's size and timings, the client timeouts and the key rotation.
+//! A run saves its `RunConfig` as `run.json` in its directory so that
+//! `keel-jepsen check DIR` re-checks it with the same checks.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("unknown nemesis {0:?} (expected partition-halves, partition-leader, partition-ring, kill, pause, all or none)")]
+    UnknownNemesis(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What the client workers do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// read / write / compare-and-set on a few keys, linearizable reads.
+    Register,
+    /// unique adds under a prefix, one read of the prefix per member at the end.
+    Set,
+    /// as `register`, but reads are `serializable` (may be stale).
+    RegisterSerializable,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Register => "register",
+            Workload::Set => "set",
+            Workload::RegisterSerializable => "register-serializable",
+        }
+    }
+
+    pub const ALL: [Workload; 3] = [Workload::Register, Workload::Set, Workload::RegisterSerializable];
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One kind of fault the nemesis injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NemesisKind {
+    /// A random minority cut off from the majority.
+    PartitionHalves,
+    /// The current leader cut off from everyone.
+    PartitionLeader,
+    /// Every member sees only its ring neighbours (majorities overlap).
+    PartitionRing,
+    /// kill -9 a member (the leader half of the time), restarted later.
+    Kill,
+    /// SIGSTOP a member (the leader half of the time), SIGCONT later.
+    Pause,
+}
+
+impl NemesisKind {
+    pub const ALL: [NemesisKind; 5] = [
+        NemesisKind::PartitionHalves,
+        NemesisKind::PartitionLeader,
+        NemesisKind::PartitionRing,
+        NemesisKind::Kill,
+        NemesisKind::Pause,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NemesisKind::PartitionHalves => "partition-halves",
+            NemesisKind::PartitionLeader => "partition-leader",
+            NemesisKind::PartitionRing => "partition-ring",
+            NemesisKind::Kill => "kill",
+            NemesisKind::Pause => "pause",
+        }
+    }
+}
+
+impl fmt::Display for NemesisKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Parses `--nemesis`: a comma list of kinds, `all`, or `none`.
+pub fn parse_nemeses(spec: &str) -> Result<Vec<NemesisKind>, ConfigError> {
+    let mut kinds = Vec::new();
+    for word in spec.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        match word {
+            "all" => kinds.extend(NemesisKind::ALL),
+            "none" => {}
+            other => {
+                let kind = NemesisKind::ALL
+                    .into_iter()
+                    .find(|k| k.name() == other)
+                    .ok_or_else(|| ConfigError::UnknownNemesis(other.to_string()))?;
+                kinds.push(kind);
+            }
+        }
+    }
+    kinds.sort();
+    kinds.dedup();
+    Ok(kinds)
+}
+
+/// Everything a run needs to know; saved as the run directory's `run.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub nodes: usize,
+    /// Client workers per member.
+    pub concurrency_per_member: usize,
+    pub workload: Workload,
+    pub nemeses: Vec<NemesisKind>,
+    /// Quiet time between faults, and how long each fault lasts.
+    pub interval_ms: u64,
+    /// How long the workload runs (the healing and checks come after).
+    pub time_limit_ms: u64,
+    /// Register keys in use at any time.
+    pub keys: usize,
+    /// Operations on one register key before it is replaced by a fresh one.
+    pub ops_per_key: u64,
+    /// Client timeout of one operation.
+    pub op_timeout_ms: u64,
+    /// Target rate of operations per second over all workers (0: unpaced).
+    pub rate: u64,
+    pub election_timeout_ms: u64,
+    pub heartbeat_ms: u64,
+    pub seed: u64,
+    /// Wall-clock bound for the linearizability search.
+    pub check_time_limit_ms: u64,
+}
+
+impl RunConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.nodes != 3 && self.nodes != 5 {
+            return Err(ConfigError::Invalid(format!(
+                "--nodes must be 3 or 5, not {}",
+                self.nodes
+            )));
+        }
+        if self.concurrency_per_member == 0 {
+            return Err(ConfigError::Invalid("--concurrency must be at least 1".into()));
+        }
+        if !(1..=64).contains(&self.keys) {
+            return Err(ConfigError::Invalid("--keys must be between 1 and 64".into()));
+        }
+        if self.ops_per_key == 0 {
+            return Err(ConfigError::Invalid("--ops-per-key must be at least 1".into()));
+        }
+        if !(100..=10_000).contains(&self.op_timeout_ms) {
+            return Err(ConfigError::Invalid(
+                "--op-timeout-ms must be between 100 and 10000".into(),
+            ));
+        }
+        if self.interval_ms < 100 {
+            return Err(ConfigError::Invalid("--interval must be at least 0.1 s".into()));
+        }
+        Ok(())
+    }
+
+    pub fn workers(&self) -> usize {
+        self.nodes * self.concurrency_per_member
+    }
+
+    pub fn op_timeout(&self) -> Duration {
+        Duration::from_millis(self.op_timeout_ms)
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+
+    pub fn time_limit(&self) -> Duration {
+        Duration::from_millis(self.time_limit_ms)
+    }
+
+    /// The pause each worker takes between its operations to hold `rate`.
+    pub fn worker_pace(&self) -> Duration {
+        if self.rate == 0 {
+            return Duration::ZERO;
+        }
+        let per_worker_ns = 1_000_000_000u64.saturating_mul(self.workers() as u64) / self.rate;
+        Duration::from_nanos(per_worker_ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nemesis_lists_parse() {
+        assert_eq!(parse_nemeses("all").unwrap(), NemesisKind::ALL.to_vec());
+        assert_eq!(
+            parse_nemeses("kill, partition-leader,kill").unwrap(),
+            vec![NemesisKind::PartitionLeader, NemesisKind::Kill]
+        );
+        assert_eq!(parse_nemeses("none").unwrap(), vec![]);
+        assert_eq!(
+            parse_nemeses("kill,bogus"),
+            Err(ConfigError::UnknownNemesis("bogus".into()))
+        );
+    }
+
+    #[test]
+    fn workload_names_round_trip_through_json() {
+        for workload in Workload::ALL {
+            let json = serde_json::to_string(&workload).unwrap();
+            assert_eq!(json, format!("\"{}\"", workload.name()));
+        }
+    }
+}

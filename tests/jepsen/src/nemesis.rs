@@ -1,0 +1,284 @@
+//! The nemesis: injects one fault at a time on a schedule — quiet for an
+//! interval, a fault for an interval, its repair, and again — and records
+//! each action as a `nemesis` line in the history and in `nemesis.jsonl`.
+//!
+//! Invariant: after [`Nemesis::heal_everything`] returns Ok, every link is
+//! open and every member is running and not paused; a run calls it before
+//! its final reads whatever happened before (including when the schedule
+//! failed half-way).
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_client::Client;
+use keel_tests::{Cluster, FixtureError, MemberState};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::config::NemesisKind;
+use crate::history::{Event, HistoryError, HistoryWriter};
+use crate::monitor::{leader_in, monitor_clients, sample_all, MemberAddress};
+use crate::partition::{halves, isolate, ring, Grudge};
+use crate::proxy::Network;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NemesisError {
+    #[error(transparent)]
+    Fixture(#[from] FixtureError),
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    #[error("nemesis timeline: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A fault in force, and what undoes it.
+#[derive(Debug, Clone)]
+enum Fault {
+    Partition(Grudge),
+    Killed(usize),
+    Paused(usize),
+}
+
+pub struct Nemesis {
+    cluster: Arc<Mutex<Cluster>>,
+    network: Arc<Network>,
+    history: Arc<HistoryWriter>,
+    timeline: BufWriter<File>,
+    members: Vec<MemberAddress>,
+    clients: Vec<(MemberAddress, Client)>,
+    kinds: Vec<NemesisKind>,
+    rng: StdRng,
+    /// Members that exited without being told to (found while healing).
+    pub crashed: Vec<String>,
+}
+
+impl Nemesis {
+    pub fn new(
+        cluster: Arc<Mutex<Cluster>>,
+        network: Arc<Network>,
+        history: Arc<HistoryWriter>,
+        timeline_path: &Path,
+        members: Vec<MemberAddress>,
+        kinds: Vec<NemesisKind>,
+        seed: u64,
+    ) -> Result<Nemesis, NemesisError> {
+        let timeline = BufWriter::new(File::create(timeline_path)?);
+        let clients = monitor_clients(&members, Duration::from_millis(500));
+        Ok(Nemesis {
+            cluster,
+            network,
+            history,
+            timeline,
+            members,
+            clients,
+            kinds,
+            rng: StdRng::seed_from_u64(seed),
+            crashed: Vec::new(),
+        })
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.name.clone()).collect()
+    }
+
+    /// Records one nemesis action that ran from `start` to now.
+    fn record(
+        &mut self,
+        f: &str,
+        kind: Option<NemesisKind>,
+        detail: String,
+        start: u64,
+        node: Option<usize>,
+    ) {
+        let value = json!({
+            "nemesis": kind.map(NemesisKind::name),
+            "detail": detail,
+        });
+        let mut event = Event::nemesis(f, value, start, self.history.now());
+        if let Some(node) = node.and_then(|i| self.members.get(i)) {
+            event = event.with_node(&node.name);
+        }
+        tracing::info!(f, detail = %event.value["detail"], "nemesis");
+        if let Ok(line) = serde_json::to_string(&event) {
+            let _ = writeln!(self.timeline, "{line}");
+            let _ = self.timeline.flush();
+        }
+        if let Err(error) = self.history.record(event) {
+            tracing::error!(%error, "recording a nemesis event failed");
+        }
+    }
+
+    /// The current leader's index, asked of every member just now.
+    async fn leader(&self) -> Option<usize> {
+        let samples = sample_all(&self.clients, &self.history, Duration::from_millis(500)).await;
+        leader_in(&samples, &self.members)
+    }
+
+    /// The leader half of the time (when one is known), else a random member.
+    async fn victim(&mut self) -> (usize, bool) {
+        if self.rng.gen_bool(0.5) {
+            if let Some(leader) = self.leader().await {
+                return (leader, true);
+            }
+        }
+        (self.rng.gen_range(0..self.members.len()), false)
+    }
+
+    /// Runs the schedule until `until`, then repairs the fault in force.
+    pub async fn run_schedule(&mut self, until: Instant, interval: Duration) -> Result<(), NemesisError> {
+        if self.kinds.is_empty() {
+            tokio::time::sleep_until(until).await;
+            return Ok(());
+        }
+        loop {
+            tokio::time::sleep_until(until.min(Instant::now() + interval)).await;
+            if Instant::now() >= until {
+                return Ok(());
+            }
+            let Some(&kind) = self.kinds.choose(&mut self.rng) else {
+                return Ok(());
+            };
+            let fault = self.start_fault(kind).await?;
+            tokio::time::sleep_until(until.min(Instant::now() + interval)).await;
+            self.end_fault(kind, fault).await?;
+        }
+    }
+
+    async fn start_fault(&mut self, kind: NemesisKind) -> Result<Fault, NemesisError> {
+        let start = self.history.now();
+        let n = self.members.len();
+        let names = self.names();
+        match kind {
+            NemesisKind::PartitionHalves => {
+                let (minority, majority, grudge) = halves(n, &mut self.rng);
+                self.network.apply(&grudge);
+                let side = |s: &[usize]| s.iter().map(|&i| names[i].clone()).collect::<Vec<_>>().join(" ");
+                let detail = format!("cut {} | {}", side(&minority), side(&majority));
+                self.record("start", Some(kind), detail, start, None);
+                Ok(Fault::Partition(grudge))
+            }
+            NemesisKind::PartitionLeader => {
+                let (target, detail) = match self.leader().await {
+                    Some(leader) => (leader, format!("isolated the leader {}", names[leader])),
+                    None => {
+                        let any = self.rng.gen_range(0..n);
+                        (any, format!("no leader known; isolated {}", names[any]))
+                    }
+                };
+                let grudge = isolate(n, target);
+                self.network.apply(&grudge);
+                self.record("start", Some(kind), detail, start, Some(target));
+                Ok(Fault::Partition(grudge))
+            }
+            NemesisKind::PartitionRing => {
+                let (_, grudge) = ring(n, &mut self.rng);
+                self.network.apply(&grudge);
+                let detail = grudge.describe(&names);
+                self.record("start", Some(kind), detail, start, None);
+                Ok(Fault::Partition(grudge))
+            }
+            NemesisKind::Kill => {
+                let (target, was_leader) = self.victim().await;
+                let result = self.cluster.lock().await.kill(target);
+                let role = if was_leader { " (leader)" } else { "" };
+                let detail = match &result {
+                    Ok(()) => format!("kill -9 {}{role}", names[target]),
+                    Err(error) => format!("kill -9 {}{role} failed: {error}", names[target]),
+                };
+                self.record("start", Some(kind), detail, start, Some(target));
+                Ok(Fault::Killed(target))
+            }
+            NemesisKind::Pause => {
+                let (target, was_leader) = self.victim().await;
+                let result = self.cluster.lock().await.pause(target);
+                let role = if was_leader { " (leader)" } else { "" };
+                let detail = match &result {
+                    Ok(()) => format!("SIGSTOP {}{role}", names[target]),
+                    Err(error) => format!("SIGSTOP {}{role} failed: {error}", names[target]),
+                };
+                self.record("start", Some(kind), detail, start, Some(target));
+                Ok(Fault::Paused(target))
+            }
+        }
+    }
+
+    async fn end_fault(&mut self, kind: NemesisKind, fault: Fault) -> Result<(), NemesisError> {
+        let start = self.history.now();
+        let names = self.names();
+        match fault {
+            Fault::Partition(grudge) => {
+                self.network.heal_all();
+                let pairs: Vec<String> = grudge
+                    .pairs()
+                    .map(|(a, b)| format!("{}-{}", names[a], names[b]))
+                    .collect();
+                let detail = format!("healed {}", pairs.join(" "));
+                self.record("stop", Some(kind), detail, start, None);
+            }
+            Fault::Killed(target) => {
+                let restarted = self.cluster.lock().await.restart(target);
+                self.record(
+                    "stop",
+                    Some(kind),
+                    format!("restarted {}", names[target]),
+                    start,
+                    Some(target),
+                );
+                restarted?;
+            }
+            Fault::Paused(target) => {
+                let resumed = self.cluster.lock().await.resume(target);
+                self.record(
+                    "stop",
+                    Some(kind),
+                    format!("SIGCONT {}", names[target]),
+                    start,
+                    Some(target),
+                );
+                resumed?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens every link, resumes paused members and (re)starts stopped or
+    /// crashed ones, whatever the schedule left behind.
+    pub async fn heal_everything(&mut self) -> Result<(), NemesisError> {
+        let start = self.history.now();
+        self.network.heal_all();
+        let mut actions = vec!["healed every link".to_string()];
+        let mut cluster = self.cluster.lock().await;
+        while let Some(exited) = cluster.exited_member() {
+            let Some(index) = self.members.iter().position(|m| m.name == exited) else {
+                break;
+            };
+            // Reap the exited process so the member can be started again.
+            let _ = cluster.kill(index);
+            actions.push(format!("{exited} had exited on its own"));
+            self.crashed.push(exited);
+        }
+        for index in 0..self.members.len() {
+            match cluster.state(index) {
+                MemberState::Running => {}
+                MemberState::Paused => {
+                    cluster.resume(index)?;
+                    actions.push(format!("SIGCONT {}", self.members[index].name));
+                }
+                MemberState::Stopped => {
+                    cluster.restart(index)?;
+                    actions.push(format!("started {}", self.members[index].name));
+                }
+            }
+        }
+        drop(cluster);
+        self.record("heal-all", None, actions.join("; "), start, None);
+        Ok(())
+    }
+}

@@ -1,0 +1,153 @@
+//! A client worker: a sequential process pinned to one member, invoking the
+//! generator's operations one at a time and recording each invocation and
+//! completion in the history.
+//!
+//! Invariants:
+//! - the invocation is recorded (with its time) before the request is sent,
+//!   and the completion after the answer came back, so every op's recorded
+//!   interval contains its real effect;
+//! - a process never has two operations open: after an indeterminate
+//!   (`info`) completion, whose request may still be in flight, the worker
+//!   continues as a fresh process id (old id + number of workers), as
+//!   Jepsen does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_client::{Client, ClientConfig, ClientError};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value as Json;
+use tokio::sync::watch;
+
+use crate::history::{Event, EventType, HistoryError, HistoryWriter};
+use crate::workload::{execute, Completion, Generator, Invocation};
+
+/// Who a worker is and where it sends its requests.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    /// 0-based worker number; also its first process id.
+    pub index: u64,
+    /// Total number of workers (the stride between a worker's process ids).
+    pub workers: u64,
+    pub member_name: String,
+    pub endpoint: String,
+    pub op_timeout: Duration,
+    /// Mean pause between two operations.
+    pub pace: Duration,
+    pub seed: u64,
+}
+
+/// A client pinned to one member, with the run's timeouts.
+pub fn member_client(endpoint: &str, op_timeout: Duration) -> Result<Client, ClientError> {
+    Client::connect_lazy(
+        ClientConfig::new([endpoint.to_string()])
+            .with_dial_timeout(op_timeout.min(Duration::from_secs(1)))
+            .with_request_timeout(op_timeout),
+    )
+}
+
+/// Invokes `invocation` as `process`, recording both ends; returns the
+/// completion.
+pub async fn perform(
+    client: &Client,
+    history: &HistoryWriter,
+    process: u64,
+    node: &str,
+    invocation: &Invocation,
+    op_timeout: Duration,
+) -> Result<Completion, HistoryError> {
+    let start = history.now();
+    let invoke = Event::invoke(
+        process,
+        invocation.f(),
+        invocation.key(),
+        invocation.value(),
+        start,
+    )
+    .with_node(node);
+    history.record(invoke.clone())?;
+    // The client's own request timeout bounds the call; this outer bound
+    // only guards against a call that ignores it.
+    let guard = op_timeout + Duration::from_millis(500);
+    let completion = match tokio::time::timeout(guard, execute(client, invocation)).await {
+        Ok(completion) => completion,
+        Err(_) => Completion {
+            kind: EventType::Info,
+            value: Json::Null,
+            error: Some(format!("no answer within {guard:?}")),
+        },
+    };
+    let end = history.now();
+    let value = if completion.value.is_null() {
+        invocation.value()
+    } else {
+        completion.value.clone()
+    };
+    let mut done = Event::complete(&invoke, completion.kind, value, end);
+    if let Some(error) = &completion.error {
+        done = done.with_error(error.clone());
+    }
+    history.record(done)?;
+    Ok(completion)
+}
+
+/// What a worker did, for the run's summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WorkerReport {
+    pub ops: u64,
+    pub processes: u64,
+}
+
+/// Runs until `stop` turns true; the op in flight then completes (or times
+/// out) before the worker returns.
+pub async fn run_worker(
+    spec: WorkerSpec,
+    generator: Arc<Generator>,
+    history: Arc<HistoryWriter>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<WorkerReport, HistoryError> {
+    let mut rng = StdRng::seed_from_u64(spec.seed);
+    let mut report = WorkerReport { ops: 0, processes: 1 };
+    let client = match member_client(&spec.endpoint, spec.op_timeout) {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, endpoint = %spec.endpoint, "worker cannot build its client");
+            return Ok(report);
+        }
+    };
+    let mut process = spec.index;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        if !spec.pace.is_zero() {
+            // Uniform in [0, 2 * pace): the mean holds the target rate.
+            let pause = spec.pace.mul_f64(rng.gen_range(0.0..2.0));
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                break;
+            }
+        }
+        let invocation = generator.next(&mut rng);
+        let completion = perform(
+            &client,
+            &history,
+            process,
+            &spec.member_name,
+            &invocation,
+            spec.op_timeout,
+        )
+        .await?;
+        generator.observe(&invocation, &completion);
+        report.ops += 1;
+        if completion.kind == EventType::Info {
+            process += spec.workers;
+            report.processes += 1;
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,392 @@
+//! The workloads' operations: what a worker invokes next and how one
+//! invocation is carried out against keel through `keel-client`.
+//!
+//! Invariants that keep histories checkable:
+//! - every value written (register) or element added (set) is unique in the
+//!   run: it comes from one shared counter;
+//! - a register key takes at most `ops_per_key` invocations; then its slot
+//!   moves to a fresh key (`jepsen/r/<slot>/<generation>`), which starts out
+//!   missing, as the checker's model assumes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use keel_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use keel_api::etcdserverpb::request_op::Request;
+use keel_api::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use keel_api::key_range::prefix_range_end;
+use keel_client::Client;
+use rand::Rng;
+use serde_json::{json, Value as Json};
+
+use crate::config::Workload;
+use crate::history::{f, EventType};
+use crate::outcome::classify;
+
+/// Prefix of the register workloads' keys.
+pub const REGISTER_PREFIX: &str = "jepsen/r/";
+/// Prefix under which the set workload adds its elements.
+pub const SET_PREFIX: &str = "jepsen/set/";
+
+/// One operation a worker is about to invoke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invocation {
+    Read { key: String, serializable: bool },
+    Write { key: String, value: u64 },
+    Cas { key: String, from: u64, to: u64 },
+    Add { element: u64 },
+    ReadAll,
+}
+
+impl Invocation {
+    pub fn f(&self) -> &'static str {
+        match self {
+            Invocation::Read { .. } => f::READ,
+            Invocation::Write { .. } => f::WRITE,
+            Invocation::Cas { .. } => f::CAS,
+            Invocation::Add { .. } => f::ADD,
+            Invocation::ReadAll => f::READ_ALL,
+        }
+    }
+
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Invocation::Read { key, .. } | Invocation::Write { key, .. } | Invocation::Cas { key, .. } => {
+                Some(key)
+            }
+            Invocation::Add { .. } | Invocation::ReadAll => None,
+        }
+    }
+
+    /// The `value` of the invocation line.
+    pub fn value(&self) -> Json {
+        match self {
+            Invocation::Read { .. } | Invocation::ReadAll => Json::Null,
+            Invocation::Write { value, .. } => json!(value),
+            Invocation::Cas { from, to, .. } => json!([from, to]),
+            Invocation::Add { element } => json!(element),
+        }
+    }
+}
+
+/// What came back: the completion's type, value and error text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub kind: EventType,
+    pub value: Json,
+    pub error: Option<String>,
+}
+
+impl Completion {
+    fn ok(value: Json) -> Completion {
+        Completion {
+            kind: EventType::Ok,
+            value,
+            error: None,
+        }
+    }
+}
+
+struct Slot {
+    generation: u64,
+    used: u64,
+}
+
+/// Chooses operations for every worker of one run.
+pub struct Generator {
+    workload: Workload,
+    ops_per_key: u64,
+    slots: Mutex<Vec<Slot>>,
+    next_value: AtomicU64,
+    /// The latest value each key was seen to hold, to aim CASes at.
+    known: Mutex<HashMap<String, u64>>,
+}
+
+impl Generator {
+    pub fn new(workload: Workload, keys: usize, ops_per_key: u64) -> Generator {
+        Generator {
+            workload,
+            ops_per_key,
+            slots: Mutex::new(
+                (0..keys)
+                    .map(|_| Slot {
+                        generation: 0,
+                        used: 0,
+                    })
+                    .collect(),
+            ),
+            next_value: AtomicU64::new(1),
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn unique(&self) -> u64 {
+        self.next_value.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A register key for one more operation, rotating a slot to a fresh key
+    /// once it has had `ops_per_key` operations.
+    fn pick_key(&self, rng: &mut impl Rng) -> String {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let index = rng.gen_range(0..slots.len());
+        let slot = &mut slots[index];
+        if slot.used >= self.ops_per_key {
+            slot.generation += 1;
+            slot.used = 0;
+        }
+        slot.used += 1;
+        format!("{REGISTER_PREFIX}{index}/{}", slot.generation)
+    }
+
+    /// The key each slot uses now (the final reads read these).
+    pub fn current_keys(&self) -> Vec<String> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.used > 0)
+            .map(|(index, slot)| format!("{REGISTER_PREFIX}{index}/{}", slot.generation))
+            .collect()
+    }
+
+    /// The next operation for a worker.
+    pub fn next(&self, rng: &mut impl Rng) -> Invocation {
+        match self.workload {
+            Workload::Set => Invocation::Add {
+                element: self.unique(),
+            },
+            Workload::Register | Workload::RegisterSerializable => {
+                let key = self.pick_key(rng);
+                let serializable = self.workload == Workload::RegisterSerializable;
+                match rng.gen_range(0..3) {
+                    0 => Invocation::Read { key, serializable },
+                    1 => Invocation::Write {
+                        key,
+                        value: self.unique(),
+                    },
+                    _ => {
+                        let known = self
+                            .known
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get(&key)
+                            .copied();
+                        match known {
+                            Some(from) => Invocation::Cas {
+                                key,
+                                from,
+                                to: self.unique(),
+                            },
+                            None => Invocation::Write {
+                                key,
+                                value: self.unique(),
+                            },
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Learns from a completed operation which value a key holds now.
+    pub fn observe(&self, invocation: &Invocation, completion: &Completion) {
+        if completion.kind != EventType::Ok {
+            return;
+        }
+        let seen = match invocation {
+            Invocation::Read { key, .. } => completion.value.as_u64().map(|v| (key, v)),
+            Invocation::Write { key, value } => Some((key, *value)),
+            Invocation::Cas { key, to, .. } => Some((key, *to)),
+            Invocation::Add { .. } | Invocation::ReadAll => None,
+        };
+        if let Some((key, value)) = seen {
+            self.known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.clone(), value);
+        }
+    }
+}
+
+fn failure(error: &keel_client::ClientError) -> Completion {
+    let failure = classify(error);
+    Completion {
+        kind: failure.kind,
+        value: Json::Null,
+        error: Some(failure.error),
+    }
+}
+
+fn parse_value(bytes: &[u8]) -> Json {
+    let text = String::from_utf8_lossy(bytes);
+    match text.parse::<u64>() {
+        Ok(value) => json!(value),
+        // Not a value this harness writes: keep the text so the checker
+        // can name it.
+        Err(_) => json!(text),
+    }
+}
+
+/// Carries out `invocation` on `client` (pinned to one member).
+pub async fn execute(client: &Client, invocation: &Invocation) -> Completion {
+    match invocation {
+        Invocation::Read { key, serializable } => {
+            let request = RangeRequest {
+                key: key.as_bytes().to_vec(),
+                serializable: *serializable,
+                ..RangeRequest::default()
+            };
+            match client.range(request).await {
+                Ok(response) => Completion::ok(
+                    response
+                        .kvs
+                        .first()
+                        .map_or(Json::Null, |kv| parse_value(&kv.value)),
+                ),
+                Err(error) => failure(&error),
+            }
+        }
+        Invocation::Write { key, value } => {
+            let request = PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: value.to_string().into_bytes(),
+                ..PutRequest::default()
+            };
+            match client.put(request).await {
+                Ok(_) => Completion::ok(json!(value)),
+                Err(error) => failure(&error),
+            }
+        }
+        Invocation::Cas { key, from, to } => {
+            let request = TxnRequest {
+                compare: vec![Compare {
+                    result: CompareResult::Equal as i32,
+                    target: CompareTarget::Value as i32,
+                    key: key.as_bytes().to_vec(),
+                    range_end: Vec::new(),
+                    target_union: Some(TargetUnion::Value(from.to_string().into_bytes())),
+                }],
+                success: vec![RequestOp {
+                    request: Some(Request::RequestPut(PutRequest {
+                        key: key.as_bytes().to_vec(),
+                        value: to.to_string().into_bytes(),
+                        ..PutRequest::default()
+                    })),
+                }],
+                failure: Vec::new(),
+            };
+            match client.txn(request).await {
+                Ok(response) if response.succeeded => Completion::ok(json!([from, to])),
+                // The comparison ran and failed: a definite `fail` with no
+                // error, which the checker reads as "the value was not `from`".
+                Ok(_) => Completion {
+                    kind: EventType::Fail,
+                    value: json!([from, to]),
+                    error: None,
+                },
+                Err(error) => failure(&error),
+            }
+        }
+        Invocation::Add { element } => {
+            let request = PutRequest {
+                key: set_key(*element).into_bytes(),
+                value: element.to_string().into_bytes(),
+                ..PutRequest::default()
+            };
+            match client.put(request).await {
+                Ok(_) => Completion::ok(json!(element)),
+                Err(error) => failure(&error),
+            }
+        }
+        Invocation::ReadAll => {
+            let prefix = SET_PREFIX.as_bytes().to_vec();
+            let request = RangeRequest {
+                range_end: prefix_range_end(&prefix),
+                key: prefix,
+                ..RangeRequest::default()
+            };
+            match client.range(request).await {
+                Ok(response) => {
+                    let mut elements: Vec<Json> = response
+                        .kvs
+                        .iter()
+                        .map(|kv| {
+                            let key = String::from_utf8_lossy(&kv.key);
+                            let suffix = key.strip_prefix(SET_PREFIX).unwrap_or(&key);
+                            match suffix.parse::<u64>() {
+                                Ok(element) => json!(element),
+                                Err(_) => json!(key),
+                            }
+                        })
+                        .collect();
+                    elements.sort_by_key(|e| e.as_u64().unwrap_or(u64::MAX));
+                    Completion::ok(Json::Array(elements))
+                }
+                Err(error) => failure(&error),
+            }
+        }
+    }
+}
+
+/// The key under which the set workload adds `element`.
+pub fn set_key(element: u64) -> String {
+    format!("{SET_PREFIX}{element:020}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    #[test]
+    fn register_keys_rotate_after_their_share_of_ops() {
+        let generator = Generator::new(Workload::Register, 4, 25);
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut per_key: BTreeMap<String, u64> = BTreeMap::new();
+        let mut values = BTreeSet::new();
+        for _ in 0..1_000 {
+            let invocation = generator.next(&mut rng);
+            *per_key.entry(invocation.key().unwrap().to_string()).or_default() += 1;
+            if let Invocation::Write { value, .. } | Invocation::Cas { to: value, .. } = invocation {
+                assert!(values.insert(value), "value {value} written twice");
+            }
+        }
+        assert!(per_key.values().all(|&n| n <= 25), "{per_key:?}");
+        assert!(per_key.len() >= 40, "keys must rotate: {per_key:?}");
+    }
+
+    #[test]
+    fn cas_aims_at_the_last_value_seen() {
+        let generator = Generator::new(Workload::Register, 1, 1_000);
+        let key = format!("{REGISTER_PREFIX}0/0");
+        let write = Invocation::Write {
+            key: key.clone(),
+            value: 77,
+        };
+        generator.observe(&write, &Completion::ok(json!(77)));
+        let mut rng = StdRng::seed_from_u64(3);
+        let cas = (0..50)
+            .map(|_| generator.next(&mut rng))
+            .find(|i| matches!(i, Invocation::Cas { .. }))
+            .expect("some cas");
+        assert!(matches!(cas, Invocation::Cas { from: 77, .. }), "{cas:?}");
+    }
+
+    #[test]
+    fn set_elements_are_unique_and_sort_as_keys() {
+        let generator = Generator::new(Workload::Set, 8, 100);
+        let mut rng = StdRng::seed_from_u64(5);
+        let elements: Vec<u64> = (0..100)
+            .map(|_| match generator.next(&mut rng) {
+                Invocation::Add { element } => element,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        let unique: BTreeSet<u64> = elements.iter().copied().collect();
+        assert_eq!(unique.len(), elements.len());
+        assert!(set_key(9) < set_key(10));
+    }
+}
