@@ -253,7 +253,8 @@ pub(crate) fn encode_change(kind: ChangeKind, kv: &KeyValue) -> Vec<u8> {
 
 pub(crate) fn decode_change(value: &[u8]) -> Result<(ChangeKind, KeyValue)> {
     let kind = ChangeKind::from_tag(value.first())?;
-    let kv = KeyValue::decode(&value[1..]).map_err(|e| corrupt(format!("revision record: {e}")))?;
+    let kv = KeyValue::decode(value.get(1..).unwrap_or(&[]))
+        .map_err(|e| corrupt(format!("revision record: {e}")))?;
     Ok((kind, kv))
 }
 

@@ -1,6 +1,6 @@
 //! keel's keyspace: etcd's MVCC semantics on sled, with no Raft and no gRPC.
 //!
-//! Invariants this crate keeps (see `store.rs` for how):
+//! Invariants this crate keeps (each module states the ones it owns):
 //! - The store revision starts at 1 and grows by exactly one per write
 //!   request that changes something (a put, a delete that deletes, a txn
 //!   whose chosen branch writes); all changes of one request share that main
@@ -14,7 +14,13 @@
 //!   applied Raft log id) reaches sled in one atomic batch, so a crash never
 //!   leaves half of it.
 //! - Applying the same requests to equal stores gives byte-equal stores
-//!   ([`MvccStore::hash_kv`] proves it).
+//!   ([`MvccStore::hash_kv`] proves it), however the requests are split
+//!   into batches.
+//!
+//! Layout: `keys.rs` (the one sled tree's keyspaces and encodings),
+//! `store.rs` (open, locks, reads), `apply.rs` (batches and revision
+//! numbering), `view.rs` (read-your-writes overlay), `range.rs`, `txn.rs`,
+//! `compaction.rs`, `hash.rs`, `snapshot.rs` (dump and atomic install).
 
 mod apply;
 mod compaction;

@@ -11,11 +11,12 @@
 //!   around `Tree::apply_batch` (and updates the cached revisions inside the
 //!   same section); a snapshot install holds it exclusively only to flip the
 //!   pointer and swap the tree.
-//! - One writer at a time: an `ApplyBatch`, a snapshot dump and a snapshot
-//!   install each hold the writer slot for their whole life, so the tree a
-//!   batch reads cannot change under it and a dump is a consistent cut.
-//!   (A thread holding an `ApplyBatch` must therefore not start another
-//!   batch, dump or install: it would wait for itself.)
+//! - One writer at a time: an `ApplyBatch`, a snapshot dump, a snapshot
+//!   install and a `hash_kv` scan each hold the writer slot for their whole
+//!   life, so the tree a batch reads cannot change under it and a dump or a
+//!   hash is a consistent cut. (A thread holding an `ApplyBatch` must
+//!   therefore not start another batch, dump, install or hash: it would
+//!   wait for itself.)
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -244,9 +245,14 @@ impl MvccStore {
     /// A crc32 of the history up to `revision` (0 = current): every change
     /// record with a revision at or below it, which after a compaction means
     /// the versions the compaction kept plus everything newer.
+    ///
+    /// Holds the writer slot rather than the read lock while it scans, so a
+    /// long hash delays writes (which must not change what it hashes) but
+    /// never reads.
     pub fn hash_kv(&self, revision: i64) -> Result<KvHash, MvccError> {
-        let keyspace = self.shared.read_keyspace();
-        hash::hash_kv(&keyspace.tree, self.shared.revisions(), revision)
+        let _slot = self.shared.acquire_writer();
+        let tree = self.shared.read_keyspace().tree.clone();
+        hash::hash_kv(&tree, self.shared.revisions(), revision)
     }
 
     /// An application blob committed with [`ApplyBatch::set_app_meta`].

@@ -1,7 +1,7 @@
 //! State survives dropping and reopening the sled database.
 
 use keel_api::etcdserverpb::RangeRequest;
-use keel_mvcc::MvccStore;
+use keel_mvcc::{MvccError, MvccStore};
 
 use crate::common::*;
 
@@ -64,4 +64,66 @@ fn data_history_revisions_compaction_and_app_meta_survive_a_reopen() {
     assert_eq!(store.hash_kv(0).expect("hash"), hash_before);
     let next = put(&store, "after", "reopen");
     assert_eq!(header_revision(&next.header), 24);
+}
+
+fn active_tree(db: &sled::Db) -> sled::Tree {
+    let name = db
+        .get(b"keel-mvcc/active-keyspace")
+        .expect("get")
+        .expect("the store writes its pointer");
+    db.open_tree(name).expect("open active tree")
+}
+
+#[test]
+fn open_drops_a_half_installed_keyspace_and_keeps_the_active_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    {
+        let db = open_db(&path);
+        let store = MvccStore::open(&db).expect("open");
+        put(&store, "kept", "1");
+        let leftover = db.open_tree("keel-mvcc/keyspace/9").expect("tree");
+        leftover.insert(b"\x01junk", b"junk").expect("insert");
+        db.flush().expect("flush");
+    }
+    let db = open_db(&path);
+    let store = MvccStore::open(&db).expect("reopen");
+    assert_eq!(keys_of(&range(&store, "", "\0").kvs), vec!["kept"]);
+    let names: Vec<_> = db
+        .tree_names()
+        .into_iter()
+        .filter(|name| name.starts_with(b"keel-mvcc/"))
+        .collect();
+    assert_eq!(names, vec![sled::IVec::from(&b"keel-mvcc/keyspace/0"[..])]);
+}
+
+#[test]
+fn corrupt_records_are_errors_not_panics() {
+    let t = temp_store();
+    put(&t.store, "good", "1");
+    put(&t.store, "good", "2");
+    let tree = active_tree(&t.db);
+    tree.insert(b"\x01bad", &b"\xff\xff\xff"[..]).expect("insert");
+    let result = t.store.range(&range_request("a", "z"));
+    assert!(matches!(result, Err(MvccError::Corrupt(_))), "{result:?}");
+    assert_eq!(
+        get(&t.store, "good").map(|kv| value_of(&kv)),
+        Some("2".to_string())
+    );
+    // A history entry naming a revision with no record.
+    tree.insert(
+        b"\x02h\x00\x01\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00",
+        &b"p"[..],
+    )
+    .expect("insert");
+    let historical = t.store.range(&RangeRequest {
+        revision: 2,
+        ..range_request("h", "")
+    });
+    assert!(matches!(historical, Err(MvccError::Corrupt(_))), "{historical:?}");
+    tree.insert(b"\x00\x00revision", &b"short"[..]).expect("insert");
+    drop(tree);
+    let TestStore { dir: _dir, db, store } = t;
+    drop(store);
+    assert!(matches!(MvccStore::open(&db), Err(MvccError::Corrupt(_))));
 }

@@ -154,3 +154,48 @@ fn a_snapshot_of_an_empty_store_installs_as_an_empty_store() {
     assert_eq!(target.store.compact_revision(), -1);
     assert!(range(&target.store, "", "\0").kvs.is_empty());
 }
+
+#[test]
+fn readers_see_the_old_or_the_new_keyspace_during_an_install_never_a_mix() {
+    let source = with_history();
+    let mut stream = Vec::new();
+    source.store.write_snapshot(&mut stream).expect("write snapshot");
+    let new_view = range(&source.store, "", "\0");
+    let target = temp_store();
+    let mut batch = target.store.begin_apply();
+    for i in 0..40 {
+        batch
+            .put(&put_request(&format!("old/{i:02}"), "old"))
+            .expect("put");
+    }
+    batch.commit().expect("commit");
+    let old_view = range(&target.store, "", "\0");
+    let reader_store = target.store.clone();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader_done = done.clone();
+    let reader = std::thread::spawn(move || {
+        let mut seen_new = false;
+        loop {
+            let finished = reader_done.load(std::sync::atomic::Ordering::Acquire);
+            let view = range(&reader_store, "", "\0");
+            if view == new_view {
+                seen_new = true;
+            } else {
+                assert!(!seen_new, "went back to the old keyspace");
+                assert_eq!(view, old_view, "a read mixed the two keyspaces");
+            }
+            if finished {
+                return seen_new;
+            }
+        }
+    });
+    target
+        .store
+        .install_snapshot(&mut stream.as_slice())
+        .expect("install");
+    done.store(true, std::sync::atomic::Ordering::Release);
+    assert!(
+        reader.join().expect("reader"),
+        "the reader ends on the new keyspace"
+    );
+}
