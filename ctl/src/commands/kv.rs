@@ -126,7 +126,7 @@ pub struct DelArgs {
 #[derive(Args, Debug, Clone)]
 pub struct CompactionArgs {
     /// The revision to compact the history up to.
-    #[arg(value_name = "REVISION", allow_hyphen_values = true)]
+    #[arg(value_name = "REVISION")]
     pub revision: Vec<String>,
     /// Wait for compaction to physically remove all old revisions.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
@@ -171,8 +171,12 @@ pub fn put_request(args: &PutArgs, source: ValueSource<'_>) -> Result<PutRequest
         value
     };
     let lease = i64::from_str_radix(&args.lease, 16).map_err(|e| {
+        let reason = match e.kind() {
+            std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow => "value out of range",
+            _ => "invalid syntax",
+        };
         CtlError::bad_args(format!(
-            "bad lease ID (strconv.ParseInt: parsing {}: {e}), expecting ID in Hex",
+            "bad lease ID (strconv.ParseInt: parsing {}: {reason}), expecting ID in Hex",
             crate::gofmt::quote(args.lease.as_bytes())
         ))
     })?;
