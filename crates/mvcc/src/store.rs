@@ -181,7 +181,9 @@ fn initialize(tree: &sled::Tree) -> Result<ViewRevisions> {
 }
 
 impl MvccStore {
-    /// Opens (or creates) the store kept in `db`.
+    /// Opens (or creates) the store kept in `db`. Open it once per Db and
+    /// share clones: two separately opened stores would not exclude each
+    /// other's writers.
     pub fn open(db: &sled::Db) -> Result<Self, MvccError> {
         let pointer = db.get(ACTIVE_POINTER)?;
         let generation = match &pointer {

@@ -299,3 +299,18 @@ fn keys_with_zero_and_ff_bytes_keep_separate_histories() {
     let got: Vec<Vec<u8>> = response.kvs.iter().map(|kv| kv.key.clone()).collect();
     assert_eq!(got, vec![b"a".to_vec(), b"a\x00".to_vec(), b"a\x00\x00".to_vec()]);
 }
+
+#[test]
+fn stores_and_batches_can_cross_threads() {
+    fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<keel_mvcc::MvccStore>();
+    send_and_sync::<keel_mvcc::ApplyBatch<'static>>();
+    let t = temp_store();
+    let store = t.store.clone();
+    let mut batch = t.store.begin_apply();
+    batch.put(&put_request("a", "1")).expect("put");
+    std::thread::scope(|scope| {
+        scope.spawn(move || batch.commit().expect("commit on another thread"));
+    });
+    assert_eq!(store.current_revision(), 2);
+}
