@@ -178,7 +178,12 @@ fn with_environment(args: Vec<OsString>) -> Vec<OsString> {
 
 /// clap's error in etcdctl's words ("unknown flag: --foo").
 fn usage_error(error: &clap::Error) -> String {
-    let invalid = match error.get(ContextKind::InvalidArg) {
+    let context = if error.kind() == ErrorKind::InvalidSubcommand {
+        ContextKind::InvalidSubcommand
+    } else {
+        ContextKind::InvalidArg
+    };
+    let invalid = match error.get(context) {
         Some(ContextValue::String(arg)) => Some(arg.clone()),
         _ => None,
     };

@@ -1,0 +1,161 @@
+//! keelctl on bad input: unknown flags, a missing or empty key, malformed
+//! txns, an unreachable cluster. Each gets a clear `Error: ...` on stderr
+//! and a non-zero exit (etcdctl's codes), and an unreachable cluster fails
+//! within the dial timeout naming the endpoints tried. Also keelctl's own
+//! additions: `get -w table` and `--help`.
+
+mod keelctl_support;
+
+use std::time::{Duration, Instant};
+
+use keel_tests::{free_port, Cluster, ClusterOptions};
+use keelctl_support::{args, keelctl_path, run, Ran};
+
+async fn keelctl(list: &[&str], stdin: &str) -> Ran {
+    run(&keelctl_path(), &args(list), stdin.as_bytes()).await
+}
+
+fn assert_error(ran: &Ran, code: i32, needle: &str) {
+    let stderr = ran.stderr_text();
+    assert_eq!(ran.code, code, "exit code; stderr: {stderr}");
+    assert!(
+        stderr.starts_with("Error: ") && stderr.contains(needle),
+        "stderr {stderr:?} should name {needle:?}"
+    );
+    assert!(
+        ran.stdout.is_empty(),
+        "nothing on stdout: {:?}",
+        ran.stdout_text()
+    );
+}
+
+#[tokio::test]
+async fn usage_errors_need_no_cluster() {
+    let nowhere = format!("--endpoints=127.0.0.1:{}", free_port().expect("port"));
+    assert_error(
+        &keelctl(&[&nowhere, "get", "k", "--bogus"], "").await,
+        1,
+        "unknown flag: --bogus",
+    );
+    assert_error(
+        &keelctl(&["--nope", "get", "k"], "").await,
+        1,
+        "unknown flag: --nope",
+    );
+    assert_error(
+        &keelctl(&["frobnicate"], "").await,
+        1,
+        "unknown command \"frobnicate\"",
+    );
+    assert_error(
+        &keelctl(&[&nowhere, "get"], "").await,
+        128,
+        "get command needs one argument",
+    );
+    assert_error(
+        &keelctl(&[&nowhere, "put"], "").await,
+        128,
+        "put command needs 1 argument",
+    );
+    assert_error(
+        &keelctl(&[&nowhere, "put", "k"], "").await,
+        128,
+        "input from stdin",
+    );
+    assert_error(
+        &keelctl(&[&nowhere, "del"], "").await,
+        128,
+        "del command needs one argument",
+    );
+    assert_error(
+        &keelctl(&[&nowhere, "get", "k", "--limit", "x"], "").await,
+        1,
+        "x",
+    );
+    assert_error(
+        &keelctl(&[&nowhere, "-w", "yaml", "get", "k"], "").await,
+        4,
+        "unsupported output format",
+    );
+    assert_error(
+        &keelctl(&[&nowhere, "--dial-timeout", "5", "get", "k"], "").await,
+        1,
+        "missing unit",
+    );
+    for (txn, needle) in [
+        ("bad\n\n\n\n", "malformed comparison: bad"),
+        ("mod(\"k\") >> \"1\"\n\n\n\n", "unknown result op >>"),
+        ("mod(\"k\") > \"one\"\n\n\n\n", "invalid txn compare request"),
+        ("\nfrob k v\n\n\n", "invalid txn request: frob k v"),
+        ("\nput \"unterminated\n\n\n", "invalid txn request"),
+        ("mod(\"k\") > \"0\"\n\nput k v\n", "EOF"),
+    ] {
+        assert_error(&keelctl(&[&nowhere, "txn"], txn).await, 3, needle);
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_fails_within_the_dial_timeout_naming_the_endpoints() {
+    // A listener that never answers (accepts nothing) and a closed port.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent = silent.local_addr().expect("addr").to_string();
+    let closed = format!("127.0.0.1:{}", free_port().expect("port"));
+    let started = Instant::now();
+    let endpoints = format!("--endpoints={closed},{silent}");
+    let ran = keelctl(&[&endpoints, "--dial-timeout=1s", "get", "k"], "").await;
+    let took = started.elapsed();
+    assert_error(&ran, 1, &closed);
+    assert!(ran.stderr_text().contains(&silent), "{}", ran.stderr_text());
+    assert!(
+        took < Duration::from_secs(4),
+        "failed after {took:?}, dial timeout is 1s"
+    );
+}
+
+#[tokio::test]
+async fn server_errors_and_keelctl_additions_against_keel() {
+    let cluster = Cluster::start(ClusterOptions::keel(1))
+        .await
+        .expect("keel starts");
+    let endpoints = format!("--endpoints={}", cluster.endpoint(0));
+    assert_error(
+        &keelctl(&[&endpoints, "put", "", "v"], "").await,
+        1,
+        "etcdserver: key is not provided",
+    );
+    assert_error(
+        &keelctl(&[&endpoints, "get", "k", "--rev", "99999"], "").await,
+        1,
+        "required revision is a future revision",
+    );
+    assert_eq!(keelctl(&[&endpoints, "put", "a/1", "one"], "").await.code, 0);
+    assert_eq!(keelctl(&[&endpoints, "put", "a/2", "two"], "").await.code, 0);
+    let table = keelctl(&[&endpoints, "get", "a", "--prefix", "-w", "table"], "").await;
+    assert_eq!(table.code, 0, "{}", table.stderr_text());
+    let text = table.stdout_text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[1], "| KEY | VALUE | REVISION |", "{text}");
+    assert!(lines[3].starts_with("| a/1 |   one |"), "{text}");
+    assert!(lines[4].starts_with("| a/2 |   two |"), "{text}");
+
+    // A failover: the first endpoint is down, the second answers.
+    let dead = format!("127.0.0.1:{}", free_port().expect("port"));
+    let both = format!("--endpoints={dead},{}", cluster.endpoint(0));
+    let ran = keelctl(&[&both, "get", "a/1", "--print-value-only"], "").await;
+    assert_eq!(
+        (ran.code, ran.stdout_text()),
+        (0, "one\n".to_string()),
+        "{}",
+        ran.stderr_text()
+    );
+
+    let help = keelctl(&["--help"], "").await;
+    assert_eq!(help.code, 0);
+    let help = help.stdout_text();
+    for command in ["put", "get", "del", "txn", "compaction", "member", "endpoint"] {
+        assert!(
+            help.contains(&format!("\n  {command} ")) && help.contains(&format!("keelctl {command}")),
+            "--help lists {command} with an example:\n{help}"
+        );
+    }
+}

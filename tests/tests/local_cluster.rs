@@ -1,0 +1,206 @@
+//! `keel local-cluster` driven as a person would, with keelctl only: start
+//! a 3-member cluster as a child process, write, list, run a txn from
+//! stdin, delete a prefix, read every member's status as JSON; stop it with
+//! SIGTERM (exit 0), start it again on the same data dir and read the data
+//! back. The child (and through it its members) is killed if the test fails.
+
+mod keelctl_support;
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::process::Stdio;
+use std::time::Duration;
+
+use keelctl_support::{args, keelctl_path, run, Ran};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Client port offsets of a 3-member local cluster; peers are client + 1.
+const OFFSETS: [u16; 3] = [0, 20000, 30000];
+
+/// A base port whose six ports are all free right now.
+fn free_base_port() -> u16 {
+    let seed = std::process::id() as u16;
+    for attempt in 0..2000u16 {
+        let base = 10_000 + (seed.wrapping_add(attempt.wrapping_mul(7919))) % 25_000;
+        let all_free = OFFSETS.iter().all(|offset| {
+            let client = base + offset;
+            [client, client + 1]
+                .iter()
+                .all(|port| TcpListener::bind((Ipv4Addr::LOCALHOST, *port)).is_ok())
+        });
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no free base port for a local cluster");
+}
+
+/// The running `keel local-cluster`; SIGKILLed on drop if still running
+/// (its members then get SIGTERM from the kernel, see local_cluster.rs).
+struct LocalCluster {
+    child: Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl LocalCluster {
+    fn start(base_port: u16, data_dir: &std::path::Path) -> LocalCluster {
+        let keel = keel_tests::built_binary("keel").expect("keel is built");
+        let mut child = Command::new(keel)
+            .args([
+                "local-cluster",
+                "--size",
+                "3",
+                "--base-port",
+                &base_port.to_string(),
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(["--election-timeout", "500", "--heartbeat-interval", "50"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("keel local-cluster starts");
+        let (sender, lines) = tokio::sync::mpsc::unbounded_channel();
+        if let Some(stdout) = child.stdout.take() {
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    let _ = sender.send(line);
+                }
+            });
+        }
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    let _ = sender.send(format!("stderr: {line}"));
+                }
+            });
+        }
+        LocalCluster {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the line `export KEELCTL_ENDPOINTS=...`; returns its value.
+    async fn endpoints(&mut self) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no export line within 60s; output:\n{}", self.seen.join("\n")))
+                .unwrap_or_else(|| panic!("local-cluster ended; output:\n{}", self.seen.join("\n")));
+            self.seen.push(line.clone());
+            if let Some(value) = line.strip_prefix("export KEELCTL_ENDPOINTS=") {
+                return value.to_string();
+            }
+        }
+    }
+
+    /// SIGTERM, then the exit code (within 30s).
+    async fn terminate(&mut self) -> Option<i32> {
+        let pid = self.child.id().expect("local-cluster is running");
+        kill(Pid::from_raw(pid as i32), Signal::SIGTERM).expect("SIGTERM");
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("local-cluster stops within 30s of SIGTERM")
+            .expect("wait");
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        status.code()
+    }
+}
+
+async fn keelctl(endpoints: &str, list: &[&str], stdin: &str) -> Ran {
+    let mut full = args(&["--endpoints", endpoints]);
+    full.extend(args(list));
+    let ran = run(&keelctl_path(), &full, stdin.as_bytes()).await;
+    assert_eq!(ran.code, 0, "keelctl {list:?} failed: {}", ran.stderr_text());
+    ran
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_cluster_runs_stops_on_sigterm_and_resumes_its_data() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let base_port = free_base_port();
+    let mut cluster = LocalCluster::start(base_port, data.path());
+    let endpoints = cluster.endpoints().await;
+    let expected: Vec<String> = OFFSETS
+        .iter()
+        .map(|o| format!("127.0.0.1:{}", base_port + o))
+        .collect();
+    assert_eq!(endpoints, expected.join(","));
+    for (index, member) in ["keel1", "keel2", "keel3"].iter().enumerate() {
+        assert!(
+            cluster.seen.iter().any(|l| l.contains(member)
+                && l.contains(&format!("http://{}", expected[index]))
+                && l.contains("pid ")),
+            "member {member} is listed with its URL and pid: {:?}",
+            cluster.seen
+        );
+    }
+
+    let put = keelctl(&endpoints, &["put", "app/name", "keel"], "").await;
+    assert_eq!(put.stdout_text(), "OK\n");
+    keelctl(&endpoints, &["put", "app/size", "3"], "").await;
+    keelctl(&endpoints, &["put", "tmp/a", "1"], "").await;
+    keelctl(&endpoints, &["put", "tmp/b", "2"], "").await;
+    let keys = keelctl(&endpoints, &["get", "app", "--prefix", "--keys-only"], "").await;
+    assert_eq!(keys.stdout_text(), "app/name\n\napp/size\n\n");
+    let txn = keelctl(
+        &endpoints,
+        &["txn"],
+        "value(\"app/name\") = \"keel\"\n\nput app/state ready\nget app/size\n\nput app/state broken\n\n",
+    )
+    .await;
+    assert_eq!(txn.stdout_text(), "SUCCESS\n\nOK\n\napp/size\n3\n");
+    let deleted = keelctl(&endpoints, &["del", "tmp", "--prefix"], "").await;
+    assert_eq!(deleted.stdout_text(), "2\n");
+    let status = keelctl(&endpoints, &["endpoint", "status", "--cluster", "-w", "json"], "").await;
+    let statuses: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status is JSON");
+    let statuses = statuses.as_array().expect("a JSON array");
+    assert_eq!(statuses.len(), 3, "{statuses:?}");
+    let leaders: Vec<u64> = statuses
+        .iter()
+        .map(|s| s["Status"]["leader"].as_u64().unwrap_or(0))
+        .collect();
+    assert!(
+        leaders.iter().all(|l| *l != 0 && *l == leaders[0]),
+        "one leader: {leaders:?}"
+    );
+
+    assert_eq!(
+        cluster.terminate().await,
+        Some(0),
+        "exit 0 on SIGTERM: {:?}",
+        cluster.seen
+    );
+    for member in ["keel1", "keel2", "keel3"] {
+        assert!(
+            cluster
+                .seen
+                .iter()
+                .any(|l| l.contains(&format!("member {member} stopped"))),
+            "{member} stopped cleanly: {:?}",
+            cluster.seen
+        );
+    }
+
+    let mut again = LocalCluster::start(base_port, data.path());
+    let endpoints = again.endpoints().await;
+    let back = keelctl(&endpoints, &["get", "", "--prefix"], "").await;
+    assert_eq!(
+        back.stdout_text(),
+        "app/name\nkeel\napp/size\n3\napp/state\nready\n"
+    );
+    assert_eq!(again.terminate().await, Some(0));
+}
