@@ -1,0 +1,292 @@
+//! Scenarios 1-3, which share one etcd and one keel cluster per size:
+//! (1) put of 8-byte keys and 256-byte values at 1/16/256 clients over
+//! 1/4/16 connections through the leader; (2) linearizable and serializable
+//! single-key range at 1 and 256 clients through the leader and through a
+//! follower, over a preloaded key space; (3) txn-cas at 16 clients on 1,000
+//! keys. Each measurement alternates etcd and keel, repeated, medians kept.
+
+use keel_tests::Flavor;
+
+use crate::compare::cluster::{order, BenchCluster};
+use crate::compare::results::{Better, ScenarioReport};
+use crate::compare::{measure, start_pair, Ctx, Scenario, Table};
+use crate::load::{open_connections, put_all, LoadSpec, Mode, PutAll, Target};
+
+const PUT_LEVELS: [(usize, usize); 3] = [(1, 1), (16, 4), (256, 16)];
+const RANGE_LEVELS: [(usize, usize); 2] = [(1, 1), (256, 16)];
+
+struct Sheet {
+    scenario: Scenario,
+    report: ScenarioReport,
+    table: Table,
+}
+
+pub async fn run(ctx: &Ctx, scenarios: &[Scenario]) -> anyhow::Result<()> {
+    let mut sheets: Vec<Sheet> = scenarios
+        .iter()
+        .map(|&scenario| {
+            let (title, method) = describe(ctx, scenario);
+            Sheet {
+                scenario,
+                report: ctx.new_report(scenario, title, &method),
+                table: Table::default(),
+            }
+        })
+        .collect();
+    for &size in &ctx.sizes {
+        let mut start_failures = Vec::new();
+        let mut pair = start_pair(ctx, size, &mut start_failures).await;
+        for sheet in &mut sheets {
+            sheet.report.failures.extend(start_failures.iter().cloned());
+            match sheet.scenario {
+                Scenario::Put => put_scenario(ctx, sheet, &pair).await,
+                Scenario::Range => range_scenario(ctx, sheet, &mut pair).await?,
+                Scenario::Txn => txn_scenario(ctx, sheet, &pair).await,
+                _ => {}
+            }
+            sheet.report.rows = sheet.table.rows();
+            ctx.publish(sheet.scenario, &mut sheet.report)?;
+        }
+    }
+    Ok(())
+}
+
+fn describe(ctx: &Ctx, scenario: Scenario) -> (&'static str, String) {
+    let per = format!(
+        "{} measured after {} of warm-up, {} repetition(s) per system",
+        humantime(ctx.scale.duration),
+        humantime(ctx.scale.warmup),
+        ctx.scale.reps
+    );
+    match scenario {
+        Scenario::Put => (
+            "1. Writes: put, 8-byte keys, 256-byte values",
+            format!(
+                "`keel-bench put` through the leader, keys drawn uniformly from 100,000; clients 1/16/256 \
+                 over 1/4/16 connections; {per}."
+            ),
+        ),
+        Scenario::Range => (
+            "2. Reads: linearizable and serializable single-key range",
+            format!(
+                "`keel-bench range` / `range-serializable` of random keys among {} preloaded ones \
+                 (8-byte keys, 256-byte values), through the leader and through the followers; \
+                 clients 1 and 256 over 1 and 16 connections; {per}.",
+                ctx.scale.range_keys
+            ),
+        ),
+        _ => (
+            "3. Compare-and-swap: txn-cas",
+            format!(
+                "`keel-bench txn-cas` through the leader: compare the key's mod_revision with the last one the \
+                 client saw, then put (on failure read it back: a conflict, counted apart); 16 clients over 4 \
+                 connections on 1,000 keys; {per}."
+            ),
+        ),
+    }
+}
+
+fn humantime(duration: std::time::Duration) -> String {
+    format!("{:.1} s", duration.as_secs_f64())
+}
+
+fn throughput_spec(ctx: &Ctx, cluster: &BenchCluster, clients: usize, conns: usize) -> LoadSpec {
+    let mut spec = cluster.spec();
+    spec.clients = clients;
+    spec.conns = conns;
+    spec.duration = Some(ctx.scale.duration);
+    spec.warmup = ctx.scale.warmup;
+    spec
+}
+
+fn record_latency(
+    table: &mut Table,
+    size: usize,
+    case: &str,
+    clients: usize,
+    flavor: Flavor,
+    run: Option<&crate::load::RunReport>,
+) {
+    table.add(
+        size,
+        case,
+        Some(clients),
+        "p50 ms",
+        Better::Lower,
+        flavor,
+        run.map(|r| r.latency_ms.p50),
+    );
+    table.add(
+        size,
+        case,
+        Some(clients),
+        "p99 ms",
+        Better::Lower,
+        flavor,
+        run.map(|r| r.latency_ms.p99),
+    );
+}
+
+async fn put_scenario(ctx: &Ctx, sheet: &mut Sheet, pair: &[BenchCluster]) {
+    let Some(size) = pair.first().map(BenchCluster::size) else {
+        return;
+    };
+    for (clients, conns) in PUT_LEVELS {
+        let case = format!("clients={clients} conns={conns}");
+        for rep in 0..ctx.scale.reps {
+            for flavor in order(rep) {
+                let Some(cluster) = pair.iter().find(|c| c.flavor == flavor) else {
+                    continue;
+                };
+                let mut spec = throughput_spec(ctx, cluster, clients, conns);
+                spec.key_space = 100_000;
+                let run = measure(&mut sheet.report, cluster, Mode::Put, &spec, &case, rep).await;
+                let t = &mut sheet.table;
+                t.add(
+                    size,
+                    &case,
+                    Some(clients),
+                    "writes/s",
+                    Better::Higher,
+                    flavor,
+                    run.as_ref().map(|r| r.throughput),
+                );
+                record_latency(t, size, &case, clients, flavor, run.as_ref());
+            }
+        }
+    }
+}
+
+async fn range_scenario(ctx: &Ctx, sheet: &mut Sheet, pair: &mut [BenchCluster]) -> anyhow::Result<()> {
+    let Some(size) = pair.first().map(BenchCluster::size) else {
+        return Ok(());
+    };
+    for cluster in pair.iter() {
+        preload(ctx, sheet, cluster).await;
+    }
+    let targets: &[Target] = if size > 1 {
+        &[Target::Leader, Target::Followers]
+    } else {
+        &[Target::Leader]
+    };
+    for mode in [Mode::Range, Mode::RangeSerializable] {
+        for &target in targets {
+            for (clients, conns) in RANGE_LEVELS {
+                let kind = if mode == Mode::Range {
+                    "linearizable"
+                } else {
+                    "serializable"
+                };
+                let case = format!("{kind} via {} clients={clients} conns={conns}", target.name());
+                for rep in 0..ctx.scale.reps {
+                    for flavor in order(rep) {
+                        let Some(cluster) = pair.iter().find(|c| c.flavor == flavor) else {
+                            continue;
+                        };
+                        let mut spec = throughput_spec(ctx, cluster, clients, conns);
+                        spec.key_space = ctx.scale.range_keys;
+                        spec.target = target;
+                        let run = measure(&mut sheet.report, cluster, mode, &spec, &case, rep).await;
+                        let t = &mut sheet.table;
+                        let value = run.as_ref().map(|r| r.throughput);
+                        t.add(
+                            size,
+                            &case,
+                            Some(clients),
+                            "reads/s",
+                            Better::Higher,
+                            flavor,
+                            value,
+                        );
+                        record_latency(t, size, &case, clients, flavor, run.as_ref());
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Puts every key of the range scenario's key space once.
+async fn preload(ctx: &Ctx, sheet: &mut Sheet, cluster: &BenchCluster) {
+    let spec = LoadSpec {
+        key_space: ctx.scale.range_keys,
+        ..cluster.spec()
+    };
+    let outcome = async {
+        let layout = spec.layout()?;
+        let stubs = open_connections(&cluster.endpoints(), 8).await?;
+        let plan = PutAll {
+            clients: 64,
+            count: layout.space(),
+            val_size: spec.val_size,
+            request_timeout: spec.request_timeout,
+            time_limit: Some(ctx.scale.load_time_limit),
+            progress: false,
+        };
+        let report = put_all(&stubs, plan, move |index| layout.key(index)).await;
+        if report.failed > 0 || !report.finished {
+            anyhow::bail!(
+                "preloaded {} of {} keys ({} failed{}); first error: {}",
+                report.written,
+                ctx.scale.range_keys,
+                report.failed,
+                if report.finished { "" } else { ", gave up" },
+                report.first_error.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(error) = outcome {
+        sheet.report.failures.push(format!(
+            "{} ×{} range preload: {error:#} — `keel-bench put --endpoints {} --target all --preload \
+             --key-space {} --total 1`",
+            cluster.name(),
+            cluster.size(),
+            cluster.endpoints().join(","),
+            ctx.scale.range_keys
+        ));
+    }
+}
+
+async fn txn_scenario(ctx: &Ctx, sheet: &mut Sheet, pair: &[BenchCluster]) {
+    let Some(size) = pair.first().map(BenchCluster::size) else {
+        return;
+    };
+    let (clients, conns) = (16, 4);
+    let case = "clients=16 conns=4 keys=1000".to_string();
+    for rep in 0..ctx.scale.reps {
+        for flavor in order(rep) {
+            let Some(cluster) = pair.iter().find(|c| c.flavor == flavor) else {
+                continue;
+            };
+            let mut spec = throughput_spec(ctx, cluster, clients, conns);
+            spec.key_space = 1_000;
+            let run = measure(&mut sheet.report, cluster, Mode::TxnCas, &spec, &case, rep).await;
+            let t = &mut sheet.table;
+            t.add(
+                size,
+                &case,
+                Some(clients),
+                "txns/s",
+                Better::Higher,
+                flavor,
+                run.as_ref().map(|r| r.throughput),
+            );
+            let conflicts = run
+                .as_ref()
+                .map(|r| 100.0 * r.cas_conflicts as f64 / r.ops.max(1) as f64);
+            t.add(
+                size,
+                &case,
+                Some(clients),
+                "conflicts %",
+                Better::Lower,
+                flavor,
+                conflicts,
+            );
+            record_latency(t, size, &case, clients, flavor, run.as_ref());
+        }
+    }
+}

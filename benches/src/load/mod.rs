@@ -1,0 +1,14 @@
+//! The load generator: one run = one mode against a set of endpoints, as
+//! the issue specifies it (see [`spec::LoadSpec`]); [`run::run`] does it and
+//! returns a [`report::RunReport`].
+
+pub mod progress;
+pub mod report;
+pub mod run;
+pub mod spec;
+pub mod targets;
+
+pub use report::{LatencySummary, RunReport};
+pub use run::{put_all, run, PutAll, PutAllReport};
+pub use spec::{parse_duration, KeyLayout, LoadSpec, Mode, Target};
+pub use targets::{find_leader, member_status, open_connections, resolve_targets, MemberStatus};

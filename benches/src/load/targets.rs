@@ -1,0 +1,100 @@
+//! Which endpoints a run's connections go to: the leader, the followers or
+//! all, found by asking every endpoint for `Maintenance.Status` (the member
+//! whose own id the others report as leader is the leader), and the
+//! connections themselves: one `keel_client::Client` per `--conns`, each its
+//! own HTTP/2 connection, used through its raw KV stub for low overhead.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use keel_api::etcdserverpb::kv_client::KvClient;
+use keel_client::{Client, ClientConfig};
+use tonic::transport::Channel;
+
+use crate::load::spec::Target;
+
+/// What one endpoint says about itself.
+#[derive(Debug, Clone)]
+pub struct MemberStatus {
+    pub endpoint: String,
+    pub member_id: u64,
+    pub leader_id: u64,
+    pub raft_index: u64,
+}
+
+/// Asks `endpoint` for its status (bounded by `timeout`).
+pub async fn member_status(endpoint: &str, timeout: Duration) -> anyhow::Result<MemberStatus> {
+    let client = Client::connect_lazy(ClientConfig::new([endpoint]).with_dial_timeout(timeout))?;
+    let status = tokio::time::timeout(timeout, client.status(endpoint))
+        .await
+        .with_context(|| format!("status of {endpoint} timed out after {timeout:?}"))?
+        .with_context(|| format!("status of {endpoint}"))?;
+    Ok(MemberStatus {
+        endpoint: endpoint.to_string(),
+        member_id: status.header.map(|h| h.member_id).unwrap_or(0),
+        leader_id: status.leader,
+        raft_index: status.raft_index,
+    })
+}
+
+/// The endpoint of the member the others name as leader, if they agree.
+pub async fn find_leader(endpoints: &[String]) -> anyhow::Result<String> {
+    let statuses = all_statuses(endpoints).await;
+    let answered: Vec<&MemberStatus> = statuses.iter().filter_map(|s| s.as_ref().ok()).collect();
+    let leader_of = |id: u64| answered.iter().find(|s| s.member_id == id && id != 0);
+    for status in &answered {
+        if let Some(leader) = leader_of(status.leader_id) {
+            return Ok(leader.endpoint.clone());
+        }
+    }
+    let reasons: Vec<String> = statuses
+        .iter()
+        .zip(endpoints)
+        .map(|(status, endpoint)| match status {
+            Ok(s) => format!(
+                "{endpoint}: member {:x} reports leader {:x}",
+                s.member_id, s.leader_id
+            ),
+            Err(e) => format!("{endpoint}: {e:#}"),
+        })
+        .collect();
+    bail!("no endpoint is the leader: {}", reasons.join("; "))
+}
+
+async fn all_statuses(endpoints: &[String]) -> Vec<anyhow::Result<MemberStatus>> {
+    let asks = endpoints
+        .iter()
+        .map(|endpoint| member_status(endpoint, Duration::from_secs(3)));
+    futures::future::join_all(asks).await
+}
+
+/// The endpoints `target` selects among `endpoints`.
+pub async fn resolve_targets(endpoints: &[String], target: Target) -> anyhow::Result<Vec<String>> {
+    match target {
+        Target::All => Ok(endpoints.to_vec()),
+        Target::Leader => Ok(vec![find_leader(endpoints).await?]),
+        Target::Followers => {
+            let leader = find_leader(endpoints).await?;
+            let followers: Vec<String> = endpoints.iter().filter(|e| **e != leader).cloned().collect();
+            if followers.is_empty() {
+                bail!("--target followers: the only endpoint ({leader}) is the leader");
+            }
+            Ok(followers)
+        }
+    }
+}
+
+/// `count` KV stubs, each on its own connection, spread round-robin over
+/// `targets`; every connection is checked to answer before the run starts.
+pub async fn open_connections(targets: &[String], count: usize) -> anyhow::Result<Vec<KvClient<Channel>>> {
+    let opens = (0..count).map(|index| {
+        let endpoint = targets[index % targets.len()].clone();
+        async move {
+            let client = Client::connect(ClientConfig::new([endpoint.as_str()]))
+                .await
+                .with_context(|| format!("connecting to {endpoint}"))?;
+            Ok::<_, anyhow::Error>(client.kv_stub())
+        }
+    });
+    futures::future::try_join_all(opens).await
+}
