@@ -189,7 +189,13 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
         let path = self.shared.snapshots.partial_path("incoming");
-        let file = tokio::fs::File::create(&path)
+        // Read back by install_snapshot once the transfer completes.
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
             .await
             .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
         self.receiving.push(path);
