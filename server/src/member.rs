@@ -233,6 +233,12 @@ pub async fn run_member(
             let _ = raft.shutdown().await;
             return Err(error);
         }
+        fatal = raft_stopped(&raft) => {
+            // A storage error stops openraft for good; a member that can no
+            // longer replicate must not linger as if it could.
+            let _ = stop_tx.send(true);
+            return Err(anyhow!("Raft stopped on a fatal error: {fatal}; the member exits"));
+        }
     }
     let _ = stop_tx.send(true);
     if let Err(error) = raft.shutdown().await {
@@ -242,6 +248,19 @@ pub async fn run_member(
     while servers.join_next().await.is_some() {}
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Resolves when openraft's core has stopped on a fatal error.
+async fn raft_stopped(raft: &KeelRaft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "the Raft core is gone".to_string();
+        }
+    }
 }
 
 fn openraft_config(flags: &MemberFlags) -> anyhow::Result<Arc<openraft::Config>> {
