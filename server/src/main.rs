@@ -4,6 +4,7 @@
 // tonic's service traits return `tonic::Status`, which is large by design.
 #![allow(clippy::result_large_err)]
 
+mod authority_repair;
 mod cluster_service;
 mod config;
 mod context;

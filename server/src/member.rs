@@ -19,7 +19,9 @@ use keel_raft::peer_codec::MAX_PEER_MESSAGE_BYTES;
 use keel_raft::{KeelRaft, KeelStateMachine, MemberNode, PeerNetwork, SledLogStore};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 
+use crate::authority_repair::AuthorityRepairingStream;
 use crate::cluster_service::ClusterService;
 use crate::config::{listen_address, split_urls, MemberFlags};
 use crate::context::MemberContext;
@@ -166,7 +168,7 @@ pub async fn run_member(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(peer_connections(listener), async move {
                     let _ = stop.wait_for(|stopped| *stopped).await;
                 }),
         );
@@ -192,7 +194,7 @@ pub async fn run_member(
                 .add_service(WatchServer::new(UnservedWatch))
                 .add_service(LeaseServer::new(UnservedLease))
                 .add_service(health_service.clone())
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(client_connections(listener), async move {
                     let _ = stop.wait_for(|stopped| *stopped).await;
                 }),
         );
@@ -248,6 +250,26 @@ pub async fn run_member(
     while servers.join_next().await.is_some() {}
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Accepted peer connections, with Nagle's algorithm off (tonic sets it
+/// only on listeners it binds itself).
+fn peer_connections(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
+}
+
+/// Accepted client connections: Nagle off, and the `:authority` repair
+/// that lets etcd 3.4's per-endpoint calls through (see authority_repair.rs).
+fn client_connections(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<AuthorityRepairingStream>> {
+    peer_connections(listener).map(|accepted| accepted.map(AuthorityRepairingStream::new))
 }
 
 /// Resolves when openraft's core has stopped on a fatal error.

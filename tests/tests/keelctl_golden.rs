@@ -37,10 +37,6 @@ struct Golden {
     proxy_endpoint: String,
     mismatches: Vec<String>,
     compared: usize,
-    /// Server-side differences (keel answers etcdctl differently from etcd),
-    /// not keelctl's: reported, not failed. (label fragment, explanation)
-    known_server_mismatches: Vec<(&'static str, &'static str)>,
-    known: Vec<String>,
 }
 
 fn show(args: &[Vec<u8>]) -> String {
@@ -58,20 +54,6 @@ impl Golden {
             || etcdctl.stdout != keelctl.stdout
             || expected_stderr != keelctl.stderr
         {
-            if let Some((_, why)) = self
-                .known_server_mismatches
-                .iter()
-                .find(|(f, _)| label.contains(f))
-            {
-                self.known.push(format!(
-                    "{label}: {why}\n  etcdctl: exit {} {}\n  keelctl: exit {} {}",
-                    etcdctl.code,
-                    etcdctl.stderr_text().trim(),
-                    keelctl.code,
-                    keelctl.stdout_text().trim()
-                ));
-                return;
-            }
             self.mismatches.push(format!(
                 "{label}\n  etcdctl: exit {} stdout {:?} stderr {:?}\n  keelctl: exit {} stdout {:?} stderr {:?}",
                 etcdctl.code,
@@ -276,16 +258,6 @@ async fn seed(cluster: &Cluster) -> i64 {
     first_revision
 }
 
-/// etcdctl asks `endpoint status --cluster` of the members' client URLs,
-/// dialling `http://host:port` verbatim, so it sends that whole URL as the
-/// HTTP/2 `:authority`; etcd accepts it, keel's server (hyper) resets the
-/// stream with PROTOCOL_ERROR. keelctl is not affected.
-const KEEL_STATUS_AUTHORITY: (&str, &str) = (
-    "\"endpoint\" \"status\" \"--cluster\"",
-    "KNOWN KEEL SERVER MISMATCH: keel rejects etcdctl's Status call to an http:// endpoint \
-     (:authority \"http://host:port\") with RST_STREAM PROTOCOL_ERROR; etcd answers it",
-);
-
 async fn golden_suite(cluster: &Cluster) -> (usize, Vec<String>) {
     let first_revision = seed(cluster).await;
     let (proxy, proxy_endpoint) = ReplayProxy::start(&cluster.endpoint(0)).await;
@@ -296,11 +268,6 @@ async fn golden_suite(cluster: &Cluster) -> (usize, Vec<String>) {
         proxy_endpoint,
         mismatches: Vec::new(),
         compared: 0,
-        known_server_mismatches: match cluster.flavor() {
-            keel_tests::Flavor::Keel => vec![KEEL_STATUS_AUTHORITY],
-            keel_tests::Flavor::Etcd => Vec::new(),
-        },
-        known: Vec::new(),
     };
     let rev = first_revision.to_string();
 
@@ -477,9 +444,6 @@ async fn golden_suite(cluster: &Cluster) -> (usize, Vec<String>) {
     );
     g.check("env: ETCDCTL_ENDPOINTS read by keelctl", &e, &k_etcd_names);
 
-    for known in &g.known {
-        eprintln!("{known}");
-    }
     (g.compared, g.mismatches)
 }
 
