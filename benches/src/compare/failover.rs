@@ -2,8 +2,10 @@
 //! members, kill -9 the leader and time until puts succeed again, i.e. until
 //! the first put *sent after the kill* is acknowledged. A client whose
 //! request fails or takes over 1 s moves on to the next member, as etcd's
-//! clients do. Repeated (default 20 times per system, alternating), then the
-//! killed member is restarted and the cluster allowed to settle.
+//! clients do; a prober also starts a put on a surviving member every 10 ms
+//! after the kill, so the time is not quantized by requests that hang until
+//! their timeout. Repeated (default 20 times per system, alternating), then
+//! the killed member is restarted and the cluster allowed to settle.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,13 +26,15 @@ const CLIENTS: usize = 16;
 const CONNECTION_GROUPS: usize = 4;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
+const PROBE_EVERY: Duration = Duration::from_millis(10);
 
 pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let method = format!(
         "3 members per system; {CLIENTS} clients put 8-byte keys / 256-byte values over {CONNECTION_GROUPS} \
          connections to every member, then the leader is killed with SIGKILL; the time is from the kill \
-         to the first acknowledged put sent after it. A request that fails or takes over {} s moves to the next \
-         member. {} kill(s) per system, alternating; the killed member is restarted and the cluster \
+         to the first acknowledged put sent after it: by a load client (a request that fails or takes over {} s \
+         moves to the next member) or by a prober that starts a put on a surviving member every 10 ms \
+         without waiting for earlier ones (so hanging requests do not coarsen the time). {} kill(s) per system, alternating; the killed member is restarted and the cluster \
          settles in between. Both systems at election timeout 1000 ms, heartbeat 100 ms.",
         REQUEST_TIMEOUT.as_secs(),
         ctx.scale.failover_reps
@@ -142,6 +146,13 @@ async fn one_failover(cluster: &mut BenchCluster) -> anyhow::Result<Duration> {
         *mark = Some(kill_at);
     }
     let killed = cluster.cluster_mut().kill(leader);
+    let survivors: Vec<KvClient<Channel>> = groups[0]
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| *index != leader)
+        .map(|(_, stub)| stub.clone())
+        .collect();
+    let prober = tokio::spawn(probe(survivors, watch.clone()));
     let outcome = match killed {
         Err(error) => Err(anyhow::Error::from(error).context("killing the leader")),
         Ok(()) => loop {
@@ -161,11 +172,57 @@ async fn one_failover(cluster: &mut BenchCluster) -> anyhow::Result<Duration> {
     // Keep the load on briefly after recovery, as a real client would be.
     tokio::time::sleep(Duration::from_millis(200)).await;
     watch.stop.store(true, Ordering::Relaxed);
+    let _ = prober.await;
     for worker in workers {
         let _ = worker.await;
     }
     cluster.cluster_mut().restart(leader)?;
     outcome
+}
+
+/// Records `done` as the recovery time if it is the earliest success yet.
+fn record_recovery(watch: &Watch, sent_at: Instant) {
+    let kill_at = watch.kill_at.lock().ok().and_then(|mark| *mark);
+    if kill_at.is_some_and(|kill_at| sent_at >= kill_at) {
+        let done = Instant::now();
+        if let Ok(mut recovered) = watch.recovered_at.lock() {
+            match *recovered {
+                Some(at) if at <= done => {}
+                _ => *recovered = Some(done),
+            }
+        }
+    }
+}
+
+/// After the kill, starts a put every `PROBE_EVERY` on the surviving
+/// members in turn without waiting for earlier ones, so the recovery time
+/// is resolved to a few ms even while the load's requests hang on a member
+/// that waits for a leader (they only move on after their 1 s timeout).
+async fn probe(survivors: Vec<KvClient<Channel>>, watch: Arc<Watch>) {
+    let value = filler_value(256, 999);
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut turn = 0usize;
+    while !watch.stop.load(Ordering::Relaxed) && !survivors.is_empty() {
+        let recovered = watch.recovered_at.lock().ok().and_then(|mark| *mark).is_some();
+        if !recovered {
+            turn += 1;
+            let mut stub = survivors[turn % survivors.len()].clone();
+            let request = PutRequest {
+                key: format!("probe{:05}", turn % 100_000).into_bytes(),
+                value: value.clone(),
+                ..Default::default()
+            };
+            let watch = watch.clone();
+            in_flight.spawn(async move {
+                let sent_at = Instant::now();
+                if let Ok(Ok(_)) = tokio::time::timeout(GIVE_UP_AFTER, stub.put(request)).await {
+                    record_recovery(&watch, sent_at);
+                }
+            });
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+    in_flight.abort_all();
 }
 
 async fn put_until_stopped(mut stubs: Vec<KvClient<Channel>>, index: usize, watch: Arc<Watch>) {
@@ -182,16 +239,7 @@ async fn put_until_stopped(mut stubs: Vec<KvClient<Channel>>, index: usize, watc
         let sent_at = Instant::now();
         let answer = tokio::time::timeout(REQUEST_TIMEOUT, stubs[member].put(request)).await;
         if matches!(answer, Ok(Ok(_))) {
-            let kill_at = watch.kill_at.lock().ok().and_then(|mark| *mark);
-            if kill_at.is_some_and(|kill_at| sent_at >= kill_at) {
-                let done = Instant::now();
-                if let Ok(mut recovered) = watch.recovered_at.lock() {
-                    match *recovered {
-                        Some(at) if at <= done => {}
-                        _ => *recovered = Some(done),
-                    }
-                }
-            }
+            record_recovery(&watch, sent_at);
         } else {
             member = (member + 1) % stubs.len();
             tokio::time::sleep(Duration::from_millis(5)).await;
