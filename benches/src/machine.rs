@@ -141,6 +141,34 @@ pub fn fdatasync_latency(dir: &Path, samples: usize) -> anyhow::Result<FsyncLate
     })
 }
 
+/// User + system CPU seconds used so far by process `pid` (all its threads;
+/// `"self"` for this process), from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading stat of {pid}"))?;
+    // The command name (field 2) is parenthesized and may hold spaces.
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("malformed /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |at: usize| -> anyhow::Result<f64> {
+        fields
+            .get(at)
+            .and_then(|field| field.parse::<f64>().ok())
+            .with_context(|| format!("no CPU time in /proc/{pid}/stat"))
+    };
+    // utime and stime are fields 14 and 15; `fields` starts at field 3.
+    Ok((ticks(11)? + ticks(12)?) / clock_ticks_per_second())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(ticks)) if ticks > 0 => ticks as f64,
+        _ => 100.0,
+    }
+}
+
 /// Peak and current resident memory of a process, in MiB.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Memory {
@@ -175,6 +203,12 @@ mod tests {
         let memory = process_memory(std::process::id()).unwrap();
         assert!(memory.vm_rss_mib > 0.0 && memory.vm_hwm_mib >= memory.vm_rss_mib);
         let facts = MachineFacts::read(Path::new("/"));
+        let mut spin = 0u64;
+        for i in 0..20_000_000u64 {
+            spin = spin.wrapping_add(i ^ (spin >> 3));
+        }
+        assert!(spin != 1);
+        assert!(cpu_seconds("self").unwrap() >= 0.0);
         assert!(facts.cores >= 1);
     }
 

@@ -12,7 +12,7 @@ use anyhow::Context;
 use keel_tests::{Cluster, ClusterOptions, Flavor};
 
 use crate::load::{member_status, LoadSpec};
-use crate::machine::{process_memory, Memory};
+use crate::machine::{cpu_seconds, process_memory, Memory};
 
 /// etcd's default election timeout, used for both systems.
 pub const ELECTION_TIMEOUT_MS: u64 = 1000;
@@ -117,6 +117,14 @@ impl BenchCluster {
                 process_memory(pid)
             })
             .collect()
+    }
+
+    /// CPU seconds used so far by all running members together.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        (0..self.size())
+            .filter_map(|index| self.cluster().pid(index))
+            .map(|pid| cpu_seconds(&pid.to_string()))
+            .sum()
     }
 
     /// Waits until every member answers Status and has caught up with the

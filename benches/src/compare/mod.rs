@@ -270,6 +270,15 @@ impl Table {
     }
 }
 
+/// CPU µs per request sent, of the servers (summed) and of the load generator.
+pub fn cpu_per_request(run: &RunReport) -> (Option<f64>, f64) {
+    let requests = run.requests_sent.max(1) as f64;
+    (
+        run.server_cpu_s.map(|s| s * 1e6 / requests),
+        run.client_cpu_s * 1e6 / requests,
+    )
+}
+
 /// Runs one load measurement against `cluster`, bounded in time; a failure
 /// (or any request error) is written to `report.failures` with the exact
 /// command, and `None` is returned when nothing was measured.
@@ -286,12 +295,18 @@ pub async fn measure(
     let name = cluster.name();
     let size = cluster.size();
     tracing::info!(system = name, size, case, rep, "measuring");
+    let server_cpu = || cluster.cpu_seconds().ok();
+    let cpu_before = server_cpu();
     let outcome = match tokio::time::timeout(bound, crate::load::run(mode, spec)).await {
         Ok(outcome) => outcome,
         Err(_) => Err(anyhow::anyhow!("the run did not end within {bound:?}")),
     };
+    let server_cpu_s = cpu_before
+        .zip(server_cpu())
+        .map(|(before, after)| (after - before).max(0.0));
     match outcome {
-        Ok(run) => {
+        Ok(mut run) => {
+            run.server_cpu_s = server_cpu_s;
             if run.errors > 0 {
                 report.failures.push(format!(
                     "{name} ×{size} {case} (rep {rep}): {} of {} requests failed {:?}; first: {} — `{}`",

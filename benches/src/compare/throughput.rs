@@ -9,7 +9,7 @@ use keel_tests::Flavor;
 
 use crate::compare::cluster::{order, BenchCluster};
 use crate::compare::results::{Better, ScenarioReport};
-use crate::compare::{measure, start_pair, Ctx, Scenario, Table};
+use crate::compare::{cpu_per_request, measure, start_pair, Ctx, Scenario, Table};
 use crate::load::{open_connections, put_all, LoadSpec, Mode, PutAll, Target};
 
 const PUT_LEVELS: [(usize, usize); 3] = [(1, 1), (16, 4), (256, 16)];
@@ -124,6 +124,28 @@ fn record_latency(
         Better::Lower,
         flavor,
         run.map(|r| r.latency_ms.p99),
+    );
+    let (server_cpu, client_cpu) = match run.map(cpu_per_request) {
+        Some((server, client)) => (server, Some(client)),
+        None => (None, None),
+    };
+    table.add(
+        size,
+        case,
+        Some(clients),
+        "server CPU µs/req",
+        Better::Lower,
+        flavor,
+        server_cpu,
+    );
+    table.add(
+        size,
+        case,
+        Some(clients),
+        "client CPU µs/req",
+        Better::Lower,
+        flavor,
+        client_cpu,
     );
 }
 

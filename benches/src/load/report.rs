@@ -66,6 +66,14 @@ pub struct RunReport {
     pub first_error: Option<String>,
     /// txn-cas: txns whose compare failed (counted in ops, not errors).
     pub cas_conflicts: u64,
+    /// Every request sent, warm-up and failed ones included.
+    pub requests_sent: u64,
+    /// CPU time this process (the load generator) used while sending them.
+    pub client_cpu_s: f64,
+    /// CPU time the servers used meanwhile (summed over members; filled in
+    /// by `keel-bench compare`, which knows their pids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_s: Option<f64>,
     /// Keys put by --preload before measuring.
     pub preloaded: u64,
     pub elapsed_s: f64,
@@ -104,6 +112,12 @@ impl RunReport {
             p999 = l.p999,
             max = l.max,
         );
+        if self.requests_sent > 0 {
+            text.push_str(&format!(
+                "\nclient CPU  {:.1} µs per request",
+                self.client_cpu_s * 1e6 / self.requests_sent as f64
+            ));
+        }
         if self.cas_conflicts > 0 {
             text.push_str(&format!("\ncas conflicts {}", self.cas_conflicts));
         }

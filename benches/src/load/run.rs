@@ -27,6 +27,7 @@ use crate::load::progress::Progress;
 use crate::load::report::{new_histogram, LatencySummary, RunReport};
 use crate::load::spec::{filler_value, KeyLayout, LoadSpec, Mode};
 use crate::load::targets::{open_connections, resolve_targets};
+use crate::machine::cpu_seconds;
 
 /// Everything the workers share, read-only but for the two counters.
 struct Shared {
@@ -181,6 +182,7 @@ pub async fn run(mode: Mode, spec: &LoadSpec) -> anyhow::Result<RunReport> {
         Arc::new(move || shared.finished.load(Ordering::Relaxed))
     });
 
+    let cpu_before = cpu_seconds("self").unwrap_or(0.0);
     let workers: Vec<_> = (0..spec.clients)
         .map(|index| {
             let stub = stubs[index % stubs.len()].clone();
@@ -192,6 +194,7 @@ pub async fn run(mode: Mode, spec: &LoadSpec) -> anyhow::Result<RunReport> {
     for joined in futures::future::join_all(workers).await {
         tally.merge(joined.context("a load worker panicked")?);
     }
+    let client_cpu_s = (cpu_seconds("self").unwrap_or(0.0) - cpu_before).max(0.0);
     ticker.abort();
     progress.finish();
 
@@ -220,6 +223,9 @@ pub async fn run(mode: Mode, spec: &LoadSpec) -> anyhow::Result<RunReport> {
         error_kinds: tally.error_kinds,
         first_error: tally.first_error,
         cas_conflicts: tally.cas_conflicts,
+        requests_sent: shared.finished.load(Ordering::Relaxed),
+        client_cpu_s,
+        server_cpu_s: None,
         preloaded,
         elapsed_s: elapsed,
         throughput,
