@@ -134,6 +134,10 @@ pub struct RunConfig {
     pub seed: u64,
     /// Wall-clock bound for the linearizability search.
     pub check_time_limit_ms: u64,
+    /// Members' `--snapshot-count` (None: keel's default), small values
+    /// make killed members catch up through snapshots.
+    #[serde(default)]
+    pub snapshot_count: Option<u64>,
 }
 
 impl RunConfig {

@@ -18,8 +18,7 @@ use crate::monitor::{monitor_clients, sample_all, MemberAddress};
 use crate::worker::{member_client, perform};
 use crate::workload::Invocation;
 
-/// Process ids of the final reads start here (far above any worker's).
-pub const FINAL_PROCESS_BASE: u64 = 1_000_000_000;
+pub use crate::history::FINAL_PROCESS_BASE;
 
 /// What the end of the run found; `final.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

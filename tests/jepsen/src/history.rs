@@ -27,6 +27,10 @@ pub mod f {
     pub const READ_ALL: &str = "read-all";
 }
 
+/// Process ids from here on belong to the final reads taken after healing,
+/// not to the workers (whose ids stay far below).
+pub const FINAL_PROCESS_BASE: u64 = 1_000_000_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     #[error("history file {path}: {source}")]

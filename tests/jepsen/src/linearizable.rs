@@ -5,8 +5,8 @@
 //! first — and (2) is a legal sequential run of the register model
 //! ([`RegOp::step`] accepts every operation from the state the previous ones
 //! left). Indeterminate operations (no return) may take effect at any point
-//! after their call or never; reads and definite failures that changed
-//! nothing are dropped before the search by the history reader.
+//! after their call or never; reads that returned nothing and updates that
+//! definitely failed are dropped before the search by the history reader.
 //!
 //! Algorithm: the Wing–Gong search as refined by Lowe, in the form Porcupine
 //! popularised. The calls and returns are laid out in one doubly linked list
@@ -20,14 +20,41 @@
 //! A cache of (set of lifted operations, state) pairs already explored prunes
 //! the search: reaching the same pair again cannot succeed where it failed.
 //!
+//! Two further prunings keep histories with many indeterminate ("optional")
+//! operations tractable; both rest on one fact: an optional op never has to
+//! be lifted (leaving it out is the same as placing it last), and its
+//! return lies at the end of time, so it never blocks another lift. Hence a
+//! configuration B with the same definite ops lifted and the same state as
+//! a configuration A, but a subset of A's optional ops lifted, can do all
+//! that A can.
+//! - An optional op whose step leaves the state unchanged is never lifted
+//!   (the configuration it leads to is subsumed by the current one).
+//! - An optional write is never lifted right after another optional op:
+//!   it overwrites that op's effect before anything observed it, so the
+//!   configuration is subsumed by lifting the write alone one step
+//!   earlier, which the search tries as a sibling (the write was a
+//!   candidate there too: the only difference is the earlier op's call,
+//!   and its return lies at the end of time).
+//! - When the search backtracks out of a configuration, that configuration
+//!   is recorded as failed; a new configuration subsumed by a failed one
+//!   (same definite set and state, superset of its optional set) is
+//!   skipped. Only finished configurations prune this way, so the argument
+//!   never depends on a configuration still being explored.
+//!
+//! Order of exploration (it changes speed, not verdicts): the candidates of
+//! a configuration — the calls before the first return in the list — are
+//! tried definite ops first, optional ops only after every definite
+//! candidate failed, so an indeterminate op takes effect only when some
+//! observation needs it.
+//!
 //! The search is exponential in the worst case, so it runs under a
 //! [`Budget`] of steps, wall-clock time and cache size; an exhausted budget
 //! yields [`Linearizability::Unknown`], never a "valid" verdict.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::model::{Op, State};
+use crate::model::{Op, RegOp, State};
 
 /// How much searching the checker may do before it gives up with "unknown".
 #[derive(Debug, Clone)]
@@ -204,6 +231,71 @@ impl OpSet {
     fn remove(&mut self, index: usize) {
         self.0[index / 64] &= !(1 << (index % 64));
     }
+
+    fn is_subset_of(&self, other: &OpSet) -> bool {
+        self.0.iter().zip(other.0.iter()).all(|(a, b)| a & !b == 0)
+    }
+}
+
+/// The lifted ops of a configuration, split into definite and optional.
+#[derive(Clone)]
+struct Lifted {
+    definite: OpSet,
+    optional: OpSet,
+}
+
+impl Lifted {
+    fn new(len: usize) -> Lifted {
+        Lifted {
+            definite: OpSet::new(len),
+            optional: OpSet::new(len),
+        }
+    }
+
+    fn part(&mut self, optional: bool) -> &mut OpSet {
+        if optional {
+            &mut self.optional
+        } else {
+            &mut self.definite
+        }
+    }
+}
+
+/// Configurations seen, keyed by (definite ops lifted, state); for each,
+/// the optional sets seen and whether that configuration is known to fail.
+#[derive(Default)]
+struct Seen {
+    by_key: HashMap<(OpSet, State), Vec<(OpSet, bool)>>,
+    entries: usize,
+}
+
+impl Seen {
+    /// Records a configuration about to be explored; false when it was seen
+    /// before or is subsumed by one known to fail.
+    fn enter(&mut self, lifted: &Lifted, state: State) -> bool {
+        let entries = self.by_key.entry((lifted.definite.clone(), state)).or_default();
+        let known = entries.iter().any(|(optional, failed)| {
+            *optional == lifted.optional || (*failed && optional.is_subset_of(&lifted.optional))
+        });
+        if known {
+            return false;
+        }
+        entries.push((lifted.optional.clone(), false));
+        self.entries += 1;
+        true
+    }
+
+    /// Marks a configuration fully explored without success.
+    fn fail(&mut self, lifted: &Lifted, state: State) {
+        if let Some(entries) = self.by_key.get_mut(&(lifted.definite.clone(), state)) {
+            if let Some(entry) = entries
+                .iter_mut()
+                .find(|(optional, _)| *optional == lifted.optional)
+            {
+                entry.1 = true;
+            }
+        }
+    }
 }
 
 /// Checks one register history (all operations on one key) against the
@@ -212,16 +304,25 @@ pub fn check_register(ops: &[Op], budget: &mut Budget) -> Linearizability {
     check_register_from(ops, None, budget)
 }
 
+/// Which candidates a scan of the event list considers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Definite,
+    Optional,
+}
+
 /// As [`check_register`], from an arbitrary initial state.
 pub fn check_register_from(ops: &[Op], initial: State, budget: &mut Budget) -> Linearizability {
     let mut list = EventList::new(ops);
     let mut definite_left = ops.iter().filter(|op| !op.is_optional()).count();
-    let mut lifted = OpSet::new(ops.len());
-    let mut cache: HashSet<(OpSet, State)> = HashSet::new();
-    let mut stack: Vec<(usize, State)> = Vec::new();
+    let mut lifted = Lifted::new(ops.len());
+    let mut seen = Seen::default();
+    // (call node lifted, state before it, pass it was lifted in)
+    let mut stack: Vec<(usize, State, Pass)> = Vec::new();
     let mut state = initial;
     let (mut deepest, mut stuck_at) = (0usize, 0usize);
     let mut entry = list.next[0];
+    let mut pass = Pass::Definite;
     loop {
         // Optional operations (indeterminate, accepted by any state) may come
         // last, so once only they remain the order found so far extends.
@@ -236,43 +337,62 @@ pub fn check_register_from(ops: &[Op], initial: State, budget: &mut Budget) -> L
         let node = list.nodes[entry];
         if node.is_call {
             let op = &ops[node.op];
-            if let Some(next_state) = op.op.step(state) {
-                lifted.insert(node.op);
-                if cache.insert((lifted.clone(), next_state)) {
-                    if cache.len() > budget.max_cache {
+            let optional = op.is_optional();
+            let in_pass = optional == (pass == Pass::Optional);
+            let after_optional = stack
+                .last()
+                .is_some_and(|&(call, _, _)| ops[list.nodes[call].op].is_optional());
+            let overwrites_unobserved = optional && after_optional && matches!(op.op, RegOp::Write(_));
+            let next_state = op
+                .op
+                .step(state)
+                .filter(|next| in_pass && !overwrites_unobserved && !(optional && *next == state));
+            if let Some(next_state) = next_state {
+                lifted.part(optional).insert(node.op);
+                if seen.enter(&lifted, next_state) {
+                    if seen.entries > budget.max_cache {
                         return Linearizability::Unknown {
                             reason: "cache size limit reached".to_string(),
                         };
                     }
-                    stack.push((entry, state));
+                    stack.push((entry, state, pass));
                     state = next_state;
                     list.lift(entry);
-                    if !op.is_optional() {
+                    if !optional {
                         definite_left -= 1;
                     }
                     entry = list.next[0];
+                    pass = Pass::Definite;
                     continue;
                 }
-                lifted.remove(node.op);
+                lifted.part(optional).remove(node.op);
             }
             entry = list.next[entry];
+        } else if pass == Pass::Definite {
+            // Every definite candidate failed: now the optional ones.
+            pass = Pass::Optional;
+            entry = list.next[0];
         } else {
             // This operation must have taken effect by now and could not.
             if stack.len() >= deepest {
                 deepest = stack.len();
                 stuck_at = node.op;
             }
-            let Some((call, previous)) = stack.pop() else {
+            let Some((call, previous, call_pass)) = stack.pop() else {
                 return Linearizability::NotLinearizable { deepest, stuck_at };
             };
+            // Every continuation of the configuration being left has failed.
+            seen.fail(&lifted, state);
             let op_index = list.nodes[call].op;
+            let optional = ops[op_index].is_optional();
             list.unlift(call);
-            lifted.remove(op_index);
-            if !ops[op_index].is_optional() {
+            lifted.part(optional).remove(op_index);
+            if !optional {
                 definite_left += 1;
             }
             state = previous;
             entry = list.next[call];
+            pass = call_pass;
         }
     }
 }

@@ -84,6 +84,10 @@ struct RunArgs {
     /// Seconds the linearizability search may take.
     #[arg(long, default_value_t = 120.0)]
     check_time_limit: f64,
+    /// Members' --snapshot-count (default: keel's own); small values make
+    /// restarted members catch up through snapshots.
+    #[arg(long)]
+    snapshot_count: Option<u64>,
 }
 
 fn millis(seconds: f64) -> u64 {
@@ -107,6 +111,7 @@ fn run_config(args: &RunArgs) -> anyhow::Result<RunConfig> {
         heartbeat_ms: args.heartbeat_ms,
         seed: args.seed.unwrap_or(now.as_nanos() as u64),
         check_time_limit_ms: millis(args.check_time_limit),
+        snapshot_count: args.snapshot_count,
     };
     config.validate()?;
     Ok(config)

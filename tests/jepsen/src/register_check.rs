@@ -143,37 +143,56 @@ pub struct KeyVerdict {
 }
 
 /// Checks every key's history. Keys are searched smallest first, each with
-/// an equal share of the time left.
+/// an equal share of the time and steps left; the keys that ran out get a
+/// second try with whatever the others left unused.
 pub fn check_keys(by_key: &BTreeMap<String, Vec<Op>>, limits: &CheckLimits) -> Vec<KeyVerdict> {
     let deadline = Instant::now() + limits.search;
     let mut keys: Vec<(&String, &Vec<Op>)> = by_key.iter().collect();
     keys.sort_by_key(|(key, ops)| (ops.len(), key.as_str()));
     let mut steps_left = limits.steps;
-    let mut verdicts = Vec::new();
-    let mut shrunk = 0usize;
-    let total = keys.len();
-    for (position, (key, ops)) in keys.into_iter().enumerate() {
+    let mut verdicts: Vec<Linearizability> = Vec::with_capacity(keys.len());
+    let search = |ops: &[Op], keys_left: usize, steps_left: &mut u64| {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let keys_left = u32::try_from(total - position).unwrap_or(u32::MAX).max(1);
-        let step_share = steps_left / u64::from(keys_left);
+        let keys_left = u32::try_from(keys_left).unwrap_or(u32::MAX).max(1);
+        let step_share = *steps_left / u64::from(keys_left);
         let mut budget = Budget::new(remaining / keys_left, step_share.max(1));
         let verdict = check_register(ops, &mut budget);
-        steps_left = steps_left.saturating_sub(step_share.saturating_sub(budget.steps_left()));
-        let mut witness = None;
-        if matches!(verdict, Linearizability::NotLinearizable { .. }) && shrunk < limits.keys_to_report {
-            shrunk += 1;
-            let kept = shrink(ops, limits.shrink);
-            witness = Some(kept.into_iter().map(|i| ops[i].clone()).collect());
-        }
-        verdicts.push(KeyVerdict {
-            key: key.clone(),
-            ops: ops.len(),
-            verdict,
-            witness,
-        });
+        *steps_left = steps_left.saturating_sub(step_share.saturating_sub(budget.steps_left()));
+        verdict
+    };
+    for (position, (_, ops)) in keys.iter().enumerate() {
+        verdicts.push(search(ops, keys.len() - position, &mut steps_left));
     }
-    verdicts.sort_by(|a, b| a.key.cmp(&b.key));
-    verdicts
+    let unknown: Vec<usize> = (0..keys.len())
+        .filter(|&i| matches!(verdicts[i], Linearizability::Unknown { .. }))
+        .collect();
+    for (position, &index) in unknown.iter().enumerate() {
+        if Instant::now() >= deadline || steps_left == 0 {
+            break;
+        }
+        verdicts[index] = search(keys[index].1, unknown.len() - position, &mut steps_left);
+    }
+    let mut shrunk = 0usize;
+    let mut results: Vec<KeyVerdict> = keys
+        .iter()
+        .zip(verdicts)
+        .map(|((key, ops), verdict)| {
+            let mut witness = None;
+            if matches!(verdict, Linearizability::NotLinearizable { .. }) && shrunk < limits.keys_to_report {
+                shrunk += 1;
+                let kept = shrink(ops, limits.shrink);
+                witness = Some(kept.into_iter().map(|i| ops[i].clone()).collect());
+            }
+            KeyVerdict {
+                key: (*key).clone(),
+                ops: ops.len(),
+                verdict,
+                witness,
+            }
+        })
+        .collect();
+    results.sort_by(|a, b| a.key.cmp(&b.key));
+    results
 }
 
 fn secs(ns: u64) -> String {

@@ -95,7 +95,6 @@ pub async fn run(config: &RunConfig, dir: &Path) -> Result<RunReport, RunError> 
         source: std::io::Error::other(e),
     })?;
     std::fs::write(dir.join(CONFIG_FILE), config_text).map_err(dir_error(dir))?;
-    let history = Arc::new(HistoryWriter::create(&dir.join(HISTORY_FILE))?);
 
     let n = config.nodes;
     let names: Vec<String> = (1..=n).map(|i| format!("m{i}")).collect();
@@ -110,6 +109,7 @@ pub async fn run(config: &RunConfig, dir: &Path) -> Result<RunReport, RunError> 
     options.base_dir = Some(dir.to_path_buf());
     options.election_timeout_ms = config.election_timeout_ms;
     options.heartbeat_interval_ms = config.heartbeat_ms;
+    options.snapshot_count = config.snapshot_count;
     options.member_args = (0..n)
         .map(|i| {
             vec![
@@ -122,8 +122,10 @@ pub async fn run(config: &RunConfig, dir: &Path) -> Result<RunReport, RunError> 
     tracing::info!(dir = %dir.display(), "starting {n} members");
     let cluster = match Cluster::start(options).await {
         Ok(cluster) => cluster,
-        Err(error) => return Ok(broken_before_start(config, dir, &history, error)),
+        Err(error) => return Ok(broken_before_start(config, dir, error)),
     };
+    // The history's clock starts with the workload.
+    let history = Arc::new(HistoryWriter::create(&dir.join(HISTORY_FILE))?);
     let members: Vec<MemberAddress> = (0..n)
         .map(|i| MemberAddress {
             name: cluster.member_name(i).to_string(),
@@ -203,7 +205,9 @@ pub async fn run(config: &RunConfig, dir: &Path) -> Result<RunReport, RunError> 
     {
         broken.push(format!("no leader after healing: {error}"));
     }
+    let converging = Instant::now();
     let (states, unreachable) = await_convergence(&members, &history, CONVERGENCE_TIMEOUT).await;
+    tracing::info!("convergence measured after {:?}", converging.elapsed());
     let final_reads: Vec<Invocation> = match config.workload {
         Workload::Set => vec![Invocation::ReadAll],
         Workload::Register | Workload::RegisterSerializable => generator
@@ -224,6 +228,7 @@ pub async fn run(config: &RunConfig, dir: &Path) -> Result<RunReport, RunError> 
         FINAL_PROCESS_BASE,
     )
     .await?;
+    tracing::info!("final reads done");
     if !unread.is_empty() && config.workload != Workload::Set {
         // The set check reports its own unread members.
         broken.push(format!("final reads never succeeded on {}", unread.join(", ")));
@@ -277,13 +282,8 @@ fn remove_data_dirs(dir: &Path, names: &[String]) {
 }
 
 /// The report of a run whose cluster never came up.
-fn broken_before_start(
-    config: &RunConfig,
-    dir: &Path,
-    history: &HistoryWriter,
-    error: FixtureError,
-) -> RunReport {
-    let _ = history.flush();
+fn broken_before_start(config: &RunConfig, dir: &Path, error: FixtureError) -> RunReport {
+    let _ = std::fs::write(dir.join(HISTORY_FILE), "");
     let final_report = FinalReport {
         broken: Some(format!("the cluster did not start: {error}")),
         ..FinalReport::default()

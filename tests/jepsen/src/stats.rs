@@ -1,11 +1,13 @@
 //! Descriptive numbers about a run, printed before the verdict: operations
 //! by kind and outcome, latency percentiles of the acknowledged ones, and
-//! the unavailability windows (stretches with no acknowledged operation).
+//! the unavailability windows (stretches with no acknowledged operation,
+//! over the workers' operations only: the final reads after healing do not
+//! count).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::history::{Event, EventType};
+use crate::history::{Event, EventType, FINAL_PROCESS_BASE};
 use crate::pairing::pair_operations;
 
 /// A gap at least this long between two acknowledged operations counts as
@@ -58,6 +60,9 @@ impl RunStats {
                 .counts
                 .entry((pair.invoke.f.clone(), outcome.to_string()))
                 .or_default() += 1;
+            if pair.process() >= FINAL_PROCESS_BASE {
+                continue;
+            }
             first = first.min(pair.invoke.start);
             last = last.max(pair.end().unwrap_or(pair.invoke.start));
             if let (EventType::Ok, Some(end)) = (pair.outcome(), pair.end()) {

@@ -300,3 +300,37 @@ fn a_check_out_of_time_reports_unknown() {
     let result = linearizability_check(&events, &limits);
     assert_eq!(result.outcome, Outcome::Unknown, "{result:?}");
 }
+
+/// A long run of reads and writes on one process while `pending` other
+/// processes each left a write in doubt (values nobody ever reads), as a
+/// partition leaves behind; `stale` adds a read of an overwritten value.
+fn history_with_writes_in_doubt(pending: u64, stale: bool) -> Vec<Op> {
+    let mut ops: Vec<Op> = (0..pending)
+        .map(|i| op(100 + i, 5 + i, None, Write(1_000 + i)))
+        .collect();
+    for i in 0..60u64 {
+        let t = 100 + i * 10;
+        ops.push(op(0, t, Some(t + 3), Write(i + 1)));
+        ops.push(op(1, t + 4, Some(t + 6), Read(Some(i + 1))));
+        ops.push(op(2, t + 4, Some(t + 6), CasFail { from: 999 }));
+    }
+    if stale {
+        ops.push(op(3, 800, Some(801), Read(Some(30))));
+    }
+    ops
+}
+
+#[test]
+fn many_writes_in_doubt_stay_cheap_to_check() {
+    // Each write in doubt may or may not have happened: 2^40 combinations
+    // for a naive search; the checker must decide both ways quickly.
+    let valid = history_with_writes_in_doubt(40, false);
+    let mut budget = Budget::new(Duration::from_secs(30), 2_000_000);
+    assert_eq!(check_register(&valid, &mut budget), Linearizability::Linearizable);
+    let invalid = history_with_writes_in_doubt(40, true);
+    let mut budget = Budget::new(Duration::from_secs(30), 2_000_000);
+    assert!(matches!(
+        check_register(&invalid, &mut budget),
+        Linearizability::NotLinearizable { .. }
+    ));
+}
