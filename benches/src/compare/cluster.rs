@@ -160,6 +160,18 @@ impl BenchCluster {
         }
     }
 
+    /// Names a member that exited on its own (crashed, or was signalled by
+    /// something else on the machine) with its log's last lines.
+    pub fn exited_report(&mut self) -> Option<String> {
+        let name = self.cluster_mut().exited_member()?;
+        let index = (0..self.size()).find(|&i| self.cluster().member_name(i) == name)?;
+        Some(format!(
+            "member {name} of {} exited; its log ends: {}",
+            self.name(),
+            self.cluster().log_tail(index, 6).replace('\n', " | ")
+        ))
+    }
+
     /// The last `lines` log lines of every member, for failure reports.
     pub fn log_tails(&self, lines: usize) -> String {
         (0..self.size())

@@ -87,6 +87,7 @@ async fn one_system(ctx: &Ctx, report: &mut ScenarioReport, table: &mut Table, c
         val_size: VALUE_BYTES,
         request_timeout: Duration::from_secs(10),
         time_limit: Some(s.load_time_limit),
+        max_failures: 100,
         progress: false,
     };
     let (pods, namespaces) = (s.kube_pods, s.kube_namespaces);
@@ -107,11 +108,14 @@ async fn one_system(ctx: &Ctx, report: &mut ScenarioReport, table: &mut Table, c
             if loaded.finished {
                 ""
             } else {
-                ", gave up at the time limit"
+                ", gave up (time limit or over 100 failed keys)"
             },
             loaded.elapsed.as_secs_f64(),
             loaded.first_error.clone().unwrap_or_default()
         ));
+        if let Some(exited) = cluster.exited_report() {
+            report.failures.push(exited);
+        }
     }
     let load_time = (loaded.failed == 0 && loaded.finished).then_some(loaded.elapsed.as_secs_f64());
     table.add(

@@ -29,7 +29,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     for (position, &size) in ctx.sizes.iter().enumerate() {
         for flavor in order(position) {
             match BenchCluster::start(flavor, size, &ctx.data_root).await {
-                Ok(cluster) => one_system(ctx, &mut report, &mut table, &cluster).await,
+                Ok(mut cluster) => one_system(ctx, &mut report, &mut table, &mut cluster).await,
                 Err(error) => report.failures.push(format!(
                     "{} ×{size} did not start: {error:#}",
                     system_name(flavor)
@@ -42,7 +42,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn one_system(ctx: &Ctx, report: &mut ScenarioReport, table: &mut Table, cluster: &BenchCluster) {
+async fn one_system(ctx: &Ctx, report: &mut ScenarioReport, table: &mut Table, cluster: &mut BenchCluster) {
     let (name, size, flavor) = (cluster.name(), cluster.size(), cluster.flavor);
     let keys = ctx.scale.memory_keys;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -64,6 +64,7 @@ async fn one_system(ctx: &Ctx, report: &mut ScenarioReport, table: &mut Table, c
             val_size: 256,
             request_timeout: Duration::from_secs(10),
             time_limit: Some(ctx.scale.load_time_limit),
+            max_failures: 100,
             progress: false,
         };
         tracing::info!(system = name, size, keys, "loading keys for the memory scenario");
@@ -88,11 +89,14 @@ async fn one_system(ctx: &Ctx, report: &mut ScenarioReport, table: &mut Table, c
             if loaded.finished {
                 ""
             } else {
-                ", gave up at the time limit"
+                ", gave up (time limit or over 100 failed keys)"
             },
             loaded.elapsed.as_secs_f64(),
             loaded.first_error.clone().unwrap_or_default()
         ));
+        if let Some(exited) = cluster.exited_report() {
+            report.failures.push(exited);
+        }
     }
     let load_rate =
         (loaded.elapsed.as_secs_f64() > 0.0).then(|| loaded.written as f64 / loaded.elapsed.as_secs_f64());

@@ -244,6 +244,7 @@ async fn preload(ctx: &Ctx, sheet: &mut Sheet, cluster: &BenchCluster) {
             val_size: spec.val_size,
             request_timeout: spec.request_timeout,
             time_limit: Some(ctx.scale.load_time_limit),
+            max_failures: 100,
             progress: false,
         };
         let report = put_all(&stubs, plan, move |index| layout.key(index)).await;

@@ -126,6 +126,7 @@ pub async fn run(mode: Mode, spec: &LoadSpec) -> anyhow::Result<RunReport> {
                 val_size: spec.val_size,
                 request_timeout: spec.request_timeout,
                 time_limit: None,
+                max_failures: 100,
                 progress: !spec.no_progress,
             },
             move |index| key_layout.key(index),
@@ -448,6 +449,9 @@ pub struct PutAll {
     pub request_timeout: Duration,
     /// Give up (reporting `finished: false`) once this much time has passed.
     pub time_limit: Option<Duration>,
+    /// Give up once this many keys could not be put (a dead cluster should
+    /// not be retried until the time limit).
+    pub max_failures: u64,
     pub progress: bool,
 }
 
@@ -472,6 +476,7 @@ where
     let deadline = plan.time_limit.map(|limit| started + limit);
     let next = Arc::new(AtomicU64::new(0));
     let gave_up = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
     let key_of = Arc::new(key_of);
     let progress = if plan.progress {
         Progress::counting("load", plan.count)
@@ -487,11 +492,13 @@ where
         .map(|index| {
             let mut stub = stubs[index % stubs.len()].clone();
             let (next, gave_up, key_of, plan) = (next.clone(), gave_up.clone(), key_of.clone(), plan.clone());
+            let failures = failures.clone();
             tokio::spawn(async move {
                 let value = filler_value(plan.val_size, index as u64);
                 let mut tally = Tally::new();
                 loop {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                    let too_many_failures = failures.load(Ordering::Relaxed) >= plan.max_failures;
+                    if too_many_failures || deadline.is_some_and(|d| Instant::now() >= d) {
                         gave_up.store(true, Ordering::Relaxed);
                         break;
                     }
@@ -521,6 +528,7 @@ where
                     }
                     if let Some(message) = last_error {
                         tally.error("put".into(), message);
+                        failures.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 tally
