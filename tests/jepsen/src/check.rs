@@ -192,7 +192,7 @@ pub fn check_run(
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "keel-jepsen: workload {}, nemesis {}, {} members, {} workers, {:.0} s",
+        "keel-jepsen: workload {}, nemesis {}, {} members, {} workers, {:.0} s, seed {}",
         config.workload,
         if nemeses.is_empty() {
             "none".to_string()
@@ -201,7 +201,8 @@ pub fn check_run(
         },
         config.nodes,
         config.workers(),
-        config.time_limit_ms as f64 / 1e3
+        config.time_limit_ms as f64 / 1e3,
+        config.seed
     );
     text.push_str(&nemesis_summary(events));
     let stats = RunStats::from_history(events);

@@ -151,7 +151,34 @@ impl Nemesis {
         }
     }
 
+    /// Records members that exited without being told to (their process is
+    /// reaped, so a later kill or pause cannot hide the crash) and starts
+    /// them again so the run goes on.
+    pub async fn note_crashes(&mut self) -> Result<(), NemesisError> {
+        let start = self.history.now();
+        let mut restarted = Vec::new();
+        {
+            let mut cluster = self.cluster.lock().await;
+            while let Some(exited) = cluster.exited_member() {
+                let Some(index) = self.members.iter().position(|m| m.name == exited) else {
+                    break;
+                };
+                let _ = cluster.kill(index);
+                cluster.restart(index)?;
+                restarted.push(index);
+            }
+        }
+        for index in restarted {
+            let name = self.members[index].name.clone();
+            let detail = format!("{name} had exited on its own (see its log); started it again");
+            self.record("crash", None, detail, start, Some(index));
+            self.crashed.push(name);
+        }
+        Ok(())
+    }
+
     async fn start_fault(&mut self, kind: NemesisKind) -> Result<Fault, NemesisError> {
+        self.note_crashes().await?;
         let start = self.history.now();
         let n = self.members.len();
         let names = self.names();
@@ -210,6 +237,7 @@ impl Nemesis {
     }
 
     async fn end_fault(&mut self, kind: NemesisKind, fault: Fault) -> Result<(), NemesisError> {
+        self.note_crashes().await?;
         let start = self.history.now();
         let names = self.names();
         match fault {
@@ -251,19 +279,11 @@ impl Nemesis {
     /// Opens every link, resumes paused members and (re)starts stopped or
     /// crashed ones, whatever the schedule left behind.
     pub async fn heal_everything(&mut self) -> Result<(), NemesisError> {
+        self.note_crashes().await?;
         let start = self.history.now();
         self.network.heal_all();
         let mut actions = vec!["healed every link".to_string()];
         let mut cluster = self.cluster.lock().await;
-        while let Some(exited) = cluster.exited_member() {
-            let Some(index) = self.members.iter().position(|m| m.name == exited) else {
-                break;
-            };
-            // Reap the exited process so the member can be started again.
-            let _ = cluster.kill(index);
-            actions.push(format!("{exited} had exited on its own"));
-            self.crashed.push(exited);
-        }
         for index in 0..self.members.len() {
             match cluster.state(index) {
                 MemberState::Running => {}

@@ -233,6 +233,9 @@ pub async fn run(config: &RunConfig, dir: &Path) -> Result<RunReport, RunError> 
         // The set check reports its own unread members.
         broken.push(format!("final reads never succeeded on {}", unread.join(", ")));
     }
+    if let Err(error) = nemesis.note_crashes().await {
+        broken.push(format!("restarting a crashed member: {error}"));
+    }
     let samples = match monitor.stop().await {
         Ok(samples) => samples,
         Err(error) => {

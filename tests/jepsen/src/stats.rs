@@ -126,6 +126,16 @@ impl RunStats {
             unavailable_ns as f64 / 1e9,
             longest as f64 / 1e9
         );
+        let mut longest_windows = self.unavailable.clone();
+        longest_windows.sort_by_key(|(a, b)| std::cmp::Reverse(b - a));
+        let shown: Vec<String> = longest_windows
+            .iter()
+            .take(3)
+            .map(|(a, b)| format!("{:.1}-{:.1} s", *a as f64 / 1e9, *b as f64 / 1e9))
+            .collect();
+        if !shown.is_empty() {
+            let _ = writeln!(out, "  longest windows: {}", shown.join(", "));
+        }
         let _ = writeln!(
             out,
             "leader changes: {leader_changes}; nemesis events: {}",

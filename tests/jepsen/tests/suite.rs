@@ -355,7 +355,11 @@ fn a_cluster_that_never_starts_is_a_broken_run_exit_2() {
     let bin = dir.path.join("bin");
     std::fs::create_dir_all(&bin).expect("bin dir");
     let fake = bin.join("keel");
-    std::fs::write(&fake, "#!/bin/sh\necho 'fake keel refuses to start' >&2\nexit 3\n").expect("fake keel");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'fake keel refuses to start' >&2\nexit 3\n",
+    )
+    .expect("fake keel");
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let out = dir.path.join("run");
     let output = Command::new(keel_jepsen())
