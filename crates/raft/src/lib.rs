@@ -13,6 +13,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod apply;
+mod group_flush;
 pub mod log_store;
 pub mod network;
 pub mod peer_codec;

@@ -2,10 +2,14 @@
 //!
 //! Durability rule (openraft's `RaftLogStorage` contract): a vote is
 //! reported saved, and appended entries are reported through
-//! `LogFlushed::log_io_completed`, only after `sled::Db::flush_async` has
-//! made them durable (sled fsyncs its log on flush). A member therefore never
-//! votes twice in a term or acknowledges an entry it could lose in a crash.
-//! Truncation and purge are flushed too before they return.
+//! `LogFlushed::log_io_completed`, only after a `sled::Db::flush` that
+//! started after they were written has returned (sled fsyncs its log on
+//! flush; see `group_flush.rs`, which lets concurrent appends share one
+//! flush). `append` itself returns as soon as the entries are in sled's
+//! memory, as openraft's contract allows, so the next append can join the
+//! same flush. A member therefore never votes twice in a term or
+//! acknowledges an entry it could lose in a crash. Votes, truncation and
+//! purge wait for their flush before they return.
 //!
 //! Layout: tree `log` maps the big-endian u64 index to a bincode entry; tree
 //! `raft_state` holds `vote`, `committed` and `last_purged`.
@@ -16,6 +20,7 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
 
+use crate::group_flush::GroupFlusher;
 use crate::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
 use crate::RaftStorageError;
 
@@ -25,9 +30,9 @@ const LAST_PURGED_KEY: &[u8] = b"last_purged";
 
 #[derive(Clone)]
 pub struct SledLogStore {
-    db: sled::Db,
     log: sled::Tree,
     state: sled::Tree,
+    flusher: GroupFlusher,
 }
 
 fn io_error(
@@ -55,7 +60,8 @@ impl SledLogStore {
             .open()?;
         let log = db.open_tree("log")?;
         let state = db.open_tree("raft_state")?;
-        Ok(SledLogStore { db, log, state })
+        let flusher = GroupFlusher::start(db)?;
+        Ok(SledLogStore { log, state, flusher })
     }
 
     fn read_state<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -72,8 +78,10 @@ impl SledLogStore {
     }
 
     async fn flush(&self) -> Result<(), StorageError> {
-        self.db.flush_async().await.map_err(write_logs_error)?;
-        Ok(())
+        self.flusher
+            .flush()
+            .await
+            .map_err(|e| write_logs_error(std::io::Error::other(e)))
     }
 
     fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
@@ -165,13 +173,9 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
             batch.insert(&index_key(entry.log_id.index), bytes);
         }
         self.log.apply_batch(batch).map_err(write_logs_error)?;
-        let flushed = self
-            .db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(std::io::Error::other);
-        callback.log_io_completed(flushed);
+        self.flusher.after_next_flush(Box::new(move |flushed| {
+            callback.log_io_completed(flushed.map_err(std::io::Error::other));
+        }));
         Ok(())
     }
 
