@@ -7,7 +7,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use keel_bench::compare::{run_compare, CompareOptions};
+use keel_bench::compare::results::ResultsFile;
+use keel_bench::compare::{default_results_path, redraw_plot, run_compare, CompareOptions};
 use keel_bench::load::{run, LoadSpec, Mode};
 use keel_bench::machine::fdatasync_latency;
 
@@ -37,6 +38,12 @@ enum Command {
     PrefixList(LoadSpec),
     /// Start etcd and keel clusters and run the scenario matrix against both.
     Compare(CompareOptions),
+    /// Redraw the throughput plot of a RESULTS.md from its saved results.
+    Plot {
+        /// The RESULTS.md (default benches/RESULTS.md).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Measure the disk's 4 KiB write + fdatasync latency in a directory.
     Fdatasync {
         #[arg(long, default_value = ".")]
@@ -75,6 +82,11 @@ fn main_with_result() -> anyhow::Result<()> {
         Command::Mixed(spec) => (Mode::Mixed, spec),
         Command::PrefixList(spec) => (Mode::PrefixList, spec),
         Command::Compare(options) => return runtime.block_on(run_compare(options)),
+        Command::Plot { out } => {
+            let results = ResultsFile::new(out.unwrap_or_else(|| default_results_path(false)));
+            redraw_plot(&results);
+            return Ok(());
+        }
         Command::Fdatasync { dir, samples } => {
             let latency = fdatasync_latency(&dir, samples)?;
             println!("{}", serde_json::to_string(&latency)?);

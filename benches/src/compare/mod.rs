@@ -397,14 +397,10 @@ pub async fn run_compare(options: CompareOptions) -> anyhow::Result<()> {
     keel_tests::which("etcd").context("etcd is not on $PATH (compare.sh installs Debian's etcd-server)")?;
     keel_tests::built_binary("keel").context("the keel binary is not built next to keel-bench")?;
 
-    let out = options.out.clone().unwrap_or_else(|| {
-        let file = if scale.quick {
-            "RESULTS.quick.md"
-        } else {
-            "RESULTS.md"
-        };
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(file)
-    });
+    let out = options
+        .out
+        .clone()
+        .unwrap_or_else(|| default_results_path(scale.quick));
     let fsync = match fdatasync_latency(&data_root, scale.fsync_samples) {
         Ok(latency) => Some(latency),
         Err(error) => {
@@ -452,20 +448,31 @@ pub async fn run_compare(options: CompareOptions) -> anyhow::Result<()> {
     if selected.contains(&Scenario::Memory) {
         memory::run(&ctx).await?;
     }
-    if selected
-        .iter()
-        .any(|s| matches!(s, Scenario::Put | Scenario::Range))
-    {
-        match plot::draw(&ctx.results) {
-            Ok(section) => ctx.results.update_section(&SECTION_IDS, "plot", &section)?,
-            Err(error) => tracing::warn!("no plot: {error:#}"),
-        }
-    }
+    redraw_plot(&ctx.results);
     let fsync_end = fdatasync_latency(&ctx.data_root, ctx.scale.fsync_samples).ok();
     ctx.results
         .update_section(&SECTION_IDS, "machine", &machine_section(&ctx, fsync_end))?;
     eprintln!("results: {}", ctx.results.markdown.display());
     Ok(())
+}
+
+/// Redraws the throughput plot from the saved put and range results (if
+/// any) and updates its section.
+pub fn redraw_plot(results: &ResultsFile) {
+    if results.load_raw("put").is_none() && results.load_raw("range").is_none() {
+        return;
+    }
+    let drawn =
+        plot::draw(results).and_then(|section| results.update_section(&SECTION_IDS, "plot", &section));
+    if let Err(error) = drawn {
+        tracing::warn!("no plot: {error:#}");
+    }
+}
+
+/// The default RESULTS.md (`benches/RESULTS.md`, or RESULTS.quick.md).
+pub fn default_results_path(quick: bool) -> PathBuf {
+    let file = if quick { "RESULTS.quick.md" } else { "RESULTS.md" };
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(file)
 }
 
 /// Starts both systems at `size`; a system that fails to start is reported
