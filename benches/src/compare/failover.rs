@@ -27,6 +27,8 @@ const CONNECTION_GROUPS: usize = 4;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
 const PROBE_EVERY: Duration = Duration::from_millis(10);
+/// A failover slower than this keeps the members' logs for diagnosis.
+const OUTLIER: Duration = Duration::from_secs(3);
 
 pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let method = format!(
@@ -53,6 +55,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let mut pair = start_pair(ctx, 3, &mut report.failures).await;
     let case = "kill -9 leader, 16-client put load";
     let mut samples: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let outlier_log = ctx.results.raw_dir().join("failover-outliers.log");
+    let _ = std::fs::remove_file(&outlier_log);
+    let mut outliers = 0;
     for rep in 0..ctx.scale.failover_reps {
         for flavor in order(rep) {
             let Some(cluster) = pair.iter_mut().find(|c| c.flavor == flavor) else {
@@ -65,6 +70,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
                     tracing::info!(system = name, rep, ms, "failover");
                     samples[slot(flavor)].push(ms);
                     table.add(3, case, None, "median ms", Better::Lower, flavor, Some(ms));
+                    if unavailable > OUTLIER {
+                        outliers += 1;
+                        keep_outlier_logs(&outlier_log, cluster, rep, ms);
+                    }
                 }
                 Err(error) => {
                     report
@@ -84,6 +93,18 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         table.add(3, case, None, "max ms", Better::Lower, flavor, max);
     }
     report.rows = table.rows();
+    if outliers > 0 {
+        report.notes.push(format!(
+            "{outliers} failover(s) took over {} s; the members' log tails of each are in `{}/{}`",
+            OUTLIER.as_secs(),
+            outlier_log
+                .parent()
+                .and_then(|dir| dir.file_name())
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            "failover-outliers.log"
+        ));
+    }
     report.notes.push(format!(
         "every sample (ms): etcd {:?}; keel {:?}",
         samples[slot(Flavor::Etcd)]
@@ -96,6 +117,23 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
     ));
     ctx.publish(Scenario::Failover, &mut report)
+}
+
+/// Appends every member's log tail to `path` (best effort: a failure to
+/// write only loses the diagnosis, not the measurement).
+fn keep_outlier_logs(path: &std::path::Path, cluster: &BenchCluster, rep: usize, ms: f64) {
+    use std::io::Write;
+    let text = format!(
+        "==== {} failover rep {rep}: {ms:.0} ms ====\n{}\n\n",
+        cluster.name(),
+        cluster.log_tails(80)
+    );
+    let written = std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new(".")))
+        .and_then(|()| std::fs::OpenOptions::new().create(true).append(true).open(path))
+        .and_then(|mut file| file.write_all(text.as_bytes()));
+    if let Err(error) = written {
+        tracing::warn!("could not keep the outlier's logs in {}: {error}", path.display());
+    }
 }
 
 fn slot(flavor: Flavor) -> usize {
