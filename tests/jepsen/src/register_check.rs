@@ -247,12 +247,10 @@ pub fn named_linearizability_check(name: &str, events: &[Event], limits: &CheckL
         .filter(|v| matches!(v.verdict, Linearizability::Unknown { .. }))
         .collect();
     let mut details = Vec::new();
+    let mut not_shrunk: Vec<&str> = Vec::new();
     for verdict in &failing {
         let Some(witness) = &verdict.witness else {
-            details.push(format!(
-                "key {}: not linearizable ({} ops; not shrunk)",
-                verdict.key, verdict.ops
-            ));
+            not_shrunk.push(&verdict.key);
             continue;
         };
         details.push(format!(
@@ -262,6 +260,19 @@ pub fn named_linearizability_check(name: &str, events: &[Event], limits: &CheckL
             witness.len()
         ));
         details.extend(render_ops(witness).into_iter().map(|line| format!("  {line}")));
+    }
+    if !not_shrunk.is_empty() {
+        const LISTED: usize = 10;
+        let more = not_shrunk.len().saturating_sub(LISTED);
+        let tail = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        details.push(format!(
+            "also not linearizable (not shrunk): {}{tail}",
+            not_shrunk[..not_shrunk.len().min(LISTED)].join(", ")
+        ));
     }
     for verdict in &unknown {
         if let Linearizability::Unknown { reason } = &verdict.verdict {
