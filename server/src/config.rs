@@ -49,6 +49,9 @@ pub struct MemberFlags {
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, default_value_t = 128)]
     pub max_txn_ops: usize,
+    /// Memory (MiB) for the keyspace's page cache (sled's `cache_capacity`).
+    #[arg(long, default_value_t = 256)]
+    pub keyspace_cache_mb: u64,
     /// Number of committed log entries between two snapshots.
     #[arg(long, default_value_t = 100000)]
     pub snapshot_count: u64,

@@ -85,6 +85,7 @@ pub async fn run_member(
     let log_store = SledLogStore::open(&data_dir.join("raft")).context("opening the Raft log")?;
     let mvcc_db = sled::Config::new()
         .path(data_dir.join("mvcc"))
+        .cache_capacity(flags.keyspace_cache_mb.saturating_mul(1024 * 1024))
         .mode(sled::Mode::HighThroughput)
         .open()
         .context("opening the keyspace database")?;

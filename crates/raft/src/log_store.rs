@@ -24,6 +24,10 @@ use crate::group_flush::GroupFlusher;
 use crate::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
 use crate::RaftStorageError;
 
+/// sled's page cache for the log: entries are read back only while they are
+/// replicated, so a small cache suffices (sled's default is 1 GiB per Db).
+const LOG_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
 const VOTE_KEY: &[u8] = b"vote";
 const COMMITTED_KEY: &[u8] = b"committed";
 const LAST_PURGED_KEY: &[u8] = b"last_purged";
@@ -56,6 +60,7 @@ impl SledLogStore {
     pub fn open(path: &std::path::Path) -> Result<Self, RaftStorageError> {
         let db = sled::Config::new()
             .path(path)
+            .cache_capacity(LOG_CACHE_BYTES)
             .mode(sled::Mode::HighThroughput)
             .open()?;
         let log = db.open_tree("log")?;
