@@ -1,7 +1,8 @@
 //! The status monitor: samples `Maintenance.Status` from every member on a
 //! fixed period for the whole run, appends each answer to `status.jsonl`
 //! (the input of the leader-per-term check) and keeps the latest samples in
-//! memory so the nemesis can find the current leader.
+//! memory so the nemesis can find the current leader. Each round also
+//! flushes the history file.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -102,6 +103,11 @@ impl Monitor {
                     }
                 }
                 file.flush()?;
+                // Keep the history on disk current too, so a run that dies
+                // half-way still leaves a checkable prefix.
+                if let Err(error) = history.flush() {
+                    tracing::warn!(%error, "flushing the history");
+                }
                 all_w
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
