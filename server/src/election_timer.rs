@@ -7,11 +7,16 @@
 //! draws one timeout per member at start, so two members with close draws can
 //! split the vote round after round; redrawing each round breaks such ties.
 //!
+//! A round starts a real election only if a pre-vote (pre_vote.rs) finds a
+//! quorum that would vote for this member.
+//!
 //! openraft's built-in election is disabled (`enable_elect = false`) and its
-//! `election_timeout_max` is set to the election timeout, which is also the
-//! leader lease during which followers reject vote requests; since every draw
-//! here is at least that long, a candidate never asks for votes while the
-//! voters still honour the previous leader's lease.
+//! `election_timeout_max`, which is also the leader lease during which
+//! followers reject vote requests, is set one heartbeat below the election
+//! timeout (member.rs); since every draw here is at least the election
+//! timeout, a candidate asks for votes only after voters whose last contact
+//! with the old leader was up to a heartbeat later than its own have stopped
+//! honouring that leader's lease.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,7 +25,9 @@ use std::time::{Duration, Instant};
 use openraft::ServerState;
 use rand::Rng;
 
-use keel_raft::KeelRaft;
+use keel_raft::{KeelRaft, NodeId, PeerNetwork, SledLogStore};
+
+use crate::pre_vote::{ask_voters, PreVoteOutcome};
 
 /// When this member last heard from a leader (or granted a vote).
 #[derive(Clone)]
@@ -42,7 +49,7 @@ impl LeaderContact {
         self.last_contact_micros.fetch_max(now, Ordering::Relaxed);
     }
 
-    fn since_last_contact(&self) -> Duration {
+    pub fn since_last_contact(&self) -> Duration {
         let last = Duration::from_micros(self.last_contact_micros.load(Ordering::Relaxed));
         self.origin.elapsed().saturating_sub(last)
     }
@@ -53,8 +60,26 @@ pub fn draw_election_timeout(election_timeout: Duration) -> Duration {
     Duration::from_micros(rand::thread_rng().gen_range(min..min.saturating_mul(2).max(min + 1)))
 }
 
+/// What the timer needs to run a pre-vote round (see pre_vote.rs).
+pub struct PreVoter {
+    pub network: PeerNetwork,
+    pub log_store: SledLogStore,
+    pub self_id: NodeId,
+}
+
+impl PreVoter {
+    async fn ask(&self, raft: &KeelRaft, timeout: Duration) -> PreVoteOutcome {
+        ask_voters(raft, &self.network, &self.log_store, self.self_id, timeout).await
+    }
+}
+
 /// Runs until the raft instance shuts down.
-pub async fn run_election_timer(raft: KeelRaft, contact: LeaderContact, election_timeout: Duration) {
+pub async fn run_election_timer(
+    raft: KeelRaft,
+    contact: LeaderContact,
+    pre_voter: PreVoter,
+    election_timeout: Duration,
+) {
     let mut since_attempt = Instant::now();
     loop {
         let timeout = draw_election_timeout(election_timeout);
@@ -90,6 +115,14 @@ pub async fn run_election_timer(raft: KeelRaft, contact: LeaderContact, election
             .voter_ids()
             .any(|id| id == metrics.id);
         if metrics.state == ServerState::Leader || !is_voter {
+            continue;
+        }
+        let pre_vote = pre_voter.ask(&raft, election_timeout / 2).await;
+        if !pre_vote.quorum {
+            tracing::debug!(
+                longer_log_seen = pre_vote.longer_log_seen,
+                "no quorum would vote for this member; not raising the term"
+            );
             continue;
         }
         tracing::info!(

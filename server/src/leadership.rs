@@ -68,6 +68,16 @@ impl Leadership {
         }
     }
 
+    /// Waits until a leader other than `previous` is known, or `deadline`.
+    pub async fn wait_for_another_leader(&self, previous: NodeId, deadline: Instant) {
+        while Instant::now() < deadline {
+            if self.known_leader().is_some_and(|(leader, _)| leader != previous) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     pub fn current_term(&self) -> u64 {
         self.raft.metrics().borrow().current_term
     }

@@ -17,6 +17,7 @@ mod local_cluster;
 mod maintenance_service;
 mod member;
 mod peer_service;
+mod pre_vote;
 mod read_path;
 mod request_checks;
 mod unserved_services;

@@ -25,7 +25,7 @@ use crate::authority_repair::AuthorityRepairingStream;
 use crate::cluster_service::ClusterService;
 use crate::config::{listen_address, split_urls, MemberFlags};
 use crate::context::MemberContext;
-use crate::election_timer::{run_election_timer, LeaderContact};
+use crate::election_timer::{run_election_timer, LeaderContact, PreVoter};
 use crate::identity::{claim_data_dir, cluster_id, initial_member_ids, member_id, DataDirIdentity};
 use crate::kv_service::KvService;
 use crate::leadership::Leadership;
@@ -161,9 +161,14 @@ pub async fn run_member(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     for listener in peer_listeners {
-        let service = PeerServer::new(PeerService::new(context.clone(), contact.clone()))
-            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        let service = PeerServer::new(PeerService::new(
+            context.clone(),
+            contact.clone(),
+            log_store.clone(),
+            Duration::from_millis(lease_ms(&flags)),
+        ))
+        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
         let mut stop = stop_rx.clone();
         servers.spawn(
             tonic::transport::Server::builder()
@@ -202,7 +207,17 @@ pub async fn run_member(
     }
 
     bootstrap(&raft, &flags, &initial, &ids).await?;
-    tokio::spawn(run_election_timer(raft.clone(), contact, election_timeout));
+    let pre_voter = PreVoter {
+        network: network.clone(),
+        log_store: log_store.clone(),
+        self_id,
+    };
+    tokio::spawn(run_election_timer(
+        raft.clone(),
+        contact.clone(),
+        pre_voter,
+        election_timeout,
+    ));
     tokio::spawn(crate::leader_log::log_leadership_changes(
         raft.clone(),
         flags.name.clone(),
@@ -286,15 +301,25 @@ async fn raft_stopped(raft: &KeelRaft) -> String {
     }
 }
 
+/// The leader lease openraft's voters honour: one heartbeat below the
+/// election timeout (`validate` keeps it above two heartbeats).
+fn lease_ms(flags: &MemberFlags) -> u64 {
+    flags.election_timeout.saturating_sub(flags.heartbeat_interval)
+}
+
 fn openraft_config(flags: &MemberFlags) -> anyhow::Result<Arc<openraft::Config>> {
     let election = flags.election_timeout;
     let config = openraft::Config {
         cluster_name: flags.initial_cluster_token.clone(),
         heartbeat_interval: flags.heartbeat_interval,
         // Only election_timeout_max matters: it is the leader lease during
-        // which followers refuse votes. Elections are keel's (election_timer.rs).
-        election_timeout_min: (election / 2).max(flags.heartbeat_interval + 1),
-        election_timeout_max: election,
+        // which followers refuse votes. Elections are keel's (election_timer.rs),
+        // which waits at least one election timeout since ITS last contact
+        // with the leader; the lease is a heartbeat shorter, so a voter whose
+        // last heartbeat arrived a little later than the candidate's does not
+        // refuse and cost the cluster a whole extra round.
+        election_timeout_min: lease_ms(flags) / 2,
+        election_timeout_max: lease_ms(flags),
         enable_elect: false,
         install_snapshot_timeout: (10 * election).max(5_000),
         max_payload_entries: 64,

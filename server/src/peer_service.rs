@@ -1,12 +1,17 @@
 //! The receiving side of keel's peer protocol: Raft messages into openraft
 //! (noting leader contact for the election timer), forwarded writes into the
-//! leader's proposer, and read-index requests into the leader's batcher.
+//! leader's proposer, read-index requests into the leader's batcher, and
+//! pre-vote questions answered from this member's log and leader contact.
 
 use std::sync::Arc;
 
 use keel_api::keelpb::peer_server::Peer;
-use keel_api::keelpb::{RaftPayload, ReadIndexRequest, ReadIndexResponse, WriteRequest, WriteResponse};
+use keel_api::keelpb::{
+    PreVoteRequest, PreVoteResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse, WriteRequest,
+    WriteResponse,
+};
 use keel_raft::peer_codec::{decode_payload, encode_payload};
+use keel_raft::SledLogStore;
 use openraft::raft::{AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
 use tonic::{Request, Response, Status};
 
@@ -16,11 +21,23 @@ use crate::election_timer::LeaderContact;
 pub struct PeerService {
     context: Arc<MemberContext>,
     contact: LeaderContact,
+    log_store: SledLogStore,
+    leader_lease: std::time::Duration,
 }
 
 impl PeerService {
-    pub fn new(context: Arc<MemberContext>, contact: LeaderContact) -> Self {
-        PeerService { context, contact }
+    pub fn new(
+        context: Arc<MemberContext>,
+        contact: LeaderContact,
+        log_store: SledLogStore,
+        leader_lease: std::time::Duration,
+    ) -> Self {
+        PeerService {
+            context,
+            contact,
+            log_store,
+            leader_lease,
+        }
     }
 }
 
@@ -81,5 +98,19 @@ impl Peer for PeerService {
             read_index,
             leader_id: self.context.member_id,
         }))
+    }
+
+    async fn pre_vote(&self, request: Request<PreVoteRequest>) -> Result<Response<PreVoteResponse>, Status> {
+        let mine = self
+            .log_store
+            .last_log_id()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(crate::pre_vote::answer(
+            self.context.leadership.is_leader(),
+            self.contact.since_last_contact(),
+            self.leader_lease,
+            crate::pre_vote::log_position(mine),
+            crate::pre_vote::position_of(request.get_ref()),
+        )))
     }
 }

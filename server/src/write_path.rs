@@ -107,7 +107,10 @@ impl WritePath {
                     Err(status) => return Err(status),
                 }
             }
-            tokio::time::sleep(self.retry_pause).await;
+            // Retry as soon as another leader is known, at the latest after the pause.
+            self.leadership
+                .wait_for_another_leader(leader, Instant::now() + self.retry_pause)
+                .await;
         }
     }
 

@@ -8,7 +8,7 @@ use keel_api::etcdserverpb::PutRequest;
 use keel_tests::{Cluster, ClusterOptions};
 use tokio::time::Instant;
 
-const ELECTION_TIMEOUT_MS: u64 = 300;
+const ELECTION_TIMEOUT_MS: u64 = 500;
 
 #[tokio::test]
 async fn killing_the_leader_20_times_elects_a_new_one_each_time_within_10_election_timeouts() {

@@ -89,6 +89,15 @@ impl SledLogStore {
             .map_err(|e| write_logs_error(std::io::Error::other(e)))
     }
 
+    /// The id of the last entry of the log, appended or purged; what Raft's
+    /// "at least as up to date" comparison of elections looks at.
+    pub fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        match self.last_entry_log_id()? {
+            Some(last) => Ok(Some(last)),
+            None => self.read_state(LAST_PURGED_KEY),
+        }
+    }
+
     fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
         let Some((_, bytes)) = self.log.last().map_err(read_logs_error)? else {
             return Ok(None);
