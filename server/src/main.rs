@@ -48,7 +48,7 @@ enum Command {
 }
 
 fn init_logging(level: &str) {
-    let default = format!("{level},openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn");
+    let default = format!("{level},openraft=error,sled=warn,h2=warn,tower=warn,hyper=warn");
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
