@@ -253,12 +253,12 @@ fn random_histories_rich_in_indeterminate_ops_get_the_same_verdict() {
         indeterminate: 0.45,
         domain: 1_000_000,
     };
-    compare_on_random_histories(0x6a657073, 400, 5, 6, shape);
+    compare_on_random_histories(0x6a657073, 500, 5, 5, shape);
     let colliding = Shape {
         indeterminate: 0.45,
         domain: 3,
     };
-    compare_on_random_histories(0x656e, 400, 5, 6, colliding);
+    compare_on_random_histories(0x656e, 500, 5, 5, colliding);
 }
 
 /// todc-utils' package directory in cargo's registry cache.
