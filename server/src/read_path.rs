@@ -12,7 +12,13 @@
 //! On the leader a round is openraft's `get_read_log_id` (a heartbeat round
 //! to a quorum); on a follower it is a `ReadIndex` RPC to the leader, which
 //! answers from its own leader-side batcher.
+//!
+//! The leader's index is never below its last log index at the time it first
+//! served a read in its term (`LeaderLogFloor`): openraft 0.9 lets a
+//! restarted leader resume its old term with a commit index read from disk,
+//! which may predate writes it acknowledged before the crash.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel_api::keelpb::ReadIndexRequest;
@@ -46,6 +52,7 @@ pub struct ReadPath {
 #[derive(Clone)]
 struct RoundContext {
     raft: KeelRaft,
+    restored_leader_floor: LeaderLogFloor,
     leadership: Leadership,
     network: PeerNetwork,
     leader_wait: Duration,
@@ -63,6 +70,7 @@ impl ReadPath {
     ) -> Self {
         let context = RoundContext {
             raft: raft.clone(),
+            restored_leader_floor: LeaderLogFloor::default(),
             leadership,
             network,
             leader_wait,
@@ -134,6 +142,36 @@ async fn run_rounds(context: RoundContext, mut queue: mpsc::Receiver<IndexReply>
     }
 }
 
+/// The leader's last log index when this process first saw itself lead the
+/// current term. openraft 0.9 restores a restarted leader in its old term
+/// without a new entry, and its read index is then max(the term's first
+/// entry, the committed index read from disk), which can be older than a
+/// write acknowledged before the crash. Every acknowledged write is in the
+/// leader's log, so reading at least at this floor is always safe; once the
+/// commit index passes it, it costs nothing.
+#[derive(Clone, Default)]
+struct LeaderLogFloor {
+    seen: Arc<Mutex<Option<(u64, u64)>>>,
+}
+
+impl LeaderLogFloor {
+    fn for_current_term(&self, raft: &KeelRaft) -> u64 {
+        let (term, last_log_index) = {
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.current_term, metrics.last_log_index.unwrap_or(0))
+        };
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match *seen {
+            Some((seen_term, floor)) if seen_term == term => floor,
+            _ => {
+                *seen = Some((term, last_log_index));
+                last_log_index
+            }
+        }
+    }
+}
+
 async fn confirm_read_index(context: &RoundContext, kind: RoundKind) -> Result<u64, Status> {
     let leader_deadline = Instant::now() + context.leader_wait;
     let (leader, node) = match kind {
@@ -145,7 +183,10 @@ async fn confirm_read_index(context: &RoundContext, kind: RoundKind) -> Result<u
     };
     if leader == context.leadership.self_id() {
         return match tokio::time::timeout(context.confirm_timeout, context.raft.get_read_log_id()).await {
-            Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map_or(0, |id| id.index)),
+            Ok(Ok((read_log_id, _applied))) => {
+                let floor = context.restored_leader_floor.for_current_term(&context.raft);
+                Ok(read_log_id.map_or(0, |id| id.index).max(floor))
+            }
             Ok(Err(error)) => {
                 tracing::debug!(%error, "read index confirmation failed");
                 Err(WireError::LeaderChanged.into())
