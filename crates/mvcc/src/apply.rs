@@ -7,11 +7,20 @@
 //!   that changes something (a put; a delete that deletes; a txn whose
 //!   branch writes). All changes of one request share main revision
 //!   `begin + 1` and are numbered by sub-revision from 0 ([`WriteCursor`]).
-//! - A request that fails leaves no trace in the batch: its overlay writes
-//!   are undone and the batch revisions restored.
-//! - Atomic commit: data, history, store meta and app meta of the whole batch
-//!   go to sled in ONE `Tree::apply_batch`, under the store's exclusive lock,
-//!   so neither a crash nor a concurrent reader sees part of it.
+//! - A request that fails leaves no trace in the batch: its writes in both
+//!   overlays (records and index deltas) are undone and the batch revisions
+//!   restored.
+//! - One record per change: a put or a tombstone writes exactly one sled
+//!   entry, its revision record; everything else a write changes is in the
+//!   in-memory index (as a [`PendingKey`] delta until commit). A plain put
+//!   reads nothing from sled (only `prev_kv`/`ignore_value` fetch the old value).
+//! - Atomic commit: the records, store meta and app meta of the whole batch
+//!   go to sled in ONE `Tree::apply_batch`, and the index deltas are applied,
+//!   both under the store's exclusive lock, so neither a crash nor a
+//!   concurrent reader sees part of it (and a failed sled write leaves the
+//!   index untouched).
+
+use std::sync::Arc;
 
 use keel_api::etcdserverpb::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
@@ -21,10 +30,12 @@ use keel_api::key_range::KeySelection;
 use keel_api::mvccpb::KeyValue;
 
 use crate::error::{MvccError, Result};
-use crate::keys::{self, ChangeKind, Revision};
+use crate::index::{self, Change, Index, KeyHistory, LiveVersion, PendingKey};
+use crate::keys::{self, ChangeKind, PutMeta, Revision};
+use crate::overlay::{IndexOverlay, Overlay};
 use crate::range::{self, header, ViewRevisions};
 use crate::store::{Shared, WriterSlot};
-use crate::view::{BatchView, KeyspaceView, Overlay};
+use crate::view::{BatchView, CommittedView, View};
 use crate::{compaction, txn};
 
 /// A batch of write requests applied in order, each seeing the ones before
@@ -33,13 +44,20 @@ use crate::{compaction, txn};
 pub struct ApplyBatch<'a> {
     shared: &'a Shared,
     _slot: WriterSlot<'a>,
-    /// The active keyspace; stable while the writer slot is held.
+    /// The committed tree and index; stable while the writer slot is held.
+    /// The batch's clone of the index `Arc` is the only one besides the
+    /// store's (readers borrow it under the lock), and the commit drops it
+    /// before updating the index in place.
     tree: sled::Tree,
+    index: Arc<Index>,
+    /// Pending raw writes: revision records, store meta, app meta.
     pub(crate) overlay: Overlay,
+    /// Pending index changes.
+    keys: IndexOverlay,
     /// The store revision including the requests applied so far.
     pub(crate) revision: i64,
     pub(crate) compact_revision: i64,
-    committed: ViewRevisions,
+    committed_revisions: ViewRevisions,
 }
 
 /// Numbers the changes of one request.
@@ -70,16 +88,21 @@ impl WriteCursor {
 impl<'a> ApplyBatch<'a> {
     pub(crate) fn begin(shared: &'a Shared) -> Self {
         let slot = shared.acquire_writer();
-        let tree = shared.read_keyspace().tree.clone();
+        let (tree, index) = {
+            let keyspace = shared.read_keyspace();
+            (keyspace.tree.clone(), keyspace.index.clone())
+        };
         let committed = shared.revisions();
         ApplyBatch {
             shared,
             _slot: slot,
             tree,
+            index,
             overlay: Overlay::default(),
+            keys: IndexOverlay::default(),
             revision: committed.current,
             compact_revision: committed.compacted,
-            committed,
+            committed_revisions: committed,
         }
     }
 
@@ -126,29 +149,42 @@ impl<'a> ApplyBatch<'a> {
     }
 
     /// Commits every request of the batch and the app meta in one atomic
-    /// sled batch, and publishes the new revision to readers.
+    /// sled batch, applies the index changes, and publishes the new revision
+    /// to readers, all under the exclusive lock.
+    ///
+    /// The store revision is not written: `open` derives it from the records.
     pub fn commit(self) -> Result<(), MvccError> {
         let ApplyBatch {
             shared,
             _slot,
             tree,
+            index: committed_index,
             mut overlay,
+            keys,
             revision,
             compact_revision,
-            committed,
+            committed_revisions,
         } = self;
-        if revision != committed.current {
-            overlay.insert(keys::META_REVISION, &keys::encode_i64(revision)[..]);
-        }
-        if compact_revision != committed.compacted {
+        drop(committed_index);
+        drop(tree);
+        if compact_revision != committed_revisions.compacted {
             overlay.insert(keys::META_COMPACT, &keys::encode_i64(compact_revision)[..]);
         }
-        if overlay.is_empty() {
+        if overlay.is_empty() && keys.is_empty() && revision == committed_revisions.current {
             return Ok(());
         }
         let batch = overlay.into_batch();
-        let _exclusive = shared.write_keyspace();
-        tree.apply_batch(batch)?;
+        let mut exclusive = shared.write_keyspace();
+        exclusive.tree.apply_batch(batch)?;
+        // In place: nothing else holds the index `Arc` now (see `index`);
+        // were it shared after all, `make_mut` would update a copy.
+        if Arc::get_mut(&mut exclusive.index).is_none() {
+            tracing::warn!("the mvcc index is shared at commit; copying it");
+        }
+        let index = Arc::make_mut(&mut exclusive.index);
+        for (key, pending) in keys.into_pending() {
+            index::apply_pending(index, key, pending);
+        }
         shared.set_revisions(ViewRevisions {
             current: revision,
             compacted: compact_revision,
@@ -160,9 +196,13 @@ impl<'a> ApplyBatch<'a> {
     fn run_request<T>(&mut self, request: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         let (revision, compact_revision) = (self.revision, self.compact_revision);
         self.overlay.begin_request();
+        self.keys.begin_request();
         let outcome = request(self);
         match &outcome {
-            Ok(_) => self.overlay.finish_request(),
+            Ok(_) => {
+                self.overlay.finish_request();
+                self.keys.finish_request();
+            }
             Err(error) => {
                 if !matches!(
                     error,
@@ -174,6 +214,7 @@ impl<'a> ApplyBatch<'a> {
                     tracing::warn!(%error, "a write request failed on storage; its changes are discarded");
                 }
                 self.overlay.roll_back_request();
+                self.keys.roll_back_request();
                 self.revision = revision;
                 self.compact_revision = compact_revision;
             }
@@ -191,31 +232,36 @@ impl<'a> ApplyBatch<'a> {
     /// The keyspace as this batch sees it.
     pub(crate) fn view(&self) -> BatchView<'_> {
         BatchView {
-            tree: &self.tree,
+            committed: CommittedView {
+                index: &self.index,
+                tree: &self.tree,
+            },
             overlay: &self.overlay,
+            keys: &self.keys,
         }
     }
 
-    fn live_kv(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        let raw_key = keys::live_key(key);
-        match self.view().get(&raw_key)? {
-            Some(value) => Ok(Some(keys::decode_live(&raw_key, &value)?)),
-            None => Ok(None),
-        }
+    /// The batch's pending index entry of `key` (created on first touch)
+    /// and the committed entry it is a delta over.
+    pub(crate) fn key_entry(&mut self, key: &[u8]) -> (&mut PendingKey, Option<&KeyHistory>) {
+        let committed = self.index.get(key);
+        (self.keys.entry(key, committed), committed)
     }
 
-    /// Records one change: the live keyspace, the history index and the
-    /// revision record.
-    fn write_change(&mut self, kind: ChangeKind, kv: &KeyValue, revision: Revision) {
-        let live_key = keys::live_key(&kv.key);
-        match kind {
-            ChangeKind::Put => self.overlay.insert(live_key, keys::encode_live_value(kv)),
-            ChangeKind::Tombstone => self.overlay.remove(live_key),
-        }
+    fn write_put(&mut self, key: &[u8], live: LiveVersion, value: &[u8]) {
+        self.overlay.insert(
+            &keys::revision_key(live.revision())[..],
+            keys::encode_put(key, live.meta(), value),
+        );
+        self.key_entry(key).0.put(live);
+    }
+
+    fn write_tombstone(&mut self, key: &[u8], revision: Revision) -> Result<()> {
+        let change = Change::new(revision, ChangeKind::Tombstone)?;
         self.overlay
-            .insert(keys::history_key(&kv.key, revision), &[kind.tag()][..]);
-        self.overlay
-            .insert(keys::revision_key(revision), keys::encode_change(kind, kv));
+            .insert(&keys::revision_key(revision)[..], keys::encode_tombstone(key));
+        self.key_entry(key).0.tombstone(change);
+        Ok(())
     }
 
     /// A put inside a request (etcd's `applierV3backend.Put` with a txn).
@@ -228,39 +274,42 @@ impl<'a> ApplyBatch<'a> {
             // keel grants no leases yet, so no lease can be attached.
             return Err(MvccError::LeaseNotFound);
         }
-        let previous = self.live_kv(&request.key)?;
-        let reuses_previous = request.ignore_value || request.ignore_lease;
-        let (value, lease) = match &previous {
-            None if reuses_previous => return Err(MvccError::KeyNotFound),
-            None => (request.value.clone(), request.lease),
-            Some(previous) => (
-                if request.ignore_value {
-                    previous.value.clone()
-                } else {
-                    request.value.clone()
-                },
-                if request.ignore_lease {
-                    previous.lease
-                } else {
-                    request.lease
-                },
-            ),
+        let key = request.key.as_slice();
+        let previous = self.view().key_state(key).and_then(|state| state.live());
+        if previous.is_none() && (request.ignore_value || request.ignore_lease) {
+            return Err(MvccError::KeyNotFound);
+        }
+        let previous_value = match previous {
+            Some(previous) if request.prev_kv || request.ignore_value => {
+                Some(range::load_value(&self.view(), key, previous.revision())?)
+            }
+            _ => None,
+        };
+        let value = match &previous_value {
+            Some(previous_value) if request.ignore_value => previous_value.as_slice(),
+            _ => request.value.as_slice(),
+        };
+        let lease = match previous {
+            Some(previous) if request.ignore_lease => previous.lease,
+            _ => request.lease,
         };
         let revision = cursor.next_revision();
-        let kv = KeyValue {
-            key: request.key.clone(),
-            create_revision: previous
-                .as_ref()
-                .map_or(revision.main, |previous| previous.create_revision),
-            mod_revision: revision.main,
-            version: previous.as_ref().map_or(1, |previous| previous.version + 1),
-            value,
+        let meta = PutMeta {
+            create_revision: previous.map_or(revision.main, |previous| previous.create_revision),
+            version: previous.map_or(1, |previous| previous.version().saturating_add(1)),
             lease,
         };
-        self.write_change(ChangeKind::Put, &kv, revision);
+        let live = LiveVersion::new(revision, meta)?;
+        self.write_put(key, live, value);
+        let prev_kv = match previous {
+            Some(previous) if request.prev_kv => {
+                Some(previous.to_kv(key, previous_value.unwrap_or_default()))
+            }
+            _ => None,
+        };
         Ok(PutResponse {
             header: header(revision.main),
-            prev_kv: if request.prev_kv { previous } else { None },
+            prev_kv,
         })
     }
 
@@ -271,33 +320,25 @@ impl<'a> ApplyBatch<'a> {
         request: &DeleteRangeRequest,
     ) -> Result<DeleteRangeResponse> {
         let selection = KeySelection::from_request(&request.key, &request.range_end);
-        let doomed: Vec<KeyValue> = if request.prev_kv {
-            range::live_kvs(&self.view(), &selection)?
-        } else {
-            range::live_candidates(&self.view(), &selection, false)
-                .map(|entry| {
-                    let (raw_key, _) = entry?;
-                    Ok(KeyValue {
-                        key: keys::user_key_of_live(&raw_key)?.to_vec(),
-                        ..Default::default()
-                    })
-                })
+        let doomed = range::live_versions(&self.view(), &selection);
+        let prev_kvs: Vec<KeyValue> = if request.prev_kv {
+            let view = self.view();
+            doomed
+                .iter()
+                .map(|(key, live)| range::current_kv(&view, key, *live, true))
                 .collect::<Result<_>>()?
+        } else {
+            Vec::new()
         };
-        for victim in &doomed {
+        for (key, _) in &doomed {
             let revision = cursor.next_revision();
-            let tombstone = KeyValue {
-                key: victim.key.clone(),
-                mod_revision: revision.main,
-                ..Default::default()
-            };
-            self.write_change(ChangeKind::Tombstone, &tombstone, revision);
+            self.write_tombstone(key, revision)?;
         }
         let deleted = i64::try_from(doomed.len()).unwrap_or(i64::MAX);
         Ok(DeleteRangeResponse {
             header: header(cursor.revision()),
             deleted,
-            prev_kvs: if request.prev_kv { doomed } else { Vec::new() },
+            prev_kvs,
         })
     }
 

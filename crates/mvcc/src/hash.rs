@@ -1,6 +1,7 @@
 //! `hash_kv`: a crc32 over the change records (`0x03`) with a revision at or
 //! below the requested one, in revision order, each fed as length-prefixed
-//! key and value. Records at or below the compact revision are the versions
+//! key and value (the record bytes of format 2, so hashes differ from
+//! format 1's for the same history; members of one cluster run one format). Records at or below the compact revision are the versions
 //! the compaction kept, so a key last written before a compaction is still
 //! covered; equal histories (same log applied) give equal hashes, and any
 //! difference in a key, value, version or revision changes it. Store meta
@@ -10,14 +11,13 @@ use crate::error::Result;
 use crate::keys::{self, Revision};
 use crate::range::ViewRevisions;
 use crate::store::KvHash;
-use crate::view::KeyspaceView;
 
 pub(crate) fn hash_kv(tree: &sled::Tree, revisions: ViewRevisions, requested: i64) -> Result<KvHash> {
     let at = revisions.resolve(requested)?;
     let low = [keys::REVISIONS];
     let high = keys::revision_key(Revision::new(at.saturating_add(1), 0));
     let mut hasher = crc32fast::Hasher::new();
-    for entry in tree.scan(&low, &high, false) {
+    for entry in tree.range(&low[..]..&high[..]) {
         let (key, value) = entry?;
         for part in [&key, &value] {
             hasher.update(&(part.len() as u64).to_be_bytes());

@@ -1,44 +1,48 @@
 //! The byte layout of the one sled tree the store owns, and the encodings of
 //! what it holds. Every key starts with a one-byte keyspace tag:
 //!
-//! | tag    | key                                          | value                                   |
-//! |--------|----------------------------------------------|-----------------------------------------|
-//! | `0x00` | `0x00 0x00 name`                             | store meta: revision, compact, format   |
-//! | `0x00` | `0x00 0x01 name`                             | app meta blob (e.g. `raft/last_applied`) |
-//! | `0x01` | `user_key`                                   | live `KeyValue` (prost, key omitted)    |
-//! | `0x02` | `escaped(user_key) BE(main) BE(sub)`          | `p` (put) or `t` (tombstone)            |
-//! | `0x03` | `BE(main) BE(sub)`                           | tag `p`/`t` + `KeyValue` (prost)        |
+//! | tag    | key                        | value                                     |
+//! |--------|----------------------------|-------------------------------------------|
+//! | `0x00` | `0x00 0x00 name`           | store meta: format version, compact rev   |
+//! | `0x00` | `0x00 0x01 name`           | app meta blob (e.g. `raft/last_applied`)  |
+//! | `0x03` | `BE(main) BE(sub)`         | one change record (below)                 |
+//!
+//! A change record (etcd's bbolt `key` bucket, keyed by revision):
+//! ```text
+//! put:        'p' varint(key_len) key varint(create_revision) varint(version) varint(lease) value
+//! tombstone:  't' varint(key_len) key
+//! ```
+//! `mod_revision` is the record's own main revision. The key and the
+//! metadata come before the value, so rebuilding the in-memory index
+//! (`index.rs`) reads them without touching the value bytes.
 //!
 //! Invariants of the layout:
-//! - `0x01` holds exactly the keys alive at the store revision, in user-key
-//!   order, so a current-revision range is one ordered scan.
-//! - `escaped(k)` maps `0x00` to `0x00 0xFF` and ends with `0x00 0x01`, so
-//!   `0x02` sorts by user key first and revision second for arbitrary bytes.
-//! - Every `0x02` entry has the `0x03` record of the same revision and vice
-//!   versa; compaction removes both together.
+//! - The `0x03` records are the whole history: every change not yet dropped
+//!   by a compaction has exactly one record, and the in-memory index is a
+//!   function of them (rebuilt from them on open and snapshot install).
+//! - The store revision is not stored: it is the highest main revision of a
+//!   record, or the compact revision if that is higher (a compaction at the
+//!   current revision may drop the newest records, tombstones), or 1.
 //! - Revisions in keys are non-negative, so big-endian order is numeric order.
+//! - `0x01` (live keys) and `0x02` (per-key history) of format 1 are gone;
+//!   a keyspace of another format is refused by `open` and by snapshot install.
 
 use keel_api::mvccpb::KeyValue;
-use prost::Message;
 
 use crate::error::{corrupt, Result};
 
-pub(crate) const LIVE: u8 = 0x01;
-pub(crate) const HISTORY: u8 = 0x02;
 pub(crate) const REVISIONS: u8 = 0x03;
 
-pub(crate) const META_REVISION: &[u8] = b"\x00\x00revision";
 pub(crate) const META_COMPACT: &[u8] = b"\x00\x00compact";
 pub(crate) const META_FORMAT: &[u8] = b"\x00\x00format";
 const APP_META_PREFIX: &[u8] = b"\x00\x01";
 
-/// The version of this layout, stored under [`META_FORMAT`].
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The version of this layout, stored under [`META_FORMAT`]. Format 1 kept
+/// live keys and a history index on disk; format 2 keeps only the records.
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
-const ESCAPE: u8 = 0x00;
-const ESCAPED_ZERO: u8 = 0xFF;
-const TERMINATOR: u8 = 0x01;
 const REVISION_BYTES: usize = 16;
+pub(crate) const REVISION_KEY_BYTES: usize = 1 + REVISION_BYTES;
 
 /// A point in the history: the main revision of a write request and the
 /// position of one change within it.
@@ -52,21 +56,6 @@ impl Revision {
     pub fn new(main: i64, sub: i64) -> Self {
         Revision { main, sub }
     }
-}
-
-fn push_revision(out: &mut Vec<u8>, revision: Revision) {
-    out.extend_from_slice(&revision.main.max(0).to_be_bytes());
-    out.extend_from_slice(&revision.sub.max(0).to_be_bytes());
-}
-
-fn parse_revision(bytes: &[u8]) -> Result<Revision> {
-    let (main, sub) = match (bytes.get(..8), bytes.get(8..16)) {
-        (Some(main), Some(sub)) if bytes.len() == REVISION_BYTES => (main, sub),
-        _ => return Err(corrupt(format!("revision of {} bytes", bytes.len()))),
-    };
-    let main = i64::from_be_bytes(main.try_into().map_err(|_| corrupt("revision main"))?);
-    let sub = i64::from_be_bytes(sub.try_into().map_err(|_| corrupt("revision sub"))?);
-    Ok(Revision { main, sub })
 }
 
 pub(crate) fn encode_i64(value: i64) -> [u8; 8] {
@@ -87,115 +76,28 @@ pub(crate) fn app_meta_key(name: &str) -> Vec<u8> {
     key
 }
 
-// ---- 0x01: live keys ----
+// ---- 0x03: revision records ----
 
-pub(crate) fn live_key(user_key: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(1 + user_key.len());
-    key.push(LIVE);
-    key.extend_from_slice(user_key);
+pub(crate) fn revision_key(revision: Revision) -> [u8; REVISION_KEY_BYTES] {
+    let mut key = [0u8; REVISION_KEY_BYTES];
+    key[0] = REVISIONS;
+    key[1..9].copy_from_slice(&revision.main.max(0).to_be_bytes());
+    key[9..].copy_from_slice(&revision.sub.max(0).to_be_bytes());
     key
 }
 
-/// The raw `[start, end)` of the live keyspace for user keys in
-/// `[start, end)`; `end == None` means unbounded.
-pub(crate) fn live_bounds(start: &[u8], end: Option<&[u8]>) -> (Vec<u8>, Vec<u8>) {
-    let upper = match end {
-        Some(end) => live_key(end),
-        None => vec![LIVE + 1],
-    };
-    (live_key(start), upper)
-}
-
-pub(crate) fn user_key_of_live(raw: &[u8]) -> Result<&[u8]> {
+/// The revision a record key names.
+pub(crate) fn parse_revision_key(raw: &[u8]) -> Result<Revision> {
     match raw.split_first() {
-        Some((&LIVE, user_key)) => Ok(user_key),
-        _ => Err(corrupt("live key outside its keyspace")),
-    }
-}
-
-/// A live value: the `KeyValue` without its key (the tree key holds it).
-pub(crate) fn encode_live_value(kv: &KeyValue) -> Vec<u8> {
-    let keyless = KeyValue {
-        key: Vec::new(),
-        create_revision: kv.create_revision,
-        mod_revision: kv.mod_revision,
-        version: kv.version,
-        value: kv.value.clone(),
-        lease: kv.lease,
-    };
-    keyless.encode_to_vec()
-}
-
-pub(crate) fn decode_live(raw_key: &[u8], value: &[u8]) -> Result<KeyValue> {
-    let user_key = user_key_of_live(raw_key)?;
-    let mut kv = KeyValue::decode(value).map_err(|e| corrupt(format!("live value: {e}")))?;
-    kv.key = user_key.to_vec();
-    Ok(kv)
-}
-
-// ---- 0x02: per-key history index ----
-
-fn push_escaped(out: &mut Vec<u8>, user_key: &[u8]) {
-    for &byte in user_key {
-        out.push(byte);
-        if byte == ESCAPE {
-            out.push(ESCAPED_ZERO);
+        Some((&REVISIONS, rest)) if rest.len() == REVISION_BYTES => {
+            let (main, sub) = rest.split_at(8);
+            Ok(Revision::new(
+                decode_i64(main, "revision main")?,
+                decode_i64(sub, "revision sub")?,
+            ))
         }
+        _ => Err(corrupt(format!("revision key of {} bytes", raw.len()))),
     }
-    out.push(ESCAPE);
-    out.push(TERMINATOR);
-}
-
-/// `0x02 escaped(user_key)`: every history entry of `user_key` starts with it.
-pub(crate) fn history_prefix(user_key: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(user_key.len() + 3 + REVISION_BYTES);
-    key.push(HISTORY);
-    push_escaped(&mut key, user_key);
-    key
-}
-
-pub(crate) fn history_key(user_key: &[u8], revision: Revision) -> Vec<u8> {
-    let mut key = history_prefix(user_key);
-    push_revision(&mut key, revision);
-    key
-}
-
-/// The raw `[start, end)` of the history index for user keys in `[start, end)`.
-pub(crate) fn history_bounds(start: &[u8], end: Option<&[u8]>) -> (Vec<u8>, Vec<u8>) {
-    let upper = match end {
-        Some(end) => history_prefix(end),
-        None => vec![HISTORY + 1],
-    };
-    (history_prefix(start), upper)
-}
-
-/// Splits a history key into its escaped user-key part (including the
-/// keyspace tag, usable to tell keys apart without unescaping) and revision.
-pub(crate) fn split_history_key(raw: &[u8]) -> Result<(&[u8], Revision)> {
-    if raw.first() != Some(&HISTORY) || raw.len() < 3 + REVISION_BYTES {
-        return Err(corrupt("history key too short or outside its keyspace"));
-    }
-    let (escaped, revision) = raw.split_at(raw.len() - REVISION_BYTES);
-    Ok((escaped, parse_revision(revision)?))
-}
-
-/// The user key of an escaped part returned by [`split_history_key`].
-pub(crate) fn unescape_history_key(escaped: &[u8]) -> Result<Vec<u8>> {
-    let body = escaped.get(1..).ok_or_else(|| corrupt("empty history key"))?;
-    let mut user_key = Vec::with_capacity(body.len());
-    let mut bytes = body.iter();
-    while let Some(&byte) = bytes.next() {
-        if byte != ESCAPE {
-            user_key.push(byte);
-            continue;
-        }
-        match bytes.next() {
-            Some(&ESCAPED_ZERO) => user_key.push(ESCAPE),
-            Some(&TERMINATOR) if bytes.as_slice().is_empty() => return Ok(user_key),
-            _ => break,
-        }
-    }
-    Err(corrupt("badly escaped history key"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,55 +109,129 @@ pub(crate) enum ChangeKind {
 const PUT_TAG: u8 = b'p';
 const TOMBSTONE_TAG: u8 = b't';
 
-impl ChangeKind {
-    pub fn tag(self) -> u8 {
-        match self {
-            ChangeKind::Put => PUT_TAG,
-            ChangeKind::Tombstone => TOMBSTONE_TAG,
+/// What a put stores besides its key and value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PutMeta {
+    pub create_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+}
+
+/// A decoded change record, borrowing from the stored bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Record<'a> {
+    pub key: &'a [u8],
+    /// `None` for a tombstone.
+    pub put: Option<PutMeta>,
+    /// Empty for a tombstone.
+    pub value: &'a [u8],
+}
+
+impl Record<'_> {
+    pub fn kind(&self) -> ChangeKind {
+        match self.put {
+            Some(_) => ChangeKind::Put,
+            None => ChangeKind::Tombstone,
         }
     }
 
-    pub fn from_tag(tag: Option<&u8>) -> Result<Self> {
-        match tag {
-            Some(&PUT_TAG) => Ok(ChangeKind::Put),
-            Some(&TOMBSTONE_TAG) => Ok(ChangeKind::Tombstone),
-            _ => Err(corrupt("unknown change tag")),
+    /// The `KeyValue` this record holds at `revision` (a tombstone: only
+    /// `key` and `mod_revision`, as a watch delete event carries it).
+    pub fn to_kv(self, revision: Revision) -> KeyValue {
+        let meta = self.put.unwrap_or(PutMeta {
+            create_revision: 0,
+            version: 0,
+            lease: 0,
+        });
+        KeyValue {
+            key: self.key.to_vec(),
+            create_revision: meta.create_revision,
+            mod_revision: revision.main,
+            version: meta.version,
+            value: self.value.to_vec(),
+            lease: meta.lease,
         }
     }
 }
 
-pub(crate) fn decode_history_value(value: &[u8]) -> Result<ChangeKind> {
-    if value.len() != 1 {
-        return Err(corrupt("history value is not one tag byte"));
+fn push_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
     }
-    ChangeKind::from_tag(value.first())
+    out.push(value as u8);
 }
 
-// ---- 0x03: revision store ----
-
-pub(crate) fn revision_key(revision: Revision) -> Vec<u8> {
-    let mut key = Vec::with_capacity(1 + REVISION_BYTES);
-    key.push(REVISIONS);
-    push_revision(&mut key, revision);
-    key
+/// Reads an LEB128 varint off the front of `bytes`.
+fn take_varint(bytes: &mut &[u8], what: &str) -> Result<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = bytes
+            .split_first()
+            .ok_or_else(|| corrupt(format!("record truncated in {what}")))?;
+        *bytes = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(corrupt(format!("record {what} is not a varint")))
 }
 
-/// What one change wrote: the new `KeyValue` of a put, or a tombstone
-/// (`KeyValue` with only `key` and `mod_revision`, as a watch delete event
-/// carries it).
-pub(crate) fn encode_change(kind: ChangeKind, kv: &KeyValue) -> Vec<u8> {
-    let mut value = Vec::with_capacity(1 + kv.encoded_len());
-    value.push(kind.tag());
-    // Encoding into a Vec cannot run out of space.
-    let _ = kv.encode(&mut value);
-    value
+fn push_key(out: &mut Vec<u8>, tag: u8, key: &[u8]) {
+    out.push(tag);
+    push_varint(out, key.len() as u64);
+    out.extend_from_slice(key);
 }
 
-pub(crate) fn decode_change(value: &[u8]) -> Result<(ChangeKind, KeyValue)> {
-    let kind = ChangeKind::from_tag(value.first())?;
-    let kv = KeyValue::decode(value.get(1..).unwrap_or(&[]))
-        .map_err(|e| corrupt(format!("revision record: {e}")))?;
-    Ok((kind, kv))
+/// The record of a put.
+pub(crate) fn encode_put(key: &[u8], meta: PutMeta, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 5 + key.len() + 3 * 10 + value.len());
+    push_key(&mut out, PUT_TAG, key);
+    // Negative numbers round-trip through the two's-complement cast.
+    push_varint(&mut out, meta.create_revision as u64);
+    push_varint(&mut out, meta.version as u64);
+    push_varint(&mut out, meta.lease as u64);
+    out.extend_from_slice(value);
+    out
+}
+
+/// The record of a tombstone.
+pub(crate) fn encode_tombstone(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 5 + key.len());
+    push_key(&mut out, TOMBSTONE_TAG, key);
+    out
+}
+
+pub(crate) fn decode_record(bytes: &[u8]) -> Result<Record<'_>> {
+    let (&tag, mut rest) = bytes.split_first().ok_or_else(|| corrupt("empty record"))?;
+    let key_len =
+        usize::try_from(take_varint(&mut rest, "key length")?).map_err(|_| corrupt("record key length"))?;
+    if key_len > rest.len() {
+        return Err(corrupt("record key longer than the record"));
+    }
+    let (key, mut rest) = rest.split_at(key_len);
+    match tag {
+        PUT_TAG => {
+            let meta = PutMeta {
+                create_revision: take_varint(&mut rest, "create revision")? as i64,
+                version: take_varint(&mut rest, "version")? as i64,
+                lease: take_varint(&mut rest, "lease")? as i64,
+            };
+            Ok(Record {
+                key,
+                put: Some(meta),
+                value: rest,
+            })
+        }
+        TOMBSTONE_TAG if rest.is_empty() => Ok(Record {
+            key,
+            put: None,
+            value: &[],
+        }),
+        TOMBSTONE_TAG => Err(corrupt("tombstone record with trailing bytes")),
+        other => Err(corrupt(format!("unknown record tag {other:#04x}"))),
+    }
 }
 
 #[cfg(test)]
@@ -263,76 +239,67 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escaped_history_keys_sort_by_user_key_then_revision() {
-        let keys: Vec<&[u8]> = vec![
-            b"",
-            b"\x00",
-            b"\x00\x00",
-            b"\x00\x01",
-            b"\x00\xff",
-            b"a",
-            b"a\x00",
-            b"ab",
-            b"b",
+    fn revision_keys_sort_numerically_and_round_trip() {
+        let revisions = [
+            Revision::new(1, 0),
+            Revision::new(1, 7),
+            Revision::new(2, 0),
+            Revision::new(255, 3),
+            Revision::new(256, 0),
+            Revision::new(i64::MAX, 0),
         ];
-        let mut encoded = Vec::new();
-        for key in &keys {
-            for main in [1i64, 2, 300] {
-                encoded.push(history_key(key, Revision::new(main, 0)));
-                encoded.push(history_key(key, Revision::new(main, 7)));
-            }
-        }
-        let mut sorted = encoded.clone();
+        let keys: Vec<_> = revisions.iter().map(|&r| revision_key(r)).collect();
+        let mut sorted = keys.clone();
         sorted.sort();
-        assert_eq!(sorted, encoded);
-    }
-
-    #[test]
-    fn history_keys_round_trip() {
-        for key in [&b""[..], b"\x00", b"a\x00b\x00", b"\xff\x00\x01"] {
-            let raw = history_key(key, Revision::new(42, 3));
-            let (escaped, revision) = split_history_key(&raw).expect("split");
-            assert_eq!(revision, Revision::new(42, 3));
-            assert_eq!(unescape_history_key(escaped).expect("unescape"), key.to_vec());
-            assert!(raw.starts_with(&history_prefix(key)));
+        assert_eq!(sorted, keys);
+        for (key, revision) in keys.iter().zip(revisions) {
+            assert_eq!(parse_revision_key(key).expect("parse"), revision);
         }
     }
 
     #[test]
-    fn history_bounds_cover_exactly_the_user_range() {
-        let (start, end) = history_bounds(b"b", Some(b"c"));
-        let inside = history_key(b"b\x00\xff", Revision::new(9, 9));
-        let below = history_key(b"a\xff", Revision::new(9, 9));
-        let above = history_key(b"c", Revision::new(1, 0));
-        assert!(inside >= start && inside < end);
-        assert!(below < start);
-        assert!(above >= end);
+    fn records_round_trip() {
+        let meta = PutMeta {
+            create_revision: 300,
+            version: 2,
+            lease: -5,
+        };
+        for key in [&b""[..], b"k", &[0xffu8; 200][..]] {
+            for value in [&b""[..], b"v\x00", &[7u8; 1000][..]] {
+                let bytes = encode_put(key, meta, value);
+                let record = decode_record(&bytes).expect("decode put");
+                assert_eq!(
+                    record,
+                    Record {
+                        key,
+                        put: Some(meta),
+                        value
+                    }
+                );
+                let kv = record.to_kv(Revision::new(9, 1));
+                assert_eq!(
+                    (kv.mod_revision, kv.create_revision, kv.version, kv.lease),
+                    (9, 300, 2, -5)
+                );
+            }
+            let bytes = encode_tombstone(key);
+            let record = decode_record(&bytes).expect("decode tombstone");
+            assert_eq!(record.kind(), ChangeKind::Tombstone);
+            assert_eq!(record.key, key);
+        }
     }
 
     #[test]
     fn corrupt_bytes_are_errors_not_panics() {
-        assert!(split_history_key(b"\x02ab").is_err());
-        assert!(unescape_history_key(b"\x02a\x00\x07").is_err());
-        assert!(unescape_history_key(b"\x02a").is_err());
-        assert!(decode_change(b"").is_err());
-        assert!(decode_change(b"x").is_err());
-        assert!(decode_change(b"p\xff\xff").is_err());
-        assert!(decode_live(b"\x02a", b"").is_err());
+        assert!(parse_revision_key(b"\x03ab").is_err());
+        assert!(parse_revision_key(&[0x02; 17]).is_err());
+        assert!(decode_record(b"").is_err());
+        assert!(decode_record(b"x\x00").is_err());
+        assert!(decode_record(b"p").is_err());
+        assert!(decode_record(b"p\x05ab").is_err());
+        assert!(decode_record(b"p\x01k\x01").is_err());
+        assert!(decode_record(b"p\x01k\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff").is_err());
+        assert!(decode_record(b"t\x01kextra").is_err());
         assert!(decode_i64(b"abc", "x").is_err());
-    }
-
-    #[test]
-    fn live_values_omit_the_key_and_round_trip() {
-        let kv = KeyValue {
-            key: b"k".to_vec(),
-            create_revision: 2,
-            mod_revision: 5,
-            version: 3,
-            value: b"v".to_vec(),
-            lease: 0,
-        };
-        let value = encode_live_value(&kv);
-        assert!(!value.windows(1).any(|w| w == b"k"));
-        assert_eq!(decode_live(&live_key(b"k"), &value).expect("decode"), kv);
     }
 }

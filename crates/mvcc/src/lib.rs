@@ -12,21 +12,30 @@
 //!   below the compacted revision fail with [`MvccError::Compacted`].
 //! - Everything an [`ApplyBatch`] changes (data and app meta such as the last
 //!   applied Raft log id) reaches sled in one atomic batch, so a crash never
-//!   leaves half of it.
+//!   leaves half of it. On disk there is one record per change, keyed by
+//!   revision (as etcd's bbolt); the per-key index (live keys, their
+//!   metadata, and the revisions of every version) lives in memory, is
+//!   updated with each commit, and is rebuilt from the records on open and
+//!   on snapshot install.
 //! - Applying the same requests to equal stores gives byte-equal stores
 //!   ([`MvccStore::hash_kv`] proves it), however the requests are split
 //!   into batches.
 //!
-//! Layout: `keys.rs` (the one sled tree's keyspaces and encodings),
+//! Layout: `keys.rs` (the one sled tree's keyspaces and record encoding),
+//! `index.rs` (the in-memory key index, rebuilt from the records on open),
 //! `store.rs` (open, locks, reads), `apply.rs` (batches and revision
-//! numbering), `view.rs` (read-your-writes overlay), `range.rs`, `txn.rs`,
-//! `compaction.rs`, `hash.rs`, `snapshot.rs` (dump and atomic install).
+//! numbering), `overlay.rs` (a batch's pending records and index deltas,
+//! with undo), `view.rs` (read-your-writes views over index and tree),
+//! `range.rs`, `txn.rs`, `compaction.rs`, `hash.rs`, `snapshot.rs` (dump and
+//! atomic install).
 
 mod apply;
 mod compaction;
 mod error;
 mod hash;
+mod index;
 mod keys;
+mod overlay;
 mod range;
 mod snapshot;
 mod store;

@@ -4,9 +4,12 @@
 //! fetched, then filtered, sorted and truncated; `more` says the limit cut
 //! the result.
 //!
-//! Reads at the view's current revision scan only the live keyspace (`0x01`);
-//! older revisions walk the history index (`0x02`) and load the records
-//! (`0x03`) of the versions alive at that revision.
+//! Keys, revisions and current-version metadata come from the in-memory
+//! index; at the view's current revision `count_only` and `keys_only` (unless
+//! sorting by value) read no record at all, and full reads fetch each value
+//! with one point `get` of its revision record, only for the keys the limit
+//! keeps. Older revisions find each key's version at that revision in its
+//! history and load its record (which holds that version's metadata).
 
 use keel_api::etcdserverpb::range_request::{SortOrder, SortTarget};
 use keel_api::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
@@ -14,12 +17,13 @@ use keel_api::key_range::KeySelection;
 use keel_api::mvccpb::KeyValue;
 
 use crate::error::{corrupt, MvccError, Result};
+use crate::index::LiveVersion;
 use crate::keys::{self, ChangeKind, Revision};
-use crate::view::KeyspaceView;
+use crate::view::{KeyStates, View};
 
-/// The revisions a view can serve: `current` is what it holds in the live
-/// keyspace (and what response headers carry), `compacted` the floor below
-/// which history is gone.
+/// The revisions a view can serve: `current` is the revision its index's
+/// live versions are at (and what response headers carry), `compacted` the
+/// floor below which history is gone.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ViewRevisions {
     pub current: i64,
@@ -99,7 +103,7 @@ impl Plan {
 
 /// Serves `request` from `view` (revision checks included).
 pub(crate) fn range(
-    view: &dyn KeyspaceView,
+    view: &dyn View,
     revisions: ViewRevisions,
     request: &RangeRequest,
 ) -> Result<RangeResponse> {
@@ -116,30 +120,23 @@ pub(crate) struct Selected {
 
 /// Reads what `request` selects; the caller may release its read lock before
 /// [`Selected::into_response`].
-pub(crate) fn select(
-    view: &dyn KeyspaceView,
-    revisions: ViewRevisions,
-    request: &RangeRequest,
-) -> Result<Selected> {
+pub(crate) fn select(view: &dyn View, revisions: ViewRevisions, request: &RangeRequest) -> Result<Selected> {
     let at = revisions.resolve(request.revision)?;
     let plan = Plan::of(request);
     let selection = KeySelection::from_request(&request.key, &request.range_end);
+    let candidates = key_candidates(view, &selection, plan.reverse_scan);
     let (kvs, count) = if at == revisions.current {
-        let candidates = live_candidates(view, &selection, plan.reverse_scan);
-        gather(candidates, &plan, request.count_only, |(raw_key, value)| {
-            keys::decode_live(&raw_key, &value)
+        // keys_only drops the values after sorting, so only a value sort needs them.
+        let with_values = !request.keys_only || matches!(plan.sort, Some((SortTarget::Value, _)));
+        let live = candidates.filter_map(|(key, state)| state.live().map(|live| (key, live)));
+        gather(live, &plan, request.count_only, |(key, live)| {
+            current_kv(view, key, live, with_values)
         })?
     } else {
-        let mut candidates = historical_candidates(view, &selection, at)?;
-        if plan.reverse_scan {
-            candidates.reverse();
-        }
-        gather(
-            candidates.into_iter().map(Ok),
-            &plan,
-            request.count_only,
-            |(key, revision)| load_put(view, &key, revision),
-        )?
+        let alive = candidates.filter_map(|(key, state)| state.put_at(at).map(|revision| (key, revision)));
+        gather(alive, &plan, request.count_only, |(key, revision)| {
+            load_put(view, key, revision)
+        })?
     };
     Ok(Selected { kvs, count, plan })
 }
@@ -180,7 +177,7 @@ impl Selected {
 /// all: everything when fetching all, the first `limit` otherwise, nothing
 /// for `count_only`.
 fn gather<T>(
-    candidates: impl Iterator<Item = Result<T>>,
+    candidates: impl Iterator<Item = T>,
     plan: &Plan,
     count_only: bool,
     load: impl Fn(T) -> Result<KeyValue>,
@@ -195,7 +192,6 @@ fn gather<T>(
     let mut kvs = Vec::new();
     let mut count = 0usize;
     for candidate in candidates {
-        let candidate = candidate?;
         if count < keep {
             kvs.push(load(candidate)?);
         }
@@ -230,110 +226,65 @@ fn sort_kvs(kvs: &mut [KeyValue], target: SortTarget, descending: bool) {
     });
 }
 
-/// Raw live entries selected by `selection`, in key order (or reverse).
-pub(crate) fn live_candidates<'v>(
-    view: &'v dyn KeyspaceView,
-    selection: &KeySelection<'_>,
+/// The index entries `selection` covers, in key order (or reverse).
+pub(crate) fn key_candidates<'v>(
+    view: &'v dyn View,
+    selection: &KeySelection<'v>,
     reverse: bool,
-) -> Box<dyn Iterator<Item = Result<(sled::IVec, sled::IVec)>> + 'v> {
+) -> KeyStates<'v> {
     match *selection {
-        KeySelection::Single(key) => {
-            let raw_key = keys::live_key(key);
-            let found = match view.get(&raw_key) {
-                Ok(Some(value)) => Some(Ok((sled::IVec::from(raw_key), value))),
-                Ok(None) => None,
-                Err(error) => Some(Err(error)),
-            };
-            Box::new(found.into_iter())
-        }
-        KeySelection::Range { start, end } => {
-            let (low, high) = keys::live_bounds(start, end);
-            view.scan(&low, &high, reverse)
-        }
+        KeySelection::Single(key) => Box::new(view.key_state(key).map(|state| (key, state)).into_iter()),
+        KeySelection::Range { start, end } => view.key_states(start, end, reverse),
     }
 }
 
-/// The current `KeyValue`s selected by `selection` in key order.
-pub(crate) fn live_kvs(view: &dyn KeyspaceView, selection: &KeySelection<'_>) -> Result<Vec<KeyValue>> {
-    live_candidates(view, selection, false)
-        .map(|entry| entry.and_then(|(raw_key, value)| keys::decode_live(&raw_key, &value)))
+/// The live versions `selection` covers, in key order.
+pub(crate) fn live_versions(view: &dyn View, selection: &KeySelection<'_>) -> Vec<(Vec<u8>, LiveVersion)> {
+    key_candidates(view, selection, false)
+        .filter_map(|(key, state)| state.live().map(|live| (key.to_vec(), live)))
         .collect()
 }
 
-/// The keys alive at revision `at` in `selection`, with the revision of
-/// their version at `at`, in key order.
-fn historical_candidates(
-    view: &dyn KeyspaceView,
-    selection: &KeySelection<'_>,
-    at: i64,
-) -> Result<Vec<(Vec<u8>, Revision)>> {
-    let upper_revision = Revision::new(at.saturating_add(1), 0);
-    match *selection {
-        KeySelection::Single(key) => {
-            let low = keys::history_prefix(key);
-            let high = keys::history_key(key, upper_revision);
-            match view.scan(&low, &high, true).next() {
-                None => Ok(Vec::new()),
-                Some(entry) => {
-                    let (raw_key, value) = entry?;
-                    let (_, revision) = keys::split_history_key(&raw_key)?;
-                    match keys::decode_history_value(&value)? {
-                        ChangeKind::Put => Ok(vec![(key.to_vec(), revision)]),
-                        ChangeKind::Tombstone => Ok(Vec::new()),
-                    }
-                }
-            }
-        }
-        KeySelection::Range { start, end } => {
-            let (low, high) = keys::history_bounds(start, end);
-            let mut alive = Vec::new();
-            // The newest entry at or below `at` of the key being walked.
-            let mut newest: Option<(sled::IVec, Revision, ChangeKind)> = None;
-            let flush =
-                |newest: Option<(sled::IVec, Revision, ChangeKind)>, alive: &mut Vec<_>| -> Result<()> {
-                    if let Some((raw_key, revision, ChangeKind::Put)) = newest {
-                        let (escaped, _) = keys::split_history_key(&raw_key)?;
-                        alive.push((keys::unescape_history_key(escaped)?, revision));
-                    }
-                    Ok(())
-                };
-            for entry in view.scan(&low, &high, false) {
-                let (raw_key, value) = entry?;
-                let (escaped, revision) = keys::split_history_key(&raw_key)?;
-                let same_key = match &newest {
-                    Some((newest_key, _, _)) => {
-                        newest_key.len() == raw_key.len() && newest_key.starts_with(escaped)
-                    }
-                    None => false,
-                };
-                if !same_key {
-                    let done = newest.take();
-                    flush(done, &mut alive)?;
-                }
-                if revision.main <= at {
-                    let kind = keys::decode_history_value(&value)?;
-                    newest = Some((raw_key, revision, kind));
-                } else if !same_key {
-                    // A key whose history starts after `at`: remember the key
-                    // only, so its later entries are recognised as the same key.
-                    newest = Some((raw_key, revision, ChangeKind::Tombstone));
-                }
-            }
-            flush(newest, &mut alive)?;
-            Ok(alive)
-        }
-    }
+/// The current `KeyValue` of a live key; with an empty value unless
+/// `with_value`, in which case its record is read.
+pub(crate) fn current_kv(
+    view: &dyn View,
+    key: &[u8],
+    live: LiveVersion,
+    with_value: bool,
+) -> Result<KeyValue> {
+    let value = if with_value {
+        load_value(view, key, live.revision())?
+    } else {
+        Vec::new()
+    };
+    Ok(live.to_kv(key, value))
 }
 
-/// The `KeyValue` a put wrote at `revision`.
-pub(crate) fn load_put(view: &dyn KeyspaceView, key: &[u8], revision: Revision) -> Result<KeyValue> {
-    let value = view.get(&keys::revision_key(revision))?.ok_or_else(|| {
+fn load_record<T>(
+    view: &dyn View,
+    key: &[u8],
+    revision: Revision,
+    read: impl FnOnce(keys::Record<'_>) -> T,
+) -> Result<T> {
+    let bytes = view.record(revision)?.ok_or_else(|| {
         corrupt(format!(
-            "history of {key:?} names revision {revision:?} with no record"
+            "the index names revision {revision:?} of {key:?} but it has no record"
         ))
     })?;
-    match keys::decode_change(&value)? {
-        (ChangeKind::Put, kv) if kv.key == key => Ok(kv),
-        _ => Err(corrupt(format!("revision {revision:?} is not a put of {key:?}"))),
+    let record = keys::decode_record(&bytes)?;
+    if record.kind() != ChangeKind::Put || record.key != key {
+        return Err(corrupt(format!("revision {revision:?} is not a put of {key:?}")));
     }
+    Ok(read(record))
+}
+
+/// The value a put of `key` wrote at `revision`.
+pub(crate) fn load_value(view: &dyn View, key: &[u8], revision: Revision) -> Result<Vec<u8>> {
+    load_record(view, key, revision, |record| record.value.to_vec())
+}
+
+/// The `KeyValue` a put of `key` wrote at `revision`.
+pub(crate) fn load_put(view: &dyn View, key: &[u8], revision: Revision) -> Result<KeyValue> {
+    load_record(view, key, revision, |record| record.to_kv(revision))
 }

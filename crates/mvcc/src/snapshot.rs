@@ -7,20 +7,25 @@
 //! trailer  0x00 u64:record_count u32:crc32(every byte before the crc)
 //! ```
 //!
+//! Format 2 streams carry keyspace format 2 (revision records only; the
+//! in-memory index is not in the stream, it is rebuilt from the records).
+//!
 //! Invariant (atomic flip): an install writes into a FRESH tree, verifies
-//! the trailer and the store meta, flushes, and only then, under the store's
-//! exclusive lock, points [`ACTIVE_POINTER`] at the new tree and swaps it in;
-//! the old tree is dropped afterwards. A truncated or corrupt stream, or a
+//! the trailer and the store meta, builds the new tree's index, flushes, and
+//! only then, under the store's exclusive lock, points [`ACTIVE_POINTER`] at
+//! the new tree and swaps tree and index in together; the old tree is
+//! dropped afterwards. A truncated or corrupt stream, or a
 //! crash at any point before the pointer is written, leaves the active store
 //! untouched (`open` drops a half-filled tree).
 
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 
 use crate::error::{MvccError, Result};
-use crate::store::{keyspace_tree_name, load_meta, Keyspace, Shared, SnapshotStats, ACTIVE_POINTER};
+use crate::store::{keyspace_tree_name, load, Keyspace, Shared, SnapshotStats, ACTIVE_POINTER};
 
 const MAGIC: &[u8; 8] = b"KEELMVCC";
-const STREAM_FORMAT_VERSION: u32 = 1;
+const STREAM_FORMAT_VERSION: u32 = 2;
 const RECORD_TAG: u8 = 0x01;
 const END_TAG: u8 = 0x00;
 
@@ -187,12 +192,12 @@ pub(crate) fn install(shared: &Shared, input: &mut dyn Read) -> Result<SnapshotS
     let name = keyspace_tree_name(generation);
     shared.db.drop_tree(&name)?;
     let tree = shared.db.open_tree(&name)?;
-    let filled = fill(&tree, input).and_then(|stats| match load_meta(&tree) {
-        Ok(Some(revisions)) => Ok((stats, revisions)),
+    let filled = fill(&tree, input).and_then(|stats| match load(&tree) {
+        Ok(Some((revisions, index))) => Ok((stats, revisions, index)),
         Ok(None) => Err(invalid("snapshot holds no store meta")),
-        Err(error) => Err(invalid(format!("snapshot store meta: {error}"))),
+        Err(error) => Err(invalid(format!("snapshot keyspace: {error}"))),
     });
-    let (stats, revisions) = match filled {
+    let (stats, revisions, index) = match filled {
         Ok(filled) => filled,
         Err(error) => {
             drop(tree);
@@ -203,13 +208,23 @@ pub(crate) fn install(shared: &Shared, input: &mut dyn Read) -> Result<SnapshotS
         }
     };
     shared.db.flush()?;
-    let old_generation = {
+    let old = {
         let mut active = shared.write_keyspace();
         shared.db.insert(ACTIVE_POINTER, name.as_bytes())?;
-        let old = std::mem::replace(&mut *active, Keyspace { generation, tree });
+        let old = std::mem::replace(
+            &mut *active,
+            Keyspace {
+                generation,
+                tree,
+                index: Arc::new(index),
+            },
+        );
         shared.set_revisions(revisions);
-        old.generation
+        old
     };
+    // Freed outside the exclusive section: a big index takes a while.
+    let old_generation = old.generation;
+    drop(old);
     shared.db.flush()?;
     if let Err(error) = shared.db.drop_tree(keyspace_tree_name(old_generation)) {
         tracing::warn!(%error, "could not drop the replaced keyspace tree; open will");

@@ -2,15 +2,19 @@
 //! read that does not go through an [`ApplyBatch`].
 //!
 //! Invariants owned here:
-//! - Everything the store owns lives in ONE sled tree (the active keyspace,
-//!   layout in `keys.rs`); the Db's default tree holds only the pointer
-//!   [`ACTIVE_POINTER`] naming it. `open` follows the pointer and drops any
-//!   other keyspace tree (a leftover of an interrupted snapshot install).
-//! - Readers never see a torn batch: a read holds `active` shared for the
-//!   whole time it touches the tree; a commit holds it exclusively only
-//!   around `Tree::apply_batch` (and updates the cached revisions inside the
-//!   same section); a snapshot install holds it exclusively only to flip the
-//!   pointer and swap the tree.
+//! - Everything the store persists lives in ONE sled tree (the active
+//!   keyspace, layout in `keys.rs`); the Db's default tree holds only the
+//!   pointer [`ACTIVE_POINTER`] naming it. `open` follows the pointer and
+//!   drops any other keyspace tree (a leftover of an interrupted snapshot
+//!   install), then rebuilds the in-memory index from the tree's records.
+//! - The tree and its index live together in [`Keyspace`], behind one
+//!   `RwLock`, and always describe the same state. Readers never see a torn
+//!   batch: a read holds `active` shared for the whole time it touches the
+//!   index or the tree; a commit holds it exclusively only around
+//!   `Tree::apply_batch` plus the index update (and updates the cached
+//!   revisions inside the same section); a snapshot install builds the new
+//!   index before and holds it exclusively only to flip the pointer and swap
+//!   tree and index.
 //! - One writer at a time: an `ApplyBatch`, a snapshot dump, a snapshot
 //!   install and a `hash_kv` scan each hold the writer slot for their whole
 //!   life, so the tree a batch reads cannot change under it and a dump or a
@@ -23,8 +27,10 @@ use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::apply::ApplyBatch;
 use crate::error::{corrupt, MvccError, Result};
+use crate::index::{self, Index};
 use crate::keys;
 use crate::range::{self, ViewRevisions};
+use crate::view::CommittedView;
 use crate::{hash, snapshot};
 use keel_api::etcdserverpb::{RangeRequest, RangeResponse};
 
@@ -59,10 +65,21 @@ pub struct MvccStore {
     shared: Arc<Shared>,
 }
 
-/// The active keyspace tree and the name the pointer gives it.
+/// The active keyspace tree, the name the pointer gives it, and its index.
 pub(crate) struct Keyspace {
     pub generation: u64,
     pub tree: sled::Tree,
+    /// Shared only with the one running [`ApplyBatch`] (see its `index`).
+    pub index: Arc<Index>,
+}
+
+impl Keyspace {
+    pub fn view(&self) -> CommittedView<'_> {
+        CommittedView {
+            index: &self.index,
+            tree: &self.tree,
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -140,13 +157,13 @@ fn parse_keyspace_tree_name(name: &[u8]) -> Result<u64> {
 }
 
 /// Reads the store meta of a keyspace tree; `None` if the tree is empty.
-pub(crate) fn load_meta(tree: &sled::Tree) -> Result<Option<ViewRevisions>> {
+/// Returns the compact revision.
+fn load_meta(tree: &sled::Tree) -> Result<Option<i64>> {
     let format = tree.get(keys::META_FORMAT)?;
-    let revision = tree.get(keys::META_REVISION)?;
     let compacted = tree.get(keys::META_COMPACT)?;
-    match (format, revision, compacted) {
-        (None, None, None) if tree.is_empty() => Ok(None),
-        (Some(format), Some(revision), Some(compacted)) => {
+    match (format, compacted) {
+        (None, None) if tree.is_empty() => Ok(None),
+        (Some(format), compacted) => {
             let format = u32::from_be_bytes(
                 format
                     .as_ref()
@@ -155,23 +172,42 @@ pub(crate) fn load_meta(tree: &sled::Tree) -> Result<Option<ViewRevisions>> {
             );
             if format != keys::FORMAT_VERSION {
                 return Err(corrupt(format!(
-                    "keyspace format {format}, this build reads {}",
+                    "keyspace format {format}, this build reads only {} (stores of another \
+                     format are not migrated)",
                     keys::FORMAT_VERSION
                 )));
             }
-            Ok(Some(ViewRevisions {
-                current: keys::decode_i64(&revision, "store revision")?,
-                compacted: keys::decode_i64(&compacted, "compact revision")?,
-            }))
+            let compacted = compacted.ok_or_else(|| corrupt("keyspace without its compact revision"))?;
+            Ok(Some(keys::decode_i64(&compacted, "compact revision")?))
         }
         _ => Err(corrupt("keyspace without its store meta")),
     }
 }
 
+/// Reads a non-empty keyspace tree whole: its meta and its rebuilt index,
+/// with the store revision derived from the records.
+pub(crate) fn load(tree: &sled::Tree) -> Result<Option<(ViewRevisions, Index)>> {
+    let Some(compacted) = load_meta(tree)? else {
+        return Ok(None);
+    };
+    let started = std::time::Instant::now();
+    let (index, last_main) = index::rebuild(tree)?;
+    let current = last_main
+        .unwrap_or(INITIAL_REVISION)
+        .max(compacted)
+        .max(INITIAL_REVISION);
+    tracing::info!(
+        keys = index.len(),
+        revision = current,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "rebuilt the mvcc key index"
+    );
+    Ok(Some((ViewRevisions { current, compacted }, index)))
+}
+
 fn initialize(tree: &sled::Tree) -> Result<ViewRevisions> {
     let mut batch = sled::Batch::default();
     batch.insert(keys::META_FORMAT, &keys::FORMAT_VERSION.to_be_bytes()[..]);
-    batch.insert(keys::META_REVISION, &keys::encode_i64(INITIAL_REVISION)[..]);
     batch.insert(keys::META_COMPACT, &keys::encode_i64(NEVER_COMPACTED)[..]);
     tree.apply_batch(batch)?;
     Ok(ViewRevisions {
@@ -198,16 +234,20 @@ impl MvccStore {
             }
         }
         let tree = db.open_tree(&name)?;
-        let revisions = match load_meta(&tree)? {
-            Some(revisions) => revisions,
-            None => initialize(&tree)?,
+        let (revisions, index) = match load(&tree)? {
+            Some(loaded) => loaded,
+            None => (initialize(&tree)?, Index::new()),
         };
         if pointer.is_none() {
             db.insert(ACTIVE_POINTER, name.as_bytes())?;
         }
         let shared = Shared {
             db: db.clone(),
-            active: RwLock::new(Keyspace { generation, tree }),
+            active: RwLock::new(Keyspace {
+                generation,
+                tree,
+                index: Arc::new(index),
+            }),
             revision: AtomicI64::new(revisions.current),
             compact_revision: AtomicI64::new(revisions.compacted),
             writer_busy: Mutex::new(false),
@@ -234,7 +274,7 @@ impl MvccStore {
         let (selected, revisions) = {
             let keyspace = self.shared.read_keyspace();
             let revisions = self.shared.revisions();
-            (range::select(&keyspace.tree, revisions, request)?, revisions)
+            (range::select(&keyspace.view(), revisions, request)?, revisions)
         };
         Ok(selected.into_response(request, revisions.current))
     }
@@ -266,7 +306,8 @@ impl MvccStore {
             .map(|value| value.to_vec()))
     }
 
-    /// Streams the whole keyspace (data, history, meta, app meta) to `out`.
+    /// Streams the whole keyspace tree (revision records, meta, app meta) to
+    /// `out`; the index is rebuilt from it on install.
     /// Writes wait until the dump is done, so it is one consistent cut.
     pub fn write_snapshot(&self, out: &mut dyn std::io::Write) -> Result<SnapshotStats, MvccError> {
         let _slot = self.shared.acquire_writer();

@@ -28,9 +28,8 @@ use keel_api::mvccpb::KeyValue;
 
 use crate::apply::{ApplyBatch, WriteCursor};
 use crate::error::{corrupt, MvccError, Result};
-use crate::keys;
-use crate::range::{header, live_candidates};
-use crate::view::KeyspaceView;
+use crate::range::{self, header, key_candidates};
+use crate::view::View;
 
 /// Which branch a txn takes, and the decisions of the nested txns in it, in
 /// order of appearance.
@@ -58,7 +57,7 @@ pub(crate) fn apply_txn(batch: &mut ApplyBatch<'_>, request: &TxnRequest) -> Res
     Ok(response)
 }
 
-fn decide(view: &dyn KeyspaceView, txn: &TxnRequest) -> Result<Decision> {
+fn decide(view: &dyn View, txn: &TxnRequest) -> Result<Decision> {
     let mut succeeded = true;
     for compare in &txn.compare {
         if !compare_holds(view, compare)? {
@@ -78,14 +77,18 @@ fn decide(view: &dyn KeyspaceView, txn: &TxnRequest) -> Result<Decision> {
 
 /// A compare over a key or a range: every key present must satisfy it; with
 /// no key present it is judged on an empty `KeyValue`, except that a VALUE
-/// compare on a missing key is false.
-fn compare_holds(view: &dyn KeyspaceView, compare: &Compare) -> Result<bool> {
+/// compare on a missing key is false. Only a VALUE compare reads records;
+/// the others are answered from the index.
+fn compare_holds(view: &dyn View, compare: &Compare) -> Result<bool> {
     let selection = KeySelection::from_request(&compare.key, &compare.range_end);
+    let with_value = compare.target == CompareTarget::Value as i32;
     let mut any = false;
-    for entry in live_candidates(view, &selection, false) {
-        let (raw_key, value) = entry?;
+    for (key, state) in key_candidates(view, &selection, false) {
+        let Some(live) = state.live() else {
+            continue;
+        };
         any = true;
-        if !compare_kv(compare, &keys::decode_live(&raw_key, &value)?) {
+        if !compare_kv(compare, &range::current_kv(view, key, live, with_value)?) {
             return Ok(false);
         }
     }
@@ -165,7 +168,10 @@ fn check_put(batch: &ApplyBatch<'_>, op: &RequestOp) -> Result<()> {
         return Ok(());
     };
     if put.ignore_value || put.ignore_lease {
-        let present = batch.view().get(&keys::live_key(&put.key))?.is_some();
+        let present = batch
+            .view()
+            .key_state(&put.key)
+            .is_some_and(|state| state.live().is_some());
         if !present {
             return Err(MvccError::KeyNotFound);
         }

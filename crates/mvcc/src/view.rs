@@ -1,159 +1,198 @@
-//! Read access to the raw keyspace, either the committed sled tree alone or
-//! the tree with an apply batch's pending writes laid over it
-//! ([`Overlay`], which also owns the per-request undo log).
+//! What reads see: the in-memory index for keys and revisions, the sled
+//! tree for record bytes. A [`CommittedView`] is the committed state (taken
+//! under the store's read lock); a [`BatchView`] lays an apply batch's
+//! pending records ([`Overlay`]) and index deltas ([`IndexOverlay`]) over it.
 //!
-//! Invariant: a [`BatchView`] answers exactly what the tree would answer
-//! after the overlay were applied to it (read-your-writes, scans included).
+//! Invariant: a [`BatchView`] answers exactly what a [`CommittedView`] would
+//! answer after the batch were committed (read-your-writes, scans included,
+//! in both directions).
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
 use std::iter::Peekable;
-use std::ops::Bound;
 
 use sled::IVec;
 
 use crate::error::{MvccError, Result};
+use crate::index::{Index, IndexKey, KeyHistory, KeyState, PendingKey};
+use crate::keys::{self, Revision};
+use crate::overlay::{key_range, IndexOverlay, Overlay};
 
+pub(crate) type KeyStates<'a> = Box<dyn Iterator<Item = (&'a [u8], KeyState<'a>)> + 'a>;
 pub(crate) type RawEntry = (IVec, IVec);
 pub(crate) type RawIter<'a> = Box<dyn Iterator<Item = Result<RawEntry>> + 'a>;
-/// Overlay entries in a range: `Some` sets, `None` removes.
-type PendingIter<'a> = Box<dyn Iterator<Item = (&'a IVec, &'a Option<IVec>)> + 'a>;
 
-/// A readable raw keyspace.
-pub(crate) trait KeyspaceView {
-    fn get(&self, key: &[u8]) -> Result<Option<IVec>>;
-    /// Entries with keys in `[start, end)`, ascending or descending.
-    fn scan(&self, start: &[u8], end: &[u8], reverse: bool) -> RawIter<'_>;
+/// A readable keyspace at one revision.
+pub(crate) trait View {
+    /// The history of `key`, if it has any left.
+    fn key_state(&self, key: &[u8]) -> Option<KeyState<'_>>;
+    /// The keys with history in `[start, end)` (`None` = unbounded), in key
+    /// order or reversed.
+    fn key_states(&self, start: &[u8], end: Option<&[u8]>, reverse: bool) -> KeyStates<'_>;
+    /// The raw bytes of the record at `revision`.
+    fn record(&self, revision: Revision) -> Result<Option<IVec>>;
 }
 
-impl KeyspaceView for sled::Tree {
-    fn get(&self, key: &[u8]) -> Result<Option<IVec>> {
-        Ok(sled::Tree::get(self, key)?)
-    }
-
-    fn scan(&self, start: &[u8], end: &[u8], reverse: bool) -> RawIter<'_> {
-        if start >= end {
-            return Box::new(std::iter::empty());
-        }
-        let entries = self.range(start..end).map(|entry| entry.map_err(MvccError::from));
-        if reverse {
-            Box::new(entries.rev())
-        } else {
-            Box::new(entries)
-        }
-    }
-}
-
-/// The pending writes of an apply batch: `Some(value)` sets, `None` removes.
-#[derive(Default)]
-pub(crate) struct Overlay {
-    pending: BTreeMap<IVec, Option<IVec>>,
-    /// While a request runs: the overlay's previous entry for every key it
-    /// touched (first touch only), so a failed request can be undone.
-    undo: Option<BTreeMap<IVec, Option<Option<IVec>>>>,
-}
-
-impl Overlay {
-    pub fn insert(&mut self, key: impl Into<IVec>, value: impl Into<IVec>) {
-        self.write(key.into(), Some(value.into()));
-    }
-
-    pub fn remove(&mut self, key: impl Into<IVec>) {
-        self.write(key.into(), None);
-    }
-
-    fn write(&mut self, key: IVec, value: Option<IVec>) {
-        let previous = self.pending.insert(key.clone(), value);
-        if let Some(undo) = &mut self.undo {
-            undo.entry(key).or_insert(previous);
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
-    }
-
-    /// Starts recording what the next request changes.
-    pub fn begin_request(&mut self) {
-        self.undo = Some(BTreeMap::new());
-    }
-
-    /// Keeps the request's changes.
-    pub fn finish_request(&mut self) {
-        self.undo = None;
-    }
-
-    /// Restores the overlay to what it was at [`Overlay::begin_request`].
-    pub fn roll_back_request(&mut self) {
-        for (key, previous) in self.undo.take().unwrap_or_default() {
-            match previous {
-                Some(previous) => {
-                    self.pending.insert(key, previous);
-                }
-                None => {
-                    self.pending.remove(&key);
-                }
-            }
-        }
-    }
-
-    pub fn into_batch(self) -> sled::Batch {
-        let mut batch = sled::Batch::default();
-        for (key, value) in self.pending {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
-            }
-        }
-        batch
-    }
-
-    fn range(&self, start: &[u8], end: &[u8]) -> std::collections::btree_map::Range<'_, IVec, Option<IVec>> {
-        self.pending
-            .range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)))
-    }
-}
-
-/// The committed tree with an overlay of pending writes on top.
-pub(crate) struct BatchView<'a> {
+/// The committed index and tree.
+#[derive(Clone, Copy)]
+pub(crate) struct CommittedView<'a> {
+    pub index: &'a Index,
     pub tree: &'a sled::Tree,
-    pub overlay: &'a Overlay,
 }
 
-impl KeyspaceView for BatchView<'_> {
-    fn get(&self, key: &[u8]) -> Result<Option<IVec>> {
-        match self.overlay.pending.get(key) {
-            Some(pending) => Ok(pending.clone()),
-            None => KeyspaceView::get(self.tree, key),
+impl View for CommittedView<'_> {
+    fn key_state(&self, key: &[u8]) -> Option<KeyState<'_>> {
+        self.index.get(key).map(KeyHistory::state)
+    }
+
+    fn key_states(&self, start: &[u8], end: Option<&[u8]>, reverse: bool) -> KeyStates<'_> {
+        let entries = key_range(self.index, start, end);
+        if reverse {
+            Box::new(entries.rev().map(entry_state))
+        } else {
+            Box::new(entries.map(entry_state))
         }
     }
 
-    fn scan(&self, start: &[u8], end: &[u8], reverse: bool) -> RawIter<'_> {
+    fn record(&self, revision: Revision) -> Result<Option<IVec>> {
+        Ok(self.tree.get(keys::revision_key(revision))?)
+    }
+}
+
+fn entry_state<'a>((key, history): (&'a IndexKey, &'a KeyHistory)) -> (&'a [u8], KeyState<'a>) {
+    (key.as_slice(), history.state())
+}
+
+/// The committed state with an apply batch's pending writes on top.
+pub(crate) struct BatchView<'a> {
+    pub committed: CommittedView<'a>,
+    pub overlay: &'a Overlay,
+    pub keys: &'a IndexOverlay,
+}
+
+impl BatchView<'_> {
+    /// Raw tree entries with keys in `[start, end)`, pending writes included.
+    pub fn scan(&self, start: &[u8], end: &[u8]) -> RawIter<'_> {
         if start >= end {
             return Box::new(std::iter::empty());
         }
-        let committed = self.tree.scan(start, end, reverse);
-        let pending: PendingIter<'_> = if reverse {
-            Box::new(self.overlay.range(start, end).rev())
-        } else {
-            Box::new(self.overlay.range(start, end))
-        };
-        Box::new(Merged {
+        let committed = self
+            .committed
+            .tree
+            .range(start..end)
+            .map(|entry| entry.map_err(MvccError::from));
+        Box::new(RawMerge {
             committed: committed.peekable(),
-            pending: pending.peekable(),
-            reverse,
+            pending: self.overlay.range(start, end).peekable(),
         })
     }
 }
 
-/// Merges a committed scan with the overlay's entries in the same range;
-/// the overlay wins on equal keys and its removals hide committed entries.
-struct Merged<'a, C: Iterator<Item = Result<RawEntry>>> {
+impl View for BatchView<'_> {
+    fn key_state(&self, key: &[u8]) -> Option<KeyState<'_>> {
+        let committed = self.committed.index.get(key);
+        match self.keys.get(key) {
+            Some(pending) => Some(pending.state(committed)).filter(|state| !state.is_empty()),
+            None => committed.map(KeyHistory::state),
+        }
+    }
+
+    fn key_states(&self, start: &[u8], end: Option<&[u8]>, reverse: bool) -> KeyStates<'_> {
+        let committed = key_range(self.committed.index, start, end);
+        let pending = self.keys.range(start, end);
+        if reverse {
+            Box::new(KeyMerge::new(committed.rev(), pending.rev(), true))
+        } else {
+            Box::new(KeyMerge::new(committed, pending, false))
+        }
+    }
+
+    fn record(&self, revision: Revision) -> Result<Option<IVec>> {
+        let key = keys::revision_key(revision);
+        match self.overlay.get(&key) {
+            Some(pending) => Ok(pending.clone()),
+            None => Ok(self.committed.tree.get(key)?),
+        }
+    }
+}
+
+/// Merges committed index entries with pending ones in the same key range;
+/// a pending entry is a delta over the committed entry of its key.
+struct KeyMerge<'a, C, P>
+where
+    C: Iterator<Item = (&'a IndexKey, &'a KeyHistory)>,
+    P: Iterator<Item = (&'a IndexKey, &'a PendingKey)>,
+{
     committed: Peekable<C>,
-    pending: Peekable<PendingIter<'a>>,
+    pending: Peekable<P>,
     reverse: bool,
 }
 
-impl<C: Iterator<Item = Result<RawEntry>>> Iterator for Merged<'_, C> {
+impl<'a, C, P> KeyMerge<'a, C, P>
+where
+    C: Iterator<Item = (&'a IndexKey, &'a KeyHistory)>,
+    P: Iterator<Item = (&'a IndexKey, &'a PendingKey)>,
+{
+    fn new(committed: C, pending: P, reverse: bool) -> Self {
+        KeyMerge {
+            committed: committed.peekable(),
+            pending: pending.peekable(),
+            reverse,
+        }
+    }
+}
+
+impl<'a, C, P> Iterator for KeyMerge<'a, C, P>
+where
+    C: Iterator<Item = (&'a IndexKey, &'a KeyHistory)>,
+    P: Iterator<Item = (&'a IndexKey, &'a PendingKey)>,
+{
+    type Item = (&'a [u8], KeyState<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let order = match (self.committed.peek(), self.pending.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some((committed, _)), Some((pending, _))) => {
+                    let order = committed.cmp(pending);
+                    if self.reverse {
+                        order.reverse()
+                    } else {
+                        order
+                    }
+                }
+            };
+            let item = match order {
+                Ordering::Less => self.committed.next().map(entry_state),
+                Ordering::Equal => {
+                    let committed = self.committed.next().map(|(_, history)| history);
+                    self.pending
+                        .next()
+                        .map(|(key, pending)| (key.as_slice(), pending.state(committed)))
+                }
+                Ordering::Greater => self
+                    .pending
+                    .next()
+                    .map(|(key, pending)| (key.as_slice(), pending.state(None))),
+            };
+            match item {
+                Some((_, state)) if state.is_empty() => continue,
+                item => return item,
+            }
+        }
+    }
+}
+
+/// Merges a committed tree scan with the overlay's entries in the same
+/// range (ascending); the overlay wins on equal keys and its removals hide
+/// committed entries.
+struct RawMerge<'a, C: Iterator<Item = Result<RawEntry>>> {
+    committed: Peekable<C>,
+    pending: Peekable<std::collections::btree_map::Range<'a, IVec, Option<IVec>>>,
+}
+
+impl<C: Iterator<Item = Result<RawEntry>>> Iterator for RawMerge<'_, C> {
     type Item = Result<RawEntry>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -163,15 +202,13 @@ impl<C: Iterator<Item = Result<RawEntry>>> Iterator for Merged<'_, C> {
                 (Some(Err(_)), _) | (Some(Ok(_)), None) => return self.committed.next(),
                 (None, Some(_)) => true,
                 (Some(Ok((committed_key, _))), Some((pending_key, _))) => {
-                    let order = committed_key.as_ref().cmp(pending_key.as_ref());
-                    let order = if self.reverse { order.reverse() } else { order };
-                    match order {
-                        std::cmp::Ordering::Less => return self.committed.next(),
-                        std::cmp::Ordering::Equal => {
+                    match committed_key.as_ref().cmp(pending_key.as_ref()) {
+                        Ordering::Less => return self.committed.next(),
+                        Ordering::Equal => {
                             self.committed.next();
                             true
                         }
-                        std::cmp::Ordering::Greater => true,
+                        Ordering::Greater => true,
                     }
                 }
             };
@@ -187,16 +224,20 @@ impl<C: Iterator<Item = Result<RawEntry>>> Iterator for Merged<'_, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::{Change, LiveVersion};
+    use crate::keys::{ChangeKind, PutMeta};
 
-    fn collect(view: &dyn KeyspaceView, start: &[u8], end: &[u8], reverse: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
-        view.scan(start, end, reverse)
-            .map(|entry| entry.map(|(k, v)| (k.to_vec(), v.to_vec())))
-            .collect::<Result<_>>()
-            .expect("scan")
+    fn live(main: i64) -> LiveVersion {
+        let meta = PutMeta {
+            create_revision: main,
+            version: 1,
+            lease: 0,
+        };
+        LiveVersion::new(Revision::new(main, 0), meta).expect("live")
     }
 
     #[test]
-    fn merged_scans_see_pending_writes_and_removals_both_ways() {
+    fn merged_raw_scans_see_pending_writes_and_removals() {
         let db = sled::Config::new().temporary(true).open().expect("db");
         let tree = db.open_tree("t").expect("tree");
         for key in [b"a", b"c", b"e", b"g"] {
@@ -208,11 +249,21 @@ mod tests {
         overlay.remove(&b"e"[..]);
         overlay.remove(&b"f"[..]);
         overlay.insert(&b"h"[..], &b"new"[..]);
+        let index = Index::new();
+        let keys = IndexOverlay::default();
         let view = BatchView {
-            tree: &tree,
+            committed: CommittedView {
+                index: &index,
+                tree: &tree,
+            },
             overlay: &overlay,
+            keys: &keys,
         };
-        let forward = collect(&view, b"a", b"z", false);
+        let scanned: Vec<(Vec<u8>, Vec<u8>)> = view
+            .scan(b"a", b"z")
+            .map(|entry| entry.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<_>>()
+            .expect("scan");
         let expected: Vec<(Vec<u8>, Vec<u8>)> = vec![
             (b"a".to_vec(), b"old".to_vec()),
             (b"b".to_vec(), b"new".to_vec()),
@@ -220,31 +271,58 @@ mod tests {
             (b"g".to_vec(), b"old".to_vec()),
             (b"h".to_vec(), b"new".to_vec()),
         ];
-        assert_eq!(forward, expected);
-        let mut backward = collect(&view, b"a", b"z", true);
-        backward.reverse();
-        assert_eq!(backward, expected);
-        assert_eq!(collect(&view, b"b", b"d", false).len(), 2);
-        assert!(collect(&view, b"d", b"a", false).is_empty());
-        assert_eq!(view.get(b"e").expect("get"), None);
-        assert_eq!(view.get(b"c").expect("get").as_deref(), Some(&b"new"[..]));
-        assert_eq!(view.get(b"g").expect("get").as_deref(), Some(&b"old"[..]));
+        assert_eq!(scanned, expected);
+        assert_eq!(view.scan(b"d", b"a").count(), 0);
     }
 
     #[test]
-    fn rolled_back_requests_leave_the_overlay_as_before() {
-        let mut overlay = Overlay::default();
-        overlay.insert(&b"a"[..], &b"1"[..]);
-        overlay.begin_request();
-        overlay.insert(&b"a"[..], &b"2"[..]);
-        overlay.insert(&b"a"[..], &b"3"[..]);
-        overlay.remove(&b"b"[..]);
-        overlay.roll_back_request();
-        let pending: Vec<_> = overlay
-            .pending
-            .iter()
-            .map(|(k, v)| (k.to_vec(), v.clone()))
-            .collect();
-        assert_eq!(pending, vec![(b"a".to_vec(), Some(IVec::from(&b"1"[..])))]);
+    fn merged_key_scans_see_pending_keys_both_ways() {
+        let db = sled::Config::new().temporary(true).open().expect("db");
+        let tree = db.open_tree("t").expect("tree");
+        let mut index = Index::new();
+        for (main, key) in [(2, "a"), (3, "c"), (4, "e")] {
+            let mut pending = PendingKey::of(None);
+            pending.put(live(main));
+            crate::index::apply_pending(&mut index, IndexKey::new(key.as_bytes()), pending);
+        }
+        let mut keys = IndexOverlay::default();
+        keys.entry(b"b", None).put(live(5));
+        let tombstone = Change::new(Revision::new(5, 1), ChangeKind::Tombstone).expect("change");
+        keys.entry(b"c", index.get(&b"c"[..])).tombstone(tombstone);
+        // "e" compacted away entirely inside the batch.
+        keys.entry(b"e", index.get(&b"e"[..]))
+            .tombstone(Change::new(Revision::new(5, 2), ChangeKind::Tombstone).expect("change"));
+        keys.entry(b"e", index.get(&b"e"[..]))
+            .drop_oldest(2, index.get(&b"e"[..]));
+        let overlay = Overlay::default();
+        let view = BatchView {
+            committed: CommittedView {
+                index: &index,
+                tree: &tree,
+            },
+            overlay: &overlay,
+            keys: &keys,
+        };
+        let listed = |reverse| -> Vec<(Vec<u8>, bool)> {
+            view.key_states(b"", None, reverse)
+                .map(|(key, state)| (key.to_vec(), state.live().is_some()))
+                .collect()
+        };
+        let forward = listed(false);
+        let expected = vec![
+            (b"a".to_vec(), true),
+            (b"b".to_vec(), true),
+            (b"c".to_vec(), false),
+        ];
+        assert_eq!(forward, expected);
+        let mut backward = listed(true);
+        backward.reverse();
+        assert_eq!(backward, expected);
+        assert!(view.key_state(b"e").is_none());
+        assert_eq!(
+            view.key_state(b"c").and_then(|s| s.put_at(4)),
+            Some(Revision::new(3, 0))
+        );
+        assert_eq!(view.key_states(b"b", Some(b"c"), false).count(), 1);
     }
 }

@@ -97,33 +97,73 @@ fn open_drops_a_half_installed_keyspace_and_keeps_the_active_one() {
     assert_eq!(names, vec![sled::IVec::from(&b"keel-mvcc/keyspace/0"[..])]);
 }
 
+/// The raw key of the revision record at `main.sub` (layout of format 2).
+fn revision_key(main: i64, sub: i64) -> Vec<u8> {
+    let mut key = vec![0x03];
+    key.extend_from_slice(&main.to_be_bytes());
+    key.extend_from_slice(&sub.to_be_bytes());
+    key
+}
+
 #[test]
 fn corrupt_records_are_errors_not_panics() {
     let t = temp_store();
     put(&t.store, "good", "1");
     put(&t.store, "good", "2");
+    put(&t.store, "other", "1");
     let tree = active_tree(&t.db);
-    tree.insert(b"\x01bad", &b"\xff\xff\xff"[..]).expect("insert");
+    // The record the current version of "good" (revision 3) points at is garbage.
+    tree.insert(revision_key(3, 0), &b"\xff\xff\xff"[..])
+        .expect("insert");
     let result = t.store.range(&range_request("a", "z"));
     assert!(matches!(result, Err(MvccError::Corrupt(_))), "{result:?}");
+    // Keys-only and count-only reads come from the index alone.
+    let keys_only = t
+        .store
+        .range(&RangeRequest {
+            keys_only: true,
+            ..range_request("a", "z")
+        })
+        .expect("keys only");
+    assert_eq!(keys_of(&keys_only.kvs), vec!["good", "other"]);
     assert_eq!(
-        get(&t.store, "good").map(|kv| value_of(&kv)),
-        Some("2".to_string())
+        get_at(&t.store, "good", 2).expect("read").map(|kv| value_of(&kv)),
+        Some("1".into())
     );
-    // A history entry naming a revision with no record.
-    tree.insert(
-        b"\x02h\x00\x01\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00",
-        &b"p"[..],
-    )
-    .expect("insert");
-    let historical = t.store.range(&RangeRequest {
-        revision: 2,
-        ..range_request("h", "")
-    });
-    assert!(matches!(historical, Err(MvccError::Corrupt(_))), "{historical:?}");
-    tree.insert(b"\x00\x00revision", &b"short"[..]).expect("insert");
+    // A record of another key where the index expects one of "good".
+    tree.insert(revision_key(2, 0), &b"p\x05other\x02\x01\x00x"[..])
+        .expect("insert");
+    assert!(matches!(get_at(&t.store, "good", 2), Err(MvccError::Corrupt(_))));
+    // A record the index names is missing.
+    tree.remove(revision_key(4, 0)).expect("remove");
+    assert!(matches!(
+        t.store.range(&range_request("other", "")),
+        Err(MvccError::Corrupt(_))
+    ));
     drop(tree);
     let TestStore { dir: _dir, db, store } = t;
     drop(store);
+    // Rebuilding the index on open decodes every record.
     assert!(matches!(MvccStore::open(&db), Err(MvccError::Corrupt(_))));
+    let tree = active_tree(&db);
+    tree.remove(revision_key(3, 0)).expect("remove");
+    MvccStore::open(&db).expect("open without the garbage record");
+    tree.insert(b"\x00\x00compact", &b"short"[..]).expect("insert");
+    assert!(matches!(MvccStore::open(&db), Err(MvccError::Corrupt(_))));
+}
+
+#[test]
+fn a_keyspace_of_another_format_is_refused() {
+    let t = temp_store();
+    put(&t.store, "k", "v");
+    let tree = active_tree(&t.db);
+    tree.insert(b"\x00\x00format", &1u32.to_be_bytes()[..])
+        .expect("insert");
+    drop(tree);
+    let TestStore { dir: _dir, db, store } = t;
+    drop(store);
+    match MvccStore::open(&db) {
+        Err(MvccError::Corrupt(message)) => assert!(message.contains("format 1"), "{message}"),
+        other => panic!("expected a format error, got {:?}", other.map(|_| ())),
+    }
 }

@@ -1,10 +1,12 @@
 //! keel-mvcc's behaviour through its public API: etcd's revision, range,
-//! txn and compaction semantics, durability, snapshots, and a model check.
+//! txn and compaction semantics, durability, snapshots, the in-memory
+//! index, and a model check.
 
 mod common;
 
 mod compaction;
 mod durability;
+mod index;
 mod model;
 mod puts_and_deletes;
 mod ranges;

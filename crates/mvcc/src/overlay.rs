@@ -1,0 +1,223 @@
+//! The pending writes of an apply batch, each with its per-request undo log:
+//! [`Overlay`] for raw tree entries (revision records, meta, app meta) and
+//! [`IndexOverlay`] for the in-memory index ([`PendingKey`] deltas).
+//!
+//! Invariant: between `begin_request` and `finish_request` both overlays
+//! remember the first previous state of everything the request touched, so
+//! `roll_back_request` restores both exactly (a failed request leaves no
+//! trace in the batch, neither on disk nor in the index).
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use sled::IVec;
+
+use crate::index::{IndexKey, KeyHistory, PendingKey};
+
+/// The pending writes of an apply batch: `Some(value)` sets, `None` removes.
+#[derive(Default)]
+pub(crate) struct Overlay {
+    pending: BTreeMap<IVec, Option<IVec>>,
+    /// While a request runs: the overlay's previous entry for every key it
+    /// touched (first touch only), so a failed request can be undone.
+    undo: Option<BTreeMap<IVec, Option<Option<IVec>>>>,
+}
+
+impl Overlay {
+    pub fn insert(&mut self, key: impl Into<IVec>, value: impl Into<IVec>) {
+        self.write(key.into(), Some(value.into()));
+    }
+
+    pub fn remove(&mut self, key: impl Into<IVec>) {
+        self.write(key.into(), None);
+    }
+
+    fn write(&mut self, key: IVec, value: Option<IVec>) {
+        let previous = self.pending.insert(key.clone(), value);
+        if let Some(undo) = &mut self.undo {
+            undo.entry(key).or_insert(previous);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Starts recording what the next request changes.
+    pub fn begin_request(&mut self) {
+        self.undo = Some(BTreeMap::new());
+    }
+
+    /// Keeps the request's changes.
+    pub fn finish_request(&mut self) {
+        self.undo = None;
+    }
+
+    /// Restores the overlay to what it was at [`Overlay::begin_request`].
+    pub fn roll_back_request(&mut self) {
+        for (key, previous) in self.undo.take().unwrap_or_default() {
+            match previous {
+                Some(previous) => {
+                    self.pending.insert(key, previous);
+                }
+                None => {
+                    self.pending.remove(&key);
+                }
+            }
+        }
+    }
+
+    pub fn into_batch(self) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for (key, value) in self.pending {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        batch
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&Option<IVec>> {
+        self.pending.get(key)
+    }
+
+    pub fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+    ) -> std::collections::btree_map::Range<'_, IVec, Option<IVec>> {
+        self.pending
+            .range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)))
+    }
+}
+
+/// The pending index changes of an apply batch, by user key.
+#[derive(Default)]
+pub(crate) struct IndexOverlay {
+    pending: BTreeMap<IndexKey, PendingKey>,
+    /// While a request runs: the previous pending entry of every key it
+    /// touched (first touch only).
+    undo: Option<BTreeMap<IndexKey, Option<PendingKey>>>,
+}
+
+impl IndexOverlay {
+    pub fn get(&self, key: &[u8]) -> Option<&PendingKey> {
+        self.pending.get(key)
+    }
+
+    /// The pending entry of `key` to change, starting from the committed
+    /// `committed` on first touch in the batch.
+    pub fn entry(&mut self, key: &[u8], committed: Option<&KeyHistory>) -> &mut PendingKey {
+        if let Some(undo) = &mut self.undo {
+            if !undo.contains_key(key) {
+                undo.insert(IndexKey::new(key), self.pending.get(key).cloned());
+            }
+        }
+        self.pending
+            .entry(IndexKey::new(key))
+            .or_insert_with(|| PendingKey::of(committed))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    pub fn begin_request(&mut self) {
+        self.undo = Some(BTreeMap::new());
+    }
+
+    pub fn finish_request(&mut self) {
+        self.undo = None;
+    }
+
+    pub fn roll_back_request(&mut self) {
+        for (key, previous) in self.undo.take().unwrap_or_default() {
+            match previous {
+                Some(previous) => {
+                    self.pending.insert(key, previous);
+                }
+                None => {
+                    self.pending.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Pending entries with keys in `[start, end)` (`None` = unbounded).
+    pub fn range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> std::collections::btree_map::Range<'_, IndexKey, PendingKey> {
+        key_range(&self.pending, start, end)
+    }
+
+    pub fn into_pending(self) -> BTreeMap<IndexKey, PendingKey> {
+        self.pending
+    }
+}
+
+/// `map`'s entries with keys in `[start, end)`; empty (not a panic) when
+/// `end <= start`.
+pub(crate) fn key_range<'a, V>(
+    map: &'a BTreeMap<IndexKey, V>,
+    start: &[u8],
+    end: Option<&[u8]>,
+) -> std::collections::btree_map::Range<'a, IndexKey, V> {
+    let upper = match end {
+        Some(end) if end <= start => Bound::Excluded(start),
+        Some(end) => Bound::Excluded(end),
+        None => Bound::Unbounded,
+    };
+    map.range::<[u8], _>((Bound::Included(start), upper))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::LiveVersion;
+    use crate::keys::{PutMeta, Revision};
+
+    #[test]
+    fn rolled_back_requests_leave_the_overlay_as_before() {
+        let mut overlay = Overlay::default();
+        overlay.insert(&b"a"[..], &b"1"[..]);
+        overlay.begin_request();
+        overlay.insert(&b"a"[..], &b"2"[..]);
+        overlay.insert(&b"a"[..], &b"3"[..]);
+        overlay.remove(&b"b"[..]);
+        overlay.roll_back_request();
+        let pending: Vec<_> = overlay
+            .pending
+            .iter()
+            .map(|(k, v)| (k.to_vec(), v.clone()))
+            .collect();
+        assert_eq!(pending, vec![(b"a".to_vec(), Some(IVec::from(&b"1"[..])))]);
+    }
+
+    #[test]
+    fn rolled_back_requests_leave_the_index_overlay_as_before() {
+        let live = |main| {
+            let meta = PutMeta {
+                create_revision: 2,
+                version: 1,
+                lease: 0,
+            };
+            LiveVersion::new(Revision::new(main, 0), meta).expect("live")
+        };
+        let mut overlay = IndexOverlay::default();
+        overlay.entry(b"a", None).put(live(2));
+        overlay.begin_request();
+        overlay.entry(b"a", None).put(live(3));
+        overlay.entry(b"b", None).put(live(3));
+        overlay.roll_back_request();
+        assert!(overlay.get(b"b").is_none());
+        let state = overlay.get(b"a").expect("a").state(None);
+        assert_eq!(state.live(), Some(live(2)));
+        assert_eq!(state.changes().count(), 1);
+        assert_eq!(overlay.range(b"a", Some(b"a")).count(), 0);
+        assert_eq!(overlay.range(b"b", Some(b"a")).count(), 0);
+        assert_eq!(overlay.range(b"a", None).count(), 1);
+    }
+}
