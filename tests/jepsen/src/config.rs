@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("unknown nemesis {0:?} (expected partition-halves, partition-leader, partition-ring, kill, pause, all or none)")]
+    #[error("unknown nemesis {0:?} (expected partition-halves, partition-leader, partition-ring, kill, pause, kill-all, all or none)")]
     UnknownNemesis(String),
     #[error("{0}")]
     Invalid(String),
@@ -60,6 +60,9 @@ pub enum NemesisKind {
     Kill,
     /// SIGSTOP a member (the leader half of the time), SIGCONT later.
     Pause,
+    /// kill -9 every member at once, all restarted later. Not part of
+    /// `all`: name it explicitly.
+    KillAll,
 }
 
 impl NemesisKind {
@@ -71,6 +74,9 @@ impl NemesisKind {
         NemesisKind::Pause,
     ];
 
+    /// Kinds that `all` leaves out and that must be named.
+    pub const EXTRA: [NemesisKind; 1] = [NemesisKind::KillAll];
+
     pub fn name(self) -> &'static str {
         match self {
             NemesisKind::PartitionHalves => "partition-halves",
@@ -78,6 +84,7 @@ impl NemesisKind {
             NemesisKind::PartitionRing => "partition-ring",
             NemesisKind::Kill => "kill",
             NemesisKind::Pause => "pause",
+            NemesisKind::KillAll => "kill-all",
         }
     }
 }
@@ -98,6 +105,7 @@ pub fn parse_nemeses(spec: &str) -> Result<Vec<NemesisKind>, ConfigError> {
             other => {
                 let kind = NemesisKind::ALL
                     .into_iter()
+                    .chain(NemesisKind::EXTRA)
                     .find(|k| k.name() == other)
                     .ok_or_else(|| ConfigError::UnknownNemesis(other.to_string()))?;
                 kinds.push(kind);
@@ -206,6 +214,11 @@ mod tests {
             vec![NemesisKind::PartitionLeader, NemesisKind::Kill]
         );
         assert_eq!(parse_nemeses("none").unwrap(), vec![]);
+        assert!(!parse_nemeses("all").unwrap().contains(&NemesisKind::KillAll));
+        assert_eq!(
+            parse_nemeses("all,kill-all").unwrap().last(),
+            Some(&NemesisKind::KillAll)
+        );
         assert_eq!(
             parse_nemeses("kill,bogus"),
             Err(ConfigError::UnknownNemesis("bogus".into()))

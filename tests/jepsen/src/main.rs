@@ -47,7 +47,7 @@ struct RunArgs {
     #[arg(long, value_enum, default_value_t = Workload::Register)]
     workload: Workload,
     /// Comma list of partition-halves, partition-leader, partition-ring,
-    /// kill, pause; or all, or none.
+    /// kill, pause, kill-all; or all (the first five), or none.
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Seconds of quiet between faults, and how long each fault lasts.

@@ -42,7 +42,7 @@ pub enum NemesisError {
 #[derive(Debug, Clone)]
 enum Fault {
     Partition(Grudge),
-    Killed(usize),
+    Killed(Vec<usize>),
     Paused(usize),
 }
 
@@ -220,7 +220,21 @@ impl Nemesis {
                     Err(error) => format!("kill -9 {}{role} failed: {error}", names[target]),
                 };
                 self.record("start", Some(kind), detail, start, Some(target));
-                Ok(Fault::Killed(target))
+                Ok(Fault::Killed(vec![target]))
+            }
+            NemesisKind::KillAll => {
+                let mut cluster = self.cluster.lock().await;
+                let failures: Vec<String> = (0..n)
+                    .filter_map(|i| cluster.kill(i).err().map(|e| format!("{}: {e}", names[i])))
+                    .collect();
+                drop(cluster);
+                let detail = if failures.is_empty() {
+                    "kill -9 every member".to_string()
+                } else {
+                    format!("kill -9 every member; failed for {}", failures.join(", "))
+                };
+                self.record("start", Some(kind), detail, start, None);
+                Ok(Fault::Killed((0..n).collect()))
             }
             NemesisKind::Pause => {
                 let (target, was_leader) = self.victim().await;
@@ -250,14 +264,19 @@ impl Nemesis {
                 let detail = format!("healed {}", pairs.join(" "));
                 self.record("stop", Some(kind), detail, start, None);
             }
-            Fault::Killed(target) => {
-                let restarted = self.cluster.lock().await.restart(target);
+            Fault::Killed(targets) => {
+                let restarted: Result<(), FixtureError> = {
+                    let mut cluster = self.cluster.lock().await;
+                    targets.iter().try_for_each(|&target| cluster.restart(target))
+                };
+                let who: Vec<&str> = targets.iter().map(|&t| names[t].as_str()).collect();
+                let node = (targets.len() == 1).then(|| targets[0]);
                 self.record(
                     "stop",
                     Some(kind),
-                    format!("restarted {}", names[target]),
+                    format!("restarted {}", who.join(" ")),
                     start,
-                    Some(target),
+                    node,
                 );
                 restarted?;
             }

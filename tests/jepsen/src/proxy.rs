@@ -12,7 +12,7 @@
 //! - cutting a cut link or healing an open one changes nothing (live
 //!   connections on an open link are not disturbed by a redundant heal).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -73,13 +73,33 @@ fn require_loopback(address: SocketAddr) -> Result<(), ProxyError> {
 impl LinkProxy {
     /// Binds 127.0.0.1 on a free port and starts forwarding to `target`.
     pub async fn start(from: usize, to: usize, target: SocketAddr) -> Result<LinkProxy, ProxyError> {
+        LinkProxy::start_avoiding(from, to, target, &BTreeSet::new()).await
+    }
+
+    /// As [`LinkProxy::start`], on a port outside `avoid` (ports promised to
+    /// the members, which are not bound yet).
+    pub async fn start_avoiding(
+        from: usize,
+        to: usize,
+        target: SocketAddr,
+        avoid: &BTreeSet<u16>,
+    ) -> Result<LinkProxy, ProxyError> {
         require_loopback(target)?;
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .map_err(|source| ProxyError::Bind { from, to, source })?;
-        let listen = listener
-            .local_addr()
-            .map_err(|source| ProxyError::Bind { from, to, source })?;
+        let bind_error = |source| ProxyError::Bind { from, to, source };
+        // Rejected listeners stay bound until a good port is found, so the
+        // kernel does not hand the same port out again.
+        let mut rejected = Vec::new();
+        let (listener, listen) = loop {
+            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .await
+                .map_err(bind_error)?;
+            let listen = listener.local_addr().map_err(bind_error)?;
+            if !avoid.contains(&listen.port()) {
+                break (listener, listen);
+            }
+            rejected.push(listener);
+        };
+        drop(rejected);
         require_loopback(listen)?;
         let (state, _) = watch::channel(LinkState { cut: false, epoch: 0 });
         let counters = Arc::new(LinkCounters::default());
@@ -213,14 +233,15 @@ pub struct Network {
 
 impl Network {
     /// One proxy per directed link; `peer_addrs[j]` is member j's real peer
-    /// listener.
-    pub async fn start(peer_addrs: &[SocketAddr]) -> Result<Network, ProxyError> {
+    /// listener. No proxy takes a port in `avoid`.
+    pub async fn start(peer_addrs: &[SocketAddr], avoid: &BTreeSet<u16>) -> Result<Network, ProxyError> {
         let n = peer_addrs.len();
         let mut links = BTreeMap::new();
         for from in 0..n {
             for (to, &target) in peer_addrs.iter().enumerate() {
                 if from != to {
-                    links.insert((from, to), LinkProxy::start(from, to, target).await?);
+                    let proxy = LinkProxy::start_avoiding(from, to, target, avoid).await?;
+                    links.insert((from, to), proxy);
                 }
             }
         }

@@ -52,6 +52,8 @@ pub enum RunError {
 const STATUS_PERIOD: Duration = Duration::from_millis(200);
 /// How long healing may take to give every member the same log.
 const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How many times a cluster whose members did not come up is started anew.
+const START_ATTEMPTS: u32 = 3;
 /// How long the final reads may be retried.
 const FINAL_READS_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -98,32 +100,21 @@ pub async fn run(config: &RunConfig, dir: &Path) -> Result<RunReport, RunError> 
 
     let n = config.nodes;
     let names: Vec<String> = (1..=n).map(|i| format!("m{i}")).collect();
-    let ports = pick_ports(n)?;
-    let peer_addrs: Vec<SocketAddr> = ports
-        .iter()
-        .map(|&(_, peer)| SocketAddr::from((Ipv4Addr::LOCALHOST, peer)))
-        .collect();
-    let network = Arc::new(Network::start(&peer_addrs).await?);
-    let mut options = ClusterOptions::keel(n);
-    options.ports = Some(ports);
-    options.base_dir = Some(dir.to_path_buf());
-    options.election_timeout_ms = config.election_timeout_ms;
-    options.heartbeat_interval_ms = config.heartbeat_ms;
-    options.snapshot_count = config.snapshot_count;
-    options.member_args = (0..n)
-        .map(|i| {
-            vec![
-                "--peer-dial-overrides".to_string(),
-                network.dial_overrides(i, &names),
-            ]
-        })
-        .collect();
-
-    tracing::info!(dir = %dir.display(), "starting {n} members");
-    let cluster = match Cluster::start(options).await {
-        Ok(cluster) => cluster,
-        Err(error) => return Ok(broken_before_start(config, dir, error)),
+    let mut attempt = 1;
+    let (cluster, network) = loop {
+        match start_cluster(config, dir, &names).await? {
+            Ok(started) => break started,
+            // Ports are picked free but only bound by the members later, so
+            // another process may take one first: start afresh on new ports.
+            Err(error) if attempt < START_ATTEMPTS => {
+                tracing::warn!(%error, attempt, "the cluster did not start; trying again on fresh ports");
+                remove_data_dirs(dir, &names);
+                attempt += 1;
+            }
+            Err(error) => return Ok(broken_before_start(config, dir, error)),
+        }
     };
+    let network = Arc::new(network);
     // The history's clock starts with the workload.
     let history = Arc::new(HistoryWriter::create(&dir.join(HISTORY_FILE))?);
     let members: Vec<MemberAddress> = (0..n)
@@ -275,11 +266,46 @@ pub async fn run(config: &RunConfig, dir: &Path) -> Result<RunReport, RunError> 
     Ok(report)
 }
 
+/// A cluster of fresh members on fresh ports, each link through a proxy;
+/// the inner error when the members did not come up.
+async fn start_cluster(
+    config: &RunConfig,
+    dir: &Path,
+    names: &[String],
+) -> Result<Result<(Cluster, Network), FixtureError>, RunError> {
+    let n = names.len();
+    let ports = pick_ports(n)?;
+    let promised: BTreeSet<u16> = ports.iter().flat_map(|&(client, peer)| [client, peer]).collect();
+    let peer_addrs: Vec<SocketAddr> = ports
+        .iter()
+        .map(|&(_, peer)| SocketAddr::from((Ipv4Addr::LOCALHOST, peer)))
+        .collect();
+    let network = Network::start(&peer_addrs, &promised).await?;
+    let mut options = ClusterOptions::keel(n);
+    options.ports = Some(ports);
+    options.base_dir = Some(dir.to_path_buf());
+    options.election_timeout_ms = config.election_timeout_ms;
+    options.heartbeat_interval_ms = config.heartbeat_ms;
+    options.snapshot_count = config.snapshot_count;
+    options.member_args = (0..n)
+        .map(|i| {
+            vec![
+                "--peer-dial-overrides".to_string(),
+                network.dial_overrides(i, names),
+            ]
+        })
+        .collect();
+    tracing::info!(dir = %dir.display(), "starting {n} members");
+    Ok(Cluster::start(options).await.map(|cluster| (cluster, network)))
+}
+
 fn remove_data_dirs(dir: &Path, names: &[String]) {
     for name in names {
         let data = dir.join(format!("{name}.data"));
-        if let Err(error) = std::fs::remove_dir_all(&data) {
-            tracing::warn!(%error, path = %data.display(), "removing a data dir");
+        match std::fs::remove_dir_all(&data) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => tracing::warn!(%error, path = %data.display(), "removing a data dir"),
         }
     }
 }

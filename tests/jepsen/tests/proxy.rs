@@ -111,7 +111,9 @@ async fn a_cut_kills_live_connections_and_blackholes_new_ones_until_healed() {
 #[tokio::test]
 async fn a_network_cuts_both_directions_of_a_pair() {
     let echoes = [echo_server().await, echo_server().await, echo_server().await];
-    let network = Network::start(&echoes).await.expect("network");
+    let network = Network::start(&echoes, &Default::default())
+        .await
+        .expect("network");
     let names: Vec<String> = ["m1", "m2", "m3"].iter().map(|s| s.to_string()).collect();
     let overrides = network.dial_overrides(0, &names);
     assert!(overrides.starts_with("m2=http://127.0.0.1:"), "{overrides}");
@@ -139,6 +141,26 @@ async fn a_network_cuts_both_directions_of_a_pair() {
 
     network.heal_all();
     assert!(network.cut_links().is_empty());
+}
+
+#[tokio::test]
+async fn proxies_never_take_a_port_promised_to_a_member() {
+    let echo = echo_server().await;
+    // Promise many ports the kernel is likely to hand out next.
+    let mut promised = std::collections::BTreeSet::new();
+    let mut held = Vec::new();
+    for _ in 0..50 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        promised.insert(listener.local_addr().expect("address").port());
+        held.push(listener);
+    }
+    drop(held);
+    for _ in 0..50 {
+        let proxy = LinkProxy::start_avoiding(0, 1, echo, &promised)
+            .await
+            .expect("proxy");
+        assert!(!promised.contains(&proxy.listen_addr().port()));
+    }
 }
 
 #[tokio::test]
