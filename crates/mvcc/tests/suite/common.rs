@@ -16,8 +16,24 @@ pub struct TestStore {
     pub store: MvccStore,
 }
 
+/// Opens (or reopens) the sled database at `path`. A database just dropped
+/// in this process is released only when sled's background flusher thread
+/// lets go of it, which on a loaded machine can take a moment: retry the
+/// file lock for a few seconds before failing.
 pub fn open_db(path: &std::path::Path) -> sled::Db {
-    sled::Config::new().path(path).open().expect("open sled")
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::Config::new().path(path).open() {
+            Ok(db) => return db,
+            Err(sled::Error::Io(error))
+                if error.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(error) => panic!("open sled: {error:?}"),
+        }
+    }
 }
 
 pub fn temp_store() -> TestStore {
