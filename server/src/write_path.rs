@@ -28,8 +28,12 @@ use crate::leadership::Leadership;
 const MAX_WRITES_PER_ENTRY: usize = 1024;
 /// Stop packing once an entry holds this many bytes of requests.
 const MAX_BYTES_PER_ENTRY: usize = 4 * 1024 * 1024;
-/// Log entries proposed but not yet applied, at most.
-const MAX_PROPOSALS_IN_FLIGHT: usize = 4;
+/// Log entries proposed but not yet applied, at most. openraft replicates
+/// and applies entries one after another anyway, so more entries in flight
+/// only make them smaller: measured on 3 members (put, 16 clients), 4 in
+/// flight gave 3.6-4.1k writes/s, 2 gave 4.7k and 1 gave 4.8-4.9k; 2 keeps
+/// the next entry's append overlapping the current one's replication.
+const MAX_PROPOSALS_IN_FLIGHT: usize = 2;
 
 /// What a forwarding follower is told by a member that is not the leader.
 pub const NOT_LEADER_MESSAGE: &str = "keel: this member is not the leader";
