@@ -8,7 +8,11 @@
 //! split the vote round after round; redrawing each round breaks such ties.
 //!
 //! A round starts a real election only if a pre-vote (pre_vote.rs) finds a
-//! quorum that would vote for this member.
+//! quorum that would vote for this member. A member that refuses a pre-vote
+//! because its own log is longer is nudged: its current round ends at the
+//! lower bound of the range, one election timeout after its last contact,
+//! instead of at its draw; the member that can win then need not wait for
+//! its own (possibly long) draw after the one that cannot has timed out.
 //!
 //! openraft's built-in election is disabled (`enable_elect = false`) and its
 //! `election_timeout_max`, which is also the leader lease during which
@@ -29,11 +33,13 @@ use keel_raft::{KeelRaft, NodeId, PeerNetwork, SledLogStore};
 
 use crate::pre_vote::{ask_voters, PreVoteOutcome};
 
-/// When this member last heard from a leader (or granted a vote).
+/// When this member last heard from a leader (or granted a vote), and the
+/// nudge that shortens the current round.
 #[derive(Clone)]
 pub struct LeaderContact {
     origin: Instant,
     last_contact_micros: Arc<AtomicU64>,
+    nudge: Arc<tokio::sync::Notify>,
 }
 
 impl LeaderContact {
@@ -41,7 +47,15 @@ impl LeaderContact {
         LeaderContact {
             origin: Instant::now(),
             last_contact_micros: Arc::new(AtomicU64::new(0)),
+            nudge: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// A peer with a shorter log asked for a pre-vote: this member can win
+    /// where it cannot, so its current round shortens to the lower bound of
+    /// the draw range (still at least one election timeout of silence).
+    pub fn nudge_election(&self) {
+        self.nudge.notify_one();
     }
 
     pub fn touch(&self) {
@@ -82,7 +96,7 @@ pub async fn run_election_timer(
 ) {
     let mut since_attempt = Instant::now();
     loop {
-        let timeout = draw_election_timeout(election_timeout);
+        let mut timeout = draw_election_timeout(election_timeout);
         // A lone voter has nobody to hear from: it elects itself at once.
         let single_voter = raft
             .metrics()
@@ -102,7 +116,10 @@ pub async fn run_election_timer(
             } else {
                 timeout - quiet
             };
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = contact.nudge.notified() => timeout = election_timeout,
+            }
         }
         let metrics = raft.metrics().borrow().clone();
         if metrics.running_state.is_err() {

@@ -3,12 +3,17 @@
 //! A leader that has not heard from a quorum for longer than the election
 //! timeout does not count as a leader (openraft 0.9 leaders do not step down
 //! on their own when cut off), so requests on a cut-off member fail with
-//! "etcdserver: no leader" instead of hanging.
+//! "etcdserver: no leader" instead of hanging. Likewise a follower that has
+//! not heard from its leader for the election timeout trusts it no more
+//! (with pre-vote, a member cut off in a minority never starts an election,
+//! so openraft would otherwise keep reporting the lost leader forever).
 
 use std::time::Duration;
 
 use keel_api::WireError;
 use keel_raft::{KeelRaft, MemberNode, NodeId};
+
+use crate::election_timer::LeaderContact;
 use openraft::ServerState;
 use tokio::time::Instant;
 
@@ -17,14 +22,16 @@ pub struct Leadership {
     raft: KeelRaft,
     self_id: NodeId,
     election_timeout: Duration,
+    contact: LeaderContact,
 }
 
 impl Leadership {
-    pub fn new(raft: KeelRaft, self_id: NodeId, election_timeout: Duration) -> Self {
+    pub fn new(raft: KeelRaft, self_id: NodeId, election_timeout: Duration, contact: LeaderContact) -> Self {
         Leadership {
             raft,
             self_id,
             election_timeout,
+            contact,
         }
     }
 
@@ -46,6 +53,8 @@ impl Leadership {
             if voters > 1 && metrics.millis_since_quorum_ack.is_some_and(|ms| ms > lease_ms) {
                 return None;
             }
+        } else if self.contact.since_last_contact() > self.election_timeout {
+            return None;
         }
         let node = metrics.membership_config.membership().get_node(&leader)?.clone();
         Some((leader, node))

@@ -119,7 +119,8 @@ pub async fn run_member(
     .map_err(|e| anyhow!("starting Raft: {e}"))?;
 
     let election_timeout = flags.election_timeout();
-    let leadership = Leadership::new(raft.clone(), self_id, election_timeout);
+    let contact = LeaderContact::new();
+    let leadership = Leadership::new(raft.clone(), self_id, election_timeout, contact.clone());
     let request_timeout = Duration::from_secs(5) + 2 * election_timeout;
     let leader_wait = 3 * election_timeout;
     let heartbeat = Duration::from_millis(flags.heartbeat_interval);
@@ -155,7 +156,6 @@ pub async fn run_member(
         raft_db_size: Box::new(move || dir_size(&raft_db_path)),
     });
 
-    let contact = LeaderContact::new();
     let peer_listeners = bind_all(&flags.listen_peer_urls, "peer").await?;
     let client_listeners = bind_all(&flags.listen_client_urls, "client").await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -263,10 +263,27 @@ pub async fn run_member(
         tracing::warn!(%error, "raft shutdown");
     }
     mvcc_db.flush_async().await.context("flushing the keyspace")?;
-    while servers.join_next().await.is_some() {}
+    // Open connections get GOAWAY and a bounded time to finish their
+    // requests; a client that keeps an idle connection open (or never reads
+    // the GOAWAY) must not keep a stopped member alive.
+    let drained = tokio::time::timeout(CONNECTION_DRAIN_LIMIT, async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::info!(
+            limit = ?CONNECTION_DRAIN_LIMIT,
+            "closing connections still open after the drain limit"
+        );
+        servers.abort_all();
+    }
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long a stopping member waits for open client and peer connections to
+/// finish their requests before closing them.
+const CONNECTION_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// Accepted peer connections, with Nagle's algorithm off (tonic sets it
 /// only on listeners it binds itself).

@@ -105,12 +105,17 @@ impl Peer for PeerService {
             .log_store
             .last_log_id()
             .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(crate::pre_vote::answer(
+        let quiet_for = self.contact.since_last_contact();
+        let answer = crate::pre_vote::answer(
             self.context.leadership.is_leader(),
-            self.contact.since_last_contact(),
+            quiet_for,
             self.leader_lease,
             crate::pre_vote::log_position(mine),
             crate::pre_vote::position_of(request.get_ref()),
-        )))
+        );
+        if answer.longer_log && quiet_for >= self.leader_lease {
+            self.contact.nudge_election();
+        }
+        Ok(Response::new(answer))
     }
 }

@@ -1,0 +1,146 @@
+//! The `keel` member's etcd-style defaults and its data-dir identity check,
+//! on real processes: with no flags it is a one-member cluster on
+//! 127.0.0.1:2379/2380 with its data in ./default.keel, as `etcd` is; a data
+//! dir that belongs to another cluster is refused with a clear message.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use keel_api::etcdserverpb::{PutRequest, RangeRequest};
+use keel_client::{Client, ClientConfig};
+use keel_tests::{built_binary, free_port};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::time::Instant;
+
+/// Kills the child if the test fails before it is stopped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn with_no_flags_keel_is_a_one_member_cluster_on_2379_with_data_in_default_keel() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for port in [2379, 2380] {
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} is taken (a system etcd?); .ci/run stops it"
+        );
+    }
+    let child = Command::new(built_binary("keel").expect("keel built"))
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("keel starts");
+    let mut member = Reaped(child);
+    let client = Client::connect_lazy(
+        ClientConfig::new(["127.0.0.1:2379"]).with_request_timeout(Duration::from_secs(5)),
+    )
+    .expect("client");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let put = PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        };
+        if client.put(put).await.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keel with no flags never accepted a write on 2379"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = client
+        .range(RangeRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("get");
+    assert_eq!(got.kvs[0].value, b"v");
+    let members = client.member_list().await.expect("member list");
+    assert_eq!(members.members.len(), 1);
+    assert_eq!(members.members[0].name, "default");
+    assert_eq!(
+        members.members[0].peer_ur_ls,
+        vec!["http://127.0.0.1:2380".to_string()]
+    );
+    assert!(
+        dir.path().join("default.keel").is_dir(),
+        "data dir ./default.keel"
+    );
+
+    // The client's connection stays open and this thread blocks in wait(),
+    // so nothing answers the member's GOAWAY: a member that waited for every
+    // connection to close would never exit (it did, before the drain limit).
+    kill(Pid::from_raw(member.0.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    let status = member.0.wait().expect("wait");
+    assert!(status.success(), "a SIGTERMed member exits cleanly: {status}");
+    drop(client);
+}
+
+#[tokio::test]
+async fn a_data_dir_of_another_cluster_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("member.keel");
+    let run = |token: &str, client: u16, peer: u16| {
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        Command::new(built_binary("keel").expect("keel built"))
+            .args(["--name", "m1", "--data-dir"])
+            .arg(&data_dir)
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("m1={peer_url}"),
+                "--initial-cluster-token",
+                token,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("keel starts")
+    };
+    let (client, peer) = (free_port().expect("port"), free_port().expect("port"));
+    let mut first = Reaped(run("cluster-a", client, peer));
+    let endpoint = format!("127.0.0.1:{client}");
+    let ready = Client::connect_lazy(ClientConfig::new([endpoint.clone()])).expect("client");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ready.status(&endpoint).await.is_err() {
+        assert!(Instant::now() < deadline, "first member never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    kill(Pid::from_raw(first.0.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    first.0.wait().expect("wait");
+
+    let (client, peer) = (free_port().expect("port"), free_port().expect("port"));
+    let other = run("cluster-b", client, peer)
+        .wait_with_output()
+        .expect("second member exits");
+    assert!(
+        !other.status.success(),
+        "a member must refuse another cluster's data dir"
+    );
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        stderr.contains("belongs to cluster") && stderr.contains("refusing to start"),
+        "{stderr}"
+    );
+}
