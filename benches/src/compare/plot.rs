@@ -155,7 +155,7 @@ pub fn draw(results: &ResultsFile) -> anyhow::Result<String> {
             &panels[0],
             "put (8 B keys, 256 B values)",
             "writes/s",
-            &series(put.as_ref(), "writes/s", ""),
+            &series(put.as_ref(), "writes/s", "clients="),
         )?;
         panel(
             &panels[1],

@@ -1,6 +1,7 @@
 //! Scenarios 1-3, which share one etcd and one keel cluster per size:
-//! (1) put of 8-byte keys and 256-byte values at 1/16/256 clients over
-//! 1/4/16 connections through the leader; (2) linearizable and serializable
+//! (1) put of 8-byte keys and 256-byte values at 1/16/64/256 clients over
+//! 1/4/8/16 connections through the leader, and (3 members) at 1 and 64
+//! clients through the followers, which forward to the leader; (2) linearizable and serializable
 //! single-key range at 1 and 256 clients through the leader and through a
 //! follower, over a preloaded key space; (3) txn-cas at 16 clients on 1,000
 //! keys. Each measurement alternates etcd and keel, repeated, medians kept.
@@ -12,7 +13,8 @@ use crate::compare::results::{Better, ScenarioReport};
 use crate::compare::{cpu_per_request, measure, start_pair, Ctx, Scenario, Table};
 use crate::load::{open_connections, put_all, LoadSpec, Mode, PutAll, Target};
 
-const PUT_LEVELS: [(usize, usize); 3] = [(1, 1), (16, 4), (256, 16)];
+const PUT_LEVELS: [(usize, usize); 4] = [(1, 1), (16, 4), (64, 8), (256, 16)];
+const FOLLOWER_PUT_LEVELS: [(usize, usize); 2] = [(1, 1), (64, 8)];
 const RANGE_LEVELS: [(usize, usize); 2] = [(1, 1), (256, 16)];
 
 struct Sheet {
@@ -62,8 +64,9 @@ fn describe(ctx: &Ctx, scenario: Scenario) -> (&'static str, String) {
         Scenario::Put => (
             "1. Writes: put, 8-byte keys, 256-byte values",
             format!(
-                "`keel-bench put` through the leader, keys drawn uniformly from 100,000; clients 1/16/256 \
-                 over 1/4/16 connections; {per}."
+                "`keel-bench put` through the leader, keys drawn uniformly from 100,000; clients 1/16/64/256 \
+                 over 1/4/8/16 connections; with 3 members also through the followers (`--target followers`, \
+                 which forward each write to the leader) at 1 and 64 clients; {per}."
             ),
         ),
         Scenario::Range => (
@@ -153,8 +156,19 @@ async fn put_scenario(ctx: &Ctx, sheet: &mut Sheet, pair: &[BenchCluster]) {
     let Some(size) = pair.first().map(BenchCluster::size) else {
         return;
     };
-    for (clients, conns) in PUT_LEVELS {
-        let case = format!("clients={clients} conns={conns}");
+    let leader_cases = PUT_LEVELS
+        .iter()
+        .map(|&(clients, conns)| (Target::Leader, clients, conns));
+    let follower_cases = FOLLOWER_PUT_LEVELS
+        .iter()
+        .filter(|_| size > 1)
+        .map(|&(clients, conns)| (Target::Followers, clients, conns));
+    for (target, clients, conns) in leader_cases.chain(follower_cases) {
+        // Leader cases keep their plain names: the plot draws them.
+        let case = match target {
+            Target::Leader => format!("clients={clients} conns={conns}"),
+            _ => format!("via {} clients={clients} conns={conns}", target.name()),
+        };
         for rep in 0..ctx.scale.reps {
             for flavor in order(rep) {
                 let Some(cluster) = pair.iter().find(|c| c.flavor == flavor) else {
@@ -162,6 +176,7 @@ async fn put_scenario(ctx: &Ctx, sheet: &mut Sheet, pair: &[BenchCluster]) {
                 };
                 let mut spec = throughput_spec(ctx, cluster, clients, conns);
                 spec.key_space = 100_000;
+                spec.target = target;
                 let run = measure(&mut sheet.report, cluster, Mode::Put, &spec, &case, rep).await;
                 let t = &mut sheet.table;
                 t.add(
