@@ -24,6 +24,16 @@ async fn a_member_left_alone_answers_no_leader_in_bounded_time_and_still_serves_
         })
         .await
         .expect("put while the cluster is whole");
+    // The put may have committed without member 1; a linearizable read
+    // through it waits until member 1 has applied it too.
+    let seen = client
+        .range(RangeRequest {
+            key: b"before".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("linearizable get while the cluster is whole");
+    assert_eq!(seen.kvs.len(), 1);
     cluster.kill(1).expect("kill -9 member 2");
     cluster.kill(2).expect("kill -9 member 3");
 
@@ -32,6 +42,33 @@ async fn a_member_left_alone_answers_no_leader_in_bounded_time_and_still_serves_
         ClientConfig::new([cluster.endpoint(0)]).with_request_timeout(Duration::from_secs(15)),
     )
     .expect("client");
+
+    // Right after the kills the survivor may still be (or trust) a leader for
+    // up to an election timeout: a write or read it accepts in that window
+    // cannot complete and ends, as in etcd, with Unavailable "etcdserver:
+    // request timed out" at the member's request timeout (5 s + 2 election
+    // timeouts), never later.
+    let started = Instant::now();
+    let first_put = alone
+        .put(PutRequest {
+            key: b"after".to_vec(),
+            value: b"1".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a write cannot succeed without a quorum");
+    assert_eq!(first_put.code(), Code::Unavailable, "{first_put}");
+    assert!(
+        ["etcdserver: no leader", "etcdserver: request timed out"].contains(&first_put.to_string().as_str()),
+        "{first_put}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // From then on the member knows it has no leader.
     for attempt in 0..3 {
         let started = Instant::now();
         let put = alone

@@ -12,9 +12,9 @@ use keel_api::etcdserverpb::RangeRequest;
 use keel_api::key_range::prefix_range_end;
 use keel_client::{Client, ClientConfig};
 
-use crate::compare::cluster::{order, system_name, BenchCluster};
+use crate::compare::cluster::BenchCluster;
 use crate::compare::results::{Better, ScenarioReport};
-use crate::compare::{measure, Ctx, Scenario, Table};
+use crate::compare::{measure, on_fresh_clusters, Ctx, Scenario, Table};
 use crate::load::{open_connections, put_all, Mode, PutAll, Target};
 
 const VALUE_BYTES: usize = 4096;
@@ -50,21 +50,13 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     );
     let mut report = ctx.new_report(Scenario::Kube, "4. Kubernetes-sized keyspace", &method);
     report.repetitions = 1;
-    let mut table = Table::default();
-    for (position, &size) in ctx.sizes.iter().enumerate() {
-        for flavor in order(position) {
-            match BenchCluster::start(flavor, size, &ctx.data_root).await {
-                Ok(mut cluster) => one_system(ctx, &mut report, &mut table, &mut cluster).await,
-                Err(error) => report.failures.push(format!(
-                    "{} ×{size} did not start: {error:#}",
-                    system_name(flavor)
-                )),
-            }
-            report.rows = table.rows();
-            ctx.publish(Scenario::Kube, &mut report)?;
-        }
-    }
-    Ok(())
+    on_fresh_clusters(
+        ctx,
+        Scenario::Kube,
+        &mut report,
+        async |report, table, cluster| one_system(ctx, report, table, cluster).await,
+    )
+    .await
 }
 
 async fn one_system(ctx: &Ctx, report: &mut ScenarioReport, table: &mut Table, cluster: &mut BenchCluster) {

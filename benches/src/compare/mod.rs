@@ -492,3 +492,29 @@ pub async fn start_pair(ctx: &Ctx, size: usize, failures: &mut Vec<String>) -> V
     }
     started
 }
+
+/// Runs `measure_one` on a fresh cluster of each system at each size (which
+/// system goes first alternates with the size), publishing the report after
+/// each; a system that fails to start is listed among the failures.
+pub async fn on_fresh_clusters(
+    ctx: &Ctx,
+    scenario: Scenario,
+    report: &mut ScenarioReport,
+    mut measure_one: impl AsyncFnMut(&mut ScenarioReport, &mut Table, &mut BenchCluster),
+) -> anyhow::Result<()> {
+    let mut table = Table::default();
+    for (position, &size) in ctx.sizes.iter().enumerate() {
+        for flavor in cluster::order(position) {
+            match BenchCluster::start(flavor, size, &ctx.data_root).await {
+                Ok(mut cluster) => measure_one(report, &mut table, &mut cluster).await,
+                Err(error) => report.failures.push(format!(
+                    "{} ×{size} did not start: {error:#}",
+                    system_name(flavor)
+                )),
+            }
+            report.rows = table.rows();
+            ctx.publish(scenario, report)?;
+        }
+    }
+    Ok(())
+}

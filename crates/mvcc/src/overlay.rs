@@ -14,13 +14,59 @@ use sled::IVec;
 
 use crate::index::{IndexKey, KeyHistory, PendingKey};
 
+/// Pending entries with a per-request undo log: while a request runs, the
+/// first previous state of every key it touches is remembered, so a failed
+/// request can be rolled back exactly.
+struct UndoableMap<K: Ord + Clone, V: Clone> {
+    pending: BTreeMap<K, V>,
+    undo: Option<BTreeMap<K, Option<V>>>,
+}
+
+impl<K: Ord + Clone, V: Clone> Default for UndoableMap<K, V> {
+    fn default() -> Self {
+        UndoableMap {
+            pending: BTreeMap::new(),
+            undo: None,
+        }
+    }
+}
+
+impl<K: Ord + Clone, V: Clone> UndoableMap<K, V> {
+    /// Records `key`'s pending entry before its first change in the request.
+    fn remember_first_touch(&mut self, key: &K) {
+        if let Some(undo) = &mut self.undo {
+            if !undo.contains_key(key) {
+                undo.insert(key.clone(), self.pending.get(key).cloned());
+            }
+        }
+    }
+
+    fn begin_request(&mut self) {
+        self.undo = Some(BTreeMap::new());
+    }
+
+    fn finish_request(&mut self) {
+        self.undo = None;
+    }
+
+    fn roll_back_request(&mut self) {
+        for (key, previous) in self.undo.take().unwrap_or_default() {
+            match previous {
+                Some(previous) => {
+                    self.pending.insert(key, previous);
+                }
+                None => {
+                    self.pending.remove(&key);
+                }
+            }
+        }
+    }
+}
+
 /// The pending writes of an apply batch: `Some(value)` sets, `None` removes.
 #[derive(Default)]
 pub(crate) struct Overlay {
-    pending: BTreeMap<IVec, Option<IVec>>,
-    /// While a request runs: the overlay's previous entry for every key it
-    /// touched (first touch only), so a failed request can be undone.
-    undo: Option<BTreeMap<IVec, Option<Option<IVec>>>>,
+    map: UndoableMap<IVec, Option<IVec>>,
 }
 
 impl Overlay {
@@ -33,43 +79,32 @@ impl Overlay {
     }
 
     fn write(&mut self, key: IVec, value: Option<IVec>) {
-        let previous = self.pending.insert(key.clone(), value);
-        if let Some(undo) = &mut self.undo {
-            undo.entry(key).or_insert(previous);
-        }
+        self.map.remember_first_touch(&key);
+        self.map.pending.insert(key, value);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.map.pending.is_empty()
     }
 
     /// Starts recording what the next request changes.
     pub fn begin_request(&mut self) {
-        self.undo = Some(BTreeMap::new());
+        self.map.begin_request();
     }
 
     /// Keeps the request's changes.
     pub fn finish_request(&mut self) {
-        self.undo = None;
+        self.map.finish_request();
     }
 
     /// Restores the overlay to what it was at [`Overlay::begin_request`].
     pub fn roll_back_request(&mut self) {
-        for (key, previous) in self.undo.take().unwrap_or_default() {
-            match previous {
-                Some(previous) => {
-                    self.pending.insert(key, previous);
-                }
-                None => {
-                    self.pending.remove(&key);
-                }
-            }
-        }
+        self.map.roll_back_request();
     }
 
     pub fn into_batch(self) -> sled::Batch {
         let mut batch = sled::Batch::default();
-        for (key, value) in self.pending {
+        for (key, value) in self.map.pending {
             match value {
                 Some(value) => batch.insert(key, value),
                 None => batch.remove(key),
@@ -79,7 +114,7 @@ impl Overlay {
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&Option<IVec>> {
-        self.pending.get(key)
+        self.map.pending.get(key)
     }
 
     pub fn range(
@@ -87,7 +122,8 @@ impl Overlay {
         start: &[u8],
         end: &[u8],
     ) -> std::collections::btree_map::Range<'_, IVec, Option<IVec>> {
-        self.pending
+        self.map
+            .pending
             .range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)))
     }
 }
@@ -95,53 +131,39 @@ impl Overlay {
 /// The pending index changes of an apply batch, by user key.
 #[derive(Default)]
 pub(crate) struct IndexOverlay {
-    pending: BTreeMap<IndexKey, PendingKey>,
-    /// While a request runs: the previous pending entry of every key it
-    /// touched (first touch only).
-    undo: Option<BTreeMap<IndexKey, Option<PendingKey>>>,
+    map: UndoableMap<IndexKey, PendingKey>,
 }
 
 impl IndexOverlay {
     pub fn get(&self, key: &[u8]) -> Option<&PendingKey> {
-        self.pending.get(key)
+        self.map.pending.get(key)
     }
 
     /// The pending entry of `key` to change, starting from the committed
     /// `committed` on first touch in the batch.
     pub fn entry(&mut self, key: &[u8], committed: Option<&KeyHistory>) -> &mut PendingKey {
-        if let Some(undo) = &mut self.undo {
-            if !undo.contains_key(key) {
-                undo.insert(IndexKey::new(key), self.pending.get(key).cloned());
-            }
-        }
-        self.pending
-            .entry(IndexKey::new(key))
+        let key = IndexKey::new(key);
+        self.map.remember_first_touch(&key);
+        self.map
+            .pending
+            .entry(key)
             .or_insert_with(|| PendingKey::of(committed))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.map.pending.is_empty()
     }
 
     pub fn begin_request(&mut self) {
-        self.undo = Some(BTreeMap::new());
+        self.map.begin_request();
     }
 
     pub fn finish_request(&mut self) {
-        self.undo = None;
+        self.map.finish_request();
     }
 
     pub fn roll_back_request(&mut self) {
-        for (key, previous) in self.undo.take().unwrap_or_default() {
-            match previous {
-                Some(previous) => {
-                    self.pending.insert(key, previous);
-                }
-                None => {
-                    self.pending.remove(&key);
-                }
-            }
-        }
+        self.map.roll_back_request();
     }
 
     /// Pending entries with keys in `[start, end)` (`None` = unbounded).
@@ -150,11 +172,11 @@ impl IndexOverlay {
         start: &[u8],
         end: Option<&[u8]>,
     ) -> std::collections::btree_map::Range<'_, IndexKey, PendingKey> {
-        key_range(&self.pending, start, end)
+        key_range(&self.map.pending, start, end)
     }
 
     pub fn into_pending(self) -> BTreeMap<IndexKey, PendingKey> {
-        self.pending
+        self.map.pending
     }
 }
 
@@ -189,6 +211,7 @@ mod tests {
         overlay.remove(&b"b"[..]);
         overlay.roll_back_request();
         let pending: Vec<_> = overlay
+            .map
             .pending
             .iter()
             .map(|(k, v)| (k.to_vec(), v.clone()))
