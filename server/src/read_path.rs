@@ -205,12 +205,10 @@ async fn confirm_read_index(context: &RoundContext, kind: RoundKind) -> Result<u
         Err(status) if status.code() == tonic::Code::FailedPrecondition => {
             Err(WireError::LeaderChanged.into())
         }
-        Err(status)
-            if status.code() == tonic::Code::Unavailable
-                || status.code() == tonic::Code::DeadlineExceeded =>
-        {
-            Err(WireError::NoLeader.into())
-        }
+        Err(status) if status.code() == tonic::Code::DeadlineExceeded => Err(WireError::NoLeader.into()),
+        // The leader went away mid-round (connection lost or refused): the
+        // round is asked again once a leader is known, within the deadline.
+        Err(status) if keel_client::transport_failure(&status) => Err(WireError::LeaderChanged.into()),
         Err(status) => Err(status),
     }
 }

@@ -108,6 +108,11 @@ impl WritePath {
                 match client.forward_write(forwarded).await {
                     Ok(response) => return Ok(response.into_inner()),
                     Err(status) if write_provably_not_applied(&status) => {}
+                    // The leader went away with the write in flight: it may
+                    // or may not be applied, which etcd calls "leader changed".
+                    Err(status) if keel_client::transport_failure(&status) => {
+                        return Err(WireError::LeaderChanged.into())
+                    }
                     Err(status) => return Err(status),
                 }
             }

@@ -1,7 +1,10 @@
 //! Elections under keel's own timer: every round draws a fresh random
 //! timeout, so killing the leader again and again never leaves the cluster
-//! stuck in repeated split votes (openraft 0.9.25 draws once per member).
+//! stuck in repeated split votes (openraft 0.9.25 draws once per member);
+//! and no term ever has two leaders (openraft's default leader id lets a
+//! higher member id win a term another member already won).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use keel_api::etcdserverpb::PutRequest;
@@ -54,10 +57,57 @@ async fn killing_the_leader_20_times_elects_a_new_one_each_time_within_10_electi
         }
         leader = next;
     }
+    assert_one_leader_per_term(&cluster);
     waits.sort();
     eprintln!(
         "time from kill to new leader: median {:?}, max {:?}",
         waits[waits.len() / 2],
         waits[waits.len() - 1]
     );
+}
+
+/// Members start their first election together at bootstrap, all in term 1:
+/// before `single-term-leader`, a member with a higher id could win term 1
+/// after another had won it (seen as two "elected leader ... term=1").
+#[tokio::test]
+async fn bootstrap_elections_never_give_one_term_two_leaders() {
+    for attempt in 0..20 {
+        let mut cluster = Cluster::start(ClusterOptions::keel(3))
+            .await
+            .expect("cluster starts");
+        cluster
+            .wait_for_leader(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("attempt {attempt}: no leader: {e}"));
+        // Let a second claimant of the first terms show itself, if any.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_one_leader_per_term(&cluster);
+    }
+}
+
+/// Reads every member's log for its "elected leader ... term=N" lines and
+/// fails if two members were elected in the same term.
+fn assert_one_leader_per_term(cluster: &Cluster) {
+    let mut leaders_by_term: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for index in 0..cluster.size() {
+        let log = std::fs::read_to_string(cluster.log_path(index)).expect("member log");
+        for line in log.lines().filter(|line| line.contains("elected leader")) {
+            let term = line
+                .split_whitespace()
+                .find_map(|field| field.strip_prefix("term="))
+                .and_then(|term| term.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no term in {line:?}"));
+            let names = leaders_by_term.entry(term).or_default();
+            let name = cluster.member_name(index).to_string();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    assert!(!leaders_by_term.is_empty(), "no member logged an election");
+    let doubled: Vec<_> = leaders_by_term
+        .iter()
+        .filter(|(_, names)| names.len() > 1)
+        .collect();
+    assert!(doubled.is_empty(), "terms with two leaders: {doubled:?}");
 }
