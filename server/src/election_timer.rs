@@ -8,11 +8,13 @@
 //! split the vote round after round; redrawing each round breaks such ties.
 //!
 //! A round starts a real election only if a pre-vote (pre_vote.rs) finds a
-//! quorum that would vote for this member. A member that refuses a pre-vote
-//! because its own log is longer is nudged: its current round ends at the
-//! lower bound of the range, one election timeout after its last contact,
-//! instead of at its draw; the member that can win then need not wait for
-//! its own (possibly long) draw after the one that cannot has timed out.
+//! quorum that would vote for this member, and only if the member neither
+//! granted a vote nor heard from a leader while that pre-vote ran. A member
+//! that refuses a pre-vote because its own log is longer is nudged: its
+//! current round ends at the lower bound of the range, one election timeout
+//! after its last contact, instead of at its draw; the member that can win
+//! then need not wait for its own (possibly long) draw after the one that
+//! cannot has timed out.
 //!
 //! openraft's built-in election is disabled (`enable_elect = false`) and its
 //! `election_timeout_max`, which is also the leader lease during which
@@ -140,6 +142,13 @@ pub async fn run_election_timer(
                 longer_log_seen = pre_vote.longer_log_seen,
                 "no quorum would vote for this member; not raising the term"
             );
+            continue;
+        }
+        // While the pre-vote ran, this member may have granted another
+        // candidate its vote or heard from a new leader: campaigning now
+        // would only raise the term under them and start the race again.
+        let term_moved = raft.metrics().borrow().current_term != metrics.current_term;
+        if term_moved || contact.since_last_contact() < since_attempt.elapsed() {
             continue;
         }
         tracing::info!(
