@@ -92,19 +92,8 @@ async fn one_system(ctx: &Ctx, report: &mut ScenarioReport, table: &mut Table, c
     let loaded = put_all(&stubs, plan, move |index| object_key(index, pods, namespaces)).await;
     drop(stubs);
     let load_case = format!("load {total} objects at {LOAD_CLIENTS} clients");
-    if loaded.failed > 0 || !loaded.finished {
-        report.failures.push(format!(
-            "{name} ×{size} {load_case}: {} written, {} failed{} in {:.1} s; first error: {}",
-            loaded.written,
-            loaded.failed,
-            if loaded.finished {
-                ""
-            } else {
-                ", gave up (time limit or over 100 failed keys)"
-            },
-            loaded.elapsed.as_secs_f64(),
-            loaded.first_error.clone().unwrap_or_default()
-        ));
+    if let Some(shortfall) = loaded.shortfall(&format!("{name} ×{size} {load_case}")) {
+        report.failures.push(shortfall);
         if let Some(exited) = cluster.exited_report() {
             report.failures.push(exited);
         }

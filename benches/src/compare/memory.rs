@@ -73,19 +73,8 @@ async fn one_system(ctx: &Ctx, report: &mut ScenarioReport, table: &mut Table, c
         }
     };
     let case = format!("{keys} keys loaded");
-    if loaded.failed > 0 || !loaded.finished {
-        report.failures.push(format!(
-            "{name} ×{size} {case}: {} written, {} failed{} in {:.1} s; first error: {}",
-            loaded.written,
-            loaded.failed,
-            if loaded.finished {
-                ""
-            } else {
-                ", gave up (time limit or over 100 failed keys)"
-            },
-            loaded.elapsed.as_secs_f64(),
-            loaded.first_error.clone().unwrap_or_default()
-        ));
+    if let Some(shortfall) = loaded.shortfall(&format!("{name} ×{size} {case}")) {
+        report.failures.push(shortfall);
         if let Some(exited) = cluster.exited_report() {
             report.failures.push(exited);
         }

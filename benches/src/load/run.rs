@@ -466,6 +466,28 @@ pub struct PutAllReport {
     pub latency_ms: LatencySummary,
 }
 
+impl PutAllReport {
+    /// What went wrong with a load that did not put every key, for a
+    /// report's failure list (`what`: the load's name); None when it did.
+    pub fn shortfall(&self, what: &str) -> Option<String> {
+        if self.failed == 0 && self.finished {
+            return None;
+        }
+        Some(format!(
+            "{what}: {} written, {} failed{} in {:.1} s; first error: {}",
+            self.written,
+            self.failed,
+            if self.finished {
+                ""
+            } else {
+                ", gave up (time limit or over 100 failed keys)"
+            },
+            self.elapsed.as_secs_f64(),
+            self.first_error.clone().unwrap_or_default()
+        ))
+    }
+}
+
 /// Puts keys `0..count` (`key_of(index)`) exactly once each, `clients` at a
 /// time over `stubs`, retrying a failed put up to 3 times.
 pub async fn put_all<F>(stubs: &[KvClient<Channel>], plan: PutAll, key_of: F) -> PutAllReport
