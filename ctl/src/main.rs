@@ -176,8 +176,8 @@ fn with_environment(args: Vec<OsString>) -> Vec<OsString> {
     all
 }
 
-/// clap's error in etcdctl's words ("unknown flag: --foo").
-fn usage_error(error: &clap::Error) -> String {
+/// clap's error in etcdctl's words ("unknown flag: --foo"); `given` is the command line.
+fn usage_error(error: &clap::Error, given: &[OsString]) -> String {
     let context = if error.kind() == ErrorKind::InvalidSubcommand {
         ContextKind::InvalidSubcommand
     } else {
@@ -191,8 +191,16 @@ fn usage_error(error: &clap::Error) -> String {
         (ErrorKind::UnknownArgument, Some(arg)) if arg.starts_with("--") => {
             format!("unknown flag: {}", arg.split('=').next().unwrap_or(&arg))
         }
-        (ErrorKind::UnknownArgument, Some(arg)) if arg.starts_with('-') && arg.len() > 1 => {
-            format!("unknown shorthand flag: '{}' in {arg}", &arg[1..2])
+        (ErrorKind::UnknownArgument, Some(arg)) if arg.starts_with('-') && arg.chars().nth(1).is_some() => {
+            // clap names only the unknown letter ("-z"); etcdctl names the whole group ("-zq").
+            let shorthand = arg.chars().nth(1).unwrap_or('-');
+            let group = given
+                .iter()
+                .map(|given| given.to_string_lossy())
+                .find(|given| !given.starts_with("--") && given.starts_with(arg.as_str()))
+                .map(|given| given.into_owned())
+                .unwrap_or(arg);
+            format!("unknown shorthand flag: '{shorthand}' in {group}")
         }
         (ErrorKind::InvalidSubcommand, Some(arg)) => format!("unknown command \"{arg}\" for \"keelctl\""),
         _ => {
@@ -293,7 +301,7 @@ fn emit(out: &Output) {
 
 fn main() {
     let args = with_environment(std::env::args_os().collect());
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match Cli::try_parse_from(args.clone()) {
         Ok(cli) => cli,
         Err(error) => match error.kind() {
             ErrorKind::DisplayHelp
@@ -303,7 +311,7 @@ fn main() {
                 std::process::exit(0);
             }
             _ => {
-                eprintln!("Error: {}", usage_error(&error));
+                eprintln!("Error: {}", usage_error(&error, &args));
                 eprintln!("Run 'keelctl --help' (or 'keelctl <command> --help') for usage.");
                 std::process::exit(EXIT_ERROR);
             }

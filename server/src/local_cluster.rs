@@ -121,7 +121,13 @@ fn member_command(
     Ok(command)
 }
 
-fn stream_lines(prefix: String, output: impl AsyncRead + Unpin + Send + 'static, quiet: bool) {
+/// Copies a member's output, line by line with its name as prefix, until
+/// the member closes it; the returned task ends then.
+fn stream_lines(
+    prefix: String,
+    output: impl AsyncRead + Unpin + Send + 'static,
+    quiet: bool,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut lines = BufReader::new(output).lines();
         while let Ok(Some(line)) = lines.next_line().await {
@@ -129,8 +135,11 @@ fn stream_lines(prefix: String, output: impl AsyncRead + Unpin + Send + 'static,
                 println!("{prefix} | {line}");
             }
         }
-    });
+    })
 }
+
+/// How long a stopping local-cluster waits for the members' last log lines.
+const LOG_DRAIN_WAIT: Duration = Duration::from_secs(2);
 
 struct RunningMember {
     name: String,
@@ -156,16 +165,20 @@ pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .join(",");
     let token = "keel-local-cluster";
+    // Installed before any member starts, so a signal that arrives while
+    // they start still stops them cleanly.
+    let mut signals = crate::signals::ShutdownSignals::install()?;
     let mut running = Vec::new();
+    let mut log_streams = Vec::new();
     for member in &members {
         let mut child = member_command(&flags, member, &initial_cluster, token)?
             .spawn()
             .with_context(|| format!("cannot start member {}", member.name))?;
         if let Some(stdout) = child.stdout.take() {
-            stream_lines(member.name.clone(), stdout, flags.quiet);
+            log_streams.push(stream_lines(member.name.clone(), stdout, flags.quiet));
         }
         if let Some(stderr) = child.stderr.take() {
-            stream_lines(member.name.clone(), stderr, flags.quiet);
+            log_streams.push(stream_lines(member.name.clone(), stderr, flags.quiet));
         }
         running.push(RunningMember {
             name: member.name.clone(),
@@ -180,19 +193,14 @@ pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
         .map(|m| m.client_url.trim_start_matches("http://").to_string())
         .collect();
     let leader_deadline = Duration::from_millis(flags.election_timeout * 20).max(Duration::from_secs(20));
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
     tokio::select! {
         result = wait_for_leader(&endpoints, leader_deadline, &mut running) => {
             if let Err(error) = result {
-                stop_all(&mut running).await;
+                let _ = stop_all(&mut running, log_streams).await;
                 return Err(error);
             }
         }
-        _ = &mut signal => {
-            stop_all(&mut running).await;
-            return Ok(());
-        }
+        _ = signals.recv() => return stop_all(&mut running, log_streams).await,
     }
     println!("keel local cluster of {} members is up:", running.len());
     for member in &running {
@@ -206,7 +214,7 @@ pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
 
     loop {
         tokio::select! {
-            _ = &mut signal => break,
+            _ = signals.recv() => break,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 report_exited(&mut running);
                 if running.iter().all(|m| m.exited) {
@@ -215,8 +223,7 @@ pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
             }
         }
     }
-    stop_all(&mut running).await;
-    Ok(())
+    stop_all(&mut running, log_streams).await
 }
 
 /// Reports (by name, with the exit status) each member that exited since
@@ -265,7 +272,13 @@ async fn wait_for_leader(
     }
 }
 
-async fn stop_all(running: &mut [RunningMember]) {
+/// SIGTERMs every running member and waits for each; a member still up
+/// 10 s later is killed, and then local-cluster reports an error (it did
+/// not stop cleanly). Waits briefly for the members' last log lines.
+async fn stop_all(
+    running: &mut [RunningMember],
+    log_streams: Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<()> {
     for member in running.iter_mut().filter(|m| !m.exited) {
         if let Some(pid) = member.child.id() {
             let _ = nix::sys::signal::kill(
@@ -274,28 +287,27 @@ async fn stop_all(running: &mut [RunningMember]) {
             );
         }
     }
+    let mut killed = Vec::new();
     for member in running.iter_mut().filter(|m| !m.exited) {
         match tokio::time::timeout(Duration::from_secs(10), member.child.wait()).await {
             Ok(Ok(status)) => println!("member {} stopped ({status})", member.name),
             _ => {
                 eprintln!("member {} did not stop within 10s; killing it", member.name);
                 let _ = member.child.kill().await;
+                killed.push(member.name.clone());
             }
         }
         member.exited = true;
     }
-}
-
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+    let drained = futures::future::join_all(log_streams);
+    let _ = tokio::time::timeout(LOG_DRAIN_WAIT, drained).await;
+    if !killed.is_empty() {
+        bail!(
+            "members {} did not stop cleanly and were killed",
+            killed.join(", ")
+        );
     }
+    Ok(())
 }
 
 #[cfg(test)]

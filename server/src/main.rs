@@ -20,6 +20,7 @@ mod peer_service;
 mod pre_vote;
 mod read_path;
 mod request_checks;
+mod signals;
 mod unserved_services;
 mod write_path;
 
@@ -65,7 +66,8 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         None => {
             init_logging(&cli.member.log_level);
-            member::run_member(cli.member, local_cluster::shutdown_signal()).await
+            let mut signals = signals::ShutdownSignals::install()?;
+            member::run_member(cli.member, async move { signals.recv().await }).await
         }
         Some(Command::LocalCluster(flags)) => local_cluster::run_local_cluster(flags).await,
     }

@@ -108,6 +108,10 @@ impl WritePath {
                 match client.forward_write(forwarded).await {
                     Ok(response) => return Ok(response.into_inner()),
                     Err(status) if write_provably_not_applied(&status) => {}
+                    // The forwarded call ran out of this request's time: etcd's "request timed out".
+                    Err(status) if status.code() == Code::DeadlineExceeded => {
+                        return Err(WireError::Timeout.into())
+                    }
                     // The leader went away with the write in flight: it may
                     // or may not be applied, which etcd calls "leader changed".
                     Err(status) if keel_client::transport_failure(&status) => {

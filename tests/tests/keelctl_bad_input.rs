@@ -42,6 +42,17 @@ async fn usage_errors_need_no_cluster() {
         1,
         "unknown flag: --nope",
     );
+    // Regression: a non-ASCII short flag once panicked slicing its first byte.
+    assert_error(
+        &keelctl(&[&nowhere, "get", "k", "-\u{e9}x"], "").await,
+        1,
+        "unknown shorthand flag: '\u{e9}' in -\u{e9}x",
+    );
+    assert_error(
+        &keelctl(&[&nowhere, "get", "k", "-zq"], "").await,
+        1,
+        "unknown shorthand flag: 'z' in -zq",
+    );
     assert_error(
         &keelctl(&["frobnicate"], "").await,
         1,

@@ -47,18 +47,21 @@ struct LocalCluster {
 
 impl LocalCluster {
     fn start(base_port: u16, data_dir: &std::path::Path) -> LocalCluster {
+        LocalCluster::start_with(base_port, data_dir, &["--size", "3"])
+    }
+
+    fn start_with(base_port: u16, data_dir: &std::path::Path, extra: &[&str]) -> LocalCluster {
         let keel = keel_tests::built_binary("keel").expect("keel is built");
         let mut child = Command::new(keel)
             .args([
                 "local-cluster",
-                "--size",
-                "3",
                 "--base-port",
                 &base_port.to_string(),
                 "--data-dir",
             ])
             .arg(data_dir)
             .args(["--election-timeout", "500", "--heartbeat-interval", "50"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -105,6 +108,34 @@ impl LocalCluster {
         }
     }
 
+    /// Waits for an output line containing `needle`; returns it.
+    async fn line_containing(&mut self, needle: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no line with {needle:?} within 30s:\n{}", self.seen.join("\n")))
+                .unwrap_or_else(|| panic!("local-cluster ended:\n{}", self.seen.join("\n")));
+            self.seen.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    /// The pid local-cluster printed for `member`.
+    fn member_pid(&self, member: &str) -> i32 {
+        self.seen
+            .iter()
+            .filter(|l| l.trim_start().starts_with(&format!("{member} ")))
+            .find_map(|l| l.split("pid ").nth(1))
+            .and_then(|pid| pid.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no pid printed for {member}: {:?}", self.seen))
+    }
+
     /// SIGTERM, then the exit code (within 30s).
     async fn terminate(&mut self) -> Option<i32> {
         let pid = self.child.id().expect("local-cluster is running");
@@ -148,6 +179,12 @@ async fn local_cluster_runs_stops_on_sigterm_and_resumes_its_data() {
             cluster.seen
         );
     }
+
+    let prefixed = cluster.line_containing("keel1 | ").await;
+    assert!(
+        prefixed.starts_with("keel1 | "),
+        "member logs are streamed with the member's name: {prefixed:?}"
+    );
 
     let put = keelctl(&endpoints, &["put", "app/name", "keel"], "").await;
     assert_eq!(put.stdout_text(), "OK\n");
@@ -203,4 +240,51 @@ async fn local_cluster_runs_stops_on_sigterm_and_resumes_its_data() {
         "app/name\nkeel\napp/size\n3\napp/state\nready\n"
     );
     assert_eq!(again.terminate().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_even_quiet_cluster_warns_hides_member_logs_and_reports_a_member_that_dies_without_restarting_it()
+{
+    let data = tempfile::tempdir().expect("tempdir");
+    let base_port = free_base_port();
+    let mut cluster = LocalCluster::start_with(base_port, data.path(), &["--size", "2", "--quiet"]);
+    let endpoints = cluster.endpoints().await;
+    assert_eq!(endpoints.split(',').count(), 2, "{endpoints}");
+    let warning = cluster.line_containing("warning:").await;
+    assert!(
+        warning.starts_with("stderr: ") && warning.contains("no more failures than one of 1"),
+        "the even size is warned about on stderr: {warning:?}"
+    );
+    keelctl(&endpoints, &["put", "k", "v"], "").await;
+
+    let victim = cluster.member_pid("keel2");
+    kill(Pid::from_raw(victim), Signal::SIGKILL).expect("kill -9 keel2");
+    let report = cluster.line_containing("member keel2 exited unexpectedly").await;
+    assert!(
+        report.starts_with("stderr: ") && report.contains("signal: 9") && report.contains("not restarted"),
+        "the death is reported with its exit status: {report:?}"
+    );
+    // Not restarted: nothing listens on keel2's client port a while later.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let keel2_client = base_port + OFFSETS[1];
+    assert!(
+        TcpListener::bind((Ipv4Addr::LOCALHOST, keel2_client)).is_ok(),
+        "keel2's port {keel2_client} should be free: the member must not come back"
+    );
+
+    assert_eq!(cluster.terminate().await, Some(0), "{:?}", cluster.seen);
+    assert!(
+        cluster.seen.iter().any(|l| l.contains("member keel1 stopped")),
+        "the survivor stops cleanly: {:?}",
+        cluster.seen
+    );
+    let member_log_lines: Vec<&String> = cluster
+        .seen
+        .iter()
+        .filter(|l| l.starts_with("keel1 | ") || l.starts_with("keel2 | "))
+        .collect();
+    assert!(
+        member_log_lines.is_empty(),
+        "--quiet streams no member log: {member_log_lines:?}"
+    );
 }

@@ -207,6 +207,10 @@ async fn kill_9_of_every_member_under_load_loses_no_acknowledged_write_and_no_re
     assert_eq!(revisions, expected, "revisions must run without gap or repeat");
 }
 
+/// openraft's snapshot transfer chunk as the server configures it.
+const SNAPSHOT_CHUNK_BYTES: u64 = 2 * 1024 * 1024;
+const VALUE_BYTES: usize = 16 * 1024;
+
 #[tokio::test]
 async fn a_member_that_missed_more_than_the_snapshot_threshold_catches_up_through_a_snapshot() {
     let options = ClusterOptions {
@@ -223,7 +227,7 @@ async fn a_member_that_missed_more_than_the_snapshot_threshold_catches_up_throug
     let client = cluster.member_client(leader).expect("client");
     for i in 0..400 {
         client
-            .put(put(&format!("s/{i:04}"), &"v".repeat(100)))
+            .put(put(&format!("s/{i:04}"), &"v".repeat(VALUE_BYTES)))
             .await
             .expect("put while a member is down");
     }
@@ -248,9 +252,22 @@ async fn a_member_that_missed_more_than_the_snapshot_threshold_catches_up_throug
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let log = std::fs::read_to_string(cluster.log_path(lagging)).unwrap_or_default();
+    let installed_bytes: Vec<u64> = log
+        .lines()
+        .filter(|line| line.contains("installed snapshot"))
+        .filter_map(|line| line.split("bytes=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter_map(|number| number.parse().ok())
+        .collect();
     assert!(
-        log.contains("installed snapshot"),
+        !installed_bytes.is_empty(),
         "the member must have caught up through a snapshot:\n{log}"
+    );
+    // 400 values of 16 KiB: the snapshot cannot fit one 2 MiB transfer chunk,
+    // so it must have been streamed in several.
+    assert!(
+        installed_bytes.iter().any(|&bytes| bytes > SNAPSHOT_CHUNK_BYTES),
+        "installed snapshot sizes {installed_bytes:?} should exceed one chunk"
     );
     let leader_hash = client
         .hash_kv(&cluster.endpoint(leader), 0)

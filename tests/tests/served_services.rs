@@ -1,0 +1,114 @@
+//! What a member serves besides KV: the standard `grpc.health.v1.Health`
+//! service reports SERVING, and every etcd RPC keel declares but does not
+//! serve answers UNIMPLEMENTED (never a silent success), while the member
+//! keeps serving afterwards.
+
+use keel_api::etcdserverpb::cluster_client::ClusterClient;
+use keel_api::etcdserverpb::lease_client::LeaseClient;
+use keel_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use keel_api::etcdserverpb::watch_client::WatchClient;
+use keel_api::etcdserverpb::{
+    DefragmentRequest, HashRequest, LeaseGrantRequest, LeaseLeasesRequest, LeaseRevokeRequest,
+    LeaseTimeToLiveRequest, MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest, MemberUpdateRequest,
+    MoveLeaderRequest, RangeRequest, SnapshotRequest, WatchRequest,
+};
+use keel_tests::{Cluster, ClusterOptions};
+use tonic::transport::Channel;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+async fn channel(cluster: &Cluster) -> Channel {
+    Channel::from_shared(format!("http://{}", cluster.endpoint(0)))
+        .expect("endpoint url")
+        .connect()
+        .await
+        .expect("connects to the member")
+}
+
+#[tokio::test]
+async fn health_reports_serving_for_the_server_and_for_kv() {
+    let cluster = Cluster::start(ClusterOptions::keel(1)).await.expect("cluster");
+    let mut health = HealthClient::new(channel(&cluster).await);
+    for service in ["", "etcdserverpb.KV"] {
+        let answer = health
+            .check(HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .unwrap_or_else(|status| panic!("health check of {service:?}: {status}"))
+            .into_inner();
+        assert_eq!(answer.status(), ServingStatus::Serving, "service {service:?}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".to_string(),
+        })
+        .await
+        .expect_err("an unknown service has no health status");
+    assert_eq!(unknown.code(), Code::NotFound);
+}
+
+fn assert_unimplemented<T: std::fmt::Debug>(rpc: &str, answer: Result<T, tonic::Status>) {
+    match answer {
+        Ok(reply) => panic!("{rpc} answered {reply:?}; keel does not serve it"),
+        Err(status) => assert_eq!(status.code(), Code::Unimplemented, "{rpc}: {status}"),
+    }
+}
+
+#[tokio::test]
+async fn every_declared_but_unserved_etcd_rpc_answers_unimplemented() {
+    let cluster = Cluster::start(ClusterOptions::keel(1)).await.expect("cluster");
+    let channel = channel(&cluster).await;
+    let mut lease = LeaseClient::new(channel.clone());
+    let mut members = ClusterClient::new(channel.clone());
+    let mut maintenance = MaintenanceClient::new(channel.clone());
+    let mut watch = WatchClient::new(channel.clone());
+
+    assert_unimplemented(
+        "LeaseGrant",
+        lease.lease_grant(LeaseGrantRequest { ttl: 10, id: 0 }).await,
+    );
+    assert_unimplemented(
+        "LeaseRevoke",
+        lease.lease_revoke(LeaseRevokeRequest { id: 1 }).await,
+    );
+    assert_unimplemented(
+        "LeaseTimeToLive",
+        lease
+            .lease_time_to_live(LeaseTimeToLiveRequest { id: 1, keys: false })
+            .await,
+    );
+    assert_unimplemented("LeaseLeases", lease.lease_leases(LeaseLeasesRequest {}).await);
+    assert_unimplemented("MemberAdd", members.member_add(MemberAddRequest::default()).await);
+    assert_unimplemented(
+        "MemberRemove",
+        members.member_remove(MemberRemoveRequest { id: 1 }).await,
+    );
+    assert_unimplemented(
+        "MemberUpdate",
+        members.member_update(MemberUpdateRequest::default()).await,
+    );
+    assert_unimplemented(
+        "MemberPromote",
+        members.member_promote(MemberPromoteRequest { id: 1 }).await,
+    );
+    assert_unimplemented("Defragment", maintenance.defragment(DefragmentRequest {}).await);
+    assert_unimplemented("Hash", maintenance.hash(HashRequest {}).await);
+    assert_unimplemented(
+        "MoveLeader",
+        maintenance.move_leader(MoveLeaderRequest { target_id: 1 }).await,
+    );
+    assert_unimplemented("Snapshot", maintenance.snapshot(SnapshotRequest {}).await);
+    let requests = tokio_stream::iter(vec![WatchRequest::default()]);
+    assert_unimplemented("Watch", watch.watch(requests).await);
+
+    // The member still serves after refusing them.
+    let client = cluster.client().expect("client");
+    let range = RangeRequest {
+        key: b"k".to_vec(),
+        ..Default::default()
+    };
+    client.range(range).await.expect("a range still succeeds");
+}
