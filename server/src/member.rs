@@ -90,8 +90,8 @@ pub async fn run_member(
         .open()
         .context("opening the keyspace database")?;
     let store = MvccStore::open(&mvcc_db).context("opening the keyspace")?;
-    let state_machine =
-        KeelStateMachine::open(store, &data_dir.join("snap")).context("opening the state machine")?;
+    let state_machine = KeelStateMachine::open(store, &data_dir.join("mvcc"), &data_dir.join("snap"))
+        .context("opening the state machine")?;
     let state = state_machine.view();
 
     let raft_config = openraft_config(&flags)?;

@@ -17,6 +17,7 @@ mod group_flush;
 pub mod log_store;
 pub mod network;
 pub mod peer_codec;
+mod sled_files;
 pub mod snapshot_files;
 pub mod state_machine;
 pub mod type_config;

@@ -3,9 +3,9 @@
 //! Durability rule (openraft's `RaftLogStorage` contract): a vote is
 //! reported saved, and appended entries are reported through
 //! `LogFlushed::log_io_completed`, only after a `sled::Db::flush` that
-//! started after they were written has returned (sled fsyncs its log on
-//! flush; see `group_flush.rs`, which lets concurrent appends share one
-//! flush). `append` itself returns as soon as the entries are in sled's
+//! started after they were written has returned AND the database's files
+//! were fdatasynced (sled's own flush stops at `sync_file_range`; see
+//! `group_flush.rs`, which also lets concurrent appends share one flush). `append` itself returns as soon as the entries are in sled's
 //! memory, as openraft's contract allows, so the next append can join the
 //! same flush. A member therefore never votes twice in a term or
 //! acknowledges an entry it could lose in a crash. Votes, truncation and
@@ -65,7 +65,7 @@ impl SledLogStore {
             .open()?;
         let log = db.open_tree("log")?;
         let state = db.open_tree("raft_state")?;
-        let flusher = GroupFlusher::start(db)?;
+        let flusher = GroupFlusher::start(db, path)?;
         Ok(SledLogStore { log, state, flusher })
     }
 

@@ -13,7 +13,7 @@
 
 use std::io::{BufReader, BufWriter, Seek, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use keel_mvcc::MvccStore;
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -22,6 +22,7 @@ use openraft::{
 };
 
 use crate::apply::{apply_write_batch, MemberAttributeTable};
+use crate::sled_files::SledFiles;
 use crate::snapshot_files::SnapshotFiles;
 use crate::type_config::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::RaftStorageError;
@@ -41,11 +42,25 @@ fn snapshot_error(verb: ErrorVerb, error: impl std::error::Error + 'static) -> S
 
 struct Shared {
     store: MvccStore,
+    /// The keyspace database's files, synced after each flush of it.
+    keyspace_files: Mutex<SledFiles>,
     /// Held for writing while a batch is applied or a snapshot installed, for
     /// reading while a snapshot is dumped.
     apply_gate: RwLock<()>,
     members: RwLock<MemberAttributeTable>,
     snapshots: SnapshotFiles,
+}
+
+impl Shared {
+    /// Makes every committed keyspace change durable (sled flush, then fdatasync).
+    fn flush_keyspace(&self) -> Result<(), RaftStorageError> {
+        self.store.flush()?;
+        self.keyspace_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sync()?;
+        Ok(())
+    }
 }
 
 /// What the server reads from the state machine outside openraft.
@@ -94,12 +109,19 @@ fn encode_meta<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError> 
 }
 
 impl KeelStateMachine {
-    /// Opens the state machine over `store`, keeping snapshots in `snapshot_dir`.
-    pub fn open(store: MvccStore, snapshot_dir: &std::path::Path) -> Result<Self, RaftStorageError> {
+    /// Opens the state machine over `store`, whose sled database lives in
+    /// `keyspace_dir`, keeping snapshots in `snapshot_dir`.
+    pub fn open(
+        store: MvccStore,
+        keyspace_dir: &std::path::Path,
+        snapshot_dir: &std::path::Path,
+    ) -> Result<Self, RaftStorageError> {
         let members = read_meta(&store, MEMBER_ATTRIBUTES_KEY)?.unwrap_or_default();
         let snapshots = SnapshotFiles::open(snapshot_dir)?;
+        let keyspace_files = Mutex::new(SledFiles::open(keyspace_dir)?);
         let shared = Arc::new(Shared {
             store,
+            keyspace_files,
             apply_gate: RwLock::new(()),
             members: RwLock::new(members),
             snapshots,
@@ -236,7 +258,9 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
             batch.set_app_meta(LAST_APPLIED_KEY, encode_meta(&meta_owned.last_log_id)?);
             batch.set_app_meta(MEMBERSHIP_KEY, encode_meta(&meta_owned.last_membership)?);
             batch.commit().map_err(|e| sm_error(ErrorVerb::Write, e))?;
-            shared.store.flush().map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            shared
+                .flush_keyspace()
+                .map_err(|e| sm_error(ErrorVerb::Write, e))?;
             let members: MemberAttributeTable = read_meta(&shared.store, MEMBER_ATTRIBUTES_KEY)
                 .map_err(|e| read_error(&e))?
                 .unwrap_or_default();
@@ -308,7 +332,7 @@ impl RaftSnapshotBuilder<TypeConfig> for KeelSnapshotBuilder {
                     .map_err(|e| write_error(&e))?;
                 writer.flush().map_err(|e| write_error(&e))?;
                 // The log is purged behind this snapshot: what it covers must be durable.
-                shared.store.flush().map_err(|e| write_error(&e))?;
+                shared.flush_keyspace().map_err(|e| write_error(&e))?;
                 let snapshot_id = match last_applied {
                     Some(log_id) => format!("{}-{}-{}", log_id.leader_id.term, log_id.index, stats.records),
                     None => format!("empty-{}", stats.records),
