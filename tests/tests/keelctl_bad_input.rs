@@ -124,6 +124,46 @@ async fn an_unreachable_cluster_fails_within_the_dial_timeout_naming_the_endpoin
 }
 
 #[tokio::test]
+async fn endpoint_status_and_health_of_unreachable_endpoints_report_each_endpoint_as_etcdctl_does() {
+    let closed = format!("127.0.0.1:{}", free_port().expect("port"));
+    let endpoints = format!("--endpoints={closed}");
+    let status = keelctl(&[&endpoints, "--dial-timeout=1s", "endpoint", "status"], "").await;
+    assert_eq!(status.code, 1, "{}", status.stderr_text());
+    assert!(status.stdout.is_empty(), "{}", status.stdout_text());
+    assert!(
+        status.stderr_text().starts_with(&format!(
+            "Failed to get the status of endpoint {closed} (context deadline exceeded"
+        )),
+        "etcdctl's per-endpoint line, no 'Error:': {}",
+        status.stderr_text()
+    );
+
+    let health = keelctl(
+        &[
+            &endpoints,
+            "--dial-timeout=1s",
+            "endpoint",
+            "health",
+            "-w",
+            "json",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(health.code, 1, "{}", health.stderr_text());
+    let answer: serde_json::Value = serde_json::from_slice(&health.stdout).expect("health JSON");
+    let first = &answer[0];
+    assert_eq!(first["endpoint"], closed.as_str());
+    assert_eq!(first["health"], false);
+    let took = first["took"].as_str().unwrap_or_default();
+    assert!(
+        took.ends_with('s') && took.len() > 1,
+        "took is a Go duration: {took:?}"
+    );
+    assert!(health.stderr_text().contains("Error: unhealthy cluster"));
+}
+
+#[tokio::test]
 async fn server_errors_and_keelctl_additions_against_keel() {
     let cluster = Cluster::start(ClusterOptions::keel(1))
         .await

@@ -90,8 +90,17 @@ pub async fn endpoint(ctx: &Ctx, args: &EndpointArgs) -> Result<Output, CtlError
 
 async fn status(ctx: &Ctx, cluster: bool) -> Result<Output, CtlError> {
     let targets = endpoints(ctx, cluster).await?;
-    let client = ctx.connect().await?;
     let mut out = Output::default();
+    let client = match ctx.connect().await {
+        Ok(client) => client,
+        // No endpoint answers: etcdctl reports each one, then exits 1.
+        Err(error) => {
+            for endpoint in &targets {
+                report_status_failure(&mut out, endpoint, &error.message);
+            }
+            return Err(partial_failure(out, CtlError::exit_quietly(EXIT_ERROR)));
+        }
+    };
     let mut statuses = Vec::new();
     let mut failed = false;
     for endpoint in targets {
@@ -99,11 +108,7 @@ async fn status(ctx: &Ctx, cluster: bool) -> Result<Output, CtlError> {
             Ok(status) => statuses.push(EndpointStatus { endpoint, status }),
             Err(error) => {
                 failed = true;
-                let text = format!(
-                    "Failed to get the status of endpoint {endpoint} ({})\n",
-                    client_error_text(&error)
-                );
-                out.stderr.extend(text.as_bytes());
+                report_status_failure(&mut out, &endpoint, &client_error_text(&error));
             }
         }
     }
@@ -112,6 +117,11 @@ async fn status(ctx: &Ctx, cluster: bool) -> Result<Output, CtlError> {
         return Err(partial_failure(out, CtlError::exit_quietly(EXIT_ERROR)));
     }
     Ok(out)
+}
+
+fn report_status_failure(out: &mut Output, endpoint: &str, reason: &str) {
+    let text = format!("Failed to get the status of endpoint {endpoint} ({reason})\n");
+    out.stderr.extend(text.as_bytes());
 }
 
 async fn health(ctx: &Ctx, cluster: bool) -> Result<Output, CtlError> {
@@ -130,18 +140,18 @@ async fn health(ctx: &Ctx, cluster: bool) -> Result<Output, CtlError> {
 /// a client of that endpoint alone; any answer but an error is healthy.
 async fn probe(ctx: &Ctx, endpoint: String) -> EndpointHealth {
     let config = ctx.client_config(vec![endpoint.clone()]);
+    let started = Instant::now();
     let client = match Client::connect(config).await {
         Ok(client) => client,
         Err(error) => {
             return EndpointHealth {
                 endpoint,
                 health: false,
-                took: String::new(),
+                took: format_duration(started.elapsed()),
                 error: client_error_text(&error),
             }
         }
     };
-    let started = Instant::now();
     let answer = client
         .range(RangeRequest {
             key: b"health".to_vec(),
