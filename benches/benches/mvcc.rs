@@ -29,13 +29,18 @@ struct Store {
     store: MvccStore,
 }
 
+/// The server's default keyspace page cache (`--keyspace-cache-mb 256`).
+const KEYSPACE_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
 fn open_store() -> Store {
     let dir = match tempfile::Builder::new().prefix("keel-bench-mvcc-").tempdir() {
         Ok(dir) => dir,
         Err(error) => panic!("creating a temp dir: {error}"),
     };
+    // As a member opens its keyspace with the default --keyspace-cache-mb (256).
     let db = match sled::Config::new()
         .path(dir.path())
+        .cache_capacity(KEYSPACE_CACHE_BYTES)
         .mode(sled::Mode::HighThroughput)
         .open()
     {

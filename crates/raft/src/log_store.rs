@@ -98,6 +98,24 @@ impl SledLogStore {
         }
     }
 
+    /// Appends `entries` and returns once they are durable: what `append`
+    /// does, for callers outside openraft (benchmarks), which cannot build
+    /// the `LogFlushed` callback `append` takes.
+    pub async fn append_durably(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
+        self.write_entries(entries)?;
+        self.flush().await
+    }
+
+    /// Puts `entries` into sled's memory (not yet durable), in one batch.
+    fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes = bincode::serialize(&entry).map_err(write_logs_error)?;
+            batch.insert(&index_key(entry.log_id.index), bytes);
+        }
+        self.log.apply_batch(batch).map_err(write_logs_error)
+    }
+
     fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
         let Some((_, bytes)) = self.log.last().map_err(read_logs_error)? else {
             return Ok(None);
@@ -181,12 +199,7 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            let bytes = bincode::serialize(&entry).map_err(write_logs_error)?;
-            batch.insert(&index_key(entry.log_id.index), bytes);
-        }
-        self.log.apply_batch(batch).map_err(write_logs_error)?;
+        self.write_entries(entries)?;
         self.flusher.after_next_flush(Box::new(move |flushed| {
             callback.log_io_completed(flushed.map_err(std::io::Error::other));
         }));

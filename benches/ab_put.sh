@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# A/B of keel builds on the write path, for changes too small for a full
+# `compare.sh` run: starts a fresh 3-member `keel local-cluster` from the
+# binaries in BIN_DIR (keel and keel-bench, e.g. a copy of target/release),
+# runs `keel-bench put` through the leader at 1, 16 and 256 clients (5 s each
+# after 1 s of warm-up), prints one summary line per case, and stops the
+# cluster. Extra NAME=VALUE arguments go into the members' environment.
+# Alternate builds over several rounds; quote medians, never one round.
+#
+#   benches/ab_put.sh /tmp/bin-before; benches/ab_put.sh /tmp/bin-after
+set -euo pipefail
+bin_dir=${1:?usage: ab_put.sh BIN_DIR [NAME=VALUE ...]}
+shift
+data=$(mktemp -d "${TMPDIR:-/tmp}/keel-ab-put.XXXXXX")
+log="$data/local-cluster.log"
+env "$@" "$bin_dir/keel" local-cluster --size 3 --base-port 12379 --data-dir "$data/members" --quiet >"$log" 2>&1 &
+cluster=$!
+trap 'kill -TERM $cluster 2>/dev/null || true; wait $cluster 2>/dev/null || true; rm -rf "$data"' EXIT
+for _ in $(seq 1 100); do grep -q '^export KEELCTL_ENDPOINTS=' "$log" && break; sleep 0.2; done
+endpoints=$(sed -n 's/^export KEELCTL_ENDPOINTS=//p' "$log")
+[ -n "$endpoints" ] || { echo "ab_put.sh: the cluster did not come up:" >&2; cat "$log" >&2; exit 2; }
+for case in "1 1" "16 4" "256 16"; do
+    read -r clients conns <<<"$case"
+    summary=$("$bin_dir/keel-bench" put --endpoints "$endpoints" --target leader --conns "$conns" \
+        --clients "$clients" --duration 5s --warmup 1s --key-size 8 --val-size 256 --key-space 100000 2>&1 >/dev/null |
+        grep -E '^(throughput|latency)' | tr -s ' ' | paste -sd' ')
+    echo "$bin_dir $* clients=$clients $summary"
+done
