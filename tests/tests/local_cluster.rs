@@ -16,14 +16,21 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// How long a test waits for an expected output line.
+const LINE_WAIT: Duration = Duration::from_secs(30);
+
 /// Client port offsets of a 3-member local cluster; peers are client + 1.
 const OFFSETS: [u16; 3] = [0, 20000, 30000];
 
-/// A base port whose six ports are all free right now.
+/// A base port whose six ports are all free right now. Bases are multiples
+/// of 10 drawn from the process id: tests of this file run at once in
+/// processes with neighbouring ids, and bases one apart would share ports
+/// (one cluster's peer port is the other's client port).
 fn free_base_port() -> u16 {
     let seed = std::process::id() as u16;
     for attempt in 0..2000u16 {
-        let base = 10_000 + (seed.wrapping_add(attempt.wrapping_mul(7919))) % 25_000;
+        let slot = seed.wrapping_add(attempt.wrapping_mul(7919)) % 2_500;
+        let base = 10_000 + slot * 10;
         let all_free = OFFSETS.iter().all(|offset| {
             let client = base + offset;
             [client, client + 1]
@@ -95,29 +102,26 @@ impl LocalCluster {
 
     /// Waits for the line `export KEELCTL_ENDPOINTS=...`; returns its value.
     async fn endpoints(&mut self) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let line = tokio::time::timeout_at(deadline, self.lines.recv())
-                .await
-                .unwrap_or_else(|_| panic!("no export line within 60s; output:\n{}", self.seen.join("\n")))
-                .unwrap_or_else(|| panic!("local-cluster ended; output:\n{}", self.seen.join("\n")));
-            self.seen.push(line.clone());
-            if let Some(value) = line.strip_prefix("export KEELCTL_ENDPOINTS=") {
-                return value.to_string();
-            }
-        }
+        const EXPORT: &str = "export KEELCTL_ENDPOINTS=";
+        let line = self.line_containing(EXPORT, Duration::from_secs(60)).await;
+        line.trim_start_matches(EXPORT).to_string()
     }
 
-    /// Waits for an output line containing `needle`; returns it.
-    async fn line_containing(&mut self, needle: &str) -> String {
+    /// Waits (at most `wait`) for an output line containing `needle`; returns it.
+    async fn line_containing(&mut self, needle: &str, wait: Duration) -> String {
         if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
             return line.clone();
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let line = tokio::time::timeout_at(deadline, self.lines.recv())
                 .await
-                .unwrap_or_else(|_| panic!("no line with {needle:?} within 30s:\n{}", self.seen.join("\n")))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "no line with {needle:?} within {wait:?}:\n{}",
+                        self.seen.join("\n")
+                    )
+                })
                 .unwrap_or_else(|| panic!("local-cluster ended:\n{}", self.seen.join("\n")));
             self.seen.push(line.clone());
             if line.contains(needle) {
@@ -180,7 +184,7 @@ async fn local_cluster_runs_stops_on_sigterm_and_resumes_its_data() {
         );
     }
 
-    let prefixed = cluster.line_containing("keel1 | ").await;
+    let prefixed = cluster.line_containing("keel1 | ", LINE_WAIT).await;
     assert!(
         prefixed.starts_with("keel1 | "),
         "member logs are streamed with the member's name: {prefixed:?}"
@@ -250,7 +254,7 @@ async fn an_even_quiet_cluster_warns_hides_member_logs_and_reports_a_member_that
     let mut cluster = LocalCluster::start_with(base_port, data.path(), &["--size", "2", "--quiet"]);
     let endpoints = cluster.endpoints().await;
     assert_eq!(endpoints.split(',').count(), 2, "{endpoints}");
-    let warning = cluster.line_containing("warning:").await;
+    let warning = cluster.line_containing("warning:", LINE_WAIT).await;
     assert!(
         warning.starts_with("stderr: ") && warning.contains("no more failures than one of 1"),
         "the even size is warned about on stderr: {warning:?}"
@@ -259,7 +263,9 @@ async fn an_even_quiet_cluster_warns_hides_member_logs_and_reports_a_member_that
 
     let victim = cluster.member_pid("keel2");
     kill(Pid::from_raw(victim), Signal::SIGKILL).expect("kill -9 keel2");
-    let report = cluster.line_containing("member keel2 exited unexpectedly").await;
+    let report = cluster
+        .line_containing("member keel2 exited unexpectedly", LINE_WAIT)
+        .await;
     assert!(
         report.starts_with("stderr: ") && report.contains("signal: 9") && report.contains("not restarted"),
         "the death is reported with its exit status: {report:?}"
