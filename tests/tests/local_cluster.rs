@@ -294,3 +294,37 @@ async fn an_even_quiet_cluster_warns_hides_member_logs_and_reports_a_member_that
         "--quiet streams no member log: {member_log_lines:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_does_not_stop_on_sigterm_is_killed_and_local_cluster_exits_non_zero() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let base_port = free_base_port();
+    let mut cluster = LocalCluster::start_with(base_port, data.path(), &["--size", "1", "--quiet"]);
+    cluster.endpoints().await;
+    // A stopped process keeps SIGTERM pending: it cannot stop cleanly.
+    let member = cluster.member_pid("keel1");
+    kill(Pid::from_raw(member), Signal::SIGSTOP).expect("SIGSTOP keel1");
+    let code = cluster.terminate().await;
+    assert_ne!(
+        code,
+        Some(0),
+        "a killed member is not a clean stop: {:?}",
+        cluster.seen
+    );
+    assert!(
+        cluster
+            .seen
+            .iter()
+            .any(|l| l.contains("member keel1 did not stop within 10s; killing it")),
+        "{:?}",
+        cluster.seen
+    );
+    assert!(
+        cluster
+            .seen
+            .iter()
+            .any(|l| l.contains("did not stop cleanly and were killed")),
+        "{:?}",
+        cluster.seen
+    );
+}

@@ -5,7 +5,8 @@
 //! `LogFlushed::log_io_completed`, only after a `sled::Db::flush` that
 //! started after they were written has returned AND the database's files
 //! were fdatasynced (sled's own flush stops at `sync_file_range`; see
-//! `group_flush.rs`, which also lets concurrent appends share one flush). `append` itself returns as soon as the entries are in sled's
+//! `group_flush.rs`, which also lets concurrent appends share one flush).
+//! `append` itself returns as soon as the entries are in sled's
 //! memory, as openraft's contract allows, so the next append can join the
 //! same flush. A member therefore never votes twice in a term or
 //! acknowledges an entry it could lose in a crash. Votes, truncation and

@@ -28,8 +28,10 @@ impl SledFiles {
         let data_file = File::open(path.join("db"))?;
         let blob_dir = path.join("blobs");
         std::fs::create_dir_all(&blob_dir)?;
-        // The database's own directory entries, once: sled created them.
-        for dir in [path, blob_dir.as_path()] {
+        // The directory entries sled created (the database's own directory
+        // in its parent, `db` and `blobs` in it), once.
+        let parent = path.parent().filter(|parent| !parent.as_os_str().is_empty());
+        for dir in parent.into_iter().chain([path, blob_dir.as_path()]) {
             File::open(dir)?.sync_all()?;
         }
         let mut files = SledFiles {
@@ -76,7 +78,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_record_too_large_for_sleds_log_becomes_a_blob_and_is_synced_before_the_answer() {
+    fn a_record_too_large_for_sleds_log_becomes_a_blob_file_that_sync_covers() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = sled::open(dir.path()).expect("open");
         let mut files = SledFiles::open(dir.path()).expect("files");
