@@ -1,30 +1,8 @@
 //! The `keel` binary: a member started with etcd's flags, or
 //! `keel local-cluster` to run a whole local cluster.
 
-// tonic's service traits return `tonic::Status`, which is large by design.
-#![allow(clippy::result_large_err)]
-
-mod authority_repair;
-mod cluster_service;
-mod config;
-mod context;
-mod election_timer;
-mod identity;
-mod kv_service;
-mod leader_log;
-mod leadership;
-mod local_cluster;
-mod maintenance_service;
-mod member;
-mod peer_service;
-mod pre_vote;
-mod read_path;
-mod request_checks;
-mod signals;
-mod unserved_services;
-mod write_path;
-
 use clap::{Parser, Subcommand};
+use keel_server::{config, local_cluster, member, signals};
 
 #[derive(Parser)]
 #[command(

@@ -15,8 +15,9 @@ use keel_api::etcdserverpb::watch_server::WatchServer;
 use keel_api::keelpb::peer_server::PeerServer;
 use keel_api::keelpb::{write_request, MemberAttributes, WriteRequest};
 use keel_mvcc::MvccStore;
+use keel_raft::network::LinkFaults;
 use keel_raft::peer_codec::MAX_PEER_MESSAGE_BYTES;
-use keel_raft::{KeelRaft, KeelStateMachine, MemberNode, PeerNetwork, SledLogStore};
+use keel_raft::{FailPoints, KeelRaft, KeelStateMachine, MemberNode, PeerNetwork, SledLogStore};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
@@ -40,8 +41,30 @@ use crate::write_path::WritePath;
 /// requests get etcd's "request is too large" instead of a transport error.
 const GRPC_DECODE_HEADROOM: usize = 8 * 1024 * 1024;
 
+/// What an in-process test cluster attaches to a member it runs; a `keel`
+/// process runs with none.
+#[derive(Default)]
+pub struct MemberTestHooks {
+    /// Links the test cuts per kind of message.
+    pub link_faults: Option<LinkFaults>,
+    /// Storage steps the test can stop the member at.
+    pub fail_points: FailPoints,
+    /// Receives the member's Raft handle once it serves.
+    pub started: Option<tokio::sync::oneshot::Sender<KeelRaft>>,
+}
+
+/// Runs one member until `shutdown` resolves or it fails.
 pub async fn run_member(
     flags: MemberFlags,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    run_member_with_test_hooks(flags, MemberTestHooks::default(), shutdown).await
+}
+
+/// [`run_member`], with an in-process test cluster's hooks attached.
+pub async fn run_member_with_test_hooks(
+    flags: MemberFlags,
+    hooks: MemberTestHooks,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     flags.validate()?;
@@ -82,7 +105,6 @@ pub async fn run_member(
         },
     )?;
 
-    let log_store = SledLogStore::open(&data_dir.join("raft")).context("opening the Raft log")?;
     let mvcc_db = sled::Config::new()
         .path(data_dir.join("mvcc"))
         .cache_capacity(flags.keyspace_cache_mb.saturating_mul(1024 * 1024))
@@ -90,9 +112,16 @@ pub async fn run_member(
         .open()
         .context("opening the keyspace database")?;
     let store = MvccStore::open(&mvcc_db).context("opening the keyspace")?;
-    let state_machine = KeelStateMachine::open(store, &data_dir.join("mvcc"), &data_dir.join("snap"))
-        .context("opening the state machine")?;
+    let state_machine = KeelStateMachine::open(
+        store,
+        &data_dir.join("mvcc"),
+        &data_dir.join("snap"),
+        hooks.fail_points.clone(),
+    )
+    .context("opening the state machine")?;
     let state = state_machine.view();
+    let log_store = SledLogStore::open_for_member(&data_dir.join("raft"), state_machine.durable_applied())
+        .context("opening the Raft log")?;
 
     let raft_config = openraft_config(&flags)?;
     let network = match &flags.peer_dial_overrides {
@@ -107,6 +136,10 @@ pub async fn run_member(
             }
             PeerNetwork::with_dial_overrides(overrides)
         }
+    };
+    let network = match hooks.link_faults {
+        Some(faults) => network.with_link_faults(self_id, faults),
+        None => network,
     };
     let raft = KeelRaft::new(
         self_id,
@@ -230,6 +263,9 @@ pub async fn run_member(
             client_urls: split_urls(&flags.advertise_client_urls),
         },
     ));
+    if let Some(started) = hooks.started {
+        let _ = started.send(raft.clone());
+    }
     tracing::info!(
         name = %flags.name,
         member_id = %format!("{self_id:x}"),

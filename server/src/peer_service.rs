@@ -51,6 +51,16 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Response<RaftPayload>, Statu
         .map_err(|e| Status::internal(e.to_string()))
 }
 
+/// True when this member accepted the sender of a snapshot chunk as its
+/// leader: the vote it answers with is the sender's. A stale leader is
+/// answered with a higher vote, and its message is no sign of a live leader.
+fn sender_is_current_leader(
+    sender_vote: &keel_raft::type_config::Vote,
+    answered: &keel_raft::type_config::Vote,
+) -> bool {
+    answered <= sender_vote
+}
+
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -77,8 +87,12 @@ impl Peer for PeerService {
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: InstallSnapshotRequest<keel_raft::TypeConfig> =
             decode_payload(request.get_ref()).map_err(bad_payload)?;
+        let sender_vote = rpc.vote;
         let result = self.context.raft.install_snapshot(rpc).await;
-        if result.is_ok() {
+        if result
+            .as_ref()
+            .is_ok_and(|response| sender_is_current_leader(&sender_vote, &response.vote))
+        {
             self.contact.touch();
         }
         encode(&result)
@@ -117,5 +131,19 @@ impl Peer for PeerService {
             self.contact.nudge_election();
         }
         Ok(Response::new(answer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_raft::type_config::Vote;
+
+    #[test]
+    fn a_snapshot_from_a_deposed_leader_is_no_contact_with_the_leader() {
+        let old_leader = Vote::new_committed(3, 1);
+        let current = Vote::new_committed(4, 2);
+        assert!(!sender_is_current_leader(&old_leader, &current));
+        assert!(sender_is_current_leader(&current, &current));
     }
 }

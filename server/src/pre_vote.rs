@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use keel_api::keelpb::{PreVoteRequest, PreVoteResponse};
+use keel_raft::network::PeerMessage;
 use keel_raft::type_config::LogId;
 use keel_raft::{KeelRaft, NodeId, PeerNetwork, SledLogStore};
 
@@ -88,7 +89,7 @@ pub async fn ask_voters(
     let request = request_from(self_id, position);
     let asks = voters.iter().filter(|id| **id != self_id).filter_map(|id| {
         let node = membership.membership().get_node(id)?;
-        let mut client = network.client(*id, &node.peer_url).ok()?;
+        let mut client = network.client(*id, &node.peer_url, PeerMessage::PreVote).ok()?;
         let mut call = tonic::Request::new(request);
         call.set_timeout(timeout);
         Some(async move { tokio::time::timeout(timeout, client.pre_vote(call)).await })

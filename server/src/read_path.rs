@@ -23,13 +23,14 @@ use std::time::Duration;
 
 use keel_api::keelpb::ReadIndexRequest;
 use keel_api::WireError;
+use keel_raft::network::{PeerMessage, PeerUnavailable};
 use keel_raft::{KeelRaft, PeerNetwork};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::Status;
 
 use crate::leadership::Leadership;
-use crate::write_path::NOT_LEADER_MESSAGE;
+use crate::write_path::not_leader_refusal;
 
 type IndexReply = oneshot::Sender<Result<u64, Status>>;
 
@@ -178,7 +179,7 @@ async fn confirm_read_index(context: &RoundContext, kind: RoundKind) -> Result<u
         RoundKind::AnyMember => context.leadership.wait_for_leader(leader_deadline).await?,
         RoundKind::LeaderOnly => match context.leadership.known_leader() {
             Some(leader) if leader.0 == context.leadership.self_id() => leader,
-            _ => return Err(Status::failed_precondition(NOT_LEADER_MESSAGE)),
+            _ => return Err(not_leader_refusal()),
         },
     };
     if leader == context.leadership.self_id() {
@@ -194,10 +195,15 @@ async fn confirm_read_index(context: &RoundContext, kind: RoundKind) -> Result<u
             Err(_elapsed) => Err(WireError::NoLeader.into()),
         };
     }
-    let mut client = context
+    let mut client = match context
         .network
-        .client(leader, &node.peer_url)
-        .map_err(|e| Status::internal(e.to_string()))?;
+        .client(leader, &node.peer_url, PeerMessage::ReadIndex)
+    {
+        Ok(client) => client,
+        // Not sent: the round is asked again, as after a refusal.
+        Err(PeerUnavailable::LinkCut { .. }) => return Err(WireError::LeaderChanged.into()),
+        Err(invalid) => return Err(Status::internal(invalid.to_string())),
+    };
     let mut request = tonic::Request::new(ReadIndexRequest {});
     request.set_timeout(context.confirm_timeout);
     match client.read_index(request).await {

@@ -6,15 +6,23 @@
 //! in order, each request with its own revision and outcome), so one log
 //! fdatasync and one replication round carry many writes.
 //!
-//! A write is retried on another route only when it provably did not take
-//! effect (the target said it is not the leader, or the connection to it was
-//! never made); anything else is reported to the client, never replayed.
+//! Invariant: a write is retried on another route only while it provably
+//! never reached a proposer: keel's own leadership check refused it before
+//! proposing (here, or on the leader it was forwarded to), or the connection
+//! to the leader was never made. Once a write has been handed to openraft's
+//! `client_write`, every failure is indeterminate, `ForwardToLeader`
+//! included: openraft also answers it to the waiters of an entry that a
+//! deposed leader truncated from its own log, while a copy of that entry on
+//! another member may still be committed by a later leader. Such a write
+//! answers etcd's "leader changed" or "request timed out", and the client
+//! decides; replaying it here could apply it twice.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use keel_api::keelpb::{write_outcome, WriteBatch, WriteRequest, WriteResponse};
 use keel_api::WireError;
+use keel_raft::network::{PeerMessage, PeerUnavailable};
 use keel_raft::{KeelRaft, PeerNetwork};
 use openraft::error::{ClientWriteError, RaftError};
 use prost::Message;
@@ -35,17 +43,17 @@ const MAX_BYTES_PER_ENTRY: usize = 4 * 1024 * 1024;
 /// the next entry's append overlapping the current one's replication.
 const MAX_PROPOSALS_IN_FLIGHT: usize = 2;
 
-/// What a forwarding follower is told by a member that is not the leader.
-pub const NOT_LEADER_MESSAGE: &str = "keel: this member is not the leader";
-
-enum ProposeError {
-    NotLeader,
-    Wire(WireError),
-}
+/// What a forwarding follower is told by a member that refused its write
+/// before proposing it because it is not the leader.
+const NOT_LEADER_MESSAGE: &str = "keel: this member is not the leader";
+/// The metadata key (and value) that marks that refusal, so the follower
+/// recognises it by a field, not by its text.
+const REFUSED_METADATA_KEY: &str = "keel-refused";
+const REFUSED_NOT_LEADER: &str = "not-leader";
 
 struct Proposal {
     request: WriteRequest,
-    reply: oneshot::Sender<Result<WriteResponse, ProposeError>>,
+    reply: oneshot::Sender<Result<WriteResponse, WireError>>,
 }
 
 #[derive(Clone)]
@@ -93,31 +101,34 @@ impl WritePath {
             let leader_deadline = deadline.min(Instant::now() + self.leader_wait);
             let (leader, node) = self.leadership.wait_for_leader(leader_deadline).await?;
             if leader == self.leadership.self_id() {
-                match self.propose_on_leader(request.clone()).await {
-                    Ok(response) => return Ok(response),
-                    Err(ProposeError::NotLeader) => {}
-                    Err(ProposeError::Wire(error)) => return Err(error.into()),
+                // From here on, any failure is indeterminate: never retried.
+                return self.propose_on_leader(request).await.map_err(Status::from);
+            }
+            match self
+                .network
+                .client(leader, &node.peer_url, PeerMessage::ForwardWrite)
+            {
+                Err(PeerUnavailable::LinkCut { .. }) => {} // never sent: try again
+                Err(invalid @ PeerUnavailable::InvalidUrl { .. }) => {
+                    return Err(Status::internal(invalid.to_string()))
                 }
-            } else {
-                let mut client = match self.network.client(leader, &node.peer_url) {
-                    Ok(client) => client,
-                    Err(invalid) => return Err(Status::internal(invalid.to_string())),
-                };
-                let mut forwarded = tonic::Request::new(request.clone());
-                forwarded.set_timeout(deadline.saturating_duration_since(Instant::now()));
-                match client.forward_write(forwarded).await {
-                    Ok(response) => return Ok(response.into_inner()),
-                    Err(status) if write_provably_not_applied(&status) => {}
-                    // The forwarded call ran out of this request's time: etcd's "request timed out".
-                    Err(status) if status.code() == Code::DeadlineExceeded => {
-                        return Err(WireError::Timeout.into())
+                Ok(mut client) => {
+                    let mut forwarded = tonic::Request::new(request.clone());
+                    forwarded.set_timeout(deadline.saturating_duration_since(Instant::now()));
+                    match client.forward_write(forwarded).await {
+                        Ok(response) => return Ok(response.into_inner()),
+                        Err(status) if forward_provably_not_proposed(&status) => {}
+                        // The forwarded call ran out of this request's time: etcd's "request timed out".
+                        Err(status) if status.code() == Code::DeadlineExceeded => {
+                            return Err(WireError::Timeout.into())
+                        }
+                        // The leader went away with the write in flight: it may
+                        // or may not be applied, which etcd calls "leader changed".
+                        Err(status) if keel_client::transport_failure(&status) => {
+                            return Err(WireError::LeaderChanged.into())
+                        }
+                        Err(status) => return Err(status),
                     }
-                    // The leader went away with the write in flight: it may
-                    // or may not be applied, which etcd calls "leader changed".
-                    Err(status) if keel_client::transport_failure(&status) => {
-                        return Err(WireError::LeaderChanged.into())
-                    }
-                    Err(status) => return Err(status),
                 }
             }
             // Retry as soon as another leader is known, at the latest after the pause.
@@ -129,32 +140,43 @@ impl WritePath {
 
     /// Proposes through this member's Raft; used when this member leads,
     /// including for writes forwarded by followers.
-    async fn propose_on_leader(&self, request: WriteRequest) -> Result<WriteResponse, ProposeError> {
+    async fn propose_on_leader(&self, request: WriteRequest) -> Result<WriteResponse, WireError> {
         let (reply, answer) = oneshot::channel();
         if self.proposals.send(Proposal { request, reply }).await.is_err() {
-            return Err(ProposeError::Wire(WireError::Stopped));
+            return Err(WireError::Stopped);
         }
-        answer
-            .await
-            .unwrap_or(Err(ProposeError::Wire(WireError::Stopped)))
+        answer.await.unwrap_or(Err(WireError::Stopped))
     }
 
-    /// The status a leader answers a forwarded write with.
+    /// The status a leader answers a forwarded write with: refused (not
+    /// proposed) when this member does not lead, else the proposal's outcome.
     pub async fn serve_forwarded(&self, request: WriteRequest) -> Result<WriteResponse, Status> {
         if !self.leadership.is_leader() {
-            return Err(Status::failed_precondition(NOT_LEADER_MESSAGE));
+            return Err(not_leader_refusal());
         }
-        match self.propose_on_leader(request).await {
-            Ok(response) => Ok(response),
-            Err(ProposeError::NotLeader) => Err(Status::failed_precondition(NOT_LEADER_MESSAGE)),
-            Err(ProposeError::Wire(error)) => Err(error.into()),
-        }
+        self.propose_on_leader(request).await.map_err(Status::from)
     }
 }
 
-fn write_provably_not_applied(status: &Status) -> bool {
-    let not_leader = status.code() == Code::FailedPrecondition && status.message() == NOT_LEADER_MESSAGE;
-    not_leader || keel_client::never_reached_server(status)
+/// What a member that does not lead answers a peer's request with, before
+/// acting on it.
+pub fn not_leader_refusal() -> Status {
+    let mut refusal = Status::failed_precondition(NOT_LEADER_MESSAGE);
+    refusal.metadata_mut().insert(
+        REFUSED_METADATA_KEY,
+        tonic::metadata::MetadataValue::from_static(REFUSED_NOT_LEADER),
+    );
+    refusal
+}
+
+/// True when a forwarded write provably was not proposed: the leader
+/// refused it before proposing, or the connection to it was never made.
+fn forward_provably_not_proposed(status: &Status) -> bool {
+    let refused = status
+        .metadata()
+        .get(REFUSED_METADATA_KEY)
+        .is_some_and(|value| value == REFUSED_NOT_LEADER);
+    refused || keel_client::never_reached_server(status)
 }
 
 async fn run_proposer(raft: KeelRaft, mut queue: mpsc::Receiver<Proposal>) {
@@ -189,7 +211,7 @@ type ClientWriteResult = Result<
 
 fn deliver_outcomes(
     written: ClientWriteResult,
-    replies: Vec<oneshot::Sender<Result<WriteResponse, ProposeError>>>,
+    replies: Vec<oneshot::Sender<Result<WriteResponse, WireError>>>,
 ) {
     match written {
         Ok(response) => {
@@ -197,25 +219,28 @@ fn deliver_outcomes(
             for reply in replies {
                 let result = match outcomes.next().and_then(|o| o.outcome) {
                     Some(write_outcome::Outcome::Response(response)) => Ok(response),
-                    Some(write_outcome::Outcome::Error(kind)) => Err(ProposeError::Wire(
-                        keel_api::keelpb::ApplyErrorKind::try_from(kind)
+                    Some(write_outcome::Outcome::Error(kind)) => {
+                        Err(keel_api::keelpb::ApplyErrorKind::try_from(kind)
                             .map(WireError::from)
-                            .unwrap_or(WireError::Stopped),
-                    )),
-                    None => Err(ProposeError::Wire(WireError::Stopped)),
+                            .unwrap_or(WireError::Stopped))
+                    }
+                    None => Err(WireError::Stopped),
                 };
                 let _ = reply.send(result);
             }
         }
+        // Either this member lost leadership before proposing, or the entry
+        // was truncated from its log and may still commit elsewhere: the
+        // two are one error, so both are "leader changed" (indeterminate).
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
             for reply in replies {
-                let _ = reply.send(Err(ProposeError::NotLeader));
+                let _ = reply.send(Err(WireError::LeaderChanged));
             }
         }
         Err(error) => {
             tracing::warn!(%error, "proposing a write batch failed");
             for reply in replies {
-                let _ = reply.send(Err(ProposeError::Wire(WireError::Stopped)));
+                let _ = reply.send(Err(WireError::Stopped));
             }
         }
     }

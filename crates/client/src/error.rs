@@ -57,15 +57,28 @@ impl From<Status> for ClientError {
 
 /// True when `status` says the connection to the server was never made, so
 /// the request was not sent: any request, a write included, may be retried
-/// on another endpoint or route.
+/// on another endpoint or route. Decided from the error's `source()` chain:
+/// an I/O error that only `connect(2)` gives (refused, unreachable), never
+/// from the message text. A connection that broke after it was made (reset,
+/// closed, timed out) is not this: the request may have been delivered.
 pub fn never_reached_server(status: &Status) -> bool {
     if status.code() != Code::Unavailable || WireError::from_status(status).is_some() {
         return false;
     }
-    let message = status.message();
-    message.contains("error trying to connect")
-        || message.contains("tcp connect error")
-        || message.contains("Connection refused")
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::AddrNotAvailable
+            );
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// True when the failure came from the transport (connection lost, reset,
@@ -80,16 +93,52 @@ pub fn transport_failure(status: &Status) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn refused_connections_never_reached_the_server_but_etcd_errors_did() {
-        let refused = Status::unavailable("error trying to connect: tcp connect error: Connection refused");
-        assert!(never_reached_server(&refused));
+    use keel_api::etcdserverpb::kv_client::KvClient;
+    use keel_api::etcdserverpb::RangeRequest;
+
+    async fn range_on(port: u16) -> Status {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .expect("endpoint")
+            .connect_lazy();
+        KvClient::new(channel)
+            .range(RangeRequest::default())
+            .await
+            .expect_err("nothing serves this port")
+    }
+
+    #[tokio::test]
+    async fn a_call_to_a_closed_port_never_reached_the_server() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        let refused = range_on(port).await;
+        assert!(never_reached_server(&refused), "{refused:?}");
         assert!(transport_failure(&refused));
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_after_it_was_made_may_have_reached_the_server() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let closer = tokio::spawn(async move {
+            // Accept, read what the client sends, then hang up without answering.
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut buffer = [0u8; 1024];
+            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buffer).await;
+        });
+        let closed = range_on(port).await;
+        let _ = closer.await;
+        assert!(!never_reached_server(&closed), "{closed:?}");
+        assert!(transport_failure(&closed));
+    }
+
+    #[test]
+    fn errors_a_server_answered_or_whose_text_looks_like_a_refusal_are_not_unsent() {
         let no_leader = WireError::NoLeader.to_status();
         assert!(!never_reached_server(&no_leader));
         assert!(!transport_failure(&no_leader));
-        let reset = Status::unavailable("transport error: connection reset");
-        assert!(!never_reached_server(&reset));
-        assert!(transport_failure(&reset));
+        // The text alone proves nothing: only the error chain counts.
+        let text_only = Status::unavailable("error trying to connect: tcp connect error: Connection refused");
+        assert!(!never_reached_server(&text_only));
     }
 }

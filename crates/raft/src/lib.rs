@@ -13,6 +13,8 @@
 #![allow(clippy::result_large_err)]
 
 pub mod apply;
+pub mod durable_applied;
+pub mod fail_points;
 mod group_flush;
 pub mod log_store;
 pub mod network;
@@ -22,6 +24,8 @@ pub mod snapshot_files;
 pub mod state_machine;
 pub mod type_config;
 
+pub use durable_applied::DurableApplied;
+pub use fail_points::FailPoints;
 pub use log_store::SledLogStore;
 pub use network::PeerNetwork;
 pub use state_machine::KeelStateMachine;

@@ -12,6 +12,13 @@
 //! acknowledges an entry it could lose in a crash. Votes, truncation and
 //! purge wait for their flush before they return.
 //!
+//! Purge rule: a member's log is purged up to index i only once the
+//! state machine's applied state up to i is durable (`durable_applied.rs`);
+//! until then `purge` waits. A purge that a crash tore in two (purge point
+//! recorded, entries not yet removed) is harmless: the log's last id is
+//! never reported below the purge point, and reads return only a gap-free
+//! run of entries.
+//!
 //! Layout: tree `log` maps the big-endian u64 index to a bincode entry; tree
 //! `raft_state` holds `vote`, `committed` and `last_purged`.
 
@@ -21,6 +28,7 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
 
+use crate::durable_applied::DurableApplied;
 use crate::group_flush::GroupFlusher;
 use crate::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
 use crate::RaftStorageError;
@@ -38,6 +46,9 @@ pub struct SledLogStore {
     log: sled::Tree,
     state: sled::Tree,
     flusher: GroupFlusher,
+    /// A member's state machine durability, which purges wait for; `None`
+    /// for a log without a state machine (benchmarks, openraft's suite).
+    purge_gate: Option<DurableApplied>,
 }
 
 fn io_error(
@@ -57,7 +68,19 @@ fn write_logs_error(error: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl SledLogStore {
-    /// Opens (or creates) the log database in `path`.
+    /// Opens (or creates) a member's log database in `path`; purges wait
+    /// until `durable_applied` covers them.
+    pub fn open_for_member(
+        path: &std::path::Path,
+        durable_applied: DurableApplied,
+    ) -> Result<Self, RaftStorageError> {
+        let mut store = Self::open(path)?;
+        store.purge_gate = Some(durable_applied);
+        Ok(store)
+    }
+
+    /// Opens (or creates) a log database in `path` with no state machine
+    /// behind it: purges happen at once.
     pub fn open(path: &std::path::Path) -> Result<Self, RaftStorageError> {
         let db = sled::Config::new()
             .path(path)
@@ -67,7 +90,12 @@ impl SledLogStore {
         let log = db.open_tree("log")?;
         let state = db.open_tree("raft_state")?;
         let flusher = GroupFlusher::start(db, path)?;
-        Ok(SledLogStore { log, state, flusher })
+        Ok(SledLogStore {
+            log,
+            state,
+            flusher,
+            purge_gate: None,
+        })
     }
 
     fn read_state<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -93,10 +121,10 @@ impl SledLogStore {
     /// The id of the last entry of the log, appended or purged; what Raft's
     /// "at least as up to date" comparison of elections looks at.
     pub fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
-        match self.last_entry_log_id()? {
-            Some(last) => Ok(Some(last)),
-            None => self.read_state(LAST_PURGED_KEY),
-        }
+        let last_purged: Option<LogId> = self.read_state(LAST_PURGED_KEY)?;
+        // After a purge torn by a crash, entries below the purge point may
+        // remain: the log still ends at least at the purge point.
+        Ok(self.last_entry_log_id()?.max(last_purged))
     }
 
     /// Appends `entries` and returns once they are durable: what `append`
@@ -140,7 +168,7 @@ impl RaftLogReader<TypeConfig> for SledLogStore {
             Bound::Excluded(&index) => index.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let mut entries = Vec::new();
+        let mut entries: Vec<Entry> = Vec::new();
         for item in self.log.range(index_key(start)..) {
             let (key, bytes) = item.map_err(read_logs_error)?;
             let index = u64::from_be_bytes(key.as_ref().try_into().map_err(|_| {
@@ -149,7 +177,8 @@ impl RaftLogReader<TypeConfig> for SledLogStore {
                     detail: format!("{key:?}"),
                 })
             })?);
-            if !range.contains(&index) {
+            let contiguous = entries.last().is_none_or(|last| last.log_id.index + 1 == index);
+            if !range.contains(&index) || !contiguous {
                 break;
             }
             entries.push(bincode::deserialize(&bytes).map_err(read_logs_error)?);
@@ -163,7 +192,7 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.read_state(LAST_PURGED_KEY)?;
-        let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
+        let last_log_id = self.last_log_id()?;
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -219,6 +248,14 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        if let Some(gate) = &self.purge_gate {
+            if gate.durable_upto().map_err(write_logs_error)? < Some(log_id.index) {
+                tracing::info!(upto = %log_id, "log purge waits until the state machine is durable there");
+            }
+            gate.wait_until_durable(log_id.index)
+                .await
+                .map_err(write_logs_error)?;
+        }
         tracing::debug!(upto = %log_id, "purging log entries covered by a snapshot");
         // Record the purge point first: a crash between the two steps leaves
         // extra entries behind it, which get_log_state ignores.

@@ -2,9 +2,13 @@
 //! over gRPC. One lazily-connected tonic channel is cached per peer and
 //! shared by every RPC to it (Raft messages, forwarded writes, read-index
 //! requests); a channel is never opened per request.
+//!
+//! A test can cut a directed link for one kind of message ([`LinkFaults`]):
+//! a message on a cut link is never sent, and the sender sees the peer as
+//! unreachable, as if the connection could not be made.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use keel_api::keelpb::peer_client::PeerClient;
@@ -19,6 +23,54 @@ use tonic::transport::{Channel, Endpoint};
 use crate::peer_codec::{decode_payload, encode_payload, MAX_PEER_MESSAGE_BYTES};
 use crate::type_config::{MemberNode, NodeId, TypeConfig};
 
+/// The kinds of message a member sends its peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerMessage {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    PreVote,
+    ForwardWrite,
+    ReadIndex,
+}
+
+/// Directed links cut per kind of message, shared by the members of an
+/// in-process test cluster: `(from, to, kind)` in the set is not delivered.
+#[derive(Clone, Default)]
+pub struct LinkFaults {
+    cut: Arc<RwLock<HashSet<(NodeId, NodeId, PeerMessage)>>>,
+}
+
+impl LinkFaults {
+    /// Stops delivering `kind` messages from `from` to `to`.
+    pub fn cut(&self, from: NodeId, to: NodeId, kind: PeerMessage) {
+        self.cut
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((from, to, kind));
+    }
+
+    /// Delivers `kind` messages from `from` to `to` again.
+    pub fn restore(&self, from: NodeId, to: NodeId, kind: PeerMessage) {
+        self.cut
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(from, to, kind));
+    }
+
+    /// Delivers every message again.
+    pub fn heal(&self) {
+        self.cut.write().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    pub fn is_cut(&self, from: NodeId, to: NodeId, kind: PeerMessage) -> bool {
+        self.cut
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(from, to, kind))
+    }
+}
+
 /// Cache of one gRPC channel per peer, keyed by member id and peer URL.
 #[derive(Clone, Default)]
 pub struct PeerNetwork {
@@ -26,13 +78,17 @@ pub struct PeerNetwork {
     /// Addresses to dial instead of a member's advertised peer URL, by member
     /// id: lets a test harness route each directed link through its own proxy.
     dial_overrides: Arc<HashMap<NodeId, String>>,
+    /// This member's id and the links a test cut (in-process test clusters).
+    faults: Option<(NodeId, LinkFaults)>,
 }
 
+/// Why no message could be sent to a peer.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid peer url {url:?}: {reason}")]
-pub struct InvalidPeerUrl {
-    pub url: String,
-    pub reason: String,
+pub enum PeerUnavailable {
+    #[error("invalid peer url {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("the link to member {target:x} is cut for {kind:?} messages")]
+    LinkCut { target: NodeId, kind: PeerMessage },
 }
 
 impl PeerNetwork {
@@ -48,8 +104,14 @@ impl PeerNetwork {
         }
     }
 
+    /// A network from member `self_id` whose links `faults` can cut.
+    pub fn with_link_faults(mut self, self_id: NodeId, faults: LinkFaults) -> Self {
+        self.faults = Some((self_id, faults));
+        self
+    }
+
     /// The cached channel to `target`, created (lazily connecting) on first use.
-    pub fn channel(&self, target: NodeId, peer_url: &str) -> Result<Channel, InvalidPeerUrl> {
+    fn channel(&self, target: NodeId, peer_url: &str) -> Result<Channel, PeerUnavailable> {
         let peer_url = self.dial_overrides.get(&target).map_or(peer_url, String::as_str);
         let mut channels = self
             .channels
@@ -61,7 +123,7 @@ impl PeerNetwork {
             }
         }
         let endpoint = Endpoint::from_shared(peer_url.to_string())
-            .map_err(|e| InvalidPeerUrl {
+            .map_err(|e| PeerUnavailable::InvalidUrl {
                 url: peer_url.to_string(),
                 reason: e.to_string(),
             })?
@@ -74,8 +136,19 @@ impl PeerNetwork {
         Ok(channel)
     }
 
-    /// A peer-service client on the cached channel to `target`.
-    pub fn client(&self, target: NodeId, peer_url: &str) -> Result<PeerClient<Channel>, InvalidPeerUrl> {
+    /// A peer-service client on the cached channel to `target`, for sending
+    /// it one `kind` of message.
+    pub fn client(
+        &self,
+        target: NodeId,
+        peer_url: &str,
+        kind: PeerMessage,
+    ) -> Result<PeerClient<Channel>, PeerUnavailable> {
+        if let Some((self_id, faults)) = &self.faults {
+            if faults.is_cut(*self_id, target, kind) {
+                return Err(PeerUnavailable::LinkCut { target, kind });
+            }
+        }
         Ok(PeerClient::new(self.channel(target, peer_url)?)
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
@@ -84,7 +157,8 @@ impl PeerNetwork {
 
 pub struct PeerConnection {
     target: NodeId,
-    client: Result<PeerClient<Channel>, InvalidPeerUrl>,
+    peer_url: String,
+    network: PeerNetwork,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -93,7 +167,8 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> PeerConnection {
         PeerConnection {
             target,
-            client: self.client(target, &node.peer_url),
+            peer_url: node.peer_url.clone(),
+            network: self.clone(),
         }
     }
 }
@@ -111,11 +186,13 @@ fn rpc_failure<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, 
 }
 
 impl PeerConnection {
-    fn client<E: std::error::Error>(&self) -> Result<PeerClient<Channel>, RPCError<NodeId, MemberNode, E>> {
-        match &self.client {
-            Ok(client) => Ok(client.clone()),
-            Err(invalid) => Err(RPCError::Unreachable(Unreachable::new(invalid))),
-        }
+    fn client<E: std::error::Error>(
+        &self,
+        kind: PeerMessage,
+    ) -> Result<PeerClient<Channel>, RPCError<NodeId, MemberNode, E>> {
+        self.network
+            .client(self.target, &self.peer_url, kind)
+            .map_err(|unavailable| RPCError::Unreachable(Unreachable::new(&unavailable)))
     }
 
     fn request<T>(message: T, option: &RPCOption) -> tonic::Request<T> {
@@ -126,8 +203,8 @@ impl PeerConnection {
 }
 
 macro_rules! peer_call {
-    ($self:ident, $method:ident, $rpc:ident, $option:ident, $err:ty) => {{
-        let mut client = $self.client::<$err>()?;
+    ($self:ident, $method:ident, $kind:expr, $rpc:ident, $option:ident, $err:ty) => {{
+        let mut client = $self.client::<$err>($kind)?;
         let payload = encode_payload(&$rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let reply = client
             .$method(Self::request(payload, &$option))
@@ -145,7 +222,14 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>> {
-        peer_call!(self, append_entries, rpc, option, RaftError<NodeId>)
+        peer_call!(
+            self,
+            append_entries,
+            PeerMessage::AppendEntries,
+            rpc,
+            option,
+            RaftError<NodeId>
+        )
     }
 
     async fn install_snapshot(
@@ -156,7 +240,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, MemberNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        peer_call!(self, install_snapshot, rpc, option, RaftError<NodeId, InstallSnapshotError>)
+        peer_call!(self, install_snapshot, PeerMessage::InstallSnapshot, rpc, option, RaftError<NodeId, InstallSnapshotError>)
     }
 
     async fn vote(
@@ -164,6 +248,6 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>> {
-        peer_call!(self, vote, rpc, option, RaftError<NodeId>)
+        peer_call!(self, vote, PeerMessage::Vote, rpc, option, RaftError<NodeId>)
     }
 }

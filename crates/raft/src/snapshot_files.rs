@@ -2,13 +2,19 @@
 //! file of the mvcc dump plus its openraft `SnapshotMeta`), and the files
 //! being received from a leader.
 //!
-//! Invariant: `current.meta` names a data file that was fully written and
-//! fsynced before `current.meta` was atomically renamed into place, so a
-//! crash leaves either the previous snapshot or the new one, never a torn one.
+//! Invariants:
+//! - `current.meta` names a data file that was fully written and fsynced
+//!   before `current.meta` was atomically renamed into place, so a crash
+//!   leaves either the previous snapshot or the new one, never a torn one.
+//! - The current snapshot never moves back: a snapshot is made current only
+//!   if it is newer (a higher last log id) than the current one. A build
+//!   that started before an install of a newer snapshot finished must not
+//!   replace it, since the log is already purged up to the newer one.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::type_config::SnapshotMeta;
 use crate::RaftStorageError;
@@ -17,6 +23,8 @@ const CURRENT_META: &str = "current.meta";
 
 pub struct SnapshotFiles {
     dir: PathBuf,
+    /// Held while the current snapshot is read or replaced.
+    current_lock: Mutex<()>,
 }
 
 impl SnapshotFiles {
@@ -31,6 +39,7 @@ impl SnapshotFiles {
         }
         Ok(SnapshotFiles {
             dir: dir.to_path_buf(),
+            current_lock: Mutex::new(()),
         })
     }
 
@@ -58,8 +67,27 @@ impl SnapshotFiles {
         self.dir.join(format!("snapshot-{safe_id}.data"))
     }
 
-    /// Makes the fully written, fsynced file at `partial` the current snapshot.
-    pub fn commit(&self, meta: &SnapshotMeta, partial: &Path) -> Result<PathBuf, RaftStorageError> {
+    /// Makes the fully written, fsynced file at `partial` the current
+    /// snapshot, unless the current one is at least as new (then `partial`
+    /// is removed). Returns the snapshot that is current afterwards, opened.
+    pub fn commit(
+        &self,
+        meta: &SnapshotMeta,
+        partial: &Path,
+    ) -> Result<(SnapshotMeta, fs::File), RaftStorageError> {
+        let _current = self.current_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((current, current_path)) = self.read_current()? {
+            if current.last_log_id >= meta.last_log_id {
+                tracing::info!(
+                    kept = %current.snapshot_id,
+                    dropped = %meta.snapshot_id,
+                    "a snapshot at least as new is already current; dropping the older one"
+                );
+                let _ = fs::remove_file(partial);
+                let file = fs::File::open(current_path)?;
+                return Ok((current, file));
+            }
+        }
         let data_path = self.data_path(meta);
         fs::rename(partial, &data_path)?;
         let meta_bytes = serde_json::to_vec(&(meta, data_path.file_name().map(|n| n.to_string_lossy())))
@@ -74,7 +102,8 @@ impl SnapshotFiles {
         fs::rename(&tmp_meta, self.dir.join(CURRENT_META))?;
         fs::File::open(&self.dir)?.sync_all()?;
         self.remove_stale_data_files(&data_path)?;
-        Ok(data_path)
+        let file = fs::File::open(&data_path)?;
+        Ok((meta.clone(), file))
     }
 
     fn remove_stale_data_files(&self, keep: &Path) -> Result<(), RaftStorageError> {
@@ -87,8 +116,16 @@ impl SnapshotFiles {
         Ok(())
     }
 
-    /// The current snapshot's meta and data path, if any.
-    pub fn current(&self) -> Result<Option<(SnapshotMeta, PathBuf)>, RaftStorageError> {
+    /// The current snapshot's meta and its data file, opened, if any.
+    pub fn open_current(&self) -> Result<Option<(SnapshotMeta, fs::File)>, RaftStorageError> {
+        let _current = self.current_lock.lock().unwrap_or_else(|p| p.into_inner());
+        match self.read_current()? {
+            None => Ok(None),
+            Some((meta, path)) => Ok(Some((meta, fs::File::open(path)?))),
+        }
+    }
+
+    fn read_current(&self) -> Result<Option<(SnapshotMeta, PathBuf)>, RaftStorageError> {
         let meta_path = self.dir.join(CURRENT_META);
         let bytes = match fs::read(&meta_path) {
             Ok(bytes) => bytes,

@@ -10,6 +10,9 @@
 //!   purged behind a snapshot, so the state it covers must be on disk first.
 //! - A snapshot is built under the apply gate, so the dump and the
 //!   `last_applied` it is labelled with describe the same point.
+//! - Every time the keyspace is made durable, the `last_applied` it holds is
+//!   published to [`DurableApplied`]; the log store purges only behind it.
+//! - A snapshot never replaces a newer current one (`snapshot_files.rs`).
 
 use std::io::{BufReader, BufWriter, Seek, Write};
 use std::path::PathBuf;
@@ -22,6 +25,8 @@ use openraft::{
 };
 
 use crate::apply::{apply_write_batch, MemberAttributeTable};
+use crate::durable_applied::DurableApplied;
+use crate::fail_points::{FailPoints, BEFORE_SNAPSHOT_BUILD_COMMIT, BEFORE_SNAPSHOT_INSTALL_SWITCH};
 use crate::sled_files::SledFiles;
 use crate::snapshot_files::SnapshotFiles;
 use crate::type_config::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -49,16 +54,21 @@ struct Shared {
     apply_gate: RwLock<()>,
     members: RwLock<MemberAttributeTable>,
     snapshots: SnapshotFiles,
+    durable_applied: DurableApplied,
+    fail_points: FailPoints,
 }
 
 impl Shared {
-    /// Makes every committed keyspace change durable (sled flush, then fdatasync).
-    fn flush_keyspace(&self) -> Result<(), RaftStorageError> {
+    /// Makes every committed keyspace change durable (sled flush, then
+    /// fdatasync), and publishes `last_applied`, which the caller read under
+    /// the apply gate, as durable.
+    fn flush_keyspace(&self, last_applied: Option<LogId>) -> Result<(), RaftStorageError> {
         self.store.flush()?;
         self.keyspace_files
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .sync()?;
+        self.durable_applied.advance_to(last_applied.map(|id| id.index));
         Ok(())
     }
 }
@@ -110,13 +120,18 @@ fn encode_meta<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError> 
 
 impl KeelStateMachine {
     /// Opens the state machine over `store`, whose sled database lives in
-    /// `keyspace_dir`, keeping snapshots in `snapshot_dir`.
+    /// `keyspace_dir`, keeping snapshots in `snapshot_dir`; it stops at the
+    /// steps a test arms in `fail_points`.
     pub fn open(
         store: MvccStore,
         keyspace_dir: &std::path::Path,
         snapshot_dir: &std::path::Path,
+        fail_points: FailPoints,
     ) -> Result<Self, RaftStorageError> {
         let members = read_meta(&store, MEMBER_ATTRIBUTES_KEY)?.unwrap_or_default();
+        // What a freshly opened database holds is what is on disk.
+        let last_applied = read_meta::<Option<LogId>>(&store, LAST_APPLIED_KEY)?.flatten();
+        let durable_applied = DurableApplied::starting_at(last_applied.map(|id| id.index));
         let snapshots = SnapshotFiles::open(snapshot_dir)?;
         let keyspace_files = Mutex::new(SledFiles::open(keyspace_dir)?);
         let shared = Arc::new(Shared {
@@ -125,11 +140,18 @@ impl KeelStateMachine {
             apply_gate: RwLock::new(()),
             members: RwLock::new(members),
             snapshots,
+            durable_applied,
+            fail_points,
         });
         Ok(KeelStateMachine {
             shared,
             receiving: Vec::new(),
         })
+    }
+
+    /// How far the applied state is on disk: what the log store purges behind.
+    pub fn durable_applied(&self) -> DurableApplied {
+        self.shared.durable_applied.clone()
     }
 
     pub fn view(&self) -> StateView {
@@ -238,7 +260,7 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
         let shared = self.shared.clone();
         let meta_owned = meta.clone();
         let mut file = snapshot.into_std().await;
-        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+        let installed = tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
             let read_error = |e: &dyn std::fmt::Display| {
                 snapshot_error(
                     ErrorVerb::Read,
@@ -247,6 +269,10 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
             };
             file.sync_all().map_err(|e| read_error(&e))?;
             file.rewind().map_err(|e| read_error(&e))?;
+            shared
+                .fail_points
+                .pass(BEFORE_SNAPSHOT_INSTALL_SWITCH)
+                .map_err(|e| read_error(&e))?;
             let _gate = shared.apply_gate.write().unwrap_or_else(|p| p.into_inner());
             let stats = shared
                 .store
@@ -259,7 +285,7 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
             batch.set_app_meta(MEMBERSHIP_KEY, encode_meta(&meta_owned.last_membership)?);
             batch.commit().map_err(|e| sm_error(ErrorVerb::Write, e))?;
             shared
-                .flush_keyspace()
+                .flush_keyspace(meta_owned.last_log_id)
                 .map_err(|e| sm_error(ErrorVerb::Write, e))?;
             let members: MemberAttributeTable = read_meta(&shared.store, MEMBER_ATTRIBUTES_KEY)
                 .map_err(|e| read_error(&e))?
@@ -279,24 +305,28 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
             Ok(())
         })
         .await
-        .map_err(|e| snapshot_error(ErrorVerb::Write, e))?
+        .map_err(|e| snapshot_error(ErrorVerb::Write, e))
+        .and_then(|installed| installed);
+        if installed.is_err() {
+            // The keyspace may be half replaced: it will not become durable
+            // at the snapshot's index, so a purge waiting for that must fail.
+            self.shared.durable_applied.fail();
+        }
+        installed
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some((meta, data_path)) = self
+        let Some((meta, file)) = self
             .shared
             .snapshots
-            .current()
+            .open_current()
             .map_err(|e| snapshot_error(ErrorVerb::Read, e))?
         else {
             return Ok(None);
         };
-        let file = tokio::fs::File::open(&data_path)
-            .await
-            .map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(file),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         }))
     }
 }
@@ -308,7 +338,7 @@ pub struct KeelSnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for KeelSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let shared = self.shared.clone();
-        let (meta, data_path) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
+        let (meta, data_file) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
             let write_error = |e: &dyn std::fmt::Display| {
                 snapshot_error(
                     ErrorVerb::Write,
@@ -332,7 +362,7 @@ impl RaftSnapshotBuilder<TypeConfig> for KeelSnapshotBuilder {
                     .map_err(|e| write_error(&e))?;
                 writer.flush().map_err(|e| write_error(&e))?;
                 // The log is purged behind this snapshot: what it covers must be durable.
-                shared.flush_keyspace().map_err(|e| write_error(&e))?;
+                shared.flush_keyspace(last_applied).map_err(|e| write_error(&e))?;
                 let snapshot_id = match last_applied {
                     Some(log_id) => format!("{}-{}-{}", log_id.leader_id.term, log_id.index, stats.records),
                     None => format!("empty-{}", stats.records),
@@ -347,26 +377,31 @@ impl RaftSnapshotBuilder<TypeConfig> for KeelSnapshotBuilder {
                 )
             };
             file.sync_all().map_err(|e| write_error(&e))?;
-            let data_path = shared
+            shared
+                .fail_points
+                .pass(BEFORE_SNAPSHOT_BUILD_COMMIT)
+                .map_err(|e| write_error(&e))?;
+            // An install of a newer snapshot may have finished since the
+            // dump: then that one stays current and is what this returns.
+            let (current, file) = shared
                 .snapshots
                 .commit(&meta, &partial)
                 .map_err(|e| write_error(&e))?;
-            tracing::info!(
-                snapshot = %meta.snapshot_id,
-                records = stats.records,
-                bytes = stats.bytes,
-                "built snapshot"
-            );
-            Ok((meta, data_path))
+            if current.snapshot_id == meta.snapshot_id {
+                tracing::info!(
+                    snapshot = %meta.snapshot_id,
+                    records = stats.records,
+                    bytes = stats.bytes,
+                    "built snapshot"
+                );
+            }
+            Ok((current, file))
         })
         .await
         .map_err(|e| snapshot_error(ErrorVerb::Write, e))??;
-        let file = tokio::fs::File::open(&data_path)
-            .await
-            .map_err(|e| snapshot_error(ErrorVerb::Read, e))?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(file),
+            snapshot: Box::new(tokio::fs::File::from_std(data_file)),
         })
     }
 }
