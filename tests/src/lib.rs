@@ -4,9 +4,12 @@
 //! 127.0.0.1, on free ports, with data dirs and logs in a temporary
 //! directory. A cluster kills its members and removes its directory when
 //! dropped, also when a test fails (it then prints the members' log tails).
+//! [`in_process`] runs real members inside the test process instead, for
+//! tests that cut links per kind of message or stop storage at a fail point.
 
 pub mod binaries;
 pub mod cluster;
+pub mod in_process;
 pub mod ports;
 
 pub use binaries::{built_binary, BinaryError};

@@ -1,0 +1,271 @@
+//! An in-process test cluster: real keel members (the server library's
+//! `run_member`, real gRPC on 127.0.0.1, real sled data dirs) in one test
+//! process, each on its own Tokio runtime and thread, so that a test can
+//! - cut any directed member-to-member link for one kind of message
+//!   ([`LinkFaults`]: drop AppendEntries, pass votes),
+//! - stop a member's storage at a named step ([`FailPoints`]) and crash it
+//!   there: its runtime is torn down with every task on it, the way a
+//!   killed process loses its threads, and it restarts on its data dir,
+//! - reach each member's Raft handle (to trigger an election, read metrics).
+//!
+//! Members and the data directory are removed when the cluster is dropped,
+//! also when a test fails.
+
+use std::time::Duration;
+
+use clap::Parser;
+use keel_client::{Client, ClientConfig};
+use keel_raft::network::{LinkFaults, PeerMessage};
+use keel_raft::{FailPoints, KeelRaft, NodeId};
+use keel_server::config::MemberFlags;
+use keel_server::member::{run_member_with_test_hooks, MemberTestHooks};
+use tokio::sync::oneshot;
+
+use crate::ports::free_port;
+
+/// Every kind of message a member sends its peers.
+pub const ALL_PEER_MESSAGES: [PeerMessage; 6] = [
+    PeerMessage::AppendEntries,
+    PeerMessage::Vote,
+    PeerMessage::InstallSnapshot,
+    PeerMessage::PreVote,
+    PeerMessage::ForwardWrite,
+    PeerMessage::ReadIndex,
+];
+
+#[derive(Parser)]
+struct MemberCommandLine {
+    #[command(flatten)]
+    flags: MemberFlags,
+}
+
+/// A running member: its thread, and how to stop it.
+struct RunningMember {
+    raft: KeelRaft,
+    crash: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+struct MemberSlot {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    running: Option<RunningMember>,
+}
+
+pub struct InProcessCluster {
+    dir: tempfile::TempDir,
+    members: Vec<MemberSlot>,
+    initial_cluster: String,
+    extra_flags: Vec<String>,
+    /// The links cut, shared by every member.
+    pub links: LinkFaults,
+}
+
+impl InProcessCluster {
+    /// Starts `size` members with `extra_flags` (etcd's flags, e.g.
+    /// `--snapshot-count 50`), all on 127.0.0.1 and free ports.
+    pub async fn start(size: usize, extra_flags: &[&str]) -> anyhow::Result<InProcessCluster> {
+        let dir = tempfile::tempdir()?;
+        let mut members = Vec::new();
+        for i in 1..=size {
+            members.push(MemberSlot {
+                name: format!("m{i}"),
+                client_port: free_port()?,
+                peer_port: free_port()?,
+                running: None,
+            });
+        }
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = InProcessCluster {
+            dir,
+            members,
+            initial_cluster,
+            extra_flags: extra_flags.iter().map(|f| f.to_string()).collect(),
+            links: LinkFaults::default(),
+        };
+        for index in 0..size {
+            cluster.start_member(index, FailPoints::default()).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts member `index` (again) on its data dir, stopping at the steps
+    /// `fail_points` arms; fails if it cannot start.
+    pub async fn start_member(&mut self, index: usize, fail_points: FailPoints) -> anyhow::Result<()> {
+        let slot = &self.members[index];
+        let data_dir = self.dir.path().join(&slot.name);
+        let client_url = format!("http://127.0.0.1:{}", slot.client_port);
+        let peer_url = format!("http://127.0.0.1:{}", slot.peer_port);
+        let mut args = vec![
+            "keel".to_string(),
+            format!("--name={}", slot.name),
+            format!("--data-dir={}", data_dir.display()),
+            format!("--listen-client-urls={client_url}"),
+            format!("--advertise-client-urls={client_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster={}", self.initial_cluster),
+            "--initial-cluster-token=in-process".to_string(),
+        ];
+        args.extend(self.extra_flags.iter().cloned());
+        let flags = MemberCommandLine::try_parse_from(args)?.flags;
+        let (started_tx, started_rx) = oneshot::channel();
+        let (crash_tx, crash_rx) = oneshot::channel::<()>();
+        let hooks = MemberTestHooks {
+            link_faults: Some(self.links.clone()),
+            fail_points,
+            started: Some(started_tx),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("member-{}", slot.name))
+            .spawn(move || -> anyhow::Result<()> {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()?;
+                let outcome = runtime.block_on(async move {
+                    // A crash drops the member with every task it spawned.
+                    let never = std::future::pending::<()>();
+                    tokio::select! {
+                        outcome = run_member_with_test_hooks(flags, hooks, never) => outcome,
+                        _ = crash_rx => Ok(()),
+                    }
+                });
+                runtime.shutdown_background();
+                outcome
+            })?;
+        let raft = match tokio::time::timeout(Duration::from_secs(30), started_rx).await {
+            Ok(Ok(raft)) => raft,
+            _ => {
+                // It did not start: its thread says why.
+                let outcome = tokio::task::spawn_blocking(move || thread.join()).await?;
+                return match outcome {
+                    Ok(Err(error)) => Err(error.context(format!("member m{} did not start", index + 1))),
+                    _ => Err(anyhow::anyhow!("member m{} did not start", index + 1)),
+                };
+            }
+        };
+        self.members[index].running = Some(RunningMember {
+            raft,
+            crash: Some(crash_tx),
+            thread: Some(thread),
+        });
+        Ok(())
+    }
+
+    /// Crashes member `index`: every task of it is dropped where it stands.
+    pub async fn crash_member(&mut self, index: usize) {
+        let Some(mut running) = self.members[index].running.take() else {
+            return;
+        };
+        if let Some(crash) = running.crash.take() {
+            let _ = crash.send(());
+        }
+        if let Some(thread) = running.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    pub fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Member `index`'s Raft handle (it must be running).
+    pub fn raft(&self, index: usize) -> &KeelRaft {
+        match &self.members[index].running {
+            Some(running) => &running.raft,
+            None => panic!("member m{} is not running", index + 1),
+        }
+    }
+
+    pub fn id(&self, index: usize) -> NodeId {
+        self.raft(index).metrics().borrow().id
+    }
+
+    /// A client of member `index` alone.
+    pub fn client(&self, index: usize) -> anyhow::Result<Client> {
+        let endpoint = format!("127.0.0.1:{}", self.members[index].client_port);
+        let config = ClientConfig::new([endpoint]).with_request_timeout(Duration::from_secs(30));
+        Ok(Client::connect_lazy(config)?)
+    }
+
+    /// Cuts every directed link between `from` and `to`, for `kinds`.
+    pub fn cut(&self, from: &[usize], to: &[usize], kinds: &[PeerMessage]) {
+        for &a in from {
+            for &b in to {
+                if a != b {
+                    for &kind in kinds {
+                        self.links.cut(self.id(a), self.id(b), kind);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until every running member's metrics satisfy `condition`.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        condition: impl Fn(usize, &openraft::RaftMetrics<NodeId, keel_raft::MemberNode>) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let all = self
+                .members
+                .iter()
+                .enumerate()
+                .all(|(index, slot)| match &slot.running {
+                    Some(running) => condition(index, &running.raft.metrics().borrow()),
+                    None => true,
+                });
+            if all {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!("timed out after {limit:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Makes member `index` campaign, round after round (a round in a term
+    /// the voters already gave away is lost), until it leads.
+    pub async fn elect(&self, index: usize) -> anyhow::Result<()> {
+        let candidate = self.id(index);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            self.raft(index).trigger().elect().await?;
+            let round_end = tokio::time::Instant::now() + Duration::from_millis(500);
+            while tokio::time::Instant::now() < round_end {
+                if self.raft(index).metrics().borrow().current_leader == Some(candidate) {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!("m{} was not elected within 10 s", index + 1);
+            }
+        }
+    }
+}
+
+impl Drop for InProcessCluster {
+    fn drop(&mut self) {
+        for slot in &mut self.members {
+            if let Some(mut running) = slot.running.take() {
+                if let Some(crash) = running.crash.take() {
+                    let _ = crash.send(());
+                }
+                if let Some(thread) = running.thread.take() {
+                    let _ = thread.join();
+                }
+            }
+        }
+    }
+}
