@@ -270,3 +270,47 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         self.flush().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn blank(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_purge_torn_by_a_crash_never_reports_the_log_ending_below_the_purge_point() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = SledLogStore::open(dir.path()).expect("open");
+        store
+            .append_durably((1..=10).map(blank).collect())
+            .await
+            .expect("append");
+        // A purge up to 20 (behind an installed snapshot) that recorded its
+        // point and crashed before removing any entry.
+        store
+            .write_state(LAST_PURGED_KEY, &blank(20).log_id)
+            .expect("record the purge point");
+        let state = store.get_log_state().await.expect("log state");
+        assert_eq!(state.last_purged_log_id.map(|id| id.index), Some(20));
+        assert_eq!(state.last_log_id.map(|id| id.index), Some(20));
+    }
+
+    #[tokio::test]
+    async fn reads_return_only_a_gap_free_run_of_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = SledLogStore::open(dir.path()).expect("open");
+        store
+            .append_durably((1..=5).chain(8..=10).map(blank).collect())
+            .await
+            .expect("append");
+        let entries = store.try_get_log_entries(1..11).await.expect("read");
+        let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(indexes, vec![1, 2, 3, 4, 5]);
+    }
+}

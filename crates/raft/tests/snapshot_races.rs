@@ -1,0 +1,112 @@
+//! Regression test for issue 9's third defect: a snapshot build that runs
+//! while a newer snapshot is installed must not make its older snapshot
+//! current again (the log is already purged up to the newer one, so a
+//! lagging follower sent the older one could never catch up).
+
+use std::time::Duration;
+
+use keel_api::etcdserverpb::PutRequest;
+use keel_api::keelpb::{write_request, WriteBatch, WriteRequest};
+use keel_mvcc::MvccStore;
+use keel_raft::fail_points::BEFORE_SNAPSHOT_BUILD_COMMIT;
+use keel_raft::type_config::{Entry, LogId};
+use keel_raft::{FailPoints, KeelStateMachine};
+use openraft::storage::RaftStateMachine;
+use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
+use tokio::io::AsyncReadExt;
+
+fn put_entry(index: u64) -> Entry {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(WriteBatch {
+            requests: vec![WriteRequest {
+                request: Some(write_request::Request::Put(PutRequest {
+                    key: format!("key-{index}").into_bytes(),
+                    value: b"value".to_vec(),
+                    ..Default::default()
+                })),
+            }],
+        }),
+    }
+}
+
+fn open_state_machine(dir: &std::path::Path, fail_points: FailPoints) -> KeelStateMachine {
+    let db = sled::open(dir.join("mvcc")).expect("open the keyspace db");
+    let store = MvccStore::open(&db).expect("open the keyspace");
+    KeelStateMachine::open(store, &dir.join("mvcc"), &dir.join("snap"), fail_points).expect("open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_build_racing_a_newer_install_never_replaces_the_installed_snapshot() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let mut leader = open_state_machine(leader_dir.path(), FailPoints::default());
+    leader
+        .apply((1..=10).map(put_entry))
+        .await
+        .expect("apply on the leader");
+    let newer = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("the leader's snapshot");
+    assert_eq!(newer.meta.last_log_id.map(|id| id.index), Some(10));
+
+    let follower_dir = tempfile::tempdir().expect("tempdir");
+    let fail_points = FailPoints::default();
+    let mut follower = open_state_machine(follower_dir.path(), fail_points.clone());
+    follower
+        .apply((1..=5).map(put_entry))
+        .await
+        .expect("apply on the follower");
+
+    // The follower's own build dumps its state at 5 and stops before it
+    // makes that snapshot current ...
+    let build_commit = fail_points.arm(BEFORE_SNAPSHOT_BUILD_COMMIT);
+    let mut builder = follower.get_snapshot_builder().await;
+    let build = tokio::spawn(async move { builder.build_snapshot().await });
+    let build_commit = tokio::task::spawn_blocking(move || {
+        assert!(
+            build_commit.wait_reached(Duration::from_secs(10)),
+            "the build never dumped"
+        );
+        build_commit
+    })
+    .await
+    .expect("join");
+
+    // ... while the leader's snapshot at 10 is received and installed ...
+    let mut received = follower.begin_receiving_snapshot().await.expect("receive");
+    let mut data = newer.snapshot;
+    tokio::io::copy(&mut data, &mut received).await.expect("transfer");
+    follower
+        .install_snapshot(&newer.meta, received)
+        .await
+        .expect("install the newer snapshot");
+
+    // ... and then the build finishes.
+    build_commit.release();
+    let built = build.await.expect("join").expect("the build finishes");
+    assert_eq!(
+        built.meta.last_log_id.map(|id| id.index),
+        Some(10),
+        "the build answers with the snapshot that is current"
+    );
+    let mut current = follower
+        .get_current_snapshot()
+        .await
+        .expect("read the current snapshot")
+        .expect("a current snapshot");
+    assert_eq!(
+        current.meta.last_log_id.map(|id| id.index),
+        Some(10),
+        "the installed snapshot at 10 stays current"
+    );
+    let mut bytes = Vec::new();
+    current
+        .snapshot
+        .read_to_end(&mut bytes)
+        .await
+        .expect("its data file is readable");
+    assert!(!bytes.is_empty());
+}
