@@ -9,6 +9,11 @@
 //! while F, still holding them, may win the next term and commit them;
 //! (3) every link heals. Rounds repeat while the fault interval allows.
 //!
+//! The shape needs 5 members: on 3, the leader and a follower are a
+//! majority, so L's entries still commit during step (1), and step (2)
+//! (`F + third | L`) only moves the leadership to F's side. It runs on 3
+//! members all the same, as a plain leader-change fault.
+//!
 //! F can win only if its log is at least as up to date as the other
 //! members of the new majority: if N's first entries of its term already
 //! reached them, one of them wins instead and F's extra entries are
@@ -100,8 +105,13 @@ impl Nemesis {
             // (1) The leader and one follower alone together.
             let (_, rest, grudge) = leader_pair(n, leader, follower);
             self.network.apply(&grudge);
+            let reach = if 2 < n / 2 + 1 {
+                format!("the leader's new entries reach 2 of {n} and cannot commit")
+            } else {
+                format!("2 of {n} are a majority: the leader's entries still commit")
+            };
             let detail = format!(
-                "cut the leader {} with the follower {} | {}: the leader's new entries reach 2 of {n}",
+                "cut the leader {} with the follower {} | {}: {reach}",
                 self.members[leader].name,
                 self.members[follower].name,
                 self.side(&rest)
