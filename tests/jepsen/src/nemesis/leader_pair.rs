@@ -151,8 +151,17 @@ impl Nemesis {
             self.record("step", Some(KIND), detail, start, Some(follower));
             tokio::time::sleep(steps.majority).await;
 
-            // (3) Everything heals.
+            // (3) Everything heals; the record says who led the new majority.
             let start = self.history.now();
+            let mut samples = sample_all(&self.clients, &self.history, Duration::from_millis(300)).await;
+            samples.retain(|s| majority.iter().any(|&i| self.members[i].name == s.member));
+            let winner = match leader_in(&samples, &self.members) {
+                Some(w) if w == follower => {
+                    format!("{} (the follower) led the new majority", self.members[w].name)
+                }
+                Some(w) => format!("{} (not the follower) led the new majority", self.members[w].name),
+                None => "no leader known in the new majority".to_string(),
+            };
             self.network.heal_all();
             let pairs: Vec<String> = grudge
                 .pairs()
@@ -161,7 +170,7 @@ impl Nemesis {
             self.record(
                 "step",
                 Some(KIND),
-                format!("healed {}", pairs.join(" ")),
+                format!("{winner}; healed {}", pairs.join(" ")),
                 start,
                 None,
             );
