@@ -170,7 +170,11 @@ impl Nemesis {
             let Some(&kind) = self.kinds.choose(&mut self.rng) else {
                 return Ok(());
             };
-            let fault_until = until.min(Instant::now() + interval);
+            let window = match kind {
+                NemesisKind::KillDuringSnapshot => interval.max(snapshot_kill::SHORTEST_WINDOW),
+                _ => interval,
+            };
+            let fault_until = until.min(Instant::now() + window);
             let fault = self.start_fault(kind, fault_until).await?;
             tokio::time::sleep_until(fault_until).await;
             self.end_fault(kind, fault).await?;

@@ -8,7 +8,8 @@
 //! incoming snapshot to `incoming-<nanos>.partial` from the first byte of
 //! the transfer until the install commits it. When such a file appears the
 //! member is killed -9 after a random short delay (0 to 50 ms), up to three
-//! times; at last it is restarted once more and must catch up. A member
+//! times (the fault lasts at least [`SHORTEST_WINDOW`], whatever the
+//! interval); at last it is restarted once more and must catch up. A member
 //! that then exits on its own is recorded by `note_crashes` and makes the
 //! run report it.
 
@@ -34,6 +35,10 @@ const KILLS: usize = 3;
 /// How long to wait for a snapshot transfer to start after bringing the
 /// member back.
 const TRANSFER_WAIT: Duration = Duration::from_secs(5);
+/// The shortest fault window this nemesis asks for, whatever `--interval`:
+/// time for a member to fall two snapshot counts behind, be killed a few
+/// times and catch up.
+pub(super) const SHORTEST_WINDOW: Duration = Duration::from_secs(15);
 /// Delays between seeing the incoming snapshot file and the kill.
 const KILL_DELAYS_MS: [u64; 8] = [0, 0, 1, 2, 5, 10, 20, 50];
 /// The line keel logs once a received snapshot is installed.
@@ -148,7 +153,7 @@ impl Nemesis {
         let verdict = if reached >= target {
             "it can only catch up through a snapshot"
         } else {
-            "maybe not far enough to need a snapshot"
+            "it may not be far enough behind to need a snapshot"
         };
         let detail = format!(
             "the others' log reached index {reached} (snapshot count {count}, {name} at {behind}): {verdict}"
@@ -183,6 +188,8 @@ impl Nemesis {
                 Some(victim),
             );
             let watch_until = until.min(Instant::now() + TRANSFER_WAIT);
+            let crashes_of = |crashed: &[String]| crashed.iter().filter(|c| **c == name).count();
+            let crashes_before = crashes_of(&self.crashed);
             let mut seen = None;
             while Instant::now() < watch_until {
                 if let Some(file) = incoming_files(&snap_dir)
@@ -192,7 +199,10 @@ impl Nemesis {
                     seen = Some(file);
                     break;
                 }
-                if self.cluster.lock().await.exited_member().is_some() {
+                // Crashed members (this one or others) are recorded and
+                // restarted; a crashed victim ends the kills.
+                self.note_crashes().await?;
+                if crashes_of(&self.crashed) > crashes_before {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -200,10 +210,14 @@ impl Nemesis {
             let start = self.history.now();
             let Some(file) = seen else {
                 let installs = installs_in(&log) - installs_before;
-                let detail = format!(
-                    "no incoming snapshot on {name} within {:.1} s ({installs} installs finished meanwhile); stop killing",
-                    TRANSFER_WAIT.as_secs_f64()
-                );
+                let detail = if crashes_of(&self.crashed) > crashes_before {
+                    format!("{name} exited on its own before any incoming snapshot ({installs} installs finished meanwhile); stop killing")
+                } else {
+                    format!(
+                        "no incoming snapshot on {name} within {:.1} s ({installs} installs finished meanwhile); stop killing",
+                        TRANSFER_WAIT.as_secs_f64()
+                    )
+                };
                 self.record("step", Some(KIND), detail, start, Some(victim));
                 break;
             };
