@@ -160,6 +160,26 @@ fn nemesis_summary(events: &[Event]) -> String {
     out
 }
 
+/// "m2, m3 (4 times)": each crashed member once, in order of first crash,
+/// with how often it crashed when more than once (a crash-looping member).
+fn crash_counts(crashed: &[String]) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for name in crashed {
+        match counts.iter_mut().find(|(n, _)| n == name) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(name, count)| match count {
+            1 => name.to_string(),
+            _ => format!("{name} ({count} times)"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Checks an in-memory run and renders the report.
 pub fn check_run(
     config: &RunConfig,
@@ -180,7 +200,7 @@ pub fn check_run(
             if !report.crashed.is_empty() {
                 broken.push(format!(
                     "members exited on their own: {} (see their logs)",
-                    report.crashed.join(", ")
+                    crash_counts(&report.crashed)
                 ));
             }
         }
@@ -222,5 +242,72 @@ pub fn limits_for(config: &RunConfig) -> CheckLimits {
     CheckLimits {
         search: Duration::from_millis(config.check_time_limit_ms),
         ..CheckLimits::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{NemesisKind, RunConfig};
+    use crate::invariants::FinalState;
+
+    fn config() -> RunConfig {
+        RunConfig {
+            nodes: 5,
+            concurrency_per_member: 1,
+            workload: Workload::Set,
+            nemeses: vec![NemesisKind::KillDuringSnapshot],
+            interval_ms: 1000,
+            time_limit_ms: 1000,
+            keys: 1,
+            ops_per_key: 1,
+            op_timeout_ms: 1000,
+            rate: 0,
+            election_timeout_ms: 500,
+            heartbeat_ms: 50,
+            seed: 1,
+            check_time_limit_ms: 1000,
+            snapshot_count: Some(200),
+        }
+    }
+
+    #[test]
+    fn crash_counts_name_each_member_once() {
+        let crashed: Vec<String> = ["m3", "m1", "m3", "m3"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(crash_counts(&crashed), "m3 (3 times), m1");
+        assert_eq!(crash_counts(&[]), "");
+    }
+
+    #[test]
+    fn a_member_that_crashed_makes_the_run_fail_and_is_named() {
+        let state = |member: &str| FinalState {
+            member: member.to_string(),
+            applied_index: 10,
+            revision: 5,
+            hash: 7,
+            hash_revision: 5,
+        };
+        let clean = FinalReport {
+            states: ["m1", "m2", "m3", "m4", "m5"].into_iter().map(state).collect(),
+            ..FinalReport::default()
+        };
+        let limits = CheckLimits::default();
+        assert_eq!(
+            check_run(&config(), &[], &[], Some(&clean), &limits)
+                .verdict
+                .broken,
+            None
+        );
+        let crashed = FinalReport {
+            crashed: vec!["m2".into(), "m2".into()],
+            ..clean
+        };
+        let report = check_run(&config(), &[], &[], Some(&crashed), &limits);
+        assert_ne!(report.verdict.exit_code(), 0);
+        assert!(
+            report.text.contains("members exited on their own: m2 (2 times)"),
+            "{}",
+            report.text
+        );
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("unknown nemesis {0:?} (expected partition-halves, partition-leader, partition-ring, kill, pause, kill-all, all or none)")]
+    #[error("unknown nemesis {0:?} (expected partition-halves, partition-leader, partition-ring, kill, pause, partition-leader-pair, kill-during-snapshot, kill-all, all or none)")]
     UnknownNemesis(String),
     #[error("{0}")]
     Invalid(String),
@@ -60,18 +60,29 @@ pub enum NemesisKind {
     Kill,
     /// SIGSTOP a member (the leader half of the time), SIGCONT later.
     Pause,
+    /// The leader and one follower cut off together (the leader's new
+    /// entries reach 2 members and cannot commit), then a new majority
+    /// around that follower that leaves out the old leader and the leader
+    /// the others elected meanwhile; repeated within the fault interval.
+    PartitionLeaderPair,
+    /// A follower falls behind (killed or cut off) until the leader's log
+    /// is compacted past it, then is killed -9 while it receives and
+    /// installs the leader's snapshot, and restarted on its data dir.
+    KillDuringSnapshot,
     /// kill -9 every member at once, all restarted later. Not part of
     /// `all`: name it explicitly.
     KillAll,
 }
 
 impl NemesisKind {
-    pub const ALL: [NemesisKind; 5] = [
+    pub const ALL: [NemesisKind; 7] = [
         NemesisKind::PartitionHalves,
         NemesisKind::PartitionLeader,
         NemesisKind::PartitionRing,
         NemesisKind::Kill,
         NemesisKind::Pause,
+        NemesisKind::PartitionLeaderPair,
+        NemesisKind::KillDuringSnapshot,
     ];
 
     /// Kinds that `all` leaves out and that must be named.
@@ -84,6 +95,8 @@ impl NemesisKind {
             NemesisKind::PartitionRing => "partition-ring",
             NemesisKind::Kill => "kill",
             NemesisKind::Pause => "pause",
+            NemesisKind::PartitionLeaderPair => "partition-leader-pair",
+            NemesisKind::KillDuringSnapshot => "kill-during-snapshot",
             NemesisKind::KillAll => "kill-all",
         }
     }
@@ -93,6 +106,22 @@ impl fmt::Display for NemesisKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// The members' `--snapshot-count` of runs that name `kill-during-snapshot`
+/// and no count of their own: small, so that a member that falls behind
+/// for a few seconds needs a snapshot to catch up.
+pub const SNAPSHOT_NEMESIS_COUNT: u64 = 200;
+
+/// The `--snapshot-count` a run uses: the one asked for, else
+/// [`SNAPSHOT_NEMESIS_COUNT`] when `kill-during-snapshot` is among the
+/// nemeses, else keel's own default (None).
+pub fn snapshot_count_for(asked: Option<u64>, nemeses: &[NemesisKind]) -> Option<u64> {
+    asked.or_else(|| {
+        nemeses
+            .contains(&NemesisKind::KillDuringSnapshot)
+            .then_some(SNAPSHOT_NEMESIS_COUNT)
+    })
 }
 
 /// Parses `--nemesis`: a comma list of kinds, `all`, or `none`.
@@ -220,9 +249,33 @@ mod tests {
             Some(&NemesisKind::KillAll)
         );
         assert_eq!(
+            parse_nemeses("partition-leader-pair,kill-during-snapshot").unwrap(),
+            vec![NemesisKind::PartitionLeaderPair, NemesisKind::KillDuringSnapshot]
+        );
+        let all = parse_nemeses("all").unwrap();
+        assert!(all.contains(&NemesisKind::PartitionLeaderPair));
+        assert!(all.contains(&NemesisKind::KillDuringSnapshot));
+        for kind in NemesisKind::ALL.into_iter().chain(NemesisKind::EXTRA) {
+            assert!(
+                ConfigError::UnknownNemesis(String::new())
+                    .to_string()
+                    .contains(kind.name()),
+                "the error message lists {kind}"
+            );
+        }
+        assert_eq!(
             parse_nemeses("kill,bogus"),
             Err(ConfigError::UnknownNemesis("bogus".into()))
         );
+    }
+
+    #[test]
+    fn the_snapshot_nemesis_gets_a_small_snapshot_count_unless_one_is_asked() {
+        let snapshot = [NemesisKind::Kill, NemesisKind::KillDuringSnapshot];
+        assert_eq!(snapshot_count_for(None, &snapshot), Some(SNAPSHOT_NEMESIS_COUNT));
+        assert_eq!(snapshot_count_for(Some(5000), &snapshot), Some(5000));
+        assert_eq!(snapshot_count_for(None, &[NemesisKind::Kill]), None);
+        assert_eq!(snapshot_count_for(Some(300), &[]), Some(300));
     }
 
     #[test]

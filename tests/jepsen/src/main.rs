@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use keel_jepsen::check::{check_dir, limits_for, load_config, VERDICT_FILE};
-use keel_jepsen::config::{parse_nemeses, RunConfig, Workload};
+use keel_jepsen::config::{parse_nemeses, snapshot_count_for, RunConfig, Workload};
 use keel_jepsen::run::run;
 
 #[derive(Parser)]
@@ -47,7 +47,8 @@ struct RunArgs {
     #[arg(long, value_enum, default_value_t = Workload::Register)]
     workload: Workload,
     /// Comma list of partition-halves, partition-leader, partition-ring,
-    /// kill, pause, kill-all; or all (the first five), or none.
+    /// kill, pause, partition-leader-pair, kill-during-snapshot, kill-all;
+    /// or all (every one but kill-all), or none.
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Seconds of quiet between faults, and how long each fault lasts.
@@ -84,7 +85,8 @@ struct RunArgs {
     /// Seconds the linearizability search may take.
     #[arg(long, default_value_t = 120.0)]
     check_time_limit: f64,
-    /// Members' --snapshot-count (default: keel's own); small values make
+    /// Members' --snapshot-count (default: keel's own, or 200 when
+    /// kill-during-snapshot is among the nemeses); small values make
     /// restarted members catch up through snapshots.
     #[arg(long)]
     snapshot_count: Option<u64>,
@@ -96,11 +98,13 @@ fn millis(seconds: f64) -> u64 {
 
 fn run_config(args: &RunArgs) -> anyhow::Result<RunConfig> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let nemeses = parse_nemeses(&args.nemesis)?;
+    let snapshot_count = snapshot_count_for(args.snapshot_count, &nemeses);
     let config = RunConfig {
         nodes: args.nodes,
         concurrency_per_member: args.concurrency,
         workload: args.workload,
-        nemeses: parse_nemeses(&args.nemesis)?,
+        nemeses,
         interval_ms: millis(args.interval),
         time_limit_ms: millis(args.time_limit),
         keys: args.keys,
@@ -111,7 +115,7 @@ fn run_config(args: &RunArgs) -> anyhow::Result<RunConfig> {
         heartbeat_ms: args.heartbeat_ms,
         seed: args.seed.unwrap_or(now.as_nanos() as u64),
         check_time_limit_ms: millis(args.check_time_limit),
-        snapshot_count: args.snapshot_count,
+        snapshot_count,
     };
     config.validate()?;
     Ok(config)

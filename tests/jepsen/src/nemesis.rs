@@ -1,6 +1,10 @@
 //! The nemesis: injects one fault at a time on a schedule — quiet for an
 //! interval, a fault for an interval, its repair, and again — and records
 //! each action as a `nemesis` line in the history and in `nemesis.jsonl`.
+//! Most faults are one action and its repair; the scripted ones
+//! (`partition-leader-pair` in `nemesis/leader_pair.rs`,
+//! `kill-during-snapshot` in `nemesis/snapshot_kill.rs`) take several steps
+//! over their fault interval, each recorded as a `step` line.
 //!
 //! Invariant: after [`Nemesis::heal_everything`] returns Ok, every link is
 //! open and every member is running and not paused; a run calls it before
@@ -27,6 +31,9 @@ use crate::history::{Event, HistoryError, HistoryWriter};
 use crate::monitor::{leader_in, monitor_clients, sample_all, MemberAddress};
 use crate::partition::{halves, isolate, ring, Grudge};
 use crate::proxy::Network;
+
+mod leader_pair;
+mod snapshot_kill;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NemesisError {
@@ -55,6 +62,10 @@ pub struct Nemesis {
     clients: Vec<(MemberAddress, Client)>,
     kinds: Vec<NemesisKind>,
     rng: StdRng,
+    /// The members' election timeout (paces the scripted faults).
+    election_timeout: Duration,
+    /// The members' `--snapshot-count` (None: keel's default).
+    snapshot_count: Option<u64>,
     /// Members that exited without being told to (found while healing).
     pub crashed: Vec<String>,
 }
@@ -80,8 +91,22 @@ impl Nemesis {
             clients,
             kinds,
             rng: StdRng::seed_from_u64(seed),
+            election_timeout: Duration::from_millis(500),
+            snapshot_count: None,
             crashed: Vec::new(),
         })
+    }
+
+    /// The members' election timeout and `--snapshot-count`, which the
+    /// scripted faults pace themselves by.
+    pub fn with_member_settings(
+        mut self,
+        election_timeout: Duration,
+        snapshot_count: Option<u64>,
+    ) -> Nemesis {
+        self.election_timeout = election_timeout.max(Duration::from_millis(50));
+        self.snapshot_count = snapshot_count;
+        self
     }
 
     fn names(&self) -> Vec<String> {
@@ -145,8 +170,13 @@ impl Nemesis {
             let Some(&kind) = self.kinds.choose(&mut self.rng) else {
                 return Ok(());
             };
-            let fault = self.start_fault(kind).await?;
-            tokio::time::sleep_until(until.min(Instant::now() + interval)).await;
+            let window = match kind {
+                NemesisKind::KillDuringSnapshot => interval.max(snapshot_kill::SHORTEST_WINDOW),
+                _ => interval,
+            };
+            let fault_until = until.min(Instant::now() + window);
+            let fault = self.start_fault(kind, fault_until).await?;
+            tokio::time::sleep_until(fault_until).await;
             self.end_fault(kind, fault).await?;
         }
     }
@@ -177,7 +207,9 @@ impl Nemesis {
         Ok(())
     }
 
-    async fn start_fault(&mut self, kind: NemesisKind) -> Result<Fault, NemesisError> {
+    /// Injects a fault of `kind`; the scripted kinds run their steps until
+    /// `fault_until` before returning. Returns the fault still in force.
+    async fn start_fault(&mut self, kind: NemesisKind, fault_until: Instant) -> Result<Fault, NemesisError> {
         self.note_crashes().await?;
         let start = self.history.now();
         let n = self.members.len();
@@ -247,6 +279,8 @@ impl Nemesis {
                 self.record("start", Some(kind), detail, start, Some(target));
                 Ok(Fault::Paused(target))
             }
+            NemesisKind::PartitionLeaderPair => self.leader_pair_rounds(fault_until).await,
+            NemesisKind::KillDuringSnapshot => self.kill_during_snapshot(fault_until).await,
         }
     }
 
@@ -261,7 +295,11 @@ impl Nemesis {
                     .pairs()
                     .map(|(a, b)| format!("{}-{}", names[a], names[b]))
                     .collect();
-                let detail = format!("healed {}", pairs.join(" "));
+                let detail = if pairs.is_empty() {
+                    "healed every link (nothing was left cut)".to_string()
+                } else {
+                    format!("healed {}", pairs.join(" "))
+                };
                 self.record("stop", Some(kind), detail, start, None);
             }
             Fault::Killed(targets) => {

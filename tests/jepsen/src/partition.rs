@@ -120,6 +120,56 @@ pub fn ring(n: usize, rng: &mut impl Rng) -> (Vec<usize>, Grudge) {
     (order, grudge)
 }
 
+/// The first step of `partition-leader-pair`: the leader and one follower
+/// cut off together from everyone else, so on 5 members what the leader
+/// appends now reaches only the follower (2 of 5) and cannot commit while
+/// the cut lasts (on 3 members the pair is a majority and still commits).
+/// Returns the pair (sorted), the rest and the grudge.
+pub fn leader_pair(n: usize, leader: usize, follower: usize) -> (Vec<usize>, Vec<usize>, Grudge) {
+    let mut pair = vec![leader, follower];
+    pair.sort_unstable();
+    pair.dedup();
+    let rest: Vec<usize> = (0..n).filter(|m| !pair.contains(m)).collect();
+    let mut grudge = Grudge::new(n);
+    for &a in &pair {
+        for &b in &rest {
+            grudge.cut(a, b);
+        }
+    }
+    (pair, rest, grudge)
+}
+
+/// The second step of `partition-leader-pair`: a NEW majority around
+/// `follower` (which holds the old leader's uncommitted entries) that
+/// leaves out the old `leader` and, when the rest is still a majority
+/// without it (5 members), `new_leader` (the member the others elected
+/// meanwhile). The left-out members stay connected to each other, so a new
+/// leader can still reach the old one and truncate its uncommitted entries.
+/// Returns the majority, the left-out minority (both sorted) and the grudge.
+pub fn stale_majority(
+    n: usize,
+    leader: usize,
+    follower: usize,
+    new_leader: Option<usize>,
+) -> (Vec<usize>, Vec<usize>, Grudge) {
+    let majority_size = n / 2 + 1;
+    let mut minority = vec![leader];
+    if let Some(new) = new_leader {
+        if new != leader && new != follower && new < n && n - 2 >= majority_size {
+            minority.push(new);
+        }
+    }
+    minority.sort_unstable();
+    let majority: Vec<usize> = (0..n).filter(|m| !minority.contains(m)).collect();
+    let mut grudge = Grudge::new(n);
+    for &a in &minority {
+        for &b in &majority {
+            grudge.cut(a, b);
+        }
+    }
+    (majority, minority, grudge)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +224,62 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn leader_pair_cuts_the_pair_from_the_rest() {
+        for (n, leader, follower) in [(5, 0, 3), (5, 4, 1), (3, 2, 0)] {
+            let (pair, rest, grudge) = leader_pair(n, leader, follower);
+            assert_eq!(pair.len(), 2);
+            assert!(pair.contains(&leader) && pair.contains(&follower));
+            assert_eq!(rest.len(), n - 2);
+            // The pair sees only itself; the rest only the rest.
+            assert_eq!(grudge.visible_from(leader), pair);
+            assert_eq!(grudge.visible_from(follower), pair);
+            for &r in &rest {
+                assert_eq!(grudge.visible_from(r), rest);
+            }
+            // On 5 members the leader's side is a minority: nothing it
+            // appends commits. On 3 the pair is a majority.
+            assert_eq!(pair.len() < n / 2 + 1, n == 5);
+        }
+    }
+
+    #[test]
+    fn stale_majority_holds_the_follower_and_excludes_both_leaders() {
+        for leader in 0..5 {
+            for follower in (0..5).filter(|&f| f != leader) {
+                let (_, rest, _) = leader_pair(5, leader, follower);
+                for &new in &rest {
+                    let (majority, minority, grudge) = stale_majority(5, leader, follower, Some(new));
+                    assert!(majority.contains(&follower), "{majority:?}");
+                    assert!(!majority.contains(&new) && !majority.contains(&leader));
+                    assert_eq!(majority.len(), 3, "a majority of 5");
+                    assert_eq!(minority, {
+                        let mut m = vec![leader, new];
+                        m.sort_unstable();
+                        m
+                    });
+                    for &m in &majority {
+                        assert_eq!(grudge.visible_from(m), majority);
+                    }
+                    // The new leader can still reach the old one.
+                    assert!(!grudge.is_cut(leader, new));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn stale_majority_on_3_leaves_out_only_the_old_leader() {
+        let (majority, minority, grudge) = stale_majority(3, 1, 2, Some(0));
+        assert_eq!(majority, vec![0, 2], "the follower and the third");
+        assert_eq!(minority, vec![1]);
+        assert_eq!(grudge.visible_from(1), vec![1]);
+        let (majority, _, _) = stale_majority(3, 1, 2, None);
+        assert_eq!(majority, vec![0, 2]);
+        // A new leader equal to the follower is never cut off.
+        let (majority, minority, _) = stale_majority(5, 0, 1, Some(1));
+        assert!(majority.contains(&1) && minority == vec![0]);
     }
 }

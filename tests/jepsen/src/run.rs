@@ -168,7 +168,11 @@ pub async fn run(config: &RunConfig, dir: &Path) -> Result<RunReport, RunError> 
     .map_err(|e| RunError::Dir {
         path: dir.join(NEMESIS_FILE),
         source: std::io::Error::other(e.to_string()),
-    })?;
+    })?
+    .with_member_settings(
+        Duration::from_millis(config.election_timeout_ms),
+        config.snapshot_count,
+    );
     tracing::info!("workload {} for {:?}", config.workload, config.time_limit());
     let until = Instant::now() + config.time_limit();
     if let Err(error) = nemesis.run_schedule(until, config.interval()).await {
