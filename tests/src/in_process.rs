@@ -95,8 +95,22 @@ impl InProcessCluster {
     }
 
     /// Starts member `index` (again) on its data dir, stopping at the steps
-    /// `fail_points` arms; fails if it cannot start.
+    /// `fail_points` arms; fails if it cannot start. A crashed member's
+    /// databases may stay locked for a moment while sled's threads let go
+    /// of them: that one failure is waited out.
     pub async fn start_member(&mut self, index: usize, fail_points: FailPoints) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            match self.start_member_once(index, fail_points.clone()).await {
+                Err(error) if data_dir_locked(&error) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn start_member_once(&mut self, index: usize, fail_points: FailPoints) -> anyhow::Result<()> {
         let slot = &self.members[index];
         let data_dir = self.dir.path().join(&slot.name);
         let client_url = format!("http://127.0.0.1:{}", slot.client_port);
@@ -136,7 +150,8 @@ impl InProcessCluster {
                         _ = crash_rx => Ok(()),
                     }
                 });
-                runtime.shutdown_background();
+                // Blocking tasks (a crashed fail point's) end promptly.
+                runtime.shutdown_timeout(Duration::from_secs(5));
                 outcome
             })?;
         let raft = match tokio::time::timeout(Duration::from_secs(30), started_rx).await {
@@ -253,6 +268,16 @@ impl InProcessCluster {
             }
         }
     }
+}
+
+/// True when `error` is sled finding its database locked by another user.
+fn data_dir_locked(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<sled::Error>(),
+            Some(sled::Error::Io(io)) if io.kind() == std::io::ErrorKind::WouldBlock
+        )
+    })
 }
 
 impl Drop for InProcessCluster {
