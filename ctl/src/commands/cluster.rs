@@ -8,9 +8,9 @@ use clap::{Args, Subcommand};
 use keel_api::etcdserverpb::RangeRequest;
 use keel_client::Client;
 
-use super::kv::go_bool;
 use super::Ctx;
 use crate::error::{client_error_text, CtlError, EXIT_ERROR};
+use crate::go_bool::GoBoolFlag;
 use crate::gofmt::format_duration;
 use crate::output::{EndpointHealth, EndpointStatus, Output};
 
@@ -28,8 +28,7 @@ pub enum MemberCommand {
 #[derive(Args, Debug, Clone)]
 pub struct EndpointArgs {
     /// Use all endpoints from the cluster member list.
-    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long, global = true, go_bool_default = false)]
     pub cluster: bool,
     #[command(subcommand)]
     pub command: EndpointCommand,

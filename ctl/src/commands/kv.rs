@@ -14,16 +14,8 @@ use keel_api::key_range::{prefix_range_end, FROM_KEY_RANGE_END};
 
 use super::Ctx;
 use crate::error::CtlError;
+use crate::go_bool::GoBoolFlag;
 use crate::output::{Format, Output};
-
-/// Go's `strconv.ParseBool`, for `--flag=false` as pflag accepts it.
-pub fn go_bool(text: &str) -> Result<bool, String> {
-    match text {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        _ => Err(format!("strconv.ParseBool: parsing \"{text}\": invalid syntax")),
-    }
-}
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct PutArgs {
@@ -36,16 +28,13 @@ pub struct PutArgs {
     #[arg(hide = true, value_name = "EXTRA")]
     pub extra: Vec<OsString>,
     /// Return the previous key-value pair before modification.
-    #[arg(long = "prev-kv", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long = "prev-kv", go_bool_default = false)]
     pub prev_kv: bool,
     /// Update the key using its current value.
-    #[arg(long = "ignore-value", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long = "ignore-value", go_bool_default = false)]
     pub ignore_value: bool,
     /// Update the key using its current lease.
-    #[arg(long = "ignore-lease", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long = "ignore-lease", go_bool_default = false)]
     pub ignore_lease: bool,
     /// Lease ID (in hexadecimal) to attach to the key.
     #[arg(long, default_value = "0")]
@@ -75,27 +64,22 @@ pub struct GetArgs {
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub limit: i64,
     /// Get keys with matching prefix.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long, go_bool_default = false)]
     pub prefix: bool,
     /// Get keys that are greater than or equal to the given key using byte compare.
-    #[arg(long = "from-key", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long = "from-key", go_bool_default = false)]
     pub from_key: bool,
     /// Specify the kv revision.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub rev: i64,
     /// Get only the keys.
-    #[arg(long = "keys-only", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long = "keys-only", go_bool_default = false)]
     pub keys_only: bool,
     /// Get only the count (with -w fields or -w json).
-    #[arg(long = "count-only", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long = "count-only", go_bool_default = false)]
     pub count_only: bool,
     /// Only write values when using the "simple" output format.
-    #[arg(long = "print-value-only", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long = "print-value-only", go_bool_default = false)]
     pub print_value_only: bool,
 }
 
@@ -110,16 +94,13 @@ pub struct DelArgs {
     #[arg(hide = true, value_name = "EXTRA")]
     pub extra: Vec<OsString>,
     /// Delete keys with matching prefix.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long, go_bool_default = false)]
     pub prefix: bool,
     /// Return deleted key-value pairs.
-    #[arg(long = "prev-kv", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long = "prev-kv", go_bool_default = false)]
     pub prev_kv: bool,
     /// Delete keys that are greater than or equal to the given key using byte compare.
-    #[arg(long = "from-key", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long = "from-key", go_bool_default = false)]
     pub from_key: bool,
 }
 
@@ -129,8 +110,7 @@ pub struct CompactionArgs {
     #[arg(value_name = "REVISION")]
     pub revision: Vec<String>,
     /// Wait for compaction to physically remove all old revisions.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long, go_bool_default = false)]
     pub physical: bool,
 }
 
