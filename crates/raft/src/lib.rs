@@ -13,11 +13,11 @@
 #![allow(clippy::result_large_err)]
 
 pub mod apply;
+mod fdatasync;
 mod group_flush;
 pub mod log_store;
 pub mod network;
 pub mod peer_codec;
-mod sled_files;
 pub mod snapshot_files;
 pub mod state_machine;
 pub mod type_config;

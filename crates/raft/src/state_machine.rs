@@ -22,7 +22,7 @@ use openraft::{
 };
 
 use crate::apply::{apply_write_batch, MemberAttributeTable};
-use crate::sled_files::SledFiles;
+use crate::fdatasync::SledFdatasync;
 use crate::snapshot_files::SnapshotFiles;
 use crate::type_config::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::RaftStorageError;
@@ -43,7 +43,7 @@ fn snapshot_error(verb: ErrorVerb, error: impl std::error::Error + 'static) -> S
 struct Shared {
     store: MvccStore,
     /// The keyspace database's files, synced after each flush of it.
-    keyspace_files: Mutex<SledFiles>,
+    keyspace_files: Mutex<SledFdatasync>,
     /// Held for writing while a batch is applied or a snapshot installed, for
     /// reading while a snapshot is dumped.
     apply_gate: RwLock<()>,
@@ -118,7 +118,7 @@ impl KeelStateMachine {
     ) -> Result<Self, RaftStorageError> {
         let members = read_meta(&store, MEMBER_ATTRIBUTES_KEY)?.unwrap_or_default();
         let snapshots = SnapshotFiles::open(snapshot_dir)?;
-        let keyspace_files = Mutex::new(SledFiles::open(keyspace_dir)?);
+        let keyspace_files = Mutex::new(SledFdatasync::open(keyspace_dir)?);
         let shared = Arc::new(Shared {
             store,
             keyspace_files,
