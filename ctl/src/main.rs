@@ -7,7 +7,7 @@
 mod commands;
 mod error;
 mod go_bool;
-mod gofmt;
+mod go_value_format;
 mod output;
 mod txn_parse;
 
@@ -23,7 +23,7 @@ use commands::txn::TxnArgs;
 use commands::Ctx;
 use error::{CtlError, EXIT_ERROR};
 use go_bool::GoBoolFlag;
-use output::{Display, Format, Output};
+use output::{Format, Output, Printer};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -230,13 +230,13 @@ fn usage_error(error: &clap::Error, given: &[OsString]) -> String {
 }
 
 fn resolve(cli: &Cli) -> Result<Ctx, CtlError> {
-    let dial_timeout = gofmt::parse_duration(&cli.dial_timeout).map_err(|e| {
+    let dial_timeout = go_value_format::parse_duration(&cli.dial_timeout).map_err(|e| {
         CtlError::failed(format!(
             "invalid argument \"{}\" for \"--dial-timeout\" flag: {e}",
             cli.dial_timeout
         ))
     })?;
-    let command_timeout = gofmt::parse_duration(&cli.command_timeout).map_err(|e| {
+    let command_timeout = go_value_format::parse_duration(&cli.command_timeout).map_err(|e| {
         CtlError::failed(format!(
             "invalid argument \"{}\" for \"--command-timeout\" flag: {e}",
             cli.command_timeout
@@ -260,7 +260,7 @@ fn resolve(cli: &Cli) -> Result<Ctx, CtlError> {
         endpoints,
         dial_timeout,
         command_timeout,
-        display: Display {
+        printer: Printer {
             format: Format::parse(&cli.write_out)?,
             hex: cli.hex,
             value_only: false,
@@ -284,14 +284,14 @@ async fn run(cli: Cli) -> Result<Output, CtlError> {
         eprintln!("KEELCTL_ENDPOINTS=[{}]", ctx.endpoints.join(","));
         eprintln!(
             "KEELCTL_DIAL_TIMEOUT={}",
-            gofmt::format_duration(ctx.dial_timeout)
+            go_value_format::format_duration(ctx.dial_timeout)
         );
         eprintln!(
             "KEELCTL_COMMAND_TIMEOUT={}",
-            gofmt::format_duration(ctx.command_timeout)
+            go_value_format::format_duration(ctx.command_timeout)
         );
-        eprintln!("KEELCTL_WRITE_OUT={}", ctx.display.format.name());
-        eprintln!("KEELCTL_HEX={}", ctx.display.hex);
+        eprintln!("KEELCTL_WRITE_OUT={}", ctx.printer.format.name());
+        eprintln!("KEELCTL_HEX={}", ctx.printer.hex);
         let _ = tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
             .with_env_filter(tracing_subscriber::EnvFilter::new(

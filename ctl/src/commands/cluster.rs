@@ -11,7 +11,7 @@ use keel_client::Client;
 use super::Ctx;
 use crate::error::{client_error_text, CtlError, EXIT_ERROR};
 use crate::go_bool::GoBoolFlag;
-use crate::gofmt::format_duration;
+use crate::go_value_format::format_duration;
 use crate::output::{EndpointHealth, EndpointStatus, Output};
 
 #[derive(Subcommand, Debug, Clone)]
@@ -55,7 +55,7 @@ pub async fn member(ctx: &Ctx, command: &MemberCommand) -> Result<Output, CtlErr
         MemberCommand::List => {
             let response = ctx.connect().await?.member_list().await?;
             let mut out = Output::default();
-            ctx.display.member_list(&mut out, &response)?;
+            ctx.printer.member_list(&mut out, &response)?;
             Ok(out)
         }
     }
@@ -111,7 +111,7 @@ async fn status(ctx: &Ctx, cluster: bool) -> Result<Output, CtlError> {
             }
         }
     }
-    ctx.display.endpoint_status(&mut out, &statuses)?;
+    ctx.printer.endpoint_status(&mut out, &statuses)?;
     if failed {
         return Err(partial_failure(out, CtlError::exit_quietly(EXIT_ERROR)));
     }
@@ -128,7 +128,7 @@ async fn health(ctx: &Ctx, cluster: bool) -> Result<Output, CtlError> {
     let probes = targets.into_iter().map(|endpoint| probe(ctx, endpoint));
     let results = futures::future::join_all(probes).await;
     let mut out = Output::default();
-    ctx.display.endpoint_health(&mut out, &results)?;
+    ctx.printer.endpoint_health(&mut out, &results)?;
     if results.iter().any(|r| !r.error.is_empty()) {
         return Err(partial_failure(out, CtlError::failed("unhealthy cluster")));
     }

@@ -157,7 +157,7 @@ pub fn put_request(args: &PutArgs, source: ValueSource<'_>) -> Result<PutRequest
         };
         CtlError::bad_args(format!(
             "bad lease ID (strconv.ParseInt: parsing {}: {reason}), expecting ID in Hex",
-            crate::gofmt::quote(args.lease.as_bytes())
+            crate::go_value_format::quote(args.lease.as_bytes())
         ))
     })?;
     Ok(PutRequest {
@@ -220,7 +220,7 @@ pub fn range_request(args: &GetArgs) -> Result<RangeRequest, CtlError> {
         other => {
             return Err(CtlError::bad_feature(format!(
                 "unknown consistency flag {}",
-                crate::gofmt::quote(other.as_bytes())
+                crate::go_value_format::quote(other.as_bytes())
             )))
         }
     };
@@ -279,13 +279,13 @@ pub async fn put(ctx: &Ctx, args: &PutArgs) -> Result<Output, CtlError> {
     let request = put_request(args, ValueSource::Stdin(&mut std::io::stdin()))?;
     let response = ctx.connect().await?.put(request).await?;
     let mut out = Output::default();
-    ctx.display.put(&mut out, &response)?;
+    ctx.printer.put(&mut out, &response)?;
     Ok(out)
 }
 
 pub async fn get(ctx: &Ctx, args: &GetArgs) -> Result<Output, CtlError> {
     let request = range_request(args)?;
-    let format = ctx.display.format;
+    let format = ctx.printer.format;
     if args.count_only && !matches!(format, Format::Fields | Format::Json | Format::Protobuf) {
         return Err(CtlError::bad_args(
             "--count-only is only for `--write-out=fields` (or json)",
@@ -297,10 +297,10 @@ pub async fn get(ctx: &Ctx, args: &GetArgs) -> Result<Output, CtlError> {
         ));
     }
     let response = ctx.connect().await?.range(request).await?;
-    let mut display = ctx.display;
-    display.value_only = args.print_value_only;
+    let mut printer = ctx.printer;
+    printer.value_only = args.print_value_only;
     let mut out = Output::default();
-    display.get(&mut out, &response)?;
+    printer.get(&mut out, &response)?;
     Ok(out)
 }
 
@@ -308,7 +308,7 @@ pub async fn del(ctx: &Ctx, args: &DelArgs) -> Result<Output, CtlError> {
     let request = delete_request(args)?;
     let response = ctx.connect().await?.delete_range(request).await?;
     let mut out = Output::default();
-    ctx.display.del(&mut out, &response)?;
+    ctx.printer.del(&mut out, &response)?;
     Ok(out)
 }
 
@@ -319,7 +319,7 @@ pub async fn compaction(ctx: &Ctx, args: &CompactionArgs) -> Result<Output, CtlE
     let revision: i64 = revision.parse().map_err(|_| {
         CtlError::failed(format!(
             "strconv.ParseInt: parsing {}: invalid syntax",
-            crate::gofmt::quote(revision.as_bytes())
+            crate::go_value_format::quote(revision.as_bytes())
         ))
     })?;
     let request = CompactionRequest {

@@ -56,7 +56,7 @@ pub async fn txn(ctx: &Ctx, args: &TxnArgs) -> Result<Output, CtlError> {
     let request = read_txn(&mut input, args.interactive, &mut prompt)?;
     let response = ctx.connect().await?.txn(request).await?;
     let mut out = Output::default();
-    ctx.display.txn(&mut out, &response)?;
+    ctx.printer.txn(&mut out, &response)?;
     Ok(out)
 }
 

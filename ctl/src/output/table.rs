@@ -13,7 +13,7 @@ use unicode_width::UnicodeWidthStr;
 use super::{
     member_rows, status_rows, EndpointHealth, EndpointStatus, HEALTH_HEADER, MEMBER_HEADER, STATUS_HEADER,
 };
-use crate::gofmt::hex_escaped;
+use crate::go_value_format::hex_escaped;
 
 const MAX_COLUMN_WIDTH: usize = 30;
 
