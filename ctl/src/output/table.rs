@@ -195,8 +195,10 @@ fn line_ends(widths: &[usize], limit: usize) -> Vec<usize> {
             break;
         }
         let end = start;
-        let wins =
-            |cost: &[u128], row: usize, other: usize| through(cost, row, end) <= through(cost, row, other);
+        // Whether a line from `line_start` is as cheap ending at `end` as at `other`.
+        let wins = |cost: &[u128], line_start: usize, other: usize| {
+            through(cost, line_start, end) <= through(cost, line_start, other)
+        };
         let mut best_up_to = Some(end - 1);
         while let Some(newest) = queue.back() {
             let top = newest.best_up_to.min(end - 1);
@@ -205,7 +207,7 @@ fn line_ends(widths: &[usize], limit: usize) -> Vec<usize> {
                 continue;
             }
             best_up_to = if wins(&cost, 0, newest.end) {
-                // The highest row in [0, top) where `end` wins.
+                // The last line start in [0, top) for which `end` wins.
                 let (mut low, mut high) = (0, top);
                 while high - low > 1 {
                     let middle = low + (high - low) / 2;
