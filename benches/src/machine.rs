@@ -2,7 +2,7 @@
 //! RESULTS.md can be read against it: cores, CPU, kernel, memory, load
 //! average, the filesystem of the data dirs, and the disk's own fdatasync
 //! latency there (the floor under any durable write); and members' resident
-//! memory from `/proc/<pid>/status`.
+//! memory and CPU time, from `/proc` (through the `procfs` crate).
 
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
+use procfs::Current;
 use serde::{Deserialize, Serialize};
 
 use crate::load::report::new_histogram;
@@ -29,25 +30,18 @@ pub struct MachineFacts {
 
 impl MachineFacts {
     pub fn read(data_dir: &Path) -> Self {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu = cpuinfo
-            .lines()
-            .find_map(|line| line.strip_prefix("model name"))
-            .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_string())
+        let cpu = procfs::CpuInfo::current()
+            .ok()
+            .and_then(|info| info.model_name(0).map(str::to_string))
             .unwrap_or_else(|| "unknown".into());
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let memory_kib = meminfo
-            .lines()
-            .find_map(|line| line.strip_prefix("MemTotal:"))
-            .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0);
+        let memory_bytes = procfs::Meminfo::current().map_or(0, |info| info.mem_total);
         MachineFacts {
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             cpu,
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map(|s| s.trim().to_string())
+            kernel: nix::sys::utsname::uname()
+                .map(|name| name.release().to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            memory_gib: memory_kib / (1024.0 * 1024.0),
+            memory_gib: memory_bytes as f64 / (1024.0 * 1024.0 * 1024.0),
             load_average: load_average(),
             filesystem: filesystem_of(data_dir),
             etcd_version: command_first_line("etcd", &["--version"]),
@@ -58,10 +52,7 @@ impl MachineFacts {
 
 /// The 1-minute load average.
 pub fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|text| text.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0)
+    procfs::LoadAverage::current().map_or(0.0, |load| f64::from(load.one))
 }
 
 fn command_first_line(program: &str, args: &[&str]) -> String {
@@ -77,23 +68,12 @@ fn command_first_line(program: &str, args: &[&str]) -> String {
 /// `type device` of the mount that holds `path` (longest mount-point prefix).
 pub fn filesystem_of(path: &Path) -> String {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let device = fields.next()?;
-            let mount_point = fields.next()?;
-            let fs_type = fields.next()?;
-            path.starts_with(mount_point).then(|| {
-                (
-                    mount_point.len(),
-                    format!("{fs_type} on {device} ({mount_point})"),
-                )
-            })
-        })
-        .max_by_key(|(length, _)| *length)
-        .map(|(_, text)| text)
+    procfs::mounts()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|mount| path.starts_with(&mount.fs_file))
+        .max_by_key(|mount| mount.fs_file.len())
+        .map(|mount| format!("{} on {} ({})", mount.fs_vfstype, mount.fs_spec, mount.fs_file))
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -144,29 +124,15 @@ pub fn fdatasync_latency(dir: &Path, samples: usize) -> anyhow::Result<FsyncLate
 /// User + system CPU seconds used so far by process `pid` (all its threads;
 /// `"self"` for this process), from `/proc/<pid>/stat`.
 pub fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading stat of {pid}"))?;
-    // The command name (field 2) is parenthesized and may hold spaces.
-    let after_name = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .with_context(|| format!("malformed /proc/{pid}/stat"))?;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |at: usize| -> anyhow::Result<f64> {
-        fields
-            .get(at)
-            .and_then(|field| field.parse::<f64>().ok())
-            .with_context(|| format!("no CPU time in /proc/{pid}/stat"))
-    };
-    // utime and stime are fields 14 and 15; `fields` starts at field 3.
-    Ok((ticks(11)? + ticks(12)?) / clock_ticks_per_second())
-}
-
-fn clock_ticks_per_second() -> f64 {
-    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
-        Ok(Some(ticks)) if ticks > 0 => ticks as f64,
-        _ => 100.0,
+    let process = if pid == "self" {
+        procfs::process::Process::myself()
+    } else {
+        let number: i32 = pid.parse().with_context(|| format!("not a process id: {pid}"))?;
+        procfs::process::Process::new(number)
     }
+    .with_context(|| format!("no process {pid}"))?;
+    let stat = process.stat().with_context(|| format!("reading stat of {pid}"))?;
+    Ok((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
 /// Peak and current resident memory of a process, in MiB.
@@ -178,19 +144,17 @@ pub struct Memory {
 
 /// `VmHWM` and `VmRSS` of process `pid`.
 pub fn process_memory(pid: u32) -> anyhow::Result<Memory> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+    let number = i32::try_from(pid).with_context(|| format!("not a process id: {pid}"))?;
+    let status = procfs::process::Process::new(number)
+        .and_then(|process| process.status())
         .with_context(|| format!("reading status of {pid}"))?;
-    let field = |name: &str| -> anyhow::Result<f64> {
-        let kib = status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
-            .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
-        Ok(kib / 1024.0)
+    let mib = |kib: Option<u64>, name: &str| -> anyhow::Result<f64> {
+        let kib = kib.with_context(|| format!("no {name} in /proc/{pid}/status"))?;
+        Ok(kib as f64 / 1024.0)
     };
     Ok(Memory {
-        vm_hwm_mib: field("VmHWM:")?,
-        vm_rss_mib: field("VmRSS:")?,
+        vm_hwm_mib: mib(status.vmhwm, "VmHWM")?,
+        vm_rss_mib: mib(status.vmrss, "VmRSS")?,
     })
 }
 
@@ -198,18 +162,70 @@ pub fn process_memory(pid: u32) -> anyhow::Result<Memory> {
 mod tests {
     use super::*;
 
+    /// User + system CPU time of this process, as `getrusage` reports it.
+    fn rusage_cpu_seconds() -> f64 {
+        let usage =
+            nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).expect("getrusage");
+        let seconds = |time: nix::sys::time::TimeVal| time.tv_sec() as f64 + time.tv_usec() as f64 / 1e6;
+        seconds(usage.user_time()) + seconds(usage.system_time())
+    }
+
     #[test]
-    fn reads_own_memory_and_facts() {
-        let memory = process_memory(std::process::id()).unwrap();
-        assert!(memory.vm_rss_mib > 0.0 && memory.vm_hwm_mib >= memory.vm_rss_mib);
-        let facts = MachineFacts::read(Path::new("/"));
+    fn cpu_seconds_agree_with_getrusage() {
+        // Spin until the kernel has charged this process a tenth of a second.
+        let spun_since = Instant::now();
         let mut spin = 0u64;
-        for i in 0..20_000_000u64 {
-            spin = spin.wrapping_add(i ^ (spin >> 3));
+        while rusage_cpu_seconds() < 0.1 {
+            for i in 0..1_000_000u64 {
+                spin = spin.wrapping_add(i ^ (spin >> 3));
+            }
+            assert!(
+                spun_since.elapsed().as_secs() < 60,
+                "no CPU time charged in a minute"
+            );
         }
         assert!(spin != 1);
-        assert!(cpu_seconds("self").unwrap() >= 0.0);
+        let before = rusage_cpu_seconds();
+        let read = cpu_seconds("self").expect("cpu seconds of self");
+        let by_pid = cpu_seconds(&std::process::id().to_string()).expect("cpu seconds by pid");
+        let after = rusage_cpu_seconds();
+        // /proc counts user and system time each in whole clock ticks
+        // (10 ms, rounded down), getrusage in microseconds.
+        let slack = 2.0 / procfs::ticks_per_second() as f64 + 1e-6;
+        assert!(
+            read >= before - slack && read <= after + slack,
+            "{before} <= {read} <= {after}"
+        );
+        assert!(
+            by_pid >= read && by_pid <= after + slack,
+            "{read} <= {by_pid} <= {after}"
+        );
+        assert!(cpu_seconds("not-a-pid").is_err());
+    }
+
+    #[test]
+    fn reads_own_memory_and_the_machine() {
+        let before = process_memory(std::process::id()).expect("own memory");
+        assert!(
+            before.vm_rss_mib > 0.0 && before.vm_hwm_mib >= before.vm_rss_mib,
+            "{before:?}"
+        );
+        // 64 MiB written (every page touched) must show in the resident size.
+        let block = vec![0x5au8; 64 << 20];
+        let during = process_memory(std::process::id()).expect("own memory");
+        assert!(block.iter().step_by(4096).all(|byte| *byte == 0x5a));
+        assert!(
+            during.vm_rss_mib >= before.vm_rss_mib + 48.0,
+            "{before:?} then {during:?}"
+        );
+        assert!(during.vm_hwm_mib >= during.vm_rss_mib, "{during:?}");
+        assert!(process_memory(u32::MAX).is_err());
+        let facts = MachineFacts::read(Path::new("/"));
         assert!(facts.cores >= 1);
+        assert!(facts.memory_gib > 0.1, "{facts:?}");
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+        assert_eq!(facts.kernel, release.trim());
+        assert!(facts.filesystem.ends_with("(/)"), "{facts:?}");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 
 mod commands;
 mod error;
-mod gofmt;
+mod go_bool;
+mod go_value_format;
 mod output;
 mod txn_parse;
 
@@ -14,14 +15,15 @@ use std::ffi::OsString;
 use std::io::Write;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use commands::cluster::{EndpointArgs, MemberCommand};
-use commands::kv::{go_bool, CompactionArgs, DelArgs, GetArgs, PutArgs};
+use commands::kv::{CompactionArgs, DelArgs, GetArgs, PutArgs};
 use commands::txn::TxnArgs;
 use commands::Ctx;
 use error::{CtlError, EXIT_ERROR};
-use output::{Display, Format, Output};
+use go_bool::GoBoolFlag;
+use output::{Format, Output, Printer};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -51,35 +53,69 @@ Endpoints come from --endpoints, else $KEELCTL_ENDPOINTS, else $ETCDCTL_ENDPOINT
 )]
 struct Cli {
     /// gRPC endpoints (comma-separated).
-    #[arg(long, global = true, value_delimiter = ',', default_value = "127.0.0.1:2379")]
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379",
+        env = "KEELCTL_ENDPOINTS"
+    )]
     endpoints: Vec<String>,
     /// Dial timeout for client connections (Go duration: 2s, 500ms, 1m).
-    #[arg(long = "dial-timeout", global = true, default_value = "2s")]
+    #[arg(
+        long = "dial-timeout",
+        global = true,
+        default_value = "2s",
+        env = "KEELCTL_DIAL_TIMEOUT"
+    )]
     dial_timeout: String,
     /// Timeout for short running command (excluding dial timeout).
-    #[arg(long = "command-timeout", global = true, default_value = "5s")]
+    #[arg(
+        long = "command-timeout",
+        global = true,
+        default_value = "5s",
+        env = "KEELCTL_COMMAND_TIMEOUT"
+    )]
     command_timeout: String,
     /// Set the output format (fields, json, protobuf, simple, table).
-    #[arg(short = 'w', long = "write-out", global = true, default_value = "simple")]
+    #[arg(
+        short = 'w',
+        long = "write-out",
+        global = true,
+        default_value = "simple",
+        env = "KEELCTL_WRITE_OUT"
+    )]
     write_out: String,
     /// Print byte strings as hex encoded strings.
-    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long, global = true, go_bool_default = false, env = "KEELCTL_HEX")]
     hex: bool,
     /// Enable client-side debug logging.
-    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long, global = true, go_bool_default = false, env = "KEELCTL_DEBUG")]
     debug: bool,
     /// Accepted for etcdctl compatibility; keel uses its own keepalive.
-    #[arg(long = "keepalive-time", global = true, hide = true)]
+    #[arg(
+        long = "keepalive-time",
+        global = true,
+        hide = true,
+        env = "KEELCTL_KEEPALIVE_TIME"
+    )]
     keepalive_time: Option<String>,
     /// Accepted for etcdctl compatibility; keel uses its own keepalive.
-    #[arg(long = "keepalive-timeout", global = true, hide = true)]
+    #[arg(
+        long = "keepalive-timeout",
+        global = true,
+        hide = true,
+        env = "KEELCTL_KEEPALIVE_TIMEOUT"
+    )]
     keepalive_timeout: Option<String>,
     /// Accepted for etcdctl compatibility; keel serves plaintext gRPC only.
-    #[arg(long = "insecure-transport", global = true, hide = true, num_args = 0..=1,
-          require_equals = true, default_missing_value = "true", value_parser = go_bool)]
-    insecure_transport: Option<bool>,
+    #[arg(
+        long = "insecure-transport",
+        global = true,
+        hide = true,
+        go_bool_default = true
+    )]
+    insecure_transport: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -131,49 +167,31 @@ enum Command {
     Version,
 }
 
-/// The global flags that the environment may set: (flag, short, variable suffix).
-const ENV_FLAGS: [(&str, Option<&str>, &str); 8] = [
-    ("--endpoints", None, "ENDPOINTS"),
-    ("--dial-timeout", None, "DIAL_TIMEOUT"),
-    ("--command-timeout", None, "COMMAND_TIMEOUT"),
-    ("--write-out", Some("-w"), "WRITE_OUT"),
-    ("--hex", None, "HEX"),
-    ("--debug", None, "DEBUG"),
-    ("--keepalive-time", None, "KEEPALIVE_TIME"),
-    ("--keepalive-timeout", None, "KEEPALIVE_TIMEOUT"),
-];
-
-/// Inserts `--flag=value` for each global flag the command line does not
-/// set but `KEELCTL_<FLAG>` (or else `ETCDCTL_<FLAG>`) does.
-fn with_environment(args: Vec<OsString>) -> Vec<OsString> {
-    let given: Vec<&OsString> = args.iter().take_while(|a| a.as_os_str() != "--").collect();
-    let is_given = |long: &str, short: Option<&str>| {
-        given.iter().any(|arg| {
-            let arg = arg.to_string_lossy();
-            arg == long
-                || arg.starts_with(&format!("{long}="))
-                || short.is_some_and(|s| arg.starts_with(s) && !arg.starts_with("--"))
-        })
-    };
-    let mut extra = Vec::new();
-    for (long, short, suffix) in ENV_FLAGS {
-        if is_given(long, short) {
-            continue;
+/// Lets etcdctl's variables set keelctl's flags: each global flag reads
+/// `KEELCTL_<FLAG>` (its `env` above), or, when that is unset, etcdctl's
+/// `ETCDCTL_<FLAG>`. A flag on the command line wins over both, and an
+/// empty variable sets nothing (an empty `KEELCTL_<FLAG>` also hides
+/// `ETCDCTL_<FLAG>`).
+fn with_etcdctl_environment(command: clap::Command) -> clap::Command {
+    command.mut_args(|arg| {
+        let Some(keel_name) = arg.get_env().and_then(|name| name.to_str()).map(str::to_string) else {
+            return arg;
+        };
+        let Some(flag) = keel_name.strip_prefix("KEELCTL_") else {
+            return arg;
+        };
+        match std::env::var_os(&keel_name) {
+            Some(value) if value.is_empty() => arg.env(None::<&str>),
+            Some(_) => arg,
+            None => {
+                let etcd_name = format!("ETCDCTL_{flag}");
+                match std::env::var_os(&etcd_name) {
+                    Some(value) if !value.is_empty() => arg.env(etcd_name),
+                    _ => arg,
+                }
+            }
         }
-        let value = std::env::var_os(format!("KEELCTL_{suffix}"))
-            .or_else(|| std::env::var_os(format!("ETCDCTL_{suffix}")))
-            .filter(|v| !v.is_empty());
-        if let Some(value) = value {
-            let mut flag = OsString::from(format!("{long}="));
-            flag.push(value);
-            extra.push(flag);
-        }
-    }
-    let mut all = args;
-    if !all.is_empty() {
-        all.splice(1..1, extra);
-    }
-    all
+    })
 }
 
 /// clap's error in etcdctl's words ("unknown flag: --foo"); `given` is the command line.
@@ -212,19 +230,19 @@ fn usage_error(error: &clap::Error, given: &[OsString]) -> String {
 }
 
 fn resolve(cli: &Cli) -> Result<Ctx, CtlError> {
-    let dial_timeout = gofmt::parse_duration(&cli.dial_timeout).map_err(|e| {
+    let dial_timeout = go_value_format::parse_duration(&cli.dial_timeout).map_err(|e| {
         CtlError::failed(format!(
             "invalid argument \"{}\" for \"--dial-timeout\" flag: {e}",
             cli.dial_timeout
         ))
     })?;
-    let command_timeout = gofmt::parse_duration(&cli.command_timeout).map_err(|e| {
+    let command_timeout = go_value_format::parse_duration(&cli.command_timeout).map_err(|e| {
         CtlError::failed(format!(
             "invalid argument \"{}\" for \"--command-timeout\" flag: {e}",
             cli.command_timeout
         ))
     })?;
-    if cli.insecure_transport == Some(false) {
+    if !cli.insecure_transport {
         return Err(CtlError::bad_args(
             "keel serves plaintext gRPC only (--insecure-transport=false)",
         ));
@@ -242,7 +260,7 @@ fn resolve(cli: &Cli) -> Result<Ctx, CtlError> {
         endpoints,
         dial_timeout,
         command_timeout,
-        display: Display {
+        printer: Printer {
             format: Format::parse(&cli.write_out)?,
             hex: cli.hex,
             value_only: false,
@@ -266,14 +284,14 @@ async fn run(cli: Cli) -> Result<Output, CtlError> {
         eprintln!("KEELCTL_ENDPOINTS=[{}]", ctx.endpoints.join(","));
         eprintln!(
             "KEELCTL_DIAL_TIMEOUT={}",
-            gofmt::format_duration(ctx.dial_timeout)
+            go_value_format::format_duration(ctx.dial_timeout)
         );
         eprintln!(
             "KEELCTL_COMMAND_TIMEOUT={}",
-            gofmt::format_duration(ctx.command_timeout)
+            go_value_format::format_duration(ctx.command_timeout)
         );
-        eprintln!("KEELCTL_WRITE_OUT={}", ctx.display.format.name());
-        eprintln!("KEELCTL_HEX={}", ctx.display.hex);
+        eprintln!("KEELCTL_WRITE_OUT={}", ctx.printer.format.name());
+        eprintln!("KEELCTL_HEX={}", ctx.printer.hex);
         let _ = tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
             .with_env_filter(tracing_subscriber::EnvFilter::new(
@@ -300,8 +318,11 @@ fn emit(out: &Output) {
 }
 
 fn main() {
-    let args = with_environment(std::env::args_os().collect());
-    let cli = match Cli::try_parse_from(args.clone()) {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let parsed = with_etcdctl_environment(Cli::command())
+        .try_get_matches_from(&args)
+        .and_then(|matches| Cli::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(error) => match error.kind() {
             ErrorKind::DisplayHelp

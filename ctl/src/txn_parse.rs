@@ -17,7 +17,7 @@ use crate::commands::kv::{
     delete_request, put_request, range_request, DelArgs, GetArgs, PutArgs, ValueSource,
 };
 use crate::error::CtlError;
-use crate::gofmt::{quote, unquote_prefix};
+use crate::go_value_format::{quote, unquote_prefix};
 
 /// One request line of a txn, parsed with the commands' own flags.
 #[derive(Parser, Debug)]

@@ -20,6 +20,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 const CLIENT_PREFACE_LEN: usize = 24;
@@ -273,22 +274,11 @@ impl AsyncRead for AuthorityRepairingStream {
                 return Poll::Ready(Ok(()));
             }
             this.pending.reserve(16 * 1024);
-            let before = this.pending.len();
-            let spare = this.pending.spare_capacity_mut();
-            let mut read_buf = ReadBuf::uninit(spare);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut read_buf) {
+            match poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.pending) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                Poll::Ready(Ok(())) => {
-                    let filled = read_buf.filled().len();
-                    if filled == 0 {
-                        this.eof = true;
-                        continue;
-                    }
-                    // SAFETY: `poll_read` initialised `filled` bytes of the spare capacity.
-                    unsafe { this.pending.set_len(before + filled) };
-                    this.advance();
-                }
+                Poll::Ready(Ok(0)) => this.eof = true,
+                Poll::Ready(Ok(_)) => this.advance(),
             }
         }
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use keel_api::etcdserverpb::kv_server::Kv;
 use keel_api::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use keel_api::keelpb::{write_request, write_response, WriteRequest};
 use prost::Message;
@@ -24,23 +24,63 @@ impl KvService {
         KvService { context }
     }
 
-    async fn write(&self, request: write_request::Request) -> Result<write_response::Response, Status> {
-        let response = self
+    /// Sends one write through the write path and answers it with its own
+    /// response kind, its header stamped with this member's identity.
+    async fn write<W: KvWrite>(&self, request: W) -> Result<Response<W::Response>, Status> {
+        let written = self
             .context
             .write_path
             .write(WriteRequest {
-                request: Some(request),
+                request: Some(request.into_write()),
             })
-            .await?;
-        response
+            .await?
             .response
-            .ok_or_else(|| Status::internal("etcdserver: empty write response"))
+            .ok_or_else(|| Status::internal("etcdserver: empty write response"))?;
+        let mut response = W::answer(written)
+            .ok_or_else(|| Status::internal("etcdserver: unexpected response kind for the request"))?;
+        let header = W::header(&mut response);
+        *header = self.context.stamp(header.take());
+        Ok(Response::new(response))
     }
 }
 
-fn unexpected_response() -> Status {
-    Status::internal("etcdserver: unexpected response kind for the request")
+/// A KV request that goes through the write path, and the response kind
+/// that answers it.
+trait KvWrite {
+    type Response;
+    fn into_write(self) -> write_request::Request;
+    fn answer(response: write_response::Response) -> Option<Self::Response>;
+    fn header(response: &mut Self::Response) -> &mut Option<ResponseHeader>;
 }
+
+/// `KvWrite` for a request and response that share one variant name.
+macro_rules! kv_write {
+    ($request:ty => $response:ty, $variant:ident) => {
+        impl KvWrite for $request {
+            type Response = $response;
+
+            fn into_write(self) -> write_request::Request {
+                write_request::Request::$variant(self)
+            }
+
+            fn answer(response: write_response::Response) -> Option<$response> {
+                match response {
+                    write_response::Response::$variant(response) => Some(response),
+                    _ => None,
+                }
+            }
+
+            fn header(response: &mut $response) -> &mut Option<ResponseHeader> {
+                &mut response.header
+            }
+        }
+    };
+}
+
+kv_write!(PutRequest => PutResponse, Put);
+kv_write!(DeleteRangeRequest => DeleteRangeResponse, DeleteRange);
+kv_write!(TxnRequest => TxnResponse, Txn);
+kv_write!(CompactionRequest => CompactionResponse, Compaction);
 
 #[tonic::async_trait]
 impl Kv for KvService {
@@ -60,13 +100,7 @@ impl Kv for KvService {
         let put = request.into_inner();
         self.context.limits.check_size(put.encoded_len())?;
         check_put(&put)?;
-        match self.write(write_request::Request::Put(put)).await? {
-            write_response::Response::Put(mut response) => {
-                response.header = self.context.stamp(response.header);
-                Ok(Response::new(response))
-            }
-            _ => Err(unexpected_response()),
-        }
+        self.write(put).await
     }
 
     async fn delete_range(
@@ -76,26 +110,14 @@ impl Kv for KvService {
         let delete = request.into_inner();
         self.context.limits.check_size(delete.encoded_len())?;
         check_delete(&delete)?;
-        match self.write(write_request::Request::DeleteRange(delete)).await? {
-            write_response::Response::DeleteRange(mut response) => {
-                response.header = self.context.stamp(response.header);
-                Ok(Response::new(response))
-            }
-            _ => Err(unexpected_response()),
-        }
+        self.write(delete).await
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let txn = request.into_inner();
         self.context.limits.check_size(txn.encoded_len())?;
         self.context.limits.check_txn(&txn)?;
-        match self.write(write_request::Request::Txn(txn)).await? {
-            write_response::Response::Txn(mut response) => {
-                response.header = self.context.stamp(response.header);
-                Ok(Response::new(response))
-            }
-            _ => Err(unexpected_response()),
-        }
+        self.write(txn).await
     }
 
     async fn compact(
@@ -103,12 +125,6 @@ impl Kv for KvService {
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         let compaction = request.into_inner();
-        match self.write(write_request::Request::Compaction(compaction)).await? {
-            write_response::Response::Compaction(mut response) => {
-                response.header = self.context.stamp(response.header);
-                Ok(Response::new(response))
-            }
-            _ => Err(unexpected_response()),
-        }
+        self.write(compaction).await
     }
 }

@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use keel_client::launch::{wait_for_leader, LeaderWaitError, MemberLaunch};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
@@ -79,30 +80,20 @@ fn member_command(
     token: &str,
 ) -> anyhow::Result<Command> {
     let exe = std::env::current_exe().context("cannot find the keel executable")?;
+    let data_dir = flags.data_dir.join(&member.name);
+    let launch = MemberLaunch {
+        name: &member.name,
+        data_dir: &data_dir,
+        client_url: &member.client_url,
+        peer_url: &member.peer_url,
+        initial_cluster,
+        token,
+        heartbeat_interval_ms: flags.heartbeat_interval,
+        election_timeout_ms: flags.election_timeout,
+    };
     let mut command = Command::new(exe);
     command
-        .arg("--name")
-        .arg(&member.name)
-        .arg("--data-dir")
-        .arg(flags.data_dir.join(&member.name))
-        .arg("--listen-client-urls")
-        .arg(&member.client_url)
-        .arg("--advertise-client-urls")
-        .arg(&member.client_url)
-        .arg("--listen-peer-urls")
-        .arg(&member.peer_url)
-        .arg("--initial-advertise-peer-urls")
-        .arg(&member.peer_url)
-        .arg("--initial-cluster")
-        .arg(initial_cluster)
-        .arg("--initial-cluster-token")
-        .arg(token)
-        .arg("--initial-cluster-state")
-        .arg("new")
-        .arg("--heartbeat-interval")
-        .arg(flags.heartbeat_interval.to_string())
-        .arg("--election-timeout")
-        .arg(flags.election_timeout.to_string())
+        .args(launch.args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -137,6 +128,9 @@ fn stream_lines(
         }
     })
 }
+
+/// How often a starting local-cluster asks the members for a leader.
+const LEADER_POLL: Duration = Duration::from_millis(200);
 
 /// How long a stopping local-cluster waits for the members' last log lines.
 const LOG_DRAIN_WAIT: Duration = Duration::from_secs(2);
@@ -192,15 +186,26 @@ pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
         .iter()
         .map(|m| m.client_url.trim_start_matches("http://").to_string())
         .collect();
+    let asked: Vec<Option<String>> = endpoints.iter().cloned().map(Some).collect();
     let leader_deadline = Duration::from_millis(flags.election_timeout * 20).max(Duration::from_secs(20));
-    tokio::select! {
-        result = wait_for_leader(&endpoints, leader_deadline, &mut running) => {
-            if let Err(error) = result {
-                let _ = stop_all(&mut running, log_streams).await;
-                return Err(error);
+    let first_exited = |running: &mut [RunningMember]| {
+        report_exited(running);
+        running.iter().find(|m| m.exited).map(|m| m.name.clone())
+    };
+    let waited = tokio::select! {
+        waited = wait_for_leader(&asked, leader_deadline, LEADER_POLL, || first_exited(&mut running)) => waited,
+        _ = signals.recv() => return stop_all(&mut running, log_streams).await,
+    };
+    if let Err(error) = waited {
+        let _ = stop_all(&mut running, log_streams).await;
+        match error {
+            LeaderWaitError::MemberExited { member } => {
+                bail!("member {member} exited before the cluster elected a leader; see its log above")
+            }
+            LeaderWaitError::NoLeader(waited) => {
+                bail!("the cluster elected no leader within {waited:?}; see the members' logs above")
             }
         }
-        _ = signals.recv() => return stop_all(&mut running, log_streams).await,
     }
     println!("keel local cluster of {} members is up:", running.len());
     for member in &running {
@@ -241,35 +246,6 @@ fn report_exited(running: &mut [RunningMember]) -> usize {
         }
     }
     count
-}
-
-async fn wait_for_leader(
-    endpoints: &[String],
-    deadline: Duration,
-    running: &mut [RunningMember],
-) -> anyhow::Result<()> {
-    let config = keel_client::ClientConfig::new(endpoints.iter().cloned())
-        .with_dial_timeout(Duration::from_millis(500))
-        .with_request_timeout(Duration::from_secs(2));
-    let give_up = tokio::time::Instant::now() + deadline;
-    loop {
-        if let Ok(client) = keel_client::Client::connect(config.clone()).await {
-            for endpoint in endpoints {
-                if let Ok(status) = client.status(endpoint).await {
-                    if status.leader != 0 {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        if report_exited(running) > 0 {
-            bail!("a member exited before the cluster elected a leader; see its log above");
-        }
-        if tokio::time::Instant::now() >= give_up {
-            bail!("the cluster elected no leader within {deadline:?}; see the members' logs above");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// SIGTERMs every running member and waits for each; a member still up

@@ -7,12 +7,14 @@
 //! removed unless `KEEL_TEST_KEEP_DIRS` is set; if the test is panicking the
 //! members' log tails are printed first so the failure can be understood.
 
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use keel_client::launch::MemberLaunch;
 use keel_client::{Client, ClientConfig, ClientError};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -253,40 +255,27 @@ impl Cluster {
     }
 
     /// The command line of member `index`: etcd's flags, which keel shares.
-    pub fn member_args(&self, index: usize) -> Vec<String> {
+    pub fn member_args(&self, index: usize) -> Vec<OsString> {
         let member = &self.members[index];
         let client_url = format!("http://127.0.0.1:{}", member.client_port);
         let peer_url = format!("http://127.0.0.1:{}", member.peer_port);
-        let mut args: Vec<String> = vec![
-            "--name".into(),
-            member.name.clone(),
-            "--data-dir".into(),
-            member.data_dir.display().to_string(),
-            "--listen-client-urls".into(),
-            client_url.clone(),
-            "--advertise-client-urls".into(),
-            client_url,
-            "--listen-peer-urls".into(),
-            peer_url.clone(),
-            "--initial-advertise-peer-urls".into(),
-            peer_url,
-            "--initial-cluster".into(),
-            self.initial_cluster.clone(),
-            "--initial-cluster-token".into(),
-            self.token.clone(),
-            "--initial-cluster-state".into(),
-            "new".into(),
-            "--heartbeat-interval".into(),
-            self.options.heartbeat_interval_ms.to_string(),
-            "--election-timeout".into(),
-            self.options.election_timeout_ms.to_string(),
-        ];
-        if let Some(count) = self.options.snapshot_count {
-            args.extend(["--snapshot-count".into(), count.to_string()]);
+        let mut args = MemberLaunch {
+            name: &member.name,
+            data_dir: &member.data_dir,
+            client_url: &client_url,
+            peer_url: &peer_url,
+            initial_cluster: &self.initial_cluster,
+            token: &self.token,
+            heartbeat_interval_ms: self.options.heartbeat_interval_ms,
+            election_timeout_ms: self.options.election_timeout_ms,
         }
-        args.extend(self.options.extra_args.iter().cloned());
+        .args();
+        if let Some(count) = self.options.snapshot_count {
+            args.extend(["--snapshot-count".into(), count.to_string().into()]);
+        }
+        args.extend(self.options.extra_args.iter().map(OsString::from));
         if let Some(own) = self.options.member_args.get(index) {
-            args.extend(own.iter().cloned());
+            args.extend(own.iter().map(OsString::from));
         }
         args
     }
@@ -384,47 +373,23 @@ impl Cluster {
     /// it: a majority of the cluster must name the same member, which must
     /// itself answer.
     pub async fn leader(&self) -> Option<usize> {
-        let mut member_ids = vec![None; self.members.len()];
-        let mut reported_leaders = Vec::new();
-        for (index, member_id) in member_ids.iter_mut().enumerate() {
-            if self.state(index) != MemberState::Running {
-                continue;
-            }
-            let Ok(client) = self.member_client(index) else {
-                continue;
-            };
-            let endpoint = self.endpoint(index);
-            let asked = tokio::time::timeout(Duration::from_millis(500), client.status(&endpoint));
-            if let Ok(Ok(status)) = asked.await {
-                *member_id = status.header.map(|h| h.member_id);
-                if status.leader != 0 {
-                    reported_leaders.push(status.leader);
-                }
-            }
-        }
-        let majority = self.members.len() / 2 + 1;
-        member_ids.iter().position(|id| {
-            id.is_some_and(|id| reported_leaders.iter().filter(|leader| **leader == id).count() >= majority)
-        })
+        keel_client::launch::agreed_leader(&self.running_endpoints()).await
+    }
+
+    /// Each member's endpoint if it is running (not stopped or paused).
+    fn running_endpoints(&self) -> Vec<Option<String>> {
+        (0..self.members.len())
+            .map(|index| (self.state(index) == MemberState::Running).then(|| self.endpoint(index)))
+            .collect()
     }
 
     /// Waits until a majority agrees on a leader; returns its index.
     pub async fn wait_for_leader(&mut self, timeout: Duration) -> Result<usize, FixtureError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(leader) = self.leader().await {
-                return Ok(leader);
-            }
-            if let Some(exited) = self.exited_member() {
-                return Err(FixtureError::Timeout(format!(
-                    "member {exited} exited while waiting for a leader"
-                )));
-            }
-            if Instant::now() >= deadline {
-                return Err(FixtureError::Timeout(format!("no leader within {timeout:?}")));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let endpoints = self.running_endpoints();
+        let poll = Duration::from_millis(50);
+        keel_client::launch::wait_for_leader(&endpoints, timeout, poll, || self.exited_member())
+            .await
+            .map_err(|error| FixtureError::Timeout(error.to_string()))
     }
 
     /// The name of a member whose process exited on its own, if any.

@@ -9,7 +9,7 @@ mod keelctl_support;
 use std::time::{Duration, Instant};
 
 use keel_tests::{free_port, Cluster, ClusterOptions};
-use keelctl_support::{args, keelctl_path, run, Ran};
+use keelctl_support::{args, keelctl_path, run, run_with_variables, Ran};
 
 async fn keelctl(list: &[&str], stdin: &str) -> Ran {
     run(&keelctl_path(), &args(list), stdin.as_bytes()).await
@@ -121,6 +121,47 @@ async fn an_unreachable_cluster_fails_within_the_dial_timeout_naming_the_endpoin
         took < Duration::from_secs(4),
         "failed after {took:?}, dial timeout is 1s"
     );
+}
+
+/// `keelctl FLAGS --dial-timeout=200ms get k` with `variables` set.
+async fn get_with_variables(variables: &[(&str, &str)], flags: &[&str]) -> Ran {
+    let mut list = flags.to_vec();
+    list.extend(["--dial-timeout=200ms", "get", "k"]);
+    run_with_variables(&keelctl_path(), &args(&list), b"", variables).await
+}
+
+#[tokio::test]
+async fn keelctl_variables_win_over_etcdctl_ones_and_flags_over_both() {
+    let closed = || format!("127.0.0.1:{}", free_port().expect("port"));
+    let (keel, etcd, flag) = (closed(), closed(), closed());
+    let etcd_only = [("ETCDCTL_ENDPOINTS", etcd.as_str())];
+    let ran = get_with_variables(&etcd_only, &[]).await;
+    assert_error(&ran, 1, &format!("(tried {etcd})"));
+    let both = [
+        ("ETCDCTL_ENDPOINTS", etcd.as_str()),
+        ("KEELCTL_ENDPOINTS", keel.as_str()),
+    ];
+    let ran = get_with_variables(&both, &[]).await;
+    assert_error(&ran, 1, &format!("(tried {keel})"));
+    let ran = get_with_variables(&both, &[&format!("--endpoints={flag}")]).await;
+    assert_error(&ran, 1, &format!("(tried {flag})"));
+    // An empty variable sets nothing, and an empty KEELCTL_ one hides ETCDCTL_'s.
+    let hidden = [("ETCDCTL_ENDPOINTS", etcd.as_str()), ("KEELCTL_ENDPOINTS", "")];
+    let ran = get_with_variables(&hidden, &[]).await;
+    assert!(!ran.stderr_text().contains(&etcd), "{}", ran.stderr_text());
+    // Every global flag reads them, through the flag's own checks.
+    let yaml = [
+        ("ETCDCTL_WRITE_OUT", "yaml"),
+        ("ETCDCTL_ENDPOINTS", etcd.as_str()),
+    ];
+    assert_error(
+        &get_with_variables(&yaml, &[]).await,
+        4,
+        "unsupported output format",
+    );
+    let maybe = [("ETCDCTL_HEX", "maybe"), ("ETCDCTL_ENDPOINTS", etcd.as_str())];
+    let ran = get_with_variables(&maybe, &[]).await;
+    assert_error(&ran, 1, "strconv.ParseBool: parsing \"maybe\": invalid syntax");
 }
 
 #[tokio::test]

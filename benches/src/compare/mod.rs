@@ -336,14 +336,9 @@ pub async fn measure(
     }
 }
 
+/// The date and time of a run, to the minute, in UTC (`2026-12-01 14:05 UTC`).
 fn now_utc() -> String {
-    std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-        .map(|text| text.trim().to_string())
-        .unwrap_or_else(|| "unknown date".into())
+    chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
 fn machine_section(ctx: &Ctx, fsync_end: Option<FsyncLatency>) -> String {

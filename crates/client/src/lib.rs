@@ -1,6 +1,7 @@
 //! keel's Rust client, shared by `keelctl`, the `keel` server (local-cluster),
 //! the tests and the benchmarks. It speaks etcd's v3 gRPC API, so it drives a
-//! real etcd just as well as keel.
+//! real etcd just as well as keel. [`launch`] holds what the two launchers of
+//! member processes (local-cluster, the test fixtures) share.
 //!
 //! Endpoint failover, as etcd's client does it: the client keeps one cached
 //! channel per endpoint and sends each call to its preferred endpoint; when
@@ -10,6 +11,7 @@
 //! only before proposing), so a write is never applied twice by a retry.
 
 mod error;
+pub mod launch;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

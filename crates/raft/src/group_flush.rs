@@ -10,7 +10,7 @@
 //!
 //! "On disk" means fdatasync, not just sled's flush (which stops at
 //! `sync_file_range`): after each sled flush the thread also syncs the
-//! database's files (`sled_files.rs`). Only then are the waiters answered.
+//! database's files (`fdatasync.rs`). Only then are the waiters answered.
 //!
 //! Why not `flush_async`: sled 0.34 runs it on its shared IO thread pool,
 //! whose queue wakes every idle pool thread on each job; profiles of a loaded
@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::thread;
 
-use crate::sled_files::SledFiles;
+use crate::fdatasync::SledFdatasync;
 
 /// What to do once the flush covering a waiter's writes finished.
 pub type FlushCompletion = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -35,7 +35,7 @@ impl GroupFlusher {
     /// Starts the flushing thread for `db`, the sled database opened in
     /// `path`; it ends when every handle is dropped.
     pub fn start(db: sled::Db, path: &Path) -> std::io::Result<GroupFlusher> {
-        let mut files = SledFiles::open(path)?;
+        let mut files = SledFdatasync::open(path)?;
         let (waiters, queue) = mpsc::channel::<FlushCompletion>();
         thread::Builder::new()
             .name("keel-log-flush".into())
@@ -62,12 +62,12 @@ impl GroupFlusher {
     }
 }
 
-fn flush_durably(db: &sled::Db, files: &mut SledFiles) -> Result<(), String> {
+fn flush_durably(db: &sled::Db, files: &mut SledFdatasync) -> Result<(), String> {
     db.flush().map_err(|error| error.to_string())?;
     files.sync().map_err(|error| error.to_string())
 }
 
-fn run_flusher(db: &sled::Db, files: &mut SledFiles, queue: &mpsc::Receiver<FlushCompletion>) {
+fn run_flusher(db: &sled::Db, files: &mut SledFdatasync, queue: &mpsc::Receiver<FlushCompletion>) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         batch.extend(queue.try_iter());

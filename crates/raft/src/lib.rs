@@ -15,11 +15,11 @@
 pub mod apply;
 pub mod durable_applied;
 pub mod fail_points;
+mod fdatasync;
 mod group_flush;
 pub mod log_store;
 pub mod network;
 pub mod peer_codec;
-mod sled_files;
 pub mod snapshot_files;
 pub mod state_machine;
 pub mod type_config;

@@ -27,7 +27,7 @@ use openraft::{
 use crate::apply::{apply_write_batch, MemberAttributeTable};
 use crate::durable_applied::DurableApplied;
 use crate::fail_points::{FailPoints, BEFORE_SNAPSHOT_BUILD_COMMIT, BEFORE_SNAPSHOT_INSTALL_SWITCH};
-use crate::sled_files::SledFiles;
+use crate::fdatasync::SledFdatasync;
 use crate::snapshot_files::SnapshotFiles;
 use crate::type_config::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::RaftStorageError;
@@ -48,7 +48,7 @@ fn snapshot_error(verb: ErrorVerb, error: impl std::error::Error + 'static) -> S
 struct Shared {
     store: MvccStore,
     /// The keyspace database's files, synced after each flush of it.
-    keyspace_files: Mutex<SledFiles>,
+    keyspace_files: Mutex<SledFdatasync>,
     /// Held for writing while a batch is applied or a snapshot installed, for
     /// reading while a snapshot is dumped.
     apply_gate: RwLock<()>,
@@ -133,7 +133,7 @@ impl KeelStateMachine {
         let last_applied = read_meta::<Option<LogId>>(&store, LAST_APPLIED_KEY)?.flatten();
         let durable_applied = DurableApplied::starting_at(last_applied.map(|id| id.index));
         let snapshots = SnapshotFiles::open(snapshot_dir)?;
-        let keyspace_files = Mutex::new(SledFiles::open(keyspace_dir)?);
+        let keyspace_files = Mutex::new(SledFdatasync::open(keyspace_dir)?);
         let shared = Arc::new(Shared {
             store,
             keyspace_files,

@@ -8,10 +8,10 @@ use clap::{Args, Subcommand};
 use keel_api::etcdserverpb::RangeRequest;
 use keel_client::Client;
 
-use super::kv::go_bool;
 use super::Ctx;
 use crate::error::{client_error_text, CtlError, EXIT_ERROR};
-use crate::gofmt::format_duration;
+use crate::go_bool::GoBoolFlag;
+use crate::go_value_format::format_duration;
 use crate::output::{EndpointHealth, EndpointStatus, Output};
 
 #[derive(Subcommand, Debug, Clone)]
@@ -28,8 +28,7 @@ pub enum MemberCommand {
 #[derive(Args, Debug, Clone)]
 pub struct EndpointArgs {
     /// Use all endpoints from the cluster member list.
-    #[arg(long, global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long, global = true, go_bool_default = false)]
     pub cluster: bool,
     #[command(subcommand)]
     pub command: EndpointCommand,
@@ -56,7 +55,7 @@ pub async fn member(ctx: &Ctx, command: &MemberCommand) -> Result<Output, CtlErr
         MemberCommand::List => {
             let response = ctx.connect().await?.member_list().await?;
             let mut out = Output::default();
-            ctx.display.member_list(&mut out, &response)?;
+            ctx.printer.member_list(&mut out, &response)?;
             Ok(out)
         }
     }
@@ -112,7 +111,7 @@ async fn status(ctx: &Ctx, cluster: bool) -> Result<Output, CtlError> {
             }
         }
     }
-    ctx.display.endpoint_status(&mut out, &statuses)?;
+    ctx.printer.endpoint_status(&mut out, &statuses)?;
     if failed {
         return Err(partial_failure(out, CtlError::exit_quietly(EXIT_ERROR)));
     }
@@ -129,7 +128,7 @@ async fn health(ctx: &Ctx, cluster: bool) -> Result<Output, CtlError> {
     let probes = targets.into_iter().map(|endpoint| probe(ctx, endpoint));
     let results = futures::future::join_all(probes).await;
     let mut out = Output::default();
-    ctx.display.endpoint_health(&mut out, &results)?;
+    ctx.printer.endpoint_health(&mut out, &results)?;
     if results.iter().any(|r| !r.error.is_empty()) {
         return Err(partial_failure(out, CtlError::failed("unhealthy cluster")));
     }

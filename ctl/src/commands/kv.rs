@@ -14,16 +14,8 @@ use keel_api::key_range::{prefix_range_end, FROM_KEY_RANGE_END};
 
 use super::Ctx;
 use crate::error::CtlError;
+use crate::go_bool::GoBoolFlag;
 use crate::output::{Format, Output};
-
-/// Go's `strconv.ParseBool`, for `--flag=false` as pflag accepts it.
-pub fn go_bool(text: &str) -> Result<bool, String> {
-    match text {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        _ => Err(format!("strconv.ParseBool: parsing \"{text}\": invalid syntax")),
-    }
-}
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct PutArgs {
@@ -36,16 +28,13 @@ pub struct PutArgs {
     #[arg(hide = true, value_name = "EXTRA")]
     pub extra: Vec<OsString>,
     /// Return the previous key-value pair before modification.
-    #[arg(long = "prev-kv", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long = "prev-kv", go_bool_default = false)]
     pub prev_kv: bool,
     /// Update the key using its current value.
-    #[arg(long = "ignore-value", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long = "ignore-value", go_bool_default = false)]
     pub ignore_value: bool,
     /// Update the key using its current lease.
-    #[arg(long = "ignore-lease", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long = "ignore-lease", go_bool_default = false)]
     pub ignore_lease: bool,
     /// Lease ID (in hexadecimal) to attach to the key.
     #[arg(long, default_value = "0")]
@@ -75,27 +64,22 @@ pub struct GetArgs {
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub limit: i64,
     /// Get keys with matching prefix.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long, go_bool_default = false)]
     pub prefix: bool,
     /// Get keys that are greater than or equal to the given key using byte compare.
-    #[arg(long = "from-key", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long = "from-key", go_bool_default = false)]
     pub from_key: bool,
     /// Specify the kv revision.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub rev: i64,
     /// Get only the keys.
-    #[arg(long = "keys-only", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long = "keys-only", go_bool_default = false)]
     pub keys_only: bool,
     /// Get only the count (with -w fields or -w json).
-    #[arg(long = "count-only", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long = "count-only", go_bool_default = false)]
     pub count_only: bool,
     /// Only write values when using the "simple" output format.
-    #[arg(long = "print-value-only", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long = "print-value-only", go_bool_default = false)]
     pub print_value_only: bool,
 }
 
@@ -110,16 +94,13 @@ pub struct DelArgs {
     #[arg(hide = true, value_name = "EXTRA")]
     pub extra: Vec<OsString>,
     /// Delete keys with matching prefix.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long, go_bool_default = false)]
     pub prefix: bool,
     /// Return deleted key-value pairs.
-    #[arg(long = "prev-kv", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long = "prev-kv", go_bool_default = false)]
     pub prev_kv: bool,
     /// Delete keys that are greater than or equal to the given key using byte compare.
-    #[arg(long = "from-key", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long = "from-key", go_bool_default = false)]
     pub from_key: bool,
 }
 
@@ -129,8 +110,7 @@ pub struct CompactionArgs {
     #[arg(value_name = "REVISION")]
     pub revision: Vec<String>,
     /// Wait for compaction to physically remove all old revisions.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(long, go_bool_default = false)]
     pub physical: bool,
 }
 
@@ -177,7 +157,7 @@ pub fn put_request(args: &PutArgs, source: ValueSource<'_>) -> Result<PutRequest
         };
         CtlError::bad_args(format!(
             "bad lease ID (strconv.ParseInt: parsing {}: {reason}), expecting ID in Hex",
-            crate::gofmt::quote(args.lease.as_bytes())
+            crate::go_value_format::quote(args.lease.as_bytes())
         ))
     })?;
     Ok(PutRequest {
@@ -240,7 +220,7 @@ pub fn range_request(args: &GetArgs) -> Result<RangeRequest, CtlError> {
         other => {
             return Err(CtlError::bad_feature(format!(
                 "unknown consistency flag {}",
-                crate::gofmt::quote(other.as_bytes())
+                crate::go_value_format::quote(other.as_bytes())
             )))
         }
     };
@@ -299,13 +279,13 @@ pub async fn put(ctx: &Ctx, args: &PutArgs) -> Result<Output, CtlError> {
     let request = put_request(args, ValueSource::Stdin(&mut std::io::stdin()))?;
     let response = ctx.connect().await?.put(request).await?;
     let mut out = Output::default();
-    ctx.display.put(&mut out, &response)?;
+    ctx.printer.put(&mut out, &response)?;
     Ok(out)
 }
 
 pub async fn get(ctx: &Ctx, args: &GetArgs) -> Result<Output, CtlError> {
     let request = range_request(args)?;
-    let format = ctx.display.format;
+    let format = ctx.printer.format;
     if args.count_only && !matches!(format, Format::Fields | Format::Json | Format::Protobuf) {
         return Err(CtlError::bad_args(
             "--count-only is only for `--write-out=fields` (or json)",
@@ -317,10 +297,10 @@ pub async fn get(ctx: &Ctx, args: &GetArgs) -> Result<Output, CtlError> {
         ));
     }
     let response = ctx.connect().await?.range(request).await?;
-    let mut display = ctx.display;
-    display.value_only = args.print_value_only;
+    let mut printer = ctx.printer;
+    printer.value_only = args.print_value_only;
     let mut out = Output::default();
-    display.get(&mut out, &response)?;
+    printer.get(&mut out, &response)?;
     Ok(out)
 }
 
@@ -328,7 +308,7 @@ pub async fn del(ctx: &Ctx, args: &DelArgs) -> Result<Output, CtlError> {
     let request = delete_request(args)?;
     let response = ctx.connect().await?.delete_range(request).await?;
     let mut out = Output::default();
-    ctx.display.del(&mut out, &response)?;
+    ctx.printer.del(&mut out, &response)?;
     Ok(out)
 }
 
@@ -339,7 +319,7 @@ pub async fn compaction(ctx: &Ctx, args: &CompactionArgs) -> Result<Output, CtlE
     let revision: i64 = revision.parse().map_err(|_| {
         CtlError::failed(format!(
             "strconv.ParseInt: parsing {}: invalid syntax",
-            crate::gofmt::quote(revision.as_bytes())
+            crate::go_value_format::quote(revision.as_bytes())
         ))
     })?;
     let request = CompactionRequest {

@@ -10,14 +10,14 @@ use std::time::Duration;
 use keel_client::{Client, ClientConfig};
 
 use crate::error::CtlError;
-use crate::output::Display;
+use crate::output::Printer;
 
 /// The global flags, resolved from the command line and the environment.
 pub struct Ctx {
     pub endpoints: Vec<String>,
     pub dial_timeout: Duration,
     pub command_timeout: Duration,
-    pub display: Display,
+    pub printer: Printer,
     pub debug: bool,
 }
 

@@ -7,17 +7,16 @@ use std::io::BufRead;
 use clap::Args;
 use keel_api::etcdserverpb::TxnRequest;
 
-use super::kv::go_bool;
 use super::Ctx;
 use crate::error::CtlError;
+use crate::go_bool::GoBoolFlag;
 use crate::output::Output;
 use crate::txn_parse::{parse_compare, parse_request, read_section, Section};
 
 #[derive(Args, Debug, Clone)]
 pub struct TxnArgs {
     /// Input the transaction in interactive mode (prints a prompt before each section).
-    #[arg(short = 'i', long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          default_value = "false", value_parser = go_bool)]
+    #[arg(short = 'i', long, go_bool_default = false)]
     pub interactive: bool,
     #[arg(hide = true)]
     pub extra: Vec<String>,
@@ -57,7 +56,7 @@ pub async fn txn(ctx: &Ctx, args: &TxnArgs) -> Result<Output, CtlError> {
     let request = read_txn(&mut input, args.interactive, &mut prompt)?;
     let response = ctx.connect().await?.txn(request).await?;
     let mut out = Output::default();
-    ctx.display.txn(&mut out, &response)?;
+    ctx.printer.txn(&mut out, &response)?;
     Ok(out)
 }
 

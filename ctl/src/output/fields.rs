@@ -10,7 +10,7 @@ use keel_api::etcdserverpb::{
 use keel_api::mvccpb::KeyValue;
 
 use super::{EndpointHealth, EndpointStatus};
-use crate::gofmt::quote;
+use crate::go_value_format::quote;
 
 // Writes go to an in-memory buffer (`Output`), which cannot fail.
 

@@ -77,13 +77,13 @@ pub struct Output {
 
 /// How responses are printed (`-w`, `--hex`, `--print-value-only`).
 #[derive(Debug, Clone, Copy)]
-pub struct Display {
+pub struct Printer {
     pub format: Format,
     pub hex: bool,
     pub value_only: bool,
 }
 
-impl Display {
+impl Printer {
     pub fn get(&self, out: &mut Output, response: &RangeResponse) -> Result<(), CtlError> {
         match self.format {
             Format::Simple => simple::get(&mut out.stdout, response, self.hex, self.value_only),
@@ -199,7 +199,7 @@ pub fn status_rows(statuses: &[EndpointStatus]) -> Vec<Vec<String>> {
                 entry.endpoint.clone(),
                 format!("{member_id:x}"),
                 status.version.clone(),
-                crate::gofmt::humanize_bytes(status.db_size.max(0) as u64),
+                crate::go_value_format::humanize_bytes(status.db_size.max(0) as u64),
                 (status.leader == member_id).to_string(),
                 status.is_learner.to_string(),
                 status.raft_term.to_string(),

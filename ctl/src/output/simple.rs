@@ -10,7 +10,7 @@ use keel_api::etcdserverpb::{
 use keel_api::mvccpb::KeyValue;
 
 use super::{member_rows, status_rows, EndpointHealth, EndpointStatus};
-use crate::gofmt::hex_escaped;
+use crate::go_value_format::hex_escaped;
 
 // Writes go to an in-memory buffer (`Output`), which cannot fail.
 

@@ -54,6 +54,16 @@ pub fn etcdctl_path() -> std::path::PathBuf {
 /// Runs `program args` with `stdin`, without the caller's KEELCTL_/ETCDCTL_
 /// variables, and waits (at most 60s) for it.
 pub async fn run(program: &std::path::Path, args: &[Vec<u8>], stdin: &[u8]) -> Ran {
+    run_with_variables(program, args, stdin, &[]).await
+}
+
+/// `run`, with the environment variables `variables` set.
+pub async fn run_with_variables(
+    program: &std::path::Path,
+    args: &[Vec<u8>],
+    stdin: &[u8],
+    variables: &[(&str, &str)],
+) -> Ran {
     use std::os::unix::ffi::OsStrExt;
     let mut command = tokio::process::Command::new(program);
     for (name, _) in std::env::vars_os() {
@@ -64,6 +74,7 @@ pub async fn run(program: &std::path::Path, args: &[Vec<u8>], stdin: &[u8]) -> R
     }
     command
         .env("ETCDCTL_API", "3")
+        .envs(variables.iter().copied())
         .args(args.iter().map(|a| std::ffi::OsStr::from_bytes(a)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -1,11 +1,12 @@
-//! Makes a sled 0.34 database durable beyond what `sled::Db::flush` does.
+//! Where keel's sled databases are fdatasynced: makes a sled 0.34 database
+//! durable beyond what `sled::Db::flush` does.
 //!
 //! sled's flush ends with `sync_file_range`, which neither persists the data
 //! file's grown size nor flushes the drive's write cache, and sled writes
 //! records too large for its log (over ~128 KiB: a big group-committed
 //! entry, a large tree node) as separate files under `blobs/` that it never
 //! syncs. A crash of the machine (not just of the process) could then lose
-//! what a flush reported written. [`SledFiles::sync`], called right after a
+//! what a flush reported written. [`SledFdatasync::sync`], called right after a
 //! flush, fsyncs every blob file not synced yet (and the `blobs` directory
 //! when one appeared), then fdatasyncs sled's `db` file: after it returns,
 //! everything that flush covered is on disk.
@@ -15,16 +16,17 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-/// The files of one sled database that its own flush leaves unsynced.
-pub(crate) struct SledFiles {
+/// The fsyncs and the fdatasync that one sled database's own flush leaves
+/// out: its data file and the blob files it has not synced yet.
+pub(crate) struct SledFdatasync {
     data_file: File,
     blob_dir: PathBuf,
     /// Blob files already fsynced; names sled has since removed are dropped.
     synced_blobs: HashSet<OsString>,
 }
 
-impl SledFiles {
-    pub(crate) fn open(path: &Path) -> std::io::Result<SledFiles> {
+impl SledFdatasync {
+    pub(crate) fn open(path: &Path) -> std::io::Result<SledFdatasync> {
         let data_file = File::open(path.join("db"))?;
         let blob_dir = path.join("blobs");
         std::fs::create_dir_all(&blob_dir)?;
@@ -34,7 +36,7 @@ impl SledFiles {
         for dir in parent.into_iter().chain([path, blob_dir.as_path()]) {
             File::open(dir)?.sync_all()?;
         }
-        let mut files = SledFiles {
+        let mut files = SledFdatasync {
             data_file,
             blob_dir,
             synced_blobs: HashSet::new(),
@@ -81,7 +83,7 @@ mod tests {
     fn a_record_too_large_for_sleds_log_becomes_a_blob_file_that_sync_covers() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = sled::open(dir.path()).expect("open");
-        let mut files = SledFiles::open(dir.path()).expect("files");
+        let mut files = SledFdatasync::open(dir.path()).expect("files");
         assert_eq!(files.synced_blob_count(), 0);
         db.insert(b"big", vec![7u8; 1024 * 1024]).expect("insert");
         db.flush().expect("flush");
