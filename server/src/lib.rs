@@ -17,6 +17,7 @@ mod leadership;
 pub mod local_cluster;
 mod maintenance_service;
 pub mod member;
+pub mod member_log;
 mod peer_service;
 mod pre_vote;
 mod read_path;

@@ -2,7 +2,7 @@
 //! `keel local-cluster` to run a whole local cluster.
 
 use clap::{Parser, Subcommand};
-use keel_server::{config, local_cluster, member, signals};
+use keel_server::{config, local_cluster, member, member_log, signals};
 
 #[derive(Parser)]
 #[command(
@@ -26,24 +26,12 @@ enum Command {
     LocalCluster(local_cluster::LocalClusterFlags),
 }
 
-fn init_logging(level: &str) {
-    let default = format!("{level},openraft=error,sled=warn,h2=warn,tower=warn,hyper=warn");
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Colors only on a terminal: a log file or a pipe gets plain text.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         None => {
-            init_logging(&cli.member.log_level);
+            member_log::init_member_logging(&cli.member.log_level);
             let mut signals = signals::ShutdownSignals::install()?;
             member::run_member(cli.member, async move { signals.recv().await }).await
         }

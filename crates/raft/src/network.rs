@@ -248,6 +248,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>> {
-        peer_call!(self, vote, PeerMessage::Vote, rpc, option, RaftError<NodeId>)
+        let answer = peer_call!(self, vote, PeerMessage::Vote, rpc, option, RaftError<NodeId>);
+        if let Err(error) = &answer {
+            // Expected while a peer is down (every cluster start sees it).
+            tracing::debug!(peer = %format!("{:x}", self.target), %error, "vote request not answered");
+        }
+        answer
     }
 }
