@@ -249,6 +249,14 @@ impl InProcessCluster {
         }
     }
 
+    /// Waits until every running member applied the log up to `index`.
+    pub async fn wait_until_all_applied(&self, index: u64, limit: Duration) -> anyhow::Result<()> {
+        self.wait_for(&format!("every member to apply index {index}"), limit, |_, m| {
+            m.last_applied.is_some_and(|id| id.index >= index)
+        })
+        .await
+    }
+
     /// Makes member `index` campaign, round after round (a round in a term
     /// the voters already gave away is lost), until it leads.
     pub async fn elect(&self, index: usize) -> anyhow::Result<()> {

@@ -80,11 +80,7 @@ async fn through_a_truncation_on_the_deposed_leader<T: Send + 'static>(
     // Every member applied it (the members' attribute writes too).
     let settled = last_log_index(&cluster, 0).await;
     cluster
-        .wait_for(
-            "every member to apply the first write",
-            Duration::from_secs(10),
-            |_, m| m.last_applied.is_some_and(|id| id.index >= settled),
-        )
+        .wait_until_all_applied(settled, Duration::from_secs(10))
         .await
         .expect("settled");
 
@@ -131,11 +127,7 @@ async fn through_a_truncation_on_the_deposed_leader<T: Send + 'static>(
     // Every member converges on m2's log before the verdict is read.
     let committed = last_log_index(&cluster, 1).await;
     cluster
-        .wait_for(
-            "every member to apply m2's log",
-            Duration::from_secs(15),
-            |_, m| m.last_applied.is_some_and(|id| id.index >= committed),
-        )
+        .wait_until_all_applied(committed, Duration::from_secs(15))
         .await
         .expect("converged");
     let register = read_register(&m2).await;
@@ -255,9 +247,7 @@ async fn a_member_crashed_while_installing_a_snapshot_starts_again_and_catches_u
         last
     };
     cluster
-        .wait_for("m3 to catch up", Duration::from_secs(30), |_, m| {
-            m.last_applied.is_some_and(|id| id.index >= leader_last)
-        })
+        .wait_until_all_applied(leader_last, Duration::from_secs(30))
         .await
         .expect("m3 caught up");
     let m3 = cluster.client(2).expect("client");
