@@ -24,6 +24,7 @@
 //! with the old leader was up to a heartbeat later than its own have stopped
 //! honouring that leader's lease.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -102,7 +103,7 @@ pub async fn run_election_timer(
         // A lone voter has nobody to hear from: it elects itself at once.
         let single_voter = raft
             .metrics()
-            .borrow()
+            .borrow_watched()
             .membership_config
             .membership()
             .voter_ids()
@@ -123,7 +124,7 @@ pub async fn run_election_timer(
                 _ = contact.nudge.notified() => timeout = election_timeout,
             }
         }
-        let metrics = raft.metrics().borrow().clone();
+        let metrics = raft.metrics().borrow_watched().clone();
         if metrics.running_state.is_err() {
             return;
         }
@@ -147,7 +148,7 @@ pub async fn run_election_timer(
         // While the pre-vote ran, this member may have granted another
         // candidate its vote or heard from a new leader: campaigning now
         // would only raise the term under them and start the race again.
-        let term_moved = raft.metrics().borrow().current_term != metrics.current_term;
+        let term_moved = raft.metrics().borrow_watched().current_term != metrics.current_term;
         if term_moved || contact.since_last_contact() < since_attempt.elapsed() {
             continue;
         }
@@ -156,7 +157,7 @@ pub async fn run_election_timer(
             waited_ms = timeout.as_millis() as u64,
             "no leader heard from within the election timeout; starting an election"
         );
-        if raft.trigger().elect().await.is_err() {
+        if raft.trigger().elect(false).await.is_err() {
             return;
         }
     }

@@ -2,6 +2,7 @@
 //! member won an election, stepped down, or follows a new leader; snapshots
 //! are logged where they are built and installed.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use keel_raft::KeelRaft;
 use openraft::ServerState;
 

@@ -8,13 +8,14 @@
 //! (with pre-vote, a member cut off in a minority never starts an election,
 //! so openraft would otherwise keep reporting the lost leader forever).
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::time::Duration;
 
 use keel_api::WireError;
 use keel_raft::{KeelRaft, MemberNode, NodeId};
 
 use crate::election_timer::LeaderContact;
-use openraft::ServerState;
+use openraft::{Instant as _, ServerState};
 use tokio::time::Instant;
 
 #[derive(Clone)]
@@ -42,15 +43,15 @@ impl Leadership {
     /// The leader this member currently trusts, with its member record.
     pub fn known_leader(&self) -> Option<(NodeId, MemberNode)> {
         let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
+        let metrics = metrics.borrow_watched();
         let leader = metrics.current_leader?;
         if leader == self.self_id {
             if metrics.state != ServerState::Leader {
                 return None;
             }
             let voters = metrics.membership_config.membership().voter_ids().count();
-            let lease_ms = self.election_timeout.as_millis() as u64;
-            if voters > 1 && metrics.millis_since_quorum_ack.is_some_and(|ms| ms > lease_ms) {
+            let quorum_ack_age = metrics.last_quorum_acked.as_ref().map(|acked| acked.elapsed());
+            if voters > 1 && quorum_ack_age.is_some_and(|age| age > self.election_timeout) {
                 return None;
             }
         } else if self.contact.since_last_contact() > self.election_timeout {
@@ -88,6 +89,6 @@ impl Leadership {
     }
 
     pub fn current_term(&self) -> u64 {
-        self.raft.metrics().borrow().current_term
+        self.raft.metrics().borrow_watched().current_term
     }
 }

@@ -2,6 +2,7 @@
 //! client and peer gRPC servers, bootstrap, and the background tasks
 //! (election timer, proposer, read-index rounds, attribute publishing).
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -345,7 +346,7 @@ fn client_connections(
 async fn raft_stopped(raft: &KeelRaft) -> String {
     let mut metrics = raft.metrics();
     loop {
-        if let Err(fatal) = &metrics.borrow().running_state {
+        if let Err(fatal) = &metrics.borrow_watched().running_state {
             return fatal.to_string();
         }
         if metrics.changed().await.is_err() {
@@ -378,7 +379,11 @@ fn openraft_config(flags: &MemberFlags) -> anyhow::Result<Arc<openraft::Config>>
         max_payload_entries: 64,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(flags.snapshot_count),
         max_in_snapshot_log_to_keep: flags.snapshot_count.min(5_000),
-        snapshot_max_chunk_size: 2 * 1024 * 1024,
+        // A restarted leader always runs an election and starts its new
+        // term with a blank entry, which the read path's index relies on
+        // (read_path.rs); openraft 0.10 would otherwise let it resume its
+        // old term with a commit index read from disk.
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     Ok(Arc::new(

@@ -12,6 +12,7 @@
 //! voter's term on a refused vote, so a stale candidate that keeps
 //! campaigning can stay a term ahead of the up-to-date member indefinitely).
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::time::Duration;
 
 use keel_api::keelpb::{PreVoteRequest, PreVoteResponse};
@@ -73,7 +74,7 @@ pub async fn ask_voters(
     self_id: NodeId,
     timeout: Duration,
 ) -> PreVoteOutcome {
-    let membership = raft.metrics().borrow().membership_config.clone();
+    let membership = raft.metrics().borrow_watched().membership_config.clone();
     let voters: Vec<NodeId> = membership.membership().voter_ids().collect();
     let majority = voters.len() / 2 + 1;
     let position = match log_store.last_log_id() {

@@ -206,7 +206,7 @@ async fn run_proposer(raft: KeelRaft, mut queue: mpsc::Receiver<Proposal>) {
 
 type ClientWriteResult = Result<
     openraft::raft::ClientWriteResponse<keel_raft::TypeConfig>,
-    RaftError<u64, ClientWriteError<u64, keel_raft::MemberNode>>,
+    RaftError<keel_raft::TypeConfig, ClientWriteError<keel_raft::TypeConfig>>,
 >;
 
 fn deliver_outcomes(

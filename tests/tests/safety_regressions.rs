@@ -2,6 +2,7 @@
 //! its bug, each building the bug's exact shape in an in-process cluster
 //! (links cut per kind of message, storage stopped at a fail point).
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::time::Duration;
 
 use keel_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -42,7 +43,7 @@ async fn read_register(client: &Client) -> (String, i64) {
 }
 
 async fn last_log_index(cluster: &InProcessCluster, index: usize) -> u64 {
-    cluster.raft(index).metrics().borrow().last_log_index.unwrap_or(0)
+    cluster.raft(index).metrics().borrow_watched().last_log_index.unwrap_or(0)
 }
 
 async fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
@@ -98,7 +99,7 @@ async fn through_a_truncation_on_the_deposed_leader<T: Send + 'static>(
     let write = tokio::spawn(write(m1.clone()));
     let on_m2 = {
         let m2 = cluster.raft(1).clone();
-        move || m2.metrics().borrow().last_log_index.unwrap_or(0) > before
+        move || m2.metrics().borrow_watched().last_log_index.unwrap_or(0) > before
     };
     wait_until("the write's entry to reach m2", Duration::from_secs(10), on_m2).await;
 
@@ -110,10 +111,10 @@ async fn through_a_truncation_on_the_deposed_leader<T: Send + 'static>(
         &[PeerMessage::AppendEntries, PeerMessage::InstallSnapshot],
     );
     cluster.elect(2).await.expect("m3 elected");
-    let m3_term = cluster.raft(2).metrics().borrow().current_term;
+    let m3_term = cluster.raft(2).metrics().borrow_watched().current_term;
     let m1_follows_m3 = {
         let m1 = cluster.raft(0).clone();
-        move || m1.metrics().borrow().current_term >= m3_term
+        move || m1.metrics().borrow_watched().current_term >= m3_term
     };
     wait_until("m1 to hear from m3", Duration::from_secs(10), m1_follows_m3).await;
     // Let a retry (if keel made one) reach m3 before it is cut off.
@@ -251,7 +252,7 @@ async fn a_member_crashed_while_installing_a_snapshot_starts_again_and_catches_u
         .expect("m3 starts again after a crash during a snapshot install");
     let leader_last = {
         let raft = cluster.raft(0);
-        let last = raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let last = raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
         last
     };
     cluster
