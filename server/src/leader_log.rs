@@ -2,8 +2,8 @@
 //! member won an election, stepped down, or follows a new leader; snapshots
 //! are logged where they are built and installed.
 
-use openraft::async_runtime::watch::WatchReceiver;
 use keel_raft::KeelRaft;
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::ServerState;
 
 pub async fn log_leadership_changes(raft: KeelRaft, member_name: String) {

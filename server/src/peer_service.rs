@@ -96,7 +96,8 @@ impl Peer for PeerService {
         let Some(first) = chunks.next().await.transpose()? else {
             return Err(bad_payload("an empty snapshot stream"));
         };
-        let header: SnapshotHeader = decode_payload(&RaftPayload { data: first.header }).map_err(bad_payload)?;
+        let header: SnapshotHeader =
+            decode_payload(&RaftPayload { data: first.header }).map_err(bad_payload)?;
         let mut incoming = self
             .context
             .state

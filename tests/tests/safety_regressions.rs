@@ -43,7 +43,12 @@ async fn read_register(client: &Client) -> (String, i64) {
 }
 
 async fn last_log_index(cluster: &InProcessCluster, index: usize) -> u64 {
-    cluster.raft(index).metrics().borrow_watched().last_log_index.unwrap_or(0)
+    cluster
+        .raft(index)
+        .metrics()
+        .borrow_watched()
+        .last_log_index
+        .unwrap_or(0)
 }
 
 async fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {

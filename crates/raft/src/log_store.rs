@@ -106,10 +106,7 @@ impl SledLogStore {
     }
 
     async fn flush(&self) -> Result<(), io::Error> {
-        self.flusher
-            .flush()
-            .await
-            .map_err(write_logs_error)
+        self.flusher.flush().await.map_err(write_logs_error)
     }
 
     /// The id of the last entry of the log, appended or purged; what Raft's

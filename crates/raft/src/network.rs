@@ -18,7 +18,9 @@ use keel_api::keelpb::peer_client::PeerClient;
 use keel_api::keelpb::SnapshotChunk;
 use openraft::error::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 

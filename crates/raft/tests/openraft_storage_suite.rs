@@ -12,7 +12,9 @@ use openraft::StorageError;
 struct SledStoreBuilder;
 
 impl StoreBuilder<TypeConfig, SledLogStore, KeelStateMachine, tempfile::TempDir> for SledStoreBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, SledLogStore, KeelStateMachine), StorageError<TypeConfig>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, SledLogStore, KeelStateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().map_err(|e| {
             StorageError::from_io_error(openraft::ErrorSubject::Store, openraft::ErrorVerb::Write, e)
         })?;
@@ -31,6 +33,7 @@ impl StoreBuilder<TypeConfig, SledLogStore, KeelStateMachine, tempfile::TempDir>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sled_log_store_and_mvcc_state_machine_pass_openraft_storage_suite() -> Result<(), StorageError<TypeConfig>> {
+async fn sled_log_store_and_mvcc_state_machine_pass_openraft_storage_suite(
+) -> Result<(), StorageError<TypeConfig>> {
     Suite::test_all(SledStoreBuilder).await
 }

@@ -47,10 +47,7 @@ fn open_state_machine(dir: &std::path::Path, fail_points: FailPoints) -> KeelSta
 async fn a_snapshot_build_racing_a_newer_install_never_replaces_the_installed_snapshot() {
     let leader_dir = tempfile::tempdir().expect("tempdir");
     let mut leader = open_state_machine(leader_dir.path(), FailPoints::default());
-    leader
-        .apply(entries(1..=10))
-        .await
-        .expect("apply on the leader");
+    leader.apply(entries(1..=10)).await.expect("apply on the leader");
     let newer = leader
         .get_snapshot_builder()
         .await
@@ -85,7 +82,9 @@ async fn a_snapshot_build_racing_a_newer_install_never_replaces_the_installed_sn
     // ... while the leader's snapshot at 10 is received and installed ...
     let mut received = follower.view().incoming_snapshot().await.expect("receive");
     let mut data = newer.snapshot.file;
-    tokio::io::copy(&mut data, &mut received.file).await.expect("transfer");
+    tokio::io::copy(&mut data, &mut received.file)
+        .await
+        .expect("transfer");
     follower
         .install_snapshot(&newer.meta, received)
         .await
