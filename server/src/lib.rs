@@ -9,6 +9,7 @@ mod authority_repair;
 mod cluster_service;
 pub mod config;
 mod context;
+pub mod data_format;
 mod election_timer;
 mod identity;
 mod kv_service;

@@ -97,6 +97,7 @@ pub async fn run_member_with_test_hooks(
     }
     let cluster = cluster_id(&ids, token);
     let data_dir = flags.data_dir();
+    crate::data_format::check_or_record(&data_dir)?;
     claim_data_dir(
         &data_dir,
         &DataDirIdentity {
