@@ -1,47 +1,34 @@
-//! The receiving side of keel's peer protocol: Raft messages into openraft
-//! (noting leader contact for the election timer), forwarded writes into the
-//! leader's proposer, read-index requests into the leader's batcher, and
-//! pre-vote questions answered from this member's log and leader contact.
+//! The receiving side of keel's peer protocol: Raft messages (pre-votes and
+//! whole streamed snapshots included) into openraft, noting leader contact
+//! for the leadership view; forwarded writes into the leader's proposer;
+//! read-index requests into the leader's batcher.
 
 use std::sync::Arc;
 
 use keel_api::keelpb::peer_server::Peer;
 use keel_api::keelpb::{
-    PreVoteRequest, PreVoteResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
-    WriteRequest, WriteResponse,
+    RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk, WriteRequest, WriteResponse,
 };
 use keel_raft::network::SnapshotHeader;
 use keel_raft::peer_codec::{decode_payload, encode_payload};
 use keel_raft::type_config::Snapshot;
-use keel_raft::{SledLogStore, TypeConfig};
+use keel_raft::TypeConfig;
 use openraft::raft::{AppendEntriesResponse, VoteRequest};
 use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::context::MemberContext;
-use crate::election_timer::LeaderContact;
+use crate::leadership::LeaderContact;
 
 pub struct PeerService {
     context: Arc<MemberContext>,
     contact: LeaderContact,
-    log_store: SledLogStore,
-    leader_lease: std::time::Duration,
 }
 
 impl PeerService {
-    pub fn new(
-        context: Arc<MemberContext>,
-        contact: LeaderContact,
-        log_store: SledLogStore,
-        leader_lease: std::time::Duration,
-    ) -> Self {
-        PeerService {
-            context,
-            contact,
-            log_store,
-            leader_lease,
-        }
+    pub fn new(context: Arc<MemberContext>, contact: LeaderContact) -> Self {
+        PeerService { context, contact }
     }
 }
 
@@ -158,23 +145,9 @@ impl Peer for PeerService {
         }))
     }
 
-    async fn pre_vote(&self, request: Request<PreVoteRequest>) -> Result<Response<PreVoteResponse>, Status> {
-        let mine = self
-            .log_store
-            .last_log_id()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let quiet_for = self.contact.since_last_contact();
-        let answer = crate::pre_vote::answer(
-            self.context.leadership.is_leader(),
-            quiet_for,
-            self.leader_lease,
-            crate::pre_vote::log_position(mine),
-            crate::pre_vote::position_of(request.get_ref()),
-        );
-        if answer.longer_log && quiet_for >= self.leader_lease {
-            self.contact.nudge_election();
-        }
-        Ok(Response::new(answer))
+    async fn pre_vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc: VoteRequest<TypeConfig> = decode_payload(request.get_ref()).map_err(bad_payload)?;
+        encode(&self.context.raft.pre_vote(rpc).await)
     }
 }
 

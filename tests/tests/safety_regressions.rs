@@ -18,7 +18,7 @@ use keel_tests::in_process::InProcessCluster;
 const KEY: &str = "register";
 
 /// Election timeout of the scenario's members; openraft's voters refuse a
-/// candidate for 900 ms after they last heard a leader.
+/// candidate for 1000 ms (the leader lease) after they last heard a leader.
 const ELECTION_TIMEOUT_FLAGS: [&str; 2] = ["--election-timeout=1000", "--heartbeat-interval=100"];
 const LEADER_LEASE_PASSED: Duration = Duration::from_millis(1500);
 
@@ -78,7 +78,8 @@ async fn through_a_truncation_on_the_deposed_leader<T: Send + 'static>(
         .await
         .expect("cluster");
     let everyone: Vec<usize> = (0..5).collect();
-    // Elections happen only when the test calls them.
+    // Elections happen only when the test calls them: openraft's own
+    // elections start with a pre-vote, which never gets through.
     cluster.cut(&everyone, &everyone, &[PeerMessage::PreVote]);
     cluster.elect(0).await.expect("m1 elected");
     let m1 = cluster.client(0).expect("client");

@@ -279,6 +279,14 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         answer
     }
 
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        peer_call!(self, pre_vote, PeerMessage::PreVote, rpc, option)
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: Vote,
