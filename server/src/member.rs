@@ -358,7 +358,9 @@ fn openraft_config(flags: &MemberFlags) -> anyhow::Result<Arc<openraft::Config>>
         // A member that cannot win (stale log, minority side of a
         // partition) asks first and never raises its term.
         enable_pre_vote: Some(true),
-        install_snapshot_timeout: (10 * election).max(5_000),
+        // The time to stream a whole snapshot and install it (network v2
+        // sends it in one call, not in chunks with a timeout each).
+        install_snapshot_timeout: (10 * election).max(120_000),
         max_payload_entries: 64,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(flags.snapshot_count),
         max_in_snapshot_log_to_keep: flags.snapshot_count.min(5_000),

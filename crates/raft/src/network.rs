@@ -295,8 +295,9 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let mut client = self
-            .client(PeerMessage::InstallSnapshot)
-            .map_err(|_| StreamingError::Unreachable(Unreachable::from_string("link cut or bad peer url")))?;
+            .network
+            .client(self.target, &self.peer_url, PeerMessage::InstallSnapshot)
+            .map_err(|unavailable| StreamingError::Unreachable(Unreachable::new(&unavailable)))?;
         let file = snapshot.snapshot.file;
         let size = file
             .metadata()
