@@ -37,7 +37,7 @@ fn entry(index: u64) -> Entry {
         ..Default::default()
     };
     Entry {
-        log_id: openraft::testing::log_id(1, 1, index),
+        log_id: openraft::testing::log_id::<keel_raft::TypeConfig>(1, 1, index),
         payload: EntryPayload::Normal(WriteBatch {
             requests: vec![WriteRequest {
                 request: Some(write_request::Request::Put(put)),

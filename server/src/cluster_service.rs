@@ -2,6 +2,7 @@
 //! names and client URLs members published; membership changes are not
 //! served yet and answer UNIMPLEMENTED.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::sync::Arc;
 
 use keel_api::etcdserverpb::cluster_server::Cluster;
@@ -27,7 +28,7 @@ impl ClusterService {
 /// Every member of the cluster as etcd lists them: a member that has not yet
 /// published its attributes shows an empty name and no client URLs.
 pub fn list_members(context: &MemberContext) -> Vec<Member> {
-    let membership = context.raft.metrics().borrow().membership_config.clone();
+    let membership = context.raft.metrics().borrow_watched().membership_config.clone();
     let attributes = context.state.member_attributes();
     let membership = membership.membership();
     let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();

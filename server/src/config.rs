@@ -39,8 +39,9 @@ pub struct MemberFlags {
     /// Time (in milliseconds) of a heartbeat interval.
     #[arg(long, default_value_t = 100)]
     pub heartbeat_interval: u64,
-    /// Time (in milliseconds) for an election to timeout; each election round
-    /// waits a fresh random time in [election-timeout, 2 x election-timeout).
+    /// Time (in milliseconds) for an election to timeout: a follower that heard
+    /// no leader for a fresh random time in [election-timeout + 2 heartbeats,
+    /// 2 x election-timeout) campaigns (after a pre-vote).
     #[arg(long, default_value_t = 1000)]
     pub election_timeout: u64,
     /// Maximum client request size in bytes the server will accept.

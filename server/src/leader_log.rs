@@ -3,6 +3,7 @@
 //! are logged where they are built and installed.
 
 use keel_raft::KeelRaft;
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::ServerState;
 
 pub async fn log_leadership_changes(raft: KeelRaft, member_name: String) {

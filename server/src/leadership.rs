@@ -1,21 +1,52 @@
 //! Who leads, as this member sees it, and bounded waiting for a leader.
 //!
 //! A leader that has not heard from a quorum for longer than the election
-//! timeout does not count as a leader (openraft 0.9 leaders do not step down
-//! on their own when cut off), so requests on a cut-off member fail with
-//! "etcdserver: no leader" instead of hanging. Likewise a follower that has
-//! not heard from its leader for the election timeout trusts it no more
-//! (with pre-vote, a member cut off in a minority never starts an election,
-//! so openraft would otherwise keep reporting the lost leader forever).
+//! timeout does not count as a leader, so requests on a cut-off member fail
+//! with "etcdserver: no leader" before anything is proposed, instead of
+//! hanging. (openraft 0.10's CheckQuorum refuses the proposal itself too, but
+//! only once keel has handed it over, where keel answers the indeterminate
+//! "leader changed"; and the leader keeps its role either way.) Likewise a
+//! follower that has not heard from its leader for the election timeout
+//! trusts it no more: with pre-vote, a member cut off in a minority never
+//! raises its term, so openraft keeps reporting the lost leader forever.
+//! openraft 0.10 has no such follower-side check, so keel keeps this one.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_api::WireError;
 use keel_raft::{KeelRaft, MemberNode, NodeId};
-
-use crate::election_timer::LeaderContact;
-use openraft::ServerState;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::{Instant as _, ServerState};
 use tokio::time::Instant;
+
+/// When this member last heard from a leader it accepts (or granted a
+/// vote); the peer service touches it.
+#[derive(Clone)]
+pub struct LeaderContact {
+    origin: std::time::Instant,
+    last_contact_micros: Arc<AtomicU64>,
+}
+
+impl LeaderContact {
+    pub fn new() -> Self {
+        LeaderContact {
+            origin: std::time::Instant::now(),
+            last_contact_micros: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub fn touch(&self) {
+        let now = self.origin.elapsed().as_micros() as u64;
+        self.last_contact_micros.fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub fn since_last_contact(&self) -> Duration {
+        let last = Duration::from_micros(self.last_contact_micros.load(Ordering::Relaxed));
+        self.origin.elapsed().saturating_sub(last)
+    }
+}
 
 #[derive(Clone)]
 pub struct Leadership {
@@ -42,15 +73,15 @@ impl Leadership {
     /// The leader this member currently trusts, with its member record.
     pub fn known_leader(&self) -> Option<(NodeId, MemberNode)> {
         let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
+        let metrics = metrics.borrow_watched();
         let leader = metrics.current_leader?;
         if leader == self.self_id {
             if metrics.state != ServerState::Leader {
                 return None;
             }
             let voters = metrics.membership_config.membership().voter_ids().count();
-            let lease_ms = self.election_timeout.as_millis() as u64;
-            if voters > 1 && metrics.millis_since_quorum_ack.is_some_and(|ms| ms > lease_ms) {
+            let quorum_ack_age = metrics.last_quorum_acked.as_ref().map(|acked| acked.elapsed());
+            if voters > 1 && quorum_ack_age.is_some_and(|age| age > self.election_timeout) {
                 return None;
             }
         } else if self.contact.since_last_contact() > self.election_timeout {
@@ -88,6 +119,6 @@ impl Leadership {
     }
 
     pub fn current_term(&self) -> u64 {
-        self.raft.metrics().borrow().current_term
+        self.raft.metrics().borrow_watched().current_term
     }
 }

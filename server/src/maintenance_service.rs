@@ -1,6 +1,7 @@
 //! The etcd `Maintenance` service: `Status`, `HashKV` and alarm listing
 //! (keel raises no alarms yet); the rest answers UNIMPLEMENTED.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -43,7 +44,7 @@ impl Maintenance for MaintenanceService {
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let context = &self.context;
-        let metrics = context.raft.metrics().borrow().clone();
+        let metrics = context.raft.metrics().borrow_watched().clone();
         let leader = context.leadership.known_leader().map_or(0, |(id, _)| id);
         let db_size = context.state.store().size_on_disk() + (context.raft_db_size)();
         let is_learner = !metrics

@@ -1,7 +1,9 @@
 //! Starting and running one member: identity checks, storage, Raft, the
 //! client and peer gRPC servers, bootstrap, and the background tasks
-//! (election timer, proposer, read-index rounds, attribute publishing).
+//! (proposer, read-index rounds, attribute publishing). Elections are
+//! openraft's (pre-vote on, a fresh random timeout every round).
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,10 +28,9 @@ use crate::authority_repair::AuthorityRepairingStream;
 use crate::cluster_service::ClusterService;
 use crate::config::{listen_address, split_urls, MemberFlags};
 use crate::context::MemberContext;
-use crate::election_timer::{run_election_timer, LeaderContact, PreVoter};
 use crate::identity::{claim_data_dir, cluster_id, initial_member_ids, member_id, DataDirIdentity};
 use crate::kv_service::KvService;
-use crate::leadership::Leadership;
+use crate::leadership::{LeaderContact, Leadership};
 use crate::maintenance_service::MaintenanceService;
 use crate::peer_service::PeerService;
 use crate::read_path::ReadPath;
@@ -96,6 +97,7 @@ pub async fn run_member_with_test_hooks(
     }
     let cluster = cluster_id(&ids, token);
     let data_dir = flags.data_dir();
+    crate::data_format::check_or_record(&data_dir)?;
     claim_data_dir(
         &data_dir,
         &DataDirIdentity {
@@ -194,14 +196,9 @@ pub async fn run_member_with_test_hooks(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     for listener in peer_listeners {
-        let service = PeerServer::new(PeerService::new(
-            context.clone(),
-            contact.clone(),
-            log_store.clone(),
-            Duration::from_millis(lease_ms(&flags)),
-        ))
-        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        let service = PeerServer::new(PeerService::new(context.clone(), contact.clone()))
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
         let mut stop = stop_rx.clone();
         servers.spawn(
             tonic::transport::Server::builder()
@@ -240,17 +237,6 @@ pub async fn run_member_with_test_hooks(
     }
 
     bootstrap(&raft, &flags, &initial, &ids).await?;
-    let pre_voter = PreVoter {
-        network: network.clone(),
-        log_store: log_store.clone(),
-        self_id,
-    };
-    tokio::spawn(run_election_timer(
-        raft.clone(),
-        contact.clone(),
-        pre_voter,
-        election_timeout,
-    ));
     tokio::spawn(crate::leader_log::log_leadership_changes(
         raft.clone(),
         flags.name.clone(),
@@ -345,7 +331,7 @@ fn client_connections(
 async fn raft_stopped(raft: &KeelRaft) -> String {
     let mut metrics = raft.metrics();
     loop {
-        if let Err(fatal) = &metrics.borrow().running_state {
+        if let Err(fatal) = &metrics.borrow_watched().running_state {
             return fatal.to_string();
         }
         if metrics.changed().await.is_err() {
@@ -354,31 +340,35 @@ async fn raft_stopped(raft: &KeelRaft) -> String {
     }
 }
 
-/// The leader lease openraft's voters honour: one heartbeat below the
-/// election timeout (`validate` keeps it above two heartbeats).
-fn lease_ms(flags: &MemberFlags) -> u64 {
-    flags.election_timeout.saturating_sub(flags.heartbeat_interval)
-}
-
 fn openraft_config(flags: &MemberFlags) -> anyhow::Result<Arc<openraft::Config>> {
     let election = flags.election_timeout;
     let config = openraft::Config {
         cluster_name: flags.initial_cluster_token.clone(),
         heartbeat_interval: flags.heartbeat_interval,
-        // Only election_timeout_max matters: it is the leader lease during
-        // which followers refuse votes. Elections are keel's (election_timer.rs),
-        // which waits at least one election timeout since ITS last contact
-        // with the leader; the lease is a heartbeat shorter, so a voter whose
-        // last heartbeat arrived a little later than the candidate's does not
-        // refuse and cost the cluster a whole extra round.
-        election_timeout_min: lease_ms(flags) / 2,
-        election_timeout_max: lease_ms(flags),
-        enable_elect: false,
-        install_snapshot_timeout: (10 * election).max(5_000),
+        // openraft's follower campaigns once its leader's lease (always
+        // `election_timeout_max`: the time during which voters refuse any
+        // other candidate, and a leader with no quorum acknowledgement
+        // refuses proposals) and then a random timeout drawn afresh every
+        // round from [min, max) have passed since it last heard the leader:
+        // with max = --election-timeout T and min = two heartbeats, between
+        // T + 2 heartbeats and 2T of silence, as etcd's [T, 2T).
+        election_timeout_min: 2 * flags.heartbeat_interval,
+        election_timeout_max: election,
+        enable_elect: true,
+        // A member that cannot win (stale log, minority side of a
+        // partition) asks first and never raises its term.
+        enable_pre_vote: Some(true),
+        // The time to stream a whole snapshot and install it (network v2
+        // sends it in one call, not in chunks with a timeout each).
+        install_snapshot_timeout: (10 * election).max(120_000),
         max_payload_entries: 64,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(flags.snapshot_count),
         max_in_snapshot_log_to_keep: flags.snapshot_count.min(5_000),
-        snapshot_max_chunk_size: 2 * 1024 * 1024,
+        // A restarted leader always runs an election and starts its new
+        // term with a blank entry, which the read path's index relies on
+        // (read_path.rs); openraft 0.10 would otherwise let it resume its
+        // old term with a commit index read from disk.
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     Ok(Arc::new(

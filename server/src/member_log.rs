@@ -10,8 +10,10 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-/// openraft 0.9.25 reports a failed or timed-out vote request as an ERROR
-/// event of its core with exactly these fields.
+/// openraft 0.9.25 reported a failed or timed-out vote request as an ERROR
+/// event of its core with exactly these fields; 0.10 reports it at WARN,
+/// below the `openraft=error` default, and the filter stays for a RUST_LOG
+/// that lets openraft's errors through.
 const OPENRAFT_CORE_TARGET: &str = "openraft::core::raft_core";
 const VOTE_REQUEST_FAILURE_FIELDS: [&str; 3] = ["message", "error", "target"];
 

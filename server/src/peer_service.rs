@@ -1,43 +1,34 @@
-//! The receiving side of keel's peer protocol: Raft messages into openraft
-//! (noting leader contact for the election timer), forwarded writes into the
-//! leader's proposer, read-index requests into the leader's batcher, and
-//! pre-vote questions answered from this member's log and leader contact.
+//! The receiving side of keel's peer protocol: Raft messages (pre-votes and
+//! whole streamed snapshots included) into openraft, noting leader contact
+//! for the leadership view; forwarded writes into the leader's proposer;
+//! read-index requests into the leader's batcher.
 
 use std::sync::Arc;
 
 use keel_api::keelpb::peer_server::Peer;
 use keel_api::keelpb::{
-    PreVoteRequest, PreVoteResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse, WriteRequest,
-    WriteResponse,
+    RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk, WriteRequest, WriteResponse,
 };
+use keel_raft::network::SnapshotHeader;
 use keel_raft::peer_codec::{decode_payload, encode_payload};
-use keel_raft::SledLogStore;
-use openraft::raft::{AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
-use tonic::{Request, Response, Status};
+use keel_raft::type_config::Snapshot;
+use keel_raft::TypeConfig;
+use openraft::raft::{AppendEntriesResponse, VoteRequest};
+use tokio::io::AsyncWriteExt;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::context::MemberContext;
-use crate::election_timer::LeaderContact;
+use crate::leadership::LeaderContact;
 
 pub struct PeerService {
     context: Arc<MemberContext>,
     contact: LeaderContact,
-    log_store: SledLogStore,
-    leader_lease: std::time::Duration,
 }
 
 impl PeerService {
-    pub fn new(
-        context: Arc<MemberContext>,
-        contact: LeaderContact,
-        log_store: SledLogStore,
-        leader_lease: std::time::Duration,
-    ) -> Self {
-        PeerService {
-            context,
-            contact,
-            log_store,
-            leader_lease,
-        }
+    pub fn new(context: Arc<MemberContext>, contact: LeaderContact) -> Self {
+        PeerService { context, contact }
     }
 }
 
@@ -64,7 +55,7 @@ fn sender_is_current_leader(
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc: openraft::raft::AppendEntriesRequest<keel_raft::TypeConfig> =
+        let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> =
             decode_payload(request.get_ref()).map_err(bad_payload)?;
         let result = self.context.raft.append_entries(rpc).await;
         if let Ok(response) = &result {
@@ -76,7 +67,7 @@ impl Peer for PeerService {
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc: VoteRequest<u64> = decode_payload(request.get_ref()).map_err(bad_payload)?;
+        let rpc: VoteRequest<TypeConfig> = decode_payload(request.get_ref()).map_err(bad_payload)?;
         let result = self.context.raft.vote(rpc).await;
         if result.as_ref().is_ok_and(|response| response.vote_granted) {
             self.contact.touch();
@@ -84,18 +75,58 @@ impl Peer for PeerService {
         encode(&result)
     }
 
-    async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc: InstallSnapshotRequest<keel_raft::TypeConfig> =
-            decode_payload(request.get_ref()).map_err(bad_payload)?;
-        let sender_vote = rpc.vote;
-        let result = self.context.raft.install_snapshot(rpc).await;
-        if result
-            .as_ref()
-            .is_ok_and(|response| sender_is_current_leader(&sender_vote, &response.vote))
-        {
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let mut chunks = request.into_inner();
+        let Some(first) = chunks.next().await.transpose()? else {
+            return Err(bad_payload("an empty snapshot stream"));
+        };
+        let header: SnapshotHeader =
+            decode_payload(&RaftPayload { data: first.header }).map_err(bad_payload)?;
+        let mut incoming = self
+            .context
+            .state
+            .incoming_snapshot()
+            .await
+            .map_err(|e| Status::internal(format!("receiving a snapshot: {e}")))?;
+        let mut received = first.data.len() as u64;
+        let write_error = |e: std::io::Error| Status::internal(format!("receiving a snapshot: {e}"));
+        incoming.file.write_all(&first.data).await.map_err(write_error)?;
+        while let Some(chunk) = chunks.next().await.transpose()? {
+            received += chunk.data.len() as u64;
+            incoming.file.write_all(&chunk.data).await.map_err(write_error)?;
+        }
+        incoming.file.flush().await.map_err(write_error)?;
+        if received != header.size {
+            return Err(bad_payload(format!(
+                "a snapshot of {} bytes ended after {received}",
+                header.size
+            )));
+        }
+        let sender_vote = header.vote;
+        let partial = incoming.incoming.clone();
+        let snapshot = Snapshot {
+            meta: header.meta,
+            snapshot: incoming,
+        };
+        let response = self
+            .context
+            .raft
+            .install_full_snapshot(sender_vote, snapshot)
+            .await
+            .map_err(|fatal| Status::internal(format!("installing a snapshot: {fatal}")));
+        // An installed snapshot's file was renamed into place; one refused
+        // (a stale sender) is left behind and is removed here.
+        if let Some(partial) = partial {
+            let _ = tokio::fs::remove_file(partial).await;
+        }
+        let response = response?;
+        if sender_is_current_leader(&sender_vote, &response.vote) {
             self.contact.touch();
         }
-        encode(&result)
+        encode(&response)
     }
 
     async fn forward_write(&self, request: Request<WriteRequest>) -> Result<Response<WriteResponse>, Status> {
@@ -114,23 +145,9 @@ impl Peer for PeerService {
         }))
     }
 
-    async fn pre_vote(&self, request: Request<PreVoteRequest>) -> Result<Response<PreVoteResponse>, Status> {
-        let mine = self
-            .log_store
-            .last_log_id()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let quiet_for = self.contact.since_last_contact();
-        let answer = crate::pre_vote::answer(
-            self.context.leadership.is_leader(),
-            quiet_for,
-            self.leader_lease,
-            crate::pre_vote::log_position(mine),
-            crate::pre_vote::position_of(request.get_ref()),
-        );
-        if answer.longer_log && quiet_for >= self.leader_lease {
-            self.contact.nudge_election();
-        }
-        Ok(Response::new(answer))
+    async fn pre_vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc: VoteRequest<TypeConfig> = decode_payload(request.get_ref()).map_err(bad_payload)?;
+        encode(&self.context.raft.pre_vote(rpc).await)
     }
 }
 

@@ -9,22 +9,28 @@
 //! waiting when a round starts and answers all of them with that round's
 //! index; reads arriving during a round wait for the next one (a round that
 //! started before a read arrived could miss a write acknowledged just before).
-//! On the leader a round is openraft's `get_read_log_id` (a heartbeat round
-//! to a quorum); on a follower it is a `ReadIndex` RPC to the leader, which
-//! answers from its own leader-side batcher.
+//! On the leader a round is openraft's `get_read_linearizer` with
+//! `ReadPolicy::ReadIndex` (a heartbeat round to a quorum); on a follower it
+//! is a `ReadIndex` RPC to the leader, which answers from its own leader-side
+//! batcher.
 //!
-//! The leader's index is never below its last log index at the time it first
-//! served a read in its term (`LeaderLogFloor`): openraft 0.9 lets a
-//! restarted leader resume its old term with a commit index read from disk,
-//! which may predate writes it acknowledged before the crash.
+//! The leader's index is openraft's read log id: the larger of its own
+//! term's first (blank) entry and its commit index. Every write acknowledged
+//! before a term began is at or below that first entry, every write of the
+//! term is committed, so the index covers all of them. This holds because a
+//! leader always starts its term with that entry: keel turns openraft 0.10's
+//! leader restore off (`enable_leader_restore = false`, member.rs), which
+//! would otherwise let a restarted leader resume its old term with a commit
+//! index read from disk (the case keel's former "last log index" floor
+//! covered under openraft 0.9).
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel_api::keelpb::ReadIndexRequest;
 use keel_api::WireError;
 use keel_raft::network::{PeerMessage, PeerUnavailable};
 use keel_raft::{KeelRaft, PeerNetwork};
+use openraft::ReadPolicy;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::Status;
@@ -53,7 +59,6 @@ pub struct ReadPath {
 #[derive(Clone)]
 struct RoundContext {
     raft: KeelRaft,
-    restored_leader_floor: LeaderLogFloor,
     leadership: Leadership,
     network: PeerNetwork,
     leader_wait: Duration,
@@ -71,7 +76,6 @@ impl ReadPath {
     ) -> Self {
         let context = RoundContext {
             raft: raft.clone(),
-            restored_leader_floor: LeaderLogFloor::default(),
             leadership,
             network,
             leader_wait,
@@ -143,36 +147,6 @@ async fn run_rounds(context: RoundContext, mut queue: mpsc::Receiver<IndexReply>
     }
 }
 
-/// The leader's last log index when this process first saw itself lead the
-/// current term. openraft 0.9 restores a restarted leader in its old term
-/// without a new entry, and its read index is then max(the term's first
-/// entry, the committed index read from disk), which can be older than a
-/// write acknowledged before the crash. Every acknowledged write is in the
-/// leader's log, so reading at least at this floor is always safe; once the
-/// commit index passes it, it costs nothing.
-#[derive(Clone, Default)]
-struct LeaderLogFloor {
-    seen: Arc<Mutex<Option<(u64, u64)>>>,
-}
-
-impl LeaderLogFloor {
-    fn for_current_term(&self, raft: &KeelRaft) -> u64 {
-        let (term, last_log_index) = {
-            let metrics = raft.metrics();
-            let metrics = metrics.borrow();
-            (metrics.current_term, metrics.last_log_index.unwrap_or(0))
-        };
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        match *seen {
-            Some((seen_term, floor)) if seen_term == term => floor,
-            _ => {
-                *seen = Some((term, last_log_index));
-                last_log_index
-            }
-        }
-    }
-}
-
 async fn confirm_read_index(context: &RoundContext, kind: RoundKind) -> Result<u64, Status> {
     let leader_deadline = Instant::now() + context.leader_wait;
     let (leader, node) = match kind {
@@ -183,11 +157,9 @@ async fn confirm_read_index(context: &RoundContext, kind: RoundKind) -> Result<u
         },
     };
     if leader == context.leadership.self_id() {
-        return match tokio::time::timeout(context.confirm_timeout, context.raft.get_read_log_id()).await {
-            Ok(Ok((read_log_id, _applied))) => {
-                let floor = context.restored_leader_floor.for_current_term(&context.raft);
-                Ok(read_log_id.map_or(0, |id| id.index).max(floor))
-            }
+        let linearizer = context.raft.get_read_linearizer(ReadPolicy::ReadIndex);
+        return match tokio::time::timeout(context.confirm_timeout, linearizer).await {
+            Ok(Ok(linearizer)) => Ok(linearizer.read_log_id().index()),
             Ok(Err(error)) => {
                 tracing::debug!(%error, "read index confirmation failed");
                 Err(WireError::LeaderChanged.into())

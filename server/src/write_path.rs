@@ -10,11 +10,13 @@
 //! never reached a proposer: keel's own leadership check refused it before
 //! proposing (here, or on the leader it was forwarded to), or the connection
 //! to the leader was never made. Once a write has been handed to openraft's
-//! `client_write`, every failure is indeterminate, `ForwardToLeader`
-//! included: openraft also answers it to the waiters of an entry that a
-//! deposed leader truncated from its own log, while a copy of that entry on
-//! another member may still be committed by a later leader. Such a write
-//! answers etcd's "leader changed" or "request timed out", and the client
+//! `client_write`, every failure is indeterminate, `ForwardToLeader` and
+//! `LogEntryDiscarded` included: openraft answers the latter (0.9 answered
+//! the former) to the waiters of an entry that a deposed leader truncated
+//! from its own log, while a copy of that entry on another member may still
+//! be committed by a later leader; and a `ForwardToLeader` after proposing
+//! cannot be told apart from it by keel. Such a write answers etcd's
+//! "leader changed" or "request timed out", and the client
 //! decides; replaying it here could apply it twice.
 
 use std::sync::Arc;
@@ -206,7 +208,7 @@ async fn run_proposer(raft: KeelRaft, mut queue: mpsc::Receiver<Proposal>) {
 
 type ClientWriteResult = Result<
     openraft::raft::ClientWriteResponse<keel_raft::TypeConfig>,
-    RaftError<u64, ClientWriteError<u64, keel_raft::MemberNode>>,
+    RaftError<keel_raft::TypeConfig, ClientWriteError<keel_raft::TypeConfig>>,
 >;
 
 fn deliver_outcomes(
@@ -229,10 +231,13 @@ fn deliver_outcomes(
                 let _ = reply.send(result);
             }
         }
-        // Either this member lost leadership before proposing, or the entry
-        // was truncated from its log and may still commit elsewhere: the
-        // two are one error, so both are "leader changed" (indeterminate).
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+        // This member lost leadership (or, under openraft's CheckQuorum, its
+        // quorum) before proposing, or the entry was truncated from its log
+        // and may still commit elsewhere (openraft 0.10 names that one
+        // `LogEntryDiscarded`): both are "leader changed" (indeterminate).
+        Err(RaftError::APIError(
+            ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogEntryDiscarded(_),
+        )) => {
             for reply in replies {
                 let _ = reply.send(Err(WireError::LeaderChanged));
             }

@@ -11,6 +11,7 @@
 //! Members and the data directory are removed when the cluster is dropped,
 //! also when a test fails.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::time::Duration;
 
 use clap::Parser;
@@ -199,7 +200,7 @@ impl InProcessCluster {
     }
 
     pub fn id(&self, index: usize) -> NodeId {
-        self.raft(index).metrics().borrow().id
+        self.raft(index).metrics().borrow_watched().id
     }
 
     /// A client of member `index` alone.
@@ -227,7 +228,7 @@ impl InProcessCluster {
         &self,
         what: &str,
         limit: Duration,
-        condition: impl Fn(usize, &openraft::RaftMetrics<NodeId, keel_raft::MemberNode>) -> bool,
+        condition: impl Fn(usize, &openraft::RaftMetrics<keel_raft::TypeConfig>) -> bool,
     ) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
@@ -236,7 +237,7 @@ impl InProcessCluster {
                 .iter()
                 .enumerate()
                 .all(|(index, slot)| match &slot.running {
-                    Some(running) => condition(index, &running.raft.metrics().borrow()),
+                    Some(running) => condition(index, &running.raft.metrics().borrow_watched()),
                     None => true,
                 });
             if all {
@@ -263,10 +264,10 @@ impl InProcessCluster {
         let candidate = self.id(index);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            self.raft(index).trigger().elect().await?;
+            self.raft(index).trigger().elect(false).await?;
             let round_end = tokio::time::Instant::now() + Duration::from_millis(500);
             while tokio::time::Instant::now() < round_end {
-                if self.raft(index).metrics().borrow().current_leader == Some(candidate) {
+                if self.raft(index).metrics().borrow_watched().current_leader == Some(candidate) {
                     return Ok(());
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

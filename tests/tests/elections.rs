@@ -1,8 +1,9 @@
-//! Elections under keel's own timer: every round draws a fresh random
-//! timeout, so killing the leader again and again never leaves the cluster
-//! stuck in repeated split votes (openraft 0.9.25 draws once per member);
-//! and no term ever has two leaders (openraft's default leader id lets a
-//! higher member id win a term another member already won).
+//! Elections (openraft 0.10's, with pre-vote): every round draws a fresh
+//! random timeout, so killing the leader again and again never leaves the
+//! cluster stuck in repeated split votes (openraft 0.9.25 drew once per
+//! member, which keel's former timer worked around); and no term ever has
+//! two leaders (openraft's default leader id lets a higher member id win a
+//! term another member already won; keel uses `leader_id_std`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -67,7 +68,7 @@ async fn killing_the_leader_20_times_elects_a_new_one_each_time_within_10_electi
 }
 
 /// Members start their first election together at bootstrap, all in term 1:
-/// before `single-term-leader`, a member with a higher id could win term 1
+/// without standard leader ids, a member with a higher id could win term 1
 /// after another had won it (seen as two "elected leader ... term=1").
 #[tokio::test]
 async fn bootstrap_elections_never_give_one_term_two_leaders() {

@@ -1,7 +1,8 @@
 //! The `keel` member's etcd-style defaults and its data-dir identity check,
 //! on real processes: with no flags it is a one-member cluster on
 //! 127.0.0.1:2379/2380 with its data in ./default.keel, as `etcd` is; a data
-//! dir that belongs to another cluster is refused with a clear message.
+//! dir that belongs to another cluster, or of another data format version,
+//! is refused with a clear message.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -129,6 +130,11 @@ async fn a_data_dir_of_another_cluster_is_refused() {
     }
     kill(Pid::from_raw(first.0.id() as i32), Signal::SIGTERM).expect("SIGTERM");
     first.0.wait().expect("wait");
+    assert_eq!(
+        std::fs::read_to_string(data_dir.join("format-version")).expect("a format-version file"),
+        format!("{}\n", keel_server::data_format::FORMAT_VERSION),
+        "a new data dir records its format version"
+    );
 
     let (client, peer) = (free_port().expect("port"), free_port().expect("port"));
     let other = run("cluster-b", client, peer)
@@ -142,5 +148,46 @@ async fn a_data_dir_of_another_cluster_is_refused() {
     assert!(
         stderr.contains("belongs to cluster") && stderr.contains("refusing to start"),
         "{stderr}"
+    );
+}
+
+/// A data dir written by keel on openraft 0.9 (format version 1: no
+/// format-version file) is refused with both versions named, and left as is.
+#[tokio::test]
+async fn a_data_dir_of_format_version_1_is_refused_naming_both_versions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("old.keel");
+    std::fs::create_dir_all(data_dir.join("raft")).expect("raft dir");
+    std::fs::create_dir_all(data_dir.join("mvcc")).expect("mvcc dir");
+    std::fs::write(data_dir.join("member.json"), "{}").expect("identity file");
+    let (client, peer) = (free_port().expect("port"), free_port().expect("port"));
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let output = Command::new(built_binary("keel").expect("keel built"))
+        .args(["--name", "m1", "--data-dir"])
+        .arg(&data_dir)
+        .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+        .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
+        .args(["--initial-cluster", &format!("m1={peer_url}")])
+        .stdin(Stdio::null())
+        .output()
+        .expect("keel runs");
+    assert!(
+        !output.status.success(),
+        "a format version 1 data dir must be refused"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("data format version 1") && stderr.contains("format version 2"),
+        "{stderr}"
+    );
+    assert!(
+        !data_dir.join("format-version").exists(),
+        "a refused data dir is left as it was"
     );
 }

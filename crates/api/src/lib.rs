@@ -15,6 +15,13 @@ pub mod etcdserverpb {
 
 pub mod keelpb {
     tonic::include_proto!("keelpb");
+
+    /// How openraft logs a log entry's payload: its size, not its contents.
+    impl std::fmt::Display for WriteBatch {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "WriteBatch({} requests)", self.requests.len())
+        }
+    }
 }
 
 pub mod key_range;

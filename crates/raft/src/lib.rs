@@ -1,4 +1,4 @@
-//! keel's replication layer: openraft 0.9 (storage-v2) wired to sled.
+//! keel's replication layer: openraft 0.10 (storage v2, network v2) wired to sled.
 //!
 //! - [`type_config`]: the openraft type configuration (node ids, member
 //!   records, the log entry payload = a group-committed batch of etcd writes).

@@ -2,7 +2,7 @@
 //!
 //! Durability rule (openraft's `RaftLogStorage` contract): a vote is
 //! reported saved, and appended entries are reported through
-//! `LogFlushed::log_io_completed`, only after a `sled::Db::flush` that
+//! `IOFlushed::io_completed`, only after a `sled::Db::flush` that
 //! started after they were written has returned AND the database's files
 //! were fdatasynced (sled's own flush stops at `sync_file_range`; see
 //! `group_flush.rs`, which also lets concurrent appends share one flush).
@@ -25,12 +25,14 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
+use std::io;
+
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
 
 use crate::durable_applied::DurableApplied;
 use crate::group_flush::GroupFlusher;
-use crate::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::type_config::{Entry, LogId, TypeConfig, Vote};
 use crate::RaftStorageError;
 
 /// sled's page cache for the log: entries are read back only while they are
@@ -51,20 +53,12 @@ pub struct SledLogStore {
     purge_gate: Option<DurableApplied>,
 }
 
-fn io_error(
-    subject: ErrorSubject<u64>,
-    verb: ErrorVerb,
-    error: impl std::error::Error + 'static,
-) -> StorageError {
-    StorageIOError::new(subject, verb, AnyError::new(&error)).into()
+fn read_logs_error(error: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("reading the Raft log: {error}"))
 }
 
-fn read_logs_error(error: impl std::error::Error + 'static) -> StorageError {
-    io_error(ErrorSubject::Logs, ErrorVerb::Read, error)
-}
-
-fn write_logs_error(error: impl std::error::Error + 'static) -> StorageError {
-    io_error(ErrorSubject::Logs, ErrorVerb::Write, error)
+fn write_logs_error(error: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("writing the Raft log: {error}"))
 }
 
 impl SledLogStore {
@@ -98,29 +92,26 @@ impl SledLogStore {
         })
     }
 
-    fn read_state<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+    fn read_state<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, io::Error> {
         let Some(bytes) = self.state.get(key).map_err(read_logs_error)? else {
             return Ok(None);
         };
         bincode::deserialize(&bytes).map(Some).map_err(read_logs_error)
     }
 
-    fn write_state<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
+    fn write_state<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), io::Error> {
         let bytes = bincode::serialize(value).map_err(write_logs_error)?;
         self.state.insert(key, bytes).map_err(write_logs_error)?;
         Ok(())
     }
 
-    async fn flush(&self) -> Result<(), StorageError> {
-        self.flusher
-            .flush()
-            .await
-            .map_err(|e| write_logs_error(std::io::Error::other(e)))
+    async fn flush(&self) -> Result<(), io::Error> {
+        self.flusher.flush().await.map_err(write_logs_error)
     }
 
     /// The id of the last entry of the log, appended or purged; what Raft's
     /// "at least as up to date" comparison of elections looks at.
-    pub fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
+    pub fn last_log_id(&self) -> Result<Option<LogId>, io::Error> {
         let last_purged: Option<LogId> = self.read_state(LAST_PURGED_KEY)?;
         // After a purge torn by a crash, entries below the purge point may
         // remain: the log still ends at least at the purge point.
@@ -130,13 +121,13 @@ impl SledLogStore {
     /// Appends `entries` and returns once they are durable: what `append`
     /// does, for callers outside openraft (benchmarks), which cannot build
     /// the `LogFlushed` callback `append` takes.
-    pub async fn append_durably(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
+    pub async fn append_durably(&mut self, entries: Vec<Entry>) -> Result<(), io::Error> {
         self.write_entries(entries)?;
         self.flush().await
     }
 
     /// Puts `entries` into sled's memory (not yet durable), in one batch.
-    fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), StorageError> {
+    fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), io::Error> {
         let mut batch = sled::Batch::default();
         for entry in entries {
             let bytes = bincode::serialize(&entry).map_err(write_logs_error)?;
@@ -145,7 +136,7 @@ impl SledLogStore {
         self.log.apply_batch(batch).map_err(write_logs_error)
     }
 
-    fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
+    fn last_entry_log_id(&self) -> Result<Option<LogId>, io::Error> {
         let Some((_, bytes)) = self.log.last().map_err(read_logs_error)? else {
             return Ok(None);
         };
@@ -162,7 +153,7 @@ impl RaftLogReader<TypeConfig> for SledLogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> Result<Vec<Entry>, io::Error> {
         let start = match range.start_bound() {
             Bound::Included(&index) => index,
             Bound::Excluded(&index) => index.saturating_add(1),
@@ -185,12 +176,16 @@ impl RaftLogReader<TypeConfig> for SledLogStore {
         }
         Ok(entries)
     }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        self.read_state(VOTE_KEY)
+    }
 }
 
 impl RaftLogStorage<TypeConfig> for SledLogStore {
     type LogReader = SledLogStore;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged_log_id: Option<LogId> = self.read_state(LAST_PURGED_KEY)?;
         let last_log_id = self.last_log_id()?;
         Ok(LogState {
@@ -203,43 +198,39 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.write_state(VOTE_KEY, vote)
-            .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, AnyError::new(&e)))?;
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.write_state(VOTE_KEY, vote)?;
         self.flush().await
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.read_state(VOTE_KEY)
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         // Not flushed here: the committed index only shortens recovery (it lets a
         // restarted member re-apply without waiting for the leader); losing the
         // latest value is safe because committed entries are re-learned from the leader.
         self.write_state(COMMITTED_KEY, &committed)
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
         Ok(self.read_state::<Option<LogId>>(COMMITTED_KEY)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         self.write_entries(entries)?;
         self.flusher.after_next_flush(Box::new(move |flushed| {
-            callback.log_io_completed(flushed.map_err(std::io::Error::other));
+            callback.io_completed(flushed.map_err(io::Error::other));
         }));
         Ok(())
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        tracing::debug!(since = %log_id, "truncating conflicting log entries");
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let first_removed = last_log_id.map_or(0, |id| id.index + 1);
+        tracing::debug!(after = ?last_log_id, "truncating conflicting log entries");
         let mut batch = sled::Batch::default();
-        for item in self.log.range(index_key(log_id.index)..) {
+        for item in self.log.range(index_key(first_removed)..) {
             let (key, _) = item.map_err(write_logs_error)?;
             batch.remove(key);
         }
@@ -247,7 +238,7 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         self.flush().await
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         if let Some(gate) = &self.purge_gate {
             if gate.durable_upto().map_err(write_logs_error)? < Some(log_id.index) {
                 tracing::info!(upto = %log_id, "log purge waits until the state machine is durable there");
@@ -274,11 +265,12 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::{CommittedLeaderId, EntryPayload};
+    use crate::type_config::CommittedLeaderId;
+    use openraft::EntryPayload;
 
     fn blank(index: u64) -> Entry {
         Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            log_id: LogId::new(CommittedLeaderId::new(1), index),
             payload: EntryPayload::Blank,
         }
     }

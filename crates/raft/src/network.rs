@@ -1,5 +1,6 @@
 //! The sending side of the peer protocol: openraft's `RaftNetworkFactory`
-//! over gRPC. One lazily-connected tonic channel is cached per peer and
+//! and `RaftNetworkV2` over gRPC (a snapshot goes whole, as one client
+//! stream of chunks). One lazily-connected tonic channel is cached per peer and
 //! shared by every RPC to it (Raft messages, forwarded writes, read-index
 //! requests); a channel is never opened per request.
 //!
@@ -11,17 +12,23 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use std::future::Future;
+
 use keel_api::keelpb::peer_client::PeerClient;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use keel_api::keelpb::SnapshotChunk;
+use openraft::error::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
+use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::peer_codec::{decode_payload, encode_payload, MAX_PEER_MESSAGE_BYTES};
-use crate::type_config::{MemberNode, NodeId, TypeConfig};
+use crate::type_config::{MemberNode, NodeId, Snapshot, TypeConfig, Vote};
+
+/// Bytes of snapshot dump per streamed chunk.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// The kinds of message a member sends its peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -176,7 +183,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 /// Maps a failed gRPC call to openraft's error kinds: a transport failure
 /// means the peer is unreachable (openraft backs off), anything else is a
 /// network error (retried).
-fn rpc_failure<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, MemberNode, E> {
+fn rpc_failure(status: tonic::Status) -> RPCError<TypeConfig> {
     match status.code() {
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
             RPCError::Unreachable(Unreachable::new(&status))
@@ -185,11 +192,12 @@ fn rpc_failure<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, 
     }
 }
 
+fn network_error(error: &(impl std::error::Error + 'static)) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::new(error))
+}
+
 impl PeerConnection {
-    fn client<E: std::error::Error>(
-        &self,
-        kind: PeerMessage,
-    ) -> Result<PeerClient<Channel>, RPCError<NodeId, MemberNode, E>> {
+    fn client(&self, kind: PeerMessage) -> Result<PeerClient<Channel>, RPCError<TypeConfig>> {
         self.network
             .client(self.target, &self.peer_url, kind)
             .map_err(|unavailable| RPCError::Unreachable(Unreachable::new(&unavailable)))
@@ -202,57 +210,139 @@ impl PeerConnection {
     }
 }
 
+/// The remote side's own failure (openraft stopped there), as a network error.
+#[derive(Debug, thiserror::Error)]
+#[error("member {target:x} failed: {message}")]
+struct RemoteFailure {
+    target: NodeId,
+    message: String,
+}
+
 macro_rules! peer_call {
-    ($self:ident, $method:ident, $kind:expr, $rpc:ident, $option:ident, $err:ty) => {{
-        let mut client = $self.client::<$err>($kind)?;
-        let payload = encode_payload(&$rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+    ($self:ident, $method:ident, $kind:expr, $rpc:ident, $option:ident) => {{
+        let mut client = $self.client($kind)?;
+        let payload = encode_payload(&$rpc).map_err(|e| network_error(&e))?;
         let reply = client
             .$method(Self::request(payload, &$option))
             .await
-            .map_err(rpc_failure::<$err>)?;
-        let result: Result<_, $err> =
-            decode_payload(reply.get_ref()).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|remote| RPCError::RemoteError(RemoteError::new($self.target, remote)))
+            .map_err(rpc_failure)?;
+        let result: Result<_, RaftError<TypeConfig>> =
+            decode_payload(reply.get_ref()).map_err(|e| network_error(&e))?;
+        result.map_err(|remote| {
+            network_error(&RemoteFailure {
+                target: $self.target,
+                message: remote.to_string(),
+            })
+        })
     }};
 }
 
-impl RaftNetwork<TypeConfig> for PeerConnection {
+/// The first chunk of a streamed snapshot: who sends it, what it is, and
+/// how many bytes of dump follow (a shorter stream is refused).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotHeader {
+    pub vote: Vote,
+    pub meta: crate::type_config::SnapshotMeta,
+    pub size: u64,
+}
+
+/// Why a snapshot could not be streamed to a peer.
+#[derive(Debug, thiserror::Error)]
+enum SnapshotSendError {
+    #[error("reading the snapshot file: {0}")]
+    Read(#[from] std::io::Error),
+    #[error("encoding the snapshot header: {0}")]
+    Codec(#[from] crate::peer_codec::PeerCodecError),
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConnection {
+    type SnapshotData = crate::state_machine::SnapshotData;
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>> {
-        peer_call!(
-            self,
-            append_entries,
-            PeerMessage::AppendEntries,
-            rpc,
-            option,
-            RaftError<NodeId>
-        )
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, MemberNode, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        peer_call!(self, install_snapshot, PeerMessage::InstallSnapshot, rpc, option, RaftError<NodeId, InstallSnapshotError>)
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        peer_call!(self, append_entries, PeerMessage::AppendEntries, rpc, option)
     }
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>> {
-        let answer = peer_call!(self, vote, PeerMessage::Vote, rpc, option, RaftError<NodeId>);
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let answer = peer_call!(self, vote, PeerMessage::Vote, rpc, option);
         if let Err(error) = &answer {
             // Expected while a peer is down (every cluster start sees it).
             tracing::debug!(peer = %format!("{:x}", self.target), %error, "vote request not answered");
         }
         answer
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        peer_call!(self, pre_vote, PeerMessage::PreVote, rpc, option)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut client = self
+            .network
+            .client(self.target, &self.peer_url, PeerMessage::InstallSnapshot)
+            .map_err(|unavailable| StreamingError::Unreachable(Unreachable::new(&unavailable)))?;
+        let file = snapshot.snapshot.file;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| StreamingError::Network(NetworkError::new(&SnapshotSendError::from(e))))?
+            .len();
+        let header = encode_payload(&SnapshotHeader {
+            vote,
+            meta: snapshot.meta.clone(),
+            size,
+        })
+        .map_err(|e| StreamingError::Network(NetworkError::new(&SnapshotSendError::from(e))))?
+        .data;
+        // The dump is read lazily as gRPC pulls chunks; a read error ends
+        // the stream early, which the receiver refuses as incomplete.
+        let chunks = futures::stream::unfold((Some(file), header), |(file, header)| async move {
+            let mut file = file?;
+            let mut data = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+            let mut filled = 0;
+            while filled < data.len() {
+                match file.read(&mut data[filled..]).await {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(error) => {
+                        tracing::warn!(%error, "reading the snapshot to send");
+                        return None;
+                    }
+                }
+            }
+            data.truncate(filled);
+            let next = (filled == SNAPSHOT_CHUNK_BYTES).then_some(file);
+            Some((SnapshotChunk { header, data }, (next, Vec::new())))
+        });
+        let mut request = tonic::Request::new(chunks);
+        request.set_timeout(option.hard_ttl());
+        let sending = client.install_snapshot(request);
+        let reply = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            reply = sending => reply,
+        };
+        let reply = reply.map_err(|status| match rpc_failure(status) {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            RPCError::Network(n) => StreamingError::Network(n),
+            other => StreamingError::Network(NetworkError::new(&other)),
+        })?;
+        decode_payload(reply.get_ref()).map_err(|e| StreamingError::Network(NetworkError::new(&e)))
     }
 }

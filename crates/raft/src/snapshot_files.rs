@@ -53,18 +53,11 @@ impl SnapshotFiles {
     }
 
     fn data_path(&self, meta: &SnapshotMeta) -> PathBuf {
-        let safe_id: String = meta
-            .snapshot_id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.dir.join(format!("snapshot-{safe_id}.data"))
+        let name = match &meta.last_log_id {
+            Some(id) => format!("snapshot-{}-{}.data", id.leader_id.term, id.index),
+            None => "snapshot-empty.data".to_string(),
+        };
+        self.dir.join(name)
     }
 
     /// Makes the fully written, fsynced file at `partial` the current
@@ -79,8 +72,8 @@ impl SnapshotFiles {
         if let Some((current, current_path)) = self.read_current()? {
             if current.last_log_id >= meta.last_log_id {
                 tracing::info!(
-                    kept = %current.snapshot_id,
-                    dropped = %meta.snapshot_id,
+                    kept = ?current.last_log_id,
+                    dropped = ?meta.last_log_id,
                     "a snapshot at least as new is already current; dropping the older one"
                 );
                 let _ = fs::remove_file(partial);

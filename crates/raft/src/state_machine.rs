@@ -14,22 +14,21 @@
 //!   published to [`DurableApplied`]; the log store purges only behind it.
 //! - A snapshot never replaces a newer current one (`snapshot_files.rs`).
 
-use std::io::{BufReader, BufWriter, Seek, Write};
+use std::io::{self, BufReader, BufWriter, Seek, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
+use futures::{Stream, StreamExt};
 use keel_mvcc::MvccStore;
-use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{
-    AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StorageIOError,
-};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
 use crate::apply::{apply_write_batch, MemberAttributeTable};
 use crate::durable_applied::DurableApplied;
 use crate::fail_points::{FailPoints, BEFORE_SNAPSHOT_BUILD_COMMIT, BEFORE_SNAPSHOT_INSTALL_SWITCH};
 use crate::fdatasync::SledFdatasync;
 use crate::snapshot_files::SnapshotFiles;
-use crate::type_config::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::type_config::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::RaftStorageError;
 use keel_api::keelpb::WriteBatchOutcome;
 
@@ -37,12 +36,20 @@ const LAST_APPLIED_KEY: &str = "raft/last_applied";
 const MEMBERSHIP_KEY: &str = "raft/membership";
 const MEMBER_ATTRIBUTES_KEY: &str = "keel/member_attributes";
 
-fn sm_error(verb: ErrorVerb, error: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::new(&error)).into()
+fn sm_error(error: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("state machine: {error}"))
 }
 
-fn snapshot_error(verb: ErrorVerb, error: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::new(ErrorSubject::Snapshot(None), verb, AnyError::new(&error)).into()
+fn snapshot_error(error: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("snapshot: {error}"))
+}
+
+/// A snapshot's data as openraft passes it around: the open dump file, and,
+/// for a snapshot received from a leader, the partial file it was written to
+/// (which `install_snapshot` makes current; any other file is copied first).
+pub struct SnapshotData {
+    pub file: tokio::fs::File,
+    pub incoming: Option<PathBuf>,
 }
 
 struct Shared {
@@ -92,11 +99,27 @@ impl StateView {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+
+    /// A fresh file to receive a leader's snapshot into, for
+    /// `Raft::install_full_snapshot`; it becomes current when installed.
+    pub async fn incoming_snapshot(&self) -> io::Result<SnapshotData> {
+        let path = self.shared.snapshots.partial_path("incoming");
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await?;
+        Ok(SnapshotData {
+            file,
+            incoming: Some(path),
+        })
+    }
 }
 
 pub struct KeelStateMachine {
     shared: Arc<Shared>,
-    receiving: Vec<PathBuf>,
 }
 
 fn read_meta<T: serde::de::DeserializeOwned>(
@@ -114,8 +137,8 @@ fn read_meta<T: serde::de::DeserializeOwned>(
     }
 }
 
-fn encode_meta<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
-    bincode::serialize(value).map_err(|e| sm_error(ErrorVerb::Write, e))
+fn encode_meta<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, io::Error> {
+    bincode::serialize(value).map_err(sm_error)
 }
 
 impl KeelStateMachine {
@@ -143,10 +166,7 @@ impl KeelStateMachine {
             durable_applied,
             fail_points,
         });
-        Ok(KeelStateMachine {
-            shared,
-            receiving: Vec::new(),
-        })
+        Ok(KeelStateMachine { shared })
     }
 
     /// How far the applied state is on disk: what the log store purges behind.
@@ -168,61 +188,73 @@ impl KeelStateMachine {
 }
 
 impl RaftStateMachine<TypeConfig> for KeelStateMachine {
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = KeelSnapshotBuilder;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        self.applied_state_now().map_err(|e| sm_error(ErrorVerb::Read, e))
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        self.applied_state_now().map_err(sm_error)
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<WriteBatchOutcome>, StorageError>
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        let shared = &self.shared;
-        let _gate = shared.apply_gate.write().unwrap_or_else(|p| p.into_inner());
-        let mut members = shared.members.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut members_changed = false;
-        let mut batch = shared.store.begin_apply();
-        let mut outcomes = Vec::new();
-        let mut last_applied = None;
-        let mut membership = None;
-        for entry in entries {
-            last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => outcomes.push(WriteBatchOutcome::default()),
-                EntryPayload::Normal(write_batch) => {
-                    members_changed |= write_batch.requests.iter().any(|r| {
-                        matches!(
-                            r.request,
-                            Some(keel_api::keelpb::write_request::Request::MemberAttributes(_))
-                        )
-                    });
-                    let outcome = apply_write_batch(&mut batch, &mut members, &write_batch)
-                        .map_err(|e| sm_error(ErrorVerb::Write, e))?;
-                    outcomes.push(outcome);
-                }
-                EntryPayload::Membership(new_membership) => {
-                    membership = Some(StoredMembership::new(Some(entry.log_id), new_membership));
-                    outcomes.push(WriteBatchOutcome::default());
-                }
+        let shared = self.shared.clone();
+        // Every entry of this call goes into one atomic batch; the writers
+        // are answered only once it is committed.
+        let mut received = Vec::new();
+        while let Some(item) = entries.next().await {
+            received.push(item?);
+        }
+        let mut responders = Vec::with_capacity(received.len());
+        {
+            let _gate = shared.apply_gate.write().unwrap_or_else(|p| p.into_inner());
+            let mut members = shared.members.read().unwrap_or_else(|p| p.into_inner()).clone();
+            let mut members_changed = false;
+            let mut batch = shared.store.begin_apply();
+            let mut last_applied = None;
+            let mut membership = None;
+            for (entry, responder) in received {
+                last_applied = Some(entry.log_id);
+                let outcome = match entry.payload {
+                    EntryPayload::Blank => WriteBatchOutcome::default(),
+                    EntryPayload::Normal(write_batch) => {
+                        members_changed |= write_batch.requests.iter().any(|r| {
+                            matches!(
+                                r.request,
+                                Some(keel_api::keelpb::write_request::Request::MemberAttributes(_))
+                            )
+                        });
+                        apply_write_batch(&mut batch, &mut members, &write_batch).map_err(sm_error)?
+                    }
+                    EntryPayload::Membership(new_membership) => {
+                        membership = Some(StoredMembership::new(Some(entry.log_id), new_membership));
+                        WriteBatchOutcome::default()
+                    }
+                };
+                responders.push((responder, outcome));
+            }
+            if last_applied.is_none() {
+                return Ok(());
+            }
+            batch.set_app_meta(LAST_APPLIED_KEY, encode_meta(&last_applied)?);
+            if let Some(membership) = &membership {
+                batch.set_app_meta(MEMBERSHIP_KEY, encode_meta(membership)?);
+            }
+            if members_changed {
+                batch.set_app_meta(MEMBER_ATTRIBUTES_KEY, encode_meta(&members)?);
+            }
+            batch.commit().map_err(sm_error)?;
+            if members_changed {
+                *shared.members.write().unwrap_or_else(|p| p.into_inner()) = members;
             }
         }
-        if last_applied.is_none() {
-            return Ok(outcomes);
+        for (responder, outcome) in responders {
+            if let Some(responder) = responder {
+                responder.send(outcome);
+            }
         }
-        batch.set_app_meta(LAST_APPLIED_KEY, encode_meta(&last_applied)?);
-        if let Some(membership) = &membership {
-            batch.set_app_meta(MEMBERSHIP_KEY, encode_meta(membership)?);
-        }
-        if members_changed {
-            batch.set_app_meta(MEMBER_ATTRIBUTES_KEY, encode_meta(&members)?);
-        }
-        batch.commit().map_err(|e| sm_error(ErrorVerb::Write, e))?;
-        if members_changed {
-            *shared.members.write().unwrap_or_else(|p| p.into_inner()) = members;
-        }
-        Ok(outcomes)
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> KeelSnapshotBuilder {
@@ -231,41 +263,30 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let path = self.shared.snapshots.partial_path("incoming");
-        // Read back by install_snapshot once the transfer completes.
-        let file = tokio::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .await
-            .map_err(|e| snapshot_error(ErrorVerb::Write, e))?;
-        self.receiving.push(path);
-        Ok(Box::new(file))
-    }
-
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<tokio::fs::File>,
-    ) -> Result<(), StorageError> {
-        let Some(partial) = self.receiving.pop() else {
-            return Err(snapshot_error(
-                ErrorVerb::Read,
-                std::io::Error::other("install_snapshot without begin_receiving_snapshot"),
-            ));
-        };
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        let partial = snapshot.incoming;
         let shared = self.shared.clone();
         let meta_owned = meta.clone();
-        let mut file = snapshot.into_std().await;
-        let installed = tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
-            let read_error = |e: &dyn std::fmt::Display| {
-                snapshot_error(
-                    ErrorVerb::Read,
-                    std::io::Error::other(format!("installing snapshot: {e}")),
-                )
+        let mut file = snapshot.file.into_std().await;
+        let installed = tokio::task::spawn_blocking(move || -> Result<(), io::Error> {
+            let read_error = |e: &dyn std::fmt::Display| snapshot_error(format!("installing snapshot: {e}"));
+            // A snapshot that is not in a file of this member's own (one
+            // another state machine handed over) is copied into one first,
+            // so that it can become current.
+            let partial = match partial {
+                Some(partial) => partial,
+                None => {
+                    let partial = shared.snapshots.partial_path("install");
+                    let mut copy = std::fs::File::create(&partial).map_err(|e| read_error(&e))?;
+                    file.rewind().map_err(|e| read_error(&e))?;
+                    io::copy(&mut file, &mut copy).map_err(|e| read_error(&e))?;
+                    copy.sync_all().map_err(|e| read_error(&e))?;
+                    partial
+                }
             };
             file.sync_all().map_err(|e| read_error(&e))?;
             file.rewind().map_err(|e| read_error(&e))?;
@@ -283,10 +304,8 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
             let mut batch = shared.store.begin_apply();
             batch.set_app_meta(LAST_APPLIED_KEY, encode_meta(&meta_owned.last_log_id)?);
             batch.set_app_meta(MEMBERSHIP_KEY, encode_meta(&meta_owned.last_membership)?);
-            batch.commit().map_err(|e| sm_error(ErrorVerb::Write, e))?;
-            shared
-                .flush_keyspace(meta_owned.last_log_id)
-                .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            batch.commit().map_err(sm_error)?;
+            shared.flush_keyspace(meta_owned.last_log_id).map_err(sm_error)?;
             let members: MemberAttributeTable = read_meta(&shared.store, MEMBER_ATTRIBUTES_KEY)
                 .map_err(|e| read_error(&e))?
                 .unwrap_or_default();
@@ -296,7 +315,6 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
                 .commit(&meta_owned, &partial)
                 .map_err(|e| read_error(&e))?;
             tracing::info!(
-                snapshot = %meta_owned.snapshot_id,
                 last_log_id = ?meta_owned.last_log_id,
                 records = stats.records,
                 bytes = stats.bytes,
@@ -305,7 +323,7 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
             Ok(())
         })
         .await
-        .map_err(|e| snapshot_error(ErrorVerb::Write, e))
+        .map_err(snapshot_error)
         .and_then(|installed| installed);
         if installed.is_err() {
             // The keyspace may be half replaced: it will not become durable
@@ -315,18 +333,16 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
         installed
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some((meta, file)) = self
-            .shared
-            .snapshots
-            .open_current()
-            .map_err(|e| snapshot_error(ErrorVerb::Read, e))?
-        else {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let Some((meta, file)) = self.shared.snapshots.open_current().map_err(snapshot_error)? else {
             return Ok(None);
         };
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(tokio::fs::File::from_std(file)),
+            snapshot: SnapshotData {
+                file: tokio::fs::File::from_std(file),
+                incoming: None,
+            },
         }))
     }
 }
@@ -336,15 +352,12 @@ pub struct KeelSnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for KeelSnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let shared = self.shared.clone();
-        let (meta, data_file) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
-            let write_error = |e: &dyn std::fmt::Display| {
-                snapshot_error(
-                    ErrorVerb::Write,
-                    std::io::Error::other(format!("building snapshot: {e}")),
-                )
-            };
+        let (meta, data_file) = tokio::task::spawn_blocking(move || -> Result<_, io::Error> {
+            let write_error = |e: &dyn std::fmt::Display| snapshot_error(format!("building snapshot: {e}"));
             let partial = shared.snapshots.partial_path("build");
             let mut file = std::fs::File::create(&partial).map_err(|e| write_error(&e))?;
             let (meta, stats) = {
@@ -363,15 +376,10 @@ impl RaftSnapshotBuilder<TypeConfig> for KeelSnapshotBuilder {
                 writer.flush().map_err(|e| write_error(&e))?;
                 // The log is purged behind this snapshot: what it covers must be durable.
                 shared.flush_keyspace(last_applied).map_err(|e| write_error(&e))?;
-                let snapshot_id = match last_applied {
-                    Some(log_id) => format!("{}-{}-{}", log_id.leader_id.term, log_id.index, stats.records),
-                    None => format!("empty-{}", stats.records),
-                };
                 (
                     SnapshotMeta {
                         last_log_id: last_applied,
                         last_membership,
-                        snapshot_id,
                     },
                     stats,
                 )
@@ -387,9 +395,9 @@ impl RaftSnapshotBuilder<TypeConfig> for KeelSnapshotBuilder {
                 .snapshots
                 .commit(&meta, &partial)
                 .map_err(|e| write_error(&e))?;
-            if current.snapshot_id == meta.snapshot_id {
+            if current.last_log_id == meta.last_log_id {
                 tracing::info!(
-                    snapshot = %meta.snapshot_id,
+                    last_log_id = ?meta.last_log_id,
                     records = stats.records,
                     bytes = stats.bytes,
                     "built snapshot"
@@ -398,10 +406,13 @@ impl RaftSnapshotBuilder<TypeConfig> for KeelSnapshotBuilder {
             Ok((current, file))
         })
         .await
-        .map_err(|e| snapshot_error(ErrorVerb::Write, e))??;
+        .map_err(snapshot_error)??;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(tokio::fs::File::from_std(data_file)),
+            snapshot: SnapshotData {
+                file: tokio::fs::File::from_std(data_file),
+                incoming: None,
+            },
         })
     }
 }

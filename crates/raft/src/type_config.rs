@@ -1,6 +1,8 @@
 //! The openraft type configuration for keel: u64 member ids (etcd's member
-//! ids), member records carrying name and peer URL, and a log entry payload
-//! that is one group-committed batch of etcd write requests.
+//! ids), member records carrying name and peer URL, a log entry payload that
+//! is one group-committed batch of etcd write requests, and standard Raft
+//! leader ids (`leader_id_std`: at most one leader per term, as in the Raft
+//! paper; openraft's default lets a higher member id win a term already won).
 
 use std::fmt;
 
@@ -28,15 +30,15 @@ openraft::declare_raft_types!(
         R = WriteBatchOutcome,
         NodeId = NodeId,
         Node = MemberNode,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = tokio::fs::File,
+        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, NodeId>,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
-pub type KeelRaft = openraft::Raft<TypeConfig>;
-pub type LogId = openraft::LogId<NodeId>;
-pub type Vote = openraft::Vote<NodeId>;
-pub type StoredMembership = openraft::StoredMembership<NodeId, MemberNode>;
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, MemberNode>;
-pub type StorageError = openraft::StorageError<NodeId>;
-pub type Entry = openraft::Entry<TypeConfig>;
+pub type KeelRaft = openraft::Raft<TypeConfig, crate::state_machine::KeelStateMachine>;
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+pub type CommittedLeaderId = openraft::type_config::alias::CommittedLeaderIdOf<TypeConfig>;
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, crate::state_machine::SnapshotData>;
+pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;

@@ -6,13 +6,15 @@
 
 use keel_mvcc::MvccStore;
 use keel_raft::{KeelStateMachine, SledLogStore, TypeConfig};
-use openraft::testing::{StoreBuilder, Suite};
+use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::StorageError;
 
 struct SledStoreBuilder;
 
 impl StoreBuilder<TypeConfig, SledLogStore, KeelStateMachine, tempfile::TempDir> for SledStoreBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, SledLogStore, KeelStateMachine), StorageError<u64>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, SledLogStore, KeelStateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().map_err(|e| {
             StorageError::from_io_error(openraft::ErrorSubject::Store, openraft::ErrorVerb::Write, e)
         })?;
@@ -30,7 +32,8 @@ impl StoreBuilder<TypeConfig, SledLogStore, KeelStateMachine, tempfile::TempDir>
     }
 }
 
-#[test]
-fn sled_log_store_and_mvcc_state_machine_pass_openraft_storage_suite() -> Result<(), StorageError<u64>> {
-    Suite::test_all(SledStoreBuilder)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_log_store_and_mvcc_state_machine_pass_openraft_storage_suite(
+) -> Result<(), StorageError<TypeConfig>> {
+    Suite::test_all(SledStoreBuilder).await
 }

@@ -9,15 +9,15 @@ use keel_api::etcdserverpb::PutRequest;
 use keel_api::keelpb::{write_request, WriteBatch, WriteRequest};
 use keel_mvcc::MvccStore;
 use keel_raft::fail_points::BEFORE_SNAPSHOT_BUILD_COMMIT;
-use keel_raft::type_config::{Entry, LogId};
+use keel_raft::type_config::{CommittedLeaderId, Entry, LogId};
 use keel_raft::{FailPoints, KeelStateMachine};
-use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, RaftSnapshotBuilder};
 use tokio::io::AsyncReadExt;
 
 fn put_entry(index: u64) -> Entry {
     Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        log_id: LogId::new(CommittedLeaderId::new(1), index),
         payload: EntryPayload::Normal(WriteBatch {
             requests: vec![WriteRequest {
                 request: Some(write_request::Request::Put(PutRequest {
@@ -30,6 +30,13 @@ fn put_entry(index: u64) -> Entry {
     }
 }
 
+/// Entries as openraft hands them to `apply`, with nobody waiting on them.
+fn entries(
+    indexes: std::ops::RangeInclusive<u64>,
+) -> impl futures::Stream<Item = Result<EntryResponder<keel_raft::TypeConfig>, std::io::Error>> + Unpin {
+    futures::stream::iter(indexes.map(|index| Ok((put_entry(index), None))))
+}
+
 fn open_state_machine(dir: &std::path::Path, fail_points: FailPoints) -> KeelStateMachine {
     let db = sled::open(dir.join("mvcc")).expect("open the keyspace db");
     let store = MvccStore::open(&db).expect("open the keyspace");
@@ -40,10 +47,7 @@ fn open_state_machine(dir: &std::path::Path, fail_points: FailPoints) -> KeelSta
 async fn a_snapshot_build_racing_a_newer_install_never_replaces_the_installed_snapshot() {
     let leader_dir = tempfile::tempdir().expect("tempdir");
     let mut leader = open_state_machine(leader_dir.path(), FailPoints::default());
-    leader
-        .apply((1..=10).map(put_entry))
-        .await
-        .expect("apply on the leader");
+    leader.apply(entries(1..=10)).await.expect("apply on the leader");
     let newer = leader
         .get_snapshot_builder()
         .await
@@ -56,7 +60,7 @@ async fn a_snapshot_build_racing_a_newer_install_never_replaces_the_installed_sn
     let fail_points = FailPoints::default();
     let mut follower = open_state_machine(follower_dir.path(), fail_points.clone());
     follower
-        .apply((1..=5).map(put_entry))
+        .apply(entries(1..=5))
         .await
         .expect("apply on the follower");
 
@@ -76,9 +80,11 @@ async fn a_snapshot_build_racing_a_newer_install_never_replaces_the_installed_sn
     .expect("join");
 
     // ... while the leader's snapshot at 10 is received and installed ...
-    let mut received = follower.begin_receiving_snapshot().await.expect("receive");
-    let mut data = newer.snapshot;
-    tokio::io::copy(&mut data, &mut received).await.expect("transfer");
+    let mut received = follower.view().incoming_snapshot().await.expect("receive");
+    let mut data = newer.snapshot.file;
+    tokio::io::copy(&mut data, &mut received.file)
+        .await
+        .expect("transfer");
     follower
         .install_snapshot(&newer.meta, received)
         .await
@@ -105,6 +111,7 @@ async fn a_snapshot_build_racing_a_newer_install_never_replaces_the_installed_sn
     let mut bytes = Vec::new();
     current
         .snapshot
+        .file
         .read_to_end(&mut bytes)
         .await
         .expect("its data file is readable");
