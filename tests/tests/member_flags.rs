@@ -95,25 +95,7 @@ async fn a_data_dir_of_another_cluster_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("member.keel");
     let run = |token: &str, client: u16, peer: u16| {
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        Command::new(built_binary("keel").expect("keel built"))
-            .args(["--name", "m1", "--data-dir"])
-            .arg(&data_dir)
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args([
-                "--initial-cluster",
-                &format!("m1={peer_url}"),
-                "--initial-cluster-token",
-                token,
-            ])
-            .stdin(Stdio::null())
+        one_member_command(&data_dir, token, client, peer)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -161,20 +143,7 @@ async fn a_data_dir_of_format_version_1_is_refused_naming_both_versions() {
     std::fs::create_dir_all(data_dir.join("mvcc")).expect("mvcc dir");
     std::fs::write(data_dir.join("member.json"), "{}").expect("identity file");
     let (client, peer) = (free_port().expect("port"), free_port().expect("port"));
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let output = Command::new(built_binary("keel").expect("keel built"))
-        .args(["--name", "m1", "--data-dir"])
-        .arg(&data_dir)
-        .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-        .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
-        .args([
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-        ])
-        .args(["--initial-cluster", &format!("m1={peer_url}")])
-        .stdin(Stdio::null())
+    let output = one_member_command(&data_dir, "etcd-cluster", client, peer)
         .output()
         .expect("keel runs");
     assert!(
@@ -190,4 +159,35 @@ async fn a_data_dir_of_format_version_1_is_refused_naming_both_versions() {
         !data_dir.join("format-version").exists(),
         "a refused data dir is left as it was"
     );
+}
+
+/// `keel` as the one member `m1` of a cluster named by `token`, on
+/// 127.0.0.1 `client` and `peer` ports, with its data in `data_dir`.
+fn one_member_command(data_dir: &std::path::Path, token: &str, client: u16, peer: u16) -> Command {
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let client_url = format!("http://127.0.0.1:{client}");
+    let mut command = Command::new(built_binary("keel").expect("keel built"));
+    command
+        .args(["--name", "m1", "--data-dir"])
+        .arg(data_dir)
+        .args([
+            "--listen-client-urls",
+            &client_url,
+            "--advertise-client-urls",
+            &client_url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
+        .args([
+            "--initial-cluster",
+            &format!("m1={peer_url}"),
+            "--initial-cluster-token",
+            token,
+        ])
+        .stdin(Stdio::null());
+    command
 }
