@@ -52,6 +52,24 @@ fn sender_is_current_leader(
     answered <= sender_vote
 }
 
+/// Writes a snapshot stream's chunks (the first one's data already taken)
+/// into `file`; returns how many bytes the stream carried.
+async fn receive_chunks(
+    file: &mut tokio::fs::File,
+    first: Vec<u8>,
+    chunks: &mut Streaming<SnapshotChunk>,
+) -> Result<u64, Status> {
+    let write_error = |e: std::io::Error| Status::internal(format!("receiving a snapshot: {e}"));
+    let mut received = first.len() as u64;
+    file.write_all(&first).await.map_err(write_error)?;
+    while let Some(chunk) = chunks.next().await.transpose()? {
+        received += chunk.data.len() as u64;
+        file.write_all(&chunk.data).await.map_err(write_error)?;
+    }
+    file.flush().await.map_err(write_error)?;
+    Ok(received)
+}
+
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -91,20 +109,24 @@ impl Peer for PeerService {
             .incoming_snapshot()
             .await
             .map_err(|e| Status::internal(format!("receiving a snapshot: {e}")))?;
-        let mut received = first.data.len() as u64;
-        let write_error = |e: std::io::Error| Status::internal(format!("receiving a snapshot: {e}"));
-        incoming.file.write_all(&first.data).await.map_err(write_error)?;
-        while let Some(chunk) = chunks.next().await.transpose()? {
-            received += chunk.data.len() as u64;
-            incoming.file.write_all(&chunk.data).await.map_err(write_error)?;
-        }
-        incoming.file.flush().await.map_err(write_error)?;
-        if received != header.size {
-            return Err(bad_payload(format!(
-                "a snapshot of {} bytes ended after {received}",
-                header.size
-            )));
-        }
+        let received = receive_chunks(&mut incoming.file, first.data, &mut chunks).await;
+        let received = match received {
+            Ok(received) if received == header.size => received,
+            outcome => {
+                // A cut or short stream: its partial file is useless.
+                if let Some(partial) = &incoming.incoming {
+                    let _ = tokio::fs::remove_file(partial).await;
+                }
+                return Err(match outcome {
+                    Err(status) => status,
+                    Ok(received) => bad_payload(format!(
+                        "a snapshot of {} bytes ended after {received}",
+                        header.size
+                    )),
+                });
+            }
+        };
+        tracing::debug!(bytes = received, "received a whole snapshot");
         let sender_vote = header.vote;
         let partial = incoming.incoming.clone();
         let snapshot = Snapshot {
