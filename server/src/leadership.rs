@@ -1,15 +1,19 @@
 //! Who leads, as this member sees it, and bounded waiting for a leader.
 //!
 //! A leader that has not heard from a quorum for longer than the election
-//! timeout does not count as a leader, so requests on a cut-off member fail
-//! with "etcdserver: no leader" before anything is proposed, instead of
-//! hanging. (openraft 0.10's CheckQuorum refuses the proposal itself too, but
+//! timeout (or not yet, just elected) does not count as a leader, so
+//! requests on a cut-off member fail with "etcdserver: no leader" before
+//! anything is proposed, instead of hanging, and requests on a leader elected
+//! a moment ago wait for its first quorum acknowledgement instead of being
+//! refused by openraft after keel handed them over. (openraft 0.10's CheckQuorum refuses the proposal itself too, but
 //! only once keel has handed it over, where keel answers the indeterminate
 //! "leader changed"; and the leader keeps its role either way.) Likewise a
 //! follower that has not heard from its leader for the election timeout
 //! trusts it no more: with pre-vote, a member cut off in a minority never
 //! raises its term, so openraft keeps reporting the lost leader forever.
-//! openraft 0.10 has no such follower-side check, so keel keeps this one.
+//! openraft 0.10 has no such follower-side check, so keel keeps this one. A
+//! follower that saw its leader's connection close stops trusting it at once
+//! (`leader_connection.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,29 +26,50 @@ use openraft::{Instant as _, ServerState};
 use tokio::time::Instant;
 
 /// When this member last heard from a leader it accepts (or granted a
-/// vote); the peer service touches it.
+/// vote); the peer service touches it. A follower that saw its leader's
+/// connection close loses the contact (`leader_connection.rs`) until it
+/// hears from a leader again.
 #[derive(Clone)]
 pub struct LeaderContact {
     origin: std::time::Instant,
-    last_contact_micros: Arc<AtomicU64>,
+    /// Microseconds from `origin` to the last contact, plus one; `LOST`
+    /// (0) once the contact was lost.
+    last_contact: Arc<AtomicU64>,
 }
+
+const LOST: u64 = 0;
 
 impl LeaderContact {
     pub fn new() -> Self {
         LeaderContact {
             origin: std::time::Instant::now(),
-            last_contact_micros: Arc::new(AtomicU64::new(0)),
+            // As if contacted at creation.
+            last_contact: Arc::new(AtomicU64::new(LOST + 1)),
         }
     }
 
     pub fn touch(&self) {
-        let now = self.origin.elapsed().as_micros() as u64;
-        self.last_contact_micros.fetch_max(now, Ordering::Relaxed);
+        let now = self.origin.elapsed().as_micros() as u64 + 1;
+        self.last_contact.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Forgets the leader: no contact counts until the next `touch`.
+    pub fn lose(&self) {
+        self.last_contact.store(LOST, Ordering::Relaxed);
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.last_contact.load(Ordering::Relaxed) == LOST
     }
 
     pub fn since_last_contact(&self) -> Duration {
-        let last = Duration::from_micros(self.last_contact_micros.load(Ordering::Relaxed));
-        self.origin.elapsed().saturating_sub(last)
+        match self.last_contact.load(Ordering::Relaxed) {
+            LOST => Duration::MAX,
+            last => self
+                .origin
+                .elapsed()
+                .saturating_sub(Duration::from_micros(last - 1)),
+        }
     }
 }
 
@@ -79,9 +104,11 @@ impl Leadership {
             if metrics.state != ServerState::Leader {
                 return None;
             }
+            // openraft refuses proposals until a quorum acknowledged this
+            // leader, and again once that is older than the lease.
             let voters = metrics.membership_config.membership().voter_ids().count();
             let quorum_ack_age = metrics.last_quorum_acked.as_ref().map(|acked| acked.elapsed());
-            if voters > 1 && quorum_ack_age.is_some_and(|age| age > self.election_timeout) {
+            if voters > 1 && quorum_ack_age.is_none_or(|age| age > self.election_timeout) {
                 return None;
             }
         } else if self.contact.since_last_contact() > self.election_timeout {

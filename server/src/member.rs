@@ -1,7 +1,9 @@
 //! Starting and running one member: identity checks, storage, Raft, the
 //! client and peer gRPC servers, bootstrap, and the background tasks
-//! (proposer, read-index rounds, attribute publishing). Elections are
-//! openraft's (pre-vote on, a fresh random timeout every round).
+//! (proposer, read-index rounds, attribute publishing, the leader connection
+//! watch). Elections are openraft's (pre-vote on, a fresh random timeout
+//! every round), started early when the leader's connection closes
+//! (`leader_connection.rs`).
 
 use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::BTreeMap;
@@ -30,6 +32,7 @@ use crate::config::{listen_address, split_urls, MemberFlags};
 use crate::context::MemberContext;
 use crate::identity::{claim_data_dir, cluster_id, initial_member_ids, member_id, DataDirIdentity};
 use crate::kv_service::KvService;
+use crate::leader_connection::{CampaignTiming, LeaderConnectionWatch};
 use crate::leadership::{LeaderContact, Leadership};
 use crate::maintenance_service::MaintenanceService;
 use crate::peer_service::PeerService;
@@ -52,6 +55,8 @@ pub struct MemberTestHooks {
     pub fail_points: FailPoints,
     /// Receives the member's Raft handle once it serves.
     pub started: Option<tokio::sync::oneshot::Sender<KeelRaft>>,
+    /// The member's accepted peer connections, which the test can reset.
+    pub leader_connections: LeaderConnectionWatch,
 }
 
 /// Runs one member until `shutdown` resolves or it fails.
@@ -191,6 +196,7 @@ pub async fn run_member_with_test_hooks(
         raft_db_size: Box::new(move || dir_size(&raft_db_path)),
     });
 
+    let leader_connections = hooks.leader_connections;
     let peer_listeners = bind_all(&flags.listen_peer_urls, "peer").await?;
     let client_listeners = bind_all(&flags.listen_client_urls, "client").await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -200,11 +206,14 @@ pub async fn run_member_with_test_hooks(
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
         let mut stop = stop_rx.clone();
+        let watch = leader_connections.clone();
+        let connections =
+            peer_connections(listener).map(move |accepted| accepted.map(|stream| watch.accept(stream)));
         servers.spawn(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(service)
-                .serve_with_incoming_shutdown(peer_connections(listener), async move {
+                .serve_with_incoming_shutdown(connections, async move {
                     let _ = stop.wait_for(|stopped| *stopped).await;
                 }),
         );
@@ -237,6 +246,14 @@ pub async fn run_member_with_test_hooks(
     }
 
     bootstrap(&raft, &flags, &initial, &ids).await?;
+    tokio::spawn(leader_connections.run(
+        raft.clone(),
+        contact.clone(),
+        CampaignTiming {
+            heartbeat,
+            election_timeout,
+        },
+    ));
     tokio::spawn(crate::leader_log::log_leadership_changes(
         raft.clone(),
         flags.name.clone(),

@@ -1,9 +1,12 @@
-//! The receiving side of keel's peer protocol: Raft messages (pre-votes and
-//! whole streamed snapshots included) into openraft, noting leader contact
-//! for the leadership view; forwarded writes into the leader's proposer;
+//! The receiving side of keel's peer protocol: Raft messages (pipelined
+//! replication streams, pre-votes, leadership transfers and whole streamed
+//! snapshots included) into openraft, noting leader contact for the
+//! leadership view and which connection carries whose leader messages (for
+//! `leader_connection.rs`); forwarded writes into the leader's proposer;
 //! read-index requests into the leader's batcher.
 
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use keel_api::keelpb::peer_server::Peer;
 use keel_api::keelpb::{
@@ -11,14 +14,16 @@ use keel_api::keelpb::{
 };
 use keel_raft::network::SnapshotHeader;
 use keel_raft::peer_codec::{decode_payload, encode_payload};
-use keel_raft::type_config::Snapshot;
+use keel_raft::type_config::{Snapshot, Vote};
 use keel_raft::TypeConfig;
-use openraft::raft::{AppendEntriesResponse, VoteRequest};
+use openraft::error::RaftError;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest};
 use tokio::io::AsyncWriteExt;
-use tokio_stream::StreamExt;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::context::MemberContext;
+use crate::leader_connection::ConnectionOrigin;
 use crate::leadership::LeaderContact;
 
 pub struct PeerService {
@@ -45,12 +50,25 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Response<RaftPayload>, Statu
 /// True when this member accepted the sender of a snapshot chunk as its
 /// leader: the vote it answers with is the sender's. A stale leader is
 /// answered with a higher vote, and its message is no sign of a live leader.
-fn sender_is_current_leader(
-    sender_vote: &keel_raft::type_config::Vote,
-    answered: &keel_raft::type_config::Vote,
-) -> bool {
+fn sender_is_current_leader(sender_vote: &Vote, answered: &Vote) -> bool {
     answered <= sender_vote
 }
+
+/// True when an AppendEntries answer accepts its sender as the leader
+/// (everything but a higher vote): leader contact.
+fn accepts_sender_as_leader(response: &AppendEntriesResponse<TypeConfig>) -> bool {
+    !matches!(response, AppendEntriesResponse::HigherVote(_))
+}
+
+/// Notes on the connection `origin` that the member voting `sender_vote`
+/// sends leader messages on it.
+fn note_leader_message(origin: Option<&ConnectionOrigin>, sender_vote: &Vote) {
+    if let Some(origin) = origin {
+        origin.carries_leader_messages_from(sender_vote.leader_id().voted_for);
+    }
+}
+
+type AnswerStream = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
 
 /// Writes a snapshot stream's chunks (the first one's data already taken)
 /// into `file`; returns how many bytes the stream carried.
@@ -73,15 +91,65 @@ async fn receive_chunks(
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> =
-            decode_payload(request.get_ref()).map_err(bad_payload)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode_payload(request.get_ref()).map_err(bad_payload)?;
+        note_leader_message(request.extensions().get(), &rpc.vote);
         let result = self.context.raft.append_entries(rpc).await;
-        if let Ok(response) = &result {
-            if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
-                self.contact.touch();
-            }
+        if result.as_ref().is_ok_and(accepts_sender_as_leader) {
+            self.contact.touch();
         }
         encode(&result)
+    }
+
+    type StreamAppendStream = AnswerStream;
+
+    async fn stream_append(
+        &self,
+        request: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<AnswerStream>, Status> {
+        let origin = request.extensions().get::<ConnectionOrigin>().cloned();
+        let undecodable: Arc<Mutex<Option<Status>>> = Arc::default();
+        let requests = {
+            let undecodable = undecodable.clone();
+            request.into_inner().map_while(move |message| match message {
+                Ok(payload) => match decode_payload::<AppendEntriesRequest<TypeConfig>>(&payload) {
+                    Ok(rpc) => {
+                        note_leader_message(origin.as_ref(), &rpc.vote);
+                        Some(rpc)
+                    }
+                    Err(error) => {
+                        *undecodable.lock().unwrap_or_else(|p| p.into_inner()) = Some(bad_payload(error));
+                        None
+                    }
+                },
+                // The sender ended the session or went away: what arrived
+                // is still answered, then the session ends.
+                Err(_) => None,
+            })
+        };
+        let contact = self.contact.clone();
+        let answers = self.context.raft.stream_append(requests).map(move |answer| {
+            let answer = answer.map_err(RaftError::<TypeConfig>::Fatal);
+            if let Ok(result) = &answer {
+                if accepts_sender_as_leader(&result.clone().into()) {
+                    contact.touch();
+                }
+            }
+            encode_payload(&answer).map_err(|e| Status::internal(e.to_string()))
+        });
+        // A request that could not be decoded ends the session with its error.
+        let refusal =
+            futures::stream::once(
+                async move { undecodable.lock().unwrap_or_else(|p| p.into_inner()).take() },
+            )
+            .filter_map(|refusal| refusal.map(Err));
+        Ok(Response::new(Box::pin(answers.chain(refusal))))
+    }
+
+    async fn transfer_leader(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc: TransferLeaderRequest<TypeConfig> =
+            decode_payload(request.get_ref()).map_err(bad_payload)?;
+        let result = self.context.raft.handle_transfer_leader(rpc).await;
+        encode(&result.map_err(RaftError::<TypeConfig>::Fatal))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -97,12 +165,14 @@ impl Peer for PeerService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftPayload>, Status> {
+        let origin = request.extensions().get::<ConnectionOrigin>().cloned();
         let mut chunks = request.into_inner();
         let Some(first) = chunks.next().await.transpose()? else {
             return Err(bad_payload("an empty snapshot stream"));
         };
         let header: SnapshotHeader =
             decode_payload(&RaftPayload { data: first.header }).map_err(bad_payload)?;
+        note_leader_message(origin.as_ref(), &header.vote);
         let mut incoming = self
             .context
             .state

@@ -6,7 +6,8 @@
 //! - stop a member's storage at a named step ([`FailPoints`]) and crash it
 //!   there: its runtime is torn down with every task on it, the way a
 //!   killed process loses its threads, and it restarts on its data dir,
-//! - reach each member's Raft handle (to trigger an election, read metrics).
+//! - reach each member's Raft handle (to trigger an election, read metrics),
+//! - reset a member's accepted peer connections ([`LeaderConnectionWatch`]).
 //!
 //! Members and the data directory are removed when the cluster is dropped,
 //! also when a test fails.
@@ -19,19 +20,21 @@ use keel_client::{Client, ClientConfig};
 use keel_raft::network::{LinkFaults, PeerMessage};
 use keel_raft::{FailPoints, KeelRaft, NodeId};
 use keel_server::config::MemberFlags;
+use keel_server::leader_connection::LeaderConnectionWatch;
 use keel_server::member::{run_member_with_test_hooks, MemberTestHooks};
 use tokio::sync::oneshot;
 
 use crate::ports::free_port;
 
 /// Every kind of message a member sends its peers.
-pub const ALL_PEER_MESSAGES: [PeerMessage; 6] = [
+pub const ALL_PEER_MESSAGES: [PeerMessage; 7] = [
     PeerMessage::AppendEntries,
     PeerMessage::Vote,
     PeerMessage::InstallSnapshot,
     PeerMessage::PreVote,
     PeerMessage::ForwardWrite,
     PeerMessage::ReadIndex,
+    PeerMessage::TransferLeader,
 ];
 
 #[derive(Parser)]
@@ -43,6 +46,7 @@ struct MemberCommandLine {
 /// A running member: its thread, and how to stop it.
 struct RunningMember {
     raft: KeelRaft,
+    leader_connections: LeaderConnectionWatch,
     crash: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
@@ -131,10 +135,12 @@ impl InProcessCluster {
         let flags = MemberCommandLine::try_parse_from(args)?.flags;
         let (started_tx, started_rx) = oneshot::channel();
         let (crash_tx, crash_rx) = oneshot::channel::<()>();
+        let leader_connections = LeaderConnectionWatch::default();
         let hooks = MemberTestHooks {
             link_faults: Some(self.links.clone()),
             fail_points,
             started: Some(started_tx),
+            leader_connections: leader_connections.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("member-{}", slot.name))
@@ -168,6 +174,7 @@ impl InProcessCluster {
         };
         self.members[index].running = Some(RunningMember {
             raft,
+            leader_connections,
             crash: Some(crash_tx),
             thread: Some(thread),
         });
@@ -191,10 +198,22 @@ impl InProcessCluster {
         self.members.len()
     }
 
+    pub fn is_running(&self, index: usize) -> bool {
+        self.members[index].running.is_some()
+    }
+
     /// Member `index`'s Raft handle (it must be running).
     pub fn raft(&self, index: usize) -> &KeelRaft {
         match &self.members[index].running {
             Some(running) => &running.raft,
+            None => panic!("member m{} is not running", index + 1),
+        }
+    }
+
+    /// Member `index`'s accepted peer connections (it must be running).
+    pub fn leader_connections(&self, index: usize) -> &LeaderConnectionWatch {
+        match &self.members[index].running {
+            Some(running) => &running.leader_connections,
             None => panic!("member m{} is not running", index + 1),
         }
     }

@@ -7,11 +7,13 @@
 //! - [`state_machine`]: applies committed batches to the mvcc keyspace and
 //!   builds / installs snapshots from / into it.
 //! - [`network`]: the client side of the peer protocol, one cached gRPC
-//!   channel per peer; [`peer_codec`] is the payload encoding both sides share.
+//!   channel per peer, replication in pipelined streams (`append_stream`);
+//!   [`peer_codec`] is the payload encoding both sides share.
 
 // openraft's traits dictate its large error types (StorageError, RPCError).
 #![allow(clippy::result_large_err)]
 
+mod append_stream;
 pub mod apply;
 pub mod durable_applied;
 pub mod fail_points;

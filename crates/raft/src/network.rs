@@ -1,5 +1,6 @@
 //! The sending side of the peer protocol: openraft's `RaftNetworkFactory`
-//! and `RaftNetworkV2` over gRPC (a snapshot goes whole, as one client
+//! and `RaftNetworkV2` over gRPC (replication as pipelined bidirectional
+//! streams, see [`crate::append_stream`]; a snapshot goes whole, as one client
 //! stream of chunks). One lazily-connected tonic channel is cached per peer and
 //! shared by every RPC to it (Raft messages, forwarded writes, read-index
 //! requests); a channel is never opened per request.
@@ -16,10 +17,12 @@ use std::future::Future;
 
 use keel_api::keelpb::peer_client::PeerClient;
 use keel_api::keelpb::SnapshotChunk;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
@@ -39,6 +42,7 @@ pub enum PeerMessage {
     PreVote,
     ForwardWrite,
     ReadIndex,
+    TransferLeader,
 }
 
 /// Directed links cut per kind of message, shared by the members of an
@@ -143,6 +147,16 @@ impl PeerNetwork {
         Ok(channel)
     }
 
+    /// Fails when a test cut the link to `target` for `kind` messages.
+    pub(crate) fn check_link(&self, target: NodeId, kind: PeerMessage) -> Result<(), PeerUnavailable> {
+        match &self.faults {
+            Some((self_id, faults)) if faults.is_cut(*self_id, target, kind) => {
+                Err(PeerUnavailable::LinkCut { target, kind })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// A peer-service client on the cached channel to `target`, for sending
     /// it one `kind` of message.
     pub fn client(
@@ -151,11 +165,7 @@ impl PeerNetwork {
         peer_url: &str,
         kind: PeerMessage,
     ) -> Result<PeerClient<Channel>, PeerUnavailable> {
-        if let Some((self_id, faults)) = &self.faults {
-            if faults.is_cut(*self_id, target, kind) {
-                return Err(PeerUnavailable::LinkCut { target, kind });
-            }
-        }
+        self.check_link(target, kind)?;
         Ok(PeerClient::new(self.channel(target, peer_url)?)
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
@@ -183,7 +193,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 /// Maps a failed gRPC call to openraft's error kinds: a transport failure
 /// means the peer is unreachable (openraft backs off), anything else is a
 /// network error (retried).
-fn rpc_failure(status: tonic::Status) -> RPCError<TypeConfig> {
+pub(crate) fn rpc_failure(status: tonic::Status) -> RPCError<TypeConfig> {
     match status.code() {
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
             RPCError::Unreachable(Unreachable::new(&status))
@@ -213,9 +223,9 @@ impl PeerConnection {
 /// The remote side's own failure (openraft stopped there), as a network error.
 #[derive(Debug, thiserror::Error)]
 #[error("member {target:x} failed: {message}")]
-struct RemoteFailure {
-    target: NodeId,
-    message: String,
+pub(crate) struct RemoteFailure {
+    pub(crate) target: NodeId,
+    pub(crate) message: String,
 }
 
 macro_rules! peer_call {
@@ -264,6 +274,40 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         peer_call!(self, append_entries, PeerMessage::AppendEntries, rpc, option)
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>>
+            + openraft::OptionalSend
+            + Unpin
+            + 'static,
+    {
+        Box::pin(async move {
+            let client = self.client(PeerMessage::AppendEntries)?;
+            let answers =
+                crate::append_stream::open(client, self.network.clone(), self.target, input, option).await?;
+            let answers: BoxStream<'s, _> = Box::pin(answers);
+            Ok(answers)
+        })
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        peer_call!(self, transfer_leader, PeerMessage::TransferLeader, rpc, option)
     }
 
     async fn vote(

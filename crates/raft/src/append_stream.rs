@@ -1,0 +1,243 @@
+//! The sending side of a pipelined replication session (openraft's
+//! `stream_append`) over the peer protocol's bidirectional `StreamAppend`
+//! RPC: every AppendEntries request is sent as soon as openraft produces it,
+//! without waiting for the answers to earlier ones; the receiver answers in
+//! request order on the same stream.
+//!
+//! Invariants:
+//! - answers are yielded in request order, exactly as the receiver sent
+//!   them; the stream ends after the first error (a conflict, a higher vote,
+//!   a transport failure, a stall);
+//! - a session that stops making progress fails within openraft's
+//!   `soft_ttl`: opening it, and every answer owed (measured from the later
+//!   of the last answer and the oldest unanswered request), must arrive in
+//!   that time; an idle session with nothing unanswered never times out;
+//! - a request on a link cut by [`LinkFaults`](crate::network::LinkFaults)
+//!   is never sent: the session ends, and reports the peer unreachable once
+//!   the requests already sent are answered.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use keel_api::keelpb::peer_client::PeerClient;
+use keel_api::keelpb::RaftPayload;
+use openraft::error::{NetworkError, RPCError, RaftError, Unreachable};
+use openraft::network::RPCOption;
+use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::network::{rpc_failure, PeerMessage, PeerNetwork, PeerUnavailable, RemoteFailure};
+use crate::peer_codec::{decode_payload, encode_payload, PeerCodecError};
+use crate::type_config::{NodeId, TypeConfig};
+
+/// One answer of a session, as openraft's replication consumes it.
+pub type SessionAnswer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
+/// Why a session ended before its requests did.
+#[derive(Debug, thiserror::Error)]
+enum SessionFailure {
+    #[error("opening a replication stream to member {target:x} took over {waited:?}")]
+    OpenTimedOut { target: NodeId, waited: Duration },
+    #[error("member {target:x} answered nothing for {waited:?} with requests outstanding")]
+    Stalled { target: NodeId, waited: Duration },
+    #[error("encoding an AppendEntries request: {0}")]
+    Codec(#[from] PeerCodecError),
+}
+
+/// Why the sending half stopped early; reported after the receiver has
+/// answered everything that was sent.
+enum SendingStopped {
+    LinkCut(PeerUnavailable),
+    Codec(PeerCodecError),
+}
+
+/// State the sending half (polled by the transport) shares with the
+/// answering half (polled by openraft).
+#[derive(Default)]
+struct Session {
+    /// When each request still unanswered was sent, oldest first.
+    unanswered: Mutex<VecDeque<Instant>>,
+    /// Signalled whenever a request is sent.
+    request_sent: Notify,
+    stopped: Mutex<Option<SendingStopped>>,
+}
+
+impl Session {
+    fn sent(&self) {
+        self.unanswered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(Instant::now());
+        self.request_sent.notify_one();
+    }
+
+    /// Records one answer; the next one is owed from now on.
+    fn answered(&self) -> Instant {
+        let mut unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        unanswered.pop_front();
+        Instant::now()
+    }
+
+    /// When the next answer is overdue, if one is owed at all.
+    fn next_answer_due(&self, last_answer: Instant, patience: Duration) -> Option<Instant> {
+        let unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        unanswered
+            .front()
+            .map(|oldest| (*oldest).max(last_answer) + patience)
+    }
+
+    fn stop_sending(&self, why: SendingStopped) {
+        *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    fn take_stop_reason(&self) -> Option<SendingStopped> {
+        self.stopped.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Opens a pipelined replication session to `target` on `client` and
+/// returns openraft's stream of answers.
+pub(crate) async fn open<S>(
+    mut client: PeerClient<Channel>,
+    network: PeerNetwork,
+    target: NodeId,
+    requests: S,
+    option: RPCOption,
+) -> Result<impl Stream<Item = SessionAnswer> + Send + 'static, RPCError<TypeConfig>>
+where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+{
+    let patience = option.soft_ttl();
+    let session = Arc::new(Session::default());
+    let outgoing = futures::stream::unfold((requests, session.clone()), move |(mut requests, session)| {
+        let network = network.clone();
+        async move {
+            let request = requests.next().await?;
+            if let Err(cut) = network.check_link(target, PeerMessage::AppendEntries) {
+                session.stop_sending(SendingStopped::LinkCut(cut));
+                return None;
+            }
+            match encode_payload(&request) {
+                Ok(payload) => {
+                    session.sent();
+                    Some((payload, (requests, session)))
+                }
+                Err(error) => {
+                    session.stop_sending(SendingStopped::Codec(error));
+                    None
+                }
+            }
+        }
+    });
+    let opened = tokio::time::timeout(patience, client.stream_append(tonic::Request::new(outgoing))).await;
+    let answers = match opened {
+        Err(_elapsed) => {
+            let failure = SessionFailure::OpenTimedOut {
+                target,
+                waited: patience,
+            };
+            return Err(RPCError::Unreachable(Unreachable::new(&failure)));
+        }
+        Ok(Err(status)) => return Err(rpc_failure(status)),
+        Ok(Ok(answers)) => answers.into_inner(),
+    };
+    let state = AnswerState {
+        answers,
+        session,
+        target,
+        patience,
+        last_answer: Instant::now(),
+        finished: false,
+    };
+    Ok(futures::stream::unfold(state, |mut state| async move {
+        if state.finished {
+            return None;
+        }
+        let answer = state.next_answer().await?;
+        state.finished = !matches!(answer, Ok(Ok(_)));
+        Some((answer, state))
+    }))
+}
+
+/// What woke the answering half.
+enum Woken {
+    Answer(Result<Option<RaftPayload>, tonic::Status>),
+    Overdue,
+    RequestSent,
+}
+
+/// The error a session reports once the receiver has answered every
+/// request sent before the sending half stopped.
+fn stopped_early(why: SendingStopped) -> RPCError<TypeConfig> {
+    match why {
+        SendingStopped::LinkCut(cut) => RPCError::Unreachable(Unreachable::new(&cut)),
+        SendingStopped::Codec(error) => RPCError::Network(NetworkError::new(&SessionFailure::from(error))),
+    }
+}
+
+struct AnswerState {
+    answers: tonic::Streaming<RaftPayload>,
+    session: Arc<Session>,
+    target: NodeId,
+    patience: Duration,
+    last_answer: Instant,
+    finished: bool,
+}
+
+impl AnswerState {
+    /// The next answer, a failure, or `None` once the receiver ended the
+    /// session after answering everything.
+    async fn next_answer(&mut self) -> Option<SessionAnswer> {
+        loop {
+            // Registered before the deadline is read, so that a request sent
+            // in between wakes this loop to start its clock.
+            let request_sent = self.session.request_sent.notified();
+            let due = self.session.next_answer_due(self.last_answer, self.patience);
+            let overdue = async {
+                match due {
+                    Some(due) => tokio::time::sleep_until(due).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let woken = tokio::select! {
+                message = self.answers.message() => Woken::Answer(message),
+                _ = overdue => Woken::Overdue,
+                _ = request_sent => Woken::RequestSent,
+            };
+            match woken {
+                Woken::Answer(Ok(Some(payload))) => {
+                    self.last_answer = self.session.answered();
+                    return Some(self.decode(&payload));
+                }
+                Woken::Answer(Ok(None)) => {
+                    return self.session.take_stop_reason().map(|why| Err(stopped_early(why)));
+                }
+                Woken::Answer(Err(status)) => return Some(Err(rpc_failure(status))),
+                Woken::Overdue => {
+                    let failure = SessionFailure::Stalled {
+                        target: self.target,
+                        waited: self.patience,
+                    };
+                    return Some(Err(RPCError::Network(NetworkError::new(&failure))));
+                }
+                Woken::RequestSent => {}
+            }
+        }
+    }
+
+    fn decode(&self, payload: &RaftPayload) -> SessionAnswer {
+        let answer: Result<StreamAppendResult<TypeConfig>, RaftError<TypeConfig>> =
+            decode_payload(payload)
+                .map_err(|e| RPCError::Network(NetworkError::new(&SessionFailure::from(e))))?;
+        answer.map_err(|remote| {
+            RPCError::Network(NetworkError::new(&RemoteFailure {
+                target: self.target,
+                message: remote.to_string(),
+            }))
+        })
+    }
+}
