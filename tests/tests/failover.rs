@@ -6,6 +6,7 @@
 
 use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -217,49 +218,60 @@ async fn a_partitioned_leader_is_replaced_only_after_the_election_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transferring_leadership_moves_it_to_the_named_member_and_loses_no_write() {
-    let cluster = start(3, 1000).await;
+    const ELECTION_TIMEOUT_MS: u64 = 1000;
+    let cluster = start(3, ELECTION_TIMEOUT_MS).await;
     settle_with_m1_leading(&cluster).await;
     let (term, _) = term_and_leader(&cluster, 0);
     let m2 = cluster.id(1);
+    // A transfer waits for no timeout; an election after one (the leader
+    // stops its heartbeats while it transfers) takes longer than this.
+    let limit = Duration::from_millis(ELECTION_TIMEOUT_MS);
 
     assert!(matches!(
-        transfer_leadership(cluster.raft(1), cluster.id(2), Duration::from_secs(1)).await,
+        transfer_leadership(cluster.raft(1), cluster.id(2), limit).await,
         Err(LeaderTransferError::NotLeader { .. })
     ));
     assert!(matches!(
-        transfer_leadership(cluster.raft(0), 42, Duration::from_secs(1)).await,
+        transfer_leadership(cluster.raft(0), 42, limit).await,
         Err(LeaderTransferError::NotAVoter(42))
     ));
 
     // Writes through m3 (a follower throughout) keep coming during the move.
     let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let client = cluster.client(2).expect("client");
         let acknowledged = acknowledged.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
-            for i in 0..400 {
-                let key = format!("w-{i:04}");
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("w-{i:05}");
                 if client.put(put(&key)).await.is_ok() {
                     acknowledged.lock().unwrap().insert(key);
                 }
+                i += 1;
             }
         })
     };
-    while acknowledged.lock().unwrap().len() < 50 {
+    let acknowledged_count = || acknowledged.lock().unwrap().len();
+    while acknowledged_count() < 50 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    transfer_leadership(cluster.raft(0), m2, Duration::from_secs(5))
+    transfer_leadership(cluster.raft(0), m2, limit)
         .await
         .expect("leadership moves to m2");
-    let moved_with = acknowledged.lock().unwrap().len();
+    let moved_with = acknowledged_count();
     let leader = wait_for_new_leader(&cluster, term, Duration::from_secs(5)).await;
     assert_eq!(leader, 1, "m2 leads");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while acknowledged_count() < moved_with + 50 {
+        assert!(Instant::now() < deadline, "writes did not resume after the move");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
     writer.await.expect("writer");
     let acknowledged = acknowledged.lock().unwrap().clone();
-    assert!(
-        acknowledged.len() > moved_with,
-        "no write was acknowledged after the move"
-    );
     let read = cluster
         .client(1)
         .expect("client")
