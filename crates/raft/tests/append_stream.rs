@@ -4,6 +4,9 @@
 //! answering fails the session within openraft's soft_ttl (an idle one does
 //! not), and a request on a cut link is never sent.
 
+// tonic's service traits return `tonic::Status`, which is large by design.
+#![allow(clippy::result_large_err)]
+
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
