@@ -20,6 +20,7 @@ use keel_mvcc::MvccStore;
 use keel_raft::network::LinkFaults;
 use keel_raft::peer_codec::MAX_PEER_MESSAGE_BYTES;
 use keel_raft::{FailPoints, KeelRaft, KeelStateMachine, MemberNode, PeerNetwork, SledLogStore};
+use keel_storage::Database;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
@@ -107,16 +108,14 @@ pub async fn run_member_with_test_hooks(
         },
     )?;
 
-    let mvcc_db = sled::Config::new()
-        .path(data_dir.join("mvcc"))
-        .cache_capacity(flags.keyspace_cache_mb.saturating_mul(1024 * 1024))
-        .mode(sled::Mode::HighThroughput)
-        .open()
-        .context("opening the keyspace database")?;
+    let mvcc_db = Database::open(
+        &data_dir.join("mvcc"),
+        flags.keyspace_cache_mb.saturating_mul(1024 * 1024),
+    )
+    .context("opening the keyspace database")?;
     let store = MvccStore::open(&mvcc_db).context("opening the keyspace")?;
     let state_machine = KeelStateMachine::open(
         store,
-        &data_dir.join("mvcc"),
         &data_dir.join("snap"),
         hooks.fail_points.clone(),
     )
@@ -284,7 +283,10 @@ pub async fn run_member_with_test_hooks(
     if let Err(error) = raft.shutdown().await {
         tracing::warn!(%error, "raft shutdown");
     }
-    mvcc_db.flush_async().await.context("flushing the keyspace")?;
+    mvcc_db
+        .make_durable_async()
+        .await
+        .context("flushing the keyspace")?;
     // Open connections get GOAWAY and a bounded time to finish their
     // requests; a client that keeps an idle connection open (or never reads
     // the GOAWAY) must not keep a stopped member alive.

@@ -283,8 +283,8 @@ impl InProcessCluster {
 fn data_dir_locked(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         matches!(
-            cause.downcast_ref::<sled::Error>(),
-            Some(sled::Error::Io(io)) if io.kind() == std::io::ErrorKind::WouldBlock
+            cause.downcast_ref::<keel_storage::sled::Error>(),
+            Some(keel_storage::sled::Error::Io(io)) if io.kind() == std::io::ErrorKind::WouldBlock
         )
     })
 }

@@ -7,6 +7,7 @@
 //! difference in a key, value, version or revision changes it. Store meta
 //! and app meta are outside `0x03` and never hashed.
 
+use keel_storage::sled;
 use crate::error::Result;
 use crate::keys::{self, Revision};
 use crate::range::ViewRevisions;
