@@ -5,6 +5,12 @@
 //! file. Version 2 is keel on openraft 0.10, whose serde layouts of log ids,
 //! votes and entries (standard Raft leader ids) differ from 0.9's, so a
 //! version 2 member cannot read a version 1 Raft log or snapshot meta.
+//! Version 3 keeps the Raft log, vote, committed and purged ids, the state
+//! machine's metadata and the snapshot meta as keel's own protobuf records
+//! (`proto/keel/raft_storage.proto`) instead of bincode and JSON of
+//! openraft's serde types; a version 3 member cannot read version 2 records.
+//! Within version 3, records only ever gain fields, which older and newer
+//! builds both read, so adding a field needs no new version.
 //!
 //! Rule: a member starts only on a data dir of exactly [`FORMAT_VERSION`],
 //! or on a fresh one (nothing of keel's in it yet), to which it writes the
@@ -17,7 +23,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 
 /// The data format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 const FORMAT_FILE: &str = "format-version";
 
@@ -40,9 +46,10 @@ pub fn check_or_record(data_dir: &Path) -> anyhow::Result<()> {
             if found != FORMAT_VERSION {
                 bail!(
                     "data dir {} has data format version {found}, but this keel reads and writes \
-                     format version {FORMAT_VERSION} only; refusing to start (use a keel release \
+                     format version {FORMAT_VERSION} only{}; refusing to start (use a keel release \
                      of format version {found}, or start this member on a new data dir)",
-                    data_dir.display()
+                    data_dir.display(),
+                    what_changed_since(found)
                 );
             }
             Ok(())
@@ -52,7 +59,7 @@ pub fn check_or_record(data_dir: &Path) -> anyhow::Result<()> {
                 bail!(
                     "data dir {} has data format version 1 (keel on openraft 0.9: it holds {entry} \
                      but no {FORMAT_FILE} file), but this keel reads and writes format version \
-                     {FORMAT_VERSION} only (openraft 0.10 stores the Raft log differently); \
+                     {FORMAT_VERSION} only (it stores the Raft log differently); \
                      refusing to start (use a keel release of format version 1, or start this \
                      member on a new data dir)",
                     data_dir.display()
@@ -69,6 +76,16 @@ pub fn check_or_record(data_dir: &Path) -> anyhow::Result<()> {
             Ok(())
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Why a data dir of version `found` cannot be read, where that is known.
+fn what_changed_since(found: u32) -> &'static str {
+    if found == 2 {
+        " (version 2 keeps the Raft log and the state machine's metadata as bincode of \
+         openraft's types; version 3 keeps them as keel's protobuf records)"
+    } else {
+        ""
     }
 }
 
@@ -94,9 +111,27 @@ mod tests {
         let error = check_or_record(dir.path()).expect_err("version 1 refused");
         let message = error.to_string();
         assert!(message.contains("format version 1"), "{message}");
-        assert!(message.contains("format version 2"), "{message}");
+        assert!(message.contains("format version 3"), "{message}");
         assert!(
             !dir.path().join(FORMAT_FILE).exists(),
+            "a refused dir is left as it was"
+        );
+    }
+
+    #[test]
+    fn a_data_dir_of_version_2_bincode_records_is_refused_naming_both_versions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("raft")).expect("raft dir");
+        std::fs::write(dir.path().join(FORMAT_FILE), "2\n").expect("write");
+        let message = check_or_record(dir.path()).expect_err("refused").to_string();
+        assert!(
+            message.contains("data format version 2") && message.contains("format version 3 only"),
+            "{message}"
+        );
+        assert!(message.contains("protobuf"), "{message}");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(FORMAT_FILE)).expect("the file"),
+            "2\n",
             "a refused dir is left as it was"
         );
     }
@@ -107,7 +142,7 @@ mod tests {
         std::fs::write(dir.path().join(FORMAT_FILE), "7\n").expect("write");
         let message = check_or_record(dir.path()).expect_err("refused").to_string();
         assert!(
-            message.contains("format version 7") && message.contains("format version 2"),
+            message.contains("format version 7") && message.contains("format version 3"),
             "{message}"
         );
         std::fs::write(dir.path().join(FORMAT_FILE), "two\n").expect("write");

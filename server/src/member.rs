@@ -114,12 +114,8 @@ pub async fn run_member_with_test_hooks(
     )
     .context("opening the keyspace database")?;
     let store = MvccStore::open(&mvcc_db).context("opening the keyspace")?;
-    let state_machine = KeelStateMachine::open(
-        store,
-        &data_dir.join("snap"),
-        hooks.fail_points.clone(),
-    )
-    .context("opening the state machine")?;
+    let state_machine = KeelStateMachine::open(store, &data_dir.join("snap"), hooks.fail_points.clone())
+        .context("opening the state machine")?;
     let state = state_machine.view();
     let log_store = SledLogStore::open_for_member(&data_dir.join("raft"), state_machine.durable_applied())
         .context("opening the Raft log")?;

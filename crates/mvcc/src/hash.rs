@@ -7,11 +7,11 @@
 //! difference in a key, value, version or revision changes it. Store meta
 //! and app meta are outside `0x03` and never hashed.
 
-use keel_storage::sled;
 use crate::error::Result;
 use crate::keys::{self, Revision};
 use crate::range::ViewRevisions;
 use crate::store::KvHash;
+use keel_storage::sled;
 
 pub(crate) fn hash_kv(tree: &sled::Tree, revisions: ViewRevisions, requested: i64) -> Result<KvHash> {
     let at = revisions.resolve(requested)?;

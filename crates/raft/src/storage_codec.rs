@@ -19,7 +19,9 @@ use openraft::{EntryPayload, Membership};
 use prost::Message;
 
 use crate::apply::MemberAttributeTable;
-use crate::type_config::{CommittedLeaderId, Entry, LogId, MemberNode, NodeId, SnapshotMeta, StoredMembership, Vote};
+use crate::type_config::{
+    CommittedLeaderId, Entry, LogId, MemberNode, NodeId, SnapshotMeta, StoredMembership, Vote,
+};
 
 /// Why a stored record could not be read back.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +144,9 @@ fn membership_to_pb(membership: &Membership<NodeId, MemberNode>) -> pb::Membersh
     }
 }
 
-fn membership_from_pb(membership: pb::Membership) -> Result<Membership<NodeId, MemberNode>, StorageDecodeError> {
+fn membership_from_pb(
+    membership: pb::Membership,
+) -> Result<Membership<NodeId, MemberNode>, StorageDecodeError> {
     let configs: Vec<BTreeSet<NodeId>> = membership
         .configs
         .into_iter()

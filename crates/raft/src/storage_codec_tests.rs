@@ -102,10 +102,16 @@ fn every_other_record_round_trips() {
         assert_eq!(Vote::decode_record(&vote.encode_record()).expect("vote"), vote);
     }
     for id in [None, Some(log_id(0, 0)), Some(log_id(6, 1_000_000))] {
-        assert_eq!(Option::<LogId>::decode_record(&id.encode_record()).expect("optional"), id);
+        assert_eq!(
+            Option::<LogId>::decode_record(&id.encode_record()).expect("optional"),
+            id
+        );
     }
     let purged = log_id(7, 42);
-    assert_eq!(LogId::decode_record(&purged.encode_record()).expect("log id"), purged);
+    assert_eq!(
+        LogId::decode_record(&purged.encode_record()).expect("log id"),
+        purged
+    );
     for stored in [
         StoredMembership::default(),
         StoredMembership::new(Some(log_id(3, 9)), joint_membership()),
@@ -124,7 +130,10 @@ fn every_other_record_round_trips() {
             (id, attributes)
         })
         .collect();
-    assert_eq!(MemberAttributeTable::decode_record(&table.encode_record()).expect("table"), table);
+    assert_eq!(
+        MemberAttributeTable::decode_record(&table.encode_record()).expect("table"),
+        table
+    );
     let snapshot = CurrentSnapshotRecord {
         meta: SnapshotMeta {
             last_log_id: Some(log_id(3, 90)),
@@ -175,7 +184,10 @@ fn records_that_lack_what_keel_needs_are_typed_errors() {
     ));
     assert!(matches!(
         StoredMembership::decode_record(&[]),
-        Err(StorageDecodeError::MissingField { field: "membership", .. })
+        Err(StorageDecodeError::MissingField {
+            field: "membership",
+            ..
+        })
     ));
 }
 
@@ -213,7 +225,10 @@ fn an_entry_written_today_decodes_after_a_field_is_added_and_the_other_way_round
     };
     let extended = LogEntryWithAddedFields::decode(encode_entry(today.clone()).as_slice()).expect("extended");
     assert_eq!(extended.log_id, Some(pb::LogId { term: 2, index: 7 }));
-    assert_eq!(extended.payload, Some(PayloadWithAddedKind::WriteBatch(write_batch())));
+    assert_eq!(
+        extended.payload,
+        Some(PayloadWithAddedKind::WriteBatch(write_batch()))
+    );
     assert_eq!(extended.proposed_by, 0);
 
     // Bytes of the extended declaration with the new field set, read by
@@ -227,7 +242,9 @@ fn an_entry_written_today_decodes_after_a_field_is_added_and_the_other_way_round
     assert_eq!(decode_entry(&newer).expect("today's decode"), today);
     let membership = LogEntryWithAddedFields {
         log_id: Some(pb::LogId { term: 3, index: 9 }),
-        payload: Some(PayloadWithAddedKind::Membership(membership_to_pb(&joint_membership()))),
+        payload: Some(PayloadWithAddedKind::Membership(membership_to_pb(
+            &joint_membership(),
+        ))),
         proposed_by: 11,
     }
     .encode_to_vec();
@@ -248,7 +265,10 @@ fn an_entry_written_today_decodes_after_a_field_is_added_and_the_other_way_round
         decode_entry(&unknown_kind),
         Err(StorageDecodeError::UnknownPayload { index: 12 })
     ));
-    assert_eq!(decode_entry_log_id(&unknown_kind).expect("the id still reads"), log_id(4, 12));
+    assert_eq!(
+        decode_entry_log_id(&unknown_kind).expect("the id still reads"),
+        log_id(4, 12)
+    );
 }
 
 fn from_hex(hex: &str) -> Vec<u8> {
@@ -282,10 +302,12 @@ fn assert_golden<T: std::fmt::Debug + PartialEq>(
 
 /// A write-batch entry at term 2, index 7: `put k=v (prev_kv)`,
 /// `delete [a, b)`, and member 11's attributes.
-const GOLDEN_WRITE_BATCH_ENTRY: &str = "0a04080210071a370a0a0a080a016b12017620010a0812060a01611201620a1f2a1d080b\
+const GOLDEN_WRITE_BATCH_ENTRY: &str =
+    "0a04080210071a370a0a0a080a016b12017620010a0812060a01611201620a1f2a1d080b\
     12026d311a15687474703a2f2f3132372e302e302e313a32333739";
 /// A membership entry at term 3, index 9: voters {1,2,3} then {2,3,4}, learner 5.
-const GOLDEN_MEMBERSHIP_ENTRY: &str = "0a040803100922b8010a050a030102030a050a03020304121f0801121b0a026d31121568\
+const GOLDEN_MEMBERSHIP_ENTRY: &str =
+    "0a040803100922b8010a050a030102030a050a03020304121f0801121b0a026d31121568\
     7474703a2f2f3132372e302e302e313a32333830121f0802121b0a026d32121568747470\
     3a2f2f3132372e302e302e313a32333831121f0803121b0a026d331215687474703a2f2f\
     3132372e302e302e313a32333832121f0804121b0a026d341215687474703a2f2f313237\
@@ -300,9 +322,22 @@ const GOLDEN_VOTE: &str = "080510031801";
 fn golden_records_written_today_still_decode_to_the_same_values() {
     let entries = every_entry_kind();
     assert_golden(GOLDEN_BLANK_ENTRY, entries[0].clone(), decode_entry, encode_entry);
-    assert_golden(GOLDEN_WRITE_BATCH_ENTRY, entries[1].clone(), decode_entry, encode_entry);
-    assert_golden(GOLDEN_MEMBERSHIP_ENTRY, entries[3].clone(), decode_entry, encode_entry);
-    assert_golden(GOLDEN_VOTE, Vote::new_committed(5, 3), Vote::decode_record, |vote| {
-        vote.encode_record()
-    });
+    assert_golden(
+        GOLDEN_WRITE_BATCH_ENTRY,
+        entries[1].clone(),
+        decode_entry,
+        encode_entry,
+    );
+    assert_golden(
+        GOLDEN_MEMBERSHIP_ENTRY,
+        entries[3].clone(),
+        decode_entry,
+        encode_entry,
+    );
+    assert_golden(
+        GOLDEN_VOTE,
+        Vote::new_committed(5, 3),
+        Vote::decode_record,
+        |vote| vote.encode_record(),
+    );
 }

@@ -22,12 +22,8 @@ impl StoreBuilder<TypeConfig, SledLogStore, KeelStateMachine, tempfile::TempDir>
         let log = SledLogStore::open(&dir.path().join("raft")).expect("open log store");
         let db = Database::open(&dir.path().join("mvcc"), 64 * 1024 * 1024).expect("open mvcc db");
         let store = MvccStore::open(&db).expect("open mvcc store");
-        let sm = KeelStateMachine::open(
-            store,
-            &dir.path().join("snap"),
-            keel_raft::FailPoints::default(),
-        )
-        .expect("open state machine");
+        let sm = KeelStateMachine::open(store, &dir.path().join("snap"), keel_raft::FailPoints::default())
+            .expect("open state machine");
         Ok((dir, log, sm))
     }
 }
