@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use keel_client::{Client, ClientConfig};
-use keel_raft::network::{LinkFaults, PeerMessage};
+use keel_node::network::{LinkFaults, PeerMessage};
+use keel_node::NodeTestHooks;
 use keel_raft::{FailPoints, KeelRaft, NodeId};
 use keel_server::config::MemberFlags;
 use keel_server::member::{run_member_with_test_hooks, MemberTestHooks};
@@ -132,8 +133,10 @@ impl InProcessCluster {
         let (started_tx, started_rx) = oneshot::channel();
         let (crash_tx, crash_rx) = oneshot::channel::<()>();
         let hooks = MemberTestHooks {
-            link_faults: Some(self.links.clone()),
-            fail_points,
+            node: NodeTestHooks {
+                link_faults: Some(self.links.clone()),
+                fail_points,
+            },
             started: Some(started_tx),
         };
         let thread = std::thread::Builder::new()

@@ -114,7 +114,7 @@ async fn a_data_dir_of_another_cluster_is_refused() {
     first.0.wait().expect("wait");
     assert_eq!(
         std::fs::read_to_string(data_dir.join("format-version")).expect("a format-version file"),
-        format!("{}\n", keel_server::data_format::FORMAT_VERSION),
+        format!("{}\n", keel_node::data_format::FORMAT_VERSION),
         "a new data dir records its format version"
     );
 

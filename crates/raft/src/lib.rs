@@ -1,4 +1,4 @@
-//! keel's replication layer: openraft 0.10 (storage v2, network v2) wired to sled.
+//! keel's Raft storage: openraft 0.10's type config and storage v2 (log store, state machine, snapshots) on sled.
 //!
 //! - [`type_config`]: the openraft type configuration (node ids, member
 //!   records, the log entry payload = a group-committed batch of etcd writes).
@@ -6,8 +6,8 @@
 //!   before acknowledged.
 //! - [`state_machine`]: applies committed batches to the mvcc keyspace and
 //!   builds / installs snapshots from / into it.
-//! - [`network`]: the client side of the peer protocol, one cached gRPC
-//!   channel per peer; [`peer_codec`] is the payload encoding both sides share.
+//!
+//! The peer protocol and the member's Raft behaviour are `keel-node`'s.
 
 // openraft's traits dictate its large error types (StorageError, RPCError).
 #![allow(clippy::result_large_err)]
@@ -18,8 +18,6 @@ pub mod fail_points;
 mod fdatasync;
 mod group_flush;
 pub mod log_store;
-pub mod network;
-pub mod peer_codec;
 pub mod snapshot_files;
 pub mod state_machine;
 pub mod type_config;
@@ -27,7 +25,6 @@ pub mod type_config;
 pub use durable_applied::DurableApplied;
 pub use fail_points::FailPoints;
 pub use log_store::SledLogStore;
-pub use network::PeerNetwork;
 pub use state_machine::KeelStateMachine;
 pub use type_config::{KeelRaft, MemberNode, NodeId, TypeConfig};
 
