@@ -25,7 +25,7 @@ pub enum RequestError {
     /// The leader answered a forwarded request with a status keel has no
     /// name for; it is passed on unchanged.
     #[error("the leader answered: {}", .0.message())]
-    FromLeader(Status),
+    FromLeader(Box<Status>),
     /// A member's peer URL cannot be dialed.
     #[error(transparent)]
     InvalidPeerUrl(#[from] PeerUnavailable),
@@ -37,7 +37,7 @@ impl RequestError {
         match WireError::from_status(&status) {
             Some(wire) => RequestError::Wire(wire),
             None if is_not_leader_refusal(&status) => RequestError::RefusedNotLeader,
-            None => RequestError::FromLeader(status),
+            None => RequestError::FromLeader(Box::new(status)),
         }
     }
 }
@@ -55,7 +55,7 @@ impl From<RequestError> for Status {
                 );
                 refusal
             }
-            RequestError::FromLeader(status) => status,
+            RequestError::FromLeader(status) => *status,
             RequestError::InvalidPeerUrl(invalid) => Status::internal(invalid.to_string()),
         }
     }
