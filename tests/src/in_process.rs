@@ -206,6 +206,16 @@ impl InProcessCluster {
         self.raft(index).metrics().borrow_watched().id
     }
 
+    /// Member `index`'s peer URL (where the peer protocol is served).
+    pub fn peer_url(&self, index: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[index].peer_port)
+    }
+
+    /// Member `index`'s data dir.
+    pub fn data_dir(&self, index: usize) -> std::path::PathBuf {
+        self.dir.path().join(&self.members[index].name)
+    }
+
     /// A client of member `index` alone.
     pub fn client(&self, index: usize) -> anyhow::Result<Client> {
         let endpoint = format!("127.0.0.1:{}", self.members[index].client_port);
