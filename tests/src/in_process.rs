@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use keel_client::{Client, ClientConfig};
-use keel_raft::network::{LinkFaults, PeerMessage};
+use keel_node::network::{LinkFaults, PeerMessage};
+use keel_node::NodeTestHooks;
 use keel_raft::{FailPoints, KeelRaft, NodeId};
 use keel_server::config::MemberFlags;
 use keel_server::member::{run_member_with_test_hooks, MemberTestHooks};
@@ -132,8 +133,10 @@ impl InProcessCluster {
         let (started_tx, started_rx) = oneshot::channel();
         let (crash_tx, crash_rx) = oneshot::channel::<()>();
         let hooks = MemberTestHooks {
-            link_faults: Some(self.links.clone()),
-            fail_points,
+            node: NodeTestHooks {
+                link_faults: Some(self.links.clone()),
+                fail_points,
+            },
             started: Some(started_tx),
         };
         let thread = std::thread::Builder::new()
@@ -201,6 +204,16 @@ impl InProcessCluster {
 
     pub fn id(&self, index: usize) -> NodeId {
         self.raft(index).metrics().borrow_watched().id
+    }
+
+    /// Member `index`'s peer URL (where the peer protocol is served).
+    pub fn peer_url(&self, index: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[index].peer_port)
+    }
+
+    /// Member `index`'s data dir.
+    pub fn data_dir(&self, index: usize) -> std::path::PathBuf {
+        self.dir.path().join(&self.members[index].name)
     }
 
     /// A client of member `index` alone.

@@ -114,7 +114,7 @@ async fn a_data_dir_of_another_cluster_is_refused() {
     first.0.wait().expect("wait");
     assert_eq!(
         std::fs::read_to_string(data_dir.join("format-version")).expect("a format-version file"),
-        format!("{}\n", keel_server::data_format::FORMAT_VERSION),
+        format!("{}\n", keel_node::data_format::FORMAT_VERSION),
         "a new data dir records its format version"
     );
 
@@ -179,7 +179,7 @@ fn assert_refused_naming_both_versions(data_dir: &std::path::Path, found: u32) {
         "a format version {found} data dir must be refused"
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let current = keel_server::data_format::FORMAT_VERSION;
+    let current = keel_node::data_format::FORMAT_VERSION;
     assert!(
         stderr.contains(&format!("data format version {found}"))
             && stderr.contains(&format!("format version {current} only")),

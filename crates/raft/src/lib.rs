@@ -1,5 +1,5 @@
-//! keel's replication layer: openraft 0.10 (storage v2, network v2) wired to
-//! keel's storage (sled, through keel-storage).
+//! keel's Raft storage: openraft 0.10's type config and storage v2 (log
+//! store, state machine, snapshots) on keel-storage's sled databases.
 //!
 //! - [`type_config`]: the openraft type configuration (node ids, member
 //!   records, the log entry payload = a group-committed batch of etcd writes).
@@ -9,8 +9,8 @@
 //!   and the state machine's metadata are kept as on disk.
 //! - [`state_machine`]: applies committed batches to the mvcc keyspace and
 //!   builds / installs snapshots from / into it.
-//! - [`network`]: the client side of the peer protocol, one cached gRPC
-//!   channel per peer; [`peer_codec`] is the payload encoding both sides share.
+//!
+//! The peer protocol and the member's Raft behaviour are `keel-node`'s.
 
 // openraft's traits dictate its large error types (StorageError, RPCError).
 #![allow(clippy::result_large_err)]
@@ -19,8 +19,6 @@ pub mod apply;
 pub mod durable_applied;
 pub mod fail_points;
 pub mod log_store;
-pub mod network;
-pub mod peer_codec;
 pub mod snapshot_files;
 pub mod state_machine;
 pub mod storage_codec;
@@ -29,7 +27,6 @@ pub mod type_config;
 pub use durable_applied::DurableApplied;
 pub use fail_points::FailPoints;
 pub use log_store::SledLogStore;
-pub use network::PeerNetwork;
 pub use state_machine::KeelStateMachine;
 pub use type_config::{KeelRaft, MemberNode, NodeId, TypeConfig};
 

@@ -24,25 +24,25 @@ use tokio::time::Instant;
 /// When this member last heard from a leader it accepts (or granted a
 /// vote); the peer service touches it.
 #[derive(Clone)]
-pub struct LeaderContact {
+pub(crate) struct LeaderContact {
     origin: std::time::Instant,
     last_contact_micros: Arc<AtomicU64>,
 }
 
 impl LeaderContact {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         LeaderContact {
             origin: std::time::Instant::now(),
             last_contact_micros: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    pub fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let now = self.origin.elapsed().as_micros() as u64;
         self.last_contact_micros.fetch_max(now, Ordering::Relaxed);
     }
 
-    pub fn since_last_contact(&self) -> Duration {
+    pub(crate) fn since_last_contact(&self) -> Duration {
         let last = Duration::from_micros(self.last_contact_micros.load(Ordering::Relaxed));
         self.origin.elapsed().saturating_sub(last)
     }
@@ -57,7 +57,12 @@ pub struct Leadership {
 }
 
 impl Leadership {
-    pub fn new(raft: KeelRaft, self_id: NodeId, election_timeout: Duration, contact: LeaderContact) -> Self {
+    pub(crate) fn new(
+        raft: KeelRaft,
+        self_id: NodeId,
+        election_timeout: Duration,
+        contact: LeaderContact,
+    ) -> Self {
         Leadership {
             raft,
             self_id,

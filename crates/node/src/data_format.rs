@@ -18,9 +18,7 @@
 //! names the version found and the version this build needs; nothing in it
 //! is changed.
 
-use std::path::Path;
-
-use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
 
 /// The data format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 3;
@@ -30,63 +28,100 @@ const FORMAT_FILE: &str = "format-version";
 /// What keel keeps in a data dir; any of them means the dir holds data.
 const KEEL_ENTRIES: [&str; 4] = ["member.json", "raft", "mvcc", "snap"];
 
+/// Why a data dir was refused (nothing in it was changed) or could not be
+/// recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum DataFormatError {
+    #[error("{} does not hold a format version (found {found:?}); refusing to start", path.display())]
+    Unreadable { path: PathBuf, found: String },
+    #[error(
+        "data dir {} has data format version {found}, but this keel reads and writes \
+         format version {FORMAT_VERSION} only; refusing to start (use a keel release \
+         of format version {found}, or start this member on a new data dir)",
+        data_dir.display()
+    )]
+    OtherVersion { data_dir: PathBuf, found: u32 },
+    #[error(
+        "data dir {} has data format version 2, but this keel reads and writes format \
+         version {FORMAT_VERSION} only (version 2 keeps the Raft log and the state \
+         machine's metadata as bincode of openraft's types; version 3 keeps them as \
+         keel's protobuf records); refusing to start (use a keel release of format \
+         version 2, or start this member on a new data dir)",
+        data_dir.display()
+    )]
+    VersionTwo { data_dir: PathBuf },
+    #[error(
+        "data dir {} has data format version 1 (keel on openraft 0.9: it holds {entry} \
+         but no {FORMAT_FILE} file), but this keel reads and writes format version \
+         {FORMAT_VERSION} only (it stores the Raft log differently); \
+         refusing to start (use a keel release of format version 1, or start this \
+         member on a new data dir)",
+        data_dir.display()
+    )]
+    VersionOne { data_dir: PathBuf, entry: &'static str },
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// Checks that `data_dir` holds data of this build's format, or records the
 /// format in a fresh data dir (creating it).
-pub fn check_or_record(data_dir: &Path) -> anyhow::Result<()> {
+pub fn check_or_record(data_dir: &Path) -> Result<(), DataFormatError> {
     let path = data_dir.join(FORMAT_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let found: u32 = text.trim().parse().with_context(|| {
-                format!(
-                    "{} does not hold a format version (found {:?}); refusing to start",
-                    path.display(),
-                    text.trim()
-                )
+            let found: u32 = text.trim().parse().map_err(|_| DataFormatError::Unreadable {
+                path: path.clone(),
+                found: text.trim().to_string(),
             })?;
-            if found != FORMAT_VERSION {
-                bail!(
-                    "data dir {} has data format version {found}, but this keel reads and writes \
-                     format version {FORMAT_VERSION} only{}; refusing to start (use a keel release \
-                     of format version {found}, or start this member on a new data dir)",
-                    data_dir.display(),
-                    what_changed_since(found)
-                );
+            match found {
+                FORMAT_VERSION => Ok(()),
+                2 => Err(DataFormatError::VersionTwo {
+                    data_dir: data_dir.to_path_buf(),
+                }),
+                found => Err(DataFormatError::OtherVersion {
+                    data_dir: data_dir.to_path_buf(),
+                    found,
+                }),
             }
-            Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(entry) = KEEL_ENTRIES.iter().find(|entry| data_dir.join(entry).exists()) {
-                bail!(
-                    "data dir {} has data format version 1 (keel on openraft 0.9: it holds {entry} \
-                     but no {FORMAT_FILE} file), but this keel reads and writes format version \
-                     {FORMAT_VERSION} only (it stores the Raft log differently); \
-                     refusing to start (use a keel release of format version 1, or start this \
-                     member on a new data dir)",
-                    data_dir.display()
-                );
+                return Err(DataFormatError::VersionOne {
+                    data_dir: data_dir.to_path_buf(),
+                    entry,
+                });
             }
-            std::fs::create_dir_all(data_dir)
-                .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-            let tmp = data_dir.join(format!("{FORMAT_FILE}.tmp"));
-            std::fs::write(&tmp, format!("{FORMAT_VERSION}\n"))
-                .with_context(|| format!("cannot write {}", tmp.display()))?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-            std::fs::File::open(data_dir)?.sync_all()?;
-            Ok(())
+            record(data_dir, &path)
         }
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        Err(source) => Err(DataFormatError::Io {
+            action: "read",
+            path,
+            source,
+        }),
     }
 }
 
-/// Why a data dir of version `found` cannot be read, where that is known.
-fn what_changed_since(found: u32) -> &'static str {
-    if found == 2 {
-        " (version 2 keeps the Raft log and the state machine's metadata as bincode of \
-         openraft's types; version 3 keeps them as keel's protobuf records)"
-    } else {
-        ""
-    }
+/// Writes the format file into a fresh data dir, durably (file, then dir).
+fn record(data_dir: &Path, path: &Path) -> Result<(), DataFormatError> {
+    let io = |action: &'static str, at: &Path| {
+        let path = at.to_path_buf();
+        move |source| DataFormatError::Io { action, path, source }
+    };
+    std::fs::create_dir_all(data_dir).map_err(io("create data dir", data_dir))?;
+    let tmp = data_dir.join(format!("{FORMAT_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{FORMAT_VERSION}\n")).map_err(io("write", &tmp))?;
+    std::fs::File::open(&tmp)
+        .and_then(|file| file.sync_all())
+        .map_err(io("sync", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("write", path))?;
+    std::fs::File::open(data_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io("sync", data_dir))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -123,7 +158,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("raft")).expect("raft dir");
         std::fs::write(dir.path().join(FORMAT_FILE), "2\n").expect("write");
-        let message = check_or_record(dir.path()).expect_err("refused").to_string();
+        let error = check_or_record(dir.path()).expect_err("refused");
+        assert!(matches!(error, DataFormatError::VersionTwo { .. }), "{error:?}");
+        let message = error.to_string();
         assert!(
             message.contains("data format version 2") && message.contains("format version 3 only"),
             "{message}"
