@@ -292,12 +292,13 @@ impl InProcessCluster {
     }
 }
 
-/// True when `error` is sled finding its database locked by another user.
+/// True when `error` is a database of the member found locked by another
+/// open database (a crashed member's, not let go of yet).
 fn data_dir_locked(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         matches!(
-            cause.downcast_ref::<keel_storage::sled::Error>(),
-            Some(keel_storage::sled::Error::Io(io)) if io.kind() == std::io::ErrorKind::WouldBlock
+            cause.downcast_ref::<keel_storage::StorageError>(),
+            Some(keel_storage::StorageError::Locked { .. })
         )
     })
 }

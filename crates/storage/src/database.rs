@@ -35,7 +35,10 @@ impl Database {
     /// makes data durable itself, with [`Database::make_durable`]; sled's
     /// periodic background flush only bounds what a process crash loses of
     /// writes nobody waited for).
+    ///
+    /// A database another open database holds is [`StorageError::Locked`].
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Database, StorageError> {
+        ensure_not_locked(path)?;
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
@@ -118,6 +121,29 @@ impl Database {
     }
 }
 
+/// Fails with [`StorageError::Locked`] when another open database holds
+/// the lock sled takes on its data file (an exclusive `flock`), which sled
+/// itself reports only as text. The probe's own lock is released at once;
+/// sled then takes it. (Whoever takes it in between is reported by sled,
+/// untyped.)
+fn ensure_not_locked(path: &Path) -> Result<(), StorageError> {
+    use nix::errno::Errno;
+    use nix::fcntl::{Flock, FlockArg};
+    let data_path = path.join("db");
+    let file = match std::fs::File::open(&data_path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(StorageError::io("opening", &data_path, error)),
+    };
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(_released_when_dropped) => Ok(()),
+        Err((_, Errno::EWOULDBLOCK)) => Err(StorageError::Locked {
+            path: path.to_path_buf(),
+        }),
+        Err((_, errno)) => Err(StorageError::io("locking", &data_path, errno.into())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,7 +155,7 @@ mod tests {
         loop {
             match Database::open(path, 1024 * 1024) {
                 Ok(database) => return database,
-                Err(_) if attempts < 200 => {
+                Err(StorageError::Locked { .. }) if attempts < 200 => {
                     attempts += 1;
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
@@ -170,6 +196,20 @@ mod tests {
             Err(other) => panic!("unexpected error {other:?}"),
             Ok(_) => panic!("a database under a regular file cannot open"),
         }
+    }
+
+    #[test]
+    fn a_database_open_elsewhere_is_refused_as_locked_until_it_is_closed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let first = Database::open(&path, 1024 * 1024).expect("open");
+        match Database::open(&path, 1024 * 1024) {
+            Err(StorageError::Locked { path: locked }) => assert_eq!(locked, path),
+            Err(other) => panic!("expected Locked, got {other:?}"),
+            Ok(_) => panic!("a database open elsewhere must be refused"),
+        }
+        drop(first);
+        reopen(&path);
     }
 
     #[tokio::test]

@@ -49,6 +49,11 @@ pub enum StorageError {
         #[source]
         source: Arc<std::io::Error>,
     },
+    /// Another open database (in this process or another) holds the lock
+    /// of the database in `path`: a member still running on the data dir,
+    /// or one whose sled threads have not let go of it yet.
+    #[error("the database in {} is locked by another open database", path.display())]
+    Locked { path: PathBuf },
     /// The group flusher thread is gone, so nothing can be made durable.
     #[error("the flusher thread of {} has stopped", path.display())]
     FlusherStopped { path: PathBuf },

@@ -9,7 +9,7 @@ use keel_api::etcdserverpb::{
 };
 use keel_api::mvccpb::KeyValue;
 use keel_mvcc::{MvccError, MvccStore};
-use keel_storage::{sled, Database, StorageError};
+use keel_storage::{Database, StorageError};
 
 pub struct TestStore {
     pub dir: tempfile::TempDir,
@@ -26,10 +26,7 @@ pub fn open_db(path: &std::path::Path) -> Database {
     loop {
         match Database::open(path, 64 * 1024 * 1024) {
             Ok(db) => return db,
-            Err(StorageError::Sled(sled::Error::Io(error)))
-                if error.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
+            Err(StorageError::Locked { .. }) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err(error) => panic!("open sled: {error:?}"),
