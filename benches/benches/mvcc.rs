@@ -25,7 +25,6 @@ const KEYS_PER_DIR: u64 = 1_000;
 
 struct Store {
     _dir: tempfile::TempDir,
-    _db: sled::Db,
     store: MvccStore,
 }
 
@@ -38,12 +37,7 @@ fn open_store() -> Store {
         Err(error) => panic!("creating a temp dir: {error}"),
     };
     // As a member opens its keyspace with the default --keyspace-cache-mb (256).
-    let db = match sled::Config::new()
-        .path(dir.path())
-        .cache_capacity(KEYSPACE_CACHE_BYTES)
-        .mode(sled::Mode::HighThroughput)
-        .open()
-    {
+    let db = match keel_storage::Database::open(dir.path(), KEYSPACE_CACHE_BYTES) {
         Ok(db) => db,
         Err(error) => panic!("opening sled in {}: {error}", dir.path().display()),
     };
@@ -51,11 +45,7 @@ fn open_store() -> Store {
         Ok(store) => store,
         Err(error) => panic!("opening the mvcc store: {error}"),
     };
-    Store {
-        _dir: dir,
-        _db: db,
-        store,
-    }
+    Store { _dir: dir, store }
 }
 
 fn value() -> Vec<u8> {

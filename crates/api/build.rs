@@ -1,5 +1,6 @@
-// Generates the etcd v3 client API and keel's peer API from proto/ with a
-// vendored protoc, so building needs no system package.
+// Generates the etcd v3 client API, keel's peer API and keel's Raft storage
+// records from proto/ with a vendored protoc, so building needs no system
+// package.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     std::env::set_var("PROTOC", protoc);
@@ -9,12 +10,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         etcd_root.join("mvccpb/kv.proto"),
         etcd_root.join("etcdserverpb/rpc.proto"),
         proto_root.join("keel/peer.proto"),
+        proto_root.join("keel/raft_storage.proto"),
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
     }
+    // The wire messages keep serde derives (the peer protocol carries
+    // openraft's messages, which embed WriteBatch, as bincode). The storage
+    // records get none: they are only ever encoded as protobuf. Their maps
+    // are BTreeMaps, so a record's bytes do not depend on hash order.
+    let serde_derive = "#[derive(serde::Serialize, serde::Deserialize)]";
     tonic_build::configure()
-        .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .type_attribute(".etcdserverpb", serde_derive)
+        .type_attribute(".mvccpb", serde_derive)
+        .type_attribute(".keelpb", serde_derive)
+        .btree_map([".keelstoragepb"])
         .compile_protos(&files, &[etcd_root, proto_root.join("keel")])?;
     Ok(())
 }

@@ -28,8 +28,14 @@ impl ClusterService {
 /// Every member of the cluster as etcd lists them: a member that has not yet
 /// published its attributes shows an empty name and no client URLs.
 pub fn list_members(context: &MemberContext) -> Vec<Member> {
-    let membership = context.raft.metrics().borrow_watched().membership_config.clone();
-    let attributes = context.state.member_attributes();
+    let membership = context
+        .node
+        .raft()
+        .metrics()
+        .borrow_watched()
+        .membership_config
+        .clone();
+    let attributes = context.node.state().member_attributes();
     let membership = membership.membership();
     let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
     membership
@@ -72,7 +78,7 @@ impl Cluster for ClusterService {
         request: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
         if request.get_ref().linearizable {
-            self.context.read_path.linearize().await?;
+            self.context.node.linearize().await?;
         }
         Ok(Response::new(MemberListResponse {
             header: self.context.header_now(),

@@ -1,41 +1,33 @@
 //! What every service of a running member shares: its identity, its Raft
-//! handle, the read and write paths, the state machine view and the request
-//! limits; and the stamping of etcd's `ResponseHeader`.
+//! node's handle (state, reads, writes, leadership) and the request limits;
+//! and the stamping of etcd's `ResponseHeader`.
 
 use keel_api::etcdserverpb::ResponseHeader;
 use keel_api::WireError;
 use keel_mvcc::MvccError;
-use keel_raft::state_machine::StateView;
-use keel_raft::KeelRaft;
+use keel_node::NodeHandle;
 use tonic::Status;
 
-use crate::leadership::Leadership;
-use crate::read_path::ReadPath;
 use crate::request_checks::RequestLimits;
-use crate::write_path::WritePath;
 
 pub struct MemberContext {
     pub cluster_id: u64,
     pub member_id: u64,
-    pub raft: KeelRaft,
-    pub leadership: Leadership,
-    pub write_path: WritePath,
-    pub read_path: ReadPath,
-    pub state: StateView,
+    /// The member's Raft side: its state, reads, writes and leadership.
+    pub node: NodeHandle,
     pub limits: RequestLimits,
-    pub raft_db_size: Box<dyn Fn() -> u64 + Send + Sync>,
 }
 
 impl MemberContext {
     /// A full header for a response produced at `revision` (or, when the
     /// producing layer set none, at the current revision).
     pub fn stamp(&self, header: Option<ResponseHeader>) -> Option<ResponseHeader> {
-        let revision = header.map_or_else(|| self.state.store().current_revision(), |h| h.revision);
+        let revision = header.map_or_else(|| self.node.state().store().current_revision(), |h| h.revision);
         Some(ResponseHeader {
             cluster_id: self.cluster_id,
             member_id: self.member_id,
             revision,
-            raft_term: self.leadership.current_term(),
+            raft_term: self.node.leadership().current_term(),
         })
     }
 

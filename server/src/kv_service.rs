@@ -29,7 +29,7 @@ impl KvService {
     async fn write<W: KvWrite>(&self, request: W) -> Result<Response<W::Response>, Status> {
         let written = self
             .context
-            .write_path
+            .node
             .write(WriteRequest {
                 request: Some(request.into_write()),
             })
@@ -89,9 +89,15 @@ impl Kv for KvService {
         self.context.limits.check_size(range.encoded_len())?;
         check_range(&range)?;
         if !range.serializable {
-            self.context.read_path.linearize().await?;
+            self.context.node.linearize().await?;
         }
-        let mut response = self.context.state.store().range(&range).map_err(mvcc_status)?;
+        let mut response = self
+            .context
+            .node
+            .state()
+            .store()
+            .range(&range)
+            .map_err(mvcc_status)?;
         response.header = self.context.stamp(response.header);
         Ok(Response::new(response))
     }

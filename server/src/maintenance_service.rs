@@ -44,9 +44,9 @@ impl Maintenance for MaintenanceService {
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let context = &self.context;
-        let metrics = context.raft.metrics().borrow_watched().clone();
-        let leader = context.leadership.known_leader().map_or(0, |(id, _)| id);
-        let db_size = context.state.store().size_on_disk() + (context.raft_db_size)();
+        let metrics = context.node.raft().metrics().borrow_watched().clone();
+        let leader = context.node.leadership().known_leader().map_or(0, |(id, _)| id);
+        let db_size = context.node.state().store().size_on_disk() + context.node.raft_log_size_on_disk();
         let is_learner = !metrics
             .membership_config
             .membership()
@@ -80,7 +80,8 @@ impl Maintenance for MaintenanceService {
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         let hash = self
             .context
-            .state
+            .node
+            .state()
             .store()
             .hash_kv(request.get_ref().revision)
             .map_err(mvcc_status)?;

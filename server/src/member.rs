@@ -1,12 +1,8 @@
-//! Starting and running one member: identity checks, storage, Raft, the
-//! client and peer gRPC servers, bootstrap, and the background tasks
-//! (proposer, read-index rounds, attribute publishing, the leader connection
-//! watch). Elections are openraft's (pre-vote on, a fresh random timeout
-//! every round), started early when the leader's connection closes
-//! (`leader_connection.rs`).
+//! Running one `keel` member: checks its flags and identity, starts its Raft
+//! node (`keel_node::Node`), serves etcd's client services next to it,
+//! publishes its attributes, and stops both halves in order.
 
-use openraft::async_runtime::watch::WatchReceiver;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,47 +12,47 @@ use keel_api::etcdserverpb::kv_server::KvServer;
 use keel_api::etcdserverpb::lease_server::LeaseServer;
 use keel_api::etcdserverpb::maintenance_server::MaintenanceServer;
 use keel_api::etcdserverpb::watch_server::WatchServer;
-use keel_api::keelpb::peer_server::PeerServer;
 use keel_api::keelpb::{write_request, MemberAttributes, WriteRequest};
-use keel_mvcc::MvccStore;
-use keel_raft::network::LinkFaults;
-use keel_raft::peer_codec::MAX_PEER_MESSAGE_BYTES;
-use keel_raft::{FailPoints, KeelRaft, KeelStateMachine, MemberNode, PeerNetwork, SledLogStore};
+use keel_node::node::accepted_without_nagle;
+use keel_node::{Bootstrap, Node, NodeConfig, NodeTestHooks, RaftTiming};
+use keel_raft::{KeelRaft, MemberNode, NodeId};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
 use crate::authority_repair::AuthorityRepairingStream;
 use crate::cluster_service::ClusterService;
-use crate::config::{listen_address, split_urls, MemberFlags};
+use crate::config::{listen_address, split_urls, InitialMember, MemberFlags};
 use crate::context::MemberContext;
 use crate::identity::{claim_data_dir, cluster_id, initial_member_ids, member_id, DataDirIdentity};
 use crate::kv_service::KvService;
-use crate::leader_connection::{CampaignTiming, LeaderConnectionWatch};
-use crate::leadership::{LeaderContact, Leadership};
 use crate::maintenance_service::MaintenanceService;
-use crate::peer_service::PeerService;
-use crate::read_path::ReadPath;
 use crate::request_checks::RequestLimits;
 use crate::unserved_services::{UnservedLease, UnservedWatch};
-use crate::write_path::WritePath;
 
 /// Headroom over --max-request-bytes that gRPC accepts, so that oversized
 /// requests get etcd's "request is too large" instead of a transport error.
 const GRPC_DECODE_HEADROOM: usize = 8 * 1024 * 1024;
 
+/// How long a stopping member waits for open client connections to finish
+/// their requests before closing them.
+const CONNECTION_DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
 /// What an in-process test cluster attaches to a member it runs; a `keel`
 /// process runs with none.
 #[derive(Default)]
 pub struct MemberTestHooks {
-    /// Links the test cuts per kind of message.
-    pub link_faults: Option<LinkFaults>,
-    /// Storage steps the test can stop the member at.
-    pub fail_points: FailPoints,
+    /// The node's hooks: cut links, storage fail points.
+    pub node: NodeTestHooks,
     /// Receives the member's Raft handle once it serves.
     pub started: Option<tokio::sync::oneshot::Sender<KeelRaft>>,
-    /// The member's accepted peer connections, which the test can reset.
-    pub leader_connections: LeaderConnectionWatch,
+}
+
+/// Who this member is, as its flags and the initial cluster say.
+struct MemberIdentity {
+    member_id: NodeId,
+    cluster_id: u64,
+    initial: Vec<InitialMember>,
+    initial_ids: Vec<NodeId>,
 }
 
 /// Runs one member until `shutdown` resolves or it fails.
@@ -73,6 +69,95 @@ pub async fn run_member_with_test_hooks(
     hooks: MemberTestHooks,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let identity = check_identity(&flags)?;
+    let data_dir = flags.data_dir();
+    keel_node::data_format::check_or_record(&data_dir)?;
+    claim_data_dir(
+        &data_dir,
+        &DataDirIdentity {
+            cluster_id: identity.cluster_id,
+            member_id: identity.member_id,
+            name: flags.name.clone(),
+        },
+    )?;
+    // Both listener sets are bound before anything serves, so a taken port
+    // fails the start at once.
+    let peer_listeners = bind_all(&flags.listen_peer_urls, "peer").await?;
+    let client_listeners = bind_all(&flags.listen_client_urls, "client").await?;
+    let mut node = Node::start(node_config(&flags, &identity, peer_listeners, hooks.node)?)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let context = Arc::new(MemberContext {
+        cluster_id: identity.cluster_id,
+        member_id: identity.member_id,
+        node: node.handle().clone(),
+        limits: RequestLimits {
+            max_request_bytes: flags.max_request_bytes,
+            max_txn_ops: flags.max_txn_ops,
+        },
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut client_servers = serve_client_services(client_listeners, &context, &flags, stop_rx).await;
+    tokio::spawn(publish_attributes(
+        context.clone(),
+        MemberAttributes {
+            member_id: identity.member_id,
+            name: flags.name.clone(),
+            client_urls: split_urls(&flags.advertise_client_urls),
+        },
+    ));
+    if let Some(started) = hooks.started {
+        let _ = started.send(node.handle().raft().clone());
+    }
+    tracing::info!(
+        name = %flags.name,
+        member_id = %format!("{:x}", identity.member_id),
+        cluster_id = %format!("{:x}", identity.cluster_id),
+        data_dir = %data_dir.display(),
+        clients = %flags.listen_client_urls,
+        peers = %flags.listen_peer_urls,
+        "member started"
+    );
+
+    let failure = tokio::select! {
+        _ = shutdown => {
+            tracing::info!("shutting down on signal");
+            None
+        }
+        Some(result) = client_servers.join_next() => Some(match result {
+            Ok(Ok(())) => anyhow!("a client gRPC server stopped unexpectedly"),
+            Ok(Err(e)) => anyhow!("a client gRPC server failed: {e}"),
+            Err(e) => anyhow!("a client gRPC server task failed: {e}"),
+        }),
+        // A storage error stops openraft for good; a member that can no
+        // longer replicate must not linger as if it could.
+        error = node.failed() => Some(anyhow!("{error}; the member exits")),
+    };
+    let _ = stop_tx.send(true);
+    node.shutdown().await.context("stopping the Raft node")?;
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
+    // Open connections get GOAWAY and a bounded time to finish their
+    // requests; a client that keeps an idle connection open (or never reads
+    // the GOAWAY) must not keep a stopped member alive.
+    let drained = tokio::time::timeout(CONNECTION_DRAIN_LIMIT, async {
+        while client_servers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::info!(
+            limit = ?CONNECTION_DRAIN_LIMIT,
+            "closing connections still open after the drain limit"
+        );
+        client_servers.abort_all();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Checks the flags and derives this member's and the cluster's ids.
+fn check_identity(flags: &MemberFlags) -> anyhow::Result<MemberIdentity> {
     flags.validate()?;
     let initial = flags.initial_members()?;
     if initial.len().is_multiple_of(2) {
@@ -100,132 +185,83 @@ pub async fn run_member_with_test_hooks(
             flags.name
         );
     }
-    let cluster = cluster_id(&ids, token);
-    let data_dir = flags.data_dir();
-    crate::data_format::check_or_record(&data_dir)?;
-    claim_data_dir(
-        &data_dir,
-        &DataDirIdentity {
-            cluster_id: cluster,
-            member_id: self_id,
-            name: flags.name.clone(),
-        },
-    )?;
-
-    let mvcc_db = sled::Config::new()
-        .path(data_dir.join("mvcc"))
-        .cache_capacity(flags.keyspace_cache_mb.saturating_mul(1024 * 1024))
-        .mode(sled::Mode::HighThroughput)
-        .open()
-        .context("opening the keyspace database")?;
-    let store = MvccStore::open(&mvcc_db).context("opening the keyspace")?;
-    let state_machine = KeelStateMachine::open(
-        store,
-        &data_dir.join("mvcc"),
-        &data_dir.join("snap"),
-        hooks.fail_points.clone(),
-    )
-    .context("opening the state machine")?;
-    let state = state_machine.view();
-    let log_store = SledLogStore::open_for_member(&data_dir.join("raft"), state_machine.durable_applied())
-        .context("opening the Raft log")?;
-
-    let raft_config = openraft_config(&flags)?;
-    let network = match &flags.peer_dial_overrides {
-        None => PeerNetwork::new(),
-        Some(spec) => {
-            let mut overrides = std::collections::HashMap::new();
-            for entry in crate::config::parse_initial_cluster(spec)? {
-                let Some(position) = initial.iter().position(|m| m.name == entry.name) else {
-                    bail!("--peer-dial-overrides names unknown member {:?}", entry.name);
-                };
-                overrides.insert(ids[position], entry.peer_urls[0].clone());
-            }
-            PeerNetwork::with_dial_overrides(overrides)
-        }
-    };
-    let network = match hooks.link_faults {
-        Some(faults) => network.with_link_faults(self_id, faults),
-        None => network,
-    };
-    let raft = KeelRaft::new(
-        self_id,
-        raft_config,
-        network.clone(),
-        log_store.clone(),
-        state_machine,
-    )
-    .await
-    .map_err(|e| anyhow!("starting Raft: {e}"))?;
-
-    let election_timeout = flags.election_timeout();
-    let contact = LeaderContact::new();
-    let leadership = Leadership::new(raft.clone(), self_id, election_timeout, contact.clone());
-    let request_timeout = Duration::from_secs(5) + 2 * election_timeout;
-    let leader_wait = 3 * election_timeout;
-    let heartbeat = Duration::from_millis(flags.heartbeat_interval);
-    let write_path = WritePath::start(
-        raft.clone(),
-        leadership.clone(),
-        network.clone(),
-        request_timeout,
-        leader_wait,
-        heartbeat,
-    );
-    let read_path = ReadPath::start(
-        raft.clone(),
-        leadership.clone(),
-        network.clone(),
-        request_timeout,
-        leader_wait,
-        election_timeout,
-    );
-    let raft_db_path = data_dir.join("raft");
-    let context = Arc::new(MemberContext {
-        cluster_id: cluster,
+    Ok(MemberIdentity {
         member_id: self_id,
-        raft: raft.clone(),
-        leadership,
-        write_path: write_path.clone(),
-        read_path,
-        state,
-        limits: RequestLimits {
-            max_request_bytes: flags.max_request_bytes,
-            max_txn_ops: flags.max_txn_ops,
-        },
-        raft_db_size: Box::new(move || dir_size(&raft_db_path)),
-    });
+        cluster_id: cluster_id(&ids, token),
+        initial,
+        initial_ids: ids,
+    })
+}
 
-    let leader_connections = hooks.leader_connections;
-    let peer_listeners = bind_all(&flags.listen_peer_urls, "peer").await?;
-    let client_listeners = bind_all(&flags.listen_client_urls, "client").await?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut servers = tokio::task::JoinSet::new();
-    for listener in peer_listeners {
-        let service = PeerServer::new(PeerService::new(context.clone(), contact.clone()))
-            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
-        let mut stop = stop_rx.clone();
-        let watch = leader_connections.clone();
-        let connections =
-            peer_connections(listener).map(move |accepted| accepted.map(|stream| watch.accept(stream)));
-        servers.spawn(
-            tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_service(service)
-                .serve_with_incoming_shutdown(connections, async move {
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                }),
-        );
+/// The Raft node's configuration from the member's flags.
+fn node_config(
+    flags: &MemberFlags,
+    identity: &MemberIdentity,
+    peer_listeners: Vec<TcpListener>,
+    test_hooks: NodeTestHooks,
+) -> anyhow::Result<NodeConfig> {
+    let initial_members: BTreeMap<NodeId, MemberNode> = identity
+        .initial
+        .iter()
+        .zip(&identity.initial_ids)
+        .map(|(member, id)| {
+            (
+                *id,
+                MemberNode {
+                    name: member.name.clone(),
+                    peer_url: member.peer_urls[0].clone(),
+                },
+            )
+        })
+        .collect();
+    let mut peer_dial_overrides = HashMap::new();
+    if let Some(spec) = &flags.peer_dial_overrides {
+        for entry in crate::config::parse_initial_cluster(spec)? {
+            let Some(position) = identity.initial.iter().position(|m| m.name == entry.name) else {
+                bail!("--peer-dial-overrides names unknown member {:?}", entry.name);
+            };
+            peer_dial_overrides.insert(identity.initial_ids[position], entry.peer_urls[0].clone());
+        }
     }
+    Ok(NodeConfig {
+        member_id: identity.member_id,
+        name: flags.name.clone(),
+        cluster_name: flags.initial_cluster_token.clone(),
+        data_dir: flags.data_dir(),
+        initial_members,
+        bootstrap: if flags.initial_cluster_state == "existing" {
+            Bootstrap::JoinExisting
+        } else {
+            Bootstrap::NewCluster
+        },
+        peer_listeners,
+        timing: RaftTiming {
+            heartbeat_interval_ms: flags.heartbeat_interval,
+            election_timeout_ms: flags.election_timeout,
+            snapshot_count: flags.snapshot_count,
+        },
+        keyspace_cache_bytes: flags.keyspace_cache_mb.saturating_mul(1024 * 1024),
+        peer_dial_overrides,
+        test_hooks,
+    })
+}
+
+/// Serves etcd's client services on every client listener.
+async fn serve_client_services(
+    listeners: Vec<TcpListener>,
+    context: &Arc<MemberContext>,
+    flags: &MemberFlags,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinSet<Result<(), tonic::transport::Error>> {
     let (mut health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     health_reporter.set_serving::<KvServer<KvService>>().await;
     let decode_limit = flags.max_request_bytes + GRPC_DECODE_HEADROOM;
-    for listener in client_listeners {
-        let mut stop = stop_rx.clone();
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let mut stop = stop.clone();
         servers.spawn(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
@@ -244,96 +280,7 @@ pub async fn run_member_with_test_hooks(
                 }),
         );
     }
-
-    bootstrap(&raft, &flags, &initial, &ids).await?;
-    tokio::spawn(leader_connections.run(
-        raft.clone(),
-        contact.clone(),
-        CampaignTiming {
-            heartbeat,
-            election_timeout,
-        },
-    ));
-    tokio::spawn(crate::leader_log::log_leadership_changes(
-        raft.clone(),
-        flags.name.clone(),
-    ));
-    tokio::spawn(publish_attributes(
-        context.clone(),
-        MemberAttributes {
-            member_id: self_id,
-            name: flags.name.clone(),
-            client_urls: split_urls(&flags.advertise_client_urls),
-        },
-    ));
-    if let Some(started) = hooks.started {
-        let _ = started.send(raft.clone());
-    }
-    tracing::info!(
-        name = %flags.name,
-        member_id = %format!("{self_id:x}"),
-        cluster_id = %format!("{cluster:x}"),
-        data_dir = %data_dir.display(),
-        clients = %flags.listen_client_urls,
-        peers = %flags.listen_peer_urls,
-        "member started"
-    );
-
-    tokio::select! {
-        _ = shutdown => tracing::info!("shutting down on signal"),
-        Some(result) = servers.join_next() => {
-            let error = match result {
-                Ok(Ok(())) => anyhow!("a gRPC server stopped unexpectedly"),
-                Ok(Err(e)) => anyhow!("a gRPC server failed: {e}"),
-                Err(e) => anyhow!("a gRPC server task failed: {e}"),
-            };
-            let _ = raft.shutdown().await;
-            return Err(error);
-        }
-        fatal = raft_stopped(&raft) => {
-            // A storage error stops openraft for good; a member that can no
-            // longer replicate must not linger as if it could.
-            let _ = stop_tx.send(true);
-            return Err(anyhow!("Raft stopped on a fatal error: {fatal}; the member exits"));
-        }
-    }
-    let _ = stop_tx.send(true);
-    if let Err(error) = raft.shutdown().await {
-        tracing::warn!(%error, "raft shutdown");
-    }
-    mvcc_db.flush_async().await.context("flushing the keyspace")?;
-    // Open connections get GOAWAY and a bounded time to finish their
-    // requests; a client that keeps an idle connection open (or never reads
-    // the GOAWAY) must not keep a stopped member alive.
-    let drained = tokio::time::timeout(CONNECTION_DRAIN_LIMIT, async {
-        while servers.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::info!(
-            limit = ?CONNECTION_DRAIN_LIMIT,
-            "closing connections still open after the drain limit"
-        );
-        servers.abort_all();
-    }
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// How long a stopping member waits for open client and peer connections to
-/// finish their requests before closing them.
-const CONNECTION_DRAIN_LIMIT: Duration = Duration::from_secs(2);
-
-/// Accepted peer connections, with Nagle's algorithm off (tonic sets it
-/// only on listeners it binds itself).
-fn peer_connections(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
+    servers
 }
 
 /// Accepted client connections: Nagle off, and the `:authority` repair
@@ -341,58 +288,7 @@ fn peer_connections(
 fn client_connections(
     listener: TcpListener,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<AuthorityRepairingStream>> {
-    peer_connections(listener).map(|accepted| accepted.map(AuthorityRepairingStream::new))
-}
-
-/// Resolves when openraft's core has stopped on a fatal error.
-async fn raft_stopped(raft: &KeelRaft) -> String {
-    let mut metrics = raft.metrics();
-    loop {
-        if let Err(fatal) = &metrics.borrow_watched().running_state {
-            return fatal.to_string();
-        }
-        if metrics.changed().await.is_err() {
-            return "the Raft core is gone".to_string();
-        }
-    }
-}
-
-fn openraft_config(flags: &MemberFlags) -> anyhow::Result<Arc<openraft::Config>> {
-    let election = flags.election_timeout;
-    let config = openraft::Config {
-        cluster_name: flags.initial_cluster_token.clone(),
-        heartbeat_interval: flags.heartbeat_interval,
-        // openraft's follower campaigns once its leader's lease (always
-        // `election_timeout_max`: the time during which voters refuse any
-        // other candidate, and a leader with no quorum acknowledgement
-        // refuses proposals) and then a random timeout drawn afresh every
-        // round from [min, max) have passed since it last heard the leader:
-        // with max = --election-timeout T and min = two heartbeats, between
-        // T + 2 heartbeats and 2T of silence, as etcd's [T, 2T).
-        election_timeout_min: 2 * flags.heartbeat_interval,
-        election_timeout_max: election,
-        enable_elect: true,
-        // A member that cannot win (stale log, minority side of a
-        // partition) asks first and never raises its term.
-        enable_pre_vote: Some(true),
-        // The time to stream a whole snapshot and install it (network v2
-        // sends it in one call, not in chunks with a timeout each).
-        install_snapshot_timeout: (10 * election).max(120_000),
-        max_payload_entries: 64,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(flags.snapshot_count),
-        max_in_snapshot_log_to_keep: flags.snapshot_count.min(5_000),
-        // A restarted leader always runs an election and starts its new
-        // term with a blank entry, which the read path's index relies on
-        // (read_path.rs); openraft 0.10 would otherwise let it resume its
-        // old term with a commit index read from disk.
-        enable_leader_restore: Some(false),
-        ..Default::default()
-    };
-    Ok(Arc::new(
-        config
-            .validate()
-            .map_err(|e| anyhow!("invalid raft timing flags: {e}"))?,
-    ))
+    accepted_without_nagle(listener).map(|accepted| accepted.map(AuthorityRepairingStream::new))
 }
 
 async fn bind_all(urls: &str, what: &str) -> anyhow::Result<Vec<TcpListener>> {
@@ -410,54 +306,23 @@ async fn bind_all(urls: &str, what: &str) -> anyhow::Result<Vec<TcpListener>> {
     Ok(listeners)
 }
 
-async fn bootstrap(
-    raft: &KeelRaft,
-    flags: &MemberFlags,
-    initial: &[crate::config::InitialMember],
-    ids: &[u64],
-) -> anyhow::Result<()> {
-    if raft.is_initialized().await.map_err(|e| anyhow!("{e}"))? {
-        tracing::info!("restarting on existing data");
-        return Ok(());
-    }
-    if flags.initial_cluster_state == "existing" {
-        tracing::info!("joining an existing cluster; waiting for the leader to contact this member");
-        return Ok(());
-    }
-    let members: BTreeMap<u64, MemberNode> = initial
-        .iter()
-        .zip(ids)
-        .map(|(member, id)| {
-            (
-                *id,
-                MemberNode {
-                    name: member.name.clone(),
-                    peer_url: member.peer_urls[0].clone(),
-                },
-            )
-        })
-        .collect();
-    // Every member of a new cluster proposes the same initial membership at
-    // log index 0, so whichever of them is elected, they agree.
-    match raft.initialize(members).await {
-        Ok(()) => tracing::info!(members = initial.len(), "bootstrapped a new cluster"),
-        Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
-        Err(e) => bail!("bootstrapping the cluster: {e}"),
-    }
-    Ok(())
-}
-
 /// Publishes this member's name and client URLs through Raft (as etcd
 /// does), retrying until it is applied.
 async fn publish_attributes(context: Arc<MemberContext>, attributes: MemberAttributes) {
     loop {
-        if context.state.member_attributes().get(&attributes.member_id) == Some(&attributes) {
+        if context
+            .node
+            .state()
+            .member_attributes()
+            .get(&attributes.member_id)
+            == Some(&attributes)
+        {
             return;
         }
         let request = WriteRequest {
             request: Some(write_request::Request::MemberAttributes(attributes.clone())),
         };
-        match context.write_path.write(request).await {
+        match context.node.write(request).await {
             Ok(_) => {
                 tracing::info!(name = %attributes.name, "published member attributes");
                 return;
@@ -466,18 +331,4 @@ async fn publish_attributes(context: Arc<MemberContext>, attributes: MemberAttri
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn dir_size(path: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|entry| match entry.metadata() {
-            Ok(meta) if meta.is_dir() => dir_size(&entry.path()),
-            Ok(meta) => meta.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }

@@ -17,10 +17,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use keel_client::{Client, ClientConfig};
-use keel_raft::network::{LinkFaults, PeerMessage};
+use keel_node::leader_connection::LeaderConnectionWatch;
+use keel_node::network::{LinkFaults, PeerMessage};
+use keel_node::NodeTestHooks;
 use keel_raft::{FailPoints, KeelRaft, NodeId};
 use keel_server::config::MemberFlags;
-use keel_server::leader_connection::LeaderConnectionWatch;
 use keel_server::member::{run_member_with_test_hooks, MemberTestHooks};
 use tokio::sync::oneshot;
 
@@ -137,10 +138,12 @@ impl InProcessCluster {
         let (crash_tx, crash_rx) = oneshot::channel::<()>();
         let leader_connections = LeaderConnectionWatch::default();
         let hooks = MemberTestHooks {
-            link_faults: Some(self.links.clone()),
-            fail_points,
+            node: NodeTestHooks {
+                link_faults: Some(self.links.clone()),
+                fail_points,
+                leader_connections: leader_connections.clone(),
+            },
             started: Some(started_tx),
-            leader_connections: leader_connections.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("member-{}", slot.name))
@@ -222,6 +225,16 @@ impl InProcessCluster {
         self.raft(index).metrics().borrow_watched().id
     }
 
+    /// Member `index`'s peer URL (where the peer protocol is served).
+    pub fn peer_url(&self, index: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[index].peer_port)
+    }
+
+    /// Member `index`'s data dir.
+    pub fn data_dir(&self, index: usize) -> std::path::PathBuf {
+        self.dir.path().join(&self.members[index].name)
+    }
+
     /// A client of member `index` alone.
     pub fn client(&self, index: usize) -> anyhow::Result<Client> {
         let endpoint = format!("127.0.0.1:{}", self.members[index].client_port);
@@ -298,12 +311,13 @@ impl InProcessCluster {
     }
 }
 
-/// True when `error` is sled finding its database locked by another user.
+/// True when `error` is a database of the member found locked by another
+/// open database (a crashed member's, not let go of yet).
 fn data_dir_locked(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         matches!(
-            cause.downcast_ref::<sled::Error>(),
-            Some(sled::Error::Io(io)) if io.kind() == std::io::ErrorKind::WouldBlock
+            cause.downcast_ref::<keel_storage::StorageError>(),
+            Some(keel_storage::StorageError::Locked { .. })
         )
     })
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel_api::etcdserverpb::{PutRequest, RangeRequest};
-use keel_server::leader_transfer::{transfer_leadership, LeaderTransferError};
+use keel_node::leader_transfer::{transfer_leadership, LeaderTransferError};
 use keel_tests::in_process::{InProcessCluster, ALL_PEER_MESSAGES};
 use openraft::ServerState;
 use tokio::time::Instant;

@@ -114,7 +114,7 @@ async fn a_data_dir_of_another_cluster_is_refused() {
     first.0.wait().expect("wait");
     assert_eq!(
         std::fs::read_to_string(data_dir.join("format-version")).expect("a format-version file"),
-        format!("{}\n", keel_server::data_format::FORMAT_VERSION),
+        format!("{}\n", keel_node::data_format::FORMAT_VERSION),
         "a new data dir records its format version"
     );
 
@@ -142,22 +142,48 @@ async fn a_data_dir_of_format_version_1_is_refused_naming_both_versions() {
     std::fs::create_dir_all(data_dir.join("raft")).expect("raft dir");
     std::fs::create_dir_all(data_dir.join("mvcc")).expect("mvcc dir");
     std::fs::write(data_dir.join("member.json"), "{}").expect("identity file");
+    assert_refused_naming_both_versions(&data_dir, 1);
+    assert!(
+        !data_dir.join("format-version").exists(),
+        "a refused data dir is left as it was"
+    );
+}
+
+/// A data dir of format version 2 (the Raft log as bincode of openraft's
+/// types) is refused by this build (version 3: protobuf records), naming
+/// both, and left as is.
+#[tokio::test]
+async fn a_data_dir_of_format_version_2_is_refused_naming_both_versions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("v2.keel");
+    std::fs::create_dir_all(data_dir.join("raft")).expect("raft dir");
+    std::fs::create_dir_all(data_dir.join("mvcc")).expect("mvcc dir");
+    std::fs::write(data_dir.join("format-version"), "2\n").expect("format file");
+    assert_refused_naming_both_versions(&data_dir, 2);
+    assert_eq!(
+        std::fs::read_to_string(data_dir.join("format-version")).expect("format file"),
+        "2\n",
+        "a refused data dir is left as it was"
+    );
+}
+
+/// Starts a one-member keel on `data_dir` and asserts that it refuses to
+/// start, naming the version `found` and this build's version.
+fn assert_refused_naming_both_versions(data_dir: &std::path::Path, found: u32) {
     let (client, peer) = (free_port().expect("port"), free_port().expect("port"));
-    let output = one_member_command(&data_dir, "etcd-cluster", client, peer)
+    let output = one_member_command(data_dir, "etcd-cluster", client, peer)
         .output()
         .expect("keel runs");
     assert!(
         !output.status.success(),
-        "a format version 1 data dir must be refused"
+        "a format version {found} data dir must be refused"
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
+    let current = keel_node::data_format::FORMAT_VERSION;
     assert!(
-        stderr.contains("data format version 1") && stderr.contains("format version 2"),
+        stderr.contains(&format!("data format version {found}"))
+            && stderr.contains(&format!("format version {current} only")),
         "{stderr}"
-    );
-    assert!(
-        !data_dir.join("format-version").exists(),
-        "a refused data dir is left as it was"
     );
 }
 

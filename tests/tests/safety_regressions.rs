@@ -10,8 +10,8 @@ use keel_api::etcdserverpb::request_op::Request;
 use keel_api::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
 use keel_api::WireError;
 use keel_client::{Client, ClientError};
+use keel_node::network::PeerMessage;
 use keel_raft::fail_points::BEFORE_SNAPSHOT_INSTALL_SWITCH;
-use keel_raft::network::PeerMessage;
 use keel_raft::FailPoints;
 use keel_tests::in_process::InProcessCluster;
 

@@ -1,5 +1,6 @@
 //! keel's wire contract: the generated etcd v3 client API (`etcdserverpb`,
-//! `mvccpb`), keel's peer API (`keelpb`), etcd's error strings
+//! `mvccpb`), keel's peer API (`keelpb`), keel's Raft storage records
+//! (`keelstoragepb`), etcd's error strings
 //! ([`wire_error`]) and the key-range conventions every layer shares
 //! ([`key_range`]). Everything else in keel depends on this crate.
 
@@ -22,6 +23,12 @@ pub mod keelpb {
             write!(f, "WriteBatch({} requests)", self.requests.len())
         }
     }
+}
+
+/// keel's Raft storage records (`proto/keel/raft_storage.proto`): what the
+/// log store and the state machine keep on disk.
+pub mod keelstoragepb {
+    tonic::include_proto!("keelstoragepb");
 }
 
 pub mod key_range;

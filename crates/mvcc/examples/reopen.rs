@@ -13,12 +13,8 @@ use std::time::Instant;
 use keel_api::etcdserverpb::{PutRequest, RangeRequest};
 use keel_mvcc::MvccStore;
 
-fn open_db(path: &std::path::Path) -> Result<sled::Db, sled::Error> {
-    sled::Config::new()
-        .path(path)
-        .cache_capacity(256 * 1024 * 1024)
-        .mode(sled::Mode::HighThroughput)
-        .open()
+fn open_db(path: &std::path::Path) -> Result<keel_storage::Database, keel_storage::StorageError> {
+    keel_storage::Database::open(path, 256 * 1024 * 1024)
 }
 
 /// Resident set size in MiB, from /proc (0 where unavailable).

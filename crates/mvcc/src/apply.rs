@@ -20,6 +20,7 @@
 //!   concurrent reader sees part of it (and a failed sled write leaves the
 //!   index untouched).
 
+use keel_storage::sled;
 use std::sync::Arc;
 
 use keel_api::etcdserverpb::{

@@ -14,7 +14,7 @@ pub enum MvccError {
     #[error("requested lease not found")]
     LeaseNotFound,
     #[error("storage error: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] keel_storage::StorageError),
     #[error("corrupt record: {0}")]
     Corrupt(String),
     #[error("snapshot i/o error: {0}")]
@@ -22,6 +22,14 @@ pub enum MvccError {
     /// A snapshot stream that is truncated, damaged or of an unknown format.
     #[error("invalid snapshot stream: {0}")]
     InvalidSnapshot(String),
+}
+
+/// sled's errors, met inside the crate, are storage errors (sled is this
+/// crate's implementation, not part of its API).
+impl From<keel_storage::sled::Error> for MvccError {
+    fn from(error: keel_storage::sled::Error) -> Self {
+        MvccError::Storage(keel_storage::StorageError::Sled(error))
+    }
 }
 
 pub(crate) type Result<T, E = MvccError> = std::result::Result<T, E>;

@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::keys::{self, Revision};
 use crate::range::ViewRevisions;
 use crate::store::KvHash;
+use keel_storage::sled;
 
 pub(crate) fn hash_kv(tree: &sled::Tree, revisions: ViewRevisions, requested: i64) -> Result<KvHash> {
     let at = revisions.resolve(requested)?;

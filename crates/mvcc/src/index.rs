@@ -36,6 +36,7 @@
 //! compacted adds 64 bytes (its `Box<Vec>` and a 12-byte [`Change`]), each
 //! further one 12 bytes.
 
+use keel_storage::sled;
 use std::collections::BTreeMap;
 use std::num::NonZeroI64;
 

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use sled::IVec;
+use keel_storage::sled::{self, IVec};
 
 use crate::index::{IndexKey, KeyHistory, PendingKey};
 
@@ -102,7 +102,7 @@ impl Overlay {
         self.map.roll_back_request();
     }
 
-    pub fn into_batch(self) -> sled::Batch {
+    pub(crate) fn into_batch(self) -> sled::Batch {
         let mut batch = sled::Batch::default();
         for (key, value) in self.map.pending {
             match value {

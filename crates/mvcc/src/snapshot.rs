@@ -11,13 +11,14 @@
 //! in-memory index is not in the stream, it is rebuilt from the records).
 //!
 //! Invariant (atomic flip): an install writes into a FRESH tree, verifies
-//! the trailer and the store meta, builds the new tree's index, flushes, and
-//! only then, under the store's exclusive lock, points [`ACTIVE_POINTER`] at
+//! the trailer and the store meta, builds the new tree's index, makes it
+//! durable (`Database::make_durable`), and only then, under the store's exclusive lock, points [`ACTIVE_POINTER`] at
 //! the new tree and swaps tree and index in together; the old tree is
 //! dropped afterwards. A truncated or corrupt stream, or a
 //! crash at any point before the pointer is written, leaves the active store
 //! untouched (`open` drops a half-filled tree).
 
+use keel_storage::sled;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
@@ -190,8 +191,9 @@ fn fill(tree: &sled::Tree, input: &mut dyn Read) -> Result<SnapshotStats> {
 pub(crate) fn install(shared: &Shared, input: &mut dyn Read) -> Result<SnapshotStats> {
     let generation = shared.read_keyspace().generation + 1;
     let name = keyspace_tree_name(generation);
-    shared.db.drop_tree(&name)?;
-    let tree = shared.db.open_tree(&name)?;
+    let db = shared.database.sled();
+    db.drop_tree(&name)?;
+    let tree = db.open_tree(&name)?;
     let filled = fill(&tree, input).and_then(|stats| match load(&tree) {
         Ok(Some((revisions, index))) => Ok((stats, revisions, index)),
         Ok(None) => Err(invalid("snapshot holds no store meta")),
@@ -201,16 +203,16 @@ pub(crate) fn install(shared: &Shared, input: &mut dyn Read) -> Result<SnapshotS
         Ok(filled) => filled,
         Err(error) => {
             drop(tree);
-            if let Err(drop_error) = shared.db.drop_tree(&name) {
+            if let Err(drop_error) = db.drop_tree(&name) {
                 tracing::warn!(%drop_error, "could not drop a rejected snapshot tree; open will");
             }
             return Err(error);
         }
     };
-    shared.db.flush()?;
+    shared.database.make_durable()?;
     let old = {
         let mut active = shared.write_keyspace();
-        shared.db.insert(ACTIVE_POINTER, name.as_bytes())?;
+        db.insert(ACTIVE_POINTER, name.as_bytes())?;
         let old = std::mem::replace(
             &mut *active,
             Keyspace {
@@ -225,8 +227,8 @@ pub(crate) fn install(shared: &Shared, input: &mut dyn Read) -> Result<SnapshotS
     // Freed outside the exclusive section: a big index takes a while.
     let old_generation = old.generation;
     drop(old);
-    shared.db.flush()?;
-    if let Err(error) = shared.db.drop_tree(keyspace_tree_name(old_generation)) {
+    shared.database.make_durable()?;
+    if let Err(error) = db.drop_tree(keyspace_tree_name(old_generation)) {
         tracing::warn!(%error, "could not drop the replaced keyspace tree; open will");
     }
     Ok(stats)

@@ -22,8 +22,11 @@
 //!   therefore not start another batch, dump, install or hash: it would
 //!   wait for itself.)
 
+use keel_storage::sled;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use keel_storage::Database;
 
 use crate::apply::ApplyBatch;
 use crate::error::{corrupt, MvccError, Result};
@@ -68,7 +71,7 @@ pub struct MvccStore {
 /// The active keyspace tree, the name the pointer gives it, and its index.
 pub(crate) struct Keyspace {
     pub generation: u64,
-    pub tree: sled::Tree,
+    pub(crate) tree: sled::Tree,
     /// Shared only with the one running [`ApplyBatch`] (see its `index`).
     pub index: Arc<Index>,
 }
@@ -83,7 +86,7 @@ impl Keyspace {
 }
 
 pub(crate) struct Shared {
-    pub db: sled::Db,
+    pub(crate) database: Database,
     pub active: RwLock<Keyspace>,
     /// The store revision and compact revision of the committed state; only
     /// changed while `active` is held exclusively.
@@ -217,10 +220,11 @@ fn initialize(tree: &sled::Tree) -> Result<ViewRevisions> {
 }
 
 impl MvccStore {
-    /// Opens (or creates) the store kept in `db`. Open it once per Db and
-    /// share clones: two separately opened stores would not exclude each
-    /// other's writers.
-    pub fn open(db: &sled::Db) -> Result<Self, MvccError> {
+    /// Opens (or creates) the store kept in `database`. Open it once per
+    /// database and share clones: two separately opened stores would not
+    /// exclude each other's writers.
+    pub fn open(database: &Database) -> Result<Self, MvccError> {
+        let db = database.sled();
         let pointer = db.get(ACTIVE_POINTER)?;
         let generation = match &pointer {
             Some(name) => parse_keyspace_tree_name(name)?,
@@ -242,7 +246,7 @@ impl MvccStore {
             db.insert(ACTIVE_POINTER, name.as_bytes())?;
         }
         let shared = Shared {
-            db: db.clone(),
+            database: database.clone(),
             active: RwLock::new(Keyspace {
                 generation,
                 tree,
@@ -322,14 +326,24 @@ impl MvccStore {
         snapshot::install(&self.shared, input)
     }
 
-    /// Makes everything committed so far durable.
+    /// Makes every batch committed before this call durable, and returns
+    /// only once it is: sled's flush followed by the fsyncs of new blob
+    /// files and the fdatasync of sled's data file
+    /// ([`Database::make_durable`]), so the committed state survives a
+    /// crash of the machine, not just of the process. Blocks on the disk.
+    ///
+    /// Commits themselves ([`ApplyBatch::commit`]) are atomic but not
+    /// durable; whoever needs a state on disk (the Raft state machine before
+    /// it reports a snapshot built or installed, which lets the log be
+    /// purged behind it) calls this. A temporary database
+    /// ([`Database::open_temporary`]) is only flushed.
     pub fn flush(&self) -> Result<(), MvccError> {
-        self.shared.db.flush()?;
+        self.shared.database.make_durable()?;
         Ok(())
     }
 
-    /// The size of the sled database on disk, in bytes (0 if unknown).
+    /// The size of the keyspace database on disk, in bytes (0 if unknown).
     pub fn size_on_disk(&self) -> u64 {
-        self.shared.db.size_on_disk().unwrap_or(0)
+        self.shared.database.size_on_disk().unwrap_or(0)
     }
 }

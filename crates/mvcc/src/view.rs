@@ -10,7 +10,7 @@
 use std::cmp::Ordering;
 use std::iter::Peekable;
 
-use sled::IVec;
+use keel_storage::sled::{self, IVec};
 
 use crate::error::{MvccError, Result};
 use crate::index::{Index, IndexKey, KeyHistory, KeyState, PendingKey};
@@ -36,7 +36,7 @@ pub(crate) trait View {
 #[derive(Clone, Copy)]
 pub(crate) struct CommittedView<'a> {
     pub index: &'a Index,
-    pub tree: &'a sled::Tree,
+    pub(crate) tree: &'a sled::Tree,
 }
 
 impl View for CommittedView<'_> {

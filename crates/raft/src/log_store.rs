@@ -2,10 +2,10 @@
 //!
 //! Durability rule (openraft's `RaftLogStorage` contract): a vote is
 //! reported saved, and appended entries are reported through
-//! `IOFlushed::io_completed`, only after a `sled::Db::flush` that
-//! started after they were written has returned AND the database's files
-//! were fdatasynced (sled's own flush stops at `sync_file_range`; see
-//! `group_flush.rs`, which also lets concurrent appends share one flush).
+//! `IOFlushed::io_completed`, only after a sled flush that started after
+//! they were written has returned AND the database's files were
+//! fdatasynced (sled's own flush stops at `sync_file_range`): keel-storage's
+//! `GroupFlusher`, which also lets concurrent appends share one flush.
 //! `append` itself returns as soon as the entries are in sled's
 //! memory, as openraft's contract allows, so the next append can join the
 //! same flush. A member therefore never votes twice in a term or
@@ -19,8 +19,10 @@
 //! never reported below the purge point, and reads return only a gap-free
 //! run of entries.
 //!
-//! Layout: tree `log` maps the big-endian u64 index to a bincode entry; tree
-//! `raft_state` holds `vote`, `committed` and `last_purged`.
+//! Layout: tree `log` maps the big-endian u64 index to the entry's
+//! `keelstoragepb.LogEntry` record; tree `raft_state` holds `vote` (a
+//! `Vote`), `committed` (an `OptionalLogId`) and `last_purged` (a `LogId`),
+//! all encoded by `storage_codec.rs`.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -30,8 +32,11 @@ use std::io;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 
+use keel_storage::sled;
+use keel_storage::{Database, GroupFlusher};
+
 use crate::durable_applied::DurableApplied;
-use crate::group_flush::GroupFlusher;
+use crate::storage_codec::{decode_entry, decode_entry_log_id, encode_entry, StorageRecord};
 use crate::type_config::{Entry, LogId, TypeConfig, Vote};
 use crate::RaftStorageError;
 
@@ -76,14 +81,10 @@ impl SledLogStore {
     /// Opens (or creates) a log database in `path` with no state machine
     /// behind it: purges happen at once.
     pub fn open(path: &std::path::Path) -> Result<Self, RaftStorageError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(LOG_CACHE_BYTES)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
-        let log = db.open_tree("log")?;
-        let state = db.open_tree("raft_state")?;
-        let flusher = GroupFlusher::start(db, path)?;
+        let database = Database::open(path, LOG_CACHE_BYTES)?;
+        let log = database.sled().open_tree("log")?;
+        let state = database.sled().open_tree("raft_state")?;
+        let flusher = database.start_group_flusher()?;
         Ok(SledLogStore {
             log,
             state,
@@ -92,16 +93,17 @@ impl SledLogStore {
         })
     }
 
-    fn read_state<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, io::Error> {
+    fn read_state<T: StorageRecord>(&self, key: &[u8]) -> Result<Option<T>, io::Error> {
         let Some(bytes) = self.state.get(key).map_err(read_logs_error)? else {
             return Ok(None);
         };
-        bincode::deserialize(&bytes).map(Some).map_err(read_logs_error)
+        T::decode_record(&bytes).map(Some).map_err(read_logs_error)
     }
 
-    fn write_state<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), io::Error> {
-        let bytes = bincode::serialize(value).map_err(write_logs_error)?;
-        self.state.insert(key, bytes).map_err(write_logs_error)?;
+    fn write_state<T: StorageRecord>(&self, key: &[u8], value: &T) -> Result<(), io::Error> {
+        self.state
+            .insert(key, value.encode_record())
+            .map_err(write_logs_error)?;
         Ok(())
     }
 
@@ -130,8 +132,8 @@ impl SledLogStore {
     fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), io::Error> {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            let bytes = bincode::serialize(&entry).map_err(write_logs_error)?;
-            batch.insert(&index_key(entry.log_id.index), bytes);
+            let key = index_key(entry.log_id.index);
+            batch.insert(&key, encode_entry(entry));
         }
         self.log.apply_batch(batch).map_err(write_logs_error)
     }
@@ -140,8 +142,7 @@ impl SledLogStore {
         let Some((_, bytes)) = self.log.last().map_err(read_logs_error)? else {
             return Ok(None);
         };
-        let entry: Entry = bincode::deserialize(&bytes).map_err(read_logs_error)?;
-        Ok(Some(entry.log_id))
+        Ok(Some(decode_entry_log_id(&bytes).map_err(read_logs_error)?))
     }
 }
 
@@ -172,7 +173,7 @@ impl RaftLogReader<TypeConfig> for SledLogStore {
             if !range.contains(&index) || !contiguous {
                 break;
             }
-            entries.push(bincode::deserialize(&bytes).map_err(read_logs_error)?);
+            entries.push(decode_entry(&bytes).map_err(read_logs_error)?);
         }
         Ok(entries)
     }

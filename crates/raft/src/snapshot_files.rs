@@ -1,6 +1,10 @@
 //! The snapshot directory of a member: at most one current snapshot (a data
 //! file of the mvcc dump plus its openraft `SnapshotMeta`), and the files
-//! being received from a leader.
+//! being received from a leader. `current.meta` holds the snapshot's meta
+//! and data file name as a `keelstoragepb.SnapshotMeta` record
+//! (`storage_codec.rs`): it stays on disk as long as the snapshot, which on
+//! a quiet cluster is as long as the log, so it is kept in the same
+//! add-only protobuf encoding, not in openraft's serde layout.
 //!
 //! Invariants:
 //! - `current.meta` names a data file that was fully written and fsynced
@@ -16,10 +20,19 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::storage_codec::{CurrentSnapshotRecord, StorageRecord};
 use crate::type_config::SnapshotMeta;
 use crate::RaftStorageError;
 
 const CURRENT_META: &str = "current.meta";
+
+/// The name of the data file of the snapshot taken at `meta`.
+fn data_file_name(meta: &SnapshotMeta) -> String {
+    match &meta.last_log_id {
+        Some(id) => format!("snapshot-{}-{}.data", id.leader_id.term, id.index),
+        None => "snapshot-empty.data".to_string(),
+    }
+}
 
 pub struct SnapshotFiles {
     dir: PathBuf,
@@ -53,11 +66,7 @@ impl SnapshotFiles {
     }
 
     fn data_path(&self, meta: &SnapshotMeta) -> PathBuf {
-        let name = match &meta.last_log_id {
-            Some(id) => format!("snapshot-{}-{}.data", id.leader_id.term, id.index),
-            None => "snapshot-empty.data".to_string(),
-        };
-        self.dir.join(name)
+        self.dir.join(data_file_name(meta))
     }
 
     /// Makes the fully written, fsynced file at `partial` the current
@@ -83,11 +92,11 @@ impl SnapshotFiles {
         }
         let data_path = self.data_path(meta);
         fs::rename(partial, &data_path)?;
-        let meta_bytes = serde_json::to_vec(&(meta, data_path.file_name().map(|n| n.to_string_lossy())))
-            .map_err(|e| RaftStorageError::Corrupt {
-                what: "snapshot meta",
-                detail: e.to_string(),
-            })?;
+        let meta_bytes = CurrentSnapshotRecord {
+            meta: meta.clone(),
+            data_file: data_file_name(meta),
+        }
+        .encode_record();
         let tmp_meta = self.dir.join(format!("{CURRENT_META}.partial"));
         let mut file = fs::File::create(&tmp_meta)?;
         file.write_all(&meta_bytes)?;
@@ -125,11 +134,7 @@ impl SnapshotFiles {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let (meta, file_name): (SnapshotMeta, String) =
-            serde_json::from_slice(&bytes).map_err(|e| RaftStorageError::Corrupt {
-                what: "snapshot meta",
-                detail: e.to_string(),
-            })?;
-        Ok(Some((meta, self.dir.join(file_name))))
+        let current = CurrentSnapshotRecord::decode_record(&bytes)?;
+        Ok(Some((current.meta, self.dir.join(current.data_file))))
     }
 }

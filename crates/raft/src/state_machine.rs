@@ -8,6 +8,11 @@
 //! - The mvcc database may flush lazily (the Raft log replays what was lost),
 //!   except before a snapshot is reported built or installed: the log is
 //!   purged behind a snapshot, so the state it covers must be on disk first.
+//!   "On disk" is `MvccStore::flush`: sled's flush plus keel-storage's
+//!   fsyncs and fdatasync, returned only once the data survives a machine
+//!   crash.
+//! - The metadata (`last_applied`, the membership, the member attribute
+//!   table) is kept as the protobuf records of `storage_codec.rs`.
 //! - A snapshot is built under the apply gate, so the dump and the
 //!   `last_applied` it is labelled with describe the same point.
 //! - Every time the keyspace is made durable, the `last_applied` it holds is
@@ -16,7 +21,7 @@
 
 use std::io::{self, BufReader, BufWriter, Seek, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
 use keel_mvcc::MvccStore;
@@ -26,8 +31,8 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use crate::apply::{apply_write_batch, MemberAttributeTable};
 use crate::durable_applied::DurableApplied;
 use crate::fail_points::{FailPoints, BEFORE_SNAPSHOT_BUILD_COMMIT, BEFORE_SNAPSHOT_INSTALL_SWITCH};
-use crate::fdatasync::SledFdatasync;
 use crate::snapshot_files::SnapshotFiles;
+use crate::storage_codec::StorageRecord;
 use crate::type_config::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::RaftStorageError;
 use keel_api::keelpb::WriteBatchOutcome;
@@ -54,8 +59,6 @@ pub struct SnapshotData {
 
 struct Shared {
     store: MvccStore,
-    /// The keyspace database's files, synced after each flush of it.
-    keyspace_files: Mutex<SledFdatasync>,
     /// Held for writing while a batch is applied or a snapshot installed, for
     /// reading while a snapshot is dumped.
     apply_gate: RwLock<()>,
@@ -66,15 +69,11 @@ struct Shared {
 }
 
 impl Shared {
-    /// Makes every committed keyspace change durable (sled flush, then
-    /// fdatasync), and publishes `last_applied`, which the caller read under
-    /// the apply gate, as durable.
+    /// Makes every committed keyspace change durable (`MvccStore::flush`:
+    /// sled's flush, then fdatasync), and publishes `last_applied`, which the
+    /// caller read under the apply gate, as durable.
     fn flush_keyspace(&self, last_applied: Option<LogId>) -> Result<(), RaftStorageError> {
         self.store.flush()?;
-        self.keyspace_files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .sync()?;
         self.durable_applied.advance_to(last_applied.map(|id| id.index));
         Ok(())
     }
@@ -122,32 +121,18 @@ pub struct KeelStateMachine {
     shared: Arc<Shared>,
 }
 
-fn read_meta<T: serde::de::DeserializeOwned>(
-    store: &MvccStore,
-    key: &str,
-) -> Result<Option<T>, RaftStorageError> {
+fn read_meta<T: StorageRecord>(store: &MvccStore, key: &str) -> Result<Option<T>, RaftStorageError> {
     match store.app_meta(key)? {
         None => Ok(None),
-        Some(bytes) => bincode::deserialize(&bytes)
-            .map(Some)
-            .map_err(|e| RaftStorageError::Corrupt {
-                what: "state machine meta",
-                detail: e.to_string(),
-            }),
+        Some(bytes) => Ok(Some(T::decode_record(&bytes)?)),
     }
 }
 
-fn encode_meta<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, io::Error> {
-    bincode::serialize(value).map_err(sm_error)
-}
-
 impl KeelStateMachine {
-    /// Opens the state machine over `store`, whose sled database lives in
-    /// `keyspace_dir`, keeping snapshots in `snapshot_dir`; it stops at the
-    /// steps a test arms in `fail_points`.
+    /// Opens the state machine over `store`, keeping snapshots in
+    /// `snapshot_dir`; it stops at the steps a test arms in `fail_points`.
     pub fn open(
         store: MvccStore,
-        keyspace_dir: &std::path::Path,
         snapshot_dir: &std::path::Path,
         fail_points: FailPoints,
     ) -> Result<Self, RaftStorageError> {
@@ -156,10 +141,8 @@ impl KeelStateMachine {
         let last_applied = read_meta::<Option<LogId>>(&store, LAST_APPLIED_KEY)?.flatten();
         let durable_applied = DurableApplied::starting_at(last_applied.map(|id| id.index));
         let snapshots = SnapshotFiles::open(snapshot_dir)?;
-        let keyspace_files = Mutex::new(SledFdatasync::open(keyspace_dir)?);
         let shared = Arc::new(Shared {
             store,
-            keyspace_files,
             apply_gate: RwLock::new(()),
             members: RwLock::new(members),
             snapshots,
@@ -237,12 +220,12 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
             if last_applied.is_none() {
                 return Ok(());
             }
-            batch.set_app_meta(LAST_APPLIED_KEY, encode_meta(&last_applied)?);
+            batch.set_app_meta(LAST_APPLIED_KEY, last_applied.encode_record());
             if let Some(membership) = &membership {
-                batch.set_app_meta(MEMBERSHIP_KEY, encode_meta(membership)?);
+                batch.set_app_meta(MEMBERSHIP_KEY, membership.encode_record());
             }
             if members_changed {
-                batch.set_app_meta(MEMBER_ATTRIBUTES_KEY, encode_meta(&members)?);
+                batch.set_app_meta(MEMBER_ATTRIBUTES_KEY, members.encode_record());
             }
             batch.commit().map_err(sm_error)?;
             if members_changed {
@@ -302,8 +285,8 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
             // The dump carries the meta of the point it was taken at; label it
             // with what the leader says it is, which must agree.
             let mut batch = shared.store.begin_apply();
-            batch.set_app_meta(LAST_APPLIED_KEY, encode_meta(&meta_owned.last_log_id)?);
-            batch.set_app_meta(MEMBERSHIP_KEY, encode_meta(&meta_owned.last_membership)?);
+            batch.set_app_meta(LAST_APPLIED_KEY, meta_owned.last_log_id.encode_record());
+            batch.set_app_meta(MEMBERSHIP_KEY, meta_owned.last_membership.encode_record());
             batch.commit().map_err(sm_error)?;
             shared.flush_keyspace(meta_owned.last_log_id).map_err(sm_error)?;
             let members: MemberAttributeTable = read_meta(&shared.store, MEMBER_ATTRIBUTES_KEY)

@@ -6,6 +6,7 @@
 
 use keel_mvcc::MvccStore;
 use keel_raft::{KeelStateMachine, SledLogStore, TypeConfig};
+use keel_storage::Database;
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::StorageError;
 
@@ -19,15 +20,10 @@ impl StoreBuilder<TypeConfig, SledLogStore, KeelStateMachine, tempfile::TempDir>
             StorageError::from_io_error(openraft::ErrorSubject::Store, openraft::ErrorVerb::Write, e)
         })?;
         let log = SledLogStore::open(&dir.path().join("raft")).expect("open log store");
-        let db = sled::open(dir.path().join("mvcc")).expect("open mvcc db");
+        let db = Database::open(&dir.path().join("mvcc"), 64 * 1024 * 1024).expect("open mvcc db");
         let store = MvccStore::open(&db).expect("open mvcc store");
-        let sm = KeelStateMachine::open(
-            store,
-            &dir.path().join("mvcc"),
-            &dir.path().join("snap"),
-            keel_raft::FailPoints::default(),
-        )
-        .expect("open state machine");
+        let sm = KeelStateMachine::open(store, &dir.path().join("snap"), keel_raft::FailPoints::default())
+            .expect("open state machine");
         Ok((dir, log, sm))
     }
 }

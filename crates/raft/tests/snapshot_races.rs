@@ -38,9 +38,9 @@ fn entries(
 }
 
 fn open_state_machine(dir: &std::path::Path, fail_points: FailPoints) -> KeelStateMachine {
-    let db = sled::open(dir.join("mvcc")).expect("open the keyspace db");
+    let db = keel_storage::Database::open(&dir.join("mvcc"), 64 * 1024 * 1024).expect("open the keyspace db");
     let store = MvccStore::open(&db).expect("open the keyspace");
-    KeelStateMachine::open(store, &dir.join("mvcc"), &dir.join("snap"), fail_points).expect("open")
+    KeelStateMachine::open(store, &dir.join("snap"), fail_points).expect("open")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,26 +9,24 @@ use keel_api::etcdserverpb::{
 };
 use keel_api::mvccpb::KeyValue;
 use keel_mvcc::{MvccError, MvccStore};
+use keel_storage::{Database, StorageError};
 
 pub struct TestStore {
     pub dir: tempfile::TempDir,
-    pub db: sled::Db,
+    pub db: Database,
     pub store: MvccStore,
 }
 
-/// Opens (or reopens) the sled database at `path`. A database just dropped
-/// in this process is released only when sled's background flusher thread
-/// lets go of it, which on a loaded machine can take a moment: retry the
-/// file lock for a few seconds before failing.
-pub fn open_db(path: &std::path::Path) -> sled::Db {
+/// Opens (or reopens) the database at `path` as a member does. A database
+/// just dropped in this process is released only when sled's background
+/// flusher thread lets go of it, which on a loaded machine can take a
+/// moment: retry the file lock for a few seconds before failing.
+pub fn open_db(path: &std::path::Path) -> Database {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match sled::Config::new().path(path).open() {
+        match Database::open(path, 64 * 1024 * 1024) {
             Ok(db) => return db,
-            Err(sled::Error::Io(error))
-                if error.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
+            Err(StorageError::Locked { .. }) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err(error) => panic!("open sled: {error:?}"),

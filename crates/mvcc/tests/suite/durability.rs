@@ -2,6 +2,7 @@
 
 use keel_api::etcdserverpb::RangeRequest;
 use keel_mvcc::{MvccError, MvccStore};
+use keel_storage::{sled, Database};
 
 use crate::common::*;
 
@@ -66,7 +67,8 @@ fn data_history_revisions_compaction_and_app_meta_survive_a_reopen() {
     assert_eq!(header_revision(&next.header), 24);
 }
 
-fn active_tree(db: &sled::Db) -> sled::Tree {
+fn active_tree(db: &Database) -> sled::Tree {
+    let db = db.sled();
     let name = db
         .get(b"keel-mvcc/active-keyspace")
         .expect("get")
@@ -82,14 +84,15 @@ fn open_drops_a_half_installed_keyspace_and_keeps_the_active_one() {
         let db = open_db(&path);
         let store = MvccStore::open(&db).expect("open");
         put(&store, "kept", "1");
-        let leftover = db.open_tree("keel-mvcc/keyspace/9").expect("tree");
+        let leftover = db.sled().open_tree("keel-mvcc/keyspace/9").expect("tree");
         leftover.insert(b"\x01junk", b"junk").expect("insert");
-        db.flush().expect("flush");
+        db.make_durable().expect("flush");
     }
     let db = open_db(&path);
     let store = MvccStore::open(&db).expect("reopen");
     assert_eq!(keys_of(&range(&store, "", "\0").kvs), vec!["kept"]);
     let names: Vec<_> = db
+        .sled()
         .tree_names()
         .into_iter()
         .filter(|name| name.starts_with(b"keel-mvcc/"))

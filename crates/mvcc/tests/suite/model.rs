@@ -516,8 +516,8 @@ fn range_request(query: &Query, model: &Model) -> RangeRequest {
     }
 }
 
-fn temporary_store() -> (sled::Db, MvccStore) {
-    let db = sled::Config::new().temporary(true).open().expect("sled");
+fn temporary_store() -> (keel_storage::Database, MvccStore) {
+    let db = keel_storage::Database::open_temporary().expect("sled");
     let store = MvccStore::open(&db).expect("store");
     (db, store)
 }

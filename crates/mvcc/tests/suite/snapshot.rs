@@ -74,12 +74,13 @@ fn an_installed_snapshot_reads_and_hashes_like_its_source() {
     let expected = fingerprint(&target.store);
     let TestStore { dir, db, store } = target;
     drop(store);
-    db.flush().expect("flush");
+    db.make_durable().expect("flush");
     drop(db);
     let db = open_db(&dir.path().join("db"));
     let reopened = MvccStore::open(&db).expect("reopen");
     assert_eq!(fingerprint(&reopened), expected);
     let keyspace_trees = db
+        .sled()
         .tree_names()
         .iter()
         .filter(|name| name.starts_with(b"keel-mvcc/keyspace/"))

@@ -18,10 +18,10 @@ use keel_api::keelpb::peer_server::{Peer, PeerServer};
 use keel_api::keelpb::{
     RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk, WriteRequest, WriteResponse,
 };
-use keel_raft::network::{LinkFaults, PeerMessage};
-use keel_raft::peer_codec::{decode_payload, encode_payload};
+use keel_node::network::{LinkFaults, PeerMessage, PeerNetwork};
+use keel_node::peer_codec::{decode_payload, encode_payload};
 use keel_raft::type_config::{CommittedLeaderId, LogId, Vote};
-use keel_raft::{MemberNode, PeerNetwork, TypeConfig};
+use keel_raft::{MemberNode, TypeConfig};
 use openraft::error::{RPCError, RaftError};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{AppendEntriesRequest, StreamAppendResult};

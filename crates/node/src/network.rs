@@ -28,7 +28,7 @@ use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::peer_codec::{decode_payload, encode_payload, MAX_PEER_MESSAGE_BYTES};
-use crate::type_config::{MemberNode, NodeId, Snapshot, TypeConfig, Vote};
+use keel_raft::type_config::{MemberNode, NodeId, Snapshot, TypeConfig, Vote};
 
 /// Bytes of snapshot dump per streamed chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
@@ -94,7 +94,7 @@ pub struct PeerNetwork {
 }
 
 /// Why no message could be sent to a peer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PeerUnavailable {
     #[error("invalid peer url {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
@@ -252,7 +252,7 @@ macro_rules! peer_call {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct SnapshotHeader {
     pub vote: Vote,
-    pub meta: crate::type_config::SnapshotMeta,
+    pub meta: keel_raft::type_config::SnapshotMeta,
     pub size: u64,
 }
 
@@ -266,7 +266,7 @@ enum SnapshotSendError {
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
-    type SnapshotData = crate::state_machine::SnapshotData;
+    type SnapshotData = keel_raft::state_machine::SnapshotData;
 
     async fn append_entries(
         &mut self,

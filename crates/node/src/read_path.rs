@@ -28,17 +28,16 @@ use std::time::Duration;
 
 use keel_api::keelpb::ReadIndexRequest;
 use keel_api::WireError;
-use keel_raft::network::{PeerMessage, PeerUnavailable};
-use keel_raft::{KeelRaft, PeerNetwork};
+use keel_raft::KeelRaft;
 use openraft::ReadPolicy;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tonic::Status;
 
 use crate::leadership::Leadership;
-use crate::write_path::not_leader_refusal;
+use crate::network::{PeerMessage, PeerNetwork, PeerUnavailable};
+use crate::request_error::RequestError;
 
-type IndexReply = oneshot::Sender<Result<u64, Status>>;
+type IndexReply = oneshot::Sender<Result<u64, RequestError>>;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum RoundKind {
@@ -94,16 +93,16 @@ impl ReadPath {
     }
 
     /// Returns once a read on this member is linearizable.
-    pub async fn linearize(&self) -> Result<(), Status> {
+    pub async fn linearize(&self) -> Result<(), RequestError> {
         let deadline = Instant::now() + self.request_timeout;
         let index = loop {
             match ask(&self.any_member).await {
                 Ok(index) => break index,
                 // The leader moved while the round ran: ask again, in time.
-                Err(status) if is_leader_changed(&status) && Instant::now() < deadline => {
+                Err(RequestError::Wire(WireError::LeaderChanged)) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                Err(status) => return Err(status),
+                Err(error) => return Err(error),
             }
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -111,27 +110,20 @@ impl ReadPath {
             .wait(Some(remaining))
             .applied_index_at_least(Some(index), "linearizable read")
             .await
-            .map_err(|_| Status::from(WireError::Timeout))?;
+            .map_err(|_| WireError::Timeout)?;
         Ok(())
     }
 
     /// The leader's answer to a follower's ReadIndex RPC.
-    pub async fn serve_follower_request(&self) -> Result<u64, Status> {
+    pub(crate) async fn serve_follower_request(&self) -> Result<u64, RequestError> {
         ask(&self.leader_only).await
     }
 }
 
-fn is_leader_changed(status: &Status) -> bool {
-    WireError::from_status(status) == Some(WireError::LeaderChanged)
-}
-
-async fn ask(queue: &mpsc::Sender<IndexReply>) -> Result<u64, Status> {
+async fn ask(queue: &mpsc::Sender<IndexReply>) -> Result<u64, RequestError> {
     let (reply, answer) = oneshot::channel();
-    queue
-        .send(reply)
-        .await
-        .map_err(|_| Status::from(WireError::Stopped))?;
-    answer.await.map_err(|_| Status::from(WireError::Stopped))?
+    queue.send(reply).await.map_err(|_| WireError::Stopped)?;
+    answer.await.map_err(|_| WireError::Stopped)?
 }
 
 async fn run_rounds(context: RoundContext, mut queue: mpsc::Receiver<IndexReply>, kind: RoundKind) {
@@ -147,13 +139,13 @@ async fn run_rounds(context: RoundContext, mut queue: mpsc::Receiver<IndexReply>
     }
 }
 
-async fn confirm_read_index(context: &RoundContext, kind: RoundKind) -> Result<u64, Status> {
+async fn confirm_read_index(context: &RoundContext, kind: RoundKind) -> Result<u64, RequestError> {
     let leader_deadline = Instant::now() + context.leader_wait;
     let (leader, node) = match kind {
         RoundKind::AnyMember => context.leadership.wait_for_leader(leader_deadline).await?,
         RoundKind::LeaderOnly => match context.leadership.known_leader() {
             Some(leader) if leader.0 == context.leadership.self_id() => leader,
-            _ => return Err(not_leader_refusal()),
+            _ => return Err(RequestError::RefusedNotLeader),
         },
     };
     if leader == context.leadership.self_id() {
@@ -174,19 +166,19 @@ async fn confirm_read_index(context: &RoundContext, kind: RoundKind) -> Result<u
         Ok(client) => client,
         // Not sent: the round is asked again, as after a refusal.
         Err(PeerUnavailable::LinkCut { .. }) => return Err(WireError::LeaderChanged.into()),
-        Err(invalid) => return Err(Status::internal(invalid.to_string())),
+        Err(invalid) => return Err(invalid.into()),
     };
     let mut request = tonic::Request::new(ReadIndexRequest {});
     request.set_timeout(context.confirm_timeout);
     match client.read_index(request).await {
         Ok(response) => Ok(response.into_inner().read_index),
-        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+        Err(status) if crate::request_error::is_not_leader_refusal(&status) => {
             Err(WireError::LeaderChanged.into())
         }
         Err(status) if status.code() == tonic::Code::DeadlineExceeded => Err(WireError::NoLeader.into()),
         // The leader went away mid-round (connection lost or refused): the
         // round is asked again once a leader is known, within the deadline.
         Err(status) if keel_client::transport_failure(&status) => Err(WireError::LeaderChanged.into()),
-        Err(status) => Err(status),
+        Err(status) => Err(RequestError::from_peer_status(status)),
     }
 }

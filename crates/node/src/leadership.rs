@@ -1,13 +1,13 @@
 //! Who leads, as this member sees it, and bounded waiting for a leader.
 //!
 //! A leader that has not heard from a quorum for longer than the election
-//! timeout (or not yet, just elected) does not count as a leader, so
-//! requests on a cut-off member fail with "etcdserver: no leader" before
-//! anything is proposed, instead of hanging, and requests on a leader elected
-//! a moment ago wait for its first quorum acknowledgement instead of being
-//! refused by openraft after keel handed them over. (openraft 0.10's CheckQuorum refuses the proposal itself too, but
+//! timeout does not count as a leader, so requests on a cut-off member fail
+//! with "etcdserver: no leader" before anything is proposed, instead of
+//! hanging. (openraft 0.10's CheckQuorum refuses the proposal itself too, but
 //! only once keel has handed it over, where keel answers the indeterminate
-//! "leader changed"; and the leader keeps its role either way.) Likewise a
+//! "leader changed"; and the leader keeps its role either way.) For the same
+//! reason a leader elected a moment ago counts only once a quorum
+//! acknowledged it: openraft refuses its proposals until then. Likewise a
 //! follower that has not heard from its leader for the election timeout
 //! trusts it no more: with pre-vote, a member cut off in a minority never
 //! raises its term, so openraft keeps reporting the lost leader forever.
@@ -30,7 +30,7 @@ use tokio::time::Instant;
 /// connection close loses the contact (`leader_connection.rs`) until it
 /// hears from a leader again.
 #[derive(Clone)]
-pub struct LeaderContact {
+pub(crate) struct LeaderContact {
     origin: std::time::Instant,
     /// Microseconds from `origin` to the last contact, plus one; `LOST`
     /// (0) once the contact was lost.
@@ -40,7 +40,7 @@ pub struct LeaderContact {
 const LOST: u64 = 0;
 
 impl LeaderContact {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         LeaderContact {
             origin: std::time::Instant::now(),
             // As if contacted at creation.
@@ -48,21 +48,21 @@ impl LeaderContact {
         }
     }
 
-    pub fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let now = self.origin.elapsed().as_micros() as u64 + 1;
         self.last_contact.fetch_max(now, Ordering::Relaxed);
     }
 
     /// Forgets the leader: no contact counts until the next `touch`.
-    pub fn lose(&self) {
+    pub(crate) fn lose(&self) {
         self.last_contact.store(LOST, Ordering::Relaxed);
     }
 
-    pub fn is_lost(&self) -> bool {
+    pub(crate) fn is_lost(&self) -> bool {
         self.last_contact.load(Ordering::Relaxed) == LOST
     }
 
-    pub fn since_last_contact(&self) -> Duration {
+    pub(crate) fn since_last_contact(&self) -> Duration {
         match self.last_contact.load(Ordering::Relaxed) {
             LOST => Duration::MAX,
             last => self
@@ -82,7 +82,12 @@ pub struct Leadership {
 }
 
 impl Leadership {
-    pub fn new(raft: KeelRaft, self_id: NodeId, election_timeout: Duration, contact: LeaderContact) -> Self {
+    pub(crate) fn new(
+        raft: KeelRaft,
+        self_id: NodeId,
+        election_timeout: Duration,
+        contact: LeaderContact,
+    ) -> Self {
         Leadership {
             raft,
             self_id,

@@ -24,8 +24,7 @@ use std::time::Duration;
 
 use keel_api::keelpb::{write_outcome, WriteBatch, WriteRequest, WriteResponse};
 use keel_api::WireError;
-use keel_raft::network::{PeerMessage, PeerUnavailable};
-use keel_raft::{KeelRaft, PeerNetwork};
+use keel_raft::KeelRaft;
 use openraft::error::{ClientWriteError, RaftError};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -33,6 +32,8 @@ use tokio::time::Instant;
 use tonic::{Code, Status};
 
 use crate::leadership::Leadership;
+use crate::network::{PeerMessage, PeerNetwork, PeerUnavailable};
+use crate::request_error::{is_not_leader_refusal, RequestError};
 
 /// Most writes packed into one log entry.
 const MAX_WRITES_PER_ENTRY: usize = 1024;
@@ -44,14 +45,6 @@ const MAX_BYTES_PER_ENTRY: usize = 4 * 1024 * 1024;
 /// flight gave 3.6-4.1k writes/s, 2 gave 4.7k and 1 gave 4.8-4.9k; 2 keeps
 /// the next entry's append overlapping the current one's replication.
 const MAX_PROPOSALS_IN_FLIGHT: usize = 2;
-
-/// What a forwarding follower is told by a member that refused its write
-/// before proposing it because it is not the leader.
-const NOT_LEADER_MESSAGE: &str = "keel: this member is not the leader";
-/// The metadata key (and value) that marks that refusal, so the follower
-/// recognises it by a field, not by its text.
-const REFUSED_METADATA_KEY: &str = "keel-refused";
-const REFUSED_NOT_LEADER: &str = "not-leader";
 
 struct Proposal {
     request: WriteRequest,
@@ -90,7 +83,7 @@ impl WritePath {
     }
 
     /// Performs a client write from any member; answers once it is applied.
-    pub async fn write(&self, request: WriteRequest) -> Result<WriteResponse, Status> {
+    pub async fn write(&self, request: WriteRequest) -> Result<WriteResponse, RequestError> {
         let deadline = Instant::now() + self.request_timeout;
         match tokio::time::timeout_at(deadline, self.route(request, deadline)).await {
             Ok(result) => result,
@@ -98,22 +91,20 @@ impl WritePath {
         }
     }
 
-    async fn route(&self, request: WriteRequest, deadline: Instant) -> Result<WriteResponse, Status> {
+    async fn route(&self, request: WriteRequest, deadline: Instant) -> Result<WriteResponse, RequestError> {
         loop {
             let leader_deadline = deadline.min(Instant::now() + self.leader_wait);
             let (leader, node) = self.leadership.wait_for_leader(leader_deadline).await?;
             if leader == self.leadership.self_id() {
                 // From here on, any failure is indeterminate: never retried.
-                return self.propose_on_leader(request).await.map_err(Status::from);
+                return self.propose_on_leader(request).await.map_err(RequestError::from);
             }
             match self
                 .network
                 .client(leader, &node.peer_url, PeerMessage::ForwardWrite)
             {
                 Err(PeerUnavailable::LinkCut { .. }) => {} // never sent: try again
-                Err(invalid @ PeerUnavailable::InvalidUrl { .. }) => {
-                    return Err(Status::internal(invalid.to_string()))
-                }
+                Err(invalid @ PeerUnavailable::InvalidUrl { .. }) => return Err(invalid.into()),
                 Ok(mut client) => {
                     let mut forwarded = tonic::Request::new(request.clone());
                     forwarded.set_timeout(deadline.saturating_duration_since(Instant::now()));
@@ -129,7 +120,7 @@ impl WritePath {
                         Err(status) if keel_client::transport_failure(&status) => {
                             return Err(WireError::LeaderChanged.into())
                         }
-                        Err(status) => return Err(status),
+                        Err(status) => return Err(RequestError::from_peer_status(status)),
                     }
                 }
             }
@@ -150,35 +141,20 @@ impl WritePath {
         answer.await.unwrap_or(Err(WireError::Stopped))
     }
 
-    /// The status a leader answers a forwarded write with: refused (not
-    /// proposed) when this member does not lead, else the proposal's outcome.
-    pub async fn serve_forwarded(&self, request: WriteRequest) -> Result<WriteResponse, Status> {
+    /// What a leader answers a forwarded write with: refused (not proposed)
+    /// when this member does not lead, else the proposal's outcome.
+    pub(crate) async fn serve_forwarded(&self, request: WriteRequest) -> Result<WriteResponse, RequestError> {
         if !self.leadership.is_leader() {
-            return Err(not_leader_refusal());
+            return Err(RequestError::RefusedNotLeader);
         }
-        self.propose_on_leader(request).await.map_err(Status::from)
+        self.propose_on_leader(request).await.map_err(RequestError::from)
     }
-}
-
-/// What a member that does not lead answers a peer's request with, before
-/// acting on it.
-pub fn not_leader_refusal() -> Status {
-    let mut refusal = Status::failed_precondition(NOT_LEADER_MESSAGE);
-    refusal.metadata_mut().insert(
-        REFUSED_METADATA_KEY,
-        tonic::metadata::MetadataValue::from_static(REFUSED_NOT_LEADER),
-    );
-    refusal
 }
 
 /// True when a forwarded write provably was not proposed: the leader
 /// refused it before proposing, or the connection to it was never made.
 fn forward_provably_not_proposed(status: &Status) -> bool {
-    let refused = status
-        .metadata()
-        .get(REFUSED_METADATA_KEY)
-        .is_some_and(|value| value == REFUSED_NOT_LEADER);
-    refused || keel_client::never_reached_server(status)
+    is_not_leader_refusal(status) || keel_client::never_reached_server(status)
 }
 
 async fn run_proposer(raft: KeelRaft, mut queue: mpsc::Receiver<Proposal>) {

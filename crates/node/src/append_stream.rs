@@ -32,7 +32,7 @@ use tonic::transport::Channel;
 
 use crate::network::{rpc_failure, PeerMessage, PeerNetwork, PeerUnavailable, RemoteFailure};
 use crate::peer_codec::{decode_payload, encode_payload, PeerCodecError};
-use crate::type_config::{NodeId, TypeConfig};
+use keel_raft::{NodeId, TypeConfig};
 
 /// One answer of a session, as openraft's replication consumes it.
 pub type SessionAnswer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;

@@ -12,29 +12,30 @@ use keel_api::keelpb::peer_server::Peer;
 use keel_api::keelpb::{
     RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk, WriteRequest, WriteResponse,
 };
-use keel_raft::network::SnapshotHeader;
-use keel_raft::peer_codec::{decode_payload, encode_payload};
+use keel_raft::state_machine::StateView;
 use keel_raft::type_config::{Snapshot, Vote};
-use keel_raft::TypeConfig;
+use keel_raft::{KeelRaft, NodeId, TypeConfig};
 use openraft::error::RaftError;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest};
 use tokio::io::AsyncWriteExt;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::context::MemberContext;
 use crate::leader_connection::ConnectionOrigin;
 use crate::leadership::LeaderContact;
+use crate::network::SnapshotHeader;
+use crate::peer_codec::{decode_payload, encode_payload};
+use crate::read_path::ReadPath;
+use crate::write_path::WritePath;
 
-pub struct PeerService {
-    context: Arc<MemberContext>,
-    contact: LeaderContact,
-}
-
-impl PeerService {
-    pub fn new(context: Arc<MemberContext>, contact: LeaderContact) -> Self {
-        PeerService { context, contact }
-    }
+/// What the peer service hands its requests to.
+pub(crate) struct PeerService {
+    pub(crate) member_id: NodeId,
+    pub(crate) raft: KeelRaft,
+    pub(crate) state: StateView,
+    pub(crate) write_path: WritePath,
+    pub(crate) read_path: ReadPath,
+    pub(crate) contact: LeaderContact,
 }
 
 fn bad_payload(error: impl std::fmt::Display) -> Status {
@@ -93,7 +94,7 @@ impl Peer for PeerService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode_payload(request.get_ref()).map_err(bad_payload)?;
         note_leader_message(request.extensions().get(), &rpc.vote);
-        let result = self.context.raft.append_entries(rpc).await;
+        let result = self.raft.append_entries(rpc).await;
         if result.as_ref().is_ok_and(accepts_sender_as_leader) {
             self.contact.touch();
         }
@@ -127,7 +128,7 @@ impl Peer for PeerService {
             })
         };
         let contact = self.contact.clone();
-        let answers = self.context.raft.stream_append(requests).map(move |answer| {
+        let answers = self.raft.stream_append(requests).map(move |answer| {
             let answer = answer.map_err(RaftError::<TypeConfig>::Fatal);
             if let Ok(result) = &answer {
                 if accepts_sender_as_leader(&result.clone().into()) {
@@ -148,13 +149,13 @@ impl Peer for PeerService {
     async fn transfer_leader(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: TransferLeaderRequest<TypeConfig> =
             decode_payload(request.get_ref()).map_err(bad_payload)?;
-        let result = self.context.raft.handle_transfer_leader(rpc).await;
+        let result = self.raft.handle_transfer_leader(rpc).await;
         encode(&result.map_err(RaftError::<TypeConfig>::Fatal))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: VoteRequest<TypeConfig> = decode_payload(request.get_ref()).map_err(bad_payload)?;
-        let result = self.context.raft.vote(rpc).await;
+        let result = self.raft.vote(rpc).await;
         if result.as_ref().is_ok_and(|response| response.vote_granted) {
             self.contact.touch();
         }
@@ -174,7 +175,6 @@ impl Peer for PeerService {
             decode_payload(&RaftPayload { data: first.header }).map_err(bad_payload)?;
         note_leader_message(origin.as_ref(), &header.vote);
         let mut incoming = self
-            .context
             .state
             .incoming_snapshot()
             .await
@@ -204,7 +204,6 @@ impl Peer for PeerService {
             snapshot: incoming,
         };
         let response = self
-            .context
             .raft
             .install_full_snapshot(sender_vote, snapshot)
             .await
@@ -222,31 +221,34 @@ impl Peer for PeerService {
     }
 
     async fn forward_write(&self, request: Request<WriteRequest>) -> Result<Response<WriteResponse>, Status> {
-        self.context
-            .write_path
+        self.write_path
             .serve_forwarded(request.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn read_index(&self, _: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
-        let read_index = self.context.read_path.serve_follower_request().await?;
+        let read_index = self
+            .read_path
+            .serve_follower_request()
+            .await
+            .map_err(Status::from)?;
         Ok(Response::new(ReadIndexResponse {
             read_index,
-            leader_id: self.context.member_id,
+            leader_id: self.member_id,
         }))
     }
 
     async fn pre_vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: VoteRequest<TypeConfig> = decode_payload(request.get_ref()).map_err(bad_payload)?;
-        encode(&self.context.raft.pre_vote(rpc).await)
+        encode(&self.raft.pre_vote(rpc).await)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_raft::type_config::Vote;
 
     #[test]
     fn a_snapshot_from_a_deposed_leader_is_no_contact_with_the_leader() {

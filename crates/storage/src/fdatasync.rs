@@ -6,38 +6,47 @@
 //! records too large for its log (over ~128 KiB: a big group-committed
 //! entry, a large tree node) as separate files under `blobs/` that it never
 //! syncs. A crash of the machine (not just of the process) could then lose
-//! what a flush reported written. [`SledFdatasync::sync`], called right after a
-//! flush, fsyncs every blob file not synced yet (and the `blobs` directory
-//! when one appeared), then fdatasyncs sled's `db` file: after it returns,
-//! everything that flush covered is on disk.
+//! what a flush reported written.
+//!
+//! Invariant: [`SledFdatasync::sync`], called right after a flush, fsyncs
+//! every blob file not synced yet (and the `blobs` directory when one
+//! appeared), then fdatasyncs sled's `db` file: after it returns, everything
+//! that flush covered is on disk. [`SledFdatasync::open`] syncs once the
+//! directory entries sled created (the database directory in its parent,
+//! `db` and `blobs` in it), so they survive a crash too.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use crate::StorageError;
+
 /// The fsyncs and the fdatasync that one sled database's own flush leaves
 /// out: its data file and the blob files it has not synced yet.
 pub(crate) struct SledFdatasync {
     data_file: File,
+    data_path: PathBuf,
     blob_dir: PathBuf,
     /// Blob files already fsynced; names sled has since removed are dropped.
     synced_blobs: HashSet<OsString>,
 }
 
 impl SledFdatasync {
-    pub(crate) fn open(path: &Path) -> std::io::Result<SledFdatasync> {
-        let data_file = File::open(path.join("db"))?;
+    /// Opens the files of the sled database in `path` and syncs what sled
+    /// has written so far, directory entries included.
+    pub(crate) fn open(path: &Path) -> Result<SledFdatasync, StorageError> {
+        let data_path = path.join("db");
+        let data_file = File::open(&data_path).map_err(|e| StorageError::io("opening", &data_path, e))?;
         let blob_dir = path.join("blobs");
-        std::fs::create_dir_all(&blob_dir)?;
-        // The directory entries sled created (the database's own directory
-        // in its parent, `db` and `blobs` in it), once.
+        std::fs::create_dir_all(&blob_dir).map_err(|e| StorageError::io("creating", &blob_dir, e))?;
         let parent = path.parent().filter(|parent| !parent.as_os_str().is_empty());
         for dir in parent.into_iter().chain([path, blob_dir.as_path()]) {
-            File::open(dir)?.sync_all()?;
+            sync_path(dir)?;
         }
         let mut files = SledFdatasync {
             data_file,
+            data_path,
             blob_dir,
             synced_blobs: HashSet::new(),
         };
@@ -46,33 +55,46 @@ impl SledFdatasync {
     }
 
     /// Makes everything sled has flushed durable: new blobs, then the data file.
-    pub(crate) fn sync(&mut self) -> std::io::Result<()> {
+    pub(crate) fn sync(&mut self) -> Result<(), StorageError> {
+        let listing_error = |e| StorageError::io("listing", &self.blob_dir, e);
         let mut present = HashSet::new();
         let mut new_blob = false;
-        for entry in std::fs::read_dir(&self.blob_dir)? {
-            let name = entry?.file_name();
+        for entry in std::fs::read_dir(&self.blob_dir).map_err(listing_error)? {
+            let name = entry.map_err(listing_error)?.file_name();
             if !self.synced_blobs.contains(&name) {
-                match File::open(self.blob_dir.join(&name)) {
-                    Ok(blob) => blob.sync_all()?,
+                let blob_path = self.blob_dir.join(&name);
+                match File::open(&blob_path) {
+                    Ok(blob) => blob
+                        .sync_all()
+                        .map_err(|e| StorageError::io("syncing", &blob_path, e))?,
                     // Collected by sled between the listing and the open.
                     Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(error) => return Err(error),
+                    Err(error) => return Err(StorageError::io("opening", &blob_path, error)),
                 }
                 new_blob = true;
             }
             present.insert(name);
         }
         if new_blob {
-            File::open(&self.blob_dir)?.sync_all()?;
+            sync_path(&self.blob_dir)?;
         }
         self.synced_blobs = present;
-        self.data_file.sync_data()
+        self.data_file
+            .sync_data()
+            .map_err(|e| StorageError::io("syncing", &self.data_path, e))
     }
 
     #[cfg(test)]
     pub(crate) fn synced_blob_count(&self) -> usize {
         self.synced_blobs.len()
     }
+}
+
+/// fsyncs a file or directory by path.
+fn sync_path(path: &Path) -> Result<(), StorageError> {
+    File::open(path)
+        .and_then(|file| file.sync_all())
+        .map_err(|e| StorageError::io("syncing", path, e))
 }
 
 #[cfg(test)]

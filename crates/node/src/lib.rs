@@ -1,0 +1,41 @@
+//! A keel member's Raft side as a library (the "stacked" topology: an
+//! application embeds a member with one call, [`Node::start`]).
+//!
+//! - [`node`]: start-up (storage, openraft, bootstrap), the handle services
+//!   use, shutdown.
+//! - [`write_path`]: any member accepts a write; followers forward it to the
+//!   leader, whose proposer group-commits.
+//! - [`read_path`]: linearizable reads through ReadIndex on every member.
+//! - [`leadership`]: who leads as this member sees it ("no leader" after an
+//!   election timeout of silence); [`leader_transfer`]: moving leadership to
+//!   a named member; [`leader_connection`]: campaigning at once when the
+//!   leader's connection closes (failover without the election timeout).
+//! - [`network`] (replication in pipelined streams, `append_stream`) and
+//!   `peer_service`: both halves of the peer protocol; [`peer_codec`] is the
+//!   payload encoding they share.
+//! - [`request_error`]: how requests fail, and how refusals cross peers.
+//! - [`data_format`]: the data dir's format version.
+//!
+//! Storage (the log store, the state machine, snapshots) is `keel-raft`'s.
+
+// tonic's and openraft's error types are large by design.
+#![allow(clippy::result_large_err)]
+
+mod append_stream;
+pub mod config;
+pub mod data_format;
+pub mod leader_connection;
+mod leader_log;
+pub mod leader_transfer;
+pub mod leadership;
+pub mod network;
+pub mod node;
+pub mod peer_codec;
+mod peer_service;
+pub mod read_path;
+pub mod request_error;
+pub mod write_path;
+
+pub use config::{Bootstrap, NodeConfig, NodeTestHooks, RaftTiming};
+pub use node::{Node, NodeError, NodeHandle};
+pub use request_error::RequestError;

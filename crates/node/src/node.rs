@@ -1,0 +1,393 @@
+//! One Raft member as a library: [`Node::start`] opens the member's storage,
+//! starts openraft with keel's network, the proposer (write path), the
+//! ReadIndex batchers (read path) and the leadership view, serves the peer
+//! protocol on the given listeners (watching the leader's connection, see
+//! `leader_connection.rs`) and bootstraps a new cluster. An
+//! application embeds a member with that one call and talks to it through
+//! [`NodeHandle`]; the `keel` server adds etcd's client services on top.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_api::keelpb::peer_server::PeerServer;
+use keel_api::keelpb::{WriteRequest, WriteResponse};
+use keel_mvcc::MvccStore;
+use keel_raft::state_machine::StateView;
+use keel_raft::{KeelRaft, KeelStateMachine, MemberNode, NodeId, RaftStorageError, SledLogStore};
+use keel_storage::Database;
+use openraft::async_runtime::watch::WatchReceiver;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
+
+use crate::config::{openraft_config, Bootstrap, NodeConfig};
+use crate::data_format::DataFormatError;
+use crate::leader_connection::{CampaignTiming, LeaderConnectionWatch};
+use crate::leadership::{LeaderContact, Leadership};
+use crate::network::PeerNetwork;
+use crate::peer_codec::MAX_PEER_MESSAGE_BYTES;
+use crate::peer_service::PeerService;
+use crate::read_path::ReadPath;
+use crate::request_error::RequestError;
+use crate::write_path::WritePath;
+
+/// How long a stopping node waits for open peer connections to finish their
+/// requests before closing them.
+const CONNECTION_DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+/// Why a node could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    DataFormat(#[from] DataFormatError),
+    #[error("opening the keyspace database: {0}")]
+    KeyspaceDatabase(#[from] keel_storage::StorageError),
+    #[error("making the keyspace durable at shutdown: {0}")]
+    KeyspaceNotDurable(#[source] keel_storage::StorageError),
+    #[error("opening the keyspace: {0}")]
+    Keyspace(#[from] keel_mvcc::MvccError),
+    #[error("opening {what}: {source}")]
+    Storage {
+        what: &'static str,
+        source: RaftStorageError,
+    },
+    #[error("invalid Raft timing: {0}")]
+    Timing(#[from] openraft::ConfigError),
+    #[error("starting Raft: {0}")]
+    RaftStart(String),
+    #[error("bootstrapping the cluster: {0}")]
+    Bootstrap(String),
+    #[error("no peer listener to serve the peer protocol on")]
+    NoPeerListener,
+    #[error("the peer server failed: {0}")]
+    PeerServer(String),
+    #[error("Raft stopped on a fatal error: {0}")]
+    RaftFatal(String),
+}
+
+/// A running member's Raft side, cheap to clone: what services and
+/// embedding applications use.
+#[derive(Clone)]
+pub struct NodeHandle {
+    member_id: NodeId,
+    raft: KeelRaft,
+    leadership: Leadership,
+    write_path: WritePath,
+    read_path: ReadPath,
+    state: StateView,
+    raft_dir: Arc<PathBuf>,
+}
+
+impl NodeHandle {
+    pub fn member_id(&self) -> NodeId {
+        self.member_id
+    }
+
+    /// The openraft handle (metrics, membership).
+    pub fn raft(&self) -> &KeelRaft {
+        &self.raft
+    }
+
+    /// Who leads, as this member sees it.
+    pub fn leadership(&self) -> &Leadership {
+        &self.leadership
+    }
+
+    /// The applied keyspace and member table.
+    pub fn state(&self) -> &StateView {
+        &self.state
+    }
+
+    /// Performs a write from this member (forwarded to the leader when this
+    /// member follows); answers once it is applied here or on the leader.
+    pub async fn write(&self, request: WriteRequest) -> Result<WriteResponse, RequestError> {
+        self.write_path.write(request).await
+    }
+
+    /// Returns once a read of this member's state is linearizable.
+    pub async fn linearize(&self) -> Result<(), RequestError> {
+        self.read_path.linearize().await
+    }
+
+    /// Bytes the Raft log database takes on disk.
+    pub fn raft_log_size_on_disk(&self) -> u64 {
+        dir_size(&self.raft_dir)
+    }
+}
+
+/// A running member's Raft side and the tasks serving its peer protocol.
+pub struct Node {
+    handle: NodeHandle,
+    peer_servers: JoinSet<Result<(), tonic::transport::Error>>,
+    stop_peer_servers: tokio::sync::watch::Sender<bool>,
+    keyspace_database: Database,
+}
+
+impl Node {
+    /// Starts a member: storage, Raft, the read and write paths, the peer
+    /// protocol, and (for a new cluster) the bootstrap.
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        crate::data_format::check_or_record(&config.data_dir)?;
+        let (keyspace_database, state_machine, log_store) = open_storage(&config)?;
+        let state = state_machine.view();
+        let network = peer_network(&config);
+        let raft = KeelRaft::new(
+            config.member_id,
+            openraft_config(&config.cluster_name, &config.timing)?,
+            network.clone(),
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| NodeError::RaftStart(e.to_string()))?;
+
+        let contact = LeaderContact::new();
+        let handle = start_paths(&config, raft, state, network, contact.clone());
+        let (stop_peer_servers, stop) = tokio::sync::watch::channel(false);
+        let leader_connections = config.test_hooks.leader_connections;
+        let peer_servers = serve_peer_protocol(
+            config.peer_listeners,
+            &handle,
+            contact.clone(),
+            &leader_connections,
+            stop,
+        )?;
+        bootstrap(&handle.raft, config.bootstrap, config.initial_members).await?;
+        tokio::spawn(leader_connections.run(
+            handle.raft.clone(),
+            contact,
+            CampaignTiming {
+                heartbeat: config.timing.heartbeat_interval(),
+                election_timeout: config.timing.election_timeout(),
+            },
+        ));
+        tokio::spawn(crate::leader_log::log_leadership_changes(
+            handle.raft.clone(),
+            config.name,
+        ));
+        Ok(Node {
+            handle,
+            peer_servers,
+            stop_peer_servers,
+            keyspace_database,
+        })
+    }
+
+    pub fn handle(&self) -> &NodeHandle {
+        &self.handle
+    }
+
+    /// Resolves when the node can no longer serve: its peer server stopped,
+    /// or openraft stopped on a fatal (storage) error.
+    pub async fn failed(&mut self) -> NodeError {
+        tokio::select! {
+            Some(result) = self.peer_servers.join_next() => match result {
+                Ok(Ok(())) => NodeError::PeerServer("it stopped unexpectedly".to_string()),
+                Ok(Err(e)) => NodeError::PeerServer(e.to_string()),
+                Err(e) => NodeError::PeerServer(e.to_string()),
+            },
+            fatal = raft_stopped(&self.handle.raft) => NodeError::RaftFatal(fatal),
+        }
+    }
+
+    /// Stops the node: the peer protocol, Raft, then makes the keyspace's
+    /// applied state durable so a restart replays as little as possible.
+    pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        let _ = self.stop_peer_servers.send(true);
+        if let Err(error) = self.handle.raft.shutdown().await {
+            tracing::warn!(%error, "raft shutdown");
+        }
+        self.keyspace_database
+            .make_durable_async()
+            .await
+            .map_err(NodeError::KeyspaceNotDurable)?;
+        // Open connections get GOAWAY and a bounded time to finish.
+        let drained = tokio::time::timeout(CONNECTION_DRAIN_LIMIT, async {
+            while self.peer_servers.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            self.peer_servers.abort_all();
+        }
+        Ok(())
+    }
+}
+
+fn open_storage(config: &NodeConfig) -> Result<(Database, KeelStateMachine, SledLogStore), NodeError> {
+    let data_dir = &config.data_dir;
+    let keyspace_database = Database::open(&data_dir.join("mvcc"), config.keyspace_cache_bytes)?;
+    let store = MvccStore::open(&keyspace_database)?;
+    let state_machine = KeelStateMachine::open(
+        store,
+        &data_dir.join("snap"),
+        config.test_hooks.fail_points.clone(),
+    )
+    .map_err(|source| NodeError::Storage {
+        what: "the state machine",
+        source,
+    })?;
+    let log_store = SledLogStore::open_for_member(&data_dir.join("raft"), state_machine.durable_applied())
+        .map_err(|source| NodeError::Storage {
+            what: "the Raft log",
+            source,
+        })?;
+    Ok((keyspace_database, state_machine, log_store))
+}
+
+fn peer_network(config: &NodeConfig) -> PeerNetwork {
+    let network = if config.peer_dial_overrides.is_empty() {
+        PeerNetwork::new()
+    } else {
+        PeerNetwork::with_dial_overrides(config.peer_dial_overrides.clone())
+    };
+    match &config.test_hooks.link_faults {
+        Some(faults) => network.with_link_faults(config.member_id, faults.clone()),
+        None => network,
+    }
+}
+
+/// Starts the proposer and the read-index batchers.
+fn start_paths(
+    config: &NodeConfig,
+    raft: KeelRaft,
+    state: StateView,
+    network: PeerNetwork,
+    contact: LeaderContact,
+) -> NodeHandle {
+    let election_timeout = config.timing.election_timeout();
+    let leadership = Leadership::new(raft.clone(), config.member_id, election_timeout, contact);
+    let request_timeout = Duration::from_secs(5) + 2 * election_timeout;
+    let leader_wait = 3 * election_timeout;
+    let write_path = WritePath::start(
+        raft.clone(),
+        leadership.clone(),
+        network.clone(),
+        request_timeout,
+        leader_wait,
+        config.timing.heartbeat_interval(),
+    );
+    let read_path = ReadPath::start(
+        raft.clone(),
+        leadership.clone(),
+        network,
+        request_timeout,
+        leader_wait,
+        election_timeout,
+    );
+    NodeHandle {
+        member_id: config.member_id,
+        raft,
+        leadership,
+        write_path,
+        read_path,
+        state,
+        raft_dir: Arc::new(config.data_dir.join("raft")),
+    }
+}
+
+fn serve_peer_protocol(
+    listeners: Vec<TcpListener>,
+    handle: &NodeHandle,
+    contact: LeaderContact,
+    leader_connections: &LeaderConnectionWatch,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<JoinSet<Result<(), tonic::transport::Error>>, NodeError> {
+    if listeners.is_empty() {
+        return Err(NodeError::NoPeerListener);
+    }
+    let mut servers = JoinSet::new();
+    for listener in listeners {
+        let service = PeerServer::new(PeerService {
+            member_id: handle.member_id,
+            raft: handle.raft.clone(),
+            state: handle.state.clone(),
+            write_path: handle.write_path.clone(),
+            read_path: handle.read_path.clone(),
+            contact: contact.clone(),
+        })
+        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        let mut stop = stop.clone();
+        let watch = leader_connections.clone();
+        let connections =
+            accepted_without_nagle(listener).map(move |accepted| accepted.map(|stream| watch.accept(stream)));
+        servers.spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service)
+                .serve_with_incoming_shutdown(connections, async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                }),
+        );
+    }
+    Ok(servers)
+}
+
+/// Accepted connections with Nagle's algorithm off (tonic sets it only on
+/// listeners it binds itself).
+pub fn accepted_without_nagle(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
+}
+
+async fn bootstrap(
+    raft: &KeelRaft,
+    mode: Bootstrap,
+    initial_members: std::collections::BTreeMap<NodeId, MemberNode>,
+) -> Result<(), NodeError> {
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| NodeError::Bootstrap(e.to_string()))?;
+    if initialized {
+        tracing::info!("restarting on existing data");
+        return Ok(());
+    }
+    if mode == Bootstrap::JoinExisting {
+        tracing::info!("joining an existing cluster; waiting for the leader to contact this member");
+        return Ok(());
+    }
+    let members = initial_members.len();
+    // Every member of a new cluster proposes the same initial membership at
+    // log index 0, so whichever of them is elected, they agree.
+    match raft.initialize(initial_members).await {
+        Ok(()) => tracing::info!(members, "bootstrapped a new cluster"),
+        Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+        Err(e) => return Err(NodeError::Bootstrap(e.to_string())),
+    }
+    Ok(())
+}
+
+/// Resolves when openraft's core has stopped on a fatal error.
+async fn raft_stopped(raft: &KeelRaft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_watched().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "the Raft core is gone".to_string();
+        }
+    }
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => dir_size(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}

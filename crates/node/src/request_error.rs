@@ -1,0 +1,109 @@
+//! How a member's client requests (writes, linearizable reads) fail, and how
+//! those failures cross the peer protocol.
+//!
+//! Invariant: a member that does not lead refuses a peer's request before
+//! acting on it with a typed refusal (status metadata `keel-refused:
+//! not-leader`, never recognised by its text), and only that refusal or a
+//! connection that was never made lets a follower retry a forwarded write
+//! (see `write_path.rs`).
+
+use keel_api::WireError;
+use tonic::Status;
+
+use crate::network::PeerUnavailable;
+
+/// Why a write or a linearizable read was not answered.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RequestError {
+    /// One of etcd's errors, with etcd's exact text and code.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// This member does not lead and refused a peer's request before acting
+    /// on it (only requests forwarded by followers get this answer).
+    #[error("keel: this member is not the leader")]
+    RefusedNotLeader,
+    /// The leader answered a forwarded request with a status keel has no
+    /// name for; it is passed on unchanged.
+    #[error("the leader answered: {}", .0.message())]
+    FromLeader(Box<Status>),
+    /// A member's peer URL cannot be dialed.
+    #[error(transparent)]
+    InvalidPeerUrl(#[from] PeerUnavailable),
+}
+
+impl RequestError {
+    /// A peer's status for a forwarded request, named where keel can name it.
+    pub(crate) fn from_peer_status(status: Status) -> RequestError {
+        match WireError::from_status(&status) {
+            Some(wire) => RequestError::Wire(wire),
+            None if is_not_leader_refusal(&status) => RequestError::RefusedNotLeader,
+            None => RequestError::FromLeader(Box::new(status)),
+        }
+    }
+}
+
+/// The one translation of the node's request errors into gRPC statuses.
+impl From<RequestError> for Status {
+    fn from(error: RequestError) -> Status {
+        match error {
+            RequestError::Wire(wire) => wire.into(),
+            RequestError::RefusedNotLeader => {
+                let mut refusal = Status::failed_precondition(RequestError::RefusedNotLeader.to_string());
+                refusal.metadata_mut().insert(
+                    REFUSED_METADATA_KEY,
+                    tonic::metadata::MetadataValue::from_static(REFUSED_NOT_LEADER),
+                );
+                refusal
+            }
+            RequestError::FromLeader(status) => *status,
+            RequestError::InvalidPeerUrl(invalid) => Status::internal(invalid.to_string()),
+        }
+    }
+}
+
+/// The metadata key (and value) that marks a not-leader refusal, so the
+/// follower recognises it by a field, not by its text.
+const REFUSED_METADATA_KEY: &str = "keel-refused";
+const REFUSED_NOT_LEADER: &str = "not-leader";
+
+/// True when `status` is a peer's refusal before acting: it does not lead.
+pub(crate) fn is_not_leader_refusal(status: &Status) -> bool {
+    status
+        .metadata()
+        .get(REFUSED_METADATA_KEY)
+        .is_some_and(|value| value == REFUSED_NOT_LEADER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_not_leader_refusal_survives_the_trip_through_a_status() {
+        let status = Status::from(RequestError::RefusedNotLeader);
+        assert!(is_not_leader_refusal(&status));
+        assert!(matches!(
+            RequestError::from_peer_status(status),
+            RequestError::RefusedNotLeader
+        ));
+    }
+
+    #[test]
+    fn the_same_text_without_the_marker_is_no_refusal() {
+        let status = Status::failed_precondition(RequestError::RefusedNotLeader.to_string());
+        assert!(!is_not_leader_refusal(&status));
+        assert!(matches!(
+            RequestError::from_peer_status(status),
+            RequestError::FromLeader(_)
+        ));
+    }
+
+    #[test]
+    fn etcd_errors_from_the_leader_keep_their_name() {
+        let status = Status::from(WireError::LeaseNotFound);
+        assert!(matches!(
+            RequestError::from_peer_status(status),
+            RequestError::Wire(WireError::LeaseNotFound)
+        ));
+    }
+}

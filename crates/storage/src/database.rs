@@ -1,0 +1,222 @@
+//! [`Database`]: one sled database opened with keel's settings, and the one
+//! way to make it durable.
+//!
+//! Invariant: [`Database::make_durable`] returns Ok only after a sled flush
+//! that started after the call did, followed by the fsyncs and the fdatasync
+//! of `fdatasync.rs`; everything written to the database before the call is
+//! then on disk. Calls are serialized (one set of files per database), so a
+//! sync never overlaps another sync of the same files.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::fdatasync::SledFdatasync;
+use crate::group_flush::GroupFlusher;
+use crate::StorageError;
+
+/// A sled database of keel's. Cheap to clone; clones share the database.
+#[derive(Clone)]
+pub struct Database {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    db: sled::Db,
+    /// Where the database lives; `None` for a temporary one.
+    path: Option<PathBuf>,
+    /// The files synced after each flush; `None` for a temporary database,
+    /// which is deleted when dropped and has nothing to keep.
+    files: Option<Mutex<SledFdatasync>>,
+}
+
+impl Database {
+    /// Opens (or creates) the database in `path` with keel's settings: a
+    /// page cache of `cache_bytes` and sled's `HighThroughput` mode (keel
+    /// makes data durable itself, with [`Database::make_durable`]; sled's
+    /// periodic background flush only bounds what a process crash loses of
+    /// writes nobody waited for).
+    ///
+    /// A database another open database holds is [`StorageError::Locked`].
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<Database, StorageError> {
+        ensure_not_locked(path)?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let files = SledFdatasync::open(path)?;
+        Ok(Database {
+            shared: Arc::new(Shared {
+                db,
+                path: Some(path.to_path_buf()),
+                files: Some(Mutex::new(files)),
+            }),
+        })
+    }
+
+    /// A database that lives only as long as its last handle (tests,
+    /// benchmarks): [`Database::make_durable`] only flushes it.
+    pub fn open_temporary() -> Result<Database, StorageError> {
+        let db = sled::Config::new().temporary(true).open()?;
+        Ok(Database {
+            shared: Arc::new(Shared {
+                db,
+                path: None,
+                files: None,
+            }),
+        })
+    }
+
+    /// The sled database, for reading and writing its trees. Make it durable
+    /// with [`Database::make_durable`] (or a [`GroupFlusher`]), never with
+    /// sled's own `flush`, which stops short of the disk.
+    pub fn sled(&self) -> &sled::Db {
+        &self.shared.db
+    }
+
+    /// Where the database lives (`None` for a temporary one).
+    pub fn path(&self) -> Option<&Path> {
+        self.shared.path.as_deref()
+    }
+
+    /// Makes every write applied to the database before this call durable:
+    /// sled's flush, then the blob fsyncs and the fdatasync of its data
+    /// file. Blocks for as long as the disk takes.
+    pub fn make_durable(&self) -> Result<(), StorageError> {
+        // Held across the flush too, so that concurrent callers never sync
+        // the files while another one's flush is still writing them.
+        let files = self
+            .shared
+            .files
+            .as_ref()
+            .map(|files| files.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        self.shared.db.flush()?;
+        if let Some(mut files) = files {
+            files.sync()?;
+        }
+        Ok(())
+    }
+
+    /// [`Database::make_durable`] on tokio's blocking pool.
+    pub async fn make_durable_async(&self) -> Result<(), StorageError> {
+        let database = self.clone();
+        match tokio::task::spawn_blocking(move || database.make_durable()).await {
+            Ok(result) => result,
+            Err(join_error) => Err(StorageError::io(
+                "making durable",
+                self.shared.path.clone().unwrap_or_default(),
+                std::io::Error::other(join_error),
+            )),
+        }
+    }
+
+    /// Starts a [`GroupFlusher`] thread for this database.
+    pub fn start_group_flusher(&self) -> Result<GroupFlusher, StorageError> {
+        GroupFlusher::start(self.clone())
+    }
+
+    /// The size of the database's files on disk (its data file and blobs), in bytes.
+    pub fn size_on_disk(&self) -> Result<u64, StorageError> {
+        Ok(self.shared.db.size_on_disk()?)
+    }
+}
+
+/// Fails with [`StorageError::Locked`] when another open database holds
+/// the lock sled takes on its data file (an exclusive `flock`), which sled
+/// itself reports only as text. The probe's own lock is released at once;
+/// sled then takes it. (Whoever takes it in between is reported by sled,
+/// untyped.)
+fn ensure_not_locked(path: &Path) -> Result<(), StorageError> {
+    use nix::errno::Errno;
+    use nix::fcntl::{Flock, FlockArg};
+    let data_path = path.join("db");
+    let file = match std::fs::File::open(&data_path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(StorageError::io("opening", &data_path, error)),
+    };
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(_released_when_dropped) => Ok(()),
+        Err((_, Errno::EWOULDBLOCK)) => Err(StorageError::Locked {
+            path: path.to_path_buf(),
+        }),
+        Err((_, errno)) => Err(StorageError::io("locking", &data_path, errno.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Opens the database in `path` again, retrying while sled's background
+    /// thread of a just dropped handle still holds the file lock.
+    fn reopen(path: &Path) -> Database {
+        let mut attempts = 0;
+        loop {
+            match Database::open(path, 1024 * 1024) {
+                Ok(database) => return database,
+                Err(StorageError::Locked { .. }) if attempts < 200 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(error) => panic!("reopen: {error}"),
+            }
+        }
+    }
+
+    #[test]
+    fn what_make_durable_covered_is_there_after_reopening_and_is_counted_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        {
+            let database = Database::open(&path, 1024 * 1024).expect("open");
+            assert_eq!(database.path(), Some(path.as_path()));
+            let tree = database.sled().open_tree("t").expect("tree");
+            tree.insert(b"small", &b"v"[..]).expect("insert");
+            tree.insert(b"big", vec![3u8; 512 * 1024]).expect("insert");
+            database.make_durable().expect("durable");
+            assert!(
+                database.size_on_disk().expect("size") >= 512 * 1024,
+                "the size on disk counts the blob file of the big record"
+            );
+        }
+        let database = reopen(&path);
+        let tree = database.sled().open_tree("t").expect("tree");
+        assert_eq!(tree.get(b"small").expect("get").as_deref(), Some(&b"v"[..]));
+        assert_eq!(tree.get(b"big").expect("get").map(|v| v.len()), Some(512 * 1024));
+    }
+
+    #[test]
+    fn a_database_that_cannot_be_created_is_a_storage_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").expect("write");
+        match Database::open(&file.join("db"), 1024 * 1024) {
+            Err(StorageError::Sled(_)) | Err(StorageError::Io { .. }) => {}
+            Err(other) => panic!("unexpected error {other:?}"),
+            Ok(_) => panic!("a database under a regular file cannot open"),
+        }
+    }
+
+    #[test]
+    fn a_database_open_elsewhere_is_refused_as_locked_until_it_is_closed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let first = Database::open(&path, 1024 * 1024).expect("open");
+        match Database::open(&path, 1024 * 1024) {
+            Err(StorageError::Locked { path: locked }) => assert_eq!(locked, path),
+            Err(other) => panic!("expected Locked, got {other:?}"),
+            Ok(_) => panic!("a database open elsewhere must be refused"),
+        }
+        drop(first);
+        reopen(&path);
+    }
+
+    #[tokio::test]
+    async fn a_temporary_database_makes_durable_by_flushing() {
+        let database = Database::open_temporary().expect("temporary");
+        assert_eq!(database.path(), None);
+        database.sled().insert(b"k", &b"v"[..]).expect("insert");
+        database.make_durable_async().await.expect("flush");
+    }
+}

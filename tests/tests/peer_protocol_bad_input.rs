@@ -1,0 +1,104 @@
+//! Bad input on the peer protocol: a snapshot stream that is empty, cut
+//! short of the size its header names, or has an undecodable header is
+//! refused with InvalidArgument, leaves no partial file behind, and the
+//! member keeps serving.
+
+use std::time::Duration;
+
+use keel_api::etcdserverpb::PutRequest;
+use keel_api::keelpb::peer_client::PeerClient;
+use keel_api::keelpb::SnapshotChunk;
+use keel_node::network::SnapshotHeader;
+use keel_node::peer_codec::encode_payload;
+use keel_raft::type_config::{SnapshotMeta, Vote};
+use keel_tests::in_process::InProcessCluster;
+use tonic::Code;
+
+fn partial_snapshot_files(cluster: &InProcessCluster) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(cluster.data_dir(0).join("snap")) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".partial"))
+        .collect()
+}
+
+async fn send_snapshot_stream(
+    cluster: &InProcessCluster,
+    chunks: Vec<SnapshotChunk>,
+) -> Result<(), tonic::Status> {
+    let mut client = PeerClient::connect(cluster.peer_url(0))
+        .await
+        .expect("connect to the peer port");
+    client
+        .install_snapshot(tokio_stream::iter(chunks))
+        .await
+        .map(|_| ())
+}
+
+fn header_claiming(size: u64) -> Vec<u8> {
+    let header = SnapshotHeader {
+        vote: Vote::new_committed(1, 1),
+        meta: SnapshotMeta {
+            last_log_id: None,
+            last_membership: Default::default(),
+        },
+        size,
+    };
+    encode_payload(&header).expect("encode").data
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_empty_or_undecodable_snapshot_streams_are_refused_and_leave_no_partial_file() {
+    let cluster = InProcessCluster::start(1, &[]).await.expect("cluster");
+    cluster
+        .wait_for("a leader", Duration::from_secs(20), |_, metrics| {
+            metrics.current_leader.is_some()
+        })
+        .await
+        .expect("leader");
+
+    let empty = send_snapshot_stream(&cluster, Vec::new()).await;
+    assert_eq!(
+        empty.expect_err("empty stream refused").code(),
+        Code::InvalidArgument
+    );
+
+    let short = send_snapshot_stream(
+        &cluster,
+        vec![SnapshotChunk {
+            header: header_claiming(1000),
+            data: vec![7u8; 10],
+        }],
+    )
+    .await;
+    let status = short.expect_err("short stream refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("1000"), "{status:?}");
+
+    let garbage = send_snapshot_stream(
+        &cluster,
+        vec![SnapshotChunk {
+            header: vec![0xff; 3],
+            data: Vec::new(),
+        }],
+    )
+    .await;
+    assert_eq!(
+        garbage.expect_err("undecodable header refused").code(),
+        Code::InvalidArgument
+    );
+
+    assert_eq!(partial_snapshot_files(&cluster), Vec::<String>::new());
+    let client = cluster.client(0).expect("client");
+    client
+        .put(PutRequest {
+            key: b"still".to_vec(),
+            value: b"serving".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("the member still serves writes");
+}
