@@ -111,6 +111,16 @@ impl NodeHandle {
         self.read_path.linearize().await
     }
 
+    /// Moves leadership to member `to` (etcd's `MoveLeader`); called on the
+    /// leader, returns once `to` leads (`leader_transfer.rs`).
+    pub async fn transfer_leadership(
+        &self,
+        to: NodeId,
+        limit: Duration,
+    ) -> Result<(), crate::leader_transfer::LeaderTransferError> {
+        crate::leader_transfer::transfer_leadership(&self.raft, to, limit).await
+    }
+
     /// Bytes the Raft log database takes on disk.
     pub fn raft_log_size_on_disk(&self) -> u64 {
         dir_size(&self.raft_dir)
