@@ -154,3 +154,15 @@ impl Leadership {
         self.raft.metrics().borrow_watched().current_term
     }
 }
+
+/// What the read and write paths share to reach the leader from this member.
+#[derive(Clone)]
+pub(crate) struct LeaderRoute {
+    pub(crate) raft: KeelRaft,
+    pub(crate) leadership: Leadership,
+    pub(crate) network: crate::network::PeerNetwork,
+    /// The whole time one client request may take.
+    pub(crate) request_timeout: Duration,
+    /// How long a request waits for a leader to be known.
+    pub(crate) leader_wait: Duration,
+}

@@ -25,7 +25,7 @@ use tokio_stream::StreamExt;
 use crate::config::{openraft_config, Bootstrap, NodeConfig};
 use crate::data_format::DataFormatError;
 use crate::leader_connection::{CampaignTiming, LeaderConnectionWatch};
-use crate::leadership::{LeaderContact, Leadership};
+use crate::leadership::{LeaderContact, LeaderRoute, Leadership};
 use crate::network::PeerNetwork;
 use crate::peer_codec::MAX_PEER_MESSAGE_BYTES;
 use crate::peer_service::PeerService;
@@ -270,22 +270,15 @@ fn start_paths(
     let leadership = Leadership::new(raft.clone(), config.member_id, election_timeout, contact);
     let request_timeout = Duration::from_secs(5) + 2 * election_timeout;
     let leader_wait = 3 * election_timeout;
-    let write_path = WritePath::start(
-        raft.clone(),
-        leadership.clone(),
-        network.clone(),
-        request_timeout,
-        leader_wait,
-        config.timing.heartbeat_interval(),
-    );
-    let read_path = ReadPath::start(
-        raft.clone(),
-        leadership.clone(),
+    let route = LeaderRoute {
+        raft: raft.clone(),
+        leadership: leadership.clone(),
         network,
         request_timeout,
         leader_wait,
-        election_timeout,
-    );
+    };
+    let write_path = WritePath::start(route.clone(), config.timing.heartbeat_interval());
+    let read_path = ReadPath::start(route, election_timeout);
     NodeHandle {
         member_id: config.member_id,
         raft,

@@ -33,7 +33,7 @@ use openraft::ReadPolicy;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::leadership::Leadership;
+use crate::leadership::{LeaderRoute, Leadership};
 use crate::network::{PeerMessage, PeerNetwork, PeerUnavailable};
 use crate::request_error::RequestError;
 
@@ -65,14 +65,16 @@ struct RoundContext {
 }
 
 impl ReadPath {
-    pub fn start(
-        raft: KeelRaft,
-        leadership: Leadership,
-        network: PeerNetwork,
-        request_timeout: Duration,
-        leader_wait: Duration,
-        confirm_timeout: Duration,
-    ) -> Self {
+    /// Starts the read-index batchers; a round waits at most
+    /// `confirm_timeout` for the leader's confirmation.
+    pub(crate) fn start(route: LeaderRoute, confirm_timeout: Duration) -> Self {
+        let LeaderRoute {
+            raft,
+            leadership,
+            network,
+            request_timeout,
+            leader_wait,
+        } = route;
         let context = RoundContext {
             raft: raft.clone(),
             leadership,

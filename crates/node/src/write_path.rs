@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
-use crate::leadership::Leadership;
+use crate::leadership::{LeaderRoute, Leadership};
 use crate::network::{PeerMessage, PeerNetwork, PeerUnavailable};
 use crate::request_error::{is_not_leader_refusal, RequestError};
 
@@ -62,14 +62,16 @@ pub struct WritePath {
 }
 
 impl WritePath {
-    pub fn start(
-        raft: KeelRaft,
-        leadership: Leadership,
-        network: PeerNetwork,
-        request_timeout: Duration,
-        leader_wait: Duration,
-        retry_pause: Duration,
-    ) -> Self {
+    /// Starts the proposer; a forwarded write is retried (when provably not
+    /// proposed) after at most `retry_pause`.
+    pub(crate) fn start(route: LeaderRoute, retry_pause: Duration) -> Self {
+        let LeaderRoute {
+            raft,
+            leadership,
+            network,
+            request_timeout,
+            leader_wait,
+        } = route;
         let (proposals, queue) = mpsc::channel(16 * 1024);
         tokio::spawn(run_proposer(raft, queue));
         WritePath {
