@@ -3,8 +3,9 @@
 # `compare.sh` run: starts a fresh 3-member `keel local-cluster` from the
 # binaries in BIN_DIR (keel and keel-bench, e.g. a copy of target/release),
 # runs `keel-bench put` through the leader at 1, 16 and 256 clients (5 s each
-# after 1 s of warm-up), prints one summary line per case, and stops the
-# cluster. Extra NAME=VALUE arguments go into the members' environment.
+# after 1 s of warm-up), prints one summary line per case, with the three
+# members' CPU time per put (user + system, from /proc/<pid>/stat, over the
+# 5 measured seconds), and stops the cluster. Extra NAME=VALUE arguments go into the members' environment.
 # Alternate builds over several rounds; quote medians, never one round.
 #
 #   benches/ab_put.sh /tmp/bin-before; benches/ab_put.sh /tmp/bin-after
@@ -19,10 +20,22 @@ trap 'kill -TERM $cluster 2>/dev/null || true; wait $cluster 2>/dev/null || true
 for _ in $(seq 1 100); do grep -q '^export KEELCTL_ENDPOINTS=' "$log" && break; sleep 0.2; done
 endpoints=$(sed -n 's/^export KEELCTL_ENDPOINTS=//p' "$log")
 [ -n "$endpoints" ] || { echo "ab_put.sh: the cluster did not come up:" >&2; cat "$log" >&2; exit 2; }
+member_pids=$(grep -o 'pid [0-9]*' "$log" | awk '{print $2}')
+# CPU ticks (user + system) the members have used so far.
+member_ticks() { for pid in $member_pids; do awk '{print $14 + $15}' "/proc/$pid/stat"; done | awk '{t += $1} END {print t}'; }
+put() { # CLIENTS CONNS DURATION
+    "$bin_dir/keel-bench" put --endpoints "$endpoints" --target leader --conns "$2" --clients "$1" \
+        --duration "$3" --warmup 0s --key-size 8 --val-size 256 --key-space 100000 2>&1 >/dev/null
+}
+ticks_per_second=$(getconf CLK_TCK)
 for case in "1 1" "16 4" "256 16"; do
     read -r clients conns <<<"$case"
-    summary=$("$bin_dir/keel-bench" put --endpoints "$endpoints" --target leader --conns "$conns" \
-        --clients "$clients" --duration 5s --warmup 1s --key-size 8 --val-size 256 --key-space 100000 2>&1 >/dev/null |
-        grep -E '^(throughput|latency)' | tr -s ' ' | paste -sd' ')
-    echo "$bin_dir $* clients=$clients $summary"
+    put "$clients" "$conns" 1s >/dev/null # warm-up
+    before=$(member_ticks)
+    summary=$(put "$clients" "$conns" 5s | grep -E '^(throughput|latency)' | tr -s ' ' | paste -sd' ')
+    after=$(member_ticks)
+    throughput=$(echo "$summary" | awk '{print $2}')
+    cpu=$(awk -v t=$((after - before)) -v hz="$ticks_per_second" -v tp="$throughput" \
+        'BEGIN {printf "%.0f", t * 1e6 / hz / (tp * 5)}')
+    echo "$bin_dir $* clients=$clients $summary server_cpu_us_per_put $cpu"
 done
