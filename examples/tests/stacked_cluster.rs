@@ -37,6 +37,10 @@ async fn an_embedded_three_member_cluster_replicates_and_survives_its_leader() {
         assert_eq!(value.as_deref(), Some("v2"), "member {id}");
     }
 
+    assert!(
+        cluster.member(leader).expect("leader").raft_log_size_on_disk() > 0,
+        "the Raft log's database is measured"
+    );
     cluster.stop(leader).await.expect("leader stops");
     assert!(cluster.member(leader).is_err(), "a stopped member has no handle");
     let next = cluster

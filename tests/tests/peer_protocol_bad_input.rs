@@ -1,17 +1,19 @@
 //! Bad input on the peer protocol: a snapshot stream that is empty, cut
 //! short of the size its header names, or has an undecodable header is
-//! refused with InvalidArgument, leaves no partial file behind, and the
-//! member keeps serving.
+//! refused with InvalidArgument and leaves no partial file behind; an
+//! undecodable Raft message (unary or on the replication stream) is refused
+//! with InvalidArgument; the member keeps serving.
 
 use std::time::Duration;
 
 use keel_api::etcdserverpb::PutRequest;
 use keel_api::keelpb::peer_client::PeerClient;
-use keel_api::keelpb::SnapshotChunk;
+use keel_api::keelpb::{RaftPayload, SnapshotChunk};
 use keel_node::network::SnapshotHeader;
 use keel_node::peer_codec::encode_payload;
 use keel_raft::type_config::{SnapshotMeta, Vote};
 use keel_tests::in_process::InProcessCluster;
+use tokio_stream::StreamExt;
 use tonic::Code;
 
 fn partial_snapshot_files(cluster: &InProcessCluster) -> Vec<String> {
@@ -94,6 +96,49 @@ async fn short_empty_or_undecodable_snapshot_streams_are_refused_and_leave_no_pa
     assert_eq!(partial_snapshot_files(&cluster), Vec::<String>::new());
     let client = cluster.client(0).expect("client");
     client
+        .put(PutRequest {
+            key: b"still".to_vec(),
+            value: b"serving".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("the member still serves writes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_raft_messages_are_refused_with_invalid_argument_and_the_member_keeps_serving() {
+    let cluster = InProcessCluster::start(1, &[]).await.expect("cluster");
+    cluster
+        .wait_for("a leader", Duration::from_secs(20), |_, metrics| {
+            metrics.current_leader.is_some()
+        })
+        .await
+        .expect("leader");
+    let mut client = PeerClient::connect(cluster.peer_url(0))
+        .await
+        .expect("connect to the peer port");
+    let garbage = || RaftPayload { data: vec![0xff; 5] };
+
+    let unary = client.append_entries(garbage()).await;
+    assert_eq!(unary.expect_err("refused").code(), Code::InvalidArgument);
+    let vote = client.vote(garbage()).await;
+    assert_eq!(vote.expect_err("refused").code(), Code::InvalidArgument);
+
+    // On the replication stream the refusal ends the session's answers.
+    let session = client
+        .stream_append(tokio_stream::iter(vec![garbage()]))
+        .await
+        .expect("the session opens");
+    let answers: Vec<Result<RaftPayload, tonic::Status>> = session.into_inner().collect().await;
+    let refusal = answers
+        .into_iter()
+        .find_map(Result::err)
+        .expect("the undecodable request is refused");
+    assert_eq!(refusal.code(), Code::InvalidArgument, "{refusal:?}");
+
+    cluster
+        .client(0)
+        .expect("client")
         .put(PutRequest {
             key: b"still".to_vec(),
             value: b"serving".to_vec(),

@@ -6,8 +6,6 @@
 //! application embeds a member with that one call and talks to it through
 //! [`NodeHandle`]; the `keel` server adds etcd's client services on top.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use keel_api::keelpb::peer_server::PeerServer;
@@ -77,7 +75,7 @@ pub struct NodeHandle {
     write_path: WritePath,
     read_path: ReadPath,
     state: StateView,
-    raft_dir: Arc<PathBuf>,
+    raft_log_database: Database,
 }
 
 impl NodeHandle {
@@ -123,7 +121,7 @@ impl NodeHandle {
 
     /// Bytes the Raft log database takes on disk.
     pub fn raft_log_size_on_disk(&self) -> u64 {
-        dir_size(&self.raft_dir)
+        self.raft_log_database.size_on_disk().unwrap_or(0)
     }
 }
 
@@ -141,6 +139,7 @@ impl Node {
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         crate::data_format::check_or_record(&config.data_dir)?;
         let (keyspace_database, state_machine, log_store) = open_storage(&config)?;
+        let raft_log_database = log_store.database().clone();
         let state = state_machine.view();
         let network = peer_network(&config);
         let raft = KeelRaft::new(
@@ -154,7 +153,7 @@ impl Node {
         .map_err(|e| NodeError::RaftStart(e.to_string()))?;
 
         let contact = LeaderContact::new();
-        let handle = start_paths(&config, raft, state, network, contact.clone());
+        let handle = start_paths(&config, raft, state, raft_log_database, network, contact.clone());
         let (stop_peer_servers, stop) = tokio::sync::watch::channel(false);
         let leader_connections = config.test_hooks.leader_connections;
         let peer_servers = serve_peer_protocol(
@@ -263,6 +262,7 @@ fn start_paths(
     config: &NodeConfig,
     raft: KeelRaft,
     state: StateView,
+    raft_log_database: Database,
     network: PeerNetwork,
     contact: LeaderContact,
 ) -> NodeHandle {
@@ -286,7 +286,7 @@ fn start_paths(
         write_path,
         read_path,
         state,
-        raft_dir: Arc::new(config.data_dir.join("raft")),
+        raft_log_database,
     }
 }
 
@@ -379,18 +379,4 @@ async fn raft_stopped(raft: &KeelRaft) -> String {
             return "the Raft core is gone".to_string();
         }
     }
-}
-
-fn dir_size(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|entry| match entry.metadata() {
-            Ok(meta) if meta.is_dir() => dir_size(&entry.path()),
-            Ok(meta) => meta.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }

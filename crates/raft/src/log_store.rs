@@ -50,6 +50,7 @@ const LAST_PURGED_KEY: &[u8] = b"last_purged";
 
 #[derive(Clone)]
 pub struct SledLogStore {
+    database: Database,
     log: sled::Tree,
     state: sled::Tree,
     flusher: GroupFlusher,
@@ -86,11 +87,17 @@ impl SledLogStore {
         let state = database.sled().open_tree("raft_state")?;
         let flusher = database.start_group_flusher()?;
         Ok(SledLogStore {
+            database,
             log,
             state,
             flusher,
             purge_gate: None,
         })
+    }
+
+    /// The database the log lives in (for its size on disk).
+    pub fn database(&self) -> &Database {
+        &self.database
     }
 
     fn read_state<T: StorageRecord>(&self, key: &[u8]) -> Result<Option<T>, io::Error> {
