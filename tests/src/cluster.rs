@@ -387,9 +387,19 @@ impl Cluster {
     pub async fn wait_for_leader(&mut self, timeout: Duration) -> Result<usize, FixtureError> {
         let endpoints = self.running_endpoints();
         let poll = Duration::from_millis(50);
-        keel_client::launch::wait_for_leader(&endpoints, timeout, poll, || self.exited_member())
-            .await
-            .map_err(|error| FixtureError::Timeout(error.to_string()))
+        let waited =
+            keel_client::launch::wait_for_leader(&endpoints, timeout, poll, || self.exited_member()).await;
+        waited.map_err(|error| {
+            let exited_log = match &error {
+                keel_client::launch::LeaderWaitError::MemberExited { member } => self
+                    .members
+                    .iter()
+                    .position(|m| &m.name == member)
+                    .map(|index| format!("; the end of its log:\n{}", self.log_tail(index, 20))),
+                keel_client::launch::LeaderWaitError::NoLeader(_) => None,
+            };
+            FixtureError::Timeout(format!("{error}{}", exited_log.unwrap_or_default()))
+        })
     }
 
     /// The name of a member whose process exited on its own, if any.
