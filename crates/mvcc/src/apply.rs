@@ -37,7 +37,7 @@ use crate::overlay::{IndexOverlay, Overlay};
 use crate::range::{self, header, ViewRevisions};
 use crate::store::{Shared, WriterSlot};
 use crate::view::{BatchView, CommittedView, View};
-use crate::{compaction, txn};
+use crate::{changes, compaction, txn};
 
 /// A batch of write requests applied in order, each seeing the ones before
 /// it, committed together by [`ApplyBatch::commit`] (dropping it discards
@@ -174,6 +174,13 @@ impl<'a> ApplyBatch<'a> {
         if overlay.is_empty() && keys.is_empty() && revision == committed_revisions.current {
             return Ok(());
         }
+        let new_records_low = keys::revision_key(Revision::new(committed_revisions.current.saturating_add(1), 0));
+        let new_records_high = keys::revision_key(Revision::new(i64::MAX, 0));
+        let new_events = changes::events_of_records(
+            overlay
+                .range(&new_records_low, &new_records_high)
+                .filter_map(|(key, value)| value.as_ref().map(|value| (key, value))),
+        )?;
         let batch = overlay.into_batch();
         let mut exclusive = shared.write_keyspace();
         exclusive.tree.apply_batch(batch)?;
@@ -186,10 +193,13 @@ impl<'a> ApplyBatch<'a> {
         for (key, pending) in keys.into_pending() {
             index::apply_pending(index, key, pending);
         }
+        exclusive.recent.append(new_events);
         shared.set_revisions(ViewRevisions {
             current: revision,
             compacted: compact_revision,
         });
+        drop(exclusive);
+        shared.announce_revision(revision);
         Ok(())
     }
 

@@ -26,10 +26,11 @@
 //! `store.rs` (open, locks, reads), `apply.rs` (batches and revision
 //! numbering), `overlay.rs` (a batch's pending records and index deltas,
 //! with undo), `view.rs` (read-your-writes views over index and tree),
-//! `range.rs`, `txn.rs`, `compaction.rs`, `hash.rs`, `snapshot.rs` (dump and
+//! `changes.rs` (the change feed for watchers), `range.rs`, `txn.rs`, `compaction.rs`, `hash.rs`, `snapshot.rs` (dump and
 //! atomic install).
 
 mod apply;
+mod changes;
 mod compaction;
 mod error;
 mod hash;
@@ -43,5 +44,6 @@ mod txn;
 mod view;
 
 pub use apply::ApplyBatch;
+pub use changes::{Changes, RECENT_CHANGES_MAX_BYTES, RECENT_CHANGES_MAX_EVENTS};
 pub use error::MvccError;
 pub use store::{KvHash, MvccStore, SnapshotStats};

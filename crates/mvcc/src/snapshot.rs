@@ -23,6 +23,7 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use crate::error::{MvccError, Result};
+use crate::changes::RecentChanges;
 use crate::store::{keyspace_tree_name, load, Keyspace, Shared, SnapshotStats, ACTIVE_POINTER};
 
 const MAGIC: &[u8; 8] = b"KEELMVCC";
@@ -219,11 +220,13 @@ pub(crate) fn install(shared: &Shared, input: &mut dyn Read) -> Result<SnapshotS
                 generation,
                 tree,
                 index: Arc::new(index),
+                recent: RecentChanges::starting_after(revisions.current),
             },
         );
         shared.set_revisions(revisions);
         old
     };
+    shared.announce_revision(revisions.current);
     // Freed outside the exclusive section: a big index takes a while.
     let old_generation = old.generation;
     drop(old);

@@ -29,6 +29,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use keel_storage::Database;
 
 use crate::apply::ApplyBatch;
+use crate::changes::{self, Changes, RecentChanges};
 use crate::error::{corrupt, MvccError, Result};
 use crate::index::{self, Index};
 use crate::keys;
@@ -36,6 +37,7 @@ use crate::range::{self, ViewRevisions};
 use crate::view::CommittedView;
 use crate::{hash, snapshot};
 use keel_api::etcdserverpb::{RangeRequest, RangeResponse};
+use keel_api::key_range::KeySelection;
 
 /// The key in the Db's default tree naming the active keyspace tree.
 pub(crate) const ACTIVE_POINTER: &[u8] = b"keel-mvcc/active-keyspace";
@@ -74,6 +76,8 @@ pub(crate) struct Keyspace {
     pub(crate) tree: sled::Tree,
     /// Shared only with the one running [`ApplyBatch`] (see its `index`).
     pub index: Arc<Index>,
+    /// The last committed changes, for watchers (`changes.rs`).
+    pub(crate) recent: RecentChanges,
 }
 
 impl Keyspace {
@@ -94,6 +98,9 @@ pub(crate) struct Shared {
     pub compact_revision: AtomicI64,
     writer_busy: Mutex<bool>,
     writer_free: Condvar,
+    /// The committed store revision, for watchers to wait on; sent after
+    /// the exclusive section that committed it.
+    revision_announcer: tokio::sync::watch::Sender<i64>,
 }
 
 /// Proof of holding the writer slot; releases it when dropped.
@@ -133,6 +140,15 @@ impl Shared {
             current: self.revision.load(Ordering::Acquire),
             compacted: self.compact_revision.load(Ordering::Acquire),
         }
+    }
+
+    /// Wakes whoever waits for a revision newer than they saw.
+    pub fn announce_revision(&self, revision: i64) {
+        self.revision_announcer.send_if_modified(|announced| {
+            let newer = *announced != revision;
+            *announced = revision;
+            newer
+        });
     }
 
     pub fn set_revisions(&self, revisions: ViewRevisions) {
@@ -251,11 +267,13 @@ impl MvccStore {
                 generation,
                 tree,
                 index: Arc::new(index),
+                recent: RecentChanges::starting_after(revisions.current),
             }),
             revision: AtomicI64::new(revisions.current),
             compact_revision: AtomicI64::new(revisions.compacted),
             writer_busy: Mutex::new(false),
             writer_free: Condvar::new(),
+            revision_announcer: tokio::sync::watch::Sender::new(revisions.current),
         };
         Ok(MvccStore {
             shared: Arc::new(shared),
@@ -281,6 +299,60 @@ impl MvccStore {
             (range::select(&keyspace.view(), revisions, request)?, revisions)
         };
         Ok(selected.into_response(request, revisions.current))
+    }
+
+    /// The store revision, changing after every commit (and snapshot
+    /// install) that moves it: a watcher waits on this, then pulls
+    /// [`Self::changes_after`].
+    pub fn subscribe_revisions(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.shared.revision_announcer.subscribe()
+    }
+
+    /// The changes after revision `after` that `selection` matches, in
+    /// revision order, whole revisions only; after about `scan_budget`
+    /// changes looked at the pull stops and says how far it got (see
+    /// `changes.rs`). Fails with `Compacted` when `after + 1` is below the
+    /// compact revision.
+    pub fn changes_after(
+        &self,
+        after: i64,
+        selection: &KeySelection<'_>,
+        scan_budget: usize,
+    ) -> Result<Changes, MvccError> {
+        let keyspace = self.shared.read_keyspace();
+        let revisions = self.shared.revisions();
+        let start = after.saturating_add(1);
+        if start < revisions.compacted {
+            return Err(MvccError::Compacted {
+                requested: start,
+                compacted: revisions.compacted,
+            });
+        }
+        if after >= revisions.current {
+            return Ok(Changes {
+                events: Vec::new(),
+                through_revision: after,
+            });
+        }
+        let (events, stopped_at) = if keyspace.recent.holds_from(start) {
+            let source = keyspace.recent.after(after).cloned().map(Ok);
+            changes::take_whole_revisions(source, selection, scan_budget)?
+        } else {
+            let low = keys::revision_key(keys::Revision::new(start, 0));
+            let high = keys::revision_key(keys::Revision::new(revisions.current.saturating_add(1), 0));
+            let source = keyspace.tree.range(low..high).map(|entry| {
+                let (key, value) = entry?;
+                Ok(changes::event_of(
+                    keys::parse_revision_key(&key)?,
+                    &keys::decode_record(&value)?,
+                ))
+            });
+            changes::take_whole_revisions(source, selection, scan_budget)?
+        };
+        Ok(Changes {
+            events,
+            through_revision: stopped_at.unwrap_or(revisions.current),
+        })
     }
 
     /// Starts a batch of writes; waits while another batch, dump or install runs.

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod changes;
 mod compaction;
 mod durability;
 mod index;

@@ -1,0 +1,203 @@
+//! The change feed: every committed change as an etcd watch event, for the
+//! watchers a member serves. Recent changes come from memory
+//! ([`RecentChanges`]), older ones from the revision records; a watcher
+//! pulls them with [`crate::MvccStore::changes_after`] and learns of new
+//! commits through [`crate::MvccStore::subscribe_revisions`].
+//!
+//! Invariants owned here:
+//! - [`RecentChanges`] holds every change with a main revision in
+//!   `[first_revision, current]` and nothing else, in revision order (main,
+//!   then sub, which is the order of the changes inside a txn). It is
+//!   changed only while the keyspace lock is held exclusively (a commit
+//!   appends the batch's records; a snapshot install empties it and moves
+//!   `first_revision` past the installed revision), so a reader holding the
+//!   lock shared sees changes and store revision that agree.
+//! - A pull returns whole revisions only: every event of a txn, or none.
+//!   It starts at `after + 1` and ends at the `through_revision` it
+//!   reports, so successive pulls from `through_revision` neither skip nor
+//!   repeat a change.
+//! - A pull that starts below the compact revision fails with
+//!   [`MvccError::Compacted`] (etcd cancels such a watcher; a start exactly
+//!   at the compact revision is served, as etcd serves it).
+//! - Memory is bounded: the recent changes keep at most
+//!   [`RECENT_CHANGES_MAX_EVENTS`] events and [`RECENT_CHANGES_MAX_BYTES`]
+//!   bytes of keys and values, dropping the oldest whole revisions first.
+
+use std::collections::VecDeque;
+
+use keel_api::key_range::KeySelection;
+use keel_api::mvccpb::{event::EventType, Event, KeyValue};
+use keel_storage::sled::IVec;
+
+use crate::error::Result;
+use crate::keys::{self, ChangeKind, Revision};
+
+/// At most this many events stay in memory for watchers.
+pub const RECENT_CHANGES_MAX_EVENTS: usize = 16 * 1024;
+/// At most this many bytes of keys and values stay in memory for watchers.
+pub const RECENT_CHANGES_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// What one pull of the feed found.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Changes {
+    /// The matching events of revisions `after + 1 ..= through_revision`,
+    /// in revision order.
+    pub events: Vec<Event>,
+    /// The last revision the pull covered (the store revision when it
+    /// reached the end of the history).
+    pub through_revision: i64,
+}
+
+/// The last committed changes, in revision order.
+pub(crate) struct RecentChanges {
+    /// Every change with a main revision at or above this is held.
+    first_revision: i64,
+    events: VecDeque<Event>,
+    bytes: usize,
+}
+
+fn event_bytes(event: &Event) -> usize {
+    event
+        .kv
+        .as_ref()
+        .map_or(0, |kv| kv.key.len() + kv.value.len())
+}
+
+fn revision_of(event: &Event) -> i64 {
+    event.kv.as_ref().map_or(0, |kv| kv.mod_revision)
+}
+
+impl RecentChanges {
+    /// Holds nothing yet: every change after `current` will be held.
+    pub fn starting_after(current: i64) -> Self {
+        RecentChanges {
+            first_revision: current.saturating_add(1),
+            events: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Appends a committed batch's events (see [`events_of_records`]), in
+    /// revision order, then drops the oldest revisions beyond the bounds.
+    pub fn append(&mut self, events: Vec<Event>) {
+        for event in events {
+            self.bytes += event_bytes(&event);
+            self.events.push_back(event);
+        }
+        while self.events.len() > RECENT_CHANGES_MAX_EVENTS || self.bytes > RECENT_CHANGES_MAX_BYTES {
+            let Some(oldest) = self.events.front().map(revision_of) else {
+                break;
+            };
+            while self.events.front().is_some_and(|event| revision_of(event) == oldest) {
+                if let Some(dropped) = self.events.pop_front() {
+                    self.bytes -= event_bytes(&dropped);
+                }
+            }
+            self.first_revision = oldest.saturating_add(1);
+        }
+    }
+
+    /// Whether every change from `revision` on is held.
+    pub fn holds_from(&self, revision: i64) -> bool {
+        revision >= self.first_revision
+    }
+
+    /// The held events of revisions `> after`, in order.
+    pub fn after(&self, after: i64) -> impl Iterator<Item = &Event> {
+        let start = self.events.partition_point(|event| revision_of(event) <= after);
+        self.events.range(start..)
+    }
+}
+
+/// The events of a batch's new records (revision key, record bytes).
+pub(crate) fn events_of_records<'a>(records: impl Iterator<Item = (&'a IVec, &'a IVec)>) -> Result<Vec<Event>> {
+    records
+        .map(|(key, value)| Ok(event_of(keys::parse_revision_key(key)?, &keys::decode_record(value)?)))
+        .collect()
+}
+
+/// The watch event a change record stands for.
+pub(crate) fn event_of(revision: Revision, record: &keys::Record<'_>) -> Event {
+    let kind = match record.kind() {
+        ChangeKind::Put => EventType::Put,
+        ChangeKind::Tombstone => EventType::Delete,
+    };
+    Event {
+        r#type: kind as i32,
+        kv: Some(record.to_kv(revision)),
+        prev_kv: None,
+    }
+}
+
+/// Collects the events of `source` (in revision order) that `selection`
+/// matches. Once `scan_budget` events have been looked at, stops at the
+/// next revision boundary and returns the last revision it completed;
+/// returns `None` for that when it reached the end of `source`.
+pub(crate) fn take_whole_revisions(
+    source: impl Iterator<Item = Result<Event>>,
+    selection: &KeySelection<'_>,
+    scan_budget: usize,
+) -> Result<(Vec<Event>, Option<i64>)> {
+    let mut taken = Vec::new();
+    let mut scanned = 0usize;
+    let mut current: Option<i64> = None;
+    for event in source {
+        let event = event?;
+        let revision = revision_of(&event);
+        if current != Some(revision) {
+            if let Some(finished) = current {
+                if scanned >= scan_budget {
+                    return Ok((taken, Some(finished)));
+                }
+            }
+            current = Some(revision);
+        }
+        scanned += 1;
+        if event
+            .kv
+            .as_ref()
+            .is_some_and(|kv: &KeyValue| selection.contains(&kv.key))
+        {
+            taken.push(event);
+        }
+    }
+    Ok((taken, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(revision: i64, key: &str) -> Result<Event> {
+        Ok(Event {
+            r#type: EventType::Put as i32,
+            kv: Some(KeyValue {
+                key: key.as_bytes().to_vec(),
+                mod_revision: revision,
+                ..Default::default()
+            }),
+            prev_kv: None,
+        })
+    }
+
+    #[test]
+    fn a_pull_stops_only_between_revisions() {
+        let source = vec![put(2, "a"), put(3, "a"), put(3, "b"), put(3, "c"), put(4, "a")];
+        let all = KeySelection::Range {
+            start: b"",
+            end: None,
+        };
+        let (events, through) = take_whole_revisions(source.into_iter(), &all, 2).expect("pull");
+        assert_eq!(events.len(), 4, "the txn at revision 3 is taken whole");
+        assert_eq!(through, Some(3), "stopped after revision 3");
+    }
+
+    #[test]
+    fn a_pull_covers_unmatched_revisions_too() {
+        let source = vec![put(2, "a"), put(3, "b")];
+        let (events, through) =
+            take_whole_revisions(source.into_iter(), &KeySelection::Single(b"z"), 10).expect("pull");
+        assert!(events.is_empty());
+        assert_eq!(through, None, "reached the end");
+    }
+}
