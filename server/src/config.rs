@@ -47,6 +47,9 @@ pub struct MemberFlags {
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, default_value_t = 1572864)]
     pub max_request_bytes: usize,
+    /// Duration of periodical watch progress notification (Go syntax: 10m, 500ms).
+    #[arg(long, default_value = "10m", value_parser = keel_api::go_format::parse_duration)]
+    pub experimental_watch_progress_notify_interval: std::time::Duration,
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, default_value_t = 128)]
     pub max_txn_ops: usize,
@@ -156,6 +159,9 @@ impl MemberFlags {
         }
         if self.snapshot_count == 0 {
             bail!("--snapshot-count must be > 0");
+        }
+        if self.experimental_watch_progress_notify_interval.is_zero() {
+            bail!("--experimental-watch-progress-notify-interval must be > 0");
         }
         Ok(())
     }

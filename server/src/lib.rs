@@ -18,3 +18,5 @@ pub mod member_log;
 mod request_checks;
 pub mod signals;
 mod unserved_services;
+mod watch_service;
+mod watch_stream;

@@ -27,7 +27,8 @@ use crate::identity::{claim_data_dir, cluster_id, initial_member_ids, member_id,
 use crate::kv_service::KvService;
 use crate::maintenance_service::MaintenanceService;
 use crate::request_checks::RequestLimits;
-use crate::unserved_services::{UnservedLease, UnservedWatch};
+use crate::unserved_services::UnservedLease;
+use crate::watch_service::WatchService;
 
 /// Headroom over --max-request-bytes that gRPC accepts, so that oversized
 /// requests get etcd's "request is too large" instead of a transport error.
@@ -272,7 +273,14 @@ async fn serve_client_services(
                 )
                 .add_service(ClusterServer::new(ClusterService::new(context.clone())))
                 .add_service(MaintenanceServer::new(MaintenanceService::new(context.clone())))
-                .add_service(WatchServer::new(UnservedWatch))
+                .add_service(
+                    WatchServer::new(WatchService::new(
+                        context.clone(),
+                        flags.experimental_watch_progress_notify_interval,
+                    ))
+                    .max_decoding_message_size(decode_limit)
+                    .max_encoding_message_size(usize::MAX),
+                )
                 .add_service(LeaseServer::new(UnservedLease))
                 .add_service(health_service.clone())
                 .serve_with_incoming_shutdown(client_connections(listener), async move {

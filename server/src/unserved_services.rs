@@ -1,19 +1,17 @@
-//! etcd services keel declares but does not serve yet (`Watch`, `Lease`):
+//! etcd services keel declares but does not serve yet (`Lease`):
 //! every RPC answers UNIMPLEMENTED, never a silent success.
 
 use std::pin::Pin;
 
 use futures::Stream;
 use keel_api::etcdserverpb::lease_server::Lease;
-use keel_api::etcdserverpb::watch_server::Watch;
 use keel_api::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
     LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest,
-    LeaseTimeToLiveResponse, WatchRequest, WatchResponse,
+    LeaseTimeToLiveResponse,
 };
 use tonic::{Request, Response, Status, Streaming};
 
-pub struct UnservedWatch;
 pub struct UnservedLease;
 
 fn unserved(what: &str) -> Status {
@@ -21,18 +19,6 @@ fn unserved(what: &str) -> Status {
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl Watch for UnservedWatch {
-    type WatchStream = BoxStream<WatchResponse>;
-
-    async fn watch(
-        &self,
-        _: Request<Streaming<WatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(unserved("Watch"))
-    }
-}
 
 #[tonic::async_trait]
 impl Lease for UnservedLease {

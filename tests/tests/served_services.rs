@@ -6,11 +6,10 @@
 use keel_api::etcdserverpb::cluster_client::ClusterClient;
 use keel_api::etcdserverpb::lease_client::LeaseClient;
 use keel_api::etcdserverpb::maintenance_client::MaintenanceClient;
-use keel_api::etcdserverpb::watch_client::WatchClient;
 use keel_api::etcdserverpb::{
     DefragmentRequest, HashRequest, LeaseGrantRequest, LeaseLeasesRequest, LeaseRevokeRequest,
     LeaseTimeToLiveRequest, MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest, MemberUpdateRequest,
-    MoveLeaderRequest, RangeRequest, SnapshotRequest, WatchRequest,
+    MoveLeaderRequest, RangeRequest, SnapshotRequest,
 };
 use keel_tests::{Cluster, ClusterOptions};
 use tonic::transport::Channel;
@@ -64,7 +63,6 @@ async fn every_declared_but_unserved_etcd_rpc_answers_unimplemented() {
     let mut lease = LeaseClient::new(channel.clone());
     let mut members = ClusterClient::new(channel.clone());
     let mut maintenance = MaintenanceClient::new(channel.clone());
-    let mut watch = WatchClient::new(channel.clone());
 
     assert_unimplemented(
         "LeaseGrant",
@@ -101,8 +99,6 @@ async fn every_declared_but_unserved_etcd_rpc_answers_unimplemented() {
         maintenance.move_leader(MoveLeaderRequest { target_id: 1 }).await,
     );
     assert_unimplemented("Snapshot", maintenance.snapshot(SnapshotRequest {}).await);
-    let requests = tokio_stream::iter(vec![WatchRequest::default()]);
-    assert_unimplemented("Watch", watch.watch(requests).await);
 
     // The member still serves after refusing them.
     let client = cluster.client().expect("client");

@@ -31,10 +31,11 @@ pub mod keelstoragepb {
     tonic::include_proto!("keelstoragepb");
 }
 
+pub mod go_format;
 pub mod key_range;
 pub mod wire_error;
 
-pub use wire_error::WireError;
+pub use wire_error::{WatchRefusal, WireError};
 
 /// The etcd API version keel reports in `Maintenance.Status` (clients such as
 /// etcdctl and Kubernetes compare it against their minimum).

@@ -88,6 +88,17 @@ const ALL: [WireError; 15] = [
     WireError::MemberNotFound,
 ];
 
+/// Why a watch create request is refused: etcd answers it in the
+/// response's `cancel_reason` (the response has `created` and `canceled`
+/// both set), not with a gRPC status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WatchRefusal {
+    #[error("mvcc: duplicate watch ID provided on the WatchStream")]
+    DuplicateWatchId,
+    #[error("mvcc: watcher range is empty")]
+    EmptyRange,
+}
+
 impl From<WireError> for Status {
     fn from(error: WireError) -> Status {
         error.to_status()

@@ -174,7 +174,8 @@ impl<'a> ApplyBatch<'a> {
         if overlay.is_empty() && keys.is_empty() && revision == committed_revisions.current {
             return Ok(());
         }
-        let new_records_low = keys::revision_key(Revision::new(committed_revisions.current.saturating_add(1), 0));
+        let new_records_low =
+            keys::revision_key(Revision::new(committed_revisions.current.saturating_add(1), 0));
         let new_records_high = keys::revision_key(Revision::new(i64::MAX, 0));
         let new_events = changes::events_of_records(
             overlay
@@ -192,6 +193,9 @@ impl<'a> ApplyBatch<'a> {
         let index = Arc::make_mut(&mut exclusive.index);
         for (key, pending) in keys.into_pending() {
             index::apply_pending(index, key, pending);
+        }
+        if compact_revision != committed_revisions.compacted {
+            exclusive.recent.forget_through(compact_revision);
         }
         exclusive.recent.append(new_events);
         shared.set_revisions(ViewRevisions {

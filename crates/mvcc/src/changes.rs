@@ -9,9 +9,11 @@
 //!   `[first_revision, current]` and nothing else, in revision order (main,
 //!   then sub, which is the order of the changes inside a txn). It is
 //!   changed only while the keyspace lock is held exclusively (a commit
-//!   appends the batch's records; a snapshot install empties it and moves
-//!   `first_revision` past the installed revision), so a reader holding the
-//!   lock shared sees changes and store revision that agree.
+//!   appends the batch's records; a compaction forgets what it covers; a
+//!   snapshot install empties it and moves `first_revision` past the
+//!   installed revision), so a reader holding the lock shared sees changes
+//!   and store revision that agree, and the same history from memory as
+//!   from disk.
 //! - A pull returns whole revisions only: every event of a txn, or none.
 //!   It starts at `after + 1` and ends at the `through_revision` it
 //!   reports, so successive pulls from `through_revision` neither skip nor
@@ -57,10 +59,7 @@ pub(crate) struct RecentChanges {
 }
 
 fn event_bytes(event: &Event) -> usize {
-    event
-        .kv
-        .as_ref()
-        .map_or(0, |kv| kv.key.len() + kv.value.len())
+    event.kv.as_ref().map_or(0, |kv| kv.key.len() + kv.value.len())
 }
 
 fn revision_of(event: &Event) -> i64 {
@@ -88,13 +87,33 @@ impl RecentChanges {
             let Some(oldest) = self.events.front().map(revision_of) else {
                 break;
             };
-            while self.events.front().is_some_and(|event| revision_of(event) == oldest) {
+            while self
+                .events
+                .front()
+                .is_some_and(|event| revision_of(event) == oldest)
+            {
                 if let Some(dropped) = self.events.pop_front() {
                     self.bytes -= event_bytes(&dropped);
                 }
             }
             self.first_revision = oldest.saturating_add(1);
         }
+    }
+
+    /// Forgets the changes at or below a new compact revision: some of them
+    /// are gone from disk (`compaction.rs`), and a pull must see the same
+    /// history whether it reads memory or disk.
+    pub fn forget_through(&mut self, compacted: i64) {
+        while self
+            .events
+            .front()
+            .is_some_and(|event| revision_of(event) <= compacted)
+        {
+            if let Some(dropped) = self.events.pop_front() {
+                self.bytes -= event_bytes(&dropped);
+            }
+        }
+        self.first_revision = self.first_revision.max(compacted.saturating_add(1));
     }
 
     /// Whether every change from `revision` on is held.
@@ -110,9 +129,16 @@ impl RecentChanges {
 }
 
 /// The events of a batch's new records (revision key, record bytes).
-pub(crate) fn events_of_records<'a>(records: impl Iterator<Item = (&'a IVec, &'a IVec)>) -> Result<Vec<Event>> {
+pub(crate) fn events_of_records<'a>(
+    records: impl Iterator<Item = (&'a IVec, &'a IVec)>,
+) -> Result<Vec<Event>> {
     records
-        .map(|(key, value)| Ok(event_of(keys::parse_revision_key(key)?, &keys::decode_record(value)?)))
+        .map(|(key, value)| {
+            Ok(event_of(
+                keys::parse_revision_key(key)?,
+                &keys::decode_record(value)?,
+            ))
+        })
         .collect()
 }
 
@@ -139,9 +165,8 @@ pub(crate) fn take_whole_revisions(
     scan_budget: usize,
 ) -> Result<(Vec<Event>, Option<i64>)> {
     let mut taken = Vec::new();
-    let mut scanned = 0usize;
     let mut current: Option<i64> = None;
-    for event in source {
+    for (scanned, event) in source.enumerate() {
         let event = event?;
         let revision = revision_of(&event);
         if current != Some(revision) {
@@ -152,7 +177,6 @@ pub(crate) fn take_whole_revisions(
             }
             current = Some(revision);
         }
-        scanned += 1;
         if event
             .kv
             .as_ref()

@@ -22,8 +22,8 @@ use keel_storage::sled;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use crate::error::{MvccError, Result};
 use crate::changes::RecentChanges;
+use crate::error::{MvccError, Result};
 use crate::store::{keyspace_tree_name, load, Keyspace, Shared, SnapshotStats, ACTIVE_POINTER};
 
 const MAGIC: &[u8; 8] = b"KEELMVCC";

@@ -107,11 +107,26 @@ fn a_pull_below_the_compact_revision_fails_and_one_at_it_is_served() {
     compact(&t.store, 4).expect("compact");
     let below = t.store.changes_after(2, &ALL, 100);
     assert!(
-        matches!(below, Err(MvccError::Compacted { requested: 3, compacted: 4 })),
+        matches!(
+            below,
+            Err(MvccError::Compacted {
+                requested: 3,
+                compacted: 4
+            })
+        ),
         "{below:?}"
     );
-    let at = t.store.changes_after(3, &ALL, 100).expect("a start at the compact revision");
-    assert_eq!(at.events.first().and_then(|e| e.kv.as_ref()).map(|kv| kv.mod_revision), Some(4));
+    let at = t
+        .store
+        .changes_after(3, &ALL, 100)
+        .expect("a start at the compact revision");
+    assert_eq!(
+        at.events
+            .first()
+            .and_then(|e| e.kv.as_ref())
+            .map(|kv| kv.mod_revision),
+        Some(4)
+    );
 }
 
 #[test]
@@ -156,4 +171,27 @@ async fn a_commit_announces_its_revision() {
         .expect("announced")
         .expect("store alive");
     assert_eq!(*revisions.borrow(), 2);
+}
+
+#[test]
+fn after_a_compaction_memory_and_disk_give_the_same_history() {
+    let t = temp_store();
+    write_history(&t.store);
+    // Revision 5 deleted "a": a compaction at 5 drops that tombstone.
+    compact(&t.store, 5).expect("compact");
+    let from_memory = pull_all(&t.store, 4, &ALL, 100);
+    let path = t.dir.path().join("db");
+    let dir = t.dir;
+    drop(t.store);
+    drop(t.db);
+    let db = open_db(&path);
+    let reopened = MvccStore::open(&db).expect("reopen");
+    assert_eq!(pull_all(&reopened, 4, &ALL, 100), from_memory);
+    assert!(
+        !from_memory
+            .iter()
+            .any(|event| event.kv.as_ref().is_some_and(|kv| kv.key == b"a")),
+        "the compacted tombstone is not served: {from_memory:?}"
+    );
+    drop(dir);
 }

@@ -1,0 +1,470 @@
+//! One client's `Watch` stream: the watchers it created, and the loop that
+//! takes its requests and delivers their events from this member's own
+//! applied state (the change feed of `keel-mvcc`).
+//!
+//! Invariants owned here:
+//! - Each watcher remembers `delivered_through`, the last revision whose
+//!   changes it has been given (or decided it need not be given). Events are
+//!   pulled from the feed strictly after it, whole revisions at a time, and
+//!   it moves to the pull's `through_revision` only once the response is
+//!   handed to the stream. So a watcher sees every matching change once, in
+//!   revision order, with no gap between history and live changes: both
+//!   come from the same feed.
+//! - A watcher whose start is below the compact revision (etcd cancels only
+//!   a start strictly below it) is canceled with `compact_revision` set,
+//!   after its `created` response; it is never silently dropped.
+//! - A client that does not read blocks only its own stream: the response
+//!   channel is bounded, nothing is queued per watcher beyond it, and
+//!   whatever the client has not taken stays in the feed (memory, then
+//!   disk) until it does. Apply never waits for a watcher.
+//! - The stream's watchers live in this loop; when the client's stream
+//!   ends or breaks, the loop ends and they are freed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use keel_api::etcdserverpb::watch_create_request::FilterType;
+use keel_api::etcdserverpb::{
+    watch_request, RangeRequest, ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse,
+};
+use keel_api::key_range::KeySelection;
+use keel_api::mvccpb::{event::EventType, Event};
+use keel_api::WatchRefusal;
+use keel_mvcc::{Changes, MvccError, MvccStore};
+use prost::Message;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+/// How many changes one pull may look at before it stops at a revision
+/// boundary (bounds the time the keyspace lock is held for a replay).
+const PULL_SCAN_BUDGET: usize = 1024;
+
+/// etcd's watch id for a response that concerns no single watcher (the
+/// answer to a progress request).
+const NO_WATCH_ID: i64 = -1;
+
+/// What a stream needs of its member.
+pub struct WatchStreamContext {
+    pub store: MvccStore,
+    /// Stamps a header with the member's identity at a revision.
+    pub header: Box<dyn Fn(i64) -> Option<ResponseHeader> + Send + Sync>,
+    /// Responses above this size are split for watchers that asked for
+    /// `fragment` (etcd's `--max-request-bytes`).
+    pub max_response_bytes: usize,
+    /// How often watchers that asked for `progress_notify` hear the
+    /// revision when nothing happened to them.
+    pub progress_notify_interval: Duration,
+}
+
+struct Watcher {
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    delivered_through: i64,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    progress_notify: bool,
+    fragment: bool,
+}
+
+impl Watcher {
+    fn selection(&self) -> KeySelection<'_> {
+        KeySelection::from_request(&self.key, &self.range_end)
+    }
+
+    fn wants(&self, event: &Event) -> bool {
+        let is_put = event.r#type == EventType::Put as i32;
+        let passes_filters = if is_put { !self.no_put } else { !self.no_delete };
+        passes_filters
+            && event
+                .kv
+                .as_ref()
+                .is_some_and(|kv| self.selection().contains(&kv.key))
+    }
+}
+
+/// The stream's state: its watchers by id and the next id to hand out.
+struct WatchStream {
+    context: std::sync::Arc<WatchStreamContext>,
+    watchers: BTreeMap<i64, Watcher>,
+    next_watch_id: i64,
+    responses: mpsc::Sender<Result<WatchResponse, Status>>,
+}
+
+/// The client went away (its response stream is closed).
+struct ClientGone;
+
+/// Serves one client stream until it ends; responses go to `responses`.
+pub async fn serve(
+    context: std::sync::Arc<WatchStreamContext>,
+    mut requests: Streaming<WatchRequest>,
+    responses: mpsc::Sender<Result<WatchResponse, Status>>,
+) {
+    let mut revisions = context.store.subscribe_revisions();
+    let mut progress = tokio::time::interval(context.progress_notify_interval);
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    progress.reset();
+    let mut stream = WatchStream {
+        context,
+        watchers: BTreeMap::new(),
+        next_watch_id: 0,
+        responses,
+    };
+    loop {
+        let outcome = tokio::select! {
+            request = requests.message() => match request {
+                Ok(Some(request)) => stream.handle(request).await,
+                Ok(None) => return,
+                Err(status) => {
+                    tracing::debug!(%status, "a watch stream broke");
+                    return;
+                }
+            },
+            changed = revisions.changed() => match changed {
+                Ok(()) => Ok(()),
+                Err(_) => return,
+            },
+            _ = progress.tick() => stream.notify_progress().await,
+        };
+        let delivered = match outcome {
+            Ok(()) => stream.deliver().await,
+            Err(gone) => Err(gone),
+        };
+        if delivered.is_err() {
+            return;
+        }
+    }
+}
+
+impl WatchStream {
+    async fn send(&self, response: WatchResponse) -> Result<(), ClientGone> {
+        self.responses.send(Ok(response)).await.map_err(|_| ClientGone)
+    }
+
+    fn header_now(&self) -> Option<ResponseHeader> {
+        (self.context.header)(self.context.store.current_revision())
+    }
+
+    async fn handle(&mut self, request: WatchRequest) -> Result<(), ClientGone> {
+        match request.request_union {
+            Some(watch_request::RequestUnion::CreateRequest(create)) => self.create(create).await,
+            Some(watch_request::RequestUnion::CancelRequest(cancel)) => {
+                if self.watchers.remove(&cancel.watch_id).is_some() {
+                    let response = WatchResponse {
+                        header: self.header_now(),
+                        watch_id: cancel.watch_id,
+                        canceled: true,
+                        ..Default::default()
+                    };
+                    self.send(response).await?;
+                }
+                Ok(())
+            }
+            Some(watch_request::RequestUnion::ProgressRequest(_)) => {
+                let response = WatchResponse {
+                    header: self.header_now(),
+                    watch_id: NO_WATCH_ID,
+                    ..Default::default()
+                };
+                self.send(response).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// etcd's create: an empty key means `"\0"`, the smallest key; a
+    /// `range_end` of `"\0"` means every key from `key` on; id 0 asks for
+    /// the next free id.
+    async fn create(&mut self, mut create: WatchCreateRequest) -> Result<(), ClientGone> {
+        if create.key.is_empty() {
+            create.key = vec![0];
+        }
+        let current = self.context.store.current_revision();
+        let registered = self.register(&create, current);
+        let response = WatchResponse {
+            header: (self.context.header)(current),
+            watch_id: match registered {
+                Ok(id) => id,
+                Err(_) => NO_WATCH_ID,
+            },
+            created: true,
+            canceled: registered.is_err(),
+            cancel_reason: registered
+                .err()
+                .map(|refusal| refusal.to_string())
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        self.send(response).await
+    }
+
+    fn register(&mut self, create: &WatchCreateRequest, current: i64) -> Result<i64, WatchRefusal> {
+        let is_range = !create.range_end.is_empty() && create.range_end != [0];
+        if is_range && create.key >= create.range_end {
+            return Err(WatchRefusal::EmptyRange);
+        }
+        let id = if create.watch_id == 0 {
+            while self.watchers.contains_key(&self.next_watch_id) {
+                self.next_watch_id += 1;
+            }
+            let id = self.next_watch_id;
+            self.next_watch_id += 1;
+            id
+        } else if self.watchers.contains_key(&create.watch_id) {
+            return Err(WatchRefusal::DuplicateWatchId);
+        } else {
+            create.watch_id
+        };
+        let start = if create.start_revision > 0 {
+            create.start_revision
+        } else {
+            current.saturating_add(1)
+        };
+        let filters = |filter: FilterType| create.filters.contains(&(filter as i32));
+        self.watchers.insert(
+            id,
+            Watcher {
+                key: create.key.clone(),
+                range_end: create.range_end.clone(),
+                delivered_through: start.saturating_sub(1),
+                prev_kv: create.prev_kv,
+                no_put: filters(FilterType::Noput),
+                no_delete: filters(FilterType::Nodelete),
+                progress_notify: create.progress_notify,
+                fragment: create.fragment,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Gives every watcher the changes it has not had yet. Watchers at the
+    /// same place share one pull of the feed.
+    async fn deliver(&mut self) -> Result<(), ClientGone> {
+        let current = self.context.store.current_revision();
+        let mut pulls: HashMap<i64, Result<Changes, MvccError>> = HashMap::new();
+        let behind: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, watcher)| watcher.delivered_through < current)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in behind {
+            let Some(after) = self.watchers.get(&id).map(|watcher| watcher.delivered_through) else {
+                continue;
+            };
+            let pulled = pulls.entry(after).or_insert_with(|| {
+                let everything = KeySelection::Range {
+                    start: b"",
+                    end: None,
+                };
+                self.context
+                    .store
+                    .changes_after(after, &everything, PULL_SCAN_BUDGET)
+            });
+            match pulled {
+                Ok(changes) => {
+                    let through = changes.through_revision;
+                    let events: Vec<Event> = match self.watchers.get(&id) {
+                        Some(watcher) => changes
+                            .events
+                            .iter()
+                            .filter(|event| watcher.wants(event))
+                            .cloned()
+                            .collect(),
+                        None => continue,
+                    };
+                    self.send_events(id, events, through).await?;
+                }
+                Err(MvccError::Compacted { compacted, .. }) => {
+                    let compacted = *compacted;
+                    self.watchers.remove(&id);
+                    // etcd's header here carries revision 0.
+                    let response = WatchResponse {
+                        header: (self.context.header)(0),
+                        watch_id: id,
+                        canceled: true,
+                        compact_revision: compacted,
+                        ..Default::default()
+                    };
+                    self.send(response).await?;
+                }
+                Err(error) => {
+                    tracing::error!(%error, watch_id = id, "reading the change feed failed; canceling the watch");
+                    self.watchers.remove(&id);
+                    let response = WatchResponse {
+                        header: (self.context.header)(current),
+                        watch_id: id,
+                        canceled: true,
+                        cancel_reason: format!("etcdserver: {error}"),
+                        ..Default::default()
+                    };
+                    self.send(response).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a watcher its events of revisions up to `through` (none if
+    /// nothing matched), then records that it has them.
+    async fn send_events(&mut self, id: i64, mut events: Vec<Event>, through: i64) -> Result<(), ClientGone> {
+        let Some(watcher) = self.watchers.get(&id) else {
+            return Ok(());
+        };
+        if !events.is_empty() {
+            if watcher.prev_kv {
+                for event in &mut events {
+                    event.prev_kv = self.previous_version(event);
+                }
+            }
+            let fragment = watcher.fragment;
+            let response = WatchResponse {
+                header: (self.context.header)(through),
+                watch_id: id,
+                events,
+                ..Default::default()
+            };
+            if fragment && response.encoded_len() > self.context.max_response_bytes {
+                for piece in fragments(response, self.context.max_response_bytes) {
+                    self.send(piece).await?;
+                }
+            } else {
+                self.send(response).await?;
+            }
+        }
+        if let Some(watcher) = self.watchers.get_mut(&id) {
+            watcher.delivered_through = watcher.delivered_through.max(through);
+        }
+        Ok(())
+    }
+
+    /// The key's version just before the event's revision (etcd's
+    /// `prev_kv`), if it existed and history still has it.
+    fn previous_version(&self, event: &Event) -> Option<keel_api::mvccpb::KeyValue> {
+        let kv = event.kv.as_ref()?;
+        let before = kv.mod_revision.checked_sub(1).filter(|revision| *revision > 0)?;
+        let request = RangeRequest {
+            key: kv.key.clone(),
+            revision: before,
+            ..Default::default()
+        };
+        match self.context.store.range(&request) {
+            Ok(found) => found.kvs.into_iter().next(),
+            Err(MvccError::Compacted { .. }) => None,
+            Err(error) => {
+                tracing::warn!(%error, "reading a watch event's previous version failed");
+                None
+            }
+        }
+    }
+
+    /// etcd's progress notification: a watcher that asked for it and has
+    /// nothing pending hears the current revision.
+    async fn notify_progress(&mut self) -> Result<(), ClientGone> {
+        let current = self.context.store.current_revision();
+        let idle: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, watcher)| watcher.progress_notify && watcher.delivered_through >= current)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            let response = WatchResponse {
+                header: (self.context.header)(current),
+                watch_id: id,
+                ..Default::default()
+            };
+            self.send(response).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Splits a response's events over responses of at most about
+/// `max_bytes` each (at least one event each); every piece but the last
+/// has `fragment` set, as etcd's fragmented watch responses do.
+fn fragments(response: WatchResponse, max_bytes: usize) -> Vec<WatchResponse> {
+    let WatchResponse {
+        header,
+        watch_id,
+        events,
+        ..
+    } = response;
+    let mut pieces: Vec<WatchResponse> = Vec::new();
+    let mut piece = Vec::new();
+    let mut piece_bytes = 0usize;
+    for event in events {
+        let bytes = event.encoded_len() + 8;
+        if !piece.is_empty() && piece_bytes + bytes > max_bytes {
+            pieces.push(WatchResponse {
+                header,
+                watch_id,
+                events: std::mem::take(&mut piece),
+                fragment: true,
+                ..Default::default()
+            });
+            piece_bytes = 0;
+        }
+        piece_bytes += bytes;
+        piece.push(event);
+    }
+    pieces.push(WatchResponse {
+        header,
+        watch_id,
+        events: piece,
+        ..Default::default()
+    });
+    pieces
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_api::mvccpb::KeyValue;
+
+    fn event_of_bytes(value_bytes: usize) -> Event {
+        Event {
+            kv: Some(KeyValue {
+                key: b"k".to_vec(),
+                value: vec![b'v'; value_bytes],
+                mod_revision: 7,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fragments_keep_every_event_in_order_and_mark_all_but_the_last() {
+        let events: Vec<Event> = (0..10).map(|i| event_of_bytes(100 + i)).collect();
+        let response = WatchResponse {
+            watch_id: 3,
+            events: events.clone(),
+            ..Default::default()
+        };
+        let pieces = fragments(response, 350);
+        assert!(pieces.len() > 1);
+        let flags: Vec<bool> = pieces.iter().map(|piece| piece.fragment).collect();
+        assert!(flags[..flags.len() - 1].iter().all(|flag| *flag));
+        assert!(!flags[flags.len() - 1]);
+        for piece in &pieces {
+            assert_eq!(piece.watch_id, 3);
+            assert!(piece.encoded_len() <= 350 + 200, "{}", piece.encoded_len());
+        }
+        let rejoined: Vec<Event> = pieces.into_iter().flat_map(|piece| piece.events).collect();
+        assert_eq!(rejoined, events);
+    }
+
+    #[test]
+    fn an_event_larger_than_the_limit_still_travels_alone() {
+        let pieces = fragments(
+            WatchResponse {
+                events: vec![event_of_bytes(1000), event_of_bytes(10)],
+                ..Default::default()
+            },
+            100,
+        );
+        assert_eq!(pieces.len(), 2);
+        assert_eq!(pieces[0].events.len(), 1);
+    }
+}
