@@ -30,14 +30,14 @@ use keel_api::etcdserverpb::{
 use keel_api::key_range::KeySelection;
 use keel_api::mvccpb::{event::EventType, Event};
 use keel_api::WatchRefusal;
-use keel_mvcc::{Changes, MvccError, MvccStore};
+use keel_mvcc::{Changes, MvccError, MvccStore, PullBudget};
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 /// How many changes one pull may look at before it stops at a revision
 /// boundary (bounds the time the keyspace lock is held for a replay).
-const PULL_SCAN_BUDGET: usize = 1024;
+const PULL_SCANNED_EVENTS: usize = 1024;
 
 /// etcd's watch id for a response that concerns no single watcher (the
 /// answer to a progress request).
@@ -110,8 +110,13 @@ pub async fn serve(
         next_watch_id: 0,
         responses,
     };
+    // Whether a watcher is still behind after the last delivery (its pull
+    // stopped at its budget): then delivery goes on without waiting for a
+    // new commit, between the stream's requests.
+    let mut catching_up = false;
     loop {
         let outcome = tokio::select! {
+            () = std::future::ready(()), if catching_up => Ok(()),
             request = requests.message() => match request {
                 Ok(Some(request)) => stream.handle(request).await,
                 Ok(None) => return,
@@ -130,8 +135,9 @@ pub async fn serve(
             Ok(()) => stream.deliver().await,
             Err(gone) => Err(gone),
         };
-        if delivered.is_err() {
-            return;
+        match delivered {
+            Ok(still_behind) => catching_up = still_behind,
+            Err(ClientGone) => return,
         }
     }
 }
@@ -237,9 +243,10 @@ impl WatchStream {
         Ok(id)
     }
 
-    /// Gives every watcher the changes it has not had yet. Watchers at the
-    /// same place share one pull of the feed.
-    async fn deliver(&mut self) -> Result<(), ClientGone> {
+    /// Gives every watcher the changes it has not had yet, one pull each.
+    /// Watchers at the same place share one pull of the feed. Returns
+    /// whether a watcher is still behind the store revision.
+    async fn deliver(&mut self) -> Result<bool, ClientGone> {
         let current = self.context.store.current_revision();
         let mut pulls: HashMap<i64, Result<Changes, MvccError>> = HashMap::new();
         let behind: Vec<i64> = self
@@ -257,9 +264,14 @@ impl WatchStream {
                     start: b"",
                     end: None,
                 };
-                self.context
-                    .store
-                    .changes_after(after, &everything, PULL_SCAN_BUDGET)
+                let budget = PullBudget {
+                    scanned_events: PULL_SCANNED_EVENTS,
+                    // A response stays about as small as a request may be
+                    // (one large txn aside), so clients' default receive
+                    // limits hold.
+                    matched_bytes: self.context.max_response_bytes,
+                };
+                self.context.store.changes_after(after, &everything, budget)
             });
             match pulled {
                 Ok(changes) => {
@@ -302,7 +314,10 @@ impl WatchStream {
                 }
             }
         }
-        Ok(())
+        Ok(self
+            .watchers
+            .values()
+            .any(|watcher| watcher.delivered_through < current))
     }
 
     /// Sends a watcher its events of revisions up to `through` (none if

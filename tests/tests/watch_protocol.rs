@@ -4,11 +4,12 @@
 //! responses, refusals, history replay, txn events, `prev_kv`, filters,
 //! cancel, progress and the cancel of a watch below the compacted revision.
 
+mod watch_support;
+
 use std::time::Duration;
 
 use keel_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use keel_api::etcdserverpb::request_op::Request as Op;
-use keel_api::etcdserverpb::watch_client::WatchClient;
 use keel_api::etcdserverpb::watch_create_request::FilterType;
 use keel_api::etcdserverpb::watch_request::RequestUnion;
 use keel_api::etcdserverpb::{
@@ -18,8 +19,8 @@ use keel_api::etcdserverpb::{
 use keel_client::Client;
 use keel_tests::{Cluster, ClusterOptions};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
+use watch_support::{create_request, open_watch, RawWatch};
 
 /// How long a stream must stay silent before a step's responses are
 /// taken as complete (etcd delivers history from a 100 ms loop).
@@ -40,12 +41,7 @@ fn put(key: &str, value: &str) -> PutRequest {
 }
 
 fn create(key: &str, range_end: &str, start_revision: i64) -> WatchCreateRequest {
-    WatchCreateRequest {
-        key: key.into(),
-        range_end: range_end.into(),
-        start_revision,
-        ..Default::default()
-    }
+    create_request(key, range_end, start_revision)
 }
 
 /// The response with what must differ between two clusters blanked.
@@ -59,26 +55,9 @@ fn shown(mut response: WatchResponse) -> String {
 }
 
 impl WatchSession {
-    /// Opens a stream with its first request: etcd (grpc-go) sends the
-    /// response headers only with its first response.
+    /// Opens a stream with its first request (see `open_watch`).
     async fn open(endpoint: &str, label: &str, first: RequestUnion) -> WatchSession {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connect");
-        let (requests, outgoing) = mpsc::channel(16);
-        requests
-            .send(WatchRequest {
-                request_union: Some(first),
-            })
-            .await
-            .expect("send");
-        let responses = WatchClient::new(channel)
-            .watch(ReceiverStream::new(outgoing))
-            .await
-            .expect("watch stream")
-            .into_inner();
+        let RawWatch { requests, responses } = open_watch(endpoint, first).await;
         let mut session = WatchSession {
             requests,
             responses,

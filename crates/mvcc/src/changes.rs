@@ -14,7 +14,8 @@
 //!   installed revision), so a reader holding the lock shared sees changes
 //!   and store revision that agree, and the same history from memory as
 //!   from disk.
-//! - A pull returns whole revisions only: every event of a txn, or none.
+//! - A pull returns whole revisions only: every event of a txn, or none;
+//!   its [`PullBudget`] bounds it (the lock it holds, the response it makes).
 //!   It starts at `after + 1` and ends at the `through_revision` it
 //!   reports, so successive pulls from `through_revision` neither skip nor
 //!   repeat a change.
@@ -155,23 +156,33 @@ pub(crate) fn event_of(revision: Revision, record: &keys::Record<'_>) -> Event {
     }
 }
 
+/// How much one pull may take: it stops at the first revision boundary
+/// after it has looked at `scanned_events` changes or taken
+/// `matched_bytes` bytes of keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullBudget {
+    pub scanned_events: usize,
+    pub matched_bytes: usize,
+}
+
 /// Collects the events of `source` (in revision order) that `selection`
-/// matches. Once `scan_budget` events have been looked at, stops at the
-/// next revision boundary and returns the last revision it completed;
-/// returns `None` for that when it reached the end of `source`.
+/// matches, within `budget`; returns them and the last revision it
+/// completed when the budget stopped it (`None` when it reached the end
+/// of `source`).
 pub(crate) fn take_whole_revisions(
     source: impl Iterator<Item = Result<Event>>,
     selection: &KeySelection<'_>,
-    scan_budget: usize,
+    budget: PullBudget,
 ) -> Result<(Vec<Event>, Option<i64>)> {
     let mut taken = Vec::new();
+    let mut taken_bytes = 0usize;
     let mut current: Option<i64> = None;
     for (scanned, event) in source.enumerate() {
         let event = event?;
         let revision = revision_of(&event);
         if current != Some(revision) {
             if let Some(finished) = current {
-                if scanned >= scan_budget {
+                if scanned >= budget.scanned_events || taken_bytes >= budget.matched_bytes {
                     return Ok((taken, Some(finished)));
                 }
             }
@@ -182,6 +193,7 @@ pub(crate) fn take_whole_revisions(
             .as_ref()
             .is_some_and(|kv: &KeyValue| selection.contains(&kv.key))
         {
+            taken_bytes += event_bytes(&event);
             taken.push(event);
         }
     }
@@ -211,16 +223,48 @@ mod tests {
             start: b"",
             end: None,
         };
-        let (events, through) = take_whole_revisions(source.into_iter(), &all, 2).expect("pull");
+        let budget = PullBudget {
+            scanned_events: 2,
+            matched_bytes: usize::MAX,
+        };
+        let (events, through) = take_whole_revisions(source.into_iter(), &all, budget).expect("pull");
         assert_eq!(events.len(), 4, "the txn at revision 3 is taken whole");
         assert_eq!(through, Some(3), "stopped after revision 3");
+    }
+
+    const LARGE: PullBudget = PullBudget {
+        scanned_events: 10,
+        matched_bytes: usize::MAX,
+    };
+
+    #[test]
+    fn a_pull_stops_after_its_byte_budget_at_a_revision_boundary() {
+        let big = |revision: i64| {
+            put(revision, "a").map(|mut event| {
+                if let Some(kv) = &mut event.kv {
+                    kv.value = vec![0; 100];
+                }
+                event
+            })
+        };
+        let source = vec![big(2), big(3), big(3), big(4)];
+        let all = KeySelection::Range {
+            start: b"",
+            end: None,
+        };
+        let budget = PullBudget {
+            scanned_events: 100,
+            matched_bytes: 150,
+        };
+        let (events, through) = take_whole_revisions(source.into_iter(), &all, budget).expect("pull");
+        assert_eq!((events.len(), through), (3, Some(3)));
     }
 
     #[test]
     fn a_pull_covers_unmatched_revisions_too() {
         let source = vec![put(2, "a"), put(3, "b")];
         let (events, through) =
-            take_whole_revisions(source.into_iter(), &KeySelection::Single(b"z"), 10).expect("pull");
+            take_whole_revisions(source.into_iter(), &KeySelection::Single(b"z"), LARGE).expect("pull");
         assert!(events.is_empty());
         assert_eq!(through, None, "reached the end");
     }

@@ -29,7 +29,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use keel_storage::Database;
 
 use crate::apply::ApplyBatch;
-use crate::changes::{self, Changes, RecentChanges};
+use crate::changes::{self, Changes, PullBudget, RecentChanges};
 use crate::error::{corrupt, MvccError, Result};
 use crate::index::{self, Index};
 use crate::keys;
@@ -309,15 +309,14 @@ impl MvccStore {
     }
 
     /// The changes after revision `after` that `selection` matches, in
-    /// revision order, whole revisions only; after about `scan_budget`
-    /// changes looked at the pull stops and says how far it got (see
-    /// `changes.rs`). Fails with `Compacted` when `after + 1` is below the
+    /// revision order, whole revisions only; once past its `budget` the
+    /// pull stops and says how far it got (see `changes.rs`). Fails with `Compacted` when `after + 1` is below the
     /// compact revision.
     pub fn changes_after(
         &self,
         after: i64,
         selection: &KeySelection<'_>,
-        scan_budget: usize,
+        budget: PullBudget,
     ) -> Result<Changes, MvccError> {
         let keyspace = self.shared.read_keyspace();
         let revisions = self.shared.revisions();
@@ -336,7 +335,7 @@ impl MvccStore {
         }
         let (events, stopped_at) = if keyspace.recent.holds_from(start) {
             let source = keyspace.recent.after(after).cloned().map(Ok);
-            changes::take_whole_revisions(source, selection, scan_budget)?
+            changes::take_whole_revisions(source, selection, budget)?
         } else {
             let low = keys::revision_key(keys::Revision::new(start, 0));
             let high = keys::revision_key(keys::Revision::new(revisions.current.saturating_add(1), 0));
@@ -347,7 +346,7 @@ impl MvccStore {
                     &keys::decode_record(&value)?,
                 ))
             });
-            changes::take_whole_revisions(source, selection, scan_budget)?
+            changes::take_whole_revisions(source, selection, budget)?
         };
         Ok(Changes {
             events,

@@ -5,9 +5,14 @@ use keel_api::etcdserverpb::TxnRequest;
 use keel_api::key_range::KeySelection;
 use keel_api::mvccpb::event::EventType;
 use keel_api::mvccpb::Event;
-use keel_mvcc::{MvccError, MvccStore, RECENT_CHANGES_MAX_EVENTS};
+use keel_mvcc::{MvccError, MvccStore, PullBudget, RECENT_CHANGES_MAX_EVENTS};
 
 use crate::common::*;
+
+const BUDGET: PullBudget = PullBudget {
+    scanned_events: 100,
+    matched_bytes: usize::MAX,
+};
 
 const ALL: KeySelection<'static> = KeySelection::Range {
     start: b"",
@@ -31,7 +36,16 @@ fn shapes(events: &[Event]) -> Vec<(i32, String, i64, i64)> {
 }
 
 /// Pulls everything after `after` in small steps, as a watcher does.
-fn pull_all(store: &MvccStore, after: i64, selection: &KeySelection<'_>, budget: usize) -> Vec<Event> {
+fn pull_all(
+    store: &MvccStore,
+    after: i64,
+    selection: &KeySelection<'_>,
+    scanned_events: usize,
+) -> Vec<Event> {
+    let budget = PullBudget {
+        scanned_events,
+        matched_bytes: usize::MAX,
+    };
     let mut events = Vec::new();
     let mut through = after;
     while through < store.current_revision() {
@@ -105,7 +119,7 @@ fn a_pull_below_the_compact_revision_fails_and_one_at_it_is_served() {
     let t = temp_store();
     write_history(&t.store);
     compact(&t.store, 4).expect("compact");
-    let below = t.store.changes_after(2, &ALL, 100);
+    let below = t.store.changes_after(2, &ALL, BUDGET);
     assert!(
         matches!(
             below,
@@ -118,7 +132,7 @@ fn a_pull_below_the_compact_revision_fails_and_one_at_it_is_served() {
     );
     let at = t
         .store
-        .changes_after(3, &ALL, 100)
+        .changes_after(3, &ALL, BUDGET)
         .expect("a start at the compact revision");
     assert_eq!(
         at.events
@@ -133,9 +147,9 @@ fn a_pull_below_the_compact_revision_fails_and_one_at_it_is_served() {
 fn a_pull_at_or_beyond_the_current_revision_is_empty_and_keeps_its_place() {
     let t = temp_store();
     put(&t.store, "a", "1");
-    let now = t.store.changes_after(2, &ALL, 10).expect("pull");
+    let now = t.store.changes_after(2, &ALL, BUDGET).expect("pull");
     assert_eq!((now.events.len(), now.through_revision), (0, 2));
-    let future = t.store.changes_after(10, &ALL, 10).expect("pull");
+    let future = t.store.changes_after(10, &ALL, BUDGET).expect("pull");
     assert_eq!((future.events.len(), future.through_revision), (0, 10));
 }
 
