@@ -26,7 +26,7 @@ pub struct WatchService {
 impl WatchService {
     pub fn new(member: Arc<MemberContext>, progress_notify_interval: Duration) -> Self {
         let store = member.node.state().store().clone();
-        let max_response_bytes = member.limits.max_request_bytes;
+        let max_request_bytes = member.limits.max_request_bytes;
         let header = move |revision: i64| -> Option<ResponseHeader> {
             member.stamp(Some(ResponseHeader {
                 revision,
@@ -37,7 +37,7 @@ impl WatchService {
             stream_context: Arc::new(WatchStreamContext {
                 store,
                 header: Box::new(header),
-                max_response_bytes,
+                max_request_bytes,
                 progress_notify_interval,
             }),
         }

@@ -39,6 +39,9 @@ use tonic::{Status, Streaming};
 /// boundary (bounds the time the keyspace lock is held for a replay).
 const PULL_SCANNED_EVENTS: usize = 1024;
 
+/// What etcd adds to `--max-request-bytes` for a stream message's limit.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
 /// etcd's watch id for a response that concerns no single watcher (the
 /// answer to a progress request).
 const NO_WATCH_ID: i64 = -1;
@@ -48,9 +51,9 @@ pub struct WatchStreamContext {
     pub store: MvccStore,
     /// Stamps a header with the member's identity at a revision.
     pub header: Box<dyn Fn(i64) -> Option<ResponseHeader> + Send + Sync>,
-    /// Responses above this size are split for watchers that asked for
-    /// `fragment` (etcd's `--max-request-bytes`).
-    pub max_response_bytes: usize,
+    /// etcd's `--max-request-bytes`: responses above it are split for
+    /// watchers that asked for `fragment`, and a pull stops near it.
+    pub max_request_bytes: usize,
     /// How often watchers that asked for `progress_notify` hear the
     /// revision when nothing happened to them.
     pub progress_notify_interval: Duration,
@@ -118,10 +121,22 @@ pub async fn serve(
         let outcome = tokio::select! {
             () = std::future::ready(()), if catching_up => Ok(()),
             request = requests.message() => match request {
-                Ok(Some(request)) => stream.handle(request).await,
+                Ok(Some(request)) => match stream.check_size(&request) {
+                    Ok(()) => stream.handle(request).await,
+                    Err(too_large) => {
+                        let _ = stream.responses.send(Err(too_large)).await;
+                        return;
+                    }
+                },
                 Ok(None) => return,
                 Err(status) => {
                     tracing::debug!(%status, "a watch stream broke");
+                    // tonic refuses a message over its decoding limit with
+                    // OutOfRange; etcd (grpc-go) with ResourceExhausted.
+                    if status.code() == tonic::Code::OutOfRange {
+                        let refused = Status::resource_exhausted("grpc: received message larger than max");
+                        let _ = stream.responses.send(Err(refused)).await;
+                    }
                     return;
                 }
             },
@@ -145,6 +160,20 @@ pub async fn serve(
 impl WatchStream {
     async fn send(&self, response: WatchResponse) -> Result<(), ClientGone> {
         self.responses.send(Ok(response)).await.map_err(|_| ClientGone)
+    }
+
+    /// etcd takes stream messages up to `--max-request-bytes` plus gRPC's
+    /// overhead allowance and ends the stream with ResourceExhausted
+    /// (grpc-go's receive limit) beyond that.
+    fn check_size(&self, request: &WatchRequest) -> Result<(), Status> {
+        let size = request.encoded_len();
+        let limit = self.context.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        if size > limit {
+            return Err(Status::resource_exhausted(format!(
+                "grpc: received message larger than max ({size} vs. {limit})"
+            )));
+        }
+        Ok(())
     }
 
     fn header_now(&self) -> Option<ResponseHeader> {
@@ -269,7 +298,7 @@ impl WatchStream {
                     // A response stays about as small as a request may be
                     // (one large txn aside), so clients' default receive
                     // limits hold.
-                    matched_bytes: self.context.max_response_bytes,
+                    matched_bytes: self.context.max_request_bytes,
                 };
                 self.context.store.changes_after(after, &everything, budget)
             });
@@ -339,8 +368,8 @@ impl WatchStream {
                 events,
                 ..Default::default()
             };
-            if fragment && response.encoded_len() > self.context.max_response_bytes {
-                for piece in fragments(response, self.context.max_response_bytes) {
+            if fragment && response.encoded_len() > self.context.max_request_bytes {
+                for piece in fragments(response, self.context.max_request_bytes) {
                     self.send(piece).await?;
                 }
             } else {

@@ -270,3 +270,97 @@ async fn keel_answers_every_watch_request_as_etcd_does() {
         panic!("keel's watch responses differ from etcd's:\n{report}");
     }
 }
+
+/// Responses received within `window` after sending `request`, with
+/// repeated identical responses (periodic progress notifications) counted
+/// once; the stream's final status, if it ended.
+async fn collect_for(session: &mut WatchSession, request: RequestUnion, window: Duration) -> Vec<String> {
+    session
+        .requests
+        .send(WatchRequest {
+            request_union: Some(request),
+        })
+        .await
+        .expect("send");
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(next) = tokio::time::timeout_at(deadline, session.responses.message()).await {
+        let line = match next {
+            Ok(Some(response)) => shown(response),
+            Ok(None) => "stream ended".to_string(),
+            Err(status) => format!("status {:?}", status.code()),
+        };
+        let ended = !line.starts_with("WatchResponse");
+        if !seen.contains(&line) {
+            seen.push(line);
+        }
+        if ended {
+            break;
+        }
+    }
+    seen
+}
+
+async fn progress_and_limits_script(cluster: &Cluster) -> Vec<String> {
+    let client = cluster.client().expect("client");
+    client.put(put("p", "1")).await.expect("put"); // 2
+    let mut session = WatchSession::open(
+        &cluster.endpoint(0),
+        "a quiet key",
+        RequestUnion::CreateRequest(create("q", "", 0)),
+    )
+    .await;
+    let mut transcript = std::mem::take(&mut session.transcript);
+    transcript.push("-- progress_notify".into());
+    transcript.extend(
+        collect_for(
+            &mut session,
+            RequestUnion::CreateRequest(WatchCreateRequest {
+                progress_notify: true,
+                ..create("p", "", 0)
+            }),
+            Duration::from_millis(1500),
+        )
+        .await,
+    );
+    transcript.push("-- a create request larger than the server takes".into());
+    let oversized = "k".repeat(2 * 1024 * 1024);
+    transcript.extend(
+        collect_for(
+            &mut session,
+            RequestUnion::CreateRequest(create(&oversized, "", 0)),
+            Duration::from_secs(5),
+        )
+        .await,
+    );
+    transcript
+}
+
+#[tokio::test]
+async fn progress_notifications_and_oversized_requests_are_answered_as_etcd_does() {
+    let flags = vec![
+        "--experimental-watch-progress-notify-interval=300ms".to_string(),
+        "--max-request-bytes=1024".to_string(),
+    ];
+    let etcd = Cluster::start(ClusterOptions {
+        extra_args: flags.clone(),
+        ..ClusterOptions::etcd(1)
+    })
+    .await
+    .expect("etcd");
+    let expected = progress_and_limits_script(&etcd).await;
+    drop(etcd);
+    let keel = Cluster::start(ClusterOptions {
+        extra_args: flags,
+        ..ClusterOptions::keel(3)
+    })
+    .await
+    .expect("keel");
+    let actual = progress_and_limits_script(&keel).await;
+    assert_eq!(actual, expected, "keel (left) and etcd (right) differ");
+    let health = keel.client().expect("client");
+    health
+        .put(put("still", "serving"))
+        .await
+        .expect("the member still serves");
+}
