@@ -250,10 +250,12 @@ impl WatchStream {
         } else {
             create.watch_id
         };
-        let start = if create.start_revision > 0 {
-            create.start_revision
-        } else {
+        // Only 0 means "from now"; a negative start is below even a never
+        // compacted store's compact revision (-1), and etcd cancels it so.
+        let start = if create.start_revision == 0 {
             current.saturating_add(1)
+        } else {
+            create.start_revision
         };
         let filters = |filter: FilterType| create.filters.contains(&(filter as i32));
         self.watchers.insert(

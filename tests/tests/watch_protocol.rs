@@ -198,6 +198,21 @@ async fn script(cluster: &Cluster) -> Vec<String> {
         .step("empty range", RequestUnion::CreateRequest(create("b", "a", 0)))
         .await;
     session
+        .step(
+            "a negative start revision",
+            RequestUnion::CreateRequest(create("n", "", -5)),
+        )
+        .await;
+    session
+        .step(
+            "an unknown filter",
+            RequestUnion::CreateRequest(WatchCreateRequest {
+                filters: vec![7],
+                ..create("u", "", 0)
+            }),
+        )
+        .await;
+    session
         .step("from now on x", RequestUnion::CreateRequest(create("x", "", 0)))
         .await;
     client.put(put("x", "live")).await.expect("put"); // 7
