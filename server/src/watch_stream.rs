@@ -51,12 +51,21 @@ pub struct WatchStreamContext {
     pub store: MvccStore,
     /// Stamps a header with the member's identity at a revision.
     pub header: Box<dyn Fn(i64) -> Option<ResponseHeader> + Send + Sync>,
-    /// etcd's `--max-request-bytes`: responses above it are split for
-    /// watchers that asked for `fragment`, and a pull stops near it.
+    /// etcd's `--max-request-bytes` (see [`Self::message_limit`]).
     pub max_request_bytes: usize,
     /// How often watchers that asked for `progress_notify` hear the
     /// revision when nothing happened to them.
     pub progress_notify_interval: Duration,
+}
+
+impl WatchStreamContext {
+    /// etcd's limit for one watch stream message either way:
+    /// `--max-request-bytes` plus gRPC's overhead allowance. A request over
+    /// it ends the stream; a response over it is split for watchers that
+    /// asked for `fragment`; a pull stops near it.
+    fn message_limit(&self) -> usize {
+        self.max_request_bytes + GRPC_OVERHEAD_BYTES
+    }
 }
 
 struct Watcher {
@@ -162,12 +171,11 @@ impl WatchStream {
         self.responses.send(Ok(response)).await.map_err(|_| ClientGone)
     }
 
-    /// etcd takes stream messages up to `--max-request-bytes` plus gRPC's
-    /// overhead allowance and ends the stream with ResourceExhausted
-    /// (grpc-go's receive limit) beyond that.
+    /// etcd takes stream messages up to its message limit and ends the
+    /// stream with ResourceExhausted (grpc-go's receive limit) beyond it.
     fn check_size(&self, request: &WatchRequest) -> Result<(), Status> {
         let size = request.encoded_len();
-        let limit = self.context.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        let limit = self.context.message_limit();
         if size > limit {
             return Err(Status::resource_exhausted(format!(
                 "grpc: received message larger than max ({size} vs. {limit})"
@@ -297,10 +305,9 @@ impl WatchStream {
                 };
                 let budget = PullBudget {
                     scanned_events: PULL_SCANNED_EVENTS,
-                    // A response stays about as small as a request may be
-                    // (one large txn aside), so clients' default receive
-                    // limits hold.
-                    matched_bytes: self.context.max_request_bytes,
+                    // A response stays about within the message limit (one
+                    // large txn aside), so clients' default receive limits hold.
+                    matched_bytes: self.context.message_limit(),
                 };
                 self.context.store.changes_after(after, &everything, budget)
             });
@@ -370,8 +377,9 @@ impl WatchStream {
                 events,
                 ..Default::default()
             };
-            if fragment && response.encoded_len() > self.context.max_request_bytes {
-                for piece in fragments(response, self.context.max_request_bytes) {
+            let limit = self.context.message_limit();
+            if fragment && response.encoded_len() > limit {
+                for piece in fragments(response, limit) {
                     self.send(piece).await?;
                 }
             } else {

@@ -107,6 +107,20 @@ impl WatchSession {
     }
 }
 
+/// Waits until the member the session talks to has applied every
+/// acknowledged write (a linearizable read through it), so that headers
+/// show the same revision as etcd's single member does.
+async fn applied_on_watched_member(cluster: &Cluster) {
+    let member = cluster.member_client(0).expect("client");
+    member
+        .range(keel_api::etcdserverpb::RangeRequest {
+            key: b"sync".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("linearizable read");
+}
+
 /// Writes the shared history: revisions 2..=6, one of them a txn.
 async fn write_history(client: &Client) {
     client.put(put("a", "1")).await.expect("put"); // 2
@@ -151,6 +165,7 @@ async fn write_history(client: &Client) {
 async fn script(cluster: &Cluster) -> Vec<String> {
     let client = cluster.client().expect("client");
     write_history(&client).await;
+    applied_on_watched_member(cluster).await;
     let mut session = WatchSession::open(
         &cluster.endpoint(0),
         "key a from revision 1",
@@ -240,6 +255,7 @@ async fn script(cluster: &Cluster) -> Vec<String> {
         })
         .await
         .expect("compact");
+    applied_on_watched_member(cluster).await;
     session
         .step(
             "below the compacted revision",
@@ -319,6 +335,7 @@ async fn collect_for(session: &mut WatchSession, request: RequestUnion, window: 
 async fn progress_and_limits_script(cluster: &Cluster) -> Vec<String> {
     let client = cluster.client().expect("client");
     client.put(put("p", "1")).await.expect("put"); // 2
+    applied_on_watched_member(cluster).await;
     let mut session = WatchSession::open(
         &cluster.endpoint(0),
         "a quiet key",
@@ -337,6 +354,26 @@ async fn progress_and_limits_script(cluster: &Cluster) -> Vec<String> {
             Duration::from_millis(1500),
         )
         .await,
+    );
+    let big = "v".repeat(600);
+    for key in ["big/1", "big/2", "big/3"] {
+        client.put(put(key, &big)).await.expect("put"); // 3, 4, 5
+    }
+    applied_on_watched_member(cluster).await;
+    transcript.push("-- a fragmented replay of three 600-byte values".into());
+    transcript.extend(
+        collect_for(
+            &mut session,
+            RequestUnion::CreateRequest(WatchCreateRequest {
+                fragment: true,
+                ..create("big/", "big0", 3)
+            }),
+            Duration::from_millis(1500),
+        )
+        .await
+        .into_iter()
+        // The progress notifications of the watch on "p" come at their own pace.
+        .filter(|line| !line.contains("watch_id: 1, created: false")),
     );
     transcript.push("-- a create request larger than the server takes".into());
     let oversized = "k".repeat(2 * 1024 * 1024);
