@@ -302,3 +302,87 @@ async fn a_follower_whose_watcher_history_was_compacted_cancels_it_with_the_comp
         cluster.log_tail(follower, 30)
     );
 }
+
+fn resident_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("member status")
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test]
+async fn ten_thousand_watchers_on_one_member_all_get_an_event_in_bounded_memory() {
+    const STREAMS: usize = 10;
+    const WATCHERS_PER_STREAM: usize = 1_000;
+    let cluster = Cluster::start(ClusterOptions::keel(3)).await.expect("cluster");
+    let client = cluster.client().expect("client");
+    let pid = cluster.pid(0).expect("member 0 runs");
+    let before = resident_kib(pid);
+    let mut streams = Vec::new();
+    for stream in 0..STREAMS {
+        let mut watch = watch_prefix(&cluster.endpoint(0), "many/", 0).await;
+        for _ in 1..WATCHERS_PER_STREAM {
+            let range_end = String::from_utf8(keel_api::key_range::prefix_range_end(b"many/")).expect("utf8");
+            watch
+                .requests
+                .send(keel_api::etcdserverpb::WatchRequest {
+                    request_union: Some(RequestUnion::CreateRequest(create_request(
+                        "many/", &range_end, 0,
+                    ))),
+                })
+                .await
+                .expect("create");
+        }
+        let mut created = 1;
+        while created < WATCHERS_PER_STREAM {
+            let response = tokio::time::timeout(WAIT, watch.responses.message())
+                .await
+                .expect("created in time")
+                .expect("stream")
+                .expect("open");
+            assert!(
+                response.created && !response.canceled,
+                "stream {stream}: {response:?}"
+            );
+            created += 1;
+        }
+        streams.push(watch);
+    }
+    let with_watchers = resident_kib(pid);
+    let revision = client
+        .put(put("many/k", "v"))
+        .await
+        .expect("put")
+        .header
+        .expect("header")
+        .revision;
+    for (stream, watch) in streams.iter_mut().enumerate() {
+        let mut notified = std::collections::BTreeSet::new();
+        while notified.len() < WATCHERS_PER_STREAM {
+            let response = tokio::time::timeout(WAIT, watch.responses.message())
+                .await
+                .expect("every watcher notified in time")
+                .expect("stream")
+                .expect("open");
+            assert_eq!(response.events.len(), 1, "stream {stream}: {response:?}");
+            assert_eq!(
+                response.events[0].kv.as_ref().map(|kv| kv.mod_revision),
+                Some(revision)
+            );
+            assert!(
+                notified.insert(response.watch_id),
+                "watch {} notified twice",
+                response.watch_id
+            );
+        }
+    }
+    let grown_kib = with_watchers.saturating_sub(before);
+    eprintln!("member RSS {before} KiB, with 10,000 watchers {with_watchers} KiB");
+    assert!(
+        grown_kib < 100 * 1024,
+        "10,000 idle watchers grew the member by {grown_kib} KiB"
+    );
+}
