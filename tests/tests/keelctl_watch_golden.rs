@@ -1,0 +1,680 @@
+//! Golden tests for `keelctl watch`: keelctl prints what etcdctl 3.4 prints
+//! (stdout, stderr less etcdctl's JSON client logs, exit code), both tools
+//! pointed at the same server, for every watch flag and format, the exec
+//! form, `-i` with `watch` and `progress` lines, a compacted `--rev` and bad
+//! usage.
+//!
+//! A watch runs until the server ends it, so each case runs as a child:
+//! etcdctl first, until it exits or its output has been quiet for a while
+//! (and then it is killed); then keelctl, until it exits or has printed at
+//! least as much as etcdctl did (plus a grace period to catch more), and
+//! then it is killed. A killed tool's exit is recorded as -1, so both must
+//! have been killed, or both exited with the same code. `-i` cases feed
+//! their lines one step at a time, each step waiting for that step's output.
+//!
+//! Determinism: every case that prints events replays a history written
+//! once at the start (`--rev`), so both tools see the same events in the
+//! same responses, and nothing is written between the two tools' runs.
+//!
+//! A few expectations are also spelled out (the events of one key, the
+//! compaction message, the exec variables, the progress revision), so that
+//! the etcd flavor proves the expectations themselves, not only equality.
+//! The keel flavor is its own test: it passes once keel serves Watch.
+
+mod keelctl_support;
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keel_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use keel_api::etcdserverpb::request_op::Request;
+use keel_api::etcdserverpb::{
+    CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+use keel_client::Client;
+use keel_tests::{Cluster, ClusterOptions};
+use keelctl_support::{etcdctl_path, keelctl_path, without_client_logs, Ran};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long etcdctl's output must stay unchanged before a step is done.
+const QUIET: Duration = Duration::from_millis(400);
+/// How long keelctl may keep printing after it has caught up with etcdctl.
+const GRACE: Duration = Duration::from_millis(250);
+/// The longest any step waits.
+const STEP_DEADLINE: Duration = Duration::from_secs(10);
+
+const FORMATS: [&str; 4] = ["simple", "json", "fields", "protobuf"];
+
+/// What a step of a case waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    /// The tool prints something (on either stream) or exits.
+    Output,
+    /// The tool exits (its input closed, or a fatal line).
+    Exit,
+    /// Nothing: the step only feeds input (a line without its newline).
+    Silence,
+}
+
+#[derive(Clone, Debug)]
+struct Step {
+    /// Written to the tool's stdin before waiting; `None` closes stdin.
+    input: Option<String>,
+    expect: Expect,
+}
+
+fn line(text: &str) -> Step {
+    Step {
+        input: Some(format!("{text}\n")),
+        expect: Expect::Output,
+    }
+}
+
+fn end_of_input() -> Step {
+    Step {
+        input: None,
+        expect: Expect::Exit,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Comparison {
+    /// stdout, stderr and exit code, byte for byte.
+    Everything,
+    /// The first `Error:` line and the exit code (after a flag error
+    /// etcdctl prints its usage text on stdout and the error twice, keelctl
+    /// a one-line hint).
+    FirstError,
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    args: Vec<Vec<u8>>,
+    variables: Vec<(String, String)>,
+    steps: Vec<Step>,
+    compare: Comparison,
+}
+
+impl Case {
+    fn new(args: &[&str]) -> Case {
+        Case {
+            args: args.iter().map(|a| a.as_bytes().to_vec()).collect(),
+            variables: Vec::new(),
+            steps: vec![Step {
+                input: Some(String::new()),
+                expect: Expect::Output,
+            }],
+            compare: Comparison::Everything,
+        }
+    }
+
+    fn with_variable(mut self, name: &str, value: &str) -> Case {
+        self.variables.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    fn interactive(mut self, steps: Vec<Step>) -> Case {
+        self.steps = steps;
+        self
+    }
+
+    fn first_error_only(mut self) -> Case {
+        self.compare = Comparison::FirstError;
+        self
+    }
+
+    fn label(&self) -> String {
+        let words: Vec<String> = self
+            .args
+            .iter()
+            .map(|a| format!("{:?}", String::from_utf8_lossy(a)))
+            .collect();
+        let mut label = format!("watch {}", words.join(" "));
+        for (name, value) in &self.variables {
+            label.push_str(&format!(" [{name}={value}]"));
+        }
+        for step in &self.steps {
+            if let Some(input) = &step.input {
+                if !input.is_empty() {
+                    label.push_str(&format!(" <<< {input:?}"));
+                }
+            }
+        }
+        label
+    }
+}
+
+/// A running tool whose output is collected as it arrives.
+struct Watcher {
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    exit: Option<i32>,
+}
+
+fn collect(mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let into = buffer.clone();
+    tokio::spawn(async move {
+        let mut chunk = [0u8; 8192];
+        while let Ok(read) = from.read(&mut chunk).await {
+            if read == 0 {
+                break;
+            }
+            into.lock().expect("output lock").extend_from_slice(&chunk[..read]);
+        }
+    });
+    buffer
+}
+
+impl Watcher {
+    fn spawn(program: &std::path::Path, endpoint: &str, case: &Case) -> Watcher {
+        use std::os::unix::ffi::OsStrExt;
+        let mut command = tokio::process::Command::new(program);
+        for (name, _) in std::env::vars_os() {
+            let text = name.to_string_lossy();
+            if text.starts_with("KEELCTL_") || text.starts_with("ETCDCTL_") {
+                command.env_remove(&name);
+            }
+        }
+        command
+            .env("ETCDCTL_API", "3")
+            .envs(case.variables.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+            .arg(format!("--endpoints={endpoint}"))
+            .arg("watch")
+            .args(case.args.iter().map(|a| std::ffi::OsStr::from_bytes(a)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} runs: {e}", program.display()));
+        let stdin = child.stdin.take();
+        let stdout = collect(child.stdout.take().expect("stdout"));
+        let stderr = collect(child.stderr.take().expect("stderr"));
+        Watcher {
+            child,
+            stdin,
+            stdout,
+            stderr,
+            exit: None,
+        }
+    }
+
+    fn lengths(&self) -> (usize, usize) {
+        (
+            self.stdout.lock().expect("lock").len(),
+            self.stderr.lock().expect("lock").len(),
+        )
+    }
+
+    fn exited(&mut self) -> bool {
+        if self.exit.is_none() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.exit = Some(status.code().unwrap_or(-1));
+            }
+        }
+        self.exit.is_some()
+    }
+
+    async fn feed(&mut self, input: &Option<String>) {
+        match input {
+            Some(text) if !text.is_empty() => {
+                if let Some(stdin) = &mut self.stdin {
+                    let _ = stdin.write_all(text.as_bytes()).await;
+                    let _ = stdin.flush().await;
+                }
+            }
+            Some(_) => {}
+            None => self.stdin = None,
+        }
+    }
+
+    /// Waits as etcdctl's run does: until it exits, or it has printed more
+    /// than `before` and then nothing for `QUIET`.
+    async fn settle(&mut self, before: (usize, usize), expect: Expect) {
+        let deadline = Instant::now() + STEP_DEADLINE;
+        let mut last = self.lengths();
+        let mut changed_at = Instant::now();
+        while Instant::now() < deadline {
+            if self.exited() {
+                // Let the readers drain the pipes.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = self.lengths();
+            if now != last {
+                last = now;
+                changed_at = Instant::now();
+            }
+            if expect == Expect::Output && last != before && changed_at.elapsed() >= QUIET {
+                return;
+            }
+            if expect == Expect::Silence && changed_at.elapsed() >= QUIET {
+                return;
+            }
+        }
+    }
+
+    /// Waits as keelctl's run does: until it has caught up with `target`
+    /// (and exited when etcdctl had), then `GRACE` for anything extra.
+    async fn catch_up(&mut self, target: (usize, usize), must_exit: bool) {
+        let deadline = Instant::now() + STEP_DEADLINE;
+        while Instant::now() < deadline {
+            let (out, err) = self.lengths();
+            let exited = self.exited();
+            if out >= target.0 && err >= target.1 && (exited || !must_exit) {
+                break;
+            }
+            if exited {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(GRACE).await;
+        self.exited();
+    }
+
+    /// Kills the tool if it still runs; what it printed and how it ended
+    /// (-1: killed).
+    async fn finish(mut self) -> Ran {
+        if !self.exited() {
+            let _ = self.child.kill().await;
+            self.exit = Some(-1);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let stdout = self.stdout.lock().expect("lock").clone();
+        let stderr = self.stderr.lock().expect("lock").clone();
+        Ran {
+            code: self.exit.unwrap_or(-1),
+            stdout,
+            stderr,
+        }
+    }
+}
+
+/// Runs `case` with etcdctl and then keelctl against `endpoint`.
+async fn run_both(endpoint: &str, case: &Case) -> (Ran, Ran) {
+    let mut etcdctl = Watcher::spawn(&etcdctl_path(), endpoint, case);
+    let mut marks = Vec::new();
+    for step in &case.steps {
+        let before = etcdctl.lengths();
+        etcdctl.feed(&step.input).await;
+        etcdctl.settle(before, step.expect).await;
+        marks.push((etcdctl.lengths(), etcdctl.exited()));
+    }
+    let etcdctl = etcdctl.finish().await;
+    let mut keelctl = Watcher::spawn(&keelctl_path(), endpoint, case);
+    for (step, ((out, err), exited)) in case.steps.iter().zip(marks) {
+        keelctl.feed(&step.input).await;
+        // etcdctl's client logs do not count: keelctl prints none.
+        let err = without_client_logs(&etcdctl.stderr[..err.min(etcdctl.stderr.len())]).len();
+        keelctl.catch_up((out, err), exited).await;
+    }
+    (etcdctl, keelctl.finish().await)
+}
+
+fn first_error(ran: &Ran) -> Ran {
+    let first = ran
+        .stderr_text()
+        .lines()
+        .find(|l| l.starts_with("Error:"))
+        .map(|l| format!("{l}\n"))
+        .unwrap_or_default();
+    Ran {
+        code: ran.code,
+        stdout: Vec::new(),
+        stderr: first.into_bytes(),
+    }
+}
+
+struct Suite {
+    endpoint: String,
+    compared: usize,
+    mismatches: Vec<String>,
+}
+
+impl Suite {
+    /// Runs `case` with both tools, compares them, and returns etcdctl's
+    /// result (for the spelled-out expectations).
+    async fn case(&mut self, case: Case) -> Ran {
+        let (etcdctl, keelctl) = run_both(&self.endpoint, &case).await;
+        let expected = Ran {
+            stderr: without_client_logs(&etcdctl.stderr),
+            ..etcdctl.clone()
+        };
+        let (expected, got) = match case.compare {
+            Comparison::Everything => (expected, keelctl),
+            Comparison::FirstError => (first_error(&expected), first_error(&keelctl)),
+        };
+        self.compared += 1;
+        if expected.stdout.is_empty() && expected.stderr.is_empty() {
+            self.mismatches
+                .push(format!("{}\n  etcdctl printed nothing: the case proves nothing", case.label()));
+        }
+        if expected != got {
+            self.mismatches.push(format!(
+                "{}\n  etcdctl: exit {} stdout {:?} stderr {:?}\n  keelctl: exit {} stdout {:?} stderr {:?}",
+                case.label(),
+                expected.code,
+                expected.stdout_text(),
+                expected.stderr_text(),
+                got.code,
+                got.stdout_text(),
+                got.stderr_text()
+            ));
+        }
+        etcdctl
+    }
+
+    fn expect(&mut self, what: &str, holds: bool, seen: &Ran) {
+        if !holds {
+            self.mismatches.push(format!(
+                "expectation failed: {what}\n  etcdctl: exit {} stdout {:?} stderr {:?}",
+                seen.code,
+                seen.stdout_text(),
+                seen.stderr_text()
+            ));
+        }
+    }
+}
+
+async fn put(client: &Client, key: &[u8], value: &[u8]) -> i64 {
+    client
+        .put(PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("put")
+        .header
+        .map_or(0, |h| h.revision)
+}
+
+/// Writes the history every case replays; returns its first revision.
+async fn write_history(client: &Client) -> i64 {
+    let first = put(client, b"w/a", b"1").await;
+    put(client, b"w/b", b"x<y&z \"q\"").await;
+    put(client, b"w/a", b"2").await;
+    put(client, b"other", b"o").await;
+    client
+        .delete_range(DeleteRangeRequest {
+            key: b"w/b".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete");
+    let op = |request| RequestOp {
+        request: Some(request),
+    };
+    client
+        .txn(TxnRequest {
+            compare: vec![Compare {
+                key: b"w/a".to_vec(),
+                result: CompareResult::Greater as i32,
+                target: CompareTarget::Mod as i32,
+                target_union: Some(TargetUnion::ModRevision(0)),
+                ..Default::default()
+            }],
+            success: vec![
+                op(Request::RequestPut(PutRequest {
+                    key: b"w/c".to_vec(),
+                    value: b"c1".to_vec(),
+                    ..Default::default()
+                })),
+                op(Request::RequestPut(PutRequest {
+                    key: b"w/d".to_vec(),
+                    value: b"d1".to_vec(),
+                    ..Default::default()
+                })),
+                op(Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: b"w/a".to_vec(),
+                    ..Default::default()
+                })),
+            ],
+            failure: vec![],
+        })
+        .await
+        .expect("txn");
+    put(client, b"w/bin\x01", b"\xff\xfe").await;
+    put(client, b"w/a", b"3").await;
+    first
+}
+
+async fn current_revision(client: &Client) -> i64 {
+    client
+        .range(RangeRequest {
+            key: b"w/a".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("range")
+        .header
+        .map_or(0, |h| h.revision)
+}
+
+const EXEC_ECHO: &str = "echo \"$ETCD_WATCH_REVISION|$ETCD_WATCH_EVENT_TYPE|$ETCD_WATCH_KEY|$ETCD_WATCH_VALUE\"";
+
+async fn watch_suite(cluster: &Cluster) -> (usize, Vec<String>) {
+    let client = cluster.member_client(0).expect("client");
+    let first = write_history(&client).await;
+    let current = current_revision(&client).await;
+    let mut s = Suite {
+        endpoint: cluster.endpoint(0),
+        compared: 0,
+        mismatches: Vec::new(),
+    };
+    let rev = first.to_string();
+    let from_delete = (first + 4).to_string();
+
+    // Replays of the history: one key, a range, a prefix, everything; with
+    // and without the previous key-values; every format.
+    for format in FORMATS {
+        for case in [
+            vec!["--rev", &rev, "w/a"],
+            vec!["--rev", &rev, "w/a", "w/c"],
+            vec!["--rev", &rev, "w/", "--prefix"],
+            vec!["--rev", &rev, "w/", "--prefix", "--prev-kv"],
+            vec!["--rev", &from_delete, "w/", "--prefix", "--prev-kv"],
+            vec!["--rev", &rev, "", "--prefix"],
+            vec!["--rev", &rev, "w/", "--prefix", "--hex", "--prev-kv"],
+        ] {
+            let mut args = case.clone();
+            args.extend(["-w", format]);
+            s.case(Case::new(&args)).await;
+        }
+    }
+    let one_key = s.case(Case::new(&["--rev", &rev, "w/a"])).await;
+    s.expect(
+        "etcdctl prints w/a's puts and its delete (the txn's), key then value",
+        one_key.stdout_text() == "PUT\nw/a\n1\nPUT\nw/a\n2\nDELETE\nw/a\n\nPUT\nw/a\n3\n",
+        &one_key,
+    );
+    // A third key is ignored (etcdctl watches the first only); flags first.
+    s.case(Case::new(&["--rev", &rev, "w/a", "w/c", "w/z"])).await;
+    s.case(Case::new(&["--prev-kv=true", "--prefix", "--rev", &rev, "w/"]))
+        .await;
+    // The variables for the key and range end.
+    s.case(Case::new(&["--rev", &rev, "--prefix"]).with_variable("ETCDCTL_WATCH_KEY", "w/"))
+        .await;
+    s.case(
+        Case::new(&["--rev", &rev])
+            .with_variable("ETCDCTL_WATCH_KEY", "w/a")
+            .with_variable("ETCDCTL_WATCH_RANGE_END", "w/c"),
+    )
+    .await;
+
+    // The exec form: the command runs for every event, with the variables.
+    let exec = s
+        .case(Case::new(&["--rev", &rev, "w/", "--prefix", "--", "sh", "-c", EXEC_ECHO]))
+        .await;
+    s.expect(
+        "the exec command sees the response's revision and %q-quoted type, key and value",
+        exec.stdout_text()
+            .contains(&format!("\n{current}|\"PUT\"|\"w/b\"|\"x<y&z \\\"q\\\"\"\n"))
+            && exec
+                .stdout_text()
+                .contains(&format!("\n{current}|\"DELETE\"|\"w/a\"|\"\"\n")),
+        &exec,
+    );
+    s.case(Case::new(&["--rev", &rev, "w/a", "-w", "json", "--", "sh", "-c", EXEC_ECHO]))
+        .await;
+    s.case(
+        Case::new(&["--rev", &rev, "--", "sh", "-c", EXEC_ECHO]).with_variable("ETCDCTL_WATCH_KEY", "w/c"),
+    )
+    .await;
+    let failing = s
+        .case(Case::new(&["--rev", &rev, "w/a", "--", "sh", "-c", "exit 3"]))
+        .await;
+    s.expect(
+        "a failing command ends etcdctl with exit 1",
+        failing.code == 1 && failing.stderr_text().contains("command [\"sh\" \"-c\" \"exit 3\"] error (exit status 3)"),
+        &failing,
+    );
+    s.case(Case::new(&["--rev", &rev, "w/a", "--", "no-such-program-for-keel"]))
+        .await;
+    s.case(Case::new(&["--rev", &rev, "w/a", "--", "/nonexistent/program", "x"]))
+        .await;
+
+    // Formats etcdctl does not print a watch in.
+    s.case(Case::new(&["--rev", &rev, "w/a", "-w", "table"])).await;
+    s.case(Case::new(&["--rev", &rev, "w/a", "-w", "bogus"])).await;
+
+    // Bad usage.
+    s.case(Case::new(&[])).await;
+    s.case(Case::new(&["--prefix"])).await;
+    s.case(Case::new(&["w/a", "w/c", "--prefix"])).await;
+    s.case(Case::new(&["w/a", "--"])).await;
+    s.case(Case::new(&["--", "echo", "x"])).await;
+    s.case(Case::new(&["w/a"]).with_variable("ETCDCTL_WATCH_KEY", "w/b"))
+        .await;
+    s.case(Case::new(&["w/a", "--", "echo"]).with_variable("ETCDCTL_WATCH_KEY", "w/b"))
+        .await;
+    s.case(Case::new(&["w/a"]).with_variable("ETCDCTL_WATCH_RANGE_END", "w/z"))
+        .await;
+    s.case(Case::new(&["w/a", "--rev", "abc"]).first_error_only()).await;
+    s.case(Case::new(&["w/a", "--bogus"]).first_error_only()).await;
+    // A range that is empty: the server refuses the create.
+    let empty = s.case(Case::new(&["w/z", "w/a"])).await;
+    s.expect("an empty range is canceled, exit 5", empty.code == 5, &empty);
+
+    // -i: watch and progress lines, bad lines, the end of input.
+    for format in ["simple", "json", "fields"] {
+        let steps = vec![
+            line(&format!("watch --rev {rev} w/ --prefix --prev-kv")),
+            line("progress"),
+            line(""),
+            line("get w/a"),
+            line("watch"),
+            line("watch w/a w/c --prefix"),
+            line(&format!("watch w/a --rev={rev} -- printenv ETCD_WATCH_KEY ETCD_WATCH_VALUE")),
+            line("progress"),
+            end_of_input(),
+        ];
+        let interactive = s.case(Case::new(&["-i", "-w", format]).interactive(steps)).await;
+        if format == "simple" {
+            s.expect(
+                "a progress line prints the current revision for each watch; the end of input exits 3",
+                interactive
+                    .stdout_text()
+                    .contains(&format!("progress notify: {current}\n"))
+                    && interactive.code == 3
+                    && interactive
+                        .stderr_text()
+                        .ends_with("Error: Error reading watch request line: EOF\n"),
+                &interactive,
+            );
+        }
+    }
+    for fatal in ["watch w/a --bogus", "watch w/a -w json", "watch --prefix", "watch w/a --"] {
+        s.case(Case::new(&["-i"]).interactive(vec![Step {
+            input: Some(format!("{fatal}\n")),
+            expect: Expect::Exit,
+        }]))
+        .await;
+    }
+    // A last line without its newline is not read.
+    s.case(Case::new(&["--interactive"]).interactive(vec![
+        Step {
+            input: Some(format!("watch --rev {rev} w/a")),
+            expect: Expect::Silence,
+        },
+        end_of_input(),
+    ]))
+    .await;
+    s.case(
+        Case::new(&["-i"])
+            .with_variable("ETCDCTL_WATCH_KEY", "w/c")
+            .interactive(vec![line(&format!("watch --rev {rev}")), end_of_input()]),
+    )
+    .await;
+
+    // Compaction: a watch from before the compacted revision is canceled.
+    let compacted = first + 3;
+    client
+        .compact(CompactionRequest {
+            revision: compacted,
+            physical: true,
+        })
+        .await
+        .expect("compact");
+    for format in FORMATS {
+        let canceled = s.case(Case::new(&["--rev", &rev, "w/a", "-w", format])).await;
+        if format == "simple" {
+            s.expect(
+                "a compacted start revision: etcdctl prints the compaction error and exits 5",
+                canceled.code == 5
+                    && canceled.stdout.is_empty()
+                    && without_client_logs(&canceled.stderr)
+                        == b"watch was canceled (etcdserver: mvcc: required revision has been compacted)\n\
+                             Error: watch is canceled by the server\n",
+                &canceled,
+            );
+        }
+    }
+    s.case(Case::new(&["--rev", "-1", "w/a"])).await;
+    // The compacted revision itself is still there.
+    s.case(Case::new(&["--rev", &compacted.to_string(), "w/", "--prefix"]))
+        .await;
+    s.case(Case::new(&["-i", "-w", "json"]).interactive(vec![
+        line(&format!("watch --rev {rev} w/a")),
+        line(&format!("watch --rev {compacted} w/a")),
+        end_of_input(),
+    ]))
+    .await;
+
+    (s.compared, s.mismatches)
+}
+
+fn report(flavor: &str, compared: usize, mismatches: &[String]) {
+    assert!(
+        mismatches.is_empty(),
+        "{} of {compared} keelctl watch runs differ from etcdctl's against {flavor}:\n\n{}",
+        mismatches.len(),
+        mismatches.join("\n\n")
+    );
+    assert!(compared > 60, "the suite compared only {compared} runs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keelctl_watch_prints_what_etcdctl_prints_against_etcd() {
+    let cluster = Cluster::start(ClusterOptions::etcd(1))
+        .await
+        .expect("etcd cluster starts");
+    let (compared, mismatches) = watch_suite(&cluster).await;
+    report("etcd", compared, &mismatches);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keelctl_watch_prints_what_etcdctl_prints_against_keel() {
+    let cluster = Cluster::start(ClusterOptions::keel(1))
+        .await
+        .expect("keel cluster starts");
+    let (compared, mismatches) = watch_suite(&cluster).await;
+    report("keel", compared, &mismatches);
+}
