@@ -163,7 +163,9 @@ fn collect(mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Arc<
             if read == 0 {
                 break;
             }
-            into.lock().expect("output lock").extend_from_slice(&chunk[..read]);
+            into.lock()
+                .expect("output lock")
+                .extend_from_slice(&chunk[..read]);
         }
     });
     buffer
@@ -353,8 +355,10 @@ impl Suite {
         };
         self.compared += 1;
         if expected.stdout.is_empty() && expected.stderr.is_empty() {
-            self.mismatches
-                .push(format!("{}\n  etcdctl printed nothing: the case proves nothing", case.label()));
+            self.mismatches.push(format!(
+                "{}\n  etcdctl printed nothing: the case proves nothing",
+                case.label()
+            ));
         }
         if expected != got {
             self.mismatches.push(format!(
@@ -458,7 +462,8 @@ async fn current_revision(client: &Client) -> i64 {
         .map_or(0, |h| h.revision)
 }
 
-const EXEC_ECHO: &str = "echo \"$ETCD_WATCH_REVISION|$ETCD_WATCH_EVENT_TYPE|$ETCD_WATCH_KEY|$ETCD_WATCH_VALUE\"";
+const EXEC_ECHO: &str =
+    "echo \"$ETCD_WATCH_REVISION|$ETCD_WATCH_EVENT_TYPE|$ETCD_WATCH_KEY|$ETCD_WATCH_VALUE\"";
 
 async fn watch_suite(cluster: &Cluster) -> (usize, Vec<String>) {
     let client = cluster.member_client(0).expect("client");
@@ -511,7 +516,9 @@ async fn watch_suite(cluster: &Cluster) -> (usize, Vec<String>) {
 
     // The exec form: the command runs for every event, with the variables.
     let exec = s
-        .case(Case::new(&["--rev", &rev, "w/", "--prefix", "--", "sh", "-c", EXEC_ECHO]))
+        .case(Case::new(&[
+            "--rev", &rev, "w/", "--prefix", "--", "sh", "-c", EXEC_ECHO,
+        ]))
         .await;
     s.expect(
         "the exec command sees the response's revision and %q-quoted type, key and value",
@@ -522,8 +529,10 @@ async fn watch_suite(cluster: &Cluster) -> (usize, Vec<String>) {
                 .contains(&format!("\n{current}|\"DELETE\"|\"w/a\"|\"\"\n")),
         &exec,
     );
-    s.case(Case::new(&["--rev", &rev, "w/a", "-w", "json", "--", "sh", "-c", EXEC_ECHO]))
-        .await;
+    s.case(Case::new(&[
+        "--rev", &rev, "w/a", "-w", "json", "--", "sh", "-c", EXEC_ECHO,
+    ]))
+    .await;
     s.case(
         Case::new(&["--rev", &rev, "--", "sh", "-c", EXEC_ECHO]).with_variable("ETCDCTL_WATCH_KEY", "w/c"),
     )
@@ -533,13 +542,29 @@ async fn watch_suite(cluster: &Cluster) -> (usize, Vec<String>) {
         .await;
     s.expect(
         "a failing command ends etcdctl with exit 1",
-        failing.code == 1 && failing.stderr_text().contains("command [\"sh\" \"-c\" \"exit 3\"] error (exit status 3)"),
+        failing.code == 1
+            && failing
+                .stderr_text()
+                .contains("command [\"sh\" \"-c\" \"exit 3\"] error (exit status 3)"),
         &failing,
     );
-    s.case(Case::new(&["--rev", &rev, "w/a", "--", "no-such-program-for-keel"]))
-        .await;
-    s.case(Case::new(&["--rev", &rev, "w/a", "--", "/nonexistent/program", "x"]))
-        .await;
+    s.case(Case::new(&[
+        "--rev",
+        &rev,
+        "w/a",
+        "--",
+        "no-such-program-for-keel",
+    ]))
+    .await;
+    s.case(Case::new(&[
+        "--rev",
+        &rev,
+        "w/a",
+        "--",
+        "/nonexistent/program",
+        "x",
+    ]))
+    .await;
 
     // Formats etcdctl does not print a watch in.
     s.case(Case::new(&["--rev", &rev, "w/a", "-w", "table"])).await;
@@ -557,7 +582,8 @@ async fn watch_suite(cluster: &Cluster) -> (usize, Vec<String>) {
         .await;
     s.case(Case::new(&["w/a"]).with_variable("ETCDCTL_WATCH_RANGE_END", "w/z"))
         .await;
-    s.case(Case::new(&["w/a", "--rev", "abc"]).first_error_only()).await;
+    s.case(Case::new(&["w/a", "--rev", "abc"]).first_error_only())
+        .await;
     s.case(Case::new(&["w/a", "--bogus"]).first_error_only()).await;
     // A range that is empty: the server refuses the create.
     let empty = s.case(Case::new(&["w/z", "w/a"])).await;
@@ -572,7 +598,9 @@ async fn watch_suite(cluster: &Cluster) -> (usize, Vec<String>) {
             line("get w/a"),
             line("watch"),
             line("watch w/a w/c --prefix"),
-            line(&format!("watch w/a --rev={rev} -- printenv ETCD_WATCH_KEY ETCD_WATCH_VALUE")),
+            line(&format!(
+                "watch w/a --rev={rev} -- printenv ETCD_WATCH_KEY ETCD_WATCH_VALUE"
+            )),
             line("progress"),
             end_of_input(),
         ];
@@ -591,7 +619,12 @@ async fn watch_suite(cluster: &Cluster) -> (usize, Vec<String>) {
             );
         }
     }
-    for fatal in ["watch w/a --bogus", "watch w/a -w json", "watch --prefix", "watch w/a --"] {
+    for fatal in [
+        "watch w/a --bogus",
+        "watch w/a -w json",
+        "watch --prefix",
+        "watch w/a --",
+    ] {
         s.case(Case::new(&["-i"]).interactive(vec![Step {
             input: Some(format!("{fatal}\n")),
             expect: Expect::Exit,

@@ -155,7 +155,7 @@ impl WatchSender {
 
 enum ReceiverState {
     Calling(BoxFuture<'static, Result<tonic::Response<Streaming<WatchResponse>>, Status>>),
-    Open(Streaming<WatchResponse>),
+    Open(Box<Streaming<WatchResponse>>),
     Ended,
 }
 
@@ -175,7 +175,7 @@ impl WatchReceiver {
         loop {
             match &mut self.state {
                 ReceiverState::Calling(call) => match call.await {
-                    Ok(response) => self.state = ReceiverState::Open(response.into_inner()),
+                    Ok(response) => self.state = ReceiverState::Open(Box::new(response.into_inner())),
                     Err(status) => return Err(self.failed(status)),
                 },
                 ReceiverState::Open(stream) => {
@@ -198,9 +198,10 @@ impl WatchReceiver {
         if transport_failure(&status) {
             let shared = &self.client.shared;
             let next = (self.endpoint + 1) % shared.endpoints.len();
-            let _ = shared
-                .preferred
-                .compare_exchange(self.endpoint, next, Ordering::Relaxed, Ordering::Relaxed);
+            let _ =
+                shared
+                    .preferred
+                    .compare_exchange(self.endpoint, next, Ordering::Relaxed, Ordering::Relaxed);
         }
         status.into()
     }
@@ -367,16 +368,16 @@ mod tests {
             ..Default::default()
         };
         assert!(assembler.push(created).unwrap().is_some());
-        assert!(assembler.push(message(1, vec![event("a", 2)], true)).unwrap().is_none());
+        assert!(assembler
+            .push(message(1, vec![event("a", 2)], true))
+            .unwrap()
+            .is_none());
         let error = assembler
             .push(message(2, vec![event("b", 3)], false))
             .unwrap_err();
         assert!(matches!(
             error,
-            WatchError::InterleavedFragments {
-                expected: 1,
-                got: 2
-            }
+            WatchError::InterleavedFragments { expected: 1, got: 2 }
         ));
     }
 

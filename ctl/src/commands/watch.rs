@@ -206,7 +206,11 @@ pub fn parse_line(line: &str, environment: &WatchEnvironment) -> Result<Line, Ct
     match command.as_slice() {
         b"watch" => {}
         b"progress" => return Ok(Line::Progress),
-        _ => return Ok(Line::Invalid(format!("Invalid command {line} (only support watch)"))),
+        _ => {
+            return Ok(Line::Invalid(format!(
+                "Invalid command {line} (only support watch)"
+            )))
+        }
     }
     if words.len() < 2 && environment.key.is_empty() {
         return Ok(Line::Invalid(format!(
@@ -214,7 +218,11 @@ pub fn parse_line(line: &str, environment: &WatchEnvironment) -> Result<Line, Ct
         )));
     }
     let rest: Vec<OsString> = words[1..].iter().cloned().map(OsString::from_vec).collect();
-    if rest.iter().position(|a| a == "--").is_some_and(|at| at + 1 == rest.len()) {
+    if rest
+        .iter()
+        .position(|a| a == "--")
+        .is_some_and(|at| at + 1 == rest.len())
+    {
         return Err(CtlError::bad_args(SEPARATOR_WITHOUT_COMMAND));
     }
     let command = <WatchLine as clap::CommandFactory>::command();
@@ -256,7 +264,9 @@ pub async fn watch(ctx: &Ctx, args: &WatchArgs) -> Result<Output, CtlError> {
     if args.flags.interactive {
         let client = ctx.connect().await?;
         let lines = read_lines_in_background();
-        let end = Session::new(ctx, client, true).run(VecDeque::new(), Some(lines), &environment).await?;
+        let end = Session::new(ctx, client, true)
+            .run(VecDeque::new(), Some(lines), &environment)
+            .await?;
         return Err(session_error(end));
     }
     let spec = command_line_spec(args, &raw_watch_args(), &environment)?;
@@ -333,10 +343,17 @@ mod tests {
     fn keys_become_the_create_request_as_etcdctl_makes_it() {
         let none = WatchEnvironment::default();
         let spec = command_line_spec(&watch_args(&["a", "z"], &[]), &raw(&["a", "z"]), &none).unwrap();
-        assert_eq!((spec.request.key, spec.request.range_end), (b"a".to_vec(), b"z".to_vec()));
+        assert_eq!(
+            (spec.request.key, spec.request.range_end),
+            (b"a".to_vec(), b"z".to_vec())
+        );
         // A third key is ignored, as etcdctl ignores it.
-        let spec = command_line_spec(&watch_args(&["a", "b", "c"], &[]), &raw(&["a", "b", "c"]), &none).unwrap();
-        assert_eq!((spec.request.key, spec.request.range_end), (b"a".to_vec(), vec![]));
+        let spec =
+            command_line_spec(&watch_args(&["a", "b", "c"], &[]), &raw(&["a", "b", "c"]), &none).unwrap();
+        assert_eq!(
+            (spec.request.key, spec.request.range_end),
+            (b"a".to_vec(), vec![])
+        );
         let mut prefixed = watch_args(&["a/"], &[]);
         prefixed.flags.prefix = true;
         prefixed.flags.rev = "-1".into();
@@ -359,17 +376,27 @@ mod tests {
             error.message
         };
         assert_eq!(message(&watch_args(&[], &[]), &[], &none), BAD_ARGS_NUM);
-        assert_eq!(message(&watch_args(&["a"], &[]), &["a", "--"], &none), SEPARATOR_WITHOUT_COMMAND);
+        assert_eq!(
+            message(&watch_args(&["a"], &[]), &["a", "--"], &none),
+            SEPARATOR_WITHOUT_COMMAND
+        );
         let mut both = watch_args(&["a", "b"], &[]);
         both.flags.prefix = true;
-        assert_eq!(message(&both, &["a", "b", "--prefix"], &none), RANGE_END_AND_PREFIX);
+        assert_eq!(
+            message(&both, &["a", "b", "--prefix"], &none),
+            RANGE_END_AND_PREFIX
+        );
         let env = WatchEnvironment {
             key: b"k".to_vec(),
             range_end: vec![],
         };
         assert_eq!(message(&watch_args(&["a"], &[]), &["a"], &env), CONFLICTING_ENV);
-        assert_eq!(message(&watch_args(&["a"], &["echo"]), &["a", "--", "echo"], &env), CONFLICTING_ENV);
-        let spec = command_line_spec(&watch_args(&[], &["echo", "x"]), &raw(&["--", "echo", "x"]), &env).unwrap();
+        assert_eq!(
+            message(&watch_args(&["a"], &["echo"]), &["a", "--", "echo"], &env),
+            CONFLICTING_ENV
+        );
+        let spec =
+            command_line_spec(&watch_args(&[], &["echo", "x"]), &raw(&["--", "echo", "x"]), &env).unwrap();
         assert_eq!(spec.request.key, b"k".to_vec());
         assert_eq!(spec.exec, raw(&["echo", "x"]));
         let range_only = WatchEnvironment {
@@ -385,10 +412,14 @@ mod tests {
     #[test]
     fn interactive_lines_are_read_as_etcdctl_reads_them() {
         let none = WatchEnvironment::default();
-        let Line::Watch(spec) = parse_line("watch a --rev 3 --prev-kv -- echo 'two words'", &none).unwrap() else {
+        let Line::Watch(spec) = parse_line("watch a --rev 3 --prev-kv -- echo 'two words'", &none).unwrap()
+        else {
             panic!("a watch line");
         };
-        assert_eq!((spec.request.key.as_slice(), spec.request.start_revision), (&b"a"[..], 3));
+        assert_eq!(
+            (spec.request.key.as_slice(), spec.request.start_revision),
+            (&b"a"[..], 3)
+        );
         assert!(spec.request.prev_kv);
         assert_eq!(spec.exec, raw(&["echo", "two words"]));
         assert!(matches!(parse_line("progress", &none).unwrap(), Line::Progress));
@@ -398,14 +429,20 @@ mod tests {
         };
         assert_eq!(invalid(""), "Invalid command:  (watch and progress supported)");
         assert_eq!(invalid("get a"), "Invalid command get a (only support watch)");
-        assert_eq!(invalid("watch"), "Invalid command watch (command type or key is not provided)");
+        assert_eq!(
+            invalid("watch"),
+            "Invalid command watch (command type or key is not provided)"
+        );
         assert_eq!(
             invalid("watch a b --prefix"),
             "Invalid command watch a b --prefix (`range_end` and `--prefix` are mutually exclusive)"
         );
         let fatal = |line: &str| parse_line(line, &none).unwrap_err();
         assert_eq!(fatal("watch a --bogus").message, "unknown flag: --bogus");
-        assert_eq!(fatal("watch a -w json").message, "unknown shorthand flag: 'w' in -w");
+        assert_eq!(
+            fatal("watch a -w json").message,
+            "unknown shorthand flag: 'w' in -w"
+        );
         assert_eq!(fatal("watch --prefix").message, BAD_ARGS_NUM);
         assert_eq!(fatal("watch a --").message, SEPARATOR_WITHOUT_COMMAND);
         assert_eq!(fatal("watch a --bogus").code, 128);

@@ -138,9 +138,8 @@ impl<'a> Session<'a> {
 
     fn sender(&mut self) -> &WatchSender {
         let (sender, _) = self.stream.get_or_insert_with(|| {
-            self.client.watch_stream(WatchStreamOptions {
-                require_leader: true,
-            })
+            self.client
+                .watch_stream(WatchStreamOptions { require_leader: true })
         });
         sender
     }
@@ -234,7 +233,12 @@ impl<'a> Session<'a> {
         self.print(watching, response, false).await
     }
 
-    async fn print(&self, watching: &Watching, response: &WatchResponse, events_nil: bool) -> Result<(), CtlError> {
+    async fn print(
+        &self,
+        watching: &Watching,
+        response: &WatchResponse,
+        events_nil: bool,
+    ) -> Result<(), CtlError> {
         let mut out = Output::default();
         if is_progress_notify(response) {
             let revision = response.header.map_or(0, |h| h.revision);
@@ -403,14 +407,23 @@ mod tests {
     #[test]
     fn exec_failures_read_as_go_reports_them() {
         use std::os::unix::process::ExitStatusExt;
-        assert_eq!(exit_text(std::process::ExitStatus::from_raw(3 << 8)), Some("exit status 3".into()));
-        assert_eq!(exit_text(std::process::ExitStatus::from_raw(9)), Some("signal: killed".into()));
+        assert_eq!(
+            exit_text(std::process::ExitStatus::from_raw(3 << 8)),
+            Some("exit status 3".into())
+        );
+        assert_eq!(
+            exit_text(std::process::ExitStatus::from_raw(9)),
+            Some("signal: killed".into())
+        );
         assert_eq!(exit_text(std::process::ExitStatus::from_raw(0)), None);
         assert_eq!(
             resolve_program(&OsString::from("surely-no-such-program-here")).unwrap_err(),
             "exec: \"surely-no-such-program-here\": executable file not found in $PATH"
         );
-        assert_eq!(resolve_program(&OsString::from("/x/y")).unwrap(), OsString::from("/x/y"));
+        assert_eq!(
+            resolve_program(&OsString::from("/x/y")).unwrap(),
+            OsString::from("/x/y")
+        );
     }
 
     #[test]
@@ -445,8 +458,12 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(watching.next_revision, 16);
-        assert!(recoverable(&WatchError::from(tonic::Status::unavailable("reset"))));
+        assert!(recoverable(&WatchError::from(tonic::Status::unavailable(
+            "reset"
+        ))));
         assert!(!recoverable(&WatchError::from(WireError::NoLeader.to_status())));
-        assert!(!recoverable(&WatchError::from(tonic::Status::permission_denied("no"))));
+        assert!(!recoverable(&WatchError::from(tonic::Status::permission_denied(
+            "no"
+        ))));
     }
 }

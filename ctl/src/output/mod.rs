@@ -134,7 +134,12 @@ impl Printer {
     /// `events_nil` marks a response keelctl made up for a failed create
     /// (see `json::watch`). `protobuf` is etcd's `WatchResponse` with the
     /// fields clientv3 keeps (no watch id, cancel reason or fragment).
-    pub fn watch(&self, out: &mut Output, response: &WatchResponse, events_nil: bool) -> Result<(), CtlError> {
+    pub fn watch(
+        &self,
+        out: &mut Output,
+        response: &WatchResponse,
+        events_nil: bool,
+    ) -> Result<(), CtlError> {
         match self.format {
             Format::Simple => simple::watch(&mut out.stdout, response, self.hex),
             Format::Json => json::print(&mut out.stdout, json::watch(response, events_nil)),
