@@ -20,6 +20,9 @@
 //! compaction message, the exec variables, the progress revision), so that
 //! the etcd flavor proves the expectations themselves, not only equality.
 //! The keel flavor is its own test: it passes once keel serves Watch.
+//!
+//! Also here, the client half keelctl stands on: keel-client's watch API
+//! against etcd's fragmented responses, progress and cancel answers.
 
 mod keelctl_support;
 
@@ -29,10 +32,12 @@ use std::time::{Duration, Instant};
 
 use keel_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use keel_api::etcdserverpb::request_op::Request;
+use keel_api::etcdserverpb::WatchCreateRequest;
 use keel_api::etcdserverpb::{
     CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
-use keel_client::Client;
+use keel_client::watch::{is_progress_notify, STREAM_WATCH_ID};
+use keel_client::{Client, WatchStreamOptions};
 use keel_tests::{Cluster, ClusterOptions};
 use keelctl_support::{etcdctl_path, keelctl_path, without_client_logs, Ran};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -710,4 +715,84 @@ async fn keelctl_watch_prints_what_etcdctl_prints_against_keel() {
         .expect("keel cluster starts");
     let (compared, mismatches) = watch_suite(&cluster).await;
     report("keel", compared, &mismatches);
+}
+
+/// keel-client's watch API against etcd: a replay larger than etcd's limit
+/// (`--max-request-bytes`, 1.5 MiB, plus 512 KiB for gRPC: 3 MB here) comes
+/// in fragments when the create asks for them;
+/// `message` yields each fragment, `response` the joined whole; a progress
+/// request is answered for the stream (watch id -1) at the current
+/// revision; a cancel is answered with the watch's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_client_reads_etcds_fragments_progress_and_cancels() {
+    let cluster = Cluster::start(ClusterOptions::etcd(1))
+        .await
+        .expect("etcd cluster starts");
+    let client = cluster.member_client(0).expect("client");
+    let value = vec![b'v'; 300 * 1024];
+    let mut first = 0;
+    for index in 0..10 {
+        let revision = put(&client, format!("f/{index}").as_bytes(), &value).await;
+        if first == 0 {
+            first = revision;
+        }
+    }
+    let current = current_revision(&client).await;
+    let create = WatchCreateRequest {
+        key: b"f/".to_vec(),
+        range_end: b"f0".to_vec(),
+        start_revision: first,
+        fragment: true,
+        ..Default::default()
+    };
+    let options = WatchStreamOptions { require_leader: true };
+
+    // Message by message: the replay arrives in fragments.
+    let (sender, mut receiver) = client.watch_stream(options);
+    sender.create(create.clone()).expect("create");
+    let created = receiver.message().await.expect("created").expect("a message");
+    assert!(created.created && !created.canceled, "{created:?}");
+    let mut fragments = Vec::new();
+    loop {
+        let message = receiver.message().await.expect("message").expect("a message");
+        assert_eq!(message.watch_id, created.watch_id);
+        let last = !message.fragment;
+        fragments.push(message);
+        if last {
+            break;
+        }
+    }
+    assert!(
+        fragments.len() > 1,
+        "etcd fragmented the replay: {} messages",
+        fragments.len()
+    );
+    assert_eq!(fragments.iter().map(|m| m.events.len()).sum::<usize>(), 10);
+
+    // Whole responses: one, with every event in order.
+    let (sender, mut receiver) = client.watch_stream(options);
+    sender.create(create).expect("create");
+    let created = receiver.response().await.expect("created").expect("a response");
+    assert!(created.created);
+    let whole = receiver.response().await.expect("replay").expect("a response");
+    assert!(!whole.fragment);
+    let revisions: Vec<i64> = whole
+        .events
+        .iter()
+        .map(|e| e.kv.as_ref().map_or(0, |kv| kv.mod_revision))
+        .collect();
+    assert_eq!(revisions, (first..first + 10).collect::<Vec<_>>());
+
+    sender.request_progress().expect("progress");
+    let progress = receiver.response().await.expect("progress").expect("a response");
+    assert!(is_progress_notify(&progress), "{progress:?}");
+    assert_eq!(progress.watch_id, STREAM_WATCH_ID);
+    assert_eq!(progress.header.map(|h| h.revision), Some(current));
+
+    sender.cancel(created.watch_id).expect("cancel");
+    let canceled = receiver.response().await.expect("canceled").expect("a response");
+    assert!(
+        canceled.canceled && canceled.watch_id == created.watch_id,
+        "{canceled:?}"
+    );
 }
