@@ -796,3 +796,74 @@ async fn the_watch_client_reads_etcds_fragments_progress_and_cancels() {
         "{canceled:?}"
     );
 }
+
+/// A watch outlives its member's restart: etcdctl's client, and keelctl's
+/// session, reopen the stream and create the watch again from the revision
+/// after the last event seen, so the event before the restart and the one
+/// after it are each printed once, by both tools alike.
+async fn watch_across_a_restart(mut cluster: Cluster) {
+    let endpoint = cluster.endpoint(0);
+    let case = Case::new(&["k"]);
+    let mut etcdctl = Watcher::spawn(&etcdctl_path(), &endpoint, &case);
+    let mut keelctl = Watcher::spawn(&keelctl_path(), &endpoint, &case);
+    // Nothing shows when a watch is created: write until both print.
+    let client = cluster.member_client(0).expect("client");
+    let before = b"PUT\nk\nbefore\n".to_vec();
+    let deadline = Instant::now() + STEP_DEADLINE;
+    while Instant::now() < deadline
+        && [&etcdctl, &keelctl]
+            .iter()
+            .any(|w| !w.stdout.lock().expect("lock").starts_with(&before))
+    {
+        put(&client, b"k", b"before").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let printed = |w: &Watcher| w.stdout.lock().expect("lock").clone();
+    let (etcdctl_before, keelctl_before) = (printed(&etcdctl), printed(&keelctl));
+
+    cluster.stop(0).await.expect("stop");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.restart(0).expect("restart");
+    cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .expect("leader after the restart");
+    let client = cluster.member_client(0).expect("client");
+    put(&client, b"k", b"after").await;
+    for watcher in [&mut etcdctl, &mut keelctl] {
+        let after = [printed(watcher), b"PUT\nk\nafter\n".to_vec()].concat();
+        watcher.catch_up((after.len(), 0), false).await;
+    }
+    let etcdctl = etcdctl.finish().await;
+    let keelctl = keelctl.finish().await;
+    let expected = [etcdctl_before, b"PUT\nk\nafter\n".to_vec()].concat();
+    assert_eq!(
+        etcdctl.stdout_text(),
+        String::from_utf8_lossy(&expected),
+        "etcdctl resumes after the restart"
+    );
+    let expected = [keelctl_before, b"PUT\nk\nafter\n".to_vec()].concat();
+    assert_eq!(
+        keelctl.stdout_text(),
+        String::from_utf8_lossy(&expected),
+        "keelctl resumes after the restart, nothing lost or repeated"
+    );
+    assert_eq!(keelctl.stderr_text(), "", "keelctl retries without a word");
+    assert_eq!((etcdctl.code, keelctl.code), (-1, -1), "both still watched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumes_after_its_member_restarts_etcd() {
+    let cluster = Cluster::start(ClusterOptions::etcd(1))
+        .await
+        .expect("etcd cluster starts");
+    watch_across_a_restart(cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumes_after_its_member_restarts_keel() {
+    let cluster = Cluster::start(ClusterOptions::keel(1))
+        .await
+        .expect("keel cluster starts");
+    watch_across_a_restart(cluster).await;
+}

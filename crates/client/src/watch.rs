@@ -12,8 +12,9 @@
 //!
 //! The stream is not reopened when it fails: a failure ends it with a
 //! typed [`WatchError`], and resuming (from the next revision) is the
-//! caller's decision. A transport failure makes the next endpoint the
-//! client's preferred one, so the next stream opens there.
+//! caller's decision. A lost connection ([`WatchError::connection_lost`])
+//! makes the next endpoint the client's preferred one, so the next stream
+//! opens there.
 
 use std::sync::atomic::Ordering;
 
@@ -30,7 +31,7 @@ use tonic::codec::Streaming;
 use tonic::metadata::MetadataValue;
 use tonic::Status;
 
-use crate::{transport_failure, Client, MAX_RESPONSE_BYTES};
+use crate::{Client, MAX_RESPONSE_BYTES};
 
 /// The watch id of a response that belongs to no one watch: etcd answers a
 /// progress request with it, for every watch on the stream (etcd's Go
@@ -63,6 +64,20 @@ impl WatchError {
     /// The etcd error this is, when the server answered with one.
     pub fn wire_error(&self) -> Option<WireError> {
         self.status().and_then(WireError::from_status)
+    }
+
+    /// True when the connection could not be made or broke under the
+    /// stream (the status carries the transport's error as its source, or
+    /// says Unavailable without being an etcd error), as opposed to a server
+    /// ending the stream with a status of its own: a new stream may work.
+    pub fn connection_lost(&self) -> bool {
+        let Some(status) = self.status() else {
+            return false;
+        };
+        if WireError::from_status(status).is_some() {
+            return false;
+        }
+        std::error::Error::source(status).is_some() || status.code() == tonic::Code::Unavailable
     }
 }
 
@@ -195,7 +210,8 @@ impl WatchReceiver {
 
     fn failed(&mut self, status: Status) -> WatchError {
         self.state = ReceiverState::Ended;
-        if transport_failure(&status) {
+        let error = WatchError::from(status);
+        if error.connection_lost() {
             let shared = &self.client.shared;
             let next = (self.endpoint + 1) % shared.endpoints.len();
             let _ =
@@ -203,7 +219,7 @@ impl WatchReceiver {
                     .preferred
                     .compare_exchange(self.endpoint, next, Ordering::Relaxed, Ordering::Relaxed);
         }
-        status.into()
+        error
     }
 
     /// The next whole response: fragments are joined (see the invariant at
@@ -426,6 +442,19 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(cancellation(&plain_cancel), Some(WatchCanceled::Unstated));
+    }
+
+    #[test]
+    fn only_a_broken_connection_is_a_lost_one() {
+        let broken = Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert!(WatchError::from(broken).connection_lost());
+        assert!(WatchError::from(Status::unavailable("connection refused")).connection_lost());
+        assert!(!WatchError::from(WireError::NoLeader.to_status()).connection_lost());
+        assert!(!WatchError::from(Status::unknown("a server's own error")).connection_lost());
+        assert!(!WatchError::from(Status::unimplemented("no Watch here")).connection_lost());
+        assert!(!WatchError::Closed.connection_lost());
     }
 
     #[test]

@@ -283,13 +283,16 @@ impl<'a> Session<'a> {
     }
 }
 
-/// clientv3 retries a stream that failed in transport (Unavailable or
-/// Internal), except on "no leader"; anything else ends it.
+/// clientv3 retries a stream whose connection broke, or that failed with
+/// Unavailable or Internal, except on "no leader"; anything else ends it.
+/// (tonic reports a connection that broke mid-stream as Unknown, grpc-go as
+/// Unavailable: the error's source tells.)
 fn recoverable(error: &WatchError) -> bool {
     match error {
         WatchError::Stream(status) => {
-            matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Internal)
-                && WireError::from_status(status) != Some(WireError::NoLeader)
+            error.wire_error() != Some(WireError::NoLeader)
+                && (error.connection_lost()
+                    || matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Internal))
         }
         _ => false,
     }
