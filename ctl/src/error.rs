@@ -1,13 +1,14 @@
 //! keelctl's errors and exit codes, as etcdctl 3.4 uses them: the message is
 //! printed as `Error: <message>` on stderr and the process exits with the
-//! code (1 for a failed request, 3 for bad txn input, 4 for an unsupported
-//! output format or flag value, 5 for a watch the server ended, 128 for bad
-//! arguments).
+//! code (1 for a failed request, 2 for no endpoint to connect to, 3 for
+//! bad txn or watch input, 4 for an unsupported output format or flag
+//! value, 5 for a watch the server ended, 128 for bad arguments).
 
 use keel_client::ClientError;
 
 /// etcdctl's exit codes (`ctlv3/command/error.go`).
 pub const EXIT_ERROR: i32 = 1;
+pub const EXIT_BAD_CONNECTION: i32 = 2;
 pub const EXIT_INVALID_INPUT: i32 = 3;
 pub const EXIT_BAD_FEATURE: i32 = 4;
 pub const EXIT_INTERRUPTED: i32 = 5;

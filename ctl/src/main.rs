@@ -268,7 +268,10 @@ fn resolve(cli: &Cli) -> Result<Ctx, CtlError> {
         .filter(|e| !e.is_empty())
         .collect();
     if endpoints.is_empty() {
-        return Err(CtlError::bad_args("no endpoints given (--endpoints)"));
+        return Err(CtlError::new(
+            error::EXIT_BAD_CONNECTION,
+            "etcdclient: no available endpoints",
+        ));
     }
     Ok(Ctx {
         endpoints,
