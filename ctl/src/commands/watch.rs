@@ -260,6 +260,8 @@ fn raw_watch_args() -> Vec<OsString> {
 
 pub async fn watch(ctx: &Ctx, args: &WatchArgs) -> Result<Output, CtlError> {
     let environment = WatchEnvironment::from_process();
+    // A bad --rev is a flag error, whatever the mode.
+    start_revision(&args.flags).map_err(CtlError::failed)?;
     environment.check()?;
     if args.flags.interactive {
         let client = ctx.connect().await?;

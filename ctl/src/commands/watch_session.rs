@@ -247,8 +247,14 @@ impl<'a> Session<'a> {
         }
         let printed = self.ctx.printer.watch(&mut out, response, events_nil);
         let mut stdout = std::io::stdout();
-        let _ = stdout.write_all(&out.stdout);
-        let _ = stdout.flush();
+        if stdout
+            .write_all(&out.stdout)
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            // Nobody reads any more (etcdctl dies of SIGPIPE here).
+            return Err(CtlError::exit_quietly(crate::error::EXIT_ERROR));
+        }
         printed?;
         if !watching.spec.exec.is_empty() {
             for event in &response.events {
