@@ -457,6 +457,28 @@ mod tests {
         assert!(!WatchError::Closed.connection_lost());
     }
 
+    #[tokio::test]
+    async fn a_stream_that_cannot_connect_makes_the_next_endpoint_preferred() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let closed_endpoint = closed.local_addr().expect("addr").to_string();
+        drop(closed);
+        let client = Client::connect_lazy(crate::ClientConfig::new([
+            closed_endpoint,
+            "127.0.0.1:9".to_string(),
+        ]))
+        .expect("client");
+        let (sender, mut receiver) = client.watch_stream(WatchStreamOptions::default());
+        // Requests may be sent before the call is made.
+        sender.request_progress().expect("queued");
+        let error = receiver.message().await.expect_err("nothing listens there");
+        assert!(error.connection_lost(), "{error:?}");
+        assert_eq!(client.shared.preferred.load(Ordering::Relaxed), 1);
+        // The stream has ended: no more messages, and the sender sees it.
+        assert!(receiver.message().await.expect("ended").is_none());
+        drop(receiver);
+        assert!(matches!(sender.request_progress(), Err(WatchError::Closed)));
+    }
+
     #[test]
     fn a_sender_whose_stream_is_gone_reports_closed() {
         let (requests, outgoing) = mpsc::unbounded::<WatchRequest>();
