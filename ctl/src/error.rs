@@ -1,14 +1,17 @@
 //! keelctl's errors and exit codes, as etcdctl 3.4 uses them: the message is
 //! printed as `Error: <message>` on stderr and the process exits with the
-//! code (1 for a failed request, 3 for bad txn input, 4 for an unsupported
-//! output format or flag value, 128 for bad arguments).
+//! code (1 for a failed request, 2 for no endpoint to connect to, 3 for
+//! bad txn or watch input, 4 for an unsupported output format or flag
+//! value, 5 for a watch the server ended, 128 for bad arguments).
 
 use keel_client::ClientError;
 
 /// etcdctl's exit codes (`ctlv3/command/error.go`).
 pub const EXIT_ERROR: i32 = 1;
+pub const EXIT_BAD_CONNECTION: i32 = 2;
 pub const EXIT_INVALID_INPUT: i32 = 3;
 pub const EXIT_BAD_FEATURE: i32 = 4;
+pub const EXIT_INTERRUPTED: i32 = 5;
 pub const EXIT_BAD_ARGS: i32 = 128;
 
 #[derive(Debug)]
@@ -70,22 +73,26 @@ impl From<ClientError> for CtlError {
 /// followed by what keelctl knows (the endpoints tried and why).
 pub fn client_error_text(error: &ClientError) -> String {
     match error {
-        ClientError::Status(status) => {
-            let message = status.message();
-            if status.code() == tonic::Code::DeadlineExceeded {
-                "context deadline exceeded".to_string()
-            } else if error.wire_error().is_some() || message.starts_with("etcdserver: ") {
-                message.to_string()
-            } else {
-                // clientv3 prints statuses it does not know as gRPC does.
-                format!(
-                    "rpc error: code = {} desc = {message}",
-                    go_code_name(status.code())
-                )
-            }
-        }
+        ClientError::Status(status) => status_text(status),
         ClientError::Unreachable { .. } => format!("context deadline exceeded: {error}"),
         other => other.to_string(),
+    }
+}
+
+/// The text clientv3 gives a server's error status: etcd's own message for
+/// an etcd error, gRPC's form for any other.
+pub fn status_text(status: &tonic::Status) -> String {
+    let message = status.message();
+    if status.code() == tonic::Code::DeadlineExceeded {
+        "context deadline exceeded".to_string()
+    } else if keel_api::WireError::from_status(status).is_some() || message.starts_with("etcdserver: ") {
+        message.to_string()
+    } else {
+        // clientv3 prints statuses it does not know as gRPC does.
+        format!(
+            "rpc error: code = {} desc = {message}",
+            go_code_name(status.code())
+        )
     }
 }
 

@@ -20,6 +20,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use commands::cluster::{EndpointArgs, MemberCommand};
 use commands::kv::{CompactionArgs, DelArgs, GetArgs, PutArgs};
 use commands::txn::TxnArgs;
+use commands::watch::WatchArgs;
 use commands::Ctx;
 use error::{CtlError, EXIT_ERROR};
 use go_bool::GoBoolFlag;
@@ -34,6 +35,8 @@ Examples:
   keelctl del /tmp --prefix --prev-kv            delete every key under a prefix, printing them
   keelctl txn -i                                 a transaction: compares, then success and failure requests
   printf 'mod(\"k\") > \"0\"\\n\\nput k v\\n\\nput k new\\n\\n' | keelctl txn
+  keelctl watch a/ --prefix --rev 1              print every change under a/ since revision 1, then wait for more
+  keelctl watch k -- sh -c 'echo $ETCD_WATCH_KEY'  run a command for each change of k
   keelctl compaction 42                          forget the history before revision 42
   keelctl member list -w table                   the cluster's members
   keelctl endpoint status --cluster -w table     every member's status (leader, raft term and index)
@@ -146,6 +149,17 @@ enum Command {
     ///
     /// Example: printf 'value("k") = "v"\n\nput k w\n\nget k\n\n' | keelctl txn
     Txn(TxnArgs),
+    /// Watches events stream on keys or prefixes.
+    ///
+    /// Prints each change of KEY (or of the range [KEY, RANGE_END), or of a
+    /// prefix) until the server ends the watch. With `-- COMMAND ARGS...`, runs
+    /// COMMAND for every event with ETCD_WATCH_REVISION, ETCD_WATCH_EVENT_TYPE,
+    /// ETCD_WATCH_KEY and ETCD_WATCH_VALUE set. With -i, reads `watch ...` and
+    /// `progress` lines from stdin. ETCDCTL_WATCH_KEY and ETCDCTL_WATCH_RANGE_END
+    /// may give the key and range end.
+    ///
+    /// Example: keelctl watch a/ --prefix --rev 1 --prev-kv
+    Watch(WatchArgs),
     /// Compacts the event history up to a revision.
     ///
     /// Example: keelctl compaction 42
@@ -254,7 +268,10 @@ fn resolve(cli: &Cli) -> Result<Ctx, CtlError> {
         .filter(|e| !e.is_empty())
         .collect();
     if endpoints.is_empty() {
-        return Err(CtlError::bad_args("no endpoints given (--endpoints)"));
+        return Err(CtlError::new(
+            error::EXIT_BAD_CONNECTION,
+            "etcdclient: no available endpoints",
+        ));
     }
     Ok(Ctx {
         endpoints,
@@ -305,6 +322,7 @@ async fn run(cli: Cli) -> Result<Output, CtlError> {
         Command::Del(args) => commands::kv::del(&ctx, args).await,
         Command::Txn(args) => commands::txn::txn(&ctx, args).await,
         Command::Compaction(args) => commands::kv::compaction(&ctx, args).await,
+        Command::Watch(args) => commands::watch::watch(&ctx, args).await,
         Command::Member { command } => commands::cluster::member(&ctx, command).await,
         Command::Endpoint(args) => commands::cluster::endpoint(&ctx, args).await,
         Command::Version => Ok(Output::default()),

@@ -162,7 +162,9 @@ fn scan_compare(input: &str) -> (Option<Vec<u8>>, Option<String>, Option<Vec<u8>
 
 /// Splits a request line into arguments as etcdctl's `argify` does:
 /// "double quoted" (Go escapes), 'single quoted' (verbatim) or bare words.
-pub fn argify(line: &str) -> Result<Vec<Vec<u8>>, CtlError> {
+/// Fails with the reason a quoted word is malformed (`txn` and `watch -i`
+/// each report it in their own words).
+pub fn argify(line: &str) -> Result<Vec<Vec<u8>>, String> {
     let mut args = Vec::new();
     let mut rest = line;
     loop {
@@ -172,16 +174,13 @@ pub fn argify(line: &str) -> Result<Vec<Vec<u8>>, CtlError> {
         };
         match first {
             '"' => {
-                let (arg, after) = unquote_prefix(rest)
-                    .map_err(|e| CtlError::invalid_input(format!("invalid txn request: {line} ({e})")))?;
+                let (arg, after) = unquote_prefix(rest)?;
                 args.push(arg);
                 rest = after;
             }
             '\'' => {
                 let Some(end) = rest[1..].find('\'') else {
-                    return Err(CtlError::invalid_input(format!(
-                        "invalid txn request: {line} (unterminated single quote)"
-                    )));
+                    return Err("unterminated single quote".to_string());
                 };
                 args.push(rest.as_bytes()[1..1 + end].to_vec());
                 rest = &rest[end + 2..];
@@ -197,7 +196,8 @@ pub fn argify(line: &str) -> Result<Vec<Vec<u8>>, CtlError> {
 
 /// Parses one request line, e.g. `put key "some value" --prev-kv`.
 pub fn parse_request(line: &str) -> Result<RequestOp, CtlError> {
-    let args = argify(line)?;
+    let args =
+        argify(line).map_err(|e| CtlError::invalid_input(format!("invalid txn request: {line} ({e})")))?;
     if args.len() < 2 {
         return Err(CtlError::invalid_input(format!(
             "invalid txn compare request: {line}"

@@ -138,6 +138,43 @@ fn hex_digits(chars: &mut std::str::CharIndices<'_>, count: usize) -> Result<u32
     Ok(value)
 }
 
+/// Go's `strconv.ParseInt(text, 0, 64)`, as pflag parses an int64 flag:
+/// an optional sign, then decimal, `0x` hex, `0o`/leading-`0` octal or
+/// `0b` binary digits; fails with Go's error text.
+pub fn parse_int64(text: &str) -> Result<i64, String> {
+    let failure = |reason: &str| format!("strconv.ParseInt: parsing {}: {reason}", quote(text.as_bytes()));
+    let (negative, unsigned) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let lower = unsigned.to_ascii_lowercase();
+    let (radix, digits) = if let Some(rest) = lower.strip_prefix("0x") {
+        (16, rest)
+    } else if let Some(rest) = lower.strip_prefix("0o") {
+        (8, rest)
+    } else if let Some(rest) = lower.strip_prefix("0b") {
+        (2, rest)
+    } else if lower.len() > 1 && lower.starts_with('0') {
+        (8, &lower[1..])
+    } else {
+        (10, lower.as_str())
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err(failure("invalid syntax"));
+    }
+    let magnitude = u64::from_str_radix(digits, radix).map_err(|_| failure("value out of range"))?;
+    let limit = if negative { 1u64 << 63 } else { (1u64 << 63) - 1 };
+    if magnitude > limit {
+        return Err(failure("value out of range"));
+    }
+    Ok(if negative {
+        (magnitude as i64).wrapping_neg()
+    } else {
+        magnitude as i64
+    })
+}
+
 /// Go's `time.ParseDuration` ("2s", "500ms", "1m30s", "1.5h", "0").
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let invalid = || format!("time: invalid duration {}", quote(text.as_bytes()));
@@ -277,6 +314,24 @@ pub fn hex_escaped(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn int64_flags_parse_as_pflag_does() {
+        assert_eq!(parse_int64("42"), Ok(42));
+        assert_eq!(parse_int64("-1"), Ok(-1));
+        assert_eq!(parse_int64("0x10"), Ok(16));
+        assert_eq!(parse_int64("010"), Ok(8));
+        assert_eq!(parse_int64("-9223372036854775808"), Ok(i64::MIN));
+        assert_eq!(
+            parse_int64("abc"),
+            Err("strconv.ParseInt: parsing \"abc\": invalid syntax".to_string())
+        );
+        assert_eq!(
+            parse_int64("9223372036854775808"),
+            Err("strconv.ParseInt: parsing \"9223372036854775808\": value out of range".to_string())
+        );
+        assert!(parse_int64("").is_err() && parse_int64("-").is_err() && parse_int64("1.5").is_err());
+    }
 
     #[test]
     fn quote_follows_go() {

@@ -1,7 +1,8 @@
 //! keel's Rust client, shared by `keelctl`, the `keel` server (local-cluster),
 //! the tests and the benchmarks. It speaks etcd's v3 gRPC API, so it drives a
 //! real etcd just as well as keel. [`launch`] holds what the two launchers of
-//! member processes (local-cluster, the test fixtures) share.
+//! member processes (local-cluster, the test fixtures) share; [`watch`] is
+//! etcd's Watch stream as a typed API.
 //!
 //! Endpoint failover, as etcd's client does it: the client keeps one cached
 //! channel per endpoint and sends each call to its preferred endpoint; when
@@ -12,6 +13,7 @@
 
 mod error;
 pub mod launch;
+pub mod watch;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -32,6 +34,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 pub use error::{never_reached_server, transport_failure, ClientError};
+pub use watch::{WatchError, WatchReceiver, WatchSender, WatchStreamOptions};
 
 /// etcdctl's default `--dial-timeout`.
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(2);

@@ -4,6 +4,8 @@
 pub mod cluster;
 pub mod kv;
 pub mod txn;
+pub mod watch;
+mod watch_session;
 
 use std::time::Duration;
 

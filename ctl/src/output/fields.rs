@@ -6,6 +6,7 @@ use std::io::Write;
 use keel_api::etcdserverpb::response_op::Response;
 use keel_api::etcdserverpb::{
     DeleteRangeResponse, MemberListResponse, PutResponse, RangeResponse, ResponseHeader, TxnResponse,
+    WatchResponse,
 };
 use keel_api::mvccpb::KeyValue;
 
@@ -66,6 +67,20 @@ pub fn txn(out: &mut Vec<u8>, response: &TxnResponse) {
             other => {
                 let _ = writeln!(out, "\"Unknown\" : {}", quote(format!("{other:?}").as_bytes()));
             }
+        }
+    }
+}
+
+/// The header (zeros when absent), then each event's type and key-values.
+pub fn watch(out: &mut Vec<u8>, response: &WatchResponse) {
+    header(out, &response.header);
+    for event in &response.events {
+        let _ = writeln!(out, "\"Type\" : {}", super::event_type_name(event.r#type));
+        if let Some(prev) = &event.prev_kv {
+            kv(out, "Prev", prev);
+        }
+        if let Some(current) = &event.kv {
+            kv(out, "", current);
         }
     }
 }

@@ -3,15 +3,16 @@
 //! `dbSize`, `ID`), zero values are omitted (`omitempty`), integers are
 //! numbers, bytes are standard base64, strings are HTML-escaped
 //! (`<` → `\u003c`), a txn's ops appear as `{"Response":{"ResponsePut":...}}`,
-//! and `endpoint status`/`health` print etcdctl's own wrapper structs.
+//! `endpoint status`/`health` print etcdctl's own wrapper structs, and
+//! `watch` prints clientv3's `WatchResponse` (Go field names, no omitempty).
 
 use base64::Engine as _;
 use keel_api::etcdserverpb::response_op::Response;
 use keel_api::etcdserverpb::{
     DeleteRangeResponse, Member, MemberListResponse, PutResponse, RangeResponse, ResponseHeader,
-    StatusResponse, TxnResponse,
+    StatusResponse, TxnResponse, WatchResponse,
 };
-use keel_api::mvccpb::KeyValue;
+use keel_api::mvccpb::{Event, KeyValue};
 
 use super::{EndpointHealth, EndpointStatus};
 
@@ -162,6 +163,34 @@ pub fn txn(response: &TxnResponse) -> Json {
         .opt("header", header(&response.header))
         .boolean("succeeded", response.succeeded)
         .list("responses", responses)
+        .done()
+}
+
+fn event(event: &Event) -> Json {
+    Obj::default()
+        .int("type", event.r#type)
+        .opt("kv", event.kv.as_ref().map(key_value))
+        .opt("prev_kv", event.prev_kv.as_ref().map(key_value))
+        .done()
+}
+
+/// clientv3's `WatchResponse`: the header always (an object, `{}` when
+/// empty), the events (`null` for a response the client made up itself
+/// when the stream or the create failed: `events_nil`), then the
+/// compact revision and the canceled and created flags, zero or not.
+pub fn watch(response: &WatchResponse, events_nil: bool) -> Json {
+    let header = header(&response.header).unwrap_or(Json::Object(Vec::new()));
+    let events = if events_nil {
+        Json::Null
+    } else {
+        Json::Array(response.events.iter().map(event).collect())
+    };
+    Obj::default()
+        .always("Header", header)
+        .always("Events", events)
+        .always("CompactRevision", Json::Int(response.compact_revision.into()))
+        .always("Canceled", Json::Bool(response.canceled))
+        .always("Created", Json::Bool(response.created))
         .done()
 }
 

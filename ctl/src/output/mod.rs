@@ -11,7 +11,9 @@ pub mod table;
 
 use keel_api::etcdserverpb::{
     DeleteRangeResponse, MemberListResponse, PutResponse, RangeResponse, StatusResponse, TxnResponse,
+    WatchResponse,
 };
+use keel_api::mvccpb::event::EventType;
 use prost::Message;
 
 use crate::error::CtlError;
@@ -128,6 +130,36 @@ impl Printer {
         Ok(())
     }
 
+    /// One watch response as etcdctl's `display.Watch` prints it;
+    /// `events_nil` marks a response keelctl made up for a failed create
+    /// (see `json::watch`). `protobuf` is etcd's `WatchResponse` with the
+    /// fields clientv3 keeps (no watch id, cancel reason or fragment).
+    pub fn watch(
+        &self,
+        out: &mut Output,
+        response: &WatchResponse,
+        events_nil: bool,
+    ) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::watch(&mut out.stdout, response, self.hex),
+            Format::Json => json::print(&mut out.stdout, json::watch(response, events_nil)),
+            Format::Fields => fields::watch(&mut out.stdout, response),
+            Format::Protobuf => {
+                let kept = WatchResponse {
+                    header: Some(response.header.unwrap_or_default()),
+                    events: response.events.clone(),
+                    compact_revision: response.compact_revision,
+                    canceled: response.canceled,
+                    created: response.created,
+                    ..Default::default()
+                };
+                out.stdout.extend(kept.encode_to_vec());
+            }
+            Format::Table => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
     pub fn member_list(&self, out: &mut Output, response: &MemberListResponse) -> Result<(), CtlError> {
         match self.format {
             Format::Simple => simple::member_list(&mut out.stdout, response),
@@ -160,6 +192,14 @@ impl Printer {
             Format::Protobuf => return Err(self.format.unsupported()),
         }
         Ok(())
+    }
+}
+
+/// An event type as Go prints it (`PUT`, `DELETE`, else the number).
+pub fn event_type_name(value: i32) -> String {
+    match EventType::try_from(value) {
+        Ok(known) => known.as_str_name().to_string(),
+        Err(_) => value.to_string(),
     }
 }
 

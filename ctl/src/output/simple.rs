@@ -5,7 +5,7 @@ use std::io::Write;
 
 use keel_api::etcdserverpb::response_op::Response;
 use keel_api::etcdserverpb::{
-    DeleteRangeResponse, MemberListResponse, PutResponse, RangeResponse, TxnResponse,
+    DeleteRangeResponse, MemberListResponse, PutResponse, RangeResponse, TxnResponse, WatchResponse,
 };
 use keel_api::mvccpb::KeyValue;
 
@@ -73,6 +73,19 @@ pub fn txn(out: &mut Vec<u8>, response: &TxnResponse, hex: bool, value_only: boo
                 let _ = writeln!(out, "unexpected response {r:?}");
             }
             None => line(out, b"unexpected response <nil>"),
+        }
+    }
+}
+
+/// Each event: its type, the previous key-value (with `--prev-kv`), the key-value.
+pub fn watch(out: &mut Vec<u8>, response: &WatchResponse, hex: bool) {
+    for event in &response.events {
+        line(out, super::event_type_name(event.r#type).as_bytes());
+        if let Some(prev) = &event.prev_kv {
+            kv(out, prev, hex, false);
+        }
+        if let Some(current) = &event.kv {
+            kv(out, current, hex, false);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Shared by the keelctl tests: running `keelctl` and `etcdctl` as child
 //! processes, and a replaying KV proxy so that a write command run by both
-//! tools gets one and the same server response.
+//! tools gets one and the same server response. `watch_runner` runs a watch
+//! (which never ends by itself) with both tools, step by step.
 //!
 //! The proxy forwards a KV request to the cluster the first time it sees
 //! it and records the answer; the same request bytes seen again (the other
@@ -9,6 +10,8 @@
 //! differs between the tools shows up as a second forwarded write.
 
 #![allow(dead_code)]
+
+pub mod watch_runner;
 
 use std::collections::HashMap;
 use std::process::Stdio;
