@@ -386,3 +386,38 @@ async fn ten_thousand_watchers_on_one_member_all_get_an_event_in_bounded_memory(
         "10,000 idle watchers grew the member by {grown_kib} KiB"
     );
 }
+
+#[tokio::test]
+async fn a_member_without_a_leader_refuses_a_watch_that_requires_one_and_serves_one_that_does_not() {
+    let mut cluster = Cluster::start(ClusterOptions::keel(3)).await.expect("cluster");
+    cluster.stop(1).await.expect("stop m2");
+    cluster.stop(2).await.expect("stop m3");
+    let endpoint = cluster.endpoint(0);
+    let first = || RequestUnion::CreateRequest(create_request("k", "", 0));
+    // The member gives up on its leader after an election timeout.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let refusal = loop {
+        match watch_support::open_watch_asking(&endpoint, first(), true).await {
+            Err(status) => break status,
+            Ok(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "still accepted without a leader"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(refusal.code(), tonic::Code::Unavailable, "{refusal:?}");
+    assert_eq!(refusal.message(), "etcdserver: no leader");
+    let mut served = watch_support::open_watch_asking(&endpoint, first(), false)
+        .await
+        .expect("a watch that does not require a leader is served");
+    let created = served
+        .responses
+        .message()
+        .await
+        .expect("stream")
+        .expect("created");
+    assert!(created.created && !created.canceled, "{created:?}");
+}

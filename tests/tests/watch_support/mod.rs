@@ -29,6 +29,19 @@ pub fn create_request(key: &str, range_end: &str, start_revision: i64) -> WatchC
 /// Opens a stream on `endpoint` with `first` already queued: etcd
 /// (grpc-go) sends the response headers only with its first response.
 pub async fn open_watch(endpoint: &str, first: RequestUnion) -> RawWatch {
+    open_watch_asking(endpoint, first, false)
+        .await
+        .expect("watch stream")
+}
+
+/// Opens a stream as [`open_watch`] does; with `require_leader`, sends
+/// etcd's `hasleader` metadata, and returns the status a member refuses
+/// the stream with.
+pub async fn open_watch_asking(
+    endpoint: &str,
+    first: RequestUnion,
+    require_leader: bool,
+) -> Result<RawWatch, tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
         .expect("endpoint")
         .connect()
@@ -41,12 +54,14 @@ pub async fn open_watch(endpoint: &str, first: RequestUnion) -> RawWatch {
         })
         .await
         .expect("queue the first request");
-    let responses = WatchClient::new(channel)
-        .watch(ReceiverStream::new(outgoing))
-        .await
-        .expect("watch stream")
-        .into_inner();
-    RawWatch { requests, responses }
+    let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
+    if require_leader {
+        request
+            .metadata_mut()
+            .insert("hasleader", tonic::metadata::MetadataValue::from_static("true"));
+    }
+    let responses = WatchClient::new(channel).watch(request).await?.into_inner();
+    Ok(RawWatch { requests, responses })
 }
 
 /// What a test compares of an event: type, key, value, revisions, version.
