@@ -11,7 +11,7 @@ use keel_api::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnRe
 use keel_api::WireError;
 use keel_client::{Client, ClientError};
 use keel_node::network::PeerMessage;
-use keel_raft::fail_points::BEFORE_SNAPSHOT_INSTALL_SWITCH;
+use keel_raft::fail_points::{BEFORE_SNAPSHOT_INSTALL_META_COMMIT, BEFORE_SNAPSHOT_INSTALL_SWITCH};
 use keel_raft::FailPoints;
 use keel_tests::in_process::InProcessCluster;
 
@@ -200,8 +200,10 @@ async fn a_cas_truncated_on_a_deposed_leader_and_committed_by_another_is_not_app
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_crashed_while_installing_a_snapshot_starts_again_and_catches_up() {
+/// Crashes a follower at `step` of a snapshot install, half a second after
+/// it reached it (time for a log purge that does not wait), then checks
+/// that it starts again and catches up.
+async fn crash_a_follower_installing_a_snapshot_at(step: &'static str) {
     let mut cluster = InProcessCluster::start(3, &["--snapshot-count=50"])
         .await
         .expect("cluster");
@@ -220,6 +222,22 @@ async fn a_member_crashed_while_installing_a_snapshot_starts_again_and_catches_u
         .expect("a member leads");
     let victim = (leader + 1) % 3;
     let client = cluster.client(leader).expect("client");
+    // Every member first takes a snapshot of its own, so the follower has
+    // an older current snapshot when the new one arrives.
+    for i in 0..80 {
+        let request = PutRequest {
+            key: format!("early-{i:04}").into_bytes(),
+            value: vec![b'e'; 64],
+            ..Default::default()
+        };
+        client.put(request).await.expect("early put");
+    }
+    cluster
+        .wait_for("every member's own snapshot", Duration::from_secs(15), |_, m| {
+            m.snapshot.is_some()
+        })
+        .await
+        .expect("snapshots");
     let victim_last = last_log_index(&cluster, leader).await;
     cluster.crash_member(victim).await;
     for i in 0..300 {
@@ -251,10 +269,10 @@ async fn a_member_crashed_while_installing_a_snapshot_starts_again_and_catches_u
         purged_past_the_victim,
     )
     .await;
-    // The follower restarts, receives a snapshot and is crashed before the install
-    // replaces its keyspace (its log purge is issued at the same time).
+    // The follower restarts, receives a snapshot and is crashed at `step`
+    // (its log purge is issued at the same time as the install).
     let fail_points = FailPoints::default();
-    let install = fail_points.arm(BEFORE_SNAPSHOT_INSTALL_SWITCH);
+    let install = fail_points.arm(step);
     cluster
         .start_member(victim, fail_points)
         .await
@@ -265,7 +283,7 @@ async fn a_member_crashed_while_installing_a_snapshot_starts_again_and_catches_u
     })
     .await
     .expect("join");
-    assert!(reached.0, "the follower never started installing a snapshot");
+    assert!(reached.0, "the follower never reached {step}");
     // Long enough for a purge that does not wait for the install to finish.
     tokio::time::sleep(Duration::from_millis(500)).await;
     reached.1.crash();
@@ -274,7 +292,7 @@ async fn a_member_crashed_while_installing_a_snapshot_starts_again_and_catches_u
     cluster
         .start_member(victim, FailPoints::default())
         .await
-        .expect("the follower starts again after a crash during a snapshot install");
+        .unwrap_or_else(|e| panic!("the follower starts again after a crash at {step}: {e:#}"));
     let leader_last = {
         let raft = cluster.raft(leader);
         let last = raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
@@ -294,4 +312,19 @@ async fn a_member_crashed_while_installing_a_snapshot_starts_again_and_catches_u
         .await
         .expect("read on the follower");
     assert_eq!(last.kvs.len(), 1, "the follower has the last write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_crashed_while_installing_a_snapshot_starts_again_and_catches_up() {
+    crash_a_follower_installing_a_snapshot_at(BEFORE_SNAPSHOT_INSTALL_SWITCH).await;
+}
+
+/// The partition suite's watch runs found it (seed 207): the keyspace of a
+/// received snapshot was durable and the log purged behind it before the
+/// snapshot's meta file named it; a crash in between left a member whose
+/// every start panicked in openraft (`purge_upto (1199) <=
+/// snapshot_last_log_id (399)`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_crashed_after_installing_a_snapshot_keyspace_but_before_its_meta_starts_again() {
+    crash_a_follower_installing_a_snapshot_at(BEFORE_SNAPSHOT_INSTALL_META_COMMIT).await;
 }

@@ -242,6 +242,16 @@ fn open_storage(config: &NodeConfig) -> Result<(Database, KeelStateMachine, Sled
             what: "the Raft log",
             source,
         })?;
+    let log_last = log_store.last_log_id().map_err(|error| NodeError::Storage {
+        what: "the Raft log",
+        source: error.into(),
+    })?;
+    state_machine
+        .finish_interrupted_install(log_last)
+        .map_err(|source| NodeError::Storage {
+            what: "the state machine",
+            source,
+        })?;
     Ok((keyspace_database, state_machine, log_store))
 }
 

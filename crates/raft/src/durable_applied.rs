@@ -8,7 +8,13 @@
 //! the snapshot's install, and the install can take far longer; purging
 //! first would let a crash in between leave a keyspace at A and a log that
 //! starts after the snapshot's index S > A: the entries A+1..=S are then
-//! nowhere, and the member can never start again.
+//! nowhere, and the member can never start again. For a received
+//! snapshot, "durable" includes its meta file: the install publishes only
+//! once the snapshot is current on disk, since a log purged past the index
+//! of the snapshot that the meta file still names is a state openraft
+//! refuses to start from (found by the watch workload's kill-during-snapshot
+//! runs). A crash between the install's keyspace and its meta file is
+//! finished at start-up (`KeelStateMachine::finish_interrupted_install`).
 
 use std::sync::Arc;
 

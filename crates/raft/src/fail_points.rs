@@ -14,6 +14,9 @@ use std::time::Duration;
 /// After a received snapshot is on disk and before the keyspace is
 /// replaced by it.
 pub const BEFORE_SNAPSHOT_INSTALL_SWITCH: &str = "before-snapshot-install-switch";
+/// After a received snapshot's keyspace is installed and durable, and
+/// before the snapshot becomes the current one (its meta file).
+pub const BEFORE_SNAPSHOT_INSTALL_META_COMMIT: &str = "before-snapshot-install-meta-commit";
 /// After a snapshot's dump is written and before it becomes the current
 /// snapshot.
 pub const BEFORE_SNAPSHOT_BUILD_COMMIT: &str = "before-snapshot-build-commit";

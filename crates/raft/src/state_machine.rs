@@ -30,7 +30,10 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
 use crate::apply::{apply_write_batch, MemberAttributeTable};
 use crate::durable_applied::DurableApplied;
-use crate::fail_points::{FailPoints, BEFORE_SNAPSHOT_BUILD_COMMIT, BEFORE_SNAPSHOT_INSTALL_SWITCH};
+use crate::fail_points::{
+    FailPoints, BEFORE_SNAPSHOT_BUILD_COMMIT, BEFORE_SNAPSHOT_INSTALL_META_COMMIT,
+    BEFORE_SNAPSHOT_INSTALL_SWITCH,
+};
 use crate::snapshot_files::SnapshotFiles;
 use crate::storage_codec::StorageRecord;
 use crate::type_config::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
@@ -39,6 +42,7 @@ use keel_api::keelpb::WriteBatchOutcome;
 
 const LAST_APPLIED_KEY: &str = "raft/last_applied";
 const MEMBERSHIP_KEY: &str = "raft/membership";
+
 const MEMBER_ATTRIBUTES_KEY: &str = "keel/member_attributes";
 
 fn sm_error(error: impl std::fmt::Display) -> io::Error {
@@ -117,6 +121,29 @@ impl StateView {
     }
 }
 
+/// Dumps the keyspace into a new partial snapshot file, written and
+/// synced, with the meta of the state it holds.
+fn dump_keyspace(
+    store: &MvccStore,
+    snapshots: &SnapshotFiles,
+    purpose: &str,
+) -> Result<(SnapshotMeta, PathBuf, keel_mvcc::SnapshotStats), RaftStorageError> {
+    let last_applied = read_meta::<Option<LogId>>(store, LAST_APPLIED_KEY)?.flatten();
+    let last_membership: StoredMembership = read_meta(store, MEMBERSHIP_KEY)?.unwrap_or_default();
+    let partial = snapshots.partial_path(purpose);
+    let mut file = std::fs::File::create(&partial)?;
+    let mut writer = BufWriter::new(&mut file);
+    let stats = store.write_snapshot(&mut writer)?;
+    writer.flush()?;
+    drop(writer);
+    file.sync_all()?;
+    let meta = SnapshotMeta {
+        last_log_id: last_applied,
+        last_membership,
+    };
+    Ok((meta, partial, stats))
+}
+
 pub struct KeelStateMachine {
     shared: Arc<Shared>,
 }
@@ -150,6 +177,42 @@ impl KeelStateMachine {
             fail_points,
         });
         Ok(KeelStateMachine { shared })
+    }
+
+    /// Finishes a snapshot install that a crash cut off after the keyspace
+    /// was replaced and before the snapshot became current; call it at
+    /// start-up with the Raft log's last entry, before openraft starts.
+    ///
+    /// Only an install puts the keyspace ahead of the log. openraft, seeing
+    /// the state machine ahead of its log, purges the log up to the applied
+    /// index, and then refuses a current snapshot older than that purge
+    /// (the member could never start again). So when the keyspace is ahead
+    /// of both the log and the current snapshot, the keyspace (nothing is
+    /// applied after an install before its snapshot is current) is made the
+    /// current snapshot.
+    pub fn finish_interrupted_install(&self, log_last: Option<LogId>) -> Result<(), RaftStorageError> {
+        let shared = &self.shared;
+        let applied = read_meta::<Option<LogId>>(&shared.store, LAST_APPLIED_KEY)?.flatten();
+        let applied_index = applied.map(|id| id.index);
+        let current_index = shared
+            .snapshots
+            .open_current()?
+            .and_then(|(meta, _)| meta.last_log_id)
+            .map(|id| id.index);
+        if applied_index <= log_last.map(|id| id.index) || applied_index <= current_index {
+            return Ok(());
+        }
+        tracing::warn!(
+            applied = ?applied,
+            log_last = ?log_last,
+            current_snapshot_index = ?current_index,
+            "a snapshot install was cut off before its snapshot became current; making the installed keyspace the current snapshot"
+        );
+        shared.store.flush()?;
+        let (meta, partial, _) = dump_keyspace(&shared.store, &shared.snapshots, "finish-install")?;
+        shared.snapshots.commit(&meta, &partial)?;
+        shared.durable_applied.advance_to(applied_index);
+        Ok(())
     }
 
     /// How far the applied state is on disk: what the log store purges behind.
@@ -288,7 +351,19 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
             batch.set_app_meta(LAST_APPLIED_KEY, meta_owned.last_log_id.encode_record());
             batch.set_app_meta(MEMBERSHIP_KEY, meta_owned.last_membership.encode_record());
             batch.commit().map_err(sm_error)?;
-            shared.flush_keyspace(meta_owned.last_log_id).map_err(sm_error)?;
+            // Durable keyspace, then durable snapshot meta, and only then
+            // may the log be purged behind it (`durable_applied.rs`). A
+            // crash between the two is finished at the next start
+            // (`finish_interrupted_install`).
+            shared
+                .store
+                .flush()
+                .map_err(RaftStorageError::from)
+                .map_err(sm_error)?;
+            shared
+                .fail_points
+                .pass(BEFORE_SNAPSHOT_INSTALL_META_COMMIT)
+                .map_err(|e| read_error(&e))?;
             let members: MemberAttributeTable = read_meta(&shared.store, MEMBER_ATTRIBUTES_KEY)
                 .map_err(|e| read_error(&e))?
                 .unwrap_or_default();
@@ -297,6 +372,9 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
                 .snapshots
                 .commit(&meta_owned, &partial)
                 .map_err(|e| read_error(&e))?;
+            shared
+                .durable_applied
+                .advance_to(meta_owned.last_log_id.map(|id| id.index));
             tracing::info!(
                 last_log_id = ?meta_owned.last_log_id,
                 records = stats.records,
@@ -341,33 +419,16 @@ impl RaftSnapshotBuilder<TypeConfig> for KeelSnapshotBuilder {
         let shared = self.shared.clone();
         let (meta, data_file) = tokio::task::spawn_blocking(move || -> Result<_, io::Error> {
             let write_error = |e: &dyn std::fmt::Display| snapshot_error(format!("building snapshot: {e}"));
-            let partial = shared.snapshots.partial_path("build");
-            let mut file = std::fs::File::create(&partial).map_err(|e| write_error(&e))?;
-            let (meta, stats) = {
+            let (meta, partial, stats) = {
                 let _gate = shared.apply_gate.read().unwrap_or_else(|p| p.into_inner());
-                let last_applied = read_meta::<Option<LogId>>(&shared.store, LAST_APPLIED_KEY)
-                    .map_err(|e| write_error(&e))?
-                    .flatten();
-                let last_membership: StoredMembership = read_meta(&shared.store, MEMBERSHIP_KEY)
-                    .map_err(|e| write_error(&e))?
-                    .unwrap_or_default();
-                let mut writer = BufWriter::new(&mut file);
-                let stats = shared
-                    .store
-                    .write_snapshot(&mut writer)
-                    .map_err(|e| write_error(&e))?;
-                writer.flush().map_err(|e| write_error(&e))?;
+                let (meta, partial, stats) =
+                    dump_keyspace(&shared.store, &shared.snapshots, "build").map_err(|e| write_error(&e))?;
                 // The log is purged behind this snapshot: what it covers must be durable.
-                shared.flush_keyspace(last_applied).map_err(|e| write_error(&e))?;
-                (
-                    SnapshotMeta {
-                        last_log_id: last_applied,
-                        last_membership,
-                    },
-                    stats,
-                )
+                shared
+                    .flush_keyspace(meta.last_log_id)
+                    .map_err(|e| write_error(&e))?;
+                (meta, partial, stats)
             };
-            file.sync_all().map_err(|e| write_error(&e))?;
             shared
                 .fail_points
                 .pass(BEFORE_SNAPSHOT_BUILD_COMMIT)
