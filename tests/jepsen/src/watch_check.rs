@@ -285,8 +285,19 @@ fn update_changes(invoke: &Event) -> Option<Vec<Change>> {
     }
 }
 
+/// Keys with their value and mod_revision.
+type KeyValues = BTreeMap<String, (String, i64)>;
+
+/// One successful final read of the prefix.
+struct FinalRead {
+    node: String,
+    /// Its response header's revision.
+    revision: i64,
+    kvs: KeyValues,
+}
+
 /// A final read's answer: key -> (value, mod_revision).
-fn read_kvs(value: &Json) -> Option<BTreeMap<String, (String, i64)>> {
+fn read_kvs(value: &Json) -> Option<KeyValues> {
     value
         .as_array()?
         .iter()
@@ -302,9 +313,9 @@ fn read_kvs(value: &Json) -> Option<BTreeMap<String, (String, i64)>> {
 fn final_state_check(
     total: &BTreeMap<i64, (Vec<Change>, String)>,
     updates: &[Update<'_>],
-    final_reads: &[(String, i64, BTreeMap<String, (String, i64)>)],
+    final_reads: &[FinalRead],
 ) -> CheckResult {
-    let mut replayed: BTreeMap<String, (String, i64)> = BTreeMap::new();
+    let mut replayed: KeyValues = BTreeMap::new();
     for (revision, (changes, _)) in total {
         for change in changes {
             match change.kind {
@@ -318,7 +329,7 @@ fn final_state_check(
         }
     }
     let mut mismatches = Vec::new();
-    for (node, revision, kvs) in final_reads {
+    for FinalRead { node, revision, kvs } in final_reads {
         let keys: BTreeSet<&String> = replayed.keys().chain(kvs.keys()).collect();
         for key in keys {
             let (watched, read) = (replayed.get(key), kvs.get(key));
@@ -476,16 +487,16 @@ pub fn watch_checks(events: &[Event], records: &[WatchRecord], members: usize) -
         .iter()
         .filter_map(|pair| update_changes(pair.invoke).map(|changes| Update { pair: *pair, changes }))
         .collect();
-    let final_reads: Vec<(String, i64, BTreeMap<String, (String, i64)>)> = pairs
+    let final_reads: Vec<FinalRead> = pairs
         .iter()
         .filter(|pair| pair.invoke.f == f::READ_PREFIX && pair.outcome() == EventType::Ok)
         .filter_map(|pair| {
             let completion = pair.completion?;
-            Some((
-                pair.invoke.node.clone().unwrap_or_default(),
-                completion.revision?,
-                read_kvs(&completion.value)?,
-            ))
+            Some(FinalRead {
+                node: pair.invoke.node.clone().unwrap_or_default(),
+                revision: completion.revision?,
+                kvs: read_kvs(&completion.value)?,
+            })
         })
         .collect();
     let acknowledged_revision = updates
@@ -496,7 +507,7 @@ pub fn watch_checks(events: &[Event], records: &[WatchRecord], members: usize) -
         .unwrap_or(0);
     let final_revision = final_reads
         .iter()
-        .map(|(_, revision, _)| *revision)
+        .map(|read| read.revision)
         .max()
         .unwrap_or(0)
         .max(acknowledged_revision);
