@@ -8,7 +8,8 @@
 //! events), `nemesis.jsonl` (the nemesis timeline alone), `status.jsonl`
 //! (the monitor's Status samples), `final.json` (convergence, crashes,
 //! whether the run broke), `verdict.txt` (this report), `m<i>.log` (member
-//! logs) and, when the run did not pass, `m<i>.data` (member data dirs).
+//! logs), for the watch workload `watches.jsonl` (what its watchers saw)
+//! and, when the run did not pass, `m<i>.data` (member data dirs).
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -24,6 +25,8 @@ use crate::register_check::{linearizability_check, named_linearizability_check, 
 use crate::set_check::set_check;
 use crate::stats::RunStats;
 use crate::verdict::{CheckResult, Outcome, Verdict};
+use crate::watch_check::watch_checks;
+use crate::watch_log::{read_watch_log, WatchRecord};
 
 pub const CONFIG_FILE: &str = "run.json";
 pub const HISTORY_FILE: &str = "history.jsonl";
@@ -31,6 +34,7 @@ pub const NEMESIS_FILE: &str = "nemesis.jsonl";
 pub const STATUS_FILE: &str = "status.jsonl";
 pub const FINAL_FILE: &str = "final.json";
 pub const VERDICT_FILE: &str = "verdict.txt";
+pub const WATCH_FILE: &str = "watches.jsonl";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
@@ -94,25 +98,40 @@ pub fn check_dir(dir: &Path, limits: &CheckLimits) -> Result<RunReport, CheckErr
     let events = read_history(&dir.join(HISTORY_FILE))?;
     let samples = load_samples(dir)?;
     let final_report = load_final(dir);
+    let watches = read_watch_log(&dir.join(WATCH_FILE))?;
     Ok(check_run(
         &config,
-        &events,
-        &samples,
+        &RunRecords {
+            events: &events,
+            watches: &watches,
+            samples: &samples,
+        },
         final_report.as_ref(),
         limits,
     ))
 }
 
-/// The checks a workload's runs are judged by.
+/// What a run recorded, as the checks read it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunRecords<'a> {
+    /// `history.jsonl`.
+    pub events: &'a [Event],
+    /// `watches.jsonl` (empty but for the watch workload).
+    pub watches: &'a [WatchRecord],
+    /// `status.jsonl`.
+    pub samples: &'a [StatusSample],
+}
+
+/// The checks a run is judged by.
 pub fn workload_checks(
-    workload: Workload,
-    events: &[Event],
-    samples: &[StatusSample],
+    config: &RunConfig,
+    records: &RunRecords<'_>,
     final_report: Option<&FinalReport>,
     limits: &CheckLimits,
 ) -> Vec<CheckResult> {
+    let events = records.events;
     let mut checks = Vec::new();
-    match workload {
+    match config.workload {
         Workload::Register => checks.push(linearizability_check(events, limits)),
         Workload::RegisterSerializable => {
             // Serializable reads may be stale: this check is expected to
@@ -126,8 +145,9 @@ pub fn workload_checks(
             ));
         }
         Workload::Set => checks.push(set_check(events)),
+        Workload::Watch => checks.extend(watch_checks(events, records.watches, config.nodes)),
     }
-    checks.push(leader_per_term_check(samples));
+    checks.push(leader_per_term_check(records.samples));
     checks.push(match final_report {
         Some(report) => convergence_check(&report.states, &report.unreachable),
         None => CheckResult::new(
@@ -183,13 +203,13 @@ fn crash_counts(crashed: &[String]) -> String {
 /// Checks an in-memory run and renders the report.
 pub fn check_run(
     config: &RunConfig,
-    events: &[Event],
-    samples: &[StatusSample],
+    records: &RunRecords<'_>,
     final_report: Option<&FinalReport>,
     limits: &CheckLimits,
 ) -> RunReport {
+    let (events, samples) = (records.events, records.samples);
     let mut verdict = Verdict::default();
-    for check in workload_checks(config.workload, events, samples, final_report, limits) {
+    for check in workload_checks(config, records, final_report, limits) {
         verdict.push(check);
     }
     let mut broken = Vec::new();
@@ -293,7 +313,7 @@ mod tests {
         };
         let limits = CheckLimits::default();
         assert_eq!(
-            check_run(&config(), &[], &[], Some(&clean), &limits)
+            check_run(&config(), &RunRecords::default(), Some(&clean), &limits)
                 .verdict
                 .broken,
             None
@@ -302,7 +322,7 @@ mod tests {
             crashed: vec!["m2".into(), "m2".into()],
             ..clean
         };
-        let report = check_run(&config(), &[], &[], Some(&crashed), &limits);
+        let report = check_run(&config(), &RunRecords::default(), Some(&crashed), &limits);
         assert_ne!(report.verdict.exit_code(), 0);
         assert!(
             report.text.contains("members exited on their own: m2 (2 times)"),

@@ -26,6 +26,9 @@ pub enum Workload {
     Set,
     /// as `register`, but reads are `serializable` (may be stale).
     RegisterSerializable,
+    /// puts, deletes and Txns on a few keys under a prefix that a watcher on
+    /// every member watches from revision 1, reconnecting through faults.
+    Watch,
 }
 
 impl Workload {
@@ -34,10 +37,16 @@ impl Workload {
             Workload::Register => "register",
             Workload::Set => "set",
             Workload::RegisterSerializable => "register-serializable",
+            Workload::Watch => "watch",
         }
     }
 
-    pub const ALL: [Workload; 3] = [Workload::Register, Workload::Set, Workload::RegisterSerializable];
+    pub const ALL: [Workload; 4] = [
+        Workload::Register,
+        Workload::Set,
+        Workload::RegisterSerializable,
+        Workload::Watch,
+    ];
 }
 
 impl fmt::Display for Workload {

@@ -25,6 +25,9 @@ pub mod f {
     pub const CAS: &str = "cas";
     pub const ADD: &str = "add";
     pub const READ_ALL: &str = "read-all";
+    pub const TXN: &str = "txn";
+    pub const DELETE: &str = "delete";
+    pub const READ_PREFIX: &str = "read-prefix";
 }
 
 /// Process ids from here on belong to the final reads taken after healing,
@@ -96,6 +99,10 @@ pub struct Event {
     pub node: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The revision of the member's response header, on completions that
+    /// have one (the watch workload's writes and reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
 }
 
 impl Event {
@@ -111,6 +118,7 @@ impl Event {
             end: None,
             node: None,
             error: None,
+            revision: None,
         }
     }
 
@@ -137,6 +145,7 @@ impl Event {
             end: Some(end),
             node: None,
             error: None,
+            revision: None,
         }
     }
 

@@ -2,8 +2,10 @@
 //! 127.0.0.1 with a cuttable TCP proxy on every member-to-member link, runs
 //! client workloads while a nemesis partitions, kills and pauses members,
 //! records the history as JSON lines, and checks it: linearizability of the
-//! register workloads, no lost or phantom elements in the set workload, at
-//! most one leader per term, and convergence after healing.
+//! register workloads, no lost or phantom elements in the set workload, the
+//! watch workload's event streams (gap-free, duplicate-free, one order on
+//! every member, matching the final state), at most one leader per term,
+//! and convergence after healing.
 
 pub mod check;
 pub mod config;
@@ -24,5 +26,8 @@ pub mod set_check;
 pub mod shrink;
 pub mod stats;
 pub mod verdict;
+pub mod watch_check;
+pub mod watch_log;
+pub mod watcher;
 pub mod worker;
 pub mod workload;

@@ -61,7 +61,7 @@ struct RunArgs {
     /// jepsen-runs/<time>-<workload>.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Register keys in use at once.
+    /// Register keys in use at once (watch: keys under its prefix).
     #[arg(long, default_value_t = 10)]
     keys: usize,
     /// Operations per register key before moving on to a fresh key.

@@ -1,7 +1,8 @@
 //! One run of the suite, start to verdict: a fresh keel cluster on
 //! 127.0.0.1 whose peer links all go through the harness's proxies, the
-//! status monitor, the workers, the nemesis schedule, then healing, the
-//! final reads and convergence, and the checks — everything kept in the
+//! status monitor, the watchers (watch workload), the workers, the nemesis
+//! schedule, then healing, the final reads and convergence, the watchers'
+//! catch-up, and the checks — everything kept in the
 //! run directory (see `check.rs` for its files).
 //!
 //! Invariant: whatever fails during the run, the members are healed and
@@ -20,8 +21,8 @@ use tokio::sync::{watch, Mutex};
 use tokio::time::Instant;
 
 use crate::check::{
-    check_run, limits_for, RunReport, CONFIG_FILE, FINAL_FILE, HISTORY_FILE, NEMESIS_FILE, STATUS_FILE,
-    VERDICT_FILE,
+    check_run, limits_for, RunRecords, RunReport, CONFIG_FILE, FINAL_FILE, HISTORY_FILE, NEMESIS_FILE,
+    STATUS_FILE, VERDICT_FILE, WATCH_FILE,
 };
 use crate::config::{ConfigError, RunConfig, Workload};
 use crate::finale::{await_convergence, read_on_every_member, FinalReport, FINAL_PROCESS_BASE};
@@ -29,8 +30,10 @@ use crate::history::{HistoryError, HistoryWriter};
 use crate::monitor::{MemberAddress, Monitor};
 use crate::nemesis::Nemesis;
 use crate::proxy::{Network, ProxyError};
+use crate::watch_log::{read_watch_log, WatchLog};
+use crate::watcher::Watchers;
 use crate::worker::{run_worker, WorkerSpec};
-use crate::workload::{Generator, Invocation};
+use crate::workload::{Generator, Invocation, WATCH_PREFIX};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -56,6 +59,9 @@ const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(60);
 const START_ATTEMPTS: u32 = 3;
 /// How long the final reads may be retried.
 const FINAL_READS_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the watchers may take, once everything is healed and the
+/// members agree, to reach the final revision.
+const WATCH_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn dir_error(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
     move |source| RunError::Dir {
@@ -133,6 +139,17 @@ pub async fn run(config: &RunConfig, dir: &Path) -> Result<RunReport, RunError> 
         STATUS_PERIOD,
     )
     .map_err(dir_error(dir))?;
+    let watchers = match config.workload {
+        Workload::Watch => {
+            let log = Arc::new(WatchLog::create(&dir.join(WATCH_FILE))?);
+            let addresses: Vec<(String, String)> = members
+                .iter()
+                .map(|m| (m.name.clone(), m.endpoint.clone()))
+                .collect();
+            Some(Watchers::start(&addresses, WATCH_PREFIX, log, history.clone()))
+        }
+        Workload::Register | Workload::RegisterSerializable | Workload::Set => None,
+    };
     let generator = Arc::new(Generator::new(config.workload, config.keys, config.ops_per_key));
     let (stop_workers, stop_signal) = watch::channel(false);
     let workers: Vec<_> = (0..config.workers())
@@ -205,6 +222,7 @@ pub async fn run(config: &RunConfig, dir: &Path) -> Result<RunReport, RunError> 
     tracing::info!("convergence measured after {:?}", converging.elapsed());
     let final_reads: Vec<Invocation> = match config.workload {
         Workload::Set => vec![Invocation::ReadAll],
+        Workload::Watch => vec![Invocation::ReadPrefix],
         Workload::Register | Workload::RegisterSerializable => generator
             .current_keys()
             .into_iter()
@@ -228,6 +246,17 @@ pub async fn run(config: &RunConfig, dir: &Path) -> Result<RunReport, RunError> 
         // The set check reports its own unread members.
         broken.push(format!("final reads never succeeded on {}", unread.join(", ")));
     }
+    if let Some(watchers) = watchers {
+        // No write comes after the workers stopped: the converged revision
+        // is the last one every watcher must see (the check says who did not).
+        let final_revision = states.iter().map(|s| s.revision).max().unwrap_or(0);
+        let behind = watchers.wait_for(final_revision, WATCH_CATCH_UP_TIMEOUT).await;
+        if !behind.is_empty() {
+            tracing::warn!("watchers behind revision {final_revision}: {}", behind.join(", "));
+        }
+        broken.extend(watchers.stop().await);
+        tracing::info!("watchers stopped");
+    }
     if let Err(error) = nemesis.note_crashes().await {
         broken.push(format!("restarting a crashed member: {error}"));
     }
@@ -250,10 +279,14 @@ pub async fn run(config: &RunConfig, dir: &Path) -> Result<RunReport, RunError> 
     drop(nemesis);
 
     let events = crate::history::read_history(&dir.join(HISTORY_FILE))?;
+    let watches = read_watch_log(&dir.join(WATCH_FILE))?;
     let report = check_run(
         config,
-        &events,
-        &samples,
+        &RunRecords {
+            events: &events,
+            watches: &watches,
+            samples: &samples,
+        },
         Some(&final_report),
         &limits_for(config),
     );
@@ -322,7 +355,12 @@ fn broken_before_start(config: &RunConfig, dir: &Path, error: FixtureError) -> R
         ..FinalReport::default()
     };
     let _ = final_report.save(&dir.join(FINAL_FILE));
-    let report = check_run(config, &[], &[], Some(&final_report), &limits_for(config));
+    let report = check_run(
+        config,
+        &RunRecords::default(),
+        Some(&final_report),
+        &limits_for(config),
+    );
     let _ = std::fs::write(dir.join(VERDICT_FILE), &report.text);
     report
 }

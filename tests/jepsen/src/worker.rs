@@ -76,6 +76,7 @@ pub async fn perform(
             kind: EventType::Info,
             value: Json::Null,
             error: Some(format!("no answer within {guard:?}")),
+            revision: None,
         },
     };
     let end = history.now();
@@ -88,6 +89,7 @@ pub async fn perform(
     if let Some(error) = &completion.error {
         done = done.with_error(error.clone());
     }
+    done.revision = completion.revision;
     history.record(done)?;
     Ok(completion)
 }

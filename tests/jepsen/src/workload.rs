@@ -2,8 +2,10 @@
 //! invocation is carried out against keel through `keel-client`.
 //!
 //! Invariants that keep histories checkable:
-//! - every value written (register) or element added (set) is unique in the
-//!   run: it comes from one shared counter;
+//! - every value written (register, watch) or element added (set) is unique
+//!   in the run: it comes from one shared counter;
+//! - an acknowledged update records the revision of its response header
+//!   (the watch check finds it among the watchers' events by it);
 //! - a register key takes at most `ops_per_key` invocations; then its slot
 //!   moves to a fresh key (`jepsen/r/<slot>/<generation>`), which starts out
 //!   missing, as the checker's model assumes.
@@ -14,7 +16,9 @@ use std::sync::Mutex;
 
 use keel_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use keel_api::etcdserverpb::request_op::Request;
-use keel_api::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use keel_api::etcdserverpb::{
+    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, ResponseHeader, TxnRequest,
+};
 use keel_api::key_range::prefix_range_end;
 use keel_client::Client;
 use rand::Rng;
@@ -28,15 +32,40 @@ use crate::outcome::classify;
 pub const REGISTER_PREFIX: &str = "jepsen/r/";
 /// Prefix under which the set workload adds its elements.
 pub const SET_PREFIX: &str = "jepsen/set/";
+/// Prefix of the watch workload's keys (`jepsen/w/<i>`), which its watchers
+/// watch.
+pub const WATCH_PREFIX: &str = "jepsen/w/";
 
 /// One operation a worker is about to invoke.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invocation {
-    Read { key: String, serializable: bool },
-    Write { key: String, value: u64 },
-    Cas { key: String, from: u64, to: u64 },
-    Add { element: u64 },
+    Read {
+        key: String,
+        serializable: bool,
+    },
+    Write {
+        key: String,
+        value: u64,
+    },
+    Cas {
+        key: String,
+        from: u64,
+        to: u64,
+    },
+    Add {
+        element: u64,
+    },
     ReadAll,
+    /// One Txn putting unique values on distinct keys (one revision, several
+    /// events).
+    Txn {
+        puts: Vec<(String, u64)>,
+    },
+    Delete {
+        key: String,
+    },
+    /// A linearizable read of every key under the watch prefix.
+    ReadPrefix,
 }
 
 impl Invocation {
@@ -47,35 +76,48 @@ impl Invocation {
             Invocation::Cas { .. } => f::CAS,
             Invocation::Add { .. } => f::ADD,
             Invocation::ReadAll => f::READ_ALL,
+            Invocation::Txn { .. } => f::TXN,
+            Invocation::Delete { .. } => f::DELETE,
+            Invocation::ReadPrefix => f::READ_PREFIX,
         }
     }
 
     pub fn key(&self) -> Option<&str> {
         match self {
-            Invocation::Read { key, .. } | Invocation::Write { key, .. } | Invocation::Cas { key, .. } => {
-                Some(key)
-            }
-            Invocation::Add { .. } | Invocation::ReadAll => None,
+            Invocation::Read { key, .. }
+            | Invocation::Write { key, .. }
+            | Invocation::Cas { key, .. }
+            | Invocation::Delete { key } => Some(key),
+            Invocation::Add { .. }
+            | Invocation::ReadAll
+            | Invocation::Txn { .. }
+            | Invocation::ReadPrefix => None,
         }
     }
 
     /// The `value` of the invocation line.
     pub fn value(&self) -> Json {
         match self {
-            Invocation::Read { .. } | Invocation::ReadAll => Json::Null,
+            Invocation::Read { .. }
+            | Invocation::ReadAll
+            | Invocation::Delete { .. }
+            | Invocation::ReadPrefix => Json::Null,
             Invocation::Write { value, .. } => json!(value),
             Invocation::Cas { from, to, .. } => json!([from, to]),
             Invocation::Add { element } => json!(element),
+            Invocation::Txn { puts } => json!(puts),
         }
     }
 }
 
-/// What came back: the completion's type, value and error text.
+/// What came back: the completion's type, value, error text and, when the
+/// member answered, its header's revision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
     pub kind: EventType,
     pub value: Json,
     pub error: Option<String>,
+    pub revision: Option<i64>,
 }
 
 impl Completion {
@@ -84,7 +126,13 @@ impl Completion {
             kind: EventType::Ok,
             value,
             error: None,
+            revision: None,
         }
+    }
+
+    fn at(mut self, header: Option<&ResponseHeader>) -> Completion {
+        self.revision = header.map(|h| h.revision);
+        self
     }
 }
 
@@ -156,6 +204,7 @@ impl Generator {
             Workload::Set => Invocation::Add {
                 element: self.unique(),
             },
+            Workload::Watch => self.next_watch_update(rng),
             Workload::Register | Workload::RegisterSerializable => {
                 let key = self.pick_key(rng);
                 let serializable = self.workload == Workload::RegisterSerializable;
@@ -189,6 +238,30 @@ impl Generator {
         }
     }
 
+    /// Mostly puts, one in ten a delete, one in ten a Txn putting two keys.
+    fn next_watch_update(&self, rng: &mut impl Rng) -> Invocation {
+        let keys = self.slots.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let first = rng.gen_range(0..keys);
+        match rng.gen_range(0..10) {
+            0 => Invocation::Delete {
+                key: watch_key(first),
+            },
+            1 if keys > 1 => {
+                let second = (first + rng.gen_range(1..keys)) % keys;
+                Invocation::Txn {
+                    puts: vec![
+                        (watch_key(first), self.unique()),
+                        (watch_key(second), self.unique()),
+                    ],
+                }
+            }
+            _ => Invocation::Write {
+                key: watch_key(first),
+                value: self.unique(),
+            },
+        }
+    }
+
     /// Learns from a completed operation which value a key holds now.
     pub fn observe(&self, invocation: &Invocation, completion: &Completion) {
         if completion.kind != EventType::Ok {
@@ -198,7 +271,11 @@ impl Generator {
             Invocation::Read { key, .. } => completion.value.as_u64().map(|v| (key, v)),
             Invocation::Write { key, value } => Some((key, *value)),
             Invocation::Cas { key, to, .. } => Some((key, *to)),
-            Invocation::Add { .. } | Invocation::ReadAll => None,
+            Invocation::Add { .. }
+            | Invocation::ReadAll
+            | Invocation::Txn { .. }
+            | Invocation::Delete { .. }
+            | Invocation::ReadPrefix => None,
         };
         if let Some((key, value)) = seen {
             self.known
@@ -215,6 +292,7 @@ fn failure(error: &keel_client::ClientError) -> Completion {
         kind: failure.kind,
         value: Json::Null,
         error: Some(failure.error),
+        revision: None,
     }
 }
 
@@ -254,7 +332,7 @@ pub async fn execute(client: &Client, invocation: &Invocation) -> Completion {
                 ..PutRequest::default()
             };
             match client.put(request).await {
-                Ok(_) => Completion::ok(json!(value)),
+                Ok(response) => Completion::ok(json!(value)).at(response.header.as_ref()),
                 Err(error) => failure(&error),
             }
         }
@@ -284,6 +362,7 @@ pub async fn execute(client: &Client, invocation: &Invocation) -> Completion {
                     kind: EventType::Fail,
                     value: json!([from, to]),
                     error: None,
+                    revision: None,
                 },
                 Err(error) => failure(&error),
             }
@@ -326,12 +405,74 @@ pub async fn execute(client: &Client, invocation: &Invocation) -> Completion {
                 Err(error) => failure(&error),
             }
         }
+        Invocation::Txn { puts } => {
+            let request = TxnRequest {
+                compare: Vec::new(),
+                success: puts
+                    .iter()
+                    .map(|(key, value)| RequestOp {
+                        request: Some(Request::RequestPut(PutRequest {
+                            key: key.as_bytes().to_vec(),
+                            value: value.to_string().into_bytes(),
+                            ..PutRequest::default()
+                        })),
+                    })
+                    .collect(),
+                failure: Vec::new(),
+            };
+            match client.txn(request).await {
+                Ok(response) => Completion::ok(json!(puts)).at(response.header.as_ref()),
+                Err(error) => failure(&error),
+            }
+        }
+        Invocation::Delete { key } => {
+            let request = DeleteRangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..DeleteRangeRequest::default()
+            };
+            match client.delete_range(request).await {
+                // The value says how many keys went: a delete of a missing
+                // key makes no revision and no event.
+                Ok(response) => Completion::ok(json!(response.deleted)).at(response.header.as_ref()),
+                Err(error) => failure(&error),
+            }
+        }
+        Invocation::ReadPrefix => {
+            let prefix = WATCH_PREFIX.as_bytes().to_vec();
+            let request = RangeRequest {
+                range_end: prefix_range_end(&prefix),
+                key: prefix,
+                ..RangeRequest::default()
+            };
+            match client.range(request).await {
+                Ok(response) => {
+                    let kvs: Vec<Json> = response
+                        .kvs
+                        .iter()
+                        .map(|kv| {
+                            json!([
+                                String::from_utf8_lossy(&kv.key),
+                                String::from_utf8_lossy(&kv.value),
+                                kv.mod_revision
+                            ])
+                        })
+                        .collect();
+                    Completion::ok(Json::Array(kvs)).at(response.header.as_ref())
+                }
+                Err(error) => failure(&error),
+            }
+        }
     }
 }
 
 /// The key under which the set workload adds `element`.
 pub fn set_key(element: u64) -> String {
     format!("{SET_PREFIX}{element:020}")
+}
+
+/// The watch workload's key number `index`.
+pub fn watch_key(index: usize) -> String {
+    format!("{WATCH_PREFIX}{index}")
 }
 
 #[cfg(test)]
@@ -388,5 +529,37 @@ mod tests {
         let unique: BTreeSet<u64> = elements.iter().copied().collect();
         assert_eq!(unique.len(), elements.len());
         assert!(set_key(9) < set_key(10));
+    }
+
+    #[test]
+    fn watch_updates_use_the_prefix_distinct_txn_keys_and_unique_values() {
+        let generator = Generator::new(Workload::Watch, 3, 200);
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut values = BTreeSet::new();
+        let mut keys = BTreeSet::new();
+        let mut kinds = BTreeSet::new();
+        for _ in 0..500 {
+            let invocation = generator.next(&mut rng);
+            kinds.insert(invocation.f());
+            let written = match invocation {
+                Invocation::Write { key, value } => vec![(key, value)],
+                Invocation::Txn { puts } => {
+                    assert_eq!(puts.len(), 2);
+                    assert_ne!(puts[0].0, puts[1].0, "a Txn may not put one key twice");
+                    puts
+                }
+                Invocation::Delete { key } => {
+                    keys.insert(key);
+                    Vec::new()
+                }
+                other => panic!("unexpected {other:?}"),
+            };
+            for (key, value) in written {
+                assert!(values.insert(value), "value {value} written twice");
+                keys.insert(key);
+            }
+        }
+        assert_eq!(kinds, BTreeSet::from([f::WRITE, f::TXN, f::DELETE]));
+        assert_eq!(keys, (0..3).map(watch_key).collect::<BTreeSet<_>>());
     }
 }
