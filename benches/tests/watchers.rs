@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use keel_api::key_range::prefix_range_end;
 use keel_bench::load::open_connections;
-use keel_bench::load::watchers::{place_streams, settle, write_at_rate, PutLedger, WatchTarget, WatcherFleet};
+use keel_bench::load::watchers::{
+    place_streams, settle, write_at_rate, PutLedger, WatchTarget, WatcherFleet,
+};
 use keel_tests::{Cluster, ClusterOptions};
 
 const WATCHERS: usize = 250;
@@ -18,7 +20,10 @@ const WATCHERS: usize = 250;
 async fn fan_out_and_replay(options: ClusterOptions) {
     let cluster = Cluster::start(options).await.expect("starting the cluster");
     let endpoints = cluster.endpoints();
-    assert!(place_streams(WATCHERS, 1, 0).len() >= 3, "several streams share the connection");
+    assert!(
+        place_streams(WATCHERS, 1, 0).len() >= 3,
+        "several streams share the connection"
+    );
 
     let ledger = Arc::new(PutLedger::new(b"/fan/", 1000));
     let prefix = b"/fan/".to_vec();
@@ -49,7 +54,10 @@ async fn fan_out_and_replay(options: ClusterOptions) {
     let writer = writer.await.expect("the writer");
     assert_eq!(writer.failed, 0, "{writer:?}");
     let measured = ledger.measured_acked();
-    assert!(measured >= 10 && measured <= writer.acked, "{measured} of {writer:?}");
+    assert!(
+        measured >= 10 && measured <= writer.acked,
+        "{measured} of {writer:?}"
+    );
     let expected = measured * WATCHERS as u64;
     let complete = fleet
         .wait_for(Duration::from_secs(30), || {
@@ -65,8 +73,14 @@ async fn fan_out_and_replay(options: ClusterOptions) {
     }
     let delivered: u64 = tallies.iter().map(|t| t.measured_events).sum();
     assert_eq!(delivered, expected, "each watcher gets each put exactly once");
-    let (latency, _) = settle(&tallies, &ledger);
-    assert_eq!(latency.len(), expected, "every delivered event has a latency");
+    let settled = settle(&tallies, &ledger);
+    assert_eq!(
+        settled.from_ack_us.len(),
+        expected,
+        "every delivered event has a latency"
+    );
+    assert_eq!(settled.from_send_us.len(), expected);
+    assert!(settled.from_send_us.max() >= settled.from_ack_us.min());
 
     // A watcher from revision 1 sees the whole history of the prefix.
     let replay = WatchTarget {

@@ -17,6 +17,8 @@ use crate::load::{open_connections, put_all, KeyLayout, LoadSpec, Mode, PutAll};
 const REPLAY_PREFIX: &str = "/watch/replay/";
 /// A replay that has not received its last event by then has failed.
 const REPLAY_LIMIT: Duration = Duration::from_secs(120);
+/// A replay that receives nothing for this long has stalled.
+const REPLAY_STALL: Duration = Duration::from_secs(10);
 const IDLE_PREFIX: &str = "/watch/idle/";
 const IDLE_PUT_CLIENTS: usize = 64;
 const IDLE_PUT_CONNS: usize = 8;
@@ -28,10 +30,12 @@ pub async fn run_replay(ctx: &Ctx) -> anyhow::Result<()> {
          (8-digit keys, 256-byte values; 256 clients over 16 connections to the leader), so revisions 2 to \
          {} are exactly those puts. Then, {} time(s) per system (alternating), one watcher of the whole \
          prefix from revision 1 on a follower, opened with the raw tonic Watch stub; the time is from \
-         sending its create request to receiving its {revisions}th event (at most {} s).",
+         sending its create request to receiving its {revisions}th event (at most {} s; a replay that receives nothing for {} s has \
+         stalled and failed).",
         revisions + 1,
         ctx.scale.reps,
-        REPLAY_LIMIT.as_secs()
+        REPLAY_LIMIT.as_secs(),
+        REPLAY_STALL.as_secs()
     );
     let mut report = ctx.new_report(
         Scenario::WatchReplay,
@@ -63,11 +67,20 @@ pub async fn run_replay(ctx: &Ctx) -> anyhow::Result<()> {
                 continue;
             };
             let name = cluster.name();
+            tracing::info!(system = name, rep, revisions, "watch replay");
             match replay_once(cluster, revisions).await {
                 Ok(Ok(elapsed)) => {
                     let seconds = elapsed.as_secs_f64();
                     times[usize::from(flavor == keel_tests::Flavor::Keel)].push(seconds);
-                    table.add(3, &case, None, "time to last event s", Better::Lower, flavor, Some(seconds));
+                    table.add(
+                        3,
+                        &case,
+                        None,
+                        "time to last event s",
+                        Better::Lower,
+                        flavor,
+                        Some(seconds),
+                    );
                     table.add(
                         3,
                         &case,
@@ -82,7 +95,15 @@ pub async fn run_replay(ctx: &Ctx) -> anyhow::Result<()> {
                     report
                         .failures
                         .push(format!("{name} ×3 replay rep {rep}: {shortfall}"));
-                    table.add(3, &case, None, "time to last event s", Better::Lower, flavor, None);
+                    table.add(
+                        3,
+                        &case,
+                        None,
+                        "time to last event s",
+                        Better::Lower,
+                        flavor,
+                        None,
+                    );
                 }
                 Err(error) => {
                     report
@@ -94,8 +115,14 @@ pub async fn run_replay(ctx: &Ctx) -> anyhow::Result<()> {
     }
     report.notes.push(format!(
         "every time (s): etcd {:?}; keel {:?}",
-        times[0].iter().map(|t| (t * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
-        times[1].iter().map(|t| (t * 1000.0).round() / 1000.0).collect::<Vec<_>>()
+        times[0]
+            .iter()
+            .map(|t| (t * 1000.0).round() / 1000.0)
+            .collect::<Vec<_>>(),
+        times[1]
+            .iter()
+            .map(|t| (t * 1000.0).round() / 1000.0)
+            .collect::<Vec<_>>()
     ));
     report.rows = table.rows();
     ctx.publish(Scenario::WatchReplay, &mut report)
@@ -119,7 +146,11 @@ async fn write_history(ctx: &Ctx, cluster: &mut BenchCluster) -> anyhow::Result<
         max_failures: 100,
         progress: false,
     };
-    tracing::info!(system = cluster.name(), revisions = plan.count, "writing the replay history");
+    tracing::info!(
+        system = cluster.name(),
+        revisions = plan.count,
+        "writing the replay history"
+    );
     let loaded = put_all(&stubs, plan, move |index| layout.key(index)).await;
     if let Some(shortfall) = loaded.shortfall("history") {
         anyhow::bail!(shortfall);
@@ -152,15 +183,30 @@ async fn replay_once(cluster: &mut BenchCluster, revisions: u64) -> anyhow::Resu
     )
     .await
     .context("opening the replay watcher")?;
-    fleet.wait_for(REPLAY_LIMIT, || false).await;
+    let mut last_progress = (0, Instant::now());
+    let mut stalled = false;
+    fleet
+        .wait_for(REPLAY_LIMIT, || {
+            let received = fleet.received();
+            if received != last_progress.0 {
+                last_progress = (received, Instant::now());
+            }
+            stalled = last_progress.1.elapsed() >= REPLAY_STALL;
+            stalled
+        })
+        .await;
     let tallies = fleet.close().await;
     let received: u64 = tallies.iter().map(|t| t.events).sum();
     let last = tallies.iter().filter_map(|t| t.last_event_at).max();
     Ok(match last {
         Some(last) if received >= revisions => Ok(last.duration_since(started)),
         _ => Err(format!(
-            "{received} of {revisions} events within {} s (last one {}){}",
-            REPLAY_LIMIT.as_secs(),
+            "{received} of {revisions} events{} (last one {}){}",
+            if stalled {
+                format!(", then none for {} s", REPLAY_STALL.as_secs())
+            } else {
+                format!(" within {} s", REPLAY_LIMIT.as_secs())
+            },
             last.map_or("never".to_string(), |at| format!(
                 "{:.1} s after the create",
                 at.duration_since(started).as_secs_f64()
@@ -216,6 +262,12 @@ pub async fn run_idle(ctx: &Ctx) -> anyhow::Result<()> {
             let Some(cluster) = pair.iter().find(|c| c.flavor == flavor) else {
                 continue;
             };
+            tracing::info!(
+                system = cluster.name(),
+                rep,
+                watchers,
+                "put with and without idle watchers"
+            );
             if let Err(error) = idle_once(ctx, &mut report, &mut table, cluster, &targets, &case, rep).await {
                 report.failures.push(format!(
                     "{} ×3 idle watchers rep {rep}: {error:#}",
@@ -298,7 +350,15 @@ async fn idle_once(
         [Some(without), Some(with)] if without > 0.0 => Some(with / without),
         _ => None,
     };
-    table.add(3, case, None, "writes/s with / without", Better::Higher, flavor, ratio);
+    table.add(
+        3,
+        case,
+        None,
+        "writes/s with / without",
+        Better::Higher,
+        flavor,
+        ratio,
+    );
     Ok(())
 }
 
@@ -323,12 +383,19 @@ fn record_put(
     let mut add = |metric: String, better: Better, value: Option<f64>| {
         table.add(3, case, clients, &metric, better, flavor, value);
     };
-    add(format!("writes/s {label}"), Better::Higher, run.map(|r| r.throughput));
-    add(format!("p50 ms {label}"), Better::Lower, run.map(|r| r.latency_ms.p50));
+    add(
+        format!("writes/s {label}"),
+        Better::Higher,
+        run.map(|r| r.throughput),
+    );
+    add(
+        format!("p50 ms {label}"),
+        Better::Lower,
+        run.map(|r| r.latency_ms.p50),
+    );
     add(
         format!("server CPU µs/req {label}"),
         Better::Lower,
         run.and_then(|r| cpu_per_request(r).0),
     );
 }
-

@@ -46,9 +46,11 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
          12 connections). One writer puts a new key under the prefix every 1/{WRITE_RATE} s through the \
          leader (256-byte values; each put sent on its tick without waiting for earlier ones), {warmup} of \
          warm-up, then {duration} measured. Events/s: events received by all watchers during the measured \
-         time. Delivery latency: from the writer receiving the put's acknowledgement to a watcher receiving \
-         its event, over every event of the puts sent in the measured time (received up to {drain} s after \
-         the writer stops); an event that arrives before its put's acknowledgement counts as 0. Server CPU \
+         time. Delivery latency *from ack*: from the writer receiving the put's acknowledgement to a watcher \
+         receiving its event (an event that arrives before its put's acknowledgement counts as 0, and on \
+         127.0.0.1 many do); *from send*: from the writer sending the put (so commit and apply included); both \
+         over every event of the puts sent in the measured time (received up to {drain} s after the writer \
+         stops). Server CPU \
          per event: the three members' CPU time in the measured time over the events delivered in it. Memory \
          per watcher: the members' VmRSS (`/proc/<pid>/status`) summed, after minus before opening the \
          watchers, over the watchers; *created* is measured once every watcher is created (before any \
@@ -76,10 +78,9 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
                     Ok(mut cluster) => {
                         one_case(ctx, &mut report, &mut table, &mut cluster, watchers, rep).await;
                     }
-                    Err(error) => report.failures.push(format!(
-                        "{} ×3 did not start: {error:#}",
-                        system_name(flavor)
-                    )),
+                    Err(error) => report
+                        .failures
+                        .push(format!("{} ×3 did not start: {error:#}", system_name(flavor))),
                 }
             }
         }
@@ -94,13 +95,17 @@ fn seconds(duration: Duration) -> String {
 }
 
 pub fn case_name(watchers: usize) -> String {
-    format!("watchers={watchers} streams={}", place_streams(watchers, 3, 0).len())
+    format!(
+        "watchers={watchers} streams={}",
+        place_streams(watchers, 3, 0).len()
+    )
 }
 
 /// What one case measured on one system.
 struct FanoutMeasurement {
     events_per_s: f64,
-    latency: LatencySummary,
+    from_ack: LatencySummary,
+    from_send: LatencySummary,
     /// Measured events that arrived before their put's acknowledgement.
     early: u64,
     delivered: u64,
@@ -146,7 +151,10 @@ async fn one_case(
             measured
                 .stream_failures
                 .first()
-                .map(|failure| format!("; {} stream(s) failed, first: {failure}", measured.stream_failures.len()))
+                .map(|failure| format!(
+                    "; {} stream(s) failed, first: {failure}",
+                    measured.stream_failures.len()
+                ))
                 .unwrap_or_default()
         ));
     }
@@ -154,9 +162,20 @@ async fn one_case(
         table.add(3, &case, Some(watchers), metric, better, flavor, value);
     };
     add("events/s delivered", Better::Higher, Some(measured.events_per_s));
-    let latency = complete.then_some(measured.latency);
-    add("delivery p50 ms", Better::Lower, latency.map(|l| l.p50));
-    add("delivery p99 ms", Better::Lower, latency.map(|l| l.p99));
+    let from_ack = complete.then_some(measured.from_ack);
+    add("delivery p50 ms from ack", Better::Lower, from_ack.map(|l| l.p50));
+    add("delivery p99 ms from ack", Better::Lower, from_ack.map(|l| l.p99));
+    let from_send = complete.then_some(measured.from_send);
+    add(
+        "delivery p50 ms from send",
+        Better::Lower,
+        from_send.map(|l| l.p50),
+    );
+    add(
+        "delivery p99 ms from send",
+        Better::Lower,
+        from_send.map(|l| l.p99),
+    );
     add(
         "server CPU µs/event",
         Better::Lower,
@@ -195,8 +214,8 @@ async fn one_case(
     };
     report.notes.push(format!(
         "{name} {case} rep {rep}: {} of {} measured events delivered ({} before their put's ack); \
-         writer: {} puts acked, {} failed, {} ticks skipped; members' VmRSS MiB before / created / after: \
-         {} / {} / {}",
+         writer: {} puts acked, {} failed, {} ticks skipped; the members' VmRSS MiB before {}, created {}, \
+         after {}",
         measured.delivered,
         measured.expected,
         measured.early,
@@ -283,13 +302,18 @@ async fn measure_fanout(
         .await;
     let after = cluster.memory()?;
     let tallies = fleet.close().await;
-    let (latency, early) = settle(&tallies, &ledger);
+    let settled = settle(&tallies, &ledger);
     let in_window: u64 = tallies.iter().map(|t| t.events_in_window).sum();
     let window = ledger.window().as_secs_f64();
     Ok(FanoutMeasurement {
-        events_per_s: if window > 0.0 { in_window as f64 / window } else { 0.0 },
-        latency: LatencySummary::from_histogram(&latency),
-        early,
+        events_per_s: if window > 0.0 {
+            in_window as f64 / window
+        } else {
+            0.0
+        },
+        from_ack: LatencySummary::from_histogram(&settled.from_ack_us),
+        from_send: LatencySummary::from_histogram(&settled.from_send_us),
+        early: settled.before_ack,
         delivered: tallies.iter().map(|t| t.measured_events).sum(),
         expected,
         server_cpu_us_per_event: cpu_before

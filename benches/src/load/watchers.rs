@@ -181,6 +181,11 @@ impl PutLedger {
         }
     }
 
+    pub fn sent_ns(&self, seq: u64) -> Option<u64> {
+        let at = self.sent_ns.get(seq as usize)?.load(Ordering::Relaxed);
+        (at != 0).then_some(at)
+    }
+
     pub fn acked_ns(&self, seq: u64) -> Option<u64> {
         let at = self.acked_ns.get(seq as usize)?.load(Ordering::Relaxed);
         (at != 0).then_some(at)
@@ -204,7 +209,8 @@ impl PutLedger {
     }
 
     fn in_window(&self, at_ns: u64) -> bool {
-        at_ns >= self.window_from_ns.load(Ordering::Relaxed) && at_ns < self.window_to_ns.load(Ordering::Relaxed)
+        at_ns >= self.window_from_ns.load(Ordering::Relaxed)
+            && at_ns < self.window_to_ns.load(Ordering::Relaxed)
     }
 
     /// The measured window's length (zero until it has ended).
@@ -234,6 +240,8 @@ pub struct ReadPlan {
     pub until_events: Option<u64>,
     /// `true` asks every reader to stop.
     pub stop: watch::Receiver<bool>,
+    /// Events received so far, over every stream.
+    pub received: Arc<AtomicU64>,
 }
 
 /// What one stream's reader saw.
@@ -247,6 +255,9 @@ pub struct StreamTally {
     /// Delivery latency from the put's acknowledgement, µs, of events that
     /// arrived after it.
     pub latency_us: Histogram<u64>,
+    /// Delivery latency from the put's sending, µs (commit and apply
+    /// included), of every measured event.
+    pub from_send_us: Histogram<u64>,
     /// Events of measured puts that arrived before the writer had their
     /// acknowledgement: (put number, arrival ns), settled by [`settle`].
     pub before_ack: Vec<(u64, u64)>,
@@ -263,6 +274,7 @@ impl StreamTally {
             events_in_window: 0,
             measured_events: 0,
             latency_us: new_histogram(),
+            from_send_us: new_histogram(),
             before_ack: Vec::new(),
             last_event_at: None,
             failure: None,
@@ -290,10 +302,13 @@ impl StreamTally {
                 continue;
             }
             measured += 1;
+            if let Some(sent) = ledger.sent_ns(seq) {
+                self.from_send_us
+                    .saturating_record((at_ns.saturating_sub(sent) / 1000).max(1));
+            }
             match ledger.acked_ns(seq) {
                 Some(acked) if acked <= at_ns => {
-                    self.latency_us
-                        .saturating_record(((at_ns - acked) / 1000).max(1));
+                    self.latency_us.saturating_record(((at_ns - acked) / 1000).max(1));
                 }
                 _ => self.before_ack.push((seq, at_ns)),
             }
@@ -303,24 +318,41 @@ impl StreamTally {
     }
 }
 
-/// Delivery latency over every stream, once the writer is done: events
-/// that beat their put's acknowledgement count as 1 µs. Returns the merged
-/// histogram and how many events beat their acknowledgement.
-pub fn settle(tallies: &[StreamTally], ledger: &PutLedger) -> (Histogram<u64>, u64) {
+/// Delivery latency over every stream, once the writer is done.
+pub struct Settled {
+    /// From the put's acknowledgement; events that beat it count as 1 µs.
+    pub from_ack_us: Histogram<u64>,
+    /// How many events beat their put's acknowledgement.
+    pub before_ack: u64,
+    /// From the put's sending.
+    pub from_send_us: Histogram<u64>,
+}
+
+/// Merges every stream's latencies, settling the events that arrived
+/// before their put's acknowledgement was known.
+pub fn settle(tallies: &[StreamTally], ledger: &PutLedger) -> Settled {
     let mut merged = new_histogram();
+    let mut from_send = new_histogram();
     let mut early = 0;
     for tally in tallies {
         // Same bounds on both sides: adding cannot fail.
         let _ = merged.add(&tally.latency_us);
+        let _ = from_send.add(&tally.from_send_us);
         for &(seq, arrived) in &tally.before_ack {
-            let after_ack = ledger.acked_ns(seq).map_or(0, |acked| arrived.saturating_sub(acked));
+            let after_ack = ledger
+                .acked_ns(seq)
+                .map_or(0, |acked| arrived.saturating_sub(acked));
             if after_ack == 0 {
                 early += 1;
             }
             merged.saturating_record((after_ack / 1000).max(1));
         }
     }
-    (merged, early)
+    Settled {
+        from_ack_us: merged,
+        before_ack: early,
+        from_send_us: from_send,
+    }
 }
 
 /// An open stream: its request half (kept open while it runs) and its reader.
@@ -380,7 +412,11 @@ pub async fn open_stream(
     })
 }
 
-async fn read_stream(mut responses: Streaming<WatchResponse>, watchers: usize, mut plan: ReadPlan) -> StreamTally {
+async fn read_stream(
+    mut responses: Streaming<WatchResponse>,
+    watchers: usize,
+    mut plan: ReadPlan,
+) -> StreamTally {
     let mut tally = StreamTally::new(watchers);
     if *plan.stop.borrow() {
         return tally;
@@ -400,6 +436,8 @@ async fn read_stream(mut responses: Streaming<WatchResponse>, watchers: usize, m
                     break;
                 }
                 tally.count(&response, plan.ledger.as_deref());
+                plan.received
+                    .fetch_add(response.events.len() as u64, Ordering::Relaxed);
                 if plan.until_events.is_some_and(|until| tally.events >= until) {
                     break;
                 }
@@ -508,6 +546,7 @@ pub async fn write_at_rate(
 pub struct WatcherFleet {
     streams: Vec<OpenStream>,
     stop: watch::Sender<bool>,
+    received: Arc<AtomicU64>,
     /// How long opening every stream and creating every watcher took.
     pub opened_in: Duration,
 }
@@ -533,10 +572,12 @@ impl WatcherFleet {
             }
         }
         let (stop, stop_receiver) = watch::channel(false);
+        let received = Arc::new(AtomicU64::new(0));
         let plan = ReadPlan {
             ledger,
             until_events,
             stop: stop_receiver,
+            received: received.clone(),
         };
         let timeout = Duration::from_secs(60);
         let opens = placements.iter().map(|placement| {
@@ -551,6 +592,7 @@ impl WatcherFleet {
         Ok(WatcherFleet {
             streams,
             stop,
+            received,
             opened_in: started.elapsed(),
         })
     }
@@ -559,9 +601,14 @@ impl WatcherFleet {
         self.streams.len()
     }
 
+    /// Events received so far, over every stream.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
     /// Waits (up to `limit`) until `done` says the readers have what they
     /// need or every reader has ended; returns whether `done` said so.
-    pub async fn wait_for(&self, limit: Duration, done: impl Fn() -> bool) -> bool {
+    pub async fn wait_for(&self, limit: Duration, mut done: impl FnMut() -> bool) -> bool {
         let deadline = Instant::now() + limit;
         loop {
             if done() {
@@ -614,19 +661,26 @@ mod tests {
             let counts: Vec<usize> = (0..members).map(on_member).collect();
             let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
             if watchers >= members {
-                assert!(*min >= 1 && max - min <= 1, "{watchers}: streams spread {counts:?}");
+                assert!(
+                    *min >= 1 && max - min <= 1,
+                    "{watchers}: streams spread {counts:?}"
+                );
             }
             // A member's streams use all its connections before sharing one.
-            for member in 0..members {
+            for (member, count) in counts.iter().enumerate() {
                 let used: std::collections::BTreeSet<usize> = placements
                     .iter()
                     .filter(|p| p.member == member)
                     .map(|p| p.connection)
                     .collect();
-                assert_eq!(used.len(), counts[member].min(CONNECTIONS_PER_MEMBER));
+                assert_eq!(used.len(), (*count).min(CONNECTIONS_PER_MEMBER));
             }
         }
-        assert_eq!(place_streams(1, 3, 2)[0].member, 2, "the first stream goes to first_member");
+        assert_eq!(
+            place_streams(1, 3, 2)[0].member,
+            2,
+            "the first stream goes to first_member"
+        );
         assert_eq!(place_streams(10_000, 3, 0).len(), 100);
         assert_eq!(place_streams(100, 3, 0).len(), 3);
     }
@@ -651,9 +705,9 @@ mod tests {
         tally.before_ack.push((3, acked + 5_000_000));
         tally.before_ack.push((4, 1));
         ledger.mark_acked(3);
-        let (merged, early) = settle(&[tally], &ledger);
-        assert_eq!(merged.len(), 3);
-        assert_eq!(early, 1, "only the event with no ack beat it");
+        let settled = settle(&[tally], &ledger);
+        assert_eq!(settled.from_ack_us.len(), 3);
+        assert_eq!(settled.before_ack, 1, "only the event with no ack beat it");
         assert_eq!(ledger.measured_acked(), 2);
     }
 }
