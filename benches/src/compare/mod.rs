@@ -119,6 +119,9 @@ pub struct CompareOptions {
     /// RESULTS.md to update (default benches/RESULTS.md, or RESULTS.quick.md with --quick).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Watchers per watch fan-out case (comma-separated; default 1,100,1000,10000; quick 1,100).
+    #[arg(long, value_delimiter = ',')]
+    pub fanout_watchers: Option<Vec<usize>>,
     /// Where the members' data dirs go (default $TMPDIR/keel-bench).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -180,11 +183,13 @@ impl Scale {
                 Duration::from_secs(1200)
             },
             fsync_samples: if quick { 50 } else { 500 },
-            fanout_watchers: if quick {
-                vec![1, 100]
-            } else {
-                vec![1, 100, 1_000, 10_000]
-            },
+            fanout_watchers: options.fanout_watchers.clone().unwrap_or_else(|| {
+                if quick {
+                    vec![1, 100]
+                } else {
+                    vec![1, 100, 1_000, 10_000]
+                }
+            }),
             fanout_history: if quick { 1_000 } else { 20_000 },
             replay_revisions: if quick { 5_000 } else { 100_000 },
             idle_watchers: 1_000,

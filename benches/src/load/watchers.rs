@@ -72,17 +72,24 @@ pub fn place_streams(watchers: usize, members: usize, first_member: usize) -> Ve
     placements
 }
 
+/// HTTP/2 flow-control windows of the watch connections.
+const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+const STREAM_WINDOW_BYTES: u32 = 2 << 20;
+
 /// A plain HTTP/2 connection to `endpoint` (one per call), set up as
-/// `keel_client`'s are, with HTTP/2 flow-control windows that grow with the
-/// traffic (as grpc-go's BDP estimation does for etcd's own clients), so a
-/// connection carrying many watchers is not held back by a 64 KiB window;
-/// checked to connect.
+/// `keel_client`'s are, checked to connect. Its connection window is large
+/// on purpose: the `h2` crate allows unread small DATA frames only up to
+/// half the connection window, and grpc-go (etcd) sends every small watch
+/// response (each `created`) as a frame of its own, so a 64 KiB window
+/// makes the client refuse etcd's answers to a few thousand creates with
+/// `ENHANCE_YOUR_CALM` ("too_many_data_frames").
 pub async fn connect_channel(endpoint: &str) -> anyhow::Result<Channel> {
     Endpoint::from_shared(keel_client::endpoint_url(endpoint))
         .with_context(|| format!("bad endpoint {endpoint}"))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
-        .http2_adaptive_window(true)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10))
         .connect()
