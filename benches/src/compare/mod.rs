@@ -7,7 +7,8 @@
 //!
 //! Scenarios (the issue's numbering): 1 `put`, 2 `range`, 3 `txn`
 //! ([`throughput`]); 4 `kube` ([`kube`]); 5 `failover` ([`failover`]);
-//! 6 `memory` ([`memory`]).
+//! 6 `memory` ([`memory`]); Watch (issue 10): 7 `watch-fanout`,
+//! 8 `watch-replay`, 9 `watch-idle` ([`watch`], [`watch_fanout`]).
 
 pub mod cluster;
 pub mod failover;
@@ -16,6 +17,8 @@ pub mod memory;
 pub mod plot;
 pub mod results;
 pub mod throughput;
+pub mod watch;
+pub mod watch_fanout;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,16 +40,22 @@ pub enum Scenario {
     Kube,
     Failover,
     Memory,
+    WatchFanout,
+    WatchReplay,
+    WatchIdle,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Put,
         Scenario::Range,
         Scenario::Txn,
         Scenario::Kube,
         Scenario::Failover,
         Scenario::Memory,
+        Scenario::WatchFanout,
+        Scenario::WatchReplay,
+        Scenario::WatchIdle,
     ];
 
     pub fn id(self) -> &'static str {
@@ -57,12 +66,15 @@ impl Scenario {
             Scenario::Kube => "scenario:kube",
             Scenario::Failover => "scenario:failover",
             Scenario::Memory => "scenario:memory",
+            Scenario::WatchFanout => "scenario:watch-fanout",
+            Scenario::WatchReplay => "scenario:watch-replay",
+            Scenario::WatchIdle => "scenario:watch-idle",
         }
     }
 }
 
 /// Every section of RESULTS.md, in order.
-pub const SECTION_IDS: [&str; 8] = [
+pub const SECTION_IDS: [&str; 11] = [
     "machine",
     "scenario:put",
     "scenario:range",
@@ -70,6 +82,9 @@ pub const SECTION_IDS: [&str; 8] = [
     "scenario:kube",
     "scenario:failover",
     "scenario:memory",
+    "scenario:watch-fanout",
+    "scenario:watch-replay",
+    "scenario:watch-idle",
     "plot",
 ];
 
@@ -80,10 +95,10 @@ pub struct CompareOptions {
         long,
         value_delimiter = ',',
         value_enum,
-        default_value = "put,range,txn,kube,failover,memory"
+        default_value = "put,range,txn,kube,failover,memory,watch-fanout,watch-replay,watch-idle"
     )]
     pub scenario: Vec<Scenario>,
-    /// Cluster sizes (failover always uses 3 members, and runs only if 3 is listed).
+    /// Cluster sizes (failover and the watch scenarios always use 3 members, and run only if 3 is listed).
     #[arg(long, value_delimiter = ',', default_value = "1,3")]
     pub sizes: Vec<usize>,
     /// Smoke run: scaled-down data, one short repetition (results go to RESULTS.quick.md).
@@ -104,6 +119,9 @@ pub struct CompareOptions {
     /// RESULTS.md to update (default benches/RESULTS.md, or RESULTS.quick.md with --quick).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Watchers per watch fan-out case (comma-separated; default 1,100,1000,10000; quick 1,100).
+    #[arg(long, value_delimiter = ',')]
+    pub fanout_watchers: Option<Vec<usize>>,
     /// Where the members' data dirs go (default $TMPDIR/keel-bench).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -126,6 +144,13 @@ pub struct Scale {
     pub memory_keys: u64,
     pub load_time_limit: Duration,
     pub fsync_samples: usize,
+    /// Watchers per fan-out case.
+    pub fanout_watchers: Vec<usize>,
+    /// Puts written before a fan-out's watchers open (steady-state caches).
+    pub fanout_history: u64,
+    /// Revisions a replay watcher reads from revision 1.
+    pub replay_revisions: u64,
+    pub idle_watchers: usize,
 }
 
 impl Scale {
@@ -158,6 +183,16 @@ impl Scale {
                 Duration::from_secs(1200)
             },
             fsync_samples: if quick { 50 } else { 500 },
+            fanout_watchers: options.fanout_watchers.clone().unwrap_or_else(|| {
+                if quick {
+                    vec![1, 100]
+                } else {
+                    vec![1, 100, 1_000, 10_000]
+                }
+            }),
+            fanout_history: if quick { 1_000 } else { 20_000 },
+            replay_revisions: if quick { 5_000 } else { 100_000 },
+            idle_watchers: 1_000,
         }
     }
 }
@@ -442,6 +477,15 @@ pub async fn run_compare(options: CompareOptions) -> anyhow::Result<()> {
     }
     if selected.contains(&Scenario::Memory) {
         memory::run(&ctx).await?;
+    }
+    if selected.contains(&Scenario::WatchFanout) {
+        watch_fanout::run(&ctx).await?;
+    }
+    if selected.contains(&Scenario::WatchReplay) {
+        watch::run_replay(&ctx).await?;
+    }
+    if selected.contains(&Scenario::WatchIdle) {
+        watch::run_idle(&ctx).await?;
     }
     redraw_plot(&ctx.results);
     let fsync_end = fdatasync_latency(&ctx.data_root, ctx.scale.fsync_samples).ok();

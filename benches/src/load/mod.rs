@@ -7,6 +7,7 @@ pub mod report;
 pub mod run;
 pub mod spec;
 pub mod targets;
+pub mod watchers;
 
 pub use report::{LatencySummary, RunReport};
 pub use run::{put_all, run, PutAll, PutAllReport};
