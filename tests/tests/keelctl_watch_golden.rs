@@ -42,6 +42,16 @@ use keelctl_support::{args, etcdctl_path, keelctl_path, run, without_client_logs
 
 const FORMATS: [&str; 4] = ["simple", "json", "fields", "protobuf"];
 
+/// `ran` with its stdout's lines sorted.
+fn with_sorted_stdout(ran: &Ran) -> Ran {
+    let mut lines: Vec<&[u8]> = ran.stdout.split(|byte| *byte == b'\n').collect();
+    lines.sort();
+    Ran {
+        stdout: lines.join(&b'\n'),
+        ..ran.clone()
+    }
+}
+
 struct Suite {
     endpoint: String,
     compared: usize,
@@ -60,6 +70,7 @@ impl Suite {
         let (expected, got) = match case.compare {
             Comparison::Everything => (expected, keelctl),
             Comparison::FirstError => (first_error(&expected), first_error(&keelctl)),
+            Comparison::LinesInAnyOrder => (with_sorted_stdout(&expected), with_sorted_stdout(&keelctl)),
         };
         self.compared += 1;
         if expected.stdout.is_empty() && expected.stderr.is_empty() {
@@ -312,7 +323,13 @@ async fn watch_suite(cluster: &Cluster) -> (usize, Vec<String>) {
             line("progress"),
             end_of_input(),
         ];
-        let interactive = s.case(Case::new(&["-i", "-w", format]).interactive(steps)).await;
+        let interactive = s
+            .case(
+                Case::new(&["-i", "-w", format])
+                    .interactive(steps)
+                    .lines_in_any_order(),
+            )
+            .await;
         if format == "simple" {
             s.expect(
                 "a progress line prints the current revision for each watch; the end of input exits 3",
