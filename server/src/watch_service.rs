@@ -21,8 +21,9 @@ use crate::watch_stream::{self, WatchStreamContext};
 const REQUIRE_LEADER_METADATA: &str = "hasleader";
 
 /// How many responses a stream holds for a client that does not read
-/// before its watchers wait (and fall back to the feed's history).
-const RESPONSES_QUEUED_PER_STREAM: usize = 64;
+/// before its watchers wait (and fall back to the feed's history); each
+/// may hold a pull's worth of events, so few.
+const RESPONSES_QUEUED_PER_STREAM: usize = 16;
 
 pub struct WatchService {
     member: Arc<MemberContext>,
@@ -47,6 +48,7 @@ impl WatchService {
                 header: Box::new(header),
                 max_request_bytes,
                 progress_notify_interval,
+                last_pull: std::sync::Mutex::new(None),
             }),
         }
     }

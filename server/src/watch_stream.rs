@@ -21,6 +21,7 @@
 //!   ends or breaks, the loop ends and they are freed.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_api::etcdserverpb::watch_create_request::FilterType;
@@ -56,9 +57,51 @@ pub struct WatchStreamContext {
     /// How often watchers that asked for `progress_notify` hear the
     /// revision when nothing happened to them.
     pub progress_notify_interval: Duration,
+    /// The last pull of the feed, shared by the member's streams.
+    pub last_pull: std::sync::Mutex<Option<SharedPull>>,
+}
+
+/// The member's last pull of the change feed, shared by its streams: after
+/// a commit every synced watcher of every stream wants the same changes.
+pub struct SharedPull {
+    after: i64,
+    changes: Arc<Changes>,
 }
 
 impl WatchStreamContext {
+    /// Every change after `after` (within one pull's budget), from the
+    /// pull another stream made for the same place if it reaches the
+    /// store's `current` revision, else from the feed (then shared). A
+    /// shared pull stays true: history below the current revision never
+    /// changes, it can only be compacted, and a watcher that had been
+    /// given compacted history is no worse off.
+    fn pull_after(&self, after: i64, current: i64) -> Result<Arc<Changes>, MvccError> {
+        {
+            let shared = self.last_pull.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(pull) = shared.as_ref() {
+                if pull.after == after && pull.changes.through_revision >= current {
+                    return Ok(pull.changes.clone());
+                }
+            }
+        }
+        let everything = KeySelection::Range {
+            start: b"",
+            end: None,
+        };
+        let budget = PullBudget {
+            scanned_events: PULL_SCANNED_EVENTS,
+            // A response stays about within the message limit (one large
+            // txn aside), so clients' default receive limits hold.
+            matched_bytes: self.message_limit(),
+        };
+        let changes = Arc::new(self.store.changes_after(after, &everything, budget)?);
+        *self.last_pull.lock().unwrap_or_else(|p| p.into_inner()) = Some(SharedPull {
+            after,
+            changes: changes.clone(),
+        });
+        Ok(changes)
+    }
+
     /// etcd's limit for one watch stream message either way:
     /// `--max-request-bytes` plus gRPC's overhead allowance. A request over
     /// it ends the stream; a response over it is split for watchers that
@@ -97,7 +140,7 @@ impl Watcher {
 
 /// The stream's state: its watchers by id and the next id to hand out.
 struct WatchStream {
-    context: std::sync::Arc<WatchStreamContext>,
+    context: Arc<WatchStreamContext>,
     watchers: BTreeMap<i64, Watcher>,
     next_watch_id: i64,
     responses: mpsc::Sender<Result<WatchResponse, Status>>,
@@ -108,7 +151,7 @@ struct ClientGone;
 
 /// Serves one client stream until it ends; responses go to `responses`.
 pub async fn serve(
-    context: std::sync::Arc<WatchStreamContext>,
+    context: Arc<WatchStreamContext>,
     mut requests: Streaming<WatchRequest>,
     responses: mpsc::Sender<Result<WatchResponse, Status>>,
 ) {
@@ -287,7 +330,7 @@ impl WatchStream {
     /// whether a watcher is still behind the store revision.
     async fn deliver(&mut self) -> Result<bool, ClientGone> {
         let current = self.context.store.current_revision();
-        let mut pulls: HashMap<i64, Result<Changes, MvccError>> = HashMap::new();
+        let mut pulls: HashMap<i64, Result<Arc<Changes>, MvccError>> = HashMap::new();
         let behind: Vec<i64> = self
             .watchers
             .iter()
@@ -298,19 +341,9 @@ impl WatchStream {
             let Some(after) = self.watchers.get(&id).map(|watcher| watcher.delivered_through) else {
                 continue;
             };
-            let pulled = pulls.entry(after).or_insert_with(|| {
-                let everything = KeySelection::Range {
-                    start: b"",
-                    end: None,
-                };
-                let budget = PullBudget {
-                    scanned_events: PULL_SCANNED_EVENTS,
-                    // A response stays about within the message limit (one
-                    // large txn aside), so clients' default receive limits hold.
-                    matched_bytes: self.context.message_limit(),
-                };
-                self.context.store.changes_after(after, &everything, budget)
-            });
+            let pulled = pulls
+                .entry(after)
+                .or_insert_with(|| self.context.pull_after(after, current));
             match pulled {
                 Ok(changes) => {
                     let through = changes.through_revision;
