@@ -68,15 +68,8 @@ pub async fn run_with_variables(
     variables: &[(&str, &str)],
 ) -> Ran {
     use std::os::unix::ffi::OsStrExt;
-    let mut command = tokio::process::Command::new(program);
-    for (name, _) in std::env::vars_os() {
-        let text = name.to_string_lossy();
-        if text.starts_with("KEELCTL_") || text.starts_with("ETCDCTL_") {
-            command.env_remove(&name);
-        }
-    }
+    let mut command = ctl_command(program);
     command
-        .env("ETCDCTL_API", "3")
         .envs(variables.iter().copied())
         .args(args.iter().map(|a| std::ffi::OsStr::from_bytes(a)))
         .stdin(Stdio::piped())
@@ -248,4 +241,18 @@ impl Kv for ReplayProxy {
         })
         .await
     }
+}
+
+/// A command line of `program` (etcdctl or keelctl) with none of the
+/// caller's `KEELCTL_*`/`ETCDCTL_*` settings and etcdctl's v3 API.
+pub fn ctl_command(program: &std::path::Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
+    for (name, _) in std::env::vars_os() {
+        let text = name.to_string_lossy();
+        if text.starts_with("KEELCTL_") || text.starts_with("ETCDCTL_") {
+            command.env_remove(&name);
+        }
+    }
+    command.env("ETCDCTL_API", "3");
+    command
 }

@@ -158,15 +158,8 @@ fn collect(mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Arc<
 impl Watcher {
     pub fn spawn(program: &std::path::Path, endpoint: &str, case: &Case) -> Watcher {
         use std::os::unix::ffi::OsStrExt;
-        let mut command = tokio::process::Command::new(program);
-        for (name, _) in std::env::vars_os() {
-            let text = name.to_string_lossy();
-            if text.starts_with("KEELCTL_") || text.starts_with("ETCDCTL_") {
-                command.env_remove(&name);
-            }
-        }
+        let mut command = super::ctl_command(program);
         command
-            .env("ETCDCTL_API", "3")
             .envs(case.variables.iter().map(|(n, v)| (n.as_str(), v.as_str())))
             .arg(format!("--endpoints={endpoint}"))
             .arg("watch")

@@ -57,6 +57,18 @@ fn pull_all(
     events
 }
 
+/// Closes the store and opens it again from disk, so that every change
+/// comes from the revision records (the in-memory feed starts empty).
+fn reopen(t: TestStore) -> (MvccStore, keel_storage::Database, tempfile::TempDir) {
+    let path = t.dir.path().join("db");
+    let dir = t.dir;
+    drop(t.store);
+    drop(t.db);
+    let db = open_db(&path);
+    let reopened = MvccStore::open(&db).expect("reopen");
+    (reopened, db, dir)
+}
+
 fn write_history(store: &MvccStore) {
     put(store, "a", "1"); // 2
     put(store, "b", "1"); // 3
@@ -103,15 +115,9 @@ fn history_read_from_disk_after_reopen_equals_the_feed_from_memory() {
     let t = temp_store();
     write_history(&t.store);
     let from_memory = pull_all(&t.store, 1, &ALL, 2);
-    let path = t.dir.path().join("db");
-    let dir = t.dir;
-    drop(t.store);
-    drop(t.db);
-    let db = open_db(&path);
-    let reopened = MvccStore::open(&db).expect("reopen");
+    let (reopened, _db, _dir) = reopen(t);
     let from_disk = pull_all(&reopened, 1, &ALL, 2);
     assert_eq!(from_disk, from_memory);
-    drop(dir);
 }
 
 #[test]
@@ -194,12 +200,7 @@ fn after_a_compaction_memory_and_disk_give_the_same_history() {
     // Revision 5 deleted "a": a compaction at 5 drops that tombstone.
     compact(&t.store, 5).expect("compact");
     let from_memory = pull_all(&t.store, 4, &ALL, 100);
-    let path = t.dir.path().join("db");
-    let dir = t.dir;
-    drop(t.store);
-    drop(t.db);
-    let db = open_db(&path);
-    let reopened = MvccStore::open(&db).expect("reopen");
+    let (reopened, _db, _dir) = reopen(t);
     assert_eq!(pull_all(&reopened, 4, &ALL, 100), from_memory);
     assert!(
         !from_memory
@@ -207,5 +208,4 @@ fn after_a_compaction_memory_and_disk_give_the_same_history() {
             .any(|event| event.kv.as_ref().is_some_and(|kv| kv.key == b"a")),
         "the compacted tombstone is not served: {from_memory:?}"
     );
-    drop(dir);
 }
