@@ -72,11 +72,15 @@ impl WatchStreamContext {
     /// Every change after `after` (within one pull's budget), from the
     /// pull another stream made for the same place if it reaches the
     /// store's `current` revision, else from the feed (then shared). A
-    /// shared pull stays true: history below the current revision never
-    /// changes, it can only be compacted, and a watcher that had been
-    /// given compacted history is no worse off.
+    /// shared pull stays true (history below the current revision never
+    /// changes), but is not used for a start below the compact revision.
     fn pull_after(&self, after: i64, current: i64) -> Result<Arc<Changes>, MvccError> {
-        {
+        // A start below the compact revision must be refused (etcd
+        // cancels the watcher) even if a pull made before the compaction
+        // still holds those changes: a compaction leaves the revision as it
+        // was, so only this check tells.
+        let start_is_compacted = after.saturating_add(1) < self.store.compact_revision();
+        if !start_is_compacted {
             let shared = self.last_pull.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(pull) = shared.as_ref() {
                 if pull.after == after && pull.changes.through_revision >= current {

@@ -421,3 +421,51 @@ async fn a_member_without_a_leader_refuses_a_watch_that_requires_one_and_serves_
         .expect("created");
     assert!(created.created && !created.canceled, "{created:?}");
 }
+
+/// A pull shared between streams was served to a watch created after a
+/// compaction, from a start below it (seen in CI as etcdctl printing the
+/// compacted history instead of the compaction error): the compaction
+/// leaves the revision as it was, so the shared pull still looked current.
+#[tokio::test]
+async fn a_watch_from_below_a_new_compaction_is_canceled_even_when_another_stream_just_pulled_that_history() {
+    let cluster = Cluster::start(ClusterOptions::keel(1)).await.expect("cluster");
+    let client = cluster.client().expect("client");
+    let start = current_revision(&client).await + 1;
+    let mut last = 0;
+    for i in 0..5 {
+        last = client
+            .put(put("c/k", &format!("v{i}")))
+            .await
+            .expect("put")
+            .header
+            .expect("header")
+            .revision;
+    }
+    let endpoint = cluster.endpoint(0);
+    let mut before = watch_prefix(&endpoint, "c/", start).await;
+    assert_eq!(before.events_through(last, WAIT).await.len(), 5);
+    client
+        .compact(CompactionRequest {
+            revision: last - 1,
+            physical: true,
+        })
+        .await
+        .expect("compact");
+    let range_end = String::from_utf8(keel_api::key_range::prefix_range_end(b"c/")).expect("utf8");
+    let mut after = open_watch(
+        &endpoint,
+        RequestUnion::CreateRequest(create_request("c/", &range_end, start)),
+    )
+    .await;
+    let created = after.responses.message().await.expect("stream").expect("created");
+    assert!(created.created, "{created:?}");
+    let canceled = tokio::time::timeout(WAIT, after.responses.message())
+        .await
+        .expect("an answer in time")
+        .expect("stream")
+        .expect("open");
+    assert!(
+        canceled.canceled && canceled.compact_revision == last - 1 && canceled.events.is_empty(),
+        "{canceled:?}"
+    );
+}
