@@ -11,7 +11,6 @@ use keel_api::etcdserverpb::cluster_server::ClusterServer;
 use keel_api::etcdserverpb::kv_server::KvServer;
 use keel_api::etcdserverpb::lease_server::LeaseServer;
 use keel_api::etcdserverpb::maintenance_server::MaintenanceServer;
-use keel_api::etcdserverpb::watch_server::WatchServer;
 use keel_api::keelpb::{write_request, MemberAttributes, WriteRequest};
 use keel_node::node::accepted_without_nagle;
 use keel_node::{Bootstrap, Node, NodeConfig, NodeTestHooks, RaftTiming};
@@ -28,7 +27,7 @@ use crate::kv_service::KvService;
 use crate::maintenance_service::MaintenanceService;
 use crate::request_checks::RequestLimits;
 use crate::unserved_services::UnservedLease;
-use crate::watch_service::WatchService;
+use crate::watch_service::{WatchGrpcService, WatchService};
 
 /// Headroom over --max-request-bytes that gRPC accepts, so that oversized
 /// requests get etcd's "request is too large" instead of a transport error.
@@ -273,14 +272,10 @@ async fn serve_client_services(
                 )
                 .add_service(ClusterServer::new(ClusterService::new(context.clone())))
                 .add_service(MaintenanceServer::new(MaintenanceService::new(context.clone())))
-                .add_service(
-                    WatchServer::new(WatchService::new(
-                        context.clone(),
-                        flags.experimental_watch_progress_notify_interval,
-                    ))
-                    .max_decoding_message_size(decode_limit)
-                    .max_encoding_message_size(usize::MAX),
-                )
+                .add_service(WatchGrpcService::new(
+                    WatchService::new(context.clone(), flags.experimental_watch_progress_notify_interval),
+                    decode_limit,
+                ))
                 .add_service(LeaseServer::new(UnservedLease))
                 .add_service(health_service.clone())
                 .serve_with_incoming_shutdown(client_connections(listener), async move {

@@ -6,9 +6,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::task::{Context, Poll};
+
+use tonic::codegen::{http, Body, Service, StdError};
+
 use futures::Stream;
-use keel_api::etcdserverpb::watch_server::Watch;
-use keel_api::etcdserverpb::{ResponseHeader, WatchRequest, WatchResponse};
+use keel_api::encoded_watch::EncodedWatchResponse;
+use keel_api::etcdserverpb::{ResponseHeader, WatchRequest};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -23,7 +28,7 @@ const REQUIRE_LEADER_METADATA: &str = "hasleader";
 /// How many responses a stream holds for a client that does not read
 /// before its watchers wait (and fall back to the feed's history); each
 /// may hold a pull's worth of events, so few.
-const RESPONSES_QUEUED_PER_STREAM: usize = 16;
+const RESPONSES_QUEUED_PER_STREAM: usize = 4;
 
 pub struct WatchService {
     member: Arc<MemberContext>,
@@ -54,16 +59,13 @@ impl WatchService {
     }
 }
 
-type WatchResponses = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+type WatchResponses = Pin<Box<dyn Stream<Item = Result<EncodedWatchResponse, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl Watch for WatchService {
-    type WatchStream = WatchResponses;
-
+impl WatchService {
     async fn watch(
         &self,
         request: Request<Streaming<WatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+    ) -> Result<Response<WatchResponses>, Status> {
         // etcd's clients (etcdctl among them) ask with `hasleader` that a
         // member cut off from its leader refuse the stream rather than
         // serve events that may have stopped.
@@ -81,5 +83,71 @@ impl Watch for WatchService {
             responses,
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(delivered))))
+    }
+}
+
+/// etcd's `Watch` service on the wire (`/etcdserverpb.Watch/Watch`),
+/// routed by hand rather than through tonic's generated server, whose
+/// response type would be the generated `WatchResponse`: this one sends
+/// [`EncodedWatchResponse`]s, the same bytes with each event encoded once
+/// per member instead of once per watcher.
+#[derive(Clone)]
+pub struct WatchGrpcService {
+    service: Arc<WatchService>,
+    max_decoding_message_size: usize,
+}
+
+impl WatchGrpcService {
+    pub fn new(service: WatchService, max_decoding_message_size: usize) -> Self {
+        WatchGrpcService {
+            service: Arc::new(service),
+            max_decoding_message_size,
+        }
+    }
+}
+
+impl tonic::server::NamedService for WatchGrpcService {
+    const NAME: &'static str = "etcdserverpb.Watch";
+}
+
+/// The one method of the service, in tonic's streaming-handler shape.
+struct WatchMethod(Arc<WatchService>);
+
+impl tonic::server::StreamingService<WatchRequest> for WatchMethod {
+    type Response = EncodedWatchResponse;
+    type ResponseStream = WatchResponses;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<WatchResponses>, Status>> + Send>>;
+
+    fn call(&mut self, request: Request<Streaming<WatchRequest>>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.watch(request).await })
+    }
+}
+
+impl<B> Service<http::Request<B>> for WatchGrpcService
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::BoxBody>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let service = self.service.clone();
+        let max_decoding_message_size = self.max_decoding_message_size;
+        Box::pin(async move {
+            if request.uri().path() != "/etcdserverpb.Watch/Watch" {
+                return Ok(Status::unimplemented("").into_http());
+            }
+            let codec = tonic::codec::ProstCodec::<EncodedWatchResponse, WatchRequest>::default();
+            let mut grpc = tonic::server::Grpc::new(codec)
+                .apply_max_message_size_config(Some(max_decoding_message_size), Some(usize::MAX));
+            Ok(grpc.streaming(WatchMethod(service), request).await)
+        })
     }
 }

@@ -24,14 +24,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel_api::encoded_watch::{EncodedEvent, EncodedWatchResponse};
 use keel_api::etcdserverpb::watch_create_request::FilterType;
 use keel_api::etcdserverpb::{
     watch_request, RangeRequest, ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use keel_api::key_range::KeySelection;
-use keel_api::mvccpb::{event::EventType, Event};
+use keel_api::mvccpb::event::EventType;
 use keel_api::WatchRefusal;
-use keel_mvcc::{Changes, MvccError, MvccStore, PullBudget};
+use keel_mvcc::{ChangeEvent, Changes, MvccError, MvccStore, PullBudget};
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -39,6 +40,10 @@ use tonic::{Status, Streaming};
 /// How many changes one pull may look at before it stops at a revision
 /// boundary (bounds the time the keyspace lock is held for a replay).
 const PULL_SCANNED_EVENTS: usize = 1024;
+
+/// How many bytes of encoded events one pull takes at most before it
+/// stops at a revision boundary (unless `--max-request-bytes` is lower).
+const PULL_MATCHED_BYTES: usize = 128 * 1024;
 
 /// What etcd adds to `--max-request-bytes` for a stream message's limit.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -94,9 +99,11 @@ impl WatchStreamContext {
         };
         let budget = PullBudget {
             scanned_events: PULL_SCANNED_EVENTS,
-            // A response stays about within the message limit (one large
-            // txn aside), so clients' default receive limits hold.
-            matched_bytes: self.message_limit(),
+            // A response stays within the message limit (one large txn
+            // aside), so clients' default receive limits hold, and small
+            // enough that the responses a slow client has not taken yet
+            // stay a small part of a member's memory.
+            matched_bytes: self.message_limit().min(PULL_MATCHED_BYTES),
         };
         let changes = Arc::new(self.store.changes_after(after, &everything, budget)?);
         *self.last_pull.lock().unwrap_or_else(|p| p.into_inner()) = Some(SharedPull {
@@ -131,14 +138,12 @@ impl Watcher {
         KeySelection::from_request(&self.key, &self.range_end)
     }
 
-    fn wants(&self, event: &Event) -> bool {
-        let is_put = event.r#type == EventType::Put as i32;
-        let passes_filters = if is_put { !self.no_put } else { !self.no_delete };
-        passes_filters
-            && event
-                .kv
-                .as_ref()
-                .is_some_and(|kv| self.selection().contains(&kv.key))
+    fn wants(&self, event: &ChangeEvent) -> bool {
+        let passes_filters = match event.kind {
+            EventType::Put => !self.no_put,
+            EventType::Delete => !self.no_delete,
+        };
+        passes_filters && self.selection().contains(&event.key)
     }
 }
 
@@ -147,7 +152,7 @@ struct WatchStream {
     context: Arc<WatchStreamContext>,
     watchers: BTreeMap<i64, Watcher>,
     next_watch_id: i64,
-    responses: mpsc::Sender<Result<WatchResponse, Status>>,
+    responses: mpsc::Sender<Result<EncodedWatchResponse, Status>>,
 }
 
 /// The client went away (its response stream is closed).
@@ -157,7 +162,7 @@ struct ClientGone;
 pub async fn serve(
     context: Arc<WatchStreamContext>,
     mut requests: Streaming<WatchRequest>,
-    responses: mpsc::Sender<Result<WatchResponse, Status>>,
+    responses: mpsc::Sender<Result<EncodedWatchResponse, Status>>,
 ) {
     let mut revisions = context.store.subscribe_revisions();
     let mut progress = tokio::time::interval(context.progress_notify_interval);
@@ -214,8 +219,13 @@ pub async fn serve(
 }
 
 impl WatchStream {
-    async fn send(&self, response: WatchResponse) -> Result<(), ClientGone> {
+    async fn send_encoded(&self, response: EncodedWatchResponse) -> Result<(), ClientGone> {
         self.responses.send(Ok(response)).await.map_err(|_| ClientGone)
+    }
+
+    /// Sends a response that carries no events.
+    async fn send(&self, response: WatchResponse) -> Result<(), ClientGone> {
+        self.send_encoded(EncodedWatchResponse::from(response)).await
     }
 
     /// etcd takes stream messages up to its message limit and ends the
@@ -350,17 +360,8 @@ impl WatchStream {
                 .or_insert_with(|| self.context.pull_after(after, current));
             match pulled {
                 Ok(changes) => {
-                    let through = changes.through_revision;
-                    let events: Vec<Event> = match self.watchers.get(&id) {
-                        Some(watcher) => changes
-                            .events
-                            .iter()
-                            .filter(|event| watcher.wants(event))
-                            .cloned()
-                            .collect(),
-                        None => continue,
-                    };
-                    self.send_events(id, events, through).await?;
+                    let changes = changes.clone();
+                    self.send_events(id, &changes).await?;
                 }
                 Err(MvccError::Compacted { compacted, .. }) => {
                     let compacted = *compacted;
@@ -395,32 +396,36 @@ impl WatchStream {
             .any(|watcher| watcher.delivered_through < current))
     }
 
-    /// Sends a watcher its events of revisions up to `through` (none if
-    /// nothing matched), then records that it has them.
-    async fn send_events(&mut self, id: i64, mut events: Vec<Event>, through: i64) -> Result<(), ClientGone> {
+    /// Sends a watcher the events it wants of a pull (none if nothing
+    /// matched), then records that it has every change the pull covered.
+    async fn send_events(&mut self, id: i64, changes: &Changes) -> Result<(), ClientGone> {
+        let through = changes.through_revision;
         let Some(watcher) = self.watchers.get(&id) else {
             return Ok(());
         };
+        let wanted = changes.events.iter().filter(|event| watcher.wants(event));
+        let events: Vec<EncodedEvent> = if watcher.prev_kv {
+            wanted.map(|event| self.with_previous_version(event)).collect()
+        } else {
+            wanted.map(|event| event.encoded.clone()).collect()
+        };
         if !events.is_empty() {
-            if watcher.prev_kv {
-                for event in &mut events {
-                    event.prev_kv = self.previous_version(event);
-                }
-            }
             let fragment = watcher.fragment;
-            let response = WatchResponse {
-                header: (self.context.header)(through),
-                watch_id: id,
+            let response = EncodedWatchResponse {
+                head: WatchResponse {
+                    header: (self.context.header)(through),
+                    watch_id: id,
+                    ..Default::default()
+                },
                 events,
-                ..Default::default()
             };
             let limit = self.context.message_limit();
             if fragment && response.encoded_len() > limit {
                 for piece in fragments(response, limit) {
-                    self.send(piece).await?;
+                    self.send_encoded(piece).await?;
                 }
             } else {
-                self.send(response).await?;
+                self.send_encoded(response).await?;
             }
         }
         if let Some(watcher) = self.watchers.get_mut(&id) {
@@ -429,13 +434,26 @@ impl WatchStream {
         Ok(())
     }
 
-    /// The key's version just before the event's revision (etcd's
-    /// `prev_kv`), if it existed and history still has it.
-    fn previous_version(&self, event: &Event) -> Option<keel_api::mvccpb::KeyValue> {
-        let kv = event.kv.as_ref()?;
-        let before = kv.mod_revision.checked_sub(1).filter(|revision| *revision > 0)?;
+    /// The event with etcd's `prev_kv`: the key's version just before the
+    /// event's revision, if it existed and history still has it.
+    fn with_previous_version(&self, change: &ChangeEvent) -> EncodedEvent {
+        match change.decode() {
+            Ok(mut event) => {
+                event.prev_kv = self.previous_version(change);
+                EncodedEvent::encode(&event)
+            }
+            Err(error) => {
+                // Bytes this member encoded itself: cannot fail to decode.
+                tracing::error!(%error, "a change event this member encoded does not decode");
+                change.encoded.clone()
+            }
+        }
+    }
+
+    fn previous_version(&self, change: &ChangeEvent) -> Option<keel_api::mvccpb::KeyValue> {
+        let before = change.revision.checked_sub(1).filter(|revision| *revision > 0)?;
         let request = RangeRequest {
-            key: kv.key.clone(),
+            key: change.key.to_vec(),
             revision: before,
             ..Default::default()
         };
@@ -474,44 +492,37 @@ impl WatchStream {
 /// Splits a response's events over responses of at most about
 /// `max_bytes` each (at least one event each); every piece but the last
 /// has `fragment` set, as etcd's fragmented watch responses do.
-fn fragments(response: WatchResponse, max_bytes: usize) -> Vec<WatchResponse> {
-    let WatchResponse {
-        header,
-        watch_id,
+fn fragments(response: EncodedWatchResponse, max_bytes: usize) -> Vec<EncodedWatchResponse> {
+    let EncodedWatchResponse { head, events } = response;
+    let piece_of = |events: Vec<EncodedEvent>, fragment: bool| EncodedWatchResponse {
+        head: WatchResponse {
+            header: head.header,
+            watch_id: head.watch_id,
+            fragment,
+            ..Default::default()
+        },
         events,
-        ..
-    } = response;
-    let mut pieces: Vec<WatchResponse> = Vec::new();
+    };
+    let mut pieces = Vec::new();
     let mut piece = Vec::new();
     let mut piece_bytes = 0usize;
     for event in events {
-        let bytes = event.encoded_len() + 8;
+        let bytes = event.field_len();
         if !piece.is_empty() && piece_bytes + bytes > max_bytes {
-            pieces.push(WatchResponse {
-                header,
-                watch_id,
-                events: std::mem::take(&mut piece),
-                fragment: true,
-                ..Default::default()
-            });
+            pieces.push(piece_of(std::mem::take(&mut piece), true));
             piece_bytes = 0;
         }
         piece_bytes += bytes;
         piece.push(event);
     }
-    pieces.push(WatchResponse {
-        header,
-        watch_id,
-        events: piece,
-        ..Default::default()
-    });
+    pieces.push(piece_of(piece, false));
     pieces
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_api::mvccpb::KeyValue;
+    use keel_api::mvccpb::{Event, KeyValue};
 
     fn event_of_bytes(value_bytes: usize) -> Event {
         Event {
@@ -533,26 +544,29 @@ mod tests {
             events: events.clone(),
             ..Default::default()
         };
-        let pieces = fragments(response, 350);
+        let pieces = fragments(EncodedWatchResponse::from(response), 350);
         assert!(pieces.len() > 1);
-        let flags: Vec<bool> = pieces.iter().map(|piece| piece.fragment).collect();
+        let flags: Vec<bool> = pieces.iter().map(|piece| piece.head.fragment).collect();
         assert!(flags[..flags.len() - 1].iter().all(|flag| *flag));
         assert!(!flags[flags.len() - 1]);
         for piece in &pieces {
-            assert_eq!(piece.watch_id, 3);
+            assert_eq!(piece.head.watch_id, 3);
             assert!(piece.encoded_len() <= 350 + 200, "{}", piece.encoded_len());
         }
-        let rejoined: Vec<Event> = pieces.into_iter().flat_map(|piece| piece.events).collect();
+        let rejoined: Vec<Event> = pieces
+            .into_iter()
+            .flat_map(|piece| piece.decode_events().expect("decodes").events)
+            .collect();
         assert_eq!(rejoined, events);
     }
 
     #[test]
     fn an_event_larger_than_the_limit_still_travels_alone() {
         let pieces = fragments(
-            WatchResponse {
+            EncodedWatchResponse::from(WatchResponse {
                 events: vec![event_of_bytes(1000), event_of_bytes(10)],
                 ..Default::default()
-            },
+            }),
             100,
         );
         assert_eq!(pieces.len(), 2);

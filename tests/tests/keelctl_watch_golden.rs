@@ -566,7 +566,8 @@ async fn watch_across_a_restart(mut cluster: Cluster) {
     assert_eq!(
         keelctl.stdout_text(),
         String::from_utf8_lossy(&expected),
-        "keelctl resumes after the restart, nothing lost or repeated"
+        "keelctl resumes after the restart, nothing lost or repeated; stderr {}",
+        keelctl.stderr_text()
     );
     assert_eq!(keelctl.stderr_text(), "", "keelctl retries without a word");
     assert_eq!((etcdctl.code, keelctl.code), (-1, -1), "both still watched");

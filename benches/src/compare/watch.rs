@@ -29,7 +29,7 @@ pub async fn run_replay(ctx: &Ctx) -> anyhow::Result<()> {
         "3 members; a fresh cluster per system. {revisions} puts of distinct keys under `{REPLAY_PREFIX}` \
          (8-digit keys, 256-byte values; 256 clients over 16 connections to the leader), so revisions 2 to \
          {} are exactly those puts. Then, {} time(s) per system (alternating), one watcher of the whole \
-         prefix from revision 1 on a follower, opened with the raw tonic Watch stub; the time is from \
+         prefix from revision 1 on a follower, opened with the bench's own Watch stub (keys decoded, values skipped); the time is from \
          sending its create request to receiving its {revisions}th event (at most {} s; a replay that receives nothing for {} s has \
          stalled and failed).",
         revisions + 1,
@@ -228,7 +228,7 @@ pub async fn run_idle(ctx: &Ctx) -> anyhow::Result<()> {
          clients over {IDLE_PUT_CONNS} connections, 8-byte keys from 100,000, 256-byte values, {:.1} s \
          measured after {:.1} s of warm-up; without watchers, and with {watchers} watchers of single keys \
          under `{IDLE_PREFIX}` that nobody writes ({streams} streams of 100 watchers, round-robin over the \
-         members starting at a follower, opened with the raw tonic Watch stub). Per repetition and system \
+         members starting at a follower, opened with the bench's own Watch stub (keys decoded, values skipped)). Per repetition and system \
          both are measured back to back (the order alternates) and *with / without* is their ratio; \
          memory per idle watcher is the members' summed VmRSS after minus before opening them.",
         ctx.scale.duration.as_secs_f64(),

@@ -25,21 +25,45 @@ use crate::machine::Memory;
 
 /// Puts per second of the one writer.
 pub const WRITE_RATE: u32 = 200;
+/// Puts per second of the writer in the saturation case: with the largest
+/// number of watchers this offers more events than either system delivers,
+/// so events/s delivered is what each can deliver at most.
+pub const SATURATION_WRITE_RATE: u32 = 800;
 const PREFIX: &str = "/watch/fanout/";
 const HISTORY_PREFIX: &str = "/watch/history/";
 const VALUE_BYTES: usize = 256;
 /// Puts the writer may have unanswered before it skips a tick.
 const WRITER_IN_FLIGHT: usize = 256;
 /// How long after the writer stops the watchers may take to receive the
-/// rest of the measured puts' events.
+/// rest of the measured puts' events (at [`WRITE_RATE`]; a faster writer's
+/// case gets proportionally longer).
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+impl FanoutCase {
+    fn drain_limit(&self) -> Duration {
+        DRAIN_LIMIT * self.puts_per_s.div_ceil(WRITE_RATE).max(1)
+    }
+}
 
 pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let levels: Vec<String> = ctx.scale.fanout_watchers.iter().map(|w| w.to_string()).collect();
+    let cases = fanout_cases(&ctx.scale.fanout_watchers);
+    let saturation = cases
+        .iter()
+        .find(|case| case.puts_per_s == SATURATION_WRITE_RATE)
+        .map(|case| {
+            format!(
+                " Saturation case: {} watchers with the writer at {SATURATION_WRITE_RATE} puts/s, more \
+                 events than either system delivers, so events/s delivered is each system's delivery \
+                 capacity on this machine (the watchers' client shares it).",
+                case.watchers
+            )
+        })
+        .unwrap_or_default();
     let method = format!(
         "3 members; a fresh cluster per system, case and repetition. First {history} puts (256-byte values) \
          under another prefix, so both systems' caches of recent history are in their steady state. Then \
-         {levels} watchers of the prefix `{PREFIX}` (start: now) are opened with the raw tonic Watch stub: at \
+         {levels} watchers of the prefix `{PREFIX}` (start: now) are opened with the bench's own Watch stub (it decodes each event's key and skips its value, the same for both systems): at \
          most 100 watchers per stream, at least one stream per member, streams round-robin over the members \
          starting at a follower, each member's streams over at most 4 HTTP/2 connections (1 watcher: 1 stream \
          on a follower; 100: 3 streams of 33-34, one per member; 1,000: 10 streams; 10,000: 100 streams over \
@@ -50,11 +74,11 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
          receiving its event (an event that arrives before its put's acknowledgement counts as 0, and on \
          127.0.0.1 many do); *from send*: from the writer sending the put (so commit and apply included); both \
          over every event of the puts sent in the measured time (received up to {drain} s after the writer \
-         stops). Server CPU \
+         stops, longer in proportion for a faster writer). Server CPU \
          per event: the three members' CPU time in the measured time over the events delivered in it. Memory \
          per watcher: the members' VmRSS (`/proc/<pid>/status`) summed, after minus before opening the \
          watchers, over the watchers; *created* is measured once every watcher is created (before any \
-         write), *after run* once the measured events are delivered.",
+         write), *after run* once the measured events are delivered.{saturation}",
         history = ctx.scale.fanout_history,
         levels = levels.join(" / "),
         warmup = seconds(ctx.scale.warmup),
@@ -71,12 +95,12 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         return ctx.publish(Scenario::WatchFanout, &mut report);
     }
     let mut table = Table::default();
-    for &watchers in &ctx.scale.fanout_watchers {
+    for case in cases {
         for rep in 0..ctx.scale.reps {
             for flavor in order(rep) {
                 match BenchCluster::start(flavor, 3, &ctx.data_root).await {
                     Ok(mut cluster) => {
-                        one_case(ctx, &mut report, &mut table, &mut cluster, watchers, rep).await;
+                        one_case(ctx, &mut report, &mut table, &mut cluster, case, rep).await;
                     }
                     Err(error) => report
                         .failures
@@ -94,11 +118,42 @@ fn seconds(duration: Duration) -> String {
     format!("{:.1} s", duration.as_secs_f64())
 }
 
-pub fn case_name(watchers: usize) -> String {
-    format!(
-        "watchers={watchers} streams={}",
-        place_streams(watchers, 3, 0).len()
-    )
+/// One fan-out case: how many watchers, how fast the writer puts.
+#[derive(Debug, Clone, Copy)]
+pub struct FanoutCase {
+    pub watchers: usize,
+    pub puts_per_s: u32,
+}
+
+/// Every level at [`WRITE_RATE`], then the largest level of at least
+/// 1,000 watchers again at [`SATURATION_WRITE_RATE`].
+pub fn fanout_cases(levels: &[usize]) -> Vec<FanoutCase> {
+    let mut cases: Vec<FanoutCase> = levels
+        .iter()
+        .map(|&watchers| FanoutCase {
+            watchers,
+            puts_per_s: WRITE_RATE,
+        })
+        .collect();
+    if let Some(&largest) = levels.iter().filter(|&&watchers| watchers >= 1_000).max() {
+        cases.push(FanoutCase {
+            watchers: largest,
+            puts_per_s: SATURATION_WRITE_RATE,
+        });
+    }
+    cases
+}
+
+pub fn case_name(case: FanoutCase) -> String {
+    let streams = place_streams(case.watchers, 3, 0).len();
+    if case.puts_per_s == WRITE_RATE {
+        format!("watchers={} streams={streams}", case.watchers)
+    } else {
+        format!(
+            "watchers={} streams={streams} puts/s={}",
+            case.watchers, case.puts_per_s
+        )
+    }
 }
 
 /// What one case measured on one system.
@@ -122,13 +177,20 @@ async fn one_case(
     report: &mut ScenarioReport,
     table: &mut Table,
     cluster: &mut BenchCluster,
-    watchers: usize,
+    fanout: FanoutCase,
     rep: usize,
 ) {
     let (name, flavor) = (cluster.name(), cluster.flavor);
-    let case = case_name(watchers);
-    tracing::info!(system = name, watchers, rep, "watch fan-out");
-    let measured = match measure_fanout(ctx, cluster, watchers).await {
+    let case = case_name(fanout);
+    let watchers = fanout.watchers;
+    tracing::info!(
+        system = name,
+        watchers,
+        puts_per_s = fanout.puts_per_s,
+        rep,
+        "watch fan-out"
+    );
+    let measured = match measure_fanout(ctx, cluster, fanout).await {
         Ok(measured) => measured,
         Err(error) => {
             report
@@ -147,7 +209,7 @@ async fn one_case(
              the writer stopped{}",
             measured.delivered,
             measured.expected,
-            DRAIN_LIMIT.as_secs(),
+            fanout.drain_limit().as_secs(),
             measured
                 .stream_failures
                 .first()
@@ -231,8 +293,9 @@ async fn one_case(
 async fn measure_fanout(
     ctx: &Ctx,
     cluster: &mut BenchCluster,
-    watchers: usize,
+    fanout: FanoutCase,
 ) -> anyhow::Result<FanoutMeasurement> {
+    let watchers = fanout.watchers;
     let leader = cluster
         .cluster_mut()
         .wait_for_leader(Duration::from_secs(30))
@@ -257,7 +320,8 @@ async fn measure_fanout(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = cluster.memory()?;
 
-    let capacity = WRITE_RATE as f64 * (ctx.scale.warmup + ctx.scale.duration + DRAIN_LIMIT).as_secs_f64();
+    let capacity = fanout.puts_per_s as f64
+        * (ctx.scale.warmup + ctx.scale.duration + fanout.drain_limit()).as_secs_f64();
     let ledger = Arc::new(PutLedger::new(PREFIX.as_bytes(), capacity as usize));
     let prefix = PREFIX.as_bytes().to_vec();
     let target = WatchTarget {
@@ -279,7 +343,7 @@ async fn measure_fanout(
     let writer = tokio::spawn(write_at_rate(
         leader_stubs[0].clone(),
         ledger.clone(),
-        WRITE_RATE,
+        fanout.puts_per_s,
         filler_value(VALUE_BYTES, 7),
         stop_receiver,
         next_seq.clone(),
@@ -296,7 +360,7 @@ async fn measure_fanout(
 
     let expected = ledger.measured_acked() * watchers as u64;
     fleet
-        .wait_for(DRAIN_LIMIT, || {
+        .wait_for(fanout.drain_limit(), || {
             ledger.measured_events.load(Ordering::Relaxed) >= expected
         })
         .await;

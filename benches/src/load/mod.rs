@@ -2,6 +2,7 @@
 //! the issue specifies it (see [`spec::LoadSpec`]); [`run::run`] does it and
 //! returns a [`report::RunReport`].
 
+pub mod counted_watch;
 pub mod progress;
 pub mod report;
 pub mod run;

@@ -1,7 +1,8 @@
 //! Many watchers on etcd's Watch API, for the watch scenarios of the
 //! comparison: where they go ([`place_streams`]: many watchers per stream,
 //! several streams per connection, spread over the members), opening them
-//! with the raw tonic `WatchClient` stub, and one reader task per stream that
+//! with the bench's own Watch stub (`counted_watch`: keys decoded, values
+//! skipped), and one reader task per stream that
 //! counts what arrives and, against a [`PutLedger`], how long each event
 //! took from its put's acknowledgement; and the writer those puts come
 //! from ([`write_at_rate`]).
@@ -18,14 +19,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use keel_api::etcdserverpb::kv_client::KvClient;
-use keel_api::etcdserverpb::watch_client::WatchClient;
-use keel_api::etcdserverpb::{watch_request, PutRequest, WatchCreateRequest, WatchRequest, WatchResponse};
+use keel_api::etcdserverpb::{watch_request, PutRequest, WatchCreateRequest, WatchRequest};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
+use crate::load::counted_watch::{self, CountedWatchResponse};
 use crate::load::report::new_histogram;
 
 /// At most this many watchers share one stream.
@@ -288,7 +289,7 @@ impl StreamTally {
         }
     }
 
-    fn count(&mut self, response: &WatchResponse, ledger: Option<&PutLedger>) {
+    fn count(&mut self, response: &CountedWatchResponse, ledger: Option<&PutLedger>) {
         let arrived = Instant::now();
         let events = response.events.len() as u64;
         self.events += events;
@@ -386,11 +387,9 @@ pub async fn open_stream(
             .context("queueing a watch create")?;
     }
     let opened = async {
-        let mut responses = WatchClient::new(channel)
-            .watch(ReceiverStream::new(outgoing))
+        let mut responses = counted_watch::watch(channel, ReceiverStream::new(outgoing))
             .await
-            .context("opening the watch stream")?
-            .into_inner();
+            .context("opening the watch stream")?;
         let mut created = 0;
         while created < targets.len() {
             let response = responses
@@ -420,7 +419,7 @@ pub async fn open_stream(
 }
 
 async fn read_stream(
-    mut responses: Streaming<WatchResponse>,
+    mut responses: Streaming<CountedWatchResponse>,
     watchers: usize,
     mut plan: ReadPlan,
 ) -> StreamTally {

@@ -31,6 +31,7 @@ pub mod keelstoragepb {
     tonic::include_proto!("keelstoragepb");
 }
 
+pub mod encoded_watch;
 pub mod go_format;
 pub mod key_range;
 pub mod wire_error;

@@ -28,8 +28,10 @@
 
 use std::collections::VecDeque;
 
+use bytes::Bytes;
+use keel_api::encoded_watch::EncodedEvent;
 use keel_api::key_range::KeySelection;
-use keel_api::mvccpb::{event::EventType, Event, KeyValue};
+use keel_api::mvccpb::{event::EventType, Event};
 use keel_storage::sled::IVec;
 
 use crate::error::Result;
@@ -37,34 +39,69 @@ use crate::keys::{self, ChangeKind, Revision};
 
 /// At most this many events stay in memory for watchers.
 pub const RECENT_CHANGES_MAX_EVENTS: usize = 16 * 1024;
-/// At most this many bytes of keys and values stay in memory for watchers.
+/// At most this many bytes of keys and encoded events stay in memory for
+/// watchers.
 pub const RECENT_CHANGES_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// One committed change as watchers receive it: where it is in history,
+/// what it did to which key (to match watchers), and the watch event,
+/// encoded once for every watcher that gets it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeEvent {
+    pub revision: i64,
+    pub kind: EventType,
+    pub key: Bytes,
+    pub encoded: EncodedEvent,
+}
+
+impl ChangeEvent {
+    fn new(event: Event) -> ChangeEvent {
+        let encoded = EncodedEvent::encode(&event);
+        let kind = EventType::try_from(event.r#type).unwrap_or(EventType::Put);
+        let (revision, key) = event.kv.map_or((0, Vec::new()), |kv| (kv.mod_revision, kv.key));
+        ChangeEvent {
+            revision,
+            kind,
+            key: Bytes::from(key),
+            encoded,
+        }
+    }
+
+    /// The watch event (a decoding of the bytes this member encoded).
+    pub fn decode(&self) -> std::result::Result<Event, prost::DecodeError> {
+        self.encoded.decode()
+    }
+
+    /// What holding it in memory costs, roughly.
+    fn held_bytes(&self) -> usize {
+        self.key.len() + self.encoded.len()
+    }
+}
 
 /// What one pull of the feed found.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Changes {
     /// The matching events of revisions `after + 1 ..= through_revision`,
     /// in revision order.
-    pub events: Vec<Event>,
+    pub events: Vec<ChangeEvent>,
     /// The last revision the pull covered (the store revision when it
     /// reached the end of the history).
     pub through_revision: i64,
+}
+
+impl Changes {
+    /// The events, decoded.
+    pub fn decoded_events(&self) -> std::result::Result<Vec<Event>, prost::DecodeError> {
+        self.events.iter().map(ChangeEvent::decode).collect()
+    }
 }
 
 /// The last committed changes, in revision order.
 pub(crate) struct RecentChanges {
     /// Every change with a main revision at or above this is held.
     first_revision: i64,
-    events: VecDeque<Event>,
+    events: VecDeque<ChangeEvent>,
     bytes: usize,
-}
-
-fn event_bytes(event: &Event) -> usize {
-    event.kv.as_ref().map_or(0, |kv| kv.key.len() + kv.value.len())
-}
-
-fn revision_of(event: &Event) -> i64 {
-    event.kv.as_ref().map_or(0, |kv| kv.mod_revision)
 }
 
 impl RecentChanges {
@@ -79,22 +116,18 @@ impl RecentChanges {
 
     /// Appends a committed batch's events (see [`events_of_records`]), in
     /// revision order, then drops the oldest revisions beyond the bounds.
-    pub fn append(&mut self, events: Vec<Event>) {
+    pub fn append(&mut self, events: Vec<ChangeEvent>) {
         for event in events {
-            self.bytes += event_bytes(&event);
+            self.bytes += event.held_bytes();
             self.events.push_back(event);
         }
         while self.events.len() > RECENT_CHANGES_MAX_EVENTS || self.bytes > RECENT_CHANGES_MAX_BYTES {
-            let Some(oldest) = self.events.front().map(revision_of) else {
+            let Some(oldest) = self.events.front().map(|event| event.revision) else {
                 break;
             };
-            while self
-                .events
-                .front()
-                .is_some_and(|event| revision_of(event) == oldest)
-            {
+            while self.events.front().is_some_and(|event| event.revision == oldest) {
                 if let Some(dropped) = self.events.pop_front() {
-                    self.bytes -= event_bytes(&dropped);
+                    self.bytes -= dropped.held_bytes();
                 }
             }
             self.first_revision = oldest.saturating_add(1);
@@ -108,10 +141,10 @@ impl RecentChanges {
         while self
             .events
             .front()
-            .is_some_and(|event| revision_of(event) <= compacted)
+            .is_some_and(|event| event.revision <= compacted)
         {
             if let Some(dropped) = self.events.pop_front() {
-                self.bytes -= event_bytes(&dropped);
+                self.bytes -= dropped.held_bytes();
             }
         }
         self.first_revision = self.first_revision.max(compacted.saturating_add(1));
@@ -123,8 +156,8 @@ impl RecentChanges {
     }
 
     /// The held events of revisions `> after`, in order.
-    pub fn after(&self, after: i64) -> impl Iterator<Item = &Event> {
-        let start = self.events.partition_point(|event| revision_of(event) <= after);
+    pub fn after(&self, after: i64) -> impl Iterator<Item = &ChangeEvent> {
+        let start = self.events.partition_point(|event| event.revision <= after);
         self.events.range(start..)
     }
 }
@@ -132,7 +165,7 @@ impl RecentChanges {
 /// The events of a batch's new records (revision key, record bytes).
 pub(crate) fn events_of_records<'a>(
     records: impl Iterator<Item = (&'a IVec, &'a IVec)>,
-) -> Result<Vec<Event>> {
+) -> Result<Vec<ChangeEvent>> {
     records
         .map(|(key, value)| {
             Ok(event_of(
@@ -144,16 +177,16 @@ pub(crate) fn events_of_records<'a>(
 }
 
 /// The watch event a change record stands for.
-pub(crate) fn event_of(revision: Revision, record: &keys::Record<'_>) -> Event {
+pub(crate) fn event_of(revision: Revision, record: &keys::Record<'_>) -> ChangeEvent {
     let kind = match record.kind() {
         ChangeKind::Put => EventType::Put,
         ChangeKind::Tombstone => EventType::Delete,
     };
-    Event {
+    ChangeEvent::new(Event {
         r#type: kind as i32,
         kv: Some(record.to_kv(revision)),
         prev_kv: None,
-    }
+    })
 }
 
 /// How much one pull may take: it stops at the first revision boundary
@@ -170,16 +203,16 @@ pub struct PullBudget {
 /// completed when the budget stopped it (`None` when it reached the end
 /// of `source`).
 pub(crate) fn take_whole_revisions(
-    source: impl Iterator<Item = Result<Event>>,
+    source: impl Iterator<Item = Result<ChangeEvent>>,
     selection: &KeySelection<'_>,
     budget: PullBudget,
-) -> Result<(Vec<Event>, Option<i64>)> {
+) -> Result<(Vec<ChangeEvent>, Option<i64>)> {
     let mut taken = Vec::new();
     let mut taken_bytes = 0usize;
     let mut current: Option<i64> = None;
     for (scanned, event) in source.enumerate() {
         let event = event?;
-        let revision = revision_of(&event);
+        let revision = event.revision;
         if current != Some(revision) {
             if let Some(finished) = current {
                 if scanned >= budget.scanned_events || taken_bytes >= budget.matched_bytes {
@@ -188,12 +221,8 @@ pub(crate) fn take_whole_revisions(
             }
             current = Some(revision);
         }
-        if event
-            .kv
-            .as_ref()
-            .is_some_and(|kv: &KeyValue| selection.contains(&kv.key))
-        {
-            taken_bytes += event_bytes(&event);
+        if selection.contains(&event.key) {
+            taken_bytes += event.encoded.len();
             taken.push(event);
         }
     }
@@ -204,16 +233,23 @@ pub(crate) fn take_whole_revisions(
 mod tests {
     use super::*;
 
-    fn put(revision: i64, key: &str) -> Result<Event> {
-        Ok(Event {
+    use keel_api::mvccpb::KeyValue;
+
+    fn put_of(revision: i64, key: &str, value_bytes: usize) -> Result<ChangeEvent> {
+        Ok(ChangeEvent::new(Event {
             r#type: EventType::Put as i32,
             kv: Some(KeyValue {
                 key: key.as_bytes().to_vec(),
+                value: vec![0; value_bytes],
                 mod_revision: revision,
                 ..Default::default()
             }),
             prev_kv: None,
-        })
+        }))
+    }
+
+    fn put(revision: i64, key: &str) -> Result<ChangeEvent> {
+        put_of(revision, key, 0)
     }
 
     #[test]
@@ -239,14 +275,7 @@ mod tests {
 
     #[test]
     fn a_pull_stops_after_its_byte_budget_at_a_revision_boundary() {
-        let big = |revision: i64| {
-            put(revision, "a").map(|mut event| {
-                if let Some(kv) = &mut event.kv {
-                    kv.value = vec![0; 100];
-                }
-                event
-            })
-        };
+        let big = |revision: i64| put_of(revision, "a", 100);
         let source = vec![big(2), big(3), big(3), big(4)];
         let all = KeySelection::Range {
             start: b"",

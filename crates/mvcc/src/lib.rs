@@ -44,6 +44,6 @@ mod txn;
 mod view;
 
 pub use apply::ApplyBatch;
-pub use changes::{Changes, PullBudget, RECENT_CHANGES_MAX_BYTES, RECENT_CHANGES_MAX_EVENTS};
+pub use changes::{ChangeEvent, Changes, PullBudget, RECENT_CHANGES_MAX_BYTES, RECENT_CHANGES_MAX_EVENTS};
 pub use error::MvccError;
 pub use store::{KvHash, MvccStore, SnapshotStats};

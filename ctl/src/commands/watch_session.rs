@@ -81,6 +81,8 @@ pub struct Session<'a> {
     active: BTreeMap<i64, Watching>,
     /// Watch ids of unknown watches already asked to cancel.
     canceled_unknown: HashSet<i64>,
+    /// The stream was reopened after a failure and has not answered yet.
+    reopening: bool,
 }
 
 impl<'a> Session<'a> {
@@ -93,6 +95,7 @@ impl<'a> Session<'a> {
             queued: VecDeque::new(),
             active: BTreeMap::new(),
             canceled_unknown: HashSet::new(),
+            reopening: false,
         }
     }
 
@@ -121,9 +124,12 @@ impl<'a> Session<'a> {
                     },
                 },
                 received = next_response(&mut self.stream) => match received {
-                    Ok(Some(response)) => self.dispatch(response).await?,
+                    Ok(Some(response)) => {
+                        self.reopening = false;
+                        self.dispatch(response).await?
+                    }
                     Ok(None) => self.stream_failed("EOF".to_string()).await?,
-                    Err(error) if recoverable(&error) => self.reopen(&error).await,
+                    Err(error) if recoverable(&error, self.reopening) => self.reopen(&error).await,
                     Err(error) => {
                         let text = match &error {
                             WatchError::Stream(status) => status_text(status),
@@ -280,6 +286,7 @@ impl<'a> Session<'a> {
     async fn reopen(&mut self, error: &WatchError) {
         tracing::debug!(%error, "watch stream failed; reopening it");
         self.stream = None;
+        self.reopening = true;
         tokio::time::sleep(REOPEN_BACKOFF).await;
         let active = std::mem::take(&mut self.active);
         let mut again: VecDeque<Watching> = active.into_values().collect();
@@ -292,11 +299,15 @@ impl<'a> Session<'a> {
 /// clientv3 retries a stream whose connection broke, or that failed with
 /// Unavailable or Internal, except on "no leader"; anything else ends it.
 /// (tonic reports a connection that broke mid-stream as Unknown, grpc-go as
-/// Unavailable: the error's source tells.)
-fn recoverable(error: &WatchError) -> bool {
+/// Unavailable: the error's source tells.) While a stream is being reopened
+/// after such a failure, "no leader" is retried too: a member that has just
+/// restarted knows no leader until it hears one, and clientv3 waits out
+/// that moment in its reconnect backoff (a second or more) where keelctl's
+/// is shorter.
+fn recoverable(error: &WatchError, reopening: bool) -> bool {
     match error {
         WatchError::Stream(status) => {
-            error.wire_error() != Some(WireError::NoLeader)
+            (reopening || error.wire_error() != Some(WireError::NoLeader))
                 && (error.connection_lost()
                     || matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Internal))
         }
@@ -467,12 +478,21 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(watching.next_revision, 16);
-        assert!(recoverable(&WatchError::from(tonic::Status::unavailable(
-            "reset"
-        ))));
-        assert!(!recoverable(&WatchError::from(WireError::NoLeader.to_status())));
-        assert!(!recoverable(&WatchError::from(tonic::Status::permission_denied(
-            "no"
-        ))));
+        assert!(recoverable(
+            &WatchError::from(tonic::Status::unavailable("reset")),
+            false
+        ));
+        assert!(!recoverable(
+            &WatchError::from(WireError::NoLeader.to_status()),
+            false
+        ));
+        assert!(recoverable(
+            &WatchError::from(WireError::NoLeader.to_status()),
+            true
+        ));
+        assert!(!recoverable(
+            &WatchError::from(tonic::Status::permission_denied("no")),
+            true
+        ));
     }
 }

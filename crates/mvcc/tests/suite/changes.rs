@@ -51,7 +51,7 @@ fn pull_all(
     while through < store.current_revision() {
         let changes = store.changes_after(through, selection, budget).expect("pull");
         assert!(changes.through_revision > through, "a pull makes progress");
-        events.extend(changes.events);
+        events.extend(changes.decoded_events().expect("events decode"));
         through = changes.through_revision;
     }
     events
@@ -140,13 +140,7 @@ fn a_pull_below_the_compact_revision_fails_and_one_at_it_is_served() {
         .store
         .changes_after(3, &ALL, BUDGET)
         .expect("a start at the compact revision");
-    assert_eq!(
-        at.events
-            .first()
-            .and_then(|e| e.kv.as_ref())
-            .map(|kv| kv.mod_revision),
-        Some(4)
-    );
+    assert_eq!(at.events.first().map(|event| event.revision), Some(4));
 }
 
 #[test]
