@@ -5,8 +5,10 @@
 //! Values and the rest of each event are skipped by the decoder, never
 //! copied. Both systems are read through this same stub.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use keel_api::etcdserverpb::WatchRequest;
+use prost::encoding::{self, DecodeContext, WireType};
+use prost::DecodeError;
 use tonic::codec::{ProstCodec, Streaming};
 use tonic::transport::Channel;
 
@@ -28,18 +30,67 @@ pub struct CountedWatchResponse {
     pub events: Vec<CountedEvent>,
 }
 
-/// An `mvccpb.Event` with only its key-value's key.
-#[derive(Clone, PartialEq, prost::Message)]
+/// An `mvccpb.Event` with only its key-value's key: the key-value is read
+/// as far as its key (etcd and keel encode it first) and the rest of it
+/// skipped in one step, not field by field.
+#[derive(Clone, PartialEq, Default, Debug)]
 pub struct CountedEvent {
-    #[prost(message, optional, tag = "2")]
-    pub kv: Option<CountedKeyValue>,
+    pub key: Option<Bytes>,
 }
 
-/// An `mvccpb.KeyValue` with only its key (a slice of the received bytes).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct CountedKeyValue {
-    #[prost(bytes = "bytes", tag = "1")]
-    pub key: Bytes,
+/// `Event.kv`'s field number, and `KeyValue.key`'s key byte (field 1,
+/// length-delimited).
+const EVENT_KV_FIELD: u32 = 2;
+const KEY_VALUE_KEY_TAG: u8 = 0x0a;
+
+impl prost::Message for CountedEvent {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        if let Some(key) = &self.key {
+            let kv_len = 1 + encoding::encoded_len_varint(key.len() as u64) + key.len();
+            encoding::encode_key(EVENT_KV_FIELD, WireType::LengthDelimited, buf);
+            encoding::encode_varint(kv_len as u64, buf);
+            encoding::bytes::encode(1, key, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        if tag != EVENT_KV_FIELD || wire_type != WireType::LengthDelimited {
+            return encoding::skip_field(wire_type, tag, buf, ctx);
+        }
+        let kv_len = encoding::decode_varint(buf)? as usize;
+        if kv_len > buf.remaining() {
+            return Err(DecodeError::new("a key-value overruns its event"));
+        }
+        let after_kv = buf.remaining() - kv_len;
+        if kv_len > 0 && buf.chunk().first() == Some(&KEY_VALUE_KEY_TAG) {
+            buf.advance(1);
+            let key_len = encoding::decode_varint(buf)? as usize;
+            if key_len > buf.remaining().saturating_sub(after_kv) {
+                return Err(DecodeError::new("a key overruns its key-value"));
+            }
+            self.key = Some(buf.copy_to_bytes(key_len));
+        }
+        let rest = buf.remaining().saturating_sub(after_kv);
+        buf.advance(rest);
+        Ok(())
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.key.as_ref().map_or(0, |key| {
+            let kv_len = 1 + encoding::encoded_len_varint(key.len() as u64) + key.len();
+            encoding::key_len(EVENT_KV_FIELD) + encoding::encoded_len_varint(kv_len as u64) + kv_len
+        })
+    }
+
+    fn clear(&mut self) {
+        self.key = None;
+    }
 }
 
 /// Opens etcd's bidirectional `Watch` call on `channel`, sending `requests`.
@@ -75,16 +126,32 @@ mod tests {
             canceled: true,
             compact_revision: 3,
             cancel_reason: "why".into(),
-            events: vec![Event {
-                r#type: 1,
-                kv: Some(KeyValue {
-                    key: b"/k/1".to_vec(),
-                    value: vec![7; 256],
-                    mod_revision: 9,
-                    ..Default::default()
-                }),
-                prev_kv: None,
-            }],
+            events: vec![
+                Event {
+                    r#type: 1,
+                    kv: Some(KeyValue {
+                        key: b"/k/1".to_vec(),
+                        value: vec![7; 256],
+                        mod_revision: 9,
+                        ..Default::default()
+                    }),
+                    prev_kv: None,
+                },
+                Event {
+                    r#type: 0,
+                    kv: Some(KeyValue {
+                        key: b"/k/2".to_vec(),
+                        create_revision: 3,
+                        lease: 5,
+                        ..Default::default()
+                    }),
+                    prev_kv: Some(KeyValue {
+                        key: b"/k/2".to_vec(),
+                        ..Default::default()
+                    }),
+                },
+                Event::default(),
+            ],
             ..Default::default()
         };
         let counted = CountedWatchResponse::decode(full.encode_to_vec().as_slice()).expect("decodes");
@@ -100,8 +167,9 @@ mod tests {
         let keys: Vec<&[u8]> = counted
             .events
             .iter()
-            .filter_map(|event| event.kv.as_ref().map(|kv| kv.key.as_ref()))
+            .filter_map(|event| event.key.as_deref())
             .collect();
-        assert_eq!(keys, vec![b"/k/1".as_slice()]);
+        assert_eq!(keys, vec![b"/k/1".as_slice(), b"/k/2".as_slice()]);
+        assert_eq!(counted.events.len(), 3, "an event without a key still counts");
     }
 }

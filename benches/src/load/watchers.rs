@@ -303,7 +303,7 @@ impl StreamTally {
         }
         let mut measured = 0;
         for event in &response.events {
-            let Some(seq) = event.kv.as_ref().and_then(|kv| ledger.seq_of(&kv.key)) else {
+            let Some(seq) = event.key.as_ref().and_then(|key| ledger.seq_of(key)) else {
                 continue;
             };
             if !ledger.is_measured(seq) {
