@@ -1,4 +1,5 @@
-//! Golden tests for `keelctl lease` (and `put --lease`): keelctl prints
+//! Golden tests for `keelctl lease` (and `put --lease`), `lock` and
+//! `elect`: keelctl prints
 //! what etcdctl 3.4 prints (stdout, stderr less etcdctl's JSON client logs,
 //! exit code), both tools pointed at the same one-member server, in every
 //! `-w` format etcdctl has for each command, with etcdctl's argument errors.
@@ -16,92 +17,40 @@
 //! A few expectations are also spelled out (an unknown lease "already
 //! expired", a keep-alive's renewals then its end line, the minimum TTL a
 //! grant of 0 gets, keys attached by `put --lease`), so that the etcd flavor
-//! proves them, not only equality. The keel flavor is its own test: it
-//! passes once keel serves the Lease service.
+//! proves them, not only equality.
+//!
+//! `lock` and `elect` run until interrupted, so they run in the background
+//! in deterministic scenarios: one holder at a time, each step waiting for
+//! the previous one's output; masked there: the session's lease ID in a
+//! lock's or candidate's key (`name/<lease hex>`, each tool has its own
+//! session). Observers (`elect -l`) watch the same elections, so their
+//! output is compared unmasked. Interop (an etcdctl holder and a keelctl
+//! waiter and the reverse), the loss of a session, and the leader elector's
+//! step-down and takeover timings are checked as expectations.
+//!
+//! The keel flavors are their own tests: they pass once keel serves the
+//! Lease service.
 
 mod keelctl_support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use keel_api::etcdserverpb::{PutRequest, RangeRequest};
+use keel_api::etcdserverpb::request_op::Request;
+use keel_api::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, RequestOp};
+use keel_client::leader_elector::{ElectionTimings, LeaderElector};
+use keel_client::session::ConcurrencyError;
 use keel_client::{Client, KeepAliveInterval, LeaseError};
 use keel_tests::{Cluster, ClusterOptions};
+use keelctl_support::background::Background;
+use keelctl_support::masks::{hex, mask_id, mask_remaining, masked_lease, with_sorted_leases};
+use keelctl_support::watch_runner::first_error;
 use keelctl_support::{args, etcdctl_path, keelctl_path, run, without_client_logs, Ran, ReplayProxy};
 
 const FORMATS: [&str; 5] = ["simple", "json", "fields", "protobuf", "table"];
 
 /// Marks a case whose etcdctl output is expected to be empty.
 const SILENT: &str = "(silent) ";
-
-/// `lease_hex`: Go's `%016x` of a positive lease ID.
-fn hex(id: i64) -> String {
-    format!("{id:016x}")
-}
-
-/// `text` with every run of digits (and a leading '-') after each `marker`
-/// replaced by `N`.
-fn mask_number_after(text: &[u8], marker: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.windows(marker.len()).position(|w| w == marker) {
-        let after = at + marker.len();
-        out.extend_from_slice(&rest[..after]);
-        let mut end = after;
-        while end < rest.len() && (rest[end].is_ascii_digit() || (end == after && rest[end] == b'-')) {
-            end += 1;
-        }
-        out.push(b'N');
-        rest = &rest[end..];
-    }
-    out.extend_from_slice(rest);
-    out
-}
-
-fn replace(text: &[u8], from: &str, to: &str) -> Vec<u8> {
-    String::from_utf8_lossy(text).replace(from, to).into_bytes()
-}
-
-/// `ran` with lease `id` masked in hex and decimal.
-fn mask_id(ran: &Ran, id: i64) -> Ran {
-    let stdout = replace(&ran.stdout, &hex(id), "<ID>");
-    let stdout = replace(&stdout, &id.to_string(), "<ID>");
-    Ran {
-        stdout,
-        ..ran.clone()
-    }
-}
-
-/// `ran` with a time-to-live's remaining TTL masked in every format.
-fn mask_remaining(ran: &Ran) -> Ran {
-    let stdout = mask_number_after(&ran.stdout, b"remaining(");
-    let stdout = mask_number_after(&stdout, b"\"ttl\":");
-    let stdout = mask_number_after(&stdout, b"\"TTL\" : ");
-    Ran {
-        stdout,
-        ..ran.clone()
-    }
-}
-
-/// `ran` with its stdout's lines, and a json list's `{"id":N}` entries, sorted.
-fn with_sorted_leases(ran: &Ran) -> Ran {
-    let text = ran.stdout_text();
-    let stdout = if let Some(start) = text.find("\"leases\":[") {
-        let open = start + "\"leases\":[".len();
-        let close = open + text[open..].find(']').unwrap_or(0);
-        let mut entries: Vec<&str> = text[open..close].split(',').collect();
-        entries.sort();
-        format!("{}{}{}", &text[..open], entries.join(","), &text[close..])
-    } else {
-        let mut lines: Vec<&str> = text.split('\n').collect();
-        lines.sort();
-        lines.join("\n")
-    };
-    Ran {
-        stdout: stdout.into_bytes(),
-        ..ran.clone()
-    }
-}
 
 struct Suite {
     endpoint: String,
@@ -458,14 +407,286 @@ async fn lease_client_checks(client: &Client) {
     assert!(matches!(once, Err(LeaseError::NotFound { .. })), "{once:?}");
 }
 
-fn report(flavor: &str, compared: usize, mismatches: &[String]) {
+const SETTLE: Duration = Duration::from_secs(10);
+const QUIET: Duration = Duration::from_millis(1500);
+
+/// Runs `list` with both tools in the background, one after the other:
+/// each until it printed `lines` lines, then interrupted; masked results.
+async fn hold_then_interrupt(s: &mut Suite, list: &[&str], lines: usize, marker: &str) {
+    let mut ran = Vec::new();
+    for program in [etcdctl_path(), keelctl_path()] {
+        let mut tool = Background::spawn(&program, &s.endpoint, list);
+        tool.wait_for_lines(lines, SETTLE).await;
+        tool.interrupt();
+        ran.push(masked_lease(&tool.finish(SETTLE).await, marker));
+    }
+    s.check(
+        &format!("{} (interrupted, lease masked)", list.join(" ")),
+        &ran[0],
+        &ran[1],
+    );
+}
+
+/// `holder` holds lock `name` (or leads election `name`) while `waiter`
+/// waits: the waiter prints nothing until the holder is interrupted, then
+/// its own key.
+async fn one_after_the_other(
+    s: &mut Suite,
+    holder: &std::path::Path,
+    waiter: &std::path::Path,
+    list: &[&str],
+    what: &str,
+) {
+    let mut first = Background::spawn(holder, &s.endpoint, list);
+    let first_holds = first.wait_for_lines(1, SETTLE).await;
+    let mut second = Background::spawn(waiter, &s.endpoint, list);
+    let second_early = second.wait_for_lines(1, QUIET).await;
+    first.interrupt();
+    let first = first.finish(SETTLE).await;
+    let second_holds = second.wait_for_lines(1, SETTLE).await;
+    second.interrupt();
+    let second = second.finish(SETTLE).await;
+    let fine = first_holds && !second_early && second_holds && first.code == 0 && second.code == 0;
+    if !fine {
+        s.mismatches.push(format!(
+            "{what}: {} then {}: first {first:?} (held: {first_holds}); second {second:?} (early: {second_early}, then: {second_holds})",
+            holder.display(),
+            waiter.display()
+        ));
+    }
+}
+
+async fn concurrency_suite(cluster: &mut Cluster) -> (usize, Vec<String>) {
+    let endpoint = cluster.endpoint(0);
+    let client = cluster.member_client(0).expect("client");
+    let (proxy, proxy_endpoint) = ReplayProxy::start(&endpoint).await;
+    let mut s = Suite {
+        endpoint,
+        client: client.clone(),
+        proxy,
+        proxy_endpoint,
+        compared: 0,
+        mismatches: Vec::new(),
+    };
+
+    // lock: bad input, then a command run holding the lock.
+    s.same(&["lock"]).await;
+    s.same_with(&["lock", "--ttl", "x", "lk"], first_error).await;
+    s.same_with(&["lock", "lk", "sh", "-c", "true"], first_error)
+        .await;
+    let script = r#"echo "${ETCD_LOCK_KEY%/*}"; test "$ETCD_LOCK_REV" -gt 0 && echo rev-ok"#;
+    let ran = s.same(&["lock", "lk", "--", "sh", "-c", script]).await;
+    s.expect(
+        "the command sees the lock's key and revision",
+        ran.stdout_text() == "lk\nrev-ok\n" && ran.code == 0,
+        &ran,
+    );
+    s.same(&["lock", "lk", "--ttl", "0", "--", "sh", "-c", "exit 3"])
+        .await;
+    s.same(&["lock", "lk", "--", "no-such-command-anywhere"]).await;
+    // Holding until interrupted prints the key (a get of it).
+    hold_then_interrupt(&mut s, &["lock", "lock-hold"], 2, "lock-hold/").await;
+    // Interop: either tool waits for the other's lock.
+    let (etcdctl, keelctl) = (etcdctl_path(), keelctl_path());
+    one_after_the_other(&mut s, &etcdctl, &keelctl, &["lock", "queue"], "lock").await;
+    one_after_the_other(&mut s, &keelctl, &etcdctl, &["lock", "queue"], "lock").await;
+    // A session lost (its lease revoked) ends the holder with an error.
+    let mut ran = Vec::new();
+    for program in [&etcdctl, &keelctl] {
+        let mut holder = Background::spawn(program, &s.endpoint, &["lock", "lost"]);
+        holder.wait_for_lines(1, SETTLE).await;
+        let key = String::from_utf8_lossy(&holder.stdout())
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let lease = i64::from_str_radix(key.trim_start_matches("lost/"), 16).unwrap_or(0);
+        let _ = client.lease_revoke(lease).await;
+        ran.push(masked_lease(&holder.finish(SETTLE).await, "lost/"));
+    }
+    s.check("lock lost (its lease revoked, lease masked)", &ran[0], &ran[1]);
+    s.expect(
+        "a lock whose session is lost ends with an error",
+        ran[0].stderr_text() == "Error: session expired\n" && ran[0].code == 1,
+        &ran[0],
+    );
+
+    // elect: bad input.
+    for bad in [
+        &["elect"][..],
+        &["elect", "e"],
+        &["elect", "e", "p", "q"],
+        &["elect", "-l", "e", "p"],
+    ] {
+        s.same(bad).await;
+    }
+    hold_then_interrupt(&mut s, &["elect", "elect-hold", "p<&>"], 2, "elect-hold/").await;
+    one_after_the_other(&mut s, &etcdctl, &keelctl, &["elect", "queue", "p"], "elect").await;
+    one_after_the_other(&mut s, &keelctl, &etcdctl, &["elect", "queue", "p"], "elect").await;
+
+    // Observers of one election see the same leaders: etcdctl's leader,
+    // then (when it resigns) keelctl's.
+    let mut observers = Vec::new();
+    for format in ["simple", "json", "fields"] {
+        for program in [&etcdctl, &keelctl] {
+            let list = ["elect", "-l", "observed", "-w", format];
+            observers.push((format, Background::spawn(program, &s.endpoint, &list)));
+        }
+    }
+    tokio::time::sleep(QUIET).await;
+    let mut first = Background::spawn(&etcdctl, &s.endpoint, &["elect", "observed", "one"]);
+    first.wait_for_lines(2, SETTLE).await;
+    let mut second = Background::spawn(&keelctl, &s.endpoint, &["elect", "observed", "two"]);
+    tokio::time::sleep(QUIET).await;
+    first.interrupt();
+    second.wait_for_lines(2, SETTLE).await;
+    second.interrupt();
+    let _ = (first.finish(SETTLE).await, second.finish(SETTLE).await);
+    tokio::time::sleep(QUIET).await;
+    let mut seen = Vec::new();
+    for (format, observer) in observers {
+        observer.interrupt();
+        seen.push((format, observer.finish(SETTLE).await));
+    }
+    for pair in seen.chunks(2) {
+        let (format, etcdctl_saw) = &pair[0];
+        s.check(&format!("elect -l observed -w {format}"), etcdctl_saw, &pair[1].1);
+        if *format == "simple" {
+            let lines: Vec<String> = etcdctl_saw.stdout_text().lines().map(str::to_string).collect();
+            let values: Vec<&str> = lines.iter().skip(1).step_by(2).map(String::as_str).collect();
+            s.expect(
+                "observers see each leader in turn",
+                values == ["one", "two"],
+                etcdctl_saw,
+            );
+        }
+    }
+
+    // The leader elector: a leader that cannot renew steps down before its
+    // lease can expire; a candidate takes over within lease duration +
+    // retry period of the leader's death.
+    let timings = [
+        "--lease-duration",
+        "3s",
+        "--renew-deadline",
+        "2s",
+        "--retry-period",
+        "500ms",
+    ];
+    let elect = |name: &'static str, value: &'static str| {
+        let mut list = vec!["elect", name, value];
+        list.extend(timings);
+        list
+    };
+    let mut leader = Background::spawn(&keelctl, &s.endpoint, &elect("stepdown", "a"));
+    leader.wait_for_lines(2, SETTLE).await;
+    cluster.pause(0).expect("pause");
+    let paused_at = std::time::Instant::now();
+    let stepped_down = leader.exited_within(Duration::from_secs(5)).await;
+    cluster.resume(0).expect("resume");
+    let ran = leader.finish(SETTLE).await;
+    let after = stepped_down.map(|at| at.duration_since(paused_at));
+    let in_time = after.is_some_and(|d| d < Duration::from_millis(3000));
+    if !in_time || ran.code != 1 || !ran.stderr_text().starts_with("Error: elect: leadership lost") {
+        s.mismatches.push(format!(
+            "a leader that cannot renew steps down within the renew deadline, before its lease (3s) can expire: after {after:?}: {ran:?}"
+        ));
+    }
+
+    let mut dying = Background::spawn(&keelctl, &s.endpoint, &elect("takeover", "a"));
+    dying.wait_for_lines(2, SETTLE).await;
+    let mut candidate = Background::spawn(&keelctl, &s.endpoint, &elect("takeover", "b"));
+    let early = candidate.wait_for_lines(1, QUIET).await;
+    dying.kill();
+    let killed_at = std::time::Instant::now();
+    let took_over = candidate.wait_for_lines(2, SETTLE).await;
+    let took = killed_at.elapsed();
+    candidate.interrupt();
+    let ran = candidate.finish(SETTLE).await;
+    let _ = dying.finish(SETTLE).await;
+    // 3s lease + 500ms retry period, and a second for the server's expiry sweep.
+    if early || !took_over || took > Duration::from_millis(4500) || !ran.stdout_text().ends_with("\nb\n") {
+        s.mismatches.push(format!(
+            "a candidate takes over within lease duration + retry period: early {early}, took over {took_over} after {took:?}: {ran:?}"
+        ));
+    }
+
+    (s.compared, s.mismatches)
+}
+
+/// The elector's client API: a fencing token, guarded writes that apply
+/// only while leading, and a stale leader's write refused.
+async fn election_client_checks(client: &Client) {
+    let timings = ElectionTimings {
+        lease_duration: Duration::from_secs(3),
+        renew_deadline: Duration::from_secs(2),
+        retry_period: Duration::from_millis(500),
+    };
+    let first = LeaderElector::new(client, b"fenced", b"one", timings).expect("timings");
+    let leading = first.campaign().await.expect("elected");
+    assert!(leading.fencing_token() > 0);
+    assert!(leading.stepped_down().is_none());
+    let put = |value: &str| {
+        vec![RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: b"fenced-data".to_vec(),
+                value: value.as_bytes().to_vec(),
+                ..Default::default()
+            })),
+        }]
+    };
+    leading
+        .guarded_write(put("by-one"))
+        .await
+        .expect("the leader writes");
+    let stale = leading.guarded_txn(put("stale"), Vec::new());
+    // Another candidate waits, and leads once the first key is gone.
+    let second = LeaderElector::new(client, b"fenced", b"two", timings).expect("timings");
+    let campaign = tokio::spawn(async move { second.campaign().await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !campaign.is_finished(),
+        "the second candidate waits for the first"
+    );
+    client
+        .delete_range(DeleteRangeRequest {
+            key: leading.key().to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("depose the first leader");
+    let next = tokio::time::timeout(Duration::from_secs(5), campaign)
+        .await
+        .expect("the second candidate leads")
+        .expect("task")
+        .expect("elected");
+    assert!(next.fencing_token() > leading.fencing_token());
+    let refused = leading.guarded_write(put("late")).await;
+    assert!(matches!(refused, Err(ConcurrencyError::NotLeader)), "{refused:?}");
+    assert!(!client.txn(stale).await.expect("txn").succeeded);
+    next.guarded_write(put("by-two"))
+        .await
+        .expect("the new leader writes");
+    let data = client
+        .range(RangeRequest {
+            key: b"fenced-data".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("range");
+    assert_eq!(data.kvs[0].value, b"by-two");
+    next.resign().await.expect("resign");
+    let _ = leading.resign().await;
+}
+
+fn report(flavor: &str, compared: usize, mismatches: &[String], at_least: usize) {
     assert!(
         mismatches.is_empty(),
         "{} of {compared} keelctl lease outputs differ from etcdctl's against {flavor}:\n\n{}",
         mismatches.len(),
         mismatches.join("\n\n")
     );
-    assert!(compared > 80, "the suite compared only {compared} outputs");
+    assert!(compared >= at_least, "the suite compared only {compared} outputs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,7 +696,7 @@ async fn keelctl_lease_prints_what_etcdctl_prints_against_etcd() {
         .expect("etcd starts");
     lease_client_checks(&cluster.member_client(0).expect("client")).await;
     let (compared, mismatches) = lease_suite(&cluster).await;
-    report("etcd", compared, &mismatches);
+    report("etcd", compared, &mismatches, 85);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -485,5 +706,25 @@ async fn keelctl_lease_prints_what_etcdctl_prints_against_keel() {
         .expect("keel starts");
     lease_client_checks(&cluster.member_client(0).expect("client")).await;
     let (compared, mismatches) = lease_suite(&cluster).await;
-    report("keel", compared, &mismatches);
+    report("keel", compared, &mismatches, 85);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keelctl_lock_and_elect_print_what_etcdctl_prints_against_etcd() {
+    let mut cluster = Cluster::start(ClusterOptions::etcd(1))
+        .await
+        .expect("etcd starts");
+    election_client_checks(&cluster.member_client(0).expect("client")).await;
+    let (compared, mismatches) = concurrency_suite(&mut cluster).await;
+    report("etcd", compared, &mismatches, 15);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keelctl_lock_and_elect_print_what_etcdctl_prints_against_keel() {
+    let mut cluster = Cluster::start(ClusterOptions::keel(1))
+        .await
+        .expect("keel starts");
+    election_client_checks(&cluster.member_client(0).expect("client")).await;
+    let (compared, mismatches) = concurrency_suite(&mut cluster).await;
+    report("keel", compared, &mismatches, 15);
 }

@@ -15,9 +15,13 @@
 //! request was never sent (or the member said "no leader", which keel answers
 //! only before proposing), so a write is never applied twice by a retry.
 
+pub mod election;
 mod error;
 pub mod launch;
+pub mod leader_elector;
 pub mod lease;
+pub mod lock;
+pub mod session;
 pub mod watch;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

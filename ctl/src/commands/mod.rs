@@ -2,6 +2,7 @@
 //! connection to the cluster through keel's failover client.
 
 pub mod cluster;
+pub mod concurrency;
 pub mod kv;
 pub mod lease;
 pub mod txn;
