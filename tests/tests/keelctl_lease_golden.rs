@@ -456,6 +456,46 @@ async fn one_after_the_other(
     }
 }
 
+/// A waiter interrupted while `list`'s lock or election is held by
+/// etcdctl: both tools fail alike and withdraw their keys.
+async fn interrupted_while_waiting(s: &mut Suite, list: &[&str], prefix: &[u8]) {
+    let mut holder = Background::spawn(&etcdctl_path(), &s.endpoint, list);
+    holder.wait_for_lines(1, SETTLE).await;
+    let mut ran = Vec::new();
+    for program in [etcdctl_path(), keelctl_path()] {
+        let waiter = Background::spawn(&program, &s.endpoint, list);
+        tokio::time::sleep(QUIET).await;
+        waiter.interrupt();
+        ran.push(waiter.finish(SETTLE).await);
+    }
+    s.check(
+        &format!("{} (interrupted while waiting)", list.join(" ")),
+        &ran[0],
+        &ran[1],
+    );
+    let mut end = prefix.to_vec();
+    end.push(0xff);
+    let keys = s
+        .client
+        .range(RangeRequest {
+            key: prefix.to_vec(),
+            range_end: end,
+            count_only: true,
+            ..Default::default()
+        })
+        .await
+        .expect("range");
+    if keys.count != 1 {
+        s.mismatches.push(format!(
+            "{}: {} keys left after the waiters were interrupted, not only the holder's",
+            list.join(" "),
+            keys.count
+        ));
+    }
+    holder.interrupt();
+    let _ = holder.finish(SETTLE).await;
+}
+
 async fn concurrency_suite(cluster: &mut Cluster) -> (usize, Vec<String>) {
     let endpoint = cluster.endpoint(0);
     let client = cluster.member_client(0).expect("client");
@@ -490,6 +530,7 @@ async fn concurrency_suite(cluster: &mut Cluster) -> (usize, Vec<String>) {
     let (etcdctl, keelctl) = (etcdctl_path(), keelctl_path());
     one_after_the_other(&mut s, &etcdctl, &keelctl, &["lock", "queue"], "lock").await;
     one_after_the_other(&mut s, &keelctl, &etcdctl, &["lock", "queue"], "lock").await;
+    interrupted_while_waiting(&mut s, &["lock", "busy"], b"busy/").await;
     // A session lost (its lease revoked) ends the holder with an error.
     let mut ran = Vec::new();
     for program in [&etcdctl, &keelctl] {
@@ -523,6 +564,7 @@ async fn concurrency_suite(cluster: &mut Cluster) -> (usize, Vec<String>) {
     hold_then_interrupt(&mut s, &["elect", "elect-hold", "p<&>"], 2, "elect-hold/").await;
     one_after_the_other(&mut s, &etcdctl, &keelctl, &["elect", "queue", "p"], "elect").await;
     one_after_the_other(&mut s, &keelctl, &etcdctl, &["elect", "queue", "p"], "elect").await;
+    interrupted_while_waiting(&mut s, &["elect", "contested", "p"], b"contested/").await;
 
     // Observers of one election see the same leaders: etcdctl's leader,
     // then (when it resigns) keelctl's.
@@ -587,9 +629,14 @@ async fn concurrency_suite(cluster: &mut Cluster) -> (usize, Vec<String>) {
     let ran = leader.finish(SETTLE).await;
     let after = stepped_down.map(|at| at.duration_since(paused_at));
     let in_time = after.is_some_and(|d| d < Duration::from_millis(3000));
-    if !in_time || ran.code != 1 || !ran.stderr_text().starts_with("Error: elect: leadership lost") {
+    // The renew deadline ends it (not the lease's own end, 1s later).
+    let stepped = "Error: elect: leadership lost: not renewed within the renew deadline (2s)\n";
+    if !in_time || ran.code != 1 || ran.stderr_text() != stepped {
         s.mismatches.push(format!(
-            "a leader that cannot renew steps down within the renew deadline, before its lease (3s) can expire: after {after:?}: {ran:?}"
+            "a leader that cannot renew steps down within the renew deadline, before its lease (3s) can expire: after {after:?}: exit {} stdout {:?} stderr {:?}",
+            ran.code,
+            ran.stdout_text(),
+            ran.stderr_text()
         ));
     }
 
@@ -607,7 +654,10 @@ async fn concurrency_suite(cluster: &mut Cluster) -> (usize, Vec<String>) {
     // 3s lease + 500ms retry period, and a second for the server's expiry sweep.
     if early || !took_over || took > Duration::from_millis(4500) || !ran.stdout_text().ends_with("\nb\n") {
         s.mismatches.push(format!(
-            "a candidate takes over within lease duration + retry period: early {early}, took over {took_over} after {took:?}: {ran:?}"
+            "a candidate takes over within lease duration + retry period: early {early}, took over {took_over} after {took:?}: exit {} stdout {:?} stderr {:?}",
+            ran.code,
+            ran.stdout_text(),
+            ran.stderr_text()
         ));
     }
 
@@ -661,6 +711,25 @@ async fn election_client_checks(client: &Client) {
         .expect("task")
         .expect("elected");
     assert!(next.fencing_token() > leading.fencing_token());
+    // A candidate that stops waiting withdraws its key.
+    let quitter = LeaderElector::new(client, b"fenced", b"three", timings).expect("timings");
+    let stop = tokio::time::sleep(Duration::from_millis(300));
+    let quit = quitter.campaign_until(stop).await;
+    assert!(
+        matches!(quit, Err(ConcurrencyError::Canceled)),
+        "{:?}",
+        quit.err()
+    );
+    let candidates = client
+        .range(RangeRequest {
+            key: b"fenced/".to_vec(),
+            range_end: b"fenced0".to_vec(),
+            count_only: true,
+            ..Default::default()
+        })
+        .await
+        .expect("range");
+    assert_eq!(candidates.count, 1, "only the leader's key is left");
     let refused = leading.guarded_write(put("late")).await;
     assert!(matches!(refused, Err(ConcurrencyError::NotLeader)), "{refused:?}");
     assert!(!client.txn(stale).await.expect("txn").succeeded);

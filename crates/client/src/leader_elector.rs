@@ -25,6 +25,8 @@
 //! lost session) starts again after the retry period, so one takes over
 //! within lease duration + retry period.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use keel_api::etcdserverpb::{Compare, RequestOp, TxnRequest, TxnResponse};
@@ -129,21 +131,40 @@ impl LeaderElector {
     /// or the watch lost) is retried after the retry period with a new
     /// session. Fails only when the server refuses the session's lease.
     pub async fn campaign(&self) -> Result<Leadership, ConcurrencyError> {
+        self.campaign_until(std::future::pending()).await
+    }
+
+    /// [`campaign`](Self::campaign) until `stop` resolves: then the
+    /// candidacy is withdrawn (its session's lease revoked, which deletes
+    /// its key) and the campaign fails with [`ConcurrencyError::Canceled`].
+    pub async fn campaign_until(
+        &self,
+        stop: impl Future<Output = ()>,
+    ) -> Result<Leadership, ConcurrencyError> {
+        tokio::pin!(stop);
         loop {
-            match self.try_campaign().await {
+            match self.try_campaign(stop.as_mut()).await {
                 Ok(leadership) => return Ok(leadership),
-                Err(error @ (ConcurrencyError::Lease(_) | ConcurrencyError::InvalidTimings(_))) => {
-                    return Err(error)
-                }
+                Err(
+                    error @ (ConcurrencyError::Lease(_)
+                    | ConcurrencyError::InvalidTimings(_)
+                    | ConcurrencyError::Canceled),
+                ) => return Err(error),
                 Err(error) => {
                     tracing::debug!(%error, "campaign failed; retrying after the retry period");
-                    tokio::time::sleep(self.timings.retry_period).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(self.timings.retry_period) => {}
+                        () = stop.as_mut() => return Err(ConcurrencyError::Canceled),
+                    }
                 }
             }
         }
     }
 
-    async fn try_campaign(&self) -> Result<Leadership, ConcurrencyError> {
+    async fn try_campaign(
+        &self,
+        stop: Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<Leadership, ConcurrencyError> {
         let interval = KeepAliveInterval::Every(self.timings.retry_period);
         let session =
             Session::with_interval(&self.client, self.timings.lease_ttl_seconds(), interval).await?;
@@ -152,9 +173,12 @@ impl LeaderElector {
         let outcome = tokio::select! {
             outcome = campaign => outcome,
             lost = session.done() => Err(ConcurrencyError::SessionLost(lost)),
+            () = stop => Err(ConcurrencyError::Canceled),
         };
         if let Err(error) = outcome {
-            let _ = session.close().await;
+            if let Err(close_error) = session.close().await {
+                tracing::debug!(%close_error, "could not revoke a failed campaign's session");
+            }
             return Err(error);
         }
         let leadership = Leadership {

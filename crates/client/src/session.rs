@@ -46,6 +46,9 @@ pub enum ConcurrencyError {
     /// A leader stepped down (see `leader_elector`).
     #[error("{0}")]
     SteppedDown(crate::leader_elector::StepDown),
+    /// The caller stopped the wait (etcd's Go client's context error).
+    #[error("context canceled")]
+    Canceled,
     /// Timings that cannot keep two leaders from acting at once.
     #[error("invalid election timings: {0}")]
     InvalidTimings(String),

@@ -9,6 +9,7 @@
 //! the renew deadline steps down and exits. `elect -l` prints every leader.
 
 use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
 use clap::Args;
@@ -78,11 +79,6 @@ async fn interrupted() {
     }
 }
 
-/// etcdctl's error when a wait was interrupted.
-fn canceled() -> CtlError {
-    CtlError::failed("context canceled")
-}
-
 /// Prints a get of `key` at once; false when the key is gone.
 async fn print_key(ctx: &Ctx, client: &Client, key: &[u8]) -> Result<bool, CtlError> {
     let response = client
@@ -122,7 +118,7 @@ pub async fn lock(ctx: &Ctx, args: &LockArgs) -> Result<Output, CtlError> {
         taken = take_lock(&session, name) => taken.map_err(|e| concurrency_error(&e))?,
         () = interrupted() => {
             let _ = session.close().await;
-            return Err(canceled());
+            return Err(concurrency_error(&ConcurrencyError::Canceled));
         }
     };
     if !command.is_empty() {
@@ -155,10 +151,7 @@ async fn run_holding(command: &[OsString], key: &[u8], revision: i64) -> Result<
     let program = resolve_program(&command[0]).map_err(CtlError::failed)?;
     let status = tokio::process::Command::new(&program)
         .args(&command[1..])
-        .env(
-            "ETCD_LOCK_KEY",
-            OsString::from(String::from_utf8_lossy(key).into_owned()),
-        )
+        .env("ETCD_LOCK_KEY", std::ffi::OsStr::from_bytes(key))
         .env("ETCD_LOCK_REV", revision.to_string())
         .status()
         .await
@@ -213,10 +206,10 @@ async fn campaign(
 ) -> Result<Output, CtlError> {
     let elector = LeaderElector::new(&ctx.connect().await?, name, proposal, timings)
         .map_err(|e| CtlError::bad_args(e.to_string()))?;
-    let leadership = tokio::select! {
-        elected = elector.campaign() => elected.map_err(|e| concurrency_error(&e))?,
-        () = interrupted() => return Err(canceled()),
-    };
+    let leadership = elector
+        .campaign_until(interrupted())
+        .await
+        .map_err(|e| concurrency_error(&e))?;
     tracing::debug!(fencing_token = leadership.fencing_token(), "elected");
     if !print_key(ctx, leadership.session().client(), leadership.key()).await? {
         return Err(CtlError::failed("elect: leadership lost"));
