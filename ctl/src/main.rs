@@ -18,7 +18,9 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use commands::cluster::{EndpointArgs, MemberCommand};
+use commands::concurrency::{ElectArgs, LockArgs};
 use commands::kv::{CompactionArgs, DelArgs, GetArgs, PutArgs};
+use commands::lease::LeaseCommand;
 use commands::txn::TxnArgs;
 use commands::watch::WatchArgs;
 use commands::Ctx;
@@ -37,6 +39,12 @@ Examples:
   printf 'mod(\"k\") > \"0\"\\n\\nput k v\\n\\nput k new\\n\\n' | keelctl txn
   keelctl watch a/ --prefix --rev 1              print every change under a/ since revision 1, then wait for more
   keelctl watch k -- sh -c 'echo $ETCD_WATCH_KEY'  run a command for each change of k
+  keelctl lease grant 60                         a lease of 60 seconds (prints its ID in hex)
+  keelctl put k v --lease 694d77aa9e38260f       a key that lives as long as the lease
+  keelctl lease keep-alive 694d77aa9e38260f      renew the lease until interrupted
+  keelctl lock jobs -- make release              run a command holding the lock \"jobs\"
+  keelctl elect web node-1                       lead election \"web\" (Kubernetes timings: 15s/10s/2s)
+  keelctl elect web -l                           print every leader of \"web\"
   keelctl compaction 42                          forget the history before revision 42
   keelctl member list -w table                   the cluster's members
   keelctl endpoint status --cluster -w table     every member's status (leader, raft term and index)
@@ -164,6 +172,32 @@ enum Command {
     ///
     /// Example: keelctl compaction 42
     Compaction(CompactionArgs),
+    /// Lease related commands (grant, revoke, timetolive, list, keep-alive).
+    ///
+    /// Example: keelctl lease grant 60
+    Lease {
+        #[command(subcommand)]
+        command: LeaseCommand,
+    },
+    /// Acquires a named lock.
+    ///
+    /// Prints the lock's key and holds the lock until interrupted, or runs
+    /// the command given after `--` holding it, with ETCD_LOCK_KEY and
+    /// ETCD_LOCK_REV set.
+    ///
+    /// Example: keelctl lock jobs -- make release
+    Lock(LockArgs),
+    /// Observes and participates in leader election.
+    ///
+    /// With a proposal: campaigns, prints the leader's key and value once
+    /// elected, and leads until interrupted (then resigns). Leadership uses
+    /// Kubernetes' timings: the session lease lasts --lease-duration; a
+    /// leader renews every --retry-period and steps down (exits with an
+    /// error) when no renewal succeeded within --renew-deadline, before its
+    /// lease can expire. With -l: prints every leader.
+    ///
+    /// Example: keelctl elect web node-1 --lease-duration 15s --renew-deadline 10s --retry-period 2s
+    Elect(ElectArgs),
     /// Membership related commands.
     ///
     /// Example: keelctl member list -w table
@@ -323,6 +357,9 @@ async fn run(cli: Cli) -> Result<Output, CtlError> {
         Command::Txn(args) => commands::txn::txn(&ctx, args).await,
         Command::Compaction(args) => commands::kv::compaction(&ctx, args).await,
         Command::Watch(args) => commands::watch::watch(&ctx, args).await,
+        Command::Lock(args) => commands::concurrency::lock(&ctx, args).await,
+        Command::Elect(args) => commands::concurrency::elect(&ctx, args).await,
+        Command::Lease { command } => commands::lease::lease(&ctx, command).await,
         Command::Member { command } => commands::cluster::member(&ctx, command).await,
         Command::Endpoint(args) => commands::cluster::endpoint(&ctx, args).await,
         Command::Version => Ok(Output::default()),

@@ -2,7 +2,11 @@
 //! the tests and the benchmarks. It speaks etcd's v3 gRPC API, so it drives a
 //! real etcd just as well as keel. [`launch`] holds what the two launchers of
 //! member processes (local-cluster, the test fixtures) share; [`watch`] is
-//! etcd's Watch stream as a typed API.
+//! etcd's Watch stream as a typed API; [`lease`] etcd's Lease service (and a
+//! keeper that renews a lease in the background); [`session`], [`lock`] and
+//! [`election`] are etcd's concurrency recipes on top (a session lease, a
+//! distributed mutex, leader election with a fencing token and Kubernetes'
+//! timings).
 //!
 //! Endpoint failover, as etcd's client does it: the client keeps one cached
 //! channel per endpoint and sends each call to its preferred endpoint; when
@@ -11,8 +15,13 @@
 //! request was never sent (or the member said "no leader", which keel answers
 //! only before proposing), so a write is never applied twice by a retry.
 
+pub mod election;
 mod error;
 pub mod launch;
+pub mod leader_elector;
+pub mod lease;
+pub mod lock;
+pub mod session;
 pub mod watch;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +43,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 pub use error::{never_reached_server, transport_failure, ClientError};
+pub use lease::{KeepAliveInterval, LeaseError, LeaseKeepAliveStream, LeaseKeeper, LeaseLost, Renewal};
 pub use watch::{WatchError, WatchReceiver, WatchSender, WatchStreamOptions};
 
 /// etcdctl's default `--dial-timeout`.
@@ -214,6 +224,23 @@ impl Client {
                 config,
             }),
         })
+    }
+
+    /// The preferred endpoint's index and channel, for a stream opened on
+    /// it (streams do not fail over by themselves).
+    fn preferred_channel(&self) -> (usize, Channel) {
+        let index = self.shared.preferred.load(Ordering::Relaxed) % self.shared.endpoints.len();
+        (index, self.shared.endpoints[index].channel.clone())
+    }
+
+    /// A stream on `endpoint` lost its connection: the next endpoint becomes
+    /// the preferred one (unless another caller moved on already).
+    fn stream_connection_lost(&self, endpoint: usize) {
+        let shared = &self.shared;
+        let next = (endpoint + 1) % shared.endpoints.len();
+        let _ = shared
+            .preferred
+            .compare_exchange(endpoint, next, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// The raw KV stub on the preferred endpoint's channel (no failover),

@@ -16,8 +16,6 @@
 //! makes the next endpoint the client's preferred one, so the next stream
 //! opens there.
 
-use std::sync::atomic::Ordering;
-
 use futures::channel::mpsc;
 use futures::future::BoxFuture;
 use futures::StreamExt;
@@ -101,8 +99,7 @@ impl Client {
     /// made by the first receive, so requests may be sent before it (a
     /// server may send nothing, headers included, until it has a request).
     pub fn watch_stream(&self, options: WatchStreamOptions) -> (WatchSender, WatchReceiver) {
-        let index = self.shared.preferred.load(Ordering::Relaxed) % self.shared.endpoints.len();
-        let channel = self.shared.endpoints[index].channel.clone();
+        let (index, channel) = self.preferred_channel();
         let (requests, outgoing) = mpsc::unbounded::<WatchRequest>();
         let mut request = tonic::Request::new(outgoing);
         if options.require_leader {
@@ -212,12 +209,7 @@ impl WatchReceiver {
         self.state = ReceiverState::Ended;
         let error = WatchError::from(status);
         if error.connection_lost() {
-            let shared = &self.client.shared;
-            let next = (self.endpoint + 1) % shared.endpoints.len();
-            let _ =
-                shared
-                    .preferred
-                    .compare_exchange(self.endpoint, next, Ordering::Relaxed, Ordering::Relaxed);
+            self.client.stream_connection_lost(self.endpoint);
         }
         error
     }
@@ -472,7 +464,10 @@ mod tests {
         sender.request_progress().expect("queued");
         let error = receiver.message().await.expect_err("nothing listens there");
         assert!(error.connection_lost(), "{error:?}");
-        assert_eq!(client.shared.preferred.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            client.shared.preferred.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
         // The stream has ended: no more messages, and the sender sees it.
         assert!(receiver.message().await.expect("ended").is_none());
         drop(receiver);

@@ -150,16 +150,8 @@ pub fn put_request(args: &PutArgs, source: ValueSource<'_>) -> Result<PutRequest
         }
         value
     };
-    let lease = i64::from_str_radix(&args.lease, 16).map_err(|e| {
-        let reason = match e.kind() {
-            std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow => "value out of range",
-            _ => "invalid syntax",
-        };
-        CtlError::bad_args(format!(
-            "bad lease ID (strconv.ParseInt: parsing {}: {reason}), expecting ID in Hex",
-            crate::go_value_format::quote(args.lease.as_bytes())
-        ))
-    })?;
+    let lease = super::lease::parse_int(&args.lease, 16)
+        .map_err(|e| CtlError::bad_args(format!("bad lease ID ({e}), expecting ID in Hex")))?;
     Ok(PutRequest {
         key,
         value,

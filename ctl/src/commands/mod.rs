@@ -2,7 +2,9 @@
 //! connection to the cluster through keel's failover client.
 
 pub mod cluster;
+pub mod concurrency;
 pub mod kv;
+pub mod lease;
 pub mod txn;
 pub mod watch;
 mod watch_session;

@@ -365,7 +365,7 @@ async fn run_exec(
 }
 
 /// Go's `exec.Command` lookup: a name without a slash is searched in $PATH.
-fn resolve_program(name: &OsString) -> Result<OsString, String> {
+pub(super) fn resolve_program(name: &OsString) -> Result<OsString, String> {
     if name.as_encoded_bytes().contains(&b'/') {
         return Ok(name.clone());
     }
@@ -387,7 +387,7 @@ fn resolve_program(name: &OsString) -> Result<OsString, String> {
 }
 
 /// Go's `ProcessState.String()` for a failed command; `None` on success.
-fn exit_text(status: std::process::ExitStatus) -> Option<String> {
+pub(super) fn exit_text(status: std::process::ExitStatus) -> Option<String> {
     use std::os::unix::process::ExitStatusExt;
     if status.success() {
         return None;
@@ -411,7 +411,7 @@ fn exit_text(status: std::process::ExitStatus) -> Option<String> {
 }
 
 /// Go's text for the errno behind a failed spawn.
-fn go_errno_text(error: &std::io::Error) -> String {
+pub(super) fn go_errno_text(error: &std::io::Error) -> String {
     match error.raw_os_error() {
         Some(2) => "no such file or directory".to_string(),
         Some(13) => "permission denied".to_string(),

@@ -5,8 +5,9 @@ use std::io::Write;
 
 use keel_api::etcdserverpb::response_op::Response;
 use keel_api::etcdserverpb::{
-    DeleteRangeResponse, MemberListResponse, PutResponse, RangeResponse, ResponseHeader, TxnResponse,
-    WatchResponse,
+    DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
+    LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberListResponse, PutResponse, RangeResponse,
+    ResponseHeader, TxnResponse, WatchResponse,
 };
 use keel_api::mvccpb::KeyValue;
 
@@ -125,5 +126,38 @@ pub fn endpoint_health(out: &mut Vec<u8>, health: &[EndpointHealth]) {
         let _ = writeln!(out, "\"Took\" : {}", entry.took);
         let _ = writeln!(out, "\"Error\" : {}", entry.error);
         let _ = writeln!(out);
+    }
+}
+
+pub fn lease_grant(out: &mut Vec<u8>, response: &LeaseGrantResponse) {
+    header(out, &response.header);
+    let _ = writeln!(out, "\"ID\" : {}", response.id);
+    let _ = writeln!(out, "\"TTL\" : {}", response.ttl);
+}
+
+pub fn lease_revoke(out: &mut Vec<u8>, response: &LeaseRevokeResponse) {
+    header(out, &response.header);
+}
+
+pub fn lease_keep_alive(out: &mut Vec<u8>, response: &LeaseKeepAliveResponse) {
+    header(out, &response.header);
+    let _ = writeln!(out, "\"ID\" : {}", response.id);
+    let _ = writeln!(out, "\"TTL\" : {}", response.ttl);
+}
+
+pub fn lease_time_to_live(out: &mut Vec<u8>, response: &LeaseTimeToLiveResponse) {
+    header(out, &response.header);
+    let _ = writeln!(out, "\"ID\" : {}", response.id);
+    let _ = writeln!(out, "\"TTL\" : {}", response.ttl);
+    let _ = writeln!(out, "\"GrantedTTL\" : {}", response.granted_ttl);
+    for key in &response.keys {
+        let _ = writeln!(out, "\"Key\" : {}", quote(key));
+    }
+}
+
+pub fn lease_leases(out: &mut Vec<u8>, response: &LeaseLeasesResponse) {
+    header(out, &response.header);
+    for lease in &response.leases {
+        let _ = writeln!(out, "\"ID\" : {}", lease.id);
     }
 }

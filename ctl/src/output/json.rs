@@ -4,13 +4,18 @@
 //! numbers, bytes are standard base64, strings are HTML-escaped
 //! (`<` → `\u003c`), a txn's ops appear as `{"Response":{"ResponsePut":...}}`,
 //! `endpoint status`/`health` print etcdctl's own wrapper structs, and
-//! `watch` prints clientv3's `WatchResponse` (Go field names, no omitempty).
+//! `watch` prints clientv3's `WatchResponse` (Go field names, no omitempty),
+//! and the lease commands print clientv3's lease structs, which embed the
+//! header (its fields promoted to the top level) and name their own fields
+//! `ID`/`TTL`/`Error` (grant, keep-alive) or `id`/`ttl`/`granted-ttl`/`keys`
+//! (time-to-live, list), without omitempty.
 
 use base64::Engine as _;
 use keel_api::etcdserverpb::response_op::Response;
 use keel_api::etcdserverpb::{
-    DeleteRangeResponse, Member, MemberListResponse, PutResponse, RangeResponse, ResponseHeader,
-    StatusResponse, TxnResponse, WatchResponse,
+    DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
+    LeaseRevokeResponse, LeaseTimeToLiveResponse, Member, MemberListResponse, PutResponse, RangeResponse,
+    ResponseHeader, StatusResponse, TxnResponse, WatchResponse,
 };
 use keel_api::mvccpb::{Event, KeyValue};
 
@@ -103,6 +108,64 @@ fn header(header: &Option<ResponseHeader>) -> Option<Json> {
             .int("raft_term", h.raft_term)
             .done()
     })
+}
+
+/// An object that embeds clientv3's `*pb.ResponseHeader`: the header's
+/// fields at the top level (none when it is absent).
+fn with_promoted_header(header: &Option<ResponseHeader>) -> Obj {
+    let h = header.unwrap_or_default();
+    Obj::default()
+        .int("cluster_id", h.cluster_id)
+        .int("member_id", h.member_id)
+        .int("revision", h.revision)
+        .int("raft_term", h.raft_term)
+}
+
+pub fn lease_grant(response: &LeaseGrantResponse) -> Json {
+    with_promoted_header(&response.header)
+        .always("ID", Json::Int(response.id.into()))
+        .always("TTL", Json::Int(response.ttl.into()))
+        .always("Error", Json::Str(response.error.clone()))
+        .done()
+}
+
+pub fn lease_revoke(response: &LeaseRevokeResponse) -> Json {
+    Obj::default().opt("header", header(&response.header)).done()
+}
+
+pub fn lease_keep_alive(response: &LeaseKeepAliveResponse) -> Json {
+    with_promoted_header(&response.header)
+        .always("ID", Json::Int(response.id.into()))
+        .always("TTL", Json::Int(response.ttl.into()))
+        .done()
+}
+
+/// `keys` is Go's `[][]byte`: `null` when empty, else base64 strings.
+pub fn lease_time_to_live(response: &LeaseTimeToLiveResponse) -> Json {
+    let keys = if response.keys.is_empty() {
+        Json::Null
+    } else {
+        let encode = |key: &Vec<u8>| Json::Str(base64::engine::general_purpose::STANDARD.encode(key));
+        Json::Array(response.keys.iter().map(encode).collect())
+    };
+    with_promoted_header(&response.header)
+        .always("id", Json::Int(response.id.into()))
+        .always("ttl", Json::Int(response.ttl.into()))
+        .always("granted-ttl", Json::Int(response.granted_ttl.into()))
+        .always("keys", keys)
+        .done()
+}
+
+/// clientv3 makes the list itself, so it is `[]` when empty.
+pub fn lease_leases(response: &LeaseLeasesResponse) -> Json {
+    let leases = response
+        .leases
+        .iter()
+        .map(|lease| Obj::default().always("id", Json::Int(lease.id.into())).done())
+        .collect();
+    with_promoted_header(&response.header)
+        .always("leases", Json::Array(leases))
+        .done()
 }
 
 pub fn key_value(kv: &KeyValue) -> Json {

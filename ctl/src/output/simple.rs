@@ -1,15 +1,17 @@
 //! The `simple` format (etcdctl's default): keys and values on their own
-//! lines, "OK", "SUCCESS"/"FAILURE", comma-separated member and status rows.
+//! lines, "OK", "SUCCESS"/"FAILURE", comma-separated member and status rows,
+//! and the lease sentences ("lease 694d... granted with TTL(10s)").
 
 use std::io::Write;
 
 use keel_api::etcdserverpb::response_op::Response;
 use keel_api::etcdserverpb::{
-    DeleteRangeResponse, MemberListResponse, PutResponse, RangeResponse, TxnResponse, WatchResponse,
+    DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
+    LeaseTimeToLiveResponse, MemberListResponse, PutResponse, RangeResponse, TxnResponse, WatchResponse,
 };
 use keel_api::mvccpb::KeyValue;
 
-use super::{member_rows, status_rows, EndpointHealth, EndpointStatus};
+use super::{lease_hex, member_rows, status_rows, EndpointHealth, EndpointStatus};
 use crate::go_value_format::hex_escaped;
 
 // Writes go to an in-memory buffer (`Output`), which cannot fail.
@@ -118,4 +120,59 @@ pub fn endpoint_health(err: &mut Vec<u8>, health: &[EndpointHealth]) {
             );
         }
     }
+}
+
+pub fn lease_grant(out: &mut Vec<u8>, response: &LeaseGrantResponse) {
+    let _ = writeln!(
+        out,
+        "lease {} granted with TTL({}s)",
+        lease_hex(response.id),
+        response.ttl
+    );
+}
+
+pub fn lease_revoke(out: &mut Vec<u8>, id: i64) {
+    let _ = writeln!(out, "lease {} revoked", lease_hex(id));
+}
+
+pub fn lease_keep_alive(out: &mut Vec<u8>, response: &LeaseKeepAliveResponse) {
+    let _ = writeln!(
+        out,
+        "lease {} keepalived with TTL({})",
+        lease_hex(response.id),
+        response.ttl
+    );
+}
+
+/// etcd answers a lease it does not know with granted TTL 0 and TTL -1.
+pub fn lease_time_to_live(out: &mut Vec<u8>, response: &LeaseTimeToLiveResponse, keys: bool) {
+    let id = lease_hex(response.id);
+    if response.granted_ttl == 0 && response.ttl == -1 {
+        let _ = writeln!(out, "lease {id} already expired");
+        return;
+    }
+    let _ = write!(
+        out,
+        "lease {id} granted with TTL({}s), remaining({}s)",
+        response.granted_ttl, response.ttl
+    );
+    if keys {
+        // Go's %v of a []string: the strings as they are, space-separated.
+        out.extend_from_slice(b", attached keys([");
+        out.extend_from_slice(&response.keys.join(&b' '));
+        out.extend_from_slice(b"])");
+    }
+    out.push(b'\n');
+}
+
+pub fn lease_leases(out: &mut Vec<u8>, response: &LeaseLeasesResponse) {
+    let _ = writeln!(out, "found {} leases", response.leases.len());
+    for lease in &response.leases {
+        line(out, lease_hex(lease.id).as_bytes());
+    }
+}
+
+/// What `lease keep-alive` prints once its lease is gone (simple only).
+pub fn lease_keep_alive_ended(out: &mut Vec<u8>, id: i64) {
+    let _ = writeln!(out, "lease {} expired or revoked.", lease_hex(id));
 }

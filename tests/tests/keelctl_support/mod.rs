@@ -11,6 +11,8 @@
 
 #![allow(dead_code)]
 
+pub mod background;
+pub mod masks;
 pub mod watch_runner;
 
 use std::collections::HashMap;

@@ -138,7 +138,7 @@ pub struct Watcher {
     exit: Option<i32>,
 }
 
-fn collect(mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
+pub fn collect(mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
     let buffer = Arc::new(Mutex::new(Vec::new()));
     let into = buffer.clone();
     tokio::spawn(async move {
