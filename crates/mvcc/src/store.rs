@@ -35,7 +35,7 @@ use crate::index::{self, Index};
 use crate::keys;
 use crate::range::{self, ViewRevisions};
 use crate::view::CommittedView;
-use crate::{hash, snapshot};
+use crate::{hash, leases, snapshot};
 use keel_api::etcdserverpb::{RangeRequest, RangeResponse};
 use keel_api::key_range::KeySelection;
 
@@ -370,6 +370,29 @@ impl MvccStore {
         let _slot = self.shared.acquire_writer();
         let tree = self.shared.read_keyspace().tree.clone();
         hash::hash_kv(&tree, self.shared.revisions(), revision)
+    }
+
+    /// Every lease, in ID order (the applied state; no clock).
+    pub fn leases(&self) -> Result<Vec<crate::LeaseRecord>, MvccError> {
+        leases::leases(&self.shared.read_keyspace().tree)
+    }
+
+    /// Lease `id`, if it exists.
+    pub fn lease(&self, id: i64) -> Result<Option<crate::LeaseRecord>, MvccError> {
+        leases::lease(&self.shared.read_keyspace().tree, id)
+    }
+
+    /// The keys attached to lease `id`, in key order.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, MvccError> {
+        leases::attached_keys(&self.shared.read_keyspace().tree, id)
+    }
+
+    /// A crc32 of every lease and its attached keys: members that applied
+    /// the same log have equal lease hashes.
+    pub fn lease_hash(&self) -> Result<u32, MvccError> {
+        let _slot = self.shared.acquire_writer();
+        let tree = self.shared.read_keyspace().tree.clone();
+        leases::lease_hash(&tree)
     }
 
     /// An application blob committed with [`ApplyBatch::set_app_meta`].
