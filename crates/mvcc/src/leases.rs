@@ -17,7 +17,8 @@
 //!   lease that is gone (already revoked or expired through the log) is the
 //!   deterministic outcome `LeaseNotFound`, never a crash.
 //! - Nothing here reads a clock: TTLs are numbers the leader chose, so every
-//!   member applies the same entries into the same bytes ([`lease_hash`]).
+//!   member applies the same entries into the same bytes (`hash_kv` folds
+//!   the lease records and attachments in, see `hash.rs`).
 
 use keel_api::etcdserverpb::{LeaseGrantResponse, LeaseRevokeResponse};
 use keel_storage::sled;
@@ -182,10 +183,9 @@ pub(crate) fn attached_keys(tree: &sled::Tree, id: i64) -> Result<Vec<Vec<u8>>> 
         .collect()
 }
 
-/// A crc32 of every lease record and attachment: equal on members that
-/// applied the same log.
-pub(crate) fn lease_hash(tree: &sled::Tree) -> Result<u32> {
-    let mut hasher = crc32fast::Hasher::new();
+/// Feeds every lease record and attachment to `hasher` (`hash.rs` folds
+/// them into `hash_kv`), as length-prefixed key and value.
+pub(crate) fn feed_hash(tree: &sled::Tree, hasher: &mut crc32fast::Hasher) -> Result<()> {
     for entry in tree.range(&[keys::LEASES][..]..&[keys::LEASE_KEYS + 1][..]) {
         let (key, value) = entry?;
         for part in [&key, &value] {
@@ -193,7 +193,7 @@ pub(crate) fn lease_hash(tree: &sled::Tree) -> Result<u32> {
             hasher.update(part);
         }
     }
-    Ok(hasher.finalize())
+    Ok(())
 }
 
 #[cfg(test)]

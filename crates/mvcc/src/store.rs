@@ -361,7 +361,8 @@ impl MvccStore {
 
     /// A crc32 of the history up to `revision` (0 = current): every change
     /// record with a revision at or below it, which after a compaction means
-    /// the versions the compaction kept plus everything newer.
+    /// the versions the compaction kept plus everything newer; then the
+    /// current leases (`hash.rs`).
     ///
     /// Holds the writer slot rather than the read lock while it scans, so a
     /// long hash delays writes (which must not change what it hashes) but
@@ -385,14 +386,6 @@ impl MvccStore {
     /// The keys attached to lease `id`, in key order.
     pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, MvccError> {
         leases::attached_keys(&self.shared.read_keyspace().tree, id)
-    }
-
-    /// A crc32 of every lease and its attached keys: members that applied
-    /// the same log have equal lease hashes.
-    pub fn lease_hash(&self) -> Result<u32, MvccError> {
-        let _slot = self.shared.acquire_writer();
-        let tree = self.shared.read_keyspace().tree.clone();
-        leases::lease_hash(&tree)
     }
 
     /// An application blob committed with [`ApplyBatch::set_app_meta`].

@@ -227,13 +227,13 @@ fn put_in_batch_with_lease(batch: &mut keel_mvcc::ApplyBatch<'_>, key: &str, lea
 }
 
 #[test]
-fn leases_survive_a_reopen_and_a_snapshot_install_with_equal_lease_hashes() {
+fn leases_survive_a_reopen_and_a_snapshot_install_and_are_folded_into_hash_kv() {
     let t = temp_store();
     grant(&t.store, -5, 10).expect("grant");
     grant(&t.store, 6, 20).expect("grant");
     put_with_lease(&t.store, "x", -5).expect("put");
     put_with_lease(&t.store, "y", 6).expect("put");
-    let hash = t.store.lease_hash().expect("hash");
+    let hash = t.store.hash_kv(0).expect("hash").hash;
     let mut dump = Vec::new();
     t.store.write_snapshot(&mut dump).expect("dump");
 
@@ -243,17 +243,23 @@ fn leases_survive_a_reopen_and_a_snapshot_install_with_equal_lease_hashes() {
     drop(t.db);
     let db = open_db(&path);
     let reopened = MvccStore::open(&db).expect("reopen");
-    assert_eq!(reopened.lease_hash().expect("hash"), hash);
+    assert_eq!(reopened.hash_kv(0).expect("hash").hash, hash);
     assert_eq!(lease_keys(&reopened, -5), vec!["x"]);
 
     let other = temp_store();
+    let empty_hash = other.store.hash_kv(0).expect("hash").hash;
     grant(&other.store, 99, 5).expect("grant");
-    assert_ne!(other.store.lease_hash().expect("hash"), hash);
+    assert_ne!(
+        other.store.hash_kv(0).expect("hash").hash,
+        empty_hash,
+        "a grant changes the hash"
+    );
+    assert_ne!(other.store.hash_kv(0).expect("hash").hash, hash);
     other
         .store
         .install_snapshot(&mut dump.as_slice())
         .expect("install");
-    assert_eq!(other.store.lease_hash().expect("hash"), hash);
+    assert_eq!(other.store.hash_kv(0).expect("hash").hash, hash);
     assert!(other.store.lease(99).expect("lease").is_none());
     revoke(&other.store, 6).expect("revoke after install");
     assert!(get(&other.store, "y").is_none());
