@@ -18,7 +18,7 @@ use keel_api::etcdserverpb::{
     PutRequest, RangeRequest,
 };
 use keel_api::mvccpb::event::EventType;
-use keel_tests::{Cluster, ClusterOptions};
+use keel_tests::{which, Cluster, ClusterOptions, MemberState};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -116,10 +116,13 @@ async fn local_get(cluster: &Cluster, index: usize, key: &str) -> Option<i64> {
     response.kvs.first().map(|kv| kv.lease)
 }
 
-/// Waits until `key` is gone on every member; returns when it was seen gone.
+/// Waits until `key` is gone on every running member; returns when it
+/// was first seen gone.
 async fn wait_until_gone_everywhere(cluster: &Cluster, key: &str, limit: Duration) -> Instant {
     let deadline = Instant::now() + limit;
-    let mut gone_on = vec![None; cluster.size()];
+    let mut gone_on: Vec<Option<Instant>> = (0..cluster.size())
+        .map(|index| (cluster.state(index) != MemberState::Running).then(Instant::now))
+        .collect();
     loop {
         for (index, gone) in gone_on.iter_mut().enumerate() {
             if gone.is_none() && local_get(cluster, index, key).await.is_none() {
@@ -127,7 +130,11 @@ async fn wait_until_gone_everywhere(cluster: &Cluster, key: &str, limit: Duratio
             }
         }
         if gone_on.iter().all(Option::is_some) {
-            return gone_on.iter().flatten().min().copied().expect("a member");
+            let running = (0..cluster.size()).filter(|index| cluster.state(*index) == MemberState::Running);
+            return running
+                .filter_map(|index| gone_on[index])
+                .min()
+                .expect("a running member");
         }
         assert!(
             Instant::now() < deadline,
@@ -137,6 +144,12 @@ async fn wait_until_gone_everywhere(cluster: &Cluster, key: &str, limit: Duratio
     }
 }
 
+fn running_count(cluster: &Cluster) -> usize {
+    (0..cluster.size())
+        .filter(|index| cluster.state(*index) == MemberState::Running)
+        .count()
+}
+
 /// Waits until every member's HashKV at the current revision is equal, and
 /// returns it (the leases are folded into it).
 async fn equal_hash_everywhere(cluster: &Cluster) -> u32 {
@@ -144,11 +157,16 @@ async fn equal_hash_everywhere(cluster: &Cluster) -> u32 {
     let deadline = Instant::now() + WAIT;
     loop {
         let mut seen = Vec::new();
-        for endpoint in cluster.endpoints() {
-            let answer = client.hash_kv(&endpoint, 0).await.expect("hash kv");
-            seen.push((answer.header.expect("header").revision, answer.hash));
+        let running = (0..cluster.size()).filter(|index| cluster.state(*index) == MemberState::Running);
+        for endpoint in running.map(|index| cluster.endpoint(index)) {
+            // A member just restarted may not listen yet: asked again below.
+            match client.hash_kv(&endpoint, 0).await {
+                Ok(answer) => seen.push(Some((answer.header.expect("header").revision, answer.hash))),
+                Err(_) => seen.push(None),
+            }
         }
-        if seen.windows(2).all(|pair| pair[0] == pair[1]) {
+        let seen: Vec<(i64, u32)> = seen.into_iter().flatten().collect();
+        if seen.len() == running_count(cluster) && seen.windows(2).all(|pair| pair[0] == pair[1]) {
             return seen[0].1;
         }
         assert!(Instant::now() < deadline, "members never agreed: {seen:?}");
@@ -390,4 +408,266 @@ async fn an_unrenewed_lease_expires_through_raft_not_before_its_ttl_while_a_kept
     let hash = equal_hash_everywhere(&cluster).await;
     assert_ne!(hash, 0);
     assert_eq!(listed(&cluster.endpoint(leader)).await, vec![kept]);
+}
+
+/// A 3-member cluster whose leader checkpoints remaining TTLs every second.
+async fn checkpointing_cluster() -> (Cluster, usize) {
+    let mut options = ClusterOptions::keel(3);
+    options.extra_args = vec!["--lease-checkpoint-interval".into(), "1s".into()];
+    let mut cluster = Cluster::start(options).await.expect("cluster");
+    let leader = cluster.wait_for_leader(WAIT).await.expect("leader");
+    (cluster, leader)
+}
+
+/// Waits until lease `id`'s remaining TTL, as the leader tells it, is at
+/// most `remaining` seconds.
+async fn wait_for_remaining(endpoint: &str, id: i64, remaining: i64) {
+    let deadline = Instant::now() + WAIT;
+    while time_to_live(endpoint, id).await.0 > remaining {
+        assert!(
+            Instant::now() < deadline,
+            "lease {id} never got down to {remaining}s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn after_the_leader_is_killed_a_checkpointed_lease_expires_at_its_remaining_ttl_not_its_ttl() {
+    let (mut cluster, leader) = checkpointing_cluster().await;
+    let follower = (leader + 1) % 3;
+    let asked = Instant::now();
+    let id = grant(&cluster.endpoint(follower), 20, 0).await;
+    cluster
+        .member_client(follower)
+        .expect("client")
+        .put(put_with_lease("cp/key", id))
+        .await
+        .expect("put");
+    wait_for_remaining(&cluster.endpoint(follower), id, 11).await;
+    // At least one checkpoint of at most 11 s (ceil) was applied since.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let killed = Instant::now();
+    cluster.kill(leader).expect("kill the leader");
+    let gone = wait_until_gone_everywhere(&cluster, "cp/key", Duration::from_secs(60)).await;
+    assert!(
+        gone.duration_since(asked) >= Duration::from_secs(20),
+        "expired {:?} after the grant, before its TTL",
+        gone.duration_since(asked)
+    );
+    assert!(
+        gone.duration_since(killed) < Duration::from_secs(18),
+        "expired {:?} after the failover: restarted at its full TTL, not its remaining one",
+        gone.duration_since(killed)
+    );
+    equal_hash_everywhere(&cluster).await;
+}
+
+#[tokio::test]
+async fn a_keep_alive_after_a_checkpoint_leaves_no_stale_shorter_remaining_ttl_for_the_next_leader() {
+    let (mut cluster, leader) = checkpointing_cluster().await;
+    let follower = (leader + 1) % 3;
+    let id = grant(&cluster.endpoint(follower), 16, 0).await;
+    cluster
+        .member_client(follower)
+        .expect("client")
+        .put(put_with_lease("renewed/key", id))
+        .await
+        .expect("put");
+    wait_for_remaining(&cluster.endpoint(follower), id, 8).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A checkpoint of at most 8 s is recorded; the renewal must clear it.
+    let renewed = Instant::now();
+    assert_eq!(keep_alive_once(&cluster.endpoint(follower), id).await, 16);
+    cluster.kill(leader).expect("kill the leader");
+    tokio::time::sleep_until(renewed + Duration::from_secs(12)).await;
+    for member in [follower, (leader + 2) % 3] {
+        assert_eq!(
+            local_get(&cluster, member, "renewed/key").await,
+            Some(id),
+            "m{member}: the new leader expired the renewed lease at its stale checkpoint"
+        );
+    }
+    let gone = wait_until_gone_everywhere(&cluster, "renewed/key", Duration::from_secs(60)).await;
+    assert!(gone.duration_since(renewed) >= Duration::from_secs(16));
+}
+
+#[tokio::test]
+async fn leases_survive_a_snapshot_install_on_a_lagging_member_and_a_restart_of_every_member() {
+    let mut options = ClusterOptions::keel(3);
+    options.snapshot_count = Some(20);
+    let mut cluster = Cluster::start(options).await.expect("cluster");
+    let leader = cluster.wait_for_leader(WAIT).await.expect("leader");
+    let lagging = (leader + 1) % 3;
+    cluster.stop(lagging).await.expect("stop a follower");
+    let endpoint = cluster.endpoint(leader);
+    let id = grant(&endpoint, 300, 0).await;
+    let gone = grant(&endpoint, 300, 0).await;
+    let client = cluster.member_client(leader).expect("client");
+    for key in ["s/b", "s/a"] {
+        client.put(put_with_lease(key, id)).await.expect("put");
+    }
+    client.put(put_with_lease("s/gone", gone)).await.expect("put");
+    lease_client(&endpoint)
+        .await
+        .lease_revoke(LeaseRevokeRequest { id: gone })
+        .await
+        .expect("revoke");
+    for i in 0..120 {
+        client
+            .put(PutRequest {
+                key: format!("fill/{i}").into_bytes(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("put");
+    }
+    cluster.restart(lagging).expect("restart the follower");
+    let hash = equal_hash_everywhere(&cluster).await;
+    let log = std::fs::read_to_string(cluster.log_path(lagging)).expect("log");
+    assert!(
+        log.contains("installed snapshot received from the leader"),
+        "the lagging member caught up without a snapshot"
+    );
+    assert_eq!(listed(&cluster.endpoint(lagging)).await, vec![id]);
+    assert_eq!(local_get(&cluster, lagging, "s/a").await, Some(id));
+
+    for member in 0..3 {
+        cluster.stop(member).await.expect("stop");
+    }
+    for member in 0..3 {
+        cluster.restart(member).expect("restart");
+    }
+    cluster.wait_for_leader(WAIT).await.expect("leader after restart");
+    assert_eq!(equal_hash_everywhere(&cluster).await, hash);
+    for endpoint in cluster.endpoints() {
+        assert_eq!(listed(&endpoint).await, vec![id]);
+        let (ttl, granted, keys) = time_to_live(&endpoint, id).await;
+        assert_eq!((granted, keys), (300, vec!["s/a".to_string(), "s/b".to_string()]));
+        assert!((1..=300).contains(&ttl), "remaining {ttl}");
+    }
+    lease_client(&cluster.endpoint(lagging))
+        .await
+        .lease_revoke(LeaseRevokeRequest { id })
+        .await
+        .expect("revoke after restart");
+    wait_until_gone_everywhere(&cluster, "s/b", WAIT).await;
+    equal_hash_everywhere(&cluster).await;
+}
+
+struct Ran {
+    ok: bool,
+    stdout: String,
+    errors: Vec<String>,
+}
+
+fn etcdctl(endpoints: &[String], args: &[&str]) -> Ran {
+    let binary = which("etcdctl").expect("etcdctl 3.4 on PATH (Debian's etcd-client)");
+    let output = std::process::Command::new(binary)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints.join(",")))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("etcdctl runs");
+    Ran {
+        ok: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        // etcdctl's own error lines (its client's retry logs carry timestamps).
+        errors: String::from_utf8_lossy(&output.stderr)
+            .lines()
+            .filter(|line| line.starts_with("Error:"))
+            .map(str::to_string)
+            .collect(),
+    }
+}
+
+/// One side of the side-by-side run: its endpoints and the lease it granted.
+struct Side {
+    endpoints: Vec<String>,
+    lease_hex: String,
+}
+
+impl Side {
+    /// Runs `args` with `{id}` replaced by this side's lease ID, and blanks
+    /// that ID and the seconds left (which tick) in what it prints.
+    fn run(&self, args: &[&str]) -> (bool, String, Vec<String>) {
+        let args: Vec<String> = args
+            .iter()
+            .map(|arg| arg.replace("{id}", &self.lease_hex))
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let ran = etcdctl(&self.endpoints, &args);
+        let blank = |text: &str| {
+            let text = text.replace(&self.lease_hex, "ID");
+            let mut out = String::new();
+            let mut rest = text.as_str();
+            while let Some(at) = rest.find("remaining(") {
+                out.push_str(&rest[..at + "remaining(".len()]);
+                rest = &rest[at + "remaining(".len()..];
+                rest = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+                out.push('N');
+            }
+            out.push_str(rest);
+            out
+        };
+        (
+            ran.ok,
+            blank(&ran.stdout),
+            ran.errors.iter().map(|line| blank(line)).collect(),
+        )
+    }
+}
+
+fn granted_lease_hex(endpoints: &[String]) -> String {
+    let ran = etcdctl(endpoints, &["lease", "grant", "60"]);
+    assert!(ran.ok, "lease grant: {:?}", ran.errors);
+    let hex = ran
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .expect("lease <id> granted")
+        .to_string();
+    assert_eq!(ran.stdout, format!("lease {hex} granted with TTL(60s)\n"));
+    hex
+}
+
+#[tokio::test]
+async fn etcdctl_lease_commands_print_on_keel_what_they_print_on_etcd() {
+    let etcd = Cluster::start(ClusterOptions::etcd(1)).await.expect("etcd");
+    let keel = Cluster::start(ClusterOptions::keel(3)).await.expect("keel");
+    let sides = [&etcd, &keel].map(|cluster| Side {
+        endpoints: cluster.endpoints(),
+        lease_hex: granted_lease_hex(&cluster.endpoints()),
+    });
+    let script: &[&[&str]] = &[
+        &["put", "--lease={id}", "leased", "v"],
+        &["put", "--lease={id}", "leased2", "v"],
+        &["lease", "timetolive", "{id}"],
+        &["lease", "timetolive", "{id}", "--keys"],
+        &["lease", "list"],
+        &["lease", "keep-alive", "--once", "{id}"],
+        &["get", "leased", "-w", "fields"],
+        &["lease", "grant", "9000000001"],
+        &["lease", "revoke", "{id}"],
+        &["get", "leased", "--prefix", "--count-only"],
+        &["lease", "timetolive", "{id}"],
+        &["lease", "revoke", "{id}"],
+        &["lease", "keep-alive", "--once", "{id}"],
+        &["put", "--lease={id}", "leased", "v"],
+        &["lease", "list"],
+    ];
+    for args in script {
+        let [from_etcd, from_keel] = [&sides[0], &sides[1]].map(|side| side.run(args));
+        if args.contains(&"fields") {
+            // Revisions and ids differ; the lease field must name the lease.
+            for (side, (_, stdout, _)) in sides.iter().zip([&from_etcd, &from_keel]) {
+                let lease = u64::from_str_radix(&side.lease_hex, 16).expect("hex");
+                assert!(stdout.contains(&format!("\"Lease\" : {lease}")), "{stdout}");
+            }
+            continue;
+        }
+        assert_eq!(from_keel, from_etcd, "etcdctl {args:?}");
+    }
 }
