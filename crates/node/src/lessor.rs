@@ -385,14 +385,20 @@ impl Lessor {
     }
 
     /// The leader's loop: keeps the deadlines for the current term, revokes
-    /// expired leases through Raft, checkpoints remaining TTLs.
+    /// expired leases through Raft, checkpoints remaining TTLs. Ends when
+    /// the Raft core is gone (the node shut down), releasing the keyspace.
     pub(crate) async fn run_expiry(self, tick: Duration, checkpoint_interval: Duration) {
         let mut last_reconcile = Instant::now();
         let mut last_checkpoint = Instant::now();
         let mut ticks = tokio::time::interval(tick);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let raft_gone = raft_core_gone(self.route.raft.clone());
+        tokio::pin!(raft_gone);
         loop {
-            ticks.tick().await;
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = &mut raft_gone => return,
+            }
             let Some(term) = self.route.leadership.raft_leader_term() else {
                 self.clock.step_down();
                 continue;
@@ -455,6 +461,13 @@ impl Lessor {
             }
         }
     }
+}
+
+/// Resolves once the Raft core has stopped (its metrics channel closed).
+async fn raft_core_gone(raft: keel_raft::KeelRaft) {
+    use openraft::async_runtime::watch::WatchReceiver;
+    let mut metrics = raft.metrics();
+    while metrics.changed().await.is_ok() {}
 }
 
 fn unexpected_response() -> RequestError {
