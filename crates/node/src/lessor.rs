@@ -14,7 +14,10 @@
 //!   confirmed it still leads; when a checkpointed remaining TTL is
 //!   recorded for the lease, the leader first commits a checkpoint that
 //!   clears it, so a failover after the renewal restarts the lease at its
-//!   full TTL, never at the stale shorter one (etcd's bug). Followers
+//!   full TTL, never at the stale shorter one (etcd's bug). A periodic
+//!   checkpoint is computed and committed under the checkpoint gate's write
+//!   side and a renewal runs under its read side, so a checkpoint computed
+//!   before a renewal can never be applied after it. Followers
 //!   forward renewals and TimeToLive over the peer service.
 //! - Checkpoints (every `--lease-checkpoint-interval`) record the rounded-up
 //!   time each lease has left, so a new leader keeps its true deadline.
@@ -93,6 +96,9 @@ pub struct Lessor {
     retry_pause: Duration,
     /// One takeover at a time.
     takeover: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Renewals (read) exclude a periodic checkpoint (write) from its
+    /// computation to its commit.
+    checkpoint_gate: std::sync::Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Lessor {
@@ -114,6 +120,7 @@ impl Lessor {
             min_ttl,
             retry_pause,
             takeover: Default::default(),
+            checkpoint_gate: Default::default(),
         }
     }
 
@@ -277,6 +284,7 @@ impl Lessor {
     /// A renewal on the leader (refused with `RefusedNotLeader` elsewhere).
     pub(crate) async fn renew_as_leader(&self, id: i64) -> Result<LeaseKeepAliveResponse, RequestError> {
         self.confirm_leading().await?;
+        let _no_checkpoint_meanwhile = self.checkpoint_gate.read().await;
         let expired = LeaseKeepAliveResponse {
             header: None,
             id,
@@ -453,6 +461,7 @@ impl Lessor {
     }
 
     async fn checkpoint_all(&self) {
+        let _no_renewal_meanwhile = self.checkpoint_gate.write().await;
         let checkpoints = self.clock.checkpoints();
         for chunk in checkpoints.chunks(MAX_CHECKPOINTS_PER_ENTRY) {
             if let Err(error) = self.propose_checkpoints(chunk.to_vec()).await {
