@@ -71,6 +71,7 @@ impl StackedCluster {
                 timing,
                 keyspace_cache_bytes: 16 * 1024 * 1024,
                 peer_dial_overrides: HashMap::new(),
+                lease_checkpoint_interval: keel_node::DEFAULT_LEASE_CHECKPOINT_INTERVAL,
                 test_hooks: NodeTestHooks::default(),
             };
             members.push(Some(Node::start(config).await?));

@@ -50,6 +50,11 @@ pub struct MemberFlags {
     /// Duration of periodical watch progress notification (Go syntax: 10m, 500ms).
     #[arg(long, default_value = "10m", value_parser = keel_api::go_format::parse_duration)]
     pub experimental_watch_progress_notify_interval: std::time::Duration,
+    /// How often the leader records leases' remaining TTLs through Raft
+    /// (etcd's lease checkpoints, on in keel), so a new leader keeps their
+    /// deadlines (Go syntax: 5m, 500ms).
+    #[arg(long, default_value = "5m", value_parser = keel_api::go_format::parse_duration)]
+    pub lease_checkpoint_interval: std::time::Duration,
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, default_value_t = 128)]
     pub max_txn_ops: usize,
@@ -159,6 +164,9 @@ impl MemberFlags {
         }
         if self.snapshot_count == 0 {
             bail!("--snapshot-count must be > 0");
+        }
+        if self.lease_checkpoint_interval.is_zero() {
+            bail!("--lease-checkpoint-interval must be > 0");
         }
         if self.experimental_watch_progress_notify_interval.is_zero() {
             bail!("--experimental-watch-progress-notify-interval must be > 0");

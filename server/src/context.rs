@@ -43,6 +43,7 @@ pub fn mvcc_status(error: MvccError) -> Status {
         MvccError::FutureRevision { .. } => WireError::FutureRevision.into(),
         MvccError::KeyNotFound => WireError::KeyNotFound.into(),
         MvccError::LeaseNotFound => WireError::LeaseNotFound.into(),
+        MvccError::LeaseExists => WireError::LeaseExists.into(),
         storage => {
             tracing::error!(error = %storage, "keyspace storage error");
             Status::internal(format!("etcdserver: {storage}"))

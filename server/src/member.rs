@@ -24,9 +24,9 @@ use crate::config::{listen_address, split_urls, InitialMember, MemberFlags};
 use crate::context::MemberContext;
 use crate::identity::{claim_data_dir, cluster_id, initial_member_ids, member_id, DataDirIdentity};
 use crate::kv_service::KvService;
+use crate::lease_service::LeaseService;
 use crate::maintenance_service::MaintenanceService;
 use crate::request_checks::RequestLimits;
-use crate::unserved_services::UnservedLease;
 use crate::watch_service::{WatchGrpcService, WatchService};
 
 /// Headroom over --max-request-bytes that gRPC accepts, so that oversized
@@ -242,6 +242,7 @@ fn node_config(
         },
         keyspace_cache_bytes: flags.keyspace_cache_mb.saturating_mul(1024 * 1024),
         peer_dial_overrides,
+        lease_checkpoint_interval: flags.lease_checkpoint_interval,
         test_hooks,
     })
 }
@@ -276,7 +277,7 @@ async fn serve_client_services(
                     WatchService::new(context.clone(), flags.experimental_watch_progress_notify_interval),
                     decode_limit,
                 ))
-                .add_service(LeaseServer::new(UnservedLease))
+                .add_service(LeaseServer::new(LeaseService::new(context.clone())))
                 .add_service(health_service.clone())
                 .serve_with_incoming_shutdown(client_connections(listener), async move {
                     let _ = stop.wait_for(|stopped| *stopped).await;

@@ -4,12 +4,10 @@
 //! keeps serving afterwards.
 
 use keel_api::etcdserverpb::cluster_client::ClusterClient;
-use keel_api::etcdserverpb::lease_client::LeaseClient;
 use keel_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_api::etcdserverpb::{
-    DefragmentRequest, HashRequest, LeaseGrantRequest, LeaseLeasesRequest, LeaseRevokeRequest,
-    LeaseTimeToLiveRequest, MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest, MemberUpdateRequest,
-    MoveLeaderRequest, RangeRequest, SnapshotRequest,
+    DefragmentRequest, HashRequest, MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest,
+    MemberUpdateRequest, MoveLeaderRequest, RangeRequest, SnapshotRequest,
 };
 use keel_tests::{Cluster, ClusterOptions};
 use tonic::transport::Channel;
@@ -60,25 +58,9 @@ fn assert_unimplemented<T: std::fmt::Debug>(rpc: &str, answer: Result<T, tonic::
 async fn every_declared_but_unserved_etcd_rpc_answers_unimplemented() {
     let cluster = Cluster::start(ClusterOptions::keel(1)).await.expect("cluster");
     let channel = channel(&cluster).await;
-    let mut lease = LeaseClient::new(channel.clone());
     let mut members = ClusterClient::new(channel.clone());
     let mut maintenance = MaintenanceClient::new(channel.clone());
 
-    assert_unimplemented(
-        "LeaseGrant",
-        lease.lease_grant(LeaseGrantRequest { ttl: 10, id: 0 }).await,
-    );
-    assert_unimplemented(
-        "LeaseRevoke",
-        lease.lease_revoke(LeaseRevokeRequest { id: 1 }).await,
-    );
-    assert_unimplemented(
-        "LeaseTimeToLive",
-        lease
-            .lease_time_to_live(LeaseTimeToLiveRequest { id: 1, keys: false })
-            .await,
-    );
-    assert_unimplemented("LeaseLeases", lease.lease_leases(LeaseLeasesRequest {}).await);
     assert_unimplemented("MemberAdd", members.member_add(MemberAddRequest::default()).await);
     assert_unimplemented(
         "MemberRemove",

@@ -27,6 +27,10 @@ pub enum WireError {
     FutureRevision,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: no leader")]
     NoLeader,
     #[error("etcdserver: leader changed")]
@@ -49,7 +53,10 @@ impl WireError {
             | WireError::TooManyOps
             | WireError::DuplicateKey
             | WireError::RequestTooLarge => Code::InvalidArgument,
-            WireError::Compacted | WireError::FutureRevision => Code::OutOfRange,
+            WireError::Compacted | WireError::FutureRevision | WireError::LeaseTtlTooLarge => {
+                Code::OutOfRange
+            }
+            WireError::LeaseExists => Code::FailedPrecondition,
             WireError::LeaseNotFound | WireError::MemberNotFound => Code::NotFound,
             WireError::NoLeader | WireError::LeaderChanged | WireError::Timeout | WireError::Stopped => {
                 Code::Unavailable
@@ -70,7 +77,7 @@ impl WireError {
     }
 }
 
-const ALL: [WireError; 15] = [
+const ALL: [WireError; 17] = [
     WireError::EmptyKey,
     WireError::KeyNotFound,
     WireError::ValueProvided,
@@ -81,6 +88,8 @@ const ALL: [WireError; 15] = [
     WireError::Compacted,
     WireError::FutureRevision,
     WireError::LeaseNotFound,
+    WireError::LeaseExists,
+    WireError::LeaseTtlTooLarge,
     WireError::NoLeader,
     WireError::LeaderChanged,
     WireError::Timeout,
@@ -113,6 +122,7 @@ impl From<crate::keelpb::ApplyErrorKind> for WireError {
             ApplyErrorKind::FutureRevision => WireError::FutureRevision,
             ApplyErrorKind::KeyNotFound => WireError::KeyNotFound,
             ApplyErrorKind::LeaseNotFound => WireError::LeaseNotFound,
+            ApplyErrorKind::LeaseExists => WireError::LeaseExists,
             // An unknown kind can only come from a newer member; the closest
             // honest answer is that the request did not complete here.
             ApplyErrorKind::ApplyErrorUnspecified => WireError::Stopped,

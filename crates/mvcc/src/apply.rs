@@ -1,5 +1,5 @@
 //! [`ApplyBatch`]: applying write requests (put, delete_range, txn,
-//! compaction, app meta) on top of the committed keyspace and committing
+//! compaction, app meta; the lease requests are in `leases.rs`) on top of the committed keyspace and committing
 //! them all at once.
 //!
 //! Invariants owned here:
@@ -37,7 +37,7 @@ use crate::overlay::{IndexOverlay, Overlay};
 use crate::range::{self, header, ViewRevisions};
 use crate::store::{Shared, WriterSlot};
 use crate::view::{BatchView, CommittedView, View};
-use crate::{changes, compaction, txn};
+use crate::{changes, compaction, leases, txn};
 
 /// A batch of write requests applied in order, each seeing the ones before
 /// it, committed together by [`ApplyBatch::commit`] (dropping it discards
@@ -70,7 +70,7 @@ pub(crate) struct WriteCursor {
 
 impl WriteCursor {
     /// The revision of the next change.
-    fn next_revision(&mut self) -> Revision {
+    pub(crate) fn next_revision(&mut self) -> Revision {
         let revision = Revision::new(self.begin + 1, self.changes);
         self.changes += 1;
         revision
@@ -208,7 +208,7 @@ impl<'a> ApplyBatch<'a> {
     }
 
     /// Runs one request; if it fails, undoes whatever it wrote.
-    fn run_request<T>(&mut self, request: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+    pub(crate) fn run_request<T>(&mut self, request: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         let (revision, compact_revision) = (self.revision, self.compact_revision);
         self.overlay.begin_request();
         self.keys.begin_request();
@@ -225,6 +225,7 @@ impl<'a> ApplyBatch<'a> {
                         | MvccError::FutureRevision { .. }
                         | MvccError::KeyNotFound
                         | MvccError::LeaseNotFound
+                        | MvccError::LeaseExists
                 ) {
                     tracing::warn!(%error, "a write request failed on storage; its changes are discarded");
                 }
@@ -271,7 +272,7 @@ impl<'a> ApplyBatch<'a> {
         self.key_entry(key).0.put(live);
     }
 
-    fn write_tombstone(&mut self, key: &[u8], revision: Revision) -> Result<()> {
+    pub(crate) fn write_tombstone(&mut self, key: &[u8], revision: Revision) -> Result<()> {
         let change = Change::new(revision, ChangeKind::Tombstone)?;
         self.overlay
             .insert(&keys::revision_key(revision)[..], keys::encode_tombstone(key));
@@ -285,10 +286,7 @@ impl<'a> ApplyBatch<'a> {
         cursor: &mut WriteCursor,
         request: &PutRequest,
     ) -> Result<PutResponse> {
-        if request.lease != 0 {
-            // keel grants no leases yet, so no lease can be attached.
-            return Err(MvccError::LeaseNotFound);
-        }
+        leases::check_exists(&self.view(), request.lease)?;
         let key = request.key.as_slice();
         let previous = self.view().key_state(key).and_then(|state| state.live());
         if previous.is_none() && (request.ignore_value || request.ignore_lease) {
@@ -316,6 +314,12 @@ impl<'a> ApplyBatch<'a> {
         };
         let live = LiveVersion::new(revision, meta)?;
         self.write_put(key, live, value);
+        leases::reattach(
+            &mut self.overlay,
+            key,
+            previous.map_or(0, |previous| previous.lease),
+            lease,
+        );
         let prev_kv = match previous {
             Some(previous) if request.prev_kv => {
                 Some(previous.to_kv(key, previous_value.unwrap_or_default()))
@@ -345,9 +349,10 @@ impl<'a> ApplyBatch<'a> {
         } else {
             Vec::new()
         };
-        for (key, _) in &doomed {
+        for (key, live) in &doomed {
             let revision = cursor.next_revision();
             self.write_tombstone(key, revision)?;
+            leases::reattach(&mut self.overlay, key, live.lease, 0);
         }
         let deleted = i64::try_from(doomed.len()).unwrap_or(i64::MAX);
         Ok(DeleteRangeResponse {

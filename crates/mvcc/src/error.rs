@@ -1,5 +1,5 @@
 //! The crate's one error type. Request-level variants (`Compacted`,
-//! `FutureRevision`, `KeyNotFound`, `LeaseNotFound`) are answers to a bad
+//! `FutureRevision`, `KeyNotFound`, `LeaseNotFound`, `LeaseExists`) are answers to a bad
 //! request and leave the store unchanged; the others (`Storage`, `Corrupt`,
 //! `SnapshotIo`, `InvalidSnapshot`) mean the disk or a stream failed.
 
@@ -13,6 +13,8 @@ pub enum MvccError {
     KeyNotFound,
     #[error("requested lease not found")]
     LeaseNotFound,
+    #[error("lease already exists")]
+    LeaseExists,
     #[error("storage error: {0}")]
     Storage(#[from] keel_storage::StorageError),
     #[error("corrupt record: {0}")]

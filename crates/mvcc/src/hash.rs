@@ -6,6 +6,11 @@
 //! covered; equal histories (same log applied) give equal hashes, and any
 //! difference in a key, value, version or revision changes it. Store meta
 //! and app meta are outside `0x03` and never hashed.
+//!
+//! The leases (`0x04` records and `0x05` attachments, as they are now,
+//! whatever the requested revision) are folded in after the records, so
+//! members with equal keyspaces but different lease state differ in hash;
+//! a store without leases hashes as before leases existed.
 
 use crate::error::Result;
 use crate::keys::{self, Revision};
@@ -25,6 +30,7 @@ pub(crate) fn hash_kv(tree: &sled::Tree, revisions: ViewRevisions, requested: i6
             hasher.update(part);
         }
     }
+    crate::leases::feed_hash(tree, &mut hasher)?;
     Ok(KvHash {
         hash: hasher.finalize(),
         revision: at,

@@ -6,6 +6,12 @@
 //! | `0x00` | `0x00 0x00 name`           | store meta: format version, compact rev   |
 //! | `0x00` | `0x00 0x01 name`           | app meta blob (e.g. `raft/last_applied`)  |
 //! | `0x03` | `BE(main) BE(sub)`         | one change record (below)                 |
+//! | `0x04` | `lease_id(id)`             | a lease: `BE(ttl) BE(remaining_ttl)`      |
+//! | `0x05` | `lease_id(id) key`         | empty: `key` is attached to lease `id`    |
+//!
+//! `lease_id` is the ID's big-endian bytes with the sign bit flipped, so
+//! keys sort in numeric order of IDs. `remaining_ttl` is the last
+//! checkpointed time left (seconds), 0 when none is recorded (`leases.rs`).
 //!
 //! A change record (etcd's bbolt `key` bucket, keyed by revision):
 //! ```text
@@ -32,6 +38,8 @@ use keel_api::mvccpb::KeyValue;
 use crate::error::{corrupt, Result};
 
 pub(crate) const REVISIONS: u8 = 0x03;
+pub(crate) const LEASES: u8 = 0x04;
+pub(crate) const LEASE_KEYS: u8 = 0x05;
 
 pub(crate) const META_COMPACT: &[u8] = b"\x00\x00compact";
 pub(crate) const META_FORMAT: &[u8] = b"\x00\x00format";
@@ -74,6 +82,72 @@ pub(crate) fn app_meta_key(name: &str) -> Vec<u8> {
     key.extend_from_slice(APP_META_PREFIX);
     key.extend_from_slice(name.as_bytes());
     key
+}
+
+// ---- 0x04, 0x05: leases and their attached keys ----
+
+fn push_lease_id(out: &mut Vec<u8>, id: i64) {
+    out.extend_from_slice(&((id as u64) ^ (1 << 63)).to_be_bytes());
+}
+
+/// The key of lease `id`'s record.
+pub(crate) fn lease_key(id: i64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9);
+    key.push(LEASES);
+    push_lease_id(&mut key, id);
+    key
+}
+
+/// The ID a lease record key names.
+pub(crate) fn parse_lease_key(raw: &[u8]) -> Result<i64> {
+    match raw.split_first() {
+        Some((&LEASES, rest)) => Ok((decode_i64(rest, "lease id")? as u64 ^ (1 << 63)) as i64),
+        _ => Err(corrupt(format!("lease key of {} bytes", raw.len()))),
+    }
+}
+
+/// The prefix of every attachment key of lease `id`.
+pub(crate) fn lease_keys_prefix(id: i64) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(9);
+    prefix.push(LEASE_KEYS);
+    push_lease_id(&mut prefix, id);
+    prefix
+}
+
+/// The key recording that `key` is attached to lease `id`.
+pub(crate) fn lease_attachment_key(id: i64, key: &[u8]) -> Vec<u8> {
+    let mut attachment = lease_keys_prefix(id);
+    attachment.extend_from_slice(key);
+    attachment
+}
+
+/// A lease as the keyspace stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub id: i64,
+    /// The granted TTL, seconds.
+    pub ttl: i64,
+    /// The last checkpointed time left, seconds; 0 when none is recorded.
+    pub remaining_ttl: i64,
+}
+
+pub(crate) fn encode_lease(record: &LeaseRecord) -> [u8; 16] {
+    let mut value = [0u8; 16];
+    value[..8].copy_from_slice(&record.ttl.to_be_bytes());
+    value[8..].copy_from_slice(&record.remaining_ttl.to_be_bytes());
+    value
+}
+
+pub(crate) fn decode_lease(id: i64, value: &[u8]) -> Result<LeaseRecord> {
+    if value.len() != 16 {
+        return Err(corrupt(format!("lease record of {} bytes", value.len())));
+    }
+    let (ttl, remaining) = value.split_at(8);
+    Ok(LeaseRecord {
+        id,
+        ttl: decode_i64(ttl, "lease ttl")?,
+        remaining_ttl: decode_i64(remaining, "lease remaining ttl")?,
+    })
 }
 
 // ---- 0x03: revision records ----
@@ -287,6 +361,26 @@ mod tests {
             assert_eq!(record.kind(), ChangeKind::Tombstone);
             assert_eq!(record.key, key);
         }
+    }
+
+    #[test]
+    fn lease_keys_sort_by_id_and_round_trip() {
+        let ids = [i64::MIN, -1, 0, 1, 255, 256, i64::MAX];
+        let keys: Vec<_> = ids.iter().map(|&id| lease_key(id)).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(sorted, keys);
+        for (key, id) in keys.iter().zip(ids) {
+            assert_eq!(parse_lease_key(key).expect("parse"), id);
+        }
+        let record = LeaseRecord {
+            id: 7,
+            ttl: 60,
+            remaining_ttl: 12,
+        };
+        assert_eq!(decode_lease(7, &encode_lease(&record)).expect("decode"), record);
+        assert!(decode_lease(7, b"short").is_err());
+        assert!(lease_attachment_key(7, b"k").starts_with(&lease_keys_prefix(7)));
     }
 
     #[test]

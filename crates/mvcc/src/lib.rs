@@ -26,7 +26,8 @@
 //! `store.rs` (open, locks, reads), `apply.rs` (batches and revision
 //! numbering), `overlay.rs` (a batch's pending records and index deltas,
 //! with undo), `view.rs` (read-your-writes views over index and tree),
-//! `changes.rs` (the change feed for watchers), `range.rs`, `txn.rs`, `compaction.rs`, `hash.rs`, `snapshot.rs` (dump and
+//! `changes.rs` (the change feed for watchers), `leases.rs` (lease records and
+//! the keys attached to them), `range.rs`, `txn.rs`, `compaction.rs`, `hash.rs`, `snapshot.rs` (dump and
 //! atomic install).
 
 mod apply;
@@ -36,6 +37,7 @@ mod error;
 mod hash;
 mod index;
 mod keys;
+mod leases;
 mod overlay;
 mod range;
 mod snapshot;
@@ -46,4 +48,5 @@ mod view;
 pub use apply::ApplyBatch;
 pub use changes::{ChangeEvent, Changes, PullBudget, RECENT_CHANGES_MAX_BYTES, RECENT_CHANGES_MAX_EVENTS};
 pub use error::MvccError;
+pub use keys::LeaseRecord;
 pub use store::{KvHash, MvccStore, SnapshotStats};

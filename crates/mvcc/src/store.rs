@@ -35,7 +35,7 @@ use crate::index::{self, Index};
 use crate::keys;
 use crate::range::{self, ViewRevisions};
 use crate::view::CommittedView;
-use crate::{hash, snapshot};
+use crate::{hash, leases, snapshot};
 use keel_api::etcdserverpb::{RangeRequest, RangeResponse};
 use keel_api::key_range::KeySelection;
 
@@ -361,7 +361,8 @@ impl MvccStore {
 
     /// A crc32 of the history up to `revision` (0 = current): every change
     /// record with a revision at or below it, which after a compaction means
-    /// the versions the compaction kept plus everything newer.
+    /// the versions the compaction kept plus everything newer; then the
+    /// current leases (`hash.rs`).
     ///
     /// Holds the writer slot rather than the read lock while it scans, so a
     /// long hash delays writes (which must not change what it hashes) but
@@ -370,6 +371,21 @@ impl MvccStore {
         let _slot = self.shared.acquire_writer();
         let tree = self.shared.read_keyspace().tree.clone();
         hash::hash_kv(&tree, self.shared.revisions(), revision)
+    }
+
+    /// Every lease, in ID order (the applied state; no clock).
+    pub fn leases(&self) -> Result<Vec<crate::LeaseRecord>, MvccError> {
+        leases::leases(&self.shared.read_keyspace().tree)
+    }
+
+    /// Lease `id`, if it exists.
+    pub fn lease(&self, id: i64) -> Result<Option<crate::LeaseRecord>, MvccError> {
+        leases::lease(&self.shared.read_keyspace().tree, id)
+    }
+
+    /// The keys attached to lease `id`, in key order.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, MvccError> {
+        leases::attached_keys(&self.shared.read_keyspace().tree, id)
     }
 
     /// An application blob committed with [`ApplyBatch::set_app_meta`].

@@ -176,10 +176,7 @@ fn check_put(batch: &ApplyBatch<'_>, op: &RequestOp) -> Result<()> {
             return Err(MvccError::KeyNotFound);
         }
     }
-    if put.lease != 0 {
-        return Err(MvccError::LeaseNotFound);
-    }
-    Ok(())
+    crate::leases::check_exists(&batch.view(), put.lease)
 }
 
 fn check_range(batch: &ApplyBatch<'_>, op: &RequestOp) -> Result<()> {

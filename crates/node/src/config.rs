@@ -87,8 +87,14 @@ pub struct NodeConfig {
     /// Addresses to dial instead of members' peer URLs (a fault-injection
     /// harness's proxies).
     pub peer_dial_overrides: HashMap<NodeId, String>,
+    /// How often the leader records leases' remaining TTLs through Raft
+    /// (etcd's lease checkpoints), so a new leader keeps their deadlines.
+    pub lease_checkpoint_interval: Duration,
     pub test_hooks: NodeTestHooks,
 }
+
+/// etcd's default lease checkpoint interval.
+pub const DEFAULT_LEASE_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
 
 /// openraft's configuration for `timing`; `cluster_name` names the cluster.
 pub(crate) fn openraft_config(

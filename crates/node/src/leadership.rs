@@ -150,6 +150,14 @@ impl Leadership {
         }
     }
 
+    /// openraft's term while it has this member in the leader state (before
+    /// keel's own checks of [`Self::known_leader`]), else `None`.
+    pub fn raft_leader_term(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        (metrics.state == ServerState::Leader).then_some(metrics.current_term)
+    }
+
     pub fn current_term(&self) -> u64 {
         self.raft.metrics().borrow_watched().current_term
     }

@@ -13,6 +13,8 @@
 //! - [`network`] (replication in pipelined streams, `append_stream`) and
 //!   `peer_service`: both halves of the peer protocol; [`peer_codec`] is the
 //!   payload encoding they share.
+//! - [`lessor`]: etcd's leases; the leader alone keeps their deadlines
+//!   (`lease_clock`), expires them through Raft and checkpoints them.
 //! - [`request_error`]: how requests fail, and how refusals cross peers.
 //! - [`data_format`]: the data dir's format version.
 //!
@@ -28,6 +30,8 @@ pub mod leader_connection;
 mod leader_log;
 pub mod leader_transfer;
 pub mod leadership;
+mod lease_clock;
+pub mod lessor;
 pub mod network;
 pub mod node;
 pub mod peer_codec;
@@ -36,6 +40,6 @@ pub mod read_path;
 pub mod request_error;
 pub mod write_path;
 
-pub use config::{Bootstrap, NodeConfig, NodeTestHooks, RaftTiming};
+pub use config::{Bootstrap, NodeConfig, NodeTestHooks, RaftTiming, DEFAULT_LEASE_CHECKPOINT_INTERVAL};
 pub use node::{Node, NodeError, NodeHandle};
 pub use request_error::RequestError;

@@ -43,6 +43,8 @@ pub enum PeerMessage {
     ForwardWrite,
     ReadIndex,
     TransferLeader,
+    LeaseRenew,
+    LeaseTimeToLive,
 }
 
 /// Directed links cut per kind of message, shared by the members of an

@@ -1,6 +1,6 @@
 //! One Raft member as a library: [`Node::start`] opens the member's storage,
 //! starts openraft with keel's network, the proposer (write path), the
-//! ReadIndex batchers (read path) and the leadership view, serves the peer
+//! ReadIndex batchers (read path), the lessor's expiry loop (leases) and the leadership view, serves the peer
 //! protocol on the given listeners (watching the leader's connection, see
 //! `leader_connection.rs`) and bootstraps a new cluster. An
 //! application embeds a member with that one call and talks to it through
@@ -24,6 +24,8 @@ use crate::config::{openraft_config, Bootstrap, NodeConfig};
 use crate::data_format::DataFormatError;
 use crate::leader_connection::{CampaignTiming, LeaderConnectionWatch};
 use crate::leadership::{LeaderContact, LeaderRoute, Leadership};
+use crate::lease_clock::LeaseClock;
+use crate::lessor::{min_lease_ttl, Lessor};
 use crate::network::PeerNetwork;
 use crate::peer_codec::MAX_PEER_MESSAGE_BYTES;
 use crate::peer_service::PeerService;
@@ -74,6 +76,7 @@ pub struct NodeHandle {
     leadership: Leadership,
     write_path: WritePath,
     read_path: ReadPath,
+    lessor: Lessor,
     state: StateView,
     raft_log_database: Database,
 }
@@ -107,6 +110,11 @@ impl NodeHandle {
     /// Returns once a read of this member's state is linearizable.
     pub async fn linearize(&self) -> Result<(), RequestError> {
         self.read_path.linearize().await
+    }
+
+    /// etcd's leases: grant, revoke, keep-alive, TimeToLive, list.
+    pub fn lessor(&self) -> &Lessor {
+        &self.lessor
     }
 
     /// Moves leadership to member `to` (etcd's `MoveLeader`); called on the
@@ -287,14 +295,32 @@ fn start_paths(
         request_timeout,
         leader_wait,
     };
-    let write_path = WritePath::start(route.clone(), config.timing.heartbeat_interval());
-    let read_path = ReadPath::start(route, election_timeout);
+    let heartbeat = config.timing.heartbeat_interval();
+    let lease_clock = LeaseClock::default();
+    let write_path = WritePath::start(route.clone(), heartbeat, lease_clock.clone());
+    let read_path = ReadPath::start(route.clone(), election_timeout);
+    let lessor = Lessor::new(
+        lease_clock,
+        route,
+        write_path.clone(),
+        read_path.clone(),
+        state.store().clone(),
+        min_lease_ttl(election_timeout, heartbeat),
+        heartbeat,
+    );
+    let expiry_tick = heartbeat.clamp(Duration::from_millis(50), Duration::from_millis(500));
+    tokio::spawn(
+        lessor
+            .clone()
+            .run_expiry(expiry_tick, config.lease_checkpoint_interval),
+    );
     NodeHandle {
         member_id: config.member_id,
         raft,
         leadership,
         write_path,
         read_path,
+        lessor,
         state,
         raft_log_database,
     }
@@ -318,6 +344,7 @@ fn serve_peer_protocol(
             state: handle.state.clone(),
             write_path: handle.write_path.clone(),
             read_path: handle.read_path.clone(),
+            lessor: handle.lessor.clone(),
             contact: contact.clone(),
         })
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)

@@ -3,11 +3,15 @@
 //! snapshots included) into openraft, noting leader contact for the
 //! leadership view and which connection carries whose leader messages (for
 //! `leader_connection.rs`); forwarded writes into the leader's proposer;
-//! read-index requests into the leader's batcher.
+//! read-index requests into the leader's batcher; lease renewals and
+//! TimeToLive into the leader's lessor.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use keel_api::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
 use keel_api::keelpb::peer_server::Peer;
 use keel_api::keelpb::{
     RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk, WriteRequest, WriteResponse,
@@ -23,6 +27,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::leader_connection::ConnectionOrigin;
 use crate::leadership::LeaderContact;
+use crate::lessor::Lessor;
 use crate::network::SnapshotHeader;
 use crate::peer_codec::{decode_payload, encode_payload};
 use crate::read_path::ReadPath;
@@ -35,6 +40,7 @@ pub(crate) struct PeerService {
     pub(crate) state: StateView,
     pub(crate) write_path: WritePath,
     pub(crate) read_path: ReadPath,
+    pub(crate) lessor: Lessor,
     pub(crate) contact: LeaderContact,
 }
 
@@ -222,7 +228,7 @@ impl Peer for PeerService {
 
     async fn forward_write(&self, request: Request<WriteRequest>) -> Result<Response<WriteResponse>, Status> {
         self.write_path
-            .serve_forwarded(request.into_inner())
+            .propose_as_leader(request.into_inner())
             .await
             .map(Response::new)
             .map_err(Status::from)
@@ -238,6 +244,28 @@ impl Peer for PeerService {
             read_index,
             leader_id: self.member_id,
         }))
+    }
+
+    async fn lease_renew(
+        &self,
+        request: Request<LeaseKeepAliveRequest>,
+    ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+        self.lessor
+            .renew_as_leader(request.into_inner().id)
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        self.lessor
+            .time_to_live_as_leader(request.get_ref())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn pre_vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

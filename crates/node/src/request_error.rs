@@ -26,6 +26,13 @@ pub enum RequestError {
     /// name for; it is passed on unchanged.
     #[error("the leader answered: {}", .0.message())]
     FromLeader(Box<Status>),
+    /// The applied state could not be read (the disk failed).
+    #[error("etcdserver: {0}")]
+    Keyspace(std::sync::Arc<keel_mvcc::MvccError>),
+    /// The write path answered with a response of another kind than the
+    /// request's (a bug, or a member of another version).
+    #[error("etcdserver: unexpected response kind for the request")]
+    UnexpectedResponse,
     /// A member's peer URL cannot be dialed.
     #[error(transparent)]
     InvalidPeerUrl(#[from] PeerUnavailable),
@@ -57,6 +64,9 @@ impl From<RequestError> for Status {
             }
             RequestError::FromLeader(status) => *status,
             RequestError::InvalidPeerUrl(invalid) => Status::internal(invalid.to_string()),
+            error @ (RequestError::Keyspace(_) | RequestError::UnexpectedResponse) => {
+                Status::internal(error.to_string())
+            }
         }
     }
 }

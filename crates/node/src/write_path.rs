@@ -22,7 +22,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_api::keelpb::{write_outcome, WriteBatch, WriteRequest, WriteResponse};
+use keel_api::keelpb::{
+    write_outcome, write_request, write_response, WriteBatch, WriteRequest, WriteResponse,
+};
 use keel_api::WireError;
 use keel_raft::KeelRaft;
 use openraft::error::{ClientWriteError, RaftError};
@@ -32,6 +34,7 @@ use tokio::time::Instant;
 use tonic::{Code, Status};
 
 use crate::leadership::{LeaderRoute, Leadership};
+use crate::lease_clock::LeaseClock;
 use crate::network::{PeerMessage, PeerNetwork, PeerUnavailable};
 use crate::request_error::{is_not_leader_refusal, RequestError};
 
@@ -59,12 +62,14 @@ pub struct WritePath {
     request_timeout: Duration,
     leader_wait: Duration,
     retry_pause: Duration,
+    /// Told of every grant and revoke this member's proposer applies.
+    lease_clock: LeaseClock,
 }
 
 impl WritePath {
     /// Starts the proposer; a forwarded write is retried (when provably not
     /// proposed) after at most `retry_pause`.
-    pub(crate) fn start(route: LeaderRoute, retry_pause: Duration) -> Self {
+    pub(crate) fn start(route: LeaderRoute, retry_pause: Duration, lease_clock: LeaseClock) -> Self {
         let LeaderRoute {
             raft,
             leadership,
@@ -81,6 +86,7 @@ impl WritePath {
             request_timeout,
             leader_wait,
             retry_pause,
+            lease_clock,
         }
     }
 
@@ -135,17 +141,40 @@ impl WritePath {
 
     /// Proposes through this member's Raft; used when this member leads,
     /// including for writes forwarded by followers.
+    /// A grant applied here starts its lease's deadline at once (on the
+    /// leader; `lease_clock.rs`).
     async fn propose_on_leader(&self, request: WriteRequest) -> Result<WriteResponse, WireError> {
+        let revoked = match &request.request {
+            Some(write_request::Request::LeaseRevoke(revoke)) => Some(revoke.id),
+            _ => None,
+        };
         let (reply, answer) = oneshot::channel();
         if self.proposals.send(Proposal { request, reply }).await.is_err() {
             return Err(WireError::Stopped);
         }
-        answer.await.unwrap_or(Err(WireError::Stopped))
+        let outcome = answer.await.unwrap_or(Err(WireError::Stopped));
+        match &outcome {
+            Ok(WriteResponse {
+                response: Some(write_response::Response::LeaseGrant(granted)),
+            }) => self.lease_clock.granted(granted.id, granted.ttl),
+            Ok(_) => {
+                if let Some(id) = revoked {
+                    self.lease_clock.forget(id);
+                }
+            }
+            Err(_) => {}
+        }
+        outcome
     }
 
     /// What a leader answers a forwarded write with: refused (not proposed)
-    /// when this member does not lead, else the proposal's outcome.
-    pub(crate) async fn serve_forwarded(&self, request: WriteRequest) -> Result<WriteResponse, RequestError> {
+    /// when this member does not lead, else the proposal's outcome. The
+    /// lessor proposes its revokes and checkpoints this way too, so they are
+    /// never proposed by a member that does not lead.
+    pub(crate) async fn propose_as_leader(
+        &self,
+        request: WriteRequest,
+    ) -> Result<WriteResponse, RequestError> {
         if !self.leadership.is_leader() {
             return Err(RequestError::RefusedNotLeader);
         }

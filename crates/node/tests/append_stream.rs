@@ -98,6 +98,18 @@ impl Peer for ScriptedReceiver {
     async fn read_index(&self, _: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
         Err(Status::unimplemented("scripted receiver"))
     }
+    async fn lease_renew(
+        &self,
+        _: Request<keel_api::etcdserverpb::LeaseKeepAliveRequest>,
+    ) -> Result<Response<keel_api::etcdserverpb::LeaseKeepAliveResponse>, Status> {
+        Err(Status::unimplemented("scripted receiver"))
+    }
+    async fn lease_time_to_live(
+        &self,
+        _: Request<keel_api::etcdserverpb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<keel_api::etcdserverpb::LeaseTimeToLiveResponse>, Status> {
+        Err(Status::unimplemented("scripted receiver"))
+    }
     async fn pre_vote(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         Err(Status::unimplemented("scripted receiver"))
     }

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use keel_api::keelpb::{
-    write_outcome, write_request, write_response, ApplyErrorKind, MemberAttributes, MemberAttributesApplied,
-    WriteBatch, WriteBatchOutcome, WriteOutcome, WriteRequest, WriteResponse,
+    write_outcome, write_request, write_response, ApplyErrorKind, LeaseCheckpointApplied, MemberAttributes,
+    MemberAttributesApplied, WriteBatch, WriteBatchOutcome, WriteOutcome, WriteRequest, WriteResponse,
 };
 use keel_mvcc::{ApplyBatch, MvccError};
 
@@ -26,6 +26,7 @@ fn request_outcome(error: MvccError) -> Result<WriteOutcome, FatalApplyError> {
         MvccError::FutureRevision { .. } => ApplyErrorKind::FutureRevision,
         MvccError::KeyNotFound => ApplyErrorKind::KeyNotFound,
         MvccError::LeaseNotFound => ApplyErrorKind::LeaseNotFound,
+        MvccError::LeaseExists => ApplyErrorKind::LeaseExists,
         fatal => return Err(FatalApplyError(fatal)),
     };
     Ok(WriteOutcome {
@@ -68,6 +69,21 @@ fn apply_write_request(
         Some(write_request::Request::Compaction(compaction)) => mvcc
             .compact(compaction.revision)
             .map(|()| Response::Compaction(Default::default())),
+        Some(write_request::Request::LeaseGrant(grant)) => {
+            mvcc.lease_grant(grant.id, grant.ttl).map(Response::LeaseGrant)
+        }
+        Some(write_request::Request::LeaseRevoke(revoke)) => {
+            mvcc.lease_revoke(revoke.id).map(Response::LeaseRevoke)
+        }
+        Some(write_request::Request::LeaseCheckpoint(checkpoint)) => {
+            let checkpoints: Vec<(i64, i64)> = checkpoint
+                .checkpoints
+                .iter()
+                .map(|c| (c.id, c.remaining_ttl))
+                .collect();
+            mvcc.lease_checkpoint(&checkpoints)
+                .map(|()| Response::LeaseCheckpoint(LeaseCheckpointApplied {}))
+        }
         Some(write_request::Request::MemberAttributes(attributes)) => {
             members.insert(attributes.member_id, attributes.clone());
             Ok(Response::MemberAttributes(MemberAttributesApplied {}))

@@ -3,8 +3,10 @@
 //! bytes encoded today keep decoding to the same values.
 
 use super::*;
-use keel_api::etcdserverpb::{DeleteRangeRequest, PutRequest};
-use keel_api::keelpb::{write_request, MemberAttributes, WriteBatch, WriteRequest};
+use keel_api::etcdserverpb::{DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest};
+use keel_api::keelpb::{
+    write_request, LeaseCheckpoint, LeaseCheckpointRequest, MemberAttributes, WriteBatch, WriteRequest,
+};
 
 fn log_id(term: u64, index: u64) -> LogId {
     LogId::new(CommittedLeaderId::new(term), index)
@@ -47,6 +49,35 @@ fn write_batch() -> WriteBatch {
     }
 }
 
+/// The lease requests: grant (ID chosen), a put attaching a key, a
+/// checkpoint and a revoke.
+fn lease_batch() -> WriteBatch {
+    let request = |request| WriteRequest {
+        request: Some(request),
+    };
+    WriteBatch {
+        requests: vec![
+            request(write_request::Request::LeaseGrant(LeaseGrantRequest {
+                ttl: 60,
+                id: 7,
+            })),
+            request(write_request::Request::Put(PutRequest {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                lease: 7,
+                ..Default::default()
+            })),
+            request(write_request::Request::LeaseCheckpoint(LeaseCheckpointRequest {
+                checkpoints: vec![LeaseCheckpoint {
+                    id: 7,
+                    remaining_ttl: 42,
+                }],
+            })),
+            request(write_request::Request::LeaseRevoke(LeaseRevokeRequest { id: 7 })),
+        ],
+    }
+}
+
 /// A joint configuration with a learner: every part of a membership.
 fn joint_membership() -> Membership<NodeId, MemberNode> {
     Membership::new(
@@ -83,6 +114,10 @@ fn every_entry_kind() -> Vec<Entry> {
         Entry {
             log_id: log_id(0, 0),
             payload: EntryPayload::Membership(Membership::default()),
+        },
+        Entry {
+            log_id: log_id(4, 10),
+            payload: EntryPayload::Normal(lease_batch()),
         },
     ]
 }
@@ -313,6 +348,10 @@ const GOLDEN_MEMBERSHIP_ENTRY: &str =
     3132372e302e302e313a32333832121f0804121b0a026d341215687474703a2f2f313237\
     2e302e302e313a323338331224080512200a076c6561726e65721215687474703a2f2f31\
     32372e302e302e313a32333834";
+/// A write-batch entry at term 4, index 10 with the lease requests: grant
+/// lease 7 (TTL 60), `put k=v` on it, checkpoint 42 s left, revoke.
+const GOLDEN_LEASE_ENTRY: &str =
+    "0a040804100a1a240a063204083c10070a0a0a080a016b12017618070a0842060a040807102a0a043a020807";
 /// A blank entry at term 1, index 1.
 const GOLDEN_BLANK_ENTRY: &str = "0a04080110011200";
 /// A committed vote for member 3 in term 5.
@@ -334,6 +373,7 @@ fn golden_records_written_today_still_decode_to_the_same_values() {
         decode_entry,
         encode_entry,
     );
+    assert_golden(GOLDEN_LEASE_ENTRY, entries[5].clone(), decode_entry, encode_entry);
     assert_golden(
         GOLDEN_VOTE,
         Vote::new_committed(5, 3),

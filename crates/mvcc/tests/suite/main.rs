@@ -8,6 +8,7 @@ mod changes;
 mod compaction;
 mod durability;
 mod index;
+mod leases;
 mod model;
 mod puts_and_deletes;
 mod ranges;
