@@ -134,8 +134,9 @@ fn a_revoke_deletes_every_attached_key_at_one_revision_in_key_order() {
         )
         .expect("changes");
     let seen: Vec<(EventType, String, i64)> = changes
-        .events
-        .iter()
+        .decoded_events()
+        .expect("events decode")
+        .into_iter()
         .map(|event| {
             let kv = event.kv.clone().expect("kv");
             (
