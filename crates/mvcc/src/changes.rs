@@ -24,7 +24,7 @@
 //!   at the compact revision is served, as etcd serves it).
 //! - Memory is bounded: the recent changes keep at most
 //!   [`RECENT_CHANGES_MAX_EVENTS`] events and [`RECENT_CHANGES_MAX_BYTES`]
-//!   bytes of keys and values, dropping the oldest whole revisions first.
+//!   bytes of keys and encoded events, dropping the oldest whole revisions first.
 
 use std::collections::VecDeque;
 
@@ -191,7 +191,7 @@ pub(crate) fn event_of(revision: Revision, record: &keys::Record<'_>) -> ChangeE
 
 /// How much one pull may take: it stops at the first revision boundary
 /// after it has looked at `scanned_events` changes or taken
-/// `matched_bytes` bytes of keys and values.
+/// `matched_bytes` bytes of encoded events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PullBudget {
     pub scanned_events: usize,
