@@ -27,16 +27,9 @@ use tokio::sync::oneshot;
 
 use crate::ports::free_port;
 
-/// Every kind of message a member sends its peers.
-pub const ALL_PEER_MESSAGES: [PeerMessage; 7] = [
-    PeerMessage::AppendEntries,
-    PeerMessage::Vote,
-    PeerMessage::InstallSnapshot,
-    PeerMessage::PreVote,
-    PeerMessage::ForwardWrite,
-    PeerMessage::ReadIndex,
-    PeerMessage::TransferLeader,
-];
+/// Every kind of message a member sends its peers (lease renewals and
+/// time-to-live queries included).
+pub const ALL_PEER_MESSAGES: [PeerMessage; 9] = PeerMessage::ALL;
 
 #[derive(Parser)]
 struct MemberCommandLine {
@@ -235,10 +228,15 @@ impl InProcessCluster {
         self.dir.path().join(&self.members[index].name)
     }
 
+    /// Member `index`'s client address (`127.0.0.1:<port>`).
+    pub fn client_endpoint(&self, index: usize) -> String {
+        format!("127.0.0.1:{}", self.members[index].client_port)
+    }
+
     /// A client of member `index` alone.
     pub fn client(&self, index: usize) -> anyhow::Result<Client> {
-        let endpoint = format!("127.0.0.1:{}", self.members[index].client_port);
-        let config = ClientConfig::new([endpoint]).with_request_timeout(Duration::from_secs(30));
+        let config =
+            ClientConfig::new([self.client_endpoint(index)]).with_request_timeout(Duration::from_secs(30));
         Ok(Client::connect_lazy(config)?)
     }
 

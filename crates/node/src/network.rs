@@ -47,6 +47,21 @@ pub enum PeerMessage {
     LeaseTimeToLive,
 }
 
+impl PeerMessage {
+    /// Every kind, so that a test cutting "every link" cuts a kind added later too.
+    pub const ALL: [PeerMessage; 9] = [
+        PeerMessage::AppendEntries,
+        PeerMessage::Vote,
+        PeerMessage::InstallSnapshot,
+        PeerMessage::PreVote,
+        PeerMessage::ForwardWrite,
+        PeerMessage::ReadIndex,
+        PeerMessage::TransferLeader,
+        PeerMessage::LeaseRenew,
+        PeerMessage::LeaseTimeToLive,
+    ];
+}
+
 /// Directed links cut per kind of message, shared by the members of an
 /// in-process test cluster: `(from, to, kind)` in the set is not delivered.
 #[derive(Clone, Default)]

@@ -6,7 +6,11 @@
 //! Kubernetes' timings (`--lease-duration`, `--renew-deadline`,
 //! `--retry-period`, keel's additions), prints the leader's key-value once
 //! it leads and leads until interrupted; a leader that cannot renew within
-//! the renew deadline steps down and exits. `elect -l` prints every leader.
+//! the renew deadline steps down and exits. keel's addition: `elect <name>
+//! <proposal> -- <command> [args...]` runs the command while it leads, with
+//! KEEL_ELECT_KEY (the leader's key) and KEEL_FENCING_TOKEN (that key's
+//! create revision, to compare in the command's guarded writes) set, and
+//! kills it when leadership is lost. `elect -l` prints every leader.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -15,7 +19,7 @@ use std::time::Duration;
 use clap::Args;
 use keel_api::etcdserverpb::RangeRequest;
 use keel_client::election::Election;
-use keel_client::leader_elector::{ElectionTimings, LeaderElector, StepDown};
+use keel_client::leader_elector::{ElectionTimings, LeaderElector, Leadership, StepDown};
 use keel_client::lock::lock as take_lock;
 use keel_client::session::{ConcurrencyError, Session, DEFAULT_SESSION_TTL};
 use keel_client::{Client, LeaseLost};
@@ -55,6 +59,9 @@ pub struct ElectArgs {
     /// How often the leader renews, and a candidate retries.
     #[arg(long = "retry-period", default_value = "2s")]
     pub retry_period: String,
+    /// A command (after `--`) to run while leading; killed when leadership is lost.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
 }
 
 fn concurrency_error(error: &ConcurrencyError) -> CtlError {
@@ -184,6 +191,9 @@ pub async fn elect(ctx: &Ctx, args: &ElectArgs) -> Result<Output, CtlError> {
         }
     };
     match proposal {
+        _ if args.listen && !args.command.is_empty() => Err(CtlError::bad_args(
+            "a command to run needs a proposal, and -l is set",
+        )),
         None if !args.listen => Err(CtlError::bad_args("no proposal argument but -l not set")),
         None => observe(ctx, name.as_encoded_bytes()).await,
         Some(_) if args.listen => Err(CtlError::bad_args("proposal given but -l is set")),
@@ -193,18 +203,25 @@ pub async fn elect(ctx: &Ctx, args: &ElectArgs) -> Result<Output, CtlError> {
                 renew_deadline: duration_flag("renew-deadline", &args.renew_deadline)?,
                 retry_period: duration_flag("retry-period", &args.retry_period)?,
             };
-            campaign(ctx, name.as_encoded_bytes(), proposal.as_encoded_bytes(), timings).await
+            let candidate = Candidate {
+                name: name.as_encoded_bytes(),
+                proposal: proposal.as_encoded_bytes(),
+                command: &args.command,
+            };
+            campaign(ctx, candidate, timings).await
         }
     }
 }
 
-async fn campaign(
-    ctx: &Ctx,
-    name: &[u8],
-    proposal: &[u8],
-    timings: ElectionTimings,
-) -> Result<Output, CtlError> {
-    let elector = LeaderElector::new(&ctx.connect().await?, name, proposal, timings)
+/// What `elect` campaigns with, and what it runs while leading.
+struct Candidate<'a> {
+    name: &'a [u8],
+    proposal: &'a [u8],
+    command: &'a [OsString],
+}
+
+async fn campaign(ctx: &Ctx, candidate: Candidate<'_>, timings: ElectionTimings) -> Result<Output, CtlError> {
+    let elector = LeaderElector::new(&ctx.connect().await?, candidate.name, candidate.proposal, timings)
         .map_err(|e| CtlError::bad_args(e.to_string()))?;
     let leadership = elector
         .campaign_until(interrupted())
@@ -214,17 +231,73 @@ async fn campaign(
     if !print_key(ctx, leadership.session().client(), leadership.key()).await? {
         return Err(CtlError::failed("elect: leadership lost"));
     }
+    let mut command = match candidate.command.split_first() {
+        Some((program, args)) => Some(spawn_leading(program, args, &leadership)?),
+        None => None,
+    };
     tokio::select! {
         () = interrupted() => {
+            stop_command(command.as_mut()).await;
             leadership.resign().await.map_err(|e| concurrency_error(&e))?;
             Ok(Output::default())
         }
+        exit = command_exit(command.as_mut()) => {
+            let resigned = leadership.resign().await;
+            let status = exit.map_err(|e| CtlError::failed(format!("wait: {}", go_errno_text(&e))))?;
+            resigned.map_err(|e| concurrency_error(&e))?;
+            match exit_text(status) {
+                None => Ok(Output::default()),
+                Some(text) => Err(CtlError::failed(text)),
+            }
+        }
         step_down = leadership.lost() => {
+            stop_command(command.as_mut()).await;
             let text = match step_down {
                 StepDown::LeaseLost(LeaseLost::Expired) => "elect: session expired".to_string(),
                 other => format!("elect: {other}"),
             };
             Err(CtlError::failed(text))
+        }
+    }
+}
+
+/// Starts the leader's command with the leader's key and fencing token.
+fn spawn_leading(
+    program: &OsString,
+    args: &[OsString],
+    leadership: &Leadership,
+) -> Result<tokio::process::Child, CtlError> {
+    let program = resolve_program(program).map_err(CtlError::failed)?;
+    tokio::process::Command::new(&program)
+        .args(args)
+        .env("KEEL_ELECT_KEY", std::ffi::OsStr::from_bytes(leadership.key()))
+        .env("KEEL_FENCING_TOKEN", leadership.fencing_token().to_string())
+        .spawn()
+        .map_err(|e| {
+            CtlError::failed(format!(
+                "fork/exec {}: {}",
+                program.to_string_lossy(),
+                go_errno_text(&e)
+            ))
+        })
+}
+
+/// Resolves when the leader's command exits (never without one).
+async fn command_exit(
+    command: Option<&mut tokio::process::Child>,
+) -> std::io::Result<std::process::ExitStatus> {
+    match command {
+        Some(child) => child.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Kills the leader's command (it must not act once leadership is lost)
+/// and reaps it.
+async fn stop_command(command: Option<&mut tokio::process::Child>) {
+    if let Some(child) = command {
+        if let Err(error) = child.kill().await {
+            tracing::warn!(%error, "could not kill the leader's command");
         }
     }
 }

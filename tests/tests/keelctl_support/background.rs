@@ -1,7 +1,9 @@
 //! A tool (etcdctl or keelctl) running in the background, for commands that
 //! run until interrupted (`lock`, `elect`): its output collected as it
 //! arrives, waits for output, SIGINT or SIGKILL, and its end. The child is
-//! killed when dropped.
+//! killed when dropped; a child started as a process group's leader
+//! ([`Background::spawn_group`]) is killed with everything it started, even
+//! the commands it left behind when it was killed itself.
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -17,12 +19,27 @@ pub struct Background {
     child: tokio::process::Child,
     stdout: Arc<Mutex<Vec<u8>>>,
     stderr: Arc<Mutex<Vec<u8>>>,
+    /// The process group the child leads, when it leads one.
+    group: Option<Pid>,
 }
 
 impl Background {
     /// Starts `program --endpoints=<endpoint> args...`.
     pub fn spawn(program: &std::path::Path, endpoint: &str, args: &[&str]) -> Background {
+        Background::start(program, endpoint, args, false)
+    }
+
+    /// As [`Background::spawn`], the child leading a new process group that
+    /// is killed as a whole when this is dropped.
+    pub fn spawn_group(program: &std::path::Path, endpoint: &str, args: &[&str]) -> Background {
+        Background::start(program, endpoint, args, true)
+    }
+
+    fn start(program: &std::path::Path, endpoint: &str, args: &[&str], own_group: bool) -> Background {
         let mut command = super::ctl_command(program);
+        if own_group {
+            command.process_group(0);
+        }
         command
             .arg(format!("--endpoints={endpoint}"))
             .args(args)
@@ -35,10 +52,14 @@ impl Background {
             .unwrap_or_else(|e| panic!("{} runs: {e}", program.display()));
         let stdout = collect(child.stdout.take().expect("stdout"));
         let stderr = collect(child.stderr.take().expect("stderr"));
+        let group = own_group
+            .then(|| child.id().map(|pid| Pid::from_raw(pid as i32)))
+            .flatten();
         Background {
             child,
             stdout,
             stderr,
+            group,
         }
     }
 
@@ -107,6 +128,14 @@ impl Background {
         match tokio::time::timeout(limit, self.child.wait()).await {
             Ok(Ok(_)) => Some(Instant::now()),
             _ => None,
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(group) = self.group {
+            let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
         }
     }
 }
