@@ -32,6 +32,7 @@ use keel_api::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest,
     LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
+use keel_api::keelpb::peer_client::PeerClient;
 use keel_api::keelpb::{
     write_request, write_response, LeaseCheckpoint, LeaseCheckpointRequest, WriteRequest, WriteResponse,
 };
@@ -39,13 +40,14 @@ use keel_api::WireError;
 use keel_mvcc::{LeaseRecord, MvccStore};
 use rand::Rng;
 use tokio::time::Instant;
-use tonic::Code;
+use tonic::transport::Channel;
 
+use crate::leader_call::{AttemptFailure, LeaderAt, LeaderCall, Repeat};
 use crate::leadership::LeaderRoute;
 use crate::lease_clock::LeaseClock;
-use crate::network::{PeerMessage, PeerUnavailable};
+use crate::network::PeerMessage;
 use crate::read_path::ReadPath;
-use crate::request_error::{is_not_leader_refusal, RequestError};
+use crate::request_error::RequestError;
 use crate::write_path::WritePath;
 
 /// etcd's largest TTL, seconds (`MaxLeaseTTL`).
@@ -74,6 +76,29 @@ fn random_lease_id() -> i64 {
     rand::thread_rng().gen_range(1..=i64::MAX)
 }
 
+/// Asks the leader's peer service `query`, within `deadline`.
+async fn ask_peer(
+    mut client: PeerClient<Channel>,
+    query: &LeaderQuery,
+    deadline: Instant,
+) -> Result<LeaderAnswer, tonic::Status> {
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    match query {
+        LeaderQuery::Renew(id) => {
+            let mut request = tonic::Request::new(LeaseKeepAliveRequest { id: *id });
+            request.set_timeout(timeout);
+            let answer = client.lease_renew(request).await?;
+            Ok(LeaderAnswer::Renew(answer.into_inner()))
+        }
+        LeaderQuery::TimeToLive(asked) => {
+            let mut request = tonic::Request::new(*asked);
+            request.set_timeout(timeout);
+            let answer = client.lease_time_to_live(request).await?;
+            Ok(LeaderAnswer::TimeToLive(answer.into_inner()))
+        }
+    }
+}
+
 /// What only the leader answers.
 enum LeaderQuery {
     Renew(i64),
@@ -89,11 +114,11 @@ enum LeaderAnswer {
 pub struct Lessor {
     clock: LeaseClock,
     route: LeaderRoute,
+    leader_call: LeaderCall,
     write_path: WritePath,
     read_path: ReadPath,
     store: MvccStore,
     min_ttl: i64,
-    retry_pause: Duration,
     /// One takeover at a time.
     takeover: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Renewals (read) exclude a periodic checkpoint (write) from its
@@ -113,12 +138,12 @@ impl Lessor {
     ) -> Self {
         Lessor {
             clock,
+            leader_call: LeaderCall::new(&route, retry_pause),
             route,
             write_path,
             read_path,
             store,
             min_ttl,
-            retry_pause,
             takeover: Default::default(),
             checkpoint_gate: Default::default(),
         }
@@ -215,60 +240,21 @@ impl Lessor {
         query: &LeaderQuery,
         deadline: Instant,
     ) -> Result<LeaderAnswer, RequestError> {
-        let leadership = &self.route.leadership;
-        loop {
-            let leader_deadline = deadline.min(Instant::now() + self.route.leader_wait);
-            let (leader, node) = leadership.wait_for_leader(leader_deadline).await?;
-            if leader == leadership.self_id() {
-                match self.answer_as_leader(query).await {
-                    Err(RequestError::RefusedNotLeader) => {}
-                    answered => return answered,
+        let kind = match query {
+            LeaderQuery::Renew(_) => PeerMessage::LeaseRenew,
+            LeaderQuery::TimeToLive(_) => PeerMessage::LeaseTimeToLive,
+        };
+        // A renewal or a query asked twice has the effect of asking once.
+        self.leader_call
+            .until_answered(kind, Repeat::Harmless, deadline, |at| async move {
+                match at {
+                    LeaderAt::Here => self.answer_as_leader(query).await.map_err(AttemptFailure::Here),
+                    LeaderAt::Peer(client) => ask_peer(client, query, deadline)
+                        .await
+                        .map_err(AttemptFailure::Peer),
                 }
-            } else {
-                let kind = match query {
-                    LeaderQuery::Renew(_) => PeerMessage::LeaseRenew,
-                    LeaderQuery::TimeToLive(_) => PeerMessage::LeaseTimeToLive,
-                };
-                match self.route.network.client(leader, &node.peer_url, kind) {
-                    Err(PeerUnavailable::LinkCut { .. }) => {}
-                    Err(invalid @ PeerUnavailable::InvalidUrl { .. }) => return Err(invalid.into()),
-                    Ok(mut client) => {
-                        let timeout = deadline.saturating_duration_since(Instant::now());
-                        let answer = match query {
-                            LeaderQuery::Renew(id) => {
-                                let mut request = tonic::Request::new(LeaseKeepAliveRequest { id: *id });
-                                request.set_timeout(timeout);
-                                client
-                                    .lease_renew(request)
-                                    .await
-                                    .map(|answer| LeaderAnswer::Renew(answer.into_inner()))
-                            }
-                            LeaderQuery::TimeToLive(asked) => {
-                                let mut request = tonic::Request::new(*asked);
-                                request.set_timeout(timeout);
-                                client
-                                    .lease_time_to_live(request)
-                                    .await
-                                    .map(|answer| LeaderAnswer::TimeToLive(answer.into_inner()))
-                            }
-                        };
-                        match answer {
-                            Ok(answer) => return Ok(answer),
-                            Err(status)
-                                if is_not_leader_refusal(&status)
-                                    || keel_client::transport_failure(&status) => {}
-                            Err(status) if status.code() == Code::DeadlineExceeded => {
-                                return Err(WireError::Timeout.into())
-                            }
-                            Err(status) => return Err(RequestError::from_peer_status(status)),
-                        }
-                    }
-                }
-            }
-            leadership
-                .wait_for_another_leader(leader, Instant::now() + self.retry_pause)
-                .await;
-        }
+            })
+            .await
     }
 
     async fn answer_as_leader(&self, query: &LeaderQuery) -> Result<LeaderAnswer, RequestError> {

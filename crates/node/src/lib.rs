@@ -15,6 +15,8 @@
 //!   payload encoding they share.
 //! - [`lessor`]: etcd's leases; the leader alone keeps their deadlines
 //!   (`lease_clock`), expires them through Raft and checkpoints them.
+//! - `leader_call`: having the leader answer a request made on any member
+//!   (forwarded writes, lease renewals), retried only when that is safe.
 //! - [`request_error`]: how requests fail, and how refusals cross peers.
 //! - [`data_format`]: the data dir's format version.
 //!
@@ -26,6 +28,7 @@
 mod append_stream;
 pub mod config;
 pub mod data_format;
+mod leader_call;
 pub mod leader_connection;
 mod leader_log;
 pub mod leader_transfer;

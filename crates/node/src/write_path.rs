@@ -17,7 +17,8 @@
 //! be committed by a later leader; and a `ForwardToLeader` after proposing
 //! cannot be told apart from it by keel. Such a write answers etcd's
 //! "leader changed" or "request timed out", and the client
-//! decides; replaying it here could apply it twice.
+//! decides; replaying it here could apply it twice. The routing loop that
+//! keeps this is `leader_call.rs` (a write is `Repeat::ActsOnce`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,12 +32,12 @@ use openraft::error::{ClientWriteError, RaftError};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
-use tonic::{Code, Status};
 
-use crate::leadership::{LeaderRoute, Leadership};
+use crate::leader_call::{AttemptFailure, LeaderAt, LeaderCall, Repeat};
+use crate::leadership::LeaderRoute;
 use crate::lease_clock::LeaseClock;
-use crate::network::{PeerMessage, PeerNetwork, PeerUnavailable};
-use crate::request_error::{is_not_leader_refusal, RequestError};
+use crate::network::PeerMessage;
+use crate::request_error::RequestError;
 
 /// Most writes packed into one log entry.
 const MAX_WRITES_PER_ENTRY: usize = 1024;
@@ -57,11 +58,8 @@ struct Proposal {
 #[derive(Clone)]
 pub struct WritePath {
     proposals: mpsc::Sender<Proposal>,
-    leadership: Leadership,
-    network: PeerNetwork,
+    leader_call: LeaderCall,
     request_timeout: Duration,
-    leader_wait: Duration,
-    retry_pause: Duration,
     /// Told of every grant and revoke this member's proposer applies.
     lease_clock: LeaseClock,
 }
@@ -70,22 +68,12 @@ impl WritePath {
     /// Starts the proposer; a forwarded write is retried (when provably not
     /// proposed) after at most `retry_pause`.
     pub(crate) fn start(route: LeaderRoute, retry_pause: Duration, lease_clock: LeaseClock) -> Self {
-        let LeaderRoute {
-            raft,
-            leadership,
-            network,
-            request_timeout,
-            leader_wait,
-        } = route;
         let (proposals, queue) = mpsc::channel(16 * 1024);
-        tokio::spawn(run_proposer(raft, queue));
+        tokio::spawn(run_proposer(route.raft.clone(), queue));
         WritePath {
             proposals,
-            leadership,
-            network,
-            request_timeout,
-            leader_wait,
-            retry_pause,
+            leader_call: LeaderCall::new(&route, retry_pause),
+            request_timeout: route.request_timeout,
             lease_clock,
         }
     }
@@ -100,43 +88,28 @@ impl WritePath {
     }
 
     async fn route(&self, request: WriteRequest, deadline: Instant) -> Result<WriteResponse, RequestError> {
-        loop {
-            let leader_deadline = deadline.min(Instant::now() + self.leader_wait);
-            let (leader, node) = self.leadership.wait_for_leader(leader_deadline).await?;
-            if leader == self.leadership.self_id() {
-                // From here on, any failure is indeterminate: never retried.
-                return self.propose_on_leader(request).await.map_err(RequestError::from);
-            }
-            match self
-                .network
-                .client(leader, &node.peer_url, PeerMessage::ForwardWrite)
-            {
-                Err(PeerUnavailable::LinkCut { .. }) => {} // never sent: try again
-                Err(invalid @ PeerUnavailable::InvalidUrl { .. }) => return Err(invalid.into()),
-                Ok(mut client) => {
-                    let mut forwarded = tonic::Request::new(request.clone());
-                    forwarded.set_timeout(deadline.saturating_duration_since(Instant::now()));
-                    match client.forward_write(forwarded).await {
-                        Ok(response) => return Ok(response.into_inner()),
-                        Err(status) if forward_provably_not_proposed(&status) => {}
-                        // The forwarded call ran out of this request's time: etcd's "request timed out".
-                        Err(status) if status.code() == Code::DeadlineExceeded => {
-                            return Err(WireError::Timeout.into())
+        self.leader_call
+            .until_answered(PeerMessage::ForwardWrite, Repeat::ActsOnce, deadline, |at| {
+                let request = request.clone();
+                async move {
+                    match at {
+                        // From here on, any failure is indeterminate: never retried.
+                        LeaderAt::Here => self
+                            .propose_on_leader(request)
+                            .await
+                            .map_err(|wire| AttemptFailure::Here(wire.into())),
+                        LeaderAt::Peer(mut client) => {
+                            let mut forwarded = tonic::Request::new(request);
+                            forwarded.set_timeout(deadline.saturating_duration_since(Instant::now()));
+                            match client.forward_write(forwarded).await {
+                                Ok(response) => Ok(response.into_inner()),
+                                Err(status) => Err(AttemptFailure::Peer(status)),
+                            }
                         }
-                        // The leader went away with the write in flight: it may
-                        // or may not be applied, which etcd calls "leader changed".
-                        Err(status) if keel_client::transport_failure(&status) => {
-                            return Err(WireError::LeaderChanged.into())
-                        }
-                        Err(status) => return Err(RequestError::from_peer_status(status)),
                     }
                 }
-            }
-            // Retry as soon as another leader is known, at the latest after the pause.
-            self.leadership
-                .wait_for_another_leader(leader, Instant::now() + self.retry_pause)
-                .await;
-        }
+            })
+            .await
     }
 
     /// Proposes through this member's Raft; used when this member leads,
@@ -175,7 +148,7 @@ impl WritePath {
         &self,
         request: WriteRequest,
     ) -> Result<WriteResponse, RequestError> {
-        if !self.leadership.is_leader() {
+        if !self.leader_call.leadership.is_leader() {
             return Err(RequestError::RefusedNotLeader);
         }
         self.propose_on_leader(request).await.map_err(RequestError::from)
@@ -184,10 +157,6 @@ impl WritePath {
 
 /// True when a forwarded write provably was not proposed: the leader
 /// refused it before proposing, or the connection to it was never made.
-fn forward_provably_not_proposed(status: &Status) -> bool {
-    is_not_leader_refusal(status) || keel_client::never_reached_server(status)
-}
-
 async fn run_proposer(raft: KeelRaft, mut queue: mpsc::Receiver<Proposal>) {
     let in_flight = Arc::new(Semaphore::new(MAX_PROPOSALS_IN_FLIGHT));
     loop {
