@@ -7,10 +7,13 @@
 //! difference in a key, value, version or revision changes it. Store meta
 //! and app meta are outside `0x03` and never hashed.
 //!
-//! The leases (`0x04` records and `0x05` attachments, as they are now,
-//! whatever the requested revision) are folded in after the records, so
-//! members with equal keyspaces but different lease state differ in hash;
-//! a store without leases hashes as before leases existed.
+//! A hash of the current revision also folds in the leases (`0x04` records
+//! and `0x05` attachments) after the records, so members with equal
+//! keyspaces but different lease state differ in hash; a store without
+//! leases hashes as before leases existed. Only the current lease state is
+//! stored, so a hash of an older revision covers the records alone: it
+//! stays a function of the history up to that revision, equal whenever it
+//! is asked.
 
 use crate::error::Result;
 use crate::keys::{self, Revision};
@@ -30,7 +33,9 @@ pub(crate) fn hash_kv(tree: &sled::Tree, revisions: ViewRevisions, requested: i6
             hasher.update(part);
         }
     }
-    crate::leases::feed_hash(tree, &mut hasher)?;
+    if at == revisions.current {
+        crate::leases::feed_hash(tree, &mut hasher)?;
+    }
     Ok(KvHash {
         hash: hasher.finalize(),
         revision: at,

@@ -361,8 +361,8 @@ impl MvccStore {
 
     /// A crc32 of the history up to `revision` (0 = current): every change
     /// record with a revision at or below it, which after a compaction means
-    /// the versions the compaction kept plus everything newer; then the
-    /// current leases (`hash.rs`).
+    /// the versions the compaction kept plus everything newer; then, for
+    /// the current revision only, the leases (`hash.rs`).
     ///
     /// Holds the writer slot rather than the read lock while it scans, so a
     /// long hash delays writes (which must not change what it hashes) but

@@ -266,3 +266,24 @@ fn leases_survive_a_reopen_and_a_snapshot_install_and_are_folded_into_hash_kv() 
     assert!(get(&other.store, "y").is_none());
     drop(dir);
 }
+
+#[test]
+fn a_hash_of_an_older_revision_ignores_lease_changes_made_after_it() {
+    let t = temp_store();
+    put_with_lease(&t.store, "a", 0).expect("put");
+    put_with_lease(&t.store, "b", 0).expect("put");
+    let older = t.store.current_revision() - 1;
+    let older_hash = t.store.hash_kv(older).expect("hash");
+    let current_hash = t.store.hash_kv(0).expect("hash");
+    grant(&t.store, 7, 30).expect("grant");
+    assert_eq!(
+        t.store.hash_kv(older).expect("hash"),
+        older_hash,
+        "history up to {older} is unchanged"
+    );
+    assert_ne!(
+        t.store.hash_kv(0).expect("hash").hash,
+        current_hash.hash,
+        "the current revision's hash covers the leases"
+    );
+}
