@@ -1,7 +1,8 @@
 //! keel's wire contract: the generated etcd v3 client API (`etcdserverpb`,
 //! `mvccpb`, and etcd's lock and election services `v3lockpb`,
 //! `v3electionpb`), keel's peer API (`keelpb`), keel's Raft storage records
-//! (`keelstoragepb`), etcd's error strings ([`wire_error`]) and the key-range conventions every layer shares
+//! (`keelstoragepb`), etcd's error strings ([`wire_error`]) and the
+//! key-range conventions every layer shares
 //! ([`key_range`]). Everything else in keel depends on this crate.
 
 #![allow(clippy::all)]
