@@ -80,22 +80,22 @@ impl CallerGone {
     }
 }
 
-/// How a recipe's failure is answered, as etcd's servers answer it: a
-/// status the member answered the recipe's own call with goes back as it
-/// is, a recipe's own error as its text (gRPC's Unknown, as a plain Go
-/// error travels).
+/// How a recipe's failure is answered, as etcd's servers answer it (checked
+/// side by side with etcd 3.4): etcd's Go client turns an etcd error the
+/// member answered into a plain Go error, and gRPC sends any plain error as
+/// Unknown with its text; so an etcd error ("etcdserver: requested lease
+/// not found", "election: not leader") is answered as Unknown with etcd's
+/// text, a transport failure keeps its status, and the recipe's own errors
+/// ("lost watcher waiting for delete") are Unknown with their text.
 pub fn concurrency_status(error: ConcurrencyError) -> Status {
     match error {
         ConcurrencyError::NotLeader => WireError::ElectionNotLeader.into(),
         ConcurrencyError::NoLeader => WireError::ElectionNoLeader.into(),
-        ConcurrencyError::Client(error) => client_status(error),
-        ConcurrencyError::Lease(LeaseError::Client(error)) => client_status(error),
-        ConcurrencyError::Lease(LeaseError::NotFound { .. }) => WireError::LeaseNotFound.into(),
-        ConcurrencyError::Lease(LeaseError::TtlTooLarge(status) | LeaseError::AlreadyExists(status)) => {
-            *status
+        ConcurrencyError::Client(error) | ConcurrencyError::Lease(LeaseError::Client(error)) => {
+            client_status(error)
         }
         ConcurrencyError::Watch(error) => match error.status() {
-            Some(status) => status.clone(),
+            Some(status) => as_plain_error(status.clone()),
             None => Status::unknown(error.to_string()),
         },
         ConcurrencyError::Canceled => Status::cancelled(error.to_string()),
@@ -105,8 +105,17 @@ pub fn concurrency_status(error: ConcurrencyError) -> Status {
 
 fn client_status(error: ClientError) -> Status {
     match error {
-        ClientError::Status(status) => *status,
+        ClientError::Status(status) => as_plain_error(*status),
         other => Status::new(other.code(), other.to_string()),
+    }
+}
+
+/// An etcd error as etcd's servers relay it (Unknown, etcd's text); any
+/// other status as it is.
+fn as_plain_error(status: Status) -> Status {
+    match WireError::from_status(&status) {
+        Some(error) => Status::unknown(error.to_string()),
+        None => status,
     }
 }
 
