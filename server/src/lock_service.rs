@@ -37,7 +37,7 @@ impl Lock for LockService {
         })
         .await?;
         Ok(Response::new(LockResponse {
-            header: Some(held.header().clone()),
+            header: Some(*held.header()),
             key: held.key().to_vec(),
         }))
     }
