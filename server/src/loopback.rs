@@ -134,7 +134,7 @@ mod tests {
     }
 
     #[test]
-    fn election_errors_are_etcds_and_member_statuses_pass_through() {
+    fn etcd_errors_are_relayed_as_unknown_with_etcds_text_and_transport_failures_as_they_are() {
         let not_leader = concurrency_status(ConcurrencyError::NotLeader);
         assert_eq!(
             WireError::from_status(&not_leader),
@@ -143,7 +143,12 @@ mod tests {
         let no_leader = concurrency_status(ConcurrencyError::NoLeader);
         assert_eq!(no_leader.message(), "election: no leader");
         let member_said = WireError::LeaseNotFound.to_status();
-        let passed = concurrency_status(ConcurrencyError::Client(member_said.into()));
-        assert_eq!(WireError::from_status(&passed), Some(WireError::LeaseNotFound));
+        assert_eq!(member_said.code(), tonic::Code::NotFound);
+        let relayed = concurrency_status(ConcurrencyError::Client(member_said.into()));
+        assert_eq!(relayed.code(), tonic::Code::Unknown);
+        assert_eq!(relayed.message(), "etcdserver: requested lease not found");
+        let transport = Status::unavailable("connection reset");
+        let relayed = concurrency_status(ConcurrencyError::Client(transport.into()));
+        assert_eq!(relayed.code(), tonic::Code::Unavailable);
     }
 }
