@@ -1,6 +1,6 @@
-// Generates the etcd v3 client API, keel's peer API and keel's Raft storage
-// records from proto/ with a vendored protoc, so building needs no system
-// package.
+// Generates the etcd v3 client API (with etcd's v3lock and v3election
+// services), keel's peer API and keel's Raft storage records from proto/
+// with a vendored protoc, so building needs no system package.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     std::env::set_var("PROTOC", protoc);
@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         etcd_root.join("mvccpb/kv.proto"),
         etcd_root.join("etcdserverpb/rpc.proto"),
+        etcd_root.join("v3lockpb/v3lock.proto"),
+        etcd_root.join("v3electionpb/v3election.proto"),
         proto_root.join("keel/peer.proto"),
         proto_root.join("keel/raft_storage.proto"),
     ];

@@ -1,5 +1,6 @@
 //! Running one `keel` member: checks its flags and identity, starts its Raft
-//! node (`keel_node::Node`), serves etcd's client services next to it,
+//! node (`keel_node::Node`), serves etcd's client services next to it (the
+//! lock and election services through a client to itself),
 //! publishes its attributes, and stops both halves in order.
 
 use std::collections::{BTreeMap, HashMap};
@@ -12,6 +13,9 @@ use keel_api::etcdserverpb::kv_server::KvServer;
 use keel_api::etcdserverpb::lease_server::LeaseServer;
 use keel_api::etcdserverpb::maintenance_server::MaintenanceServer;
 use keel_api::keelpb::{write_request, MemberAttributes, WriteRequest};
+use keel_api::v3electionpb::election_server::ElectionServer;
+use keel_api::v3lockpb::lock_server::LockServer;
+use keel_client::Client;
 use keel_node::node::accepted_without_nagle;
 use keel_node::{Bootstrap, Node, NodeConfig, NodeTestHooks, RaftTiming};
 use keel_raft::{KeelRaft, MemberNode, NodeId};
@@ -22,9 +26,12 @@ use crate::authority_repair::AuthorityRepairingStream;
 use crate::cluster_service::ClusterService;
 use crate::config::{listen_address, split_urls, InitialMember, MemberFlags};
 use crate::context::MemberContext;
+use crate::election_service::ElectionService;
 use crate::identity::{claim_data_dir, cluster_id, initial_member_ids, member_id, DataDirIdentity};
 use crate::kv_service::KvService;
 use crate::lease_service::LeaseService;
+use crate::lock_service::LockService;
+use crate::loopback::loopback_client;
 use crate::maintenance_service::MaintenanceService;
 use crate::request_checks::RequestLimits;
 use crate::watch_service::{WatchGrpcService, WatchService};
@@ -84,6 +91,13 @@ pub async fn run_member_with_test_hooks(
     // fails the start at once.
     let peer_listeners = bind_all(&flags.listen_peer_urls, "peer").await?;
     let client_listeners = bind_all(&flags.listen_client_urls, "client").await?;
+    // The lock and election services' client to this member (see loopback.rs).
+    let first_client_listener = client_listeners
+        .first()
+        .context("no client listener")?
+        .local_addr()
+        .context("the client listener's address")?;
+    let loopback = loopback_client(first_client_listener).context("the member's client to itself")?;
     let mut node = Node::start(node_config(&flags, &identity, peer_listeners, hooks.node)?)
         .await
         .map_err(anyhow::Error::from)?;
@@ -97,7 +111,8 @@ pub async fn run_member_with_test_hooks(
         },
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut client_servers = serve_client_services(client_listeners, &context, &flags, stop_rx).await;
+    let mut client_servers =
+        serve_client_services(client_listeners, &context, &loopback, &flags, stop_rx).await;
     tokio::spawn(publish_attributes(
         context.clone(),
         MemberAttributes {
@@ -251,6 +266,7 @@ fn node_config(
 async fn serve_client_services(
     listeners: Vec<TcpListener>,
     context: &Arc<MemberContext>,
+    loopback: &Client,
     flags: &MemberFlags,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinSet<Result<(), tonic::transport::Error>> {
@@ -278,6 +294,8 @@ async fn serve_client_services(
                     decode_limit,
                 ))
                 .add_service(LeaseServer::new(LeaseService::new(context.clone())))
+                .add_service(LockServer::new(LockService::new(loopback.clone())))
+                .add_service(ElectionServer::new(ElectionService::new(loopback.clone())))
                 .add_service(health_service.clone())
                 .serve_with_incoming_shutdown(client_connections(listener), async move {
                     let _ = stop.wait_for(|stopped| *stopped).await;

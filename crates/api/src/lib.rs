@@ -1,7 +1,8 @@
 //! keel's wire contract: the generated etcd v3 client API (`etcdserverpb`,
-//! `mvccpb`), keel's peer API (`keelpb`), keel's Raft storage records
-//! (`keelstoragepb`), etcd's error strings
-//! ([`wire_error`]) and the key-range conventions every layer shares
+//! `mvccpb`, and etcd's lock and election services `v3lockpb`,
+//! `v3electionpb`), keel's peer API (`keelpb`), keel's Raft storage records
+//! (`keelstoragepb`), etcd's error strings ([`wire_error`]) and the
+//! key-range conventions every layer shares
 //! ([`key_range`]). Everything else in keel depends on this crate.
 
 #![allow(clippy::all)]
@@ -12,6 +13,16 @@ pub mod mvccpb {
 
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+}
+
+/// etcd's v3lock service (`proto/etcd/v3lockpb/v3lock.proto`).
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+/// etcd's v3election service (`proto/etcd/v3electionpb/v3election.proto`).
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
 }
 
 pub mod keelpb {

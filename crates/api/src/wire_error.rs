@@ -41,6 +41,17 @@ pub enum WireError {
     Stopped,
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    /// A Proclaim by a candidate that does not lead (etcd's Go client's
+    /// `ErrElectionNotLeader`, answered by etcd's v3election service).
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    /// A Leader call on an election nobody leads (`ErrElectionNoLeader`).
+    #[error("election: no leader")]
+    ElectionNoLeader,
+    /// A Proclaim or Resign without its `leader` field (etcd's
+    /// v3election `ErrMissingLeaderKey`).
+    #[error("\"leader\" field must be provided")]
+    MissingLeaderKey,
 }
 
 impl WireError {
@@ -61,6 +72,11 @@ impl WireError {
             WireError::NoLeader | WireError::LeaderChanged | WireError::Timeout | WireError::Stopped => {
                 Code::Unavailable
             }
+            // etcd's v3election service returns these as plain Go errors,
+            // which gRPC sends as Unknown.
+            WireError::ElectionNotLeader | WireError::ElectionNoLeader | WireError::MissingLeaderKey => {
+                Code::Unknown
+            }
         }
     }
 
@@ -77,7 +93,7 @@ impl WireError {
     }
 }
 
-const ALL: [WireError; 17] = [
+const ALL: [WireError; 20] = [
     WireError::EmptyKey,
     WireError::KeyNotFound,
     WireError::ValueProvided,
@@ -95,6 +111,9 @@ const ALL: [WireError; 17] = [
     WireError::Timeout,
     WireError::Stopped,
     WireError::MemberNotFound,
+    WireError::ElectionNotLeader,
+    WireError::ElectionNoLeader,
+    WireError::MissingLeaderKey,
 ];
 
 /// Why a watch create request is refused: etcd answers it in the

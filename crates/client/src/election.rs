@@ -11,6 +11,8 @@
 //! (proclaim, resign, and guarded writes) compares it, so a deposed leader's
 //! write cannot apply.
 
+use std::future::Future;
+
 use keel_api::etcdserverpb::request_op::Request;
 use keel_api::etcdserverpb::{
     DeleteRangeRequest, PutRequest, RangeResponse, RequestOp, ResponseHeader, TxnRequest, WatchCreateRequest,
@@ -49,10 +51,38 @@ impl Election {
         }
     }
 
+    /// A candidacy this process did not start: the key `key` with create
+    /// revision `revision` in election `name` (etcd's Go client's
+    /// `ResumeElection`), so that it can proclaim or resign.
+    pub fn resume(name: &[u8], key: &[u8], revision: i64) -> Election {
+        Election {
+            prefix: name_prefix(name),
+            candidacy: Some(Candidacy {
+                key: key.to_vec(),
+                revision,
+            }),
+            header: None,
+        }
+    }
+
     /// Puts this session's proposal and waits until it leads. Dropping the
     /// future leaves the key in place until the session ends (close the
     /// session, or resign, to withdraw).
     pub async fn campaign(&mut self, session: &Session, value: &[u8]) -> Result<(), ConcurrencyError> {
+        self.campaign_until(session, value, std::future::pending()).await
+    }
+
+    /// [`campaign`](Self::campaign), given up when `stop` resolves while it
+    /// waits: then the candidacy is withdrawn (its key deleted, as etcd's Go
+    /// client resigns when the campaign's context ends) and it fails with
+    /// [`ConcurrencyError::Canceled`]. `stop` is looked at only once the
+    /// key's put has answered, so a key is never put after its deletion.
+    pub async fn campaign_until(
+        &mut self,
+        session: &Session,
+        value: &[u8],
+        stop: impl Future<Output = ()>,
+    ) -> Result<(), ConcurrencyError> {
         let key = session_key(&self.prefix, session.lease());
         let (revision, _, header, existing) = put_once(session, &self.prefix, &key, value).await?;
         self.candidacy = Some(Candidacy { key, revision });
@@ -62,12 +92,26 @@ impl Election {
                 return Err(error);
             }
         }
-        if let Err(error) = wait_deletes(session.client(), &self.prefix, revision - 1).await {
-            self.candidacy = None;
-            return Err(error);
+        let waited = tokio::select! {
+            waited = wait_deletes(session.client(), &self.prefix, revision - 1) => waited,
+            () = stop => Err(ConcurrencyError::Canceled),
+        };
+        match waited {
+            Ok(_) => {
+                self.header = Some(header);
+                Ok(())
+            }
+            Err(ConcurrencyError::Canceled) => {
+                if let Err(resign_error) = self.resign(session).await {
+                    tracing::warn!(%resign_error, "could not delete a canceled campaign's key");
+                }
+                Err(ConcurrencyError::Canceled)
+            }
+            Err(error) => {
+                self.candidacy = None;
+                Err(error)
+            }
         }
-        self.header = Some(header);
-        Ok(())
     }
 
     /// The fencing compare: the leader's key still has its create revision.
@@ -155,14 +199,22 @@ impl Election {
 
     /// Every leader in turn, and each new value of a leader's key, as
     /// etcd's Go client reports them (a get response of the one key-value).
-    /// The channel closes when a read or watch fails.
+    /// The channel closes when a read or watch fails; dropping the receiver
+    /// stops the observer.
     pub fn observe(&self, client: &Client) -> mpsc::Receiver<RangeResponse> {
         let (sender, receiver) = mpsc::channel(1);
         let prefix = self.prefix.clone();
         let client = client.clone();
         tokio::spawn(async move {
-            if let Err(error) = observe_leaders(&client, &prefix, &sender).await {
-                tracing::debug!(%error, "election observer stopped");
+            // Ends as soon as the receiver is dropped, not only at the next
+            // leader change it could not send.
+            tokio::select! {
+                observed = observe_leaders(&client, &prefix, &sender) => {
+                    if let Err(error) = observed {
+                        tracing::debug!(%error, "election observer stopped");
+                    }
+                }
+                () = sender.closed() => {}
             }
         });
         receiver

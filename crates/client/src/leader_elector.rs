@@ -33,7 +33,7 @@ use keel_api::etcdserverpb::{Compare, RequestOp, TxnRequest, TxnResponse};
 use tokio::time::Instant;
 
 use crate::election::Election;
-use crate::lease::{KeepAliveInterval, LeaseLost};
+use crate::lease::{KeepAliveInterval, LeaseKeeper, LeaseLost};
 use crate::session::{ConcurrencyError, Session};
 use crate::Client;
 
@@ -223,7 +223,7 @@ impl Leadership {
 
     /// Why this leader must stop, if it must already.
     pub fn stepped_down(&self) -> Option<StepDown> {
-        if let Some(lost) = self.session.keeper().lost_reason() {
+        if let Some(lost) = self.session.keeper().and_then(LeaseKeeper::lost_reason) {
             return Some(StepDown::LeaseLost(lost));
         }
         (Instant::now() >= self.acting_until()).then_some(StepDown::NotRenewed(self.renew_deadline))

@@ -10,6 +10,8 @@
 //! a time, in create-revision order. The holder's key's create revision is
 //! its fencing token: [`MutexGuard::is_owner`] compares it in a txn.
 
+use std::future::Future;
+
 use keel_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use keel_api::etcdserverpb::request_op::Request;
 use keel_api::etcdserverpb::response_op::Response;
@@ -105,28 +107,41 @@ pub(crate) async fn put_once(
 /// Waits for the lock `name` and takes it. A failure while waiting deletes
 /// this contender's key.
 pub async fn lock(session: &Session, name: &[u8]) -> Result<MutexGuard, ConcurrencyError> {
+    lock_until(session, name, std::future::pending()).await
+}
+
+/// [`lock`], given up when `stop` resolves while it waits: then this
+/// contender's key is deleted (as etcd's Go client does when the wait's
+/// context ends) and it fails with [`ConcurrencyError::Canceled`]. `stop`
+/// is looked at only once the key's put has answered, so a key is never put
+/// after its deletion; a lock taken at once is answered even when `stop` has
+/// resolved.
+pub async fn lock_until(
+    session: &Session,
+    name: &[u8],
+    stop: impl Future<Output = ()>,
+) -> Result<MutexGuard, ConcurrencyError> {
     let prefix = name_prefix(name);
     let key = session_key(&prefix, session.lease());
     let (revision, first, header, _) = put_once(session, &prefix, &key, b"").await?;
+    let mut guard = MutexGuard {
+        key,
+        revision,
+        header,
+    };
     if first == 0 || first == revision {
-        return Ok(MutexGuard {
-            key,
-            revision,
-            header,
-        });
+        return Ok(guard);
     }
-    match wait_deletes(session.client(), &prefix, revision - 1).await {
-        Ok(header) => Ok(MutexGuard {
-            key,
-            revision,
-            header,
-        }),
+    let waited = tokio::select! {
+        waited = wait_deletes(session.client(), &prefix, revision - 1) => waited,
+        () = stop => Err(ConcurrencyError::Canceled),
+    };
+    match waited {
+        Ok(header) => {
+            guard.header = header;
+            Ok(guard)
+        }
         Err(error) => {
-            let guard = MutexGuard {
-                key,
-                revision,
-                header,
-            };
             if let Err(unlock_error) = guard.unlock(session).await {
                 tracing::warn!(%unlock_error, "could not delete the lock key after a failed wait");
             }

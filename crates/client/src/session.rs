@@ -10,6 +10,7 @@ use keel_api::etcdserverpb::range_request::{SortOrder, SortTarget};
 use keel_api::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader, WatchCreateRequest};
 use keel_api::key_range::prefix_range_end;
 use keel_api::mvccpb::event::EventType;
+use keel_api::WireError;
 use tokio::time::Instant;
 
 use crate::lease::{KeepAliveInterval, LeaseError, LeaseKeeper, LeaseLost};
@@ -35,10 +36,10 @@ pub enum ConcurrencyError {
     #[error("session lost: {0}")]
     SessionLost(LeaseLost),
     /// The caller is not (or no longer) the election's leader.
-    #[error("election: not leader")]
+    #[error("{}", WireError::ElectionNotLeader)]
     NotLeader,
     /// The election has no leader.
-    #[error("election: no leader")]
+    #[error("{}", WireError::ElectionNoLeader)]
     NoLeader,
     /// A contender's key was deleted while its put-or-read ran.
     #[error("the key was deleted while it was being read")]
@@ -54,14 +55,17 @@ pub enum ConcurrencyError {
     InvalidTimings(String),
 }
 
-/// A lease kept alive for the keys of locks and elections.
+/// A lease kept alive for the keys of locks and elections, or (made by
+/// [`Session::from_lease`]) a lease someone else keeps alive.
 pub struct Session {
     client: Client,
     lease: i64,
+    /// 0 when the session did not grant its lease.
     ttl: i64,
     /// When the grant was sent: the lease lives at least `ttl` from then.
     granted_at: Instant,
-    keeper: LeaseKeeper,
+    /// `None` when the lease's owner renews it, not this session.
+    keeper: Option<LeaseKeeper>,
 }
 
 impl Session {
@@ -85,8 +89,23 @@ impl Session {
             lease: granted.id,
             ttl: granted.ttl,
             granted_at: sent_at,
-            keeper,
+            keeper: Some(keeper),
         })
+    }
+
+    /// A session over an existing lease that its owner keeps alive (etcd's
+    /// Go client's `WithLease` session, orphaned): nothing renews it here,
+    /// and [`done`](Self::done) never reports it lost. The lease is not
+    /// checked: a recipe's put on a lease that does not exist fails with
+    /// etcd's "requested lease not found".
+    pub fn from_lease(client: &Client, lease: i64) -> Session {
+        Session {
+            client: client.clone(),
+            lease,
+            ttl: 0,
+            granted_at: Instant::now(),
+            keeper: None,
+        }
     }
 
     pub fn client(&self) -> &Client {
@@ -98,26 +117,36 @@ impl Session {
         self.lease
     }
 
-    /// The TTL the server granted, in seconds.
+    /// The TTL the server granted, in seconds (0 for [`Session::from_lease`]).
     pub fn ttl(&self) -> i64 {
         self.ttl
     }
 
-    /// The send instant of the last answered renewal, or of the grant.
+    /// The send instant of the last answered renewal, or of the grant (or
+    /// of [`Session::from_lease`]).
     pub fn renewed_at(&self) -> Instant {
-        self.keeper.renewed_at().unwrap_or(self.granted_at)
+        self.keeper
+            .as_ref()
+            .and_then(LeaseKeeper::renewed_at)
+            .unwrap_or(self.granted_at)
     }
 
-    pub fn keeper(&self) -> &LeaseKeeper {
-        &self.keeper
+    /// What renews the lease (`None` for [`Session::from_lease`]).
+    pub fn keeper(&self) -> Option<&LeaseKeeper> {
+        self.keeper.as_ref()
     }
 
-    /// Waits until the session's lease is lost.
+    /// Waits until the session's lease is lost (forever for
+    /// [`Session::from_lease`]: nothing here watches that lease).
     pub async fn done(&self) -> LeaseLost {
-        self.keeper.lost().await
+        match &self.keeper {
+            Some(keeper) => keeper.lost().await,
+            None => std::future::pending().await,
+        }
     }
 
-    /// Stops renewing and revokes the lease (deleting its keys).
+    /// Stops renewing and revokes the lease (deleting its keys), also a
+    /// lease the session was made [`from`](Self::from_lease).
     pub async fn close(self) -> Result<(), ConcurrencyError> {
         let Session {
             client,
