@@ -11,7 +11,9 @@
 //!   round), so it sees every lease granted and every checkpoint recorded
 //!   before its term, and only then starts deadlines (`LeaseClock::take_office`).
 //! - A renewal (keep-alive) is answered by the leader only, after a quorum
-//!   confirmed it still leads; when a checkpointed remaining TTL is
+//!   confirmed it still leads; a lease is answered expired (TTL 0) only once
+//!   it is gone from the applied state, never while its revoke may still
+//!   fail; when a checkpointed remaining TTL is
 //!   recorded for the lease, the leader first commits a checkpoint that
 //!   clears it, so a failover after the renewal restarts the lease at its
 //!   full TTL, never at the stale shorter one (etcd's bug). A periodic
@@ -58,6 +60,8 @@ const MAX_REVOKES_PER_TICK: usize = 64;
 const MAX_CHECKPOINTS_PER_ENTRY: usize = 1000;
 /// How often the leader matches its deadlines to the applied leases.
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// How often a renewal waiting on a lease's revoke looks again.
+const REVOKE_POLL: Duration = Duration::from_millis(10);
 /// Random IDs tried before a grant gives up (each collision is one entry).
 const GRANT_ID_ATTEMPTS: usize = 8;
 
@@ -97,6 +101,12 @@ async fn ask_peer(
             Ok(LeaderAnswer::TimeToLive(answer.into_inner()))
         }
     }
+}
+
+/// A renewal's answer, or the news that the lease is being revoked.
+enum RenewalOutcome {
+    Answered(LeaseKeepAliveResponse),
+    BeingRevoked,
 }
 
 /// What only the leader answers.
@@ -268,19 +278,34 @@ impl Lessor {
     }
 
     /// A renewal on the leader (refused with `RefusedNotLeader` elsewhere).
+    /// A lease being revoked is not answered "expired" (TTL 0) until its
+    /// revoke is applied: a revoke can still fail (this member may lose
+    /// office first, and the next leader keeps the lease), and a client told
+    /// its lease is gone must never see it, or its keys, alive afterwards
+    /// (etcd waits for the revoke too). While it waits, the renewal is
+    /// refused if this member stops leading, and asked again of the next
+    /// leader.
     pub(crate) async fn renew_as_leader(&self, id: i64) -> Result<LeaseKeepAliveResponse, RequestError> {
+        loop {
+            match self.try_renew_as_leader(id).await? {
+                RenewalOutcome::Answered(answer) => return Ok(answer),
+                RenewalOutcome::BeingRevoked => self.wait_while_revoking(id).await?,
+            }
+        }
+    }
+
+    async fn try_renew_as_leader(&self, id: i64) -> Result<RenewalOutcome, RequestError> {
         self.confirm_leading().await?;
         let _no_checkpoint_meanwhile = self.checkpoint_gate.read().await;
-        let expired = LeaseKeepAliveResponse {
-            header: None,
-            id,
-            ttl: 0,
-        };
         let Some(record) = self.store.lease(id).map_err(storage_failure)? else {
-            return Ok(expired);
+            return Ok(RenewalOutcome::Answered(LeaseKeepAliveResponse {
+                header: None,
+                id,
+                ttl: 0,
+            }));
         };
         if self.clock.is_revoking(id) {
-            return Ok(expired);
+            return Ok(RenewalOutcome::BeingRevoked);
         }
         if record.remaining_ttl != 0 {
             // The recorded remaining TTL is stale once renewed: clear it
@@ -289,15 +314,27 @@ impl Lessor {
         }
         if !self.clock.renewed(id, record.ttl) {
             if self.clock.is_revoking(id) {
-                return Ok(expired);
+                return Ok(RenewalOutcome::BeingRevoked);
             }
             return Err(RequestError::RefusedNotLeader);
         }
-        Ok(LeaseKeepAliveResponse {
+        Ok(RenewalOutcome::Answered(LeaseKeepAliveResponse {
             header: None,
             id,
             ttl: record.ttl,
-        })
+        }))
+    }
+
+    /// Waits until lease `id` is no longer being revoked here: its revoke
+    /// was applied (or failed), or this member stopped leading (refused).
+    async fn wait_while_revoking(&self, id: i64) -> Result<(), RequestError> {
+        while self.clock.is_revoking(id) {
+            if !self.route.leadership.is_leader() {
+                return Err(RequestError::RefusedNotLeader);
+            }
+            tokio::time::sleep(REVOKE_POLL).await;
+        }
+        Ok(())
     }
 
     /// TimeToLive on the leader (refused with `RefusedNotLeader` elsewhere).
