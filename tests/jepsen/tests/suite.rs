@@ -237,7 +237,9 @@ fn short_suite_every_workload_under_every_nemesis_is_valid() {
                             .all(|(outcome, name)| outcome == "PASS" || name == "linearizability")
                 }
                 Workload::Register | Workload::Set => run.code == 0 && checks.len() == 3,
-                Workload::Watch => unreachable!("watch runs in its own test"),
+                Workload::Watch | Workload::Lease | Workload::Lock => {
+                    unreachable!("{workload} runs in its own test")
+                }
             };
             if !acceptable {
                 dir.keep = true;
