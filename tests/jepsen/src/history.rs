@@ -37,6 +37,7 @@ pub mod f {
     pub const LOCK: &str = "lock";
     pub const INCREMENT: &str = "incr";
     pub const UNLOCK: &str = "unlock";
+    pub const DROP_LOCK: &str = "drop-lock";
     pub const READ_LOCK_DATA: &str = "read-lock-data";
 }
 

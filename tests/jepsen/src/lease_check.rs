@@ -249,6 +249,9 @@ fn resurrection_check(leases: &BTreeMap<i64, LeaseFacts>) -> CheckResult {
 fn early_expiry_check(leases: &BTreeMap<i64, LeaseFacts>) -> CheckResult {
     let mut anomalies = Vec::new();
     let (mut judged, mut excused) = (0, 0);
+    // The smallest (sighting end - promised deadline), in ns: how close the
+    // history came to the bound.
+    let mut closest: Option<i128> = None;
     for (id, facts) in leases {
         let Some((grant_sent, _, grant_ttl)) = facts.grant else {
             continue;
@@ -270,6 +273,8 @@ fn early_expiry_check(leases: &BTreeMap<i64, LeaseFacts>) -> CheckResult {
                 continue;
             };
             let alive_until = sent + ttl_ns(ttl);
+            let margin = i128::from(gone.end) - i128::from(alive_until);
+            closest = Some(closest.map_or(margin, |c| c.min(margin)));
             if gone.end + CLOCK_TOLERANCE_NS < alive_until {
                 anomalies.push(format!(
                     "lease {id:x} expired early: {}, but {by} sent at {:.3} s answered TTL {ttl} s (alive until {:.3} s, {} ms later)",
@@ -282,8 +287,13 @@ fn early_expiry_check(leases: &BTreeMap<i64, LeaseFacts>) -> CheckResult {
         }
     }
     let renewals: usize = leases.values().map(|f| f.renewals.len()).sum();
+    let expired = leases
+        .values()
+        .filter(|f| f.grant.is_some() && !f.gone.is_empty() && f.revokes.is_empty())
+        .count();
+    let closest = closest.map_or("none".to_string(), |c| format!("{} ms", c / 1_000_000));
     let summary = format!(
-        "{judged} expiries observed with no revoke, each against its lease's grant and {renewals} acknowledged keep-alives in all ({excused} gone sightings explained by a revoke); tolerance {} ms",
+        "{judged} gone sightings with no revoke ({expired} leases expired), each against its grant and acknowledged keep-alives ({renewals} in all); {excused} sightings after a revoke; closest to its deadline: {closest}; tolerance {} ms",
         CLOCK_TOLERANCE_NS / 1_000_000
     );
     result(NO_EARLY_EXPIRY, anomalies, summary)

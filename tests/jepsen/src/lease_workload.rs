@@ -36,13 +36,13 @@ pub const LEASE_PREFIX: &str = "jepsen/lease/";
 /// Shortest and longest TTL asked for, in seconds.
 pub const TTL_RANGE: (i64, i64) = (2, 4);
 /// Leases the pool holds while it grants new ones.
-const POOL_TARGET: usize = 6;
+const POOL_TARGET: usize = 8;
 /// Keys and leases kept for reads and TimeToLive after their lease left
 /// the pool (so reads go on after an expiry or a revoke).
 const RECENT: usize = 64;
 /// How long a lease keeps its place in the pool beyond its last expected
 /// deadline before it is dropped (reads of its keys go on).
-const LINGER: Duration = Duration::from_secs(3);
+const LINGER: Duration = Duration::from_secs(1);
 
 /// One operation of the lease workload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,7 +189,7 @@ impl LeasePool {
                 };
             }
         }
-        if roll < 45 {
+        if roll < 50 {
             let due = state
                 .leases
                 .iter()
@@ -199,7 +199,7 @@ impl LeasePool {
                 return LeaseOp::Revoke { lease: lease.id };
             }
         }
-        if roll < 55 && !state.recent_leases.is_empty() {
+        if roll < 60 && !state.recent_leases.is_empty() {
             let lease = state.recent_leases[rng.gen_range(0..state.recent_leases.len())];
             return LeaseOp::TimeToLive { lease };
         }
@@ -234,7 +234,7 @@ impl LeasePool {
         let granted = Instant::now();
         let fate = match id.rem_euclid(3) {
             0 => Fate::KeepAlive {
-                until: granted + Duration::from_secs(4 + id.rem_euclid(9) as u64),
+                until: granted + Duration::from_secs(3 + id.rem_euclid(6) as u64),
             },
             1 => Fate::Expire,
             _ => Fate::Revoke,

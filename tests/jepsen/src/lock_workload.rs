@@ -1,8 +1,12 @@
 //! The `lock` workload: each worker, pinned to one member, repeatedly takes
 //! the lock `jepsen/lock-mutex` with the client crate's recipe (a session
-//! with a short TTL), does one fenced read-modify-write of a counter, and
-//! releases the lock; after healing every member reads the counter and the
-//! increment log (`read-lock-data`).
+//! with a short TTL), does one to three fenced read-modify-writes of a
+//! counter, and releases the lock; after healing every member reads the
+//! counter and the increment log (`read-lock-data`). One holder in eight
+//! loses the lock after its first increment (`drop-lock`: it revokes its
+//! own session's lease, as if the lease had expired while it stalled),
+//! waits for a rival to take the lock, and tries its next increments
+//! anyway: they must be refused by the fencing compare.
 //!
 //! Invariants that keep the history checkable (`lock_check.rs`):
 //! - an increment reads the counter (`"<count> <token>"`, absent = 0), then
@@ -25,7 +29,7 @@ use keel_client::lock::{lock, MutexGuard};
 use keel_client::session::{ConcurrencyError, Session};
 use keel_client::Client;
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use serde_json::{json, Value as Json};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -45,6 +49,12 @@ pub const COUNTER_KEY: &str = "jepsen/lock-data/counter";
 pub const LOG_PREFIX: &str = "jepsen/lock-data/log/";
 /// TTL of each holder's session, in seconds.
 pub const SESSION_TTL: i64 = 3;
+/// A holder increments 1 to this many times.
+const MAX_INCREMENTS_PER_HOLD: u32 = 3;
+/// One holder in this many loses its lock after its first increment.
+const STALE_HOLDER_ONE_IN: u32 = 8;
+/// How long a holder that lost its lock waits before incrementing again.
+const STALE_HOLDER_PAUSE: Duration = Duration::from_millis(300);
 /// How many op timeouts a contender may wait for the lock.
 const LOCK_WAIT_OP_TIMEOUTS: u32 = 4;
 
@@ -223,21 +233,48 @@ pub async fn run_lock_worker(
             continue;
         };
         let token = json!(guard.revision());
-        let op = RecordedOp {
-            process,
-            node: &spec.member_name,
-            f: f::INCREMENT,
-            key: None,
-            value: json!([guard.revision()]),
-        };
-        let completion = perform_recorded(
-            &history,
-            &op,
-            spec.op_timeout * 2 + guard_slack,
-            increment(&client, &guard),
-        )
-        .await?;
-        next_process(&completion, &mut process, &mut report);
+        let increments = rng.gen_range(1..=MAX_INCREMENTS_PER_HOLD);
+        // Now and then the holder loses the lock behind its back after its
+        // first increment (its lease revoked, as if it had expired while
+        // the holder stalled) and goes on incrementing: fencing must refuse.
+        let goes_stale = increments > 1 && rng.gen_ratio(1, STALE_HOLDER_ONE_IN);
+        for done in 0..increments {
+            if goes_stale && done == 1 {
+                let op = RecordedOp {
+                    process,
+                    node: &spec.member_name,
+                    f: f::DROP_LOCK,
+                    key: None,
+                    value: token.clone(),
+                };
+                let lease = session.lease();
+                let completion = perform_recorded(&history, &op, spec.op_timeout + guard_slack, async {
+                    match client.lease_revoke(lease).await {
+                        Ok(_) => Completion::ok(Json::Null),
+                        Err(error) => lease_failure(&error),
+                    }
+                })
+                .await?;
+                next_process(&completion, &mut process, &mut report);
+                // Time for another contender to take the lock.
+                tokio::time::sleep(STALE_HOLDER_PAUSE).await;
+            }
+            let op = RecordedOp {
+                process,
+                node: &spec.member_name,
+                f: f::INCREMENT,
+                key: None,
+                value: json!([guard.revision()]),
+            };
+            let completion = perform_recorded(
+                &history,
+                &op,
+                spec.op_timeout * 2 + guard_slack,
+                increment(&client, &guard),
+            )
+            .await?;
+            next_process(&completion, &mut process, &mut report);
+        }
         let op = RecordedOp {
             process,
             node: &spec.member_name,
