@@ -161,9 +161,12 @@ fn counter_check(attempts: &[Attempt], data: &LockData, others: &[LockData]) -> 
     let mut unknown_applied = 0;
     for &(count, token, _, _) in &data.log {
         let candidates = by_token.get(&token).map(Vec::as_slice).unwrap_or_default();
+        // An acknowledged match first: an unknown attempt with the same
+        // token and count may have been retried by an acknowledged one.
         let matching = candidates
             .iter()
-            .find(|a| a.to.is_none_or(|to| to == count) && a.outcome != EventType::Fail);
+            .filter(|a| a.to.is_none_or(|to| to == count) && a.outcome != EventType::Fail)
+            .min_by_key(|a| a.outcome != EventType::Ok);
         match matching {
             Some(attempt) if attempt.outcome != EventType::Ok => unknown_applied += 1,
             Some(_) => {}
