@@ -21,6 +21,8 @@ use crate::config::{RunConfig, Workload};
 use crate::finale::FinalReport;
 use crate::history::{f, read_history, Event, HistoryError};
 use crate::invariants::{convergence_check, leader_changes, leader_per_term_check, StatusSample};
+use crate::lease_check::lease_checks;
+use crate::lock_check::lock_checks;
 use crate::register_check::{linearizability_check, named_linearizability_check, CheckLimits};
 use crate::set_check::set_check;
 use crate::stats::RunStats;
@@ -146,6 +148,8 @@ pub fn workload_checks(
         }
         Workload::Set => checks.push(set_check(events)),
         Workload::Watch => checks.extend(watch_checks(events, records.watches, config.nodes)),
+        Workload::Lease => checks.extend(lease_checks(events)),
+        Workload::Lock => checks.extend(lock_checks(events)),
     }
     checks.push(leader_per_term_check(records.samples));
     checks.push(match final_report {

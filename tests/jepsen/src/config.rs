@@ -29,6 +29,12 @@ pub enum Workload {
     /// puts, deletes and Txns on a few keys under a prefix that a watcher on
     /// every member watches from revision 1, reconnecting through faults.
     Watch,
+    /// leases granted with short TTLs, keys attached to them, some kept
+    /// alive, some left to expire, some revoked; reads on every member.
+    Lease,
+    /// a fenced read-modify-write of a counter under the client crate's
+    /// lock recipe (a session lease with a short TTL).
+    Lock,
 }
 
 impl Workload {
@@ -38,14 +44,18 @@ impl Workload {
             Workload::Set => "set",
             Workload::RegisterSerializable => "register-serializable",
             Workload::Watch => "watch",
+            Workload::Lease => "lease",
+            Workload::Lock => "lock",
         }
     }
 
-    pub const ALL: [Workload; 4] = [
+    pub const ALL: [Workload; 6] = [
         Workload::Register,
         Workload::Set,
         Workload::RegisterSerializable,
         Workload::Watch,
+        Workload::Lease,
+        Workload::Lock,
     ];
 }
 

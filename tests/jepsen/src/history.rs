@@ -28,6 +28,17 @@ pub mod f {
     pub const TXN: &str = "txn";
     pub const DELETE: &str = "delete";
     pub const READ_PREFIX: &str = "read-prefix";
+    pub const LEASE_GRANT: &str = "lease-grant";
+    pub const LEASE_PUT: &str = "lease-put";
+    pub const KEEP_ALIVE: &str = "keep-alive";
+    pub const LEASE_REVOKE: &str = "lease-revoke";
+    pub const TIME_TO_LIVE: &str = "time-to-live";
+    pub const LEASE_READ: &str = "lease-read";
+    pub const LOCK: &str = "lock";
+    pub const INCREMENT: &str = "incr";
+    pub const UNLOCK: &str = "unlock";
+    pub const DROP_LOCK: &str = "drop-lock";
+    pub const READ_LOCK_DATA: &str = "read-lock-data";
 }
 
 /// Process ids from here on belong to the final reads taken after healing,

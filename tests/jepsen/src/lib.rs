@@ -4,15 +4,21 @@
 //! records the history as JSON lines, and checks it: linearizability of the
 //! register workloads, no lost or phantom elements in the set workload, the
 //! watch workload's event streams (gap-free, duplicate-free, one order on
-//! every member, matching the final state), at most one leader per term,
-//! and convergence after healing.
+//! every member, matching the final state), leases that neither outlive a
+//! revoke or an observed expiry nor expire early, fenced lock holders that
+//! never interleave, at most one leader per term, and convergence after
+//! healing.
 
 pub mod check;
 pub mod config;
 pub mod finale;
 pub mod history;
 pub mod invariants;
+pub mod lease_check;
+pub mod lease_workload;
 pub mod linearizable;
+pub mod lock_check;
+pub mod lock_workload;
 pub mod model;
 pub mod monitor;
 pub mod nemesis;

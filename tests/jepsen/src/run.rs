@@ -27,6 +27,7 @@ use crate::check::{
 use crate::config::{ConfigError, RunConfig, Workload};
 use crate::finale::{await_convergence, read_on_every_member, FinalReport, FINAL_PROCESS_BASE};
 use crate::history::{HistoryError, HistoryWriter};
+use crate::lock_workload::run_lock_worker;
 use crate::monitor::{MemberAddress, Monitor};
 use crate::nemesis::Nemesis;
 use crate::proxy::{Network, ProxyError};
@@ -148,7 +149,11 @@ pub async fn run(config: &RunConfig, dir: &Path) -> Result<RunReport, RunError> 
                 .collect();
             Some(Watchers::start(&addresses, WATCH_PREFIX, log, history.clone()))
         }
-        Workload::Register | Workload::RegisterSerializable | Workload::Set => None,
+        Workload::Register
+        | Workload::RegisterSerializable
+        | Workload::Set
+        | Workload::Lease
+        | Workload::Lock => None,
     };
     let generator = Arc::new(Generator::new(config.workload, config.keys, config.ops_per_key));
     let (stop_workers, stop_signal) = watch::channel(false);
@@ -164,12 +169,15 @@ pub async fn run(config: &RunConfig, dir: &Path) -> Result<RunReport, RunError> 
                 pace: config.worker_pace(),
                 seed: config.seed.wrapping_add(1 + index as u64),
             };
-            tokio::spawn(run_worker(
-                spec,
-                generator.clone(),
-                history.clone(),
-                stop_signal.clone(),
-            ))
+            match config.workload {
+                Workload::Lock => tokio::spawn(run_lock_worker(spec, history.clone(), stop_signal.clone())),
+                _ => tokio::spawn(run_worker(
+                    spec,
+                    generator.clone(),
+                    history.clone(),
+                    stop_signal.clone(),
+                )),
+            }
         })
         .collect();
 
@@ -223,6 +231,9 @@ pub async fn run(config: &RunConfig, dir: &Path) -> Result<RunReport, RunError> 
     let final_reads: Vec<Invocation> = match config.workload {
         Workload::Set => vec![Invocation::ReadAll],
         Workload::Watch => vec![Invocation::ReadPrefix],
+        // The lease checks judge the workers' reads; nothing is read after.
+        Workload::Lease => Vec::new(),
+        Workload::Lock => vec![Invocation::ReadLockData],
         Workload::Register | Workload::RegisterSerializable => generator
             .current_keys()
             .into_iter()

@@ -57,20 +57,42 @@ pub async fn perform(
     invocation: &Invocation,
     op_timeout: Duration,
 ) -> Result<Completion, HistoryError> {
-    let start = history.now();
-    let invoke = Event::invoke(
+    let op = RecordedOp {
         process,
-        invocation.f(),
-        invocation.key(),
-        invocation.value(),
-        start,
-    )
-    .with_node(node);
-    history.record(invoke.clone())?;
+        node,
+        f: invocation.f(),
+        key: invocation.key(),
+        value: invocation.value(),
+    };
     // The client's own request timeout bounds the call; this outer bound
     // only guards against a call that ignores it.
     let guard = op_timeout + Duration::from_millis(500);
-    let completion = match tokio::time::timeout(guard, execute(client, invocation)).await {
+    perform_recorded(history, &op, guard, execute(client, invocation)).await
+}
+
+/// How one operation appears on its invocation line.
+#[derive(Debug, Clone)]
+pub struct RecordedOp<'a> {
+    pub process: u64,
+    pub node: &'a str,
+    pub f: &'a str,
+    pub key: Option<&'a str>,
+    pub value: Json,
+}
+
+/// Records `op`'s invocation, runs `call` (an `info` completion if it takes
+/// longer than `guard`), records its completion (with the invocation's
+/// value when the completion has none) and returns it.
+pub async fn perform_recorded(
+    history: &HistoryWriter,
+    op: &RecordedOp<'_>,
+    guard: Duration,
+    call: impl std::future::Future<Output = Completion>,
+) -> Result<Completion, HistoryError> {
+    let start = history.now();
+    let invoke = Event::invoke(op.process, op.f, op.key, op.value.clone(), start).with_node(op.node);
+    history.record(invoke.clone())?;
+    let completion = match tokio::time::timeout(guard, call).await {
         Ok(completion) => completion,
         Err(_) => Completion {
             kind: EventType::Info,
@@ -81,7 +103,7 @@ pub async fn perform(
     };
     let end = history.now();
     let value = if completion.value.is_null() {
-        invocation.value()
+        op.value.clone()
     } else {
         completion.value.clone()
     };
@@ -120,19 +142,8 @@ pub async fn run_worker(
     };
     let mut process = spec.index;
     loop {
-        if *stop.borrow() {
+        if !paced(&spec, &mut rng, &mut stop).await {
             break;
-        }
-        if !spec.pace.is_zero() {
-            // Uniform in [0, 2 * pace): the mean holds the target rate.
-            let pause = spec.pace.mul_f64(rng.gen_range(0.0..2.0));
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = stop.changed() => {}
-            }
-            if *stop.borrow() {
-                break;
-            }
         }
         let invocation = generator.next(&mut rng);
         let completion = perform(
@@ -152,4 +163,21 @@ pub async fn run_worker(
         }
     }
     Ok(report)
+}
+
+/// Waits the worker's random pause before its next operation; false when
+/// the run is stopping.
+pub(crate) async fn paced(spec: &WorkerSpec, rng: &mut StdRng, stop: &mut watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return false;
+    }
+    if !spec.pace.is_zero() {
+        // Uniform in [0, 2 * pace): the mean holds the target rate.
+        let pause = spec.pace.mul_f64(rng.gen_range(0.0..2.0));
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    !*stop.borrow()
 }

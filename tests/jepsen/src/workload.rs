@@ -26,6 +26,7 @@ use serde_json::{json, Value as Json};
 
 use crate::config::Workload;
 use crate::history::{f, EventType};
+use crate::lease_workload::{LeaseOp, LeasePool};
 use crate::outcome::classify;
 
 /// Prefix of the register workloads' keys.
@@ -66,6 +67,10 @@ pub enum Invocation {
     },
     /// A linearizable read of every key under the watch prefix.
     ReadPrefix,
+    /// One operation of the lease workload.
+    Lease(LeaseOp),
+    /// A linearizable read of the lock workload's counter and log.
+    ReadLockData,
 }
 
 impl Invocation {
@@ -79,6 +84,8 @@ impl Invocation {
             Invocation::Txn { .. } => f::TXN,
             Invocation::Delete { .. } => f::DELETE,
             Invocation::ReadPrefix => f::READ_PREFIX,
+            Invocation::Lease(op) => op.f(),
+            Invocation::ReadLockData => f::READ_LOCK_DATA,
         }
     }
 
@@ -88,10 +95,12 @@ impl Invocation {
             | Invocation::Write { key, .. }
             | Invocation::Cas { key, .. }
             | Invocation::Delete { key } => Some(key),
+            Invocation::Lease(op) => op.key(),
             Invocation::Add { .. }
             | Invocation::ReadAll
             | Invocation::Txn { .. }
-            | Invocation::ReadPrefix => None,
+            | Invocation::ReadPrefix
+            | Invocation::ReadLockData => None,
         }
     }
 
@@ -101,7 +110,9 @@ impl Invocation {
             Invocation::Read { .. }
             | Invocation::ReadAll
             | Invocation::Delete { .. }
-            | Invocation::ReadPrefix => Json::Null,
+            | Invocation::ReadPrefix
+            | Invocation::ReadLockData => Json::Null,
+            Invocation::Lease(op) => op.value(),
             Invocation::Write { value, .. } => json!(value),
             Invocation::Cas { from, to, .. } => json!([from, to]),
             Invocation::Add { element } => json!(element),
@@ -121,7 +132,7 @@ pub struct Completion {
 }
 
 impl Completion {
-    fn ok(value: Json) -> Completion {
+    pub(crate) fn ok(value: Json) -> Completion {
         Completion {
             kind: EventType::Ok,
             value,
@@ -130,7 +141,24 @@ impl Completion {
         }
     }
 
-    fn at(mut self, header: Option<&ResponseHeader>) -> Completion {
+    /// A failed or indeterminate completion with no value of its own.
+    pub(crate) fn failed(kind: EventType, error: String) -> Completion {
+        Completion {
+            kind,
+            value: Json::Null,
+            error: Some(error),
+            revision: None,
+        }
+    }
+
+    /// The completion of a call that failed with `error`, as `outcome.rs`
+    /// classifies it.
+    pub(crate) fn from_client_error(error: &keel_client::ClientError) -> Completion {
+        let failure = classify(error);
+        Completion::failed(failure.kind, failure.error)
+    }
+
+    pub(crate) fn at(mut self, header: Option<&ResponseHeader>) -> Completion {
         self.revision = header.map(|h| h.revision);
         self
     }
@@ -149,6 +177,8 @@ pub struct Generator {
     next_value: AtomicU64,
     /// The latest value each key was seen to hold, to aim CASes at.
     known: Mutex<HashMap<String, u64>>,
+    /// The lease workload's shared leases.
+    leases: LeasePool,
 }
 
 impl Generator {
@@ -166,6 +196,7 @@ impl Generator {
             ),
             next_value: AtomicU64::new(1),
             known: Mutex::new(HashMap::new()),
+            leases: LeasePool::default(),
         }
     }
 
@@ -205,6 +236,10 @@ impl Generator {
                 element: self.unique(),
             },
             Workload::Watch => self.next_watch_update(rng),
+            Workload::Lease => Invocation::Lease(self.leases.next(rng)),
+            // The lock workload's workers run their own rounds
+            // (`lock_workload.rs`); a plain worker only reads its data.
+            Workload::Lock => Invocation::ReadLockData,
             Workload::Register | Workload::RegisterSerializable => {
                 let key = self.pick_key(rng);
                 let serializable = self.workload == Workload::RegisterSerializable;
@@ -264,6 +299,10 @@ impl Generator {
 
     /// Learns from a completed operation which value a key holds now.
     pub fn observe(&self, invocation: &Invocation, completion: &Completion) {
+        if let Invocation::Lease(op) = invocation {
+            self.leases.observe(op, completion);
+            return;
+        }
         if completion.kind != EventType::Ok {
             return;
         }
@@ -275,7 +314,9 @@ impl Generator {
             | Invocation::ReadAll
             | Invocation::Txn { .. }
             | Invocation::Delete { .. }
-            | Invocation::ReadPrefix => None,
+            | Invocation::ReadPrefix
+            | Invocation::Lease(_)
+            | Invocation::ReadLockData => None,
         };
         if let Some((key, value)) = seen {
             self.known
@@ -287,13 +328,7 @@ impl Generator {
 }
 
 fn failure(error: &keel_client::ClientError) -> Completion {
-    let failure = classify(error);
-    Completion {
-        kind: failure.kind,
-        value: Json::Null,
-        error: Some(failure.error),
-        revision: None,
-    }
+    Completion::from_client_error(error)
 }
 
 fn parse_value(bytes: &[u8]) -> Json {
@@ -462,6 +497,8 @@ pub async fn execute(client: &Client, invocation: &Invocation) -> Completion {
                 Err(error) => failure(&error),
             }
         }
+        Invocation::Lease(op) => crate::lease_workload::execute(client, op).await,
+        Invocation::ReadLockData => crate::lock_workload::read_lock_data(client).await,
     }
 }
 
