@@ -610,7 +610,7 @@ impl Side {
                 out.push('N');
             }
             out.push_str(rest);
-            out
+            sorted_attached_keys(&out)
         };
         (
             ran.ok,
@@ -618,6 +618,21 @@ impl Side {
             ran.errors.iter().map(|line| blank(line)).collect(),
         )
     }
+}
+
+/// `text` with the key list of `attached keys([...])` sorted: etcd lists a
+/// lease's keys in Go map order, which changes from call to call.
+fn sorted_attached_keys(text: &str) -> String {
+    const OPEN: &str = "attached keys([";
+    let Some(start) = text.find(OPEN).map(|at| at + OPEN.len()) else {
+        return text.to_string();
+    };
+    let Some(len) = text[start..].find(']') else {
+        return text.to_string();
+    };
+    let mut keys: Vec<&str> = text[start..start + len].split(' ').collect();
+    keys.sort_unstable();
+    format!("{}{}{}", &text[..start], keys.join(" "), &text[start + len..])
 }
 
 fn granted_lease_hex(endpoints: &[String]) -> String {

@@ -343,6 +343,9 @@ impl Lessor {
         request: &LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, RequestError> {
         self.confirm_leading().await?;
+        // A lease being revoked has no deadline here; it is answered once
+        // the revoke is applied (-1) or has failed (its time left, 0).
+        self.wait_while_revoking(request.id).await?;
         let Some(record) = self.store.lease(request.id).map_err(storage_failure)? else {
             return Ok(LeaseTimeToLiveResponse {
                 header: None,
