@@ -3,8 +3,11 @@
 //! keep-alives and TimeToLive are answered by the leader (forwarded there
 //! by a follower), the lease list is this member's applied state.
 //!
-//! A keep-alive stream gets one task that answers its requests in order;
-//! when the client ends or breaks the stream, the task ends with it.
+//! A keep-alive stream gets one task that answers its requests in order,
+//! renewing up to 64 of them at once (etcd renews one at a time, without
+//! the quorum confirmation keel's leader makes before each renewal; many
+//! at once share those rounds); when the client ends or breaks the stream,
+//! the task ends with it.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,6 +27,9 @@ use crate::context::{mvcc_status, MemberContext};
 
 /// Keep-alive answers queued for a client that does not read.
 const KEEP_ALIVE_ANSWERS_QUEUED: usize = 16;
+/// Renewals of one stream answered at once (answers keep request order);
+/// concurrent renewals share the leader's quorum confirmation rounds.
+const RENEWALS_IN_FLIGHT_PER_STREAM: usize = 64;
 
 pub struct LeaseService {
     context: Arc<MemberContext>,
@@ -63,18 +69,27 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveAnswers>, Status> {
-        let mut requests = request.into_inner();
+        let requests = request.into_inner();
         let (answers, queue) = tokio::sync::mpsc::channel(KEEP_ALIVE_ANSWERS_QUEUED);
         let context = self.context.clone();
         tokio::spawn(async move {
-            while let Some(Ok(keep_alive)) = requests.next().await {
-                let answer = match context.node.lessor().renew(keep_alive.id).await {
-                    Ok(mut renewed) => {
-                        renewed.header = context.header_now();
-                        Ok(renewed)
+            let renewals = futures::StreamExt::buffered(
+                requests.map_while(Result::ok).map(move |keep_alive| {
+                    let context = context.clone();
+                    async move {
+                        match context.node.lessor().renew(keep_alive.id).await {
+                            Ok(mut renewed) => {
+                                renewed.header = context.header_now();
+                                Ok(renewed)
+                            }
+                            Err(error) => Err(Status::from(error)),
+                        }
                     }
-                    Err(error) => Err(Status::from(error)),
-                };
+                }),
+                RENEWALS_IN_FLIGHT_PER_STREAM,
+            );
+            let mut renewals = std::pin::pin!(renewals);
+            while let Some(answer) = futures::StreamExt::next(&mut renewals).await {
                 let failed = answer.is_err();
                 if answers.send(answer).await.is_err() || failed {
                     return;

@@ -686,3 +686,37 @@ async fn etcdctl_lease_commands_print_on_keel_what_they_print_on_etcd() {
         assert_eq!(from_keel, from_etcd, "etcdctl {args:?}");
     }
 }
+
+#[tokio::test]
+async fn keep_alives_sent_at_once_on_one_stream_are_answered_in_request_order() {
+    let cluster = Cluster::start(ClusterOptions::keel(3)).await.expect("cluster");
+    let endpoint = cluster.endpoint(1);
+    let [first, second] = [grant(&endpoint, 60, 11).await, grant(&endpoint, 90, 12).await];
+    let unknown = 999;
+    let asked: Vec<i64> = [first, unknown, second].into_iter().cycle().take(300).collect();
+    let requests = tokio_stream::iter(
+        asked
+            .iter()
+            .map(|&id| LeaseKeepAliveRequest { id })
+            .collect::<Vec<_>>(),
+    );
+    let mut answers = lease_client(&endpoint)
+        .await
+        .lease_keep_alive(requests)
+        .await
+        .expect("keep-alive stream")
+        .into_inner();
+    for (n, &id) in asked.iter().enumerate() {
+        let answer = tokio::time::timeout(WAIT, answers.message())
+            .await
+            .expect("answered in time")
+            .expect("keep-alive answer")
+            .expect("an answer per request");
+        let ttl = match id {
+            11 => 60,
+            12 => 90,
+            _ => 0,
+        };
+        assert_eq!((answer.id, answer.ttl), (id, ttl), "answer {n}");
+    }
+}
