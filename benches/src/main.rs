@@ -36,6 +36,10 @@ enum Command {
     Mixed(LoadSpec),
     /// Range over everything under --prefix (--keys-only), usually with --preload.
     PrefixList(LoadSpec),
+    /// Grant a lease (--lease-ttl), then revoke it; one request is the pair.
+    LeaseGrantRevoke(LoadSpec),
+    /// Put random keys attached to --leases leases (0: one per key), granted first, revoked after.
+    PutWithLease(LoadSpec),
     /// Start etcd and keel clusters and run the scenario matrix against both.
     Compare(CompareOptions),
     /// Redraw the throughput plot of a RESULTS.md from its saved results.
@@ -81,6 +85,8 @@ fn main_with_result() -> anyhow::Result<()> {
         Command::TxnCas(spec) => (Mode::TxnCas, spec),
         Command::Mixed(spec) => (Mode::Mixed, spec),
         Command::PrefixList(spec) => (Mode::PrefixList, spec),
+        Command::LeaseGrantRevoke(spec) => (Mode::LeaseGrantRevoke, spec),
+        Command::PutWithLease(spec) => (Mode::PutWithLease, spec),
         Command::Compare(options) => return runtime.block_on(run_compare(options)),
         Command::Plot { out } => {
             let results = ResultsFile::new(out.unwrap_or_else(|| default_results_path(false)));
