@@ -77,7 +77,11 @@ async fn grant_revoke_and_put(endpoint: &str) {
         let put = run(Mode::PutWithLease, &spec).await.expect("put-with-lease runs");
         assert!(put.ops > 0, "{put:?}");
         assert_eq!(put.errors, 0, "{put:?}");
-        assert!(put.command.contains(&format!("--leases {leases}")), "{}", put.command);
+        assert!(
+            put.command.contains(&format!("--leases {leases}")),
+            "{}",
+            put.command
+        );
         // The run revoked its leases: only keys attached to them are gone.
         assert_eq!(
             keys_under(endpoint, "/leased/").await,
@@ -150,14 +154,18 @@ async fn keep_alive(endpoint: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_instruments_drive_etcd() {
-    let cluster = Cluster::start(ClusterOptions::etcd(1)).await.expect("starting etcd");
+    let cluster = Cluster::start(ClusterOptions::etcd(1))
+        .await
+        .expect("starting etcd");
     grant_revoke_and_put(&cluster.endpoint(0)).await;
     keep_alive(&cluster.endpoint(0)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_instruments_drive_keel() {
-    let cluster = Cluster::start(ClusterOptions::keel(1)).await.expect("starting keel");
+    let cluster = Cluster::start(ClusterOptions::keel(1))
+        .await
+        .expect("starting keel");
     grant_revoke_and_put(&cluster.endpoint(0)).await;
     keep_alive(&cluster.endpoint(0)).await;
 }

@@ -16,7 +16,7 @@ use crate::compare::cluster::{order, system_name, BenchCluster};
 use crate::compare::results::{Better, ScenarioReport};
 use crate::compare::throughput::{record_latency, throughput_spec};
 use crate::compare::{measure, start_pair, Ctx, Scenario, Table};
-use crate::load::keepalive::{KeepAliveFleet, KeepAliveSummary, Pace};
+use crate::load::keepalive::{measure_phase, Pace, PhaseReport};
 use crate::load::leases::{grant_leases, open_lease_connections};
 use crate::load::watchers::connect_channel;
 use crate::load::{Mode, RunReport};
@@ -82,7 +82,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     );
     let mut report = ctx.new_report(
         Scenario::Lease,
-        "10. Leases: grant+revoke, 10,000 leases kept alive, put with lease",
+        &format!("10. Leases: grant+revoke, {leases} leases kept alive, put with lease"),
         &method,
     );
     if !ctx.sizes.contains(&3) {
@@ -121,7 +121,12 @@ fn paced_window(ctx: &Ctx) -> Duration {
     ctx.scale.duration.max(RENEW_PERIOD * 2)
 }
 
-async fn grant_revoke_cases(ctx: &Ctx, report: &mut ScenarioReport, table: &mut Table, pair: &[BenchCluster]) {
+async fn grant_revoke_cases(
+    ctx: &Ctx,
+    report: &mut ScenarioReport,
+    table: &mut Table,
+    pair: &[BenchCluster],
+) {
     for (clients, conns) in GRANT_REVOKE_LEVELS {
         let case = format!("grant+revoke clients={clients} conns={conns}");
         for rep in 0..ctx.scale.reps {
@@ -141,7 +146,11 @@ async fn grant_revoke_cases(ctx: &Ctx, report: &mut ScenarioReport, table: &mut 
 async fn put_cases(ctx: &Ctx, report: &mut ScenarioReport, table: &mut Table, pair: &[BenchCluster]) {
     let cases = [
         (Mode::Put, 0, "put, no lease".to_string()),
-        (Mode::PutWithLease, FEW_LEASES, format!("put, {FEW_LEASES} leases")),
+        (
+            Mode::PutWithLease,
+            FEW_LEASES,
+            format!("put, {FEW_LEASES} leases"),
+        ),
         (
             Mode::PutWithLease,
             0,
@@ -167,7 +176,14 @@ async fn put_cases(ctx: &Ctx, report: &mut ScenarioReport, table: &mut Table, pa
     }
 }
 
-fn record_run(table: &mut Table, case: &str, clients: usize, rate: &str, flavor: Flavor, run: Option<&RunReport>) {
+fn record_run(
+    table: &mut Table,
+    case: &str,
+    clients: usize,
+    rate: &str,
+    flavor: Flavor,
+    run: Option<&RunReport>,
+) {
     table.add(
         3,
         case,
@@ -183,12 +199,8 @@ fn record_run(table: &mut Table, case: &str, clients: usize, rate: &str, flavor:
 /// What the keep-alive case measured on one system.
 struct KeepAliveMeasurement {
     grants_per_s: f64,
-    saturation: KeepAliveSummary,
-    saturation_cpu_s: Option<f64>,
-    saturation_window: Duration,
-    paced: KeepAliveSummary,
-    paced_cpu_s: Option<f64>,
-    paced_window: Duration,
+    saturation: PhaseReport,
+    paced: PhaseReport,
     leader: usize,
     /// VmRSS before the grants, right after them, after the keep-alives.
     memory: [Vec<Memory>; 3],
@@ -207,9 +219,9 @@ async fn keep_alive_case(
     let measured = match measure_keep_alive(ctx, cluster).await {
         Ok(measured) => measured,
         Err(error) => {
-            report
-                .failures
-                .push(format!("{name} ×3 keep-alive of {leases} leases (rep {rep}): {error:#}"));
+            report.failures.push(format!(
+                "{name} ×3 keep-alive of {leases} leases (rep {rep}): {error:#}"
+            ));
             if let Some(exited) = cluster.exited_report() {
                 report.failures.push(exited);
             }
@@ -220,8 +232,6 @@ async fn keep_alive_case(
         (
             format!("keep-alive saturation, {KEEPALIVE_STREAMS} streams × {SATURATION_IN_FLIGHT} in flight"),
             &measured.saturation,
-            measured.saturation_cpu_s,
-            measured.saturation_window,
         ),
         (
             format!(
@@ -229,13 +239,12 @@ async fn keep_alive_case(
                 RENEW_PERIOD.as_secs_f64()
             ),
             &measured.paced,
-            measured.paced_cpu_s,
-            measured.paced_window,
         ),
     ];
-    for (case, summary, cpu_s, window) in phases {
+    for (case, phase) in phases {
         let case = format!("{leases} leases, {case}");
-        let healthy = summary.failures.is_empty() && summary.lost_leases == 0 && summary.mismatched == 0;
+        let summary = &phase.summary;
+        let healthy = phase.healthy();
         if !healthy {
             report.failures.push(format!(
                 "{name} ×3 {case} (rep {rep}): {} lease(s) answered TTL <= 0, {} answer(s) out of order, {} \
@@ -260,20 +269,11 @@ async fn keep_alive_case(
         );
         add("renewal p50 ms", Better::Lower, Some(summary.latency.p50));
         add("renewal p99 ms", Better::Lower, Some(summary.latency.p99));
-        let renewals = summary.answered_in_window;
-        add(
-            "server CPU µs/renewal",
-            Better::Lower,
-            cpu_s
-                .filter(|_| renewals > 0)
-                .map(|cpu| cpu * 1e6 / renewals as f64),
-        );
+        add("server CPU µs/renewal", Better::Lower, phase.cpu_us_per_renewal());
         add(
             "server CPU % of a core",
             Better::Lower,
-            cpu_s
-                .filter(|_| !window.is_zero())
-                .map(|cpu| cpu * 100.0 / window.as_secs_f64()),
+            phase.cpu_percent_of_core(),
         );
     }
     let case = format!("{leases} leases of TTL {KEEPALIVE_TTL} s");
@@ -326,10 +326,10 @@ async fn keep_alive_case(
         "{name} keep-alive rep {rep}: leader is member {}; saturation answered {} of {} sent, paced {} of {}; \
          VmRSS MiB per member before {}, granted {}, after {}",
         measured.leader + 1,
-        measured.saturation.answered,
-        measured.saturation.sent,
-        measured.paced.answered,
-        measured.paced.sent,
+        measured.saturation.summary.answered,
+        measured.saturation.summary.sent,
+        measured.paced.summary.answered,
+        measured.paced.summary.sent,
         mib(before),
         mib(granted),
         mib(after),
@@ -367,57 +367,34 @@ async fn measure_keep_alive(ctx: &Ctx, cluster: &mut BenchCluster) -> anyhow::Re
     )
     .await?;
     // Saturation first: it renews every lease within a moment of the grants.
+    let server_cpu = || cluster.cpu_seconds().ok();
     let saturation_pace = Pace::Saturate {
         in_flight: SATURATION_IN_FLIGHT,
     };
-    let (saturation, saturation_cpu_s, saturation_window) =
-        keep_alive_phase(ctx, cluster, &channels, &leases, saturation_pace, ctx.scale.duration).await;
-    let paced_window = paced_window(ctx);
-    let (paced, paced_cpu_s, paced_window) = keep_alive_phase(
-        ctx,
-        cluster,
+    let saturation = measure_phase(
+        &channels,
+        &leases,
+        saturation_pace,
+        ctx.scale.warmup,
+        ctx.scale.duration,
+        server_cpu,
+    )
+    .await;
+    let paced = measure_phase(
         &channels,
         &leases,
         Pace::Every(RENEW_PERIOD),
-        paced_window,
+        ctx.scale.warmup,
+        paced_window(ctx),
+        server_cpu,
     )
     .await;
     let after = cluster.memory()?;
     Ok(KeepAliveMeasurement {
         grants_per_s,
         saturation,
-        saturation_cpu_s,
-        saturation_window,
         paced,
-        paced_cpu_s,
-        paced_window,
         leader,
         memory: [before, granted, after],
     })
-}
-
-/// One keep-alive phase: the fleet renews for the warm-up, then for
-/// `measured` with the servers' CPU time read around it.
-async fn keep_alive_phase(
-    ctx: &Ctx,
-    cluster: &BenchCluster,
-    channels: &[tonic::transport::Channel],
-    leases: &[i64],
-    pace: Pace,
-    measured: Duration,
-) -> (KeepAliveSummary, Option<f64>, Duration) {
-    let fleet = KeepAliveFleet::start(channels, leases, pace);
-    tokio::time::sleep(ctx.scale.warmup).await;
-    let cpu_before = cluster.cpu_seconds().ok();
-    let window_started = Instant::now();
-    fleet.start_window();
-    tokio::time::sleep(measured).await;
-    fleet.end_window();
-    let window = window_started.elapsed();
-    let cpu_after = cluster.cpu_seconds().ok();
-    let summary = fleet.stop().await;
-    let cpu_s = cpu_before
-        .zip(cpu_after)
-        .map(|(before, after)| (after - before).max(0.0));
-    (summary, cpu_s, window)
 }

@@ -11,21 +11,32 @@
 //! the oldest unanswered request of its stream; an answer whose lease ID
 //! differs is counted as mismatched (and gets no latency). An answer with
 //! TTL <= 0 marks its lease lost (the server no longer has it).
+//!
+//! Also `keel-bench keep-alive` ([`KeepAliveSpec`], [`run_keep_alive`]):
+//! grant leases through the leader, renew them over streams spread over
+//! the members, revoke them; one JSON line.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use hdrhistogram::Histogram;
 use keel_api::etcdserverpb::lease_client::LeaseClient;
 use keel_api::etcdserverpb::LeaseKeepAliveRequest;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
+use crate::load::leases::{grant_leases, open_lease_connections, revoke_leases};
 use crate::load::report::{new_histogram, LatencySummary};
+use crate::load::spec::parse_duration;
+use crate::load::targets::find_leader;
+use crate::load::watchers::connect_channel;
+use crate::machine::cpu_seconds;
 
 /// Renewals a stream's sender may queue ahead of the connection.
 const REQUESTS_QUEUED: usize = 1024;
@@ -115,7 +126,7 @@ impl StreamTally {
 }
 
 /// Every stream's tally folded into one.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeepAliveSummary {
     pub sent: u64,
     pub answered: u64,
@@ -364,4 +375,157 @@ async fn send_renewals(
             }
         }
     }
+}
+
+/// One keep-alive phase: the fleet renews for `warmup`, then for
+/// `measured`, with `cpu_seconds` (of the servers) read around it.
+pub async fn measure_phase(
+    channels: &[Channel],
+    leases: &[i64],
+    pace: Pace,
+    warmup: Duration,
+    measured: Duration,
+    cpu_seconds: impl Fn() -> Option<f64>,
+) -> PhaseReport {
+    let fleet = KeepAliveFleet::start(channels, leases, pace);
+    tokio::time::sleep(warmup).await;
+    let cpu_before = cpu_seconds();
+    let window_started = Instant::now();
+    fleet.start_window();
+    tokio::time::sleep(measured).await;
+    fleet.end_window();
+    let window = window_started.elapsed();
+    let cpu_after = cpu_seconds();
+    let summary = fleet.stop().await;
+    PhaseReport {
+        summary,
+        server_cpu_s: cpu_before
+            .zip(cpu_after)
+            .map(|(before, after)| (after - before).max(0.0)),
+        window_s: window.as_secs_f64(),
+    }
+}
+
+/// What a phase measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PhaseReport {
+    pub summary: KeepAliveSummary,
+    /// CPU seconds the servers used in the window (when known).
+    pub server_cpu_s: Option<f64>,
+    pub window_s: f64,
+}
+
+impl PhaseReport {
+    /// Server CPU µs per renewal answered in the window.
+    pub fn cpu_us_per_renewal(&self) -> Option<f64> {
+        let renewals = self.summary.answered_in_window;
+        self.server_cpu_s
+            .filter(|_| renewals > 0)
+            .map(|cpu| cpu * 1e6 / renewals as f64)
+    }
+
+    /// Server CPU in the window as % of one core.
+    pub fn cpu_percent_of_core(&self) -> Option<f64> {
+        self.server_cpu_s
+            .filter(|_| self.window_s > 0.0)
+            .map(|cpu| cpu * 100.0 / self.window_s)
+    }
+
+    /// Whether every renewal was answered in order, none said "lost", and
+    /// no stream failed.
+    pub fn healthy(&self) -> bool {
+        let s = &self.summary;
+        s.failures.is_empty() && s.lost_leases == 0 && s.mismatched == 0
+    }
+}
+
+/// `keel-bench keep-alive`: leases renewed over a few streams.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KeepAliveSpec {
+    /// Comma-separated client endpoints (host:port); grants go to the leader.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379")]
+    pub endpoints: Vec<String>,
+    /// Leases granted and kept alive.
+    #[arg(long, default_value_t = 10_000)]
+    pub leases: u64,
+    /// Their TTL in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub lease_ttl: i64,
+    /// Keep-alive streams, one connection each, round-robin over the
+    /// endpoints starting after the leader.
+    #[arg(long, default_value_t = 6)]
+    pub streams: usize,
+    /// Renewals outstanding per stream, as fast as answered; 0 renews each
+    /// lease once per TTL/3 instead.
+    #[arg(long, default_value_t = 0)]
+    pub in_flight: usize,
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub warmup: Duration,
+    /// Comma-separated server pids whose CPU time to report.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
+}
+
+impl KeepAliveSpec {
+    pub fn pace(&self) -> Pace {
+        if self.in_flight == 0 {
+            Pace::Every(Duration::from_secs(u64::try_from(self.lease_ttl).unwrap_or(1).max(1)) / 3)
+        } else {
+            Pace::Saturate {
+                in_flight: self.in_flight,
+            }
+        }
+    }
+}
+
+/// Grants the leases, renews them as `spec` says, revokes them.
+pub async fn run_keep_alive(spec: &KeepAliveSpec) -> anyhow::Result<PhaseReport> {
+    if spec.endpoints.is_empty() || spec.streams == 0 || spec.lease_ttl <= 0 {
+        anyhow::bail!("--endpoints, --streams and --lease-ttl must not be empty or 0");
+    }
+    let leader = find_leader(&spec.endpoints).await?;
+    let granting = open_lease_connections(std::slice::from_ref(&leader), 8).await?;
+    let leases = grant_leases(
+        &granting,
+        spec.leases,
+        spec.lease_ttl,
+        256,
+        Duration::from_secs(10),
+    )
+    .await
+    .context("granting the leases")?;
+    let first = spec
+        .endpoints
+        .iter()
+        .position(|endpoint| *endpoint == leader)
+        .map_or(0, |index| index + 1);
+    let count = spec.endpoints.len();
+    let channels = futures::future::try_join_all(
+        (0..spec.streams).map(|stream| connect_channel(&spec.endpoints[(first + stream) % count])),
+    )
+    .await?;
+    let server_cpu = || -> Option<f64> {
+        if spec.server_pids.is_empty() {
+            return None;
+        }
+        spec.server_pids
+            .iter()
+            .map(|pid| cpu_seconds(&pid.to_string()).ok())
+            .sum()
+    };
+    let phase = measure_phase(
+        &channels,
+        &leases,
+        spec.pace(),
+        spec.warmup,
+        spec.duration,
+        server_cpu,
+    )
+    .await;
+    revoke_leases(&granting, &leases, 256, Duration::from_secs(10))
+        .await
+        .context("revoking the leases")?;
+    Ok(phase)
 }

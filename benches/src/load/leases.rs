@@ -24,7 +24,10 @@ pub struct LeaseConnection {
 
 /// `count` connections, each its own HTTP/2 connection, spread
 /// round-robin over `targets`, each checked to connect.
-pub async fn open_lease_connections(targets: &[String], count: usize) -> anyhow::Result<Vec<LeaseConnection>> {
+pub async fn open_lease_connections(
+    targets: &[String],
+    count: usize,
+) -> anyhow::Result<Vec<LeaseConnection>> {
     if targets.is_empty() {
         anyhow::bail!("no endpoint to connect to");
     }
@@ -59,11 +62,12 @@ pub async fn grant_leases(
         .map(|index| {
             let mut stub = connections[index as usize % connections.len()].lease.clone();
             async move {
-                let granted = tokio::time::timeout(timeout, stub.lease_grant(LeaseGrantRequest { ttl, id: 0 }))
-                    .await
-                    .with_context(|| format!("lease grant {index}: no answer within {timeout:?}"))?
-                    .with_context(|| format!("lease grant {index}"))?
-                    .into_inner();
+                let granted =
+                    tokio::time::timeout(timeout, stub.lease_grant(LeaseGrantRequest { ttl, id: 0 }))
+                        .await
+                        .with_context(|| format!("lease grant {index}: no answer within {timeout:?}"))?
+                        .with_context(|| format!("lease grant {index}"))?
+                        .into_inner();
                 if granted.id == 0 {
                     anyhow::bail!("lease grant {index} answered ID 0 ({})", granted.error);
                 }

@@ -131,7 +131,10 @@ pub async fn run(mode: Mode, spec: &LoadSpec) -> anyhow::Result<RunReport> {
         let stubs = connections.iter().map(|c| c.kv.clone()).collect();
         (stubs, connections)
     } else {
-        (open_connections(&targets, spec.conns).await?, Vec::<LeaseConnection>::new())
+        (
+            open_connections(&targets, spec.conns).await?,
+            Vec::<LeaseConnection>::new(),
+        )
     };
 
     let preloaded = if spec.preload {
@@ -363,7 +366,9 @@ async fn send(
         }
         Mode::LeaseGrantRevoke => match lease {
             Some(lease) => grant_then_revoke(lease, shared.lease_ttl).await,
-            None => Err(Status::failed_precondition("lease-grant-revoke runs without a Lease stub")),
+            None => Err(Status::failed_precondition(
+                "lease-grant-revoke runs without a Lease stub",
+            )),
         },
         Mode::Range => get(stub, shared.layout.key(rng.gen_range(0..space)), false).await,
         Mode::RangeSerializable => get(stub, shared.layout.key(rng.gen_range(0..space)), true).await,
@@ -398,7 +403,12 @@ async fn send(
 }
 
 /// A put of `key`, attached to lease `lease` (0: none).
-async fn put(stub: &mut KvClient<Channel>, key: Vec<u8>, value: &[u8], lease: i64) -> Result<Outcome, Status> {
+async fn put(
+    stub: &mut KvClient<Channel>,
+    key: Vec<u8>,
+    value: &[u8],
+    lease: i64,
+) -> Result<Outcome, Status> {
     let request = PutRequest {
         key,
         value: value.to_vec(),
@@ -410,9 +420,15 @@ async fn put(stub: &mut KvClient<Channel>, key: Vec<u8>, value: &[u8], lease: i6
 
 /// Grants a lease the server names, then revokes it.
 async fn grant_then_revoke(stub: &mut LeaseClient<Channel>, ttl: i64) -> Result<Outcome, Status> {
-    let granted = stub.lease_grant(LeaseGrantRequest { ttl, id: 0 }).await?.into_inner();
+    let granted = stub
+        .lease_grant(LeaseGrantRequest { ttl, id: 0 })
+        .await?
+        .into_inner();
     if granted.id == 0 {
-        return Err(Status::internal(format!("lease grant answered ID 0 ({})", granted.error)));
+        return Err(Status::internal(format!(
+            "lease grant answered ID 0 ({})",
+            granted.error
+        )));
     }
     stub.lease_revoke(LeaseRevokeRequest { id: granted.id }).await?;
     Ok(Outcome::Done)
