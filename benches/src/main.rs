@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use keel_bench::compare::results::ResultsFile;
 use keel_bench::compare::{default_results_path, redraw_plot, run_compare, CompareOptions};
+use keel_bench::load::keepalive::{run_keep_alive, KeepAliveSpec};
 use keel_bench::load::{run, LoadSpec, Mode};
 use keel_bench::machine::fdatasync_latency;
 
@@ -36,6 +37,12 @@ enum Command {
     Mixed(LoadSpec),
     /// Range over everything under --prefix (--keys-only), usually with --preload.
     PrefixList(LoadSpec),
+    /// Grant a lease (--lease-ttl), then revoke it; one request is the pair.
+    LeaseGrantRevoke(LoadSpec),
+    /// Put random keys attached to --leases leases (0: one per key), granted first, revoked after.
+    PutWithLease(LoadSpec),
+    /// Grant leases, keep them alive over a few streams (paced or saturating), revoke them.
+    KeepAlive(KeepAliveSpec),
     /// Start etcd and keel clusters and run the scenario matrix against both.
     Compare(CompareOptions),
     /// Redraw the throughput plot of a RESULTS.md from its saved results.
@@ -81,7 +88,26 @@ fn main_with_result() -> anyhow::Result<()> {
         Command::TxnCas(spec) => (Mode::TxnCas, spec),
         Command::Mixed(spec) => (Mode::Mixed, spec),
         Command::PrefixList(spec) => (Mode::PrefixList, spec),
+        Command::LeaseGrantRevoke(spec) => (Mode::LeaseGrantRevoke, spec),
+        Command::PutWithLease(spec) => (Mode::PutWithLease, spec),
         Command::Compare(options) => return runtime.block_on(run_compare(options)),
+        Command::KeepAlive(spec) => {
+            let phase = runtime.block_on(run_keep_alive(&spec))?;
+            let summary = &phase.summary;
+            eprintln!(
+                "keep-alive: {:.1} renewals/s, p50 {:.3} ms, p99 {:.3} ms, server CPU {:?} µs/renewal; \
+                 {} lost, {} out of order, {} stream failure(s)",
+                summary.renewals_per_s,
+                summary.latency.p50,
+                summary.latency.p99,
+                phase.cpu_us_per_renewal(),
+                summary.lost_leases,
+                summary.mismatched,
+                summary.failures.len()
+            );
+            println!("{}", serde_json::to_string(&phase)?);
+            return Ok(());
+        }
         Command::Plot { out } => {
             let results = ResultsFile::new(out.unwrap_or_else(|| default_results_path(false)));
             redraw_plot(&results);

@@ -8,11 +8,13 @@
 //! Scenarios (the issue's numbering): 1 `put`, 2 `range`, 3 `txn`
 //! ([`throughput`]); 4 `kube` ([`kube`]); 5 `failover` ([`failover`]);
 //! 6 `memory` ([`memory`]); Watch (issue 10): 7 `watch-fanout`,
-//! 8 `watch-replay`, 9 `watch-idle` ([`watch`], [`watch_fanout`]).
+//! 8 `watch-replay`, 9 `watch-idle` ([`watch`], [`watch_fanout`]); Leases
+//! (issue 11): 10 `lease` ([`lease`]).
 
 pub mod cluster;
 pub mod failover;
 pub mod kube;
+pub mod lease;
 pub mod memory;
 pub mod plot;
 pub mod results;
@@ -43,10 +45,11 @@ pub enum Scenario {
     WatchFanout,
     WatchReplay,
     WatchIdle,
+    Lease,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::Put,
         Scenario::Range,
         Scenario::Txn,
@@ -56,6 +59,7 @@ impl Scenario {
         Scenario::WatchFanout,
         Scenario::WatchReplay,
         Scenario::WatchIdle,
+        Scenario::Lease,
     ];
 
     pub fn id(self) -> &'static str {
@@ -69,12 +73,13 @@ impl Scenario {
             Scenario::WatchFanout => "scenario:watch-fanout",
             Scenario::WatchReplay => "scenario:watch-replay",
             Scenario::WatchIdle => "scenario:watch-idle",
+            Scenario::Lease => "scenario:lease",
         }
     }
 }
 
 /// Every section of RESULTS.md, in order.
-pub const SECTION_IDS: [&str; 11] = [
+pub const SECTION_IDS: [&str; 12] = [
     "machine",
     "scenario:put",
     "scenario:range",
@@ -85,6 +90,7 @@ pub const SECTION_IDS: [&str; 11] = [
     "scenario:watch-fanout",
     "scenario:watch-replay",
     "scenario:watch-idle",
+    "scenario:lease",
     "plot",
 ];
 
@@ -95,10 +101,10 @@ pub struct CompareOptions {
         long,
         value_delimiter = ',',
         value_enum,
-        default_value = "put,range,txn,kube,failover,memory,watch-fanout,watch-replay,watch-idle"
+        default_value = "put,range,txn,kube,failover,memory,watch-fanout,watch-replay,watch-idle,lease"
     )]
     pub scenario: Vec<Scenario>,
-    /// Cluster sizes (failover and the watch scenarios always use 3 members, and run only if 3 is listed).
+    /// Cluster sizes (failover, the watch scenarios and lease always use 3 members, and run only if 3 is listed).
     #[arg(long, value_delimiter = ',', default_value = "1,3")]
     pub sizes: Vec<usize>,
     /// Smoke run: scaled-down data, one short repetition (results go to RESULTS.quick.md).
@@ -151,6 +157,8 @@ pub struct Scale {
     /// Revisions a replay watcher reads from revision 1.
     pub replay_revisions: u64,
     pub idle_watchers: usize,
+    /// Leases the lease scenario keeps alive.
+    pub keepalive_leases: u64,
 }
 
 impl Scale {
@@ -193,6 +201,7 @@ impl Scale {
             fanout_history: if quick { 1_000 } else { 20_000 },
             replay_revisions: if quick { 5_000 } else { 100_000 },
             idle_watchers: 1_000,
+            keepalive_leases: if quick { 1_000 } else { 10_000 },
         }
     }
 }
@@ -486,6 +495,9 @@ pub async fn run_compare(options: CompareOptions) -> anyhow::Result<()> {
     }
     if selected.contains(&Scenario::WatchIdle) {
         watch::run_idle(&ctx).await?;
+    }
+    if selected.contains(&Scenario::Lease) {
+        lease::run(&ctx).await?;
     }
     redraw_plot(&ctx.results);
     let fsync_end = fdatasync_latency(&ctx.data_root, ctx.scale.fsync_samples).ok();

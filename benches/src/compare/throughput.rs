@@ -93,7 +93,7 @@ fn humantime(duration: std::time::Duration) -> String {
     format!("{:.1} s", duration.as_secs_f64())
 }
 
-fn throughput_spec(ctx: &Ctx, cluster: &BenchCluster, clients: usize, conns: usize) -> LoadSpec {
+pub(crate) fn throughput_spec(ctx: &Ctx, cluster: &BenchCluster, clients: usize, conns: usize) -> LoadSpec {
     let mut spec = cluster.spec();
     spec.clients = clients;
     spec.conns = conns;
@@ -102,7 +102,7 @@ fn throughput_spec(ctx: &Ctx, cluster: &BenchCluster, clients: usize, conns: usi
     spec
 }
 
-fn record_latency(
+pub(crate) fn record_latency(
     table: &mut Table,
     size: usize,
     case: &str,

@@ -1,8 +1,12 @@
 //! The load generator: one run = one mode against a set of endpoints, as
 //! the issue specifies it (see [`spec::LoadSpec`]); [`run::run`] does it and
-//! returns a [`report::RunReport`].
+//! returns a [`report::RunReport`]. Leases: [`leases`] (grant, revoke, the
+//! connections the lease modes use) and [`keepalive`] (many leases renewed
+//! over a few keep-alive streams).
 
 pub mod counted_watch;
+pub mod keepalive;
+pub mod leases;
 pub mod progress;
 pub mod report;
 pub mod run;

@@ -1,7 +1,10 @@
 //! Running a load: `--clients` tasks on a multi-threaded runtime, spread
 //! over `--conns` connections; each task owns its RNG, its value buffer and
 //! its HDR histogram (merged at the end), so the hot loop takes no lock; the
-//! only shared writes are two relaxed atomic counters. Also `put_all`, which
+//! only shared writes are two relaxed atomic counters. The lease modes run
+//! on connections that carry a Lease stub too (`leases.rs`); put-with-lease
+//! grants its leases before the measured run and revokes them after. Also
+//! `put_all`, which
 //! writes a numbered set of keys exactly once (preloads and the big loads of
 //! the comparison).
 
@@ -14,15 +17,19 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use keel_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use keel_api::etcdserverpb::kv_client::KvClient;
+use keel_api::etcdserverpb::lease_client::LeaseClient;
 use keel_api::etcdserverpb::request_op::Request;
 use keel_api::etcdserverpb::response_op::Response;
-use keel_api::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use keel_api::etcdserverpb::{
+    Compare, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
 use keel_api::key_range::prefix_range_end;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
 use tonic::Status;
 
+use crate::load::leases::{grant_leases, open_lease_connections, revoke_leases, LeaseConnection};
 use crate::load::progress::Progress;
 use crate::load::report::{new_histogram, LatencySummary, RunReport};
 use crate::load::spec::{filler_value, KeyLayout, LoadSpec, Mode};
@@ -48,6 +55,11 @@ struct Shared {
     /// txn-cas: the last mod_revision any client saw per key (0 = absent),
     /// shared so that a conflict means a real concurrent write.
     cas_seen: Vec<AtomicI64>,
+    /// put-with-lease: the leases granted for the run (key `i` is put on
+    /// `lease_ids[i % len]`).
+    lease_ids: Vec<i64>,
+    /// lease-grant-revoke: the TTL of each grant.
+    lease_ttl: i64,
 }
 
 /// Most keys txn-cas keeps a revision slot for (8 bytes each).
@@ -114,7 +126,16 @@ pub async fn run(mode: Mode, spec: &LoadSpec) -> anyhow::Result<RunReport> {
         anyhow::bail!("txn-cas keeps a revision per key: --key-space at most {MAX_CAS_KEYS}");
     }
     let targets = resolve_targets(&spec.endpoints, spec.target).await?;
-    let stubs = open_connections(&targets, spec.conns).await?;
+    let (stubs, lease_connections) = if matches!(mode, Mode::LeaseGrantRevoke | Mode::PutWithLease) {
+        let connections = open_lease_connections(&targets, spec.conns).await?;
+        let stubs = connections.iter().map(|c| c.kv.clone()).collect();
+        (stubs, connections)
+    } else {
+        (
+            open_connections(&targets, spec.conns).await?,
+            Vec::<LeaseConnection>::new(),
+        )
+    };
 
     let preloaded = if spec.preload {
         let key_layout = layout.clone();
@@ -153,6 +174,19 @@ pub async fn run(mode: Mode, spec: &LoadSpec) -> anyhow::Result<RunReport> {
     } else {
         Vec::new()
     };
+    let lease_ids = if mode == Mode::PutWithLease {
+        grant_leases(
+            &lease_connections,
+            spec.lease_count(),
+            spec.lease_ttl,
+            spec.clients,
+            spec.request_timeout,
+        )
+        .await
+        .context("granting the leases to put with")?
+    } else {
+        Vec::new()
+    };
     let measure_from = Instant::now() + spec.warmup;
     let shared = Arc::new(Shared {
         mode,
@@ -168,6 +202,8 @@ pub async fn run(mode: Mode, spec: &LoadSpec) -> anyhow::Result<RunReport> {
         claimed: AtomicU64::new(0),
         finished: AtomicU64::new(0),
         cas_seen,
+        lease_ids,
+        lease_ttl: spec.lease_ttl,
     });
 
     let progress = if spec.no_progress {
@@ -187,8 +223,10 @@ pub async fn run(mode: Mode, spec: &LoadSpec) -> anyhow::Result<RunReport> {
     let workers: Vec<_> = (0..spec.clients)
         .map(|index| {
             let stub = stubs[index % stubs.len()].clone();
+            let lease = (!lease_connections.is_empty())
+                .then(|| lease_connections[index % lease_connections.len()].lease.clone());
             let shared = shared.clone();
-            tokio::spawn(worker(shared, stub, index as u64))
+            tokio::spawn(worker(shared, stub, lease, index as u64))
         })
         .collect();
     let mut tally = Tally::new();
@@ -198,6 +236,16 @@ pub async fn run(mode: Mode, spec: &LoadSpec) -> anyhow::Result<RunReport> {
     let client_cpu_s = (cpu_seconds("self").unwrap_or(0.0) - cpu_before).max(0.0);
     ticker.abort();
     progress.finish();
+    if !shared.lease_ids.is_empty() {
+        revoke_leases(
+            &lease_connections,
+            &shared.lease_ids,
+            spec.clients,
+            spec.request_timeout,
+        )
+        .await
+        .context("revoking the leases put with")?;
+    }
 
     let elapsed = tally
         .last_done
@@ -256,7 +304,12 @@ impl Shared {
     }
 }
 
-async fn worker(shared: Arc<Shared>, mut stub: KvClient<Channel>, seed: u64) -> Tally {
+async fn worker(
+    shared: Arc<Shared>,
+    mut stub: KvClient<Channel>,
+    mut lease: Option<LeaseClient<Channel>>,
+    seed: u64,
+) -> Tally {
     let mut tally = Tally::new();
     let mut rng = SmallRng::seed_from_u64(seed.wrapping_mul(7919).wrapping_add(17));
     let value = filler_value(shared.val_size, seed);
@@ -265,7 +318,7 @@ async fn worker(shared: Arc<Shared>, mut stub: KvClient<Channel>, seed: u64) -> 
         let Some(measured) = shared.claim(started) else {
             break;
         };
-        let sent = send(&shared, &mut stub, &mut rng, &value);
+        let sent = send(&shared, &mut stub, lease.as_mut(), &mut rng, &value);
         let result = tokio::time::timeout(shared.request_timeout, sent).await;
         let done = Instant::now();
         shared.finished.fetch_add(1, Ordering::Relaxed);
@@ -299,12 +352,24 @@ async fn worker(shared: Arc<Shared>, mut stub: KvClient<Channel>, seed: u64) -> 
 async fn send(
     shared: &Shared,
     stub: &mut KvClient<Channel>,
+    lease: Option<&mut LeaseClient<Channel>>,
     rng: &mut SmallRng,
     value: &[u8],
 ) -> Result<Outcome, Status> {
     let space = shared.layout.space();
     match shared.mode {
-        Mode::Put => put(stub, shared.layout.key(rng.gen_range(0..space)), value).await,
+        Mode::Put => put(stub, shared.layout.key(rng.gen_range(0..space)), value, 0).await,
+        Mode::PutWithLease => {
+            let index = rng.gen_range(0..space);
+            let lease_id = shared.lease_ids[index as usize % shared.lease_ids.len()];
+            put(stub, shared.layout.key(index), value, lease_id).await
+        }
+        Mode::LeaseGrantRevoke => match lease {
+            Some(lease) => grant_then_revoke(lease, shared.lease_ttl).await,
+            None => Err(Status::failed_precondition(
+                "lease-grant-revoke runs without a Lease stub",
+            )),
+        },
         Mode::Range => get(stub, shared.layout.key(rng.gen_range(0..space)), false).await,
         Mode::RangeSerializable => get(stub, shared.layout.key(rng.gen_range(0..space)), true).await,
         Mode::Mixed => {
@@ -312,7 +377,7 @@ async fn send(
             if rng.gen_bool(shared.read_ratio) {
                 get(stub, key, false).await
             } else {
-                put(stub, key, value).await
+                put(stub, key, value, 0).await
             }
         }
         Mode::TxnCas => {
@@ -337,13 +402,36 @@ async fn send(
     }
 }
 
-async fn put(stub: &mut KvClient<Channel>, key: Vec<u8>, value: &[u8]) -> Result<Outcome, Status> {
+/// A put of `key`, attached to lease `lease` (0: none).
+async fn put(
+    stub: &mut KvClient<Channel>,
+    key: Vec<u8>,
+    value: &[u8],
+    lease: i64,
+) -> Result<Outcome, Status> {
     let request = PutRequest {
         key,
         value: value.to_vec(),
+        lease,
         ..Default::default()
     };
     stub.put(request).await.map(|_| Outcome::Done)
+}
+
+/// Grants a lease the server names, then revokes it.
+async fn grant_then_revoke(stub: &mut LeaseClient<Channel>, ttl: i64) -> Result<Outcome, Status> {
+    let granted = stub
+        .lease_grant(LeaseGrantRequest { ttl, id: 0 })
+        .await?
+        .into_inner();
+    if granted.id == 0 {
+        return Err(Status::internal(format!(
+            "lease grant answered ID 0 ({})",
+            granted.error
+        )));
+    }
+    stub.lease_revoke(LeaseRevokeRequest { id: granted.id }).await?;
+    Ok(Outcome::Done)
 }
 
 async fn get(stub: &mut KvClient<Channel>, key: Vec<u8>, serializable: bool) -> Result<Outcome, Status> {
@@ -532,7 +620,7 @@ where
                     let mut last_error = None;
                     for attempt in 0..4u64 {
                         let begun = Instant::now();
-                        let sent = put(&mut stub, key.clone(), &value);
+                        let sent = put(&mut stub, key.clone(), &value, 0);
                         match tokio::time::timeout(plan.request_timeout, sent).await {
                             Ok(Ok(_)) => {
                                 let micros = begun.elapsed().as_micros() as u64;

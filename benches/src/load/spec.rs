@@ -27,6 +27,13 @@ pub enum Mode {
     /// Linearizable range over every key under `--prefix`
     /// (`--keys-only` for `get --prefix --keys-only`).
     PrefixList,
+    /// LeaseGrant (`--lease-ttl`, the server picks the ID), then
+    /// LeaseRevoke of that lease: one request is the pair.
+    LeaseGrantRevoke,
+    /// Put one random key attached to a lease: `--leases` leases granted
+    /// before the run (0: one per key of the key space), key `i` on lease
+    /// `i mod leases`; revoked (with their keys) after it.
+    PutWithLease,
 }
 
 impl Mode {
@@ -38,6 +45,8 @@ impl Mode {
             Mode::TxnCas => "txn-cas",
             Mode::Mixed => "mixed",
             Mode::PrefixList => "prefix-list",
+            Mode::LeaseGrantRevoke => "lease-grant-revoke",
+            Mode::PutWithLease => "put-with-lease",
         }
     }
 }
@@ -141,6 +150,12 @@ pub struct LoadSpec {
     /// A request that takes longer than this counts as an error ("timeout").
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub request_timeout: Duration,
+    /// `put-with-lease`: leases the keys are attached to (0: one per key).
+    #[arg(long, default_value_t = 4)]
+    pub leases: u64,
+    /// TTL in seconds of the leases the lease modes grant.
+    #[arg(long, default_value_t = 60)]
+    pub lease_ttl: i64,
     /// Free text copied into the JSON line (e.g. "etcd" or "keel").
     #[arg(long)]
     pub label: Option<String>,
@@ -152,6 +167,16 @@ pub struct LoadSpec {
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 
 impl LoadSpec {
+    /// How many leases `put-with-lease` grants (`--leases`, 0 meaning one
+    /// per key of the key space).
+    pub fn lease_count(&self) -> u64 {
+        if self.leases == 0 {
+            self.key_space
+        } else {
+            self.leases
+        }
+    }
+
     /// A spec with the CLI's defaults for `endpoints`.
     pub fn new(endpoints: Vec<String>) -> Self {
         LoadSpec {
@@ -170,6 +195,8 @@ impl LoadSpec {
             keys_only: false,
             preload: false,
             request_timeout: Duration::from_secs(10),
+            leases: 4,
+            lease_ttl: 60,
             label: None,
             no_progress: true,
         }
@@ -196,6 +223,9 @@ impl LoadSpec {
         }
         if !(0.0..=1.0).contains(&self.read_ratio) {
             bail!("--read-ratio must be within 0..=1");
+        }
+        if self.lease_ttl <= 0 {
+            bail!("--lease-ttl must be at least 1 (seconds)");
         }
         KeyLayout::new(&self.prefix, self.key_size, self.key_space)?;
         Ok(())
@@ -234,6 +264,12 @@ impl LoadSpec {
         }
         if self.keys_only {
             words.push("--keys-only".into());
+        }
+        if mode == Mode::PutWithLease {
+            words.push(format!("--leases {}", self.leases));
+        }
+        if matches!(mode, Mode::PutWithLease | Mode::LeaseGrantRevoke) {
+            words.push(format!("--lease-ttl {}", self.lease_ttl));
         }
         if self.preload {
             words.push("--preload".into());
