@@ -124,6 +124,29 @@ fn announced_token(output: &[u8]) -> i64 {
         .expect("the leader's writer announced its token")
 }
 
+/// A leader campaigning through member `first`, once it leads and its
+/// writer announced its token, and a candidate through member `second`
+/// that has waited 3 s without leading.
+async fn leader_and_waiting_candidate(
+    cluster: &InProcessCluster,
+    first: usize,
+    second: usize,
+) -> (Background, Background, i64) {
+    let mut leader = candidate(cluster, first, "first");
+    elected_within(&mut leader, Duration::from_secs(20))
+        .await
+        .expect("the first candidate leads");
+    let waiting = candidate(cluster, second, "second");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        waiting.stdout().is_empty(),
+        "two leaders at once: {:?}",
+        waiting.stdout()
+    );
+    let token = announced_token(&leader.stdout());
+    (leader, waiting, token)
+}
+
 async fn started_cluster() -> InProcessCluster {
     let cluster = InProcessCluster::start(3, &[]).await.expect("cluster");
     cluster
@@ -138,18 +161,7 @@ async fn started_cluster() -> InProcessCluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_replaced_within_lease_duration_plus_retry_period_and_its_writer_is_fenced() {
     let cluster = started_cluster().await;
-    let mut first = candidate(&cluster, 0, "first");
-    elected_within(&mut first, Duration::from_secs(20))
-        .await
-        .expect("the first candidate leads");
-    let mut second = candidate(&cluster, 1, "second");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(
-        second.stdout().is_empty(),
-        "two leaders at once: {:?}",
-        second.stdout()
-    );
-    let first_token = announced_token(&first.stdout());
+    let (mut first, mut second, first_token) = leader_and_waiting_candidate(&cluster, 0, 1).await;
 
     // kill -9: no resignation; the writer it started lives on.
     first.kill();
@@ -195,18 +207,8 @@ async fn a_leader_cut_off_with_its_member_steps_down_before_another_takes_over_w
     // lease lives on the Raft leader, which stays (a new Raft leader would
     // restart every lease's TTL when it takes office).
     let isolated = (raft_leader + 1) % 3;
-    let mut first = candidate(&cluster, isolated, "first");
-    elected_within(&mut first, Duration::from_secs(20))
-        .await
-        .expect("the first candidate leads");
-    let mut second = candidate(&cluster, raft_leader, "second");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(
-        second.stdout().is_empty(),
-        "two leaders at once: {:?}",
-        second.stdout()
-    );
-    let first_token = announced_token(&first.stdout());
+    let (mut first, mut second, first_token) =
+        leader_and_waiting_candidate(&cluster, isolated, raft_leader).await;
 
     let others: Vec<usize> = (0..3).filter(|&index| index != isolated).collect();
     cluster.cut(&[isolated], &others, &ALL_PEER_MESSAGES);
