@@ -161,7 +161,7 @@ async fn started_cluster() -> InProcessCluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_replaced_within_lease_duration_plus_retry_period_and_its_writer_is_fenced() {
     let cluster = started_cluster().await;
-    let (mut first, mut second, first_token) = leader_and_waiting_candidate(&cluster, 0, 1).await;
+    let (first, mut second, first_token) = leader_and_waiting_candidate(&cluster, 0, 1).await;
 
     // kill -9: no resignation; the writer it started lives on.
     first.kill();
