@@ -251,3 +251,40 @@ async fn a_leader_cut_off_with_its_member_steps_down_before_another_takes_over_w
         "both leaders wrote, in order"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaders_command_that_exits_ends_its_leadership_with_the_commands_status() {
+    let cluster = started_cluster().await;
+    let endpoint = cluster.client_endpoint(0);
+    let command = "printf '%s %s\\n' \"$KEEL_ELECT_KEY\" \"$KEEL_FENCING_TOKEN\" >&2; exit 3";
+    let ran = Background::spawn_group(
+        &keelctl_path(),
+        &endpoint,
+        &["elect", ELECTION, "only", "--", "sh", "-c", command],
+    )
+    .finish(Duration::from_secs(30))
+    .await;
+    let stderr = String::from_utf8_lossy(&ran.stderr).into_owned();
+    assert_ne!(ran.code, 0, "the command's failure is keelctl's: {stderr}");
+    assert!(stderr.contains("exit status 3"), "{stderr}");
+    // The command saw the leader's key and its create revision.
+    let (key, token) = stderr
+        .split_whitespace()
+        .next()
+        .zip(stderr.split_whitespace().nth(1))
+        .expect("the command printed its key and token");
+    assert!(key.starts_with(&format!("{ELECTION}/")), "{stderr}");
+    assert!(token.parse::<i64>().is_ok_and(|t| t > 0), "{stderr}");
+    // Leadership ended with the command: the key was resigned.
+    let left = cluster
+        .client(0)
+        .expect("client")
+        .range(RangeRequest {
+            key: format!("{ELECTION}/").into_bytes(),
+            range_end: format!("{ELECTION}0").into_bytes(),
+            ..Default::default()
+        })
+        .await
+        .expect("read the election");
+    assert!(left.kvs.is_empty(), "the election key outlived its command");
+}

@@ -88,10 +88,20 @@ impl WritePath {
     }
 
     async fn route(&self, request: WriteRequest, deadline: Instant) -> Result<WriteResponse, RequestError> {
+        // Copied only to forward it; proposed here, it is moved. A proposal
+        // here is the last attempt (ActsOnce: its every failure ends the
+        // request), so the request is never needed again after it.
+        let mut unsent = Some(request);
         self.leader_call
             .until_answered(PeerMessage::ForwardWrite, Repeat::ActsOnce, deadline, |at| {
-                let request = request.clone();
+                let request = match at {
+                    LeaderAt::Here => unsent.take(),
+                    LeaderAt::Peer(_) => unsent.clone(),
+                };
                 async move {
+                    let Some(request) = request else {
+                        return Err(AttemptFailure::Here(RequestError::UnexpectedResponse));
+                    };
                     match at {
                         // From here on, any failure is indeterminate: never retried.
                         LeaderAt::Here => self
