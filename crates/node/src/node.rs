@@ -138,6 +138,10 @@ pub struct Node {
     handle: NodeHandle,
     peer_servers: JoinSet<Result<(), tonic::transport::Error>>,
     stop_peer_servers: tokio::sync::watch::Sender<bool>,
+    /// Acts on the leader's connection closing by calling into Raft; it is
+    /// stopped before Raft is, so it never calls a stopped Raft (which
+    /// openraft reports as an error).
+    leader_connection_watch: tokio::task::JoinHandle<()>,
     keyspace_database: Database,
 }
 
@@ -172,7 +176,7 @@ impl Node {
             stop,
         )?;
         bootstrap(&handle.raft, config.bootstrap, config.initial_members).await?;
-        tokio::spawn(leader_connections.run(
+        let leader_connection_watch = tokio::spawn(leader_connections.run(
             handle.raft.clone(),
             contact,
             CampaignTiming {
@@ -188,6 +192,7 @@ impl Node {
             handle,
             peer_servers,
             stop_peer_servers,
+            leader_connection_watch,
             keyspace_database,
         })
     }
@@ -213,6 +218,11 @@ impl Node {
     /// applied state durable so a restart replays as little as possible.
     pub async fn shutdown(mut self) -> Result<(), NodeError> {
         let _ = self.stop_peer_servers.send(true);
+        // The members of a stopping cluster close their connections to each
+        // other: a follower would take its stopping leader for dead and call
+        // into its own Raft while that stops.
+        self.leader_connection_watch.abort();
+        let _ = (&mut self.leader_connection_watch).await;
         if let Err(error) = self.handle.raft.shutdown().await {
             tracing::warn!(%error, "raft shutdown");
         }
