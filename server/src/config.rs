@@ -47,6 +47,10 @@ pub struct MemberFlags {
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, default_value_t = 1572864)]
     pub max_request_bytes: usize,
+    /// Maximum concurrent streams that each client connection can open (gRPC
+    /// and the HTTP/2 JSON gateway alike).
+    #[arg(long, default_value_t = u32::MAX)]
+    pub max_concurrent_streams: u32,
     /// Duration of periodical watch progress notification (Go syntax: 10m, 500ms).
     #[arg(long, default_value = "10m", value_parser = keel_api::go_format::parse_duration)]
     pub experimental_watch_progress_notify_interval: std::time::Duration,

@@ -277,26 +277,36 @@ async fn serve_client_services(
     health_reporter.set_serving::<KvServer<KvService>>().await;
     let decode_limit = flags.max_request_bytes + GRPC_DECODE_HEADROOM;
     let mut servers = tokio::task::JoinSet::new();
+    let grpc_services = tonic::service::Routes::new(
+        KvServer::new(KvService::new(context.clone()))
+            .max_decoding_message_size(decode_limit)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(ClusterServer::new(ClusterService::new(context.clone())))
+    .add_service(MaintenanceServer::new(MaintenanceService::new(context.clone())))
+    .add_service(WatchGrpcService::new(
+        WatchService::new(context.clone(), flags.experimental_watch_progress_notify_interval),
+        decode_limit,
+    ))
+    .add_service(LeaseServer::new(LeaseService::new(context.clone())))
+    .add_service(LockServer::new(LockService::new(loopback.clone())))
+    .add_service(ElectionServer::new(ElectionService::new(loopback.clone())))
+    .add_service(health_service);
+    // etcd's HTTP/JSON gateway beside gRPC on the same port.
+    let client_routes = keel_gateway::client_port_routes(
+        grpc_services,
+        keel_gateway::GatewaySettings {
+            max_request_bytes: flags.max_request_bytes,
+        },
+    );
     for listener in listeners {
         let mut stop = stop.clone();
         servers.spawn(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
-                .add_service(
-                    KvServer::new(KvService::new(context.clone()))
-                        .max_decoding_message_size(decode_limit)
-                        .max_encoding_message_size(usize::MAX),
-                )
-                .add_service(ClusterServer::new(ClusterService::new(context.clone())))
-                .add_service(MaintenanceServer::new(MaintenanceService::new(context.clone())))
-                .add_service(WatchGrpcService::new(
-                    WatchService::new(context.clone(), flags.experimental_watch_progress_notify_interval),
-                    decode_limit,
-                ))
-                .add_service(LeaseServer::new(LeaseService::new(context.clone())))
-                .add_service(LockServer::new(LockService::new(loopback.clone())))
-                .add_service(ElectionServer::new(ElectionService::new(loopback.clone())))
-                .add_service(health_service.clone())
+                .accept_http1(true)
+                .max_concurrent_streams(flags.max_concurrent_streams)
+                .add_routes(client_routes.clone())
                 .serve_with_incoming_shutdown(client_connections(listener), async move {
                     let _ = stop.wait_for(|stopped| *stopped).await;
                 }),
