@@ -139,3 +139,47 @@ pub(crate) static GATEWAY_RPCS: &[GatewayRpc] = &[
     gateway_rpc!(ServerStreaming, "/v3electionpb.Election/Observe", election::LeaderRequest => election::LeaderResponse, ["/election/observe"]),
     gateway_rpc!(Unary, "/v3electionpb.Election/Resign", election::ResignRequest => election::ResignResponse, ["/election/resign"]),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keep_alive(protobuf: &[u8]) -> i64 {
+        <rpc::LeaseKeepAliveRequest as prost::Message>::decode(protobuf)
+            .expect("decodes")
+            .id
+    }
+
+    #[test]
+    fn a_streamed_body_yields_each_complete_message_and_keeps_the_incomplete_rest() {
+        let body = br#"{"ID":"7"} {"ID":8}{"I"#;
+        let parsed = stream_to_protobuf::<rpc::LeaseKeepAliveRequest>(body);
+        assert!(parsed.malformed.is_none());
+        let ids: Vec<i64> = parsed.messages.iter().map(|m| keep_alive(m)).collect();
+        assert_eq!(ids, vec![7, 8]);
+        assert_eq!(&body[parsed.consumed..], br#"{"I"#);
+        let rest = stream_to_protobuf::<rpc::LeaseKeepAliveRequest>(b"{\"ID\":9}\n");
+        assert_eq!(rest.messages.len(), 1);
+        assert_eq!(rest.consumed, 9, "trailing whitespace is consumed too");
+    }
+
+    #[test]
+    fn a_malformed_streamed_message_stops_the_stream_after_the_good_ones() {
+        let parsed = stream_to_protobuf::<rpc::LeaseKeepAliveRequest>(br#"{"ID":1}{"ID":"x"}{"ID":2}"#);
+        assert_eq!(parsed.messages.len(), 1);
+        assert!(parsed.malformed.is_some());
+    }
+
+    #[test]
+    fn an_empty_body_is_the_empty_message_and_unknown_fields_are_ignored() {
+        assert_eq!(
+            request_to_protobuf::<rpc::RangeRequest>(b" \n").expect("empty"),
+            Vec::<u8>::new()
+        );
+        let known = request_to_protobuf::<rpc::RangeRequest>(br#"{"key":"Zm9v","no_such_field":1}"#);
+        assert_eq!(
+            known.expect("decodes"),
+            request_to_protobuf::<rpc::RangeRequest>(br#"{"key":"Zm9v"}"#).expect("decodes")
+        );
+    }
+}
