@@ -362,3 +362,41 @@ async fn max_concurrent_streams_holds_back_a_connections_stream_past_the_limit_u
         .expect("task");
     assert!(created.created);
 }
+
+/// etcd's gateway closes its side of a watch after the request body; etcd
+/// (and now keel) keeps delivering events until the client goes away.
+#[tokio::test]
+async fn a_watch_whose_client_closed_its_sending_side_still_gets_new_events() {
+    let mut keel = Cluster::start(ClusterOptions::keel(1))
+        .await
+        .expect("keel starts");
+    keel.wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("keel leader");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", keel.endpoint(0)))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connects");
+    let mut watch = open_watch(&mut WatchClient::new(channel), b"later").await;
+    assert!(watch.message().await.expect("answer").expect("created").created);
+    keel.client()
+        .expect("client")
+        .put(keel_api::etcdserverpb::PutRequest {
+            key: b"later".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("put");
+    let event = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("an event arrives")
+        .expect("answer")
+        .expect("the stream is still open");
+    assert_eq!(event.events.len(), 1);
+    assert_eq!(
+        event.events[0].kv.as_ref().map(|kv| kv.value.clone()),
+        Some(b"v".to_vec())
+    );
+}
