@@ -10,6 +10,7 @@ mod cluster_service;
 pub mod config;
 mod context;
 mod election_service;
+mod health_endpoints;
 mod identity;
 mod kv_service;
 mod lease_service;

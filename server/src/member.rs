@@ -298,6 +298,7 @@ async fn serve_client_services(
         keel_gateway::GatewaySettings {
             max_request_bytes: flags.max_request_bytes,
         },
+        crate::health_endpoints::health_routes(context.clone()),
     );
     for listener in listeners {
         let mut stop = stop.clone();

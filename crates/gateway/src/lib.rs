@@ -40,15 +40,21 @@ impl GatewaySettings {
     }
 }
 
-/// What a client port serves: the gRPC services at their method paths and
-/// the gateway at `/v3/...` and `/v3beta/...` (the two never overlap). An
+/// What a client port serves: the gRPC services at their method paths, the
+/// gateway at `/v3/...` and `/v3beta/...`, and the member's own HTTP
+/// endpoints (`other_http_routes`, e.g. `/health`); none overlap. An
 /// unknown path answers as gRPC would to a gRPC request (UNIMPLEMENTED),
 /// and 404 to anything else, as etcd does.
-pub fn client_port_routes(grpc_services: Routes, settings: GatewaySettings) -> Routes {
+pub fn client_port_routes(
+    grpc_services: Routes,
+    settings: GatewaySettings,
+    other_http_routes: axum::Router,
+) -> Routes {
     let gateway = gateway_router(grpc_services.clone(), settings);
     let router = grpc_services
         .into_axum_router()
         .merge(gateway)
+        .merge(other_http_routes)
         .fallback(|request: axum::extract::Request| async move { http_answers::unknown_path(&request) });
     Routes::from(router)
 }
