@@ -20,6 +20,7 @@ mod loopback;
 mod maintenance_service;
 pub mod member;
 pub mod member_log;
+mod metrics_endpoint;
 mod request_checks;
 pub mod signals;
 mod watch_service;

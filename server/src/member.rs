@@ -298,7 +298,8 @@ async fn serve_client_services(
         keel_gateway::GatewaySettings {
             max_request_bytes: flags.max_request_bytes,
         },
-        crate::health_endpoints::health_routes(context.clone()),
+        crate::health_endpoints::health_routes(context.clone())
+            .merge(crate::metrics_endpoint::metrics_routes(context.clone())),
     );
     for listener in listeners {
         let mut stop = stop.clone();
@@ -307,6 +308,7 @@ async fn serve_client_services(
                 .tcp_nodelay(true)
                 .accept_http1(true)
                 .max_concurrent_streams(flags.max_concurrent_streams)
+                .layer(crate::metrics_endpoint::GrpcMetricsLayer)
                 .add_routes(client_routes.clone())
                 .serve_with_incoming_shutdown(client_connections(listener), async move {
                     let _ = stop.wait_for(|stopped| *stopped).await;
