@@ -8,8 +8,10 @@
 mod authority_repair;
 mod cluster_service;
 pub mod config;
+pub mod config_file;
 mod context;
 mod election_service;
+pub mod etcd_flags;
 mod health_endpoints;
 mod identity;
 mod kv_service;

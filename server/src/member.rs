@@ -91,6 +91,10 @@ pub async fn run_member_with_test_hooks(
     // fails the start at once.
     let peer_listeners = bind_all(&flags.listen_peer_urls, "peer").await?;
     let client_listeners = bind_all(&flags.listen_client_urls, "client").await?;
+    let metrics_listeners = match &flags.listen_metrics_urls {
+        Some(urls) => bind_all(urls, "metrics").await?,
+        None => Vec::new(),
+    };
     // The lock and election services' client to this member (see loopback.rs).
     let first_client_listener = client_listeners
         .first()
@@ -112,7 +116,8 @@ pub async fn run_member_with_test_hooks(
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut client_servers =
-        serve_client_services(client_listeners, &context, &loopback, &flags, stop_rx).await;
+        serve_client_services(client_listeners, &context, &loopback, &flags, stop_rx.clone()).await;
+    serve_metrics(&mut client_servers, metrics_listeners, &context, stop_rx);
     tokio::spawn(publish_attributes(
         context.clone(),
         MemberAttributes {
@@ -174,6 +179,9 @@ pub async fn run_member_with_test_hooks(
 /// Checks the flags and derives this member's and the cluster's ids.
 fn check_identity(flags: &MemberFlags) -> anyhow::Result<MemberIdentity> {
     flags.validate()?;
+    for flag in flags.etcd_only.without_effect() {
+        tracing::info!(flag = %flag, "etcd flag accepted; it has no effect in keel");
+    }
     let initial = flags.initial_members()?;
     if initial.len().is_multiple_of(2) {
         tracing::warn!(
@@ -316,6 +324,30 @@ async fn serve_client_services(
         );
     }
     servers
+}
+
+/// `--listen-metrics-urls`: `/metrics` and `/health` over plain HTTP.
+fn serve_metrics(
+    servers: &mut tokio::task::JoinSet<Result<(), tonic::transport::Error>>,
+    listeners: Vec<TcpListener>,
+    context: &Arc<MemberContext>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let routes = tonic::service::Routes::from(
+        crate::health_endpoints::health_routes(context.clone())
+            .merge(crate::metrics_endpoint::metrics_routes(context.clone())),
+    );
+    for listener in listeners {
+        let mut stop = stop.clone();
+        servers.spawn(
+            tonic::transport::Server::builder()
+                .accept_http1(true)
+                .add_routes(routes.clone())
+                .serve_with_incoming_shutdown(accepted_without_nagle(listener), async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                }),
+        );
+    }
 }
 
 /// Accepted client connections: Nagle off, and the `:authority` repair
