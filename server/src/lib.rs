@@ -25,5 +25,6 @@ pub mod member_log;
 mod metrics_endpoint;
 mod request_checks;
 pub mod signals;
+mod snapshot_stream;
 mod watch_service;
 mod watch_stream;

@@ -1,16 +1,15 @@
-//! The etcd `Maintenance` service: `Status`, `HashKV` and alarm listing
-//! (keel raises no alarms yet); the rest answers UNIMPLEMENTED.
+//! The etcd `Maintenance` service: `Status`, `HashKV`, `Snapshot`
+//! (`snapshot_stream.rs`) and alarm listing (keel raises no alarms yet);
+//! the rest answers UNIMPLEMENTED.
 
 use openraft::async_runtime::watch::WatchReceiver;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
 use keel_api::etcdserverpb::maintenance_server::Maintenance;
 use keel_api::etcdserverpb::{
     alarm_request, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest,
     HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest,
-    SnapshotResponse, StatusRequest, StatusResponse,
+    StatusRequest, StatusResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -26,7 +25,7 @@ impl MaintenanceService {
     }
 }
 
-type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+use crate::snapshot_stream::SnapshotStream;
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
@@ -96,7 +95,9 @@ impl Maintenance for MaintenanceService {
     type SnapshotStream = SnapshotStream;
 
     async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
-        Err(Status::unimplemented("keel: Snapshot is not supported yet"))
+        crate::snapshot_stream::snapshot_stream(self.context.clone())
+            .await
+            .map(Response::new)
     }
 
     async fn move_leader(
