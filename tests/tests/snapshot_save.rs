@@ -10,6 +10,9 @@ use keel_api::etcdserverpb::{PutRequest, RangeRequest};
 use keel_tests::{Cluster, ClusterOptions};
 use sha2::{Digest, Sha256};
 
+/// Each written key with the revision its put answered.
+type WrittenKeys = Arc<Mutex<Vec<(Vec<u8>, i64)>>>;
+
 async fn etcdctl_snapshot_save(endpoint: &str, file: &std::path::Path) {
     let output = tokio::process::Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
@@ -48,7 +51,7 @@ async fn etcdctl_snapshot_save_taken_during_writes_holds_exactly_the_writes_up_t
         .expect("leader");
     let client = cluster.client().expect("client");
     // A writer puts keys one after another, recording each one's revision.
-    let written: Arc<Mutex<Vec<(Vec<u8>, i64)>>> = Arc::default();
+    let written: WrittenKeys = Arc::default();
     let writer = {
         let written = written.clone();
         let client = client.clone();
