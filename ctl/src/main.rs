@@ -209,6 +209,13 @@ enum Command {
     ///
     /// Example: keelctl endpoint status --cluster -w table
     Endpoint(EndpointArgs),
+    /// Manages snapshots of a member's keyspace (save, status, restore).
+    ///
+    /// Example: keelctl --endpoints=127.0.0.1:2379 snapshot save backup.db
+    Snapshot {
+        #[command(subcommand)]
+        command: commands::snapshot::SnapshotCommand,
+    },
     /// Prints the version of keelctl.
     ///
     /// Example: keelctl version
@@ -362,6 +369,7 @@ async fn run(cli: Cli) -> Result<Output, CtlError> {
         Command::Lease { command } => commands::lease::lease(&ctx, command).await,
         Command::Member { command } => commands::cluster::member(&ctx, command).await,
         Command::Endpoint(args) => commands::cluster::endpoint(&ctx, args).await,
+        Command::Snapshot { command } => commands::snapshot::snapshot(&ctx, command).await,
         Command::Version => Ok(Output::default()),
     }
 }

@@ -107,3 +107,176 @@ async fn etcdctl_snapshot_save_taken_during_writes_holds_exactly_the_writes_up_t
     );
     assert_eq!(held_keys, expected, "the snapshot is one cut at revision {cut}");
 }
+
+async fn keelctl(args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(keel_tests::built_binary("keelctl").expect("keelctl is built"))
+        .args(args)
+        .output()
+        .await
+        .expect("keelctl runs")
+}
+
+/// Every key with its revisions, as a cluster answers a range over all keys.
+async fn whole_keyspace(cluster: &Cluster, member: usize) -> (i64, Vec<keel_api::mvccpb::KeyValue>) {
+    let all = cluster
+        .member_client(member)
+        .expect("client")
+        .range(RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .await
+        .expect("range");
+    (all.header.expect("header").revision, all.kvs)
+}
+
+#[tokio::test]
+async fn keelctl_snapshot_restore_into_a_new_three_member_cluster_keeps_every_key_and_revision() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("backup.db");
+    let (revision, keyspace) = {
+        let mut old = Cluster::start(ClusterOptions::keel(3)).await.expect("cluster");
+        old.wait_for_leader(Duration::from_secs(10))
+            .await
+            .expect("leader");
+        let client = old.client().expect("client");
+        for i in 0..60u32 {
+            client
+                .put(PutRequest {
+                    key: format!("k{:02}", i % 40).into_bytes(),
+                    value: format!("v{i}").into_bytes(),
+                    ..Default::default()
+                })
+                .await
+                .expect("put");
+        }
+        client
+            .delete_range(keel_api::etcdserverpb::DeleteRangeRequest {
+                key: b"k05".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("delete");
+        let saved = keelctl(&[
+            &format!("--endpoints={}", old.endpoint(0)),
+            "snapshot",
+            "save",
+            &file.to_string_lossy(),
+        ])
+        .await;
+        assert!(
+            saved.status.success(),
+            "{}",
+            String::from_utf8_lossy(&saved.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&saved.stdout),
+            format!("Snapshot saved at {}\n", file.display())
+        );
+        whole_keyspace(&old, 0).await
+    };
+    // The old cluster is gone (its data dirs removed); only the file is left.
+    let status = keelctl(&["snapshot", "status", &file.to_string_lossy(), "-w", "json"]).await;
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
+    assert_eq!(status["revision"], revision);
+    assert_eq!(status["totalKey"], keyspace.len());
+
+    let base = dir.path().join("restored");
+    let ports: Vec<(u16, u16)> = (0..3)
+        .map(|_| {
+            (
+                keel_tests::free_port().expect("port"),
+                keel_tests::free_port().expect("port"),
+            )
+        })
+        .collect();
+    let initial_cluster = (0..3)
+        .map(|i| format!("m{}=http://127.0.0.1:{}", i + 1, ports[i].1))
+        .collect::<Vec<_>>()
+        .join(",");
+    for (i, (_, peer)) in ports.iter().enumerate() {
+        let restored = keelctl(&[
+            "snapshot",
+            "restore",
+            &file.to_string_lossy(),
+            &format!("--name=m{}", i + 1),
+            &format!("--initial-cluster={initial_cluster}"),
+            &format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+            &format!("--data-dir={}", base.join(format!("m{}.data", i + 1)).display()),
+        ])
+        .await;
+        assert!(
+            restored.status.success(),
+            "{}",
+            String::from_utf8_lossy(&restored.stderr)
+        );
+    }
+    let mut options = ClusterOptions::keel(3);
+    options.base_dir = Some(base);
+    options.ports = Some(ports);
+    let mut new = Cluster::start(options).await.expect("restored cluster");
+    new.wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    for member in 0..3 {
+        let (new_revision, new_keyspace) = whole_keyspace(&new, member).await;
+        assert_eq!(new_revision, revision, "member {member}'s revision");
+        assert_eq!(
+            new_keyspace, keyspace,
+            "member {member}'s keys, values and revisions"
+        );
+    }
+    let next = new
+        .client()
+        .expect("client")
+        .put(PutRequest {
+            key: b"after".to_vec(),
+            value: b"restore".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("a write on the restored cluster");
+    assert_eq!(next.header.expect("header").revision, revision + 1);
+}
+
+#[tokio::test]
+async fn a_corrupt_or_truncated_snapshot_file_is_refused_and_restores_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = Cluster::start(ClusterOptions::keel(1)).await.expect("cluster");
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let file = dir.path().join("backup.db");
+    etcdctl_snapshot_save(&cluster.endpoint(0), &file).await;
+    let good = std::fs::read(&file).expect("file");
+    let mut corrupt = good.clone();
+    corrupt[20] ^= 0xff;
+    let truncated = &good[..good.len() - 100];
+    for (what, bytes) in [("corrupt", corrupt.as_slice()), ("truncated", truncated)] {
+        let bad = dir.path().join(format!("{what}.db"));
+        std::fs::write(&bad, bytes).expect("write");
+        let status = keelctl(&["snapshot", "status", &bad.to_string_lossy()]).await;
+        assert!(!status.status.success(), "{what} status was accepted");
+        assert!(
+            String::from_utf8_lossy(&status.stderr).contains("sha256"),
+            "{what}"
+        );
+        let data_dir = dir.path().join(format!("{what}.data"));
+        let restore = keelctl(&[
+            "snapshot",
+            "restore",
+            &bad.to_string_lossy(),
+            &format!("--data-dir={}", data_dir.display()),
+        ])
+        .await;
+        assert!(!restore.status.success(), "{what} restore was accepted");
+        assert!(!data_dir.exists(), "a {what} file left a data dir behind");
+    }
+}

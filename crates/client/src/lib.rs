@@ -36,7 +36,7 @@ use keel_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_api::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest,
     HashKvResponse, MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    RangeResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
 use keel_api::WireError;
 use tonic::transport::{Channel, Endpoint};
@@ -310,6 +310,16 @@ impl Client {
         self.pinned(endpoint)?
             .call(Retry::Read, |channel| {
                 Box::pin(async move { maintenance_stub(&channel).status(StatusRequest {}).await })
+            })
+            .await
+    }
+
+    /// `Maintenance.Snapshot` of one endpoint: its keyspace as a stream of
+    /// blobs, the last one the SHA-256 of the others.
+    pub async fn snapshot(&self, endpoint: &str) -> Result<tonic::Streaming<SnapshotResponse>, ClientError> {
+        self.pinned(endpoint)?
+            .call(Retry::Read, |channel| {
+                Box::pin(async move { maintenance_stub(&channel).snapshot(SnapshotRequest {}).await })
             })
             .await
     }

@@ -41,6 +41,7 @@ pub mod peer_codec;
 mod peer_service;
 pub mod read_path;
 pub mod request_error;
+pub mod restore;
 pub mod write_path;
 
 pub use config::{Bootstrap, NodeConfig, NodeTestHooks, RaftTiming, DEFAULT_LEASE_CHECKPOINT_INTERVAL};

@@ -144,6 +144,25 @@ fn dump_keyspace(
     Ok((meta, partial, stats))
 }
 
+/// Makes a keyspace restored from a client snapshot the start of a new
+/// cluster: forgets the old cluster's Raft metadata (last applied log id,
+/// membership, member attributes), which describe another cluster's log,
+/// and makes that durable. The keyspace itself, its revisions and leases,
+/// is kept. A member opened on it then bootstraps as on a fresh data dir,
+/// and applies the new cluster's log on top of the restored revision.
+pub fn forget_raft_metadata(store: &MvccStore) -> Result<(), RaftStorageError> {
+    let mut batch = store.begin_apply();
+    batch.set_app_meta(LAST_APPLIED_KEY, None::<LogId>.encode_record());
+    batch.set_app_meta(MEMBERSHIP_KEY, StoredMembership::default().encode_record());
+    batch.set_app_meta(
+        MEMBER_ATTRIBUTES_KEY,
+        MemberAttributeTable::default().encode_record(),
+    );
+    batch.commit()?;
+    store.flush()?;
+    Ok(())
+}
+
 pub struct KeelStateMachine {
     shared: Arc<Shared>,
 }

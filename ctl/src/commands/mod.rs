@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod concurrency;
 pub mod kv;
 pub mod lease;
+pub mod snapshot;
 pub mod txn;
 pub mod watch;
 mod watch_session;

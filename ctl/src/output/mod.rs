@@ -7,6 +7,7 @@
 pub mod fields;
 pub mod json;
 pub mod simple;
+mod snapshot_status;
 pub mod table;
 
 use keel_api::etcdserverpb::{
@@ -18,6 +19,7 @@ use keel_api::mvccpb::event::EventType;
 use prost::Message;
 
 use crate::error::CtlError;
+pub use snapshot_status::SnapshotStatus;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

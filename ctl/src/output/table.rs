@@ -23,7 +23,7 @@ fn width(text: &str) -> usize {
     UnicodeWidthStr::width(text)
 }
 
-struct Table {
+pub(crate) struct Table {
     headers: Vec<String>,
     widths: Vec<usize>,
     /// Per row, per column, the cell's lines.
@@ -31,7 +31,7 @@ struct Table {
 }
 
 impl Table {
-    fn new(headers: &[&str]) -> Table {
+    pub(crate) fn new(headers: &[&str]) -> Table {
         let widths = headers.iter().map(|h| width(h).min(MAX_COLUMN_WIDTH)).collect();
         Table {
             headers: headers.iter().map(|h| h.to_string()).collect(),
@@ -40,7 +40,7 @@ impl Table {
         }
     }
 
-    fn append(&mut self, row: Vec<String>) {
+    pub(crate) fn append(&mut self, row: Vec<String>) {
         let mut cells = Vec::new();
         for (column, cell) in row.iter().enumerate() {
             if column >= self.widths.len() {
@@ -56,7 +56,7 @@ impl Table {
         self.rows.push(cells);
     }
 
-    fn render(&self, out: &mut Vec<u8>) {
+    pub(crate) fn render(&self, out: &mut Vec<u8>) {
         let mut text = String::new();
         self.rule(&mut text);
         text.push('|');
