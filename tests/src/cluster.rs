@@ -383,6 +383,13 @@ impl Cluster {
             .collect()
     }
 
+    /// Starts a cluster and waits (up to 10 s) until it has a leader.
+    pub async fn start_led(options: ClusterOptions) -> Result<Cluster, FixtureError> {
+        let mut cluster = Cluster::start(options).await?;
+        cluster.wait_for_leader(Duration::from_secs(10)).await?;
+        Ok(cluster)
+    }
+
     /// Waits until a majority agrees on a leader; returns its index.
     pub async fn wait_for_leader(&mut self, timeout: Duration) -> Result<usize, FixtureError> {
         let endpoints = self.running_endpoints();

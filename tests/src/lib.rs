@@ -9,9 +9,11 @@
 
 pub mod binaries;
 pub mod cluster;
+pub mod curl;
 pub mod in_process;
 pub mod ports;
 
 pub use binaries::{built_binary, BinaryError};
 pub use cluster::{which, Cluster, ClusterOptions, FixtureError, Flavor, MemberState};
+pub use curl::{curl, CurlAnswer};
 pub use ports::free_port;

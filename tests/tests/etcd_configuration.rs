@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use keel_tests::{built_binary, free_port};
+use keel_tests::{built_binary, curl, free_port};
 use serde_json::Value;
 
 /// A `keel` process, killed when dropped; its log goes to `log`.
@@ -41,7 +41,7 @@ impl KeelProcess {
     async fn wait_healthy(&mut self, endpoint: &str) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            if curl(&format!("http://{endpoint}/health"))
+            if get(&format!("http://{endpoint}/health"))
                 .await
                 .contains(r#""health":"true""#)
             {
@@ -60,13 +60,8 @@ impl KeelProcess {
     }
 }
 
-async fn curl(url: &str) -> String {
-    let output = tokio::process::Command::new("curl")
-        .args(["-s", "--max-time", "5", url])
-        .output()
-        .await
-        .expect("curl runs");
-    String::from_utf8_lossy(&output.stdout).into_owned()
+async fn get(url: &str) -> String {
+    curl(url, &["--max-time", "5"]).await.body
 }
 
 /// The member names etcdctl lists at `endpoint`.
@@ -134,9 +129,9 @@ async fn keel_starts_from_a_debian_environment_file_and_a_flag_wins_over_its_var
     let endpoint = format!("127.0.0.1:{client}");
     keel.wait_healthy(&endpoint).await;
     assert_eq!(member_names(&endpoint).await, vec!["from-command-line"]);
-    let scraped = curl(&format!("http://127.0.0.1:{metrics}/metrics")).await;
+    let scraped = get(&format!("http://127.0.0.1:{metrics}/metrics")).await;
     assert!(scraped.contains("etcd_server_has_leader 1"), "{scraped}");
-    assert!(curl(&format!("http://127.0.0.1:{metrics}/health"))
+    assert!(get(&format!("http://127.0.0.1:{metrics}/health"))
         .await
         .contains("true"));
     let log = keel.log();

@@ -4,35 +4,22 @@
 
 use std::time::Duration;
 
-use keel_tests::{Cluster, ClusterOptions};
+use keel_tests::{curl, Cluster, ClusterOptions};
 use serde_json::Value;
 
 async fn get(endpoint: &str, path: &str) -> (u16, String) {
-    let output = tokio::process::Command::new("curl")
-        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}"])
-        .arg(format!("http://{endpoint}{path}"))
-        .output()
-        .await
-        .expect("curl runs (Debian's curl package)");
-    let text = String::from_utf8(output.stdout).expect("utf-8");
-    let (body, status) = text.rsplit_once('\n').expect("curl printed the status");
-    (status.trim().parse().expect("an HTTP status"), body.to_string())
+    let answer = curl(&format!("http://{endpoint}{path}"), &["--max-time", "10"]).await;
+    (answer.http_status, answer.body)
 }
 
 #[tokio::test]
 async fn health_and_version_answer_as_etcds_do() {
-    let mut etcd = Cluster::start(ClusterOptions::etcd(1))
+    let etcd = Cluster::start_led(ClusterOptions::etcd(1))
         .await
         .expect("etcd starts");
-    let mut keel = Cluster::start(ClusterOptions::keel(1))
+    let keel = Cluster::start_led(ClusterOptions::keel(1))
         .await
         .expect("keel starts");
-    etcd.wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("etcd leader");
-    keel.wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("keel leader");
     for path in ["/health", "/health?serializable=true"] {
         assert_eq!(
             get(&keel.endpoint(0), path).await,

@@ -8,30 +8,14 @@ use std::time::Duration;
 
 use keel_api::etcdserverpb::watch_client::WatchClient;
 use keel_api::etcdserverpb::{watch_request, WatchCreateRequest, WatchRequest};
-use keel_tests::{Cluster, ClusterOptions};
+use keel_tests::{curl, Cluster, ClusterOptions, CurlAnswer};
 use serde_json::Value;
 
-/// What curl got: the HTTP status and the body.
-#[derive(Debug)]
-struct CurlAnswer {
-    http_status: u16,
-    body: String,
-}
-
-async fn curl(endpoint: &str, path: &str, body: &str, extra: &[&str]) -> CurlAnswer {
-    let output = tokio::process::Command::new("curl")
-        .args(["-s", "-N", "-X", "POST", "-w", "\n%{http_code}", "-d", body])
-        .args(extra)
-        .arg(format!("http://{endpoint}{path}"))
-        .output()
-        .await
-        .expect("curl runs (Debian's curl package)");
-    let text = String::from_utf8(output.stdout).expect("utf-8");
-    let (body, status) = text.rsplit_once('\n').expect("curl printed the status");
-    CurlAnswer {
-        http_status: status.trim().parse().expect("an HTTP status"),
-        body: body.to_string(),
-    }
+/// POSTs `body` to `path` at `endpoint`, with curl's `extra` flags.
+async fn post(endpoint: &str, path: &str, body: &str, extra: &[&str]) -> CurlAnswer {
+    let mut args = vec!["-N", "-X", "POST", "-d", body];
+    args.extend_from_slice(extra);
+    curl(&format!("http://{endpoint}{path}"), &args).await
 }
 
 /// Hides what differs between any two clusters: ids and Raft terms.
@@ -214,7 +198,7 @@ async fn answer(endpoint: &str, exchange: &Exchange) -> CurlAnswer {
         Some(seconds) => vec!["--max-time", seconds],
         None => Vec::new(),
     };
-    curl(endpoint, exchange.path, exchange.body, &extra).await
+    post(endpoint, exchange.path, exchange.body, &extra).await
 }
 
 #[tokio::test]
@@ -222,18 +206,12 @@ async fn the_same_curl_requests_get_the_same_json_from_keel_and_from_etcd() {
     if keel_tests::which("curl").is_none() {
         panic!("curl is required (.ci/run installs it)");
     }
-    let mut etcd = Cluster::start(ClusterOptions::etcd(1))
+    let etcd = Cluster::start_led(ClusterOptions::etcd(1))
         .await
         .expect("etcd starts");
-    let mut keel = Cluster::start(ClusterOptions::keel(1))
+    let keel = Cluster::start_led(ClusterOptions::keel(1))
         .await
         .expect("keel starts");
-    etcd.wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("etcd leader");
-    keel.wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("keel leader");
     let mut differences = Vec::new();
     for (step, exchange) in SESSION.iter().enumerate() {
         let from_etcd = answer(&etcd.endpoint(0), exchange).await;
@@ -273,14 +251,11 @@ async fn the_same_curl_requests_get_the_same_json_from_keel_and_from_etcd() {
 
 #[tokio::test]
 async fn json_over_http2_without_tls_answers_as_over_http1_and_grpc_shares_the_port() {
-    let mut keel = Cluster::start(ClusterOptions::keel(1))
+    let keel = Cluster::start_led(ClusterOptions::keel(1))
         .await
         .expect("keel starts");
-    keel.wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("keel leader");
     let endpoint = keel.endpoint(0);
-    let put = curl(
+    let put = post(
         &endpoint,
         "/v3/kv/put",
         r#"{"key":"Zm9v","value":"YmFy"}"#,
@@ -289,8 +264,8 @@ async fn json_over_http2_without_tls_answers_as_over_http1_and_grpc_shares_the_p
     .await;
     assert_eq!(put.http_status, 200, "{put:?}");
     let range = r#"{"key":"Zm9v"}"#;
-    let over_http2 = curl(&endpoint, "/v3/kv/range", range, &["--http2-prior-knowledge"]).await;
-    let over_http1 = curl(&endpoint, "/v3/kv/range", range, &["--http1.1"]).await;
+    let over_http2 = post(&endpoint, "/v3/kv/range", range, &["--http2-prior-knowledge"]).await;
+    let over_http1 = post(&endpoint, "/v3/kv/range", range, &["--http1.1"]).await;
     assert_eq!(over_http2.http_status, 200);
     assert_eq!(over_http2.body, over_http1.body);
     assert_eq!(json_values(&over_http1.body)[0]["kvs"][0]["value"], "YmFy");
@@ -329,10 +304,7 @@ async fn open_watch(
 async fn max_concurrent_streams_holds_back_a_connections_stream_past_the_limit_until_one_ends() {
     let mut options = ClusterOptions::keel(1);
     options.extra_args = vec!["--max-concurrent-streams".into(), "2".into()];
-    let mut keel = Cluster::start(options).await.expect("keel starts");
-    keel.wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("keel leader");
+    let keel = Cluster::start_led(options).await.expect("keel starts");
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", keel.endpoint(0)))
         .expect("url")
         .connect()
@@ -367,12 +339,9 @@ async fn max_concurrent_streams_holds_back_a_connections_stream_past_the_limit_u
 /// (and now keel) keeps delivering events until the client goes away.
 #[tokio::test]
 async fn a_watch_whose_client_closed_its_sending_side_still_gets_new_events() {
-    let mut keel = Cluster::start(ClusterOptions::keel(1))
+    let keel = Cluster::start_led(ClusterOptions::keel(1))
         .await
         .expect("keel starts");
-    keel.wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("keel leader");
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", keel.endpoint(0)))
         .expect("url")
         .connect()
