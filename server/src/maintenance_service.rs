@@ -1,20 +1,27 @@
-//! The etcd `Maintenance` service: `Status`, `HashKV` and alarm listing
-//! (keel raises no alarms yet); the rest answers UNIMPLEMENTED.
+//! The etcd `Maintenance` service: `Status`, `Hash`, `HashKV`, `MoveLeader`
+//! (a leadership transfer) and alarm listing (keel raises no alarms yet);
+//! the rest answers UNIMPLEMENTED.
 
 use openraft::async_runtime::watch::WatchReceiver;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::Stream;
 use keel_api::etcdserverpb::maintenance_server::Maintenance;
 use keel_api::etcdserverpb::{
     alarm_request, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest,
-    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest,
-    SnapshotResponse, StatusRequest, StatusResponse,
+    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, ResponseHeader,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use tonic::{Request, Response, Status};
 
-use crate::context::{mvcc_status, MemberContext};
+use crate::context::{leader_transfer_status, mvcc_status, MemberContext};
+
+/// How long a MoveLeader waits for the transferee to take over when the
+/// caller set no deadline (etcd waits as long as the caller does; a caller
+/// with a deadline is cut off by it, as in etcd).
+const MOVE_LEADER_LIMIT: Duration = Duration::from_secs(30);
 
 pub struct MaintenanceService {
     context: Arc<MemberContext>,
@@ -73,8 +80,20 @@ impl Maintenance for MaintenanceService {
         Err(Status::unimplemented("keel: Defragment is not supported yet"))
     }
 
+    /// A crc32 of the member's whole keyspace (store meta, every change
+    /// record, leases and their attachments; not the Raft position kept
+    /// beside them), at the current revision, which the header carries:
+    /// members that applied the same log answer the same hash
+    /// (`MvccStore::hash`).
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(Status::unimplemented("keel: Hash is not supported; use HashKV"))
+        let (hash, revision) = self.context.node.state().store().hash().map_err(mvcc_status)?;
+        Ok(Response::new(HashResponse {
+            header: self.context.stamp(Some(ResponseHeader {
+                revision,
+                ..Default::default()
+            })),
+            hash,
+        }))
     }
 
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
@@ -99,10 +118,20 @@ impl Maintenance for MaintenanceService {
         Err(Status::unimplemented("keel: Snapshot is not supported yet"))
     }
 
+    /// etcd's MoveLeader: only the leader moves its leadership ("not
+    /// leader" elsewhere); the target must be a voter ("bad leader
+    /// transferee"); answers once the target leads. Like etcd 3.4 the
+    /// response carries no header.
     async fn move_leader(
         &self,
-        _: Request<MoveLeaderRequest>,
+        request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(Status::unimplemented("keel: MoveLeader is not supported yet"))
+        let target = request.get_ref().target_id;
+        self.context
+            .node
+            .transfer_leadership(target, MOVE_LEADER_LIMIT)
+            .await
+            .map_err(leader_transfer_status)?;
+        Ok(Response::new(MoveLeaderResponse { header: None }))
     }
 }

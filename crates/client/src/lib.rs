@@ -35,8 +35,8 @@ use keel_api::etcdserverpb::kv_client::KvClient;
 use keel_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_api::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest,
-    HashKvResponse, MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    HashKvResponse, MemberListRequest, MemberListResponse, MoveLeaderRequest, MoveLeaderResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
 use keel_api::WireError;
 use tonic::transport::{Channel, Endpoint};
@@ -321,6 +321,20 @@ impl Client {
                 Box::pin(async move {
                     maintenance_stub(&channel)
                         .hash_kv(HashKvRequest { revision })
+                        .await
+                })
+            })
+            .await
+    }
+
+    /// `Maintenance.MoveLeader` on one endpoint (it must be the leader): makes
+    /// member `target` the leader. No failover, and never sent twice.
+    pub async fn move_leader(&self, endpoint: &str, target: u64) -> Result<MoveLeaderResponse, ClientError> {
+        self.pinned(endpoint)?
+            .call(Retry::Write, move |channel| {
+                Box::pin(async move {
+                    maintenance_stub(&channel)
+                        .move_leader(MoveLeaderRequest { target_id: target })
                         .await
                 })
             })

@@ -11,7 +11,7 @@ use keel_api::etcdserverpb::{
 };
 use keel_api::mvccpb::KeyValue;
 
-use super::{EndpointHealth, EndpointStatus};
+use super::{EndpointHashKv, EndpointHealth, EndpointStatus};
 use crate::go_value_format::quote;
 
 // Writes go to an in-memory buffer (`Output`), which cannot fail.
@@ -98,6 +98,15 @@ pub fn member_list(out: &mut Vec<u8>, response: &MemberListResponse) {
             let _ = writeln!(out, "\"ClientURL\" : {}", quote(url.as_bytes()));
         }
         let _ = writeln!(out, "\"IsLearner\" : {}", member.is_learner);
+        let _ = writeln!(out);
+    }
+}
+
+pub fn endpoint_hashkv(out: &mut Vec<u8>, hashes: &[EndpointHashKv]) {
+    for entry in hashes {
+        header(out, &entry.response.header);
+        let _ = writeln!(out, "\"Endpoint\" : {}", quote(entry.endpoint.as_bytes()));
+        let _ = writeln!(out, "\"Hash\" : {}", entry.response.hash);
         let _ = writeln!(out);
     }
 }

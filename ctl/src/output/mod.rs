@@ -10,9 +10,9 @@ pub mod simple;
 pub mod table;
 
 use keel_api::etcdserverpb::{
-    DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
-    LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberListResponse, PutResponse, RangeResponse,
-    ResponseHeader, StatusResponse, TxnResponse, WatchResponse,
+    DeleteRangeResponse, HashKvResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
+    LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberListResponse, MoveLeaderResponse, PutResponse,
+    RangeResponse, ResponseHeader, StatusResponse, TxnResponse, WatchResponse,
 };
 use keel_api::mvccpb::event::EventType;
 use prost::Message;
@@ -59,6 +59,12 @@ impl Format {
 pub struct EndpointStatus {
     pub endpoint: String,
     pub status: StatusResponse,
+}
+
+/// The result of one endpoint's `Maintenance.HashKV` (`endpoint hashkv`).
+pub struct EndpointHashKv {
+    pub endpoint: String,
+    pub response: HashKvResponse,
 }
 
 /// The result of one endpoint's health probe (`endpoint health`).
@@ -179,6 +185,35 @@ impl Printer {
             Format::Table => table::endpoint_status(&mut out.stdout, statuses),
             Format::Fields => fields::endpoint_status(&mut out.stdout, statuses),
             Format::Protobuf => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    pub fn endpoint_hashkv(&self, out: &mut Output, hashes: &[EndpointHashKv]) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::endpoint_hashkv(&mut out.stdout, hashes),
+            Format::Json => json::print(&mut out.stdout, json::endpoint_hashkv(hashes)),
+            Format::Table => table::endpoint_hashkv(&mut out.stdout, hashes),
+            Format::Fields => fields::endpoint_hashkv(&mut out.stdout, hashes),
+            Format::Protobuf => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    /// etcdctl prints `move-leader` after the move: table and fields fail
+    /// then (exit 4), with leadership already moved.
+    pub fn move_leader(
+        &self,
+        out: &mut Output,
+        leader: u64,
+        target: u64,
+        response: &MoveLeaderResponse,
+    ) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::move_leader(&mut out.stdout, leader, target),
+            Format::Json => json::print(&mut out.stdout, json::move_leader(response)),
+            Format::Protobuf => out.stdout.extend(response.encode_to_vec()),
+            Format::Table | Format::Fields => return Err(self.format.unsupported()),
         }
         Ok(())
     }
@@ -393,3 +428,13 @@ pub const STATUS_HEADER: [&str; 10] = [
 ];
 
 pub const HEALTH_HEADER: [&str; 4] = ["endpoint", "health", "took", "error"];
+
+/// The columns etcdctl prints for `endpoint hashkv` (simple and table).
+pub fn hashkv_rows(hashes: &[EndpointHashKv]) -> Vec<Vec<String>> {
+    hashes
+        .iter()
+        .map(|entry| vec![entry.endpoint.clone(), entry.response.hash.to_string()])
+        .collect()
+}
+
+pub const HASHKV_HEADER: [&str; 2] = ["endpoint", "hash"];

@@ -11,7 +11,9 @@ use keel_api::etcdserverpb::{
 };
 use keel_api::mvccpb::KeyValue;
 
-use super::{lease_hex, member_rows, status_rows, EndpointHealth, EndpointStatus};
+use super::{
+    hashkv_rows, lease_hex, member_rows, status_rows, EndpointHashKv, EndpointHealth, EndpointStatus,
+};
 use crate::go_value_format::hex_escaped;
 
 // Writes go to an in-memory buffer (`Output`), which cannot fail.
@@ -102,6 +104,20 @@ pub fn endpoint_status(out: &mut Vec<u8>, statuses: &[EndpointStatus]) {
     for row in status_rows(statuses) {
         line(out, row.join(", ").as_bytes());
     }
+}
+
+pub fn endpoint_hashkv(out: &mut Vec<u8>, hashes: &[EndpointHashKv]) {
+    for row in hashkv_rows(hashes) {
+        line(out, row.join(", ").as_bytes());
+    }
+}
+
+/// Member IDs as etcd's `types.ID` prints them: hex without padding.
+pub fn move_leader(out: &mut Vec<u8>, leader: u64, target: u64) {
+    line(
+        out,
+        format!("Leadership transferred from {leader:x} to {target:x}").as_bytes(),
+    );
 }
 
 pub fn endpoint_health(err: &mut Vec<u8>, health: &[EndpointHealth]) {
