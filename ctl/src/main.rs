@@ -17,6 +17,7 @@ use std::io::Write;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use commands::alarm::AlarmCommand;
 use commands::cluster::{EndpointArgs, MemberCommand, MoveLeaderArgs};
 use commands::concurrency::{ElectArgs, LockArgs};
 use commands::kv::{CompactionArgs, DelArgs, GetArgs, PutArgs};
@@ -50,6 +51,8 @@ Examples:
   keelctl endpoint status --cluster -w table     every member's status (leader, raft term and index)
   keelctl endpoint health --cluster              a linearizable read through every member
   keelctl endpoint hashkv --cluster              every member's hash of the key-value history
+  keelctl alarm list                             the raised alarms (NOSPACE: over --quota-backend-bytes)
+  keelctl alarm disarm                           clear every alarm
   keelctl move-leader 8211f1d0f64f3269           make that member the leader (an endpoint must be the leader)
 
 Endpoints come from --endpoints, else $KEELCTL_ENDPOINTS, else $ETCDCTL_ENDPOINTS
@@ -211,6 +214,13 @@ enum Command {
     ///
     /// Example: keelctl endpoint status --cluster -w table
     Endpoint(EndpointArgs),
+    /// Alarm related commands (list, disarm).
+    ///
+    /// Example: keelctl alarm list
+    Alarm {
+        #[command(subcommand)]
+        command: AlarmCommand,
+    },
     /// Transfers leadership to another etcd cluster member.
     ///
     /// Asks the leader among the endpoints given (etcdctl's rule: the
@@ -372,6 +382,7 @@ async fn run(cli: Cli) -> Result<Output, CtlError> {
         Command::Lease { command } => commands::lease::lease(&ctx, command).await,
         Command::Member { command } => commands::cluster::member(&ctx, command).await,
         Command::Endpoint(args) => commands::cluster::endpoint(&ctx, args).await,
+        Command::Alarm { command } => commands::alarm::alarm(&ctx, command).await,
         Command::MoveLeader(args) => commands::cluster::move_leader(&ctx, args).await,
         Command::Version => Ok(Output::default()),
     }

@@ -47,6 +47,11 @@ pub struct MemberFlags {
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, default_value_t = 1572864)]
     pub max_request_bytes: usize,
+    /// Raise alarms when the keyspace database exceeds this many bytes (0:
+    /// etcd's default, 2 GiB; negative: no quota); writes that need space are
+    /// then refused until the alarm is disarmed.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub quota_backend_bytes: i64,
     /// Duration of periodical watch progress notification (Go syntax: 10m, 500ms).
     #[arg(long, default_value = "10m", value_parser = keel_api::go_format::parse_duration)]
     pub experimental_watch_progress_notify_interval: std::time::Duration,

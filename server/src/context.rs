@@ -12,6 +12,7 @@ use keel_node::NodeHandle;
 use tonic::Status;
 
 use crate::request_checks::RequestLimits;
+use crate::space_quota::SpaceQuota;
 
 pub struct MemberContext {
     pub cluster_id: u64,
@@ -19,6 +20,7 @@ pub struct MemberContext {
     /// The member's Raft side: its state, reads, writes and leadership.
     pub node: NodeHandle,
     pub limits: RequestLimits,
+    pub space_quota: SpaceQuota,
 }
 
 impl MemberContext {

@@ -21,5 +21,6 @@ pub mod member;
 pub mod member_log;
 mod request_checks;
 pub mod signals;
+mod space_quota;
 mod watch_service;
 mod watch_stream;

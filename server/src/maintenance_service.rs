@@ -1,6 +1,7 @@
-//! The etcd `Maintenance` service: `Status`, `Hash`, `HashKV`, `MoveLeader`
-//! (a leadership transfer) and alarm listing (keel raises no alarms yet);
-//! the rest answers UNIMPLEMENTED.
+//! The etcd `Maintenance` service: `Status` (with the raised alarms in its
+//! errors), `Hash`, `HashKV`, `MoveLeader` (a leadership transfer) and
+//! `Alarm` (raise and clear through Raft, list from the applied state);
+//! `Defragment` and `Snapshot` answer UNIMPLEMENTED.
 
 use openraft::async_runtime::watch::WatchReceiver;
 use std::pin::Pin;
@@ -10,10 +11,11 @@ use std::time::Duration;
 use futures::Stream;
 use keel_api::etcdserverpb::maintenance_server::Maintenance;
 use keel_api::etcdserverpb::{
-    alarm_request, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest,
-    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, ResponseHeader,
-    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    alarm_request, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
+    HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
+    ResponseHeader, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
+use keel_api::keelpb::{write_request, write_response, WriteRequest};
 use tonic::{Request, Response, Status};
 
 use crate::context::{leader_transfer_status, mvcc_status, MemberContext};
@@ -37,16 +39,37 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
+    /// GET lists the raised alarms of the type asked (every type for
+    /// NONE) from this member's applied state; ACTIVATE and DEACTIVATE go
+    /// through Raft and answer the alarms they changed, as etcd's do. As
+    /// etcd 3.4's (its applier builds them), the responses carry no header.
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        if request.get_ref().action() != alarm_request::AlarmAction::Get {
-            return Err(Status::unimplemented(
-                "keel: raising or clearing alarms is not supported yet",
-            ));
+        let request = request.into_inner();
+        if request.action() == alarm_request::AlarmAction::Get {
+            let alarms = self
+                .context
+                .node
+                .state()
+                .alarms()
+                .into_iter()
+                .filter(|raised| request.alarm == AlarmType::None as i32 || raised.alarm == request.alarm)
+                .map(|raised| raised.to_member())
+                .collect();
+            return Ok(Response::new(AlarmResponse { header: None, alarms }));
         }
-        Ok(Response::new(AlarmResponse {
-            header: self.context.header_now(),
-            alarms: Vec::new(),
-        }))
+        let written = self
+            .context
+            .node
+            .write(WriteRequest {
+                request: Some(write_request::Request::Alarm(request)),
+            })
+            .await?;
+        let Some(write_response::Response::Alarm(changed)) = written.response else {
+            return Err(Status::internal(
+                "etcdserver: unexpected response kind for the request",
+            ));
+        };
+        Ok(Response::new(changed))
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -54,6 +77,7 @@ impl Maintenance for MaintenanceService {
         let metrics = context.node.raft().metrics().borrow_watched().clone();
         let leader = context.node.leadership().known_leader().map_or(0, |(id, _)| id);
         let db_size = context.node.state().store().size_on_disk() + context.node.raft_log_size_on_disk();
+        let alarms = context.node.state().alarms();
         let is_learner = !metrics
             .membership_config
             .membership()
@@ -67,7 +91,10 @@ impl Maintenance for MaintenanceService {
             raft_index: metrics.last_log_index.unwrap_or(0),
             raft_term: metrics.current_term,
             raft_applied_index: metrics.last_applied.map_or(0, |id| id.index),
-            errors: Vec::new(),
+            errors: alarms
+                .into_iter()
+                .map(|raised| keel_api::go_format::alarm_member_text(&raised.to_member()))
+                .collect(),
             db_size_in_use: db_size as i64,
             is_learner,
         }))

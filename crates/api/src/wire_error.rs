@@ -25,6 +25,10 @@ pub enum WireError {
     Compacted,
     #[error("etcdserver: mvcc: required revision is a future revision")]
     FutureRevision,
+    /// A write that needs space while the NOSPACE alarm is raised, or that
+    /// would take the keyspace over `--quota-backend-bytes`.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
     #[error("etcdserver: lease already exists")]
@@ -77,6 +81,7 @@ impl WireError {
             WireError::Compacted | WireError::FutureRevision | WireError::LeaseTtlTooLarge => {
                 Code::OutOfRange
             }
+            WireError::NoSpace => Code::ResourceExhausted,
             WireError::LeaseExists | WireError::NotLeader | WireError::BadLeaderTransferee => {
                 Code::FailedPrecondition
             }
@@ -107,7 +112,7 @@ impl WireError {
     }
 }
 
-const ALL: [WireError; 23] = [
+const ALL: [WireError; 24] = [
     WireError::EmptyKey,
     WireError::KeyNotFound,
     WireError::ValueProvided,
@@ -117,6 +122,7 @@ const ALL: [WireError; 23] = [
     WireError::RequestTooLarge,
     WireError::Compacted,
     WireError::FutureRevision,
+    WireError::NoSpace,
     WireError::LeaseNotFound,
     WireError::LeaseExists,
     WireError::LeaseTtlTooLarge,
@@ -159,6 +165,7 @@ impl From<crate::keelpb::ApplyErrorKind> for WireError {
             ApplyErrorKind::KeyNotFound => WireError::KeyNotFound,
             ApplyErrorKind::LeaseNotFound => WireError::LeaseNotFound,
             ApplyErrorKind::LeaseExists => WireError::LeaseExists,
+            ApplyErrorKind::NoSpace => WireError::NoSpace,
             // An unknown kind can only come from a newer member; the closest
             // honest answer is that the request did not complete here.
             ApplyErrorKind::ApplyErrorUnspecified => WireError::Stopped,

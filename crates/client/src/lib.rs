@@ -34,9 +34,10 @@ use keel_api::etcdserverpb::cluster_client::ClusterClient;
 use keel_api::etcdserverpb::kv_client::KvClient;
 use keel_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_api::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest,
-    HashKvResponse, MemberListRequest, MemberListResponse, MoveLeaderRequest, MoveLeaderResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    alarm_request, AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
+    DeleteRangeResponse, HashKvRequest, HashKvResponse, MemberListRequest, MemberListResponse,
+    MoveLeaderRequest, MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
 use keel_api::WireError;
 use tonic::transport::{Channel, Endpoint};
@@ -325,6 +326,20 @@ impl Client {
                 })
             })
             .await
+    }
+
+    /// `Maintenance.Alarm`: GET lists (a read), ACTIVATE and DEACTIVATE go
+    /// through Raft (a write: never sent twice).
+    pub async fn alarm(&self, request: AlarmRequest) -> Result<AlarmResponse, ClientError> {
+        let retry = if request.action() == alarm_request::AlarmAction::Get {
+            Retry::Read
+        } else {
+            Retry::Write
+        };
+        self.call(retry, move |channel| {
+            Box::pin(async move { maintenance_stub(&channel).alarm(request).await })
+        })
+        .await
     }
 
     /// `Maintenance.MoveLeader` on one endpoint (it must be the leader): makes

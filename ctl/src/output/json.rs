@@ -13,7 +13,7 @@
 use base64::Engine as _;
 use keel_api::etcdserverpb::response_op::Response;
 use keel_api::etcdserverpb::{
-    DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
+    AlarmResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
     LeaseRevokeResponse, LeaseTimeToLiveResponse, Member, MemberListResponse, MoveLeaderResponse,
     PutResponse, RangeResponse, ResponseHeader, StatusResponse, TxnResponse, WatchResponse,
 };
@@ -325,6 +325,23 @@ pub fn endpoint_hashkv(hashes: &[EndpointHashKv]) -> Json {
             })
             .collect(),
     )
+}
+
+pub fn alarm(response: &AlarmResponse) -> Json {
+    let alarms = response
+        .alarms
+        .iter()
+        .map(|alarm| {
+            Obj::default()
+                .int("memberID", alarm.member_id)
+                .int("alarm", alarm.alarm)
+                .done()
+        })
+        .collect();
+    Obj::default()
+        .opt("header", header(&response.header))
+        .list("alarms", alarms)
+        .done()
 }
 
 pub fn move_leader(response: &MoveLeaderResponse) -> Json {

@@ -10,9 +10,10 @@ pub mod simple;
 pub mod table;
 
 use keel_api::etcdserverpb::{
-    DeleteRangeResponse, HashKvResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
-    LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberListResponse, MoveLeaderResponse, PutResponse,
-    RangeResponse, ResponseHeader, StatusResponse, TxnResponse, WatchResponse,
+    AlarmResponse, DeleteRangeResponse, HashKvResponse, LeaseGrantResponse, LeaseKeepAliveResponse,
+    LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberListResponse,
+    MoveLeaderResponse, PutResponse, RangeResponse, ResponseHeader, StatusResponse, TxnResponse,
+    WatchResponse,
 };
 use keel_api::mvccpb::event::EventType;
 use prost::Message;
@@ -214,6 +215,17 @@ impl Printer {
             Format::Json => json::print(&mut out.stdout, json::move_leader(response)),
             Format::Protobuf => out.stdout.extend(response.encode_to_vec()),
             Format::Table | Format::Fields => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    pub fn alarm(&self, out: &mut Output, response: &AlarmResponse) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::alarm(&mut out.stdout, response),
+            Format::Json => json::print(&mut out.stdout, json::alarm(response)),
+            Format::Fields => fields::alarm(&mut out.stdout, response),
+            Format::Protobuf => out.stdout.extend(response.encode_to_vec()),
+            Format::Table => return Err(self.format.unsupported()),
         }
         Ok(())
     }

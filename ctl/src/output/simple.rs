@@ -6,7 +6,7 @@ use std::io::Write;
 
 use keel_api::etcdserverpb::response_op::Response;
 use keel_api::etcdserverpb::{
-    DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
+    AlarmResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
     LeaseTimeToLiveResponse, MemberListResponse, PutResponse, RangeResponse, TxnResponse, WatchResponse,
 };
 use keel_api::mvccpb::KeyValue;
@@ -14,7 +14,7 @@ use keel_api::mvccpb::KeyValue;
 use super::{
     hashkv_rows, lease_hex, member_rows, status_rows, EndpointHashKv, EndpointHealth, EndpointStatus,
 };
-use crate::go_value_format::hex_escaped;
+use crate::go_value_format::{alarm_member_text, hex_escaped};
 
 // Writes go to an in-memory buffer (`Output`), which cannot fail.
 
@@ -103,6 +103,13 @@ pub fn member_list(out: &mut Vec<u8>, response: &MemberListResponse) {
 pub fn endpoint_status(out: &mut Vec<u8>, statuses: &[EndpointStatus]) {
     for row in status_rows(statuses) {
         line(out, row.join(", ").as_bytes());
+    }
+}
+
+/// One line per alarm: Go's `%+v` of the `*AlarmMember`, its compact text.
+pub fn alarm(out: &mut Vec<u8>, response: &AlarmResponse) {
+    for alarm in &response.alarms {
+        line(out, alarm_member_text(alarm).as_bytes());
     }
 }
 
