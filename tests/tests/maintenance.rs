@@ -242,3 +242,58 @@ async fn members_agree_on_hash_and_hashkv_and_a_write_changes_them() {
     assert!(second.iter().all(|h| *h == second[0]), "{second:?}");
     assert_ne!(second[0], first[0], "a write changes HashKV");
 }
+
+/// `etcdctl move-leader` to a member that cannot take over (paused): what
+/// etcdctl reports, and whether the cluster serves writes again afterwards.
+async fn move_to_a_paused_member(cluster: &mut Cluster) -> (bool, String, bool) {
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    let target = (leader + 1) % 3;
+    let ids = member_ids(cluster).await;
+    cluster.pause(target).expect("pause");
+    let (ok, _, stderr) = etcdctl(
+        &[cluster.endpoint(leader)],
+        &[
+            "--command-timeout=2s",
+            "move-leader",
+            &format!("{:x}", ids[target]),
+        ],
+    )
+    .await;
+    cluster.resume(target).expect("resume");
+    let error = stderr
+        .lines()
+        .filter(|line| line.starts_with("Error:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let client = cluster.client().expect("client");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut recovered = false;
+    while !recovered && Instant::now() < deadline {
+        recovered = client.put(put("after-failed-move")).await.is_ok();
+        if !recovered {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    (ok, error, recovered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_to_a_member_that_cannot_take_over_ends_at_the_callers_deadline_as_etcds_does() {
+    let mut etcd = Cluster::start(ClusterOptions::etcd(3))
+        .await
+        .expect("etcd starts");
+    let mut keel = Cluster::start(ClusterOptions::keel(3))
+        .await
+        .expect("keel starts");
+    let from_etcd = move_to_a_paused_member(&mut etcd).await;
+    let from_keel = move_to_a_paused_member(&mut keel).await;
+    assert_eq!(
+        from_etcd,
+        (false, "Error: context deadline exceeded".to_string(), true),
+        "etcd"
+    );
+    assert_eq!(from_keel, from_etcd, "keel");
+}
