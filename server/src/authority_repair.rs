@@ -23,7 +23,10 @@ use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-const CLIENT_PREFACE_LEN: usize = 24;
+/// HTTP/2's client connection preface; a connection that starts otherwise
+/// is HTTP/1.1 (the JSON gateway) and passes through untouched.
+const CLIENT_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const CLIENT_PREFACE_LEN: usize = CLIENT_PREFACE.len();
 const FRAME_HEADER_LEN: usize = 9;
 const FRAME_TYPE_HEADERS: u8 = 0x1;
 const FLAG_PADDED: u8 = 0x8;
@@ -34,10 +37,19 @@ const AUTHORITY_STATIC_INDEX: u64 = 1;
 const MAX_HELD_FRAME: usize = 1 << 20;
 
 enum Position {
-    Preface { remaining: usize },
+    Preface {
+        remaining: usize,
+    },
     FrameHeader,
-    HeadersPayload { length: usize, flags: u8 },
-    PassThrough { remaining: usize },
+    HeadersPayload {
+        length: usize,
+        flags: u8,
+    },
+    PassThrough {
+        remaining: usize,
+    },
+    /// Not HTTP/2: every byte passes through.
+    NotHttp2,
 }
 
 /// A client connection whose inbound bytes get the `:authority` repair.
@@ -69,19 +81,39 @@ impl AuthorityRepairingStream {
         loop {
             let available = self.pending.len() - self.releasable;
             match self.position {
-                Position::Preface { remaining } | Position::PassThrough { remaining } => {
+                Position::NotHttp2 => {
+                    self.releasable += available;
+                    return;
+                }
+                Position::Preface { remaining } if available > 0 => {
+                    let seen = CLIENT_PREFACE_LEN - remaining;
+                    let step = remaining.min(available);
+                    let arrived = &self.pending[self.releasable..self.releasable + step];
+                    if arrived != &CLIENT_PREFACE[seen..seen + step] {
+                        self.position = Position::NotHttp2;
+                        continue;
+                    }
+                    self.releasable += step;
+                    self.position = if step == remaining {
+                        Position::FrameHeader
+                    } else {
+                        Position::Preface {
+                            remaining: remaining - step,
+                        }
+                    };
+                    if step < remaining {
+                        return;
+                    }
+                }
+                Position::Preface { .. } => return,
+                Position::PassThrough { remaining } => {
                     let step = remaining.min(available);
                     self.releasable += step;
                     if step == remaining {
                         self.position = Position::FrameHeader;
                     } else {
-                        self.position = match self.position {
-                            Position::Preface { .. } => Position::Preface {
-                                remaining: remaining - step,
-                            },
-                            _ => Position::PassThrough {
-                                remaining: remaining - step,
-                            },
+                        self.position = Position::PassThrough {
+                            remaining: remaining - step,
                         };
                         return;
                     }
@@ -424,5 +456,29 @@ mod tests {
         );
         let after = headers_at + block.len();
         assert_eq!(&received[after..], &wire[after..]);
+    }
+
+    #[tokio::test]
+    async fn an_http1_connection_passes_through_even_where_its_bytes_look_like_a_headers_frame() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        // 24 octets of an HTTP/1.1 request line where HTTP/2's preface would
+        // be, then octets that read as a HEADERS frame with a URL authority.
+        let mut wire = b"POST /v3/kv/range HTTP/1".to_vec();
+        let block = literal_authority_block(b"http://127.0.0.1:2379", false);
+        wire.extend([0, 0, block.len() as u8, FRAME_TYPE_HEADERS, 0x4, 0, 0, 0, 1]);
+        wire.extend(&block);
+        let sent = wire.clone();
+        let sender = tokio::spawn(async move {
+            let mut client = TcpStream::connect(address).await.expect("connect");
+            client.write_all(&sent).await.expect("write");
+        });
+        let (accepted, _) = listener.accept().await.expect("accept");
+        let mut passed = AuthorityRepairingStream::new(accepted);
+        let mut received = Vec::new();
+        passed.read_to_end(&mut received).await.expect("read");
+        sender.await.expect("sender");
+        assert_eq!(received, wire);
     }
 }

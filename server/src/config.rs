@@ -10,50 +10,71 @@ use anyhow::{anyhow, bail, Context};
 #[derive(Debug, Clone, clap::Args)]
 pub struct MemberFlags {
     /// Human-readable name for this member.
-    #[arg(long, default_value = "default")]
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
     pub name: String,
     /// Path to the data directory (default: ./<name>.keel).
-    #[arg(long)]
+    #[arg(long, env = "ETCD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// URLs to listen on for client traffic (comma-separated).
-    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub listen_client_urls: String,
     /// This member's client URLs to advertise to the cluster (comma-separated).
-    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub advertise_client_urls: String,
     /// URLs to listen on for peer traffic (comma-separated).
-    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = "http://127.0.0.1:2380")]
     pub listen_peer_urls: String,
     /// This member's peer URLs to advertise to the rest of the cluster.
-    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
     pub initial_advertise_peer_urls: String,
     /// Initial cluster configuration for bootstrapping: name=peer-url,...
-    #[arg(long)]
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
     /// Initial cluster state: 'new' or 'existing'.
-    #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new", value_parser = ["new", "existing"])]
     pub initial_cluster_state: String,
     /// Initial cluster token, so that clusters with the same members get different ids.
-    #[arg(long, default_value = "etcd-cluster")]
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
     pub initial_cluster_token: String,
     /// Time (in milliseconds) of a heartbeat interval.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
     pub heartbeat_interval: u64,
     /// Time (in milliseconds) for an election to timeout: a follower that heard
     /// no leader for a fresh random time in [election-timeout + 2 heartbeats,
     /// 2 x election-timeout) campaigns (after a pre-vote).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
     /// Maximum client request size in bytes the server will accept.
-    #[arg(long, default_value_t = 1572864)]
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1572864)]
     pub max_request_bytes: usize,
     /// Raise alarms when the keyspace database exceeds this many bytes (0:
     /// etcd's default, 2 GiB; negative: no quota); writes that need space are
     /// then refused until the alarm is disarmed.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        env = "ETCD_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     pub quota_backend_bytes: i64,
+    /// Maximum concurrent streams that each client connection can open (gRPC
+    /// and the HTTP/2 JSON gateway alike).
+    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
+    pub max_concurrent_streams: u32,
     /// Duration of periodical watch progress notification (Go syntax: 10m, 500ms).
-    #[arg(long, default_value = "10m", value_parser = keel_api::go_format::parse_duration)]
+    #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = keel_api::go_format::parse_duration)]
     pub experimental_watch_progress_notify_interval: std::time::Duration,
     /// How often the leader records leases' remaining TTLs through Raft
     /// (etcd's lease checkpoints, on in keel), so a new leader keeps their
@@ -61,22 +82,39 @@ pub struct MemberFlags {
     #[arg(long, default_value = "5m", value_parser = keel_api::go_format::parse_duration)]
     pub lease_checkpoint_interval: std::time::Duration,
     /// Maximum number of operations permitted in a transaction.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
     /// Memory (MiB) for the keyspace's page cache (sled's `cache_capacity`).
     #[arg(long, default_value_t = 256)]
     pub keyspace_cache_mb: u64,
     /// Number of committed log entries between two snapshots.
-    #[arg(long, default_value_t = 100000)]
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100000)]
     pub snapshot_count: u64,
     /// Test hook: dial these addresses instead of the named members' peer
     /// URLs (name=url,...), so a fault-injection harness can put a proxy on
     /// every directed link. Member ids still derive from --initial-cluster.
     #[arg(long, hide = true)]
     pub peer_dial_overrides: Option<String>,
-    /// Log level: debug, info, warn, error.
-    #[arg(long, default_value = "info")]
+    /// Log level: debug, info, warn, error (etcd's panic and fatal log as error).
+    #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info",
+          value_parser = ["debug", "info", "warn", "error", "panic", "fatal"])]
     pub log_level: String,
+    /// Logger: capnslog (plain text lines, etcd 3.4's default) or zap (JSON lines).
+    #[arg(long, env = "ETCD_LOGGER", default_value = "capnslog", value_parser = ["capnslog", "zap"])]
+    pub logger: String,
+    /// Where the log goes: default (stderr), stderr, stdout, or file paths
+    /// (comma-separated).
+    #[arg(long, env = "ETCD_LOG_OUTPUTS", default_value = "default")]
+    pub log_outputs: String,
+    /// URLs to also serve /metrics and /health on, over plain HTTP (comma-separated).
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS")]
+    pub listen_metrics_urls: Option<String>,
+    /// etcd's YAML configuration file: its settings replace the command line's.
+    #[arg(long, env = "ETCD_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
+    /// etcd's flags that keel accepts without acting on them, or refuses.
+    #[command(flatten)]
+    pub etcd_only: crate::etcd_flags::EtcdOnlyFlags,
 }
 
 /// One member of the initial cluster.
@@ -154,6 +192,7 @@ impl MemberFlags {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.etcd_only.refuse_unserved()?;
         if self.heartbeat_interval == 0 {
             bail!("--heartbeat-interval must be > 0");
         }

@@ -1,7 +1,7 @@
 //! The `keel` binary: a member started with etcd's flags, or
 //! `keel local-cluster` to run a whole local cluster.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use keel_server::{config, local_cluster, member, member_log, signals};
 
 #[derive(Parser)]
@@ -28,10 +28,25 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    let mut ignored_keys = Vec::new();
+    if let (None, Some(path)) = (&cli.command, cli.member.config_file.clone()) {
+        let known_flags: Vec<String> = Cli::command()
+            .get_arguments()
+            .filter_map(|argument| argument.get_long().map(str::to_string))
+            .filter(|flag| flag != "config-file")
+            .collect();
+        let from_file = keel_server::config_file::flags_from_config_file(&path, &known_flags)?;
+        ignored_keys = from_file.ignored_keys;
+        cli = Cli::try_parse_from(std::iter::once("keel".to_string()).chain(from_file.arguments))
+            .map_err(|error| anyhow::anyhow!("--config-file {}: {error}", path.display()))?;
+    }
     match cli.command {
         None => {
-            member_log::init_member_logging(&cli.member.log_level);
+            member_log::init_member_logging(&cli.member)?;
+            for key in ignored_keys {
+                tracing::warn!(key = %key, "--config-file: not a setting keel knows; ignored");
+            }
             let mut signals = signals::ShutdownSignals::install()?;
             member::run_member(cli.member, async move { signals.recv().await }).await
         }

@@ -1,19 +1,18 @@
 //! The etcd `Maintenance` service: `Status` (with the raised alarms in its
-//! errors), `Hash`, `HashKV`, `MoveLeader` (a leadership transfer) and
-//! `Alarm` (raise and clear through Raft, list from the applied state);
-//! `Defragment` and `Snapshot` answer UNIMPLEMENTED.
+//! errors), `Hash`, `HashKV`, `Snapshot` (`snapshot_stream.rs`),
+//! `MoveLeader` (a leadership transfer) and `Alarm` (raise and clear
+//! through Raft, list from the applied state); `Defragment` answers
+//! UNIMPLEMENTED.
 
 use openraft::async_runtime::watch::WatchReceiver;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
 use keel_api::etcdserverpb::maintenance_server::Maintenance;
 use keel_api::etcdserverpb::{
     alarm_request, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
     HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
-    ResponseHeader, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    ResponseHeader, SnapshotRequest, StatusRequest, StatusResponse,
 };
 use keel_api::keelpb::{write_request, write_response, WriteRequest};
 use tonic::{Request, Response, Status};
@@ -35,7 +34,7 @@ impl MaintenanceService {
     }
 }
 
-type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+use crate::snapshot_stream::SnapshotStream;
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
@@ -142,7 +141,9 @@ impl Maintenance for MaintenanceService {
     type SnapshotStream = SnapshotStream;
 
     async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
-        Err(Status::unimplemented("keel: Snapshot is not supported yet"))
+        crate::snapshot_stream::snapshot_stream(self.context.clone())
+            .await
+            .map(Response::new)
     }
 
     /// etcd's MoveLeader: only the leader moves its leadership ("not

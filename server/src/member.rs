@@ -91,6 +91,10 @@ pub async fn run_member_with_test_hooks(
     // fails the start at once.
     let peer_listeners = bind_all(&flags.listen_peer_urls, "peer").await?;
     let client_listeners = bind_all(&flags.listen_client_urls, "client").await?;
+    let metrics_listeners = match &flags.listen_metrics_urls {
+        Some(urls) => bind_all(urls, "metrics").await?,
+        None => Vec::new(),
+    };
     // The lock and election services' client to this member (see loopback.rs).
     let first_client_listener = client_listeners
         .first()
@@ -113,7 +117,8 @@ pub async fn run_member_with_test_hooks(
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut client_servers =
-        serve_client_services(client_listeners, &context, &loopback, &flags, stop_rx).await;
+        serve_client_services(client_listeners, &context, &loopback, &flags, stop_rx.clone()).await;
+    serve_metrics(&mut client_servers, metrics_listeners, &context, stop_rx);
     tokio::spawn(publish_attributes(
         context.clone(),
         MemberAttributes {
@@ -175,6 +180,9 @@ pub async fn run_member_with_test_hooks(
 /// Checks the flags and derives this member's and the cluster's ids.
 fn check_identity(flags: &MemberFlags) -> anyhow::Result<MemberIdentity> {
     flags.validate()?;
+    for flag in flags.etcd_only.without_effect() {
+        tracing::info!(flag = %flag, "etcd flag accepted; it has no effect in keel");
+    }
     let initial = flags.initial_members()?;
     if initial.len().is_multiple_of(2) {
         tracing::warn!(
@@ -278,32 +286,69 @@ async fn serve_client_services(
     health_reporter.set_serving::<KvServer<KvService>>().await;
     let decode_limit = flags.max_request_bytes + GRPC_DECODE_HEADROOM;
     let mut servers = tokio::task::JoinSet::new();
+    let grpc_services = tonic::service::Routes::new(
+        KvServer::new(KvService::new(context.clone()))
+            .max_decoding_message_size(decode_limit)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(ClusterServer::new(ClusterService::new(context.clone())))
+    .add_service(MaintenanceServer::new(MaintenanceService::new(context.clone())))
+    .add_service(WatchGrpcService::new(
+        WatchService::new(context.clone(), flags.experimental_watch_progress_notify_interval),
+        decode_limit,
+    ))
+    .add_service(LeaseServer::new(LeaseService::new(context.clone())))
+    .add_service(LockServer::new(LockService::new(loopback.clone())))
+    .add_service(ElectionServer::new(ElectionService::new(loopback.clone())))
+    .add_service(health_service);
+    // etcd's HTTP/JSON gateway beside gRPC on the same port.
+    let client_routes = keel_gateway::client_port_routes(
+        grpc_services,
+        keel_gateway::GatewaySettings {
+            max_request_bytes: flags.max_request_bytes,
+        },
+        crate::health_endpoints::health_routes(context.clone())
+            .merge(crate::metrics_endpoint::metrics_routes(context.clone())),
+    );
     for listener in listeners {
         let mut stop = stop.clone();
         servers.spawn(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
-                .add_service(
-                    KvServer::new(KvService::new(context.clone()))
-                        .max_decoding_message_size(decode_limit)
-                        .max_encoding_message_size(usize::MAX),
-                )
-                .add_service(ClusterServer::new(ClusterService::new(context.clone())))
-                .add_service(MaintenanceServer::new(MaintenanceService::new(context.clone())))
-                .add_service(WatchGrpcService::new(
-                    WatchService::new(context.clone(), flags.experimental_watch_progress_notify_interval),
-                    decode_limit,
-                ))
-                .add_service(LeaseServer::new(LeaseService::new(context.clone())))
-                .add_service(LockServer::new(LockService::new(loopback.clone())))
-                .add_service(ElectionServer::new(ElectionService::new(loopback.clone())))
-                .add_service(health_service.clone())
+                .accept_http1(true)
+                .max_concurrent_streams(flags.max_concurrent_streams)
+                .layer(crate::metrics_endpoint::GrpcMetricsLayer)
+                .add_routes(client_routes.clone())
                 .serve_with_incoming_shutdown(client_connections(listener), async move {
                     let _ = stop.wait_for(|stopped| *stopped).await;
                 }),
         );
     }
     servers
+}
+
+/// `--listen-metrics-urls`: `/metrics` and `/health` over plain HTTP.
+fn serve_metrics(
+    servers: &mut tokio::task::JoinSet<Result<(), tonic::transport::Error>>,
+    listeners: Vec<TcpListener>,
+    context: &Arc<MemberContext>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let routes = tonic::service::Routes::from(
+        crate::health_endpoints::health_routes(context.clone())
+            .merge(crate::metrics_endpoint::metrics_routes(context.clone())),
+    );
+    for listener in listeners {
+        let mut stop = stop.clone();
+        servers.spawn(
+            tonic::transport::Server::builder()
+                .accept_http1(true)
+                .add_routes(routes.clone())
+                .serve_with_incoming_shutdown(accepted_without_nagle(listener), async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                }),
+        );
+    }
 }
 
 /// Accepted client connections: Nagle off, and the `:authority` repair

@@ -178,10 +178,15 @@ pub async fn serve(
     // stopped at its budget): then delivery goes on without waiting for a
     // new commit, between the stream's requests.
     let mut catching_up = false;
+    // A client that closed its side of the stream (as etcd's JSON gateway
+    // does after the request body) still gets its watches' events, as from
+    // etcd, until it goes away.
+    let mut requests_ended = false;
     loop {
         let outcome = tokio::select! {
             () = std::future::ready(()), if catching_up => Ok(()),
-            request = requests.message() => match request {
+            () = stream.responses.closed() => return,
+            request = requests.message(), if !requests_ended => match request {
                 Ok(Some(request)) => match stream.check_size(&request) {
                     Ok(()) => stream.handle(request).await,
                     Err(too_large) => {
@@ -189,7 +194,10 @@ pub async fn serve(
                         return;
                     }
                 },
-                Ok(None) => return,
+                Ok(None) => {
+                    requests_ended = true;
+                    Ok(())
+                }
                 Err(status) => {
                     tracing::debug!(%status, "a watch stream broke");
                     // tonic refuses a message over its decoding limit with

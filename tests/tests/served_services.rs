@@ -7,7 +7,7 @@ use keel_api::etcdserverpb::cluster_client::ClusterClient;
 use keel_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_api::etcdserverpb::{
     DefragmentRequest, MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest, MemberUpdateRequest,
-    RangeRequest, SnapshotRequest,
+    RangeRequest,
 };
 use keel_tests::{Cluster, ClusterOptions};
 use tonic::transport::Channel;
@@ -75,7 +75,6 @@ async fn every_declared_but_unserved_etcd_rpc_answers_unimplemented() {
         members.member_promote(MemberPromoteRequest { id: 1 }).await,
     );
     assert_unimplemented("Defragment", maintenance.defragment(DefragmentRequest {}).await);
-    assert_unimplemented("Snapshot", maintenance.snapshot(SnapshotRequest {}).await);
 
     // The member still serves after refusing them.
     let client = cluster.client().expect("client");

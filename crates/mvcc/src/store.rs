@@ -436,7 +436,11 @@ impl MvccStore {
     /// purged behind it) calls this. A temporary database
     /// ([`Database::open_temporary`]) is only flushed.
     pub fn flush(&self) -> Result<(), MvccError> {
+        let started = std::time::Instant::now();
         self.shared.database.make_durable()?;
+        keel_metrics::metrics()
+            .backend_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 

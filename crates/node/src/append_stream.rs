@@ -75,11 +75,14 @@ impl Session {
         self.request_sent.notify_one();
     }
 
-    /// Records one answer; the next one is owed from now on.
-    fn answered(&self) -> Instant {
+    /// Records one answer and its round trip; the next one is owed from now on.
+    fn answered(&self, round_trip: &keel_metrics::HistogramChild) -> Instant {
         let mut unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
-        unanswered.pop_front();
-        Instant::now()
+        let now = Instant::now();
+        if let Some(sent) = unanswered.pop_front() {
+            round_trip.observe(now.duration_since(sent).as_secs_f64());
+        }
+        now
     }
 
     /// When the next answer is overdue, if one is owed at all.
@@ -152,6 +155,9 @@ where
         patience,
         last_answer: Instant::now(),
         finished: false,
+        round_trip: keel_metrics::metrics()
+            .peer_round_trip_seconds
+            .with_label_values(&[&format!("{target:x}")]),
     };
     Ok(futures::stream::unfold(state, |mut state| async move {
         if state.finished {
@@ -186,6 +192,8 @@ struct AnswerState {
     patience: Duration,
     last_answer: Instant,
     finished: bool,
+    /// `etcd_network_peer_round_trip_time_seconds{To="<target>"}`.
+    round_trip: keel_metrics::HistogramChild,
 }
 
 impl AnswerState {
@@ -210,7 +218,7 @@ impl AnswerState {
             };
             match woken {
                 Woken::Answer(Ok(Some(payload))) => {
-                    self.last_answer = self.session.answered();
+                    self.last_answer = self.session.answered(&self.round_trip);
                     return Some(self.decode(&payload));
                 }
                 Woken::Answer(Ok(None)) => {

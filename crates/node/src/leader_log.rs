@@ -1,6 +1,7 @@
 //! Tells the operator, through the member's log, what Raft is doing: this
 //! member won an election, stepped down, or follows a new leader; snapshots
-//! are logged where they are built and installed.
+//! are logged where they are built and installed. It also counts the
+//! leader changes the member sees (`etcd_server_leader_changes_seen_total`).
 
 use keel_raft::KeelRaft;
 use openraft::async_runtime::watch::WatchReceiver;
@@ -27,6 +28,9 @@ pub async fn log_leadership_changes(raft: KeelRaft, member_name: String) {
                 }
                 None => tracing::info!(member = %member_name, term, "lost the leader"),
             }
+        }
+        if leader.is_some() && leader != last_leader {
+            keel_metrics::metrics().leader_changes_seen.inc();
         }
         last_state = state;
         last_leader = leader;

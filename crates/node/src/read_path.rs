@@ -96,7 +96,8 @@ impl ReadPath {
 
     /// Returns once a read on this member is linearizable.
     pub async fn linearize(&self) -> Result<(), RequestError> {
-        let deadline = Instant::now() + self.request_timeout;
+        let started = Instant::now();
+        let deadline = started + self.request_timeout;
         let index = loop {
             match ask(&self.any_member).await {
                 Ok(index) => break index,
@@ -113,6 +114,9 @@ impl ReadPath {
             .applied_index_at_least(Some(index), "linearizable read")
             .await
             .map_err(|_| WireError::Timeout)?;
+        keel_metrics::metrics()
+            .read_index_round_seconds
+            .observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 

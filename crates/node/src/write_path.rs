@@ -184,9 +184,15 @@ async fn run_proposer(raft: KeelRaft, mut queue: mpsc::Receiver<Proposal>) {
             replies.push(next.reply);
         }
         let raft = raft.clone();
+        keel_metrics::metrics()
+            .writes_per_raft_entry
+            .observe(requests.len() as f64);
         tokio::spawn(async move {
             let _permit = permit;
             let written = raft.client_write(WriteBatch { requests }).await;
+            if written.is_err() {
+                keel_metrics::metrics().proposals_failed.inc();
+            }
             deliver_outcomes(written, replies);
         });
     }

@@ -74,7 +74,11 @@ fn run_flusher(database: &Database, queue: &mpsc::Receiver<FlushCompletion>) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         batch.extend(queue.try_iter());
+        let started = std::time::Instant::now();
         let result = database.make_durable();
+        keel_metrics::metrics()
+            .wal_fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
         if let Err(error) = &result {
             tracing::error!(%error, waiters = batch.len(), "making a database durable failed");
         }

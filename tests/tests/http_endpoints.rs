@@ -1,0 +1,197 @@
+//! etcd's HTTP endpoints on the client port: `/health` and `/version` as
+//! etcd 3.4 answers them, and etcd 3.5's `/livez` and `/readyz`; a member
+//! that lost its quorum reports itself unhealthy and not ready, yet live.
+
+use std::time::Duration;
+
+use keel_tests::{Cluster, ClusterOptions};
+use serde_json::Value;
+
+async fn get(endpoint: &str, path: &str) -> (u16, String) {
+    let output = tokio::process::Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}"])
+        .arg(format!("http://{endpoint}{path}"))
+        .output()
+        .await
+        .expect("curl runs (Debian's curl package)");
+    let text = String::from_utf8(output.stdout).expect("utf-8");
+    let (body, status) = text.rsplit_once('\n').expect("curl printed the status");
+    (status.trim().parse().expect("an HTTP status"), body.to_string())
+}
+
+#[tokio::test]
+async fn health_and_version_answer_as_etcds_do() {
+    let mut etcd = Cluster::start(ClusterOptions::etcd(1))
+        .await
+        .expect("etcd starts");
+    let mut keel = Cluster::start(ClusterOptions::keel(1))
+        .await
+        .expect("keel starts");
+    etcd.wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("etcd leader");
+    keel.wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("keel leader");
+    for path in ["/health", "/health?serializable=true"] {
+        assert_eq!(
+            get(&keel.endpoint(0), path).await,
+            get(&etcd.endpoint(0), path).await,
+            "{path}"
+        );
+    }
+    let (keel_status, keel_version) = get(&keel.endpoint(0), "/version").await;
+    let (etcd_status, etcd_version) = get(&etcd.endpoint(0), "/version").await;
+    assert_eq!((keel_status, etcd_status), (200, 200));
+    let fields = |body: &str| -> Vec<String> {
+        let json: Value = serde_json::from_str(body).expect("JSON");
+        json.as_object().expect("an object").keys().cloned().collect()
+    };
+    assert_eq!(fields(&keel_version), fields(&etcd_version));
+    for path in ["/livez", "/readyz"] {
+        assert_eq!(
+            get(&keel.endpoint(0), path).await,
+            (200, "ok\n".to_string()),
+            "{path}"
+        );
+    }
+    let (status, verbose) = get(&keel.endpoint(0), "/readyz?verbose").await;
+    assert_eq!(status, 200);
+    assert!(verbose.contains("[+]linearizable_read ok\n"), "{verbose}");
+}
+
+#[tokio::test]
+async fn a_member_without_a_quorum_is_unhealthy_and_not_ready_but_live() {
+    let mut keel = Cluster::start(ClusterOptions::keel(3))
+        .await
+        .expect("keel starts");
+    keel.wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let survivor = keel.endpoint(0);
+    assert_eq!(
+        get(&survivor, "/health").await,
+        (200, r#"{"health":"true"}"#.to_string())
+    );
+    keel.kill(1).expect("kill");
+    keel.kill(2).expect("kill");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let health = get(&survivor, "/health").await;
+        if health == (503, r#"{"health":"false"}"#.to_string()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {health:?} without a quorum"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body) = get(&survivor, "/readyz?verbose").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("[-]linearizable_read failed"), "{body}");
+    assert!(body.ends_with("readyz check failed\n"), "{body}");
+    assert_eq!(get(&survivor, "/livez").await, (200, "ok\n".to_string()));
+}
+
+/// The metrics an etcd dashboard reads, by name, with etcd's type.
+const ETCD_METRICS: &[&str] = &[
+    "etcd_server_has_leader",
+    "etcd_server_is_leader",
+    "etcd_server_leader_changes_seen_total",
+    "etcd_server_proposals_committed_total",
+    "etcd_server_proposals_applied_total",
+    "etcd_server_proposals_pending",
+    "etcd_server_proposals_failed_total",
+    "etcd_disk_wal_fsync_duration_seconds",
+    "etcd_disk_backend_commit_duration_seconds",
+    "etcd_mvcc_db_total_size_in_bytes",
+    "etcd_network_peer_round_trip_time_seconds",
+    "grpc_server_started_total",
+    "grpc_server_handled_total",
+];
+
+fn metric_type(exposition: &str, name: &str) -> Option<String> {
+    let prefix = format!("# TYPE {name} ");
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix).map(str::to_string))
+}
+
+fn sample(exposition: &str, name_and_labels: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        (series == name_and_labels).then(|| value.parse().ok())?
+    })
+}
+
+/// A put and a read of a future revision through the member at `index`.
+async fn put_and_fail_a_read(cluster: &Cluster, index: usize) {
+    let client = cluster.member_client(index).expect("client");
+    client
+        .put(keel_api::etcdserverpb::PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("put");
+    let future = client
+        .range(keel_api::etcdserverpb::RangeRequest {
+            key: b"k".to_vec(),
+            revision: 1000,
+            ..Default::default()
+        })
+        .await;
+    assert!(future.is_err());
+}
+
+#[tokio::test]
+async fn metrics_carry_etcds_names_and_types_and_count_grpc_calls_by_code() {
+    let mut etcd = Cluster::start(ClusterOptions::etcd(3))
+        .await
+        .expect("etcd starts");
+    let mut keel = Cluster::start(ClusterOptions::keel(3))
+        .await
+        .expect("keel starts");
+    let etcd_leader = etcd
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("etcd leader");
+    let keel_leader = keel
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("keel leader");
+    put_and_fail_a_read(&etcd, etcd_leader).await;
+    put_and_fail_a_read(&keel, keel_leader).await;
+    let (status, from_keel) = get(&keel.endpoint(keel_leader), "/metrics").await;
+    assert_eq!(status, 200);
+    let (_, from_etcd) = get(&etcd.endpoint(etcd_leader), "/metrics").await;
+    for name in ETCD_METRICS {
+        let keel_type = metric_type(&from_keel, name);
+        assert!(keel_type.is_some(), "keel exports no {name}");
+        if let Some(etcd_type) = metric_type(&from_etcd, name) {
+            assert_eq!(keel_type, Some(etcd_type), "{name}'s type");
+        }
+    }
+    for exposition in [&from_keel, &from_etcd] {
+        let handled = |code: &str, method: &str| {
+            sample(
+                exposition,
+                &format!(
+                    "grpc_server_handled_total{{grpc_code=\"{code}\",grpc_method=\"{method}\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}}"
+                ),
+            )
+        };
+        assert_eq!(handled("OK", "Put"), Some(1.0), "{exposition}");
+        assert_eq!(handled("OutOfRange", "Range"), Some(1.0));
+        assert_eq!(sample(exposition, "etcd_server_has_leader"), Some(1.0));
+        assert_eq!(sample(exposition, "etcd_server_is_leader"), Some(1.0));
+    }
+    let fsyncs = sample(&from_keel, "etcd_disk_wal_fsync_duration_seconds_count").expect("fsync count");
+    assert!(fsyncs >= 1.0, "the put was made durable: {fsyncs}");
+    assert!(
+        from_keel.contains("etcd_network_peer_round_trip_time_seconds_count{To="),
+        "the leader timed its replication round trips"
+    );
+}
