@@ -17,7 +17,8 @@ use std::io::Write;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use commands::cluster::{EndpointArgs, MemberCommand};
+use commands::alarm::AlarmCommand;
+use commands::cluster::{EndpointArgs, MemberCommand, MoveLeaderArgs};
 use commands::concurrency::{ElectArgs, LockArgs};
 use commands::kv::{CompactionArgs, DelArgs, GetArgs, PutArgs};
 use commands::lease::LeaseCommand;
@@ -49,6 +50,10 @@ Examples:
   keelctl member list -w table                   the cluster's members
   keelctl endpoint status --cluster -w table     every member's status (leader, raft term and index)
   keelctl endpoint health --cluster              a linearizable read through every member
+  keelctl endpoint hashkv --cluster              every member's hash of the key-value history
+  keelctl alarm list                             the raised alarms (NOSPACE: over --quota-backend-bytes)
+  keelctl alarm disarm                           clear every alarm
+  keelctl move-leader 8211f1d0f64f3269           make that member the leader (an endpoint must be the leader)
 
 Endpoints come from --endpoints, else $KEELCTL_ENDPOINTS, else $ETCDCTL_ENDPOINTS
 (every global flag can be set that way, e.g. KEELCTL_WRITE_OUT=json).";
@@ -205,10 +210,25 @@ enum Command {
         #[command(subcommand)]
         command: MemberCommand,
     },
-    /// Endpoint related commands (status, health).
+    /// Endpoint related commands (status, health, hashkv).
     ///
     /// Example: keelctl endpoint status --cluster -w table
     Endpoint(EndpointArgs),
+    /// Alarm related commands (list, disarm).
+    ///
+    /// Example: keelctl alarm list
+    Alarm {
+        #[command(subcommand)]
+        command: AlarmCommand,
+    },
+    /// Transfers leadership to another etcd cluster member.
+    ///
+    /// Asks the leader among the endpoints given (etcdctl's rule: the
+    /// command fails when none of them leads) to hand leadership to the
+    /// member whose ID (hex) is given, and waits until it leads.
+    ///
+    /// Example: keelctl --endpoints=127.0.0.1:2379,127.0.0.1:22379 move-leader 8211f1d0f64f3269
+    MoveLeader(MoveLeaderArgs),
     /// Manages snapshots of a member's keyspace (save, status, restore).
     ///
     /// Example: keelctl --endpoints=127.0.0.1:2379 snapshot save backup.db
@@ -369,6 +389,8 @@ async fn run(cli: Cli) -> Result<Output, CtlError> {
         Command::Lease { command } => commands::lease::lease(&ctx, command).await,
         Command::Member { command } => commands::cluster::member(&ctx, command).await,
         Command::Endpoint(args) => commands::cluster::endpoint(&ctx, args).await,
+        Command::Alarm { command } => commands::alarm::alarm(&ctx, command).await,
+        Command::MoveLeader(args) => commands::cluster::move_leader(&ctx, args).await,
         Command::Snapshot { command } => commands::snapshot::snapshot(&ctx, command).await,
         Command::Version => Ok(Output::default()),
     }

@@ -59,6 +59,16 @@ pub struct MemberFlags {
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1572864)]
     pub max_request_bytes: usize,
+    /// Raise alarms when the keyspace database exceeds this many bytes (0:
+    /// etcd's default, 2 GiB; negative: no quota); writes that need space are
+    /// then refused until the alarm is disarmed.
+    #[arg(
+        long,
+        env = "ETCD_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub quota_backend_bytes: i64,
     /// Maximum concurrent streams that each client connection can open (gRPC
     /// and the HTTP/2 JSON gateway alike).
     #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]

@@ -1,14 +1,18 @@
 //! What every service of a running member shares: its identity, its Raft
 //! node's handle (state, reads, writes, leadership) and the request limits;
-//! and the stamping of etcd's `ResponseHeader`.
+//! the stamping of etcd's `ResponseHeader`; and the translation of the
+//! domain errors services meet (mvcc's, leadership transfer's) into etcd's
+//! statuses.
 
 use keel_api::etcdserverpb::ResponseHeader;
 use keel_api::WireError;
 use keel_mvcc::MvccError;
+use keel_node::leader_transfer::LeaderTransferError;
 use keel_node::NodeHandle;
 use tonic::Status;
 
 use crate::request_checks::RequestLimits;
+use crate::space_quota::SpaceQuota;
 
 pub struct MemberContext {
     pub cluster_id: u64,
@@ -16,6 +20,7 @@ pub struct MemberContext {
     /// The member's Raft side: its state, reads, writes and leadership.
     pub node: NodeHandle,
     pub limits: RequestLimits,
+    pub space_quota: SpaceQuota,
 }
 
 impl MemberContext {
@@ -48,5 +53,16 @@ pub fn mvcc_status(error: MvccError) -> Status {
             tracing::error!(error = %storage, "keyspace storage error");
             Status::internal(format!("etcdserver: {storage}"))
         }
+    }
+}
+
+/// The translation of a failed leadership transfer into etcd's MoveLeader
+/// statuses.
+pub fn leader_transfer_status(error: LeaderTransferError) -> Status {
+    match error {
+        LeaderTransferError::NotLeader { .. } => WireError::NotLeader.into(),
+        LeaderTransferError::NotAVoter(_) => WireError::BadLeaderTransferee.into(),
+        LeaderTransferError::TimedOut { .. } => WireError::LeaderTransferTimedOut.into(),
+        LeaderTransferError::Stopped(_) => WireError::Stopped.into(),
     }
 }

@@ -1,5 +1,6 @@
 //! The etcd `KV` service: request checks, then reads through the read path
-//! (linearizable unless `serializable`) and writes through the write path.
+//! (linearizable unless `serializable`) and writes, once the space quota
+//! admits them (`space_quota.rs`), through the write path.
 
 use std::sync::Arc;
 
@@ -27,11 +28,13 @@ impl KvService {
     /// Sends one write through the write path and answers it with its own
     /// response kind, its header stamped with this member's identity.
     async fn write<W: KvWrite>(&self, request: W) -> Result<Response<W::Response>, Status> {
+        let request = request.into_write();
+        crate::space_quota::admit(&self.context, &request).await?;
         let written = self
             .context
             .node
             .write(WriteRequest {
-                request: Some(request.into_write()),
+                request: Some(request),
             })
             .await?
             .response

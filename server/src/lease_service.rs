@@ -49,7 +49,10 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        let mut granted = self.context.node.lessor().grant(request.into_inner()).await?;
+        let request = request.into_inner();
+        let grant = keel_api::keelpb::write_request::Request::LeaseGrant(request);
+        crate::space_quota::admit(&self.context, &grant).await?;
+        let mut granted = self.context.node.lessor().grant(request).await?;
         granted.header = self.context.stamp(granted.header);
         Ok(Response::new(granted))
     }

@@ -26,5 +26,6 @@ mod metrics_endpoint;
 mod request_checks;
 pub mod signals;
 mod snapshot_stream;
+mod space_quota;
 mod watch_service;
 mod watch_stream;

@@ -1,19 +1,28 @@
-//! The etcd `Maintenance` service: `Status`, `HashKV`, `Snapshot`
-//! (`snapshot_stream.rs`) and alarm listing (keel raises no alarms yet);
-//! the rest answers UNIMPLEMENTED.
+//! The etcd `Maintenance` service: `Status` (with the raised alarms in its
+//! errors), `Hash`, `HashKV`, `Snapshot` (`snapshot_stream.rs`),
+//! `MoveLeader` (a leadership transfer) and `Alarm` (raise and clear
+//! through Raft, list from the applied state); `Defragment` answers
+//! UNIMPLEMENTED.
 
 use openraft::async_runtime::watch::WatchReceiver;
 use std::sync::Arc;
+use std::time::Duration;
 
 use keel_api::etcdserverpb::maintenance_server::Maintenance;
 use keel_api::etcdserverpb::{
-    alarm_request, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest,
-    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest,
-    StatusRequest, StatusResponse,
+    alarm_request, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
+    HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
+    ResponseHeader, SnapshotRequest, StatusRequest, StatusResponse,
 };
+use keel_api::keelpb::{write_request, write_response, WriteRequest};
 use tonic::{Request, Response, Status};
 
-use crate::context::{mvcc_status, MemberContext};
+use crate::context::{leader_transfer_status, mvcc_status, MemberContext};
+
+/// How long a MoveLeader waits for the transferee to take over when the
+/// caller set no deadline (etcd waits as long as the caller does; a caller
+/// with a deadline is cut off by it, as in etcd).
+const MOVE_LEADER_LIMIT: Duration = Duration::from_secs(30);
 
 pub struct MaintenanceService {
     context: Arc<MemberContext>,
@@ -29,16 +38,37 @@ use crate::snapshot_stream::SnapshotStream;
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
+    /// GET lists the raised alarms of the type asked (every type for
+    /// NONE) from this member's applied state; ACTIVATE and DEACTIVATE go
+    /// through Raft and answer the alarms they changed, as etcd's do. As
+    /// etcd 3.4's (its applier builds them), the responses carry no header.
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        if request.get_ref().action() != alarm_request::AlarmAction::Get {
-            return Err(Status::unimplemented(
-                "keel: raising or clearing alarms is not supported yet",
-            ));
+        let request = request.into_inner();
+        if request.action() == alarm_request::AlarmAction::Get {
+            let alarms = self
+                .context
+                .node
+                .state()
+                .alarms()
+                .into_iter()
+                .filter(|raised| request.alarm == AlarmType::None as i32 || raised.alarm == request.alarm)
+                .map(|raised| raised.to_member())
+                .collect();
+            return Ok(Response::new(AlarmResponse { header: None, alarms }));
         }
-        Ok(Response::new(AlarmResponse {
-            header: self.context.header_now(),
-            alarms: Vec::new(),
-        }))
+        let written = self
+            .context
+            .node
+            .write(WriteRequest {
+                request: Some(write_request::Request::Alarm(request)),
+            })
+            .await?;
+        let Some(write_response::Response::Alarm(changed)) = written.response else {
+            return Err(Status::internal(
+                "etcdserver: unexpected response kind for the request",
+            ));
+        };
+        Ok(Response::new(changed))
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -46,6 +76,7 @@ impl Maintenance for MaintenanceService {
         let metrics = context.node.raft().metrics().borrow_watched().clone();
         let leader = context.node.leadership().known_leader().map_or(0, |(id, _)| id);
         let db_size = context.node.state().store().size_on_disk() + context.node.raft_log_size_on_disk();
+        let alarms = context.node.state().alarms();
         let is_learner = !metrics
             .membership_config
             .membership()
@@ -59,7 +90,10 @@ impl Maintenance for MaintenanceService {
             raft_index: metrics.last_log_index.unwrap_or(0),
             raft_term: metrics.current_term,
             raft_applied_index: metrics.last_applied.map_or(0, |id| id.index),
-            errors: Vec::new(),
+            errors: alarms
+                .into_iter()
+                .map(|raised| keel_api::go_format::alarm_member_text(&raised.to_member()))
+                .collect(),
             db_size_in_use: db_size as i64,
             is_learner,
         }))
@@ -72,8 +106,20 @@ impl Maintenance for MaintenanceService {
         Err(Status::unimplemented("keel: Defragment is not supported yet"))
     }
 
+    /// A crc32 of the member's whole keyspace (store meta, every change
+    /// record, leases and their attachments; not the Raft position kept
+    /// beside them), at the current revision, which the header carries:
+    /// members that applied the same log answer the same hash
+    /// (`MvccStore::hash`).
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(Status::unimplemented("keel: Hash is not supported; use HashKV"))
+        let (hash, revision) = self.context.node.state().store().hash().map_err(mvcc_status)?;
+        Ok(Response::new(HashResponse {
+            header: self.context.stamp(Some(ResponseHeader {
+                revision,
+                ..Default::default()
+            })),
+            hash,
+        }))
     }
 
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
@@ -100,10 +146,20 @@ impl Maintenance for MaintenanceService {
             .map(Response::new)
     }
 
+    /// etcd's MoveLeader: only the leader moves its leadership ("not
+    /// leader" elsewhere); the target must be a voter ("bad leader
+    /// transferee"); answers once the target leads. Like etcd 3.4 the
+    /// response carries no header.
     async fn move_leader(
         &self,
-        _: Request<MoveLeaderRequest>,
+        request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(Status::unimplemented("keel: MoveLeader is not supported yet"))
+        let target = request.get_ref().target_id;
+        self.context
+            .node
+            .transfer_leadership(target, MOVE_LEADER_LIMIT)
+            .await
+            .map_err(leader_transfer_status)?;
+        Ok(Response::new(MoveLeaderResponse { header: None }))
     }
 }

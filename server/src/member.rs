@@ -113,6 +113,7 @@ pub async fn run_member_with_test_hooks(
             max_request_bytes: flags.max_request_bytes,
             max_txn_ops: flags.max_txn_ops,
         },
+        space_quota: crate::space_quota::SpaceQuota::from_flag(flags.quota_backend_bytes),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut client_servers =

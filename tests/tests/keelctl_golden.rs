@@ -16,6 +16,8 @@
 //!   order its concurrent probes finish; keelctl in the order given).
 //! - `get --count-only`: etcdctl 3.4 has no such flag (3.5 added it); keelctl's
 //!   output is compared with etcdctl's for the same range without the key-values.
+//! - `move-leader` that moves leadership: after etcdctl's move, keelctl moves
+//!   it back, and its line must be etcdctl's with the two IDs swapped.
 //! - usage text after a flag error, and keelctl's own additions (`get -w
 //!   table`, `--help`) are checked elsewhere (keelctl_bad_input).
 //!
@@ -339,6 +341,15 @@ async fn golden_suite(cluster: &Cluster) -> (usize, Vec<String>) {
         g.health(&["endpoint", "health", "-w", format]).await;
         g.health(&["endpoint", "health", "--cluster", "-w", format]).await;
     }
+    // endpoint hashkv, every format, at the current and an older revision,
+    // and a future one (each endpoint fails, then the command).
+    for format in ["simple", "json", "fields", "table", "protobuf"] {
+        g.read(&["endpoint", "hashkv", "-w", format]).await;
+        g.read(&["endpoint", "hashkv", "--cluster", "-w", format]).await;
+        g.read_all(&["endpoint", "hashkv", "--rev", &rev, "-w", format])
+            .await;
+    }
+    g.read_all(&["endpoint", "hashkv", "--rev", "999999"]).await;
 
     // put.
     for format in ["simple", "json", "fields", "protobuf", "table"] {
@@ -433,6 +444,8 @@ async fn golden_suite(cluster: &Cluster) -> (usize, Vec<String>) {
     g.write(&["compaction"], "").await;
     g.read(&["get", "a/2", "--rev", &rev]).await;
 
+    move_leader_cases(&mut g, cluster).await;
+
     // The environment: ETCDCTL_* (and KEELCTL_* for keelctl) set the global flags.
     let e = run_with_env(&etcdctl_path(), "ETCDCTL", &g.endpoint).await;
     let k = run_with_env(&keelctl_path(), "KEELCTL", &g.endpoint).await;
@@ -445,6 +458,69 @@ async fn golden_suite(cluster: &Cluster) -> (usize, Vec<String>) {
     g.check("env: ETCDCTL_ENDPOINTS read by keelctl", &e, &k_etcd_names);
 
     (g.compared, g.mismatches)
+}
+
+/// `move-leader`: bad arguments, an unknown member, endpoints without the
+/// leader, every format of a move to the leader itself (which moves
+/// nothing, so both tools print the same), and a real move each way:
+/// etcdctl moves leadership from L to T, keelctl moves it back, so
+/// keelctl's line is etcdctl's with the two IDs swapped.
+async fn move_leader_cases(g: &mut Golden, cluster: &Cluster) {
+    for case in [
+        vec!["move-leader"],
+        vec!["move-leader", "1", "2"],
+        vec!["move-leader", "zz"],
+        vec!["move-leader", "0x12"],
+        vec!["move-leader", "1ffffffffffffffff"],
+        vec!["move-leader", "1234"],
+    ] {
+        g.read_all(&case).await;
+    }
+    let leader = cluster.leader().await.expect("a leader");
+    let follower = (leader + 1) % cluster.size();
+    let members = cluster
+        .member_client(0)
+        .expect("client")
+        .member_list()
+        .await
+        .expect("member list");
+    let id_of = |index: usize| {
+        let url = format!("http://{}", cluster.endpoint(index));
+        let member = members.members.iter().find(|m| m.client_ur_ls.contains(&url));
+        format!("{:x}", member.expect("member of the endpoint").id)
+    };
+    let (leader_id, follower_id) = (id_of(leader), id_of(follower));
+    let follower_endpoint = cluster.endpoint(follower);
+    let (e, k) = g
+        .both_at(&follower_endpoint, args(&["move-leader", &leader_id]), b"")
+        .await;
+    g.check("move-leader: the endpoint given does not lead", &e, &k);
+    for format in ["simple", "json", "fields", "table", "protobuf"] {
+        g.read_all(&["move-leader", &leader_id, "-w", format]).await;
+    }
+
+    let endpoints = g.all_endpoints.clone();
+    let mut to_follower = vec![format!("--endpoints={endpoints}").into_bytes()];
+    to_follower.extend(args(&["move-leader", &follower_id]));
+    let etcdctl = run(&etcdctl_path(), &to_follower, b"").await;
+    let mut back = vec![format!("--endpoints={endpoints}").into_bytes()];
+    back.extend(args(&["move-leader", &leader_id]));
+    let keelctl = run(&keelctl_path(), &back, b"").await;
+    let swapped = etcdctl
+        .stdout_text()
+        .replace(&leader_id, "LEADER")
+        .replace(&follower_id, &leader_id)
+        .replace("LEADER", &follower_id);
+    let expected = Ran {
+        code: etcdctl.code,
+        stdout: swapped.into_bytes(),
+        stderr: etcdctl.stderr.clone(),
+    };
+    g.check("move-leader: a move and the move back", &expected, &keelctl);
+    assert_eq!(
+        etcdctl.stdout_text(),
+        format!("Leadership transferred from {leader_id} to {follower_id}\n")
+    );
 }
 
 /// `get a --prefix` with the endpoints and `-w json` from `<PREFIX>_*` variables.

@@ -6,8 +6,8 @@
 use keel_api::etcdserverpb::cluster_client::ClusterClient;
 use keel_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_api::etcdserverpb::{
-    DefragmentRequest, HashRequest, MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest,
-    MemberUpdateRequest, MoveLeaderRequest, RangeRequest,
+    DefragmentRequest, MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest, MemberUpdateRequest,
+    RangeRequest,
 };
 use keel_tests::{Cluster, ClusterOptions};
 use tonic::transport::Channel;
@@ -75,11 +75,6 @@ async fn every_declared_but_unserved_etcd_rpc_answers_unimplemented() {
         members.member_promote(MemberPromoteRequest { id: 1 }).await,
     );
     assert_unimplemented("Defragment", maintenance.defragment(DefragmentRequest {}).await);
-    assert_unimplemented("Hash", maintenance.hash(HashRequest {}).await);
-    assert_unimplemented(
-        "MoveLeader",
-        maintenance.move_leader(MoveLeaderRequest { target_id: 1 }).await,
-    );
 
     // The member still serves after refusing them.
     let client = cluster.client().expect("client");

@@ -1,10 +1,32 @@
 //! Go's text conventions that etcdctl's output inherits and keelctl must
 //! reproduce byte for byte: `%q` quoting (strconv.Quote), `time.Duration`
-//! parsing and printing, go-humanize's `Bytes`, `%x`, and the quoted-string
-//! syntax etcdctl's txn grammar reads (strconv.Unquote).
+//! parsing and printing, go-humanize's `Bytes`, `%x`, the quoted-string
+//! syntax etcdctl's txn grammar reads (strconv.Unquote), and gogoproto's
+//! compact text of an alarm (etcd's `Status.errors`, `alarm list`).
 
 use std::fmt::Write as _;
 use std::time::Duration;
+
+/// gogoproto's `CompactTextString` of an `AlarmMember`, as etcd puts it in
+/// `Status.errors` and etcdctl prints it (`%+v`): the set fields, each
+/// followed by a space (`memberID:<decimal> alarm:NOSPACE `).
+pub fn alarm_member_text(alarm: &crate::etcdserverpb::AlarmMember) -> String {
+    let mut text = String::new();
+    if alarm.member_id != 0 {
+        let _ = write!(text, "memberID:{} ", alarm.member_id);
+    }
+    if alarm.alarm != 0 {
+        match crate::etcdserverpb::AlarmType::try_from(alarm.alarm) {
+            Ok(known) => {
+                let _ = write!(text, "alarm:{} ", known.as_str_name());
+            }
+            Err(_) => {
+                let _ = write!(text, "alarm:{} ", alarm.alarm);
+            }
+        }
+    }
+    text
+}
 
 /// Go's `strconv.Quote` of a byte string (`%q` of `string(bytes)`): invalid
 /// UTF-8 bytes become `\xNN`, non-printable runes `\uNNNN`/`\UNNNNNNNN`.

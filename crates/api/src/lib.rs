@@ -1,9 +1,9 @@
 //! keel's wire contract: the generated etcd v3 client API (`etcdserverpb`,
 //! `mvccpb`, and etcd's lock and election services `v3lockpb`,
 //! `v3electionpb`), keel's peer API (`keelpb`), keel's Raft storage records
-//! (`keelstoragepb`), etcd's error strings ([`wire_error`]) and the
+//! (`keelstoragepb`), etcd's error strings ([`wire_error`]), the
 //! key-range conventions every layer shares
-//! ([`key_range`]). Everything else in keel depends on this crate.
+//! ([`key_range`]) and etcd's space cost of a write ([`space_cost`]). Everything else in keel depends on this crate.
 
 #![allow(clippy::all)]
 
@@ -45,6 +45,7 @@ pub mod keelstoragepb {
 pub mod encoded_watch;
 pub mod go_format;
 pub mod key_range;
+pub mod space_cost;
 pub mod wire_error;
 
 pub use wire_error::{WatchRefusal, WireError};

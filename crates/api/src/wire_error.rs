@@ -25,6 +25,10 @@ pub enum WireError {
     Compacted,
     #[error("etcdserver: mvcc: required revision is a future revision")]
     FutureRevision,
+    /// A write that needs space while the NOSPACE alarm is raised, or that
+    /// would take the keyspace over `--quota-backend-bytes`.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
     #[error("etcdserver: lease already exists")]
@@ -41,6 +45,16 @@ pub enum WireError {
     Stopped,
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    /// A MoveLeader sent to a member that does not lead.
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    /// A MoveLeader naming a member that is not a voter of the cluster.
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// A MoveLeader whose transferee did not take over in time. etcd 3.4's
+    /// gRPC layer has no status for it and sends its text as Unknown.
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimedOut,
     /// A Proclaim by a candidate that does not lead (etcd's Go client's
     /// `ErrElectionNotLeader`, answered by etcd's v3election service).
     #[error("election: not leader")]
@@ -67,16 +81,21 @@ impl WireError {
             WireError::Compacted | WireError::FutureRevision | WireError::LeaseTtlTooLarge => {
                 Code::OutOfRange
             }
-            WireError::LeaseExists => Code::FailedPrecondition,
+            WireError::NoSpace => Code::ResourceExhausted,
+            WireError::LeaseExists | WireError::NotLeader | WireError::BadLeaderTransferee => {
+                Code::FailedPrecondition
+            }
             WireError::LeaseNotFound | WireError::MemberNotFound => Code::NotFound,
             WireError::NoLeader | WireError::LeaderChanged | WireError::Timeout | WireError::Stopped => {
                 Code::Unavailable
             }
             // etcd's v3election service returns these as plain Go errors,
-            // which gRPC sends as Unknown.
-            WireError::ElectionNotLeader | WireError::ElectionNoLeader | WireError::MissingLeaderKey => {
-                Code::Unknown
-            }
+            // which gRPC sends as Unknown, and so does etcd's MoveLeader
+            // for its timeout (no entry in v3rpc's error table).
+            WireError::ElectionNotLeader
+            | WireError::ElectionNoLeader
+            | WireError::MissingLeaderKey
+            | WireError::LeaderTransferTimedOut => Code::Unknown,
         }
     }
 
@@ -93,7 +112,7 @@ impl WireError {
     }
 }
 
-const ALL: [WireError; 20] = [
+const ALL: [WireError; 24] = [
     WireError::EmptyKey,
     WireError::KeyNotFound,
     WireError::ValueProvided,
@@ -103,6 +122,7 @@ const ALL: [WireError; 20] = [
     WireError::RequestTooLarge,
     WireError::Compacted,
     WireError::FutureRevision,
+    WireError::NoSpace,
     WireError::LeaseNotFound,
     WireError::LeaseExists,
     WireError::LeaseTtlTooLarge,
@@ -111,6 +131,9 @@ const ALL: [WireError; 20] = [
     WireError::Timeout,
     WireError::Stopped,
     WireError::MemberNotFound,
+    WireError::NotLeader,
+    WireError::BadLeaderTransferee,
+    WireError::LeaderTransferTimedOut,
     WireError::ElectionNotLeader,
     WireError::ElectionNoLeader,
     WireError::MissingLeaderKey,
@@ -142,6 +165,7 @@ impl From<crate::keelpb::ApplyErrorKind> for WireError {
             ApplyErrorKind::KeyNotFound => WireError::KeyNotFound,
             ApplyErrorKind::LeaseNotFound => WireError::LeaseNotFound,
             ApplyErrorKind::LeaseExists => WireError::LeaseExists,
+            ApplyErrorKind::NoSpace => WireError::NoSpace,
             // An unknown kind can only come from a newer member; the closest
             // honest answer is that the request did not complete here.
             ApplyErrorKind::ApplyErrorUnspecified => WireError::Stopped,

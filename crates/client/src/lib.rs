@@ -34,9 +34,10 @@ use keel_api::etcdserverpb::cluster_client::ClusterClient;
 use keel_api::etcdserverpb::kv_client::KvClient;
 use keel_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_api::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest,
-    HashKvResponse, MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    alarm_request, AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
+    DeleteRangeResponse, HashKvRequest, HashKvResponse, MemberListRequest, MemberListResponse,
+    MoveLeaderRequest, MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
 use keel_api::WireError;
 use tonic::transport::{Channel, Endpoint};
@@ -331,6 +332,34 @@ impl Client {
                 Box::pin(async move {
                     maintenance_stub(&channel)
                         .hash_kv(HashKvRequest { revision })
+                        .await
+                })
+            })
+            .await
+    }
+
+    /// `Maintenance.Alarm`: GET lists (a read), ACTIVATE and DEACTIVATE go
+    /// through Raft (a write: never sent twice).
+    pub async fn alarm(&self, request: AlarmRequest) -> Result<AlarmResponse, ClientError> {
+        let retry = if request.action() == alarm_request::AlarmAction::Get {
+            Retry::Read
+        } else {
+            Retry::Write
+        };
+        self.call(retry, move |channel| {
+            Box::pin(async move { maintenance_stub(&channel).alarm(request).await })
+        })
+        .await
+    }
+
+    /// `Maintenance.MoveLeader` on one endpoint (it must be the leader): makes
+    /// member `target` the leader. No failover, and never sent twice.
+    pub async fn move_leader(&self, endpoint: &str, target: u64) -> Result<MoveLeaderResponse, ClientError> {
+        self.pinned(endpoint)?
+            .call(Retry::Write, move |channel| {
+                Box::pin(async move {
+                    maintenance_stub(&channel)
+                        .move_leader(MoveLeaderRequest { target_id: target })
                         .await
                 })
             })

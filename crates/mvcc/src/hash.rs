@@ -14,6 +14,14 @@
 //! stored, so a hash of an older revision covers the records alone: it
 //! stays a function of the history up to that revision, equal whenever it
 //! is asked.
+//!
+//! `hash_keyspace` (etcd's `Hash`, a hash of the whole backend) covers
+//! every entry of the tree in key order except the app meta (`0x00 0x01`:
+//! the Raft state machine's own position and membership, which say where
+//! a member is in the log, not what it holds): the store meta (format
+//! version, compact revision), every change record, the leases and their
+//! attachments. Members that applied the same log hash equal; a compaction
+//! changes it.
 
 use crate::error::Result;
 use crate::keys::{self, Revision};
@@ -41,4 +49,21 @@ pub(crate) fn hash_kv(tree: &sled::Tree, revisions: ViewRevisions, requested: i6
         revision: at,
         compact_revision: revisions.compacted,
     })
+}
+
+/// A crc32 of the whole keyspace less the app meta, and the current
+/// revision it was taken at (see the module comment).
+pub(crate) fn hash_keyspace(tree: &sled::Tree, revisions: ViewRevisions) -> Result<(u32, i64)> {
+    let mut hasher = crc32fast::Hasher::new();
+    for entry in tree.iter() {
+        let (key, value) = entry?;
+        if key.starts_with(keys::APP_META_PREFIX) {
+            continue;
+        }
+        for part in [&key, &value] {
+            hasher.update(&(part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+    }
+    Ok((hasher.finalize(), revisions.current))
 }

@@ -43,7 +43,7 @@ pub(crate) const LEASE_KEYS: u8 = 0x05;
 
 pub(crate) const META_COMPACT: &[u8] = b"\x00\x00compact";
 pub(crate) const META_FORMAT: &[u8] = b"\x00\x00format";
-const APP_META_PREFIX: &[u8] = b"\x00\x01";
+pub(crate) const APP_META_PREFIX: &[u8] = b"\x00\x01";
 
 /// The version of this layout, stored under [`META_FORMAT`]. Format 1 kept
 /// live keys and a history index on disk; format 2 keeps only the records.

@@ -373,6 +373,17 @@ impl MvccStore {
         hash::hash_kv(&tree, self.shared.revisions(), revision)
     }
 
+    /// etcd's `Hash`: a crc32 of the whole keyspace (store meta, every
+    /// change record, leases and attachments; not the app meta, which
+    /// records a member's Raft position) and the current revision it
+    /// covers (`hash.rs`). Holds the writer slot while it scans, as
+    /// [`Self::hash_kv`] does.
+    pub fn hash(&self) -> Result<(u32, i64), MvccError> {
+        let _slot = self.shared.acquire_writer();
+        let tree = self.shared.read_keyspace().tree.clone();
+        hash::hash_keyspace(&tree, self.shared.revisions())
+    }
+
     /// Every lease, in ID order (the applied state; no clock).
     pub fn leases(&self) -> Result<Vec<crate::LeaseRecord>, MvccError> {
         leases::leases(&self.shared.read_keyspace().tree)

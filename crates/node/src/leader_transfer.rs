@@ -28,9 +28,9 @@ pub enum LeaderTransferError {
     Stopped(#[from] openraft::error::Fatal<TypeConfig>),
 }
 
-/// Makes member `to` the leader; called on the leader. Returns once `to`
-/// leads a newer term (at once if `to` already leads), or fails after
-/// `limit`.
+/// Makes member `to` the leader; called on the leader (anywhere else it
+/// fails `NotLeader`, as etcd's MoveLeader does). Returns once `to` leads a
+/// newer term (at once if `to` is this leader), or fails after `limit`.
 pub async fn transfer_leadership(
     raft: &KeelRaft,
     to: NodeId,
@@ -39,13 +39,13 @@ pub async fn transfer_leadership(
     let term = {
         let metrics = raft.metrics();
         let metrics = metrics.borrow_watched();
-        if metrics.current_leader == Some(to) {
-            return Ok(());
-        }
         if metrics.state != ServerState::Leader {
             return Err(LeaderTransferError::NotLeader {
                 leader: metrics.current_leader,
             });
+        }
+        if to == metrics.id {
+            return Ok(());
         }
         if !metrics
             .membership_config

@@ -2,17 +2,52 @@
 //! `WriteBatch`) to the mvcc keyspace: each request in order, each with its
 //! own revision, each with its own outcome. Deterministic: the same batch on
 //! the same state gives the same bytes on every member.
+//!
+//! Invariant (etcd's capped applier): while the NOSPACE alarm is raised,
+//! every write with a space cost (`keel_api::space_cost`: puts, txns with
+//! puts, lease grants) is refused with `NO_SPACE` and changes nothing; the
+//! alarm table is replicated state, so every member refuses the same writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use keel_api::etcdserverpb::{
+    alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType,
+};
 use keel_api::keelpb::{
     write_outcome, write_request, write_response, ApplyErrorKind, LeaseCheckpointApplied, MemberAttributes,
     MemberAttributesApplied, WriteBatch, WriteBatchOutcome, WriteOutcome, WriteRequest, WriteResponse,
 };
+use keel_api::space_cost::space_cost;
 use keel_mvcc::{ApplyBatch, MvccError};
 
 /// Client URLs and names that members published, by member id.
 pub type MemberAttributeTable = BTreeMap<u64, MemberAttributes>;
+
+/// One raised alarm: its type (etcd's `AlarmType`) and the member it is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RaisedAlarm {
+    pub alarm: i32,
+    pub member_id: u64,
+}
+
+impl RaisedAlarm {
+    pub fn to_member(self) -> AlarmMember {
+        AlarmMember {
+            member_id: self.member_id,
+            alarm: self.alarm,
+        }
+    }
+}
+
+/// The raised alarms (etcd's alarm store), by type, then member.
+pub type AlarmTable = BTreeSet<RaisedAlarm>;
+
+/// True while NOSPACE is raised for any member.
+pub fn space_exhausted(alarms: &AlarmTable) -> bool {
+    alarms
+        .iter()
+        .any(|raised| raised.alarm == AlarmType::Nospace as i32)
+}
 
 /// An error that stops the state machine (the disk failed or data is corrupt);
 /// request-level failures are outcomes, not errors.
@@ -29,9 +64,13 @@ fn request_outcome(error: MvccError) -> Result<WriteOutcome, FatalApplyError> {
         MvccError::LeaseExists => ApplyErrorKind::LeaseExists,
         fatal => return Err(FatalApplyError(fatal)),
     };
-    Ok(WriteOutcome {
+    Ok(refusal(kind))
+}
+
+fn refusal(kind: ApplyErrorKind) -> WriteOutcome {
+    WriteOutcome {
         outcome: Some(write_outcome::Outcome::Error(kind as i32)),
-    })
+    }
 }
 
 fn response_outcome(response: write_response::Response) -> WriteOutcome {
@@ -42,24 +81,57 @@ fn response_outcome(response: write_response::Response) -> WriteOutcome {
     }
 }
 
+/// The replicated tables kept beside the keyspace that writes change.
+pub struct AppliedTables<'a> {
+    pub members: &'a mut MemberAttributeTable,
+    pub alarms: &'a mut AlarmTable,
+}
+
 pub fn apply_write_batch(
     mvcc: &mut ApplyBatch<'_>,
-    members: &mut MemberAttributeTable,
+    tables: &mut AppliedTables<'_>,
     batch: &WriteBatch,
 ) -> Result<WriteBatchOutcome, FatalApplyError> {
     let mut outcomes = Vec::with_capacity(batch.requests.len());
     for request in &batch.requests {
-        outcomes.push(apply_write_request(mvcc, members, request)?);
+        outcomes.push(apply_write_request(mvcc, tables, request)?);
     }
     Ok(WriteBatchOutcome { outcomes })
 }
 
+/// Raises or clears an alarm; answers the alarms it changed (etcd's answer:
+/// none when the alarm was already raised, or not raised).
+fn apply_alarm(alarms: &mut AlarmTable, request: &AlarmRequest) -> AlarmResponse {
+    let raised = RaisedAlarm {
+        alarm: request.alarm,
+        member_id: request.member_id,
+    };
+    let changed = match request.action() {
+        AlarmAction::Activate => alarms.insert(raised),
+        AlarmAction::Deactivate => alarms.remove(&raised),
+        AlarmAction::Get => false,
+    };
+    AlarmResponse {
+        header: None,
+        alarms: if changed {
+            vec![raised.to_member()]
+        } else {
+            Vec::new()
+        },
+    }
+}
+
 fn apply_write_request(
     mvcc: &mut ApplyBatch<'_>,
-    members: &mut MemberAttributeTable,
+    tables: &mut AppliedTables<'_>,
     request: &WriteRequest,
 ) -> Result<WriteOutcome, FatalApplyError> {
     use write_response::Response;
+    if let Some(inner) = &request.request {
+        if space_exhausted(tables.alarms) && space_cost(inner) > 0 {
+            return Ok(refusal(ApplyErrorKind::NoSpace));
+        }
+    }
     let result = match &request.request {
         Some(write_request::Request::Put(put)) => mvcc.put(put).map(Response::Put),
         Some(write_request::Request::DeleteRange(delete)) => {
@@ -85,14 +157,128 @@ fn apply_write_request(
                 .map(|()| Response::LeaseCheckpoint(LeaseCheckpointApplied {}))
         }
         Some(write_request::Request::MemberAttributes(attributes)) => {
-            members.insert(attributes.member_id, attributes.clone());
+            tables.members.insert(attributes.member_id, attributes.clone());
             Ok(Response::MemberAttributes(MemberAttributesApplied {}))
         }
+        Some(write_request::Request::Alarm(alarm)) => Ok(Response::Alarm(apply_alarm(tables.alarms, alarm))),
         // An empty request (from a newer member, say) changes nothing.
         None => Ok(Response::MemberAttributes(MemberAttributesApplied {})),
     };
     match result {
         Ok(response) => Ok(response_outcome(response)),
         Err(error) => request_outcome(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_api::etcdserverpb::{
+        request_op, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RequestOp, TxnRequest,
+    };
+    use keel_mvcc::MvccStore;
+    use keel_storage::Database;
+
+    fn request(request: write_request::Request) -> WriteRequest {
+        WriteRequest {
+            request: Some(request),
+        }
+    }
+
+    fn put(key: &str) -> write_request::Request {
+        write_request::Request::Put(PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+    }
+
+    fn alarm(action: AlarmAction) -> write_request::Request {
+        write_request::Request::Alarm(AlarmRequest {
+            action: action as i32,
+            member_id: 7,
+            alarm: AlarmType::Nospace as i32,
+        })
+    }
+
+    fn refused_for_space(outcome: &WriteOutcome) -> bool {
+        outcome.outcome == Some(write_outcome::Outcome::Error(ApplyErrorKind::NoSpace as i32))
+    }
+
+    /// Applies `requests` as one batch; their outcomes.
+    fn apply(
+        store: &MvccStore,
+        tables: &mut AppliedTables<'_>,
+        requests: Vec<write_request::Request>,
+    ) -> Vec<WriteOutcome> {
+        let mut batch = store.begin_apply();
+        let batch_request = WriteBatch {
+            requests: requests.into_iter().map(request).collect(),
+        };
+        let outcome = apply_write_batch(&mut batch, tables, &batch_request).expect("apply");
+        batch.commit().expect("commit");
+        outcome.outcomes
+    }
+
+    #[test]
+    fn while_nospace_is_raised_writes_with_a_space_cost_are_refused_and_change_nothing() {
+        let database = Database::open_temporary().expect("database");
+        let store = MvccStore::open(&database).expect("store");
+        let (mut members, mut alarms) = (MemberAttributeTable::new(), AlarmTable::new());
+        let mut tables = AppliedTables {
+            members: &mut members,
+            alarms: &mut alarms,
+        };
+        let outcomes = apply(
+            &store,
+            &mut tables,
+            vec![put("a"), alarm(AlarmAction::Activate), put("b")],
+        );
+        assert!(!refused_for_space(&outcomes[0]), "before the alarm");
+        assert!(
+            refused_for_space(&outcomes[2]),
+            "after the alarm, in the same batch"
+        );
+        assert_eq!(store.current_revision(), 2, "only the first put wrote");
+
+        let txn_with_put = write_request::Request::Txn(TxnRequest {
+            failure: vec![RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: b"c".to_vec(),
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        });
+        let grant = write_request::Request::LeaseGrant(LeaseGrantRequest { ttl: 60, id: 5 });
+        let delete = write_request::Request::DeleteRange(DeleteRangeRequest {
+            key: b"a".to_vec(),
+            ..Default::default()
+        });
+        let outcomes = apply(&store, &mut tables, vec![txn_with_put, grant, delete]);
+        assert!(refused_for_space(&outcomes[0]) && refused_for_space(&outcomes[1]));
+        assert!(!refused_for_space(&outcomes[2]), "a delete needs no space");
+        assert_eq!(store.current_revision(), 3, "only the delete wrote");
+
+        // A second activation changes nothing and answers no alarm; the
+        // deactivation answers the alarm it cleared, and writes pass again.
+        let outcomes = apply(
+            &store,
+            &mut tables,
+            vec![
+                alarm(AlarmAction::Activate),
+                alarm(AlarmAction::Deactivate),
+                put("b"),
+            ],
+        );
+        let changed = |outcome: &WriteOutcome| match &outcome.outcome {
+            Some(write_outcome::Outcome::Response(WriteResponse {
+                response: Some(write_response::Response::Alarm(answer)),
+            })) => answer.alarms.len(),
+            other => panic!("not an alarm answer: {other:?}"),
+        };
+        assert_eq!((changed(&outcomes[0]), changed(&outcomes[1])), (0, 1));
+        assert!(!refused_for_space(&outcomes[2]));
+        assert!(tables.alarms.is_empty());
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! Durability rules kept here:
 //! - Every `apply` call commits the data changes of all its entries, the new
-//!   `last_applied` log id, the membership and the member attribute table in
-//!   ONE atomic mvcc batch. A restarted member therefore resumes from a state
+//!   `last_applied` log id, the membership, the member attribute table and
+//!   the alarm table in ONE atomic mvcc batch. A restarted member therefore resumes from a state
 //!   that is exactly "all entries up to last_applied", never half of one.
 //! - The mvcc database may flush lazily (the Raft log replays what was lost),
 //!   except before a snapshot is reported built or installed: the log is
@@ -12,7 +12,8 @@
 //!   fsyncs and fdatasync, returned only once the data survives a machine
 //!   crash.
 //! - The metadata (`last_applied`, the membership, the member attribute
-//!   table) is kept as the protobuf records of `storage_codec.rs`.
+//!   table, the alarm table) is kept as the protobuf records of
+//!   `storage_codec.rs`.
 //! - A snapshot is built under the apply gate, so the dump and the
 //!   `last_applied` it is labelled with describe the same point.
 //! - Every time the keyspace is made durable, the `last_applied` it holds is
@@ -28,7 +29,7 @@ use keel_mvcc::MvccStore;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
-use crate::apply::{apply_write_batch, MemberAttributeTable};
+use crate::apply::{apply_write_batch, AlarmTable, AppliedTables, MemberAttributeTable};
 use crate::durable_applied::DurableApplied;
 use crate::fail_points::{
     FailPoints, BEFORE_SNAPSHOT_BUILD_COMMIT, BEFORE_SNAPSHOT_INSTALL_META_COMMIT,
@@ -44,6 +45,7 @@ const LAST_APPLIED_KEY: &str = "raft/last_applied";
 const MEMBERSHIP_KEY: &str = "raft/membership";
 
 const MEMBER_ATTRIBUTES_KEY: &str = "keel/member_attributes";
+const ALARMS_KEY: &str = "keel/alarms";
 
 fn sm_error(error: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("state machine: {error}"))
@@ -67,6 +69,7 @@ struct Shared {
     /// reading while a snapshot is dumped.
     apply_gate: RwLock<()>,
     members: RwLock<MemberAttributeTable>,
+    alarms: RwLock<AlarmTable>,
     snapshots: SnapshotFiles,
     durable_applied: DurableApplied,
     fail_points: FailPoints,
@@ -98,6 +101,15 @@ impl StateView {
     pub fn member_attributes(&self) -> MemberAttributeTable {
         self.shared
             .members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The raised alarms (applied state: every member has the same).
+    pub fn alarms(&self) -> AlarmTable {
+        self.shared
+            .alarms
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -183,6 +195,7 @@ impl KeelStateMachine {
         fail_points: FailPoints,
     ) -> Result<Self, RaftStorageError> {
         let members = read_meta(&store, MEMBER_ATTRIBUTES_KEY)?.unwrap_or_default();
+        let alarms = read_meta(&store, ALARMS_KEY)?.unwrap_or_default();
         // What a freshly opened database holds is what is on disk.
         let last_applied = read_meta::<Option<LogId>>(&store, LAST_APPLIED_KEY)?.flatten();
         let durable_applied = DurableApplied::starting_at(last_applied.map(|id| id.index));
@@ -191,6 +204,7 @@ impl KeelStateMachine {
             store,
             apply_gate: RwLock::new(()),
             members: RwLock::new(members),
+            alarms: RwLock::new(alarms),
             snapshots,
             durable_applied,
             fail_points,
@@ -276,6 +290,8 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
             let _gate = shared.apply_gate.write().unwrap_or_else(|p| p.into_inner());
             let mut members = shared.members.read().unwrap_or_else(|p| p.into_inner()).clone();
             let mut members_changed = false;
+            let mut alarms = shared.alarms.read().unwrap_or_else(|p| p.into_inner()).clone();
+            let mut alarms_changed = false;
             let mut batch = shared.store.begin_apply();
             let mut last_applied = None;
             let mut membership = None;
@@ -284,13 +300,16 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
                 let outcome = match entry.payload {
                     EntryPayload::Blank => WriteBatchOutcome::default(),
                     EntryPayload::Normal(write_batch) => {
-                        members_changed |= write_batch.requests.iter().any(|r| {
-                            matches!(
-                                r.request,
-                                Some(keel_api::keelpb::write_request::Request::MemberAttributes(_))
-                            )
-                        });
-                        apply_write_batch(&mut batch, &mut members, &write_batch).map_err(sm_error)?
+                        use keel_api::keelpb::write_request::Request;
+                        for request in &write_batch.requests {
+                            members_changed |= matches!(request.request, Some(Request::MemberAttributes(_)));
+                            alarms_changed |= matches!(request.request, Some(Request::Alarm(_)));
+                        }
+                        let mut tables = AppliedTables {
+                            members: &mut members,
+                            alarms: &mut alarms,
+                        };
+                        apply_write_batch(&mut batch, &mut tables, &write_batch).map_err(sm_error)?
                     }
                     EntryPayload::Membership(new_membership) => {
                         membership = Some(StoredMembership::new(Some(entry.log_id), new_membership));
@@ -309,9 +328,15 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
             if members_changed {
                 batch.set_app_meta(MEMBER_ATTRIBUTES_KEY, members.encode_record());
             }
+            if alarms_changed {
+                batch.set_app_meta(ALARMS_KEY, alarms.encode_record());
+            }
             batch.commit().map_err(sm_error)?;
             if members_changed {
                 *shared.members.write().unwrap_or_else(|p| p.into_inner()) = members;
+            }
+            if alarms_changed {
+                *shared.alarms.write().unwrap_or_else(|p| p.into_inner()) = alarms;
             }
         }
         for (responder, outcome) in responders {
@@ -387,6 +412,10 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
                 .map_err(|e| read_error(&e))?
                 .unwrap_or_default();
             *shared.members.write().unwrap_or_else(|p| p.into_inner()) = members;
+            let alarms: AlarmTable = read_meta(&shared.store, ALARMS_KEY)
+                .map_err(|e| read_error(&e))?
+                .unwrap_or_default();
+            *shared.alarms.write().unwrap_or_else(|p| p.into_inner()) = alarms;
             shared
                 .snapshots
                 .commit(&meta_owned, &partial)

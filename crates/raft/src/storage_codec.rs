@@ -18,7 +18,7 @@ use keel_api::keelstoragepb as pb;
 use openraft::{EntryPayload, Membership};
 use prost::Message;
 
-use crate::apply::MemberAttributeTable;
+use crate::apply::{AlarmTable, MemberAttributeTable, RaisedAlarm};
 use crate::type_config::{
     CommittedLeaderId, Entry, LogId, MemberNode, NodeId, SnapshotMeta, StoredMembership, Vote,
 };
@@ -207,6 +207,27 @@ impl StorageRecord for MemberAttributeTable {
             .members
             .into_iter()
             .map(|member| (member.member_id, member))
+            .collect())
+    }
+}
+
+impl StorageRecord for AlarmTable {
+    fn encode_record(&self) -> Vec<u8> {
+        pb::AlarmTable {
+            alarms: self.iter().map(|raised| raised.to_member()).collect(),
+        }
+        .encode_to_vec()
+    }
+
+    fn decode_record(bytes: &[u8]) -> Result<Self, StorageDecodeError> {
+        let table: pb::AlarmTable = decode_message("alarm table", bytes)?;
+        Ok(table
+            .alarms
+            .into_iter()
+            .map(|member| RaisedAlarm {
+                alarm: member.alarm,
+                member_id: member.member_id,
+            })
             .collect())
     }
 }

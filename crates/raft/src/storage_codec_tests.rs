@@ -169,6 +169,14 @@ fn every_other_record_round_trips() {
         MemberAttributeTable::decode_record(&table.encode_record()).expect("table"),
         table
     );
+    let alarms: AlarmTable = [(1, 11), (1, 12), (2, 11)]
+        .into_iter()
+        .map(|(alarm, member_id)| RaisedAlarm { alarm, member_id })
+        .collect();
+    assert_eq!(
+        AlarmTable::decode_record(&alarms.encode_record()).expect("alarms"),
+        alarms
+    );
     let snapshot = CurrentSnapshotRecord {
         meta: SnapshotMeta {
             last_log_id: Some(log_id(3, 90)),

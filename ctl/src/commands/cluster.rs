@@ -1,6 +1,6 @@
-//! `member list`, `endpoint status` and `endpoint health` (with
-//! `--cluster`: the endpoints are every member's client URLs from the
-//! member list, as etcdctl does).
+//! `member list`, `endpoint status`, `endpoint health` and `endpoint
+//! hashkv` (with `--cluster`: the endpoints are every member's client URLs
+//! from the member list, as etcdctl does), and `move-leader`.
 
 use std::time::Instant;
 
@@ -12,7 +12,8 @@ use super::Ctx;
 use crate::error::{client_error_text, CtlError, EXIT_ERROR};
 use crate::go_bool::GoBoolFlag;
 use crate::go_value_format::format_duration;
-use crate::output::{EndpointHealth, EndpointStatus, Output};
+use crate::go_value_format::quote;
+use crate::output::{EndpointHashKv, EndpointHealth, EndpointStatus, Output};
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum MemberCommand {
@@ -48,6 +49,23 @@ pub enum EndpointCommand {
     ///
     /// Example: keelctl endpoint status --cluster -w table
     Status,
+    /// Prints the KV history hash for each endpoint in --endpoints.
+    ///
+    /// With -w simple, one line per endpoint: endpoint, hash.
+    ///
+    /// Example: keelctl endpoint hashkv --cluster -w table
+    Hashkv {
+        /// maximum revision to hash (default: all revisions)
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        rev: i64,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MoveLeaderArgs {
+    /// The transferee's member ID in hex (as `member list` prints it).
+    #[arg(value_name = "TRANSFEREE_MEMBER_ID")]
+    pub target: Vec<String>,
 }
 
 pub async fn member(ctx: &Ctx, command: &MemberCommand) -> Result<Output, CtlError> {
@@ -84,7 +102,80 @@ pub async fn endpoint(ctx: &Ctx, args: &EndpointArgs) -> Result<Output, CtlError
     match args.command {
         EndpointCommand::Status => status(ctx, args.cluster).await,
         EndpointCommand::Health => health(ctx, args.cluster).await,
+        EndpointCommand::Hashkv { rev } => hashkv(ctx, args.cluster, rev).await,
     }
+}
+
+/// etcdctl's `endpoint hashkv`: each endpoint's HashKV at `revision`; a
+/// failed endpoint is reported on stderr and the others still print, then
+/// the command fails with the last error.
+async fn hashkv(ctx: &Ctx, cluster: bool, revision: i64) -> Result<Output, CtlError> {
+    let targets = endpoints(ctx, cluster).await?;
+    let client = ctx.connect().await?;
+    let mut out = Output::default();
+    let mut hashes = Vec::new();
+    let mut last_error = None;
+    for endpoint in targets {
+        match client.hash_kv(&endpoint, revision).await {
+            Ok(response) => hashes.push(EndpointHashKv { endpoint, response }),
+            Err(error) => {
+                let reason = client_error_text(&error);
+                let text = format!("Failed to get the hash of endpoint {endpoint} ({reason})\n");
+                out.stderr.extend(text.as_bytes());
+                last_error = Some(reason);
+            }
+        }
+    }
+    ctx.printer.endpoint_hashkv(&mut out, &hashes)?;
+    match last_error {
+        Some(reason) => Err(partial_failure(out, CtlError::failed(reason))),
+        None => Ok(out),
+    }
+}
+
+/// etcdctl's `move-leader`: finds the leader among the endpoints given (by
+/// each one's status), asks it to hand leadership to the transferee, and
+/// prints the move.
+pub async fn move_leader(ctx: &Ctx, args: &MoveLeaderArgs) -> Result<Output, CtlError> {
+    let [target] = args.target.as_slice() else {
+        return Err(CtlError::bad_args("move-leader command needs 1 argument"));
+    };
+    let target = parse_go_hex_u64(target)?;
+    let client = ctx.connect().await?;
+    let mut leader = None;
+    for endpoint in &ctx.endpoints {
+        let status = client.status(endpoint).await?;
+        let member_id = status.header.map_or(0, |header| header.member_id);
+        if member_id == status.leader {
+            leader = Some((endpoint, status.leader));
+            break;
+        }
+    }
+    let Some((endpoint, leader_id)) = leader else {
+        return Err(CtlError::bad_args(format!(
+            "no leader endpoint given at [{}]",
+            ctx.endpoints.join(" ")
+        )));
+    };
+    let response = client.move_leader(endpoint, target).await?;
+    let mut out = Output::default();
+    ctx.printer.move_leader(&mut out, leader_id, target, &response)?;
+    Ok(out)
+}
+
+/// Go's `strconv.ParseUint(text, 16, 64)`, with its error text: hex digits
+/// only (no sign, no `0x`), at most 64 bits.
+fn parse_go_hex_u64(text: &str) -> Result<u64, CtlError> {
+    let failure = |reason: &str| {
+        CtlError::bad_args(format!(
+            "strconv.ParseUint: parsing {}: {reason}",
+            quote(text.as_bytes())
+        ))
+    };
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(failure("invalid syntax"));
+    }
+    u64::from_str_radix(text, 16).map_err(|_| failure("value out of range"))
 }
 
 async fn status(ctx: &Ctx, cluster: bool) -> Result<Output, CtlError> {

@@ -1,6 +1,7 @@
 //! What every command shares: the resolved global flags (`Ctx`) and the
 //! connection to the cluster through keel's failover client.
 
+pub mod alarm;
 pub mod cluster;
 pub mod concurrency;
 pub mod kv;

@@ -5,13 +5,13 @@ use std::io::Write;
 
 use keel_api::etcdserverpb::response_op::Response;
 use keel_api::etcdserverpb::{
-    DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
-    LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberListResponse, PutResponse, RangeResponse,
-    ResponseHeader, TxnResponse, WatchResponse,
+    AlarmResponse, AlarmType, DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse,
+    LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberListResponse, PutResponse,
+    RangeResponse, ResponseHeader, TxnResponse, WatchResponse,
 };
 use keel_api::mvccpb::KeyValue;
 
-use super::{EndpointHealth, EndpointStatus};
+use super::{EndpointHashKv, EndpointHealth, EndpointStatus};
 use crate::go_value_format::quote;
 
 // Writes go to an in-memory buffer (`Output`), which cannot fail.
@@ -98,6 +98,30 @@ pub fn member_list(out: &mut Vec<u8>, response: &MemberListResponse) {
             let _ = writeln!(out, "\"ClientURL\" : {}", quote(url.as_bytes()));
         }
         let _ = writeln!(out, "\"IsLearner\" : {}", member.is_learner);
+        let _ = writeln!(out);
+    }
+}
+
+/// The header, then each alarm's member and type (Go's `Println` of the
+/// enum: its name).
+pub fn alarm(out: &mut Vec<u8>, response: &AlarmResponse) {
+    header(out, &response.header);
+    for alarm in &response.alarms {
+        let name = AlarmType::try_from(alarm.alarm).map_or_else(
+            |_| alarm.alarm.to_string(),
+            |known| known.as_str_name().to_string(),
+        );
+        let _ = writeln!(out, "\"MemberID\" : {}", alarm.member_id);
+        let _ = writeln!(out, "\"AlarmType\" : {name}");
+        let _ = writeln!(out);
+    }
+}
+
+pub fn endpoint_hashkv(out: &mut Vec<u8>, hashes: &[EndpointHashKv]) {
+    for entry in hashes {
+        header(out, &entry.response.header);
+        let _ = writeln!(out, "\"Endpoint\" : {}", quote(entry.endpoint.as_bytes()));
+        let _ = writeln!(out, "\"Hash\" : {}", entry.response.hash);
         let _ = writeln!(out);
     }
 }

@@ -13,13 +13,13 @@
 use base64::Engine as _;
 use keel_api::etcdserverpb::response_op::Response;
 use keel_api::etcdserverpb::{
-    DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
-    LeaseRevokeResponse, LeaseTimeToLiveResponse, Member, MemberListResponse, PutResponse, RangeResponse,
-    ResponseHeader, StatusResponse, TxnResponse, WatchResponse,
+    AlarmResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
+    LeaseRevokeResponse, LeaseTimeToLiveResponse, Member, MemberListResponse, MoveLeaderResponse,
+    PutResponse, RangeResponse, ResponseHeader, StatusResponse, TxnResponse, WatchResponse,
 };
 use keel_api::mvccpb::{Event, KeyValue};
 
-use super::{EndpointHealth, EndpointStatus};
+use super::{EndpointHashKv, EndpointHealth, EndpointStatus};
 
 /// A JSON value whose object keys keep their order (Go's struct order).
 pub enum Json {
@@ -301,6 +301,51 @@ pub fn endpoint_status(statuses: &[EndpointStatus]) -> Json {
             })
             .collect(),
     )
+}
+
+/// etcdctl's `epHashKV` list: clientv3 3.4 decodes etcd 3.4's
+/// `HashKVResponse`, which has no `hash_revision`, so none is printed.
+pub fn endpoint_hashkv(hashes: &[EndpointHashKv]) -> Json {
+    Json::Array(
+        hashes
+            .iter()
+            .map(|entry| {
+                let response = &entry.response;
+                Obj::default()
+                    .always("Endpoint", Json::Str(entry.endpoint.clone()))
+                    .always(
+                        "HashKV",
+                        Obj::default()
+                            .opt("header", header(&response.header))
+                            .int("hash", response.hash)
+                            .int("compact_revision", response.compact_revision)
+                            .done(),
+                    )
+                    .done()
+            })
+            .collect(),
+    )
+}
+
+pub fn alarm(response: &AlarmResponse) -> Json {
+    let alarms = response
+        .alarms
+        .iter()
+        .map(|alarm| {
+            Obj::default()
+                .int("memberID", alarm.member_id)
+                .int("alarm", alarm.alarm)
+                .done()
+        })
+        .collect();
+    Obj::default()
+        .opt("header", header(&response.header))
+        .list("alarms", alarms)
+        .done()
+}
+
+pub fn move_leader(response: &MoveLeaderResponse) -> Json {
+    Obj::default().opt("header", header(&response.header)).done()
 }
 
 pub fn endpoint_health(health: &[EndpointHealth]) -> Json {

@@ -11,9 +11,10 @@ mod snapshot_status;
 pub mod table;
 
 use keel_api::etcdserverpb::{
-    DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
-    LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberListResponse, PutResponse, RangeResponse,
-    ResponseHeader, StatusResponse, TxnResponse, WatchResponse,
+    AlarmResponse, DeleteRangeResponse, HashKvResponse, LeaseGrantResponse, LeaseKeepAliveResponse,
+    LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberListResponse,
+    MoveLeaderResponse, PutResponse, RangeResponse, ResponseHeader, StatusResponse, TxnResponse,
+    WatchResponse,
 };
 use keel_api::mvccpb::event::EventType;
 use prost::Message;
@@ -61,6 +62,12 @@ impl Format {
 pub struct EndpointStatus {
     pub endpoint: String,
     pub status: StatusResponse,
+}
+
+/// The result of one endpoint's `Maintenance.HashKV` (`endpoint hashkv`).
+pub struct EndpointHashKv {
+    pub endpoint: String,
+    pub response: HashKvResponse,
 }
 
 /// The result of one endpoint's health probe (`endpoint health`).
@@ -181,6 +188,46 @@ impl Printer {
             Format::Table => table::endpoint_status(&mut out.stdout, statuses),
             Format::Fields => fields::endpoint_status(&mut out.stdout, statuses),
             Format::Protobuf => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    pub fn endpoint_hashkv(&self, out: &mut Output, hashes: &[EndpointHashKv]) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::endpoint_hashkv(&mut out.stdout, hashes),
+            Format::Json => json::print(&mut out.stdout, json::endpoint_hashkv(hashes)),
+            Format::Table => table::endpoint_hashkv(&mut out.stdout, hashes),
+            Format::Fields => fields::endpoint_hashkv(&mut out.stdout, hashes),
+            Format::Protobuf => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    /// etcdctl prints `move-leader` after the move: table and fields fail
+    /// then (exit 4), with leadership already moved.
+    pub fn move_leader(
+        &self,
+        out: &mut Output,
+        leader: u64,
+        target: u64,
+        response: &MoveLeaderResponse,
+    ) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::move_leader(&mut out.stdout, leader, target),
+            Format::Json => json::print(&mut out.stdout, json::move_leader(response)),
+            Format::Protobuf => out.stdout.extend(response.encode_to_vec()),
+            Format::Table | Format::Fields => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    pub fn alarm(&self, out: &mut Output, response: &AlarmResponse) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::alarm(&mut out.stdout, response),
+            Format::Json => json::print(&mut out.stdout, json::alarm(response)),
+            Format::Fields => fields::alarm(&mut out.stdout, response),
+            Format::Protobuf => out.stdout.extend(response.encode_to_vec()),
+            Format::Table => return Err(self.format.unsupported()),
         }
         Ok(())
     }
@@ -395,3 +442,13 @@ pub const STATUS_HEADER: [&str; 10] = [
 ];
 
 pub const HEALTH_HEADER: [&str; 4] = ["endpoint", "health", "took", "error"];
+
+/// The columns etcdctl prints for `endpoint hashkv` (simple and table).
+pub fn hashkv_rows(hashes: &[EndpointHashKv]) -> Vec<Vec<String>> {
+    hashes
+        .iter()
+        .map(|entry| vec![entry.endpoint.clone(), entry.response.hash.to_string()])
+        .collect()
+}
+
+pub const HASHKV_HEADER: [&str; 2] = ["endpoint", "hash"];

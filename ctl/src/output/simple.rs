@@ -6,13 +6,15 @@ use std::io::Write;
 
 use keel_api::etcdserverpb::response_op::Response;
 use keel_api::etcdserverpb::{
-    DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
+    AlarmResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
     LeaseTimeToLiveResponse, MemberListResponse, PutResponse, RangeResponse, TxnResponse, WatchResponse,
 };
 use keel_api::mvccpb::KeyValue;
 
-use super::{lease_hex, member_rows, status_rows, EndpointHealth, EndpointStatus};
-use crate::go_value_format::hex_escaped;
+use super::{
+    hashkv_rows, lease_hex, member_rows, status_rows, EndpointHashKv, EndpointHealth, EndpointStatus,
+};
+use crate::go_value_format::{alarm_member_text, hex_escaped};
 
 // Writes go to an in-memory buffer (`Output`), which cannot fail.
 
@@ -102,6 +104,27 @@ pub fn endpoint_status(out: &mut Vec<u8>, statuses: &[EndpointStatus]) {
     for row in status_rows(statuses) {
         line(out, row.join(", ").as_bytes());
     }
+}
+
+/// One line per alarm: Go's `%+v` of the `*AlarmMember`, its compact text.
+pub fn alarm(out: &mut Vec<u8>, response: &AlarmResponse) {
+    for alarm in &response.alarms {
+        line(out, alarm_member_text(alarm).as_bytes());
+    }
+}
+
+pub fn endpoint_hashkv(out: &mut Vec<u8>, hashes: &[EndpointHashKv]) {
+    for row in hashkv_rows(hashes) {
+        line(out, row.join(", ").as_bytes());
+    }
+}
+
+/// Member IDs as etcd's `types.ID` prints them: hex without padding.
+pub fn move_leader(out: &mut Vec<u8>, leader: u64, target: u64) {
+    line(
+        out,
+        format!("Leadership transferred from {leader:x} to {target:x}").as_bytes(),
+    );
 }
 
 pub fn endpoint_health(err: &mut Vec<u8>, health: &[EndpointHealth]) {

@@ -11,7 +11,8 @@ use keel_api::etcdserverpb::{MemberListResponse, RangeResponse};
 use unicode_width::UnicodeWidthStr;
 
 use super::{
-    member_rows, status_rows, EndpointHealth, EndpointStatus, HEALTH_HEADER, MEMBER_HEADER, STATUS_HEADER,
+    hashkv_rows, member_rows, status_rows, EndpointHashKv, EndpointHealth, EndpointStatus, HASHKV_HEADER,
+    HEALTH_HEADER, MEMBER_HEADER, STATUS_HEADER,
 };
 use crate::go_value_format::hex_escaped;
 
@@ -259,6 +260,14 @@ pub fn member_list(out: &mut Vec<u8>, response: &MemberListResponse) {
 pub fn endpoint_status(out: &mut Vec<u8>, statuses: &[EndpointStatus]) {
     let mut table = Table::new(&STATUS_HEADER);
     for row in status_rows(statuses) {
+        table.append(row);
+    }
+    table.render(out);
+}
+
+pub fn endpoint_hashkv(out: &mut Vec<u8>, hashes: &[EndpointHashKv]) {
+    let mut table = Table::new(&HASHKV_HEADER);
+    for row in hashkv_rows(hashes) {
         table.append(row);
     }
     table.render(out);

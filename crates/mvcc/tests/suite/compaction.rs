@@ -242,3 +242,42 @@ fn hash_kv_checks_revisions_like_a_range() {
     assert_eq!((at_compaction.revision, at_compaction.compact_revision), (4, 4));
     assert_eq!(t.store.hash_kv(0).expect("hash").revision, 7);
 }
+
+#[test]
+fn the_keyspace_hash_is_equal_for_equal_stores_and_changes_with_any_state_but_app_meta() {
+    let one = temp_store();
+    history(&one.store);
+    let two = temp_store();
+    history(&two.store);
+    let (reference, revision) = one.store.hash().expect("hash");
+    assert_eq!(revision, 7);
+    assert_eq!(two.store.hash().expect("hash"), (reference, 7));
+
+    // A member's Raft position (app meta) is not part of it.
+    let mut batch = two.store.begin_apply();
+    batch.set_app_meta("raft/last_applied", vec![9, 9]);
+    batch.commit().expect("commit");
+    assert_eq!(two.store.hash().expect("hash"), (reference, 7));
+
+    // A lease record is.
+    let mut batch = two.store.begin_apply();
+    batch.lease_grant(5, 30).expect("grant");
+    batch.commit().expect("commit");
+    let (with_lease, revision) = two.store.hash().expect("hash");
+    assert_eq!(revision, 7, "a grant keeps the revision");
+    assert_ne!(with_lease, reference);
+
+    // So is a compaction (the compact revision and the records it drops).
+    compact(&one.store, 4).expect("compact");
+    assert_ne!(one.store.hash().expect("hash").0, reference);
+
+    // And every value.
+    let other_value = temp_store();
+    put(&other_value.store, "a", "1");
+    put(&other_value.store, "b", "1");
+    put(&other_value.store, "a", "2");
+    delete(&other_value.store, "b", "");
+    put(&other_value.store, "c", "1");
+    put(&other_value.store, "a", "3!");
+    assert_ne!(other_value.store.hash().expect("hash").0, reference);
+}

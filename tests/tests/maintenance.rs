@@ -1,0 +1,299 @@
+//! etcd's Maintenance calls keel serves beyond Status and HashKV: MoveLeader
+//! (through the real `etcdctl move-leader` 3.4, and its errors side by side
+//! with etcd's) and Hash (every member agrees), and `etcdctl endpoint
+//! hashkv --cluster` against keel.
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keel_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use keel_api::etcdserverpb::{HashRequest, PutRequest, RangeRequest};
+use keel_client::ClientError;
+use keel_tests::{which, Cluster, ClusterOptions};
+use tokio::time::Instant;
+
+async fn etcdctl(endpoints: &[String], args: &[&str]) -> (bool, String, String) {
+    let binary = which("etcdctl").expect("etcdctl 3.4 on PATH (Debian's etcd-client)");
+    let output = tokio::process::Command::new(binary)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints.join(",")))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("etcdctl runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Each member's ID (hex, as etcdctl prints it), by endpoint index.
+async fn member_ids(cluster: &Cluster) -> Vec<u64> {
+    let client = cluster.member_client(0).expect("client");
+    let mut ids = Vec::new();
+    for index in 0..cluster.size() {
+        let status = client.status(&cluster.endpoint(index)).await.expect("status");
+        ids.push(status.header.expect("header").member_id);
+    }
+    ids
+}
+
+fn put(key: &str) -> PutRequest {
+    PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_move_leader_makes_the_named_member_lead_and_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(ClusterOptions::keel(3))
+        .await
+        .expect("keel starts");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    let target = (leader + 1) % 3;
+    let writer_member = (leader + 2) % 3;
+    let ids = member_ids(&cluster).await;
+
+    // Writes through a member that follows before and after the move.
+    let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let client = cluster.member_client(writer_member).expect("client");
+        let (acknowledged, stop) = (acknowledged.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("w-{i:05}");
+                if client.put(put(&key)).await.is_ok() {
+                    acknowledged.lock().unwrap().insert(key);
+                }
+                i += 1;
+            }
+        })
+    };
+    let acknowledged_count = || acknowledged.lock().unwrap().len();
+    while acknowledged_count() < 50 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let target_hex = format!("{:x}", ids[target]);
+    let (ok, stdout, stderr) = etcdctl(&cluster.endpoints(), &["move-leader", &target_hex]).await;
+    assert!(ok, "etcdctl move-leader failed: {stderr}");
+    assert_eq!(
+        stdout,
+        format!("Leadership transferred from {:x} to {target_hex}\n", ids[leader])
+    );
+    let client = cluster.member_client(0).expect("client");
+    for index in 0..3 {
+        let status = client.status(&cluster.endpoint(index)).await.expect("status");
+        assert_eq!(
+            status.leader, ids[target],
+            "member {index} names the transferee as leader right after the move"
+        );
+    }
+
+    let moved_with = acknowledged_count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while acknowledged_count() < moved_with + 50 {
+        assert!(Instant::now() < deadline, "writes did not resume after the move");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    for index in 0..3 {
+        let stored: BTreeSet<String> = cluster
+            .member_client(index)
+            .expect("client")
+            .range(RangeRequest {
+                key: b"w-".to_vec(),
+                range_end: b"w.".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("linearizable read")
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect();
+        let lost: Vec<_> = acknowledged.difference(&stored).collect();
+        assert!(
+            lost.is_empty(),
+            "member {index} lost acknowledged writes: {lost:?}"
+        );
+    }
+}
+
+/// MoveLeader's refusals as a client sees them: (code, message).
+async fn move_leader_refusals(cluster: &mut Cluster) -> Vec<(tonic::Code, String)> {
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    let follower = (leader + 1) % 3;
+    let ids = member_ids(cluster).await;
+    let client = cluster.member_client(0).expect("client");
+    let refusal = |result: Result<_, ClientError>| match result {
+        Err(ClientError::Status(status)) => (status.code(), status.message().to_string()),
+        Err(other) => panic!("not a status: {other}"),
+        Ok(response) => panic!("moved: {response:?}"),
+    };
+    vec![
+        // Asked of a follower, even to move it to the leader it already has.
+        refusal(client.move_leader(&cluster.endpoint(follower), ids[leader]).await),
+        refusal(
+            client
+                .move_leader(&cluster.endpoint(follower), ids[follower])
+                .await,
+        ),
+        // A member ID the cluster does not have.
+        refusal(client.move_leader(&cluster.endpoint(leader), 0x1234).await),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_leader_refuses_a_follower_and_an_unknown_transferee_as_etcd_does() {
+    let mut etcd = Cluster::start(ClusterOptions::etcd(3))
+        .await
+        .expect("etcd starts");
+    let mut keel = Cluster::start(ClusterOptions::keel(3))
+        .await
+        .expect("keel starts");
+    let from_etcd = move_leader_refusals(&mut etcd).await;
+    let from_keel = move_leader_refusals(&mut keel).await;
+    assert_eq!(from_keel, from_etcd);
+    let not_leader = (
+        tonic::Code::FailedPrecondition,
+        "etcdserver: not leader".to_string(),
+    );
+    let bad_transferee = (
+        tonic::Code::FailedPrecondition,
+        "etcdserver: bad leader transferee".to_string(),
+    );
+    assert_eq!(from_keel, vec![not_leader.clone(), not_leader, bad_transferee]);
+}
+
+/// Every member's `Hash` after a linearizable read on it (so each has
+/// applied everything acknowledged): (hash, header revision).
+async fn hashes(cluster: &Cluster) -> Vec<(u32, i64)> {
+    let mut answers = Vec::new();
+    for index in 0..cluster.size() {
+        cluster
+            .member_client(index)
+            .expect("client")
+            .range(RangeRequest {
+                key: b"sync".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("linearizable read");
+        let mut maintenance = MaintenanceClient::connect(format!("http://{}", cluster.endpoint(index)))
+            .await
+            .expect("connect");
+        let response = maintenance.hash(HashRequest {}).await.expect("hash").into_inner();
+        answers.push((response.hash, response.header.expect("header").revision));
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_agree_on_hash_and_hashkv_and_a_write_changes_them() {
+    let cluster = Cluster::start(ClusterOptions::keel(3))
+        .await
+        .expect("keel starts");
+    let client = cluster.client().expect("client");
+    for key in ["a", "b", "a"] {
+        client.put(put(key)).await.expect("put");
+    }
+    let before = hashes(&cluster).await;
+    assert_eq!(before[0].1, 4, "the header carries the revision hashed");
+    assert!(before.iter().all(|h| *h == before[0]), "{before:?}");
+
+    let hashkv_lines = |stdout: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .map(|line| line.rsplit(", ").next().unwrap_or_default().to_string())
+            .collect()
+    };
+    let (ok, first, stderr) = etcdctl(&cluster.endpoints(), &["endpoint", "hashkv", "--cluster"]).await;
+    assert!(ok, "{stderr}");
+    let first = hashkv_lines(&first);
+    assert_eq!(first.len(), 3, "one line per member");
+    assert!(first.iter().all(|h| *h == first[0]), "{first:?}");
+
+    client.put(put("c")).await.expect("put");
+    let after = hashes(&cluster).await;
+    assert!(after.iter().all(|h| *h == after[0]), "{after:?}");
+    assert_eq!(after[0].1, 5);
+    assert_ne!(after[0].0, before[0].0, "a write changes Hash");
+    let (ok, second, stderr) = etcdctl(&cluster.endpoints(), &["endpoint", "hashkv", "--cluster"]).await;
+    assert!(ok, "{stderr}");
+    let second = hashkv_lines(&second);
+    assert!(second.iter().all(|h| *h == second[0]), "{second:?}");
+    assert_ne!(second[0], first[0], "a write changes HashKV");
+}
+
+/// `etcdctl move-leader` to a member that cannot take over (paused): what
+/// etcdctl reports, and whether the cluster serves writes again afterwards.
+async fn move_to_a_paused_member(cluster: &mut Cluster) -> (bool, String, bool) {
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    let target = (leader + 1) % 3;
+    let ids = member_ids(cluster).await;
+    cluster.pause(target).expect("pause");
+    let (ok, _, stderr) = etcdctl(
+        &[cluster.endpoint(leader)],
+        &[
+            "--command-timeout=2s",
+            "move-leader",
+            &format!("{:x}", ids[target]),
+        ],
+    )
+    .await;
+    cluster.resume(target).expect("resume");
+    let error = stderr
+        .lines()
+        .filter(|line| line.starts_with("Error:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let client = cluster.client().expect("client");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut recovered = false;
+    while !recovered && Instant::now() < deadline {
+        recovered = client.put(put("after-failed-move")).await.is_ok();
+        if !recovered {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    (ok, error, recovered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_to_a_member_that_cannot_take_over_ends_at_the_callers_deadline_as_etcds_does() {
+    let mut etcd = Cluster::start(ClusterOptions::etcd(3))
+        .await
+        .expect("etcd starts");
+    let mut keel = Cluster::start(ClusterOptions::keel(3))
+        .await
+        .expect("keel starts");
+    let from_etcd = move_to_a_paused_member(&mut etcd).await;
+    let from_keel = move_to_a_paused_member(&mut keel).await;
+    assert_eq!(
+        from_etcd,
+        (false, "Error: context deadline exceeded".to_string(), true),
+        "etcd"
+    );
+    assert_eq!(from_keel, from_etcd, "keel");
+}
