@@ -1,8 +1,9 @@
 //! etcd's HTTP endpoints beside gRPC on the client port: `/health` (etcd
-//! 3.4's: healthy when a leader is known and a linearizable read, or with
-//! `?serializable=true` a local one, succeeds within a second), `/version`,
-//! and etcd 3.5's probes `/livez` (the member serves local reads) and
-//! `/readyz` (it also has a leader and serves linearizable reads).
+//! 3.4's: healthy when no alarm is raised, a leader is known and a
+//! linearizable read, or with `?serializable=true` a local one, succeeds
+//! within a second), `/version`, and etcd 3.5's probes `/livez` (the member
+//! serves local reads) and `/readyz` (also no alarm, a leader and
+//! linearizable reads).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,7 @@ struct ProbeQuery {
 /// One check a probe makes.
 #[derive(Clone, Copy)]
 enum HealthCheck {
+    NoAlarm,
     LeaderKnown,
     SerializableRead,
     LinearizableRead,
@@ -50,6 +52,7 @@ enum HealthCheck {
 impl HealthCheck {
     fn name(self) -> &'static str {
         match self {
+            HealthCheck::NoAlarm => "alarm",
             HealthCheck::LeaderKnown => "leader",
             HealthCheck::SerializableRead => "serializable_read",
             HealthCheck::LinearizableRead => "linearizable_read",
@@ -58,6 +61,7 @@ impl HealthCheck {
 
     async fn passes(self, context: &MemberContext) -> bool {
         match self {
+            HealthCheck::NoAlarm => context.node.state().alarms().is_empty(),
             HealthCheck::LeaderKnown => context.node.leadership().known_leader().is_some(),
             // A local read of one key, as etcd's check reads: the
             // member's applied keyspace answers from storage.
@@ -86,7 +90,7 @@ async fn health(State(context): State<Arc<MemberContext>>, Query(query): Query<H
         HealthCheck::LinearizableRead
     };
     let mut healthy = true;
-    for check in [HealthCheck::LeaderKnown, read] {
+    for check in [HealthCheck::NoAlarm, HealthCheck::LeaderKnown, read] {
         if !check.passes(&context).await {
             tracing::warn!(check = check.name(), "/health: unhealthy");
             healthy = false;
@@ -96,7 +100,9 @@ async fn health(State(context): State<Arc<MemberContext>>, Query(query): Query<H
     let (status, body) = if healthy {
         (StatusCode::OK, r#"{"health":"true"}"#)
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, r#"{"health":"false"}"#)
+        // etcd answers unhealthy through Go's http.Error, which ends the
+        // body with a newline.
+        (StatusCode::SERVICE_UNAVAILABLE, "{\"health\":\"false\"}\n")
     };
     // etcd 3.4 sends this JSON as text/plain.
     with_content_type(status, body.to_string(), "text/plain; charset=utf-8")
@@ -117,6 +123,7 @@ async fn livez(State(context): State<Arc<MemberContext>>, Query(query): Query<Pr
 
 async fn readyz(State(context): State<Arc<MemberContext>>, Query(query): Query<ProbeQuery>) -> Response {
     let checks = [
+        HealthCheck::NoAlarm,
         HealthCheck::LeaderKnown,
         HealthCheck::SerializableRead,
         HealthCheck::LinearizableRead,

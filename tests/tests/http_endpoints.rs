@@ -65,7 +65,7 @@ async fn a_member_without_a_quorum_is_unhealthy_and_not_ready_but_live() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let health = get(&survivor, "/health").await;
-        if health == (503, r#"{"health":"false"}"#.to_string()) {
+        if health == (503, "{\"health\":\"false\"}\n".to_string()) {
             break;
         }
         assert!(
@@ -181,4 +181,52 @@ async fn metrics_carry_etcds_names_and_types_and_count_grpc_calls_by_code() {
         from_keel.contains("etcd_network_peer_round_trip_time_seconds_count{To="),
         "the leader timed its replication round trips"
     );
+}
+
+/// The alarm answers and `/health` of one member after raising NOSPACE
+/// for it, then after disarming it.
+async fn health_under_an_alarm(cluster: &Cluster) -> Vec<(u16, String)> {
+    use keel_api::etcdserverpb::alarm_request::AlarmAction;
+    use keel_api::etcdserverpb::{AlarmRequest, AlarmType};
+    let client = cluster.member_client(0).expect("client");
+    let member_id = client
+        .status(&cluster.endpoint(0))
+        .await
+        .expect("status")
+        .header
+        .expect("header")
+        .member_id;
+    let alarm = |action: AlarmAction| AlarmRequest {
+        action: action as i32,
+        member_id,
+        alarm: AlarmType::Nospace as i32,
+    };
+    let mut seen = Vec::new();
+    client.alarm(alarm(AlarmAction::Activate)).await.expect("raise");
+    seen.push(get(&cluster.endpoint(0), "/health").await);
+    client
+        .alarm(alarm(AlarmAction::Deactivate))
+        .await
+        .expect("disarm");
+    seen.push(get(&cluster.endpoint(0), "/health").await);
+    seen
+}
+
+#[tokio::test]
+async fn a_raised_alarm_makes_health_false_until_disarmed_as_in_etcd() {
+    let etcd = Cluster::start_led(ClusterOptions::etcd(1))
+        .await
+        .expect("etcd starts");
+    let keel = Cluster::start_led(ClusterOptions::keel(1))
+        .await
+        .expect("keel starts");
+    let from_keel = health_under_an_alarm(&keel).await;
+    assert_eq!(
+        from_keel,
+        vec![
+            (503, "{\"health\":\"false\"}\n".to_string()),
+            (200, r#"{"health":"true"}"#.to_string())
+        ]
+    );
+    assert_eq!(from_keel, health_under_an_alarm(&etcd).await);
 }
