@@ -298,14 +298,17 @@ async fn run_stream(
                         _ => tally.mismatched += 1,
                     }
                 }
+                // The sender ends its side as soon as it sees the stop, and
+                // the server then ends the stream: that may arrive before
+                // this loop saw the stop itself.
                 Ok(None) => {
-                    if !stopping {
+                    if !stopping && !*stop.borrow() {
                         tally.failure = Some("the server ended the stream".to_string());
                     }
                     break;
                 }
                 Err(status) => {
-                    if !stopping {
+                    if !stopping && !*stop.borrow() {
                         tally.failure = Some(format!("the stream failed: {status}"));
                     }
                     break;
