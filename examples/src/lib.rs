@@ -61,6 +61,8 @@ impl StackedCluster {
         let mut members = Vec::new();
         for (id, listener) in listeners {
             let config = NodeConfig {
+                // The example's cluster has a fixed id: nothing outside it asks.
+                cluster_id: 1,
                 member_id: id,
                 name: format!("m{id}"),
                 cluster_name: "stacked-example".to_string(),

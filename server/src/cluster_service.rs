@@ -1,11 +1,15 @@
 //! The etcd `Cluster` service: `MemberList` from Raft membership plus the
-//! names and client URLs members published; membership changes are not
-//! served yet and answer UNIMPLEMENTED.
+//! names and client URLs members published; MemberAdd, MemberRemove,
+//! MemberUpdate and MemberPromote as membership changes made by the leader
+//! (`keel-node`'s `membership.rs`), answered once this member sees the
+//! new membership, so its member list shows the change.
 
 use openraft::async_runtime::watch::WatchReceiver;
 use std::sync::Arc;
 
 use keel_api::etcdserverpb::cluster_server::Cluster;
+use keel_api::keelpb::membership_change::Change;
+use keel_api::keelpb::MembershipChange;
 use keel_api::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
     MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
@@ -53,24 +57,94 @@ pub fn list_members(context: &MemberContext) -> Vec<Member> {
         .collect()
 }
 
+/// How long a member that made a change waits to see it applied locally.
+const SEE_CHANGE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl ClusterService {
+    /// Makes `change` through the leader, then waits until this member's
+    /// membership satisfies `seen` (the leader committed it; a follower
+    /// applies it a moment later).
+    async fn change(
+        &self,
+        change: Change,
+        seen: impl Fn(&openraft::Membership<u64, keel_raft::MemberNode>, u64) -> bool,
+    ) -> Result<u64, Status> {
+        let id = self
+            .context
+            .node
+            .change_membership(MembershipChange { change: Some(change) })
+            .await?;
+        let mut metrics = self.context.node.raft().metrics();
+        let _ = tokio::time::timeout(SEE_CHANGE_LIMIT, async {
+            loop {
+                if seen(metrics.borrow_watched().membership_config.membership(), id) {
+                    return;
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        Ok(id)
+    }
+}
+
+fn is_voter(membership: &openraft::Membership<u64, keel_raft::MemberNode>, id: u64) -> bool {
+    membership.voter_ids().any(|voter| voter == id)
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn member_add(&self, _: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
-        Err(Status::unimplemented("keel: MemberAdd is not supported yet"))
+    async fn member_add(&self, request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        let request = request.into_inner();
+        let (peer_urls, is_learner) = (request.peer_ur_ls.clone(), request.is_learner);
+        let id = self
+            .change(Change::Add(request), |membership, id| {
+                membership.get_node(&id).is_some() && membership.get_joint_config().len() == 1
+            })
+            .await?;
+        Ok(Response::new(MemberAddResponse {
+            header: self.context.header_now(),
+            member: Some(Member {
+                id,
+                name: String::new(),
+                peer_ur_ls: peer_urls,
+                client_ur_ls: Vec::new(),
+                is_learner,
+            }),
+            members: list_members(&self.context),
+        }))
     }
 
     async fn member_remove(
         &self,
-        _: Request<MemberRemoveRequest>,
+        request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(Status::unimplemented("keel: MemberRemove is not supported yet"))
+        self.change(Change::Remove(request.into_inner()), |membership, id| {
+            membership.get_node(&id).is_none()
+        })
+        .await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.context.header_now(),
+            members: list_members(&self.context),
+        }))
     }
 
     async fn member_update(
         &self,
-        _: Request<MemberUpdateRequest>,
+        request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(Status::unimplemented("keel: MemberUpdate is not supported yet"))
+        let request = request.into_inner();
+        let peer_url = request.peer_ur_ls.first().cloned().unwrap_or_default();
+        self.change(Change::Update(request), move |membership, id| {
+            membership.get_node(&id).is_some_and(|node| node.peer_url == peer_url)
+        })
+        .await?;
+        Ok(Response::new(MemberUpdateResponse {
+            header: self.context.header_now(),
+            members: list_members(&self.context),
+        }))
     }
 
     async fn member_list(
@@ -88,8 +162,12 @@ impl Cluster for ClusterService {
 
     async fn member_promote(
         &self,
-        _: Request<MemberPromoteRequest>,
+        request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(Status::unimplemented("keel: MemberPromote is not supported yet"))
+        self.change(Change::Promote(request.into_inner()), is_voter).await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.context.header_now(),
+            members: list_members(&self.context),
+        }))
     }
 }

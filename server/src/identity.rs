@@ -90,6 +90,18 @@ pub fn claim_data_dir(data_dir: &Path, identity: &DataDirIdentity) -> anyhow::Re
     }
 }
 
+/// The identity a data dir recorded when it was first claimed, if any.
+pub fn recorded_identity(data_dir: &Path) -> anyhow::Result<Option<DataDirIdentity>> {
+    let path = data_dir.join(IDENTITY_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+            format!("{} is not a keel member identity file", path.display())
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
 /// The ids of the initial cluster's members, in flag order.
 pub fn initial_member_ids(members: &[InitialMember], cluster_token: &str) -> Vec<u64> {
     members

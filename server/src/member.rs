@@ -27,7 +27,9 @@ use crate::cluster_service::ClusterService;
 use crate::config::{listen_address, split_urls, InitialMember, MemberFlags};
 use crate::context::MemberContext;
 use crate::election_service::ElectionService;
-use crate::identity::{claim_data_dir, cluster_id, initial_member_ids, member_id, DataDirIdentity};
+use crate::identity::{
+    claim_data_dir, cluster_id, initial_member_ids, member_id, recorded_identity, DataDirIdentity,
+};
 use crate::kv_service::KvService;
 use crate::lease_service::LeaseService;
 use crate::lock_service::LockService;
@@ -76,7 +78,11 @@ pub async fn run_member_with_test_hooks(
     hooks: MemberTestHooks,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let identity = check_identity(&flags)?;
+    let identity = if flags.initial_cluster_state == "existing" {
+        joining_identity(&flags).await?
+    } else {
+        check_identity(&flags)?
+    };
     let data_dir = flags.data_dir();
     keel_node::data_format::check_or_record(&data_dir)?;
     claim_data_dir(
@@ -177,12 +183,76 @@ pub async fn run_member_with_test_hooks(
     Ok(())
 }
 
-/// Checks the flags and derives this member's and the cluster's ids.
-fn check_identity(flags: &MemberFlags) -> anyhow::Result<MemberIdentity> {
+/// Checks the flags and logs those that have no effect in keel.
+fn check_flags(flags: &MemberFlags) -> anyhow::Result<()> {
     flags.validate()?;
     for flag in flags.etcd_only.without_effect() {
         tracing::info!(flag = %flag, "etcd flag accepted; it has no effect in keel");
     }
+    Ok(())
+}
+
+/// How long a member joining a running cluster tries to reach it.
+const JOIN_LIMIT: Duration = Duration::from_secs(15);
+
+/// The identity of a member started with `--initial-cluster-state
+/// existing`: the one its data dir recorded, or else the id `member add`
+/// gave the member with its peer URLs, learned from a running member.
+async fn joining_identity(flags: &MemberFlags) -> anyhow::Result<MemberIdentity> {
+    check_flags(flags)?;
+    let initial = flags.initial_members()?;
+    let token = &flags.initial_cluster_token;
+    let own_peer_urls = split_urls(&flags.initial_advertise_peer_urls);
+    if let Some(recorded) = recorded_identity(&flags.data_dir())? {
+        return Ok(MemberIdentity {
+            member_id: recorded.member_id,
+            cluster_id: recorded.cluster_id,
+            initial_ids: initial_member_ids(&initial, token),
+            initial,
+        });
+    }
+    let others: Vec<String> = initial
+        .iter()
+        .filter(|member| member.name != flags.name)
+        .flat_map(|member| member.peer_urls.clone())
+        .collect();
+    tracing::info!(peers = ?others, "joining a running cluster: asking it for this member's id");
+    let cluster = keel_node::join::ask_cluster_members(&others, JOIN_LIMIT).await?;
+    let Some(own) = cluster
+        .members
+        .iter()
+        .find(|member| own_peer_urls.contains(&member.peer_url))
+    else {
+        bail!(
+            "cluster {:x} has no member with peer URLs {:?} (--initial-advertise-peer-urls); add it first \
+             (etcdctl member add {} --peer-urls={})",
+            cluster.cluster_id,
+            own_peer_urls,
+            flags.name,
+            own_peer_urls.join(",")
+        );
+    };
+    let initial_ids = initial
+        .iter()
+        .map(|member| {
+            cluster
+                .members
+                .iter()
+                .find(|known| member.peer_urls.contains(&known.peer_url))
+                .map_or_else(|| member_id(&member.peer_urls, token), |known| known.id)
+        })
+        .collect();
+    Ok(MemberIdentity {
+        member_id: own.id,
+        cluster_id: cluster.cluster_id,
+        initial,
+        initial_ids,
+    })
+}
+
+/// Checks the flags and derives this member's and the cluster's ids.
+fn check_identity(flags: &MemberFlags) -> anyhow::Result<MemberIdentity> {
+    check_flags(flags)?;
     let initial = flags.initial_members()?;
     if initial.len().is_multiple_of(2) {
         tracing::warn!(
@@ -248,6 +318,7 @@ fn node_config(
         }
     }
     Ok(NodeConfig {
+        cluster_id: identity.cluster_id,
         member_id: identity.member_id,
         name: flags.name.clone(),
         cluster_name: flags.initial_cluster_token.clone(),

@@ -29,7 +29,7 @@ use crate::ports::free_port;
 
 /// Every kind of message a member sends its peers (lease renewals and
 /// time-to-live queries included).
-pub const ALL_PEER_MESSAGES: [PeerMessage; 9] = PeerMessage::ALL;
+pub const ALL_PEER_MESSAGES: [PeerMessage; 10] = PeerMessage::ALL;
 
 #[derive(Parser)]
 struct MemberCommandLine {

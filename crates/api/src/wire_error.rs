@@ -45,6 +45,25 @@ pub enum WireError {
     Stopped,
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    #[error("etcdserver: member ID already exist")]
+    MemberExists,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    /// A membership change that would leave fewer started voters than a
+    /// quorum of the new configuration.
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    MemberNotEnoughStarted,
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    /// A membership change while a voter is not connected to the leader.
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
     /// A MoveLeader sent to a member that does not lead.
     #[error("etcdserver: not leader")]
     NotLeader,
@@ -77,18 +96,27 @@ impl WireError {
             | WireError::LeaseProvided
             | WireError::TooManyOps
             | WireError::DuplicateKey
-            | WireError::RequestTooLarge => Code::InvalidArgument,
+            | WireError::RequestTooLarge
+            | WireError::MemberBadUrls => Code::InvalidArgument,
             WireError::Compacted | WireError::FutureRevision | WireError::LeaseTtlTooLarge => {
                 Code::OutOfRange
             }
             WireError::NoSpace => Code::ResourceExhausted,
-            WireError::LeaseExists | WireError::NotLeader | WireError::BadLeaderTransferee => {
-                Code::FailedPrecondition
-            }
+            WireError::LeaseExists
+            | WireError::NotLeader
+            | WireError::BadLeaderTransferee
+            | WireError::MemberExists
+            | WireError::PeerUrlExists
+            | WireError::MemberNotEnoughStarted
+            | WireError::MemberNotLearner
+            | WireError::LearnerNotReady
+            | WireError::TooManyLearners => Code::FailedPrecondition,
             WireError::LeaseNotFound | WireError::MemberNotFound => Code::NotFound,
-            WireError::NoLeader | WireError::LeaderChanged | WireError::Timeout | WireError::Stopped => {
-                Code::Unavailable
-            }
+            WireError::NoLeader
+            | WireError::LeaderChanged
+            | WireError::Timeout
+            | WireError::Stopped
+            | WireError::Unhealthy => Code::Unavailable,
             // etcd's v3election service returns these as plain Go errors,
             // which gRPC sends as Unknown, and so does etcd's MoveLeader
             // for its timeout (no entry in v3rpc's error table).
@@ -112,7 +140,7 @@ impl WireError {
     }
 }
 
-const ALL: [WireError; 24] = [
+const ALL: [WireError; 32] = [
     WireError::EmptyKey,
     WireError::KeyNotFound,
     WireError::ValueProvided,
@@ -131,6 +159,14 @@ const ALL: [WireError; 24] = [
     WireError::Timeout,
     WireError::Stopped,
     WireError::MemberNotFound,
+    WireError::MemberExists,
+    WireError::PeerUrlExists,
+    WireError::MemberNotEnoughStarted,
+    WireError::MemberBadUrls,
+    WireError::MemberNotLearner,
+    WireError::LearnerNotReady,
+    WireError::TooManyLearners,
+    WireError::Unhealthy,
     WireError::NotLeader,
     WireError::BadLeaderTransferee,
     WireError::LeaderTransferTimedOut,

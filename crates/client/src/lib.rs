@@ -35,7 +35,9 @@ use keel_api::etcdserverpb::kv_client::KvClient;
 use keel_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_api::etcdserverpb::{
     alarm_request, AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, HashKvRequest, HashKvResponse, MemberListRequest, MemberListResponse,
+    DeleteRangeResponse, HashKvRequest, HashKvResponse, MemberAddRequest, MemberAddResponse, MemberListRequest,
+    MemberListResponse, MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
+    MemberUpdateRequest, MemberUpdateResponse,
     MoveLeaderRequest, MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
     SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
@@ -301,6 +303,45 @@ impl Client {
                     .member_list(MemberListRequest { linearizable: false })
                     .await
             })
+        })
+        .await
+    }
+
+    /// etcd's MemberAdd: a voter, or a learner with `is_learner`.
+    pub async fn member_add(&self, peer_urls: Vec<String>, is_learner: bool) -> Result<MemberAddResponse, ClientError> {
+        self.call(Retry::Write, move |channel| {
+            let request = MemberAddRequest {
+                peer_ur_ls: peer_urls.clone(),
+                is_learner,
+            };
+            Box::pin(async move { ClusterClient::new(channel).member_add(request).await })
+        })
+        .await
+    }
+
+    pub async fn member_remove(&self, id: u64) -> Result<MemberRemoveResponse, ClientError> {
+        self.call(Retry::Write, move |channel| {
+            Box::pin(async move { ClusterClient::new(channel).member_remove(MemberRemoveRequest { id }).await })
+        })
+        .await
+    }
+
+    /// etcd's MemberUpdate: the member's new peer URLs.
+    pub async fn member_update(&self, id: u64, peer_urls: Vec<String>) -> Result<MemberUpdateResponse, ClientError> {
+        self.call(Retry::Write, move |channel| {
+            let request = MemberUpdateRequest {
+                id,
+                peer_ur_ls: peer_urls.clone(),
+            };
+            Box::pin(async move { ClusterClient::new(channel).member_update(request).await })
+        })
+        .await
+    }
+
+    /// etcd's MemberPromote: a learner in sync with the leader becomes a voter.
+    pub async fn member_promote(&self, id: u64) -> Result<MemberPromoteResponse, ClientError> {
+        self.call(Retry::Write, move |channel| {
+            Box::pin(async move { ClusterClient::new(channel).member_promote(MemberPromoteRequest { id }).await })
         })
         .await
     }

@@ -68,6 +68,9 @@ pub struct NodeTestHooks {
 
 /// Everything [`crate::Node::start`] needs.
 pub struct NodeConfig {
+    /// The cluster's id, which members started with
+    /// `--initial-cluster-state existing` learn from a running member.
+    pub cluster_id: u64,
     pub member_id: NodeId,
     /// The member's name, for its log.
     pub name: String,

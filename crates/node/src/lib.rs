@@ -28,6 +28,7 @@
 mod append_stream;
 pub mod config;
 pub mod data_format;
+pub mod join;
 mod leader_call;
 pub mod leader_connection;
 mod leader_log;
@@ -35,6 +36,7 @@ pub mod leader_transfer;
 pub mod leadership;
 mod lease_clock;
 pub mod lessor;
+mod membership;
 pub mod network;
 pub mod node;
 pub mod peer_codec;

@@ -28,6 +28,7 @@ use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::peer_codec::{decode_payload, encode_payload, MAX_PEER_MESSAGE_BYTES};
+use crate::request_error::is_member_removed_refusal;
 use keel_raft::type_config::{MemberNode, NodeId, Snapshot, TypeConfig, Vote};
 
 /// Bytes of snapshot dump per streamed chunk.
@@ -45,11 +46,12 @@ pub enum PeerMessage {
     TransferLeader,
     LeaseRenew,
     LeaseTimeToLive,
+    ChangeMembership,
 }
 
 impl PeerMessage {
     /// Every kind, so that a test cutting "every link" cuts a kind added later too.
-    pub const ALL: [PeerMessage; 9] = [
+    pub const ALL: [PeerMessage; 10] = [
         PeerMessage::AppendEntries,
         PeerMessage::Vote,
         PeerMessage::InstallSnapshot,
@@ -59,6 +61,7 @@ impl PeerMessage {
         PeerMessage::TransferLeader,
         PeerMessage::LeaseRenew,
         PeerMessage::LeaseTimeToLive,
+        PeerMessage::ChangeMembership,
     ];
 }
 
@@ -108,6 +111,37 @@ pub struct PeerNetwork {
     dial_overrides: Arc<HashMap<NodeId, String>>,
     /// This member's id and the links a test cut (in-process test clusters).
     faults: Option<(NodeId, LinkFaults)>,
+    /// Set once a peer refused a message because the cluster removed this member.
+    removal: RemovalNotice,
+    /// Each member's peer URL in the latest membership: a URL changed by
+    /// MemberUpdate is dialed from then on (openraft keeps the node info
+    /// it created a replication stream with).
+    member_urls: Arc<RwLock<HashMap<NodeId, String>>>,
+}
+
+/// The news that the cluster removed this member, from whoever learns it
+/// first (a peer's refusal, or the applied removed-member list).
+#[derive(Clone)]
+pub struct RemovalNotice(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for RemovalNotice {
+    fn default() -> Self {
+        RemovalNotice(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+}
+
+impl RemovalNotice {
+    pub(crate) fn note_removed(&self) {
+        if !self.0.send_replace(true) {
+            tracing::warn!("this member was removed from the cluster");
+        }
+    }
+
+    /// Resolves once this member is known to be removed.
+    pub async fn removed(&self) {
+        let mut receiver = self.0.subscribe();
+        let _ = receiver.wait_for(|removed| *removed).await;
+    }
 }
 
 /// Why no message could be sent to a peer.
@@ -138,8 +172,20 @@ impl PeerNetwork {
         self
     }
 
+    /// Records every member's peer URL in the latest membership.
+    pub(crate) fn learn_member_urls(&self, urls: HashMap<NodeId, String>) {
+        *self.member_urls.write().unwrap_or_else(|p| p.into_inner()) = urls;
+    }
+
     /// The cached channel to `target`, created (lazily connecting) on first use.
     fn channel(&self, target: NodeId, peer_url: &str) -> Result<Channel, PeerUnavailable> {
+        let latest_url = self
+            .member_urls
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&target)
+            .cloned();
+        let peer_url = latest_url.as_deref().unwrap_or(peer_url);
         let peer_url = self.dial_overrides.get(&target).map_or(peer_url, String::as_str);
         let mut channels = self
             .channels
@@ -162,6 +208,11 @@ impl PeerNetwork {
         let channel = endpoint.connect_lazy();
         channels.insert(target, (peer_url.to_string(), channel.clone()));
         Ok(channel)
+    }
+
+    /// The notice a peer's "you were removed" refusal sets.
+    pub(crate) fn removal(&self) -> &RemovalNotice {
+        &self.removal
     }
 
     /// Fails when a test cut the link to `target` for `kind` messages.
@@ -252,7 +303,12 @@ macro_rules! peer_call {
         let reply = client
             .$method(Self::request(payload, &$option))
             .await
-            .map_err(rpc_failure)?;
+            .map_err(|status| {
+                if is_member_removed_refusal(&status) {
+                    $self.network.removal.note_removed();
+                }
+                rpc_failure(status)
+            })?;
         let result: Result<_, RaftError<TypeConfig>> =
             decode_payload(reply.get_ref()).map_err(|e| network_error(&e))?;
         result.map_err(|remote| {

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use keel_api::keelpb::peer_server::PeerServer;
-use keel_api::keelpb::{WriteRequest, WriteResponse};
+use keel_api::keelpb::{MembershipChange, WriteRequest, WriteResponse};
 use keel_mvcc::MvccStore;
 use keel_raft::state_machine::StateView;
 use keel_raft::{KeelRaft, KeelStateMachine, MemberNode, NodeId, RaftStorageError, SledLogStore};
@@ -26,7 +26,8 @@ use crate::leader_connection::{CampaignTiming, LeaderConnectionWatch};
 use crate::leadership::{LeaderContact, LeaderRoute, Leadership};
 use crate::lease_clock::LeaseClock;
 use crate::lessor::{min_lease_ttl, Lessor};
-use crate::network::PeerNetwork;
+use crate::membership::MembershipChanges;
+use crate::network::{PeerNetwork, RemovalNotice};
 use crate::peer_codec::MAX_PEER_MESSAGE_BYTES;
 use crate::peer_service::PeerService;
 use crate::read_path::ReadPath;
@@ -65,6 +66,9 @@ pub enum NodeError {
     PeerServer(String),
     #[error("Raft stopped on a fatal error: {0}")]
     RaftFatal(String),
+    /// etcd's words for a member that learns the cluster removed it.
+    #[error("the member has been permanently removed from the cluster")]
+    RemovedFromCluster,
 }
 
 /// A running member's Raft side, cheap to clone: what services and
@@ -79,6 +83,8 @@ pub struct NodeHandle {
     lessor: Lessor,
     state: StateView,
     raft_log_database: Database,
+    membership: MembershipChanges,
+    removal: RemovalNotice,
 }
 
 impl NodeHandle {
@@ -127,6 +133,13 @@ impl NodeHandle {
         crate::leader_transfer::transfer_leadership(&self.raft, to, limit).await
     }
 
+    /// Makes a membership change (etcd's MemberAdd, MemberRemove,
+    /// MemberUpdate, MemberPromote) through the leader; answers the id of
+    /// the member it was about (for an add, the id it got).
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<NodeId, RequestError> {
+        self.membership.change(change).await
+    }
+
     /// Bytes the Raft log database takes on disk.
     pub fn raft_log_size_on_disk(&self) -> u64 {
         self.raft_log_database.size_on_disk().unwrap_or(0)
@@ -142,6 +155,8 @@ pub struct Node {
     /// stopped before Raft is, so it never calls a stopped Raft (which
     /// openraft reports as an error).
     leader_connection_watch: tokio::task::JoinHandle<()>,
+    /// Holds the state machine open: stopped with the node.
+    membership_watch: tokio::task::JoinHandle<()>,
     keyspace_database: Database,
 }
 
@@ -165,10 +180,18 @@ impl Node {
         .map_err(|e| NodeError::RaftStart(e.to_string()))?;
 
         let contact = LeaderContact::new();
-        let handle = start_paths(&config, raft, state, raft_log_database, network, contact.clone());
+        let handle = start_paths(
+            &config,
+            raft,
+            state,
+            raft_log_database,
+            network.clone(),
+            contact.clone(),
+        );
         let (stop_peer_servers, stop) = tokio::sync::watch::channel(false);
         let leader_connections = config.test_hooks.leader_connections;
         let peer_servers = serve_peer_protocol(
+            config.cluster_id,
             config.peer_listeners,
             &handle,
             contact.clone(),
@@ -176,6 +199,12 @@ impl Node {
             stop,
         )?;
         bootstrap(&handle.raft, config.bootstrap, config.initial_members).await?;
+        let membership_watch = tokio::spawn(follow_membership(
+            handle.raft.clone(),
+            handle.state.clone(),
+            handle.member_id,
+            network.clone(),
+        ));
         let leader_connection_watch = tokio::spawn(leader_connections.run(
             handle.raft.clone(),
             contact,
@@ -193,6 +222,7 @@ impl Node {
             peer_servers,
             stop_peer_servers,
             leader_connection_watch,
+            membership_watch,
             keyspace_database,
         })
     }
@@ -211,6 +241,7 @@ impl Node {
                 Err(e) => NodeError::PeerServer(e.to_string()),
             },
             fatal = raft_stopped(&self.handle.raft) => NodeError::RaftFatal(fatal),
+            _ = self.handle.removal.removed() => NodeError::RemovedFromCluster,
         }
     }
 
@@ -223,6 +254,8 @@ impl Node {
         // into its own Raft while that stops.
         self.leader_connection_watch.abort();
         let _ = (&mut self.leader_connection_watch).await;
+        self.membership_watch.abort();
+        let _ = (&mut self.membership_watch).await;
         if let Err(error) = self.handle.raft.shutdown().await {
             tracing::warn!(%error, "raft shutdown");
         }
@@ -308,6 +341,8 @@ fn start_paths(
     let heartbeat = config.timing.heartbeat_interval();
     let lease_clock = LeaseClock::default();
     let write_path = WritePath::start(route.clone(), heartbeat, lease_clock.clone());
+    let membership = MembershipChanges::new(&route, state.clone(), &config.cluster_name);
+    let removal = route.network.removal().clone();
     let read_path = ReadPath::start(route.clone(), election_timeout);
     let lessor = Lessor::new(
         lease_clock,
@@ -333,10 +368,39 @@ fn start_paths(
         lessor,
         state,
         raft_log_database,
+        membership,
+        removal,
+    }
+}
+
+/// Follows membership changes: the network dials each member at its
+/// latest peer URL, and this member's removal is noted once its applied
+/// state lists it as removed (a peer's refusal of its votes is the other
+/// way it learns it).
+async fn follow_membership(raft: KeelRaft, state: StateView, member_id: NodeId, network: PeerNetwork) {
+    let mut metrics = raft.metrics();
+    loop {
+        let urls = metrics
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| (*id, node.peer_url.clone()))
+            .collect();
+        network.learn_member_urls(urls);
+        if state.removed_members().contains(&member_id) {
+            network.removal().note_removed();
+            return;
+        }
+        // The removed list is applied state, not a metric: look again soon.
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_millis(500), metrics.changed()).await {
+            return;
+        }
     }
 }
 
 fn serve_peer_protocol(
+    cluster_id: u64,
     listeners: Vec<TcpListener>,
     handle: &NodeHandle,
     contact: LeaderContact,
@@ -350,6 +414,8 @@ fn serve_peer_protocol(
     for listener in listeners {
         let service = PeerServer::new(PeerService {
             member_id: handle.member_id,
+            cluster_id,
+            membership: handle.membership.clone(),
             raft: handle.raft.clone(),
             state: handle.state.clone(),
             write_path: handle.write_path.clone(),

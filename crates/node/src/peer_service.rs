@@ -14,11 +14,13 @@ use keel_api::etcdserverpb::{
 };
 use keel_api::keelpb::peer_server::Peer;
 use keel_api::keelpb::{
+    ClusterMember, ClusterMembersRequest, ClusterMembersResponse, MembershipChange, MembershipChangeOutcome,
     RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk, WriteRequest, WriteResponse,
 };
 use keel_raft::state_machine::StateView;
 use keel_raft::type_config::{Snapshot, Vote};
 use keel_raft::{KeelRaft, NodeId, TypeConfig};
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::RaftError;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest};
 use tokio::io::AsyncWriteExt;
@@ -28,14 +30,18 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::leader_connection::ConnectionOrigin;
 use crate::leadership::LeaderContact;
 use crate::lessor::Lessor;
+use crate::membership::MembershipChanges;
 use crate::network::SnapshotHeader;
 use crate::peer_codec::{decode_payload, encode_payload};
 use crate::read_path::ReadPath;
+use crate::request_error::member_removed_refusal;
 use crate::write_path::WritePath;
 
 /// What the peer service hands its requests to.
 pub(crate) struct PeerService {
     pub(crate) member_id: NodeId,
+    pub(crate) cluster_id: u64,
+    pub(crate) membership: MembershipChanges,
     pub(crate) raft: KeelRaft,
     pub(crate) state: StateView,
     pub(crate) write_path: WritePath,
@@ -52,6 +58,18 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Response<RaftPayload>, Statu
     encode_payload(value)
         .map(Response::new)
         .map_err(|e| Status::internal(e.to_string()))
+}
+
+impl PeerService {
+    /// Refuses a (pre-)vote from a member the cluster removed: the refusal
+    /// tells it to stop (`membership.rs`).
+    fn refuse_removed_candidate(&self, request: &VoteRequest<TypeConfig>) -> Result<(), Status> {
+        let candidate = request.vote.leader_id().voted_for;
+        if self.state.removed_members().contains(&candidate) {
+            return Err(member_removed_refusal(candidate));
+        }
+        Ok(())
+    }
 }
 
 /// True when this member accepted the sender of a snapshot chunk as its
@@ -161,6 +179,7 @@ impl Peer for PeerService {
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: VoteRequest<TypeConfig> = decode_payload(request.get_ref()).map_err(bad_payload)?;
+        self.refuse_removed_candidate(&rpc)?;
         let result = self.raft.vote(rpc).await;
         if result.as_ref().is_ok_and(|response| response.vote_granted) {
             self.contact.touch();
@@ -270,7 +289,41 @@ impl Peer for PeerService {
 
     async fn pre_vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: VoteRequest<TypeConfig> = decode_payload(request.get_ref()).map_err(bad_payload)?;
+        self.refuse_removed_candidate(&rpc)?;
         encode(&self.raft.pre_vote(rpc).await)
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<MembershipChange>,
+    ) -> Result<Response<MembershipChangeOutcome>, Status> {
+        let member_id = self
+            .membership
+            .change_as_leader(request.into_inner())
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(MembershipChangeOutcome { member_id }))
+    }
+
+    async fn cluster_members(
+        &self,
+        _: Request<ClusterMembersRequest>,
+    ) -> Result<Response<ClusterMembersResponse>, Status> {
+        let membership = self.raft.metrics().borrow_watched().membership_config.clone();
+        let membership = membership.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        Ok(Response::new(ClusterMembersResponse {
+            cluster_id: self.cluster_id,
+            members: membership
+                .nodes()
+                .map(|(id, node)| ClusterMember {
+                    id: *id,
+                    peer_url: node.peer_url.clone(),
+                    is_learner: !voters.contains(id),
+                })
+                .collect(),
+            removed_ids: self.state.removed_members().into_iter().collect(),
+        }))
     }
 }
 

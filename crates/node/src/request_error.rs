@@ -36,6 +36,15 @@ pub enum RequestError {
     /// A member's peer URL cannot be dialed.
     #[error(transparent)]
     InvalidPeerUrl(#[from] PeerUnavailable),
+    /// A membership change request that names no change.
+    #[error("keel: the membership change request names no change")]
+    EmptyMembershipChange,
+    /// Another membership change is not committed yet (one at a time).
+    #[error("keel: another membership change is in progress; try again once it is done")]
+    MembershipChangeInProgress,
+    /// openraft refused the membership change before proposing it.
+    #[error("keel: membership change refused: {0}")]
+    MembershipChangeRefused(String),
 }
 
 impl RequestError {
@@ -67,6 +76,10 @@ impl From<RequestError> for Status {
             error @ (RequestError::Keyspace(_) | RequestError::UnexpectedResponse) => {
                 Status::internal(error.to_string())
             }
+            error @ RequestError::EmptyMembershipChange => Status::invalid_argument(error.to_string()),
+            error @ (RequestError::MembershipChangeInProgress | RequestError::MembershipChangeRefused(_)) => {
+                Status::failed_precondition(error.to_string())
+            }
         }
     }
 }
@@ -75,6 +88,28 @@ impl From<RequestError> for Status {
 /// follower recognises it by a field, not by its text.
 const REFUSED_METADATA_KEY: &str = "keel-refused";
 const REFUSED_NOT_LEADER: &str = "not-leader";
+
+const REFUSED_MEMBER_REMOVED: &str = "member-removed";
+
+/// A peer's refusal of a message from `sender`, whom the cluster removed.
+pub(crate) fn member_removed_refusal(sender: u64) -> Status {
+    let mut refusal = Status::failed_precondition(format!(
+        "keel: member {sender:x} was removed from the cluster"
+    ));
+    refusal.metadata_mut().insert(
+        REFUSED_METADATA_KEY,
+        tonic::metadata::MetadataValue::from_static(REFUSED_MEMBER_REMOVED),
+    );
+    refusal
+}
+
+/// True when `status` says the cluster removed the member that sent the message.
+pub(crate) fn is_member_removed_refusal(status: &Status) -> bool {
+    status
+        .metadata()
+        .get(REFUSED_METADATA_KEY)
+        .is_some_and(|value| value == REFUSED_MEMBER_REMOVED)
+}
 
 /// True when `status` is a peer's refusal before acting: it does not lead.
 pub(crate) fn is_not_leader_refusal(status: &Status) -> bool {
@@ -106,6 +141,15 @@ mod tests {
             RequestError::from_peer_status(status),
             RequestError::FromLeader(_)
         ));
+    }
+
+    #[test]
+    fn a_removal_refusal_is_recognised_by_its_marker_alone() {
+        let status = member_removed_refusal(0xabc);
+        assert!(is_member_removed_refusal(&status));
+        assert!(!is_not_leader_refusal(&status));
+        let same_text = Status::failed_precondition(status.message().to_string());
+        assert!(!is_member_removed_refusal(&same_text));
     }
 
     #[test]

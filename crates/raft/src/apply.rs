@@ -42,6 +42,26 @@ impl RaisedAlarm {
 /// The raised alarms (etcd's alarm store), by type, then member.
 pub type AlarmTable = BTreeSet<RaisedAlarm>;
 
+/// The ids of members removed from the cluster (etcd's removed-member
+/// store): an id once removed never serves in the cluster again.
+pub type RemovedMembers = BTreeSet<u64>;
+
+/// Adds to `removed` every member of `previous` (voter or learner) that
+/// `next` no longer has.
+pub fn note_removed_members(
+    removed: &mut RemovedMembers,
+    previous: &openraft::Membership<u64, crate::MemberNode>,
+    next: &openraft::Membership<u64, crate::MemberNode>,
+) -> bool {
+    let mut changed = false;
+    for (id, _) in previous.nodes() {
+        if next.get_node(id).is_none() {
+            changed |= removed.insert(*id);
+        }
+    }
+    changed
+}
+
 /// True while NOSPACE is raised for any member.
 pub fn space_exhausted(alarms: &AlarmTable) -> bool {
     alarms

@@ -3,7 +3,7 @@
 //! Durability rules kept here:
 //! - Every `apply` call commits the data changes of all its entries, the new
 //!   `last_applied` log id, the membership, the member attribute table and
-//!   the alarm table in ONE atomic mvcc batch. A restarted member therefore resumes from a state
+//!   the alarm table and the removed-member list in ONE atomic mvcc batch. A restarted member therefore resumes from a state
 //!   that is exactly "all entries up to last_applied", never half of one.
 //! - The mvcc database may flush lazily (the Raft log replays what was lost),
 //!   except before a snapshot is reported built or installed: the log is
@@ -29,7 +29,9 @@ use keel_mvcc::MvccStore;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
-use crate::apply::{apply_write_batch, AlarmTable, AppliedTables, MemberAttributeTable};
+use crate::apply::{
+    apply_write_batch, note_removed_members, AlarmTable, AppliedTables, MemberAttributeTable, RemovedMembers,
+};
 use crate::durable_applied::DurableApplied;
 use crate::fail_points::{
     FailPoints, BEFORE_SNAPSHOT_BUILD_COMMIT, BEFORE_SNAPSHOT_INSTALL_META_COMMIT,
@@ -46,6 +48,7 @@ const MEMBERSHIP_KEY: &str = "raft/membership";
 
 const MEMBER_ATTRIBUTES_KEY: &str = "keel/member_attributes";
 const ALARMS_KEY: &str = "keel/alarms";
+const REMOVED_MEMBERS_KEY: &str = "keel/removed_members";
 
 fn sm_error(error: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("state machine: {error}"))
@@ -70,6 +73,7 @@ struct Shared {
     apply_gate: RwLock<()>,
     members: RwLock<MemberAttributeTable>,
     alarms: RwLock<AlarmTable>,
+    removed: RwLock<RemovedMembers>,
     snapshots: SnapshotFiles,
     durable_applied: DurableApplied,
     fail_points: FailPoints,
@@ -110,6 +114,15 @@ impl StateView {
     pub fn alarms(&self) -> AlarmTable {
         self.shared
             .alarms
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The members removed from the cluster (applied state).
+    pub fn removed_members(&self) -> RemovedMembers {
+        self.shared
+            .removed
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -170,6 +183,7 @@ pub fn forget_raft_metadata(store: &MvccStore) -> Result<(), RaftStorageError> {
         MEMBER_ATTRIBUTES_KEY,
         MemberAttributeTable::default().encode_record(),
     );
+    batch.set_app_meta(REMOVED_MEMBERS_KEY, RemovedMembers::default().encode_record());
     batch.commit()?;
     store.flush()?;
     Ok(())
@@ -196,6 +210,7 @@ impl KeelStateMachine {
     ) -> Result<Self, RaftStorageError> {
         let members = read_meta(&store, MEMBER_ATTRIBUTES_KEY)?.unwrap_or_default();
         let alarms = read_meta(&store, ALARMS_KEY)?.unwrap_or_default();
+        let removed = read_meta(&store, REMOVED_MEMBERS_KEY)?.unwrap_or_default();
         // What a freshly opened database holds is what is on disk.
         let last_applied = read_meta::<Option<LogId>>(&store, LAST_APPLIED_KEY)?.flatten();
         let durable_applied = DurableApplied::starting_at(last_applied.map(|id| id.index));
@@ -205,6 +220,7 @@ impl KeelStateMachine {
             apply_gate: RwLock::new(()),
             members: RwLock::new(members),
             alarms: RwLock::new(alarms),
+            removed: RwLock::new(removed),
             snapshots,
             durable_applied,
             fail_points,
@@ -292,9 +308,11 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
             let mut members_changed = false;
             let mut alarms = shared.alarms.read().unwrap_or_else(|p| p.into_inner()).clone();
             let mut alarms_changed = false;
+            let mut removed = shared.removed.read().unwrap_or_else(|p| p.into_inner()).clone();
+            let mut removed_changed = false;
             let mut batch = shared.store.begin_apply();
             let mut last_applied = None;
-            let mut membership = None;
+            let mut membership: Option<StoredMembership> = None;
             for (entry, responder) in received {
                 last_applied = Some(entry.log_id);
                 let outcome = match entry.payload {
@@ -312,6 +330,14 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
                         apply_write_batch(&mut batch, &mut tables, &write_batch).map_err(sm_error)?
                     }
                     EntryPayload::Membership(new_membership) => {
+                        let previous = match membership.take() {
+                            Some(previous) => previous,
+                            None => read_meta(&shared.store, MEMBERSHIP_KEY)
+                                .map_err(sm_error)?
+                                .unwrap_or_default(),
+                        };
+                        removed_changed |=
+                            note_removed_members(&mut removed, previous.membership(), &new_membership);
                         membership = Some(StoredMembership::new(Some(entry.log_id), new_membership));
                         WriteBatchOutcome::default()
                     }
@@ -331,12 +357,18 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
             if alarms_changed {
                 batch.set_app_meta(ALARMS_KEY, alarms.encode_record());
             }
+            if removed_changed {
+                batch.set_app_meta(REMOVED_MEMBERS_KEY, removed.encode_record());
+            }
             batch.commit().map_err(sm_error)?;
             if members_changed {
                 *shared.members.write().unwrap_or_else(|p| p.into_inner()) = members;
             }
             if alarms_changed {
                 *shared.alarms.write().unwrap_or_else(|p| p.into_inner()) = alarms;
+            }
+            if removed_changed {
+                *shared.removed.write().unwrap_or_else(|p| p.into_inner()) = removed;
             }
         }
         for (responder, outcome) in responders {
@@ -416,6 +448,10 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
                 .map_err(|e| read_error(&e))?
                 .unwrap_or_default();
             *shared.alarms.write().unwrap_or_else(|p| p.into_inner()) = alarms;
+            let removed: RemovedMembers = read_meta(&shared.store, REMOVED_MEMBERS_KEY)
+                .map_err(|e| read_error(&e))?
+                .unwrap_or_default();
+            *shared.removed.write().unwrap_or_else(|p| p.into_inner()) = removed;
             shared
                 .snapshots
                 .commit(&meta_owned, &partial)

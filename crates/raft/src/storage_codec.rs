@@ -18,7 +18,7 @@ use keel_api::keelstoragepb as pb;
 use openraft::{EntryPayload, Membership};
 use prost::Message;
 
-use crate::apply::{AlarmTable, MemberAttributeTable, RaisedAlarm};
+use crate::apply::{AlarmTable, MemberAttributeTable, RaisedAlarm, RemovedMembers};
 use crate::type_config::{
     CommittedLeaderId, Entry, LogId, MemberNode, NodeId, SnapshotMeta, StoredMembership, Vote,
 };
@@ -229,6 +229,20 @@ impl StorageRecord for AlarmTable {
                 member_id: member.member_id,
             })
             .collect())
+    }
+}
+
+impl StorageRecord for RemovedMembers {
+    fn encode_record(&self) -> Vec<u8> {
+        pb::RemovedMembers {
+            ids: self.iter().copied().collect(),
+        }
+        .encode_to_vec()
+    }
+
+    fn decode_record(bytes: &[u8]) -> Result<Self, StorageDecodeError> {
+        let record: pb::RemovedMembers = decode_message("removed member list", bytes)?;
+        Ok(record.ids.into_iter().collect())
     }
 }
 

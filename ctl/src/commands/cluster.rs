@@ -24,6 +24,22 @@ pub enum MemberCommand {
     ///
     /// Example: keelctl member list -w table
     List,
+    /// Adds a member into the cluster, and prints the settings that start it.
+    ///
+    /// Example: keelctl member add infra4 --peer-urls=http://127.0.0.1:12380
+    Add(super::member::MemberAddArgs),
+    /// Removes a member from the cluster.
+    ///
+    /// Example: keelctl member remove 8e9e05c52164694d
+    Remove(super::member::MemberIdArgs),
+    /// Updates a member's peer URLs.
+    ///
+    /// Example: keelctl member update 8e9e05c52164694d --peer-urls=http://127.0.0.1:12380
+    Update(super::member::MemberUpdateArgs),
+    /// Promotes a learner that is in sync with the leader to a voter.
+    ///
+    /// Example: keelctl member promote 8e9e05c52164694d
+    Promote(super::member::MemberIdArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -76,6 +92,10 @@ pub async fn member(ctx: &Ctx, command: &MemberCommand) -> Result<Output, CtlErr
             ctx.printer.member_list(&mut out, &response)?;
             Ok(out)
         }
+        MemberCommand::Add(args) => super::member::add(ctx, args).await,
+        MemberCommand::Remove(args) => super::member::remove(ctx, args).await,
+        MemberCommand::Update(args) => super::member::update(ctx, args).await,
+        MemberCommand::Promote(args) => super::member::promote(ctx, args).await,
     }
 }
 

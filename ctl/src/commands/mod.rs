@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod concurrency;
 pub mod kv;
 pub mod lease;
+pub mod member;
 pub mod snapshot;
 pub mod txn;
 pub mod watch;

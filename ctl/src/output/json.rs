@@ -14,7 +14,7 @@ use base64::Engine as _;
 use keel_api::etcdserverpb::response_op::Response;
 use keel_api::etcdserverpb::{
     AlarmResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
-    LeaseRevokeResponse, LeaseTimeToLiveResponse, Member, MemberListResponse, MoveLeaderResponse,
+    LeaseRevokeResponse, LeaseTimeToLiveResponse, Member, MemberAddResponse, MemberListResponse, MoveLeaderResponse,
     PutResponse, RangeResponse, ResponseHeader, StatusResponse, TxnResponse, WatchResponse,
 };
 use keel_api::mvccpb::{Event, KeyValue};
@@ -268,8 +268,22 @@ fn member(member: &Member) -> Json {
 }
 
 pub fn member_list(response: &MemberListResponse) -> Json {
+    member_change(&response.header, &response.members)
+}
+
+/// The answer to a MemberRemove, MemberUpdate or MemberPromote (and a
+/// MemberList): the header and the members.
+pub fn member_change(response_header: &Option<ResponseHeader>, members: &[Member]) -> Json {
+    Obj::default()
+        .opt("header", header(response_header))
+        .list("members", members.iter().map(member).collect())
+        .done()
+}
+
+pub fn member_add(response: &MemberAddResponse) -> Json {
     Obj::default()
         .opt("header", header(&response.header))
+        .opt("member", response.member.as_ref().map(member))
         .list("members", response.members.iter().map(member).collect())
         .done()
 }

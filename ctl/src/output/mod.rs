@@ -12,7 +12,8 @@ pub mod table;
 
 use keel_api::etcdserverpb::{
     AlarmResponse, DeleteRangeResponse, HashKvResponse, LeaseGrantResponse, LeaseKeepAliveResponse,
-    LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberListResponse,
+    LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberAddResponse, MemberListResponse,
+    MemberPromoteResponse, MemberRemoveResponse, MemberUpdateResponse,
     MoveLeaderResponse, PutResponse, RangeResponse, ResponseHeader, StatusResponse, TxnResponse,
     WatchResponse,
 };
@@ -56,6 +57,18 @@ impl Format {
     fn unsupported(self) -> CtlError {
         CtlError::bad_feature(format!("{} not supported as output format", self.name()))
     }
+}
+
+/// A member removed, updated or promoted, and the cluster's answer.
+pub struct MemberChange<'a> {
+    pub id: u64,
+    pub response: MemberChangeResponse<'a>,
+}
+
+pub enum MemberChangeResponse<'a> {
+    Removed(&'a MemberRemoveResponse),
+    Updated(&'a MemberUpdateResponse),
+    Promoted(&'a MemberPromoteResponse),
 }
 
 /// The result of one endpoint's `Maintenance.Status` (`endpoint status`).
@@ -199,6 +212,42 @@ impl Printer {
             Format::Table => table::endpoint_hashkv(&mut out.stdout, hashes),
             Format::Fields => fields::endpoint_hashkv(&mut out.stdout, hashes),
             Format::Protobuf => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    /// etcdctl prints `member add` after the add: table and fields fail then
+    /// (exit 4), with the member already added.
+    pub fn member_add(&self, out: &mut Output, response: &MemberAddResponse, name: &str) -> Result<(), CtlError> {
+        match self.format {
+            Format::Simple => simple::member_add(&mut out.stdout, response, name),
+            Format::Json => json::print(&mut out.stdout, json::member_add(response)),
+            Format::Protobuf => out.stdout.extend(response.encode_to_vec()),
+            Format::Table | Format::Fields => return Err(self.format.unsupported()),
+        }
+        Ok(())
+    }
+
+    /// `member remove|update|promote`, printed after the change.
+    pub fn member_change(&self, out: &mut Output, change: &MemberChange) -> Result<(), CtlError> {
+        let (header, members, protobuf) = match change.response {
+            MemberChangeResponse::Removed(response) => (&response.header, &response.members, response.encode_to_vec()),
+            MemberChangeResponse::Updated(response) => (&response.header, &response.members, response.encode_to_vec()),
+            MemberChangeResponse::Promoted(response) => (&response.header, &response.members, response.encode_to_vec()),
+        };
+        match self.format {
+            Format::Simple => {
+                let verb = match change.response {
+                    MemberChangeResponse::Removed(_) => "removed from",
+                    MemberChangeResponse::Updated(_) => "updated in",
+                    MemberChangeResponse::Promoted(_) => "promoted in",
+                };
+                let cluster_id = header.as_ref().map_or(0, |header| header.cluster_id);
+                simple::member_change(&mut out.stdout, verb, change.id, cluster_id)
+            }
+            Format::Json => json::print(&mut out.stdout, json::member_change(header, members)),
+            Format::Protobuf => out.stdout.extend(protobuf),
+            Format::Table | Format::Fields => return Err(self.format.unsupported()),
         }
         Ok(())
     }

@@ -7,14 +7,15 @@ use std::io::Write;
 use keel_api::etcdserverpb::response_op::Response;
 use keel_api::etcdserverpb::{
     AlarmResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
-    LeaseTimeToLiveResponse, MemberListResponse, PutResponse, RangeResponse, TxnResponse, WatchResponse,
+    LeaseTimeToLiveResponse, MemberAddResponse, MemberListResponse, PutResponse, RangeResponse, TxnResponse,
+    WatchResponse,
 };
 use keel_api::mvccpb::KeyValue;
 
 use super::{
     hashkv_rows, lease_hex, member_rows, status_rows, EndpointHashKv, EndpointHealth, EndpointStatus,
 };
-use crate::go_value_format::{alarm_member_text, hex_escaped};
+use crate::go_value_format::{alarm_member_text, hex_escaped, quote};
 
 // Writes go to an in-memory buffer (`Output`), which cannot fail.
 
@@ -120,6 +121,49 @@ pub fn endpoint_hashkv(out: &mut Vec<u8>, hashes: &[EndpointHashKv]) {
 }
 
 /// Member IDs as etcd's `types.ID` prints them: hex without padding.
+/// etcdctl's `member add`: the new member, then the settings that start it.
+pub fn member_add(out: &mut Vec<u8>, response: &MemberAddResponse, name: &str) {
+    let cluster_id = response.header.as_ref().map_or(0, |header| header.cluster_id);
+    let Some(added) = &response.member else {
+        return;
+    };
+    line(
+        out,
+        format!("Member {:16x} added to cluster {cluster_id:16x}", added.id).as_bytes(),
+    );
+    let initial_cluster: Vec<String> = response
+        .members
+        .iter()
+        .flat_map(|member| {
+            let member_name = if member.id == added.id { name } else { &member.name };
+            member
+                .peer_ur_ls
+                .iter()
+                .map(move |url| format!("{member_name}={url}"))
+        })
+        .collect();
+    line(out, b"");
+    line(out, format!("ETCD_NAME={}", quote(name.as_bytes())).as_bytes());
+    line(
+        out,
+        format!("ETCD_INITIAL_CLUSTER={}", quote(initial_cluster.join(",").as_bytes())).as_bytes(),
+    );
+    line(
+        out,
+        format!(
+            "ETCD_INITIAL_ADVERTISE_PEER_URLS={}",
+            quote(added.peer_ur_ls.join(",").as_bytes())
+        )
+        .as_bytes(),
+    );
+    line(out, b"ETCD_INITIAL_CLUSTER_STATE=\"existing\"");
+}
+
+/// etcdctl's line for a removed, updated or promoted member.
+pub fn member_change(out: &mut Vec<u8>, verb: &str, id: u64, cluster_id: u64) {
+    line(out, format!("Member {id:16x} {verb} cluster {cluster_id:16x}").as_bytes());
+}
+
 pub fn move_leader(out: &mut Vec<u8>, leader: u64, target: u64) {
     line(
         out,
