@@ -8,13 +8,13 @@ use openraft::async_runtime::watch::WatchReceiver;
 use std::sync::Arc;
 
 use keel_api::etcdserverpb::cluster_server::Cluster;
-use keel_api::keelpb::membership_change::Change;
-use keel_api::keelpb::MembershipChange;
 use keel_api::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
     MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
     MemberUpdateResponse,
 };
+use keel_api::keelpb::membership_change::Change;
+use keel_api::keelpb::MembershipChange;
 use tonic::{Request, Response, Status};
 
 use crate::context::MemberContext;
@@ -96,7 +96,10 @@ fn is_voter(membership: &openraft::Membership<u64, keel_raft::MemberNode>, id: u
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn member_add(&self, request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+    async fn member_add(
+        &self,
+        request: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
         let request = request.into_inner();
         let (peer_urls, is_learner) = (request.peer_ur_ls.clone(), request.is_learner);
         let id = self
@@ -138,7 +141,9 @@ impl Cluster for ClusterService {
         let request = request.into_inner();
         let peer_url = request.peer_ur_ls.first().cloned().unwrap_or_default();
         self.change(Change::Update(request), move |membership, id| {
-            membership.get_node(&id).is_some_and(|node| node.peer_url == peer_url)
+            membership
+                .get_node(&id)
+                .is_some_and(|node| node.peer_url == peer_url)
         })
         .await?;
         Ok(Response::new(MemberUpdateResponse {
@@ -164,7 +169,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        self.change(Change::Promote(request.into_inner()), is_voter).await?;
+        self.change(Change::Promote(request.into_inner()), is_voter)
+            .await?;
         Ok(Response::new(MemberPromoteResponse {
             header: self.context.header_now(),
             members: list_members(&self.context),

@@ -90,6 +90,7 @@ fn member_command(
         token,
         heartbeat_interval_ms: flags.heartbeat_interval,
         election_timeout_ms: flags.election_timeout,
+        joins_running_cluster: false,
     };
     let mut command = Command::new(exe);
     command

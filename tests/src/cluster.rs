@@ -97,6 +97,10 @@ pub enum MemberState {
 
 struct Member {
     name: String,
+    /// For a member added to the running cluster: the `--initial-cluster`
+    /// `member add` printed (it then starts with `--initial-cluster-state
+    /// existing`).
+    joining_cluster: Option<String>,
     client_port: u16,
     peer_port: u16,
     data_dir: PathBuf,
@@ -154,6 +158,7 @@ impl Cluster {
                 None => (free_port()?, free_port()?),
             };
             members.push(Member {
+                joining_cluster: None,
                 data_dir: root.join(format!("{name}.data")),
                 log_path: root.join(format!("{name}.log")),
                 name,
@@ -264,10 +269,11 @@ impl Cluster {
             data_dir: &member.data_dir,
             client_url: &client_url,
             peer_url: &peer_url,
-            initial_cluster: &self.initial_cluster,
+            initial_cluster: member.joining_cluster.as_deref().unwrap_or(&self.initial_cluster),
             token: &self.token,
             heartbeat_interval_ms: self.options.heartbeat_interval_ms,
             election_timeout_ms: self.options.election_timeout_ms,
+            joins_running_cluster: member.joining_cluster.is_some(),
         }
         .args();
         if let Some(count) = self.options.snapshot_count {
@@ -435,6 +441,52 @@ impl Cluster {
     /// Member `index`'s peer port.
     pub fn peer_port(&self, index: usize) -> u16 {
         self.members[index].peer_port
+    }
+
+    /// `http://127.0.0.1:<peer port>` of member `index`.
+    pub fn peer_url(&self, index: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[index].peer_port)
+    }
+
+    /// Picks the ports and data dir of a new member named `name`, not
+    /// started yet (its peer URL is what `member add` needs); returns its
+    /// index.
+    pub fn prepare_member(&mut self, name: &str) -> Result<usize, FixtureError> {
+        let root = self.dir().to_path_buf();
+        self.members.push(Member {
+            name: name.to_string(),
+            joining_cluster: None,
+            client_port: free_port()?,
+            peer_port: free_port()?,
+            data_dir: root.join(format!("{name}.data")),
+            log_path: root.join(format!("{name}.log")),
+            child: None,
+            paused: false,
+        });
+        Ok(self.members.len() - 1)
+    }
+
+    /// Starts prepared member `index` as one added to the running cluster,
+    /// with the `--initial-cluster` that `member add` printed.
+    pub fn start_joining(&mut self, index: usize, initial_cluster: &str) -> Result<(), FixtureError> {
+        self.members[index].joining_cluster = Some(initial_cluster.to_string());
+        self.launch(index)
+    }
+
+    /// Waits until member `index`'s process exits; its status, or `None`
+    /// when it still runs after `limit`.
+    pub async fn wait_for_exit(&mut self, index: usize, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let child = self.members[index].child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

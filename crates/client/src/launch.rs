@@ -23,6 +23,9 @@ pub struct MemberLaunch<'a> {
     pub token: &'a str,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
+    /// A member added to a running cluster (`--initial-cluster-state
+    /// existing`), not one of a new cluster's first members.
+    pub joins_running_cluster: bool,
 }
 
 impl MemberLaunch<'_> {
@@ -37,7 +40,15 @@ impl MemberLaunch<'_> {
             ("--initial-advertise-peer-urls", self.peer_url.into()),
             ("--initial-cluster", self.initial_cluster.into()),
             ("--initial-cluster-token", self.token.into()),
-            ("--initial-cluster-state", "new".into()),
+            (
+                "--initial-cluster-state",
+                if self.joins_running_cluster {
+                    "existing"
+                } else {
+                    "new"
+                }
+                .into(),
+            ),
             (
                 "--heartbeat-interval",
                 self.heartbeat_interval_ms.to_string().into(),
@@ -135,6 +146,7 @@ mod tests {
             token: "t",
             heartbeat_interval_ms: 100,
             election_timeout_ms: 1000,
+            joins_running_cluster: false,
         };
         let args: Vec<String> = member
             .args()

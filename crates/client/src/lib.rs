@@ -35,11 +35,11 @@ use keel_api::etcdserverpb::kv_client::KvClient;
 use keel_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_api::etcdserverpb::{
     alarm_request, AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, HashKvRequest, HashKvResponse, MemberAddRequest, MemberAddResponse, MemberListRequest,
-    MemberListResponse, MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
-    MemberUpdateRequest, MemberUpdateResponse,
-    MoveLeaderRequest, MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    DeleteRangeResponse, HashKvRequest, HashKvResponse, MemberAddRequest, MemberAddResponse,
+    MemberListRequest, MemberListResponse, MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest,
+    MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse, TxnRequest, TxnResponse,
 };
 use keel_api::WireError;
 use tonic::transport::{Channel, Endpoint};
@@ -308,7 +308,11 @@ impl Client {
     }
 
     /// etcd's MemberAdd: a voter, or a learner with `is_learner`.
-    pub async fn member_add(&self, peer_urls: Vec<String>, is_learner: bool) -> Result<MemberAddResponse, ClientError> {
+    pub async fn member_add(
+        &self,
+        peer_urls: Vec<String>,
+        is_learner: bool,
+    ) -> Result<MemberAddResponse, ClientError> {
         self.call(Retry::Write, move |channel| {
             let request = MemberAddRequest {
                 peer_ur_ls: peer_urls.clone(),
@@ -321,13 +325,21 @@ impl Client {
 
     pub async fn member_remove(&self, id: u64) -> Result<MemberRemoveResponse, ClientError> {
         self.call(Retry::Write, move |channel| {
-            Box::pin(async move { ClusterClient::new(channel).member_remove(MemberRemoveRequest { id }).await })
+            Box::pin(async move {
+                ClusterClient::new(channel)
+                    .member_remove(MemberRemoveRequest { id })
+                    .await
+            })
         })
         .await
     }
 
     /// etcd's MemberUpdate: the member's new peer URLs.
-    pub async fn member_update(&self, id: u64, peer_urls: Vec<String>) -> Result<MemberUpdateResponse, ClientError> {
+    pub async fn member_update(
+        &self,
+        id: u64,
+        peer_urls: Vec<String>,
+    ) -> Result<MemberUpdateResponse, ClientError> {
         self.call(Retry::Write, move |channel| {
             let request = MemberUpdateRequest {
                 id,
@@ -341,7 +353,11 @@ impl Client {
     /// etcd's MemberPromote: a learner in sync with the leader becomes a voter.
     pub async fn member_promote(&self, id: u64) -> Result<MemberPromoteResponse, ClientError> {
         self.call(Retry::Write, move |channel| {
-            Box::pin(async move { ClusterClient::new(channel).member_promote(MemberPromoteRequest { id }).await })
+            Box::pin(async move {
+                ClusterClient::new(channel)
+                    .member_promote(MemberPromoteRequest { id })
+                    .await
+            })
         })
         .await
     }

@@ -145,7 +145,16 @@ where
             };
             return Err(RPCError::Unreachable(Unreachable::new(&failure)));
         }
-        Ok(Err(status)) => return Err(rpc_failure(status)),
+        Ok(Err(status)) => {
+            if keel_client::never_reached_server(&status) {
+                // openraft opens the next session at once, and its backoff
+                // delays only a session's requests, which a refused
+                // connection never reads: without this pause a leader
+                // redials a stopped peer thousands of times a second.
+                tokio::time::sleep(patience).await;
+            }
+            return Err(rpc_failure(status));
+        }
         Ok(Ok(answers)) => answers.into_inner(),
     };
     let state = AnswerState {

@@ -21,7 +21,10 @@ pub enum JoinError {
 
 /// Asks the members at `peer_urls`, in turn, for the cluster's id and
 /// members until one answers or `limit` passes.
-pub async fn ask_cluster_members(peer_urls: &[String], limit: Duration) -> Result<ClusterMembersResponse, JoinError> {
+pub async fn ask_cluster_members(
+    peer_urls: &[String],
+    limit: Duration,
+) -> Result<ClusterMembersResponse, JoinError> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut last_error = "no peer URL to ask".to_string();
     loop {

@@ -83,7 +83,10 @@ impl MembershipChanges {
                 deadline,
                 |at| async move {
                     match at {
-                        LeaderAt::Here => self.change_as_leader(change.clone()).await.map_err(AttemptFailure::Here),
+                        LeaderAt::Here => self
+                            .change_as_leader(change.clone())
+                            .await
+                            .map_err(AttemptFailure::Here),
                         LeaderAt::Peer(mut client) => {
                             let mut request = tonic::Request::new(change.clone());
                             request.set_timeout(deadline.saturating_duration_since(Instant::now()));
@@ -117,7 +120,11 @@ impl MembershipChanges {
 
     async fn add(&self, view: &ClusterView, add: MemberAddRequest) -> Result<NodeId, RequestError> {
         let peer_url = checked_peer_url(&add.peer_ur_ls)?;
-        if view.nodes.values().any(|node| add.peer_ur_ls.contains(&node.peer_url)) {
+        if view
+            .nodes
+            .values()
+            .any(|node| add.peer_ur_ls.contains(&node.peer_url))
+        {
             return Err(WireError::PeerUrlExists.into());
         }
         if add.is_learner {
@@ -233,8 +240,12 @@ impl MembershipChanges {
             .max_by_key(|id| view.matched.get(id).copied().flatten());
         if let Some(successor) = successor {
             tracing::info!(to = %format!("{successor:x}"), "handing leadership over before removing this member");
-            if let Err(error) =
-                crate::leader_transfer::transfer_leadership(&self.raft, *successor, SELF_REMOVAL_TRANSFER_LIMIT).await
+            if let Err(error) = crate::leader_transfer::transfer_leadership(
+                &self.raft,
+                *successor,
+                SELF_REMOVAL_TRANSFER_LIMIT,
+            )
+            .await
             {
                 tracing::warn!(%error, "leadership handover before self-removal failed");
             }
@@ -277,7 +288,10 @@ fn added_member_id(peer_urls: &[String], cluster_token: &str, salt: u128) -> Nod
 /// port without a path (etcd's `types.NewURLs`); keel dials the first.
 fn checked_peer_url(peer_urls: &[String]) -> Result<String, RequestError> {
     let valid = |url: &String| {
-        let Some(rest) = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")) else {
+        let Some(rest) = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+        else {
             return false;
         };
         let authority = rest.trim_end_matches('/');
@@ -372,14 +386,26 @@ mod tests {
 
     #[test]
     fn member_urls_are_checked_as_etcd_checks_them() {
-        for good in [vec!["http://127.0.0.1:2380"], vec!["https://a.example:1", "http://b:2"]] {
+        for good in [
+            vec!["http://127.0.0.1:2380"],
+            vec!["https://a.example:1", "http://b:2"],
+        ] {
             let urls: Vec<String> = good.iter().map(|u| u.to_string()).collect();
             assert_eq!(checked_peer_url(&urls).ok(), Some(urls[0].clone()));
         }
-        for bad in [vec![], vec!["127.0.0.1:2380"], vec!["http://127.0.0.1"], vec!["http://h:1/path"], vec!["http://h:1", "ftp://h:2"]] {
+        for bad in [
+            vec![],
+            vec!["127.0.0.1:2380"],
+            vec!["http://127.0.0.1"],
+            vec!["http://h:1/path"],
+            vec!["http://h:1", "ftp://h:2"],
+        ] {
             let urls: Vec<String> = bad.iter().map(|u| u.to_string()).collect();
             assert!(
-                matches!(checked_peer_url(&urls), Err(RequestError::Wire(WireError::MemberBadUrls))),
+                matches!(
+                    checked_peer_url(&urls),
+                    Err(RequestError::Wire(WireError::MemberBadUrls))
+                ),
                 "{urls:?}"
             );
         }
@@ -398,7 +424,15 @@ mod tests {
             voters: voters.iter().copied().collect(),
             nodes: voters
                 .iter()
-                .map(|id| (*id, MemberNode { name: String::new(), peer_url: format!("http://h:{id}") }))
+                .map(|id| {
+                    (
+                        *id,
+                        MemberNode {
+                            name: String::new(),
+                            peer_url: format!("http://h:{id}"),
+                        },
+                    )
+                })
                 .collect(),
             started: started.iter().copied().collect(),
             connected: connected.iter().copied().collect(),

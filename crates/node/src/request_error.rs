@@ -93,9 +93,8 @@ const REFUSED_MEMBER_REMOVED: &str = "member-removed";
 
 /// A peer's refusal of a message from `sender`, whom the cluster removed.
 pub(crate) fn member_removed_refusal(sender: u64) -> Status {
-    let mut refusal = Status::failed_precondition(format!(
-        "keel: member {sender:x} was removed from the cluster"
-    ));
+    let mut refusal =
+        Status::failed_precondition(format!("keel: member {sender:x} was removed from the cluster"));
     refusal.metadata_mut().insert(
         REFUSED_METADATA_KEY,
         tonic::metadata::MetadataValue::from_static(REFUSED_MEMBER_REMOVED),

@@ -116,6 +116,18 @@ impl Peer for ScriptedReceiver {
     async fn transfer_leader(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         Err(Status::unimplemented("scripted receiver"))
     }
+    async fn change_membership(
+        &self,
+        _: Request<keel_api::keelpb::MembershipChange>,
+    ) -> Result<Response<keel_api::keelpb::MembershipChangeOutcome>, Status> {
+        Err(Status::unimplemented("scripted receiver"))
+    }
+    async fn cluster_members(
+        &self,
+        _: Request<keel_api::keelpb::ClusterMembersRequest>,
+    ) -> Result<Response<keel_api::keelpb::ClusterMembersResponse>, Status> {
+        Err(Status::unimplemented("scripted receiver"))
+    }
 }
 
 /// Serves `script` on a free 127.0.0.1 port; returns the receiver's member
@@ -263,5 +275,35 @@ async fn a_request_on_a_cut_link_is_not_sent_and_ends_the_session_as_unreachable
     assert!(
         matches!(reopened, Err(RPCError::Unreachable(_))),
         "a new session on a cut link opens"
+    );
+}
+
+/// Regression (a leader redialed a stopped follower thousands of times a
+/// second, one core busy): openraft opens a new session as soon as one
+/// fails, and its backoff delays only requests, which a refused connection
+/// never reads; so a refused session reports its failure only after the
+/// session's patience (soft_ttl).
+#[tokio::test]
+async fn a_refused_connection_fails_the_session_only_after_its_patience() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node = MemberNode {
+        name: "stopped".into(),
+        peer_url: format!("http://{}", closed.local_addr().unwrap()),
+    };
+    drop(closed);
+    let mut connection = PeerNetwork::new().new_client(TARGET_ID, &node).await;
+    let (_requests, input) = mpsc::unbounded();
+    let option = RPCOption::new(Duration::from_millis(200));
+    let soft_ttl = option.soft_ttl();
+    let started = tokio::time::Instant::now();
+    let opened = connection.stream_append(input, option).await;
+    assert!(
+        matches!(opened, Err(RPCError::Unreachable(_))),
+        "not refused as unreachable"
+    );
+    assert!(
+        started.elapsed() >= soft_ttl,
+        "refused after {:?}, sooner than the session's patience {soft_ttl:?}",
+        started.elapsed()
     );
 }

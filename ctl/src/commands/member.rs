@@ -83,7 +83,8 @@ pub async fn promote(ctx: &Ctx, args: &MemberIdArgs) -> Result<Output, CtlError>
 
 fn print_change(ctx: &Ctx, id: u64, response: MemberChangeResponse<'_>) -> Result<Output, CtlError> {
     let mut out = Output::default();
-    ctx.printer.member_change(&mut out, &MemberChange { id, response })?;
+    ctx.printer
+        .member_change(&mut out, &MemberChange { id, response })?;
     Ok(out)
 }
 

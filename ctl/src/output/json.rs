@@ -14,8 +14,9 @@ use base64::Engine as _;
 use keel_api::etcdserverpb::response_op::Response;
 use keel_api::etcdserverpb::{
     AlarmResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
-    LeaseRevokeResponse, LeaseTimeToLiveResponse, Member, MemberAddResponse, MemberListResponse, MoveLeaderResponse,
-    PutResponse, RangeResponse, ResponseHeader, StatusResponse, TxnResponse, WatchResponse,
+    LeaseRevokeResponse, LeaseTimeToLiveResponse, Member, MemberAddResponse, MemberListResponse,
+    MoveLeaderResponse, PutResponse, RangeResponse, ResponseHeader, StatusResponse, TxnResponse,
+    WatchResponse,
 };
 use keel_api::mvccpb::{Event, KeyValue};
 

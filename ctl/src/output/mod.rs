@@ -13,9 +13,8 @@ pub mod table;
 use keel_api::etcdserverpb::{
     AlarmResponse, DeleteRangeResponse, HashKvResponse, LeaseGrantResponse, LeaseKeepAliveResponse,
     LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberAddResponse, MemberListResponse,
-    MemberPromoteResponse, MemberRemoveResponse, MemberUpdateResponse,
-    MoveLeaderResponse, PutResponse, RangeResponse, ResponseHeader, StatusResponse, TxnResponse,
-    WatchResponse,
+    MemberPromoteResponse, MemberRemoveResponse, MemberUpdateResponse, MoveLeaderResponse, PutResponse,
+    RangeResponse, ResponseHeader, StatusResponse, TxnResponse, WatchResponse,
 };
 use keel_api::mvccpb::event::EventType;
 use prost::Message;
@@ -218,7 +217,12 @@ impl Printer {
 
     /// etcdctl prints `member add` after the add: table and fields fail then
     /// (exit 4), with the member already added.
-    pub fn member_add(&self, out: &mut Output, response: &MemberAddResponse, name: &str) -> Result<(), CtlError> {
+    pub fn member_add(
+        &self,
+        out: &mut Output,
+        response: &MemberAddResponse,
+        name: &str,
+    ) -> Result<(), CtlError> {
         match self.format {
             Format::Simple => simple::member_add(&mut out.stdout, response, name),
             Format::Json => json::print(&mut out.stdout, json::member_add(response)),
@@ -231,9 +235,15 @@ impl Printer {
     /// `member remove|update|promote`, printed after the change.
     pub fn member_change(&self, out: &mut Output, change: &MemberChange) -> Result<(), CtlError> {
         let (header, members, protobuf) = match change.response {
-            MemberChangeResponse::Removed(response) => (&response.header, &response.members, response.encode_to_vec()),
-            MemberChangeResponse::Updated(response) => (&response.header, &response.members, response.encode_to_vec()),
-            MemberChangeResponse::Promoted(response) => (&response.header, &response.members, response.encode_to_vec()),
+            MemberChangeResponse::Removed(response) => {
+                (&response.header, &response.members, response.encode_to_vec())
+            }
+            MemberChangeResponse::Updated(response) => {
+                (&response.header, &response.members, response.encode_to_vec())
+            }
+            MemberChangeResponse::Promoted(response) => {
+                (&response.header, &response.members, response.encode_to_vec())
+            }
         };
         match self.format {
             Format::Simple => {

@@ -146,7 +146,11 @@ pub fn member_add(out: &mut Vec<u8>, response: &MemberAddResponse, name: &str) {
     line(out, format!("ETCD_NAME={}", quote(name.as_bytes())).as_bytes());
     line(
         out,
-        format!("ETCD_INITIAL_CLUSTER={}", quote(initial_cluster.join(",").as_bytes())).as_bytes(),
+        format!(
+            "ETCD_INITIAL_CLUSTER={}",
+            quote(initial_cluster.join(",").as_bytes())
+        )
+        .as_bytes(),
     );
     line(
         out,
@@ -161,7 +165,10 @@ pub fn member_add(out: &mut Vec<u8>, response: &MemberAddResponse, name: &str) {
 
 /// etcdctl's line for a removed, updated or promoted member.
 pub fn member_change(out: &mut Vec<u8>, verb: &str, id: u64, cluster_id: u64) {
-    line(out, format!("Member {id:16x} {verb} cluster {cluster_id:16x}").as_bytes());
+    line(
+        out,
+        format!("Member {id:16x} {verb} cluster {cluster_id:16x}").as_bytes(),
+    );
 }
 
 pub fn move_leader(out: &mut Vec<u8>, leader: u64, target: u64) {
