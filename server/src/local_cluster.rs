@@ -1,8 +1,11 @@
 //! `keel local-cluster`: runs a 3- or 5-member cluster of real `keel`
 //! processes on 127.0.0.1 from one command, streams their logs with a
 //! per-member prefix, reports a member that dies, and on Ctrl-C or SIGTERM
-//! stops every member cleanly. Run again on the same data dir, it resumes
-//! the same cluster with its data.
+//! stops every member cleanly. While it runs, lines on its standard input
+//! add a member (`add`) or remove one (`remove keel2`) through etcd's
+//! membership calls, so a member replacement can be practised on one
+//! machine. Run again on the same data dir, it resumes the same cluster,
+//! with the members it had (`local_cluster_roster.rs`), and its data.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -10,16 +13,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use keel_client::launch::{wait_for_leader, LeaderWaitError, MemberLaunch};
+use keel_client::{Client, ClientConfig};
+
+use crate::local_cluster_roster::{Roster, RosterMember};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
-/// Client port offsets from --base-port, as in etcd's local Procfile
-/// (2379, 22379, 32379, 42379, 52379); each peer port is the client port + 1.
-const CLIENT_PORT_OFFSETS: [u16; 5] = [0, 20000, 30000, 40000, 50000];
-
 #[derive(Debug, Clone, clap::Args)]
 pub struct LocalClusterFlags {
-    /// Number of members (3 or 5; at most 5).
+    /// Number of members (3 or 5; at most 5). A data dir that holds a local
+    /// cluster resumes it with the members it has.
     #[arg(long, default_value_t = 3)]
     pub size: usize,
     /// Directory holding one data dir per member.
@@ -39,43 +42,9 @@ pub struct LocalClusterFlags {
     pub election_timeout: u64,
 }
 
-struct PlannedMember {
-    name: String,
-    client_url: String,
-    peer_url: String,
-}
-
-fn plan(flags: &LocalClusterFlags) -> anyhow::Result<Vec<PlannedMember>> {
-    if flags.size == 0 || flags.size > CLIENT_PORT_OFFSETS.len() {
-        bail!("--size must be between 1 and {}", CLIENT_PORT_OFFSETS.len());
-    }
-    CLIENT_PORT_OFFSETS[..flags.size]
-        .iter()
-        .enumerate()
-        .map(|(index, offset)| {
-            let client_port = flags
-                .base_port
-                .checked_add(*offset)
-                .and_then(|p| p.checked_add(1).map(|_| p));
-            let Some(client_port) = client_port else {
-                bail!(
-                    "--base-port {} leaves no room for {} members' ports",
-                    flags.base_port,
-                    flags.size
-                );
-            };
-            Ok(PlannedMember {
-                name: format!("keel{}", index + 1),
-                client_url: format!("http://127.0.0.1:{client_port}"),
-                peer_url: format!("http://127.0.0.1:{}", client_port + 1),
-            })
-        })
-        .collect()
-}
-
 fn member_command(
     flags: &LocalClusterFlags,
-    member: &PlannedMember,
+    member: &RosterMember,
     initial_cluster: &str,
     token: &str,
 ) -> anyhow::Result<Command> {
@@ -90,7 +59,7 @@ fn member_command(
         token,
         heartbeat_interval_ms: flags.heartbeat_interval,
         election_timeout_ms: flags.election_timeout,
-        joins_running_cluster: false,
+        joins_running_cluster: member.joined,
     };
     let mut command = Command::new(exe);
     command
@@ -143,62 +112,83 @@ struct RunningMember {
     exited: bool,
 }
 
-pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
-    let members = plan(&flags)?;
-    if flags.size.is_multiple_of(2) {
-        eprintln!(
-            "warning: a cluster of {} members tolerates no more failures than one of {}; prefer 3 or 5",
-            flags.size,
-            flags.size - 1
-        );
-    }
-    std::fs::create_dir_all(&flags.data_dir)
-        .with_context(|| format!("cannot create {}", flags.data_dir.display()))?;
-    let initial_cluster = members
-        .iter()
-        .map(|m| format!("{}={}", m.name, m.peer_url))
-        .collect::<Vec<_>>()
-        .join(",");
-    let token = "keel-local-cluster";
-    // Installed before any member starts, so a signal that arrives while
-    // they start still stops them cleanly.
-    let mut signals = crate::signals::ShutdownSignals::install()?;
-    let mut running = Vec::new();
-    let mut log_streams = Vec::new();
-    for member in &members {
-        let mut child = member_command(&flags, member, &initial_cluster, token)?
+/// The members' processes and their log streams.
+struct RunningMembers {
+    members: Vec<RunningMember>,
+    log_streams: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningMembers {
+    fn start(
+        &mut self,
+        flags: &LocalClusterFlags,
+        member: &RosterMember,
+        initial_cluster: &str,
+    ) -> anyhow::Result<()> {
+        let mut child = member_command(flags, member, initial_cluster, CLUSTER_TOKEN)?
             .spawn()
             .with_context(|| format!("cannot start member {}", member.name))?;
         if let Some(stdout) = child.stdout.take() {
-            log_streams.push(stream_lines(member.name.clone(), stdout, flags.quiet));
+            self.log_streams
+                .push(stream_lines(member.name.clone(), stdout, flags.quiet));
         }
         if let Some(stderr) = child.stderr.take() {
-            log_streams.push(stream_lines(member.name.clone(), stderr, flags.quiet));
+            self.log_streams
+                .push(stream_lines(member.name.clone(), stderr, flags.quiet));
         }
-        running.push(RunningMember {
+        self.members.push(RunningMember {
             name: member.name.clone(),
             client_url: member.client_url.clone(),
             child,
             exited: false,
         });
+        Ok(())
+    }
+}
+
+const CLUSTER_TOKEN: &str = "keel-local-cluster";
+
+pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&flags.data_dir)
+        .with_context(|| format!("cannot create {}", flags.data_dir.display()))?;
+    let mut roster = match Roster::load(&flags.data_dir)? {
+        Some(roster) => roster,
+        None => {
+            let roster = Roster::plan(flags.size, flags.base_port)?;
+            roster.save(&flags.data_dir)?;
+            roster
+        }
+    };
+    if roster.members.len().is_multiple_of(2) {
+        eprintln!(
+            "warning: a cluster of {} members tolerates no more failures than one of {}; prefer 3 or 5",
+            roster.members.len(),
+            roster.members.len() - 1
+        );
+    }
+    // Installed before any member starts, so a signal that arrives while
+    // they start still stops them cleanly.
+    let mut signals = crate::signals::ShutdownSignals::install()?;
+    let mut running = RunningMembers {
+        members: Vec::new(),
+        log_streams: Vec::new(),
+    };
+    for member in &roster.members {
+        running.start(&flags, member, &roster.initial_cluster_for(member))?;
     }
 
-    let endpoints: Vec<String> = members
-        .iter()
-        .map(|m| m.client_url.trim_start_matches("http://").to_string())
-        .collect();
-    let asked: Vec<Option<String>> = endpoints.iter().cloned().map(Some).collect();
+    let asked: Vec<Option<String>> = roster.client_endpoints().into_iter().map(Some).collect();
     let leader_deadline = Duration::from_millis(flags.election_timeout * 20).max(Duration::from_secs(20));
     let first_exited = |running: &mut [RunningMember]| {
         report_exited(running);
         running.iter().find(|m| m.exited).map(|m| m.name.clone())
     };
     let waited = tokio::select! {
-        waited = wait_for_leader(&asked, leader_deadline, LEADER_POLL, || first_exited(&mut running)) => waited,
-        _ = signals.recv() => return stop_all(&mut running, log_streams).await,
+        waited = wait_for_leader(&asked, leader_deadline, LEADER_POLL, || first_exited(&mut running.members)) => waited,
+        _ = signals.recv() => return stop_all(running).await,
     };
     if let Err(error) = waited {
-        let _ = stop_all(&mut running, log_streams).await;
+        let _ = stop_all(running).await;
         match error {
             LeaderWaitError::MemberExited { member } => {
                 bail!("member {member} exited before the cluster elected a leader; see its log above")
@@ -208,28 +198,114 @@ pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
             }
         }
     }
-    println!("keel local cluster of {} members is up:", running.len());
-    for member in &running {
+    println!("keel local cluster of {} members is up:", running.members.len());
+    for member in &running.members {
         let pid = member
             .child
             .id()
             .map_or_else(|| "?".to_string(), |pid| pid.to_string());
         println!("  {}  {}  pid {}", member.name, member.client_url, pid);
     }
-    println!("export KEELCTL_ENDPOINTS={}", endpoints.join(","));
+    println!("export KEELCTL_ENDPOINTS={}", roster.client_endpoints().join(","));
+    println!("type `add` to add a member, `remove <name>` to remove one, `members` to list them");
 
+    let mut commands = Some(BufReader::new(tokio::io::stdin()).lines());
     loop {
         tokio::select! {
             _ = signals.recv() => break,
+            line = next_command(&mut commands) => match line {
+                Some(line) => {
+                    if let Err(error) = run_command(&flags, &mut roster, &mut running, line.trim()).await {
+                        eprintln!("{}: {error:#}", line.trim());
+                    }
+                }
+                // Standard input closed: no more commands.
+                None => commands = None,
+            },
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                report_exited(&mut running);
-                if running.iter().all(|m| m.exited) {
+                report_exited(&mut running.members);
+                if running.members.iter().all(|m| m.exited) {
                     bail!("every member has exited; stopping");
                 }
             }
         }
     }
-    stop_all(&mut running, log_streams).await
+    stop_all(running).await
+}
+
+/// The next line of standard input; pending forever once it closed.
+async fn next_command(
+    commands: &mut Option<tokio::io::Lines<BufReader<tokio::io::Stdin>>>,
+) -> Option<String> {
+    match commands {
+        Some(lines) => lines.next_line().await.ok().flatten(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs one control command typed on local-cluster's standard input.
+async fn run_command(
+    flags: &LocalClusterFlags,
+    roster: &mut Roster,
+    running: &mut RunningMembers,
+    line: &str,
+) -> anyhow::Result<()> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let client = || {
+        Client::connect_lazy(
+            ClientConfig::new(roster.client_endpoints()).with_request_timeout(Duration::from_secs(15)),
+        )
+    };
+    match words.as_slice() {
+        [] => Ok(()),
+        ["add"] => {
+            let member = roster.next_member(flags.base_port)?;
+            let added = client()?.member_add(vec![member.peer_url.clone()], false).await?;
+            let id = added.member.map_or(0, |m| m.id);
+            roster.members.push(member.clone());
+            roster.last_number += 1;
+            roster.save(&flags.data_dir)?;
+            running.start(flags, &member, &roster.initial_cluster_for(&member))?;
+            println!(
+                "added member {} ({id:x}) at {}; it joins with --initial-cluster-state existing",
+                member.name, member.client_url
+            );
+            Ok(())
+        }
+        ["remove", name] => {
+            let Some(position) = roster.members.iter().position(|m| m.name == *name) else {
+                bail!("no member named {name:?}");
+            };
+            let client = client()?;
+            let listed = client.member_list().await?;
+            let peer_url = &roster.members[position].peer_url;
+            let Some(id) = listed
+                .members
+                .iter()
+                .find(|m| m.peer_ur_ls.contains(peer_url))
+                .map(|m| m.id)
+            else {
+                bail!("the cluster lists no member at {peer_url}");
+            };
+            client.member_remove(id).await?;
+            roster.members.remove(position);
+            roster.save(&flags.data_dir)?;
+            if let Some(removed) = running.members.iter_mut().find(|m| m.name == *name) {
+                // It stops by itself once it learns it was removed.
+                removed.exited = true;
+                let _ = tokio::time::timeout(Duration::from_secs(10), removed.child.wait()).await;
+            }
+            println!("removed member {name} ({id:x}); its data dir can be deleted");
+            Ok(())
+        }
+        ["members"] => {
+            for member in &roster.members {
+                println!("  {}  {}  {}", member.name, member.client_url, member.peer_url);
+            }
+            Ok(())
+        }
+        _ => bail!("unknown command; type `add`, `remove <name>` or `members`"),
+    }
 }
 
 /// Reports (by name, with the exit status) each member that exited since
@@ -252,10 +328,9 @@ fn report_exited(running: &mut [RunningMember]) -> usize {
 /// SIGTERMs every running member and waits for each; a member still up
 /// 10 s later is killed, and then local-cluster reports an error (it did
 /// not stop cleanly). Waits briefly for the members' last log lines.
-async fn stop_all(
-    running: &mut [RunningMember],
-    log_streams: Vec<tokio::task::JoinHandle<()>>,
-) -> anyhow::Result<()> {
+async fn stop_all(mut running: RunningMembers) -> anyhow::Result<()> {
+    let log_streams = std::mem::take(&mut running.log_streams);
+    let running = &mut running.members;
     for member in running.iter_mut().filter(|m| !m.exited) {
         if let Some(pid) = member.child.id() {
             let _ = nix::sys::signal::kill(
@@ -285,45 +360,4 @@ async fn stop_all(
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn flags(size: usize, base_port: u16) -> LocalClusterFlags {
-        LocalClusterFlags {
-            size,
-            data_dir: PathBuf::from("d"),
-            base_port,
-            quiet: true,
-            heartbeat_interval: 100,
-            election_timeout: 1000,
-        }
-    }
-
-    #[test]
-    fn ports_follow_etcds_local_layout_and_shift_with_base_port() {
-        let members = plan(&flags(5, 2379)).expect("plan");
-        let clients: Vec<&str> = members.iter().map(|m| m.client_url.as_str()).collect();
-        assert_eq!(
-            clients,
-            [
-                "http://127.0.0.1:2379",
-                "http://127.0.0.1:22379",
-                "http://127.0.0.1:32379",
-                "http://127.0.0.1:42379",
-                "http://127.0.0.1:52379"
-            ]
-        );
-        assert_eq!(members[1].peer_url, "http://127.0.0.1:22380");
-        let shifted = plan(&flags(3, 3379)).expect("plan");
-        assert_eq!(shifted[2].client_url, "http://127.0.0.1:33379");
-    }
-
-    #[test]
-    fn sizes_beyond_five_or_ports_beyond_range_are_refused() {
-        assert!(plan(&flags(6, 2379)).is_err());
-        assert!(plan(&flags(5, 20000)).is_err());
-    }
 }
