@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 mod authority_repair;
+mod client_tls;
 mod cluster_service;
 pub mod config;
 pub mod config_file;
