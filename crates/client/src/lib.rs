@@ -489,6 +489,22 @@ async fn probe(mut maintenance: MaintenanceClient<Channel>) -> Result<(), String
         Ok(_) => Ok(()),
         // An answer of any kind proves the endpoint is reachable.
         Err(status) if !transport_failure(&status) => Ok(()),
-        Err(status) => Err(status.message().to_string()),
+        Err(status) => Err(failure_text(&status)),
+    }
+}
+
+/// A transport failure's message with its innermost cause (a TLS alert,
+/// a refused connection), which tonic's message alone ("transport error")
+/// leaves out.
+fn failure_text(status: &Status) -> String {
+    let mut innermost = None;
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        innermost = Some(error);
+        source = error.source();
+    }
+    match innermost.map(|error| error.to_string()) {
+        Some(cause) if !status.message().contains(&cause) => format!("{}: {cause}", status.message()),
+        _ => status.message().to_string(),
     }
 }

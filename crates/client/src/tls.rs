@@ -112,6 +112,20 @@ pub enum TlsError {
     ClientVerifier(#[from] rustls::server::VerifierBuilderError),
 }
 
+impl TlsError {
+    /// The file that could not be opened or read, and the I/O error.
+    pub fn unreadable_file(&self) -> Option<(&Path, &std::io::Error)> {
+        match self {
+            TlsError::Pem {
+                path,
+                source: rustls::pki_types::pem::Error::Io(io),
+                ..
+            } => Some((path, io)),
+            _ => None,
+        }
+    }
+}
+
 /// The process's cryptography: rustls' ring provider.
 pub fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -340,13 +354,9 @@ mod tests {
             ..TlsOptions::default()
         };
         let error = client_tls_config(&options).unwrap_err();
-        assert!(matches!(
-            error,
-            TlsError::Pem {
-                source: rustls::pki_types::pem::Error::Io(_),
-                ..
-            }
-        ));
+        let (path, io) = error.unreadable_file().expect("an unreadable file");
+        assert_eq!(path, Path::new("/nonexistent/ca.pem"));
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
         assert!(error.to_string().contains("/nonexistent/ca.pem"));
     }
 
