@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use keel_client::launch::{wait_for_leader, LeaderWaitError, MemberLaunch};
+use keel_client::TlsOptions;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
@@ -187,13 +188,14 @@ pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
         .map(|m| m.client_url.trim_start_matches("http://").to_string())
         .collect();
     let asked: Vec<Option<String>> = endpoints.iter().cloned().map(Some).collect();
+    let plaintext = TlsOptions::default();
     let leader_deadline = Duration::from_millis(flags.election_timeout * 20).max(Duration::from_secs(20));
     let first_exited = |running: &mut [RunningMember]| {
         report_exited(running);
         running.iter().find(|m| m.exited).map(|m| m.name.clone())
     };
     let waited = tokio::select! {
-        waited = wait_for_leader(&asked, leader_deadline, LEADER_POLL, || first_exited(&mut running)) => waited,
+        waited = wait_for_leader(&asked, &plaintext, leader_deadline, LEADER_POLL, || first_exited(&mut running)) => waited,
         _ = signals.recv() => return stop_all(&mut running, log_streams).await,
     };
     if let Err(error) = waited {
