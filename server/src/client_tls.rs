@@ -3,7 +3,9 @@
 //! even when certificates are given. `--trusted-ca-file` or
 //! `--client-cert-auth` make the port require a client certificate signed by
 //! the trusted CAs (etcd requires one as soon as a trusted CA file is given),
-//! and `--client-crl-file` refuses the certificates it revokes. ALPN offers
+//! and `--client-crl-file` refuses the certificates it revokes;
+//! `--auto-tls` serves a self-signed certificate instead, and
+//! `--cipher-suites` limits TLS 1.2's suites (see tls_options.rs). ALPN offers
 //! `h2` and `http/1.1`, so gRPC, the JSON gateway, /health, /version and
 //! /metrics all work over TLS on the one port.
 //!
@@ -29,6 +31,7 @@ use keel_client::tls::{crypto_provider, load_identity, load_revocation_lists, lo
 use keel_client::TlsError;
 use keel_node::node::accepted_without_nagle;
 use rustls::server::{ServerSessionMemoryCache, StoresServerSessions, WebPkiClientVerifier};
+use rustls::SupportedCipherSuite;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -36,7 +39,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::config::MemberFlags;
+use crate::config::{split_urls, url_host, MemberFlags};
+use crate::tls_options::{cipher_suites_from_names, self_signed_certificate};
 
 /// How long a new connection may take to finish its TLS handshake.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
@@ -53,18 +57,47 @@ pub struct ClientTlsFiles {
     pub trusted_ca_file: Option<PathBuf>,
     pub client_cert_auth: bool,
     pub crl_file: Option<PathBuf>,
+    /// The TLS 1.2 suites allowed (`--cipher-suites`; empty: rustls'
+    /// defaults). TLS 1.3's suites are always on, as in Go.
+    pub cipher_suites: Vec<SupportedCipherSuite>,
 }
 
 impl ClientTlsFiles {
-    /// The client TLS the flags ask for (`None`: no certificate given).
-    /// Refuses a half-given pair and client authentication without CAs.
+    /// The client TLS the flags ask for (`None`: no certificate given and
+    /// no `--auto-tls`). Refuses a half-given pair and client
+    /// authentication without CAs.
     pub fn from_flags(flags: &MemberFlags) -> anyhow::Result<Option<ClientTlsFiles>> {
         let given = |value: &Option<String>| value.as_deref().filter(|v| !v.is_empty()).map(PathBuf::from);
-        let cert_file = given(&flags.cert_file);
-        let key_file = given(&flags.key_file);
-        let trusted_ca_file = given(&flags.trusted_ca_file);
-        let crl_file = given(&flags.client_crl_file);
-        let client_cert_auth = flags.client_cert_auth.unwrap_or(false);
+        let mut cert_file = given(&flags.cert_file);
+        let mut key_file = given(&flags.key_file);
+        let mut trusted_ca_file = given(&flags.trusted_ca_file);
+        let mut crl_file = given(&flags.client_crl_file);
+        let mut client_cert_auth = flags.client_cert_auth.unwrap_or(false);
+        let cipher_suites = match &flags.cipher_suites {
+            Some(names) => cipher_suites_from_names(names)?,
+            None => Vec::new(),
+        };
+        if flags.auto_tls == Some(true) {
+            if cert_file.is_some() || key_file.is_some() {
+                tracing::warn!("ignoring --auto-tls since --cert-file and --key-file are given");
+            } else {
+                // etcd's self-signed TLS replaces the whole client TLS
+                // setting: no client certificates are asked for.
+                if trusted_ca_file.is_some() || client_cert_auth || crl_file.is_some() {
+                    tracing::warn!(
+                        "--auto-tls: ignoring --trusted-ca-file, --client-cert-auth and --client-crl-file"
+                    );
+                }
+                let hosts: Vec<String> = split_urls(&flags.listen_client_urls)
+                    .iter()
+                    .map(|url| url_host(url).to_string())
+                    .collect();
+                let fixtures = flags.data_dir().join("fixtures").join("client");
+                let (cert, key) = self_signed_certificate(&fixtures, &hosts)?;
+                (cert_file, key_file) = (Some(cert), Some(key));
+                (trusted_ca_file, crl_file, client_cert_auth) = (None, None, false);
+            }
+        }
         let (cert_file, key_file) = match (cert_file, key_file) {
             (Some(cert), Some(key)) => (cert, key),
             (None, None) => {
@@ -88,6 +121,7 @@ impl ClientTlsFiles {
             trusted_ca_file,
             client_cert_auth,
             crl_file,
+            cipher_suites,
         }))
     }
 
@@ -101,7 +135,15 @@ impl ClientTlsFiles {
         &self,
         sessions: Arc<dyn StoresServerSessions>,
     ) -> Result<rustls::ServerConfig, TlsError> {
-        let provider = crypto_provider();
+        let provider = match self.cipher_suites.as_slice() {
+            [] => crypto_provider(),
+            chosen => {
+                let mut provider = rustls::crypto::ring::default_provider();
+                provider.cipher_suites.retain(|suite| suite.tls13().is_some());
+                provider.cipher_suites.extend_from_slice(chosen);
+                Arc::new(provider)
+            }
+        };
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?;
         let builder = match (&self.trusted_ca_file, self.requires_client_certificate()) {

@@ -126,6 +126,15 @@ pub struct MemberFlags {
     /// Path to the client certificate revocation list file (PEM).
     #[arg(long, env = "ETCD_CLIENT_CRL_FILE")]
     pub client_crl_file: Option<String>,
+    /// Client TLS using generated certificates (self-signed, in
+    /// <data-dir>/fixtures/client) when --cert-file and --key-file are not given.
+    #[arg(long, env = "ETCD_AUTO_TLS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub auto_tls: Option<bool>,
+    /// Comma-separated list of supported TLS 1.2 cipher suites between client
+    /// and server (Go's names; default: rustls' safe defaults).
+    #[arg(long, env = "ETCD_CIPHER_SUITES")]
+    pub cipher_suites: Option<String>,
     /// etcd's YAML configuration file: its settings replace the command line's.
     #[arg(long, env = "ETCD_CONFIG_FILE")]
     pub config_file: Option<PathBuf>,
@@ -171,6 +180,17 @@ pub fn parse_initial_cluster(spec: &str) -> anyhow::Result<Vec<InitialMember>> {
         bail!("--initial-cluster is empty");
     }
     Ok(members)
+}
+
+/// The host of a `scheme://host:port` URL (`::1` for `http://[::1]:2379`).
+pub fn url_host(url: &str) -> &str {
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = authority.split('/').next().unwrap_or(authority);
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// A listen URL's scheme: whether it serves TLS.
@@ -262,6 +282,13 @@ mod tests {
             members[0].peer_urls,
             vec!["http://127.0.0.1:1", "http://127.0.0.1:3"]
         );
+    }
+
+    #[test]
+    fn url_hosts_drop_the_scheme_port_and_brackets() {
+        assert_eq!(url_host("https://127.0.0.1:2379"), "127.0.0.1");
+        assert_eq!(url_host("http://[::1]:2379/"), "::1");
+        assert_eq!(url_host("https://etcd.example"), "etcd.example");
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! unchanged: those of etcd's internals (WAL and snapshot retention, bbolt
 //! tuning, pprof, v2, proxy and discovery timings, ...) are accepted and
 //! logged once as having no effect; those that would turn on something
-//! keel does not serve yet (peer TLS, client auto-TLS, discovery, proxy
-//! mode, forcing a new cluster) are refused with a message saying so, never silently ignored.
+//! keel does not serve yet (peer TLS, discovery, proxy mode, forcing a
+//! new cluster) are refused with a message saying so, never silently ignored.
 //! Every flag also comes from its `ETCD_<FLAG>` environment variable.
 
 use anyhow::bail;
@@ -68,7 +68,6 @@ valued_flags!(ValuedFlagsWithoutEffect {
     backend_batch_interval: "backend-batch-interval", "ETCD_BACKEND_BATCH_INTERVAL";
     backend_batch_limit: "backend-batch-limit", "ETCD_BACKEND_BATCH_LIMIT";
     bcrypt_cost: "bcrypt-cost", "ETCD_BCRYPT_COST";
-    cipher_suites: "cipher-suites", "ETCD_CIPHER_SUITES";
     client_cert_allowed_hostname: "client-cert-allowed-hostname", "ETCD_CLIENT_CERT_ALLOWED_HOSTNAME";
     cors: "cors", "ETCD_CORS";
     discovery_fallback: "discovery-fallback", "ETCD_DISCOVERY_FALLBACK";
@@ -120,7 +119,6 @@ valued_flags!(ValuedFlagsNotServedYet {
 });
 
 switch_flags!(SwitchFlagsNotServedYet {
-    auto_tls: "auto-tls", "ETCD_AUTO_TLS";
     peer_auto_tls: "peer-auto-tls", "ETCD_PEER_AUTO_TLS";
     peer_client_cert_auth: "peer-client-cert-auth", "ETCD_PEER_CLIENT_CERT_AUTH";
     force_new_cluster: "force-new-cluster", "ETCD_FORCE_NEW_CLUSTER";
@@ -146,7 +144,7 @@ impl EtcdOnlyFlags {
         for (flag, value) in self.valued_not_served.given() {
             let asks_for_nothing = value.is_empty() || (flag == "proxy" && value == "off");
             if !asks_for_nothing {
-                bail!("--{flag}={value}: keel does not serve this yet (no peer TLS, auto-TLS, discovery or proxy mode); refusing to start rather than ignore it");
+                bail!("--{flag}={value}: keel does not serve this yet (no peer TLS, discovery or proxy mode); refusing to start rather than ignore it");
             }
         }
         if let Some(flag) = self.switches_not_served.set().first() {

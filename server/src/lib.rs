@@ -28,5 +28,6 @@ mod request_checks;
 pub mod signals;
 mod snapshot_stream;
 mod space_quota;
+mod tls_options;
 mod watch_service;
 mod watch_stream;

@@ -5,8 +5,8 @@
 //! and an untrusted server refused), mutual TLS (a client certificate from
 //! the trusted CA required; none, another CA's and a revoked one refused,
 //! and the member keeps serving), certificates read again for each new
-//! connection, and starts refused for an `https://` URL without a
-//! certificate. Where etcdctl and keelctl print the same thing, their
+//! connection, `--auto-tls` with `--cipher-suites`, and starts refused for
+//! an `https://` URL without a certificate or an unknown cipher suite. Where etcdctl and keelctl print the same thing, their
 //! outputs are compared.
 
 use std::path::{Path, PathBuf};
@@ -378,6 +378,59 @@ async fn rotated_certificate_files_serve_new_connections_without_a_restart() {
 }
 
 #[tokio::test]
+async fn auto_tls_serves_a_self_signed_certificate_with_only_the_chosen_tls12_suites() {
+    let skip_verify = TlsOptions {
+        insecure_skip_verify: true,
+        ..TlsOptions::default()
+    };
+    let flags = vec![
+        "--auto-tls".to_string(),
+        "--cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".to_string(),
+    ];
+    let cluster = Cluster::start(tls_cluster(flags, skip_verify))
+        .await
+        .expect("keel serves auto TLS");
+    let endpoint = cluster.endpoint(0);
+    let generated = cluster.data_dir(0).join("fixtures/client/cert.pem");
+    assert!(generated.is_file(), "{}", generated.display());
+    let skip = [
+        "--insecure-skip-tls-verify".to_string(),
+        "--insecure-transport=false".to_string(),
+    ];
+    let put = run(&etcdctl(), &endpoint, &with(&skip, &["put", "k", "v"])).await;
+    assert_eq!((put.code, put.stdout.as_str()), (0, "OK\n"), "{put:?}");
+    let (etcd_get, keel_get) = both(&endpoint, &with(&skip, &["get", "k"])).await;
+    assert_eq!(etcd_get.stdout, "k\nv\n", "{etcd_get:?}");
+    assert_eq!(keel_get.stdout, etcd_get.stdout, "{keel_get:?}");
+    // The generated certificate is no CA's: verifying it fails.
+    let verified = run(&keelctl(), &endpoint, &["get".to_string(), "k".to_string()]).await;
+    assert_eq!(verified.code, 1, "{verified:?}");
+
+    let over_tls12 = |openssl_suite: &'static str| {
+        let url = format!("{endpoint}/health");
+        async move {
+            curl(
+                &url,
+                &[
+                    "--insecure",
+                    "--tls-max",
+                    "1.2",
+                    "--ciphers",
+                    openssl_suite,
+                    "--max-time",
+                    "10",
+                ],
+            )
+            .await
+        }
+    };
+    let chosen = over_tls12("ECDHE-ECDSA-AES128-GCM-SHA256").await;
+    assert_eq!(chosen.http_status, 200, "{chosen:?}");
+    let other = over_tls12("ECDHE-ECDSA-AES256-GCM-SHA384").await;
+    assert_eq!(other.http_status, 0, "{other:?}");
+}
+
+#[tokio::test]
 async fn an_https_url_without_a_certificate_and_client_auth_without_a_ca_are_refused_at_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = TestCertificates::generate(dir.path()).expect("certificates");
@@ -394,6 +447,10 @@ async fn an_https_url_without_a_certificate_and_client_auth_without_a_ca_are_ref
         (
             vec![server_only[0].clone()],
             "--cert-file and --key-file must both be given",
+        ),
+        (
+            [server_only.clone(), vec!["--cipher-suites=FOO_BAR".to_string()]].concat(),
+            r#"unexpected TLS cipher suite "FOO_BAR""#,
         ),
     ];
     for (flags, expected) in cases {
