@@ -354,17 +354,23 @@ fn resolve(cli: &Cli) -> Result<Ctx, CtlError> {
     }
     // etcdctl takes an empty path as none given.
     let path = |flag: &Option<String>| flag.as_deref().filter(|p| !p.is_empty()).map(PathBuf::from);
+    let tls = TlsOptions {
+        trusted_ca_file: path(&cli.cacert),
+        cert_file: path(&cli.cert),
+        key_file: path(&cli.key),
+        insecure_skip_verify: cli.insecure_skip_tls_verify,
+        insecure_transport: cli.insecure_transport,
+    };
+    // As etcdctl, unusable TLS files fail every command before it dials
+    // (not as one endpoint's failure of `endpoint health`).
+    if tls.names_files() {
+        keel_client::tls::client_tls_config(&tls).map_err(keel_client::ClientError::from)?;
+    }
     Ok(Ctx {
         endpoints,
         dial_timeout,
         command_timeout,
-        tls: TlsOptions {
-            trusted_ca_file: path(&cli.cacert),
-            cert_file: path(&cli.cert),
-            key_file: path(&cli.key),
-            insecure_skip_verify: cli.insecure_skip_tls_verify,
-            insecure_transport: cli.insecure_transport,
-        },
+        tls,
         printer: Printer {
             format: Format::parse(&cli.write_out)?,
             hex: cli.hex,

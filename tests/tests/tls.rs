@@ -246,6 +246,10 @@ async fn a_tls_client_port_serves_every_client_and_refuses_plaintext_and_untrust
         format!("Error: open {}: no such file or directory", missing.display())
     );
     assert_eq!(keel_missing.stderr.trim(), etcd_missing.stderr.trim());
+    let health_args = with(&[cacert(&missing)], &["endpoint", "health"]);
+    let (etcd_health, keel_health) = both(&endpoint, &health_args).await;
+    assert_eq!((etcd_health.code, keel_health.code), (128, 128));
+    assert_eq!(keel_health.stderr.trim(), etcd_health.stderr.trim());
 
     // The refused connections left the member serving.
     let (etcd_after, keel_after) = both(&endpoint, &with(&trusted, &["get", "k"])).await;
