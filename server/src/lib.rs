@@ -18,6 +18,7 @@ mod identity;
 mod kv_service;
 mod lease_service;
 pub mod local_cluster;
+pub mod local_pki;
 mod lock_service;
 mod loopback;
 mod maintenance_service;

@@ -2,7 +2,8 @@
 //! processes on 127.0.0.1 from one command, streams their logs with a
 //! per-member prefix, reports a member that dies, and on Ctrl-C or SIGTERM
 //! stops every member cleanly. Run again on the same data dir, it resumes
-//! the same cluster with its data.
+//! the same cluster with its data. With `--tls` the client ports serve
+//! mutual TLS with certificates it makes (see local_pki.rs).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -13,6 +14,8 @@ use keel_client::launch::{wait_for_leader, LeaderWaitError, MemberLaunch};
 use keel_client::TlsOptions;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
+
+use crate::local_pki::{local_pki, LocalPki};
 
 /// Client port offsets from --base-port, as in etcd's local Procfile
 /// (2379, 22379, 32379, 42379, 52379); each peer port is the client port + 1.
@@ -38,6 +41,11 @@ pub struct LocalClusterFlags {
     /// Passed to every member (ms).
     #[arg(long, default_value_t = 1000)]
     pub election_timeout: u64,
+    /// Serve clients over TLS (https:// client URLs) with mutual TLS: a CA,
+    /// a member and a client certificate are made in <data-dir>/tls (kept for
+    /// later runs); clients present the client certificate.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 struct PlannedMember {
@@ -65,9 +73,10 @@ fn plan(flags: &LocalClusterFlags) -> anyhow::Result<Vec<PlannedMember>> {
                     flags.size
                 );
             };
+            let scheme = if flags.tls { "https" } else { "http" };
             Ok(PlannedMember {
                 name: format!("keel{}", index + 1),
-                client_url: format!("http://127.0.0.1:{client_port}"),
+                client_url: format!("{scheme}://127.0.0.1:{client_port}"),
                 peer_url: format!("http://127.0.0.1:{}", client_port + 1),
             })
         })
@@ -79,6 +88,7 @@ fn member_command(
     member: &PlannedMember,
     initial_cluster: &str,
     token: &str,
+    pki: Option<&LocalPki>,
 ) -> anyhow::Result<Command> {
     let exe = std::env::current_exe().context("cannot find the keel executable")?;
     let data_dir = flags.data_dir.join(&member.name);
@@ -93,8 +103,15 @@ fn member_command(
         election_timeout_ms: flags.election_timeout,
     };
     let mut command = Command::new(exe);
+    command.args(launch.args());
+    if let Some(pki) = pki {
+        command
+            .arg(format!("--cert-file={}", pki.member_cert.display()))
+            .arg(format!("--key-file={}", pki.member_key.display()))
+            .arg(format!("--trusted-ca-file={}", pki.ca.display()))
+            .arg("--client-cert-auth");
+    }
     command
-        .args(launch.args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -154,6 +171,21 @@ pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&flags.data_dir)
         .with_context(|| format!("cannot create {}", flags.data_dir.display()))?;
+    let pki = if flags.tls {
+        let dir = std::path::absolute(flags.data_dir.join("tls")).context("the TLS directory's path")?;
+        Some(local_pki(&dir)?)
+    } else {
+        None
+    };
+    let client_tls = match &pki {
+        Some(pki) => TlsOptions {
+            trusted_ca_file: Some(pki.ca.clone()),
+            cert_file: Some(pki.client_cert.clone()),
+            key_file: Some(pki.client_key.clone()),
+            ..TlsOptions::default()
+        },
+        None => TlsOptions::default(),
+    };
     let initial_cluster = members
         .iter()
         .map(|m| format!("{}={}", m.name, m.peer_url))
@@ -166,7 +198,7 @@ pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
     let mut running = Vec::new();
     let mut log_streams = Vec::new();
     for member in &members {
-        let mut child = member_command(&flags, member, &initial_cluster, token)?
+        let mut child = member_command(&flags, member, &initial_cluster, token, pki.as_ref())?
             .spawn()
             .with_context(|| format!("cannot start member {}", member.name))?;
         if let Some(stdout) = child.stdout.take() {
@@ -188,14 +220,13 @@ pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
         .map(|m| m.client_url.trim_start_matches("http://").to_string())
         .collect();
     let asked: Vec<Option<String>> = endpoints.iter().cloned().map(Some).collect();
-    let plaintext = TlsOptions::default();
     let leader_deadline = Duration::from_millis(flags.election_timeout * 20).max(Duration::from_secs(20));
     let first_exited = |running: &mut [RunningMember]| {
         report_exited(running);
         running.iter().find(|m| m.exited).map(|m| m.name.clone())
     };
     let waited = tokio::select! {
-        waited = wait_for_leader(&asked, &plaintext, leader_deadline, LEADER_POLL, || first_exited(&mut running)) => waited,
+        waited = wait_for_leader(&asked, &client_tls, leader_deadline, LEADER_POLL, || first_exited(&mut running)) => waited,
         _ = signals.recv() => return stop_all(&mut running, log_streams).await,
     };
     if let Err(error) = waited {
@@ -218,6 +249,11 @@ pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
         println!("  {}  {}  pid {}", member.name, member.client_url, pid);
     }
     println!("export KEELCTL_ENDPOINTS={}", endpoints.join(","));
+    if let Some(pki) = &pki {
+        println!("export KEELCTL_CACERT={}", pki.ca.display());
+        println!("export KEELCTL_CERT={}", pki.client_cert.display());
+        println!("export KEELCTL_KEY={}", pki.client_key.display());
+    }
 
     loop {
         tokio::select! {
@@ -300,6 +336,7 @@ mod tests {
             quiet: true,
             heartbeat_interval: 100,
             election_timeout: 1000,
+            tls: false,
         }
     }
 
@@ -320,6 +357,12 @@ mod tests {
         assert_eq!(members[1].peer_url, "http://127.0.0.1:22380");
         let shifted = plan(&flags(3, 3379)).expect("plan");
         assert_eq!(shifted[2].client_url, "http://127.0.0.1:33379");
+        let tls = plan(&LocalClusterFlags {
+            tls: true,
+            ..flags(1, 2379)
+        })
+        .expect("plan");
+        assert_eq!(tls[0].client_url, "https://127.0.0.1:2379");
     }
 
     #[test]

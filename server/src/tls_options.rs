@@ -2,15 +2,15 @@
 //! names mapped to rustls' suites) and `--auto-tls` (a self-signed
 //! certificate made at start, as etcd's `transport.SelfCert` makes it).
 
-use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType};
 use rustls::crypto::ring::cipher_suite;
 use rustls::SupportedCipherSuite;
+
+use crate::local_pki::write_private_key;
 
 /// How long an `--auto-tls` certificate is valid (etcd 3.4: one year).
 const SELF_SIGNED_VALIDITY: time::Duration = time::Duration::days(365);
@@ -97,15 +97,8 @@ pub fn self_signed_certificate(dir: &Path, hosts: &[String]) -> anyhow::Result<(
     params.not_after = now + SELF_SIGNED_VALIDITY;
     let key = KeyPair::generate()?;
     let certificate = params.self_signed(&key)?;
-    let mut key_out = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&key_file)
+    write_private_key(&key_file, &key.serialize_pem())
         .with_context(|| format!("writing {}", key_file.display()))?;
-    key_out.write_all(key.serialize_pem().as_bytes())?;
-    key_out.sync_all()?;
     std::fs::write(&cert_file, certificate.pem())
         .with_context(|| format!("writing {}", cert_file.display()))?;
     tracing::info!(cert = %cert_file.display(), ?hosts, "generated a self-signed client certificate (--auto-tls)");

@@ -1,4 +1,5 @@
-//! Certificates for TLS tests, made with rcgen at test time into a
+//! Certificates for TLS tests, made at test time (rcgen, through
+//! `keel_server::local_pki`) into a
 //! directory: a CA, a server certificate for 127.0.0.1 (an IP SAN; usable
 //! as a client certificate too, as etcd's guides make them, so a member can
 //! present it to its own port), a client certificate, a second client
@@ -6,15 +7,10 @@
 //! server certificate from another CA. Also the member flags and client options
 //! that use them.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use keel_client::TlsOptions;
-use rcgen::{
-    date_time_ymd, BasicConstraints, Certificate, CertificateParams, CertificateRevocationListParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType,
-    SerialNumber,
-};
+use keel_server::local_pki::{write_issued, CertificateAuthority, CertificateUse};
 
 /// Serial number of the client certificate the CA's revocation list revokes.
 const REVOKED_SERIAL: u64 = 0x7e70;
@@ -52,99 +48,48 @@ pub struct TestCertificates {
     pub foreign_server: CertificateFiles,
 }
 
-struct Authority {
-    certificate: Certificate,
-    key: KeyPair,
-}
-
-fn authority(name: &str) -> Result<Authority, CertificateError> {
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let key = KeyPair::generate()?;
-    let certificate = params.self_signed(&key)?;
-    Ok(Authority { certificate, key })
-}
-
-/// A certificate `issuer` signs for `name`, written as `<file_stem>.pem`
-/// and `<file_stem>-key.pem` in `dir`.
+/// A certificate `issuer` signs for `name`, written as `<stem>.pem` and
+/// `<stem>-key.pem` in `dir`.
 fn issue(
-    issuer: &Authority,
+    issuer: &CertificateAuthority,
     name: &str,
-    serve: bool,
+    usage: CertificateUse,
     serial: Option<u64>,
     dir: &Path,
-    file_stem: &str,
+    stem: &str,
 ) -> Result<CertificateFiles, CertificateError> {
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    if serve {
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        params
-            .extended_key_usages
-            .push(ExtendedKeyUsagePurpose::ServerAuth);
-    }
-    params.serial_number = serial.map(SerialNumber::from);
-    let key = KeyPair::generate()?;
-    let certificate = params.signed_by(&key, &issuer.certificate, &issuer.key)?;
-    let files = CertificateFiles {
-        cert: dir.join(format!("{file_stem}.pem")),
-        key: dir.join(format!("{file_stem}-key.pem")),
-    };
-    std::fs::write(&files.cert, certificate.pem())?;
-    std::fs::write(&files.key, key.serialize_pem())?;
-    Ok(files)
+    let (cert, key) = write_issued(dir, stem, &issuer.issue(name, usage, serial)?)?;
+    Ok(CertificateFiles { cert, key })
 }
 
 impl TestCertificates {
     /// Makes the PKI's keys and certificates and writes them into `dir`.
     pub fn generate(dir: &Path) -> Result<TestCertificates, CertificateError> {
-        let ca = authority("keel test CA")?;
-        let other = authority("another CA")?;
+        let ca = CertificateAuthority::new("keel test CA")?;
+        let other = CertificateAuthority::new("another CA")?;
         let ca_file = dir.join("ca.pem");
-        std::fs::write(&ca_file, ca.certificate.pem())?;
+        std::fs::write(&ca_file, ca.certificate_pem())?;
         let other_ca = dir.join("other-ca.pem");
-        std::fs::write(&other_ca, other.certificate.pem())?;
-        let crl = CertificateRevocationListParams {
-            this_update: date_time_ymd(2024, 1, 1),
-            next_update: date_time_ymd(2099, 1, 1),
-            crl_number: SerialNumber::from(1u64),
-            issuing_distribution_point: None,
-            revoked_certs: vec![RevokedCertParams {
-                serial_number: SerialNumber::from(REVOKED_SERIAL),
-                revocation_time: date_time_ymd(2024, 1, 1),
-                reason_code: None,
-                invalidity_date: None,
-            }],
-            key_identifier_method: KeyIdMethod::Sha256,
-        }
-        .signed_by(&ca.certificate, &ca.key)?;
-        let crl_file = dir.join("ca.crl.pem");
-        std::fs::write(&crl_file, crl.pem()?)?;
+        std::fs::write(&other_ca, other.certificate_pem())?;
+        let crl = dir.join("ca.crl.pem");
+        std::fs::write(&crl, ca.revocation_list(&[REVOKED_SERIAL])?)?;
+        use CertificateUse::{Client, Member};
         Ok(TestCertificates {
             ca: ca_file,
-            server: issue(&ca, "keel member", true, None, dir, "server")?,
-            client: issue(&ca, "keel client", false, None, dir, "client")?,
+            server: issue(&ca, "keel member", Member, None, dir, "server")?,
+            client: issue(&ca, "keel client", Client, None, dir, "client")?,
             revoked_client: issue(
                 &ca,
                 "revoked client",
-                false,
+                Client,
                 Some(REVOKED_SERIAL),
                 dir,
                 "revoked-client",
             )?,
-            crl: crl_file,
+            crl,
             other_ca,
-            foreign_client: issue(&other, "foreign client", false, None, dir, "foreign-client")?,
-            foreign_server: issue(&other, "foreign member", true, None, dir, "foreign-server")?,
+            foreign_client: issue(&other, "foreign client", Client, None, dir, "foreign-client")?,
+            foreign_server: issue(&other, "foreign member", Member, None, dir, "foreign-server")?,
         })
     }
 
