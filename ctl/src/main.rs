@@ -127,14 +127,32 @@ struct Cli {
     )]
     keepalive_timeout: Option<String>,
     /// Verify certificates of TLS-enabled secure servers using this CA bundle.
-    #[arg(long = "cacert", id = "tls_cacert", global = true, env = "KEELCTL_CACERT")]
+    #[arg(
+        long = "cacert",
+        id = "tls_cacert",
+        value_name = "FILE",
+        global = true,
+        env = "KEELCTL_CACERT"
+    )]
     cacert: Option<String>,
     /// Identify secure client using this TLS certificate file.
-    #[arg(long = "cert", id = "tls_cert", global = true, env = "KEELCTL_CERT")]
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        value_name = "FILE",
+        global = true,
+        env = "KEELCTL_CERT"
+    )]
     cert: Option<String>,
     /// Identify secure client using this TLS key file.
     // Not `key`: commands have a KEY argument of that id.
-    #[arg(long = "key", id = "tls_key", global = true, env = "KEELCTL_KEY")]
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        value_name = "FILE",
+        global = true,
+        env = "KEELCTL_KEY"
+    )]
     key: Option<String>,
     /// Skip server certificate verification (CAUTION: this option should be
     /// enabled only for testing purposes).
