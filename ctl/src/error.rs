@@ -4,7 +4,7 @@
 //! bad txn or watch input, 4 for an unsupported output format or flag
 //! value, 5 for a watch the server ended, 128 for bad arguments).
 
-use keel_client::ClientError;
+use keel_client::{ClientError, TlsError};
 
 /// etcdctl's exit codes (`ctlv3/command/error.go`).
 pub const EXIT_ERROR: i32 = 1;
@@ -64,8 +64,26 @@ impl CtlError {
 
 impl From<ClientError> for CtlError {
     fn from(error: ClientError) -> CtlError {
-        CtlError::failed(client_error_text(&error))
+        match &error {
+            // etcdctl cannot make its client from the TLS flags: bad arguments.
+            ClientError::Tls(tls) => CtlError::bad_args(tls_error_text(tls)),
+            _ => CtlError::failed(client_error_text(&error)),
+        }
     }
+}
+
+/// etcdctl's words for a TLS file it cannot open (Go's `open PATH: no such
+/// file or directory`); keel's own for the rest.
+fn tls_error_text(error: &TlsError) -> String {
+    if let Some((path, io)) = error.unreadable_file() {
+        let reason = match io.kind() {
+            std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            _ => io.to_string(),
+        };
+        return format!("open {}: {reason}", path.display());
+    }
+    error.to_string()
 }
 
 /// The text etcdctl would print for `error`: etcd's own message for a

@@ -13,6 +13,7 @@ mod txn_parse;
 
 use std::ffi::OsString;
 use std::io::Write;
+use std::path::PathBuf;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -27,6 +28,7 @@ use commands::watch::WatchArgs;
 use commands::Ctx;
 use error::{CtlError, EXIT_ERROR};
 use go_bool::GoBoolFlag;
+use keel_client::TlsOptions;
 use output::{Format, Output, Printer};
 
 const EXAMPLES: &str = "\
@@ -124,12 +126,51 @@ struct Cli {
         env = "KEELCTL_KEEPALIVE_TIMEOUT"
     )]
     keepalive_timeout: Option<String>,
-    /// Accepted for etcdctl compatibility; keel serves plaintext gRPC only.
+    /// Verify certificates of TLS-enabled secure servers using this CA bundle.
+    #[arg(
+        long = "cacert",
+        id = "tls_cacert",
+        value_name = "FILE",
+        global = true,
+        env = "KEELCTL_CACERT"
+    )]
+    cacert: Option<String>,
+    /// Identify secure client using this TLS certificate file.
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        value_name = "FILE",
+        global = true,
+        env = "KEELCTL_CERT"
+    )]
+    cert: Option<String>,
+    /// Identify secure client using this TLS key file.
+    // Not `key`: commands have a KEY argument of that id.
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        value_name = "FILE",
+        global = true,
+        env = "KEELCTL_KEY"
+    )]
+    key: Option<String>,
+    /// Skip server certificate verification (CAUTION: this option should be
+    /// enabled only for testing purposes).
+    #[arg(
+        long = "insecure-skip-tls-verify",
+        global = true,
+        go_bool_default = false,
+        env = "KEELCTL_INSECURE_SKIP_TLS_VERIFY"
+    )]
+    insecure_skip_tls_verify: bool,
+    /// Disable transport security for client connections (https:// endpoints
+    /// use TLS regardless; bare host:port ones when this is false or a
+    /// certificate file is given).
     #[arg(
         long = "insecure-transport",
         global = true,
-        hide = true,
-        go_bool_default = true
+        go_bool_default = true,
+        env = "KEELCTL_INSECURE_TRANSPORT"
     )]
     insecure_transport: bool,
     #[command(subcommand)]
@@ -317,11 +358,6 @@ fn resolve(cli: &Cli) -> Result<Ctx, CtlError> {
             cli.command_timeout
         ))
     })?;
-    if !cli.insecure_transport {
-        return Err(CtlError::bad_args(
-            "keel serves plaintext gRPC only (--insecure-transport=false)",
-        ));
-    }
     let endpoints: Vec<String> = cli
         .endpoints
         .iter()
@@ -334,10 +370,25 @@ fn resolve(cli: &Cli) -> Result<Ctx, CtlError> {
             "etcdclient: no available endpoints",
         ));
     }
+    // etcdctl takes an empty path as none given.
+    let path = |flag: &Option<String>| flag.as_deref().filter(|p| !p.is_empty()).map(PathBuf::from);
+    let tls = TlsOptions {
+        trusted_ca_file: path(&cli.cacert),
+        cert_file: path(&cli.cert),
+        key_file: path(&cli.key),
+        insecure_skip_verify: cli.insecure_skip_tls_verify,
+        insecure_transport: cli.insecure_transport,
+    };
+    // As etcdctl, unusable TLS files fail every command before it dials
+    // (not as one endpoint's failure of `endpoint health`).
+    if tls.names_files() {
+        keel_client::tls::client_tls_config(&tls).map_err(keel_client::ClientError::from)?;
+    }
     Ok(Ctx {
         endpoints,
         dial_timeout,
         command_timeout,
+        tls,
         printer: Printer {
             format: Format::parse(&cli.write_out)?,
             hex: cli.hex,

@@ -19,9 +19,8 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
 /// HTTP/2's client connection preface; a connection that starts otherwise
 /// is HTTP/1.1 (the JSON gateway) and passes through untouched.
@@ -53,8 +52,8 @@ enum Position {
 }
 
 /// A client connection whose inbound bytes get the `:authority` repair.
-pub struct AuthorityRepairingStream {
-    inner: TcpStream,
+pub struct AuthorityRepairingStream<S> {
+    inner: S,
     /// Bytes read from `inner` and not yet handed to the reader.
     pending: BytesMut,
     /// How many bytes at the front of `pending` may be handed out.
@@ -63,8 +62,8 @@ pub struct AuthorityRepairingStream {
     eof: bool,
 }
 
-impl AuthorityRepairingStream {
-    pub fn new(inner: TcpStream) -> Self {
+impl<S> AuthorityRepairingStream<S> {
+    pub fn new(inner: S) -> Self {
         AuthorityRepairingStream {
             inner,
             pending: BytesMut::with_capacity(16 * 1024),
@@ -287,7 +286,7 @@ fn replace_url_separator(text: &mut [u8]) -> bool {
     }
 }
 
-impl AsyncRead for AuthorityRepairingStream {
+impl<S: AsyncRead + Unpin> AsyncRead for AuthorityRepairingStream<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
@@ -316,7 +315,7 @@ impl AsyncRead for AuthorityRepairingStream {
     }
 }
 
-impl AsyncWrite for AuthorityRepairingStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityRepairingStream<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
     }
@@ -342,8 +341,8 @@ impl AsyncWrite for AuthorityRepairingStream {
     }
 }
 
-impl Connected for AuthorityRepairingStream {
-    type ConnectInfo = TcpConnectInfo;
+impl<S: Connected> Connected for AuthorityRepairingStream<S> {
+    type ConnectInfo = S::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()
@@ -353,6 +352,7 @@ impl Connected for AuthorityRepairingStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpStream;
 
     fn literal_authority_block(value: &[u8], huffman: bool) -> Vec<u8> {
         // ":method: POST" (static index 3), then a literal with incremental

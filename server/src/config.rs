@@ -109,6 +109,32 @@ pub struct MemberFlags {
     /// URLs to also serve /metrics and /health on, over plain HTTP (comma-separated).
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS")]
     pub listen_metrics_urls: Option<String>,
+    /// Path to the client server TLS cert file (served on https:// client URLs).
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<String>,
+    /// Path to the client server TLS key file.
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<String>,
+    /// Path to the client server TLS trusted CA cert file; clients must then
+    /// present a certificate it signed (as in etcd).
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<String>,
+    /// Enable client cert authentication (against --trusted-ca-file).
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub client_cert_auth: Option<bool>,
+    /// Path to the client certificate revocation list file (PEM).
+    #[arg(long, env = "ETCD_CLIENT_CRL_FILE")]
+    pub client_crl_file: Option<String>,
+    /// Client TLS using generated certificates (self-signed, in
+    /// <data-dir>/fixtures/client) when --cert-file and --key-file are not given.
+    #[arg(long, env = "ETCD_AUTO_TLS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub auto_tls: Option<bool>,
+    /// Comma-separated list of supported TLS 1.2 cipher suites between client
+    /// and server (Go's names; default: rustls' safe defaults).
+    #[arg(long, env = "ETCD_CIPHER_SUITES")]
+    pub cipher_suites: Option<String>,
     /// etcd's YAML configuration file: its settings replace the command line's.
     #[arg(long, env = "ETCD_CONFIG_FILE")]
     pub config_file: Option<PathBuf>,
@@ -156,18 +182,42 @@ pub fn parse_initial_cluster(spec: &str) -> anyhow::Result<Vec<InitialMember>> {
     Ok(members)
 }
 
-/// Resolves an `http://host:port` URL to the socket address to bind.
-pub async fn listen_address(url: &str) -> anyhow::Result<SocketAddr> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("URL {url:?} must start with http:// (TLS is not supported yet)"))?;
+/// The host of a `scheme://host:port` URL (`::1` for `http://[::1]:2379`).
+pub fn url_host(url: &str) -> &str {
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = authority.split('/').next().unwrap_or(authority);
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// A listen URL's scheme: whether it serves TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenScheme {
+    Http,
+    Https,
+}
+
+/// Resolves an `http://host:port` or `https://host:port` URL to the socket
+/// address to bind, and says which of the two it is.
+pub async fn listen_address(url: &str) -> anyhow::Result<(SocketAddr, ListenScheme)> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        (ListenScheme::Http, rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (ListenScheme::Https, rest)
+    } else {
+        bail!("URL {url:?} must start with http:// or https://");
+    };
     let host_port = rest.trim_end_matches('/');
     let mut addresses = tokio::net::lookup_host(host_port)
         .await
         .with_context(|| format!("cannot resolve listen URL {url:?}"))?;
-    addresses
+    let address = addresses
         .next()
-        .ok_or_else(|| anyhow!("listen URL {url:?} resolves to no address"))
+        .ok_or_else(|| anyhow!("listen URL {url:?} resolves to no address"))?;
+    Ok((address, scheme))
 }
 
 impl MemberFlags {
@@ -232,6 +282,13 @@ mod tests {
             members[0].peer_urls,
             vec!["http://127.0.0.1:1", "http://127.0.0.1:3"]
         );
+    }
+
+    #[test]
+    fn url_hosts_drop_the_scheme_port_and_brackets() {
+        assert_eq!(url_host("https://127.0.0.1:2379"), "127.0.0.1");
+        assert_eq!(url_host("http://[::1]:2379/"), "::1");
+        assert_eq!(url_host("https://etcd.example"), "etcd.example");
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! unchanged: those of etcd's internals (WAL and snapshot retention, bbolt
 //! tuning, pprof, v2, proxy and discovery timings, ...) are accepted and
 //! logged once as having no effect; those that would turn on something
-//! keel does not serve yet (TLS, discovery, proxy mode, forcing a new
-//! cluster) are refused with a message saying so, never silently ignored.
+//! keel does not serve yet (peer TLS, discovery, proxy mode, forcing a
+//! new cluster) are refused with a message saying so, never silently ignored.
 //! Every flag also comes from its `ETCD_<FLAG>` environment variable.
 
 use anyhow::bail;
@@ -68,7 +68,6 @@ valued_flags!(ValuedFlagsWithoutEffect {
     backend_batch_interval: "backend-batch-interval", "ETCD_BACKEND_BATCH_INTERVAL";
     backend_batch_limit: "backend-batch-limit", "ETCD_BACKEND_BATCH_LIMIT";
     bcrypt_cost: "bcrypt-cost", "ETCD_BCRYPT_COST";
-    cipher_suites: "cipher-suites", "ETCD_CIPHER_SUITES";
     client_cert_allowed_hostname: "client-cert-allowed-hostname", "ETCD_CLIENT_CERT_ALLOWED_HOSTNAME";
     cors: "cors", "ETCD_CORS";
     discovery_fallback: "discovery-fallback", "ETCD_DISCOVERY_FALLBACK";
@@ -110,10 +109,6 @@ switch_flags!(SwitchFlagsWithoutEffect {
 });
 
 valued_flags!(ValuedFlagsNotServedYet {
-    cert_file: "cert-file", "ETCD_CERT_FILE";
-    key_file: "key-file", "ETCD_KEY_FILE";
-    trusted_ca_file: "trusted-ca-file", "ETCD_TRUSTED_CA_FILE";
-    client_crl_file: "client-crl-file", "ETCD_CLIENT_CRL_FILE";
     peer_cert_file: "peer-cert-file", "ETCD_PEER_CERT_FILE";
     peer_key_file: "peer-key-file", "ETCD_PEER_KEY_FILE";
     peer_trusted_ca_file: "peer-trusted-ca-file", "ETCD_PEER_TRUSTED_CA_FILE";
@@ -124,9 +119,7 @@ valued_flags!(ValuedFlagsNotServedYet {
 });
 
 switch_flags!(SwitchFlagsNotServedYet {
-    auto_tls: "auto-tls", "ETCD_AUTO_TLS";
     peer_auto_tls: "peer-auto-tls", "ETCD_PEER_AUTO_TLS";
-    client_cert_auth: "client-cert-auth", "ETCD_CLIENT_CERT_AUTH";
     peer_client_cert_auth: "peer-client-cert-auth", "ETCD_PEER_CLIENT_CERT_AUTH";
     force_new_cluster: "force-new-cluster", "ETCD_FORCE_NEW_CLUSTER";
 });
@@ -151,7 +144,7 @@ impl EtcdOnlyFlags {
         for (flag, value) in self.valued_not_served.given() {
             let asks_for_nothing = value.is_empty() || (flag == "proxy" && value == "off");
             if !asks_for_nothing {
-                bail!("--{flag}={value}: keel does not serve this yet (no TLS, discovery or proxy mode); refusing to start rather than ignore it");
+                bail!("--{flag}={value}: keel does not serve this yet (no peer TLS, discovery or proxy mode); refusing to start rather than ignore it");
             }
         }
         if let Some(flag) = self.switches_not_served.set().first() {

@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 mod authority_repair;
+mod client_tls;
 mod cluster_service;
 pub mod config;
 pub mod config_file;
@@ -18,6 +19,7 @@ mod kv_service;
 mod lease_service;
 pub mod local_cluster;
 pub mod local_cluster_roster;
+pub mod local_pki;
 mod lock_service;
 mod loopback;
 mod maintenance_service;
@@ -28,5 +30,6 @@ mod request_checks;
 pub mod signals;
 mod snapshot_stream;
 mod space_quota;
+mod tls_options;
 mod watch_service;
 mod watch_stream;

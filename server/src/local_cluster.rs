@@ -5,7 +5,9 @@
 //! add a member (`add`) or remove one (`remove keel2`) through etcd's
 //! membership calls, so a member replacement can be practised on one
 //! machine. Run again on the same data dir, it resumes the same cluster,
-//! with the members it had (`local_cluster_roster.rs`), and its data.
+//! with the members it had (`local_cluster_roster.rs`), and its data. With
+//! `--tls` the client ports serve mutual TLS with certificates it makes
+//! (see local_pki.rs).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -13,11 +15,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use keel_client::launch::{wait_for_leader, LeaderWaitError, MemberLaunch};
-use keel_client::{Client, ClientConfig};
-
-use crate::local_cluster_roster::{Roster, RosterMember};
+use keel_client::{Client, ClientConfig, TlsOptions};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
+
+use crate::local_cluster_roster::{Roster, RosterMember};
+use crate::local_pki::{local_pki, LocalPki};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LocalClusterFlags {
@@ -40,6 +43,11 @@ pub struct LocalClusterFlags {
     /// Passed to every member (ms).
     #[arg(long, default_value_t = 1000)]
     pub election_timeout: u64,
+    /// Serve clients over TLS (https:// client URLs) with mutual TLS: a CA,
+    /// a member and a client certificate are made in <data-dir>/tls (kept for
+    /// later runs); clients present the client certificate.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 fn member_command(
@@ -47,6 +55,7 @@ fn member_command(
     member: &RosterMember,
     initial_cluster: &str,
     token: &str,
+    pki: Option<&LocalPki>,
 ) -> anyhow::Result<Command> {
     let exe = std::env::current_exe().context("cannot find the keel executable")?;
     let data_dir = flags.data_dir.join(&member.name);
@@ -62,8 +71,15 @@ fn member_command(
         joins_running_cluster: member.joined,
     };
     let mut command = Command::new(exe);
+    command.args(launch.args());
+    if let Some(pki) = pki {
+        command
+            .arg(format!("--cert-file={}", pki.member_cert.display()))
+            .arg(format!("--key-file={}", pki.member_key.display()))
+            .arg(format!("--trusted-ca-file={}", pki.ca.display()))
+            .arg("--client-cert-auth");
+    }
     command
-        .args(launch.args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -116,6 +132,8 @@ struct RunningMember {
 struct RunningMembers {
     members: Vec<RunningMember>,
     log_streams: Vec<tokio::task::JoinHandle<()>>,
+    /// The certificates of a `--tls` cluster.
+    pki: Option<LocalPki>,
 }
 
 impl RunningMembers {
@@ -125,7 +143,7 @@ impl RunningMembers {
         member: &RosterMember,
         initial_cluster: &str,
     ) -> anyhow::Result<()> {
-        let mut child = member_command(flags, member, initial_cluster, CLUSTER_TOKEN)?
+        let mut child = member_command(flags, member, initial_cluster, CLUSTER_TOKEN, self.pki.as_ref())?
             .spawn()
             .with_context(|| format!("cannot start member {}", member.name))?;
         if let Some(stdout) = child.stdout.take() {
@@ -159,6 +177,15 @@ pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
             roster
         }
     };
+    // The client URLs' scheme follows this run's --tls.
+    roster.use_client_tls(flags.tls);
+    let pki = if flags.tls {
+        let dir = std::path::absolute(flags.data_dir.join("tls")).context("the TLS directory's path")?;
+        Some(local_pki(&dir)?)
+    } else {
+        None
+    };
+    let client_tls = client_tls_options(pki.as_ref());
     if roster.members.len().is_multiple_of(2) {
         eprintln!(
             "warning: a cluster of {} members tolerates no more failures than one of {}; prefer 3 or 5",
@@ -172,6 +199,7 @@ pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
     let mut running = RunningMembers {
         members: Vec::new(),
         log_streams: Vec::new(),
+        pki,
     };
     for member in &roster.members {
         running.start(&flags, member, &roster.initial_cluster_for(member))?;
@@ -184,7 +212,7 @@ pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
         running.iter().find(|m| m.exited).map(|m| m.name.clone())
     };
     let waited = tokio::select! {
-        waited = wait_for_leader(&asked, leader_deadline, LEADER_POLL, || first_exited(&mut running.members)) => waited,
+        waited = wait_for_leader(&asked, &client_tls, leader_deadline, LEADER_POLL, || first_exited(&mut running.members)) => waited,
         _ = signals.recv() => return stop_all(running).await,
     };
     if let Err(error) = waited {
@@ -207,6 +235,11 @@ pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
         println!("  {}  {}  pid {}", member.name, member.client_url, pid);
     }
     println!("export KEELCTL_ENDPOINTS={}", roster.client_endpoints().join(","));
+    if let Some(pki) = &running.pki {
+        println!("export KEELCTL_CACERT={}", pki.ca.display());
+        println!("export KEELCTL_CERT={}", pki.client_cert.display());
+        println!("export KEELCTL_KEY={}", pki.client_key.display());
+    }
     println!("type `add` to add a member, `remove <name>` to remove one, `members` to list them");
 
     let mut commands = Some(BufReader::new(tokio::io::stdin()).lines());
@@ -215,7 +248,7 @@ pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
             _ = signals.recv() => break,
             line = next_command(&mut commands) => match line {
                 Some(line) => {
-                    if let Err(error) = run_command(&flags, &mut roster, &mut running, line.trim()).await {
+                    if let Err(error) = run_command(&flags, &mut roster, &mut running, &client_tls, line.trim()).await {
                         eprintln!("{}: {error:#}", line.trim());
                     }
                 }
@@ -233,6 +266,19 @@ pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
     stop_all(running).await
 }
 
+/// What keel's own client presents to a `--tls` local cluster.
+fn client_tls_options(pki: Option<&LocalPki>) -> TlsOptions {
+    match pki {
+        Some(pki) => TlsOptions {
+            trusted_ca_file: Some(pki.ca.clone()),
+            cert_file: Some(pki.client_cert.clone()),
+            key_file: Some(pki.client_key.clone()),
+            ..TlsOptions::default()
+        },
+        None => TlsOptions::default(),
+    }
+}
+
 /// The next line of standard input; pending forever once it closed.
 async fn next_command(
     commands: &mut Option<tokio::io::Lines<BufReader<tokio::io::Stdin>>>,
@@ -248,12 +294,15 @@ async fn run_command(
     flags: &LocalClusterFlags,
     roster: &mut Roster,
     running: &mut RunningMembers,
+    client_tls: &TlsOptions,
     line: &str,
 ) -> anyhow::Result<()> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let client = || {
         Client::connect_lazy(
-            ClientConfig::new(roster.client_endpoints()).with_request_timeout(Duration::from_secs(15)),
+            ClientConfig::new(roster.client_endpoints())
+                .with_request_timeout(Duration::from_secs(15))
+                .with_tls(client_tls.clone()),
         )
     };
     match words.as_slice() {

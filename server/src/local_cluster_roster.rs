@@ -51,6 +51,15 @@ fn slot_urls(base_port: u16, slot: usize) -> Option<(String, String)> {
     ))
 }
 
+/// `url` with the `https` scheme when `tls`, else `http`.
+fn with_scheme(url: &str, tls: bool) -> String {
+    let address = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .unwrap_or(url);
+    format!("{}://{address}", if tls { "https" } else { "http" })
+}
+
 impl Roster {
     /// A new cluster of `size` members from `base_port` on.
     pub fn plan(size: usize, base_port: u16) -> anyhow::Result<Roster> {
@@ -109,11 +118,21 @@ impl Roster {
         Ok(())
     }
 
+    /// Makes every client URL `https://` (or `http://`), as this run's
+    /// `--tls` asks; the ports stay.
+    pub fn use_client_tls(&mut self, tls: bool) {
+        for member in &mut self.members {
+            member.client_url = with_scheme(&member.client_url, tls);
+        }
+    }
+
     /// The next member to add: a new name, on the first slot whose ports
     /// no current member uses.
     pub fn next_member(&self, base_port: u16) -> anyhow::Result<RosterMember> {
+        let tls = self.members.iter().any(|m| m.client_url.starts_with("https://"));
         let free_slot = (0..CLIENT_PORT_OFFSETS.len())
             .filter_map(|slot| slot_urls(base_port, slot))
+            .map(|(client_url, peer_url)| (with_scheme(&client_url, tls), peer_url))
             .find(|(client_url, _)| self.members.iter().all(|m| &m.client_url != client_url));
         let Some((client_url, peer_url)) = free_slot else {
             bail!(

@@ -15,9 +15,12 @@
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use anyhow::Context;
 use keel_api::WireError;
 use keel_client::session::{ConcurrencyError, Session, DEFAULT_SESSION_TTL};
-use keel_client::{Client, ClientConfig, ClientError, LeaseError};
+use keel_client::{Client, ClientConfig, ClientError, LeaseError, TlsOptions};
+
+use crate::member::BoundListener;
 use tonic::Status;
 
 /// The address the member reaches its own client listener at: the
@@ -31,10 +34,36 @@ pub fn loopback_address(listening: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, listening.port())
 }
 
-/// A client to this member's client listener at `listening` (connected on
-/// first use).
-pub fn loopback_client(listening: SocketAddr) -> Result<Client, ClientError> {
-    Client::connect_lazy(ClientConfig::new([loopback_address(listening).to_string()]))
+/// A client to one of this member's client listeners (connected on first
+/// use): a plaintext one when there is one; else a TLS one, presenting the
+/// member's own certificate and trusting the listener without verifying it
+/// (it is this process; etcd's gateway dials its own port the same way).
+pub fn loopback_client(listeners: &[BoundListener]) -> anyhow::Result<Client> {
+    let chosen = listeners
+        .iter()
+        .find(|listener| listener.tls.is_none())
+        .or_else(|| listeners.first())
+        .context("no client listener")?;
+    let address = loopback_address(
+        chosen
+            .listener
+            .local_addr()
+            .context("the client listener's address")?,
+    );
+    let config = match &chosen.tls {
+        None => ClientConfig::new([address.to_string()]),
+        Some(tls) => {
+            let files = tls.files();
+            ClientConfig::new([format!("https://{address}")]).with_tls(TlsOptions {
+                trusted_ca_file: None,
+                cert_file: Some(files.cert_file.clone()),
+                key_file: Some(files.key_file.clone()),
+                insecure_skip_verify: true,
+                ..TlsOptions::default()
+            })
+        }
+    };
+    Ok(Client::connect_lazy(config)?)
 }
 
 /// A session over the caller's `lease`, never renewed here: the caller

@@ -16,15 +16,15 @@ use keel_api::keelpb::{write_request, MemberAttributes, WriteRequest};
 use keel_api::v3electionpb::election_server::ElectionServer;
 use keel_api::v3lockpb::lock_server::LockServer;
 use keel_client::Client;
-use keel_node::node::accepted_without_nagle;
 use keel_node::{Bootstrap, Node, NodeConfig, NodeTestHooks, RaftTiming};
 use keel_raft::{KeelRaft, MemberNode, NodeId};
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 
 use crate::authority_repair::AuthorityRepairingStream;
+use crate::client_tls::{accepted_connections, ClientTlsAcceptor, ClientTlsFiles};
 use crate::cluster_service::ClusterService;
-use crate::config::{listen_address, split_urls, InitialMember, MemberFlags};
+use crate::config::{listen_address, split_urls, InitialMember, ListenScheme, MemberFlags};
 use crate::context::MemberContext;
 use crate::election_service::ElectionService;
 use crate::identity::{
@@ -93,21 +93,31 @@ pub async fn run_member_with_test_hooks(
             name: flags.name.clone(),
         },
     )?;
+    let client_tls = match ClientTlsFiles::from_flags(&flags)? {
+        Some(files) => Some(ClientTlsAcceptor::new(files).context(
+            "the client TLS files (--cert-file, --key-file, --trusted-ca-file, --client-crl-file)",
+        )?),
+        None => None,
+    };
     // Both listener sets are bound before anything serves, so a taken port
     // fails the start at once.
-    let peer_listeners = bind_all(&flags.listen_peer_urls, "peer").await?;
-    let client_listeners = bind_all(&flags.listen_client_urls, "client").await?;
+    let peer_listeners = bind_all(&flags.listen_peer_urls, ListenerRole::Peer, None)
+        .await?
+        .into_iter()
+        .map(|listener| listener.listener)
+        .collect();
+    let client_listeners = bind_all(
+        &flags.listen_client_urls,
+        ListenerRole::Client,
+        client_tls.as_ref(),
+    )
+    .await?;
     let metrics_listeners = match &flags.listen_metrics_urls {
-        Some(urls) => bind_all(urls, "metrics").await?,
+        Some(urls) => bind_all(urls, ListenerRole::Metrics, client_tls.as_ref()).await?,
         None => Vec::new(),
     };
     // The lock and election services' client to this member (see loopback.rs).
-    let first_client_listener = client_listeners
-        .first()
-        .context("no client listener")?
-        .local_addr()
-        .context("the client listener's address")?;
-    let loopback = loopback_client(first_client_listener).context("the member's client to itself")?;
+    let loopback = loopback_client(&client_listeners).context("the member's client to itself")?;
     let mut node = Node::start(node_config(&flags, &identity, peer_listeners, hooks.node)?)
         .await
         .map_err(anyhow::Error::from)?;
@@ -344,7 +354,7 @@ fn node_config(
 
 /// Serves etcd's client services on every client listener.
 async fn serve_client_services(
-    listeners: Vec<TcpListener>,
+    listeners: Vec<BoundListener>,
     context: &Arc<MemberContext>,
     loopback: &Client,
     flags: &MemberFlags,
@@ -401,7 +411,7 @@ async fn serve_client_services(
 /// `--listen-metrics-urls`: `/metrics` and `/health` over plain HTTP.
 fn serve_metrics(
     servers: &mut tokio::task::JoinSet<Result<(), tonic::transport::Error>>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<BoundListener>,
     context: &Arc<MemberContext>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -415,29 +425,75 @@ fn serve_metrics(
             tonic::transport::Server::builder()
                 .accept_http1(true)
                 .add_routes(routes.clone())
-                .serve_with_incoming_shutdown(accepted_without_nagle(listener), async move {
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                }),
+                .serve_with_incoming_shutdown(
+                    accepted_connections(listener.listener, listener.tls),
+                    async move {
+                        let _ = stop.wait_for(|stopped| *stopped).await;
+                    },
+                ),
         );
     }
 }
 
-/// Accepted client connections: Nagle off, and the `:authority` repair
-/// that lets etcd 3.4's per-endpoint calls through (see authority_repair.rs).
+/// Accepted client connections: Nagle off, TLS on an `https://` URL, and
+/// the `:authority` repair that lets etcd 3.4's per-endpoint calls through
+/// (see authority_repair.rs).
 fn client_connections(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<AuthorityRepairingStream>> {
-    accepted_without_nagle(listener).map(|accepted| accepted.map(AuthorityRepairingStream::new))
+    listener: BoundListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<AuthorityRepairingStream<crate::client_tls::ClientConnection>>>
+{
+    accepted_connections(listener.listener, listener.tls)
+        .map(|accepted| accepted.map(AuthorityRepairingStream::new))
 }
 
-async fn bind_all(urls: &str, what: &str) -> anyhow::Result<Vec<TcpListener>> {
+/// A bound listener, with the TLS its URL asks for.
+pub(crate) struct BoundListener {
+    pub(crate) listener: TcpListener,
+    pub(crate) tls: Option<ClientTlsAcceptor>,
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListenerRole {
+    Peer,
+    Client,
+    Metrics,
+}
+
+impl ListenerRole {
+    fn name(self) -> &'static str {
+        match self {
+            ListenerRole::Peer => "peer",
+            ListenerRole::Client => "client",
+            ListenerRole::Metrics => "metrics",
+        }
+    }
+}
+
+/// Binds every URL of `urls`; an `https://` one serves with `tls`, and is
+/// refused when there is none (etcd's message) or it is a peer URL.
+async fn bind_all(
+    urls: &str,
+    role: ListenerRole,
+    tls: Option<&ClientTlsAcceptor>,
+) -> anyhow::Result<Vec<BoundListener>> {
+    let what = role.name();
     let mut listeners = Vec::new();
     for url in split_urls(urls) {
-        let address = listen_address(&url).await?;
+        let (address, scheme) = listen_address(&url).await?;
+        let tls = match scheme {
+            ListenScheme::Http => None,
+            ListenScheme::Https if role == ListenerRole::Peer => {
+                bail!("cannot listen on TLS for peer URL {url}: keel does not serve peer TLS yet")
+            }
+            ListenScheme::Https => Some(tls.cloned().with_context(|| {
+                format!("TLS key/cert (--cert-file, --key-file) must be provided for {what} url {url} with HTTPS scheme")
+            })?),
+        };
         let listener = TcpListener::bind(address)
             .await
             .with_context(|| format!("cannot listen for {what} traffic on {url}"))?;
-        listeners.push(listener);
+        listeners.push(BoundListener { listener, tls });
     }
     if listeners.is_empty() {
         bail!("no {what} URL to listen on");

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use keel_client::launch::MemberLaunch;
-use keel_client::{Client, ClientConfig, ClientError};
+use keel_client::{Client, ClientConfig, ClientError, TlsOptions};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::time::Instant;
@@ -63,6 +63,17 @@ pub struct ClusterOptions {
     /// Where data dirs and logs go. `None`: a temporary directory removed on
     /// drop; `Some(dir)`: the caller's directory, kept.
     pub base_dir: Option<PathBuf>,
+    /// TLS on the members' client ports (`https://` client URLs).
+    pub client_tls: Option<ClientPortTls>,
+}
+
+/// TLS on the members' client ports.
+#[derive(Debug, Clone)]
+pub struct ClientPortTls {
+    /// The members' TLS flags (`--cert-file=...`, `--key-file=...`, ...).
+    pub member_flags: Vec<String>,
+    /// How the fixture's own clients dial the members.
+    pub client: TlsOptions,
 }
 
 impl ClusterOptions {
@@ -77,6 +88,7 @@ impl ClusterOptions {
             member_args: Vec::new(),
             ports: None,
             base_dir: None,
+            client_tls: None,
         }
     }
 
@@ -221,9 +233,23 @@ impl Cluster {
         &self.members[index].log_path
     }
 
-    /// `127.0.0.1:port` of member `index`'s client listener.
+    /// `127.0.0.1:port` of member `index`'s client listener
+    /// (`https://127.0.0.1:port` when it serves TLS).
     pub fn endpoint(&self, index: usize) -> String {
-        format!("127.0.0.1:{}", self.members[index].client_port)
+        let port = self.members[index].client_port;
+        match &self.options.client_tls {
+            Some(_) => format!("https://127.0.0.1:{port}"),
+            None => format!("127.0.0.1:{port}"),
+        }
+    }
+
+    /// How the fixture's clients dial the members (plaintext: the default).
+    pub fn client_tls(&self) -> TlsOptions {
+        self.options
+            .client_tls
+            .as_ref()
+            .map(|tls| tls.client.clone())
+            .unwrap_or_default()
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -256,13 +282,20 @@ impl Cluster {
     }
 
     fn client_config(&self, endpoints: Vec<String>) -> ClientConfig {
-        ClientConfig::new(endpoints).with_request_timeout(Duration::from_secs(15))
+        ClientConfig::new(endpoints)
+            .with_request_timeout(Duration::from_secs(15))
+            .with_tls(self.client_tls())
     }
 
     /// The command line of member `index`: etcd's flags, which keel shares.
     pub fn member_args(&self, index: usize) -> Vec<OsString> {
         let member = &self.members[index];
-        let client_url = format!("http://127.0.0.1:{}", member.client_port);
+        let scheme = if self.options.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let client_url = format!("{scheme}://127.0.0.1:{}", member.client_port);
         let peer_url = format!("http://127.0.0.1:{}", member.peer_port);
         let mut args = MemberLaunch {
             name: &member.name,
@@ -278,6 +311,9 @@ impl Cluster {
         .args();
         if let Some(count) = self.options.snapshot_count {
             args.extend(["--snapshot-count".into(), count.to_string().into()]);
+        }
+        if let Some(tls) = &self.options.client_tls {
+            args.extend(tls.member_flags.iter().map(OsString::from));
         }
         args.extend(self.options.extra_args.iter().map(OsString::from));
         if let Some(own) = self.options.member_args.get(index) {
@@ -379,7 +415,7 @@ impl Cluster {
     /// it: a majority of the cluster must name the same member, which must
     /// itself answer.
     pub async fn leader(&self) -> Option<usize> {
-        keel_client::launch::agreed_leader(&self.running_endpoints()).await
+        keel_client::launch::agreed_leader(&self.running_endpoints(), &self.client_tls()).await
     }
 
     /// Each member's endpoint if it is running (not stopped or paused).
@@ -399,9 +435,11 @@ impl Cluster {
     /// Waits until a majority agrees on a leader; returns its index.
     pub async fn wait_for_leader(&mut self, timeout: Duration) -> Result<usize, FixtureError> {
         let endpoints = self.running_endpoints();
+        let tls = self.client_tls();
         let poll = Duration::from_millis(50);
         let waited =
-            keel_client::launch::wait_for_leader(&endpoints, timeout, poll, || self.exited_member()).await;
+            keel_client::launch::wait_for_leader(&endpoints, &tls, timeout, poll, || self.exited_member())
+                .await;
         waited.map_err(|error| {
             let exited_log = match &error {
                 keel_client::launch::LeaderWaitError::MemberExited { member } => self

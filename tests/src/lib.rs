@@ -12,8 +12,9 @@ pub mod cluster;
 pub mod curl;
 pub mod in_process;
 pub mod ports;
+pub mod tls;
 
 pub use binaries::{built_binary, BinaryError};
-pub use cluster::{which, Cluster, ClusterOptions, FixtureError, Flavor, MemberState};
+pub use cluster::{which, ClientPortTls, Cluster, ClusterOptions, FixtureError, Flavor, MemberState};
 pub use curl::{curl, CurlAnswer};
 pub use ports::free_port;

@@ -1,7 +1,8 @@
 //! keel started as an operator starts etcd: from a Debian-style environment
 //! file (`ETCD_*` variables, a command-line flag winning over its variable),
 //! from etcd's YAML configuration file, with etcd-only flags accepted and
-//! logged as without effect, and with a flag asking for TLS refused.
+//! logged as without effect, and with a flag asking for what keel does not
+//! serve yet (peer TLS, forcing a new cluster) refused.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -118,7 +119,7 @@ async fn keel_starts_from_a_debian_environment_file_and_a_flag_wins_over_its_var
          ETCD_ENABLE_V2=false\n\
          ETCD_MAX_WALS=5\n\
          ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK=true\n\
-         ETCD_CLIENT_CERT_AUTH=false\n\
+         ETCD_PEER_CLIENT_CERT_AUTH=false\n\
          ETCD_LOGGER=zap\n\
          ETCD_LOG_OUTPUTS=stderr\n",
         data = dir.path().join("data").display(),
@@ -142,7 +143,7 @@ async fn keel_starts_from_a_debian_environment_file_and_a_flag_wins_over_its_var
         "--max-wals",
         "--enable-v2",
         "--experimental-initial-corrupt-check",
-        "--client-cert-auth",
+        "--peer-client-cert-auth",
     ] {
         assert!(
             log.lines()
@@ -201,11 +202,11 @@ async fn keel_starts_from_an_etcd_yaml_configuration_file_which_replaces_the_com
 async fn a_flag_asking_for_what_keel_does_not_serve_yet_is_refused_not_ignored() {
     let dir = tempfile::tempdir().expect("tempdir");
     for (flag, environment) in [
-        ("--cert-file=/etc/etcd/server.pem", vec![]),
+        ("--peer-cert-file=/etc/etcd/peer.pem", vec![]),
         ("--force-new-cluster", vec![]),
         (
             "",
-            vec![("ETCD_CLIENT_CERT_AUTH".to_string(), "true".to_string())],
+            vec![("ETCD_PEER_CLIENT_CERT_AUTH".to_string(), "true".to_string())],
         ),
     ] {
         let args: Vec<String> = [flag]

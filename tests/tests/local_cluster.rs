@@ -2,7 +2,8 @@
 //! a 3-member cluster as a child process, write, list, run a txn from
 //! stdin, delete a prefix, read every member's status as JSON; stop it with
 //! SIGTERM (exit 0), start it again on the same data dir and read the data
-//! back. The child (and through it its members) is killed if the test fails.
+//! back; with `--tls`, keelctl reaches it with the certificates it prints.
+//! The child (and through it its members) is killed if the test fails.
 
 mod keelctl_support;
 
@@ -10,7 +11,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::process::Stdio;
 use std::time::Duration;
 
-use keelctl_support::{args, keelctl_path, run, Ran};
+use keelctl_support::{args, keelctl_path, run, run_with_variables, Ran};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -331,4 +332,64 @@ async fn a_member_that_does_not_stop_on_sigterm_is_killed_and_local_cluster_exit
         "{:?}",
         cluster.seen
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_cluster_with_tls_serves_mutual_tls_to_the_certificates_it_prints() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let base_port = free_base_port();
+    let mut cluster = LocalCluster::start_with(base_port, data.path(), &["--size", "1", "--quiet", "--tls"]);
+    let endpoints = cluster.endpoints().await;
+    assert_eq!(endpoints, format!("https://127.0.0.1:{base_port}"));
+    let mut exported = Vec::new();
+    for variable in ["KEELCTL_CACERT", "KEELCTL_CERT", "KEELCTL_KEY"] {
+        let line = cluster
+            .line_containing(&format!("export {variable}="), LINE_WAIT)
+            .await;
+        let value = line
+            .split_once('=')
+            .map(|(_, value)| value.to_string())
+            .expect("a value");
+        assert!(std::path::Path::new(&value).is_file(), "{line}");
+        exported.push((variable, value));
+    }
+    let variables: Vec<(&str, &str)> = exported
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
+    let with_endpoints = |list: &[&str]| {
+        let mut full = args(&["--endpoints", &endpoints]);
+        full.extend(args(list));
+        full
+    };
+    let put = run_with_variables(
+        &keelctl_path(),
+        &with_endpoints(&["put", "k", "v"]),
+        b"",
+        &variables,
+    )
+    .await;
+    assert_eq!(
+        (put.code, put.stdout_text()),
+        (0, "OK\n".to_string()),
+        "{}",
+        put.stderr_text()
+    );
+    let get = run_with_variables(&keelctl_path(), &with_endpoints(&["get", "k"]), b"", &variables).await;
+    assert_eq!(get.stdout_text(), "k\nv\n", "{}", get.stderr_text());
+    // The members ask for the client certificate.
+    let without_certificate = run_with_variables(
+        &keelctl_path(),
+        &with_endpoints(&["get", "k", "--dial-timeout=1s"]),
+        b"",
+        &variables[..1],
+    )
+    .await;
+    assert_eq!(
+        without_certificate.code,
+        1,
+        "{}",
+        without_certificate.stdout_text()
+    );
+    assert_eq!(cluster.terminate().await, Some(0), "{:?}", cluster.seen);
 }

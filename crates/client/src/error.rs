@@ -21,6 +21,9 @@ pub enum ClientError {
     },
     #[error("context deadline exceeded (no answer within {0:?})")]
     Timeout(Duration),
+    /// The TLS settings cannot be used (a file missing or unreadable, ...).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The server answered with an error status (etcd's text, as clients print it).
     #[error("{}", .0.message())]
     Status(Box<Status>),
@@ -39,7 +42,9 @@ impl ClientError {
             ClientError::Status(status) => status.code(),
             ClientError::Timeout(_) => Code::DeadlineExceeded,
             ClientError::Unreachable { .. } => Code::Unavailable,
-            ClientError::NoEndpoints | ClientError::InvalidEndpoint { .. } => Code::InvalidArgument,
+            ClientError::NoEndpoints | ClientError::InvalidEndpoint { .. } | ClientError::Tls(_) => {
+                Code::InvalidArgument
+            }
         }
     }
 

@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::{Client, ClientConfig};
+use crate::{Client, ClientConfig, TlsOptions};
 
 /// One member of a new cluster, as its command line describes it.
 #[derive(Debug, Clone)]
@@ -69,12 +69,13 @@ const STATUS_WAIT: Duration = Duration::from_millis(500);
 /// majority of all of `endpoints` must name the same member, and that
 /// member must answer itself. A `None` endpoint is a member not to ask (a
 /// stopped or paused one); it still counts towards the majority.
-pub async fn agreed_leader(endpoints: &[Option<String>]) -> Option<usize> {
+pub async fn agreed_leader(endpoints: &[Option<String>], tls: &TlsOptions) -> Option<usize> {
     let asked = endpoints.iter().map(|endpoint| async move {
         let endpoint = endpoint.as_deref()?;
         let config = ClientConfig::new([endpoint])
             .with_dial_timeout(STATUS_WAIT)
-            .with_request_timeout(STATUS_WAIT);
+            .with_request_timeout(STATUS_WAIT)
+            .with_tls(tls.clone());
         let client = Client::connect_lazy(config).ok()?;
         tokio::time::timeout(STATUS_WAIT, client.status(endpoint))
             .await
@@ -112,13 +113,14 @@ pub enum LeaderWaitError {
 /// as soon as `exited` names a member whose process has ended.
 pub async fn wait_for_leader(
     endpoints: &[Option<String>],
+    tls: &TlsOptions,
     timeout: Duration,
     poll: Duration,
     mut exited: impl FnMut() -> Option<String>,
 ) -> Result<usize, LeaderWaitError> {
     let give_up = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some(leader) = agreed_leader(endpoints).await {
+        if let Some(leader) = agreed_leader(endpoints, tls).await {
             return Ok(leader);
         }
         if let Some(member) = exited() {
@@ -167,9 +169,10 @@ mod tests {
     async fn no_member_answering_is_no_leader_and_an_exit_ends_the_wait() {
         // Port 9 (discard) on loopback: nothing listens there.
         let endpoints = vec![Some("127.0.0.1:9".to_string()), None, None];
-        assert_eq!(agreed_leader(&endpoints).await, None);
+        assert_eq!(agreed_leader(&endpoints, &TlsOptions::default()).await, None);
         let waited = wait_for_leader(
             &endpoints,
+            &TlsOptions::default(),
             Duration::from_secs(30),
             Duration::from_millis(10),
             || Some("m2".to_string()),
@@ -179,7 +182,14 @@ mod tests {
             matches!(&waited, Err(LeaderWaitError::MemberExited { member }) if member == "m2"),
             "{waited:?}"
         );
-        let timed_out = wait_for_leader(&endpoints, Duration::ZERO, Duration::from_millis(10), || None).await;
+        let timed_out = wait_for_leader(
+            &endpoints,
+            &TlsOptions::default(),
+            Duration::ZERO,
+            Duration::from_millis(10),
+            || None,
+        )
+        .await;
         assert!(
             matches!(timed_out, Err(LeaderWaitError::NoLeader(_))),
             "{timed_out:?}"

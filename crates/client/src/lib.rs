@@ -22,6 +22,7 @@ pub mod leader_elector;
 pub mod lease;
 pub mod lock;
 pub mod session;
+pub mod tls;
 pub mod watch;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,6 +48,7 @@ use tonic::Status;
 
 pub use error::{never_reached_server, transport_failure, ClientError};
 pub use lease::{KeepAliveInterval, LeaseError, LeaseKeepAliveStream, LeaseKeeper, LeaseLost, Renewal};
+pub use tls::{TlsError, TlsOptions};
 pub use watch::{WatchError, WatchReceiver, WatchSender, WatchStreamOptions};
 
 /// etcdctl's default `--dial-timeout`.
@@ -57,13 +59,16 @@ const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// `host:port` or `http://host:port`, in order of preference.
+    /// `host:port`, `http://host:port` or `https://host:port`, in order of
+    /// preference.
     pub endpoints: Vec<String>,
     /// How long `connect` waits for the first endpoint to answer, and each
     /// later (re)connection attempt to one endpoint.
     pub dial_timeout: Duration,
     /// Bound on each call including its failover attempts (`None`: unbounded).
     pub request_timeout: Option<Duration>,
+    /// How `https://` endpoints are dialled (see [`tls`]).
+    pub tls: TlsOptions,
 }
 
 impl ClientConfig {
@@ -72,7 +77,13 @@ impl ClientConfig {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             dial_timeout: DEFAULT_DIAL_TIMEOUT,
             request_timeout: None,
+            tls: TlsOptions::default(),
         }
+    }
+
+    pub fn with_tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = tls;
+        self
     }
 
     pub fn with_dial_timeout(mut self, timeout: Duration) -> Self {
@@ -104,6 +115,8 @@ struct Shared {
     endpoints: Vec<ConnectedEndpoint>,
     preferred: AtomicUsize,
     config: ClientConfig,
+    /// Built from `config.tls` once, when an endpoint or a flag needs it.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// A cheap-to-clone handle; clones share the endpoints' channels.
@@ -120,18 +133,45 @@ enum Retry {
     Write,
 }
 
-fn lazy_channel(endpoint: &str, dial_timeout: Duration) -> Result<Channel, ClientError> {
-    let url = endpoint_url(endpoint);
-    let builder = Endpoint::from_shared(url).map_err(|e| ClientError::InvalidEndpoint {
+/// The client's TLS configuration, built when an endpoint is dialled over
+/// TLS or a certificate file is named.
+fn tls_for(config: &ClientConfig) -> Result<Option<Arc<rustls::ClientConfig>>, ClientError> {
+    let needed = config.tls.names_files() || config.endpoints.iter().any(|e| config.tls.dials_tls(e));
+    Ok(if needed {
+        Some(tls::client_tls_config(&config.tls)?)
+    } else {
+        None
+    })
+}
+
+fn lazy_channel(
+    endpoint: &str,
+    config: &ClientConfig,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Channel, ClientError> {
+    let invalid = |reason: String| ClientError::InvalidEndpoint {
         endpoint: endpoint.to_string(),
-        reason: e.to_string(),
-    })?;
-    Ok(builder
-        .connect_timeout(dial_timeout)
+        reason,
+    };
+    // tonic gets `http://` either way: TLS is this client's own connector's
+    // work, whichever features tonic was built with.
+    let (url, tls) = if config.tls.dials_tls(endpoint) {
+        let tls = tls.ok_or_else(|| invalid("no TLS configuration".to_string()))?;
+        (format!("http://{}", tls::authority(endpoint)), Some(tls.clone()))
+    } else {
+        (endpoint_url(endpoint), None)
+    };
+    let builder = Endpoint::from_shared(url)
+        .map_err(|e| invalid(e.to_string()))?
+        .connect_timeout(config.dial_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .connect_lazy())
+        .keep_alive_timeout(Duration::from_secs(10));
+    Ok(match tls {
+        Some(tls) => builder
+            .connect_with_connector_lazy(tower::service_fn(move |uri| tls::connect_tls(tls.clone(), uri))),
+        None => builder.connect_lazy(),
+    })
 }
 
 impl Client {
@@ -181,13 +221,14 @@ impl Client {
         if config.endpoints.is_empty() {
             return Err(ClientError::NoEndpoints);
         }
+        let tls = tls_for(&config)?;
         let endpoints = config
             .endpoints
             .iter()
             .map(|name| {
                 Ok(ConnectedEndpoint {
                     name: name.clone(),
-                    channel: lazy_channel(name, config.dial_timeout)?,
+                    channel: lazy_channel(name, &config, tls.as_ref())?,
                 })
             })
             .collect::<Result<Vec<_>, ClientError>>()?;
@@ -196,6 +237,7 @@ impl Client {
                 endpoints,
                 preferred: AtomicUsize::new(0),
                 config,
+                tls,
             }),
         })
     }
@@ -212,9 +254,13 @@ impl Client {
             endpoints: vec![endpoint.to_string()],
             ..self.shared.config.clone()
         };
+        let tls = match &self.shared.tls {
+            Some(tls) => Some(tls.clone()),
+            None => tls_for(&config)?,
+        };
         let channel = match self.shared.endpoints.iter().find(|e| e.name == endpoint) {
             Some(known) => known.channel.clone(),
-            None => lazy_channel(endpoint, config.dial_timeout)?,
+            None => lazy_channel(endpoint, &config, tls.as_ref())?,
         };
         let endpoints = vec![ConnectedEndpoint {
             name: endpoint.to_string(),
@@ -225,6 +271,7 @@ impl Client {
                 endpoints,
                 preferred: AtomicUsize::new(0),
                 config,
+                tls,
             }),
         })
     }
@@ -499,6 +546,22 @@ async fn probe(mut maintenance: MaintenanceClient<Channel>) -> Result<(), String
         Ok(_) => Ok(()),
         // An answer of any kind proves the endpoint is reachable.
         Err(status) if !transport_failure(&status) => Ok(()),
-        Err(status) => Err(status.message().to_string()),
+        Err(status) => Err(failure_text(&status)),
+    }
+}
+
+/// A transport failure's message with its innermost cause (a TLS alert,
+/// a refused connection), which tonic's message alone ("transport error")
+/// leaves out.
+fn failure_text(status: &Status) -> String {
+    let mut innermost = None;
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        innermost = Some(error);
+        source = error.source();
+    }
+    match innermost.map(|error| error.to_string()) {
+        Some(cause) if !status.message().contains(&cause) => format!("{}: {cause}", status.message()),
+        _ => status.message().to_string(),
     }
 }

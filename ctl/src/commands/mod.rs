@@ -14,7 +14,7 @@ mod watch_session;
 
 use std::time::Duration;
 
-use keel_client::{Client, ClientConfig};
+use keel_client::{Client, ClientConfig, TlsOptions};
 
 use crate::error::CtlError;
 use crate::output::Printer;
@@ -24,6 +24,8 @@ pub struct Ctx {
     pub endpoints: Vec<String>,
     pub dial_timeout: Duration,
     pub command_timeout: Duration,
+    /// --cacert, --cert, --key, --insecure-skip-tls-verify, --insecure-transport.
+    pub tls: TlsOptions,
     pub printer: Printer,
     pub debug: bool,
 }
@@ -33,6 +35,7 @@ impl Ctx {
         ClientConfig::new(endpoints)
             .with_dial_timeout(self.dial_timeout)
             .with_request_timeout(self.command_timeout)
+            .with_tls(self.tls.clone())
     }
 
     /// A client over every endpoint; fails within the dial timeout, naming
