@@ -242,7 +242,7 @@ pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
     }
     println!("type `add` to add a member, `remove <name>` to remove one, `members` to list them");
 
-    let mut commands = Some(BufReader::new(tokio::io::stdin()).lines());
+    let mut commands = Some(stdin_lines());
     loop {
         tokio::select! {
             _ = signals.recv() => break,
@@ -279,12 +279,26 @@ fn client_tls_options(pki: Option<&LocalPki>) -> TlsOptions {
     }
 }
 
+/// The lines of standard input, read on a thread of their own: a read
+/// blocked on an open terminal must not keep the stopping process alive
+/// (tokio's runtime waits for its own blocking reads when it shuts down).
+fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { return };
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
 /// The next line of standard input; pending forever once it closed.
-async fn next_command(
-    commands: &mut Option<tokio::io::Lines<BufReader<tokio::io::Stdin>>>,
-) -> Option<String> {
+async fn next_command(commands: &mut Option<tokio::sync::mpsc::UnboundedReceiver<String>>) -> Option<String> {
     match commands {
-        Some(lines) => lines.next_line().await.ok().flatten(),
+        Some(lines) => lines.recv().await,
         None => std::future::pending().await,
     }
 }

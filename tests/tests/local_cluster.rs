@@ -23,16 +23,21 @@ const LINE_WAIT: Duration = Duration::from_secs(30);
 /// Client port offsets of a 3-member local cluster; peers are client + 1.
 const OFFSETS: [u16; 3] = [0, 20000, 30000];
 
-/// A base port whose six ports are all free right now. Bases are multiples
-/// of 10 drawn from the process id: tests of this file run at once in
-/// processes with neighbouring ids, and bases one apart would share ports
-/// (one cluster's peer port is the other's client port).
+/// The client port offset of the first member added to a 3-member local
+/// cluster (its fourth slot).
+const ADDED_MEMBER_OFFSET: u16 = 40000;
+
+/// A base port whose ports (those of the three members and of one added
+/// member) are all free right now. Bases are multiples of 10 drawn from the
+/// process id: tests of this file run at once in processes with
+/// neighbouring ids, and bases one apart would share ports (one cluster's
+/// peer port is the other's client port).
 fn free_base_port() -> u16 {
     let seed = std::process::id() as u16;
     for attempt in 0..2000u16 {
-        let slot = seed.wrapping_add(attempt.wrapping_mul(7919)) % 2_500;
+        let slot = seed.wrapping_add(attempt.wrapping_mul(7919)) % 1_500;
         let base = 10_000 + slot * 10;
-        let all_free = OFFSETS.iter().all(|offset| {
+        let all_free = OFFSETS.iter().chain([&ADDED_MEMBER_OFFSET]).all(|offset| {
             let client = base + offset;
             [client, client + 1]
                 .iter()
@@ -49,6 +54,8 @@ fn free_base_port() -> u16 {
 /// (its members then get SIGTERM from the kernel, see local_cluster.rs).
 struct LocalCluster {
     child: Child,
+    /// local-cluster's standard input, for `add`/`remove` commands.
+    commands: Option<tokio::process::ChildStdin>,
     lines: tokio::sync::mpsc::UnboundedReceiver<String>,
     seen: Vec<String>,
 }
@@ -59,6 +66,10 @@ impl LocalCluster {
     }
 
     fn start_with(base_port: u16, data_dir: &std::path::Path, extra: &[&str]) -> LocalCluster {
+        LocalCluster::launch(base_port, data_dir, extra, Stdio::null())
+    }
+
+    fn launch(base_port: u16, data_dir: &std::path::Path, extra: &[&str], stdin: Stdio) -> LocalCluster {
         let keel = keel_tests::built_binary("keel").expect("keel is built");
         let mut child = Command::new(keel)
             .args([
@@ -70,7 +81,7 @@ impl LocalCluster {
             .arg(data_dir)
             .args(["--election-timeout", "500", "--heartbeat-interval", "50"])
             .args(extra)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -95,10 +106,25 @@ impl LocalCluster {
             });
         }
         LocalCluster {
+            commands: child.stdin.take(),
             child,
             lines,
             seen: Vec::new(),
         }
+    }
+
+    /// Types `command` on local-cluster's standard input.
+    async fn type_command(&mut self, command: &str) {
+        use tokio::io::AsyncWriteExt;
+        let input = self
+            .commands
+            .as_mut()
+            .expect("local-cluster was started with a piped stdin");
+        input
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .expect("local-cluster reads its stdin");
+        input.flush().await.expect("flush");
     }
 
     /// Waits for the line `export KEELCTL_ENDPOINTS=...`; returns its value.
@@ -392,4 +418,72 @@ async fn local_cluster_with_tls_serves_mutual_tls_to_the_certificates_it_prints(
         without_certificate.stdout_text()
     );
     assert_eq!(cluster.terminate().await, Some(0), "{:?}", cluster.seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_and_one_removed_through_local_clusters_input_stay_so_after_a_restart() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let base_port = free_base_port();
+    let mut cluster = LocalCluster::launch(
+        base_port,
+        data.path(),
+        &["--size", "3", "--quiet"],
+        Stdio::piped(),
+    );
+    let endpoints = cluster.endpoints().await;
+    keelctl(&endpoints, &["put", "k", "v"], "").await;
+
+    cluster.type_command("add").await;
+    let added = cluster.line_containing("added member keel4", LINE_WAIT).await;
+    let added_endpoint = format!("127.0.0.1:{}", base_port + ADDED_MEMBER_OFFSET);
+    assert!(added.contains(&added_endpoint), "{added}");
+    let deadline = tokio::time::Instant::now() + LINE_WAIT;
+    loop {
+        let mut full = args(&["--endpoints", &added_endpoint, "get", "k", "--consistency=s"]);
+        full.extend(args(&["--print-value-only"]));
+        let read = run(&keelctl_path(), &full, b"").await;
+        if read.stdout_text() == "v\n" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "keel4 never served k: {read:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    cluster.type_command("remove keel2").await;
+    cluster.line_containing("removed member keel2", LINE_WAIT).await;
+    let members = keelctl(&format!("{endpoints},{added_endpoint}"), &["member", "list"], "").await;
+    let names: Vec<&str> = members
+        .stdout_text()
+        .lines()
+        .filter_map(|line| line.split(", ").nth(2))
+        .map(|name| match name {
+            "keel1" => "keel1",
+            "keel3" => "keel3",
+            "keel4" => "keel4",
+            _ => "other",
+        })
+        .collect();
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, ["keel1", "keel3", "keel4"], "{}", members.stdout_text());
+    cluster.type_command("nonsense").await;
+    cluster.line_containing("unknown command", LINE_WAIT).await;
+    assert_eq!(cluster.terminate().await, Some(0), "{:?}", cluster.seen);
+
+    // Resumed, it runs the members it had at the end.
+    let mut resumed = LocalCluster::start_with(base_port, data.path(), &["--size", "3", "--quiet"]);
+    let resumed_endpoints = resumed.endpoints().await;
+    assert_eq!(
+        resumed_endpoints,
+        format!(
+            "127.0.0.1:{base_port},127.0.0.1:{},{added_endpoint}",
+            base_port + OFFSETS[2]
+        )
+    );
+    let read = keelctl(&resumed_endpoints, &["get", "k", "--print-value-only"], "").await;
+    assert_eq!(read.stdout_text(), "v\n");
+    assert_eq!(resumed.terminate().await, Some(0), "{:?}", resumed.seen);
 }
