@@ -3,12 +3,8 @@
 //! serve answers UNIMPLEMENTED (never a silent success), while the member
 //! keeps serving afterwards.
 
-use keel_api::etcdserverpb::cluster_client::ClusterClient;
 use keel_api::etcdserverpb::maintenance_client::MaintenanceClient;
-use keel_api::etcdserverpb::{
-    DefragmentRequest, MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest, MemberUpdateRequest,
-    RangeRequest,
-};
+use keel_api::etcdserverpb::{DefragmentRequest, RangeRequest};
 use keel_tests::{Cluster, ClusterOptions};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -58,22 +54,8 @@ fn assert_unimplemented<T: std::fmt::Debug>(rpc: &str, answer: Result<T, tonic::
 async fn every_declared_but_unserved_etcd_rpc_answers_unimplemented() {
     let cluster = Cluster::start(ClusterOptions::keel(1)).await.expect("cluster");
     let channel = channel(&cluster).await;
-    let mut members = ClusterClient::new(channel.clone());
     let mut maintenance = MaintenanceClient::new(channel.clone());
 
-    assert_unimplemented("MemberAdd", members.member_add(MemberAddRequest::default()).await);
-    assert_unimplemented(
-        "MemberRemove",
-        members.member_remove(MemberRemoveRequest { id: 1 }).await,
-    );
-    assert_unimplemented(
-        "MemberUpdate",
-        members.member_update(MemberUpdateRequest::default()).await,
-    );
-    assert_unimplemented(
-        "MemberPromote",
-        members.member_promote(MemberPromoteRequest { id: 1 }).await,
-    );
     assert_unimplemented("Defragment", maintenance.defragment(DefragmentRequest {}).await);
 
     // The member still serves after refusing them.

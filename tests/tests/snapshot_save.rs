@@ -158,6 +158,10 @@ async fn keelctl_snapshot_restore_into_a_new_three_member_cluster_keeps_every_ke
             })
             .await
             .expect("delete");
+        // A linearizable read on member 0 first: a snapshot is of the
+        // member's own applied state (as in etcd), and a follower may not
+        // have applied the last writes yet (failed once under load).
+        let keyspace = whole_keyspace(&old, 0).await;
         let saved = keelctl(&[
             &format!("--endpoints={}", old.endpoint(0)),
             "snapshot",
@@ -174,7 +178,7 @@ async fn keelctl_snapshot_restore_into_a_new_three_member_cluster_keeps_every_ke
             String::from_utf8_lossy(&saved.stdout),
             format!("Snapshot saved at {}\n", file.display())
         );
-        whole_keyspace(&old, 0).await
+        keyspace
     };
     // The old cluster is gone (its data dirs removed); only the file is left.
     let status = keelctl(&["snapshot", "status", &file.to_string_lossy(), "-w", "json"]).await;
