@@ -8,10 +8,14 @@
 //! - answers are yielded in request order, exactly as the receiver sent
 //!   them; the stream ends after the first error (a conflict, a higher vote,
 //!   a transport failure, a stall);
-//! - a session that stops making progress fails within openraft's
-//!   `soft_ttl`: opening it, and every answer owed (measured from the later
-//!   of the last answer and the oldest unanswered request), must arrive in
-//!   that time; an idle session with nothing unanswered never times out;
+//! - a session that stops making progress fails: opening it must take
+//!   less than openraft's `soft_ttl`, and every answer owed must arrive
+//!   within `soft_ttl` plus the time the receiver needs to store the
+//!   request at [`RECEIVER_FLOOR_BYTES_PER_SECOND`] (measured from the later
+//!   of the last answer and the oldest unanswered request); an idle session
+//!   with nothing unanswered never times out. A request too large to be
+//!   stored within `soft_ttl` alone (a new member catching up on a long
+//!   log) would otherwise be sent, cut off and sent again forever;
 //! - a request on a link cut by [`LinkFaults`](crate::network::LinkFaults)
 //!   is never sent: the session ends, and reports the peer unreachable once
 //!   the requests already sent are answered.
@@ -33,6 +37,15 @@ use tonic::transport::Channel;
 use crate::network::{rpc_failure, PeerMessage, PeerNetwork, PeerUnavailable, RemoteFailure};
 use crate::peer_codec::{decode_payload, encode_payload, PeerCodecError};
 use keel_raft::{NodeId, TypeConfig};
+
+/// The slowest a receiver may store a request's bytes before its session
+/// counts as stalled (a loaded member writing and syncing its log).
+const RECEIVER_FLOOR_BYTES_PER_SECOND: f64 = 4.0 * 1024.0 * 1024.0;
+
+/// What a request of `bytes` may take beyond the session's patience.
+fn storing_time(bytes: usize) -> Duration {
+    Duration::from_secs_f64(bytes as f64 / RECEIVER_FLOOR_BYTES_PER_SECOND)
+}
 
 /// One answer of a session, as openraft's replication consumes it.
 pub type SessionAnswer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
@@ -59,19 +72,19 @@ enum SendingStopped {
 /// answering half (polled by openraft).
 #[derive(Default)]
 struct Session {
-    /// When each request still unanswered was sent, oldest first.
-    unanswered: Mutex<VecDeque<Instant>>,
+    /// When each request still unanswered was sent, and its size, oldest first.
+    unanswered: Mutex<VecDeque<(Instant, usize)>>,
     /// Signalled whenever a request is sent.
     request_sent: Notify,
     stopped: Mutex<Option<SendingStopped>>,
 }
 
 impl Session {
-    fn sent(&self) {
+    fn sent(&self, bytes: usize) {
         self.unanswered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push_back(Instant::now());
+            .push_back((Instant::now(), bytes));
         self.request_sent.notify_one();
     }
 
@@ -79,7 +92,7 @@ impl Session {
     fn answered(&self, round_trip: &keel_metrics::HistogramChild) -> Instant {
         let mut unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        if let Some(sent) = unanswered.pop_front() {
+        if let Some((sent, _)) = unanswered.pop_front() {
             round_trip.observe(now.duration_since(sent).as_secs_f64());
         }
         now
@@ -90,7 +103,7 @@ impl Session {
         let unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
         unanswered
             .front()
-            .map(|oldest| (*oldest).max(last_answer) + patience)
+            .map(|(sent, bytes)| (*sent).max(last_answer) + patience + storing_time(*bytes))
     }
 
     fn stop_sending(&self, why: SendingStopped) {
@@ -126,7 +139,7 @@ where
             }
             match encode_payload(&request) {
                 Ok(payload) => {
-                    session.sent();
+                    session.sent(payload.data.len());
                     Some((payload, (requests, session)))
                 }
                 Err(error) => {

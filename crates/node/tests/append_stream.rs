@@ -38,6 +38,9 @@ enum Script {
     AnswerOnceArrived(usize),
     /// Reads requests, answers none.
     Silent,
+    /// Answers each request, in order, this long after it arrived (a
+    /// receiver slowly storing a large request).
+    AnswerAfter(Duration),
 }
 
 struct ScriptedReceiver {
@@ -76,6 +79,10 @@ impl Peer for ScriptedReceiver {
                 futures::stream::iter(arrived.iter().map(answer_for).collect::<Vec<_>>())
             })),
             Script::Silent => Box::pin(counted.filter_map(|_| std::future::ready(None))),
+            Script::AnswerAfter(delay) => Box::pin(counted.then(move |payload| async move {
+                tokio::time::sleep(delay).await;
+                answer_for(&payload)
+            })),
         };
         Ok(Response::new(answers))
     }
@@ -306,4 +313,55 @@ async fn a_refused_connection_fails_the_session_only_after_its_patience() {
         "refused after {:?}, sooner than the session's patience {soft_ttl:?}",
         started.elapsed()
     );
+}
+
+/// Regression (a member added to a cluster holding 200,000 keys never caught
+/// up): a request too large to be stored within soft_ttl was cut off as a
+/// stall and sent again, forever. A large request is given the time to be
+/// stored at the receiver floor rate; a small one still only soft_ttl.
+#[tokio::test]
+async fn a_large_request_gets_the_time_to_be_stored_before_its_session_counts_as_stalled() {
+    let option = RPCOption::new(Duration::from_millis(200));
+    let soft_ttl = option.soft_ttl();
+    let slow_store = soft_ttl * 3;
+    let (node, received) = scripted_receiver(Script::AnswerAfter(slow_store)).await;
+    let mut connection = PeerNetwork::new().new_client(TARGET_ID, &node).await;
+    let (requests, input) = mpsc::unbounded();
+    let mut answers = connection
+        .stream_append(input, option)
+        .await
+        .expect("the session opens");
+    let mut large = request(1);
+    let batch = keel_api::keelpb::WriteBatch {
+        requests: vec![keel_api::keelpb::WriteRequest {
+            request: Some(keel_api::keelpb::write_request::Request::Put(
+                keel_api::etcdserverpb::PutRequest {
+                    key: b"k".to_vec(),
+                    value: vec![7u8; 3 * 1024 * 1024],
+                    ..Default::default()
+                },
+            )),
+        }],
+    };
+    large.entries = vec![keel_raft::type_config::Entry {
+        log_id: log_id(2),
+        payload: openraft::EntryPayload::Normal(batch),
+    }];
+    requests.unbounded_send(large).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), answers.next())
+        .await
+        .expect("answered in time")
+        .expect("an answer");
+    assert!(
+        matches!(answer, Ok(Ok(_))),
+        "a slowly stored large request counted as a stall: {answer:?}"
+    );
+    // A small request answered as slowly is a stall.
+    requests.unbounded_send(request(3)).unwrap();
+    let stalled = tokio::time::timeout(Duration::from_secs(10), answers.next())
+        .await
+        .expect("the stall is reported")
+        .expect("an item");
+    assert!(matches!(stalled, Err(RPCError::Network(_))), "{stalled:?}");
+    assert_eq!(received.load(Ordering::SeqCst), 2);
 }
