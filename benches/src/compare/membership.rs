@@ -225,9 +225,9 @@ pub async fn add_member(cluster: &mut BenchCluster) -> anyhow::Result<Duration> 
         }
         if started.elapsed() > SERVE_LIMIT {
             anyhow::bail!(
-                "the added member did not serve {} within {SERVE_LIMIT:?}; its log ends:\n{}",
+                "the added member did not serve {} within {SERVE_LIMIT:?}; its log ends: {}",
                 String::from_utf8_lossy(LAST_KEY),
-                fixture.log_tail(index, 10)
+                fixture.log_tail(index, 10).replace('\n', " | ")
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
