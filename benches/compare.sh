@@ -39,5 +39,5 @@ if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] && [ -z "${KEEL_BENC
 fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --release -p keel-server -p keel-bench
+cargo build --release -p keel-server -p keel-ctl -p keel-bench
 exec "$CARGO_TARGET_DIR/release/keel-bench" compare "$@"

@@ -9,12 +9,14 @@
 //! ([`throughput`]); 4 `kube` ([`kube`]); 5 `failover` ([`failover`]);
 //! 6 `memory` ([`memory`]); Watch (issue 10): 7 `watch-fanout`,
 //! 8 `watch-replay`, 9 `watch-idle` ([`watch`], [`watch_fanout`]); Leases
-//! (issue 11): 10 `lease` ([`lease`]).
+//! (issue 11): 10 `lease` ([`lease`]); Membership (issue 13): 11
+//! `membership` ([`membership`], not in the default set).
 
 pub mod cluster;
 pub mod failover;
 pub mod kube;
 pub mod lease;
+pub mod membership;
 pub mod memory;
 pub mod plot;
 pub mod results;
@@ -46,10 +48,11 @@ pub enum Scenario {
     WatchReplay,
     WatchIdle,
     Lease,
+    Membership,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::Put,
         Scenario::Range,
         Scenario::Txn,
@@ -60,6 +63,7 @@ impl Scenario {
         Scenario::WatchReplay,
         Scenario::WatchIdle,
         Scenario::Lease,
+        Scenario::Membership,
     ];
 
     pub fn id(self) -> &'static str {
@@ -74,12 +78,13 @@ impl Scenario {
             Scenario::WatchReplay => "scenario:watch-replay",
             Scenario::WatchIdle => "scenario:watch-idle",
             Scenario::Lease => "scenario:lease",
+            Scenario::Membership => "scenario:membership",
         }
     }
 }
 
 /// Every section of RESULTS.md, in order.
-pub const SECTION_IDS: [&str; 12] = [
+pub const SECTION_IDS: [&str; 13] = [
     "machine",
     "scenario:put",
     "scenario:range",
@@ -91,12 +96,13 @@ pub const SECTION_IDS: [&str; 12] = [
     "scenario:watch-replay",
     "scenario:watch-idle",
     "scenario:lease",
+    "scenario:membership",
     "plot",
 ];
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CompareOptions {
-    /// Scenarios to run (comma-separated).
+    /// Scenarios to run (comma-separated; `membership` only when named).
     #[arg(
         long,
         value_delimiter = ',',
@@ -128,6 +134,9 @@ pub struct CompareOptions {
     /// Watchers per watch fan-out case (comma-separated; default 1,100,1000,10000; quick 1,100).
     #[arg(long, value_delimiter = ',')]
     pub fanout_watchers: Option<Vec<usize>>,
+    /// Keys preloaded by the membership scenario (default 1000000; quick 10000).
+    #[arg(long)]
+    pub keys: Option<u64>,
     /// Where the members' data dirs go (default $TMPDIR/keel-bench).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -159,6 +168,8 @@ pub struct Scale {
     pub idle_watchers: usize,
     /// Leases the lease scenario keeps alive.
     pub keepalive_leases: u64,
+    /// Keys preloaded before the membership scenario's add and snapshot.
+    pub membership_keys: u64,
 }
 
 impl Scale {
@@ -202,6 +213,10 @@ impl Scale {
             replay_revisions: if quick { 5_000 } else { 100_000 },
             idle_watchers: 1_000,
             keepalive_leases: if quick { 1_000 } else { 10_000 },
+            membership_keys: options
+                .keys
+                .unwrap_or(if quick { 10_000 } else { 1_000_000 })
+                .max(1),
         }
     }
 }
@@ -498,6 +513,9 @@ pub async fn run_compare(options: CompareOptions) -> anyhow::Result<()> {
     }
     if selected.contains(&Scenario::Lease) {
         lease::run(&ctx).await?;
+    }
+    if selected.contains(&Scenario::Membership) {
+        membership::run(&ctx).await?;
     }
     redraw_plot(&ctx.results);
     let fsync_end = fdatasync_latency(&ctx.data_root, ctx.scale.fsync_samples).ok();
