@@ -324,11 +324,15 @@ async fn run_command(
         ["add"] => {
             let member = roster.next_member(flags.base_port)?;
             let added = client()?.member_add(vec![member.peer_url.clone()], false).await?;
-            let id = added.member.map_or(0, |m| m.id);
+            let id = added.member.as_ref().map_or(0, |m| m.id);
             roster.members.push(member.clone());
             roster.last_number += 1;
             roster.save(&flags.data_dir)?;
-            running.start(flags, &member, &roster.initial_cluster_for(&member))?;
+            running.start(
+                flags,
+                &member,
+                &keel_client::launch::initial_cluster_after_add(&added, &member.name),
+            )?;
             println!(
                 "added member {} ({id:x}) at {}; it joins with --initial-cluster-state existing",
                 member.name, member.client_url

@@ -185,28 +185,17 @@ pub async fn add_member(cluster: &mut BenchCluster) -> anyhow::Result<Duration> 
         let started = Instant::now();
         match client.member_add(vec![peer_url.clone()], false).await {
             Ok(added) => break (started, added),
-            Err(error) if format!("{error:#}").contains("unhealthy") && asked.elapsed() < UNHEALTHY_LIMIT => {
+            // Refused before anything was proposed: asking again is safe.
+            Err(error)
+                if error.wire_error() == Some(keel_api::WireError::Unhealthy)
+                    && asked.elapsed() < UNHEALTHY_LIMIT =>
+            {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(error) => return Err(error).context("MemberAdd"),
         }
     };
-    let initial_cluster = added
-        .members
-        .iter()
-        .flat_map(|member| {
-            let member_name = if member.peer_ur_ls.contains(&peer_url) {
-                new_name.to_string()
-            } else {
-                member.name.clone()
-            };
-            member
-                .peer_ur_ls
-                .iter()
-                .map(move |url| format!("{member_name}={url}"))
-        })
-        .collect::<Vec<_>>()
-        .join(",");
+    let initial_cluster = keel_client::launch::initial_cluster_after_add(&added, new_name);
     fixture.start_joining(index, &initial_cluster)?;
     let endpoint = fixture.endpoint(index);
     let reader = Client::connect_lazy(

@@ -45,6 +45,7 @@ pub mod keelstoragepb {
 pub mod encoded_watch;
 pub mod go_format;
 pub mod key_range;
+pub mod member_urls;
 pub mod space_cost;
 pub mod wire_error;
 

@@ -62,6 +62,29 @@ impl MemberLaunch<'_> {
     }
 }
 
+/// The `--initial-cluster` a member added by `response` starts with, as
+/// etcdctl's `member add` prints it: every member's `name=peer_url`, in the
+/// response's order, the added member (which has no name yet) as `name`.
+pub fn initial_cluster_after_add(response: &keel_api::etcdserverpb::MemberAddResponse, name: &str) -> String {
+    let added_id = response.member.as_ref().map(|member| member.id);
+    response
+        .members
+        .iter()
+        .flat_map(|member| {
+            let member_name = if Some(member.id) == added_id {
+                name
+            } else {
+                member.name.as_str()
+            };
+            member
+                .peer_ur_ls
+                .iter()
+                .map(move |url| format!("{member_name}={url}"))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// How long one member may take to say whom it follows.
 const STATUS_WAIT: Duration = Duration::from_millis(500);
 

@@ -254,14 +254,13 @@ impl MembershipChanges {
 
     /// An id no member of the cluster has or had.
     fn fresh_member_id(&self, view: &ClusterView, peer_urls: &[String]) -> NodeId {
-        let removed = self.state.removed_members();
         let mut salt = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|since| since.as_nanos())
             .unwrap_or_default();
         loop {
             let id = added_member_id(peer_urls, &self.cluster_token, salt);
-            if !view.nodes.contains_key(&id) && !removed.contains(&id) {
+            if !view.nodes.contains_key(&id) && !self.state.is_removed(id) {
                 return id;
             }
             salt += 1;
@@ -284,24 +283,15 @@ fn added_member_id(peer_urls: &[String], cluster_token: &str, salt: u128) -> Nod
     u64::from_be_bytes(bytes).max(1)
 }
 
-/// The first of `peer_urls` once every one is an http(s) URL of a host and
-/// port without a path (etcd's `types.NewURLs`); keel dials the first.
+/// The first of `peer_urls` once every one passes etcd's rule for member
+/// URLs and is an http(s) one (keel dials its peers over TCP only); keel
+/// dials the first.
 fn checked_peer_url(peer_urls: &[String]) -> Result<String, RequestError> {
-    let valid = |url: &String| {
-        let Some(rest) = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("https://"))
-        else {
-            return false;
-        };
-        let authority = rest.trim_end_matches('/');
-        match authority.rsplit_once(':') {
-            Some((host, port)) => !host.is_empty() && !authority.contains('/') && port.parse::<u16>().is_ok(),
-            None => false,
-        }
+    let dialable = |url: &String| {
+        keel_api::member_urls::check_member_url(url).is_ok_and(|scheme| scheme.starts_with("http"))
     };
     match peer_urls.first() {
-        Some(first) if peer_urls.iter().all(valid) => Ok(first.clone()),
+        Some(first) if peer_urls.iter().all(dialable) => Ok(first.clone()),
         _ => Err(WireError::MemberBadUrls.into()),
     }
 }
@@ -399,6 +389,8 @@ mod tests {
             vec!["http://127.0.0.1"],
             vec!["http://h:1/path"],
             vec!["http://h:1", "ftp://h:2"],
+            // Valid for etcd, but keel dials its peers over TCP only.
+            vec!["unix://sock"],
         ] {
             let urls: Vec<String> = bad.iter().map(|u| u.to_string()).collect();
             assert!(

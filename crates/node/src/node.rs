@@ -379,16 +379,21 @@ fn start_paths(
 /// way it learns it).
 async fn follow_membership(raft: KeelRaft, state: StateView, member_id: NodeId, network: PeerNetwork) {
     let mut metrics = raft.metrics();
+    // Metrics change with every acknowledgement; the URLs only with the
+    // membership's log id.
+    let mut learned = None;
     loop {
-        let urls = metrics
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, node)| (*id, node.peer_url.clone()))
-            .collect();
-        network.learn_member_urls(urls);
-        if state.removed_members().contains(&member_id) {
+        let membership = metrics.borrow_watched().membership_config.clone();
+        if learned != Some(*membership.log_id()) {
+            let urls = membership
+                .membership()
+                .nodes()
+                .map(|(id, node)| (*id, node.peer_url.clone()))
+                .collect();
+            network.learn_member_urls(urls);
+            learned = Some(*membership.log_id());
+        }
+        if state.is_removed(member_id) {
             network.removal().note_removed();
             return;
         }

@@ -65,7 +65,7 @@ impl PeerService {
     /// tells it to stop (`membership.rs`).
     fn refuse_removed_candidate(&self, request: &VoteRequest<TypeConfig>) -> Result<(), Status> {
         let candidate = request.vote.leader_id().voted_for;
-        if self.state.removed_members().contains(&candidate) {
+        if self.state.is_removed(candidate) {
             return Err(member_removed_refusal(candidate));
         }
         Ok(())

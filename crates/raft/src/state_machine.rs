@@ -119,6 +119,15 @@ impl StateView {
             .clone()
     }
 
+    /// True when the cluster removed member `id` (applied state).
+    pub fn is_removed(&self, id: u64) -> bool {
+        self.shared
+            .removed
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+    }
+
     /// The members removed from the cluster (applied state).
     pub fn removed_members(&self) -> RemovedMembers {
         self.shared

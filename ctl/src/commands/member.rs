@@ -107,41 +107,18 @@ fn member_id_arg(args: &[String]) -> Result<u64, CtlError> {
     })
 }
 
-/// `--peer-urls` split at commas, checked and sorted as etcd's
-/// `types.NewURLs` does.
+/// `--peer-urls` split at commas, checked (etcd's rule for member URLs)
+/// and sorted, as etcdctl's `types.NewURLs` does.
 fn checked_peer_urls(flag: &str) -> Result<Vec<String>, CtlError> {
     if flag.is_empty() {
         return Err(CtlError::bad_args("member peer urls not provided"));
     }
     let mut urls = Vec::new();
     for url in flag.split(',') {
-        let Some((scheme, rest)) = url.split_once("://") else {
-            return Err(CtlError::failed(format!(
-                "URL scheme must be http, https, unix, or unixs: {url}"
-            )));
-        };
-        if !["http", "https", "unix", "unixs"].contains(&scheme) {
-            return Err(CtlError::failed(format!(
-                "URL scheme must be http, https, unix, or unixs: {url}"
-            )));
-        }
-        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-        if scheme.starts_with("http") && !has_host_and_port(authority) {
-            return Err(CtlError::failed(format!(
-                "URL address does not have the form \"host:port\": {url}"
-            )));
-        }
-        if !path.is_empty() {
-            return Err(CtlError::failed(format!("URL must not contain a path: {url}")));
-        }
+        keel_api::member_urls::check_member_url(url)
+            .map_err(|refused| CtlError::failed(refused.to_string()))?;
         urls.push(url.to_string());
     }
     urls.sort();
     Ok(urls)
-}
-
-fn has_host_and_port(authority: &str) -> bool {
-    authority
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && !port.is_empty())
 }

@@ -131,26 +131,12 @@ pub fn member_add(out: &mut Vec<u8>, response: &MemberAddResponse, name: &str) {
         out,
         format!("Member {:16x} added to cluster {cluster_id:16x}", added.id).as_bytes(),
     );
-    let initial_cluster: Vec<String> = response
-        .members
-        .iter()
-        .flat_map(|member| {
-            let member_name = if member.id == added.id { name } else { &member.name };
-            member
-                .peer_ur_ls
-                .iter()
-                .map(move |url| format!("{member_name}={url}"))
-        })
-        .collect();
+    let initial_cluster = keel_client::launch::initial_cluster_after_add(response, name);
     line(out, b"");
     line(out, format!("ETCD_NAME={}", quote(name.as_bytes())).as_bytes());
     line(
         out,
-        format!(
-            "ETCD_INITIAL_CLUSTER={}",
-            quote(initial_cluster.join(",").as_bytes())
-        )
-        .as_bytes(),
+        format!("ETCD_INITIAL_CLUSTER={}", quote(initial_cluster.as_bytes())).as_bytes(),
     );
     line(
         out,
