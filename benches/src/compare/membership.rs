@@ -185,10 +185,14 @@ pub async fn add_member(cluster: &mut BenchCluster) -> anyhow::Result<Duration> 
         let started = Instant::now();
         match client.member_add(vec![peer_url.clone()], false).await {
             Ok(added) => break (started, added),
-            // Refused before anything was proposed: asking again is safe.
+            // Refused before anything was proposed (a member not yet
+            // connected to the leader, or not yet started: published its
+            // attributes): asking again is safe.
             Err(error)
-                if error.wire_error() == Some(keel_api::WireError::Unhealthy)
-                    && asked.elapsed() < UNHEALTHY_LIMIT =>
+                if matches!(
+                    error.wire_error(),
+                    Some(keel_api::WireError::Unhealthy | keel_api::WireError::MemberNotEnoughStarted)
+                ) && asked.elapsed() < UNHEALTHY_LIMIT =>
             {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
