@@ -35,7 +35,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         "A fresh 3-member cluster per system and repetition (alternating which goes first), preloaded with \
          {keys} distinct keys (8-byte keys, {VALUE_BYTES}-byte values; {CLIENTS} clients over {CONNS} \
          connections) and then one more put of `{}`. **Add member**: from the MemberAdd call (a voter; \
-         retried untimed while etcd answers \"unhealthy cluster\") to the first serializable get of that \
+         retried untimed while the cluster answers \"unhealthy cluster\" or \"not enough started members\") to the first serializable get of that \
          last key on the new member that returns it; the new member is started right after MemberAdd \
          answers, with the `--initial-cluster` built from the response's members. **Snapshot save**: \
          `Maintenance.Snapshot` of member 1 streamed to a file (time until the file is written and \

@@ -9,18 +9,25 @@
 //!   them; the stream ends after the first error (a conflict, a higher vote,
 //!   a transport failure, a stall);
 //! - a session that stops making progress fails: opening it must take
-//!   less than openraft's `soft_ttl`, and every answer owed must arrive
-//!   within `soft_ttl` plus the time the receiver needs to store the
-//!   request at [`RECEIVER_FLOOR_BYTES_PER_SECOND`] (measured from the later
-//!   of the last answer and the oldest unanswered request); an idle session
-//!   with nothing unanswered never times out. A request too large to be
-//!   stored within `soft_ttl` alone (a new member catching up on a long
-//!   log) would otherwise be sent, cut off and sent again forever;
+//!   less than its patience, and every answer owed must arrive within that
+//!   patience plus the time the receiver needs to store the request at
+//!   [`RECEIVER_FLOOR_BYTES_PER_SECOND`] (measured from the later of the
+//!   last answer and the oldest unanswered request); an idle session with
+//!   nothing unanswered never times out. A request too large to be stored
+//!   within the patience alone (a new member catching up on a long log)
+//!   would otherwise be sent, cut off and sent again forever;
+//! - a session's patience is openraft's `soft_ttl`, doubled for every
+//!   session to the same target in a row that stalled or opened too slowly
+//!   (up to [`MAX_PATIENCE_DOUBLINGS`] times), and back to `soft_ttl` at the
+//!   first answer: a receiver that is slower than any fixed bound (a loaded
+//!   machine storing and applying a long log) still gets its requests
+//!   answered, while a dead one is still detected within seconds;
 //! - a request on a link cut by [`LinkFaults`](crate::network::LinkFaults)
 //!   is never sent: the session ends, and reports the peer unreachable once
 //!   the requests already sent are answered.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +52,42 @@ const RECEIVER_FLOOR_BYTES_PER_SECOND: f64 = 4.0 * 1024.0 * 1024.0;
 /// What a request of `bytes` may take beyond the session's patience.
 fn storing_time(bytes: usize) -> Duration {
     Duration::from_secs_f64(bytes as f64 / RECEIVER_FLOOR_BYTES_PER_SECOND)
+}
+
+/// How many times a target's patience may double (64 × `soft_ttl`: 4.8 s
+/// at etcd's default 100 ms heartbeat).
+const MAX_PATIENCE_DOUBLINGS: u32 = 6;
+
+/// A target's patience across the sessions openraft opens to it one after
+/// another (one per [`PeerConnection`](crate::network::PeerConnection)).
+#[derive(Clone, Default)]
+pub(crate) struct SessionPatience {
+    sessions_failed_in_a_row: Arc<AtomicU32>,
+}
+
+impl SessionPatience {
+    /// `soft_ttl` doubled once for each session in a row that failed.
+    fn for_next_session(&self, soft_ttl: Duration) -> Duration {
+        let doublings = self
+            .sessions_failed_in_a_row
+            .load(Ordering::Relaxed)
+            .min(MAX_PATIENCE_DOUBLINGS);
+        soft_ttl * 2u32.pow(doublings)
+    }
+
+    fn session_stalled(&self, target: NodeId, waited: Duration) {
+        let failed = self.sessions_failed_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::debug!(
+            target_member = format_args!("{target:x}"),
+            ?waited,
+            sessions_failed_in_a_row = failed,
+            "replication session stalled; the next one waits longer"
+        );
+    }
+
+    fn answered(&self) {
+        self.sessions_failed_in_a_row.store(0, Ordering::Relaxed);
+    }
 }
 
 /// One answer of a session, as openraft's replication consumes it.
@@ -123,11 +166,12 @@ pub(crate) async fn open<S>(
     target: NodeId,
     requests: S,
     option: RPCOption,
+    target_patience: &SessionPatience,
 ) -> Result<impl Stream<Item = SessionAnswer> + Send + 'static, RPCError<TypeConfig>>
 where
     S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
 {
-    let patience = option.soft_ttl();
+    let patience = target_patience.for_next_session(option.soft_ttl());
     let session = Arc::new(Session::default());
     let outgoing = futures::stream::unfold((requests, session.clone()), move |(mut requests, session)| {
         let network = network.clone();
@@ -152,6 +196,7 @@ where
     let opened = tokio::time::timeout(patience, client.stream_append(tonic::Request::new(outgoing))).await;
     let answers = match opened {
         Err(_elapsed) => {
+            target_patience.session_stalled(target, patience);
             let failure = SessionFailure::OpenTimedOut {
                 target,
                 waited: patience,
@@ -175,6 +220,7 @@ where
         session,
         target,
         patience,
+        target_patience: target_patience.clone(),
         last_answer: Instant::now(),
         finished: false,
         round_trip: keel_metrics::metrics()
@@ -212,6 +258,7 @@ struct AnswerState {
     session: Arc<Session>,
     target: NodeId,
     patience: Duration,
+    target_patience: SessionPatience,
     last_answer: Instant,
     finished: bool,
     /// `etcd_network_peer_round_trip_time_seconds{To="<target>"}`.
@@ -241,6 +288,7 @@ impl AnswerState {
             match woken {
                 Woken::Answer(Ok(Some(payload))) => {
                     self.last_answer = self.session.answered(&self.round_trip);
+                    self.target_patience.answered();
                     return Some(self.decode(&payload));
                 }
                 Woken::Answer(Ok(None)) => {
@@ -248,6 +296,7 @@ impl AnswerState {
                 }
                 Woken::Answer(Err(status)) => return Some(Err(rpc_failure(status))),
                 Woken::Overdue => {
+                    self.target_patience.session_stalled(self.target, self.patience);
                     let failure = SessionFailure::Stalled {
                         target: self.target,
                         waited: self.patience,

@@ -244,6 +244,9 @@ pub struct PeerConnection {
     target: NodeId,
     peer_url: String,
     network: PeerNetwork,
+    /// Kept across the replication sessions openraft opens on this
+    /// connection (`append_stream.rs`).
+    session_patience: crate::append_stream::SessionPatience,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -254,6 +257,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             peer_url: node.peer_url.clone(),
             network: self.clone(),
+            session_patience: Default::default(),
         }
     }
 }
@@ -368,8 +372,15 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     {
         Box::pin(async move {
             let client = self.client(PeerMessage::AppendEntries)?;
-            let answers =
-                crate::append_stream::open(client, self.network.clone(), self.target, input, option).await?;
+            let answers = crate::append_stream::open(
+                client,
+                self.network.clone(),
+                self.target,
+                input,
+                option,
+                &self.session_patience,
+            )
+            .await?;
             let answers: BoxStream<'s, _> = Box::pin(answers);
             Ok(answers)
         })

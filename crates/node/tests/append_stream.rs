@@ -365,3 +365,56 @@ async fn a_large_request_gets_the_time_to_be_stored_before_its_session_counts_as
     assert!(matches!(stalled, Err(RPCError::Network(_))), "{stalled:?}");
     assert_eq!(received.load(Ordering::SeqCst), 2);
 }
+
+/// Regression (a member added to a cluster holding 1,000,000 keys did not
+/// catch up within 120 s on a loaded machine; its log showed the leader's
+/// sessions reset over and over): a receiver slower than a session's
+/// patience for every request was cut off and sent the same request again
+/// forever. The sessions that follow a stall to the same target wait
+/// longer, so such a receiver is answered after a few sessions.
+#[tokio::test]
+async fn a_receiver_slower_than_a_sessions_patience_is_answered_once_later_sessions_wait_longer() {
+    let option = RPCOption::new(Duration::from_millis(200));
+    let soft_ttl = option.soft_ttl();
+    let (node, _received) = scripted_receiver(Script::AnswerAfter(soft_ttl * 3)).await;
+    let mut connection = PeerNetwork::new().new_client(TARGET_ID, &node).await;
+    let mut stalled_sessions = 0;
+    let answered = loop {
+        assert!(
+            stalled_sessions < 6,
+            "{stalled_sessions} sessions in a row stalled on a receiver that answers every request after {:?}",
+            soft_ttl * 3
+        );
+        let (requests, input) = mpsc::unbounded();
+        let mut answers = connection
+            .stream_append(input, option.clone())
+            .await
+            .expect("the session opens");
+        requests.unbounded_send(request(1)).unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), answers.next())
+            .await
+            .expect("answered or stalled in time")
+            .expect("an item");
+        match answer {
+            Ok(answered) => break answered,
+            Err(RPCError::Network(_)) => stalled_sessions += 1,
+            Err(other) => panic!("unexpected failure: {other:?}"),
+        }
+    };
+    assert_eq!(answered, Ok(Some(log_id(1))));
+    assert!(stalled_sessions >= 1, "the first session, at soft_ttl, should have stalled");
+    // Once answered, a session is back to soft_ttl: a slow answer stalls it at once.
+    let (requests, input) = mpsc::unbounded();
+    let mut answers = connection
+        .stream_append(input, option.clone())
+        .await
+        .expect("the session opens");
+    requests.unbounded_send(request(2)).unwrap();
+    let started = tokio::time::Instant::now();
+    let next = tokio::time::timeout(Duration::from_secs(10), answers.next())
+        .await
+        .expect("answered or stalled in time")
+        .expect("an item");
+    assert!(matches!(next, Err(RPCError::Network(_))), "{next:?}");
+    assert!(started.elapsed() < soft_ttl * 3, "the patience was not reset by the answer");
+}
