@@ -181,7 +181,10 @@ fn crash_at(step: DefragStep) {
         with_history(&store);
         store.flush().expect("flush");
         let before = everything(&store);
+        let reader = store.clone();
         let crashed = store.defragment_stopping_at(&mut |reached| {
+            // Reads go on while the defragmentation holds the writer slot.
+            assert_eq!(reader.range(&range_request("", "\0")).expect("read").count, 25);
             if reached == step {
                 Err(MvccError::Corrupt(format!("crashed at {reached:?}")))
             } else {
