@@ -16,6 +16,8 @@
 //!   order its concurrent probes finish; keelctl in the order given).
 //! - `get --count-only`: etcdctl 3.4 has no such flag (3.5 added it); keelctl's
 //!   output is compared with etcdctl's for the same range without the key-values.
+//! - `defrag --data-dir`: etcdctl 3.4 defragments a stopped etcd's bolt file;
+//!   keelctl refuses it (checked in maintenance.rs).
 //! - `move-leader` that moves leadership: after etcdctl's move, keelctl moves
 //!   it back, and its line must be etcdctl's with the two IDs swapped.
 //! - usage text after a flag error, and keelctl's own additions (`get -w
@@ -350,6 +352,29 @@ async fn golden_suite(cluster: &Cluster) -> (usize, Vec<String>) {
             .await;
     }
     g.read_all(&["endpoint", "hashkv", "--rev", "999999"]).await;
+
+    // defrag: one member (the same lines in every format), every member,
+    // --cluster, and beside a live member an endpoint nobody listens on
+    // (its failure line on stderr, exit 1).
+    g.read(&["defrag"]).await;
+    g.read(&["defrag", "-w", "json"]).await;
+    g.read(&["defrag", "--cluster"]).await;
+    g.read_all(&["defrag"]).await;
+    let closed = format!("127.0.0.1:{}", keel_tests::free_port().expect("a free port"));
+    let mixed = format!("{},{closed}", cluster.endpoint(0));
+    let (e, k) = g
+        .both_at(&mixed, args(&["defrag", "--command-timeout=2s"]), b"")
+        .await;
+    if e.code != 1
+        || !e
+            .stderr_text()
+            .contains(&format!("Failed to defragment etcd member[{closed}]"))
+    {
+        g.mismatches.push(format!(
+            "etcdctl defrag with an unreachable endpoint did not fail: {e:?}"
+        ));
+    }
+    g.check("defrag with an unreachable endpoint", &e, &k);
 
     // put.
     for format in ["simple", "json", "fields", "protobuf", "table"] {

@@ -1,7 +1,8 @@
 //! etcd's Maintenance calls keel serves beyond Status and HashKV: MoveLeader
 //! (through the real `etcdctl move-leader` 3.4, and its errors side by side
-//! with etcd's) and Hash (every member agrees), and `etcdctl endpoint
-//! hashkv --cluster` against keel.
+//! with etcd's) and Hash (every member agrees), `etcdctl endpoint
+//! hashkv --cluster` against keel, and Defragment (through the real
+//! `etcdctl defrag [--cluster]`, with Status' sizes around it).
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
@@ -240,20 +241,7 @@ async fn members_agree_on_hash_and_hashkv_and_a_write_changes_them() {
             .map(|line| line.rsplit(", ").next().unwrap_or_default().to_string())
             .collect()
     };
-    // --cluster reads the client URLs from the member list: wait until
-    // every member has published its own.
-    let published_by = Instant::now() + Duration::from_secs(10);
-    loop {
-        let members = client.member_list().await.expect("member list").members;
-        if members.len() == 3 && members.iter().all(|member| !member.client_ur_ls.is_empty()) {
-            break;
-        }
-        assert!(
-            Instant::now() < published_by,
-            "members never published their client URLs"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_published_client_urls(&client, 3).await;
     let (ok, first, stderr) = etcdctl(&cluster.endpoints(), &["endpoint", "hashkv", "--cluster"]).await;
     assert!(ok, "{stderr}");
     let first = hashkv_lines(&first);
@@ -270,6 +258,159 @@ async fn members_agree_on_hash_and_hashkv_and_a_write_changes_them() {
     let second = hashkv_lines(&second);
     assert!(second.iter().all(|h| *h == second[0]), "{second:?}");
     assert_ne!(second[0], first[0], "a write changes HashKV");
+}
+
+/// `--cluster` reads the client URLs from the member list: waits until
+/// every member has published its own.
+async fn wait_for_published_client_urls(client: &keel_client::Client, members: usize) {
+    let published_by = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = client.member_list().await.expect("member list").members;
+        if listed.len() == members && listed.iter().all(|member| !member.client_ur_ls.is_empty()) {
+            return;
+        }
+        assert!(
+            Instant::now() < published_by,
+            "members never published their client URLs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `etcdctl endpoint status -w json` of one endpoint: (dbSize, dbSizeInUse).
+async fn db_sizes(endpoint: &str) -> (i64, i64) {
+    let (ok, stdout, stderr) = etcdctl(&[endpoint.to_string()], &["endpoint", "status", "-w", "json"]).await;
+    assert!(ok, "{stderr}");
+    let parsed: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    let status = &parsed[0]["Status"];
+    (
+        status["dbSize"].as_i64().expect("dbSize"),
+        status["dbSizeInUse"].as_i64().expect("dbSizeInUse"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_defrag_keeps_every_member_s_data_and_status_shows_what_compaction_freed() {
+    let cluster = Cluster::start(ClusterOptions::keel(3))
+        .await
+        .expect("keel starts");
+    let client = cluster.client().expect("client");
+    wait_for_published_client_urls(&client, 3).await;
+    let (fresh_size, fresh_in_use) = db_sizes(&cluster.endpoint(0)).await;
+    assert!(fresh_in_use <= fresh_size, "{fresh_in_use} of {fresh_size}");
+
+    // 4 MB written, then all but one key deleted and compacted away.
+    let value = vec![b'x'; 10_000];
+    for i in 0..400 {
+        let request = PutRequest {
+            key: format!("big/{i:03}").into_bytes(),
+            value: value.clone(),
+            ..Default::default()
+        };
+        client.put(request).await.expect("put");
+    }
+    client.put(put("kept")).await.expect("put");
+    let (written_size, written_in_use) = db_sizes(&cluster.endpoint(0)).await;
+    assert!(written_in_use > 4_000_000, "{written_in_use}");
+    assert!(
+        written_size >= written_in_use,
+        "{written_in_use} of {written_size}"
+    );
+    let deleted = client
+        .delete_range(keel_api::etcdserverpb::DeleteRangeRequest {
+            key: b"big/".to_vec(),
+            range_end: b"big0".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete");
+    assert_eq!(deleted.deleted, 400);
+    let revision = deleted.header.expect("header").revision;
+    client
+        .compact(keel_api::etcdserverpb::CompactionRequest {
+            revision,
+            physical: true,
+        })
+        .await
+        .expect("compaction");
+    let (compacted_size, compacted_in_use) = db_sizes(&cluster.endpoint(0)).await;
+    assert!(
+        compacted_in_use + 4_000_000 < written_in_use,
+        "the compaction freed 4 MB: in use {written_in_use} -> {compacted_in_use}"
+    );
+    assert!(
+        compacted_in_use < compacted_size / 2,
+        "{compacted_in_use} of {compacted_size}"
+    );
+    let hashes_before = hashes(&cluster).await;
+
+    let (ok, stdout, stderr) = etcdctl(&[cluster.endpoint(0)], &["defrag"]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout,
+        format!("Finished defragmenting etcd member[{}]\n", cluster.endpoint(0))
+    );
+    let (ok, stdout, stderr) = etcdctl(&[cluster.endpoint(1)], &["defrag", "--cluster"]).await;
+    assert!(ok, "{stderr}");
+    let mut finished: Vec<&str> = stdout.lines().collect();
+    finished.sort_unstable();
+    let mut expected: Vec<String> = cluster
+        .endpoints()
+        .iter()
+        .map(|endpoint| format!("Finished defragmenting etcd member[http://{endpoint}]"))
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(finished, expected);
+
+    // Every record and revision is still there, on every member.
+    assert_eq!(hashes(&cluster).await, hashes_before);
+    let (defragmented_size, defragmented_in_use) = db_sizes(&cluster.endpoint(0)).await;
+    assert_eq!(
+        defragmented_in_use, compacted_in_use,
+        "defragmentation keeps the records"
+    );
+    eprintln!(
+        "member 0 db size: fresh {fresh_size} (in use {fresh_in_use}), written {written_size} \
+         ({written_in_use}), compacted {compacted_size} ({compacted_in_use}), defragmented \
+         {defragmented_size} ({defragmented_in_use})"
+    );
+    let kept = client
+        .range(RangeRequest {
+            key: b"kept".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("read");
+    assert_eq!(kept.kvs.len(), 1);
+    let written = client
+        .put(put("after-defrag"))
+        .await
+        .expect("a write after the defragmentation");
+    assert_eq!(written.header.expect("header").revision, revision + 1);
+
+    // keelctl does the same, and refuses etcdctl's offline --data-dir.
+    let keelctl = keel_tests::built_binary("keelctl").expect("keelctl is built");
+    let output = tokio::process::Command::new(&keelctl)
+        .arg(format!("--endpoints={}", cluster.endpoint(2)))
+        .args(["defrag", "--cluster"])
+        .output()
+        .await
+        .expect("keelctl runs");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 3);
+    let output = tokio::process::Command::new(&keelctl)
+        .arg(format!("--endpoints={}", cluster.endpoint(2)))
+        .args(["defrag", "--data-dir", "/nonexistent"])
+        .output()
+        .await
+        .expect("keelctl runs");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).starts_with("Failed to defragment etcd data[/nonexistent] ("),
+        "{output:?}"
+    );
+    assert_eq!(hashes(&cluster).await[0].1, revision + 1);
 }
 
 /// `etcdctl move-leader` to a member that cannot take over (paused): what

@@ -1,10 +1,8 @@
 //! What a member serves besides KV: the standard `grpc.health.v1.Health`
-//! service reports SERVING, and every etcd RPC keel declares but does not
-//! serve answers UNIMPLEMENTED (never a silent success), while the member
-//! keeps serving afterwards.
+//! service reports SERVING. (Every etcd RPC keel declares is served since
+//! `Defragment`, the last one that answered UNIMPLEMENTED, is; it is tested
+//! in `maintenance.rs`.)
 
-use keel_api::etcdserverpb::maintenance_client::MaintenanceClient;
-use keel_api::etcdserverpb::{DefragmentRequest, RangeRequest};
 use keel_tests::{Cluster, ClusterOptions};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -41,28 +39,4 @@ async fn health_reports_serving_for_the_server_and_for_kv() {
         .await
         .expect_err("an unknown service has no health status");
     assert_eq!(unknown.code(), Code::NotFound);
-}
-
-fn assert_unimplemented<T: std::fmt::Debug>(rpc: &str, answer: Result<T, tonic::Status>) {
-    match answer {
-        Ok(reply) => panic!("{rpc} answered {reply:?}; keel does not serve it"),
-        Err(status) => assert_eq!(status.code(), Code::Unimplemented, "{rpc}: {status}"),
-    }
-}
-
-#[tokio::test]
-async fn every_declared_but_unserved_etcd_rpc_answers_unimplemented() {
-    let cluster = Cluster::start(ClusterOptions::keel(1)).await.expect("cluster");
-    let channel = channel(&cluster).await;
-    let mut maintenance = MaintenanceClient::new(channel.clone());
-
-    assert_unimplemented("Defragment", maintenance.defragment(DefragmentRequest {}).await);
-
-    // The member still serves after refusing them.
-    let client = cluster.client().expect("client");
-    let range = RangeRequest {
-        key: b"k".to_vec(),
-        ..Default::default()
-    };
-    client.range(range).await.expect("a range still succeeds");
 }

@@ -3,7 +3,8 @@
 //! exceeded" and raises NOSPACE through Raft, after which every member
 //! refuses writes that need space while reads, deletes and compactions
 //! still work; the alarm survives a restart and `alarm disarm` clears it
-//! everywhere. `keelctl alarm list|disarm` print what etcdctl 3.4 prints,
+//! everywhere, after which (the compaction having freed space, and a
+//! defragmentation) writes are taken again. `keelctl alarm list|disarm` print what etcdctl 3.4 prints,
 //! against keel and against etcd over the same quota.
 //!
 //! Named exclusion: `alarm ... -w fields`, where etcdctl 3.4 itself crashes
@@ -210,6 +211,23 @@ async fn over_the_quota_every_member_refuses_writes_that_need_space_until_disarm
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    // etcd's way out: the compaction freed two values, a defragmentation
+    // runs, and once disarmed the members take writes again.
+    assert_eq!(
+        etcdctl_stdout(&cluster, leader, &["defrag"]).await,
+        format!(
+            "Finished defragmenting etcd member[{}]\n",
+            cluster.endpoint(leader)
+        )
+    );
+    for index in 0..3 {
+        let client = cluster.member_client(index).expect("client");
+        client
+            .put(put(&format!("after-disarm/{index}"), 1000))
+            .await
+            .unwrap_or_else(|error| panic!("member {index} refuses a write after the disarm: {error:?}"));
     }
 }
 

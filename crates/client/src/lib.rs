@@ -35,12 +35,12 @@ use keel_api::etcdserverpb::cluster_client::ClusterClient;
 use keel_api::etcdserverpb::kv_client::KvClient;
 use keel_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_api::etcdserverpb::{
-    alarm_request, AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, HashKvRequest, HashKvResponse, MemberAddRequest, MemberAddResponse,
-    MemberListRequest, MemberListResponse, MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest,
-    MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
-    StatusResponse, TxnRequest, TxnResponse,
+    alarm_request, AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DefragmentRequest,
+    DefragmentResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest, HashKvResponse,
+    MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
+    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
+    MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
 use keel_api::WireError;
 use tonic::transport::{Channel, Endpoint};
@@ -438,6 +438,17 @@ impl Client {
                         .hash_kv(HashKvRequest { revision })
                         .await
                 })
+            })
+            .await
+    }
+
+    /// `Maintenance.Defragment` of one endpoint (its own keyspace only).
+    /// Sent once: a defragmentation is long and changes nothing a retry
+    /// would need.
+    pub async fn defragment(&self, endpoint: &str) -> Result<DefragmentResponse, ClientError> {
+        self.pinned(endpoint)?
+            .call(Retry::Write, |channel| {
+                Box::pin(async move { maintenance_stub(&channel).defragment(DefragmentRequest {}).await })
             })
             .await
     }

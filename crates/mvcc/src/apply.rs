@@ -167,7 +167,6 @@ impl<'a> ApplyBatch<'a> {
             committed_revisions,
         } = self;
         drop(committed_index);
-        drop(tree);
         if compact_revision != committed_revisions.compacted {
             overlay.insert(keys::META_COMPACT, &keys::encode_i64(compact_revision)[..]);
         }
@@ -177,6 +176,11 @@ impl<'a> ApplyBatch<'a> {
         let new_records_low =
             keys::revision_key(Revision::new(committed_revisions.current.saturating_add(1), 0));
         let new_records_high = keys::revision_key(Revision::new(i64::MAX, 0));
+        // Read before the tree changes; the writer slot keeps it still.
+        let live_bytes_change = overlay.size_change(&tree, |key| {
+            new_records_low.as_slice() <= key && key < new_records_high.as_slice()
+        })?;
+        drop(tree);
         let new_events = changes::events_of_records(
             overlay
                 .range(&new_records_low, &new_records_high)
@@ -202,6 +206,7 @@ impl<'a> ApplyBatch<'a> {
             current: revision,
             compacted: compact_revision,
         });
+        shared.change_live_bytes(live_bytes_change);
         drop(exclusive);
         shared.announce_revision(revision);
         Ok(())

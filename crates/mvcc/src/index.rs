@@ -425,15 +425,26 @@ fn history_len(history: Option<&KeyHistory>) -> usize {
     history.map_or(0, |history| history.earlier().len())
 }
 
+/// What [`rebuild`] found in a keyspace tree's revision records.
+pub(crate) struct Rebuilt {
+    pub index: Index,
+    /// The highest main revision among them.
+    pub last_main: Option<i64>,
+    /// Their keys' and values' bytes.
+    pub record_bytes: u64,
+}
+
 /// The index of a keyspace tree, from one ordered scan of its revision
-/// records, and the highest main revision among them.
-pub(crate) fn rebuild(tree: &sled::Tree) -> Result<(Index, Option<i64>)> {
+/// records, with their highest main revision and their size.
+pub(crate) fn rebuild(tree: &sled::Tree) -> Result<Rebuilt> {
     let mut index = Index::new();
     let mut last: Option<Revision> = None;
+    let mut record_bytes = 0u64;
     let low = [keys::REVISIONS];
     let high = [keys::REVISIONS + 1];
     for entry in tree.range(&low[..]..&high[..]) {
         let (raw_key, value) = entry?;
+        record_bytes += (raw_key.len() + value.len()) as u64;
         let revision = keys::parse_revision_key(&raw_key)?;
         if last.is_some_and(|last| last >= revision) || revision.main < 1 {
             return Err(corrupt(format!("revision record {revision:?} out of order")));
@@ -461,7 +472,11 @@ pub(crate) fn rebuild(tree: &sled::Tree) -> Result<(Index, Option<i64>)> {
             (key, history)
         })
         .collect();
-    Ok((index, last.map(|last| last.main)))
+    Ok(Rebuilt {
+        index,
+        last_main: last.map(|last| last.main),
+        record_bytes,
+    })
 }
 
 #[cfg(test)]

@@ -28,11 +28,12 @@
 //! with undo), `view.rs` (read-your-writes views over index and tree),
 //! `changes.rs` (the change feed for watchers), `leases.rs` (lease records and
 //! the keys attached to them), `range.rs`, `txn.rs`, `compaction.rs`, `hash.rs`, `snapshot.rs` (dump and
-//! atomic install).
+//! atomic install), `defrag.rs` (rewriting the keyspace into a fresh tree).
 
 mod apply;
 mod changes;
 mod compaction;
+mod defrag;
 mod error;
 mod hash;
 mod index;
@@ -47,6 +48,7 @@ mod view;
 
 pub use apply::ApplyBatch;
 pub use changes::{ChangeEvent, Changes, PullBudget, RECENT_CHANGES_MAX_BYTES, RECENT_CHANGES_MAX_EVENTS};
+pub use defrag::{DefragStats, DefragStep};
 pub use error::MvccError;
 pub use keys::LeaseRecord;
 pub use store::{KvHash, MvccStore, SnapshotStats};

@@ -12,6 +12,7 @@ use std::ops::Bound;
 
 use keel_storage::sled::{self, IVec};
 
+use crate::error::Result;
 use crate::index::{IndexKey, KeyHistory, PendingKey};
 
 /// Pending entries with a per-request undo log: while a request runs, the
@@ -111,6 +112,25 @@ impl Overlay {
             }
         }
         batch
+    }
+
+    /// How much committing the overlay changes the bytes (keys plus values)
+    /// of `tree`'s entries: each pending entry's size minus the size of the
+    /// entry it replaces, looked up in `tree` unless `new_in_tree` says the
+    /// key cannot be there yet (a new revision record).
+    pub fn size_change(&self, tree: &sled::Tree, new_in_tree: impl Fn(&[u8]) -> bool) -> Result<i64> {
+        let mut change = 0i64;
+        for (key, value) in &self.map.pending {
+            if let Some(value) = value {
+                change += (key.len() + value.len()) as i64;
+            }
+            if !new_in_tree(&key[..]) {
+                if let Some(previous) = tree.get(key)? {
+                    change -= (key.len() + previous.len()) as i64;
+                }
+            }
+        }
+        Ok(change)
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&Option<IVec>> {

@@ -20,6 +20,7 @@
 
 use keel_storage::sled;
 use std::io::{self, Read, Write};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::changes::RecentChanges;
@@ -196,11 +197,11 @@ pub(crate) fn install(shared: &Shared, input: &mut dyn Read) -> Result<SnapshotS
     db.drop_tree(&name)?;
     let tree = db.open_tree(&name)?;
     let filled = fill(&tree, input).and_then(|stats| match load(&tree) {
-        Ok(Some((revisions, index))) => Ok((stats, revisions, index)),
+        Ok(Some(loaded)) => Ok((stats, loaded)),
         Ok(None) => Err(invalid("snapshot holds no store meta")),
         Err(error) => Err(invalid(format!("snapshot keyspace: {error}"))),
     });
-    let (stats, revisions, index) = match filled {
+    let (stats, loaded) = match filled {
         Ok(filled) => filled,
         Err(error) => {
             drop(tree);
@@ -219,14 +220,15 @@ pub(crate) fn install(shared: &Shared, input: &mut dyn Read) -> Result<SnapshotS
             Keyspace {
                 generation,
                 tree,
-                index: Arc::new(index),
-                recent: RecentChanges::starting_after(revisions.current),
+                index: Arc::new(loaded.index),
+                recent: RecentChanges::starting_after(loaded.revisions.current),
             },
         );
-        shared.set_revisions(revisions);
+        shared.set_revisions(loaded.revisions);
+        shared.live_bytes.store(loaded.live_bytes, Ordering::Release);
         old
     };
-    shared.announce_revision(revisions.current);
+    shared.announce_revision(loaded.revisions.current);
     // Freed outside the exclusive section: a big index takes a while.
     let old_generation = old.generation;
     drop(old);

@@ -14,22 +14,24 @@
 //!   `Tree::apply_batch` plus the index update (and updates the cached
 //!   revisions inside the same section); a snapshot install builds the new
 //!   index before and holds it exclusively only to flip the pointer and swap
-//!   tree and index.
+//!   tree and index; a defragmentation holds it exclusively only to flip the
+//!   pointer and swap the tree (the index stays: same records).
 //! - One writer at a time: an `ApplyBatch`, a snapshot dump, a snapshot
-//!   install and a `hash_kv` scan each hold the writer slot for their whole
+//!   install, a defragmentation and a `hash_kv` scan each hold the writer slot for their whole
 //!   life, so the tree a batch reads cannot change under it and a dump or a
 //!   hash is a consistent cut. (A thread holding an `ApplyBatch` must
-//!   therefore not start another batch, dump, install or hash: it would
+//!   therefore not start another batch, dump, install, defragmentation or hash: it would
 //!   wait for itself.)
 
 use keel_storage::sled;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use keel_storage::Database;
 
 use crate::apply::ApplyBatch;
 use crate::changes::{self, Changes, PullBudget, RecentChanges};
+use crate::defrag::{self, DefragStats, DefragStep};
 use crate::error::{corrupt, MvccError, Result};
 use crate::index::{self, Index};
 use crate::keys;
@@ -96,6 +98,9 @@ pub(crate) struct Shared {
     /// changed while `active` is held exclusively.
     pub revision: AtomicI64,
     pub compact_revision: AtomicI64,
+    /// The bytes of the active tree's entries (keys plus values); only
+    /// changed while `active` is held exclusively.
+    pub live_bytes: AtomicU64,
     writer_busy: Mutex<bool>,
     writer_free: Condvar,
     /// The committed store revision, for watchers to wait on; sent after
@@ -151,6 +156,15 @@ impl Shared {
         });
     }
 
+    /// Adds `change` to the live bytes (a commit's; never below 0).
+    pub fn change_live_bytes(&self, change: i64) {
+        let _always_some = self
+            .live_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bytes| {
+                Some(bytes.saturating_add_signed(change))
+            });
+    }
+
     pub fn set_revisions(&self, revisions: ViewRevisions) {
         self.revision.store(revisions.current, Ordering::Release);
         self.compact_revision
@@ -203,25 +217,53 @@ fn load_meta(tree: &sled::Tree) -> Result<Option<i64>> {
     }
 }
 
+/// A keyspace tree read whole ([`load`]).
+pub(crate) struct Loaded {
+    pub revisions: ViewRevisions,
+    pub index: Index,
+    /// The bytes of its entries (keys plus values; see [`MvccStore::live_bytes`]).
+    pub live_bytes: u64,
+}
+
 /// Reads a non-empty keyspace tree whole: its meta and its rebuilt index,
-/// with the store revision derived from the records.
-pub(crate) fn load(tree: &sled::Tree) -> Result<Option<(ViewRevisions, Index)>> {
+/// with the store revision derived from the records, and its size.
+pub(crate) fn load(tree: &sled::Tree) -> Result<Option<Loaded>> {
     let Some(compacted) = load_meta(tree)? else {
         return Ok(None);
     };
     let started = std::time::Instant::now();
-    let (index, last_main) = index::rebuild(tree)?;
-    let current = last_main
+    let rebuilt = index::rebuild(tree)?;
+    let current = rebuilt
+        .last_main
         .unwrap_or(INITIAL_REVISION)
         .max(compacted)
         .max(INITIAL_REVISION);
+    let live_bytes = rebuilt.record_bytes + bytes_beside_revisions(tree)?;
     tracing::info!(
-        keys = index.len(),
+        keys = rebuilt.index.len(),
         revision = current,
+        live_bytes,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "rebuilt the mvcc key index"
     );
-    Ok(Some((ViewRevisions { current, compacted }, index)))
+    Ok(Some(Loaded {
+        revisions: ViewRevisions { current, compacted },
+        index: rebuilt.index,
+        live_bytes,
+    }))
+}
+
+/// The bytes of a tree's entries other than its revision records (store
+/// meta, leases and their attachments, app meta): few, next to the records.
+fn bytes_beside_revisions(tree: &sled::Tree) -> Result<u64> {
+    let below = tree.range(..&[keys::REVISIONS][..]);
+    let above = tree.range(&[keys::REVISIONS + 1][..]..);
+    let mut bytes = 0u64;
+    for entry in below.chain(above) {
+        let (key, value) = entry?;
+        bytes += (key.len() + value.len()) as u64;
+    }
+    Ok(bytes)
 }
 
 fn initialize(tree: &sled::Tree) -> Result<ViewRevisions> {
@@ -254,9 +296,17 @@ impl MvccStore {
             }
         }
         let tree = db.open_tree(&name)?;
-        let (revisions, index) = match load(&tree)? {
+        let Loaded {
+            revisions,
+            index,
+            live_bytes,
+        } = match load(&tree)? {
             Some(loaded) => loaded,
-            None => (initialize(&tree)?, Index::new()),
+            None => Loaded {
+                revisions: initialize(&tree)?,
+                index: Index::new(),
+                live_bytes: bytes_beside_revisions(&tree)?,
+            },
         };
         if pointer.is_none() {
             db.insert(ACTIVE_POINTER, name.as_bytes())?;
@@ -271,6 +321,7 @@ impl MvccStore {
             }),
             revision: AtomicI64::new(revisions.current),
             compact_revision: AtomicI64::new(revisions.compacted),
+            live_bytes: AtomicU64::new(live_bytes),
             writer_busy: Mutex::new(false),
             writer_free: Condvar::new(),
             revision_announcer: tokio::sync::watch::Sender::new(revisions.current),
@@ -447,5 +498,35 @@ impl MvccStore {
     /// The size of the keyspace database on disk, in bytes (0 if unknown).
     pub fn size_on_disk(&self) -> u64 {
         self.shared.database.size_on_disk().unwrap_or(0)
+    }
+
+    /// The bytes the active keyspace holds: the keys and values of every
+    /// entry of its tree (revision records, store meta, leases and their
+    /// attachments, app meta), as stored, without sled's own overhead
+    /// (page headers, tree nodes, free space). Kept current by every
+    /// commit, snapshot install and defragmentation (no scan): the lower
+    /// bound of [`Self::size_on_disk`] a defragmentation can reach; what a
+    /// compaction frees leaves it at once and the disk size only later.
+    pub fn live_bytes(&self) -> u64 {
+        self.shared.live_bytes.load(Ordering::Acquire)
+    }
+
+    /// Rewrites the active keyspace into a fresh tree and drops the old one,
+    /// so that sled can give back to the file system the space compactions
+    /// and deletes freed (`defrag.rs`). The keyspace stays the same (every
+    /// record, revision and index entry); reads go on meanwhile, writes wait.
+    pub fn defragment(&self) -> Result<DefragStats, MvccError> {
+        self.defragment_stopping_at(&mut |_| Ok(()))
+    }
+
+    /// [`Self::defragment`], passing each [`DefragStep`] to `step` first; an
+    /// error from `step` ends the defragmentation there, doing nothing more,
+    /// as a crash at that point would (for crash tests).
+    pub fn defragment_stopping_at(
+        &self,
+        step: &mut dyn FnMut(DefragStep) -> Result<(), MvccError>,
+    ) -> Result<DefragStats, MvccError> {
+        let _slot = self.shared.acquire_writer();
+        defrag::defragment(&self.shared, step)
     }
 }

@@ -101,7 +101,7 @@ pub async fn member(ctx: &Ctx, command: &MemberCommand) -> Result<Output, CtlErr
 
 /// The endpoints a command addresses: `--endpoints`, or with `--cluster`
 /// every member's client URLs.
-async fn endpoints(ctx: &Ctx, cluster: bool) -> Result<Vec<String>, CtlError> {
+pub(super) async fn endpoints(ctx: &Ctx, cluster: bool) -> Result<Vec<String>, CtlError> {
     if !cluster {
         return Ok(ctx.endpoints.clone());
     }
@@ -286,7 +286,7 @@ async fn probe(ctx: &Ctx, endpoint: String) -> EndpointHealth {
 }
 
 /// An error that still prints what the command gathered.
-fn partial_failure(out: Output, mut error: CtlError) -> CtlError {
+pub(super) fn partial_failure(out: Output, mut error: CtlError) -> CtlError {
     error.partial = Some(out);
     error
 }

@@ -4,6 +4,7 @@
 pub mod alarm;
 pub mod cluster;
 pub mod concurrency;
+pub mod defrag;
 pub mod kv;
 pub mod lease;
 pub mod member;

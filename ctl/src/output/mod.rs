@@ -4,6 +4,7 @@
 //! themselves live in `simple`, `json`, `table` and `fields`; `protobuf` is
 //! the raw marshalled response.
 
+pub mod defrag;
 pub mod fields;
 pub mod json;
 pub mod simple;

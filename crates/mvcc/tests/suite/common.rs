@@ -162,3 +162,25 @@ pub fn compare(key: &str, target: CompareTarget, result: CompareResult, union: T
         range_end: Vec::new(),
     }
 }
+
+/// Everything a reader can see of a store: revisions, hash, app meta and
+/// the whole keyspace at every revision not compacted away.
+pub fn fingerprint(store: &MvccStore) -> Vec<String> {
+    let mut seen = vec![
+        format!("revision {}", store.current_revision()),
+        format!("compacted {}", store.compact_revision()),
+        format!("hash {:?}", store.hash_kv(0).expect("hash")),
+        format!("meta {:?}", store.app_meta("raft/last_applied").expect("meta")),
+    ];
+    let floor = store.compact_revision().max(1);
+    for revision in floor..=store.current_revision() {
+        let response = store
+            .range(&RangeRequest {
+                revision,
+                ..range_request("", "\0")
+            })
+            .expect("range");
+        seen.push(format!("{revision}: {:?}", response.kvs));
+    }
+    seen
+}

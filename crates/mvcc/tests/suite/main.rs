@@ -6,6 +6,7 @@ mod common;
 
 mod changes;
 mod compaction;
+mod defrag;
 mod durability;
 mod index;
 mod leases;

@@ -24,26 +24,6 @@ fn with_history() -> TestStore {
     t
 }
 
-fn fingerprint(store: &MvccStore) -> Vec<String> {
-    let mut seen = vec![
-        format!("revision {}", store.current_revision()),
-        format!("compacted {}", store.compact_revision()),
-        format!("hash {:?}", store.hash_kv(0).expect("hash")),
-        format!("meta {:?}", store.app_meta("raft/last_applied").expect("meta")),
-    ];
-    let floor = store.compact_revision().max(1);
-    for revision in floor..=store.current_revision() {
-        let response = store
-            .range(&RangeRequest {
-                revision,
-                ..range_request("", "\0")
-            })
-            .expect("range");
-        seen.push(format!("{revision}: {:?}", response.kvs));
-    }
-    seen
-}
-
 #[test]
 fn an_installed_snapshot_reads_and_hashes_like_its_source() {
     let source = with_history();
