@@ -402,7 +402,10 @@ async fn a_receiver_slower_than_a_sessions_patience_is_answered_once_later_sessi
         }
     };
     assert_eq!(answered, Ok(Some(log_id(1))));
-    assert!(stalled_sessions >= 1, "the first session, at soft_ttl, should have stalled");
+    assert!(
+        stalled_sessions >= 1,
+        "the first session, at soft_ttl, should have stalled"
+    );
     // Once answered, a session is back to soft_ttl: a slow answer stalls it at once.
     let (requests, input) = mpsc::unbounded();
     let mut answers = connection
@@ -416,5 +419,8 @@ async fn a_receiver_slower_than_a_sessions_patience_is_answered_once_later_sessi
         .expect("answered or stalled in time")
         .expect("an item");
     assert!(matches!(next, Err(RPCError::Network(_))), "{next:?}");
-    assert!(started.elapsed() < soft_ttl * 3, "the patience was not reset by the answer");
+    assert!(
+        started.elapsed() < soft_ttl * 3,
+        "the patience was not reset by the answer"
+    );
 }
