@@ -327,6 +327,40 @@ mod tests {
     }
 
     #[test]
+    fn the_member_nemesis_runs_only_with_workloads_that_follow_replaced_members() {
+        let config = |workload, nemeses: &str| RunConfig {
+            nodes: 3,
+            concurrency_per_member: 2,
+            workload,
+            nemeses: parse_nemeses(nemeses).unwrap(),
+            interval_ms: 1_000,
+            time_limit_ms: 1_000,
+            keys: 10,
+            ops_per_key: 200,
+            op_timeout_ms: 1_500,
+            rate: 0,
+            election_timeout_ms: 500,
+            heartbeat_ms: 50,
+            seed: 1,
+            check_time_limit_ms: 1_000,
+            snapshot_count: None,
+        };
+        for workload in Workload::ALL {
+            let with_member = config(workload, "all,member").validate();
+            assert_eq!(
+                with_member.is_ok(),
+                workload.follows_member_changes(),
+                "{workload}"
+            );
+            assert_eq!(config(workload, "all").validate(), Ok(()), "{workload}");
+        }
+        assert!(matches!(
+            config(Workload::Watch, "member").validate(),
+            Err(ConfigError::Invalid(why)) if why.contains("watch")
+        ));
+    }
+
+    #[test]
     fn workload_names_round_trip_through_json() {
         for workload in Workload::ALL {
             let json = serde_json::to_string(&workload).unwrap();
