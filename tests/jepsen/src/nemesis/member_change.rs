@@ -19,6 +19,7 @@
 //!   new member's start; the end of the fault and the final healing fill it,
 //!   so a run ends with its original number of members.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -134,6 +135,24 @@ fn listed_with_url<'a>(list: &'a MemberListResponse, peer_url: &str) -> Option<&
     list.members
         .iter()
         .find(|member| member.peer_ur_ls.iter().any(|url| url == peer_url))
+}
+
+/// `initial_cluster` with a name for every entry: a member that has not
+/// published its name yet is listed (by `member add`, as by etcdctl) as
+/// `=url`, which a starting member refuses; the harness knows the name it
+/// started that member with (`names_by_url`).
+fn name_unnamed(initial_cluster: &str, names_by_url: &HashMap<String, String>) -> String {
+    initial_cluster
+        .split(',')
+        .map(|entry| match entry.strip_prefix('=') {
+            Some(url) => match names_by_url.get(url) {
+                Some(name) => format!("{name}={url}"),
+                None => entry.to_string(),
+            },
+            None => entry.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The effect of `change`, if `list` shows it.
@@ -339,10 +358,19 @@ impl Nemesis {
                 )))
             }
         };
-        // Its peers, each through the slot's link proxy (every member the
-        // add's `--initial-cluster` names).
         let mut names = self.names();
         names[slot] = prepared.name.clone();
+        let names_by_url: HashMap<String, String> = {
+            let cluster = self.cluster.lock().await;
+            names
+                .iter()
+                .enumerate()
+                .map(|(at, name)| (cluster.peer_url(at), name.clone()))
+                .collect()
+        };
+        let initial_cluster = name_unnamed(&initial_cluster, &names_by_url);
+        // Its peers, each through the slot's link proxy (every member the
+        // add's `--initial-cluster` names).
         let known: Vec<String> = names
             .iter()
             .map(|n| {
@@ -376,5 +404,27 @@ impl Nemesis {
             attempts.describe(),
             vacancy.since.elapsed()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_that_has_not_published_its_name_is_named_by_its_url() {
+        let names: HashMap<String, String> = [
+            ("http://127.0.0.1:3".to_string(), "m18".to_string()),
+            ("http://127.0.0.1:1".to_string(), "m1".to_string()),
+        ]
+        .into();
+        assert_eq!(
+            name_unnamed(
+                "m1=http://127.0.0.1:1,=http://127.0.0.1:3,m19=http://127.0.0.1:4",
+                &names
+            ),
+            "m1=http://127.0.0.1:1,m18=http://127.0.0.1:3,m19=http://127.0.0.1:4"
+        );
+        assert_eq!(name_unnamed("=http://127.0.0.1:9", &names), "=http://127.0.0.1:9");
     }
 }
