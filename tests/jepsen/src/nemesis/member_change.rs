@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use super::{Fault, Nemesis, NemesisError};
 use crate::config::NemesisKind;
 use crate::monitor::MemberAddress;
+use crate::worker::member_client;
 
 const KIND: NemesisKind = NemesisKind::Member;
 /// How long one membership change may take, retries included.
@@ -44,6 +45,10 @@ const SETTLE: Duration = Duration::from_secs(3);
 const RETRY_PAUSE: Duration = Duration::from_millis(300);
 /// The timeout of one membership call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the members get to apply an add before the new member starts
+/// (it asks them for its id, and exits if the one that answers does not
+/// list it yet, as etcd does).
+const LISTED_BOUND: Duration = Duration::from_secs(10);
 
 /// A slot whose member was removed, and the member prepared to fill it.
 #[derive(Debug, Clone)]
@@ -248,6 +253,37 @@ impl Nemesis {
         }
     }
 
+    /// Waits until every member but `slot`'s lists `peer_url` in its own
+    /// (serializable) `MemberList`; the names of those that did not within
+    /// [`LISTED_BOUND`].
+    async fn wait_listed_everywhere(&self, peer_url: &str, slot: usize) -> Vec<String> {
+        let deadline = Instant::now() + LISTED_BOUND;
+        let mut waiting: Vec<&MemberAddress> = (0..self.members.len())
+            .filter(|&at| at != slot)
+            .map(|at| &self.members[at])
+            .collect();
+        while !waiting.is_empty() && Instant::now() < deadline {
+            let mut still = Vec::new();
+            for member in waiting {
+                let lists = match member_client(&member.endpoint, Duration::from_secs(1)) {
+                    Ok(client) => client
+                        .member_list()
+                        .await
+                        .is_ok_and(|list| listed_with_url(&list, peer_url).is_some()),
+                    Err(_) => false,
+                };
+                if !lists {
+                    still.push(member);
+                }
+            }
+            waiting = still;
+            if !waiting.is_empty() {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+        waiting.iter().map(|member| member.name.clone()).collect()
+    }
+
     /// Removes a member and adds a fresh one in its slot.
     pub(super) async fn replace_a_member(&mut self) -> Result<Fault, NemesisError> {
         let start = self.history.now();
@@ -382,6 +418,12 @@ impl Nemesis {
             })
             .collect();
         let overrides = self.network.dial_overrides(slot, &known);
+        let unlisted = self.wait_listed_everywhere(&prepared.peer_url, slot).await;
+        let listed = if unlisted.is_empty() {
+            "every member listed it".to_string()
+        } else {
+            format!("{} did not list it within {LISTED_BOUND:?}", unlisted.join(" "))
+        };
         let endpoint = {
             let mut cluster = self.cluster.lock().await;
             cluster.set_member_args(slot, vec!["--peer-dial-overrides".into(), overrides]);
@@ -398,7 +440,7 @@ impl Nemesis {
         self.refresh_members();
         self.vacancy = None;
         Ok(Filled::Added(format!(
-            "added {} (id {id:x}) in place of {}{}, started it with --initial-cluster-state existing; the replacement took {:.1?}",
+            "added {} (id {id:x}) in place of {}{}; {listed}; started it with --initial-cluster-state existing; the replacement took {:.1?}",
             prepared.name,
             vacancy.removed,
             attempts.describe(),
