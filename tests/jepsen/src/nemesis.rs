@@ -89,6 +89,9 @@ pub struct Nemesis {
     /// A slot whose member was removed and whose new member is not started
     /// yet (the `member` nemesis fills it before anything else).
     vacancy: Option<member_change::Vacancy>,
+    /// A member whose removal failed but may still take effect (a request
+    /// of unknown outcome): if it exits, it was removed, not crashed.
+    maybe_removed: Option<String>,
 }
 
 impl Nemesis {
@@ -118,6 +121,7 @@ impl Nemesis {
             snapshot_count: None,
             crashed: Vec::new(),
             vacancy: None,
+            maybe_removed: None,
         })
     }
 
@@ -217,6 +221,7 @@ impl Nemesis {
     pub async fn note_crashes(&mut self) -> Result<(), NemesisError> {
         let start = self.history.now();
         let mut restarted = Vec::new();
+        let mut removed_after_all = None;
         {
             let mut cluster = self.cluster.lock().await;
             while let Some(exited) = cluster.exited_member() {
@@ -224,9 +229,18 @@ impl Nemesis {
                     break;
                 };
                 let _ = cluster.kill(index);
+                if self.maybe_removed.as_ref() == Some(&exited) && self.vacancy.is_none() {
+                    // A MemberRemove that seemed to fail took effect later.
+                    removed_after_all = Some(index);
+                    continue;
+                }
                 cluster.restart(index)?;
                 restarted.push(index);
             }
+        }
+        if let Some(slot) = removed_after_all {
+            self.maybe_removed = None;
+            self.removed_after_all(slot, start).await?;
         }
         for index in restarted {
             let name = self.members[index].name.clone();

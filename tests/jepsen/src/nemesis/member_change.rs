@@ -314,6 +314,8 @@ impl Nemesis {
         let (id, attempts) = match removal.await {
             Ok(removed) => removed,
             Err(why) => {
+                // A request of unknown outcome may still take effect.
+                self.maybe_removed = Some(name.clone());
                 let detail = format!("removing {name}{role} failed, nothing replaced: {why}");
                 self.record("start", Some(KIND), detail, start, Some(slot));
                 return Ok(Fault::Replaced);
@@ -348,6 +350,24 @@ impl Nemesis {
         let detail = self.fill_vacancy().await?.describe();
         self.record("step", Some(KIND), detail, step_start, Some(slot));
         Ok(Fault::Replaced)
+    }
+
+    /// Member `slot` (reaped) stopped after a removal that had seemed to
+    /// fail: its slot is vacant, and is filled now.
+    pub(super) async fn removed_after_all(&mut self, slot: usize, start: u64) -> Result<(), NemesisError> {
+        let name = self.members[slot].name.clone();
+        let detail = format!("{name} stopped: an earlier MemberRemove of it took effect after all");
+        self.record("step", Some(KIND), detail, start, Some(slot));
+        self.vacancy = Some(Vacancy {
+            slot,
+            removed: name,
+            since: Instant::now(),
+            prepared: None,
+        });
+        let step_start = self.history.now();
+        let detail = self.fill_vacancy().await?.describe();
+        self.record("step", Some(KIND), detail, step_start, Some(slot));
+        Ok(())
     }
 
     /// Adds and starts a fresh member in the vacant slot, if there is one.
