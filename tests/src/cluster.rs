@@ -35,6 +35,8 @@ pub enum FixtureError {
     Timeout(String),
     #[error("member {member} is not running")]
     NotRunning { member: String },
+    #[error("member {member} still runs")]
+    StillRunning { member: String },
 }
 
 /// Which server the cluster runs.
@@ -502,6 +504,41 @@ impl Cluster {
             paused: false,
         });
         Ok(self.members.len() - 1)
+    }
+
+    /// Puts a fresh member named `name` (new ports, data dir and log, not
+    /// started yet) in place of member `index`, whose process must have
+    /// ended (a member removed from the cluster): index `index` then names
+    /// the new member, whose peer URL is what `member add` needs.
+    pub fn replace_member(&mut self, index: usize, name: &str) -> Result<(), FixtureError> {
+        let old = &self.members[index];
+        if old.child.is_some() {
+            return Err(FixtureError::StillRunning {
+                member: old.name.clone(),
+            });
+        }
+        let root = self.dir().to_path_buf();
+        self.members[index] = Member {
+            name: name.to_string(),
+            joining_cluster: None,
+            client_port: free_port()?,
+            peer_port: free_port()?,
+            data_dir: root.join(format!("{name}.data")),
+            log_path: root.join(format!("{name}.log")),
+            child: None,
+            paused: false,
+        };
+        Ok(())
+    }
+
+    /// Replaces the extra flags of member `index` alone (see
+    /// [`ClusterOptions::member_args`]), used from its next start on.
+    pub fn set_member_args(&mut self, index: usize, args: Vec<String>) {
+        let own = &mut self.options.member_args;
+        if own.len() <= index {
+            own.resize(index + 1, Vec::new());
+        }
+        own[index] = args;
     }
 
     /// Starts prepared member `index` as one added to the running cluster,

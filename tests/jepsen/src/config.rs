@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("unknown nemesis {0:?} (expected partition-halves, partition-leader, partition-ring, kill, pause, partition-leader-pair, kill-during-snapshot, kill-all, all or none)")]
+    #[error("unknown nemesis {0:?} (expected partition-halves, partition-leader, partition-ring, kill, pause, partition-leader-pair, kill-during-snapshot, kill-all, member, all or none)")]
     UnknownNemesis(String),
     #[error("{0}")]
     Invalid(String),
@@ -59,6 +59,18 @@ impl Workload {
     ];
 }
 
+impl Workload {
+    /// Whether the workload's clients follow a member's replacement (their
+    /// workers address a roster slot); the watch and lock workloads keep
+    /// their first members' connections.
+    pub fn follows_member_changes(self) -> bool {
+        match self {
+            Workload::Register | Workload::RegisterSerializable | Workload::Set | Workload::Lease => true,
+            Workload::Watch | Workload::Lock => false,
+        }
+    }
+}
+
 impl fmt::Display for Workload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -91,6 +103,11 @@ pub enum NemesisKind {
     /// kill -9 every member at once, all restarted later. Not part of
     /// `all`: name it explicitly.
     KillAll,
+    /// `MemberRemove` a member (the leader half of the time), wait until it
+    /// stopped, then `MemberAdd` a fresh one (new name, data dir and ports)
+    /// in its place and start it. Not part of `all` (the watch and lock
+    /// workloads stay with their first members): name it explicitly.
+    Member,
 }
 
 impl NemesisKind {
@@ -105,7 +122,7 @@ impl NemesisKind {
     ];
 
     /// Kinds that `all` leaves out and that must be named.
-    pub const EXTRA: [NemesisKind; 1] = [NemesisKind::KillAll];
+    pub const EXTRA: [NemesisKind; 2] = [NemesisKind::KillAll, NemesisKind::Member];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -117,6 +134,7 @@ impl NemesisKind {
             NemesisKind::PartitionLeaderPair => "partition-leader-pair",
             NemesisKind::KillDuringSnapshot => "kill-during-snapshot",
             NemesisKind::KillAll => "kill-all",
+            NemesisKind::Member => "member",
         }
     }
 }
@@ -221,6 +239,12 @@ impl RunConfig {
         if self.interval_ms < 100 {
             return Err(ConfigError::Invalid("--interval must be at least 0.1 s".into()));
         }
+        if self.nemeses.contains(&NemesisKind::Member) && !self.workload.follows_member_changes() {
+            return Err(ConfigError::Invalid(format!(
+                "the member nemesis does not run with the {} workload (its clients stay with the first members)",
+                self.workload
+            )));
+        }
         Ok(())
     }
 
@@ -283,6 +307,11 @@ mod tests {
             );
         }
         assert_eq!(
+            parse_nemeses("all,member").unwrap().last(),
+            Some(&NemesisKind::Member)
+        );
+        assert!(!parse_nemeses("all").unwrap().contains(&NemesisKind::Member));
+        assert_eq!(
             parse_nemeses("kill,bogus"),
             Err(ConfigError::UnknownNemesis("bogus".into()))
         );
@@ -295,6 +324,40 @@ mod tests {
         assert_eq!(snapshot_count_for(Some(5000), &snapshot), Some(5000));
         assert_eq!(snapshot_count_for(None, &[NemesisKind::Kill]), None);
         assert_eq!(snapshot_count_for(Some(300), &[]), Some(300));
+    }
+
+    #[test]
+    fn the_member_nemesis_runs_only_with_workloads_that_follow_replaced_members() {
+        let config = |workload, nemeses: &str| RunConfig {
+            nodes: 3,
+            concurrency_per_member: 2,
+            workload,
+            nemeses: parse_nemeses(nemeses).unwrap(),
+            interval_ms: 1_000,
+            time_limit_ms: 1_000,
+            keys: 10,
+            ops_per_key: 200,
+            op_timeout_ms: 1_500,
+            rate: 0,
+            election_timeout_ms: 500,
+            heartbeat_ms: 50,
+            seed: 1,
+            check_time_limit_ms: 1_000,
+            snapshot_count: None,
+        };
+        for workload in Workload::ALL {
+            let with_member = config(workload, "all,member").validate();
+            assert_eq!(
+                with_member.is_ok(),
+                workload.follows_member_changes(),
+                "{workload}"
+            );
+            assert_eq!(config(workload, "all").validate(), Ok(()), "{workload}");
+        }
+        assert!(matches!(
+            config(Workload::Watch, "member").validate(),
+            Err(ConfigError::Invalid(why)) if why.contains("watch")
+        ));
     }
 
     #[test]

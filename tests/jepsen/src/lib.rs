@@ -27,6 +27,7 @@ pub mod pairing;
 pub mod partition;
 pub mod proxy;
 pub mod register_check;
+pub mod roster;
 pub mod run;
 pub mod set_check;
 pub mod shrink;

@@ -187,10 +187,16 @@ pub async fn run_lock_worker(
 ) -> Result<WorkerReport, HistoryError> {
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let mut report = WorkerReport { ops: 0, processes: 1 };
-    let client = match member_client(&spec.endpoint, spec.op_timeout) {
+    // Lock workers stay with their slot's first member (the `member`
+    // nemesis, which replaces members, does not run the lock workload).
+    let Some(member) = spec.roster.member(spec.slot) else {
+        tracing::error!(slot = spec.slot, "lock worker has no member");
+        return Ok(report);
+    };
+    let client = match member_client(&member.endpoint, spec.op_timeout) {
         Ok(client) => client,
         Err(error) => {
-            tracing::error!(%error, endpoint = %spec.endpoint, "lock worker cannot build its client");
+            tracing::error!(%error, endpoint = %member.endpoint, "lock worker cannot build its client");
             return Ok(report);
         }
     };
@@ -210,7 +216,7 @@ pub async fn run_lock_worker(
         let mut held = None;
         let op = RecordedOp {
             process,
-            node: &spec.member_name,
+            node: &member.name,
             f: f::LOCK,
             key: None,
             value: Json::Null,
@@ -242,7 +248,7 @@ pub async fn run_lock_worker(
             if goes_stale && done == 1 {
                 let op = RecordedOp {
                     process,
-                    node: &spec.member_name,
+                    node: &member.name,
                     f: f::DROP_LOCK,
                     key: None,
                     value: token.clone(),
@@ -261,7 +267,7 @@ pub async fn run_lock_worker(
             }
             let op = RecordedOp {
                 process,
-                node: &spec.member_name,
+                node: &member.name,
                 f: f::INCREMENT,
                 key: None,
                 value: json!([guard.revision()]),
@@ -277,7 +283,7 @@ pub async fn run_lock_worker(
         }
         let op = RecordedOp {
             process,
-            node: &spec.member_name,
+            node: &member.name,
             f: f::UNLOCK,
             key: None,
             value: token,

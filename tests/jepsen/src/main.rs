@@ -47,8 +47,8 @@ struct RunArgs {
     #[arg(long, value_enum, default_value_t = Workload::Register)]
     workload: Workload,
     /// Comma list of partition-halves, partition-leader, partition-ring,
-    /// kill, pause, partition-leader-pair, kill-during-snapshot, kill-all;
-    /// or all (every one but kill-all), or none.
+    /// kill, pause, partition-leader-pair, kill-during-snapshot, kill-all,
+    /// member; or all (every one but kill-all and member), or none.
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Seconds of quiet between faults, and how long each fault lasts.

@@ -1,5 +1,5 @@
 //! The status monitor: samples `Maintenance.Status` from every member on a
-//! fixed period for the whole run, appends each answer to `status.jsonl`
+//! fixed period for the whole run (the roster's members of the moment), appends each answer to `status.jsonl`
 //! (the input of the leader-per-term check) and keeps the latest samples in
 //! memory so the nemesis can find the current leader. Each round also
 //! flushes the history file.
@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::history::HistoryWriter;
 use crate::invariants::StatusSample;
+use crate::roster::Roster;
 use crate::worker::member_client;
 
 /// One member as the monitor sees it.
@@ -83,7 +84,7 @@ pub struct Monitor {
 impl Monitor {
     /// Starts sampling every `period` into `out` (`status.jsonl`).
     pub fn start(
-        members: Vec<MemberAddress>,
+        roster: Arc<Roster>,
         history: Arc<HistoryWriter>,
         out: &Path,
         period: Duration,
@@ -92,10 +93,19 @@ impl Monitor {
         let latest = Arc::new(Mutex::new(Vec::new()));
         let all = Arc::new(Mutex::new(Vec::new()));
         let (stop, mut stopped) = watch::channel(false);
-        let clients = monitor_clients(&members, period.max(Duration::from_millis(300)));
+        let client_timeout = period.max(Duration::from_millis(300));
         let (latest_w, all_w) = (latest.clone(), all.clone());
         let task = tokio::spawn(async move {
+            let mut members = roster.members();
+            let mut clients = monitor_clients(&members, client_timeout);
             loop {
+                let now = roster.members();
+                let endpoints =
+                    |m: &[MemberAddress]| m.iter().map(|a| a.endpoint.clone()).collect::<Vec<_>>();
+                if endpoints(&now) != endpoints(&members) {
+                    clients = monitor_clients(&now, client_timeout);
+                    members = now;
+                }
                 let samples = sample_all(&clients, &history, period.max(Duration::from_millis(300))).await;
                 for sample in &samples {
                     if let Ok(line) = serde_json::to_string(sample) {

@@ -3,13 +3,18 @@
 //! each action as a `nemesis` line in the history and in `nemesis.jsonl`.
 //! Most faults are one action and its repair; the scripted ones
 //! (`partition-leader-pair` in `nemesis/leader_pair.rs`,
-//! `kill-during-snapshot` in `nemesis/snapshot_kill.rs`) take several steps
-//! over their fault interval, each recorded as a `step` line.
+//! `kill-during-snapshot` in `nemesis/snapshot_kill.rs`, `member` in
+//! `nemesis/member_change.rs`) take several steps over their fault
+//! interval, each recorded as a `step` line.
+//!
+//! The nemesis addresses members by roster slot (the fixture's member
+//! index): the `member` nemesis puts a new member in the slot of the one it
+//! removed, so indices stay valid while members come and go.
 //!
 //! Invariant: after [`Nemesis::heal_everything`] returns Ok, every link is
-//! open and every member is running and not paused; a run calls it before
-//! its final reads whatever happened before (including when the schedule
-//! failed half-way).
+//! open, every slot holds a member of the cluster, and every member is
+//! running and not paused; a run calls it before its final reads whatever
+//! happened before (including when the schedule failed half-way).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -30,9 +35,13 @@ use crate::config::NemesisKind;
 use crate::history::{Event, HistoryError, HistoryWriter};
 use crate::monitor::{leader_in, monitor_clients, sample_all, MemberAddress};
 use crate::partition::{halves, isolate, ring, Grudge};
-use crate::proxy::Network;
+use crate::proxy::{Network, ProxyError};
+use crate::roster::Roster;
 
 mod leader_pair;
+mod member_change;
+
+use member_change::Filled;
 mod snapshot_kill;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +52,10 @@ pub enum NemesisError {
     History(#[from] HistoryError),
     #[error("nemesis timeline: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    #[error("a removed member's slot could not be filled: {0}")]
+    Vacant(String),
 }
 
 /// A fault in force, and what undoes it.
@@ -51,6 +64,9 @@ enum Fault {
     Partition(Grudge),
     Killed(Vec<usize>),
     Paused(usize),
+    /// A member replaced by a new one (nothing to undo, unless the new one
+    /// could not be added yet: see `Nemesis::vacancy`).
+    Replaced,
 }
 
 pub struct Nemesis {
@@ -58,6 +74,8 @@ pub struct Nemesis {
     network: Arc<Network>,
     history: Arc<HistoryWriter>,
     timeline: BufWriter<File>,
+    roster: Arc<Roster>,
+    /// The roster's members when last looked at (see `refresh_members`).
     members: Vec<MemberAddress>,
     clients: Vec<(MemberAddress, Client)>,
     kinds: Vec<NemesisKind>,
@@ -68,6 +86,12 @@ pub struct Nemesis {
     snapshot_count: Option<u64>,
     /// Members that exited without being told to (found while healing).
     pub crashed: Vec<String>,
+    /// A slot whose member was removed and whose new member is not started
+    /// yet (the `member` nemesis fills it before anything else).
+    vacancy: Option<member_change::Vacancy>,
+    /// A member whose removal failed but may still take effect (a request
+    /// of unknown outcome): if it exits, it was removed, not crashed.
+    maybe_removed: Option<String>,
 }
 
 impl Nemesis {
@@ -76,17 +100,19 @@ impl Nemesis {
         network: Arc<Network>,
         history: Arc<HistoryWriter>,
         timeline_path: &Path,
-        members: Vec<MemberAddress>,
+        roster: Arc<Roster>,
         kinds: Vec<NemesisKind>,
         seed: u64,
     ) -> Result<Nemesis, NemesisError> {
         let timeline = BufWriter::new(File::create(timeline_path)?);
+        let members = roster.members();
         let clients = monitor_clients(&members, Duration::from_millis(500));
         Ok(Nemesis {
             cluster,
             network,
             history,
             timeline,
+            roster,
             members,
             clients,
             kinds,
@@ -94,6 +120,8 @@ impl Nemesis {
             election_timeout: Duration::from_millis(500),
             snapshot_count: None,
             crashed: Vec::new(),
+            vacancy: None,
+            maybe_removed: None,
         })
     }
 
@@ -107,6 +135,12 @@ impl Nemesis {
         self.election_timeout = election_timeout.max(Duration::from_millis(50));
         self.snapshot_count = snapshot_count;
         self
+    }
+
+    /// Takes the roster's members of now (after a member was replaced).
+    fn refresh_members(&mut self) {
+        self.members = self.roster.members();
+        self.clients = monitor_clients(&self.members, Duration::from_millis(500));
     }
 
     fn names(&self) -> Vec<String> {
@@ -187,6 +221,7 @@ impl Nemesis {
     pub async fn note_crashes(&mut self) -> Result<(), NemesisError> {
         let start = self.history.now();
         let mut restarted = Vec::new();
+        let mut removed_after_all = None;
         {
             let mut cluster = self.cluster.lock().await;
             while let Some(exited) = cluster.exited_member() {
@@ -194,9 +229,18 @@ impl Nemesis {
                     break;
                 };
                 let _ = cluster.kill(index);
+                if self.maybe_removed.as_ref() == Some(&exited) && self.vacancy.is_none() {
+                    // A MemberRemove that seemed to fail took effect later.
+                    removed_after_all = Some(index);
+                    continue;
+                }
                 cluster.restart(index)?;
                 restarted.push(index);
             }
+        }
+        if let Some(slot) = removed_after_all {
+            self.maybe_removed = None;
+            self.removed_after_all(slot, start).await?;
         }
         for index in restarted {
             let name = self.members[index].name.clone();
@@ -281,6 +325,7 @@ impl Nemesis {
             }
             NemesisKind::PartitionLeaderPair => self.leader_pair_rounds(fault_until).await,
             NemesisKind::KillDuringSnapshot => self.kill_during_snapshot(fault_until).await,
+            NemesisKind::Member => self.replace_a_member().await,
         }
     }
 
@@ -329,6 +374,10 @@ impl Nemesis {
                 );
                 resumed?;
             }
+            Fault::Replaced => {
+                let detail = self.fill_vacancy().await?.describe();
+                self.record("stop", Some(kind), detail, start, None);
+            }
         }
         Ok(())
     }
@@ -340,6 +389,20 @@ impl Nemesis {
         let start = self.history.now();
         self.network.heal_all();
         let mut actions = vec!["healed every link".to_string()];
+        match self.fill_vacancy().await? {
+            Filled::Nothing => {}
+            Filled::Added(detail) => actions.push(detail),
+            Filled::NotYet(why) => {
+                self.record(
+                    "heal-all",
+                    None,
+                    format!("a slot stays vacant: {why}"),
+                    start,
+                    None,
+                );
+                return Err(NemesisError::Vacant(why));
+            }
+        }
         let mut cluster = self.cluster.lock().await;
         for index in 0..self.members.len() {
             match cluster.state(index) {

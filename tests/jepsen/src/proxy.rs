@@ -10,7 +10,10 @@
 //!   held open but never forwarded (a blackhole, like dropped packets),
 //!   then closed when the link heals so the member reconnects;
 //! - cutting a cut link or healing an open one changes nothing (live
-//!   connections on an open link are not disturbed by a redundant heal).
+//!   connections on an open link are not disturbed by a redundant heal);
+//! - a link's target moves when another member takes the place of the one
+//!   it led to (the `member` nemesis): connections to the old target are
+//!   closed then, and new ones reach the new member.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -36,11 +39,13 @@ pub enum ProxyError {
     },
 }
 
-/// Whether the link is cut; `epoch` counts transitions, so a connection
-/// knows when the state it was accepted under has ended.
+/// Whether the link is cut and where it leads; `epoch` counts
+/// transitions, so a connection knows when the state it was accepted under
+/// has ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct LinkState {
     cut: bool,
+    target: SocketAddr,
     epoch: u64,
 }
 
@@ -101,9 +106,13 @@ impl LinkProxy {
         };
         drop(rejected);
         require_loopback(listen)?;
-        let (state, _) = watch::channel(LinkState { cut: false, epoch: 0 });
+        let (state, _) = watch::channel(LinkState {
+            cut: false,
+            target,
+            epoch: 0,
+        });
         let counters = Arc::new(LinkCounters::default());
-        let accept_task = tokio::spawn(accept_loop(listener, target, state.clone(), counters.clone()));
+        let accept_task = tokio::spawn(accept_loop(listener, state.clone(), counters.clone()));
         Ok(LinkProxy {
             from,
             to,
@@ -141,6 +150,21 @@ impl LinkProxy {
         });
     }
 
+    /// Leads the link to `target` from now on, closing the connections to
+    /// the old one.
+    pub fn retarget(&self, target: SocketAddr) -> Result<(), ProxyError> {
+        require_loopback(target)?;
+        self.state.send_if_modified(|state| {
+            if state.target == target {
+                return false;
+            }
+            state.target = target;
+            state.epoch += 1;
+            true
+        });
+        Ok(())
+    }
+
     /// Drops every live connection and blackholes new ones.
     pub fn cut(&self) {
         self.set_cut(true);
@@ -159,12 +183,7 @@ impl Drop for LinkProxy {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    target: SocketAddr,
-    state: watch::Sender<LinkState>,
-    counters: Arc<LinkCounters>,
-) {
+async fn accept_loop(listener: TcpListener, state: watch::Sender<LinkState>, counters: Arc<LinkCounters>) {
     loop {
         let inbound = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -175,7 +194,7 @@ async fn accept_loop(
             }
         };
         let receiver = state.subscribe();
-        tokio::spawn(serve_connection(inbound, target, receiver, counters.clone()));
+        tokio::spawn(serve_connection(inbound, receiver, counters.clone()));
     }
 }
 
@@ -194,7 +213,6 @@ async fn transition_after(state: &mut watch::Receiver<LinkState>, epoch: u64) {
 
 async fn serve_connection(
     mut inbound: TcpStream,
-    target: SocketAddr,
     mut state: watch::Receiver<LinkState>,
     counters: Arc<LinkCounters>,
 ) {
@@ -204,7 +222,7 @@ async fn serve_connection(
         transition_after(&mut state, at.epoch).await;
         return;
     }
-    let connect = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(target));
+    let connect = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(at.target));
     let mut outbound = tokio::select! {
         connected = connect => match connected {
             Ok(Ok(stream)) => stream,
@@ -258,16 +276,27 @@ impl Network {
     }
 
     /// keel's `--peer-dial-overrides` value for member `from`:
-    /// `name=http://127.0.0.1:port,...` for every other member.
+    /// `name=http://127.0.0.1:port,...` for every other member (but those
+    /// whose name is empty).
     pub fn dial_overrides(&self, from: usize, names: &[String]) -> String {
         (0..self.n)
             .filter(|&to| to != from)
             .filter_map(|to| {
                 let address = self.dial_address(from, to)?;
-                Some(format!("{}=http://{address}", names.get(to)?))
+                let name = names.get(to).filter(|name| !name.is_empty())?;
+                Some(format!("{name}=http://{address}"))
             })
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Leads every link into member `to` to `peer_addr`, the peer listener
+    /// of the member that took its place.
+    pub fn retarget_member(&self, to: usize, peer_addr: SocketAddr) -> Result<(), ProxyError> {
+        self.links
+            .iter()
+            .filter(|(&(_, into), _)| into == to)
+            .try_for_each(|(_, proxy)| proxy.retarget(peer_addr))
     }
 
     /// Cuts both directions of every pair in `grudge` and heals every other

@@ -31,6 +31,7 @@ use crate::lock_workload::run_lock_worker;
 use crate::monitor::{MemberAddress, Monitor};
 use crate::nemesis::Nemesis;
 use crate::proxy::{Network, ProxyError};
+use crate::roster::Roster;
 use crate::watch_log::{read_watch_log, WatchLog};
 use crate::watcher::Watchers;
 use crate::worker::{run_worker, WorkerSpec};
@@ -131,10 +132,11 @@ pub async fn run(config: &RunConfig, dir: &Path) -> Result<RunReport, RunError> 
         })
         .collect();
     let cluster = Arc::new(Mutex::new(cluster));
+    let roster = Arc::new(Roster::new(members.clone()));
     let mut broken: Vec<String> = Vec::new();
 
     let monitor = Monitor::start(
-        members.clone(),
+        roster.clone(),
         history.clone(),
         &dir.join(STATUS_FILE),
         STATUS_PERIOD,
@@ -159,12 +161,11 @@ pub async fn run(config: &RunConfig, dir: &Path) -> Result<RunReport, RunError> 
     let (stop_workers, stop_signal) = watch::channel(false);
     let workers: Vec<_> = (0..config.workers())
         .map(|index| {
-            let member = &members[index % n];
             let spec = WorkerSpec {
                 index: index as u64,
                 workers: config.workers() as u64,
-                member_name: member.name.clone(),
-                endpoint: member.endpoint.clone(),
+                slot: index % n,
+                roster: roster.clone(),
                 op_timeout: config.op_timeout(),
                 pace: config.worker_pace(),
                 seed: config.seed.wrapping_add(1 + index as u64),
@@ -186,7 +187,7 @@ pub async fn run(config: &RunConfig, dir: &Path) -> Result<RunReport, RunError> 
         network.clone(),
         history.clone(),
         &dir.join(NEMESIS_FILE),
-        members.clone(),
+        roster.clone(),
         config.nemeses.clone(),
         config.seed,
     )
@@ -225,6 +226,8 @@ pub async fn run(config: &RunConfig, dir: &Path) -> Result<RunReport, RunError> 
     {
         broken.push(format!("no leader after healing: {error}"));
     }
+    // The members of now: the `member` nemesis may have replaced some.
+    let members = roster.members();
     let converging = Instant::now();
     let (states, unreachable) = await_convergence(&members, &history, CONVERGENCE_TIMEOUT).await;
     tracing::info!("convergence measured after {:?}", converging.elapsed());
@@ -309,7 +312,7 @@ pub async fn run(config: &RunConfig, dir: &Path) -> Result<RunReport, RunError> 
         Err(_) => tracing::warn!("cluster still shared at the end of the run"),
     }
     if report.verdict.exit_code() == 0 {
-        remove_data_dirs(dir, &names);
+        remove_data_dirs(dir, &roster.every_name());
     }
     Ok(report)
 }

@@ -1,4 +1,5 @@
-//! A client worker: a sequential process pinned to one member, invoking the
+//! A client worker: a sequential process pinned to one slot of the roster
+//! (the member in it now, or the member that took its place), invoking the
 //! generator's operations one at a time and recording each invocation and
 //! completion in the history.
 //!
@@ -21,6 +22,8 @@ use serde_json::Value as Json;
 use tokio::sync::watch;
 
 use crate::history::{Event, EventType, HistoryError, HistoryWriter};
+use crate::monitor::MemberAddress;
+use crate::roster::Roster;
 use crate::workload::{execute, Completion, Generator, Invocation};
 
 /// Who a worker is and where it sends its requests.
@@ -30,8 +33,9 @@ pub struct WorkerSpec {
     pub index: u64,
     /// Total number of workers (the stride between a worker's process ids).
     pub workers: u64,
-    pub member_name: String,
-    pub endpoint: String,
+    /// The roster slot whose member the worker talks to.
+    pub slot: usize,
+    pub roster: Arc<Roster>,
     pub op_timeout: Duration,
     /// Mean pause between two operations.
     pub pace: Duration,
@@ -45,6 +49,51 @@ pub fn member_client(endpoint: &str, op_timeout: Duration) -> Result<Client, Cli
             .with_dial_timeout(op_timeout.min(Duration::from_secs(1)))
             .with_request_timeout(op_timeout),
     )
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SlotClientError {
+    #[error("no roster slot {0}")]
+    NoSlot(usize),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// A worker's client for the member in its slot, built anew when another
+/// member takes the slot.
+pub struct SlotClient {
+    roster: Arc<Roster>,
+    slot: usize,
+    op_timeout: Duration,
+    current: Option<(MemberAddress, Client)>,
+}
+
+impl SlotClient {
+    pub fn new(spec: &WorkerSpec) -> SlotClient {
+        SlotClient {
+            roster: spec.roster.clone(),
+            slot: spec.slot,
+            op_timeout: spec.op_timeout,
+            current: None,
+        }
+    }
+
+    /// The slot's member now and a client for it.
+    pub fn get(&mut self) -> Result<(&MemberAddress, &Client), SlotClientError> {
+        let member = self
+            .roster
+            .member(self.slot)
+            .ok_or(SlotClientError::NoSlot(self.slot))?;
+        let current = match self.current.take() {
+            Some(held) if held.0.endpoint == member.endpoint => held,
+            _ => {
+                let client = member_client(&member.endpoint, self.op_timeout)?;
+                (member, client)
+            }
+        };
+        let (member, client) = self.current.insert(current);
+        Ok((member, client))
+    }
 }
 
 /// Invokes `invocation` as `process`, recording both ends; returns the
@@ -133,24 +182,25 @@ pub async fn run_worker(
 ) -> Result<WorkerReport, HistoryError> {
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let mut report = WorkerReport { ops: 0, processes: 1 };
-    let client = match member_client(&spec.endpoint, spec.op_timeout) {
-        Ok(client) => client,
-        Err(error) => {
-            tracing::error!(%error, endpoint = %spec.endpoint, "worker cannot build its client");
-            return Ok(report);
-        }
-    };
+    let mut slot_client = SlotClient::new(&spec);
     let mut process = spec.index;
     loop {
         if !paced(&spec, &mut rng, &mut stop).await {
             break;
         }
+        let (member, client) = match slot_client.get() {
+            Ok(current) => current,
+            Err(error) => {
+                tracing::error!(%error, slot = spec.slot, "worker cannot build its client");
+                return Ok(report);
+            }
+        };
         let invocation = generator.next(&mut rng);
         let completion = perform(
-            &client,
+            client,
             &history,
             process,
-            &spec.member_name,
+            &member.name,
             &invocation,
             spec.op_timeout,
         )

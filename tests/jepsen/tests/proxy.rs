@@ -1,8 +1,9 @@
 //! The link proxies against a local echo server: traffic passes while the
 //! link is open; a cut closes live connections at once and blackholes new
 //! ones (accepted, never forwarded); healing closes the blackholed ones and
-//! forwards again; a network cuts both directions of a pair; only loopback
-//! targets are accepted.
+//! forwards again; a network cuts both directions of a pair; a link led to
+//! another member's listener closes its connections to the old one and
+//! forwards new ones to the new one; only loopback targets are accepted.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,6 +14,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 async fn echo_server() -> SocketAddr {
+    answering_server(|byte| byte).await
+}
+
+/// A server that answers every byte it reads with `answer(byte)`.
+async fn answering_server(answer: fn(u8) -> u8) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     tokio::spawn(async move {
@@ -23,7 +29,8 @@ async fn echo_server() -> SocketAddr {
                     match stream.read(&mut buffer).await {
                         Ok(0) | Err(_) => return,
                         Ok(n) => {
-                            if stream.write_all(&buffer[..n]).await.is_err() {
+                            let answered: Vec<u8> = buffer[..n].iter().map(|&b| answer(b)).collect();
+                            if stream.write_all(&answered).await.is_err() {
                                 return;
                             }
                         }
@@ -106,6 +113,47 @@ async fn a_cut_kills_live_connections_and_blackholes_new_ones_until_healed() {
         )
     };
     assert_eq!((forwarded, blackholed, killed), (2, 1, 1));
+}
+
+#[tokio::test]
+async fn a_retargeted_link_closes_old_connections_and_forwards_to_the_new_member() {
+    let old_member = echo_server().await;
+    let new_member = answering_server(|byte| byte.to_ascii_uppercase()).await;
+    let network = Network::start(&[old_member, old_member], &Default::default())
+        .await
+        .expect("network");
+    let link = network.dial_address(0, 1).expect("link 0->1");
+    let mut live = TcpStream::connect(link).await.expect("connect");
+    assert_eq!(
+        round_trip(&mut live, b"old", WAIT).await.as_deref(),
+        Some(&b"old"[..])
+    );
+
+    network.retarget_member(1, new_member).expect("loopback target");
+    assert!(
+        closed_within(&mut live, WAIT).await,
+        "connections to the replaced member are closed"
+    );
+    let mut fresh = TcpStream::connect(link).await.expect("connect");
+    assert_eq!(
+        round_trip(&mut fresh, b"new", WAIT).await.as_deref(),
+        Some(&b"NEW"[..]),
+        "a new connection reaches the new member"
+    );
+    // The other direction still leads to member 0.
+    let back = network.dial_address(1, 0).expect("link 1->0");
+    let mut other = TcpStream::connect(back).await.expect("connect");
+    assert_eq!(
+        round_trip(&mut other, b"zero", WAIT).await.as_deref(),
+        Some(&b"zero"[..])
+    );
+    // Cuts still apply to the retargeted link.
+    network.apply(&isolate(2, 1));
+    assert!(closed_within(&mut fresh, WAIT).await, "a cut closes it");
+    assert!(matches!(
+        network.retarget_member(1, "10.0.0.1:80".parse().expect("address")),
+        Err(ProxyError::NotLoopback(_))
+    ));
 }
 
 #[tokio::test]

@@ -9,6 +9,9 @@
 //!   linearizability check, which serializable reads are allowed to fail);
 //!   the watch workload in a test of its own, with shorter runs, so that
 //!   neither test nears nextest's limit;
+//! - the `member` nemesis (members removed and fresh ones added while the
+//!   workload runs) under `register` and `set`, each valid, with members
+//!   really replaced;
 //! - a check out of time on a huge history says unknown (exit 2), never
 //!   valid (no cluster needed).
 //!
@@ -413,6 +416,87 @@ fn short_suite_lease_and_lock_under_all_nemeses_are_valid() {
         }
     }
     eprintln!("lease and lock short suite took {:.0?}", started.elapsed());
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Seconds per run of the `member` nemesis's short test.
+const SHORT_MEMBER_RUN_SECONDS: &str = "15";
+
+/// The `member` nemesis (not in `all`, so not in the loops above) under
+/// `register` and `set` on 3 members: each run valid, and members really
+/// replaced: the nemesis recorded removals and additions, the status
+/// samples name more member ids than the cluster has members, and the
+/// final states come from a member that was not among the first three.
+#[test]
+fn short_suite_member_replacement_keeps_register_and_set_valid() {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    for (n, workload) in [Workload::Register, Workload::Set].into_iter().enumerate() {
+        let mut dir = RunDir::new(&format!("{workload}-member"));
+        let seed = (400 + n).to_string();
+        let run = run_suite(
+            &dir.path,
+            &[
+                "--nodes",
+                "3",
+                "--workload",
+                workload.name(),
+                "--nemesis",
+                "member",
+                "--time-limit",
+                SHORT_MEMBER_RUN_SECONDS,
+                "--interval",
+                "2",
+                "--seed",
+                &seed,
+            ],
+        );
+        let checks = check_lines(&run.stdout);
+        let timeline = std::fs::read_to_string(dir.path.join("nemesis.jsonl")).unwrap_or_default();
+        let removed = timeline.matches("removed m").count();
+        let added = timeline.matches("added m").count();
+        let member_ids: std::collections::BTreeSet<u64> =
+            std::fs::read_to_string(dir.path.join("status.jsonl"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|line| serde_json::from_str::<StatusSample>(line).ok())
+                .map(|sample| sample.member_id)
+                .collect();
+        let final_members: Vec<String> = std::fs::read_to_string(dir.path.join("final.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|report| {
+                let states = report.get("states")?.as_array()?.clone();
+                Some(
+                    states
+                        .iter()
+                        .filter_map(|state| Some(state.get("member")?.as_str()?.to_string()))
+                        .collect(),
+                )
+            })
+            .unwrap_or_default();
+        let newcomer_in_the_end = final_members
+            .iter()
+            .any(|m| !["m1", "m2", "m3"].contains(&m.as_str()));
+        let acceptable = run.code == 0
+            && checks.len() == 3
+            && removed >= 1
+            && added == removed
+            && member_ids.len() > 3
+            && final_members.len() == 3
+            && newcomer_in_the_end;
+        if !acceptable {
+            dir.keep = true;
+            failures.push(format!(
+                "{workload} under member: exit {} ({checks:?}), {removed} removed, {added} added, \
+                 member ids {member_ids:?}, final members {final_members:?}; kept {}",
+                run.code,
+                dir.path.display()
+            ));
+        }
+    }
+    eprintln!("member short suite took {:.0?}", started.elapsed());
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
