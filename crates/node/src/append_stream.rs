@@ -22,13 +22,22 @@
 //!   first answer: a receiver that is slower than any fixed bound (a loaded
 //!   machine storing and applying a long log) still gets its requests
 //!   answered, while a dead one is still detected within seconds;
+//! - openraft's request stream lives exactly as long as its session: when
+//!   the session ends (its answers dropped, or it failed to open), the
+//!   request stream is dropped, even though the transport still holds the
+//!   request body. All of a target's sessions share openraft's stream state;
+//!   an abandoned request stream that the transport kept polling took the
+//!   next session's entries, sent them where no one read the answers, and
+//!   left the next session idle forever (a member stuck behind);
 //! - a request on a link cut by [`LinkFaults`](crate::network::LinkFaults)
 //!   is never sent: the session ends, and reports the peer unreachable once
 //!   the requests already sent are answered.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -88,6 +97,48 @@ impl SessionPatience {
     fn answered(&self) {
         self.sessions_failed_in_a_row.store(0, Ordering::Relaxed);
     }
+}
+
+/// The request stream the transport polls, whose inner stream the session
+/// drops when it ends ([`SessionRequestsCloser`]); once dropped, the
+/// transport sees the end of the requests.
+struct SessionRequests<R> {
+    inner: Arc<Mutex<Option<R>>>,
+}
+
+impl<R: Stream + Unpin> Stream for SessionRequests<R> {
+    type Item = R::Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<R::Item>> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match inner.as_mut() {
+            Some(requests) => requests.poll_next_unpin(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+/// Drops a session's request stream when dropped itself.
+struct SessionRequestsCloser {
+    close: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Drop for SessionRequestsCloser {
+    fn drop(&mut self) {
+        (self.close)();
+    }
+}
+
+fn closable_requests<R: Send + 'static>(requests: R) -> (SessionRequests<R>, SessionRequestsCloser) {
+    let inner = Arc::new(Mutex::new(Some(requests)));
+    let shared = inner.clone();
+    let closer = SessionRequestsCloser {
+        close: Box::new(move || {
+            let dropped = shared.lock().unwrap_or_else(|p| p.into_inner()).take();
+            drop(dropped);
+        }),
+    };
+    (SessionRequests { inner }, closer)
 }
 
 /// One answer of a session, as openraft's replication consumes it.
@@ -193,6 +244,8 @@ where
             }
         }
     });
+    let (outgoing, requests_closer) = closable_requests(Box::pin(outgoing));
+    // On an early return below, `requests_closer` drops the requests.
     let opened = tokio::time::timeout(patience, client.stream_append(tonic::Request::new(outgoing))).await;
     let answers = match opened {
         Err(_elapsed) => {
@@ -221,6 +274,7 @@ where
         target,
         patience,
         target_patience: target_patience.clone(),
+        _requests_closer: requests_closer,
         last_answer: Instant::now(),
         finished: false,
         round_trip: keel_metrics::metrics()
@@ -259,6 +313,8 @@ struct AnswerState {
     target: NodeId,
     patience: Duration,
     target_patience: SessionPatience,
+    /// Dropped with the session's answers: ends openraft's request stream.
+    _requests_closer: SessionRequestsCloser,
     last_answer: Instant,
     finished: bool,
     /// `etcd_network_peer_round_trip_time_seconds{To="<target>"}`.

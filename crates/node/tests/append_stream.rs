@@ -424,3 +424,39 @@ async fn a_receiver_slower_than_a_sessions_patience_is_answered_once_later_sessi
         "the patience was not reset by the answer"
     );
 }
+
+/// Regression (a member added to a cluster holding 300,000 keys stopped
+/// receiving entries for good: the leader's next session found nothing to
+/// send): a session that stalled left openraft's request stream with the
+/// transport, which kept pulling requests from it after the session was
+/// over. Those requests went where no one read the answers, and since all of
+/// a target's sessions share openraft's stream state, they were the next
+/// session's. The request stream is dropped when its session ends.
+#[tokio::test]
+async fn a_stalled_session_drops_its_request_stream() {
+    let (node, received) = scripted_receiver(Script::Silent).await;
+    let mut connection = PeerNetwork::new().new_client(TARGET_ID, &node).await;
+    let (requests, input) = mpsc::unbounded();
+    let option = RPCOption::new(Duration::from_millis(200));
+    let mut answers = connection
+        .stream_append(input, option)
+        .await
+        .expect("the session opens");
+    requests.unbounded_send(request(1)).unwrap();
+    let stalled = tokio::time::timeout(Duration::from_secs(5), answers.next())
+        .await
+        .expect("the stall is reported")
+        .expect("an item");
+    assert!(matches!(stalled, Err(RPCError::Network(_))), "{stalled:?}");
+    drop(answers);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while !requests.is_closed() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request stream of a session that ended is still held (and may still be pulled from)"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(requests.unbounded_send(request(2)).is_err());
+    assert_eq!(received.load(Ordering::SeqCst), 1);
+}
