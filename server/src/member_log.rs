@@ -22,7 +22,12 @@ pub fn init_member_logging(flags: &MemberFlags) -> anyhow::Result<()> {
         "panic" | "fatal" => "error",
         level => level,
     };
-    let default = format!("{level},openraft=error,sled=warn,h2=warn,tower=warn,hyper=warn");
+    // openraft's heartbeat workers log at error only that the Raft core has
+    // closed, which a heartbeat answer arriving during a normal shutdown
+    // hits; keel logs its own stop.
+    let default = format!(
+        "{level},openraft=error,openraft::core::heartbeat=off,sled=warn,h2=warn,tower=warn,hyper=warn"
+    );
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let (writer, to_terminal) = log_writer(&flags.log_outputs)?;
     let builder = tracing_subscriber::fmt()
