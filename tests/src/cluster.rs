@@ -492,8 +492,16 @@ impl Cluster {
     /// started yet (its peer URL is what `member add` needs); returns its
     /// index.
     pub fn prepare_member(&mut self, name: &str) -> Result<usize, FixtureError> {
-        let root = self.dir().to_path_buf();
-        self.members.push(Member {
+        let member = self.fresh_member(name)?;
+        self.members.push(member);
+        Ok(self.members.len() - 1)
+    }
+
+    /// A member named `name` with new free ports and its own data dir and
+    /// log in the cluster's dir, not started.
+    fn fresh_member(&self, name: &str) -> Result<Member, FixtureError> {
+        let root = self.dir();
+        Ok(Member {
             name: name.to_string(),
             joining_cluster: None,
             client_port: free_port()?,
@@ -502,8 +510,7 @@ impl Cluster {
             log_path: root.join(format!("{name}.log")),
             child: None,
             paused: false,
-        });
-        Ok(self.members.len() - 1)
+        })
     }
 
     /// Puts a fresh member named `name` (new ports, data dir and log, not
@@ -517,17 +524,7 @@ impl Cluster {
                 member: old.name.clone(),
             });
         }
-        let root = self.dir().to_path_buf();
-        self.members[index] = Member {
-            name: name.to_string(),
-            joining_cluster: None,
-            client_port: free_port()?,
-            peer_port: free_port()?,
-            data_dir: root.join(format!("{name}.data")),
-            log_path: root.join(format!("{name}.log")),
-            child: None,
-            paused: false,
-        };
+        self.members[index] = self.fresh_member(name)?;
         Ok(())
     }
 
