@@ -1,6 +1,6 @@
-//! Defragmentation: rewriting the active keyspace tree into a fresh one so
-//! that sled can give back the space compactions and deletes freed (etcd's
-//! `Defragment`, local to one member, never through Raft).
+//! Defragmentation: rewriting the active keyspace tree into a fresh one
+//! after compactions and deletes (etcd's `Defragment`, local to one member,
+//! never through Raft).
 //!
 //! Invariant (crash safety, the same atomic flip as a snapshot install,
 //! `snapshot.rs`): the caller holds the writer slot, so the copy is one
@@ -14,13 +14,11 @@
 //! drops the half-made copy; a crash after it leaves the new tree active and
 //! `open` drops the old one. Never half of either.
 //!
-//! Why the space comes back: sled rewrites the pages of a segment of its log
-//! file once under half of the segment is live and truncates the file when
-//! its tail segments are free. A tree whose records were mostly compacted
-//! away keeps its surviving pages spread over many segments; the fresh copy
-//! packs them densely into the free segments at the front of the file, and
-//! dropping the old tree frees every page it had, so the tail segments empty
-//! and the file is truncated (measured in the crate's `defrag` tests).
+//! What it does not do: make the file smaller. In every pattern measured
+//! (`examples/defrag_space.rs`) sled 0.34 did not shrink its file after the
+//! old tree was dropped, so `size_on_disk` stays. Giving the space back to the file system needs a
+//! copy into a fresh sled database swapped in at runtime (as bolt's
+//! defragmentation does), which keel does not do yet.
 
 use std::sync::atomic::Ordering;
 
