@@ -282,3 +282,63 @@ async fn a_member_that_missed_more_than_the_snapshot_threshold_catches_up_throug
         "the snapshot-restored keyspace equals the leader's"
     );
 }
+
+/// Regression (issue 13): snapshots were triggered by log entries, and a
+/// keel entry is a group-committed batch of many writes, so a member could
+/// apply a million writes without a snapshot; its log was never purged and
+/// a member added later replayed the whole history. `--snapshot-count`
+/// counts writes, as in etcd.
+#[tokio::test]
+async fn a_snapshot_is_taken_every_snapshot_count_writes_even_when_batched_into_fewer_entries() {
+    const SNAPSHOT_COUNT: u64 = 500;
+    const WRITERS: usize = 80;
+    const PUTS_PER_WRITER: usize = 15;
+    let options = ClusterOptions {
+        snapshot_count: Some(SNAPSHOT_COUNT),
+        ..ClusterOptions::keel(3)
+    };
+    let mut cluster = Cluster::start(options).await.expect("cluster starts");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let client = cluster.member_client(leader).expect("client");
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..WRITERS {
+        let client = client.clone();
+        writers.spawn(async move {
+            for i in 0..PUTS_PER_WRITER {
+                client
+                    .put(put(&format!("batched/{writer:03}/{i:02}"), "v"))
+                    .await
+                    .expect("put");
+            }
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.expect("writer task");
+    }
+    let writes = (WRITERS * PUTS_PER_WRITER) as u64;
+    assert!(writes > SNAPSHOT_COUNT);
+    let entries = client
+        .status(&cluster.endpoint(leader))
+        .await
+        .expect("status")
+        .raft_index;
+    assert!(
+        entries < SNAPSHOT_COUNT,
+        "{writes} concurrent writes took {entries} log entries: not batched enough to tell writes from entries"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(cluster.log_path(leader)).unwrap_or_default();
+        if log.lines().any(|line| line.contains("built snapshot")) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no snapshot after {writes} writes in {entries} entries with --snapshot-count {SNAPSHOT_COUNT}:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

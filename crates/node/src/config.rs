@@ -30,7 +30,8 @@ pub struct RaftTiming {
     /// A follower that heard no leader for a fresh random time in
     /// [election timeout + 2 heartbeats, 2 x election timeout) campaigns.
     pub election_timeout_ms: u64,
-    /// Committed log entries between two snapshots.
+    /// Applied client writes between two snapshots (etcd's unit; a log
+    /// entry is a batch of writes), `snapshot_trigger.rs`.
     pub snapshot_count: u64,
 }
 
@@ -125,6 +126,8 @@ pub(crate) fn openraft_config(
         // sends it in one call, not in chunks with a timeout each).
         install_snapshot_timeout: (10 * election).max(120_000),
         max_payload_entries: 64,
+        // A backstop: snapshots come every `snapshot_count` applied writes
+        // (`snapshot_trigger.rs`), which an entry count never runs ahead of.
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(timing.snapshot_count),
         max_in_snapshot_log_to_keep: timing.snapshot_count.min(5_000),
         // A restarted leader always runs an election and starts its new

@@ -44,6 +44,7 @@ mod peer_service;
 pub mod read_path;
 pub mod request_error;
 pub mod restore;
+mod snapshot_trigger;
 pub mod write_path;
 
 pub use config::{Bootstrap, NodeConfig, NodeTestHooks, RaftTiming, DEFAULT_LEASE_CHECKPOINT_INTERVAL};

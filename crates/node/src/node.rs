@@ -168,6 +168,7 @@ impl Node {
         let (keyspace_database, state_machine, log_store) = open_storage(&config)?;
         let raft_log_database = log_store.database().clone();
         let state = state_machine.view();
+        let applied_writes = state_machine.applied_writes();
         let network = peer_network(&config);
         let raft = KeelRaft::new(
             config.member_id,
@@ -216,6 +217,11 @@ impl Node {
         tokio::spawn(crate::leader_log::log_leadership_changes(
             handle.raft.clone(),
             config.name,
+        ));
+        tokio::spawn(crate::snapshot_trigger::snapshot_every_n_writes(
+            handle.raft.clone(),
+            applied_writes,
+            config.timing.snapshot_count,
         ));
         Ok(Node {
             handle,

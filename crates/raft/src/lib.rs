@@ -15,6 +15,7 @@
 // openraft's traits dictate its large error types (StorageError, RPCError).
 #![allow(clippy::result_large_err)]
 
+pub mod applied_writes;
 pub mod apply;
 pub mod durable_applied;
 pub mod fail_points;
@@ -24,6 +25,7 @@ pub mod state_machine;
 pub mod storage_codec;
 pub mod type_config;
 
+pub use applied_writes::AppliedWrites;
 pub use durable_applied::DurableApplied;
 pub use fail_points::FailPoints;
 pub use log_store::SledLogStore;

@@ -29,6 +29,7 @@ use keel_mvcc::MvccStore;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
+use crate::applied_writes::{writes_in_entry, AppliedWrites};
 use crate::apply::{
     apply_write_batch, note_removed_members, AlarmTable, AppliedTables, MemberAttributeTable, RemovedMembers,
 };
@@ -77,6 +78,8 @@ struct Shared {
     snapshots: SnapshotFiles,
     durable_applied: DurableApplied,
     fail_points: FailPoints,
+    /// Client writes applied, and how many the last snapshot covers.
+    applied_writes: AppliedWrites,
 }
 
 impl Shared {
@@ -233,6 +236,7 @@ impl KeelStateMachine {
             snapshots,
             durable_applied,
             fail_points,
+            applied_writes: AppliedWrites::default(),
         });
         Ok(KeelStateMachine { shared })
     }
@@ -276,6 +280,11 @@ impl KeelStateMachine {
     /// How far the applied state is on disk: what the log store purges behind.
     pub fn durable_applied(&self) -> DurableApplied {
         self.shared.durable_applied.clone()
+    }
+
+    /// The applied-write count that snapshots are triggered by.
+    pub fn applied_writes(&self) -> AppliedWrites {
+        self.shared.applied_writes.clone()
     }
 
     pub fn view(&self) -> StateView {
@@ -322,8 +331,13 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
             let mut batch = shared.store.begin_apply();
             let mut last_applied = None;
             let mut membership: Option<StoredMembership> = None;
+            let mut writes = 0;
             for (entry, responder) in received {
                 last_applied = Some(entry.log_id);
+                writes += writes_in_entry(match &entry.payload {
+                    EntryPayload::Normal(write_batch) => write_batch.requests.len(),
+                    _ => 0,
+                });
                 let outcome = match entry.payload {
                     EntryPayload::Blank => WriteBatchOutcome::default(),
                     EntryPayload::Normal(write_batch) => {
@@ -370,6 +384,7 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
                 batch.set_app_meta(REMOVED_MEMBERS_KEY, removed.encode_record());
             }
             batch.commit().map_err(sm_error)?;
+            shared.applied_writes.add(writes);
             if members_changed {
                 *shared.members.write().unwrap_or_else(|p| p.into_inner()) = members;
             }
@@ -436,6 +451,7 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
             batch.set_app_meta(LAST_APPLIED_KEY, meta_owned.last_log_id.encode_record());
             batch.set_app_meta(MEMBERSHIP_KEY, meta_owned.last_membership.encode_record());
             batch.commit().map_err(sm_error)?;
+            shared.applied_writes.mark_snapshot();
             // Durable keyspace, then durable snapshot meta, and only then
             // may the log be purged behind it (`durable_applied.rs`). A
             // crash between the two is finished at the next start
@@ -516,6 +532,7 @@ impl RaftSnapshotBuilder<TypeConfig> for KeelSnapshotBuilder {
                 let _gate = shared.apply_gate.read().unwrap_or_else(|p| p.into_inner());
                 let (meta, partial, stats) =
                     dump_keyspace(&shared.store, &shared.snapshots, "build").map_err(|e| write_error(&e))?;
+                shared.applied_writes.mark_snapshot();
                 // The log is purged behind this snapshot: what it covers must be durable.
                 shared
                     .flush_keyspace(meta.last_log_id)
