@@ -2,11 +2,11 @@
 //! grow the keyspace (`keel_api::space_cost`) is proposed, the member that
 //! took it checks that its keyspace's live bytes (`MvccStore::live_bytes`,
 //! Status' `db_size_in_use` less the Raft log) plus the write's cost stay
-//! under the quota. etcd compares its backend file's size, which its
-//! defragmentation shrinks; sled 0.34 does not give the space a compaction
-//! freed back to the file system, even after a defragmentation (measured:
-//! `crates/mvcc/examples/defrag_space.rs`), so a quota on the file would
-//! stay exceeded forever. On the live bytes, the operator's way out is
+//! under the quota. etcd compares its backend file's size; keel's file
+//! shrinks only at a defragmentation and grows in sled's segments whatever
+//! a write's size, while the live bytes fall at once with a compaction and
+//! match what a defragmentation would leave. On the live bytes, the
+//! operator's way out is
 //! etcd's: compact (and defragment), then disarm the alarm. A write that would not is refused with etcd's
 //! "etcdserver: mvcc: database space exceeded" (ResourceExhausted), and the
 //! member raises the NOSPACE alarm through Raft, so every member then

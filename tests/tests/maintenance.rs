@@ -374,9 +374,18 @@ async fn etcdctl_defrag_keeps_every_member_s_data_and_status_shows_what_compacti
     // Every record and revision is still there, on every member.
     assert_eq!(hashes(&cluster).await, hashes_before);
     let (defragmented_size, defragmented_in_use) = db_sizes(&cluster.endpoint(0)).await;
-    assert_eq!(
-        defragmented_in_use, compacted_in_use,
-        "defragmentation keeps the records"
+    // The keyspace's live bytes are the same records; the Raft log's size,
+    // counted in too, may move by a record of its own (a committed index).
+    assert!(
+        (defragmented_in_use - compacted_in_use).abs() < 64 * 1024,
+        "defragmentation keeps the records: in use {compacted_in_use} before, {defragmented_in_use} after"
+    );
+    // The keyspace's freed space went back to the file system (the Raft
+    // log, counted in both figures, is not defragmented).
+    assert!(
+        defragmented_size < compacted_size / 2 && defragmented_size < defragmented_in_use + 1_000_000,
+        "db size {compacted_size} before the defragmentation, {defragmented_size} after \
+         ({defragmented_in_use} in use)"
     );
     eprintln!(
         "member 0 db size: fresh {fresh_size} (in use {fresh_in_use}), written {written_size} \

@@ -2,23 +2,23 @@
 //! after compactions and deletes (etcd's `Defragment`, local to one member,
 //! never through Raft).
 //!
-//! Invariant (crash safety, the same atomic flip as a snapshot install,
-//! `snapshot.rs`): the caller holds the writer slot, so the copy is one
-//! consistent cut and no batch commits meanwhile (reads go on against the
-//! old tree). Every entry is copied into a FRESH tree, which is made durable
-//! (`Database::make_durable`); only then, under the store's exclusive lock,
-//! is [`ACTIVE_POINTER`] pointed at it and the tree swapped (the index, the
-//! recent changes and the revisions stay: the records are the same). The
-//! pointer is made durable before the old tree is dropped. A crash before
-//! the pointer write reaches the disk leaves the old tree active and `open`
-//! drops the half-made copy; a crash after it leaves the new tree active and
-//! `open` drops the old one. Never half of either.
+//! Invariant (crash safety): the caller holds the writer slot, so the copy
+//! is one consistent cut and no batch commits meanwhile (reads go on
+//! against the old keyspace). Every entry is copied into a tree of a FRESH
+//! database (the next generation of the keyspace database's name,
+//! `keel_storage`'s `generations.rs`) whose default tree names it in
+//! [`ACTIVE_POINTER`]; that database is made durable, and only then made
+//! the generation the name opens (an atomic, durable pointer switch). Then,
+//! under the store's exclusive lock, the database and tree are swapped (the
+//! index, the recent changes and the revisions stay: the records are the
+//! same), and the old database's files are deleted. A crash before the
+//! switch leaves the old database current, and `Database::open` deletes the
+//! half-made copy; a crash after it leaves the new one current, and the old
+//! one is deleted at open. Never half of either.
 //!
-//! What it does not do: make the file smaller. In every pattern measured
-//! (`examples/defrag_space.rs`) sled 0.34 did not shrink its file after the
-//! old tree was dropped, so `size_on_disk` stays. Giving the space back to the file system needs a
-//! copy into a fresh sled database swapped in at runtime (as bolt's
-//! defragmentation does), which keel does not do yet.
+//! This is what gives the space back: sled 0.34 never shrinks a file it
+//! keeps using (`examples/defrag_space.rs` measured a dropped tree's pages
+//! staying in the file), so the old file goes as a whole.
 
 use std::sync::atomic::Ordering;
 
@@ -29,11 +29,11 @@ use crate::store::{keyspace_tree_name, Shared, ACTIVE_POINTER};
 /// `MvccStore::defragment_stopping_at`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DefragStep {
-    /// The fresh tree holds every entry and is durable; the pointer still
-    /// names the old tree.
+    /// The fresh database holds every entry and is durable; the old one is
+    /// still the current generation.
     BeforeSwitch,
-    /// The pointer names the fresh tree and is durable; the old tree is
-    /// not dropped yet.
+    /// The fresh database is the current generation (durably); the old
+    /// one's files are not deleted yet.
     BeforeDroppingOld,
 }
 
@@ -48,55 +48,54 @@ pub struct DefragStats {
     pub size_after: u64,
 }
 
-/// Copies the active tree into a fresh one and flips to it; the caller
-/// holds the writer slot.
+/// Copies the active tree into a fresh database and switches to it; the
+/// caller holds the writer slot.
 pub(crate) fn defragment(
     shared: &Shared,
     step: &mut dyn FnMut(DefragStep) -> Result<(), MvccError>,
 ) -> Result<DefragStats> {
     let started = std::time::Instant::now();
-    let size_before = shared.database.size_on_disk()?;
-    let (old_generation, old_tree) = {
+    let (old_database, old_generation, old_tree) = {
         let active = shared.read_keyspace();
-        (active.generation, active.tree.clone())
+        (active.database.clone(), active.generation, active.tree.clone())
     };
+    let size_before = old_database.size_on_disk()?;
     let generation = old_generation + 1;
     let name = keyspace_tree_name(generation);
-    let db = shared.database.sled();
-    // A leftover of an interrupted install or defragmentation (open drops
-    // those too).
-    db.drop_tree(&name)?;
-    let fresh = db.open_tree(&name)?;
-    let copied = copy(&old_tree, &fresh);
+    let fresh_database = old_database.open_next_generation()?;
+    let fresh = fresh_database.sled().open_tree(&name)?;
+    let copied = copy(&old_tree, &fresh).and_then(|copied| {
+        fresh_database.sled().insert(ACTIVE_POINTER, name.as_bytes())?;
+        fresh_database.make_durable()?;
+        Ok(copied)
+    });
     let (records, bytes) = match copied {
         Ok(copied) => copied,
         Err(error) => {
             drop(fresh);
-            if let Err(drop_error) = db.drop_tree(&name) {
-                tracing::warn!(%drop_error, "could not drop a half-made defragmented tree; open will");
+            if let Err(retire_error) = fresh_database.retire() {
+                tracing::warn!(%retire_error, "could not delete a half-made defragmented database; open will");
             }
             return Err(error);
         }
     };
-    shared.database.make_durable()?;
     step(DefragStep::BeforeSwitch)?;
+    fresh_database.make_current()?;
     {
         let mut active = shared.write_keyspace();
-        db.insert(ACTIVE_POINTER, name.as_bytes())?;
+        active.database = fresh_database;
         active.generation = generation;
         active.tree = fresh;
         shared.live_bytes.store(bytes, Ordering::Release);
     }
-    drop(old_tree);
-    shared.database.make_durable()?;
     step(DefragStep::BeforeDroppingOld)?;
-    db.drop_tree(keyspace_tree_name(old_generation))?;
-    shared.database.make_durable()?;
+    drop(old_tree);
+    old_database.retire()?;
     let stats = DefragStats {
         records,
         bytes,
         size_before,
-        size_after: shared.database.size_on_disk()?,
+        size_after: shared.database().size_on_disk()?,
     };
     tracing::info!(
         records,

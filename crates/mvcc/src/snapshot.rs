@@ -193,7 +193,8 @@ fn fill(tree: &sled::Tree, input: &mut dyn Read) -> Result<SnapshotStats> {
 pub(crate) fn install(shared: &Shared, input: &mut dyn Read) -> Result<SnapshotStats> {
     let generation = shared.read_keyspace().generation + 1;
     let name = keyspace_tree_name(generation);
-    let db = shared.database.sled();
+    let database = shared.database();
+    let db = database.sled();
     db.drop_tree(&name)?;
     let tree = db.open_tree(&name)?;
     let filled = fill(&tree, input).and_then(|stats| match load(&tree) {
@@ -211,13 +212,14 @@ pub(crate) fn install(shared: &Shared, input: &mut dyn Read) -> Result<SnapshotS
             return Err(error);
         }
     };
-    shared.database.make_durable()?;
+    database.make_durable()?;
     let old = {
         let mut active = shared.write_keyspace();
         db.insert(ACTIVE_POINTER, name.as_bytes())?;
         let old = std::mem::replace(
             &mut *active,
             Keyspace {
+                database: database.clone(),
                 generation,
                 tree,
                 index: Arc::new(loaded.index),
@@ -232,7 +234,7 @@ pub(crate) fn install(shared: &Shared, input: &mut dyn Read) -> Result<SnapshotS
     // Freed outside the exclusive section: a big index takes a while.
     let old_generation = old.generation;
     drop(old);
-    shared.database.make_durable()?;
+    database.make_durable()?;
     if let Err(error) = db.drop_tree(keyspace_tree_name(old_generation)) {
         tracing::warn!(%error, "could not drop the replaced keyspace tree; open will");
     }

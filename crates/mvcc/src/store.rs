@@ -14,8 +14,8 @@
 //!   `Tree::apply_batch` plus the index update (and updates the cached
 //!   revisions inside the same section); a snapshot install builds the new
 //!   index before and holds it exclusively only to flip the pointer and swap
-//!   tree and index; a defragmentation holds it exclusively only to flip the
-//!   pointer and swap the tree (the index stays: same records).
+//!   tree and index; a defragmentation holds it exclusively only to swap the
+//!   database and tree (the index stays: same records).
 //! - One writer at a time: an `ApplyBatch`, a snapshot dump, a snapshot
 //!   install, a defragmentation and a `hash_kv` scan each hold the writer slot for their whole
 //!   life, so the tree a batch reads cannot change under it and a dump or a
@@ -72,8 +72,10 @@ pub struct MvccStore {
     shared: Arc<Shared>,
 }
 
-/// The active keyspace tree, the name the pointer gives it, and its index.
+/// The active keyspace tree, the database holding it (a defragmentation
+/// replaces that too), the name the pointer gives the tree, and its index.
 pub(crate) struct Keyspace {
+    pub(crate) database: Database,
     pub generation: u64,
     pub(crate) tree: sled::Tree,
     /// Shared only with the one running [`ApplyBatch`] (see its `index`).
@@ -92,7 +94,6 @@ impl Keyspace {
 }
 
 pub(crate) struct Shared {
-    pub(crate) database: Database,
     pub active: RwLock<Keyspace>,
     /// The store revision and compact revision of the committed state; only
     /// changed while `active` is held exclusively.
@@ -129,6 +130,12 @@ impl Shared {
         }
         *busy = true;
         WriterSlot { shared: self }
+    }
+
+    /// The database the active keyspace is in (a handle; the active one
+    /// changes with a defragmentation).
+    pub fn database(&self) -> Database {
+        self.read_keyspace().database.clone()
     }
 
     pub fn read_keyspace(&self) -> RwLockReadGuard<'_, Keyspace> {
@@ -312,8 +319,8 @@ impl MvccStore {
             db.insert(ACTIVE_POINTER, name.as_bytes())?;
         }
         let shared = Shared {
-            database: database.clone(),
             active: RwLock::new(Keyspace {
+                database: database.clone(),
                 generation,
                 tree,
                 index: Arc::new(index),
@@ -488,16 +495,22 @@ impl MvccStore {
     /// ([`Database::open_temporary`]) is only flushed.
     pub fn flush(&self) -> Result<(), MvccError> {
         let started = std::time::Instant::now();
-        self.shared.database.make_durable()?;
+        self.shared.database().make_durable()?;
         keel_metrics::metrics()
             .backend_commit_seconds
             .observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 
+    /// Where the keyspace database in use lives (a defragmentation moves it
+    /// to the next generation of its name); `None` for a temporary one.
+    pub fn database_path(&self) -> Option<std::path::PathBuf> {
+        self.shared.database().path().map(|path| path.to_path_buf())
+    }
+
     /// The size of the keyspace database on disk, in bytes (0 if unknown).
     pub fn size_on_disk(&self) -> u64 {
-        self.shared.database.size_on_disk().unwrap_or(0)
+        self.shared.database().size_on_disk().unwrap_or(0)
     }
 
     /// The bytes the active keyspace holds: the keys and values of every
@@ -511,9 +524,9 @@ impl MvccStore {
         self.shared.live_bytes.load(Ordering::Acquire)
     }
 
-    /// Rewrites the active keyspace into a fresh tree and drops the old one,
-    /// so that sled can give back to the file system the space compactions
-    /// and deletes freed (`defrag.rs`). The keyspace stays the same (every
+    /// Rewrites the active keyspace into a fresh database and deletes the
+    /// old one, giving back to the file system the space compactions and
+    /// deletes freed (`defrag.rs`). The keyspace stays the same (every
     /// record, revision and index entry); reads go on meanwhile, writes wait.
     pub fn defragment(&self) -> Result<DefragStats, MvccError> {
         self.defragment_stopping_at(&mut |_| Ok(()))

@@ -26,7 +26,7 @@ pub const FORMAT_VERSION: u32 = 3;
 const FORMAT_FILE: &str = "format-version";
 
 /// What keel keeps in a data dir; any of them means the dir holds data.
-const KEEL_ENTRIES: [&str; 4] = ["member.json", "raft", "mvcc", "snap"];
+const KEEL_ENTRIES: [&str; 5] = ["member.json", "raft", "mvcc", "mvcc.current", "snap"];
 
 /// Why a data dir was refused (nothing in it was changed) or could not be
 /// recorded.

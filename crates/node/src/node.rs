@@ -46,7 +46,9 @@ pub enum NodeError {
     #[error("opening the keyspace database: {0}")]
     KeyspaceDatabase(#[from] keel_storage::StorageError),
     #[error("making the keyspace durable at shutdown: {0}")]
-    KeyspaceNotDurable(#[source] keel_storage::StorageError),
+    KeyspaceNotDurable(#[source] keel_mvcc::MvccError),
+    #[error("making the keyspace durable at shutdown: the flush task failed: {0}")]
+    KeyspaceFlushTask(#[source] tokio::task::JoinError),
     #[error("opening the keyspace: {0}")]
     Keyspace(#[from] keel_mvcc::MvccError),
     #[error("opening {what}: {source}")]
@@ -157,7 +159,6 @@ pub struct Node {
     leader_connection_watch: tokio::task::JoinHandle<()>,
     /// Holds the state machine open: stopped with the node.
     membership_watch: tokio::task::JoinHandle<()>,
-    keyspace_database: Database,
 }
 
 impl Node {
@@ -165,7 +166,7 @@ impl Node {
     /// protocol, and (for a new cluster) the bootstrap.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         crate::data_format::check_or_record(&config.data_dir)?;
-        let (keyspace_database, state_machine, log_store) = open_storage(&config)?;
+        let (state_machine, log_store) = open_storage(&config)?;
         let raft_log_database = log_store.database().clone();
         let state = state_machine.view();
         let applied_writes = state_machine.applied_writes();
@@ -229,7 +230,6 @@ impl Node {
             stop_peer_servers,
             leader_connection_watch,
             membership_watch,
-            keyspace_database,
         })
     }
 
@@ -265,9 +265,10 @@ impl Node {
         if let Err(error) = self.handle.raft.shutdown().await {
             tracing::warn!(%error, "raft shutdown");
         }
-        self.keyspace_database
-            .make_durable_async()
+        let store = self.handle.state.store().clone();
+        tokio::task::spawn_blocking(move || store.flush())
             .await
+            .map_err(NodeError::KeyspaceFlushTask)?
             .map_err(NodeError::KeyspaceNotDurable)?;
         // Open connections get GOAWAY and a bounded time to finish.
         let drained = tokio::time::timeout(CONNECTION_DRAIN_LIMIT, async {
@@ -281,7 +282,7 @@ impl Node {
     }
 }
 
-fn open_storage(config: &NodeConfig) -> Result<(Database, KeelStateMachine, SledLogStore), NodeError> {
+fn open_storage(config: &NodeConfig) -> Result<(KeelStateMachine, SledLogStore), NodeError> {
     let data_dir = &config.data_dir;
     let keyspace_database = Database::open(&data_dir.join("mvcc"), config.keyspace_cache_bytes)?;
     let store = MvccStore::open(&keyspace_database)?;
@@ -309,7 +310,7 @@ fn open_storage(config: &NodeConfig) -> Result<(Database, KeelStateMachine, Sled
             what: "the state machine",
             source,
         })?;
-    Ok((keyspace_database, state_machine, log_store))
+    Ok((state_machine, log_store))
 }
 
 fn peer_network(config: &NodeConfig) -> PeerNetwork {

@@ -1,5 +1,6 @@
 //! [`Database`]: one sled database opened with keel's settings, and the one
-//! way to make it durable.
+//! way to make it durable. A database can be replaced whole by a fresh
+//! generation at runtime (`generations.rs`).
 //!
 //! Invariant: [`Database::make_durable`] returns Ok only after a sled flush
 //! that started after the call did, followed by the fsyncs and the fdatasync
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::fdatasync::SledFdatasync;
+use crate::generations::Generation;
 use crate::group_flush::GroupFlusher;
 use crate::StorageError;
 
@@ -24,6 +26,10 @@ struct Shared {
     db: sled::Db,
     /// Where the database lives; `None` for a temporary one.
     path: Option<PathBuf>,
+    /// Which generation of the name it was opened by this is; `None` for a
+    /// temporary one.
+    generation: Option<Generation>,
+    cache_bytes: u64,
     /// The files synced after each flush; `None` for a temporary database,
     /// which is deleted when dropped and has nothing to keep.
     files: Option<Mutex<SledFdatasync>>,
@@ -36,22 +42,85 @@ impl Database {
     /// periodic background flush only bounds what a process crash loses of
     /// writes nobody waited for).
     ///
+    /// `path` names the database: its files are in `path` itself, or, once
+    /// it was replaced ([`Database::open_next_generation`]), in the
+    /// generation its pointer file names; other generations left by a crash
+    /// are deleted.
+    ///
     /// A database another open database holds is [`StorageError::Locked`].
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Database, StorageError> {
-        ensure_not_locked(path)?;
+        let generation = Generation::current(path)?;
+        generation.delete_the_others()?;
+        Database::open_generation(generation, cache_bytes)
+    }
+
+    fn open_generation(generation: Generation, cache_bytes: u64) -> Result<Database, StorageError> {
+        let path = generation.dir();
+        ensure_not_locked(&path)?;
         let db = sled::Config::new()
-            .path(path)
+            .path(&path)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
             .open()?;
-        let files = SledFdatasync::open(path)?;
+        let files = SledFdatasync::open(&path)?;
         Ok(Database {
             shared: Arc::new(Shared {
                 db,
-                path: Some(path.to_path_buf()),
+                path: Some(path),
+                generation: Some(generation),
+                cache_bytes,
                 files: Some(Mutex::new(files)),
             }),
         })
+    }
+
+    /// A fresh, empty database that can replace this one: the next
+    /// generation of its name (a leftover of that generation is deleted
+    /// first), or another temporary database for a temporary one. It is not
+    /// what the name opens until [`Database::make_current`].
+    pub fn open_next_generation(&self) -> Result<Database, StorageError> {
+        match &self.shared.generation {
+            None => Database::open_temporary(),
+            Some(generation) => {
+                let next = generation.next();
+                next.delete_dir()?;
+                Database::open_generation(next, self.shared.cache_bytes)
+            }
+        }
+    }
+
+    /// Makes this generation the one its name opens, atomically and
+    /// durably (`generations.rs`). Make its contents durable first. A
+    /// temporary database has nothing to switch.
+    pub fn make_current(&self) -> Result<(), StorageError> {
+        match &self.shared.generation {
+            None => Ok(()),
+            Some(generation) => generation.make_current(),
+        }
+    }
+
+    /// Closes this handle of a replaced generation and deletes its files,
+    /// giving their space back to the file system. Call it once
+    /// another generation is current and nothing reads this one any more; if
+    /// another handle is still open, the files are left for the next open to
+    /// delete.
+    pub fn retire(self) -> Result<(), StorageError> {
+        let Some(generation) = self.shared.generation.clone() else {
+            return Ok(());
+        };
+        match Arc::try_unwrap(self.shared) {
+            Ok(shared) => {
+                drop(shared);
+                generation.delete_dir()
+            }
+            Err(_still_shared) => {
+                tracing::info!(
+                    dir = %generation.dir().display(),
+                    "a replaced database is still open elsewhere; its files go at the next start"
+                );
+                Ok(())
+            }
+        }
     }
 
     /// A database that lives only as long as its last handle (tests,
@@ -62,6 +131,8 @@ impl Database {
             shared: Arc::new(Shared {
                 db,
                 path: None,
+                generation: None,
+                cache_bytes: 0,
                 files: None,
             }),
         })

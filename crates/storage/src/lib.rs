@@ -6,6 +6,9 @@
 //!   path, the page cache size, `HighThroughput` mode) and makes it durable
 //!   ([`Database::make_durable`]: sled's flush, then the fsyncs and the
 //!   fdatasync sled's flush leaves out).
+//! - `generations.rs`: a database replaced whole at runtime by a fresh copy
+//!   (the keyspace's defragmentation), switched by an atomically renamed
+//!   pointer file.
 //! - `fdatasync.rs`: what sled 0.34's own flush does not make durable, and
 //!   the syncs that do.
 //! - [`GroupFlusher`] (`group_flush.rs`): one thread that makes a database
@@ -23,6 +26,7 @@
 
 mod database;
 mod fdatasync;
+mod generations;
 mod group_flush;
 
 pub use database::Database;
@@ -54,6 +58,9 @@ pub enum StorageError {
     /// or one whose sled threads have not let go of it yet.
     #[error("the database in {} is locked by another open database", path.display())]
     Locked { path: PathBuf },
+    /// A database's generation pointer file holds no generation number.
+    #[error("{} does not name a database generation (found {found:?})", path.display())]
+    GenerationPointerUnreadable { path: PathBuf, found: String },
     /// The group flusher thread is gone, so nothing can be made durable.
     #[error("the flusher thread of {} has stopped", path.display())]
     FlusherStopped { path: PathBuf },
