@@ -85,6 +85,49 @@ pub enum WireError {
     /// v3election `ErrMissingLeaderKey`).
     #[error("\"leader\" field must be provided")]
     MissingLeaderKey,
+    /// AuthEnable while no user named root exists.
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    /// AuthEnable while the root user lacks the root role.
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    /// An auth request without a user name, or a request without
+    /// credentials while auth is enabled.
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    /// A wrong user name or password at Authenticate.
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    /// A token that no member assigned, or one that expired or whose user
+    /// was deleted or changed its password.
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    /// A change that would take the root role away from root while auth
+    /// is enabled.
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    /// A write checked against an auth revision that changed before it
+    /// was applied.
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
 }
 
 impl WireError {
@@ -97,7 +140,23 @@ impl WireError {
             | WireError::TooManyOps
             | WireError::DuplicateKey
             | WireError::RequestTooLarge
-            | WireError::MemberBadUrls => Code::InvalidArgument,
+            | WireError::MemberBadUrls
+            | WireError::UserEmpty
+            | WireError::RoleEmpty
+            | WireError::AuthFailed
+            | WireError::InvalidAuthMgmt
+            | WireError::AuthOldRevision => Code::InvalidArgument,
+            WireError::RootUserNotExist
+            | WireError::RootRoleNotExist
+            | WireError::UserAlreadyExist
+            | WireError::UserNotFound
+            | WireError::RoleAlreadyExist
+            | WireError::RoleNotFound
+            | WireError::RoleNotGranted
+            | WireError::PermissionNotGranted
+            | WireError::AuthNotEnabled => Code::FailedPrecondition,
+            WireError::PermissionDenied => Code::PermissionDenied,
+            WireError::InvalidAuthToken => Code::Unauthenticated,
             WireError::Compacted | WireError::FutureRevision | WireError::LeaseTtlTooLarge => {
                 Code::OutOfRange
             }
@@ -140,7 +199,7 @@ impl WireError {
     }
 }
 
-const ALL: [WireError; 32] = [
+const ALL: [WireError; 48] = [
     WireError::EmptyKey,
     WireError::KeyNotFound,
     WireError::ValueProvided,
@@ -173,6 +232,22 @@ const ALL: [WireError; 32] = [
     WireError::ElectionNotLeader,
     WireError::ElectionNoLeader,
     WireError::MissingLeaderKey,
+    WireError::RootUserNotExist,
+    WireError::RootRoleNotExist,
+    WireError::UserAlreadyExist,
+    WireError::UserEmpty,
+    WireError::UserNotFound,
+    WireError::RoleAlreadyExist,
+    WireError::RoleNotFound,
+    WireError::RoleEmpty,
+    WireError::AuthFailed,
+    WireError::PermissionDenied,
+    WireError::RoleNotGranted,
+    WireError::PermissionNotGranted,
+    WireError::AuthNotEnabled,
+    WireError::InvalidAuthToken,
+    WireError::InvalidAuthMgmt,
+    WireError::AuthOldRevision,
 ];
 
 /// Why a watch create request is refused: etcd answers it in the
