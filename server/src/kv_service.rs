@@ -34,6 +34,7 @@ impl KvService {
             .context
             .node
             .write(WriteRequest {
+                checked_auth_revision: 0,
                 request: Some(request),
             })
             .await?

@@ -68,6 +68,7 @@ impl Maintenance for MaintenanceService {
             .context
             .node
             .write(WriteRequest {
+                checked_auth_revision: 0,
                 request: Some(write_request::Request::Alarm(request)),
             })
             .await?;

@@ -515,6 +515,7 @@ async fn publish_attributes(context: Arc<MemberContext>, attributes: MemberAttri
             return;
         }
         let request = WriteRequest {
+            checked_auth_revision: 0,
             request: Some(write_request::Request::MemberAttributes(attributes.clone())),
         };
         match context.node.write(request).await {

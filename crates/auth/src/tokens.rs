@@ -6,6 +6,7 @@
 //! all tokens die when auth is disabled.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,8 @@ struct Assigned {
 }
 
 pub struct TokenTable {
-    ttl: Duration,
+    /// The TTL in milliseconds (set once from `--auth-token-ttl`).
+    ttl_millis: AtomicU64,
     tokens: Mutex<HashMap<String, Assigned>>,
 }
 
@@ -42,9 +44,19 @@ pub fn new_simple_token(index: u64) -> String {
 impl TokenTable {
     pub fn new(ttl: Duration) -> TokenTable {
         TokenTable {
-            ttl,
+            ttl_millis: AtomicU64::new(ttl.as_millis().try_into().unwrap_or(u64::MAX)),
             tokens: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Sets how long a token lives without use (`--auth-token-ttl`).
+    pub fn set_ttl(&self, ttl: Duration) {
+        self.ttl_millis
+            .store(ttl.as_millis().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_millis.load(Ordering::Relaxed))
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Assigned>> {
@@ -52,7 +64,7 @@ impl TokenTable {
     }
 
     pub fn assign(&self, token: &str, user: &str) {
-        let expires = Instant::now() + self.ttl;
+        let expires = Instant::now() + self.ttl();
         let mut table = self.table();
         table.retain(|_, assigned| assigned.expires > Instant::now());
         table.insert(
@@ -71,7 +83,7 @@ impl TokenTable {
         let mut table = self.table();
         match table.get_mut(token) {
             Some(assigned) if assigned.expires > now => {
-                assigned.expires = now + self.ttl;
+                assigned.expires = now + self.ttl();
                 Some(assigned.user.clone())
             }
             Some(_) => {
