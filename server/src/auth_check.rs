@@ -7,6 +7,7 @@
 //! and applying refuses it if the store changed since (`keel-raft`'s
 //! apply.rs), so no write passes on a revoked permission.
 
+use keel_api::etcdserverpb::{request_op, DeleteRangeRequest, PutRequest, TxnRequest};
 use keel_api::WireError;
 use keel_auth::{Access, AuthError};
 use tonic::metadata::MetadataMap;
@@ -115,7 +116,76 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// etcd 3.4's gate on Defragment, Snapshot, Hash and HashKV: root only
+    /// while auth is enabled, refused with the auth store's plain errors.
+    pub fn check_maintenance(&self, context: &MemberContext) -> Result<(), Status> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.user.is_empty() {
+            return Err(WireError::MaintenanceUserEmpty.into());
+        }
+        context.node.state().with_auth(|auth| {
+            if auth.user(&self.user).is_none() {
+                Err(WireError::MaintenanceUserNotFound.into())
+            } else if auth.is_root(&self.user) {
+                Ok(())
+            } else {
+                Err(WireError::MaintenancePermissionDenied.into())
+            }
+        })
+    }
+}
+
 /// etcd's status for an auth refusal.
 pub fn auth_status(error: AuthError) -> Status {
     error.wire().into()
+}
+
+/// etcd's checks of a Put: write on the key, and read when it asks for the
+/// previous value.
+pub fn check_put(caller: &Caller, context: &MemberContext, put: &PutRequest) -> Result<(), Status> {
+    caller.check(context, Access::Write, &put.key, b"")?;
+    if put.prev_kv {
+        caller.check(context, Access::Read, &put.key, b"")?;
+    }
+    Ok(())
+}
+
+/// etcd's checks of a DeleteRange: write on the range, and read when it
+/// asks for the previous values.
+pub fn check_delete(
+    caller: &Caller,
+    context: &MemberContext,
+    delete: &DeleteRangeRequest,
+) -> Result<(), Status> {
+    caller.check(context, Access::Write, &delete.key, &delete.range_end)?;
+    if delete.prev_kv {
+        caller.check(context, Access::Read, &delete.key, &delete.range_end)?;
+    }
+    Ok(())
+}
+
+/// etcd's checks of a Txn: read on every compared range, and each
+/// operation of both branches checked as its own request would be.
+pub fn check_txn(caller: &Caller, context: &MemberContext, txn: &TxnRequest) -> Result<(), Status> {
+    if !caller.auth_enabled() {
+        return Ok(());
+    }
+    for compare in &txn.compare {
+        caller.check(context, Access::Read, &compare.key, &compare.range_end)?;
+    }
+    for op in txn.success.iter().chain(&txn.failure) {
+        match &op.request {
+            Some(request_op::Request::RequestRange(range)) => {
+                caller.check(context, Access::Read, &range.key, &range.range_end)?
+            }
+            Some(request_op::Request::RequestPut(put)) => check_put(caller, context, put)?,
+            Some(request_op::Request::RequestDeleteRange(delete)) => check_delete(caller, context, delete)?,
+            Some(request_op::Request::RequestTxn(inner)) => check_txn(caller, context, inner)?,
+            None => {}
+        }
+    }
+    Ok(())
 }

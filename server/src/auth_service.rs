@@ -108,7 +108,10 @@ macro_rules! answer {
 
 #[tonic::async_trait]
 impl Auth for AuthService {
-    async fn auth_enable(&self, request: Request<AuthEnableRequest>) -> Result<Response<AuthEnableResponse>, Status> {
+    async fn auth_enable(
+        &self,
+        request: Request<AuthEnableRequest>,
+    ) -> Result<Response<AuthEnableResponse>, Status> {
         let caller = self.admin(&request)?;
         answer!(self, caller, AuthEnable, request.into_inner())
     }
@@ -121,7 +124,10 @@ impl Auth for AuthService {
         answer!(self, caller, AuthDisable, request.into_inner())
     }
 
-    async fn auth_status(&self, _request: Request<AuthStatusRequest>) -> Result<Response<AuthStatusResponse>, Status> {
+    async fn auth_status(
+        &self,
+        _request: Request<AuthStatusRequest>,
+    ) -> Result<Response<AuthStatusResponse>, Status> {
         self.context.node.linearize().await?;
         let (enabled, auth_revision) = self
             .context
@@ -157,7 +163,8 @@ impl Auth for AuthService {
             tracing::info!(user = %name, "authentication failed");
             return Err(WireError::AuthFailed.into());
         }
-        let token = keel_auth::tokens::new_simple_token(self.tokens_issued.fetch_add(1, Ordering::Relaxed) + 1);
+        let token =
+            keel_auth::tokens::new_simple_token(self.tokens_issued.fetch_add(1, Ordering::Relaxed) + 1);
         // Checked at the revision the password was verified at: a password
         // change or deletion in between refuses the assignment.
         let written = self
@@ -180,7 +187,10 @@ impl Auth for AuthService {
         }
     }
 
-    async fn user_add(&self, request: Request<AuthUserAddRequest>) -> Result<Response<AuthUserAddResponse>, Status> {
+    async fn user_add(
+        &self,
+        request: Request<AuthUserAddRequest>,
+    ) -> Result<Response<AuthUserAddResponse>, Status> {
         let caller = self.admin(&request)?;
         let mut add = request.into_inner();
         if add.name.is_empty() {
@@ -197,7 +207,10 @@ impl Auth for AuthService {
         answer!(self, caller, AuthUserAdd, add)
     }
 
-    async fn user_get(&self, request: Request<AuthUserGetRequest>) -> Result<Response<AuthUserGetResponse>, Status> {
+    async fn user_get(
+        &self,
+        request: Request<AuthUserGetRequest>,
+    ) -> Result<Response<AuthUserGetResponse>, Status> {
         let caller = Caller::of(&self.context, request.metadata())?;
         let name = request.into_inner().name;
         if caller.user() != name {
@@ -216,7 +229,10 @@ impl Auth for AuthService {
         }))
     }
 
-    async fn user_list(&self, request: Request<AuthUserListRequest>) -> Result<Response<AuthUserListResponse>, Status> {
+    async fn user_list(
+        &self,
+        request: Request<AuthUserListRequest>,
+    ) -> Result<Response<AuthUserListResponse>, Status> {
         self.admin(&request)?;
         self.context.node.linearize().await?;
         let users = self.context.node.state().with_auth(|auth| auth.user_names());
@@ -262,12 +278,18 @@ impl Auth for AuthService {
         answer!(self, caller, AuthUserRevokeRole, request.into_inner())
     }
 
-    async fn role_add(&self, request: Request<AuthRoleAddRequest>) -> Result<Response<AuthRoleAddResponse>, Status> {
+    async fn role_add(
+        &self,
+        request: Request<AuthRoleAddRequest>,
+    ) -> Result<Response<AuthRoleAddResponse>, Status> {
         let caller = self.admin(&request)?;
         answer!(self, caller, AuthRoleAdd, request.into_inner())
     }
 
-    async fn role_get(&self, request: Request<AuthRoleGetRequest>) -> Result<Response<AuthRoleGetResponse>, Status> {
+    async fn role_get(
+        &self,
+        request: Request<AuthRoleGetRequest>,
+    ) -> Result<Response<AuthRoleGetResponse>, Status> {
         let caller = Caller::of(&self.context, request.metadata())?;
         let role = request.into_inner().role;
         let holds_role = self.context.node.state().with_auth(|auth| {
@@ -290,7 +312,10 @@ impl Auth for AuthService {
         }))
     }
 
-    async fn role_list(&self, request: Request<AuthRoleListRequest>) -> Result<Response<AuthRoleListResponse>, Status> {
+    async fn role_list(
+        &self,
+        request: Request<AuthRoleListRequest>,
+    ) -> Result<Response<AuthRoleListResponse>, Status> {
         self.admin(&request)?;
         self.context.node.linearize().await?;
         let roles = self.context.node.state().with_auth(|auth| auth.role_names());

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use keel_api::etcdserverpb::auth_server::AuthServer;
 use keel_api::etcdserverpb::cluster_server::ClusterServer;
 use keel_api::etcdserverpb::kv_server::KvServer;
-use keel_api::etcdserverpb::auth_server::AuthServer;
 use keel_api::etcdserverpb::lease_server::LeaseServer;
 use keel_api::etcdserverpb::maintenance_server::MaintenanceServer;
 use keel_api::keelpb::{write_request, MemberAttributes, WriteRequest};
@@ -386,7 +386,9 @@ async fn serve_client_services(
         decode_limit,
     ))
     .add_service(LeaseServer::new(LeaseService::new(context.clone())))
-    .add_service(AuthServer::new(crate::auth_service::AuthService::new(context.clone())))
+    .add_service(AuthServer::new(crate::auth_service::AuthService::new(
+        context.clone(),
+    )))
     .add_service(LockServer::new(LockService::new(loopback.clone())))
     .add_service(ElectionServer::new(ElectionService::new(loopback.clone())))
     .add_service(health_service);

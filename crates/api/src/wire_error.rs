@@ -128,6 +128,14 @@ pub enum WireError {
     /// was applied.
     #[error("etcdserver: revision of auth store is old")]
     AuthOldRevision,
+    /// etcd 3.4's maintenance gate (Defragment, Snapshot, Hash, HashKV)
+    /// returns its auth store's plain errors, which gRPC sends as Unknown.
+    #[error("auth: permission denied")]
+    MaintenancePermissionDenied,
+    #[error("auth: user name is empty")]
+    MaintenanceUserEmpty,
+    #[error("auth: user not found")]
+    MaintenanceUserNotFound,
 }
 
 impl WireError {
@@ -182,7 +190,10 @@ impl WireError {
             WireError::ElectionNotLeader
             | WireError::ElectionNoLeader
             | WireError::MissingLeaderKey
-            | WireError::LeaderTransferTimedOut => Code::Unknown,
+            | WireError::LeaderTransferTimedOut
+            | WireError::MaintenancePermissionDenied
+            | WireError::MaintenanceUserEmpty
+            | WireError::MaintenanceUserNotFound => Code::Unknown,
         }
     }
 
@@ -199,7 +210,7 @@ impl WireError {
     }
 }
 
-const ALL: [WireError; 48] = [
+const ALL: [WireError; 51] = [
     WireError::EmptyKey,
     WireError::KeyNotFound,
     WireError::ValueProvided,
@@ -248,6 +259,9 @@ const ALL: [WireError; 48] = [
     WireError::InvalidAuthToken,
     WireError::InvalidAuthMgmt,
     WireError::AuthOldRevision,
+    WireError::MaintenancePermissionDenied,
+    WireError::MaintenanceUserEmpty,
+    WireError::MaintenanceUserNotFound,
 ];
 
 /// Why a watch create request is refused: etcd answers it in the
@@ -259,6 +273,10 @@ pub enum WatchRefusal {
     DuplicateWatchId,
     #[error("mvcc: watcher range is empty")]
     EmptyRange,
+    /// The caller may not read the watched range: etcd puts its gRPC
+    /// status's Go error text in the cancel reason.
+    #[error("rpc error: code = PermissionDenied desc = etcdserver: permission denied")]
+    PermissionDenied,
 }
 
 impl From<WireError> for Status {
