@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let etcd_root = proto_root.join("etcd");
     let files = [
         etcd_root.join("mvccpb/kv.proto"),
+        etcd_root.join("authpb/auth.proto"),
         etcd_root.join("etcdserverpb/rpc.proto"),
         etcd_root.join("v3lockpb/v3lock.proto"),
         etcd_root.join("v3electionpb/v3election.proto"),
@@ -25,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_build::configure()
         .type_attribute(".etcdserverpb", serde_derive)
         .type_attribute(".mvccpb", serde_derive)
+        .type_attribute(".authpb", serde_derive)
         .type_attribute(".keelpb", serde_derive)
         .btree_map([".keelstoragepb"])
         .compile_protos(&files, &[etcd_root, proto_root.join("keel")])?;

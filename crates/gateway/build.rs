@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let etcd_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto/etcd");
     let files = [
         etcd_root.join("mvccpb/kv.proto"),
+        etcd_root.join("authpb/auth.proto"),
         etcd_root.join("etcdserverpb/rpc.proto"),
         etcd_root.join("v3lockpb/v3lock.proto"),
         etcd_root.join("v3electionpb/v3election.proto"),
@@ -28,6 +29,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register_descriptors(&descriptors)?
         .preserve_proto_field_names()
         .ignore_unknown_fields()
-        .build(&[".mvccpb", ".etcdserverpb", ".v3lockpb", ".v3electionpb"])?;
+        .build(&[
+            ".mvccpb",
+            ".authpb",
+            ".etcdserverpb",
+            ".v3lockpb",
+            ".v3electionpb",
+        ])?;
     Ok(())
 }

@@ -127,6 +127,7 @@ impl StackedCluster {
 /// Puts `key = value` through member `node`; returns the write's revision.
 pub async fn put(node: &NodeHandle, key: &str, value: &str) -> Result<i64, StackedClusterError> {
     let request = WriteRequest {
+        checked_auth_revision: 0,
         request: Some(write_request::Request::Put(PutRequest {
             key: key.as_bytes().to_vec(),
             value: value.as_bytes().to_vec(),

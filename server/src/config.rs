@@ -81,6 +81,15 @@ pub struct MemberFlags {
     /// deadlines (Go syntax: 5m, 500ms).
     #[arg(long, default_value = "5m", value_parser = keel_api::go_format::parse_duration)]
     pub lease_checkpoint_interval: std::time::Duration,
+    /// Auth token type: `simple` (etcd's simple tokens; keel serves no JWT).
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+    /// How long (seconds) a simple token lives without use.
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// bcrypt cost for hashing auth passwords (4 to 31).
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10)]
+    pub bcrypt_cost: u32,
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
@@ -264,6 +273,18 @@ impl MemberFlags {
         }
         if self.experimental_watch_progress_notify_interval.is_zero() {
             bail!("--experimental-watch-progress-notify-interval must be > 0");
+        }
+        if self.auth_token != "simple" {
+            bail!(
+                "--auth-token {:?} is not served: keel serves only simple tokens (--auth-token simple)",
+                self.auth_token
+            );
+        }
+        if self.auth_token_ttl == 0 {
+            bail!("--auth-token-ttl must be > 0");
+        }
+        if !(4..=31).contains(&self.bcrypt_cost) {
+            bail!("--bcrypt-cost must be between 4 and 31, got {}", self.bcrypt_cost);
         }
         Ok(())
     }

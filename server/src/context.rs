@@ -21,6 +21,8 @@ pub struct MemberContext {
     pub node: NodeHandle,
     pub limits: RequestLimits,
     pub space_quota: SpaceQuota,
+    /// bcrypt's cost for the auth passwords this member hashes.
+    pub bcrypt_cost: u32,
 }
 
 impl MemberContext {

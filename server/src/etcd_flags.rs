@@ -61,13 +61,10 @@ macro_rules! switch_flags {
 }
 
 valued_flags!(ValuedFlagsWithoutEffect {
-    auth_token: "auth-token", "ETCD_AUTH_TOKEN";
-    auth_token_ttl: "auth-token-ttl", "ETCD_AUTH_TOKEN_TTL";
     auto_compaction_mode: "auto-compaction-mode", "ETCD_AUTO_COMPACTION_MODE";
     auto_compaction_retention: "auto-compaction-retention", "ETCD_AUTO_COMPACTION_RETENTION";
     backend_batch_interval: "backend-batch-interval", "ETCD_BACKEND_BATCH_INTERVAL";
     backend_batch_limit: "backend-batch-limit", "ETCD_BACKEND_BATCH_LIMIT";
-    bcrypt_cost: "bcrypt-cost", "ETCD_BCRYPT_COST";
     client_cert_allowed_hostname: "client-cert-allowed-hostname", "ETCD_CLIENT_CERT_ALLOWED_HOSTNAME";
     cors: "cors", "ETCD_CORS";
     discovery_fallback: "discovery-fallback", "ETCD_DISCOVERY_FALLBACK";

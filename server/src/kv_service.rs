@@ -13,6 +13,7 @@ use keel_api::keelpb::{write_request, write_response, WriteRequest};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use crate::auth_check::{self, Caller};
 use crate::context::{mvcc_status, MemberContext};
 use crate::request_checks::{check_delete, check_put, check_range};
 
@@ -27,13 +28,14 @@ impl KvService {
 
     /// Sends one write through the write path and answers it with its own
     /// response kind, its header stamped with this member's identity.
-    async fn write<W: KvWrite>(&self, request: W) -> Result<Response<W::Response>, Status> {
+    async fn write<W: KvWrite>(&self, request: W, caller: &Caller) -> Result<Response<W::Response>, Status> {
         let request = request.into_write();
         crate::space_quota::admit(&self.context, &request).await?;
         let written = self
             .context
             .node
             .write(WriteRequest {
+                checked_auth_revision: caller.checked_revision(),
                 request: Some(request),
             })
             .await?
@@ -88,9 +90,16 @@ kv_write!(CompactionRequest => CompactionResponse, Compaction);
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let caller = Caller::of(&self.context, request.metadata())?;
         let range = request.into_inner();
         self.context.limits.check_size(range.encoded_len())?;
         check_range(&range)?;
+        caller.check(
+            &self.context,
+            keel_auth::Access::Read,
+            &range.key,
+            &range.range_end,
+        )?;
         if !range.serializable {
             self.context.node.linearize().await?;
         }
@@ -106,34 +115,42 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let caller = Caller::of(&self.context, request.metadata())?;
         let put = request.into_inner();
         self.context.limits.check_size(put.encoded_len())?;
         check_put(&put)?;
-        self.write(put).await
+        auth_check::check_put(&caller, &self.context, &put)?;
+        self.write(put, &caller).await
     }
 
     async fn delete_range(
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let caller = Caller::of(&self.context, request.metadata())?;
         let delete = request.into_inner();
         self.context.limits.check_size(delete.encoded_len())?;
         check_delete(&delete)?;
-        self.write(delete).await
+        auth_check::check_delete(&caller, &self.context, &delete)?;
+        self.write(delete, &caller).await
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let caller = Caller::of(&self.context, request.metadata())?;
         let txn = request.into_inner();
         self.context.limits.check_size(txn.encoded_len())?;
         self.context.limits.check_txn(&txn)?;
-        self.write(txn).await
+        auth_check::check_txn(&caller, &self.context, &txn)?;
+        self.write(txn, &caller).await
     }
 
     async fn compact(
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        // etcd 3.4 lets any user compact (no permission check).
+        let caller = Caller::of(&self.context, request.metadata())?;
         let compaction = request.into_inner();
-        self.write(compaction).await
+        self.write(compaction, &caller).await
     }
 }

@@ -5,6 +5,8 @@
 // tonic's service traits return `tonic::Status`, which is large by design.
 #![allow(clippy::result_large_err)]
 
+mod auth_check;
+mod auth_service;
 mod authority_repair;
 mod client_tls;
 mod cluster_service;

@@ -25,6 +25,7 @@ use keel_api::etcdserverpb::{
 use keel_api::keelpb::{write_request, write_response, WriteRequest};
 use tonic::{Request, Response, Status};
 
+use crate::auth_check::Caller;
 use crate::context::{leader_transfer_status, mvcc_status, MemberContext};
 
 /// How long a MoveLeader waits for the transferee to take over when the
@@ -51,6 +52,7 @@ impl Maintenance for MaintenanceService {
     /// through Raft and answer the alarms they changed, as etcd's do. As
     /// etcd 3.4's (its applier builds them), the responses carry no header.
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let caller = Caller::of(&self.context, request.metadata())?;
         let request = request.into_inner();
         if request.action() == alarm_request::AlarmAction::Get {
             let alarms = self
@@ -64,10 +66,13 @@ impl Maintenance for MaintenanceService {
                 .collect();
             return Ok(Response::new(AlarmResponse { header: None, alarms }));
         }
+        // Raising or clearing an alarm is root's, as in etcd.
+        caller.check_admin(&self.context)?;
         let written = self
             .context
             .node
             .write(WriteRequest {
+                checked_auth_revision: caller.checked_revision(),
                 request: Some(write_request::Request::Alarm(request)),
             })
             .await?;
@@ -116,8 +121,9 @@ impl Maintenance for MaintenanceService {
     /// 3.4's the response carries no header.
     async fn defragment(
         &self,
-        _: Request<DefragmentRequest>,
+        request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        Caller::of(&self.context, request.metadata())?.check_maintenance(&self.context)?;
         let store = self.context.node.state().store().clone();
         // The store logs what the defragmentation moved.
         tokio::task::spawn_blocking(move || store.defragment())
@@ -132,7 +138,8 @@ impl Maintenance for MaintenanceService {
     /// beside them), at the current revision, which the header carries:
     /// members that applied the same log answer the same hash
     /// (`MvccStore::hash`).
-    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        Caller::of(&self.context, request.metadata())?.check_maintenance(&self.context)?;
         let (hash, revision) = self.context.node.state().store().hash().map_err(mvcc_status)?;
         Ok(Response::new(HashResponse {
             header: self.context.stamp(Some(ResponseHeader {
@@ -144,6 +151,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        Caller::of(&self.context, request.metadata())?.check_maintenance(&self.context)?;
         let hash = self
             .context
             .node
@@ -161,7 +169,8 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = SnapshotStream;
 
-    async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+    async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+        Caller::of(&self.context, request.metadata())?.check_maintenance(&self.context)?;
         crate::snapshot_stream::snapshot_stream(self.context.clone())
             .await
             .map(Response::new)

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use keel_api::etcdserverpb::auth_server::AuthServer;
 use keel_api::etcdserverpb::cluster_server::ClusterServer;
 use keel_api::etcdserverpb::kv_server::KvServer;
 use keel_api::etcdserverpb::lease_server::LeaseServer;
@@ -130,7 +131,13 @@ pub async fn run_member_with_test_hooks(
             max_txn_ops: flags.max_txn_ops,
         },
         space_quota: crate::space_quota::SpaceQuota::from_flag(flags.quota_backend_bytes),
+        bcrypt_cost: flags.bcrypt_cost,
     });
+    context
+        .node
+        .state()
+        .tokens()
+        .set_ttl(std::time::Duration::from_secs(flags.auth_token_ttl));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut client_servers =
         serve_client_services(client_listeners, &context, &loopback, &flags, stop_rx.clone()).await;
@@ -379,6 +386,9 @@ async fn serve_client_services(
         decode_limit,
     ))
     .add_service(LeaseServer::new(LeaseService::new(context.clone())))
+    .add_service(AuthServer::new(crate::auth_service::AuthService::new(
+        context.clone(),
+    )))
     .add_service(LockServer::new(LockService::new(loopback.clone())))
     .add_service(ElectionServer::new(ElectionService::new(loopback.clone())))
     .add_service(health_service);
@@ -515,6 +525,7 @@ async fn publish_attributes(context: Arc<MemberContext>, attributes: MemberAttri
             return;
         }
         let request = WriteRequest {
+            checked_auth_revision: 0,
             request: Some(write_request::Request::MemberAttributes(attributes.clone())),
         };
         match context.node.write(request).await {

@@ -68,6 +68,7 @@ pub async fn admit(context: &MemberContext, request: &Request) -> Result<(), Wir
             "the keyspace is over its space quota: raising the NOSPACE alarm"
         );
         let alarm = WriteRequest {
+            checked_auth_revision: 0,
             request: Some(Request::Alarm(AlarmRequest {
                 action: AlarmAction::Activate as i32,
                 member_id: context.member_id,

@@ -76,11 +76,22 @@ impl WatchService {
         if requires_leader && self.member.node.leadership().known_leader().is_none() {
             return Err(WireError::NoLeader.into());
         }
+        // The caller is who the stream's token names; each create is
+        // checked for read on its range (etcd answers a refusal in the
+        // create's cancel reason).
+        let caller = crate::auth_check::Caller::of(&self.member, request.metadata())?;
+        let member = self.member.clone();
+        let may_watch: watch_stream::MayWatch = Box::new(move |key, range_end| {
+            caller
+                .check(&member, keel_auth::Access::Read, key, range_end)
+                .is_ok()
+        });
         let (responses, delivered) = tokio::sync::mpsc::channel(RESPONSES_QUEUED_PER_STREAM);
         tokio::spawn(watch_stream::serve(
             self.stream_context.clone(),
             request.into_inner(),
             responses,
+            may_watch,
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(delivered))))
     }

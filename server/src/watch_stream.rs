@@ -148,8 +148,13 @@ impl Watcher {
 }
 
 /// The stream's state: its watchers by id and the next id to hand out.
+/// Whether the stream's caller may read the range [key, range_end) (the
+/// auth check of a watch create).
+pub type MayWatch = Box<dyn Fn(&[u8], &[u8]) -> bool + Send + Sync>;
+
 struct WatchStream {
     context: Arc<WatchStreamContext>,
+    may_watch: MayWatch,
     watchers: BTreeMap<i64, Watcher>,
     next_watch_id: i64,
     responses: mpsc::Sender<Result<EncodedWatchResponse, Status>>,
@@ -163,6 +168,7 @@ pub async fn serve(
     context: Arc<WatchStreamContext>,
     mut requests: Streaming<WatchRequest>,
     responses: mpsc::Sender<Result<EncodedWatchResponse, Status>>,
+    may_watch: MayWatch,
 ) {
     let mut revisions = context.store.subscribe_revisions();
     let mut progress = tokio::time::interval(context.progress_notify_interval);
@@ -170,6 +176,7 @@ pub async fn serve(
     progress.reset();
     let mut stream = WatchStream {
         context,
+        may_watch,
         watchers: BTreeMap::new(),
         next_watch_id: 0,
         responses,
@@ -310,6 +317,9 @@ impl WatchStream {
         let is_range = !create.range_end.is_empty() && create.range_end != [0];
         if is_range && create.key >= create.range_end {
             return Err(WatchRefusal::EmptyRange);
+        }
+        if !(self.may_watch)(&create.key, &create.range_end) {
+            return Err(WatchRefusal::PermissionDenied);
         }
         let id = if create.watch_id == 0 {
             while self.watchers.contains_key(&self.next_watch_id) {

@@ -11,6 +11,12 @@ pub mod mvccpb {
     tonic::include_proto!("mvccpb");
 }
 
+/// etcd's auth records (`proto/etcd/authpb/auth.proto`): users, roles and
+/// key-range permissions.
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }

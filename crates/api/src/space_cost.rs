@@ -27,6 +27,20 @@ pub fn space_cost(request: &Request) -> u64 {
         | Request::LeaseRevoke(_)
         | Request::LeaseCheckpoint(_)
         | Request::Alarm(_) => 0,
+        // Auth changes live in the state machine's metadata, not the
+        // keyspace, and etcd's capped applier lets them through.
+        Request::AuthEnable(_)
+        | Request::AuthDisable(_)
+        | Request::AuthUserAdd(_)
+        | Request::AuthUserDelete(_)
+        | Request::AuthUserChangePassword(_)
+        | Request::AuthUserGrantRole(_)
+        | Request::AuthUserRevokeRole(_)
+        | Request::AuthRoleAdd(_)
+        | Request::AuthRoleDelete(_)
+        | Request::AuthRoleGrantPermission(_)
+        | Request::AuthRoleRevokePermission(_)
+        | Request::AuthTokenAssign(_) => 0,
     }
 }
 

@@ -85,6 +85,57 @@ pub enum WireError {
     /// v3election `ErrMissingLeaderKey`).
     #[error("\"leader\" field must be provided")]
     MissingLeaderKey,
+    /// AuthEnable while no user named root exists.
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    /// AuthEnable while the root user lacks the root role.
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    /// An auth request without a user name, or a request without
+    /// credentials while auth is enabled.
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    /// A wrong user name or password at Authenticate.
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    /// A token that no member assigned, or one that expired or whose user
+    /// was deleted or changed its password.
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    /// A change that would take the root role away from root while auth
+    /// is enabled.
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    /// A write checked against an auth revision that changed before it
+    /// was applied.
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    /// etcd 3.4's maintenance gate (Defragment, Snapshot, Hash, HashKV)
+    /// returns its auth store's plain errors, which gRPC sends as Unknown.
+    #[error("auth: permission denied")]
+    MaintenancePermissionDenied,
+    #[error("auth: user name is empty")]
+    MaintenanceUserEmpty,
+    #[error("auth: user not found")]
+    MaintenanceUserNotFound,
 }
 
 impl WireError {
@@ -97,7 +148,23 @@ impl WireError {
             | WireError::TooManyOps
             | WireError::DuplicateKey
             | WireError::RequestTooLarge
-            | WireError::MemberBadUrls => Code::InvalidArgument,
+            | WireError::MemberBadUrls
+            | WireError::UserEmpty
+            | WireError::RoleEmpty
+            | WireError::AuthFailed
+            | WireError::InvalidAuthMgmt
+            | WireError::AuthOldRevision => Code::InvalidArgument,
+            WireError::RootUserNotExist
+            | WireError::RootRoleNotExist
+            | WireError::UserAlreadyExist
+            | WireError::UserNotFound
+            | WireError::RoleAlreadyExist
+            | WireError::RoleNotFound
+            | WireError::RoleNotGranted
+            | WireError::PermissionNotGranted
+            | WireError::AuthNotEnabled => Code::FailedPrecondition,
+            WireError::PermissionDenied => Code::PermissionDenied,
+            WireError::InvalidAuthToken => Code::Unauthenticated,
             WireError::Compacted | WireError::FutureRevision | WireError::LeaseTtlTooLarge => {
                 Code::OutOfRange
             }
@@ -123,7 +190,10 @@ impl WireError {
             WireError::ElectionNotLeader
             | WireError::ElectionNoLeader
             | WireError::MissingLeaderKey
-            | WireError::LeaderTransferTimedOut => Code::Unknown,
+            | WireError::LeaderTransferTimedOut
+            | WireError::MaintenancePermissionDenied
+            | WireError::MaintenanceUserEmpty
+            | WireError::MaintenanceUserNotFound => Code::Unknown,
         }
     }
 
@@ -140,7 +210,7 @@ impl WireError {
     }
 }
 
-const ALL: [WireError; 32] = [
+const ALL: [WireError; 51] = [
     WireError::EmptyKey,
     WireError::KeyNotFound,
     WireError::ValueProvided,
@@ -173,6 +243,25 @@ const ALL: [WireError; 32] = [
     WireError::ElectionNotLeader,
     WireError::ElectionNoLeader,
     WireError::MissingLeaderKey,
+    WireError::RootUserNotExist,
+    WireError::RootRoleNotExist,
+    WireError::UserAlreadyExist,
+    WireError::UserEmpty,
+    WireError::UserNotFound,
+    WireError::RoleAlreadyExist,
+    WireError::RoleNotFound,
+    WireError::RoleEmpty,
+    WireError::AuthFailed,
+    WireError::PermissionDenied,
+    WireError::RoleNotGranted,
+    WireError::PermissionNotGranted,
+    WireError::AuthNotEnabled,
+    WireError::InvalidAuthToken,
+    WireError::InvalidAuthMgmt,
+    WireError::AuthOldRevision,
+    WireError::MaintenancePermissionDenied,
+    WireError::MaintenanceUserEmpty,
+    WireError::MaintenanceUserNotFound,
 ];
 
 /// Why a watch create request is refused: etcd answers it in the
@@ -184,6 +273,10 @@ pub enum WatchRefusal {
     DuplicateWatchId,
     #[error("mvcc: watcher range is empty")]
     EmptyRange,
+    /// The caller may not read the watched range: etcd puts its gRPC
+    /// status's Go error text in the cancel reason.
+    #[error("rpc error: code = PermissionDenied desc = etcdserver: permission denied")]
+    PermissionDenied,
 }
 
 impl From<WireError> for Status {
@@ -202,6 +295,22 @@ impl From<crate::keelpb::ApplyErrorKind> for WireError {
             ApplyErrorKind::LeaseNotFound => WireError::LeaseNotFound,
             ApplyErrorKind::LeaseExists => WireError::LeaseExists,
             ApplyErrorKind::NoSpace => WireError::NoSpace,
+            ApplyErrorKind::AuthOldRevision => WireError::AuthOldRevision,
+            ApplyErrorKind::RootUserNotExist => WireError::RootUserNotExist,
+            ApplyErrorKind::RootRoleNotExist => WireError::RootRoleNotExist,
+            ApplyErrorKind::UserAlreadyExist => WireError::UserAlreadyExist,
+            ApplyErrorKind::UserEmpty => WireError::UserEmpty,
+            ApplyErrorKind::UserNotFound => WireError::UserNotFound,
+            ApplyErrorKind::RoleAlreadyExist => WireError::RoleAlreadyExist,
+            ApplyErrorKind::RoleNotFound => WireError::RoleNotFound,
+            ApplyErrorKind::RoleEmpty => WireError::RoleEmpty,
+            ApplyErrorKind::AuthFailed => WireError::AuthFailed,
+            ApplyErrorKind::PermissionDenied => WireError::PermissionDenied,
+            ApplyErrorKind::RoleNotGranted => WireError::RoleNotGranted,
+            ApplyErrorKind::PermissionNotGranted => WireError::PermissionNotGranted,
+            ApplyErrorKind::AuthNotEnabled => WireError::AuthNotEnabled,
+            ApplyErrorKind::InvalidAuthMgmt => WireError::InvalidAuthMgmt,
+            ApplyErrorKind::InvalidAuthToken => WireError::InvalidAuthToken,
             // An unknown kind can only come from a newer member; the closest
             // honest answer is that the request did not complete here.
             ApplyErrorKind::ApplyErrorUnspecified => WireError::Stopped,

@@ -228,6 +228,7 @@ impl Lessor {
         let written: WriteResponse = self
             .write_path
             .write(WriteRequest {
+                checked_auth_revision: 0,
                 request: Some(request),
             })
             .await?;
@@ -412,6 +413,7 @@ impl Lessor {
         };
         self.write_path
             .propose_as_leader(WriteRequest {
+                checked_auth_revision: 0,
                 request: Some(write_request::Request::LeaseCheckpoint(checkpoint)),
             })
             .await
@@ -472,6 +474,7 @@ impl Lessor {
 
     async fn revoke_expired(&self, id: i64) {
         let revoke = WriteRequest {
+            checked_auth_revision: 0,
             request: Some(write_request::Request::LeaseRevoke(LeaseRevokeRequest { id })),
         };
         match self.write_path.propose_as_leader(revoke).await {

@@ -334,6 +334,7 @@ async fn a_large_request_gets_the_time_to_be_stored_before_its_session_counts_as
     let mut large = request(1);
     let batch = keel_api::keelpb::WriteBatch {
         requests: vec![keel_api::keelpb::WriteRequest {
+            checked_auth_revision: 0,
             request: Some(keel_api::keelpb::write_request::Request::Put(
                 keel_api::etcdserverpb::PutRequest {
                     key: b"k".to_vec(),

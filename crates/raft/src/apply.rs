@@ -7,6 +7,12 @@
 //! every write with a space cost (`keel_api::space_cost`: puts, txns with
 //! puts, lease grants) is refused with `NO_SPACE` and changes nothing; the
 //! alarm table is replicated state, so every member refuses the same writes.
+//!
+//! Invariant (etcd's auth revision check): a request proposed under a
+//! permission check carries the auth revision the check used; if the auth
+//! store changed since, the request is refused with `AUTH_OLD_REVISION`
+//! and changes nothing, so no write passes a check made against
+//! permissions that were already revoked when it applied.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,10 +20,12 @@ use keel_api::etcdserverpb::{
     alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType,
 };
 use keel_api::keelpb::{
-    write_outcome, write_request, write_response, ApplyErrorKind, LeaseCheckpointApplied, MemberAttributes,
-    MemberAttributesApplied, WriteBatch, WriteBatchOutcome, WriteOutcome, WriteRequest, WriteResponse,
+    write_outcome, write_request, write_response, ApplyErrorKind, AuthTokenAssigned, LeaseCheckpointApplied,
+    MemberAttributes, MemberAttributesApplied, WriteBatch, WriteBatchOutcome, WriteOutcome, WriteRequest,
+    WriteResponse,
 };
 use keel_api::space_cost::space_cost;
+use keel_auth::{AuthError, AuthStore, TokenTable};
 use keel_mvcc::{ApplyBatch, MvccError};
 
 /// Client URLs and names that members published, by member id.
@@ -105,6 +113,115 @@ fn response_outcome(response: write_response::Response) -> WriteOutcome {
 pub struct AppliedTables<'a> {
     pub members: &'a mut MemberAttributeTable,
     pub alarms: &'a mut AlarmTable,
+    pub auth: &'a mut AuthStore,
+    /// The member's simple tokens (in memory, not replicated state: a
+    /// token assignment is applied to it, and user changes revoke tokens).
+    pub tokens: &'a TokenTable,
+}
+
+fn auth_refusal(error: AuthError) -> ApplyErrorKind {
+    match error {
+        AuthError::RootUserNotExist => ApplyErrorKind::RootUserNotExist,
+        AuthError::RootRoleNotExist => ApplyErrorKind::RootRoleNotExist,
+        AuthError::UserAlreadyExist => ApplyErrorKind::UserAlreadyExist,
+        AuthError::UserEmpty => ApplyErrorKind::UserEmpty,
+        AuthError::UserNotFound => ApplyErrorKind::UserNotFound,
+        AuthError::RoleAlreadyExist => ApplyErrorKind::RoleAlreadyExist,
+        AuthError::RoleNotFound => ApplyErrorKind::RoleNotFound,
+        AuthError::RoleEmpty => ApplyErrorKind::RoleEmpty,
+        AuthError::AuthFailed | AuthError::BadPasswordHash => ApplyErrorKind::AuthFailed,
+        AuthError::PermissionDenied => ApplyErrorKind::PermissionDenied,
+        AuthError::RoleNotGranted => ApplyErrorKind::RoleNotGranted,
+        AuthError::PermissionNotGranted => ApplyErrorKind::PermissionNotGranted,
+        AuthError::AuthNotEnabled => ApplyErrorKind::AuthNotEnabled,
+        AuthError::InvalidAuthToken => ApplyErrorKind::InvalidAuthToken,
+        AuthError::InvalidAuthMgmt => ApplyErrorKind::InvalidAuthMgmt,
+        AuthError::OldRevision => ApplyErrorKind::AuthOldRevision,
+    }
+}
+
+/// True when applying `request` changes the auth store.
+pub fn changes_auth(request: &WriteRequest) -> bool {
+    use write_request::Request;
+    matches!(
+        request.request,
+        Some(
+            Request::AuthEnable(_)
+                | Request::AuthDisable(_)
+                | Request::AuthUserAdd(_)
+                | Request::AuthUserDelete(_)
+                | Request::AuthUserChangePassword(_)
+                | Request::AuthUserGrantRole(_)
+                | Request::AuthUserRevokeRole(_)
+                | Request::AuthRoleAdd(_)
+                | Request::AuthRoleDelete(_)
+                | Request::AuthRoleGrantPermission(_)
+                | Request::AuthRoleRevokePermission(_)
+        )
+    )
+}
+
+/// Applies one auth change (or token assignment) to the auth store.
+fn apply_auth(
+    tables: &mut AppliedTables<'_>,
+    request: &write_request::Request,
+) -> Option<Result<write_response::Response, AuthError>> {
+    use write_request::Request;
+    use write_response::Response;
+    let auth = &mut *tables.auth;
+    let tokens = tables.tokens;
+    let stored_hash = |hash: &str| (!hash.is_empty()).then(|| hash.to_string());
+    let result = match request {
+        Request::AuthEnable(_) => auth.enable().map(|()| Response::AuthEnable(Default::default())),
+        Request::AuthDisable(_) => {
+            auth.disable();
+            tokens.revoke_all();
+            Ok(Response::AuthDisable(Default::default()))
+        }
+        Request::AuthUserAdd(add) => auth
+            .user_add(&add.name, stored_hash(&add.hashed_password))
+            .map(|()| Response::AuthUserAdd(Default::default())),
+        Request::AuthUserDelete(delete) => auth.user_delete(&delete.name).map(|()| {
+            tokens.revoke_user(&delete.name);
+            Response::AuthUserDelete(Default::default())
+        }),
+        Request::AuthUserChangePassword(change) => auth
+            .user_change_password(&change.name, change.hashed_password.clone())
+            .map(|()| {
+                tokens.revoke_user(&change.name);
+                Response::AuthUserChangePassword(Default::default())
+            }),
+        Request::AuthUserGrantRole(grant) => auth
+            .user_grant_role(&grant.user, &grant.role)
+            .map(|()| Response::AuthUserGrantRole(Default::default())),
+        Request::AuthUserRevokeRole(revoke) => auth
+            .user_revoke_role(&revoke.name, &revoke.role)
+            .map(|()| Response::AuthUserRevokeRole(Default::default())),
+        Request::AuthRoleAdd(add) => auth
+            .role_add(&add.name)
+            .map(|()| Response::AuthRoleAdd(Default::default())),
+        Request::AuthRoleDelete(delete) => auth
+            .role_delete(&delete.role)
+            .map(|()| Response::AuthRoleDelete(Default::default())),
+        Request::AuthRoleGrantPermission(grant) => auth
+            .role_grant_permission(&grant.name, grant.perm.clone().unwrap_or_default())
+            .map(|()| Response::AuthRoleGrantPermission(Default::default())),
+        Request::AuthRoleRevokePermission(revoke) => auth
+            .role_revoke_permission(&revoke.role, &revoke.key, &revoke.range_end)
+            .map(|()| Response::AuthRoleRevokePermission(Default::default())),
+        Request::AuthTokenAssign(assign) => {
+            if !auth.is_enabled() {
+                Err(AuthError::AuthNotEnabled)
+            } else if auth.user(&assign.user).is_none() {
+                Err(AuthError::AuthFailed)
+            } else {
+                tokens.assign(&assign.token, &assign.user);
+                Ok(Response::AuthTokenAssign(AuthTokenAssigned {}))
+            }
+        }
+        _ => return None,
+    };
+    Some(result)
 }
 
 pub fn apply_write_batch(
@@ -147,9 +264,18 @@ fn apply_write_request(
     request: &WriteRequest,
 ) -> Result<WriteOutcome, FatalApplyError> {
     use write_response::Response;
+    if request.checked_auth_revision != 0 && request.checked_auth_revision != tables.auth.revision() {
+        return Ok(refusal(ApplyErrorKind::AuthOldRevision));
+    }
     if let Some(inner) = &request.request {
         if space_exhausted(tables.alarms) && space_cost(inner) > 0 {
             return Ok(refusal(ApplyErrorKind::NoSpace));
+        }
+        if let Some(result) = apply_auth(tables, inner) {
+            return Ok(match result {
+                Ok(response) => response_outcome(response),
+                Err(error) => refusal(auth_refusal(error)),
+            });
         }
     }
     let result = match &request.request {
@@ -181,6 +307,21 @@ fn apply_write_request(
             Ok(Response::MemberAttributes(MemberAttributesApplied {}))
         }
         Some(write_request::Request::Alarm(alarm)) => Ok(Response::Alarm(apply_alarm(tables.alarms, alarm))),
+        // Answered by apply_auth above.
+        Some(
+            write_request::Request::AuthEnable(_)
+            | write_request::Request::AuthDisable(_)
+            | write_request::Request::AuthUserAdd(_)
+            | write_request::Request::AuthUserDelete(_)
+            | write_request::Request::AuthUserChangePassword(_)
+            | write_request::Request::AuthUserGrantRole(_)
+            | write_request::Request::AuthUserRevokeRole(_)
+            | write_request::Request::AuthRoleAdd(_)
+            | write_request::Request::AuthRoleDelete(_)
+            | write_request::Request::AuthRoleGrantPermission(_)
+            | write_request::Request::AuthRoleRevokePermission(_)
+            | write_request::Request::AuthTokenAssign(_),
+        ) => Ok(Response::MemberAttributes(MemberAttributesApplied {})),
         // An empty request (from a newer member, say) changes nothing.
         None => Ok(Response::MemberAttributes(MemberAttributesApplied {})),
     };
@@ -201,6 +342,7 @@ mod tests {
 
     fn request(request: write_request::Request) -> WriteRequest {
         WriteRequest {
+            checked_auth_revision: 0,
             request: Some(request),
         }
     }
@@ -245,9 +387,12 @@ mod tests {
         let database = Database::open_temporary().expect("database");
         let store = MvccStore::open(&database).expect("store");
         let (mut members, mut alarms) = (MemberAttributeTable::new(), AlarmTable::new());
+        let (mut auth, tokens) = (AuthStore::default(), TokenTable::default());
         let mut tables = AppliedTables {
             members: &mut members,
             alarms: &mut alarms,
+            auth: &mut auth,
+            tokens: &tokens,
         };
         let outcomes = apply(
             &store,
@@ -300,5 +445,77 @@ mod tests {
         assert_eq!((changed(&outcomes[0]), changed(&outcomes[1])), (0, 1));
         assert!(!refused_for_space(&outcomes[2]));
         assert!(tables.alarms.is_empty());
+    }
+
+    #[test]
+    fn a_write_checked_against_an_old_auth_revision_is_refused_and_auth_changes_apply() {
+        use keel_api::etcdserverpb::{AuthRoleAddRequest, AuthUserAddRequest, AuthUserDeleteRequest};
+        let database = Database::open_temporary().expect("database");
+        let store = MvccStore::open(&database).expect("store");
+        let (mut members, mut alarms) = (MemberAttributeTable::new(), AlarmTable::new());
+        let (mut auth, tokens) = (AuthStore::default(), TokenTable::default());
+        let mut tables = AppliedTables {
+            members: &mut members,
+            alarms: &mut alarms,
+            auth: &mut auth,
+            tokens: &tokens,
+        };
+        let user_add = write_request::Request::AuthUserAdd(AuthUserAddRequest {
+            name: "alice".into(),
+            hashed_password: "hash".into(),
+            ..Default::default()
+        });
+        let role_add = write_request::Request::AuthRoleAdd(AuthRoleAddRequest { name: "r".into() });
+        let outcomes = apply(&store, &mut tables, vec![user_add.clone(), role_add, user_add]);
+        assert!(matches!(
+            outcomes[0].outcome,
+            Some(write_outcome::Outcome::Response(_))
+        ));
+        assert_eq!(
+            outcomes[2].outcome,
+            Some(write_outcome::Outcome::Error(
+                ApplyErrorKind::UserAlreadyExist as i32
+            ))
+        );
+        assert_eq!(tables.auth.revision(), 2);
+
+        tables.tokens.assign("tok", "alice");
+        let checked = |revision: u64| WriteRequest {
+            checked_auth_revision: revision,
+            request: Some(put("k")),
+        };
+        let mut batch = store.begin_apply();
+        let outcome = apply_write_batch(
+            &mut batch,
+            &mut tables,
+            &WriteBatch {
+                requests: vec![
+                    checked(2),
+                    request(write_request::Request::AuthUserDelete(AuthUserDeleteRequest {
+                        name: "alice".into(),
+                    })),
+                    checked(2),
+                ],
+            },
+        )
+        .expect("apply");
+        batch.commit().expect("commit");
+        assert!(matches!(
+            outcome.outcomes[0].outcome,
+            Some(write_outcome::Outcome::Response(_))
+        ));
+        assert_eq!(
+            outcome.outcomes[2].outcome,
+            Some(write_outcome::Outcome::Error(
+                ApplyErrorKind::AuthOldRevision as i32
+            )),
+            "the auth store changed between the check and the apply"
+        );
+        assert_eq!(store.current_revision(), 2, "only the first put wrote");
+        assert_eq!(
+            tables.tokens.user_of("tok"),
+            None,
+            "deleting alice revoked her token"
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! Durability rules kept here:
 //! - Every `apply` call commits the data changes of all its entries, the new
 //!   `last_applied` log id, the membership, the member attribute table and
-//!   the alarm table and the removed-member list in ONE atomic mvcc batch. A restarted member therefore resumes from a state
+//!   the alarm table, the auth store and the removed-member list in ONE atomic mvcc batch. A restarted member therefore resumes from a state
 //!   that is exactly "all entries up to last_applied", never half of one.
 //! - The mvcc database may flush lazily (the Raft log replays what was lost),
 //!   except before a snapshot is reported built or installed: the log is
@@ -12,7 +12,7 @@
 //!   fsyncs and fdatasync, returned only once the data survives a machine
 //!   crash.
 //! - The metadata (`last_applied`, the membership, the member attribute
-//!   table, the alarm table) is kept as the protobuf records of
+//!   table, the alarm table, the auth store) is kept as the protobuf records of
 //!   `storage_codec.rs`.
 //! - A snapshot is built under the apply gate, so the dump and the
 //!   `last_applied` it is labelled with describe the same point.
@@ -31,7 +31,8 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
 use crate::applied_writes::{writes_in_entry, AppliedWrites};
 use crate::apply::{
-    apply_write_batch, note_removed_members, AlarmTable, AppliedTables, MemberAttributeTable, RemovedMembers,
+    apply_write_batch, changes_auth, note_removed_members, AlarmTable, AppliedTables, MemberAttributeTable,
+    RemovedMembers,
 };
 use crate::durable_applied::DurableApplied;
 use crate::fail_points::{
@@ -43,12 +44,14 @@ use crate::storage_codec::StorageRecord;
 use crate::type_config::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::RaftStorageError;
 use keel_api::keelpb::WriteBatchOutcome;
+use keel_auth::{AuthStore, TokenTable};
 
 const LAST_APPLIED_KEY: &str = "raft/last_applied";
 const MEMBERSHIP_KEY: &str = "raft/membership";
 
 const MEMBER_ATTRIBUTES_KEY: &str = "keel/member_attributes";
 const ALARMS_KEY: &str = "keel/alarms";
+const AUTH_KEY: &str = "keel/auth";
 const REMOVED_MEMBERS_KEY: &str = "keel/removed_members";
 
 fn sm_error(error: impl std::fmt::Display) -> io::Error {
@@ -74,6 +77,9 @@ struct Shared {
     apply_gate: RwLock<()>,
     members: RwLock<MemberAttributeTable>,
     alarms: RwLock<AlarmTable>,
+    auth: RwLock<AuthStore>,
+    /// This member's simple tokens (in memory only, as etcd's).
+    tokens: Arc<TokenTable>,
     removed: RwLock<RemovedMembers>,
     snapshots: SnapshotFiles,
     durable_applied: DurableApplied,
@@ -120,6 +126,16 @@ impl StateView {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Reads the auth store (applied state: every member has the same).
+    pub fn with_auth<R>(&self, read: impl FnOnce(&AuthStore) -> R) -> R {
+        read(&self.shared.auth.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// This member's simple tokens.
+    pub fn tokens(&self) -> &Arc<TokenTable> {
+        &self.shared.tokens
     }
 
     /// True when the cluster removed member `id` (applied state).
@@ -222,6 +238,7 @@ impl KeelStateMachine {
     ) -> Result<Self, RaftStorageError> {
         let members = read_meta(&store, MEMBER_ATTRIBUTES_KEY)?.unwrap_or_default();
         let alarms = read_meta(&store, ALARMS_KEY)?.unwrap_or_default();
+        let auth = read_meta(&store, AUTH_KEY)?.unwrap_or_default();
         let removed = read_meta(&store, REMOVED_MEMBERS_KEY)?.unwrap_or_default();
         // What a freshly opened database holds is what is on disk.
         let last_applied = read_meta::<Option<LogId>>(&store, LAST_APPLIED_KEY)?.flatten();
@@ -232,6 +249,8 @@ impl KeelStateMachine {
             apply_gate: RwLock::new(()),
             members: RwLock::new(members),
             alarms: RwLock::new(alarms),
+            auth: RwLock::new(auth),
+            tokens: Arc::new(TokenTable::default()),
             removed: RwLock::new(removed),
             snapshots,
             durable_applied,
@@ -326,6 +345,8 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
             let mut members_changed = false;
             let mut alarms = shared.alarms.read().unwrap_or_else(|p| p.into_inner()).clone();
             let mut alarms_changed = false;
+            let mut auth = shared.auth.read().unwrap_or_else(|p| p.into_inner()).clone();
+            let mut auth_changed = false;
             let mut removed = shared.removed.read().unwrap_or_else(|p| p.into_inner()).clone();
             let mut removed_changed = false;
             let mut batch = shared.store.begin_apply();
@@ -345,10 +366,13 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
                         for request in &write_batch.requests {
                             members_changed |= matches!(request.request, Some(Request::MemberAttributes(_)));
                             alarms_changed |= matches!(request.request, Some(Request::Alarm(_)));
+                            auth_changed |= changes_auth(request);
                         }
                         let mut tables = AppliedTables {
                             members: &mut members,
                             alarms: &mut alarms,
+                            auth: &mut auth,
+                            tokens: &shared.tokens,
                         };
                         apply_write_batch(&mut batch, &mut tables, &write_batch).map_err(sm_error)?
                     }
@@ -380,6 +404,9 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
             if alarms_changed {
                 batch.set_app_meta(ALARMS_KEY, alarms.encode_record());
             }
+            if auth_changed {
+                batch.set_app_meta(AUTH_KEY, auth.encode_record());
+            }
             if removed_changed {
                 batch.set_app_meta(REMOVED_MEMBERS_KEY, removed.encode_record());
             }
@@ -390,6 +417,9 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
             }
             if alarms_changed {
                 *shared.alarms.write().unwrap_or_else(|p| p.into_inner()) = alarms;
+            }
+            if auth_changed {
+                *shared.auth.write().unwrap_or_else(|p| p.into_inner()) = auth;
             }
             if removed_changed {
                 *shared.removed.write().unwrap_or_else(|p| p.into_inner()) = removed;
@@ -473,6 +503,12 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
                 .map_err(|e| read_error(&e))?
                 .unwrap_or_default();
             *shared.alarms.write().unwrap_or_else(|p| p.into_inner()) = alarms;
+            let auth: AuthStore = read_meta(&shared.store, AUTH_KEY)
+                .map_err(|e| read_error(&e))?
+                .unwrap_or_default();
+            *shared.auth.write().unwrap_or_else(|p| p.into_inner()) = auth;
+            // Tokens name users of the store the snapshot replaced.
+            shared.tokens.revoke_all();
             let removed: RemovedMembers = read_meta(&shared.store, REMOVED_MEMBERS_KEY)
                 .map_err(|e| read_error(&e))?
                 .unwrap_or_default();

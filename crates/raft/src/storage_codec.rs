@@ -211,6 +211,19 @@ impl StorageRecord for MemberAttributeTable {
     }
 }
 
+impl StorageRecord for keel_auth::AuthStore {
+    fn encode_record(&self) -> Vec<u8> {
+        self.to_record().encode_to_vec()
+    }
+
+    fn decode_record(bytes: &[u8]) -> Result<Self, StorageDecodeError> {
+        Ok(keel_auth::AuthStore::from_record(decode_message(
+            "auth store",
+            bytes,
+        )?))
+    }
+}
+
 impl StorageRecord for AlarmTable {
     fn encode_record(&self) -> Vec<u8> {
         pb::AlarmTable {

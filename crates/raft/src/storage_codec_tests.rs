@@ -23,6 +23,7 @@ fn write_batch() -> WriteBatch {
     WriteBatch {
         requests: vec![
             WriteRequest {
+                checked_auth_revision: 0,
                 request: Some(write_request::Request::Put(PutRequest {
                     key: b"k".to_vec(),
                     value: b"v".to_vec(),
@@ -32,6 +33,7 @@ fn write_batch() -> WriteBatch {
                 })),
             },
             WriteRequest {
+                checked_auth_revision: 0,
                 request: Some(write_request::Request::DeleteRange(DeleteRangeRequest {
                     key: b"a".to_vec(),
                     range_end: b"b".to_vec(),
@@ -39,6 +41,7 @@ fn write_batch() -> WriteBatch {
                 })),
             },
             WriteRequest {
+                checked_auth_revision: 0,
                 request: Some(write_request::Request::MemberAttributes(MemberAttributes {
                     member_id: 11,
                     name: "m1".to_string(),
@@ -53,6 +56,7 @@ fn write_batch() -> WriteBatch {
 /// checkpoint and a revoke.
 fn lease_batch() -> WriteBatch {
     let request = |request| WriteRequest {
+        checked_auth_revision: 0,
         request: Some(request),
     };
     WriteBatch {

@@ -20,6 +20,7 @@ fn put_entry(index: u64) -> Entry {
         log_id: LogId::new(CommittedLeaderId::new(1), index),
         payload: EntryPayload::Normal(WriteBatch {
             requests: vec![WriteRequest {
+                checked_auth_revision: 0,
                 request: Some(write_request::Request::Put(PutRequest {
                     key: format!("key-{index}").into_bytes(),
                     value: b"value".to_vec(),
