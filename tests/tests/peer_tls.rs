@@ -31,14 +31,21 @@ fn get(key: &str) -> RangeRequest {
 }
 
 /// The value of `key` read (linearizably) on member `index`.
-async fn value_on(cluster: &Cluster, index: usize, key: &str) -> Option<Vec<u8>> {
+async fn read_on(
+    cluster: &Cluster,
+    index: usize,
+    key: &str,
+) -> Result<Option<Vec<u8>>, keel_client::ClientError> {
     let response = cluster
         .member_client(index)
         .expect("client")
         .range(get(key))
-        .await
-        .expect("range");
-    response.kvs.first().map(|kv| kv.value.clone())
+        .await?;
+    Ok(response.kvs.first().map(|kv| kv.value.clone()))
+}
+
+async fn value_on(cluster: &Cluster, index: usize, key: &str) -> Option<Vec<u8>> {
+    read_on(cluster, index, key).await.expect("range")
 }
 
 /// Mutual peer TLS with the test CA, every member presenting `member`.
@@ -128,8 +135,8 @@ async fn a_mutual_peer_tls_cluster_replicates_and_a_restarted_member_rejoins() {
         .expect("leader");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let read = tokio::time::timeout(Duration::from_secs(5), value_on(&cluster, 2, "k")).await;
-        if let Ok(Some(value)) = read {
+        let read = tokio::time::timeout(Duration::from_secs(5), read_on(&cluster, 2, "k")).await;
+        if let Ok(Ok(Some(value))) = read {
             if value == b"v2" {
                 break;
             }
