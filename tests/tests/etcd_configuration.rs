@@ -143,7 +143,6 @@ async fn keel_starts_from_a_debian_environment_file_and_a_flag_wins_over_its_var
         "--max-wals",
         "--enable-v2",
         "--experimental-initial-corrupt-check",
-        "--peer-client-cert-auth",
     ] {
         assert!(
             log.lines()
