@@ -70,6 +70,7 @@ impl StackedCluster {
                 initial_members: initial_members.clone(),
                 bootstrap: Bootstrap::NewCluster,
                 peer_listeners: vec![listener],
+                peer_tls: None,
                 timing,
                 keyspace_cache_bytes: 16 * 1024 * 1024,
                 peer_dial_overrides: HashMap::new(),

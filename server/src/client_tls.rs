@@ -22,28 +22,20 @@ use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
 use anyhow::bail;
 use futures::{Stream, StreamExt};
-use keel_client::tls::{crypto_provider, load_identity, load_revocation_lists, load_roots};
+use keel_client::tls::{client_certificate_verifier, crypto_provider, load_identity};
 use keel_client::TlsError;
 use keel_node::node::accepted_without_nagle;
-use rustls::server::{ServerSessionMemoryCache, StoresServerSessions, WebPkiClientVerifier};
+use keel_node::tls_accept::{handshaken_connections, AcceptedConnection, HANDSHAKE_LIMIT};
+use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
 use rustls::SupportedCipherSuite;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::config::{split_urls, url_host, MemberFlags};
 use crate::tls_options::{cipher_suites_from_names, self_signed_certificate};
-
-/// How long a new connection may take to finish its TLS handshake.
-const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
 /// TLS sessions remembered for resumption, shared by every connection's
 /// configuration.
@@ -147,19 +139,11 @@ impl ClientTlsFiles {
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?;
         let builder = match (&self.trusted_ca_file, self.requires_client_certificate()) {
-            (Some(ca_file), true) => {
-                let mut verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(load_roots(ca_file)?), provider);
-                if let Some(crl_file) = &self.crl_file {
-                    // etcd checks the client's own certificate's serial
-                    // against the list; issuers without a list pass.
-                    verifier = verifier
-                        .with_crls(load_revocation_lists(crl_file)?)
-                        .only_check_end_entity_revocation()
-                        .allow_unknown_revocation_status();
-                }
-                builder.with_client_cert_verifier(verifier.build()?)
-            }
+            (Some(ca_file), true) => builder.with_client_cert_verifier(client_certificate_verifier(
+                ca_file,
+                self.crl_file.as_deref(),
+                provider,
+            )?),
             _ => builder.with_no_client_auth(),
         };
         let (chain, key) = load_identity(Some(&self.cert_file), Some(&self.key_file))?.ok_or_else(|| {
@@ -201,7 +185,7 @@ impl ClientTlsAcceptor {
 
     /// The handshake on one accepted connection; `None` when it failed
     /// (logged here).
-    async fn handshake(self, tcp: TcpStream) -> Option<ClientConnection> {
+    async fn handshake(self, tcp: TcpStream) -> Option<AcceptedConnection> {
         let peer = tcp.peer_addr().ok();
         let config = match self.files.server_config(self.sessions.clone()) {
             Ok(config) => config,
@@ -211,7 +195,7 @@ impl ClientTlsAcceptor {
             }
         };
         match tokio::time::timeout(HANDSHAKE_LIMIT, TlsAcceptor::from(Arc::new(config)).accept(tcp)).await {
-            Ok(Ok(stream)) => Some(ClientConnection::Tls(Box::new(stream))),
+            Ok(Ok(stream)) => Some(AcceptedConnection::Tls(Box::new(stream))),
             Ok(Err(error)) => {
                 tracing::debug!(%error, ?peer, "rejected client connection: TLS handshake failed");
                 None
@@ -224,110 +208,16 @@ impl ClientTlsAcceptor {
     }
 }
 
-/// One client-port connection: plaintext, or TLS over TCP.
-pub enum ClientConnection {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl ClientConnection {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            ClientConnection::Plain(tcp) => tcp,
-            ClientConnection::Tls(tls) => tls.get_ref().0,
-        }
-    }
-}
-
 /// Accepted connections on `listener`, Nagle off; with `tls`, only those
 /// whose handshake succeeded. Handshakes run concurrently, so one slow
 /// client delays nobody.
 pub fn accepted_connections(
     listener: TcpListener,
     tls: Option<ClientTlsAcceptor>,
-) -> Pin<Box<dyn Stream<Item = io::Result<ClientConnection>> + Send>> {
+) -> Pin<Box<dyn Stream<Item = io::Result<AcceptedConnection>> + Send>> {
     let accepted = accepted_without_nagle(listener);
-    let Some(acceptor) = tls else {
-        return Box::pin(accepted.map(|accepted| accepted.map(ClientConnection::Plain)));
-    };
-    let state = (Box::pin(accepted), JoinSet::new(), acceptor);
-    Box::pin(futures::stream::unfold(
-        state,
-        |(mut accepted, mut handshakes, acceptor)| async move {
-            loop {
-                tokio::select! {
-                    next = accepted.next() => match next {
-                        Some(Ok(tcp)) => {
-                            handshakes.spawn(acceptor.clone().handshake(tcp));
-                        }
-                        Some(Err(error)) => return Some((Err(error), (accepted, handshakes, acceptor))),
-                        None => return None,
-                    },
-                    Some(finished) = handshakes.join_next(), if !handshakes.is_empty() => {
-                        if let Ok(Some(connection)) = finished {
-                            return Some((Ok(connection), (accepted, handshakes, acceptor)));
-                        }
-                    }
-                }
-            }
-        },
-    ))
-}
-
-impl AsyncRead for ClientConnection {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientConnection::Plain(tcp) => Pin::new(tcp).poll_read(cx, out),
-            ClientConnection::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, out),
-        }
-    }
-}
-
-impl AsyncWrite for ClientConnection {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientConnection::Plain(tcp) => Pin::new(tcp).poll_write(cx, data),
-            ClientConnection::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, data),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buffers: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientConnection::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, buffers),
-            ClientConnection::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, buffers),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            ClientConnection::Plain(tcp) => tcp.is_write_vectored(),
-            ClientConnection::Tls(tls) => tls.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientConnection::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            ClientConnection::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientConnection::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            ClientConnection::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-impl Connected for ClientConnection {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.tcp().connect_info()
+    match tls {
+        None => Box::pin(accepted.map(|accepted| accepted.map(AcceptedConnection::Plain))),
+        Some(acceptor) => handshaken_connections(accepted, move |tcp| acceptor.clone().handshake(tcp)),
     }
 }

@@ -144,6 +144,32 @@ pub struct MemberFlags {
     /// and server (Go's names; default: rustls' safe defaults).
     #[arg(long, env = "ETCD_CIPHER_SUITES")]
     pub cipher_suites: Option<String>,
+    /// Path to the peer server TLS cert file, served on https:// peer URLs and
+    /// presented to https:// peers as the client certificate.
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<String>,
+    /// Path to the peer server TLS key file.
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<String>,
+    /// Path to the peer server TLS trusted CA file: verifies the peers'
+    /// certificates (and peers must then present one, as in etcd).
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<String>,
+    /// Enable peer client cert authentication (against --peer-trusted-ca-file).
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub peer_client_cert_auth: Option<bool>,
+    /// Path to the peer certificate revocation list file (PEM).
+    #[arg(long, env = "ETCD_PEER_CRL_FILE")]
+    pub peer_crl_file: Option<String>,
+    /// Peer TLS using generated certificates (self-signed, in
+    /// <data-dir>/fixtures/peer; peers' certificates are not verified).
+    #[arg(long, env = "ETCD_PEER_AUTO_TLS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub peer_auto_tls: Option<bool>,
+    /// Allowed CommonName of peers' certificates.
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN")]
+    pub peer_cert_allowed_cn: Option<String>,
     /// etcd's YAML configuration file: its settings replace the command line's.
     #[arg(long, env = "ETCD_CONFIG_FILE")]
     pub config_file: Option<PathBuf>,

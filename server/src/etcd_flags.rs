@@ -3,9 +3,11 @@
 //! unchanged: those of etcd's internals (WAL and snapshot retention, bbolt
 //! tuning, pprof, v2, proxy and discovery timings, ...) are accepted and
 //! logged once as having no effect; those that would turn on something
-//! keel does not serve yet (peer TLS, discovery, proxy mode, forcing a
-//! new cluster) are refused with a message saying so, never silently ignored.
-//! Every flag also comes from its `ETCD_<FLAG>` environment variable.
+//! keel does not serve yet (discovery, proxy mode, forcing a new
+//! cluster) are refused with a message saying so, never silently ignored.
+//! Every flag also comes from its `ETCD_<FLAG>` environment variable. The
+//! peer TLS flags (`--peer-cert-file` and the others) are served: see
+//! peer_tls_flags.rs.
 
 use anyhow::bail;
 
@@ -83,7 +85,6 @@ valued_flags!(ValuedFlagsWithoutEffect {
     max_snapshots: "max-snapshots", "ETCD_MAX_SNAPSHOTS";
     max_wals: "max-wals", "ETCD_MAX_WALS";
     metrics: "metrics", "ETCD_METRICS";
-    peer_cert_allowed_cn: "peer-cert-allowed-cn", "ETCD_PEER_CERT_ALLOWED_CN";
     peer_cert_allowed_hostname: "peer-cert-allowed-hostname", "ETCD_PEER_CERT_ALLOWED_HOSTNAME";
     proxy_dial_timeout: "proxy-dial-timeout", "ETCD_PROXY_DIAL_TIMEOUT";
     proxy_failure_wait: "proxy-failure-wait", "ETCD_PROXY_FAILURE_WAIT";
@@ -106,18 +107,12 @@ switch_flags!(SwitchFlagsWithoutEffect {
 });
 
 valued_flags!(ValuedFlagsNotServedYet {
-    peer_cert_file: "peer-cert-file", "ETCD_PEER_CERT_FILE";
-    peer_key_file: "peer-key-file", "ETCD_PEER_KEY_FILE";
-    peer_trusted_ca_file: "peer-trusted-ca-file", "ETCD_PEER_TRUSTED_CA_FILE";
-    peer_crl_file: "peer-crl-file", "ETCD_PEER_CRL_FILE";
     discovery: "discovery", "ETCD_DISCOVERY";
     discovery_srv: "discovery-srv", "ETCD_DISCOVERY_SRV";
     proxy: "proxy", "ETCD_PROXY";
 });
 
 switch_flags!(SwitchFlagsNotServedYet {
-    peer_auto_tls: "peer-auto-tls", "ETCD_PEER_AUTO_TLS";
-    peer_client_cert_auth: "peer-client-cert-auth", "ETCD_PEER_CLIENT_CERT_AUTH";
     force_new_cluster: "force-new-cluster", "ETCD_FORCE_NEW_CLUSTER";
 });
 
@@ -141,7 +136,7 @@ impl EtcdOnlyFlags {
         for (flag, value) in self.valued_not_served.given() {
             let asks_for_nothing = value.is_empty() || (flag == "proxy" && value == "off");
             if !asks_for_nothing {
-                bail!("--{flag}={value}: keel does not serve this yet (no peer TLS, discovery or proxy mode); refusing to start rather than ignore it");
+                bail!("--{flag}={value}: keel does not serve this yet (no discovery or proxy mode); refusing to start rather than ignore it");
             }
         }
         if let Some(flag) = self.switches_not_served.set().first() {

@@ -28,6 +28,7 @@ mod maintenance_service;
 pub mod member;
 pub mod member_log;
 mod metrics_endpoint;
+mod peer_tls_flags;
 mod request_checks;
 pub mod signals;
 mod snapshot_stream;

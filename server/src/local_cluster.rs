@@ -6,8 +6,9 @@
 //! membership calls, so a member replacement can be practised on one
 //! machine. Run again on the same data dir, it resumes the same cluster,
 //! with the members it had (`local_cluster_roster.rs`), and its data. With
-//! `--tls` the client ports serve mutual TLS with certificates it makes
-//! (see local_pki.rs).
+//! `--tls` the client ports and the members' peer traffic use mutual TLS
+//! with certificates it makes (see local_pki.rs); a cluster made with
+//! `--tls` keeps `https://` peer URLs and must be resumed with it.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -78,6 +79,14 @@ fn member_command(
             .arg(format!("--key-file={}", pki.member_key.display()))
             .arg(format!("--trusted-ca-file={}", pki.ca.display()))
             .arg("--client-cert-auth");
+        if member.peer_url.starts_with("https://") {
+            // Mutual TLS between members, with the same member certificate.
+            command
+                .arg(format!("--peer-cert-file={}", pki.member_cert.display()))
+                .arg(format!("--peer-key-file={}", pki.member_key.display()))
+                .arg(format!("--peer-trusted-ca-file={}", pki.ca.display()))
+                .arg("--peer-client-cert-auth");
+        }
     }
     command
         .stdin(Stdio::null())
@@ -172,11 +181,25 @@ pub async fn run_local_cluster(flags: LocalClusterFlags) -> anyhow::Result<()> {
     let mut roster = match Roster::load(&flags.data_dir)? {
         Some(roster) => roster,
         None => {
-            let roster = Roster::plan(flags.size, flags.base_port)?;
+            let mut roster = Roster::plan(flags.size, flags.base_port)?;
+            if flags.tls {
+                roster.use_peer_tls();
+            }
             roster.save(&flags.data_dir)?;
             roster
         }
     };
+    // Peer URLs keep the scheme the cluster was made with (members' ids
+    // derive from them).
+    match (roster.peer_tls(), flags.tls) {
+        (true, false) => {
+            bail!("this local cluster was made with --tls: its members talk over peer TLS; run it with --tls")
+        }
+        (false, true) => {
+            eprintln!("warning: this local cluster was made without --tls: peer traffic stays plaintext")
+        }
+        _ => {}
+    }
     // The client URLs' scheme follows this run's --tls.
     roster.use_client_tls(flags.tls);
     let pki = if flags.tls {

@@ -126,13 +126,34 @@ impl Roster {
         }
     }
 
+    /// Makes a new cluster's peer URLs `https://` (members talk over
+    /// mutual TLS). Only before the first start: a member's id derives from
+    /// its peer URLs, so a cluster keeps its peer URLs' scheme for good.
+    pub fn use_peer_tls(&mut self) {
+        for member in &mut self.members {
+            member.peer_url = with_scheme(&member.peer_url, true);
+        }
+        self.initial_cluster = self
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+
+    /// True when the members' peer URLs are `https://`.
+    pub fn peer_tls(&self) -> bool {
+        self.members.iter().any(|m| m.peer_url.starts_with("https://"))
+    }
+
     /// The next member to add: a new name, on the first slot whose ports
     /// no current member uses.
     pub fn next_member(&self, base_port: u16) -> anyhow::Result<RosterMember> {
         let tls = self.members.iter().any(|m| m.client_url.starts_with("https://"));
+        let peer_tls = self.peer_tls();
         let free_slot = (0..CLIENT_PORT_OFFSETS.len())
             .filter_map(|slot| slot_urls(base_port, slot))
-            .map(|(client_url, peer_url)| (with_scheme(&client_url, tls), peer_url))
+            .map(|(client_url, peer_url)| (with_scheme(&client_url, tls), with_scheme(&peer_url, peer_tls)))
             .find(|(client_url, _)| self.members.iter().all(|m| &m.client_url != client_url));
         let Some((client_url, peer_url)) = free_slot else {
             bail!(
@@ -175,7 +196,18 @@ mod tests {
 
     #[test]
     fn ports_follow_etcds_local_layout_and_shift_with_base_port() {
+        let mut tls = Roster::plan(3, 2379).expect("plan");
+        tls.use_peer_tls();
+        assert!(tls.peer_tls());
+        assert_eq!(tls.members[1].peer_url, "https://127.0.0.1:22380");
+        assert!(tls.initial_cluster.contains("keel2=https://127.0.0.1:22380"));
+        assert!(tls
+            .next_member(2379)
+            .expect("a free slot")
+            .peer_url
+            .starts_with("https://"));
         let roster = Roster::plan(5, 2379).expect("plan");
+        assert!(!roster.peer_tls());
         let clients: Vec<&str> = roster.members.iter().map(|m| m.client_url.as_str()).collect();
         assert_eq!(
             clients,

@@ -17,7 +17,7 @@ use keel_api::keelpb::{write_request, MemberAttributes, WriteRequest};
 use keel_api::v3electionpb::election_server::ElectionServer;
 use keel_api::v3lockpb::lock_server::LockServer;
 use keel_client::Client;
-use keel_node::{Bootstrap, Node, NodeConfig, NodeTestHooks, RaftTiming};
+use keel_node::{Bootstrap, Node, NodeConfig, NodeTestHooks, PeerTlsConfig, RaftTiming};
 use keel_raft::{KeelRaft, MemberNode, NodeId};
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
@@ -79,8 +79,14 @@ pub async fn run_member_with_test_hooks(
     hooks: MemberTestHooks,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let peer_tls = crate::peer_tls_flags::peer_tls_from_flags(&flags)?;
+    if let Some(tls) = &peer_tls {
+        tls.check().context(
+            "the peer TLS files (--peer-cert-file, --peer-key-file, --peer-trusted-ca-file, --peer-crl-file)",
+        )?;
+    }
     let identity = if flags.initial_cluster_state == "existing" {
-        joining_identity(&flags).await?
+        joining_identity(&flags, peer_tls.clone()).await?
     } else {
         check_identity(&flags)?
     };
@@ -119,9 +125,15 @@ pub async fn run_member_with_test_hooks(
     };
     // The lock and election services' client to this member (see loopback.rs).
     let loopback = loopback_client(&client_listeners).context("the member's client to itself")?;
-    let mut node = Node::start(node_config(&flags, &identity, peer_listeners, hooks.node)?)
-        .await
-        .map_err(anyhow::Error::from)?;
+    let mut node = Node::start(node_config(
+        &flags,
+        &identity,
+        peer_listeners,
+        peer_tls,
+        hooks.node,
+    )?)
+    .await
+    .map_err(anyhow::Error::from)?;
     let context = Arc::new(MemberContext {
         cluster_id: identity.cluster_id,
         member_id: identity.member_id,
@@ -215,7 +227,10 @@ const JOIN_LIMIT: Duration = Duration::from_secs(15);
 /// The identity of a member started with `--initial-cluster-state
 /// existing`: the one its data dir recorded, or else the id `member add`
 /// gave the member with its peer URLs, learned from a running member.
-async fn joining_identity(flags: &MemberFlags) -> anyhow::Result<MemberIdentity> {
+async fn joining_identity(
+    flags: &MemberFlags,
+    peer_tls: Option<PeerTlsConfig>,
+) -> anyhow::Result<MemberIdentity> {
     check_flags(flags)?;
     let initial = flags.initial_members()?;
     let token = &flags.initial_cluster_token;
@@ -234,7 +249,7 @@ async fn joining_identity(flags: &MemberFlags) -> anyhow::Result<MemberIdentity>
         .flat_map(|member| member.peer_urls.clone())
         .collect();
     tracing::info!(peers = ?others, "joining a running cluster: asking it for this member's id");
-    let cluster = keel_node::join::ask_cluster_members(&others, JOIN_LIMIT).await?;
+    let cluster = keel_node::join::ask_cluster_members(&others, peer_tls, JOIN_LIMIT).await?;
     let Some(own) = cluster
         .members
         .iter()
@@ -309,6 +324,7 @@ fn node_config(
     flags: &MemberFlags,
     identity: &MemberIdentity,
     peer_listeners: Vec<TcpListener>,
+    peer_tls: Option<PeerTlsConfig>,
     test_hooks: NodeTestHooks,
 ) -> anyhow::Result<NodeConfig> {
     let initial_members: BTreeMap<NodeId, MemberNode> = identity
@@ -347,6 +363,7 @@ fn node_config(
             Bootstrap::NewCluster
         },
         peer_listeners,
+        peer_tls,
         timing: RaftTiming {
             heartbeat_interval_ms: flags.heartbeat_interval,
             election_timeout_ms: flags.election_timeout,
@@ -450,8 +467,9 @@ fn serve_metrics(
 /// (see authority_repair.rs).
 fn client_connections(
     listener: BoundListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<AuthorityRepairingStream<crate::client_tls::ClientConnection>>>
-{
+) -> impl tokio_stream::Stream<
+    Item = std::io::Result<AuthorityRepairingStream<keel_node::tls_accept::AcceptedConnection>>,
+> {
     accepted_connections(listener.listener, listener.tls)
         .map(|accepted| accepted.map(AuthorityRepairingStream::new))
 }
@@ -481,7 +499,8 @@ impl ListenerRole {
 }
 
 /// Binds every URL of `urls`; an `https://` one serves with `tls`, and is
-/// refused when there is none (etcd's message) or it is a peer URL.
+/// refused when there is none (etcd's message); a peer URL's TLS is the
+/// node's.
 async fn bind_all(
     urls: &str,
     role: ListenerRole,
@@ -493,9 +512,9 @@ async fn bind_all(
         let (address, scheme) = listen_address(&url).await?;
         let tls = match scheme {
             ListenScheme::Http => None,
-            ListenScheme::Https if role == ListenerRole::Peer => {
-                bail!("cannot listen on TLS for peer URL {url}: keel does not serve peer TLS yet")
-            }
+            // The node serves the peer port's TLS (peer_tls_flags.rs
+            // checked that it has a certificate for it).
+            ListenScheme::Https if role == ListenerRole::Peer => None,
             ListenScheme::Https => Some(tls.cloned().with_context(|| {
                 format!("TLS key/cert (--cert-file, --key-file) must be provided for {what} url {url} with HTTPS scheme")
             })?),

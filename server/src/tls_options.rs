@@ -1,5 +1,5 @@
 //! What two of etcd's TLS flags turn into: `--cipher-suites` (etcd's Go
-//! names mapped to rustls' suites) and `--auto-tls` (a self-signed
+//! names mapped to rustls' suites) and `--auto-tls` / `--peer-auto-tls` (a self-signed
 //! certificate made at start, as etcd's `transport.SelfCert` makes it).
 
 use std::net::IpAddr;
@@ -72,7 +72,7 @@ pub fn self_signed_certificate(dir: &Path, hosts: &[String]) -> anyhow::Result<(
     let cert_file = dir.join("cert.pem");
     let key_file = dir.join("key.pem");
     if cert_file.is_file() && key_file.is_file() {
-        tracing::info!(cert = %cert_file.display(), "reusing the automatically generated client certificate");
+        tracing::info!(cert = %cert_file.display(), "reusing the automatically generated certificate");
         return Ok((cert_file, key_file));
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -101,7 +101,7 @@ pub fn self_signed_certificate(dir: &Path, hosts: &[String]) -> anyhow::Result<(
         .with_context(|| format!("writing {}", key_file.display()))?;
     std::fs::write(&cert_file, certificate.pem())
         .with_context(|| format!("writing {}", cert_file.display()))?;
-    tracing::info!(cert = %cert_file.display(), ?hosts, "generated a self-signed client certificate (--auto-tls)");
+    tracing::info!(cert = %cert_file.display(), ?hosts, "generated a self-signed certificate (--auto-tls or --peer-auto-tls)");
     Ok((cert_file, key_file))
 }
 

@@ -67,6 +67,9 @@ pub struct ClusterOptions {
     pub base_dir: Option<PathBuf>,
     /// TLS on the members' client ports (`https://` client URLs).
     pub client_tls: Option<ClientPortTls>,
+    /// `https://` peer URLs (the members' `--peer-*` TLS flags go in
+    /// `extra_args` or `member_args`).
+    pub peer_tls: bool,
 }
 
 /// TLS on the members' client ports.
@@ -91,6 +94,7 @@ impl ClusterOptions {
             ports: None,
             base_dir: None,
             client_tls: None,
+            peer_tls: false,
         }
     }
 
@@ -182,9 +186,10 @@ impl Cluster {
                 paused: false,
             });
         }
+        let peer_scheme = if options.peer_tls { "https" } else { "http" };
         let initial_cluster = members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}={peer_scheme}://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
         let token = format!(
@@ -298,7 +303,7 @@ impl Cluster {
             "http"
         };
         let client_url = format!("{scheme}://127.0.0.1:{}", member.client_port);
-        let peer_url = format!("http://127.0.0.1:{}", member.peer_port);
+        let peer_url = self.peer_url(index);
         let mut args = MemberLaunch {
             name: &member.name,
             data_dir: &member.data_dir,
@@ -483,9 +488,11 @@ impl Cluster {
         self.members[index].peer_port
     }
 
-    /// `http://127.0.0.1:<peer port>` of member `index`.
+    /// `http://127.0.0.1:<peer port>` of member `index` (`https://` with
+    /// [`ClusterOptions::peer_tls`]).
     pub fn peer_url(&self, index: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[index].peer_port)
+        let scheme = if self.options.peer_tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.members[index].peer_port)
     }
 
     /// Picks the ports and data dir of a new member named `name`, not

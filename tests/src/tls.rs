@@ -4,7 +4,8 @@
 //! as a client certificate too, as etcd's guides make them, so a member can
 //! present it to its own port), a client certificate, a second client
 //! certificate that a revocation list of the CA revokes, and a client and a
-//! server certificate from another CA. Also the member flags and client options
+//! server certificate from another CA, and a member certificate of the
+//! CA with another common name. Also the member flags and client options
 //! that use them.
 
 use std::path::{Path, PathBuf};
@@ -46,6 +47,9 @@ pub struct TestCertificates {
     pub foreign_client: CertificateFiles,
     /// A server certificate for 127.0.0.1 from `other_ca` (to rotate to).
     pub foreign_server: CertificateFiles,
+    /// A member certificate of the CA with another common name ("another
+    /// member"), for `--peer-cert-allowed-cn`.
+    pub other_cn_member: CertificateFiles,
 }
 
 /// A certificate `issuer` signs for `name`, written as `<stem>.pem` and
@@ -90,6 +94,7 @@ impl TestCertificates {
             other_ca,
             foreign_client: issue(&other, "foreign client", Client, None, dir, "foreign-client")?,
             foreign_server: issue(&other, "foreign member", Member, None, dir, "foreign-server")?,
+            other_cn_member: issue(&ca, "another member", Member, None, dir, "other-cn-member")?,
         })
     }
 
@@ -105,6 +110,23 @@ impl TestCertificates {
             flags.push("--client-cert-auth".to_string());
         }
         flags
+    }
+
+    /// A member's peer certificate flags, presenting `member` (the CA's
+    /// "keel member" certificate is `self.server`).
+    pub fn peer_identity_flags(member: &CertificateFiles) -> Vec<String> {
+        vec![
+            format!("--peer-cert-file={}", member.cert.display()),
+            format!("--peer-key-file={}", member.key.display()),
+        ]
+    }
+
+    /// The flags that make peers verify each other against the CA (mutual).
+    pub fn peer_trust_flags(&self) -> Vec<String> {
+        vec![
+            format!("--peer-trusted-ca-file={}", self.ca.display()),
+            "--peer-client-cert-auth".to_string(),
+        ]
     }
 
     /// Client options trusting the CA and presenting the client certificate.

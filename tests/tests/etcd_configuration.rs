@@ -2,7 +2,7 @@
 //! file (`ETCD_*` variables, a command-line flag winning over its variable),
 //! from etcd's YAML configuration file, with etcd-only flags accepted and
 //! logged as without effect, and with a flag asking for what keel does not
-//! serve yet (peer TLS, forcing a new cluster) refused.
+//! serve yet (discovery, forcing a new cluster) refused.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -143,7 +143,6 @@ async fn keel_starts_from_a_debian_environment_file_and_a_flag_wins_over_its_var
         "--max-wals",
         "--enable-v2",
         "--experimental-initial-corrupt-check",
-        "--peer-client-cert-auth",
     ] {
         assert!(
             log.lines()
@@ -202,11 +201,11 @@ async fn keel_starts_from_an_etcd_yaml_configuration_file_which_replaces_the_com
 async fn a_flag_asking_for_what_keel_does_not_serve_yet_is_refused_not_ignored() {
     let dir = tempfile::tempdir().expect("tempdir");
     for (flag, environment) in [
-        ("--peer-cert-file=/etc/etcd/peer.pem", vec![]),
+        ("--discovery=https://discovery.example/abc", vec![]),
         ("--force-new-cluster", vec![]),
         (
             "",
-            vec![("ETCD_PEER_CLIENT_CERT_AUTH".to_string(), "true".to_string())],
+            vec![("ETCD_FORCE_NEW_CLUSTER".to_string(), "true".to_string())],
         ),
     ] {
         let args: Vec<String> = [flag]

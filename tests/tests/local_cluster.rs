@@ -2,7 +2,8 @@
 //! a 3-member cluster as a child process, write, list, run a txn from
 //! stdin, delete a prefix, read every member's status as JSON; stop it with
 //! SIGTERM (exit 0), start it again on the same data dir and read the data
-//! back; with `--tls`, keelctl reaches it with the certificates it prints.
+//! back; with `--tls`, keelctl reaches it with the certificates it prints,
+//! and its members talk over mutual peer TLS (plaintext peer requests fail).
 //! The child (and through it its members) is killed if the test fails.
 
 mod keelctl_support;
@@ -364,9 +365,13 @@ async fn a_member_that_does_not_stop_on_sigterm_is_killed_and_local_cluster_exit
 async fn local_cluster_with_tls_serves_mutual_tls_to_the_certificates_it_prints() {
     let data = tempfile::tempdir().expect("tempdir");
     let base_port = free_base_port();
-    let mut cluster = LocalCluster::start_with(base_port, data.path(), &["--size", "1", "--quiet", "--tls"]);
+    let mut cluster = LocalCluster::start_with(base_port, data.path(), &["--size", "3", "--quiet", "--tls"]);
     let endpoints = cluster.endpoints().await;
-    assert_eq!(endpoints, format!("https://127.0.0.1:{base_port}"));
+    let expected: Vec<String> = OFFSETS
+        .iter()
+        .map(|offset| format!("https://127.0.0.1:{}", base_port + offset))
+        .collect();
+    assert_eq!(endpoints, expected.join(","));
     let mut exported = Vec::new();
     for variable in ["KEELCTL_CACERT", "KEELCTL_CERT", "KEELCTL_KEY"] {
         let line = cluster
@@ -417,6 +422,50 @@ async fn local_cluster_with_tls_serves_mutual_tls_to_the_certificates_it_prints(
         "{}",
         without_certificate.stdout_text()
     );
+    // The write reached every member over peer TLS: each answers a
+    // (linearizable) read alone.
+    for member in &expected {
+        let read = run_with_variables(
+            &keelctl_path(),
+            &args(&["--endpoints", member, "get", "k"]),
+            b"",
+            &variables,
+        )
+        .await;
+        assert_eq!(read.stdout_text(), "k\nv\n", "{member}: {}", read.stderr_text());
+    }
+    // The peer ports speak mutual TLS only: a plaintext peer request fails,
+    // one with the member certificate it made is answered.
+    let peer_port = base_port + 1;
+    let plaintext = keel_node::join::ask_cluster_members(
+        &[format!("http://127.0.0.1:{peer_port}")],
+        None,
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(
+        plaintext.is_err(),
+        "a plaintext peer request was answered: {plaintext:?}"
+    );
+    let tls_dir = data.path().join("tls");
+    let member_tls = keel_node::PeerTlsConfig {
+        cert_file: tls_dir.join("member.pem"),
+        key_file: tls_dir.join("member-key.pem"),
+        trusted_ca_file: Some(tls_dir.join("ca.pem")),
+        client_cert_auth: true,
+        crl_file: None,
+        allowed_cn: None,
+        verify_peer_servers: true,
+        serve_on_listeners: false,
+    };
+    let answer = keel_node::join::ask_cluster_members(
+        &[format!("https://127.0.0.1:{peer_port}")],
+        Some(member_tls),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("a peer request with the member certificate is answered");
+    assert_eq!(answer.members.len(), 3);
     assert_eq!(cluster.terminate().await, Some(0), "{:?}", cluster.seen);
 }
 

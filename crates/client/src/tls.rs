@@ -188,6 +188,26 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// Verifies a connecting side's certificate against the CAs in `ca_file`
+/// (a certificate is required); with `crl_file`, refuses the certificates
+/// it revokes. As etcd, only the end certificate's serial is checked, and
+/// issuers without a list pass.
+pub fn client_certificate_verifier(
+    ca_file: &Path,
+    crl_file: Option<&Path>,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let mut verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(load_roots(ca_file)?), provider);
+    if let Some(crl_file) = crl_file {
+        verifier = verifier
+            .with_crls(load_revocation_lists(crl_file)?)
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    }
+    Ok(verifier.build()?)
+}
+
 /// The certificate chain and key a side presents; both files or neither
 /// (etcd's rule).
 pub fn load_identity(
@@ -316,7 +336,7 @@ fn server_name(uri: &Uri) -> Result<ServerName<'static>, std::io::Error> {
 
 /// Dials `uri`'s host and port and runs the TLS handshake; what tonic's
 /// channel then speaks HTTP/2 over.
-pub(crate) async fn connect_tls(
+pub async fn connect_tls(
     config: Arc<rustls::ClientConfig>,
     uri: Uri,
 ) -> Result<TokioIo<TlsStream<TcpStream>>, std::io::Error> {

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::leader_connection::LeaderConnectionWatch;
 use crate::network::LinkFaults;
+use crate::peer_tls::PeerTlsConfig;
 
 /// How a node with no Raft state yet joins a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +86,9 @@ pub struct NodeConfig {
     /// Bound listeners for the peer protocol (bound by the caller, so an
     /// embedding application can bind port 0 and learn its port first).
     pub peer_listeners: Vec<TcpListener>,
+    /// TLS between members: served on `peer_listeners` when
+    /// `serve_on_listeners`, and used to dial `https://` peers.
+    pub peer_tls: Option<PeerTlsConfig>,
     pub timing: RaftTiming,
     /// Page cache of the keyspace database, in bytes.
     pub keyspace_cache_bytes: u64,

@@ -2,11 +2,14 @@
 //! from the running cluster before it starts: the cluster's id and the id
 //! `member add` gave it (ids of added members are not derived from flags).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_api::keelpb::peer_client::PeerClient;
 use keel_api::keelpb::{ClusterMembersRequest, ClusterMembersResponse};
-use tonic::transport::Endpoint;
+
+use crate::network::peer_channel;
+use crate::peer_tls::PeerTlsConfig;
 
 /// Why the running cluster could not be asked.
 #[derive(Debug, thiserror::Error)]
@@ -20,16 +23,19 @@ pub enum JoinError {
 }
 
 /// Asks the members at `peer_urls`, in turn, for the cluster's id and
-/// members until one answers or `limit` passes.
+/// members until one answers or `limit` passes; `https://` ones are dialled
+/// with `tls`.
 pub async fn ask_cluster_members(
     peer_urls: &[String],
+    tls: Option<PeerTlsConfig>,
     limit: Duration,
 ) -> Result<ClusterMembersResponse, JoinError> {
+    let tls = tls.map(Arc::new);
     let deadline = tokio::time::Instant::now() + limit;
     let mut last_error = "no peer URL to ask".to_string();
     loop {
         for url in peer_urls {
-            match ask_one(url).await {
+            match ask_one(url, tls.as_ref()).await {
                 Ok(answer) => return Ok(answer),
                 Err(error) => last_error = format!("{url}: {error}"),
             }
@@ -45,14 +51,15 @@ pub async fn ask_cluster_members(
     }
 }
 
-async fn ask_one(url: &str) -> Result<ClusterMembersResponse, Box<dyn std::error::Error + Send + Sync>> {
-    let channel = Endpoint::from_shared(url.to_string())?
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await?;
+async fn ask_one(
+    url: &str,
+    tls: Option<&Arc<PeerTlsConfig>>,
+) -> Result<ClusterMembersResponse, Box<dyn std::error::Error + Send + Sync>> {
+    let channel = peer_channel(url, tls)?;
+    let mut request = tonic::Request::new(ClusterMembersRequest {});
+    request.set_timeout(Duration::from_secs(2));
     Ok(PeerClient::new(channel)
-        .cluster_members(ClusterMembersRequest {})
+        .cluster_members(request)
         .await?
         .into_inner())
 }

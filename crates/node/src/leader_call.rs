@@ -126,7 +126,9 @@ impl LeaderCall {
         match self.network.client(leader, peer_url, kind) {
             Ok(client) => Ok(Some(client)),
             Err(PeerUnavailable::LinkCut { .. }) => Ok(None),
-            Err(invalid @ PeerUnavailable::InvalidUrl { .. }) => Err(invalid.into()),
+            Err(invalid @ (PeerUnavailable::InvalidUrl { .. } | PeerUnavailable::NoPeerTls { .. })) => {
+                Err(invalid.into())
+            }
         }
     }
 }

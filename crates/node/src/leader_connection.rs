@@ -51,12 +51,12 @@ use openraft::raft::TransferLeaderRequest;
 use openraft::ServerState;
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::transport::server::Connected;
 
 use crate::leadership::LeaderContact;
+use crate::tls_accept::AcceptedConnection;
 
 /// What the peer service learns about an accepted connection: the member
 /// whose leader messages arrive on it. It is the connection's `ConnectInfo`,
@@ -87,7 +87,7 @@ impl ConnectionOrigin {
 /// An accepted peer connection whose close (end of stream or error, seen
 /// by the transport's reads) is reported to its [`LeaderConnectionWatch`].
 pub struct WatchedPeerStream {
-    stream: TcpStream,
+    stream: AcceptedConnection,
     origin: ConnectionOrigin,
     closed: mpsc::UnboundedSender<NodeId>,
 }
@@ -192,7 +192,7 @@ pub struct CampaignTiming {
 
 impl LeaderConnectionWatch {
     /// Watches a connection the peer server accepted.
-    pub fn accept(&self, stream: TcpStream) -> WatchedPeerStream {
+    pub fn accept(&self, stream: AcceptedConnection) -> WatchedPeerStream {
         let origin = ConnectionOrigin::default();
         let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         connections.retain(|connection| connection.strong_count() > 0);
@@ -324,7 +324,7 @@ fn random_pause(at_least: Duration, below: Duration) -> Duration {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     /// An accepted connection, watched, read until it fails or ends; and
     /// its other end.
@@ -334,7 +334,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let dialled = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
-        let mut watched = watch.accept(accepted);
+        let mut watched = watch.accept(AcceptedConnection::Plain(accepted));
         let origin = watched.connect_info();
         let reader = tokio::spawn(async move {
             let mut buffer = [0u8; 64];

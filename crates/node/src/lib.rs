@@ -12,7 +12,9 @@
 //!   leader's connection closes (failover without the election timeout).
 //! - [`network`] (replication in pipelined streams, `append_stream`) and
 //!   `peer_service`: both halves of the peer protocol; [`peer_codec`] is the
-//!   payload encoding they share.
+//!   payload encoding they share; [`peer_tls`]: TLS between members
+//!   (both halves), [`tls_accept`]: the accepting side of TLS, which the
+//!   server's client port shares.
 //! - [`lessor`]: etcd's leases; the leader alone keeps their deadlines
 //!   (`lease_clock`), expires them through Raft and checkpoints them.
 //! - `leader_call`: having the leader answer a request made on any member
@@ -41,12 +43,15 @@ pub mod network;
 pub mod node;
 pub mod peer_codec;
 mod peer_service;
+pub mod peer_tls;
 pub mod read_path;
 pub mod request_error;
 pub mod restore;
 mod snapshot_trigger;
+pub mod tls_accept;
 pub mod write_path;
 
 pub use config::{Bootstrap, NodeConfig, NodeTestHooks, RaftTiming, DEFAULT_LEASE_CHECKPOINT_INTERVAL};
 pub use node::{Node, NodeError, NodeHandle};
+pub use peer_tls::{PeerTlsConfig, PeerTlsError};
 pub use request_error::RequestError;

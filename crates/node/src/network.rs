@@ -28,6 +28,7 @@ use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::peer_codec::{decode_payload, encode_payload, MAX_PEER_MESSAGE_BYTES};
+use crate::peer_tls::PeerTlsConfig;
 use crate::request_error::is_member_removed_refusal;
 use keel_raft::type_config::{MemberNode, NodeId, Snapshot, TypeConfig, Vote};
 
@@ -117,6 +118,8 @@ pub struct PeerNetwork {
     /// MemberUpdate is dialed from then on (openraft keeps the node info
     /// it created a replication stream with).
     member_urls: Arc<RwLock<HashMap<NodeId, String>>>,
+    /// The peer certificate and CAs `https://` peers are dialled with.
+    tls: Option<Arc<PeerTlsConfig>>,
 }
 
 /// The news that the cluster removed this member, from whoever learns it
@@ -151,6 +154,41 @@ pub enum PeerUnavailable {
     InvalidUrl { url: String, reason: String },
     #[error("the link to member {target:x} is cut for {kind:?} messages")]
     LinkCut { target: NodeId, kind: PeerMessage },
+    #[error("peer URL {url} is https:// but this member has no peer TLS (--peer-cert-file, --peer-key-file or --peer-auto-tls)")]
+    NoPeerTls { url: String },
+}
+
+/// A lazily-connecting channel to the peer at `peer_url`: an `https://` one
+/// over TLS with `tls` (refused without it), an `http://` one plaintext.
+pub(crate) fn peer_channel(
+    peer_url: &str,
+    tls: Option<&Arc<PeerTlsConfig>>,
+) -> Result<Channel, PeerUnavailable> {
+    let https = peer_url
+        .get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
+    // tonic is given `http://` either way: the TLS is the connector's.
+    let dialled = if https {
+        format!("http://{}", &peer_url[8..])
+    } else {
+        peer_url.to_string()
+    };
+    let endpoint = Endpoint::from_shared(dialled)
+        .map_err(|e| PeerUnavailable::InvalidUrl {
+            url: peer_url.to_string(),
+            reason: e.to_string(),
+        })?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5));
+    if !https {
+        return Ok(endpoint.connect_lazy());
+    }
+    let tls = tls.cloned().ok_or_else(|| PeerUnavailable::NoPeerTls {
+        url: peer_url.to_string(),
+    })?;
+    Ok(endpoint.connect_with_connector_lazy(tower::service_fn(move |uri| tls.clone().connect(uri))))
 }
 
 impl PeerNetwork {
@@ -164,6 +202,12 @@ impl PeerNetwork {
             dial_overrides: Arc::new(overrides),
             ..Self::default()
         }
+    }
+
+    /// A network that dials `https://` peers with `tls`.
+    pub fn with_tls(mut self, tls: Option<Arc<PeerTlsConfig>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// A network from member `self_id` whose links `faults` can cut.
@@ -196,16 +240,7 @@ impl PeerNetwork {
                 return Ok(channel.clone());
             }
         }
-        let endpoint = Endpoint::from_shared(peer_url.to_string())
-            .map_err(|e| PeerUnavailable::InvalidUrl {
-                url: peer_url.to_string(),
-                reason: e.to_string(),
-            })?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect_lazy();
+        let channel = peer_channel(peer_url, self.tls.as_ref())?;
         channels.insert(target, (peer_url.to_string(), channel.clone()));
         Ok(channel)
     }

@@ -6,6 +6,7 @@
 //! application embeds a member with that one call and talks to it through
 //! [`NodeHandle`]; the `keel` server adds etcd's client services on top.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_api::keelpb::peer_server::PeerServer;
@@ -30,8 +31,10 @@ use crate::membership::MembershipChanges;
 use crate::network::{PeerNetwork, RemovalNotice};
 use crate::peer_codec::MAX_PEER_MESSAGE_BYTES;
 use crate::peer_service::PeerService;
+use crate::peer_tls::PeerTlsAcceptor;
 use crate::read_path::ReadPath;
 use crate::request_error::RequestError;
+use crate::tls_accept::{handshaken_connections, AcceptedConnection};
 use crate::write_path::WritePath;
 
 /// How long a stopping node waits for open peer connections to finish their
@@ -62,6 +65,8 @@ pub enum NodeError {
     RaftStart(String),
     #[error("bootstrapping the cluster: {0}")]
     Bootstrap(String),
+    #[error(transparent)]
+    PeerTls(#[from] crate::peer_tls::PeerTlsError),
     #[error("no peer listener to serve the peer protocol on")]
     NoPeerListener,
     #[error("the peer server failed: {0}")]
@@ -166,11 +171,15 @@ impl Node {
     /// protocol, and (for a new cluster) the bootstrap.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         crate::data_format::check_or_record(&config.data_dir)?;
+        if let Some(tls) = &config.peer_tls {
+            tls.check()?;
+        }
+        let peer_tls = config.peer_tls.clone().map(Arc::new);
         let (state_machine, log_store) = open_storage(&config)?;
         let raft_log_database = log_store.database().clone();
         let state = state_machine.view();
         let applied_writes = state_machine.applied_writes();
-        let network = peer_network(&config);
+        let network = peer_network(&config).with_tls(peer_tls.clone());
         let raft = KeelRaft::new(
             config.member_id,
             openraft_config(&config.cluster_name, &config.timing)?,
@@ -195,6 +204,9 @@ impl Node {
         let peer_servers = serve_peer_protocol(
             config.cluster_id,
             config.peer_listeners,
+            peer_tls
+                .filter(|tls| tls.serve_on_listeners)
+                .map(PeerTlsAcceptor::new),
             &handle,
             contact.clone(),
             &leader_connections,
@@ -414,6 +426,7 @@ async fn follow_membership(raft: KeelRaft, state: StateView, member_id: NodeId, 
 fn serve_peer_protocol(
     cluster_id: u64,
     listeners: Vec<TcpListener>,
+    tls: Option<PeerTlsAcceptor>,
     handle: &NodeHandle,
     contact: LeaderContact,
     leader_connections: &LeaderConnectionWatch,
@@ -439,8 +452,14 @@ fn serve_peer_protocol(
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
         let mut stop = stop.clone();
         let watch = leader_connections.clone();
-        let connections =
-            accepted_without_nagle(listener).map(move |accepted| accepted.map(|stream| watch.accept(stream)));
+        let accepted = accepted_without_nagle(listener);
+        let connections: std::pin::Pin<
+            Box<dyn tokio_stream::Stream<Item = std::io::Result<AcceptedConnection>> + Send>,
+        > = match tls.clone() {
+            None => Box::pin(accepted.map(|accepted| accepted.map(AcceptedConnection::Plain))),
+            Some(acceptor) => handshaken_connections(accepted, move |tcp| acceptor.clone().handshake(tcp)),
+        };
+        let connections = connections.map(move |accepted| accepted.map(|stream| watch.accept(stream)));
         servers.spawn(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
