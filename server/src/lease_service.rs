@@ -23,6 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth_check::Caller;
 use crate::context::{mvcc_status, MemberContext};
 
 /// Keep-alive answers queued for a client that does not read.
@@ -61,6 +62,21 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        // As etcd: while auth is on, revoking deletes the lease's keys, so
+        // the caller needs write permission on every one of them.
+        let caller = Caller::of(&self.context, request.metadata())?;
+        if caller.auth_enabled() {
+            let keys = self
+                .context
+                .node
+                .state()
+                .store()
+                .lease_keys(request.get_ref().id)
+                .map_err(mvcc_status)?;
+            for key in &keys {
+                caller.check(&self.context, keel_auth::Access::Write, key, &[])?;
+            }
+        }
         let mut revoked = self.context.node.lessor().revoke(request.get_ref().id).await?;
         revoked.header = self.context.stamp(revoked.header);
         Ok(Response::new(revoked))

@@ -226,3 +226,105 @@ async fn etcdctl_gives_the_same_answers_from_keel_as_from_etcd() {
         );
     }
 }
+
+/// etcd's auth through the real etcdctl: users, roles, a prefix permission,
+/// auth enable, then allowed and refused requests by user, a wrong
+/// password, no user, a revoked lease's keys, and auth disable, side by
+/// side with etcd (exit status, stdout and etcdctl's error lines equal).
+#[tokio::test]
+async fn etcdctl_auth_gives_the_same_answers_from_keel_as_from_etcd() {
+    let etcd = Cluster::start(ClusterOptions::etcd(1))
+        .await
+        .expect("etcd starts");
+    let keel = Cluster::start(ClusterOptions::keel(1))
+        .await
+        .expect("keel starts");
+    let script: Vec<Vec<&str>> = vec![
+        vec!["user", "add", "root", "--new-user-password=rootpw"],
+        vec!["user", "add", "alice", "--new-user-password=alicepw"],
+        vec!["user", "add", "alice", "--new-user-password=again"],
+        vec!["role", "add", "reader"],
+        vec![
+            "role",
+            "grant-permission",
+            "reader",
+            "read",
+            "/pub/",
+            "--prefix=true",
+        ],
+        vec!["role", "grant-permission", "reader", "readwrite", "/alice/x"],
+        vec!["user", "grant-role", "alice", "reader"],
+        vec!["user", "grant-role", "alice", "nosuchrole"],
+        vec!["user", "list"],
+        vec!["role", "list"],
+        vec!["role", "get", "reader"],
+        vec!["user", "get", "alice"],
+        vec!["auth", "enable"],
+        vec!["--user=root:rootpw", "put", "/pub/a", "1"],
+        vec!["--user=alice:alicepw", "get", "/pub/a"],
+        vec!["--user=alice:alicepw", "get", "/pub/", "--prefix"],
+        vec!["--user=alice:alicepw", "put", "/pub/b", "2"],
+        vec!["--user=alice:alicepw", "put", "/alice/x", "mine"],
+        vec!["--user=alice:alicepw", "get", "/secret"],
+        vec!["--user=alice:wrong", "get", "/pub/a"],
+        vec!["--user=nobody:pw", "get", "/pub/a"],
+        vec!["get", "/pub/a"],
+        vec!["--user=alice:alicepw", "user", "list"],
+        vec!["--user=alice:alicepw", "compact", "1"],
+        vec!["--user=root:rootpw", "user", "revoke-role", "alice", "reader"],
+        vec!["--user=alice:alicepw", "get", "/pub/a"],
+        vec!["--user=root:rootpw", "user", "delete", "alice"],
+        vec!["--user=alice:alicepw", "get", "/pub/a"],
+        vec![
+            "--user=root:rootpw",
+            "role",
+            "revoke-permission",
+            "reader",
+            "/pub/",
+            "--prefix=true",
+        ],
+        vec!["--user=root:rootpw", "role", "get", "reader"],
+        vec!["--user=root:rootpw", "role", "delete", "reader"],
+        vec!["--user=root:rootpw", "auth", "disable"],
+        vec!["get", "/pub/a"],
+    ];
+    let mut refused = Vec::new();
+    for args in script {
+        let from_etcd = etcdctl(&etcd.endpoints(), &args, None);
+        let from_keel = etcdctl(&keel.endpoints(), &args, None);
+        if !from_keel.ok {
+            refused.push(args.join(" "));
+        }
+        if args == ["--user=alice:alicepw", "get", "/pub/a"] && refused.len() < 8 {
+            assert_eq!(from_keel.stdout, "/pub/a\n1\n", "alice reads under her prefix");
+        }
+        assert_eq!(
+            from_keel.ok, from_etcd.ok,
+            "etcdctl {args:?} success: keel stdout {:?} stderr {}, etcd stdout {:?} stderr {}",
+            from_keel.stdout, from_keel.stderr, from_etcd.stdout, from_etcd.stderr
+        );
+        assert_eq!(from_keel.stdout, from_etcd.stdout, "etcdctl {args:?}");
+        assert_eq!(
+            error_lines(&from_keel.stderr),
+            error_lines(&from_etcd.stderr),
+            "etcdctl {args:?} stderr"
+        );
+    }
+    // What the script must have refused (on both), so that equal answers
+    // are not equal failures of everything.
+    assert_eq!(
+        refused,
+        [
+            "user add alice --new-user-password=again",
+            "user grant-role alice nosuchrole",
+            "--user=alice:alicepw put /pub/b 2",
+            "--user=alice:alicepw get /secret",
+            "--user=alice:wrong get /pub/a",
+            "--user=nobody:pw get /pub/a",
+            "get /pub/a",
+            "--user=alice:alicepw user list",
+            "--user=alice:alicepw get /pub/a",
+            "--user=alice:alicepw get /pub/a",
+        ]
+    );
+}
