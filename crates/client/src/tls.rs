@@ -208,6 +208,47 @@ pub fn client_certificate_verifier(
     Ok(verifier.build()?)
 }
 
+/// Where a serving side's TLS configuration comes from: its certificate
+/// and key, and, when it requires client certificates, the CA they must
+/// chain to (and the revocation list that refuses some).
+pub struct ServingFiles<'a> {
+    pub cert_file: &'a Path,
+    pub key_file: &'a Path,
+    /// `Some` when a client certificate is required.
+    pub client_ca_file: Option<&'a Path>,
+    pub crl_file: Option<&'a Path>,
+}
+
+/// A serving side's TLS configuration from its files as they are now (read
+/// at each call, so rotated certificates take effect at the next
+/// connection), offering `alpn_protocols` and resuming sessions from
+/// `sessions`.
+pub fn server_config(
+    files: &ServingFiles<'_>,
+    provider: Arc<CryptoProvider>,
+    alpn_protocols: Vec<Vec<u8>>,
+    sessions: Arc<dyn rustls::server::StoresServerSessions>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match files.client_ca_file {
+        Some(ca_file) => {
+            builder.with_client_cert_verifier(client_certificate_verifier(ca_file, files.crl_file, provider)?)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let (chain, key) = load_identity(Some(files.cert_file), Some(files.key_file))?.ok_or_else(|| {
+        TlsError::IncompletePair {
+            key: files.key_file.display().to_string(),
+            cert: files.cert_file.display().to_string(),
+        }
+    })?;
+    let mut config = builder.with_single_cert(chain, key)?;
+    config.alpn_protocols = alpn_protocols;
+    config.session_storage = sessions;
+    Ok(config)
+}
+
 /// The certificate chain and key a side presents; both files or neither
 /// (etcd's rule).
 pub fn load_identity(

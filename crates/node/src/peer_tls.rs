@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
 use keel_client::tls::{
-    client_certificate_verifier, client_tls_config, connect_tls, crypto_provider, load_identity, TlsOptions,
+    client_tls_config, connect_tls, crypto_provider, server_config, ServingFiles, TlsOptions,
 };
 use keel_client::TlsError;
 use rustls::pki_types::CertificateDer;
@@ -84,27 +84,16 @@ impl PeerTlsConfig {
         &self,
         sessions: Arc<dyn StoresServerSessions>,
     ) -> Result<rustls::ServerConfig, TlsError> {
-        let provider = crypto_provider();
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()?;
-        let builder = match (&self.trusted_ca_file, self.requires_client_certificate()) {
-            (Some(ca_file), true) => builder.with_client_cert_verifier(client_certificate_verifier(
-                ca_file,
-                self.crl_file.as_deref(),
-                provider,
-            )?),
-            _ => builder.with_no_client_auth(),
+        let files = ServingFiles {
+            cert_file: &self.cert_file,
+            key_file: &self.key_file,
+            client_ca_file: self
+                .trusted_ca_file
+                .as_deref()
+                .filter(|_| self.requires_client_certificate()),
+            crl_file: self.crl_file.as_deref(),
         };
-        let (chain, key) = load_identity(Some(&self.cert_file), Some(&self.key_file))?.ok_or_else(|| {
-            TlsError::IncompletePair {
-                key: self.key_file.display().to_string(),
-                cert: self.cert_file.display().to_string(),
-            }
-        })?;
-        let mut config = builder.with_single_cert(chain, key)?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        config.session_storage = sessions;
-        Ok(config)
+        server_config(&files, crypto_provider(), vec![b"h2".to_vec()], sessions)
     }
 
     /// The dialling side's configuration: the peer certificate as the client

@@ -1,0 +1,209 @@
+//! Auth across members, over raw gRPC on real `keel` processes: users,
+//! roles and auth enabled on one member are enforced by a follower and
+//! survive its restart (the auth store is replicated state, written with
+//! the entries it came in), and a token stops working on every member once
+//! its user is deleted.
+
+use std::time::Duration;
+
+use keel_api::authpb::{permission::Type as PermissionType, Permission};
+use keel_api::etcdserverpb::auth_client::AuthClient;
+use keel_api::etcdserverpb::kv_client::KvClient;
+use keel_api::etcdserverpb::{
+    AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest,
+    AuthUserDeleteRequest, AuthUserGrantRoleRequest, AuthenticateRequest, PutRequest, RangeRequest,
+};
+use keel_api::key_range::prefix_range_end;
+use keel_tests::{Cluster, ClusterOptions};
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+async fn channel(cluster: &Cluster, index: usize) -> Channel {
+    Channel::from_shared(format!("http://{}", cluster.endpoint(index)))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+fn with_token<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("token", token.parse().expect("token metadata"));
+    request
+}
+
+async fn token(cluster: &Cluster, index: usize, name: &str, password: &str) -> String {
+    AuthClient::new(channel(cluster, index).await)
+        .authenticate(AuthenticateRequest {
+            name: name.into(),
+            password: password.into(),
+        })
+        .await
+        .expect("authenticate")
+        .into_inner()
+        .token
+}
+
+fn get(key: &str) -> RangeRequest {
+    RangeRequest {
+        key: key.into(),
+        ..Default::default()
+    }
+}
+
+/// root (root role) and alice (read on `/pub/`), auth enabled, through
+/// member `index`.
+async fn set_up_auth(cluster: &Cluster, index: usize) {
+    let mut auth = AuthClient::new(channel(cluster, index).await);
+    for (name, password) in [("root", "rootpw"), ("alice", "alicepw")] {
+        auth.user_add(AuthUserAddRequest {
+            name: name.into(),
+            password: password.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("user add");
+    }
+    for role in ["root", "reader"] {
+        auth.role_add(AuthRoleAddRequest { name: role.into() })
+            .await
+            .expect("role add");
+    }
+    auth.role_grant_permission(AuthRoleGrantPermissionRequest {
+        name: "reader".into(),
+        perm: Some(Permission {
+            perm_type: PermissionType::Read as i32,
+            key: b"/pub/".to_vec(),
+            range_end: prefix_range_end(b"/pub/"),
+        }),
+    })
+    .await
+    .expect("grant permission");
+    for (user, role) in [("root", "root"), ("alice", "reader")] {
+        auth.user_grant_role(AuthUserGrantRoleRequest {
+            user: user.into(),
+            role: role.into(),
+        })
+        .await
+        .expect("grant role");
+    }
+    auth.auth_enable(AuthEnableRequest {}).await.expect("auth enable");
+}
+
+/// alice reads `/pub/a` on member `index`, and may not write it.
+async fn alice_reads_and_may_not_write(cluster: &Cluster, index: usize) {
+    let alice = token(cluster, index, "alice", "alicepw").await;
+    let mut kv = KvClient::new(channel(cluster, index).await);
+    let read = kv
+        .range(with_token(get("/pub/a"), &alice))
+        .await
+        .expect("alice reads under her prefix");
+    assert_eq!(read.into_inner().kvs[0].value, b"1");
+    let refused = kv
+        .put(with_token(
+            PutRequest {
+                key: b"/pub/a".to_vec(),
+                value: b"2".to_vec(),
+                ..Default::default()
+            },
+            &alice,
+        ))
+        .await
+        .expect_err("alice may not write");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert_eq!(refused.message(), "etcdserver: permission denied");
+    let unauthenticated = kv.range(get("/pub/a")).await.expect_err("no token");
+    assert_eq!(unauthenticated.message(), "etcdserver: user name is empty");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_set_on_one_member_is_enforced_by_a_follower_across_its_restart_and_a_deleted_users_token_dies()
+{
+    let mut cluster = Cluster::start(ClusterOptions::keel(3))
+        .await
+        .expect("keel starts");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let follower = (leader + 1) % 3;
+    set_up_auth(&cluster, leader).await;
+    let root = token(&cluster, leader, "root", "rootpw").await;
+    KvClient::new(channel(&cluster, leader).await)
+        .put(with_token(
+            PutRequest {
+                key: b"/pub/a".to_vec(),
+                value: b"1".to_vec(),
+                ..Default::default()
+            },
+            &root,
+        ))
+        .await
+        .expect("root writes");
+
+    alice_reads_and_may_not_write(&cluster, follower).await;
+    cluster.restart(follower).expect("restart the follower");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answered = match Channel::from_shared(format!("http://{}", cluster.endpoint(follower)))
+            .expect("endpoint")
+            .connect()
+            .await
+        {
+            Ok(channel) => AuthClient::new(channel)
+                .authenticate(AuthenticateRequest {
+                    name: "alice".into(),
+                    password: "alicepw".into(),
+                })
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        if answered {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the restarted follower never authenticated alice:\n{}",
+            cluster.log_tail(follower, 30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    alice_reads_and_may_not_write(&cluster, follower).await;
+
+    // A token of a deleted user is refused everywhere.
+    let alice_on_follower = token(&cluster, follower, "alice", "alicepw").await;
+    AuthClient::new(channel(&cluster, leader).await)
+        .user_delete(with_token(AuthUserDeleteRequest { name: "alice".into() }, &root))
+        .await
+        .expect("root deletes alice");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut kv = KvClient::new(channel(&cluster, follower).await);
+        match kv.range(with_token(get("/pub/a"), &alice_on_follower)).await {
+            Err(refused) => {
+                assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+                assert_eq!(refused.message(), "etcdserver: invalid auth token");
+                break;
+            }
+            Ok(_) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the deleted user's token still reads on the follower"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wrong = AuthClient::new(channel(&cluster, follower).await)
+        .authenticate(AuthenticateRequest {
+            name: "alice".into(),
+            password: "alicepw".into(),
+        })
+        .await
+        .expect_err("a deleted user cannot authenticate");
+    assert_eq!(
+        wrong.message(),
+        "etcdserver: authentication failed, invalid user ID or password"
+    );
+}
