@@ -10,7 +10,7 @@
 use keel_api::etcdserverpb::{request_op, DeleteRangeRequest, PutRequest, TxnRequest};
 use keel_api::WireError;
 use keel_auth::{Access, AuthError};
-use tonic::metadata::MetadataMap;
+use keel_node::tls_accept::AcceptedConnectInfo;
 use tonic::Status;
 
 use crate::context::MemberContext;
@@ -27,8 +27,11 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// The caller of a request with `metadata`.
-    pub fn of(context: &MemberContext, metadata: &MetadataMap) -> Result<Caller, Status> {
+    /// The caller of `request`: the user its token names or, with no
+    /// token, the common name of the client certificate its connection's
+    /// TLS handshake verified (a client port asks for one only with
+    /// `--client-cert-auth`), as etcd decides it.
+    pub fn of<T>(context: &MemberContext, request: &tonic::Request<T>) -> Result<Caller, Status> {
         let (enabled, auth_revision) = context
             .node
             .state()
@@ -40,8 +43,12 @@ impl Caller {
                 auth_revision,
             });
         }
-        let user = match metadata.get(TOKEN_METADATA_KEY) {
-            None => String::new(),
+        let user = match request.metadata().get(TOKEN_METADATA_KEY) {
+            None => request
+                .extensions()
+                .get::<AcceptedConnectInfo>()
+                .and_then(|connection| connection.client_common_name.clone())
+                .unwrap_or_default(),
             Some(token) => {
                 let token = token.to_str().map_err(|_| WireError::InvalidAuthToken)?;
                 context

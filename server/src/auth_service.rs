@@ -54,7 +54,7 @@ impl AuthService {
 
     /// The caller of `request`, who must be root while auth is enabled.
     fn admin<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let caller = Caller::of(&self.context, request.metadata())?;
+        let caller = Caller::of(&self.context, &request)?;
         caller.check_admin(&self.context)?;
         Ok(caller)
     }
@@ -211,7 +211,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
-        let caller = Caller::of(&self.context, request.metadata())?;
+        let caller = Caller::of(&self.context, &request)?;
         let name = request.into_inner().name;
         if caller.user() != name {
             caller.check_admin(&self.context)?;
@@ -290,7 +290,7 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
-        let caller = Caller::of(&self.context, request.metadata())?;
+        let caller = Caller::of(&self.context, &request)?;
         let role = request.into_inner().role;
         let holds_role = self.context.node.state().with_auth(|auth| {
             auth.user(caller.user())

@@ -90,7 +90,7 @@ kv_write!(CompactionRequest => CompactionResponse, Compaction);
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let caller = Caller::of(&self.context, request.metadata())?;
+        let caller = Caller::of(&self.context, &request)?;
         let range = request.into_inner();
         self.context.limits.check_size(range.encoded_len())?;
         check_range(&range)?;
@@ -115,7 +115,7 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let caller = Caller::of(&self.context, request.metadata())?;
+        let caller = Caller::of(&self.context, &request)?;
         let put = request.into_inner();
         self.context.limits.check_size(put.encoded_len())?;
         check_put(&put)?;
@@ -127,7 +127,7 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let caller = Caller::of(&self.context, request.metadata())?;
+        let caller = Caller::of(&self.context, &request)?;
         let delete = request.into_inner();
         self.context.limits.check_size(delete.encoded_len())?;
         check_delete(&delete)?;
@@ -136,7 +136,7 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let caller = Caller::of(&self.context, request.metadata())?;
+        let caller = Caller::of(&self.context, &request)?;
         let txn = request.into_inner();
         self.context.limits.check_size(txn.encoded_len())?;
         self.context.limits.check_txn(&txn)?;
@@ -149,7 +149,7 @@ impl Kv for KvService {
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         // etcd 3.4 lets any user compact (no permission check).
-        let caller = Caller::of(&self.context, request.metadata())?;
+        let caller = Caller::of(&self.context, &request)?;
         let compaction = request.into_inner();
         self.write(compaction, &caller).await
     }

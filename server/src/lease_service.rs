@@ -64,7 +64,7 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         // As etcd: while auth is on, revoking deletes the lease's keys, so
         // the caller needs write permission on every one of them.
-        let caller = Caller::of(&self.context, request.metadata())?;
+        let caller = Caller::of(&self.context, &request)?;
         if caller.auth_enabled() {
             let keys = self
                 .context

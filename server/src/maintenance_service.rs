@@ -52,7 +52,7 @@ impl Maintenance for MaintenanceService {
     /// through Raft and answer the alarms they changed, as etcd's do. As
     /// etcd 3.4's (its applier builds them), the responses carry no header.
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        let caller = Caller::of(&self.context, request.metadata())?;
+        let caller = Caller::of(&self.context, &request)?;
         let request = request.into_inner();
         if request.action() == alarm_request::AlarmAction::Get {
             let alarms = self
@@ -123,7 +123,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        Caller::of(&self.context, request.metadata())?.check_maintenance(&self.context)?;
+        Caller::of(&self.context, &request)?.check_maintenance(&self.context)?;
         let store = self.context.node.state().store().clone();
         // The store logs what the defragmentation moved.
         tokio::task::spawn_blocking(move || store.defragment())
@@ -139,7 +139,7 @@ impl Maintenance for MaintenanceService {
     /// members that applied the same log answer the same hash
     /// (`MvccStore::hash`).
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Caller::of(&self.context, request.metadata())?.check_maintenance(&self.context)?;
+        Caller::of(&self.context, &request)?.check_maintenance(&self.context)?;
         let (hash, revision) = self.context.node.state().store().hash().map_err(mvcc_status)?;
         Ok(Response::new(HashResponse {
             header: self.context.stamp(Some(ResponseHeader {
@@ -151,7 +151,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        Caller::of(&self.context, request.metadata())?.check_maintenance(&self.context)?;
+        Caller::of(&self.context, &request)?.check_maintenance(&self.context)?;
         let hash = self
             .context
             .node
@@ -170,7 +170,7 @@ impl Maintenance for MaintenanceService {
     type SnapshotStream = SnapshotStream;
 
     async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
-        Caller::of(&self.context, request.metadata())?.check_maintenance(&self.context)?;
+        Caller::of(&self.context, &request)?.check_maintenance(&self.context)?;
         crate::snapshot_stream::snapshot_stream(self.context.clone())
             .await
             .map(Response::new)

@@ -79,7 +79,7 @@ impl WatchService {
         // The caller is who the stream's token names; each create is
         // checked for read on its range (etcd answers a refusal in the
         // create's cancel reason).
-        let caller = crate::auth_check::Caller::of(&self.member, request.metadata())?;
+        let caller = crate::auth_check::Caller::of(&self.member, &request)?;
         let member = self.member.clone();
         let may_watch: watch_stream::MayWatch = Box::new(move |key, range_end| {
             caller

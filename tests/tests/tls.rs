@@ -472,3 +472,52 @@ async fn an_https_url_without_a_certificate_and_client_auth_without_a_ca_are_ref
         assert!(log.contains(expected), "{flags:?}:\n{log}");
     }
 }
+
+/// With `--client-cert-auth` and auth enabled, a request with no token is
+/// made by the user its client certificate names (the common name), as in
+/// etcd: the test PKI's client certificate is "keel client".
+#[tokio::test]
+async fn with_client_cert_auth_a_certificates_common_name_is_the_user_when_no_token_is_given() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = TestCertificates::generate(dir.path()).expect("certificates");
+    let cluster = Cluster::start(tls_cluster(certs.member_flags(true), certs.client_options()))
+        .await
+        .expect("keel serves mutual TLS");
+    let endpoint = cluster.endpoint(0);
+    let good = certs.ctl_flags();
+    let root = "--user=root:rootpw";
+    for command in [
+        vec!["user", "add", "root", "--new-user-password=rootpw"],
+        vec!["user", "add", "keel client", "--new-user-password=unused"],
+        vec!["role", "add", "reader"],
+        vec![
+            "role",
+            "grant-permission",
+            "reader",
+            "read",
+            "/pub/",
+            "--prefix=true",
+        ],
+        vec!["user", "grant-role", "keel client", "reader"],
+        vec!["auth", "enable"],
+        vec![root, "put", "/pub/a", "1"],
+    ] {
+        let ran = run(&etcdctl(), &endpoint, &with(&good, &command)).await;
+        assert_eq!(ran.code, 0, "{command:?}: {ran:?}");
+    }
+    let read = run(&etcdctl(), &endpoint, &with(&good, &["get", "/pub/a"])).await;
+    assert_eq!((read.code, read.stdout.as_str()), (0, "/pub/a\n1\n"), "{read:?}");
+    let write = run(&etcdctl(), &endpoint, &with(&good, &["put", "/pub/a", "2"])).await;
+    assert_eq!(write.code, 1, "{write:?}");
+    assert!(
+        write.stderr.contains("etcdserver: permission denied"),
+        "{write:?}"
+    );
+    // A token still wins over the certificate.
+    let as_root = run(&etcdctl(), &endpoint, &with(&good, &[root, "put", "/pub/a", "3"])).await;
+    assert_eq!(
+        (as_root.code, as_root.stdout.as_str()),
+        (0, "OK\n"),
+        "{as_root:?}"
+    );
+}

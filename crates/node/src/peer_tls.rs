@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::Uri;
 
-use crate::tls_accept::{AcceptedConnection, HANDSHAKE_LIMIT};
+use crate::tls_accept::{certificate_common_name, AcceptedConnection, HANDSHAKE_LIMIT};
 
 /// TLS sessions remembered for resumption on the peer port.
 const RESUMABLE_SESSIONS: usize = 64;
@@ -144,15 +144,8 @@ impl PeerTlsConfig {
 
 /// The subject common name of a DER certificate, if it has one.
 fn common_name(certificate: &CertificateDer<'_>) -> Result<Option<String>, PeerTlsError> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref())
-        .map_err(|error| PeerTlsError::UnparsableCertificate(error.to_string()))?;
-    let name = parsed
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_string);
-    Ok(name)
+    certificate_common_name(certificate)
+        .map_err(|unparsable| PeerTlsError::UnparsableCertificate(unparsable.0))
 }
 
 /// Runs the peer port's TLS handshakes, with the files read anew for each.

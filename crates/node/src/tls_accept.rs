@@ -124,10 +124,53 @@ impl AsyncWrite for AcceptedConnection {
     }
 }
 
-impl Connected for AcceptedConnection {
-    type ConnectInfo = TcpConnectInfo;
+/// What a request learns of the connection it came on (in its
+/// extensions): the TCP addresses, and the common name of the client
+/// certificate the TLS handshake verified (only a port that requires client
+/// certificates asks for one), which etcd's auth takes as the user when a
+/// request carries no token.
+#[derive(Debug, Clone)]
+pub struct AcceptedConnectInfo {
+    pub tcp: TcpConnectInfo,
+    pub client_common_name: Option<String>,
+}
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.tcp().connect_info()
+impl Connected for AcceptedConnection {
+    type ConnectInfo = AcceptedConnectInfo;
+
+    fn connect_info(&self) -> AcceptedConnectInfo {
+        let client_common_name = match self {
+            AcceptedConnection::Plain(_) => None,
+            AcceptedConnection::Tls(tls) => tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|end| certificate_common_name(end).ok().flatten()),
+        };
+        AcceptedConnectInfo {
+            tcp: self.tcp().connect_info(),
+            client_common_name,
+        }
     }
+}
+
+/// A certificate that could not be parsed as X.509.
+#[derive(Debug, thiserror::Error)]
+#[error("unparsable certificate: {0}")]
+pub struct UnparsableCertificate(pub String);
+
+/// The subject common name of a DER certificate, if it has one.
+pub fn certificate_common_name(
+    certificate: &rustls::pki_types::CertificateDer<'_>,
+) -> Result<Option<String>, UnparsableCertificate> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref())
+        .map_err(|error| UnparsableCertificate(error.to_string()))?;
+    let name = parsed
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string);
+    Ok(name)
 }
