@@ -54,7 +54,7 @@ impl AuthService {
 
     /// The caller of `request`, who must be root while auth is enabled.
     fn admin<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let caller = Caller::of(&self.context, &request)?;
+        let caller = Caller::of(&self.context, request)?;
         caller.check_admin(&self.context)?;
         Ok(caller)
     }
