@@ -207,3 +207,31 @@ async fn auth_set_on_one_member_is_enforced_by_a_follower_across_its_restart_and
         "etcdserver: authentication failed, invalid user ID or password"
     );
 }
+
+/// A simple token unused for longer than `--auth-token-ttl` is gone, as
+/// etcd's; using it keeps it alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simple_token_expires_after_its_ttl_unused_and_lives_while_used() {
+    let cluster = Cluster::start(ClusterOptions {
+        extra_args: vec!["--auth-token-ttl=2".to_string()],
+        ..ClusterOptions::keel(1)
+    })
+    .await
+    .expect("keel starts");
+    set_up_auth(&cluster, 0).await;
+    let used = token(&cluster, 0, "alice", "alicepw").await;
+    let idle = token(&cluster, 0, "alice", "alicepw").await;
+    let mut kv = KvClient::new(channel(&cluster, 0).await);
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        kv.range(with_token(get("/pub/a"), &used))
+            .await
+            .expect("a token in use stays valid");
+    }
+    let expired = kv
+        .range(with_token(get("/pub/a"), &idle))
+        .await
+        .expect_err("a token idle for 3 s with a 2 s TTL");
+    assert_eq!(expired.code(), Code::Unauthenticated, "{expired:?}");
+    assert_eq!(expired.message(), "etcdserver: invalid auth token");
+}
