@@ -235,3 +235,47 @@ async fn a_simple_token_expires_after_its_ttl_unused_and_lives_while_used() {
     assert_eq!(expired.code(), Code::Unauthenticated, "{expired:?}");
     assert_eq!(expired.message(), "etcdserver: invalid auth token");
 }
+
+/// Regression: while auth was disabled, writes still carried the auth
+/// revision their member read, and an auth change applied in between (a user
+/// added before enabling auth) refused them with "revision of auth store is
+/// old". With auth disabled nothing is checked, so nothing may be refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_disabled_writes_beside_auth_changes_are_never_refused() {
+    let cluster = Cluster::start(ClusterOptions {
+        extra_args: vec!["--bcrypt-cost=4".to_string()],
+        ..ClusterOptions::keel(1)
+    })
+    .await
+    .expect("keel starts");
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..8 {
+        let channel = channel(&cluster, 0).await;
+        writers.spawn(async move {
+            let mut kv = KvClient::new(channel);
+            for i in 0..40 {
+                kv.put(PutRequest {
+                    key: format!("w/{writer}/{i}").into_bytes(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|refused| format!("put {writer}/{i}: {refused:?}"))?;
+            }
+            Ok::<(), String>(())
+        });
+    }
+    let mut auth = AuthClient::new(channel(&cluster, 0).await);
+    for user in 0..30 {
+        auth.user_add(AuthUserAddRequest {
+            name: format!("user-{user}"),
+            password: "pw".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("user add");
+    }
+    while let Some(done) = writers.join_next().await {
+        done.expect("writer task").expect("no write refused");
+    }
+}
