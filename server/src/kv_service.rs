@@ -90,19 +90,22 @@ kv_write!(CompactionRequest => CompactionResponse, Compaction);
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        self.context.limits.check_size(request.get_ref().encoded_len())?;
+        check_range(request.get_ref())?;
+        // Linearize first, then check the permission against the auth state
+        // the read sees (as etcd): a follower never serves a linearizable
+        // read on a permission revoked before the read began.
+        if !request.get_ref().serializable {
+            self.context.node.linearize().await?;
+        }
         let caller = Caller::of(&self.context, &request)?;
         let range = request.into_inner();
-        self.context.limits.check_size(range.encoded_len())?;
-        check_range(&range)?;
         caller.check(
             &self.context,
             keel_auth::Access::Read,
             &range.key,
             &range.range_end,
         )?;
-        if !range.serializable {
-            self.context.node.linearize().await?;
-        }
         let mut response = self
             .context
             .node
