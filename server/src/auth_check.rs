@@ -8,15 +8,12 @@
 //! apply.rs), so no write passes on a revoked permission.
 
 use keel_api::etcdserverpb::{request_op, DeleteRangeRequest, PutRequest, TxnRequest};
-use keel_api::WireError;
+use keel_api::{WireError, GATEWAY_TOKEN_METADATA_KEY, TOKEN_METADATA_KEY};
 use keel_auth::{Access, AuthError};
 use keel_node::tls_accept::AcceptedConnectInfo;
 use tonic::Status;
 
 use crate::context::MemberContext;
-
-/// The gRPC metadata key etcd's clients send their token in.
-pub const TOKEN_METADATA_KEY: &str = "token";
 
 /// The caller of one request, with the auth revision its checks read.
 #[derive(Debug, Clone)]
@@ -24,6 +21,17 @@ pub struct Caller {
     enabled: bool,
     user: String,
     auth_revision: u64,
+}
+
+/// The token `request` carries, if any: its `token` metadata, else what the
+/// HTTP/JSON gateway passed on from an `Authorization` header (as etcd reads
+/// them); a token that is not text is invalid.
+pub fn caller_token<T>(request: &tonic::Request<T>) -> Option<Result<&str, WireError>> {
+    let metadata = request.metadata();
+    let token = metadata
+        .get(TOKEN_METADATA_KEY)
+        .or_else(|| metadata.get(GATEWAY_TOKEN_METADATA_KEY))?;
+    Some(token.to_str().map_err(|_| WireError::InvalidAuthToken))
 }
 
 impl Caller {
@@ -43,14 +51,14 @@ impl Caller {
                 auth_revision,
             });
         }
-        let user = match request.metadata().get(TOKEN_METADATA_KEY) {
+        let user = match caller_token(request) {
             None => request
                 .extensions()
                 .get::<AcceptedConnectInfo>()
                 .and_then(|connection| connection.client_common_name.clone())
                 .unwrap_or_default(),
             Some(token) => {
-                let token = token.to_str().map_err(|_| WireError::InvalidAuthToken)?;
+                let token = token?;
                 context
                     .node
                     .state()

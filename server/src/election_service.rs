@@ -22,16 +22,25 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
-use crate::loopback::{caller_session, concurrency_status, run_for_caller};
+use std::sync::Arc;
+
+use crate::context::MemberContext;
+use crate::loopback::{caller_session, client_acting_for, concurrency_status, run_for_caller};
 
 pub struct ElectionService {
+    context: Arc<MemberContext>,
     /// This member's client to itself.
     client: Client,
 }
 
 impl ElectionService {
-    pub fn new(client: Client) -> Self {
-        ElectionService { client }
+    pub fn new(context: Arc<MemberContext>, client: Client) -> Self {
+        ElectionService { context, client }
+    }
+
+    /// The member's client acting as `request`'s caller.
+    fn client_for<T>(&self, request: &Request<T>) -> Result<Client, Status> {
+        client_acting_for(&self.context, &self.client, request)
     }
 }
 
@@ -51,8 +60,8 @@ impl ElectionRpc for ElectionService {
         &self,
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        let client = self.client_for(&request)?;
         let CampaignRequest { name, lease, value } = request.into_inner();
-        let client = self.client.clone();
         let answer = run_for_caller(move |caller_gone| async move {
             let session = caller_session(&client, lease).await?;
             let mut election = Election::new(&name);
@@ -78,9 +87,10 @@ impl ElectionRpc for ElectionService {
         &self,
         request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        let client = self.client_for(&request)?;
         let ProclaimRequest { leader, value } = request.into_inner();
         let leader = leader.ok_or(WireError::MissingLeaderKey)?;
-        let session = caller_session(&self.client, leader.lease).await?;
+        let session = caller_session(&client, leader.lease).await?;
         let mut election = Election::resume(&leader.name, &leader.key, leader.rev);
         election
             .proclaim(&session, &value)
@@ -92,8 +102,9 @@ impl ElectionRpc for ElectionService {
     }
 
     async fn leader(&self, request: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
+        let client = self.client_for(&request)?;
         let read = Election::new(&request.into_inner().name)
-            .leader(&self.client)
+            .leader(&client)
             .await
             .map_err(concurrency_status)?;
         Ok(Response::new(leader_response(read)))
@@ -104,14 +115,16 @@ impl ElectionRpc for ElectionService {
     async fn observe(&self, request: Request<LeaderRequest>) -> Result<Response<LeaderUpdates>, Status> {
         // The observer stops when the stream is dropped (the caller left),
         // and the stream ends when the observer stops (as etcd's does).
-        let updates = Election::new(&request.into_inner().name).observe(&self.client);
+        let client = self.client_for(&request)?;
+        let updates = Election::new(&request.into_inner().name).observe(&client);
         let answers = ReceiverStream::new(updates).map(|read| Ok(leader_response(read)));
         Ok(Response::new(Box::pin(answers)))
     }
 
     async fn resign(&self, request: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
+        let client = self.client_for(&request)?;
         let leader = request.into_inner().leader.ok_or(WireError::MissingLeaderKey)?;
-        let session = caller_session(&self.client, leader.lease).await?;
+        let session = caller_session(&client, leader.lease).await?;
         let mut election = Election::resume(&leader.name, &leader.key, leader.rev);
         election.resign(&session).await.map_err(concurrency_status)?;
         Ok(Response::new(ResignResponse {

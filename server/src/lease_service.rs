@@ -122,12 +122,18 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let mut answer = self
-            .context
-            .node
-            .lessor()
-            .time_to_live(request.into_inner())
-            .await?;
+        let caller = Caller::of(&self.context, &request)?;
+        let request = request.into_inner();
+        let keys_asked = request.keys;
+        let mut answer = self.context.node.lessor().time_to_live(request).await?;
+        if keys_asked {
+            // The attached keys' names are readable only by who may read
+            // every one of them (etcd's fix for CVE-2023-32082; 3.4.23,
+            // the Debian etcd, still answers them to anyone).
+            for key in &answer.keys {
+                caller.check(&self.context, keel_auth::Access::Read, key, &[])?;
+            }
+        }
         answer.header = self.context.header_now();
         Ok(Response::new(answer))
     }

@@ -11,24 +11,28 @@ use keel_client::lock::lock_until;
 use keel_client::Client;
 use tonic::{Request, Response, Status};
 
-use crate::loopback::{caller_session, concurrency_status, run_for_caller};
+use std::sync::Arc;
+
+use crate::context::MemberContext;
+use crate::loopback::{caller_session, client_acting_for, concurrency_status, run_for_caller};
 
 pub struct LockService {
+    context: Arc<MemberContext>,
     /// This member's client to itself.
     client: Client,
 }
 
 impl LockService {
-    pub fn new(client: Client) -> Self {
-        LockService { client }
+    pub fn new(context: Arc<MemberContext>, client: Client) -> Self {
+        LockService { context, client }
     }
 }
 
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let client = client_acting_for(&self.context, &self.client, &request)?;
         let LockRequest { name, lease } = request.into_inner();
-        let client = self.client.clone();
         let held = run_for_caller(move |caller_gone| async move {
             let session = caller_session(&client, lease).await?;
             lock_until(&session, &name, caller_gone.wait())
@@ -43,8 +47,8 @@ impl Lock for LockService {
     }
 
     async fn unlock(&self, request: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
-        let deleted = self
-            .client
+        let client = client_acting_for(&self.context, &self.client, &request)?;
+        let deleted = client
             .delete_range(DeleteRangeRequest {
                 key: request.into_inner().key,
                 ..Default::default()

@@ -20,6 +20,8 @@ use keel_api::WireError;
 use keel_client::session::{ConcurrencyError, Session, DEFAULT_SESSION_TTL};
 use keel_client::{Client, ClientConfig, ClientError, LeaseError, TlsOptions};
 
+use crate::auth_check::{caller_token, Caller};
+use crate::context::MemberContext;
 use crate::member::BoundListener;
 use tonic::Status;
 
@@ -64,6 +66,36 @@ pub fn loopback_client(listeners: &[BoundListener]) -> anyhow::Result<Client> {
         }
     };
     Ok(Client::connect_lazy(config)?)
+}
+
+/// This member's client to itself, acting as the caller of `request` (as
+/// etcd's lock and election servers pass their caller's context on to
+/// their client): it sends the caller's token. A caller known only by its
+/// client certificate (no token; auth on) gets a token of this member's
+/// own for that user: simple tokens live in each member's memory, the
+/// loopback client talks to this member only, and the token expires idle
+/// like any other.
+pub fn client_acting_for<T>(
+    context: &MemberContext,
+    loopback: &Client,
+    request: &tonic::Request<T>,
+) -> Result<Client, Status> {
+    let caller = Caller::of(context, request)?;
+    if !caller.auth_enabled() {
+        return Ok(loopback.clone());
+    }
+    let token = match caller_token(request) {
+        Some(token) => token?.to_string(),
+        None if caller.user().is_empty() => return Ok(loopback.clone()),
+        None => {
+            let token = keel_auth::tokens::new_simple_token(u64::from(rand::random::<u32>()));
+            context.node.state().tokens().assign(&token, caller.user());
+            token
+        }
+    };
+    loopback
+        .with_token(&token)
+        .map_err(|_| WireError::InvalidAuthToken.into())
 }
 
 /// A session over the caller's `lease`, never renewed here: the caller

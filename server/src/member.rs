@@ -406,8 +406,14 @@ async fn serve_client_services(
     .add_service(AuthServer::new(crate::auth_service::AuthService::new(
         context.clone(),
     )))
-    .add_service(LockServer::new(LockService::new(loopback.clone())))
-    .add_service(ElectionServer::new(ElectionService::new(loopback.clone())))
+    .add_service(LockServer::new(LockService::new(
+        context.clone(),
+        loopback.clone(),
+    )))
+    .add_service(ElectionServer::new(ElectionService::new(
+        context.clone(),
+        loopback.clone(),
+    )))
     .add_service(health_service);
     // etcd's HTTP/JSON gateway beside gRPC on the same port.
     let client_routes = keel_gateway::client_port_routes(

@@ -60,3 +60,10 @@ pub use wire_error::{WatchRefusal, WireError};
 /// The etcd API version keel reports in `Maintenance.Status` (clients such as
 /// etcdctl and Kubernetes compare it against their minimum).
 pub const REPORTED_ETCD_VERSION: &str = "3.5.0";
+
+/// The gRPC metadata key etcd's clients send their auth token under.
+pub const TOKEN_METADATA_KEY: &str = "token";
+
+/// The metadata key a token arrives under through the HTTP/JSON gateway
+/// (its `Authorization` header); etcd reads it when `token` is absent.
+pub const GATEWAY_TOKEN_METADATA_KEY: &str = "authorization";

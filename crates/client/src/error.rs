@@ -19,6 +19,9 @@ pub enum ClientError {
         timeout: Duration,
         last_error: String,
     },
+    /// A token (given, or answered by Authenticate) that gRPC metadata cannot carry.
+    #[error("invalid auth token: not printable ASCII")]
+    InvalidToken,
     #[error("context deadline exceeded (no answer within {0:?})")]
     Timeout(Duration),
     /// The TLS settings cannot be used (a file missing or unreadable, ...).
@@ -45,6 +48,7 @@ impl ClientError {
             ClientError::NoEndpoints | ClientError::InvalidEndpoint { .. } | ClientError::Tls(_) => {
                 Code::InvalidArgument
             }
+            ClientError::InvalidToken => Code::Unauthenticated,
         }
     }
 

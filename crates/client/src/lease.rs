@@ -30,10 +30,9 @@ use keel_api::WireError;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::codec::Streaming;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::{transport_failure, Client, ClientError, Retry, MAX_RESPONSE_BYTES};
+use crate::{transport_failure, Client, ClientChannel, ClientError, Retry, MAX_RESPONSE_BYTES};
 
 /// The deadline a keeper assumes before the first answer tells it the TTL
 /// (etcd's Go client's `defaultTTL`).
@@ -91,7 +90,7 @@ impl LeaseError {
     }
 }
 
-fn lease_stub(channel: &Channel) -> LeaseClient<Channel> {
+fn lease_stub(channel: &ClientChannel) -> LeaseClient<ClientChannel> {
     LeaseClient::new(channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
@@ -147,7 +146,11 @@ impl Client {
     pub fn lease_keep_alive_stream(&self) -> LeaseKeepAliveStream {
         let (endpoint, channel) = self.preferred_channel();
         let (requests, outgoing) = request_channel::unbounded::<LeaseKeepAliveRequest>();
-        let call: StreamCall = Box::pin(async move { lease_stub(&channel).lease_keep_alive(outgoing).await });
+        let client = self.clone();
+        let call: StreamCall = Box::pin(async move {
+            client.stream_token_ready().await?;
+            lease_stub(&channel).lease_keep_alive(outgoing).await
+        });
         LeaseKeepAliveStream {
             requests,
             state: StreamState::Calling(call),

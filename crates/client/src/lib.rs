@@ -15,6 +15,8 @@
 //! request was never sent (or the member said "no leader", which keel answers
 //! only before proposing), so a write is never applied twice by a retry.
 
+mod auth;
+mod auth_token;
 pub mod election;
 mod error;
 pub mod launch;
@@ -29,6 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use auth_token::CallerToken;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use keel_api::etcdserverpb::cluster_client::ClusterClient;
@@ -46,6 +49,7 @@ use keel_api::WireError;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
+pub use auth_token::{ClientChannel, Credentials, TokenInterceptor};
 pub use error::{never_reached_server, transport_failure, ClientError};
 pub use lease::{KeepAliveInterval, LeaseError, LeaseKeepAliveStream, LeaseKeeper, LeaseLost, Renewal};
 pub use tls::{TlsError, TlsOptions};
@@ -69,6 +73,8 @@ pub struct ClientConfig {
     pub request_timeout: Option<Duration>,
     /// How `https://` endpoints are dialled (see [`tls`]).
     pub tls: TlsOptions,
+    /// Who the client authenticates as (see [`auth_token`]); `None`: no one.
+    pub credentials: Option<Credentials>,
 }
 
 impl ClientConfig {
@@ -78,7 +84,18 @@ impl ClientConfig {
             dial_timeout: DEFAULT_DIAL_TIMEOUT,
             request_timeout: None,
             tls: TlsOptions::default(),
+            credentials: None,
         }
+    }
+
+    /// Authenticate as `user` before the first call, and send its token on
+    /// every call.
+    pub fn with_credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.credentials = Some(Credentials {
+            user: user.into(),
+            password: password.into(),
+        });
+        self
     }
 
     pub fn with_tls(mut self, tls: TlsOptions) -> Self {
@@ -119,10 +136,12 @@ struct Shared {
     tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-/// A cheap-to-clone handle; clones share the endpoints' channels.
+/// A cheap-to-clone handle; clones share the endpoints' channels and the
+/// auth token.
 #[derive(Clone)]
 pub struct Client {
     shared: Arc<Shared>,
+    token: Arc<CallerToken>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -176,7 +195,8 @@ fn lazy_channel(
 
 impl Client {
     /// Connects to the first endpoint that answers within the dial timeout
-    /// (all are dialled at once); fails naming every endpoint tried.
+    /// (all are dialled at once); fails naming every endpoint tried. With
+    /// credentials, also authenticates.
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         let client = Client::connect_lazy(config)?;
         let timeout = client.shared.config.dial_timeout;
@@ -198,6 +218,8 @@ impl Client {
                 next = attempts.next() => match next {
                     Some((index, Ok(()))) => {
                         client.shared.preferred.store(index, Ordering::Relaxed);
+                        // As etcd's client: a wrong password fails the connect.
+                        client.authenticate_now().await?;
                         return Ok(client);
                     }
                     Some((_, Err(error))) => last_error = error,
@@ -232,6 +254,7 @@ impl Client {
                 })
             })
             .collect::<Result<Vec<_>, ClientError>>()?;
+        let token = CallerToken::from_credentials(config.credentials.clone());
         Ok(Client {
             shared: Arc::new(Shared {
                 endpoints,
@@ -239,6 +262,7 @@ impl Client {
                 config,
                 tls,
             }),
+            token,
         })
     }
 
@@ -273,14 +297,54 @@ impl Client {
                 config,
                 tls,
             }),
+            token: self.token.clone(),
         })
     }
 
-    /// The preferred endpoint's index and channel, for a stream opened on
-    /// it (streams do not fail over by themselves).
-    fn preferred_channel(&self) -> (usize, Channel) {
+    /// The same endpoints and channels, sending `token` on every call
+    /// instead of this client's own (never authenticating itself): a member
+    /// acting for its caller with the caller's token.
+    pub fn with_token(&self, token: &str) -> Result<Client, ClientError> {
+        Ok(Client {
+            shared: self.shared.clone(),
+            token: CallerToken::given(token)?,
+        })
+    }
+
+    /// Authenticates now, if this client has credentials and no token yet
+    /// (calls do it themselves; this surfaces a wrong password at once).
+    pub async fn authenticate_now(&self) -> Result<(), ClientError> {
+        let (_, channel) = self.preferred_raw_channel();
+        self.token.ensure(&channel).await
+    }
+
+    fn preferred_raw_channel(&self) -> (usize, Channel) {
         let index = self.shared.preferred.load(Ordering::Relaxed) % self.shared.endpoints.len();
         (index, self.shared.endpoints[index].channel.clone())
+    }
+
+    /// `channel` sending this client's token.
+    fn with_token_sent(&self, channel: Channel) -> ClientChannel {
+        ClientChannel::new(channel, TokenInterceptor::new(self.token.clone()))
+    }
+
+    /// The preferred endpoint's index and channel, for a stream opened on
+    /// it (streams do not fail over by themselves). The caller's stream
+    /// call runs [`Client::stream_token_ready`] first.
+    fn preferred_channel(&self) -> (usize, ClientChannel) {
+        let (index, channel) = self.preferred_raw_channel();
+        (index, self.with_token_sent(channel))
+    }
+
+    /// Before a stream is opened: authenticates if this client has
+    /// credentials and no token yet.
+    async fn stream_token_ready(&self) -> Result<(), Status> {
+        let (_, channel) = self.preferred_raw_channel();
+        match self.token.ensure(&channel).await {
+            Ok(()) => Ok(()),
+            Err(ClientError::Status(status)) => Err(*status),
+            Err(other) => Err(Status::unauthenticated(other.to_string())),
+        }
     }
 
     /// A stream on `endpoint` lost its connection: the next endpoint becomes
@@ -295,9 +359,18 @@ impl Client {
 
     /// The raw KV stub on the preferred endpoint's channel (no failover),
     /// for callers that drive the channel themselves, such as load generators.
+    /// It sends no token; see [`Client::kv_stub_with_token`].
     pub fn kv_stub(&self) -> KvClient<Channel> {
-        let index = self.shared.preferred.load(Ordering::Relaxed) % self.shared.endpoints.len();
-        kv_stub(&self.shared.endpoints[index].channel)
+        KvClient::new(self.preferred_raw_channel().1)
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    /// [`Client::kv_stub`] sending the client's token (as of each call;
+    /// authenticate first with [`Client::authenticate_now`] when the client
+    /// has credentials).
+    pub fn kv_stub_with_token(&self) -> KvClient<ClientChannel> {
+        kv_stub(&self.preferred_channel().1)
     }
 
     pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, ClientError> {
@@ -484,9 +557,9 @@ impl Client {
     async fn call<T>(
         &self,
         retry: Retry,
-        send: impl Fn(Channel) -> BoxFuture<'static, Result<tonic::Response<T>, Status>>,
+        send: impl Fn(ClientChannel) -> BoxFuture<'static, Result<tonic::Response<T>, Status>>,
     ) -> Result<T, ClientError> {
-        let attempts = self.call_with_failover(retry, send);
+        let attempts = self.call_with_token(retry, send);
         match self.shared.config.request_timeout {
             None => attempts.await,
             Some(timeout) => tokio::time::timeout(timeout, attempts)
@@ -495,10 +568,30 @@ impl Client {
         }
     }
 
+    /// The call with a token, sent once more with a new token when the
+    /// member refused the one it carried (see [`auth_token`]).
+    async fn call_with_token<T>(
+        &self,
+        retry: Retry,
+        send: impl Fn(ClientChannel) -> BoxFuture<'static, Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, ClientError> {
+        let (_, channel) = self.preferred_raw_channel();
+        self.token.ensure(&channel).await?;
+        let sent = self.token.sent_token();
+        match self.call_with_failover(retry, &send).await {
+            Err(error) if self.token.may_renew_after(&error) => {
+                let (_, channel) = self.preferred_raw_channel();
+                self.token.renew(&channel, sent.as_ref()).await?;
+                self.call_with_failover(retry, &send).await
+            }
+            outcome => outcome,
+        }
+    }
+
     async fn call_with_failover<T>(
         &self,
         retry: Retry,
-        send: impl Fn(Channel) -> BoxFuture<'static, Result<tonic::Response<T>, Status>>,
+        send: &impl Fn(ClientChannel) -> BoxFuture<'static, Result<tonic::Response<T>, Status>>,
     ) -> Result<T, ClientError> {
         let count = self.shared.endpoints.len();
         let first = self.shared.preferred.load(Ordering::Relaxed) % count;
@@ -506,7 +599,7 @@ impl Client {
         for offset in 0..count {
             let index = (first + offset) % count;
             let endpoint = &self.shared.endpoints[index];
-            match send(endpoint.channel.clone()).await {
+            match send(self.with_token_sent(endpoint.channel.clone())).await {
                 Ok(response) => {
                     if offset > 0 {
                         self.shared.preferred.store(index, Ordering::Relaxed);
@@ -542,13 +635,13 @@ fn may_try_next_endpoint(retry: Retry, status: &Status) -> bool {
     }
 }
 
-fn kv_stub(channel: &Channel) -> KvClient<Channel> {
+fn kv_stub(channel: &ClientChannel) -> KvClient<ClientChannel> {
     KvClient::new(channel.clone())
         .max_decoding_message_size(MAX_RESPONSE_BYTES)
         .max_encoding_message_size(usize::MAX)
 }
 
-fn maintenance_stub(channel: &Channel) -> MaintenanceClient<Channel> {
+fn maintenance_stub(channel: &ClientChannel) -> MaintenanceClient<ClientChannel> {
     MaintenanceClient::new(channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 

@@ -107,8 +107,10 @@ impl Client {
                 .metadata_mut()
                 .insert("hasleader", MetadataValue::from_static("true"));
         }
+        let client = self.clone();
         let call: BoxFuture<'static, Result<tonic::Response<Streaming<WatchResponse>>, Status>> =
             Box::pin(async move {
+                client.stream_token_ready().await?;
                 WatchClient::new(channel)
                     .max_decoding_message_size(MAX_RESPONSE_BYTES)
                     .max_encoding_message_size(usize::MAX)

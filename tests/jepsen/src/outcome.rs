@@ -45,7 +45,10 @@ fn rejected_before_acting(code: Code) -> bool {
 /// Classifies a failed client call.
 pub fn classify(error: &ClientError) -> Failure {
     let definite = match error {
-        ClientError::NoEndpoints | ClientError::InvalidEndpoint { .. } | ClientError::Tls(_) => true,
+        ClientError::NoEndpoints
+        | ClientError::InvalidEndpoint { .. }
+        | ClientError::Tls(_)
+        | ClientError::InvalidToken => true,
         ClientError::Timeout(_) | ClientError::Unreachable { .. } => false,
         ClientError::Status(status) => {
             never_reached_server(status)
