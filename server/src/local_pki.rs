@@ -65,6 +65,26 @@ impl CertificateAuthority {
         usage: CertificateUse,
         serial: Option<u64>,
     ) -> Result<IssuedCertificate, rcgen::Error> {
+        self.sign(name, usage, serial, false)
+    }
+
+    /// A certificate for `name` that expired on 2020-01-01 (for tests of
+    /// what a member refuses).
+    pub fn issue_expired(
+        &self,
+        name: &str,
+        usage: CertificateUse,
+    ) -> Result<IssuedCertificate, rcgen::Error> {
+        self.sign(name, usage, None, true)
+    }
+
+    fn sign(
+        &self,
+        name: &str,
+        usage: CertificateUse,
+        serial: Option<u64>,
+        expired: bool,
+    ) -> Result<IssuedCertificate, rcgen::Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -77,6 +97,10 @@ impl CertificateAuthority {
                 .push(ExtendedKeyUsagePurpose::ServerAuth);
         }
         params.serial_number = serial.map(SerialNumber::from);
+        if expired {
+            params.not_before = date_time_ymd(2019, 1, 1);
+            params.not_after = date_time_ymd(2020, 1, 1);
+        }
         let key = KeyPair::generate()?;
         let certificate = params.signed_by(&key, &self.certificate, &self.key)?;
         Ok(IssuedCertificate {

@@ -3,7 +3,8 @@
 //! directory: a CA, a server certificate for 127.0.0.1 (an IP SAN; usable
 //! as a client certificate too, as etcd's guides make them, so a member can
 //! present it to its own port), a client certificate, a second client
-//! certificate that a revocation list of the CA revokes, and a client and a
+//! certificate that a revocation list of the CA revokes, an expired client
+//! and an expired server certificate of the CA, and a client and a
 //! server certificate from another CA, and a member certificate of the
 //! CA with another common name. Also the member flags and client options
 //! that use them.
@@ -41,6 +42,10 @@ pub struct TestCertificates {
     pub revoked_client: CertificateFiles,
     /// The CA's certificate revocation list.
     pub crl: PathBuf,
+    /// A client certificate of the CA that expired in 2020.
+    pub expired_client: CertificateFiles,
+    /// A server certificate for 127.0.0.1 of the CA that expired in 2020.
+    pub expired_server: CertificateFiles,
     /// Another CA, which signed nothing the members trust.
     pub other_ca: PathBuf,
     /// A client certificate from `other_ca`.
@@ -63,6 +68,18 @@ fn issue(
     stem: &str,
 ) -> Result<CertificateFiles, CertificateError> {
     let (cert, key) = write_issued(dir, stem, &issuer.issue(name, usage, serial)?)?;
+    Ok(CertificateFiles { cert, key })
+}
+
+/// Like [`issue`], a certificate that expired in 2020.
+fn expired(
+    issuer: &CertificateAuthority,
+    name: &str,
+    usage: CertificateUse,
+    dir: &Path,
+    stem: &str,
+) -> Result<CertificateFiles, CertificateError> {
+    let (cert, key) = write_issued(dir, stem, &issuer.issue_expired(name, usage)?)?;
     Ok(CertificateFiles { cert, key })
 }
 
@@ -91,6 +108,8 @@ impl TestCertificates {
                 "revoked-client",
             )?,
             crl,
+            expired_client: expired(&ca, "expired client", Client, dir, "expired-client")?,
+            expired_server: expired(&ca, "expired member", Member, dir, "expired-server")?,
             other_ca,
             foreign_client: issue(&other, "foreign client", Client, None, dir, "foreign-client")?,
             foreign_server: issue(&other, "foreign member", Member, None, dir, "foreign-server")?,

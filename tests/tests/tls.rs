@@ -3,9 +3,10 @@
 //! members whose certificates rcgen makes at test time: server-only TLS
 //! (gRPC, the JSON gateway, /health and /metrics on the one port; plaintext
 //! and an untrusted server refused), mutual TLS (a client certificate from
-//! the trusted CA required; none, another CA's and a revoked one refused,
-//! and the member keeps serving), certificates read again for each new
-//! connection, `--auto-tls` with `--cipher-suites`, and starts refused for
+//! the trusted CA required; none, another CA's, a revoked and an expired
+//! one refused, and the member keeps serving), certificates read again for
+//! each new connection (one rotated to an expired certificate refused by
+//! the clients), `--auto-tls` with `--cipher-suites`, and starts refused for
 //! an `https://` URL without a certificate or an unknown cipher suite. Where etcdctl and keelctl print the same thing, their
 //! outputs are compared.
 
@@ -14,6 +15,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use keel_api::etcdserverpb::{PutRequest, RangeRequest};
+use keel_api::v3lockpb::lock_client::LockClient;
+use keel_api::v3lockpb::LockRequest;
 use keel_client::TlsOptions;
 use keel_tests::tls::TestCertificates;
 use keel_tests::{built_binary, curl, which, ClientPortTls, Cluster, ClusterOptions};
@@ -260,7 +263,7 @@ async fn a_tls_client_port_serves_every_client_and_refuses_plaintext_and_untrust
 }
 
 #[tokio::test]
-async fn mutual_tls_takes_only_client_certificates_from_the_trusted_ca_that_are_not_revoked() {
+async fn mutual_tls_takes_only_client_certificates_from_the_trusted_ca_that_are_not_revoked_or_expired() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = TestCertificates::generate(dir.path()).expect("certificates");
     let mut flags = certs.member_flags(true);
@@ -304,6 +307,7 @@ async fn mutual_tls_takes_only_client_certificates_from_the_trusted_ca_that_are_
             presenting(&certs.foreign_client),
         ),
         ("a revoked client certificate", presenting(&certs.revoked_client)),
+        ("an expired client certificate", presenting(&certs.expired_client)),
     ];
     for (case, flags) in &cases {
         let (etcd_refused, keel_refused) = both(&endpoint, &with(flags, &["get", "k"])).await;
@@ -379,6 +383,17 @@ async fn rotated_certificate_files_serve_new_connections_without_a_restart() {
     );
     let (etcd_old, keel_old) = both(&endpoint, &get(&certs.ca)).await;
     assert_both_unreachable(&etcd_old, &keel_old, "the CA of the replaced certificate");
+
+    // Rotated to a certificate of the trusted CA that has expired: clients
+    // refuse the member, which keeps serving once a valid one is back.
+    std::fs::copy(&certs.expired_server.key, &live_key).expect("rotate the key");
+    std::fs::copy(&certs.expired_server.cert, &live_cert).expect("rotate the certificate");
+    let (etcd_expired, keel_expired) = both(&endpoint, &get(&certs.ca)).await;
+    assert_both_unreachable(&etcd_expired, &keel_expired, "an expired server certificate");
+    std::fs::copy(&certs.server.key, &live_key).expect("rotate the key");
+    std::fs::copy(&certs.server.cert, &live_cert).expect("rotate the certificate");
+    let after = run(&keelctl(), &endpoint, &get(&certs.ca)).await;
+    assert_eq!(after.code, 0, "{after:?}");
 }
 
 #[tokio::test]
@@ -498,6 +513,14 @@ async fn with_client_cert_auth_a_certificates_common_name_is_the_user_when_no_to
             "/pub/",
             "--prefix=true",
         ],
+        vec![
+            "role",
+            "grant-permission",
+            "reader",
+            "readwrite",
+            "jobs",
+            "--prefix=true",
+        ],
         vec!["user", "grant-role", "keel client", "reader"],
         vec!["auth", "enable"],
         vec![root, "put", "/pub/a", "1"],
@@ -513,6 +536,32 @@ async fn with_client_cert_auth_a_certificates_common_name_is_the_user_when_no_to
         write.stderr.contains("etcdserver: permission denied"),
         "{write:?}"
     );
+    // etcdctl's lock runs its recipe client-side, as the certificate's
+    // user; the v3lock service must act as that user too (through the
+    // member's client to itself, with a token the member makes for it).
+    let locked = run(
+        &etcdctl(),
+        &endpoint,
+        &with(&good, &["lock", "jobs", "echo", "held"]),
+    )
+    .await;
+    assert_eq!((locked.code, locked.stdout.as_str()), (0, "held\n"), "{locked:?}");
+    let mut lock_service = LockClient::new(cluster.client().expect("client").channel());
+    let lock = |name: &str| LockRequest {
+        name: name.as_bytes().to_vec(),
+        lease: 0,
+    };
+    let held = lock_service
+        .lock(lock("jobs"))
+        .await
+        .expect("the certificate's user may lock under jobs")
+        .into_inner();
+    assert!(held.key.starts_with(b"jobs/"), "{:?}", held.key);
+    let refused = lock_service
+        .lock(lock("other"))
+        .await
+        .expect_err("nor outside it");
+    assert!(refused.message().contains("permission denied"), "{refused:?}");
     // A token still wins over the certificate.
     let as_root = run(&etcdctl(), &endpoint, &with(&good, &[root, "put", "/pub/a", "3"])).await;
     assert_eq!(

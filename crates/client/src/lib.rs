@@ -366,6 +366,13 @@ impl Client {
             .max_encoding_message_size(usize::MAX)
     }
 
+    /// The preferred endpoint's channel (its TLS, and the client's token as
+    /// of each call), for stubs of services this client has no method for,
+    /// such as etcd's v3lock and v3election. No failover.
+    pub fn channel(&self) -> ClientChannel {
+        self.preferred_channel().1
+    }
+
     /// [`Client::kv_stub`] sending the client's token (as of each call;
     /// authenticate first with [`Client::authenticate_now`] when the client
     /// has credentials).
