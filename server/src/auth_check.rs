@@ -1,6 +1,6 @@
 //! Who makes a client request and what it may do, as etcd decides it: while
-//! auth is enabled, a request names its user by a simple token in the gRPC
-//! metadata `token`; a request with no token is made by the empty user
+//! auth is enabled, a request names its user by a token in the gRPC
+//! metadata `token` (a simple token, or a JWT with `--auth-token jwt,...`); a request with no token is made by the empty user
 //! (etcd's "user name is empty"), an unknown or expired token is refused
 //! ("invalid auth token"). Checks read the replicated auth store; a write
 //! carries the auth revision its check read (`Caller::checked_revision`),
@@ -59,12 +59,22 @@ impl Caller {
                 .unwrap_or_default(),
             Some(token) => {
                 let token = token?;
-                context
-                    .node
-                    .state()
-                    .tokens()
-                    .user_of(token)
-                    .ok_or(WireError::InvalidAuthToken)?
+                match &context.jwt_tokens {
+                    None => context
+                        .node
+                        .state()
+                        .tokens()
+                        .user_of(token)
+                        .ok_or(WireError::InvalidAuthToken)?,
+                    Some(jwt) => {
+                        let claims = jwt.verify(token).ok_or(WireError::InvalidAuthToken)?;
+                        // See keel_auth::jwt: no token outlives an auth change.
+                        if claims.revision < auth_revision {
+                            return Err(WireError::AuthOldRevision.into());
+                        }
+                        claims.user
+                    }
+                }
             }
         };
         Ok(Caller {
@@ -76,6 +86,11 @@ impl Caller {
 
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// The auth revision this caller's checks read.
+    pub fn auth_revision(&self) -> u64 {
+        self.auth_revision
     }
 
     pub fn auth_enabled(&self) -> bool {

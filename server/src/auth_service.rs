@@ -163,6 +163,19 @@ impl Auth for AuthService {
             tracing::info!(user = %name, "authentication failed");
             return Err(WireError::AuthFailed.into());
         }
+        if let Some(jwt) = &self.context.jwt_tokens {
+            // Signed, not stored: nothing to replicate. A token issued at a
+            // revision this member had not caught up to is refused where
+            // it is used (keel_auth::jwt), and the client authenticates again.
+            let token = jwt.issue(&name, revision).map_err(|error| {
+                tracing::warn!(%error, "cannot issue a JWT");
+                Status::failed_precondition(format!("etcdserver: {error}"))
+            })?;
+            return Ok(Response::new(AuthenticateResponse {
+                header: self.header(),
+                token,
+            }));
+        }
         let token =
             keel_auth::tokens::new_simple_token(self.tokens_issued.fetch_add(1, Ordering::Relaxed) + 1);
         // Checked at the revision the password was verified at: a password

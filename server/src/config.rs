@@ -81,7 +81,10 @@ pub struct MemberFlags {
     /// deadlines (Go syntax: 5m, 500ms).
     #[arg(long, default_value = "5m", value_parser = keel_api::go_format::parse_duration)]
     pub lease_checkpoint_interval: std::time::Duration,
-    /// Auth token type: `simple` (etcd's simple tokens; keel serves no JWT).
+    /// Auth token type: `simple` (etcd's simple tokens), or
+    /// `jwt,pub-key=FILE,priv-key=FILE,sign-method=ES256,ttl=5m` (signed tokens
+    /// any member verifies; sign-method RS256/384/512, PS256/384/512,
+    /// ES256/384; without priv-key the member verifies but cannot issue).
     #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
     pub auth_token: String,
     /// How long (seconds) a simple token lives without use.
@@ -276,6 +279,22 @@ impl MemberFlags {
         Duration::from_millis(self.election_timeout)
     }
 
+    /// The JWT keys `--auth-token jwt,...` names (their files read and
+    /// parsed); `None` for `--auth-token simple`.
+    pub fn jwt_tokens(&self) -> anyhow::Result<Option<keel_auth::jwt::JwtTokens>> {
+        match self.auth_token.split_once(',') {
+            _ if self.auth_token == "simple" => Ok(None),
+            Some(("jwt", options)) => Ok(Some(keel_auth::jwt::JwtTokens::from_options(
+                options,
+                keel_api::go_format::parse_duration,
+            )?)),
+            _ => bail!(
+                "--auth-token {:?} is not served: use simple, or jwt,pub-key=...,priv-key=...,sign-method=...",
+                self.auth_token
+            ),
+        }
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         self.etcd_only.refuse_unserved()?;
         if self.heartbeat_interval == 0 {
@@ -300,12 +319,7 @@ impl MemberFlags {
         if self.experimental_watch_progress_notify_interval.is_zero() {
             bail!("--experimental-watch-progress-notify-interval must be > 0");
         }
-        if self.auth_token != "simple" {
-            bail!(
-                "--auth-token {:?} is not served: keel serves only simple tokens (--auth-token simple)",
-                self.auth_token
-            );
-        }
+        self.jwt_tokens()?;
         if self.auth_token_ttl == 0 {
             bail!("--auth-token-ttl must be > 0");
         }

@@ -4,6 +4,8 @@
 //! domain errors services meet (mvcc's, leadership transfer's) into etcd's
 //! statuses.
 
+use std::sync::Arc;
+
 use keel_api::etcdserverpb::ResponseHeader;
 use keel_api::WireError;
 use keel_mvcc::MvccError;
@@ -23,6 +25,9 @@ pub struct MemberContext {
     pub space_quota: SpaceQuota,
     /// bcrypt's cost for the auth passwords this member hashes.
     pub bcrypt_cost: u32,
+    /// With `--auth-token jwt,...`, the keys tokens are signed and verified
+    /// with; `None`: simple tokens (the state machine's token table).
+    pub jwt_tokens: Option<Arc<keel_auth::jwt::JwtTokens>>,
 }
 
 impl MemberContext {

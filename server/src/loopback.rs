@@ -74,7 +74,7 @@ pub fn loopback_client(listeners: &[BoundListener]) -> anyhow::Result<Client> {
 /// client certificate (no token; auth on) gets a token of this member's
 /// own for that user: simple tokens live in each member's memory, the
 /// loopback client talks to this member only, and the token expires idle
-/// like any other.
+/// like any other (with JWTs, a token this member signs).
 pub fn client_acting_for<T>(
     context: &MemberContext,
     loopback: &Client,
@@ -87,11 +87,16 @@ pub fn client_acting_for<T>(
     let token = match caller_token(request) {
         Some(token) => token?.to_string(),
         None if caller.user().is_empty() => return Ok(loopback.clone()),
-        None => {
-            let token = keel_auth::tokens::new_simple_token(u64::from(rand::random::<u32>()));
-            context.node.state().tokens().assign(&token, caller.user());
-            token
-        }
+        None => match &context.jwt_tokens {
+            None => {
+                let token = keel_auth::tokens::new_simple_token(u64::from(rand::random::<u32>()));
+                context.node.state().tokens().assign(&token, caller.user());
+                token
+            }
+            Some(jwt) => jwt
+                .issue(caller.user(), caller.auth_revision())
+                .map_err(|error| Status::failed_precondition(format!("etcdserver: {error}")))?,
+        },
     };
     loopback
         .with_token(&token)

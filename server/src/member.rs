@@ -144,6 +144,7 @@ pub async fn run_member_with_test_hooks(
         },
         space_quota: crate::space_quota::SpaceQuota::from_flag(flags.quota_backend_bytes),
         bcrypt_cost: flags.bcrypt_cost,
+        jwt_tokens: flags.jwt_tokens()?.map(Arc::new),
     });
     context
         .node

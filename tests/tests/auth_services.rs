@@ -4,7 +4,9 @@
 //! LeaseTimeToLive names a lease's keys only to who may read them, the
 //! HTTP/JSON gateway takes a token from the `Authorization` header, and
 //! `keel_client` authenticates with credentials and again when its token
-//! expires.
+//! expires; and JWT tokens (`--auth-token jwt,...`): verified by every
+//! member without being replicated, alive across a restart, dead after an
+//! auth change.
 
 use std::time::Duration;
 
@@ -127,9 +129,13 @@ async fn token(cluster: &Cluster, name: &str, password: &str) -> String {
 }
 
 async fn one_member_with_auth(extra_args: Vec<String>) -> (Cluster, i64) {
+    members_with_auth(1, extra_args).await
+}
+
+async fn members_with_auth(size: usize, extra_args: Vec<String>) -> (Cluster, i64) {
     let cluster = Cluster::start(ClusterOptions {
         extra_args,
-        ..ClusterOptions::keel(1)
+        ..ClusterOptions::keel(size)
     })
     .await
     .expect("keel starts");
@@ -337,4 +343,123 @@ async fn a_client_with_credentials_authenticates_and_again_once_its_token_expire
     let error = wrong.authenticate_now().await.expect_err("a wrong password");
     assert_eq!(error.wire_error(), Some(WireError::AuthFailed));
     drop(cluster);
+}
+
+/// `--auth-token` for ES256 JWTs with a fresh key pair written into `dir`.
+fn jwt_flag(dir: &std::path::Path) -> String {
+    let pair = rcgen::KeyPair::generate().expect("P-256 key");
+    let (public, private) = (dir.join("jwt.pub"), dir.join("jwt.key"));
+    std::fs::write(&public, pair.public_key_pem()).expect("write");
+    std::fs::write(&private, pair.serialize_pem()).expect("write");
+    format!(
+        "--auth-token=jwt,pub-key={},priv-key={},sign-method=ES256,ttl=5m",
+        public.display(),
+        private.display()
+    )
+}
+
+async fn read_with(cluster: &Cluster, index: usize, token: &str) -> Result<Vec<u8>, tonic::Status> {
+    let channel = Channel::from_shared(format!("http://{}", cluster.endpoint(index)))
+        .expect("endpoint")
+        .connect()
+        .await
+        .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+    let read = keel_api::etcdserverpb::kv_client::KvClient::new(channel)
+        .range(with_token(
+            RangeRequest {
+                key: b"secret/x".to_vec(),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await?;
+    Ok(read
+        .into_inner()
+        .kvs
+        .first()
+        .map(|kv| kv.value.clone())
+        .unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_is_believed_by_every_member_and_across_a_restart_until_auth_changes() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (mut cluster, _) = members_with_auth(3, vec![jwt_flag(keys.path())]).await;
+    let alice = token(&cluster, "alice", "alicepw").await;
+    assert_eq!(alice.split('.').count(), 3, "a JWT: {alice}");
+    for member in 0..3 {
+        assert_eq!(
+            read_with(&cluster, member, &alice)
+                .await
+                .expect("every member verifies it"),
+            b"1"
+        );
+    }
+    // Signed, not stored: a restarted member still believes it.
+    cluster.stop(2).await.expect("stop");
+    cluster.restart(2).expect("restart");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match read_with(&cluster, 2, &alice).await {
+            Ok(value) => break assert_eq!(value, b"1"),
+            Err(status) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the restarted member never served alice's JWT: {status:?}\n{}",
+                cluster.log_tail(2, 30)
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let forged = {
+        let other_keys = tempfile::tempdir().expect("tempdir");
+        let flag = jwt_flag(other_keys.path());
+        let options = flag.trim_start_matches("--auth-token=jwt,");
+        keel_auth::jwt::JwtTokens::from_options(options, keel_api::go_format::parse_duration)
+            .expect("other keys")
+            .issue("root", u64::MAX)
+            .expect("a token signed by another key")
+    };
+    let refused = read_with(&cluster, 0, &forged)
+        .await
+        .expect_err("another key's token");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+
+    // An auth change kills every token issued before it; a client with
+    // credentials authenticates again by itself.
+    let alice_client =
+        Client::connect(ClientConfig::new([cluster.endpoint(0)]).with_credentials("alice", "alicepw"))
+            .await
+            .expect("alice connects");
+    let root = Client::connect(ClientConfig::new([cluster.endpoint(0)]).with_credentials("root", "rootpw"))
+        .await
+        .expect("root connects");
+    root.user_grant_role(AuthUserGrantRoleRequest {
+        user: "bob".into(),
+        role: "worker".into(),
+    })
+    .await
+    .expect("root changes auth");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match read_with(&cluster, 0, &alice).await {
+            Err(old) => {
+                assert_eq!(
+                    old.message(),
+                    "etcdserver: revision of auth store is old",
+                    "{old:?}"
+                );
+                break;
+            }
+            Ok(_) => assert!(tokio::time::Instant::now() < deadline, "the old JWT still reads"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let read = alice_client
+        .range(RangeRequest {
+            key: b"secret/x".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("alice's client authenticates again");
+    assert_eq!(read.kvs[0].value, b"1");
 }

@@ -2,10 +2,11 @@
 //! storage of its own: the replicated [`AuthStore`] (enabled flag, auth
 //! revision, users with bcrypt password hashes and roles, roles with
 //! key-range permissions), the permission decision ([`permission`]),
-//! password hashing ([`password`]) and the in-memory simple tokens
-//! ([`tokens`]). The state machine owns one `AuthStore` and applies the
+//! password hashing ([`password`]), the in-memory simple tokens
+//! ([`tokens`]) and the signed JWT tokens ([`jwt`]). The state machine owns one `AuthStore` and applies the
 //! replicated changes to it; the server asks it for decisions.
 
+pub mod jwt;
 pub mod password;
 pub mod permission;
 pub mod store;
