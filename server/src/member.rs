@@ -417,8 +417,15 @@ async fn serve_client_services(
     )))
     .add_service(health_service);
     // etcd's HTTP/JSON gateway beside gRPC on the same port.
+    let gateway_calls = tonic::service::Routes::from(
+        grpc_services
+            .clone()
+            .into_axum_router()
+            .layer(crate::metrics_endpoint::GrpcMetricsLayer),
+    );
     let client_routes = keel_gateway::client_port_routes(
         grpc_services,
+        gateway_calls,
         keel_gateway::GatewaySettings {
             max_request_bytes: flags.max_request_bytes,
         },

@@ -131,6 +131,13 @@ async fn put_and_fail_a_read(cluster: &Cluster, index: usize) {
         })
         .await;
     assert!(future.is_err());
+    // And a put through the HTTP/JSON gateway, which counts as a gRPC call.
+    let through_gateway = curl(
+        &format!("http://{}/v3/kv/put", cluster.endpoint(index)),
+        &["-X", "POST", "-d", r#"{"key":"aw==","value":"dg=="}"#],
+    )
+    .await;
+    assert_eq!(through_gateway.http_status, 200, "{through_gateway:?}");
 }
 
 #[tokio::test]
@@ -170,7 +177,7 @@ async fn metrics_carry_etcds_names_and_types_and_count_grpc_calls_by_code() {
                 ),
             )
         };
-        assert_eq!(handled("OK", "Put"), Some(1.0), "{exposition}");
+        assert_eq!(handled("OK", "Put"), Some(2.0), "{exposition}");
         assert_eq!(handled("OutOfRange", "Range"), Some(1.0));
         assert_eq!(sample(exposition, "etcd_server_has_leader"), Some(1.0));
         assert_eq!(sample(exposition, "etcd_server_is_leader"), Some(1.0));

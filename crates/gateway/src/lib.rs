@@ -44,13 +44,17 @@ impl GatewaySettings {
 /// gateway at `/v3/...` and `/v3beta/...`, and the member's own HTTP
 /// endpoints (`other_http_routes`, e.g. `/health`); none overlap. An
 /// unknown path answers as gRPC would to a gRPC request (UNIMPLEMENTED),
-/// and 404 to anything else, as etcd does.
+/// and 404 to anything else, as etcd does. The gateway calls
+/// `gateway_calls`: the same services, which the caller may wrap (the
+/// server counts them in its gRPC metrics, as etcd's gateway's calls reach
+/// its gRPC server over a connection of their own).
 pub fn client_port_routes(
     grpc_services: Routes,
+    gateway_calls: Routes,
     settings: GatewaySettings,
     other_http_routes: axum::Router,
 ) -> Routes {
-    let gateway = gateway_router(grpc_services.clone(), settings);
+    let gateway = gateway_router(gateway_calls, settings);
     let router = grpc_services
         .into_axum_router()
         .merge(gateway)
