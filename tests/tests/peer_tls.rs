@@ -1,6 +1,7 @@
 //! TLS between members (`--peer-*` TLS flags), with real `keel` processes
-//! and certificates made by the test: a mutual-TLS cluster replicates and a
-//! restarted member rejoins; a member whose peer certificate comes from
+//! and certificates made by the test: a mutual-TLS cluster replicates, a
+//! restarted member rejoins and a member added with an `https://` peer URL
+//! joins over TLS; a member whose peer certificate comes from
 //! another CA, or carries a common name `--peer-cert-allowed-cn` does not
 //! allow, is refused while the others keep serving; `--peer-auto-tls`
 //! works; a plaintext peer request to a TLS peer port fails; an `https://`
@@ -145,6 +146,44 @@ async fn a_mutual_peer_tls_cluster_replicates_and_a_restarted_member_rejoins() {
             tokio::time::Instant::now() < deadline,
             "the restarted member never caught up:\n{}",
             cluster.log_tail(2, 30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_with_an_https_peer_url_joins_over_mutual_tls_and_serves() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certificates = TestCertificates::generate(dir.path()).expect("certificates");
+    let mut cluster = Cluster::start(mutual_peer_tls(&certificates, 3))
+        .await
+        .expect("a mutual peer TLS cluster elects a leader");
+    let client = cluster.client().expect("client");
+    client.put(put("k", "before the add")).await.expect("put");
+    let joining = cluster.prepare_member("m4").expect("ports for m4");
+    let peer_url = cluster.peer_url(joining);
+    assert!(peer_url.starts_with("https://"), "{peer_url}");
+    let added = client
+        .member_add(vec![peer_url], false)
+        .await
+        .expect("member add");
+    let initial_cluster = keel_client::launch::initial_cluster_after_add(&added, "m4");
+    cluster
+        .start_joining(joining, &initial_cluster)
+        .expect("m4 starts");
+    client.put(put("k", "after the add")).await.expect("put");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(5), read_on(&cluster, joining, "k")).await;
+        if let Ok(Ok(Some(value))) = read {
+            if value == b"after the add" {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the added member never served over peer TLS:\n{}",
+            cluster.log_tail(joining, 30)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
