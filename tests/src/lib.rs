@@ -7,6 +7,7 @@
 //! [`in_process`] runs real members inside the test process instead, for
 //! tests that cut links per kind of message or stop storage at a fail point.
 
+pub mod auth_setup;
 pub mod binaries;
 pub mod cluster;
 pub mod curl;

@@ -6,17 +6,16 @@
 
 use std::time::Duration;
 
-use keel_api::authpb::{permission::Type as PermissionType, Permission};
+use keel_api::authpb::permission::Type as PermissionType;
 use keel_api::etcdserverpb::auth_client::AuthClient;
 use keel_api::etcdserverpb::kv_client::KvClient;
 use keel_api::etcdserverpb::{
-    AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest,
-    AuthUserDeleteRequest, AuthUserGrantRoleRequest, AuthenticateRequest, PutRequest, RangeRequest,
+    AuthUserAddRequest, AuthUserDeleteRequest, AuthenticateRequest, PutRequest, RangeRequest,
 };
-use keel_api::key_range::prefix_range_end;
+use keel_tests::auth_setup::{with_token, AuthSetUp};
 use keel_tests::{Cluster, ClusterOptions};
 use tonic::transport::Channel;
-use tonic::{Code, Request};
+use tonic::Code;
 
 async fn channel(cluster: &Cluster, index: usize) -> Channel {
     Channel::from_shared(format!("http://{}", cluster.endpoint(index)))
@@ -24,14 +23,6 @@ async fn channel(cluster: &Cluster, index: usize) -> Channel {
         .connect()
         .await
         .expect("connect")
-}
-
-fn with_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("token", token.parse().expect("token metadata"));
-    request
 }
 
 async fn token(cluster: &Cluster, index: usize, name: &str, password: &str) -> String {
@@ -56,40 +47,16 @@ fn get(key: &str) -> RangeRequest {
 /// root (root role) and alice (read on `/pub/`), auth enabled, through
 /// member `index`.
 async fn set_up_auth(cluster: &Cluster, index: usize) {
-    let mut auth = AuthClient::new(channel(cluster, index).await);
-    for (name, password) in [("root", "rootpw"), ("alice", "alicepw")] {
-        auth.user_add(AuthUserAddRequest {
-            name: name.into(),
-            password: password.into(),
-            ..Default::default()
-        })
+    let setup = AuthSetUp {
+        users: &[("root", "rootpw"), ("alice", "alicepw")],
+        permissions: &[("reader", PermissionType::Read, b"/pub/")],
+        user_roles: &[("root", "root"), ("alice", "reader")],
+    };
+    let admin = cluster.member_client(index).expect("client");
+    setup
+        .apply_and_enable(&admin)
         .await
-        .expect("user add");
-    }
-    for role in ["root", "reader"] {
-        auth.role_add(AuthRoleAddRequest { name: role.into() })
-            .await
-            .expect("role add");
-    }
-    auth.role_grant_permission(AuthRoleGrantPermissionRequest {
-        name: "reader".into(),
-        perm: Some(Permission {
-            perm_type: PermissionType::Read as i32,
-            key: b"/pub/".to_vec(),
-            range_end: prefix_range_end(b"/pub/"),
-        }),
-    })
-    .await
-    .expect("grant permission");
-    for (user, role) in [("root", "root"), ("alice", "reader")] {
-        auth.user_grant_role(AuthUserGrantRoleRequest {
-            user: user.into(),
-            role: role.into(),
-        })
-        .await
-        .expect("grant role");
-    }
-    auth.auth_enable(AuthEnableRequest {}).await.expect("auth enable");
+        .expect("auth set up and enabled");
 }
 
 /// alice reads `/pub/a` on member `index`, and may not write it.

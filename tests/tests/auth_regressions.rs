@@ -3,57 +3,27 @@
 
 use std::time::Duration;
 
-use keel_api::authpb::{permission::Type as PermissionType, Permission};
+use keel_api::authpb::permission::Type::Read;
 use keel_api::etcdserverpb::{
-    AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthRoleRevokePermissionRequest,
-    AuthUserAddRequest, AuthUserGrantRoleRequest, AuthenticateRequest, PutRequest, RangeRequest,
+    AuthEnableRequest, AuthRoleRevokePermissionRequest, AuthenticateRequest, PutRequest, RangeRequest,
 };
 use keel_api::key_range::prefix_range_end;
 use keel_api::WireError;
 use keel_client::Client;
 use keel_node::network::PeerMessage;
+use keel_tests::auth_setup::AuthSetUp;
 use keel_tests::in_process::InProcessCluster;
 use openraft::async_runtime::watch::WatchReceiver;
 
 /// root, and alice with read on `/pub/`; `/pub/a` = 1; auth enabled; all
 /// through `admin` (a client of the leader, before auth is on).
 async fn alice_reads_pub(admin: &Client) {
-    for (name, password) in [("root", "rootpw"), ("alice", "alicepw")] {
-        admin
-            .user_add(AuthUserAddRequest {
-                name: name.into(),
-                password: password.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("user add");
-    }
-    for role in ["root", "reader"] {
-        admin
-            .role_add(AuthRoleAddRequest { name: role.into() })
-            .await
-            .expect("role add");
-    }
-    admin
-        .role_grant_permission(AuthRoleGrantPermissionRequest {
-            name: "reader".into(),
-            perm: Some(Permission {
-                perm_type: PermissionType::Read as i32,
-                key: b"/pub/".to_vec(),
-                range_end: prefix_range_end(b"/pub/"),
-            }),
-        })
-        .await
-        .expect("grant");
-    for (user, role) in [("root", "root"), ("alice", "reader")] {
-        admin
-            .user_grant_role(AuthUserGrantRoleRequest {
-                user: user.into(),
-                role: role.into(),
-            })
-            .await
-            .expect("grant role");
-    }
+    let setup = AuthSetUp {
+        users: &[("root", "rootpw"), ("alice", "alicepw")],
+        permissions: &[("reader", Read, b"/pub/")],
+        user_roles: &[("root", "root"), ("alice", "reader")],
+    };
+    setup.apply(admin).await.expect("users and roles");
     admin
         .put(PutRequest {
             key: b"/pub/a".to_vec(),

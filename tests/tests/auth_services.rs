@@ -10,22 +10,22 @@
 
 use std::time::Duration;
 
-use keel_api::authpb::{permission::Type as PermissionType, Permission};
+use keel_api::authpb::permission::Type::Readwrite;
 use keel_api::etcdserverpb::lease_client::LeaseClient;
 use keel_api::etcdserverpb::{
-    AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest,
-    AuthUserGrantRoleRequest, AuthenticateRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest,
+    AuthEnableRequest, AuthUserGrantRoleRequest, AuthenticateRequest, LeaseTimeToLiveRequest, PutRequest,
+    RangeRequest,
 };
-use keel_api::key_range::prefix_range_end;
 use keel_api::v3electionpb::election_client::ElectionClient;
 use keel_api::v3electionpb::{CampaignRequest, LeaderRequest};
 use keel_api::v3lockpb::lock_client::LockClient;
 use keel_api::v3lockpb::{LockRequest, UnlockRequest};
 use keel_api::WireError;
 use keel_client::{Client, ClientConfig};
+use keel_tests::auth_setup::{with_token, AuthSetUp};
 use keel_tests::{curl, Cluster, ClusterOptions};
 use tonic::transport::Channel;
-use tonic::{Code, Request};
+use tonic::Code;
 
 async fn channel(cluster: &Cluster) -> Channel {
     Channel::from_shared(format!("http://{}", cluster.endpoint(0)))
@@ -35,22 +35,6 @@ async fn channel(cluster: &Cluster) -> Channel {
         .expect("connect")
 }
 
-fn with_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("token", token.parse().expect("token metadata"));
-    request
-}
-
-fn readwrite(prefix: &[u8]) -> Permission {
-    Permission {
-        perm_type: PermissionType::Readwrite as i32,
-        key: prefix.to_vec(),
-        range_end: prefix_range_end(prefix),
-    }
-}
-
 /// root; alice (readwrite on `jobs`, `web` and `secret/`); bob (readwrite
 /// on `other/`); a key `secret/x` on a lease; auth enabled. Answers the
 /// lease's ID.
@@ -58,46 +42,17 @@ async fn set_up_auth(cluster: &Cluster) -> i64 {
     let admin = Client::connect(ClientConfig::new([cluster.endpoint(0)]))
         .await
         .expect("connect");
-    for (name, password) in [("root", "rootpw"), ("alice", "alicepw"), ("bob", "bobpw")] {
-        admin
-            .user_add(AuthUserAddRequest {
-                name: name.into(),
-                password: password.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("user add");
-    }
-    for role in ["root", "worker", "outsider"] {
-        admin
-            .role_add(AuthRoleAddRequest { name: role.into() })
-            .await
-            .expect("role add");
-    }
-    let grants: [(&str, &[u8]); 4] = [
-        ("worker", b"jobs"),
-        ("worker", b"web"),
-        ("worker", b"secret/"),
-        ("outsider", b"other/"),
-    ];
-    for (role, prefix) in grants {
-        admin
-            .role_grant_permission(AuthRoleGrantPermissionRequest {
-                name: role.into(),
-                perm: Some(readwrite(prefix)),
-            })
-            .await
-            .expect("grant permission");
-    }
-    for (user, role) in [("root", "root"), ("alice", "worker"), ("bob", "outsider")] {
-        admin
-            .user_grant_role(AuthUserGrantRoleRequest {
-                user: user.into(),
-                role: role.into(),
-            })
-            .await
-            .expect("grant role");
-    }
+    let setup = AuthSetUp {
+        users: &[("root", "rootpw"), ("alice", "alicepw"), ("bob", "bobpw")],
+        permissions: &[
+            ("worker", Readwrite, b"jobs"),
+            ("worker", Readwrite, b"web"),
+            ("worker", Readwrite, b"secret/"),
+            ("outsider", Readwrite, b"other/"),
+        ],
+        user_roles: &[("root", "root"), ("alice", "worker"), ("bob", "outsider")],
+    };
+    setup.apply(&admin).await.expect("users and roles");
     let lease = admin.lease_grant(600, 0).await.expect("lease grant").id;
     admin
         .put(PutRequest {
