@@ -280,6 +280,15 @@ impl InProcessCluster {
         }
     }
 
+    /// The last index in member `index`'s log.
+    pub fn last_log_index(&self, index: usize) -> u64 {
+        self.raft(index)
+            .metrics()
+            .borrow_watched()
+            .last_log_index
+            .unwrap_or(0)
+    }
+
     /// Waits until every running member applied the log up to `index`.
     pub async fn wait_until_all_applied(&self, index: u64, limit: Duration) -> anyhow::Result<()> {
         self.wait_for(&format!("every member to apply index {index}"), limit, |_, m| {

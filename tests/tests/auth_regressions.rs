@@ -13,7 +13,6 @@ use keel_client::Client;
 use keel_node::network::PeerMessage;
 use keel_tests::auth_setup::AuthSetUp;
 use keel_tests::in_process::InProcessCluster;
-use openraft::async_runtime::watch::WatchReceiver;
 
 /// root, and alice with read on `/pub/`; `/pub/a` = 1; auth enabled; all
 /// through `admin` (a client of the leader, before auth is on).
@@ -36,15 +35,6 @@ async fn alice_reads_pub(admin: &Client) {
         .auth_enable(AuthEnableRequest {})
         .await
         .expect("auth enable");
-}
-
-async fn last_log_index(cluster: &InProcessCluster, index: usize) -> u64 {
-    cluster
-        .raft(index)
-        .metrics()
-        .borrow_watched()
-        .last_log_index
-        .unwrap_or(0)
 }
 
 /// The bug: a linearizable Range checked its permission before its
@@ -72,7 +62,7 @@ async fn a_lagging_follower_does_not_serve_a_read_on_a_permission_revoked_before
         .await
         .expect("alice authenticates")
         .token;
-    let settled = last_log_index(&cluster, 0).await;
+    let settled = cluster.last_log_index(0);
     cluster
         .wait_until_all_applied(settled, Duration::from_secs(10))
         .await

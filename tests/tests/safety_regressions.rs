@@ -42,15 +42,6 @@ async fn read_register(client: &Client) -> (String, i64) {
     (String::from_utf8_lossy(&kv.value).into_owned(), kv.version)
 }
 
-async fn last_log_index(cluster: &InProcessCluster, index: usize) -> u64 {
-    cluster
-        .raft(index)
-        .metrics()
-        .borrow_watched()
-        .last_log_index
-        .unwrap_or(0)
-}
-
 async fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
     while !condition() {
@@ -85,7 +76,7 @@ async fn through_a_truncation_on_the_deposed_leader<T: Send + 'static>(
     let m1 = cluster.client(0).expect("client");
     m1.put(put("v0")).await.expect("the first write");
     // Every member applied it (the members' attribute writes too).
-    let settled = last_log_index(&cluster, 0).await;
+    let settled = cluster.last_log_index(0);
     cluster
         .wait_until_all_applied(settled, Duration::from_secs(10))
         .await
@@ -97,7 +88,7 @@ async fn through_a_truncation_on_the_deposed_leader<T: Send + 'static>(
         &[2, 3, 4],
         &[PeerMessage::AppendEntries, PeerMessage::InstallSnapshot],
     );
-    let before = last_log_index(&cluster, 0).await;
+    let before = cluster.last_log_index(0);
     let write = tokio::spawn(write(m1.clone()));
     let on_m2 = {
         let m2 = cluster.raft(1).clone();
@@ -132,7 +123,7 @@ async fn through_a_truncation_on_the_deposed_leader<T: Send + 'static>(
     cluster.links.heal();
     let m2 = cluster.client(1).expect("client");
     // Every member converges on m2's log before the verdict is read.
-    let committed = last_log_index(&cluster, 1).await;
+    let committed = cluster.last_log_index(1);
     cluster
         .wait_until_all_applied(committed, Duration::from_secs(15))
         .await
@@ -238,7 +229,7 @@ async fn crash_a_follower_installing_a_snapshot_at(step: &'static str) {
         })
         .await
         .expect("snapshots");
-    let victim_last = last_log_index(&cluster, leader).await;
+    let victim_last = cluster.last_log_index(leader);
     cluster.crash_member(victim).await;
     for i in 0..300 {
         let request = PutRequest {
