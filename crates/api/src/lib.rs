@@ -40,6 +40,30 @@ pub mod keelpb {
             write!(f, "WriteBatch({} requests)", self.requests.len())
         }
     }
+
+    impl write_request::Request {
+        /// Whether this write changes the auth store (users, roles, their
+        /// permissions, auth on or off), so bumps its revision; a token
+        /// assignment does not. Exhaustive: a new kind of write must say.
+        pub fn changes_auth(&self) -> bool {
+            use write_request::Request::*;
+            match self {
+                AuthEnable(_)
+                | AuthDisable(_)
+                | AuthUserAdd(_)
+                | AuthUserDelete(_)
+                | AuthUserChangePassword(_)
+                | AuthUserGrantRole(_)
+                | AuthUserRevokeRole(_)
+                | AuthRoleAdd(_)
+                | AuthRoleDelete(_)
+                | AuthRoleGrantPermission(_)
+                | AuthRoleRevokePermission(_) => true,
+                Put(_) | DeleteRange(_) | Txn(_) | Compaction(_) | MemberAttributes(_) | LeaseGrant(_)
+                | LeaseRevoke(_) | LeaseCheckpoint(_) | Alarm(_) | AuthTokenAssign(_) => false,
+            }
+        }
+    }
 }
 
 /// keel's Raft storage records (`proto/keel/raft_storage.proto`): what the

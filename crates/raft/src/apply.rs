@@ -140,25 +140,13 @@ fn auth_refusal(error: AuthError) -> ApplyErrorKind {
     }
 }
 
-/// True when applying `request` changes the auth store.
+/// Whether `request` changes the auth store (see keel_api's
+/// `Request::changes_auth`).
 pub fn changes_auth(request: &WriteRequest) -> bool {
-    use write_request::Request;
-    matches!(
-        request.request,
-        Some(
-            Request::AuthEnable(_)
-                | Request::AuthDisable(_)
-                | Request::AuthUserAdd(_)
-                | Request::AuthUserDelete(_)
-                | Request::AuthUserChangePassword(_)
-                | Request::AuthUserGrantRole(_)
-                | Request::AuthUserRevokeRole(_)
-                | Request::AuthRoleAdd(_)
-                | Request::AuthRoleDelete(_)
-                | Request::AuthRoleGrantPermission(_)
-                | Request::AuthRoleRevokePermission(_)
-        )
-    )
+    request
+        .request
+        .as_ref()
+        .is_some_and(|request| request.changes_auth())
 }
 
 /// Applies one auth change (or token assignment) to the auth store.
