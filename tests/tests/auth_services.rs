@@ -418,3 +418,22 @@ async fn a_jwt_is_believed_by_every_member_and_across_a_restart_until_auth_chang
         .expect("alice's client authenticates again");
     assert_eq!(read.kvs[0].value, b"1");
 }
+
+/// As etcd's client: credentials given while auth is disabled are not used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_credentials_works_while_auth_is_disabled() {
+    let cluster = Cluster::start(ClusterOptions::keel(1))
+        .await
+        .expect("keel starts");
+    let client = Client::connect(ClientConfig::new([cluster.endpoint(0)]).with_credentials("nobody", "pw"))
+        .await
+        .expect("connects although Authenticate answers that auth is disabled");
+    client
+        .put(PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("writes with no token");
+}

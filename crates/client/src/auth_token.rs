@@ -7,10 +7,14 @@
 //! store is old" (both mean the request was refused before it took effect:
 //! the first before it was proposed, the second when it was applied), the
 //! client authenticates again and sends that call once more, as etcd's Go
-//! client does. A client made with [`crate::Client::with_token`] sends a
+//! client does. Credentials given while auth is disabled are not used: an
+//! Authenticate answered "authentication is not enabled" leaves the client
+//! sending no token, as etcd's client ignores that answer. A client made
+//! with [`crate::Client::with_token`] sends a
 //! token it was given and never authenticates itself (a member acting for
 //! its caller, as the lock and election services do).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use keel_api::etcdserverpb::auth_client::AuthClient;
@@ -49,6 +53,8 @@ type Token = MetadataValue<Ascii>;
 pub(crate) struct CallerToken {
     credentials: Option<Credentials>,
     current: RwLock<Option<Token>>,
+    /// Authenticate answered that auth is disabled: send no token.
+    auth_disabled: AtomicBool,
     /// Held while authenticating, so concurrent calls authenticate once.
     renewing: tokio::sync::Mutex<()>,
 }
@@ -58,6 +64,7 @@ impl CallerToken {
         Arc::new(CallerToken {
             credentials,
             current: RwLock::new(None),
+            auth_disabled: AtomicBool::new(false),
             renewing: tokio::sync::Mutex::new(()),
         })
     }
@@ -68,6 +75,7 @@ impl CallerToken {
         Ok(Arc::new(CallerToken {
             credentials: None,
             current: RwLock::new(Some(token)),
+            auth_disabled: AtomicBool::new(false),
             renewing: tokio::sync::Mutex::new(()),
         }))
     }
@@ -88,7 +96,10 @@ impl CallerToken {
 
     /// Authenticates if this client has credentials and no token yet.
     pub(crate) async fn ensure(&self, channel: &Channel) -> Result<(), ClientError> {
-        if self.credentials.is_none() || self.current().is_some() {
+        if self.credentials.is_none()
+            || self.current().is_some()
+            || self.auth_disabled.load(Ordering::Relaxed)
+        {
             return Ok(());
         }
         self.renew(channel, None).await
@@ -115,13 +126,21 @@ impl CallerToken {
         if current.is_some() && current.as_ref() != refused {
             return Ok(());
         }
-        let answer = AuthClient::new(channel.clone())
+        let answered = AuthClient::new(channel.clone())
             .authenticate(AuthenticateRequest {
                 name: credentials.user.clone(),
                 password: credentials.password.clone(),
             })
-            .await?
-            .into_inner();
+            .await;
+        let answer = match answered {
+            Ok(answer) => answer.into_inner(),
+            Err(status) if WireError::from_status(&status) == Some(WireError::AuthNotEnabled) => {
+                tracing::debug!(user = %credentials.user, "auth is disabled; sending no token");
+                self.auth_disabled.store(true, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(status) => return Err(status.into()),
+        };
         let token = Token::try_from(answer.token.as_str()).map_err(|_| ClientError::InvalidToken)?;
         tracing::debug!(user = %credentials.user, "authenticated");
         self.replace(token);
