@@ -39,25 +39,35 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn client_config(&self, endpoints: Vec<String>) -> ClientConfig {
-        let config = ClientConfig::new(endpoints)
-            .with_dial_timeout(self.dial_timeout)
-            .with_request_timeout(self.command_timeout)
-            .with_tls(self.tls.clone());
+        let config = self.client_config_without_credentials(endpoints);
         match self.auth.credentials() {
             Some((user, password)) => config.with_credentials(user, password),
             None => config,
         }
     }
 
+    fn client_config_without_credentials(&self, endpoints: Vec<String>) -> ClientConfig {
+        ClientConfig::new(endpoints)
+            .with_dial_timeout(self.dial_timeout)
+            .with_request_timeout(self.command_timeout)
+            .with_tls(self.tls.clone())
+    }
+
     /// A client over every endpoint; fails within the dial timeout, naming
     /// the endpoints, when none answers. With --user, authenticates first:
-    /// a wrong password fails here, as etcdctl fails when it connects.
+    /// a wrong password fails here (exit 2), as etcdctl fails when it
+    /// connects; credentials given while auth is off are not used, as
+    /// etcd's client ignores "authentication is not enabled".
     pub async fn connect(&self) -> Result<Client, CtlError> {
-        Client::connect(self.client_config(self.endpoints.clone()))
-            .await
-            .map_err(|error| match error.wire_error() {
-                Some(WireError::AuthFailed) => CtlError::new(EXIT_BAD_CONNECTION, client_error_text(&error)),
-                _ => CtlError::from(error),
-            })
+        let connected = match Client::connect(self.client_config(self.endpoints.clone())).await {
+            Err(error) if error.wire_error() == Some(WireError::AuthNotEnabled) => {
+                Client::connect(self.client_config_without_credentials(self.endpoints.clone())).await
+            }
+            other => other,
+        };
+        connected.map_err(|error| match error.wire_error() {
+            Some(WireError::AuthFailed) => CtlError::new(EXIT_BAD_CONNECTION, client_error_text(&error)),
+            _ => CtlError::from(error),
+        })
     }
 }
