@@ -183,7 +183,13 @@ struct Cli {
     )]
     insecure_transport: bool,
     /// username[:password] for authentication (prompt if password is not supplied).
-    #[arg(long = "user", id = "auth_user", value_name = "USER", global = true, env = "KEELCTL_USER")]
+    #[arg(
+        long = "user",
+        id = "auth_user",
+        value_name = "USER",
+        global = true,
+        env = "KEELCTL_USER"
+    )]
     user: Option<String>,
     /// password for authentication (if this option is used, --user option shouldn't include password).
     #[arg(

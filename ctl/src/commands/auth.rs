@@ -7,8 +7,9 @@ use std::io::{BufRead, Write};
 use std::sync::OnceLock;
 
 use clap::{Args, Subcommand};
-use keel_api::etcdserverpb::{AuthDisableRequest, AuthEnableRequest, AuthRoleAddRequest, AuthStatusRequest,
-    AuthUserGrantRoleRequest};
+use keel_api::etcdserverpb::{
+    AuthDisableRequest, AuthEnableRequest, AuthRoleAddRequest, AuthStatusRequest, AuthUserGrantRoleRequest,
+};
 use keel_api::WireError;
 
 use super::Ctx;
@@ -96,7 +97,8 @@ pub fn ask_new_password(user: &str) -> Result<String, CtlError> {
     if first.is_empty() {
         return Err(CtlError::bad_args("empty password"));
     }
-    let again = ask_password(&format!("Type password of {user} again for confirmation: ")).map_err(unreadable)?;
+    let again =
+        ask_password(&format!("Type password of {user} again for confirmation: ")).map_err(unreadable)?;
     if first != again {
         return Err(CtlError::bad_args("given passwords are different"));
     }
@@ -144,7 +146,9 @@ pub async fn auth(ctx: &Ctx, command: &AuthCommand) -> Result<Output, CtlError> 
 /// root role, adds the role (if missing), grants it to root, and asks again.
 async fn enable(ctx: &Ctx, args: &NoArgs) -> Result<Output, CtlError> {
     if !args.args.is_empty() {
-        return Err(CtlError::bad_args("auth enable command does not accept any arguments"));
+        return Err(CtlError::bad_args(
+            "auth enable command does not accept any arguments",
+        ));
     }
     let client = ctx.connect().await?;
     let mut root_role_given = false;
@@ -156,7 +160,11 @@ async fn enable(ctx: &Ctx, args: &NoArgs) -> Result<Output, CtlError> {
         if root_role_given || error.wire_error() != Some(WireError::RootRoleNotExist) {
             return Err(error.into());
         }
-        let added = client.role_add(AuthRoleAddRequest { name: ROOT.to_string() }).await;
+        let added = client
+            .role_add(AuthRoleAddRequest {
+                name: ROOT.to_string(),
+            })
+            .await;
         if let Err(error) = added {
             if error.wire_error() != Some(WireError::RoleAlreadyExist) {
                 return Err(error.into());
@@ -177,7 +185,9 @@ async fn enable(ctx: &Ctx, args: &NoArgs) -> Result<Output, CtlError> {
 
 async fn disable(ctx: &Ctx, args: &NoArgs) -> Result<Output, CtlError> {
     if !args.args.is_empty() {
-        return Err(CtlError::bad_args("auth disable command does not accept any arguments"));
+        return Err(CtlError::bad_args(
+            "auth disable command does not accept any arguments",
+        ));
     }
     let client = ctx.connect().await?;
     client.auth_disable(AuthDisableRequest {}).await?;
@@ -188,7 +198,9 @@ async fn disable(ctx: &Ctx, args: &NoArgs) -> Result<Output, CtlError> {
 
 async fn status(ctx: &Ctx, args: &NoArgs) -> Result<Output, CtlError> {
     if !args.args.is_empty() {
-        return Err(CtlError::bad_args("auth status command does not accept any arguments"));
+        return Err(CtlError::bad_args(
+            "auth status command does not accept any arguments",
+        ));
     }
     let client = ctx.connect().await?;
     let response = client.auth_status(AuthStatusRequest {}).await?;

@@ -86,15 +86,21 @@ fn permission_type(text: &str) -> Result<PermissionType, CtlError> {
 /// The key and range end that `key [endkey]` with --prefix or --from-key name.
 fn key_range(args: &PermissionArgs, rest: &[String]) -> Result<(Vec<u8>, Vec<u8>), CtlError> {
     if args.prefix && args.from_key {
-        return Err(CtlError::bad_args("--from-key and --prefix flags are mutually exclusive"));
+        return Err(CtlError::bad_args(
+            "--from-key and --prefix flags are mutually exclusive",
+        ));
     }
     let key = rest.first().map(|k| k.as_bytes().to_vec()).unwrap_or_default();
     let end = rest.get(1);
     if end.is_some() && args.prefix {
-        return Err(CtlError::bad_args("unexpected endkey argument with --prefix flag"));
+        return Err(CtlError::bad_args(
+            "unexpected endkey argument with --prefix flag",
+        ));
     }
     if end.is_some() && args.from_key {
-        return Err(CtlError::bad_args("unexpected endkey argument with --from-key flag"));
+        return Err(CtlError::bad_args(
+            "unexpected endkey argument with --from-key flag",
+        ));
     }
     // An empty key with --prefix or --from-key is every key.
     let key = if key.is_empty() && (args.prefix || args.from_key) {
@@ -115,10 +121,15 @@ fn key_range(args: &PermissionArgs, rest: &[String]) -> Result<(Vec<u8>, Vec<u8>
 async fn add(ctx: &Ctx, args: &RoleArgs) -> Result<Output, CtlError> {
     let name = one_name(&args.args, "role add")?;
     let client = ctx.connect().await?;
-    let response = client.role_add(AuthRoleAddRequest { name: name.to_string() }).await?;
+    let response = client
+        .role_add(AuthRoleAddRequest {
+            name: name.to_string(),
+        })
+        .await?;
     let mut out = Output::default();
     let text = format!("Role {name} created");
-    ctx.printer.auth_change(&mut out, &text, &response.header, &response)?;
+    ctx.printer
+        .auth_change(&mut out, &text, &response.header, &response)?;
     Ok(out)
 }
 
@@ -126,18 +137,25 @@ async fn delete(ctx: &Ctx, args: &RoleArgs) -> Result<Output, CtlError> {
     let name = one_name(&args.args, "role delete")?;
     let client = ctx.connect().await?;
     let response = client
-        .role_delete(AuthRoleDeleteRequest { role: name.to_string() })
+        .role_delete(AuthRoleDeleteRequest {
+            role: name.to_string(),
+        })
         .await?;
     let mut out = Output::default();
     let text = format!("Role {name} deleted");
-    ctx.printer.auth_change(&mut out, &text, &response.header, &response)?;
+    ctx.printer
+        .auth_change(&mut out, &text, &response.header, &response)?;
     Ok(out)
 }
 
 async fn get(ctx: &Ctx, args: &RoleArgs) -> Result<Output, CtlError> {
     let name = one_name(&args.args, "role get")?;
     let client = ctx.connect().await?;
-    let response = client.role_get(AuthRoleGetRequest { role: name.to_string() }).await?;
+    let response = client
+        .role_get(AuthRoleGetRequest {
+            role: name.to_string(),
+        })
+        .await?;
     let mut out = Output::default();
     ctx.printer.role_get(&mut out, name, &response)?;
     Ok(out)
@@ -176,7 +194,8 @@ async fn grant_permission(ctx: &Ctx, args: &PermissionArgs) -> Result<Output, Ct
         .await?;
     let mut out = Output::default();
     let text = format!("Role {role} updated");
-    ctx.printer.auth_change(&mut out, &text, &response.header, &response)?;
+    ctx.printer
+        .auth_change(&mut out, &text, &response.header, &response)?;
     Ok(out)
 }
 
@@ -214,7 +233,8 @@ async fn revoke_permission(ctx: &Ctx, args: &PermissionArgs) -> Result<Output, C
             perm_range_text(&key, &range_end, false)
         )
     };
-    ctx.printer.auth_change(&mut out, &text, &response.header, &response)?;
+    ctx.printer
+        .auth_change(&mut out, &text, &response.header, &response)?;
     Ok(out)
 }
 
@@ -242,13 +262,25 @@ mod tests {
     #[test]
     fn key_ranges_are_read_as_etcdctl_reads_them() {
         let range = |prefix, from_key, rest: &[&str]| key_range(&flags(prefix, from_key), &strings(rest));
-        assert_eq!(range(false, false, &["a"]).ok(), Some((b"a".to_vec(), Vec::new())));
-        assert_eq!(range(false, false, &["a", "z"]).ok(), Some((b"a".to_vec(), b"z".to_vec())));
-        assert_eq!(range(true, false, &["p/"]).ok(), Some((b"p/".to_vec(), b"p0".to_vec())));
+        assert_eq!(
+            range(false, false, &["a"]).ok(),
+            Some((b"a".to_vec(), Vec::new()))
+        );
+        assert_eq!(
+            range(false, false, &["a", "z"]).ok(),
+            Some((b"a".to_vec(), b"z".to_vec()))
+        );
+        assert_eq!(
+            range(true, false, &["p/"]).ok(),
+            Some((b"p/".to_vec(), b"p0".to_vec()))
+        );
         assert_eq!(range(false, true, &["k"]).ok(), Some((b"k".to_vec(), vec![0])));
         let both = range(true, true, &["a"]).expect_err("exclusive");
         assert_eq!(both.code, EXIT_BAD_ARGS);
-        assert_eq!(both.message, "--from-key and --prefix flags are mutually exclusive");
+        assert_eq!(
+            both.message,
+            "--from-key and --prefix flags are mutually exclusive"
+        );
         let end = range(true, false, &["a", "b"]).expect_err("no end with --prefix");
         assert_eq!(end.message, "unexpected endkey argument with --prefix flag");
     }

@@ -137,7 +137,8 @@ async fn add(ctx: &Ctx, args: &UserAddArgs) -> Result<Output, CtlError> {
         .await?;
     let mut out = Output::default();
     let text = format!("User {name} created");
-    ctx.printer.auth_change(&mut out, &text, &response.header, &response)?;
+    ctx.printer
+        .auth_change(&mut out, &text, &response.header, &response)?;
     Ok(out)
 }
 
@@ -145,11 +146,14 @@ async fn delete(ctx: &Ctx, args: &UserArgs) -> Result<Output, CtlError> {
     let name = one_name(&args.args, "user delete")?;
     let client = ctx.connect().await?;
     let response = client
-        .user_delete(AuthUserDeleteRequest { name: name.to_string() })
+        .user_delete(AuthUserDeleteRequest {
+            name: name.to_string(),
+        })
         .await?;
     let mut out = Output::default();
     let text = format!("User {name} deleted");
-    ctx.printer.auth_change(&mut out, &text, &response.header, &response)?;
+    ctx.printer
+        .auth_change(&mut out, &text, &response.header, &response)?;
     Ok(out)
 }
 
@@ -158,7 +162,11 @@ async fn delete(ctx: &Ctx, args: &UserArgs) -> Result<Output, CtlError> {
 async fn get(ctx: &Ctx, args: &UserGetArgs) -> Result<Output, CtlError> {
     let name = one_name(&args.args, "user get")?;
     let client = ctx.connect().await?;
-    let response = client.user_get(AuthUserGetRequest { name: name.to_string() }).await?;
+    let response = client
+        .user_get(AuthUserGetRequest {
+            name: name.to_string(),
+        })
+        .await?;
     let mut out = Output::default();
     if !args.detail {
         ctx.printer.user_get(&mut out, name, &response)?;
@@ -206,7 +214,8 @@ async fn passwd(ctx: &Ctx, args: &UserPasswdArgs) -> Result<Output, CtlError> {
         })
         .await?;
     let mut out = Output::default();
-    ctx.printer.auth_change(&mut out, "Password updated", &response.header, &response)?;
+    ctx.printer
+        .auth_change(&mut out, "Password updated", &response.header, &response)?;
     Ok(out)
 }
 
@@ -222,7 +231,8 @@ async fn grant_role(ctx: &Ctx, args: &UserArgs) -> Result<Output, CtlError> {
         .await?;
     let mut out = Output::default();
     let text = format!("Role {role} is granted to user {user}");
-    ctx.printer.auth_change(&mut out, &text, &response.header, &response)?;
+    ctx.printer
+        .auth_change(&mut out, &text, &response.header, &response)?;
     Ok(out)
 }
 
@@ -238,6 +248,7 @@ async fn revoke_role(ctx: &Ctx, args: &UserArgs) -> Result<Output, CtlError> {
         .await?;
     let mut out = Output::default();
     let text = format!("Role {role} is revoked from user {user}");
-    ctx.printer.auth_change(&mut out, &text, &response.header, &response)?;
+    ctx.printer
+        .auth_change(&mut out, &text, &response.header, &response)?;
     Ok(out)
 }

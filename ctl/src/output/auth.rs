@@ -68,7 +68,10 @@ fn role_get_simple(out: &mut Vec<u8>, name: &str, perms: &[Permission]) {
     ];
     for (title, kinds) in lists {
         let _ = writeln!(out, "{title}");
-        for perm in perms.iter().filter(|p| kinds.iter().any(|k| *k as i32 == p.perm_type)) {
+        for perm in perms
+            .iter()
+            .filter(|p| kinds.iter().any(|k| *k as i32 == p.perm_type))
+        {
             let _ = writeln!(out, "\t{}", perm_range_text(&perm.key, &perm.range_end, true));
         }
     }
@@ -105,7 +108,12 @@ impl Printer {
         Ok(())
     }
 
-    pub fn user_get(&self, out: &mut Output, name: &str, response: &AuthUserGetResponse) -> Result<(), CtlError> {
+    pub fn user_get(
+        &self,
+        out: &mut Output,
+        name: &str,
+        response: &AuthUserGetResponse,
+    ) -> Result<(), CtlError> {
         match self.format {
             Format::Simple => {
                 let _ = writeln!(out.stdout, "User: {name}");
@@ -145,7 +153,12 @@ impl Printer {
         Ok(())
     }
 
-    pub fn role_get(&self, out: &mut Output, name: &str, response: &AuthRoleGetResponse) -> Result<(), CtlError> {
+    pub fn role_get(
+        &self,
+        out: &mut Output,
+        name: &str,
+        response: &AuthRoleGetResponse,
+    ) -> Result<(), CtlError> {
         match self.format {
             Format::Simple => role_get_simple(&mut out.stdout, name, &response.perm),
             Format::Json => {
