@@ -59,12 +59,12 @@ Examples:
   keelctl defrag --cluster                       defragment every member's keyspace
   keelctl user add root --new-user-password=pw   a user (without the flag: asks for the password twice)
   keelctl role add reader                        a role
-  keelctl role grant-permission reader read /app/ --prefix   let the role read every key under /app/
+  keelctl role grant-permission r read /a/ --prefix  let role r read every key under /a/
   keelctl user grant-role alice reader           give alice the role
   keelctl user get alice --detail                alice's roles and their permissions
   keelctl auth enable                            turn authentication on (root gets the root role first)
   keelctl --user root:pw get /app/ --prefix      act as root (--user root alone asks for the password)
-  keelctl --user root --password pw auth disable turn authentication off
+  keelctl --user root --password pw auth disable  turn authentication off (as root)
 
 Endpoints come from --endpoints, else $KEELCTL_ENDPOINTS, else $ETCDCTL_ENDPOINTS
 (every global flag can be set that way, e.g. KEELCTL_WRITE_OUT=json).";
@@ -197,7 +197,8 @@ struct Cli {
         id = "auth_password",
         value_name = "PASSWORD",
         global = true,
-        env = "KEELCTL_PASSWORD"
+        env = "KEELCTL_PASSWORD",
+        hide_env_values = true
     )]
     password: Option<String>,
     #[command(subcommand)]
