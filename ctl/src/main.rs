@@ -188,7 +188,8 @@ struct Cli {
         id = "auth_user",
         value_name = "USER",
         global = true,
-        env = "KEELCTL_USER"
+        env = "KEELCTL_USER",
+        hide_env_values = true
     )]
     user: Option<String>,
     /// password for authentication (if this option is used, --user option shouldn't include password).
