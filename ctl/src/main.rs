@@ -57,6 +57,14 @@ Examples:
   keelctl alarm disarm                           clear every alarm
   keelctl move-leader 8211f1d0f64f3269           make that member the leader (an endpoint must be the leader)
   keelctl defrag --cluster                       defragment every member's keyspace
+  keelctl user add root --new-user-password=pw   a user (without the flag: asks for the password twice)
+  keelctl role add reader                        a role
+  keelctl role grant-permission r read /a/ --prefix  let role r read every key under /a/
+  keelctl user grant-role alice reader           give alice the role
+  keelctl user get alice --detail                alice's roles and their permissions
+  keelctl auth enable                            turn authentication on (root gets the root role first)
+  keelctl --user root:pw get /app/ --prefix      act as root (--user root alone asks for the password)
+  keelctl --user root --password pw auth disable  turn authentication off (as root)
 
 Endpoints come from --endpoints, else $KEELCTL_ENDPOINTS, else $ETCDCTL_ENDPOINTS
 (every global flag can be set that way, e.g. KEELCTL_WRITE_OUT=json).";
@@ -174,6 +182,26 @@ struct Cli {
         env = "KEELCTL_INSECURE_TRANSPORT"
     )]
     insecure_transport: bool,
+    /// username[:password] for authentication (prompt if password is not supplied).
+    #[arg(
+        long = "user",
+        id = "auth_user",
+        value_name = "USER",
+        global = true,
+        env = "KEELCTL_USER",
+        hide_env_values = true
+    )]
+    user: Option<String>,
+    /// password for authentication (if this option is used, --user option shouldn't include password).
+    #[arg(
+        long = "password",
+        id = "auth_password",
+        value_name = "PASSWORD",
+        global = true,
+        env = "KEELCTL_PASSWORD",
+        hide_env_values = true
+    )]
+    password: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -286,6 +314,30 @@ enum Command {
     Snapshot {
         #[command(subcommand)]
         command: commands::snapshot::SnapshotCommand,
+    },
+    /// User related commands (add, delete, get, list, passwd, grant-role, revoke-role).
+    ///
+    /// Example: keelctl user add alice --new-user-password=secret
+    User {
+        #[command(subcommand)]
+        command: commands::user::UserCommand,
+    },
+    /// Role related commands (add, delete, get, list, grant-permission, revoke-permission).
+    ///
+    /// Example: keelctl role grant-permission reader read /app/ --prefix
+    Role {
+        #[command(subcommand)]
+        command: commands::role::RoleCommand,
+    },
+    /// Enable or disable authentication (and its status).
+    ///
+    /// `auth enable` first gives the root user the root role when it lacks
+    /// it, as etcdctl does.
+    ///
+    /// Example: keelctl --user root:secret auth disable
+    Auth {
+        #[command(subcommand)]
+        command: commands::auth::AuthCommand,
     },
     /// Prints the version of keelctl.
     ///
@@ -405,6 +457,7 @@ fn resolve(cli: &Cli) -> Result<Ctx, CtlError> {
             value_only: false,
         },
         debug: cli.debug,
+        auth: commands::auth::AuthFlags::new(cli.user.clone(), cli.password.clone()),
     })
 }
 
@@ -454,6 +507,9 @@ async fn run(cli: Cli) -> Result<Output, CtlError> {
         Command::MoveLeader(args) => commands::cluster::move_leader(&ctx, args).await,
         Command::Defrag(args) => commands::defrag::defrag(&ctx, args).await,
         Command::Snapshot { command } => commands::snapshot::snapshot(&ctx, command).await,
+        Command::User { command } => commands::user::user(&ctx, command).await,
+        Command::Role { command } => commands::role::role(&ctx, command).await,
+        Command::Auth { command } => commands::auth::auth(&ctx, command).await,
         Command::Version => Ok(Output::default()),
     }
 }

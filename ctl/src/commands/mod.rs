@@ -2,22 +2,26 @@
 //! connection to the cluster through keel's failover client.
 
 pub mod alarm;
+pub mod auth;
 pub mod cluster;
 pub mod concurrency;
 pub mod defrag;
 pub mod kv;
 pub mod lease;
 pub mod member;
+pub mod role;
 pub mod snapshot;
 pub mod txn;
+pub mod user;
 pub mod watch;
 mod watch_session;
 
 use std::time::Duration;
 
+use keel_api::WireError;
 use keel_client::{Client, ClientConfig, TlsOptions};
 
-use crate::error::CtlError;
+use crate::error::{client_error_text, CtlError, EXIT_BAD_CONNECTION};
 use crate::output::Printer;
 
 /// The global flags, resolved from the command line and the environment.
@@ -29,10 +33,20 @@ pub struct Ctx {
     pub tls: TlsOptions,
     pub printer: Printer,
     pub debug: bool,
+    /// --user and --password (the password asked for once, when first needed).
+    pub auth: auth::AuthFlags,
 }
 
 impl Ctx {
     pub fn client_config(&self, endpoints: Vec<String>) -> ClientConfig {
+        let config = self.client_config_without_credentials(endpoints);
+        match self.auth.credentials() {
+            Some((user, password)) => config.with_credentials(user, password),
+            None => config,
+        }
+    }
+
+    fn client_config_without_credentials(&self, endpoints: Vec<String>) -> ClientConfig {
         ClientConfig::new(endpoints)
             .with_dial_timeout(self.dial_timeout)
             .with_request_timeout(self.command_timeout)
@@ -40,8 +54,20 @@ impl Ctx {
     }
 
     /// A client over every endpoint; fails within the dial timeout, naming
-    /// the endpoints, when none answers.
+    /// the endpoints, when none answers. With --user, authenticates first:
+    /// a wrong password fails here (exit 2), as etcdctl fails when it
+    /// connects; credentials given while auth is off are not used, as
+    /// etcd's client ignores "authentication is not enabled".
     pub async fn connect(&self) -> Result<Client, CtlError> {
-        Ok(Client::connect(self.client_config(self.endpoints.clone())).await?)
+        let connected = match Client::connect(self.client_config(self.endpoints.clone())).await {
+            Err(error) if error.wire_error() == Some(WireError::AuthNotEnabled) => {
+                Client::connect(self.client_config_without_credentials(self.endpoints.clone())).await
+            }
+            other => other,
+        };
+        connected.map_err(|error| match error.wire_error() {
+            Some(WireError::AuthFailed) => CtlError::new(EXIT_BAD_CONNECTION, client_error_text(&error)),
+            _ => CtlError::from(error),
+        })
     }
 }

@@ -25,7 +25,7 @@ fn kv(out: &mut Vec<u8>, prefix: &str, kv: &KeyValue) {
     let _ = writeln!(out, "\"{prefix}Lease\" : {}", kv.lease);
 }
 
-fn header(out: &mut Vec<u8>, header: &Option<ResponseHeader>) {
+pub(super) fn header(out: &mut Vec<u8>, header: &Option<ResponseHeader>) {
     let h = (*header).unwrap_or_default();
     let _ = writeln!(out, "\"ClusterID\" : {}", h.cluster_id);
     let _ = writeln!(out, "\"MemberID\" : {}", h.member_id);

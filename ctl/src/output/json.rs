@@ -34,10 +34,10 @@ pub enum Json {
 
 /// An object built field by field with Go's `omitempty` rules.
 #[derive(Default)]
-struct Obj(Vec<(&'static str, Json)>);
+pub(super) struct Obj(Vec<(&'static str, Json)>);
 
 impl Obj {
-    fn int(mut self, name: &'static str, value: impl Into<i128>) -> Self {
+    pub(super) fn int(mut self, name: &'static str, value: impl Into<i128>) -> Self {
         let value = value.into();
         if value != 0 {
             self.0.push((name, Json::Int(value)));
@@ -45,14 +45,14 @@ impl Obj {
         self
     }
 
-    fn boolean(mut self, name: &'static str, value: bool) -> Self {
+    pub(super) fn boolean(mut self, name: &'static str, value: bool) -> Self {
         if value {
             self.0.push((name, Json::Bool(true)));
         }
         self
     }
 
-    fn bytes(mut self, name: &'static str, value: &[u8]) -> Self {
+    pub(super) fn bytes(mut self, name: &'static str, value: &[u8]) -> Self {
         if !value.is_empty() {
             let encoded = base64::engine::general_purpose::STANDARD.encode(value);
             self.0.push((name, Json::Str(encoded)));
@@ -60,14 +60,14 @@ impl Obj {
         self
     }
 
-    fn string(mut self, name: &'static str, value: &str) -> Self {
+    pub(super) fn string(mut self, name: &'static str, value: &str) -> Self {
         if !value.is_empty() {
             self.0.push((name, Json::Str(value.to_string())));
         }
         self
     }
 
-    fn strings(mut self, name: &'static str, values: &[String]) -> Self {
+    pub(super) fn strings(mut self, name: &'static str, values: &[String]) -> Self {
         if !values.is_empty() {
             let items = values.iter().map(|v| Json::Str(v.clone())).collect();
             self.0.push((name, Json::Array(items)));
@@ -75,14 +75,14 @@ impl Obj {
         self
     }
 
-    fn list(mut self, name: &'static str, items: Vec<Json>) -> Self {
+    pub(super) fn list(mut self, name: &'static str, items: Vec<Json>) -> Self {
         if !items.is_empty() {
             self.0.push((name, Json::Array(items)));
         }
         self
     }
 
-    fn opt(mut self, name: &'static str, value: Option<Json>) -> Self {
+    pub(super) fn opt(mut self, name: &'static str, value: Option<Json>) -> Self {
         if let Some(value) = value {
             self.0.push((name, value));
         }
@@ -90,17 +90,17 @@ impl Obj {
     }
 
     /// A field without `omitempty`.
-    fn always(mut self, name: &'static str, value: Json) -> Self {
+    pub(super) fn always(mut self, name: &'static str, value: Json) -> Self {
         self.0.push((name, value));
         self
     }
 
-    fn done(self) -> Json {
+    pub(super) fn done(self) -> Json {
         Json::Object(self.0)
     }
 }
 
-fn header(header: &Option<ResponseHeader>) -> Option<Json> {
+pub(super) fn header(header: &Option<ResponseHeader>) -> Option<Json> {
     header.as_ref().map(|h| {
         Obj::default()
             .int("cluster_id", h.cluster_id)

@@ -4,6 +4,7 @@
 //! themselves live in `simple`, `json`, `table` and `fields`; `protobuf` is
 //! the raw marshalled response.
 
+mod auth;
 pub mod defrag;
 pub mod fields;
 pub mod json;
@@ -21,6 +22,7 @@ use keel_api::mvccpb::event::EventType;
 use prost::Message;
 
 use crate::error::CtlError;
+pub use auth::perm_range_text;
 pub use snapshot_status::SnapshotStatus;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
