@@ -38,36 +38,36 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The client settings of the global flags (credentials given while
+    /// auth is disabled are not used: keel's client, as etcd's, ignores
+    /// "authentication is not enabled").
     pub fn client_config(&self, endpoints: Vec<String>) -> ClientConfig {
-        let config = self.client_config_without_credentials(endpoints);
+        let config = ClientConfig::new(endpoints)
+            .with_dial_timeout(self.dial_timeout)
+            .with_request_timeout(self.command_timeout)
+            .with_tls(self.tls.clone());
         match self.auth.credentials() {
             Some((user, password)) => config.with_credentials(user, password),
             None => config,
         }
     }
 
-    fn client_config_without_credentials(&self, endpoints: Vec<String>) -> ClientConfig {
-        ClientConfig::new(endpoints)
-            .with_dial_timeout(self.dial_timeout)
-            .with_request_timeout(self.command_timeout)
-            .with_tls(self.tls.clone())
-    }
-
     /// A client over every endpoint; fails within the dial timeout, naming
     /// the endpoints, when none answers. With --user, authenticates first:
     /// a wrong password fails here (exit 2), as etcdctl fails when it
-    /// connects; credentials given while auth is off are not used, as
-    /// etcd's client ignores "authentication is not enabled".
+    /// connects.
     pub async fn connect(&self) -> Result<Client, CtlError> {
-        let connected = match Client::connect(self.client_config(self.endpoints.clone())).await {
-            Err(error) if error.wire_error() == Some(WireError::AuthNotEnabled) => {
-                Client::connect(self.client_config_without_credentials(self.endpoints.clone())).await
-            }
-            other => other,
-        };
-        connected.map_err(|error| match error.wire_error() {
-            Some(WireError::AuthFailed) => CtlError::new(EXIT_BAD_CONNECTION, client_error_text(&error)),
-            _ => CtlError::from(error),
-        })
+        Client::connect(self.client_config(self.endpoints.clone()))
+            .await
+            .map_err(connect_error)
+    }
+}
+
+/// A failed connect's error: a refused password is a failed connection
+/// (exit 2), as etcdctl reports it.
+pub fn connect_error(error: keel_client::ClientError) -> CtlError {
+    match error.wire_error() {
+        Some(WireError::AuthFailed) => CtlError::new(EXIT_BAD_CONNECTION, client_error_text(&error)),
+        _ => CtlError::from(error),
     }
 }
