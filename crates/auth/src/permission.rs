@@ -3,7 +3,10 @@
 //! the request and the permissions: an empty range_end is the one key `key`,
 //! a range_end of "\0" is every key from `key` on. A request is allowed when
 //! the union of the permissions of its kind covers the whole range (so two
-//! adjacent grants together allow a range neither covers alone).
+//! adjacent grants together allow a range neither covers alone). A
+//! permission whose key is empty grants nothing, as in etcd 3.4 (checked
+//! against 3.4.23: granted over the API it is stored, and every request is
+//! refused); etcdctl sends "\0" for an empty key, which is every key.
 
 use keel_api::authpb::{permission::Type as PermType, Permission};
 
@@ -64,7 +67,7 @@ pub fn covers(permissions: &[Permission], access: Access, key: &[u8], range_end:
     }
     let mut granted: Vec<Interval> = permissions
         .iter()
-        .filter(|perm| access.allowed_by(perm.perm_type))
+        .filter(|perm| access.allowed_by(perm.perm_type) && !perm.key.is_empty())
         .map(|perm| Interval::of(&perm.key, &perm.range_end))
         .filter(|interval| !interval.is_empty())
         .collect();
@@ -148,9 +151,18 @@ mod tests {
 
     #[test]
     fn an_empty_or_inverted_request_range_is_not_allowed() {
-        let perms = [perm(PermType::Readwrite, "", b"\0")];
-        assert!(covers(&perms, Access::Read, b"", b"\0"), "every key");
+        let perms = [perm(PermType::Readwrite, "\0", b"\0")];
+        assert!(covers(&perms, Access::Read, b"\0", b"\0"), "every key");
         assert!(!covers(&perms, Access::Read, b"b", b"a"));
         assert!(!covers(&[], Access::Read, b"a", b""));
+    }
+
+    #[test]
+    fn a_permission_with_an_empty_key_grants_nothing_as_in_etcd() {
+        let empty_key = [perm(PermType::Readwrite, "", b"\0")];
+        assert!(!covers(&empty_key, Access::Read, b"a", b""));
+        assert!(!covers(&empty_key, Access::Write, b"\0", b"\0"));
+        let every_key = [perm(PermType::Readwrite, "\0", b"\0")];
+        assert!(covers(&every_key, Access::Read, b"a", b""));
     }
 }
