@@ -33,7 +33,7 @@ use crate::load::leases::{grant_leases, open_lease_connections, revoke_leases, L
 use crate::load::progress::Progress;
 use crate::load::report::{new_histogram, LatencySummary, RunReport};
 use crate::load::spec::{filler_value, KeyLayout, LoadSpec, Mode};
-use crate::load::targets::{open_connections, resolve_targets};
+use crate::load::targets::{open_connections, resolve_targets, Access};
 use crate::machine::cpu_seconds;
 
 /// Everything the workers share, read-only but for the two counters.
@@ -125,14 +125,18 @@ pub async fn run(mode: Mode, spec: &LoadSpec) -> anyhow::Result<RunReport> {
     if mode == Mode::TxnCas && layout.space() > MAX_CAS_KEYS {
         anyhow::bail!("txn-cas keeps a revision per key: --key-space at most {MAX_CAS_KEYS}");
     }
-    let targets = resolve_targets(&spec.endpoints, spec.target).await?;
+    let access = spec.access()?;
+    let targets = resolve_targets(&spec.endpoints, spec.target, &access).await?;
     let (stubs, lease_connections) = if matches!(mode, Mode::LeaseGrantRevoke | Mode::PutWithLease) {
+        if access != Access::default() {
+            anyhow::bail!("the lease modes run plaintext and anonymous only (no --cacert, no --user)");
+        }
         let connections = open_lease_connections(&targets, spec.conns).await?;
         let stubs = connections.iter().map(|c| c.kv.clone()).collect();
         (stubs, connections)
     } else {
         (
-            open_connections(&targets, spec.conns).await?,
+            open_connections(&targets, spec.conns, &access).await?,
             Vec::<LeaseConnection>::new(),
         )
     };
