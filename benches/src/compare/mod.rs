@@ -299,12 +299,9 @@ impl Table {
         flavor: Flavor,
         value: Option<f64>,
     ) {
-        let position = self
-            .entries
-            .iter()
-            .position(|(row, _, _)| {
-                row.size == size && row.mode == self.mode && row.case == case && row.metric == metric
-            });
+        let position = self.entries.iter().position(|(row, _, _)| {
+            row.size == size && row.mode == self.mode && row.case == case && row.metric == metric
+        });
         let index = position.unwrap_or_else(|| {
             self.entries.push((
                 Row {

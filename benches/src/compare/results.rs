@@ -143,7 +143,9 @@ impl ScenarioReport {
                 "| members | mode | case | metric | etcd | keel | keel/etcd |\n|---:|---|---|---|---:|---:|---:|\n",
             );
         } else {
-            md.push_str("| members | case | metric | etcd | keel | keel/etcd |\n|---:|---|---|---:|---:|---:|\n");
+            md.push_str(
+                "| members | case | metric | etcd | keel | keel/etcd |\n|---:|---|---|---:|---:|---:|\n",
+            );
         }
         for row in &self.rows {
             let arrow = match row.better {

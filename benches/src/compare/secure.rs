@@ -90,9 +90,33 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
                         let run = measure(&mut report, cluster, mode, &spec, &labelled, rep).await;
                         table.set_mode(Some(security.name()));
                         let value = |pick: fn(&crate::load::RunReport) -> f64| run.as_ref().map(pick);
-                        table.add(3, &case, Some(clients), THROUGHPUT, Better::Higher, flavor, value(|r| r.throughput));
-                        table.add(3, &case, Some(clients), "p50 ms", Better::Lower, flavor, value(|r| r.latency_ms.p50));
-                        table.add(3, &case, Some(clients), "p99 ms", Better::Lower, flavor, value(|r| r.latency_ms.p99));
+                        table.add(
+                            3,
+                            &case,
+                            Some(clients),
+                            THROUGHPUT,
+                            Better::Higher,
+                            flavor,
+                            value(|r| r.throughput),
+                        );
+                        table.add(
+                            3,
+                            &case,
+                            Some(clients),
+                            "p50 ms",
+                            Better::Lower,
+                            flavor,
+                            value(|r| r.latency_ms.p50),
+                        );
+                        table.add(
+                            3,
+                            &case,
+                            Some(clients),
+                            "p99 ms",
+                            Better::Lower,
+                            flavor,
+                            value(|r| r.latency_ms.p99),
+                        );
                     }
                 }
             }
@@ -177,7 +201,11 @@ mod tests {
         ];
         let lines = ratio_lines(&rows);
         assert_eq!(lines.len(), 2);
-        assert!(lines[0].starts_with("keel's ratio with TLS / plain"), "{}", lines[0]);
+        assert!(
+            lines[0].starts_with("keel's ratio with TLS / plain"),
+            "{}",
+            lines[0]
+        );
         assert!(lines[0].contains("put: **1.00** (0.80 vs 0.80)"), "{}", lines[0]);
         assert!(lines[1].contains("put: **0.50** (0.40 vs 0.80)"), "{}", lines[1]);
     }

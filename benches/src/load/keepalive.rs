@@ -489,7 +489,7 @@ pub async fn run_keep_alive(spec: &KeepAliveSpec) -> anyhow::Result<PhaseReport>
         anyhow::bail!("--endpoints, --streams and --lease-ttl must not be empty or 0");
     }
     let leader = find_leader(&spec.endpoints, &Access::default()).await?;
-    let granting = open_lease_connections(std::slice::from_ref(&leader), 8).await?;
+    let granting = open_lease_connections(std::slice::from_ref(&leader), 8, &Access::default()).await?;
     let leases = grant_leases(
         &granting,
         spec.leases,

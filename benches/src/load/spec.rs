@@ -250,9 +250,7 @@ impl LoadSpec {
         let credentials = match &self.user {
             None => None,
             Some(user) => {
-                let (name, password) = user
-                    .split_once(':')
-                    .context("--user takes name:password")?;
+                let (name, password) = user.split_once(':').context("--user takes name:password")?;
                 Some((name.to_string(), password.to_string()))
             }
         };
@@ -445,7 +443,10 @@ mod tests {
         spec.set_access(&access);
         assert_eq!(spec.access().unwrap(), access);
         let command = spec.command_line(Mode::Put);
-        assert!(command.ends_with("--cacert /tmp/ca.pem --user bench:pass:word"), "{command}");
+        assert!(
+            command.ends_with("--cacert /tmp/ca.pem --user bench:pass:word"),
+            "{command}"
+        );
         spec.user = Some("no-password".into());
         assert!(spec.validate().is_err());
     }

@@ -12,10 +12,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use keel_api::etcdserverpb::kv_client::KvClient;
-use keel_client::{Client, ClientConfig, TlsOptions};
-use tonic::transport::Channel;
+use keel_client::{Client, ClientChannel, ClientConfig, TlsOptions};
 
 use crate::load::spec::Target;
+
+/// A KV stub on one connection, sending the client's token (if any) with
+/// every request.
+pub type KvStub = KvClient<ClientChannel>;
 
 /// How a load's clients reach the members (plaintext and anonymous by default).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,9 +37,10 @@ impl Access {
             trusted_ca_file: self.trusted_ca_file.clone(),
             ..TlsOptions::default()
         });
-        // TEMPORARY until ClientConfig::with_credentials lands on main.
-        let _ = &self.credentials;
-        config
+        match &self.credentials {
+            Some((user, password)) => config.with_credentials(user, password),
+            None => config,
+        }
     }
 }
 
@@ -50,7 +54,11 @@ pub struct MemberStatus {
 }
 
 /// Asks `endpoint` for its status (bounded by `timeout`).
-pub async fn member_status(endpoint: &str, access: &Access, timeout: Duration) -> anyhow::Result<MemberStatus> {
+pub async fn member_status(
+    endpoint: &str,
+    access: &Access,
+    timeout: Duration,
+) -> anyhow::Result<MemberStatus> {
     // Status needs no token (etcd serves it to anyone), so no user here.
     let anonymous = Access {
         credentials: None,
@@ -127,14 +135,14 @@ pub async fn open_connections(
     targets: &[String],
     count: usize,
     access: &Access,
-) -> anyhow::Result<Vec<KvClient<Channel>>> {
+) -> anyhow::Result<Vec<KvStub>> {
     let opens = (0..count).map(|index| {
         let endpoint = targets[index % targets.len()].clone();
         async move {
             let client = Client::connect(access.client_config([endpoint.as_str()]))
                 .await
                 .with_context(|| format!("connecting to {endpoint}"))?;
-            Ok::<_, anyhow::Error>(client.kv_stub())
+            Ok::<_, anyhow::Error>(client.kv_stub_with_token())
         }
     });
     futures::future::try_join_all(opens).await
