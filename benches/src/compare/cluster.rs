@@ -167,14 +167,14 @@ impl BenchCluster {
     pub fn cluster(&self) -> &Cluster {
         match &self.cluster {
             Some(cluster) => cluster,
-            None => unreachable!("the cluster is only taken out when dropped"),
+            None => unreachable!("the cluster is set once spawned and only taken out when dropped"),
         }
     }
 
     pub fn cluster_mut(&mut self) -> &mut Cluster {
         match &mut self.cluster {
             Some(cluster) => cluster,
-            None => unreachable!("the cluster is only taken out when dropped"),
+            None => unreachable!("the cluster is set once spawned and only taken out when dropped"),
         }
     }
 
