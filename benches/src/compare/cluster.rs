@@ -308,12 +308,14 @@ pub async fn enable_auth(endpoint: &str) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("adding role {role}"))?;
     }
-    // Key "" to range end "\0": every key (`etcdctl role grant-permission --prefix ... ''`).
+    // Key "\0" to range end "\0": every key from "\0" on, i.e. all of them.
+    // (etcd 3.4 grants nothing for an empty key with range end "\0"; keel
+    // grants every key, so only this form means the same to both.)
     auth.role_grant_permission(AuthRoleGrantPermissionRequest {
         name: BENCH_ROLE.into(),
         perm: Some(Permission {
             perm_type: PermissionType::Readwrite as i32,
-            key: Vec::new(),
+            key: vec![0],
             range_end: vec![0],
         }),
     })
