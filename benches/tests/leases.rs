@@ -14,7 +14,7 @@ use keel_api::key_range::prefix_range_end;
 use keel_bench::load::keepalive::{KeepAliveFleet, Pace};
 use keel_bench::load::leases::{grant_leases, open_lease_connections, revoke_leases};
 use keel_bench::load::watchers::connect_channel;
-use keel_bench::load::{run, LoadSpec, Mode};
+use keel_bench::load::{run, Access, LoadSpec, Mode};
 use keel_tests::{Cluster, ClusterOptions};
 
 const LEASE_TTL: i64 = 3;
@@ -93,7 +93,7 @@ async fn grant_revoke_and_put(endpoint: &str) {
 }
 
 async fn keep_alive(endpoint: &str) {
-    let connections = open_lease_connections(&[endpoint.to_string()], 2)
+    let connections = open_lease_connections(&[endpoint.to_string()], 2, &Access::default())
         .await
         .expect("connecting");
     let leases = grant_leases(&connections, 200, LEASE_TTL, 32, Duration::from_secs(10))

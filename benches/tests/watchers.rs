@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_api::key_range::prefix_range_end;
-use keel_bench::load::open_connections;
 use keel_bench::load::watchers::{
     place_streams, settle, write_at_rate, PutLedger, WatchTarget, WatcherFleet,
 };
+use keel_bench::load::{open_connections, Access};
 use keel_tests::{Cluster, ClusterOptions};
 
 const WATCHERS: usize = 250;
@@ -35,7 +35,10 @@ async fn fan_out_and_replay(options: ClusterOptions) {
     let fleet = WatcherFleet::open(&endpoints, 0, &vec![target; WATCHERS], Some(ledger.clone()), None)
         .await
         .expect("opening the watchers");
-    let stub = open_connections(&endpoints, 1).await.expect("connecting")[0].clone();
+    let stub = open_connections(&endpoints, 1, &Access::default())
+        .await
+        .expect("connecting")[0]
+        .clone();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let next_seq = Arc::new(AtomicU64::new(0));
     ledger.start_window(0);

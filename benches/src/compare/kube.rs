@@ -64,7 +64,7 @@ async fn one_system(ctx: &Ctx, report: &mut ScenarioReport, table: &mut Table, c
     let (name, size, flavor) = (cluster.name(), cluster.size(), cluster.flavor);
     let total = s.kube_pods + s.kube_minions;
     let endpoints = cluster.endpoints();
-    let stubs = match open_connections(&endpoints, 8).await {
+    let stubs = match open_connections(&endpoints, 8, &cluster.access()).await {
         Ok(stubs) => stubs,
         Err(error) => {
             report

@@ -346,7 +346,12 @@ async fn measure_keep_alive(ctx: &Ctx, cluster: &mut BenchCluster) -> anyhow::Re
     let before = cluster.memory()?;
     let endpoints = cluster.endpoints();
 
-    let granting = open_lease_connections(std::slice::from_ref(&endpoints[leader]), GRANT_CONNS).await?;
+    let granting = open_lease_connections(
+        std::slice::from_ref(&endpoints[leader]),
+        GRANT_CONNS,
+        &cluster.access(),
+    )
+    .await?;
     let started = Instant::now();
     let leases = grant_leases(
         &granting,

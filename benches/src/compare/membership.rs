@@ -142,7 +142,7 @@ async fn one_rep(
 /// Puts `keys` keys, then [`LAST_KEY`].
 async fn preload(ctx: &Ctx, cluster: &BenchCluster, keys: u64) -> anyhow::Result<()> {
     let layout = KeyLayout::new("", 8, keys)?;
-    let stubs = open_connections(&cluster.endpoints(), CONNS).await?;
+    let stubs = open_connections(&cluster.endpoints(), CONNS, &cluster.access()).await?;
     let plan = PutAll {
         clients: CLIENTS,
         count: keys,

@@ -49,7 +49,7 @@ async fn one_system(ctx: &Ctx, report: &mut ScenarioReport, table: &mut Table, c
     };
     let outcome = async {
         let layout = KeyLayout::new("", 8, keys)?;
-        let stubs = open_connections(&cluster.endpoints(), CONNS).await?;
+        let stubs = open_connections(&cluster.endpoints(), CONNS, &cluster.access()).await?;
         let plan = PutAll {
             clients: CLIENTS,
             count: keys,

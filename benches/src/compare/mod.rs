@@ -10,7 +10,8 @@
 //! 6 `memory` ([`memory`]); Watch (issue 10): 7 `watch-fanout`,
 //! 8 `watch-replay`, 9 `watch-idle` ([`watch`], [`watch_fanout`]); Leases
 //! (issue 11): 10 `lease` ([`lease`]); Membership (issue 13): 11
-//! `membership` ([`membership`], not in the default set).
+//! `membership` ([`membership`], not in the default set); 12 `secure`, put
+//! and range with TLS and with auth ([`secure`], not in the default set).
 
 pub mod cluster;
 pub mod failover;
@@ -20,6 +21,7 @@ pub mod membership;
 pub mod memory;
 pub mod plot;
 pub mod results;
+pub mod secure;
 pub mod throughput;
 pub mod watch;
 pub mod watch_fanout;
@@ -49,10 +51,11 @@ pub enum Scenario {
     WatchIdle,
     Lease,
     Membership,
+    Secure,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::Put,
         Scenario::Range,
         Scenario::Txn,
@@ -64,6 +67,7 @@ impl Scenario {
         Scenario::WatchIdle,
         Scenario::Lease,
         Scenario::Membership,
+        Scenario::Secure,
     ];
 
     pub fn id(self) -> &'static str {
@@ -79,12 +83,13 @@ impl Scenario {
             Scenario::WatchIdle => "scenario:watch-idle",
             Scenario::Lease => "scenario:lease",
             Scenario::Membership => "scenario:membership",
+            Scenario::Secure => "scenario:secure",
         }
     }
 }
 
 /// Every section of RESULTS.md, in order.
-pub const SECTION_IDS: [&str; 13] = [
+pub const SECTION_IDS: [&str; 14] = [
     "machine",
     "scenario:put",
     "scenario:range",
@@ -97,12 +102,13 @@ pub const SECTION_IDS: [&str; 13] = [
     "scenario:watch-idle",
     "scenario:lease",
     "scenario:membership",
+    "scenario:secure",
     "plot",
 ];
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CompareOptions {
-    /// Scenarios to run (comma-separated; `membership` only when named).
+    /// Scenarios to run (comma-separated; `membership` and `secure` only when named).
     #[arg(
         long,
         value_delimiter = ',',
@@ -110,7 +116,7 @@ pub struct CompareOptions {
         default_value = "put,range,txn,kube,failover,memory,watch-fanout,watch-replay,watch-idle,lease"
     )]
     pub scenario: Vec<Scenario>,
-    /// Cluster sizes (failover, the watch scenarios and lease always use 3 members, and run only if 3 is listed).
+    /// Cluster sizes (failover, the watch scenarios, lease, membership and secure always use 3 members, and run only if 3 is listed).
     #[arg(long, value_delimiter = ',', default_value = "1,3")]
     pub sizes: Vec<usize>,
     /// Smoke run: scaled-down data, one short repetition (results go to RESULTS.quick.md).
@@ -272,9 +278,16 @@ impl Ctx {
 #[derive(Default)]
 pub struct Table {
     entries: Vec<(Row, Vec<f64>, Vec<f64>)>,
+    /// The mode the next values are measured in (see [`Row::mode`]).
+    mode: Option<String>,
 }
 
 impl Table {
+    /// Values added from now on belong to rows of `mode`.
+    pub fn set_mode(&mut self, mode: Option<&str>) {
+        self.mode = mode.map(str::to_string);
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn add(
         &mut self,
@@ -286,14 +299,14 @@ impl Table {
         flavor: Flavor,
         value: Option<f64>,
     ) {
-        let position = self
-            .entries
-            .iter()
-            .position(|(row, _, _)| row.size == size && row.case == case && row.metric == metric);
+        let position = self.entries.iter().position(|(row, _, _)| {
+            row.size == size && row.mode == self.mode && row.case == case && row.metric == metric
+        });
         let index = position.unwrap_or_else(|| {
             self.entries.push((
                 Row {
                     size,
+                    mode: self.mode.clone(),
                     case: case.to_string(),
                     clients,
                     metric: metric.to_string(),
@@ -516,6 +529,9 @@ pub async fn run_compare(options: CompareOptions) -> anyhow::Result<()> {
     }
     if selected.contains(&Scenario::Membership) {
         membership::run(&ctx).await?;
+    }
+    if selected.contains(&Scenario::Secure) {
+        secure::run(&ctx).await?;
     }
     redraw_plot(&ctx.results);
     let fsync_end = fdatasync_latency(&ctx.data_root, ctx.scale.fsync_samples).ok();

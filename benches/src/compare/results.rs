@@ -25,6 +25,10 @@ pub enum Better {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
     pub size: usize,
+    /// The configuration a case ran in, for scenarios that compare several
+    /// (the secure scenario's plain / tls / auth); a column of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
     pub case: String,
     /// Concurrent clients, for the throughput plot.
     pub clients: Option<usize>,
@@ -133,14 +137,27 @@ impl ScenarioReport {
                 "**Quick smoke run (`--quick`): scaled down, one repetition; not a measurement.**\n\n",
             );
         }
-        md.push_str("| members | case | metric | etcd | keel | keel/etcd |\n|---:|---|---|---:|---:|---:|\n");
+        let with_modes = self.rows.iter().any(|row| row.mode.is_some());
+        if with_modes {
+            md.push_str(
+                "| members | mode | case | metric | etcd | keel | keel/etcd |\n|---:|---|---|---|---:|---:|---:|\n",
+            );
+        } else {
+            md.push_str(
+                "| members | case | metric | etcd | keel | keel/etcd |\n|---:|---|---|---:|---:|---:|\n",
+            );
+        }
         for row in &self.rows {
             let arrow = match row.better {
                 Better::Higher => "↑",
                 Better::Lower => "↓",
             };
+            let mode = match (with_modes, &row.mode) {
+                (false, _) => String::new(),
+                (true, mode) => format!(" {} |", mode.as_deref().unwrap_or("")),
+            };
             md.push_str(&format!(
-                "| {} | {} | {} {} | {} | {} | {} |\n",
+                "| {} |{mode} {} | {} {} | {} | {} | {} |\n",
                 row.size,
                 row.case,
                 row.metric,

@@ -199,7 +199,7 @@ async fn range_scenario(ctx: &Ctx, sheet: &mut Sheet, pair: &mut [BenchCluster])
         return Ok(());
     };
     for cluster in pair.iter() {
-        preload(ctx, sheet, cluster).await;
+        preload(ctx, &mut sheet.report, cluster).await;
     }
     let targets: &[Target] = if size > 1 {
         &[Target::Leader, Target::Followers]
@@ -244,15 +244,16 @@ async fn range_scenario(ctx: &Ctx, sheet: &mut Sheet, pair: &mut [BenchCluster])
     Ok(())
 }
 
-/// Puts every key of the range scenario's key space once.
-async fn preload(ctx: &Ctx, sheet: &mut Sheet, cluster: &BenchCluster) {
+/// Puts every key of the range scenario's key space once (a failure goes
+/// to `report`'s failures).
+pub(crate) async fn preload(ctx: &Ctx, report: &mut ScenarioReport, cluster: &BenchCluster) {
     let spec = LoadSpec {
         key_space: ctx.scale.range_keys,
         ..cluster.spec()
     };
     let outcome = async {
         let layout = spec.layout()?;
-        let stubs = open_connections(&cluster.endpoints(), 8).await?;
+        let stubs = open_connections(&cluster.endpoints(), 8, &cluster.access()).await?;
         let plan = PutAll {
             clients: 64,
             count: layout.space(),
@@ -277,13 +278,17 @@ async fn preload(ctx: &Ctx, sheet: &mut Sheet, cluster: &BenchCluster) {
     }
     .await;
     if let Err(error) = outcome {
-        sheet.report.failures.push(format!(
-            "{} ×{} range preload: {error:#} — `keel-bench put --endpoints {} --target all --preload \
-             --key-space {} --total 1`",
+        let command = LoadSpec {
+            target: Target::All,
+            preload: true,
+            total: Some(1),
+            ..spec
+        }
+        .command_line(Mode::Put);
+        report.failures.push(format!(
+            "{} ×{} range preload: {error:#} — `{command}`",
             cluster.name(),
             cluster.size(),
-            cluster.endpoints().join(","),
-            ctx.scale.range_keys
         ));
     }
 }

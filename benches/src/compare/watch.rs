@@ -135,7 +135,7 @@ async fn write_history(ctx: &Ctx, cluster: &mut BenchCluster) -> anyhow::Result<
         .wait_for_leader(Duration::from_secs(30))
         .await?;
     let endpoints = cluster.endpoints();
-    let stubs = open_connections(std::slice::from_ref(&endpoints[leader]), 16).await?;
+    let stubs = open_connections(std::slice::from_ref(&endpoints[leader]), 16, &cluster.access()).await?;
     let layout = KeyLayout::new(REPLAY_PREFIX, 8, ctx.scale.replay_revisions)?;
     let plan = PutAll {
         clients: 256,
@@ -298,7 +298,7 @@ async fn idle_once(
     spec.key_space = 100_000;
     spec.duration = Some(ctx.scale.duration);
     spec.warmup = ctx.scale.warmup;
-    let leader = crate::load::find_leader(&cluster.endpoints()).await?;
+    let leader = crate::load::find_leader(&cluster.endpoints(), &cluster.access()).await?;
     let first_member = cluster
         .endpoints()
         .iter()

@@ -301,7 +301,8 @@ async fn measure_fanout(
         .wait_for_leader(Duration::from_secs(30))
         .await?;
     let endpoints = cluster.endpoints();
-    let leader_stubs = open_connections(std::slice::from_ref(&endpoints[leader]), 8).await?;
+    let leader_stubs =
+        open_connections(std::slice::from_ref(&endpoints[leader]), 8, &cluster.access()).await?;
     let history = KeyLayout::new(HISTORY_PREFIX, 8, ctx.scale.fanout_history)?;
     let plan = PutAll {
         clients: 64,

@@ -34,7 +34,7 @@ use tonic::transport::Channel;
 use crate::load::leases::{grant_leases, open_lease_connections, revoke_leases};
 use crate::load::report::{new_histogram, LatencySummary};
 use crate::load::spec::parse_duration;
-use crate::load::targets::find_leader;
+use crate::load::targets::{find_leader, Access};
 use crate::load::watchers::connect_channel;
 use crate::machine::cpu_seconds;
 
@@ -488,8 +488,8 @@ pub async fn run_keep_alive(spec: &KeepAliveSpec) -> anyhow::Result<PhaseReport>
     if spec.endpoints.is_empty() || spec.streams == 0 || spec.lease_ttl <= 0 {
         anyhow::bail!("--endpoints, --streams and --lease-ttl must not be empty or 0");
     }
-    let leader = find_leader(&spec.endpoints).await?;
-    let granting = open_lease_connections(std::slice::from_ref(&leader), 8).await?;
+    let leader = find_leader(&spec.endpoints, &Access::default()).await?;
+    let granting = open_lease_connections(std::slice::from_ref(&leader), 8, &Access::default()).await?;
     let leases = grant_leases(
         &granting,
         spec.leases,

@@ -8,25 +8,26 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
-use keel_api::etcdserverpb::kv_client::KvClient;
 use keel_api::etcdserverpb::lease_client::LeaseClient;
 use keel_api::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
-use tonic::transport::Channel;
+use keel_client::{Client, ClientChannel};
 
-use crate::load::watchers::connect_channel;
+use crate::load::targets::{Access, KvStub};
 
 /// One HTTP/2 connection with a KV and a Lease stub on it.
 #[derive(Clone)]
 pub struct LeaseConnection {
-    pub kv: KvClient<Channel>,
-    pub lease: LeaseClient<Channel>,
+    pub kv: KvStub,
+    pub lease: LeaseClient<ClientChannel>,
 }
 
 /// `count` connections, each its own HTTP/2 connection, spread
-/// round-robin over `targets`, each checked to connect.
+/// round-robin over `targets`, each checked to connect (and, with a user,
+/// authenticated).
 pub async fn open_lease_connections(
     targets: &[String],
     count: usize,
+    access: &Access,
 ) -> anyhow::Result<Vec<LeaseConnection>> {
     if targets.is_empty() {
         anyhow::bail!("no endpoint to connect to");
@@ -34,10 +35,12 @@ pub async fn open_lease_connections(
     let opens = (0..count).map(|index| {
         let endpoint = targets[index % targets.len()].clone();
         async move {
-            let channel = connect_channel(&endpoint).await?;
+            let client = Client::connect(access.client_config([endpoint.as_str()]))
+                .await
+                .with_context(|| format!("connecting to {endpoint}"))?;
             Ok::<_, anyhow::Error>(LeaseConnection {
-                kv: KvClient::new(channel.clone()),
-                lease: LeaseClient::new(channel),
+                kv: client.kv_stub_with_token(),
+                lease: LeaseClient::new(client.channel()),
             })
         }
     });

@@ -17,4 +17,4 @@ pub mod watchers;
 pub use report::{LatencySummary, RunReport};
 pub use run::{put_all, run, PutAll, PutAllReport};
 pub use spec::{parse_duration, KeyLayout, LoadSpec, Mode, Target};
-pub use targets::{find_leader, member_status, open_connections, resolve_targets, MemberStatus};
+pub use targets::{find_leader, member_status, open_connections, resolve_targets, Access, MemberStatus};

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use keel_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
-use keel_api::etcdserverpb::kv_client::KvClient;
 use keel_api::etcdserverpb::lease_client::LeaseClient;
 use keel_api::etcdserverpb::request_op::Request;
 use keel_api::etcdserverpb::response_op::Response;
@@ -24,16 +23,16 @@ use keel_api::etcdserverpb::{
     Compare, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 use keel_api::key_range::prefix_range_end;
+use keel_client::ClientChannel;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::load::leases::{grant_leases, open_lease_connections, revoke_leases, LeaseConnection};
 use crate::load::progress::Progress;
 use crate::load::report::{new_histogram, LatencySummary, RunReport};
 use crate::load::spec::{filler_value, KeyLayout, LoadSpec, Mode};
-use crate::load::targets::{open_connections, resolve_targets};
+use crate::load::targets::{open_connections, resolve_targets, KvStub};
 use crate::machine::cpu_seconds;
 
 /// Everything the workers share, read-only but for the two counters.
@@ -125,14 +124,15 @@ pub async fn run(mode: Mode, spec: &LoadSpec) -> anyhow::Result<RunReport> {
     if mode == Mode::TxnCas && layout.space() > MAX_CAS_KEYS {
         anyhow::bail!("txn-cas keeps a revision per key: --key-space at most {MAX_CAS_KEYS}");
     }
-    let targets = resolve_targets(&spec.endpoints, spec.target).await?;
+    let access = spec.access()?;
+    let targets = resolve_targets(&spec.endpoints, spec.target, &access).await?;
     let (stubs, lease_connections) = if matches!(mode, Mode::LeaseGrantRevoke | Mode::PutWithLease) {
-        let connections = open_lease_connections(&targets, spec.conns).await?;
+        let connections = open_lease_connections(&targets, spec.conns, &access).await?;
         let stubs = connections.iter().map(|c| c.kv.clone()).collect();
         (stubs, connections)
     } else {
         (
-            open_connections(&targets, spec.conns).await?,
+            open_connections(&targets, spec.conns, &access).await?,
             Vec::<LeaseConnection>::new(),
         )
     };
@@ -306,8 +306,8 @@ impl Shared {
 
 async fn worker(
     shared: Arc<Shared>,
-    mut stub: KvClient<Channel>,
-    mut lease: Option<LeaseClient<Channel>>,
+    mut stub: KvStub,
+    mut lease: Option<LeaseClient<ClientChannel>>,
     seed: u64,
 ) -> Tally {
     let mut tally = Tally::new();
@@ -351,8 +351,8 @@ async fn worker(
 
 async fn send(
     shared: &Shared,
-    stub: &mut KvClient<Channel>,
-    lease: Option<&mut LeaseClient<Channel>>,
+    stub: &mut KvStub,
+    lease: Option<&mut LeaseClient<ClientChannel>>,
     rng: &mut SmallRng,
     value: &[u8],
 ) -> Result<Outcome, Status> {
@@ -403,12 +403,7 @@ async fn send(
 }
 
 /// A put of `key`, attached to lease `lease` (0: none).
-async fn put(
-    stub: &mut KvClient<Channel>,
-    key: Vec<u8>,
-    value: &[u8],
-    lease: i64,
-) -> Result<Outcome, Status> {
+async fn put(stub: &mut KvStub, key: Vec<u8>, value: &[u8], lease: i64) -> Result<Outcome, Status> {
     let request = PutRequest {
         key,
         value: value.to_vec(),
@@ -419,7 +414,7 @@ async fn put(
 }
 
 /// Grants a lease the server names, then revokes it.
-async fn grant_then_revoke(stub: &mut LeaseClient<Channel>, ttl: i64) -> Result<Outcome, Status> {
+async fn grant_then_revoke(stub: &mut LeaseClient<ClientChannel>, ttl: i64) -> Result<Outcome, Status> {
     let granted = stub
         .lease_grant(LeaseGrantRequest { ttl, id: 0 })
         .await?
@@ -434,7 +429,7 @@ async fn grant_then_revoke(stub: &mut LeaseClient<Channel>, ttl: i64) -> Result<
     Ok(Outcome::Done)
 }
 
-async fn get(stub: &mut KvClient<Channel>, key: Vec<u8>, serializable: bool) -> Result<Outcome, Status> {
+async fn get(stub: &mut KvStub, key: Vec<u8>, serializable: bool) -> Result<Outcome, Status> {
     let request = RangeRequest {
         key,
         serializable,
@@ -446,12 +441,7 @@ async fn get(stub: &mut KvClient<Channel>, key: Vec<u8>, serializable: bool) -> 
 /// Compare-and-swap on the key's mod_revision: `seen` is the revision the
 /// clients last saw (0 = absent); it is updated from the answer either way
 /// (never backwards).
-async fn txn_cas(
-    stub: &mut KvClient<Channel>,
-    key: Vec<u8>,
-    value: &[u8],
-    seen: &AtomicI64,
-) -> Result<Outcome, Status> {
+async fn txn_cas(stub: &mut KvStub, key: Vec<u8>, value: &[u8], seen: &AtomicI64) -> Result<Outcome, Status> {
     let expected = seen.load(Ordering::Relaxed);
     let request = TxnRequest {
         compare: vec![Compare {
@@ -498,11 +488,7 @@ async fn txn_cas(
 /// Reads the current mod_revision of every key of the key space (one
 /// keys-only range), so txn-cas starts from what the store holds rather than
 /// from conflicts on keys earlier runs left.
-async fn learn_mod_revisions(
-    stub: &KvClient<Channel>,
-    layout: &KeyLayout,
-    seen: &[AtomicI64],
-) -> anyhow::Result<()> {
+async fn learn_mod_revisions(stub: &KvStub, layout: &KeyLayout, seen: &[AtomicI64]) -> anyhow::Result<()> {
     let first = layout.key(0);
     let mut end = layout.key(layout.space() - 1);
     end.push(0);
@@ -578,7 +564,7 @@ impl PutAllReport {
 
 /// Puts keys `0..count` (`key_of(index)`) exactly once each, `clients` at a
 /// time over `stubs`, retrying a failed put up to 3 times.
-pub async fn put_all<F>(stubs: &[KvClient<Channel>], plan: PutAll, key_of: F) -> PutAllReport
+pub async fn put_all<F>(stubs: &[KvStub], plan: PutAll, key_of: F) -> PutAllReport
 where
     F: Fn(u64) -> Vec<u8> + Send + Sync + 'static,
 {

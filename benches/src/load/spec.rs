@@ -1,13 +1,18 @@
 //! What one load-generator run does: the mode, the flags the issue names
 //! (`--endpoints --conns --clients --total|--duration --key-size --val-size
-//! --key-space --target`), and the key layout every mode shares. A spec can
-//! print itself back as the `keel-bench` command line that reproduces it.
+//! --key-space --target`), how the clients reach the members (`--cacert`
+//! for `https://` endpoints, `--user` to authenticate), and the key layout
+//! every mode shares. A spec can print itself back as the `keel-bench`
+//! command line that reproduces it.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
+
+use crate::load::targets::Access;
 
 /// The kind of request each client sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -156,6 +161,12 @@ pub struct LoadSpec {
     /// TTL in seconds of the leases the lease modes grant.
     #[arg(long, default_value_t = 60)]
     pub lease_ttl: i64,
+    /// PEM file of the CA that `https://` endpoints' certificates must chain to (etcdctl's --cacert).
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// Authenticate as `name:password` (etcdctl's --user); every request carries the token.
+    #[arg(long)]
+    pub user: Option<String>,
     /// Free text copied into the JSON line (e.g. "etcd" or "keel").
     #[arg(long)]
     pub label: Option<String>,
@@ -197,6 +208,8 @@ impl LoadSpec {
             request_timeout: Duration::from_secs(10),
             leases: 4,
             lease_ttl: 60,
+            cacert: None,
+            user: None,
             label: None,
             no_progress: true,
         }
@@ -228,7 +241,32 @@ impl LoadSpec {
             bail!("--lease-ttl must be at least 1 (seconds)");
         }
         KeyLayout::new(&self.prefix, self.key_size, self.key_space)?;
+        self.access()?;
         Ok(())
+    }
+
+    /// How the clients reach the members (`--cacert`, `--user`).
+    pub fn access(&self) -> anyhow::Result<Access> {
+        let credentials = match &self.user {
+            None => None,
+            Some(user) => {
+                let (name, password) = user.split_once(':').context("--user takes name:password")?;
+                Some((name.to_string(), password.to_string()))
+            }
+        };
+        Ok(Access {
+            trusted_ca_file: self.cacert.clone(),
+            credentials,
+        })
+    }
+
+    /// Sets the fields that give `access` (the inverse of [`Self::access`]).
+    pub fn set_access(&mut self, access: &Access) {
+        self.cacert = access.trusted_ca_file.clone();
+        self.user = access
+            .credentials
+            .as_ref()
+            .map(|(name, password)| format!("{name}:{password}"));
     }
 
     pub fn layout(&self) -> anyhow::Result<KeyLayout> {
@@ -273,6 +311,12 @@ impl LoadSpec {
         }
         if self.preload {
             words.push("--preload".into());
+        }
+        if let Some(cacert) = &self.cacert {
+            words.push(format!("--cacert {}", cacert.display()));
+        }
+        if let Some(user) = &self.user {
+            words.push(format!("--user {user}"));
         }
         words.join(" ")
     }
@@ -387,5 +431,23 @@ mod tests {
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
         assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn access_round_trips_through_the_flags() {
+        let mut spec = LoadSpec::new(vec!["https://127.0.0.1:2379".into()]);
+        let access = Access {
+            trusted_ca_file: Some(PathBuf::from("/tmp/ca.pem")),
+            credentials: Some(("bench".into(), "pass:word".into())),
+        };
+        spec.set_access(&access);
+        assert_eq!(spec.access().unwrap(), access);
+        let command = spec.command_line(Mode::Put);
+        assert!(
+            command.ends_with("--cacert /tmp/ca.pem --user bench:pass:word"),
+            "{command}"
+        );
+        spec.user = Some("no-password".into());
+        assert!(spec.validate().is_err());
     }
 }

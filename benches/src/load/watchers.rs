@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-use keel_api::etcdserverpb::kv_client::KvClient;
 use keel_api::etcdserverpb::{watch_request, PutRequest, WatchCreateRequest, WatchRequest};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -28,6 +27,7 @@ use tonic::Streaming;
 
 use crate::load::counted_watch::{self, CountedWatchResponse};
 use crate::load::report::new_histogram;
+use crate::load::targets::KvStub;
 
 /// At most this many watchers share one stream.
 pub const WATCHERS_PER_STREAM: usize = 100;
@@ -491,7 +491,7 @@ fn settle_put(outcome: Result<Result<(), String>, tokio::task::JoinError>, tally
 /// rate holds while the machine is busy), at most `max_in_flight` at once.
 /// `next_seq` is the number the next put gets.
 pub async fn write_at_rate(
-    stub: KvClient<Channel>,
+    stub: KvStub,
     ledger: Arc<PutLedger>,
     rate: u32,
     value: Vec<u8>,
