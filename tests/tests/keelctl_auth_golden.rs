@@ -18,15 +18,15 @@
 mod keelctl_support;
 
 use keel_tests::{Cluster, ClusterOptions};
-use keelctl_support::{args, etcdctl_path, keelctl_path, run_with_variables, without_client_logs, Ran};
+use keelctl_support::verdicts::Verdicts;
+use keelctl_support::{args, etcdctl_path, keelctl_path, run_with_variables, Ran};
 
 const FORMATS: [&str; 5] = ["simple", "json", "fields", "protobuf", "table"];
 const ROOT: &str = "--user=root:rootpw";
 
 struct Suite {
     endpoint: String,
-    compared: usize,
-    mismatches: Vec<String>,
+    verdicts: Verdicts,
 }
 
 impl Suite {
@@ -41,7 +41,7 @@ impl Suite {
     async fn setup(&mut self, list: &[&str]) {
         let ran = self.tool(false, list, "", &[]).await;
         if ran.code != 0 {
-            self.mismatches.push(format!(
+            self.verdicts.mismatches.push(format!(
                 "set-up step {} failed: {}",
                 list.join(" "),
                 ran.stderr_text()
@@ -56,38 +56,12 @@ impl Suite {
     }
 
     fn check(&mut self, label: &str, etcdctl: &Ran, keelctl: &Ran) {
-        self.compared += 1;
-        let expected = Ran {
-            stderr: without_client_logs(&etcdctl.stderr),
-            ..etcdctl.clone()
-        };
-        if expected.stdout.is_empty() && expected.stderr.is_empty() && !label.contains("-w=protobuf") {
-            self.mismatches.push(format!(
-                "{label}\n  etcdctl printed nothing: the case proves nothing"
-            ));
-        }
-        if &expected != keelctl {
-            self.mismatches.push(format!(
-                "{label}\n  etcdctl: exit {} stdout {:?} stderr {:?}\n  keelctl: exit {} stdout {:?} stderr {:?}",
-                expected.code,
-                expected.stdout_text(),
-                expected.stderr_text(),
-                keelctl.code,
-                keelctl.stdout_text(),
-                keelctl.stderr_text()
-            ));
-        }
+        let may_print_nothing = label.contains("-w=protobuf");
+        self.verdicts.check(label, etcdctl, keelctl, may_print_nothing);
     }
 
     fn expect(&mut self, what: &str, holds: bool, seen: &Ran) {
-        if !holds {
-            self.mismatches.push(format!(
-                "expectation failed: {what}\n  seen: exit {} stdout {:?} stderr {:?}",
-                seen.code,
-                seen.stdout_text(),
-                seen.stderr_text()
-            ));
-        }
+        self.verdicts.expect(what, holds, seen);
     }
 
     /// Both tools run `list` with `stdin` and `variables`; each run is
@@ -131,8 +105,7 @@ impl Suite {
 async fn auth_suite(endpoint: String) -> (usize, Vec<String>) {
     let mut s = Suite {
         endpoint,
-        compared: 0,
-        mismatches: Vec::new(),
+        verdicts: Verdicts::default(),
     };
     for step in [
         &["user", "add", "root", "--new-user-password=rootpw"][..],
@@ -396,15 +369,14 @@ async fn auth_suite(endpoint: String) -> (usize, Vec<String>) {
     s.same_write(&[ROOT, "auth", "disable"], &[&["auth", "enable"]])
         .await;
     s.setup(&[ROOT, "auth", "disable"]).await;
-    (s.compared, s.mismatches)
+    (s.verdicts.compared, s.verdicts.mismatches)
 }
 
 /// keelctl's `auth status` (etcdctl 3.5's), against keel.
 async fn auth_status_checks(endpoint: String) -> Vec<String> {
     let s = Suite {
         endpoint,
-        compared: 0,
-        mismatches: Vec::new(),
+        verdicts: Verdicts::default(),
     };
     let mut failures = Vec::new();
     let off = s.tool(true, &["auth", "status"], "", &[]).await;

@@ -44,6 +44,7 @@ use keel_client::{Client, KeepAliveInterval, LeaseError};
 use keel_tests::{Cluster, ClusterOptions};
 use keelctl_support::background::Background;
 use keelctl_support::masks::{hex, mask_id, mask_remaining, masked_lease, with_sorted_leases};
+use keelctl_support::verdicts::Verdicts;
 use keelctl_support::watch_runner::first_error;
 use keelctl_support::{args, etcdctl_path, keelctl_path, run, without_client_logs, Ran, ReplayProxy};
 
@@ -57,44 +58,17 @@ struct Suite {
     client: Client,
     proxy: ReplayProxy,
     proxy_endpoint: String,
-    compared: usize,
-    mismatches: Vec<String>,
+    verdicts: Verdicts,
 }
 
 impl Suite {
     fn check(&mut self, label: &str, etcdctl: &Ran, keelctl: &Ran) {
-        self.compared += 1;
-        let expected = Ran {
-            stderr: without_client_logs(&etcdctl.stderr),
-            ..etcdctl.clone()
-        };
-        if expected.stdout.is_empty() && expected.stderr.is_empty() && !label.starts_with(SILENT) {
-            self.mismatches.push(format!(
-                "{label}\n  etcdctl printed nothing: the case proves nothing"
-            ));
-        }
-        if &expected != keelctl {
-            self.mismatches.push(format!(
-                "{label}\n  etcdctl: exit {} stdout {:?} stderr {:?}\n  keelctl: exit {} stdout {:?} stderr {:?}",
-                expected.code,
-                expected.stdout_text(),
-                expected.stderr_text(),
-                keelctl.code,
-                keelctl.stdout_text(),
-                keelctl.stderr_text()
-            ));
-        }
+        let may_print_nothing = label.starts_with(SILENT);
+        self.verdicts.check(label, etcdctl, keelctl, may_print_nothing);
     }
 
     fn expect(&mut self, what: &str, holds: bool, seen: &Ran) {
-        if !holds {
-            self.mismatches.push(format!(
-                "expectation failed: {what}\n  etcdctl: exit {} stdout {:?} stderr {:?}",
-                seen.code,
-                seen.stdout_text(),
-                seen.stderr_text()
-            ));
-        }
+        self.verdicts.expect(what, holds, seen);
     }
 
     fn with_endpoint(endpoint: &str, list: &[&str]) -> Vec<Vec<u8>> {
@@ -141,7 +115,7 @@ impl Suite {
         let etcdctl = run(&etcdctl_path(), &full, b"").await;
         let keelctl = run(&keelctl_path(), &full, b"").await;
         if self.proxy.forwarded() > 1 {
-            self.mismatches.push(format!(
+            self.verdicts.mismatches.push(format!(
                 "write {}: keelctl's request differs from etcdctl's",
                 list.join(" ")
             ));
@@ -172,7 +146,8 @@ impl Suite {
                 mask_id(&ran, *id)
             }
             more => {
-                self.mismatches
+                self.verdicts
+                    .mismatches
                     .push(format!("{}: granted {} leases", list.join(" "), more.len()));
                 ran
             }
@@ -193,8 +168,7 @@ async fn lease_suite(cluster: &Cluster) -> (usize, Vec<String>) {
         client: client.clone(),
         proxy,
         proxy_endpoint,
-        compared: 0,
-        mismatches: Vec::new(),
+        verdicts: Verdicts::default(),
     };
 
     // grant: each tool's own lease, its ID masked.
@@ -353,7 +327,8 @@ async fn lease_suite(cluster: &Cluster) -> (usize, Vec<String>) {
         .expect("range");
     let lease_of_key = attached.kvs.first().map_or(0, |kv| kv.lease);
     if lease_of_key != attach {
-        s.mismatches
+        s.verdicts
+            .mismatches
             .push(format!("put --lease attached lease {lease_of_key}, not {attach}"));
     }
     s.client.lease_revoke(attach).await.expect("revoke");
@@ -365,10 +340,12 @@ async fn lease_suite(cluster: &Cluster) -> (usize, Vec<String>) {
         .await
         .expect("range");
     if !gone.kvs.is_empty() {
-        s.mismatches.push("revoking the lease left its key".to_string());
+        s.verdicts
+            .mismatches
+            .push("revoking the lease left its key".to_string());
     }
 
-    (s.compared, s.mismatches)
+    (s.verdicts.compared, s.verdicts.mismatches)
 }
 
 /// The client half keelctl stands on: grant, time-to-live, a keeper's
@@ -448,7 +425,7 @@ async fn one_after_the_other(
     let second = second.finish(SETTLE).await;
     let fine = first_holds && !second_early && second_holds && first.code == 0 && second.code == 0;
     if !fine {
-        s.mismatches.push(format!(
+        s.verdicts.mismatches.push(format!(
             "{what}: {} then {}: first {first:?} (held: {first_holds}); second {second:?} (early: {second_early}, then: {second_holds})",
             holder.display(),
             waiter.display()
@@ -486,7 +463,7 @@ async fn interrupted_while_waiting(s: &mut Suite, list: &[&str], prefix: &[u8]) 
         .await
         .expect("range");
     if keys.count != 1 {
-        s.mismatches.push(format!(
+        s.verdicts.mismatches.push(format!(
             "{}: {} keys left after the waiters were interrupted, not only the holder's",
             list.join(" "),
             keys.count
@@ -505,8 +482,7 @@ async fn concurrency_suite(cluster: &mut Cluster) -> (usize, Vec<String>) {
         client: client.clone(),
         proxy,
         proxy_endpoint,
-        compared: 0,
-        mismatches: Vec::new(),
+        verdicts: Verdicts::default(),
     };
 
     // lock: bad input, then a command run holding the lock.
@@ -632,7 +608,7 @@ async fn concurrency_suite(cluster: &mut Cluster) -> (usize, Vec<String>) {
     // The renew deadline ends it (not the lease's own end, 1s later).
     let stepped = "Error: elect: leadership lost: not renewed within the renew deadline (2s)\n";
     if !in_time || ran.code != 1 || ran.stderr_text() != stepped {
-        s.mismatches.push(format!(
+        s.verdicts.mismatches.push(format!(
             "a leader that cannot renew steps down within the renew deadline, before its lease (3s) can expire: after {after:?}: exit {} stdout {:?} stderr {:?}",
             ran.code,
             ran.stdout_text(),
@@ -653,7 +629,7 @@ async fn concurrency_suite(cluster: &mut Cluster) -> (usize, Vec<String>) {
     let _ = dying.finish(SETTLE).await;
     // 3s lease + 500ms retry period, and a second for the server's expiry sweep.
     if early || !took_over || took > Duration::from_millis(4500) || !ran.stdout_text().ends_with("\nb\n") {
-        s.mismatches.push(format!(
+        s.verdicts.mismatches.push(format!(
             "a candidate takes over within lease duration + retry period: early {early}, took over {took_over} after {took:?}: exit {} stdout {:?} stderr {:?}",
             ran.code,
             ran.stdout_text(),
@@ -661,7 +637,7 @@ async fn concurrency_suite(cluster: &mut Cluster) -> (usize, Vec<String>) {
         ));
     }
 
-    (s.compared, s.mismatches)
+    (s.verdicts.compared, s.verdicts.mismatches)
 }
 
 /// The elector's client API: a fencing token, guarded writes that apply

@@ -13,6 +13,7 @@
 
 pub mod background;
 pub mod masks;
+pub mod verdicts;
 pub mod watch_runner;
 
 use std::collections::HashMap;
