@@ -190,6 +190,37 @@ impl InProcessCluster {
         }
     }
 
+    /// Waits up to `limit` for member `index` to stop by itself (not
+    /// crashed by the test); `None` if it still runs, else what it returned.
+    pub async fn wait_until_stopped_by_itself(
+        &mut self,
+        index: usize,
+        limit: Duration,
+    ) -> Option<anyhow::Result<()>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let finished = match &self.members[index].running {
+                Some(RunningMember {
+                    thread: Some(thread), ..
+                }) => thread.is_finished(),
+                _ => return None,
+            };
+            if finished {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut running = self.members[index].running.take()?;
+        let thread = running.thread.take()?;
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(outcome)) => Some(outcome),
+            _ => Some(Err(anyhow::anyhow!("member m{} panicked", index + 1))),
+        }
+    }
+
     pub fn size(&self) -> usize {
         self.members.len()
     }

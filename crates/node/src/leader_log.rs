@@ -8,13 +8,15 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::ServerState;
 
 pub async fn log_leadership_changes(raft: KeelRaft, member_name: String) {
-    let mut metrics = raft.metrics();
+    // The server metrics: they change with state, vote and leader only, not
+    // with every write as the full metrics do.
+    let mut metrics = raft.server_metrics();
     let mut last_state = ServerState::Learner;
     let mut last_leader: Option<u64> = None;
     loop {
         let (state, leader, term, id) = {
             let m = metrics.borrow_and_update();
-            (m.state, m.current_leader, m.current_term, m.id)
+            (m.state, m.current_leader, m.vote.leader_id().term, m.id)
         };
         if state == ServerState::Leader && last_state != ServerState::Leader {
             tracing::info!(member = %member_name, term, "elected leader");

@@ -504,7 +504,8 @@ impl Lessor {
 /// Resolves once the Raft core has stopped (its metrics channel closed).
 async fn raft_core_gone(raft: keel_raft::KeelRaft) {
     use openraft::async_runtime::watch::WatchReceiver;
-    let mut metrics = raft.metrics();
+    // The server metrics: they change with leadership, not with every write.
+    let mut metrics = raft.server_metrics();
     while metrics.changed().await.is_ok() {}
 }
 

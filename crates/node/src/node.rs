@@ -397,9 +397,9 @@ fn start_paths(
 /// state lists it as removed (a peer's refusal of its votes is the other
 /// way it learns it).
 async fn follow_membership(raft: KeelRaft, state: StateView, member_id: NodeId, network: PeerNetwork) {
-    let mut metrics = raft.metrics();
-    // Metrics change with every acknowledgement; the URLs only with the
-    // membership's log id.
+    // The server metrics change with the membership (not with every write,
+    // as the full metrics do); the URLs only with the membership's log id.
+    let mut metrics = raft.server_metrics();
     let mut learned = None;
     loop {
         let membership = metrics.borrow_watched().membership_config.clone();
@@ -513,14 +513,24 @@ async fn bootstrap(
 }
 
 /// Resolves when openraft's core has stopped on a fatal error.
+///
+/// It waits on openraft's server metrics, which change only with the
+/// member's state, leader or membership, not on its full metrics, which
+/// change several times per write: this future runs for the member's whole
+/// life (on the thread that runs `main`, where every wake-up is a thread
+/// switch). openraft drops the metrics' senders when its core stops, fatal
+/// error or not; the error itself is in the full metrics.
 async fn raft_stopped(raft: &KeelRaft) -> String {
-    let mut metrics = raft.metrics();
+    let mut server_metrics = raft.server_metrics();
     loop {
-        if let Err(fatal) = &metrics.borrow_watched().running_state {
+        if let Err(fatal) = &raft.metrics().borrow_watched().running_state {
             return fatal.to_string();
         }
-        if metrics.changed().await.is_err() {
-            return "the Raft core is gone".to_string();
+        if server_metrics.changed().await.is_err() {
+            return match &raft.metrics().borrow_watched().running_state {
+                Err(fatal) => fatal.to_string(),
+                Ok(()) => "the Raft core is gone".to_string(),
+            };
         }
     }
 }

@@ -17,21 +17,35 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 /// The applied-write count and the count at the last snapshot; cheap to
 /// clone, shared by the state machine and whoever triggers snapshots.
-#[derive(Clone)]
+///
+/// The applier wakes the waiter only when the count it waits for is
+/// reached, not on every apply: the waiter lives as long as the member, and
+/// a wake-up per applied entry was a task switch per write.
+#[derive(Clone, Default)]
 pub struct AppliedWrites {
-    applied: Arc<watch::Sender<u64>>,
-    at_last_snapshot: Arc<AtomicU64>,
+    shared: Arc<Counts>,
 }
 
-impl Default for AppliedWrites {
+struct Counts {
+    applied: AtomicU64,
+    at_last_snapshot: AtomicU64,
+    /// Writes since the last snapshot that the waiter waits for; `u64::MAX`
+    /// while nobody waits.
+    waited_for: AtomicU64,
+    reached: Notify,
+}
+
+impl Default for Counts {
     fn default() -> Self {
-        AppliedWrites {
-            applied: Arc::new(watch::Sender::new(0)),
-            at_last_snapshot: Arc::new(AtomicU64::new(0)),
+        Counts {
+            applied: AtomicU64::new(0),
+            at_last_snapshot: AtomicU64::new(0),
+            waited_for: AtomicU64::new(u64::MAX),
+            reached: Notify::new(),
         }
     }
 }
@@ -40,38 +54,41 @@ impl AppliedWrites {
     /// Called by the state machine once a batch of this many writes is
     /// committed.
     pub(crate) fn add(&self, writes: u64) {
-        if writes > 0 {
-            self.applied.send_modify(|applied| *applied += writes);
+        if writes == 0 {
+            return;
+        }
+        // SeqCst with the waiter's store and load below: one of the two sees
+        // the other's write, so the wake-up is never missed.
+        self.shared.applied.fetch_add(writes, Ordering::SeqCst);
+        if self.since_last_snapshot() >= self.shared.waited_for.load(Ordering::SeqCst) {
+            self.shared.reached.notify_one();
         }
     }
 
     /// Called with the apply gate held, when the state a snapshot covers is
     /// fixed: everything applied so far is in it.
     pub(crate) fn mark_snapshot(&self) {
-        self.at_last_snapshot
-            .store(*self.applied.borrow(), Ordering::Release);
+        let applied = self.shared.applied.load(Ordering::Acquire);
+        self.shared.at_last_snapshot.store(applied, Ordering::Release);
     }
 
     /// Writes applied since the last snapshot this process built or
     /// installed (or since it started).
     pub fn since_last_snapshot(&self) -> u64 {
-        let applied = *self.applied.borrow();
-        applied.saturating_sub(self.at_last_snapshot.load(Ordering::Acquire))
+        let applied = self.shared.applied.load(Ordering::SeqCst);
+        applied.saturating_sub(self.shared.at_last_snapshot.load(Ordering::Acquire))
     }
 
     /// Waits until at least `count` writes were applied since the last
-    /// snapshot.
+    /// snapshot. One waiter at a time (the member's snapshot trigger).
     pub async fn wait_for_writes_since_snapshot(&self, count: u64) {
-        let mut applied = self.applied.subscribe();
-        loop {
-            if self.since_last_snapshot() >= count {
-                return;
-            }
-            if applied.changed().await.is_err() {
-                // The sender lives as long as `self`: never reached.
-                std::future::pending::<()>().await;
-            }
+        self.shared.waited_for.store(count, Ordering::SeqCst);
+        // `notify_one` keeps a permit when nobody is waiting yet, so an
+        // apply between the check and the wait is not missed.
+        while self.since_last_snapshot() < count {
+            self.shared.reached.notified().await;
         }
+        self.shared.waited_for.store(u64::MAX, Ordering::Release);
     }
 }
 

@@ -136,9 +136,29 @@ impl SledLogStore {
     }
 
     /// Puts `entries` into sled's memory (not yet durable), in one batch.
+    /// Writes appended entries to sled's memory, all or none.
+    ///
+    /// One entry (the usual append, on the leader and the followers alike)
+    /// is one `insert`, atomic by itself; several go in one `apply_batch`.
+    /// Not a batch of one: sled starts every batch by sealing its current IO
+    /// buffer and writing a buffer that holds only the batch's manifest,
+    /// each written and `sync_file_range`d on sled's IO thread pool, so a
+    /// batch costs two disk writes and two thread wake-ups before the flush.
     fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), io::Error> {
+        let mut entries = entries.into_iter();
+        let Some(first) = entries.next() else {
+            return Ok(());
+        };
+        let Some(second) = entries.next() else {
+            let key = index_key(first.log_id.index);
+            return self
+                .log
+                .insert(key, encode_entry(first))
+                .map(drop)
+                .map_err(write_logs_error);
+        };
         let mut batch = sled::Batch::default();
-        for entry in entries {
+        for entry in [first, second].into_iter().chain(entries) {
             let key = index_key(entry.log_id.index);
             batch.insert(&key, encode_entry(entry));
         }

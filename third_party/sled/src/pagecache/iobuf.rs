@@ -314,10 +314,23 @@ pub(crate) struct IoBufs {
     pub segment_accountant: Mutex<SegmentAccountant>,
     pub segment_cleaner: SegmentCleaner,
     deferred_segment_ops: stack::Stack<SegmentOp>,
+    // keel: buffers sealed partly full (by a batch's `pin_log`) whose write
+    // waits for the next `make_stable` or periodic flush, which writes them
+    // all with one `sync_file_range`, instead of one pool job each.
+    deferred_writes: Mutex<Vec<Arc<IoBuf>>>,
     #[cfg(feature = "io_uring")]
     pub submission_mutex: Mutex<()>,
     #[cfg(feature = "io_uring")]
     pub io_uring: rio::Rio,
+}
+
+/// keel: a buffer whose bytes are written but not yet synced or marked.
+pub(crate) struct WrittenIoBuf {
+    log_offset: LogOffset,
+    base_lsn: Lsn,
+    total_len: usize,
+    maxed: bool,
+    stored_max_stable_lsn: Lsn,
 }
 
 impl Drop for IoBufs {
@@ -417,6 +430,7 @@ impl IoBufs {
             segment_accountant: Mutex::new(segment_accountant),
             segment_cleaner,
             deferred_segment_ops: stack::Stack::default(),
+            deferred_writes: Mutex::new(Vec::new()),
             #[cfg(feature = "io_uring")]
             submission_mutex: Mutex::new(()),
             #[cfg(feature = "io_uring")]
@@ -567,6 +581,102 @@ impl IoBufs {
     // Write an IO buffer's data to stable storage and set up the
     // next IO buffer for writing.
     pub(crate) fn write_to_log(&self, iobuf: &IoBuf) -> Result<()> {
+        let written = self.write_iobuf_data(iobuf)?;
+        #[cfg(not(feature = "io_uring"))]
+        self.sync_written_range(written.log_offset, written.total_len)?;
+        self.complete_iobuf_write(written)
+    }
+
+    /// keel: writes every deferred buffer (see `deferred_writes`) and
+    /// `sync_file_range`s them once, together.
+    pub(crate) fn write_deferred(&self) -> Result<()> {
+        let deferred = std::mem::take(&mut *self.deferred_writes.lock());
+        if deferred.is_empty() {
+            return Ok(());
+        }
+        // As for a failed pool write: the error is global from now on, and
+        // every waiter is woken to see it.
+        self.write_and_sync(&deferred).map_err(|e| {
+            error!("hit error while writing deferred iobufs: {:?}", e);
+            self.config.set_global_error(e.clone());
+            let intervals = self.intervals.lock();
+            drop(intervals);
+            let _notified = self.interval_updated.notify_all();
+            e
+        })
+    }
+
+    fn write_and_sync(&self, deferred: &[Arc<IoBuf>]) -> Result<()> {
+        let mut written = Vec::with_capacity(deferred.len());
+        for iobuf in deferred {
+            written.push(self.write_iobuf_data(iobuf)?);
+        }
+        #[cfg(not(feature = "io_uring"))]
+        {
+            let start = written.iter().map(|w| w.log_offset).min().unwrap_or(0);
+            let end = written
+                .iter()
+                .map(|w| w.log_offset + w.total_len as LogOffset)
+                .max()
+                .unwrap_or(start);
+            self.sync_written_range(start, assert_usize(end - start))?;
+        }
+        for w in written {
+            self.complete_iobuf_write(w)?;
+        }
+        Ok(())
+    }
+
+    /// keel: queues a sealed buffer with no writers left for
+    /// `write_deferred`, and wakes `make_stable` waiters to write it.
+    pub(crate) fn defer_write(&self, iobuf: Arc<IoBuf>) {
+        self.deferred_writes.lock().push(iobuf);
+        let intervals = self.intervals.lock();
+        drop(intervals);
+        let _notified = self.interval_updated.notify_all();
+    }
+
+    fn has_deferred_writes(&self) -> bool {
+        !self.deferred_writes.lock().is_empty()
+    }
+
+    #[cfg(not(feature = "io_uring"))]
+    fn sync_written_range(&self, log_offset: LogOffset, len: usize) -> Result<()> {
+        if self.config.temporary || len == 0 {
+            return Ok(());
+        }
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::io::AsRawFd;
+            let f = &self.config.file;
+            let ret = unsafe {
+                libc::sync_file_range(
+                    f.as_raw_fd(),
+                    i64::try_from(log_offset).unwrap(),
+                    i64::try_from(len).unwrap(),
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                )
+            };
+            if ret < 0 {
+                let err = std::io::Error::last_os_error();
+                if let Some(libc::ENOSYS) = err.raw_os_error() {
+                    f.sync_all()?;
+                } else {
+                    return Err(err.into());
+                }
+            }
+        }
+
+        #[cfg(not(target_os = "linux"))]
+        self.config.file.sync_all()?;
+        Ok(())
+    }
+
+    // keel: the first half of upstream's `write_to_log`: pads and writes
+    // the buffer's bytes (no sync).
+    fn write_iobuf_data(&self, iobuf: &IoBuf) -> Result<WrittenIoBuf> {
         let _measure = Measure::new(&M.write_to_log);
         let header = iobuf.get_header();
         let log_offset = iobuf.offset;
@@ -728,34 +838,27 @@ impl IoBufs {
         {
             let f = &self.config.file;
             pwrite_all(f, data, log_offset)?;
-            if !self.config.temporary {
-                #[cfg(target_os = "linux")]
-                {
-                    use std::os::unix::io::AsRawFd;
-                    let ret = unsafe {
-                        libc::sync_file_range(
-                            f.as_raw_fd(),
-                            i64::try_from(log_offset).unwrap(),
-                            i64::try_from(total_len).unwrap(),
-                            libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                                | libc::SYNC_FILE_RANGE_WRITE
-                                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-                        )
-                    };
-                    if ret < 0 {
-                        let err = std::io::Error::last_os_error();
-                        if let Some(libc::ENOSYS) = err.raw_os_error() {
-                            f.sync_all()?;
-                        } else {
-                            return Err(err.into());
-                        }
-                    }
-                }
-
-                #[cfg(not(target_os = "linux"))]
-                f.sync_all()?;
-            }
         }
+        Ok(WrittenIoBuf {
+            log_offset,
+            base_lsn,
+            total_len,
+            maxed,
+            stored_max_stable_lsn,
+        })
+    }
+
+    // keel: the second half of upstream's `write_to_log`, once the bytes
+    // are synced.
+    fn complete_iobuf_write(&self, written: WrittenIoBuf) -> Result<()> {
+        let WrittenIoBuf {
+            log_offset,
+            base_lsn,
+            total_len,
+            maxed,
+            stored_max_stable_lsn,
+        } = written;
+        let segment_size = self.config.segment_size;
         io_fail!(self, "buffer write post");
 
         if total_len > 0 {
@@ -854,6 +957,20 @@ impl IoBufs {
 }
 
 pub(crate) fn roll_iobuf(iobufs: &Arc<IoBufs>) -> Result<usize> {
+    roll_iobuf_writing_on(iobufs, WriteOn::ThisThread)
+}
+
+/// keel: `roll_iobuf` for a batch's `pin_log`: the sealed buffer's write is
+/// deferred to the next flush.
+pub(crate) fn roll_iobuf_for_batch(iobufs: &Arc<IoBufs>) -> Result<usize> {
+    roll_iobuf_writing_on(iobufs, WriteOn::Deferred)
+}
+
+fn roll_iobuf_writing_on(iobufs: &Arc<IoBufs>, write_on: WriteOn) -> Result<usize> {
+    if write_on == WriteOn::ThisThread {
+        // the periodic flusher: also write what batches deferred.
+        iobufs.write_deferred()?;
+    }
     let iobuf = iobufs.current_iobuf();
     let header = iobuf.get_header();
     if header::is_sealed(header) {
@@ -864,7 +981,7 @@ pub(crate) fn roll_iobuf(iobufs: &Arc<IoBufs>) -> Result<usize> {
         trace!("skipping roll_iobuf due to empty segment");
     } else {
         trace!("sealing ioubuf from  roll_iobuf");
-        maybe_seal_and_write_iobuf(iobufs, &iobuf, header, false)?;
+        seal_and_write_iobuf(iobufs, &iobuf, header, false, write_on)?;
     }
 
     Ok(header::offset(header))
@@ -913,6 +1030,12 @@ pub(in crate::pagecache) fn make_stable_inner(
     let mut stable = first_stable;
 
     while stable < lsn {
+        // keel: write what batches deferred; it may be what we wait for.
+        iobufs.write_deferred()?;
+        stable = iobufs.stable();
+        if stable >= lsn {
+            break;
+        }
         if let Err(e) = iobufs.config.global_error() {
             let intervals = iobufs.intervals.lock();
 
@@ -933,7 +1056,9 @@ pub(in crate::pagecache) fn make_stable_inner(
             // nothing to write, don't bother sealing
             // current IO buffer.
         } else {
-            maybe_seal_and_write_iobuf(iobufs, &iobuf, header, false)?;
+            // keel: the flushing thread writes the buffer itself rather
+            // than waking a pool thread to do it and waiting for that one.
+            seal_and_write_iobuf(iobufs, &iobuf, header, false, WriteOn::ThisThread)?;
             stable = iobufs.stable();
             // NB we have to continue here to possibly clear
             // the next io buffer, which may have dirty
@@ -956,6 +1081,12 @@ pub(in crate::pagecache) fn make_stable_inner(
         }
 
         stable = iobufs.stable();
+
+        // keel: a buffer deferred since the round began (its last writer
+        // left it after we looked) is written by us, not waited for.
+        if stable < lsn && iobufs.has_deferred_writes() {
+            continue;
+        }
 
         if partial_durability {
             if waiter.stable_lsn > lsn {
@@ -1022,6 +1153,28 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
     iobuf: &Arc<IoBuf>,
     header: Header,
     from_reserve: bool,
+) -> Result<()> {
+    seal_and_write_iobuf(iobufs, iobuf, header, from_reserve, WriteOn::Pool)
+}
+
+/// keel: which thread writes a buffer sealed with no writers left in it.
+#[derive(Clone, Copy, PartialEq)]
+pub(in crate::pagecache) enum WriteOn {
+    /// sled's IO thread pool (upstream's only choice).
+    Pool,
+    /// The thread that sealed it, which is about to wait for it anyway.
+    ThisThread,
+    /// The next `make_stable` or periodic flush (`IoBufs::write_deferred`),
+    /// unless the buffer is a full segment's.
+    Deferred,
+}
+
+fn seal_and_write_iobuf(
+    iobufs: &Arc<IoBufs>,
+    iobuf: &Arc<IoBuf>,
+    header: Header,
+    from_reserve: bool,
+    write_on: WriteOn,
 ) -> Result<()> {
     if header::is_sealed(header) {
         // this buffer is already sealed. nothing to do here.
@@ -1178,6 +1331,24 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
             "asynchronously writing iobuf with lsn {} to log from maybe_seal",
             lsn
         );
+        if write_on == WriteOn::Deferred && !maxed {
+            iobufs.defer_write(iobuf.clone());
+            return Ok(());
+        }
+        if write_on == WriteOn::ThisThread {
+            if let Err(e) = iobufs.write_to_log(iobuf) {
+                error!(
+                    "hit error while writing iobuf with lsn {}: {:?}",
+                    lsn, e
+                );
+                iobufs.config.set_global_error(e.clone());
+                let intervals = iobufs.intervals.lock();
+                drop(intervals);
+                let _notified = iobufs.interval_updated.notify_all();
+                return Err(e);
+            }
+            return Ok(());
+        }
         let iobufs = iobufs.clone();
         let iobuf = iobuf.clone();
         let _result = threadpool::spawn(move || {

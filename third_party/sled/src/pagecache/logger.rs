@@ -433,6 +433,13 @@ impl Log {
                  to log from exit_reservation",
                 lsn
             );
+            // keel: a buffer sealed partly full (by a flush or a batch)
+            // is written by the next flush, which is waiting for it or
+            // will come; a full segment's is written by the pool.
+            if !header::is_maxed(header) {
+                self.iobufs.defer_write(iobuf.clone());
+                return Ok(());
+            }
             let iobufs = self.iobufs.clone();
             let iobuf = iobuf.clone();
             threadpool::spawn(move || {

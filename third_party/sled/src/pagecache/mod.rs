@@ -895,7 +895,9 @@ impl PageCache {
         // transactions with a begin and end message, rather
         // than a single beginning message that needs to
         // be held until we know the final batch LSN.
-        self.log.roll_iobuf()?;
+        // keel: both buffers this seals are written by the next flush, not
+        // by two pool jobs per batch.
+        iobuf::roll_iobuf_for_batch(&self.log.iobufs)?;
 
         let batch_res = self.log.reserve(
             LogKind::Skip,
