@@ -2,6 +2,13 @@
 //! `keel local-cluster` to run a whole local cluster.
 
 use clap::{CommandFactory, Parser, Subcommand};
+
+/// The member's allocator. A write allocates and frees many small buffers
+/// (requests, log records, sled nodes); under glibc's malloc a 256-client
+/// put load spent about a quarter of the members' CPU in the allocator
+/// (`perf`, `benches/RESULTS.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use keel_server::{config, local_cluster, member, member_log, signals};
 
 #[derive(Parser)]
