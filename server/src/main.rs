@@ -3,12 +3,15 @@
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-/// The member's allocator. A write allocates and frees many small buffers
-/// (requests, log records, sled nodes); under glibc's malloc a 256-client
-/// put load spent about a quarter of the members' CPU in the allocator
-/// (`perf`, `benches/RESULTS.md`).
+/// The member's allocator: jemalloc. A write allocates and frees many small
+/// buffers (requests, log records, sled nodes); under glibc's malloc a
+/// 256-client put load spent about a quarter of the members' CPU in the
+/// allocator. Measured with `benches/ab_put.sh` (3 members): jemalloc gave
+/// more writes per second than mimalloc at 1, 16 and 256 clients, with less
+/// memory after a 25 s load of 1.5 KB values (460 MB per member; mimalloc
+/// 570, glibc 390).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use keel_server::{config, local_cluster, member, member_log, signals};
 
 #[derive(Parser)]
