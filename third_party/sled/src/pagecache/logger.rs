@@ -437,7 +437,7 @@ impl Log {
             // is written by the next flush, which is waiting for it or
             // will come; a full segment's is written by the pool.
             if !header::is_maxed(header) {
-                self.iobufs.defer_write(iobuf.clone());
+                super::iobuf::defer_write(&self.iobufs, iobuf.clone());
                 return Ok(());
             }
             let iobufs = self.iobufs.clone();
