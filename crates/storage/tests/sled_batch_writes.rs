@@ -140,6 +140,18 @@ fn run_child(dir: &Path, settle: bool) {
     std::thread::sleep(Duration::from_secs(60));
 }
 
+/// In a child started by [`write_then_kill`]: runs the child's part and
+/// returns true (the test is then over for this process).
+fn ran_as_the_child(settle: bool) -> bool {
+    match (std::env::var(CHILD_DIR), std::env::var(CHILD_ROLE)) {
+        (Ok(dir), Ok(_)) => {
+            run_child(Path::new(&dir), settle);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Runs the child, kills it with SIGKILL once it has written, and returns
 /// what it printed.
 fn write_then_kill(dir: &Path, test_name: &str) -> String {
@@ -182,11 +194,8 @@ fn durable_round(printed: &str) -> i64 {
 
 #[test]
 fn a_process_killed_after_batches_keeps_every_flushed_batch_and_no_part_of_any() {
-    if let Ok(dir) = std::env::var(CHILD_DIR) {
-        if std::env::var(CHILD_ROLE).is_ok() {
-            run_child(Path::new(&dir), false);
-            return;
-        }
+    if ran_as_the_child(false) {
+        return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let printed = write_then_kill(
@@ -209,11 +218,8 @@ fn a_process_killed_after_batches_keeps_every_flushed_batch_and_no_part_of_any()
 
 #[test]
 fn batches_nobody_flushed_are_written_by_sleds_periodic_flusher() {
-    if let Ok(dir) = std::env::var(CHILD_DIR) {
-        if std::env::var(CHILD_ROLE).is_ok() {
-            run_child(Path::new(&dir), true);
-            return;
-        }
+    if ran_as_the_child(true) {
+        return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     write_then_kill(
