@@ -90,7 +90,10 @@ impl Maintenance for MaintenanceService {
         let leader = context.node.leadership().known_leader().map_or(0, |(id, _)| id);
         let store = context.node.state().store();
         let raft_log_size = context.node.raft_log_size_on_disk();
-        let db_size = store.size_on_disk() + raft_log_size;
+        // sled writes some buffers to its file only at its next flush, so
+        // the file can briefly be smaller than what the keyspace holds: the
+        // size is never reported below what is in use.
+        let db_size = store.size_on_disk().max(store.live_bytes()) + raft_log_size;
         let db_size_in_use = store.live_bytes() + raft_log_size;
         let alarms = context.node.state().alarms();
         let is_learner = !metrics
