@@ -196,17 +196,20 @@ pub fn split_urls(list: &str) -> Vec<String> {
         .collect()
 }
 
-/// Parses `name=url,name=url2,other=url3` (a name may repeat for several URLs).
+/// Parses `name=url,name=url2,other=url3` (a name may repeat for several
+/// URLs). A name may be empty, as in the `ETCD_INITIAL_CLUSTER` that
+/// `member add` prints while a member has not yet published its name: each
+/// such entry is a member of its own.
 pub fn parse_initial_cluster(spec: &str) -> anyhow::Result<Vec<InitialMember>> {
     let mut members: Vec<InitialMember> = Vec::new();
     for item in split_urls(spec) {
         let (name, url) = item
             .split_once('=')
             .ok_or_else(|| anyhow!("--initial-cluster entry {item:?} is not name=url"))?;
-        if name.is_empty() || url.is_empty() {
+        if url.is_empty() {
             bail!("--initial-cluster entry {item:?} is not name=url");
         }
-        match members.iter_mut().find(|m| m.name == name) {
+        match members.iter_mut().find(|m| !name.is_empty() && m.name == name) {
             Some(member) => member.peer_urls.push(url.to_string()),
             None => members.push(InitialMember {
                 name: name.to_string(),
@@ -350,6 +353,19 @@ mod tests {
         assert_eq!(url_host("https://127.0.0.1:2379"), "127.0.0.1");
         assert_eq!(url_host("http://[::1]:2379/"), "::1");
         assert_eq!(url_host("https://etcd.example"), "etcd.example");
+    }
+
+    #[test]
+    fn initial_cluster_keeps_each_unnamed_entry_member_add_printed_apart() {
+        let members = parse_initial_cluster(
+            "m4=http://127.0.0.1:4,m1=http://127.0.0.1:1,=http://127.0.0.1:2,=http://127.0.0.1:3",
+        )
+        .expect("member add's output parses");
+        let unnamed: Vec<&InitialMember> = members.iter().filter(|m| m.name.is_empty()).collect();
+        assert_eq!(members.len(), 4);
+        assert_eq!(unnamed.len(), 2);
+        assert_eq!(unnamed[0].peer_urls, vec!["http://127.0.0.1:2"]);
+        assert_eq!(unnamed[1].peer_urls, vec!["http://127.0.0.1:3"]);
     }
 
     #[test]

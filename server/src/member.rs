@@ -345,6 +345,12 @@ fn node_config(
     let mut peer_dial_overrides = HashMap::new();
     if let Some(spec) = &flags.peer_dial_overrides {
         for entry in crate::config::parse_initial_cluster(spec)? {
+            if entry.name.is_empty() {
+                bail!(
+                    "--peer-dial-overrides entry {:?} names no member",
+                    entry.peer_urls[0]
+                );
+            }
             let Some(position) = identity.initial.iter().position(|m| m.name == entry.name) else {
                 bail!("--peer-dial-overrides names unknown member {:?}", entry.name);
             };
