@@ -33,7 +33,7 @@ use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 
 use keel_storage::sled;
-use keel_storage::{Database, GroupFlusher};
+use keel_storage::{Database, GroupFlusher, RecordSizes};
 
 use crate::durable_applied::DurableApplied;
 use crate::storage_codec::{decode_entry, decode_entry_log_id, encode_entry, StorageRecord};
@@ -82,7 +82,9 @@ impl SledLogStore {
     /// Opens (or creates) a log database in `path` with no state machine
     /// behind it: purges happen at once.
     pub fn open(path: &std::path::Path) -> Result<Self, RaftStorageError> {
-        let database = Database::open(path, LOG_CACHE_BYTES)?;
+        // A group-committed entry can be MiBs: large-record segments keep
+        // entries and the log tree's nodes in sled's log, not a file each.
+        let database = Database::open_holding(path, LOG_CACHE_BYTES, RecordSizes::Large)?;
         let log = database.sled().open_tree("log")?;
         let state = database.sled().open_tree("raft_state")?;
         let flusher = database.start_group_flusher()?;

@@ -7,6 +7,16 @@
 //! of `fdatasync.rs`; everything written to the database before the call is
 //! then on disk. Calls are serialized (one set of files per database), so a
 //! sync never overlaps another sync of the same files.
+//!
+//! Segment size: sled writes any record larger than a quarter of its log
+//! segment as a file of its own under `blobs/` (created, written, then
+//! fsynced by `fdatasync.rs`, and its directory too). With sled's 512 KiB
+//! segments that is every group-committed Raft entry over about 128 KiB and
+//! every rewrite of a log tree node that holds such entries. A database of
+//! large records ([`RecordSizes::Large`]) is therefore created with
+//! [`LARGE_RECORD_SEGMENT_BYTES`] segments. sled refuses to open a database
+//! with another segment size than it was created with, so an existing
+//! database keeps the size its `conf` file records.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -15,6 +25,31 @@ use crate::fdatasync::SledFdatasync;
 use crate::generations::Generation;
 use crate::group_flush::GroupFlusher;
 use crate::StorageError;
+
+/// sled's segment size for [`RecordSizes::Large`] databases: records up to
+/// 2 MiB stay in sled's log.
+pub const LARGE_RECORD_SEGMENT_BYTES: usize = 8 * 1024 * 1024;
+/// sled's own segment size, kept for [`RecordSizes::Small`] databases.
+const SLED_DEFAULT_SEGMENT_BYTES: usize = 512 * 1024;
+
+/// How large the records a database holds are, which decides the segment
+/// size a new database is created with (see the module's doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordSizes {
+    /// Keys and values of a few KiB (the keyspace): sled's own segments.
+    Small,
+    /// Records up to MiBs (the Raft log, whose entries pack many writes).
+    Large,
+}
+
+impl RecordSizes {
+    fn segment_bytes(self) -> usize {
+        match self {
+            RecordSizes::Small => SLED_DEFAULT_SEGMENT_BYTES,
+            RecordSizes::Large => LARGE_RECORD_SEGMENT_BYTES,
+        }
+    }
+}
 
 /// A sled database of keel's. Cheap to clone; clones share the database.
 #[derive(Clone)]
@@ -30,6 +65,7 @@ struct Shared {
     /// temporary one.
     generation: Option<Generation>,
     cache_bytes: u64,
+    record_sizes: RecordSizes,
     /// The files synced after each flush; `None` for a temporary database,
     /// which is deleted when dropped and has nothing to keep.
     files: Option<Mutex<SledFdatasync>>,
@@ -49,17 +85,32 @@ impl Database {
     ///
     /// A database another open database holds is [`StorageError::Locked`].
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Database, StorageError> {
-        let generation = Generation::current(path)?;
-        generation.delete_the_others()?;
-        Database::open_generation(generation, cache_bytes)
+        Database::open_holding(path, cache_bytes, RecordSizes::Small)
     }
 
-    fn open_generation(generation: Generation, cache_bytes: u64) -> Result<Database, StorageError> {
+    /// [`Database::open`] for a database of records of `record_sizes`.
+    pub fn open_holding(
+        path: &Path,
+        cache_bytes: u64,
+        record_sizes: RecordSizes,
+    ) -> Result<Database, StorageError> {
+        let generation = Generation::current(path)?;
+        generation.delete_the_others()?;
+        Database::open_generation(generation, cache_bytes, record_sizes)
+    }
+
+    fn open_generation(
+        generation: Generation,
+        cache_bytes: u64,
+        record_sizes: RecordSizes,
+    ) -> Result<Database, StorageError> {
         let path = generation.dir();
         ensure_not_locked(&path)?;
+        let segment_bytes = persisted_segment_bytes(&path)?.unwrap_or(record_sizes.segment_bytes());
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(cache_bytes)
+            .segment_size(segment_bytes)
             .mode(sled::Mode::HighThroughput)
             .open()?;
         let files = SledFdatasync::open(&path)?;
@@ -69,6 +120,7 @@ impl Database {
                 path: Some(path),
                 generation: Some(generation),
                 cache_bytes,
+                record_sizes,
                 files: Some(Mutex::new(files)),
             }),
         })
@@ -84,7 +136,7 @@ impl Database {
             Some(generation) => {
                 let next = generation.next();
                 next.delete_dir()?;
-                Database::open_generation(next, self.shared.cache_bytes)
+                Database::open_generation(next, self.shared.cache_bytes, self.shared.record_sizes)
             }
         }
     }
@@ -133,6 +185,7 @@ impl Database {
                 path: None,
                 generation: None,
                 cache_bytes: 0,
+                record_sizes: RecordSizes::Small,
                 files: None,
             }),
         })
@@ -192,6 +245,23 @@ impl Database {
     }
 }
 
+/// The segment size sled recorded in the `conf` file of the database in
+/// `dir` when it created it (`segment_size: N` on a line of its own);
+/// `None` for a database not created yet, or a `conf` without the line
+/// (sled then judges the file itself).
+fn persisted_segment_bytes(dir: &Path) -> Result<Option<usize>, StorageError> {
+    let conf_path = dir.join("conf");
+    let conf = match std::fs::read(&conf_path) {
+        Ok(conf) => conf,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(StorageError::io("reading", &conf_path, error)),
+    };
+    Ok(conf
+        .split(|byte| *byte == b'\n')
+        .filter_map(|line| line.strip_prefix(b"segment_size: "))
+        .find_map(|digits| std::str::from_utf8(digits).ok()?.parse().ok()))
+}
+
 /// Fails with [`StorageError::Locked`] when another open database holds
 /// the lock sled takes on its data file (an exclusive `flock`), which sled
 /// itself reports only as text. The probe's own lock is released at once;
@@ -222,9 +292,13 @@ mod tests {
     /// Opens the database in `path` again, retrying while sled's background
     /// thread of a just dropped handle still holds the file lock.
     fn reopen(path: &Path) -> Database {
+        reopen_holding(path, RecordSizes::Small)
+    }
+
+    fn reopen_holding(path: &Path, record_sizes: RecordSizes) -> Database {
         let mut attempts = 0;
         loop {
-            match Database::open(path, 1024 * 1024) {
+            match Database::open_holding(path, 1024 * 1024, record_sizes) {
                 Ok(database) => return database,
                 Err(StorageError::Locked { .. }) if attempts < 200 => {
                     attempts += 1;
@@ -281,6 +355,59 @@ mod tests {
         }
         drop(first);
         reopen(&path);
+    }
+
+    fn blob_files(path: &Path) -> usize {
+        std::fs::read_dir(path.join("blobs")).expect("blobs dir").count()
+    }
+
+    #[test]
+    fn a_large_record_database_keeps_a_1_mib_record_in_sleds_log_not_in_a_blob_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, record_sizes, blobs_expected) in [
+            ("small", RecordSizes::Small, true),
+            ("large", RecordSizes::Large, false),
+        ] {
+            let path = dir.path().join(name);
+            let database = Database::open_holding(&path, 1024 * 1024, record_sizes).expect("open");
+            database
+                .sled()
+                .insert(b"entry", vec![7u8; 1024 * 1024])
+                .expect("insert");
+            database.make_durable().expect("durable");
+            assert_eq!(blob_files(&path) > 0, blobs_expected, "{name}");
+            drop(database);
+            let database = reopen_holding(&path, record_sizes);
+            let entry = database.sled().get(b"entry").expect("get");
+            assert_eq!(entry.map(|entry| entry.len()), Some(1024 * 1024), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_database_keeps_the_segment_size_it_was_created_with_whatever_it_is_opened_as() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        {
+            let database = Database::open_holding(&path, 1024 * 1024, RecordSizes::Small).expect("open");
+            database.sled().insert(b"k", &b"v"[..]).expect("insert");
+            database.make_durable().expect("durable");
+        }
+        // sled refuses another segment size than the database's own.
+        let database = reopen_holding(&path, RecordSizes::Large);
+        assert_eq!(
+            database.sled().get(b"k").expect("get").as_deref(),
+            Some(&b"v"[..])
+        );
+        assert_eq!(
+            persisted_segment_bytes(&path).expect("conf"),
+            Some(SLED_DEFAULT_SEGMENT_BYTES)
+        );
+        let other = dir.path().join("other");
+        drop(Database::open_holding(&other, 1024 * 1024, RecordSizes::Large).expect("open"));
+        assert_eq!(
+            persisted_segment_bytes(&other).expect("conf"),
+            Some(LARGE_RECORD_SEGMENT_BYTES)
+        );
     }
 
     #[tokio::test]
