@@ -112,6 +112,35 @@ fn options(options: ClusterOptions) -> ClusterOptions {
     }
 }
 
+/// Ports for a fourth member `m4`, then `etcdctl member add m4
+/// --peer-urls=... <flags>`: its index, peer URL and what etcdctl printed.
+async fn add_m4_with_etcdctl(cluster: &mut Cluster, flags: &[&str]) -> (usize, String, String) {
+    let index = cluster.prepare_member("m4").expect("ports for m4");
+    let peer_url = cluster.peer_url(index);
+    let peer_urls = format!("--peer-urls={peer_url}");
+    let mut command = vec!["member", "add", "m4"];
+    command.extend_from_slice(flags);
+    command.push(&peer_urls);
+    let printed = etcdctl_member_add(cluster, &command).await;
+    (index, peer_url, printed)
+}
+
+/// A cluster of the first members with a leader, holding `k` = `v` (what
+/// a member that joins later must serve).
+async fn start_led_holding_k(flavor: ClusterOptions) -> Cluster {
+    let cluster = Cluster::start_led(options(flavor)).await.expect("cluster starts");
+    let client = cluster.client().expect("client");
+    client
+        .put(PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("put");
+    cluster
+}
+
 /// A voter added with `etcdctl member add` and started with what it
 /// printed catches up and serves; removed, it stops, and restarted on its
 /// data dir it is refused and stops again (an id never comes back).
@@ -126,13 +155,7 @@ async fn add_serve_remove(flavor: ClusterOptions) {
         };
         client.put(put).await.expect("put");
     }
-    let joining = cluster.prepare_member("m4").expect("ports for m4");
-    let peer_url = cluster.peer_url(joining);
-    let printed = etcdctl_member_add(
-        &cluster,
-        &["member", "add", "m4", &format!("--peer-urls={peer_url}")],
-    )
-    .await;
+    let (joining, peer_url, printed) = add_m4_with_etcdctl(&mut cluster, &[]).await;
     let (id, initial_cluster) = added_member(&printed);
     assert!(initial_cluster.contains(&format!("m4={peer_url}")), "{printed}");
     let listed = etcdctl_ok(&cluster, &["member", "list"]).await;
@@ -228,23 +251,8 @@ async fn a_member_added_with_etcdctl_catches_up_serves_and_stops_once_removed_on
 /// here, so the case does not depend on timing (etcd merges several
 /// unnamed entries into one member and then refuses the count).
 async fn joins_with_an_initial_cluster_naming_an_unnamed_member(flavor: ClusterOptions) {
-    let mut cluster = Cluster::start_led(options(flavor)).await.expect("cluster starts");
-    let client = cluster.client().expect("client");
-    client
-        .put(PutRequest {
-            key: b"k".to_vec(),
-            value: b"v".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .expect("put");
-    let joining = cluster.prepare_member("m4").expect("ports for m4");
-    let peer_url = cluster.peer_url(joining);
-    let printed = etcdctl_member_add(
-        &cluster,
-        &["member", "add", "m4", &format!("--peer-urls={peer_url}")],
-    )
-    .await;
+    let mut cluster = start_led_holding_k(flavor).await;
+    let (joining, _, printed) = add_m4_with_etcdctl(&mut cluster, &[]).await;
     let (_, initial_cluster) = added_member(&printed);
     let one_unnamed = initial_cluster.replacen("m3=", "=", 1);
     assert!(
@@ -397,31 +405,8 @@ async fn membership_commands_print_and_fail_as_etcdctl_against_etcd() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_is_promoted_once_in_sync_and_then_counts_as_a_voter() {
-    let mut cluster = Cluster::start_led(options(ClusterOptions::keel(3)))
-        .await
-        .expect("cluster starts");
-    let client = cluster.client().expect("client");
-    client
-        .put(PutRequest {
-            key: b"k".to_vec(),
-            value: b"v".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .expect("put");
-    let learner = cluster.prepare_member("m4").expect("ports");
-    let peer_url = cluster.peer_url(learner);
-    let printed = etcdctl_member_add(
-        &cluster,
-        &[
-            "member",
-            "add",
-            "m4",
-            "--learner",
-            &format!("--peer-urls={peer_url}"),
-        ],
-    )
-    .await;
+    let mut cluster = start_led_holding_k(ClusterOptions::keel(3)).await;
+    let (learner, peer_url, printed) = add_m4_with_etcdctl(&mut cluster, &["--learner"]).await;
     let (id, initial_cluster) = added_member(&printed);
     let early = etcdctl(&cluster, &["member", "promote", &id]).await;
     assert!(
