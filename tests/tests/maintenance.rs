@@ -347,8 +347,11 @@ async fn etcdctl_defrag_keeps_every_member_s_data_and_status_shows_what_compacti
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // The file still holds what the compaction freed. (Both figures count
+    // the Raft log too, whose size depends on its sled segments, so the
+    // freed space is compared in bytes, not as a share.)
     assert!(
-        compacted_in_use < compacted_size / 2,
+        compacted_size - compacted_in_use > 3_000_000,
         "{compacted_in_use} of {compacted_size}"
     );
     let hashes_before = hashes(&cluster).await;
@@ -383,7 +386,7 @@ async fn etcdctl_defrag_keeps_every_member_s_data_and_status_shows_what_compacti
     // The keyspace's freed space went back to the file system (the Raft
     // log, counted in both figures, is not defragmented).
     assert!(
-        defragmented_size < compacted_size / 2 && defragmented_size < defragmented_in_use + 1_000_000,
+        compacted_size - defragmented_size > 3_000_000 && defragmented_size < defragmented_in_use + 1_000_000,
         "db size {compacted_size} before the defragmentation, {defragmented_size} after \
          ({defragmented_in_use} in use)"
     );
