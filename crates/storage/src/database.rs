@@ -28,7 +28,7 @@ use crate::StorageError;
 
 /// sled's segment size for [`RecordSizes::Large`] databases: records up to
 /// 2 MiB stay in sled's log.
-pub const LARGE_RECORD_SEGMENT_BYTES: usize = 8 * 1024 * 1024;
+const LARGE_RECORD_SEGMENT_BYTES: usize = 8 * 1024 * 1024;
 /// sled's own segment size, kept for [`RecordSizes::Small`] databases.
 const SLED_DEFAULT_SEGMENT_BYTES: usize = 512 * 1024;
 

@@ -29,7 +29,7 @@ mod fdatasync;
 mod generations;
 mod group_flush;
 
-pub use database::{Database, RecordSizes, LARGE_RECORD_SEGMENT_BYTES};
+pub use database::{Database, RecordSizes};
 pub use group_flush::{FlushCompletion, GroupFlusher};
 pub use sled;
 
