@@ -30,6 +30,7 @@ pub struct Metrics {
     pub grpc_started: IntCounterVec,
     pub grpc_handled: IntCounterVec,
     pub writes_per_raft_entry: Histogram,
+    pub writes_per_forwarded_batch: Histogram,
     pub read_index_round_seconds: Histogram,
 }
 
@@ -146,6 +147,14 @@ impl Metrics {
                 .buckets(exponential_buckets(1.0, 2.0, 12).unwrap_or_default()),
             )
             .expect("valid metric"),
+            writes_per_forwarded_batch: Histogram::with_opts(
+                HistogramOpts::new(
+                    "keel_writes_per_forwarded_batch",
+                    "How many client writes a follower forwarded to the leader in one call.",
+                )
+                .buckets(exponential_buckets(1.0, 2.0, 10).unwrap_or_default()),
+            )
+            .expect("valid metric"),
             read_index_round_seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     "keel_read_index_round_duration_seconds",
@@ -161,7 +170,7 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
             Box::new(self.has_leader.clone()),
             Box::new(self.is_leader.clone()),
             Box::new(self.leader_changes_seen.clone()),
@@ -176,6 +185,7 @@ impl Metrics {
             Box::new(self.grpc_started.clone()),
             Box::new(self.grpc_handled.clone()),
             Box::new(self.writes_per_raft_entry.clone()),
+            Box::new(self.writes_per_forwarded_batch.clone()),
             Box::new(self.read_index_round_seconds.clone()),
         ];
         for collector in collectors {

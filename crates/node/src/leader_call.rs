@@ -44,8 +44,8 @@ pub(crate) enum Repeat {
 pub(crate) enum LeaderAt {
     /// This member leads: answer here.
     Here,
-    /// Another member leads: a client of its peer service.
-    Peer(PeerClient),
+    /// Another member leads: its id and a client of its peer service.
+    Peer(NodeId, PeerClient),
 }
 
 /// How one attempt failed.
@@ -97,7 +97,8 @@ impl LeaderCall {
             let at = if leader == self.leadership.self_id() {
                 Some(LeaderAt::Here)
             } else {
-                self.peer(leader, &node.peer_url, kind)?.map(LeaderAt::Peer)
+                self.peer(leader, &node.peer_url, kind)?
+                    .map(|client| LeaderAt::Peer(leader, client))
             };
             if let Some(at) = at {
                 match attempt(at).await {

@@ -260,7 +260,7 @@ impl Lessor {
             .until_answered(kind, Repeat::Harmless, deadline, |at| async move {
                 match at {
                     LeaderAt::Here => self.answer_as_leader(query).await.map_err(AttemptFailure::Here),
-                    LeaderAt::Peer(client) => ask_peer(client, query, deadline)
+                    LeaderAt::Peer(_, client) => ask_peer(client, query, deadline)
                         .await
                         .map_err(AttemptFailure::Peer),
                 }

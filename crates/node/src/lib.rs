@@ -49,6 +49,7 @@ pub mod request_error;
 pub mod restore;
 mod snapshot_trigger;
 pub mod tls_accept;
+mod write_forwarder;
 pub mod write_path;
 
 pub use config::{Bootstrap, NodeConfig, NodeTestHooks, RaftTiming, DEFAULT_LEASE_CHECKPOINT_INTERVAL};

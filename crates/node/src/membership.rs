@@ -87,7 +87,7 @@ impl MembershipChanges {
                             .change_as_leader(change.clone())
                             .await
                             .map_err(AttemptFailure::Here),
-                        LeaderAt::Peer(mut client) => {
+                        LeaderAt::Peer(_, mut client) => {
                             let mut request = tonic::Request::new(change.clone());
                             request.set_timeout(deadline.saturating_duration_since(Instant::now()));
                             client

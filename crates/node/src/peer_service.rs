@@ -14,8 +14,9 @@ use keel_api::etcdserverpb::{
 };
 use keel_api::keelpb::peer_server::Peer;
 use keel_api::keelpb::{
-    ClusterMember, ClusterMembersRequest, ClusterMembersResponse, MembershipChange, MembershipChangeOutcome,
-    RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk, WriteRequest, WriteResponse,
+    ClusterMember, ClusterMembersRequest, ClusterMembersResponse, ForwardedOutcomes, ForwardedWrites,
+    MembershipChange, MembershipChangeOutcome, RaftPayload, ReadIndexRequest, ReadIndexResponse,
+    SnapshotChunk, WriteRequest, WriteResponse,
 };
 use keel_raft::state_machine::StateView;
 use keel_raft::type_config::{Snapshot, Vote};
@@ -251,6 +252,18 @@ impl Peer for PeerService {
             .await
             .map(Response::new)
             .map_err(Status::from)
+    }
+
+    async fn forward_writes(
+        &self,
+        request: Request<ForwardedWrites>,
+    ) -> Result<Response<ForwardedOutcomes>, Status> {
+        let outcomes = self
+            .write_path
+            .propose_batch_as_leader(request.into_inner().writes)
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(ForwardedOutcomes { outcomes }))
     }
 
     async fn read_index(&self, _: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {

@@ -1,5 +1,6 @@
 //! The write path: any member accepts a write; a follower forwards it to the
-//! leader over the peer service; the leader group-commits.
+//! leader over the peer service, batched with the writes queued beside it
+//! (`write_forwarder.rs`); the leader group-commits.
 //!
 //! Group commit: the proposer packs every write that is queued while earlier
 //! proposals are in flight into ONE Raft log entry (a `WriteBatch`, applied
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_api::keelpb::{
-    write_outcome, write_request, write_response, WriteBatch, WriteRequest, WriteResponse,
+    write_outcome, write_request, write_response, ForwardedOutcome, WriteBatch, WriteRequest, WriteResponse,
 };
 use keel_api::WireError;
 use keel_raft::KeelRaft;
@@ -38,6 +39,7 @@ use crate::leadership::LeaderRoute;
 use crate::lease_clock::LeaseClock;
 use crate::network::PeerMessage;
 use crate::request_error::RequestError;
+use crate::write_forwarder::{outcome_of, WriteForwarder};
 
 /// Most writes packed into one log entry.
 const MAX_WRITES_PER_ENTRY: usize = 1024;
@@ -59,6 +61,7 @@ struct Proposal {
 pub struct WritePath {
     proposals: mpsc::Sender<Proposal>,
     leader_call: LeaderCall,
+    forwarder: WriteForwarder,
     request_timeout: Duration,
     /// Told of every grant and revoke this member's proposer applies.
     lease_clock: LeaseClock,
@@ -73,6 +76,7 @@ impl WritePath {
         WritePath {
             proposals,
             leader_call: LeaderCall::new(&route, retry_pause),
+            forwarder: WriteForwarder::start(),
             request_timeout: route.request_timeout,
             lease_clock,
         }
@@ -96,7 +100,7 @@ impl WritePath {
             .until_answered(PeerMessage::ForwardWrite, Repeat::ActsOnce, deadline, |at| {
                 let request = match at {
                     LeaderAt::Here => unsent.take(),
-                    LeaderAt::Peer(_) => unsent.clone(),
+                    LeaderAt::Peer(..) => unsent.clone(),
                 };
                 async move {
                     let Some(request) = request else {
@@ -108,14 +112,11 @@ impl WritePath {
                             .propose_on_leader(request)
                             .await
                             .map_err(|wire| AttemptFailure::Here(wire.into())),
-                        LeaderAt::Peer(mut client) => {
-                            let mut forwarded = tonic::Request::new(request);
-                            forwarded.set_timeout(deadline.saturating_duration_since(Instant::now()));
-                            match client.forward_write(forwarded).await {
-                                Ok(response) => Ok(response.into_inner()),
-                                Err(status) => Err(AttemptFailure::Peer(status)),
-                            }
-                        }
+                        LeaderAt::Peer(leader, client) => self
+                            .forwarder
+                            .forward(leader, client, request, deadline)
+                            .await
+                            .map_err(AttemptFailure::Peer),
                     }
                 }
             })
@@ -162,6 +163,26 @@ impl WritePath {
             return Err(RequestError::RefusedNotLeader);
         }
         self.propose_on_leader(request).await.map_err(RequestError::from)
+    }
+
+    /// What a leader answers a follower's batch of forwarded writes with:
+    /// refused as a whole (none proposed) when this member does not lead,
+    /// else each write's own outcome, in order.
+    pub(crate) async fn propose_batch_as_leader(
+        &self,
+        requests: Vec<WriteRequest>,
+    ) -> Result<Vec<ForwardedOutcome>, RequestError> {
+        if !self.leader_call.leadership.is_leader() {
+            return Err(RequestError::RefusedNotLeader);
+        }
+        let proposed = requests
+            .into_iter()
+            .map(|request| self.propose_on_leader(request));
+        let answers = futures::future::join_all(proposed).await;
+        Ok(answers
+            .into_iter()
+            .map(|answer| outcome_of(answer.map_err(tonic::Status::from)))
+            .collect())
     }
 }
 

@@ -102,6 +102,12 @@ impl Peer for ScriptedReceiver {
     async fn forward_write(&self, _: Request<WriteRequest>) -> Result<Response<WriteResponse>, Status> {
         Err(Status::unimplemented("scripted receiver"))
     }
+    async fn forward_writes(
+        &self,
+        _: Request<keel_api::keelpb::ForwardedWrites>,
+    ) -> Result<Response<keel_api::keelpb::ForwardedOutcomes>, Status> {
+        Err(Status::unimplemented("scripted receiver"))
+    }
     async fn read_index(&self, _: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
         Err(Status::unimplemented("scripted receiver"))
     }

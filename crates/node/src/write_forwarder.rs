@@ -1,0 +1,216 @@
+//! A follower's forwarding of client writes to the leader, in batches: the
+//! writes that queue while this member's earlier forwards are in flight go
+//! to the leader in one `ForwardWrites` call, so a busy follower pays one
+//! peer call per batch, not one per write (the leader's proposer then packs
+//! them into its log entries with every other write).
+//!
+//! Invariant: every write of a batch gets exactly the answer a
+//! `ForwardWrite` call of its own would have got. A call that failed is the
+//! failure of each of its writes (a not-leader refusal, which the leader
+//! answers before proposing any of them, lets each be routed again; a call
+//! broken in flight leaves each one's effect unknown); a call that was
+//! answered gives each write its own outcome. The routing loop that decides
+//! what a failure means is `leader_call.rs`, unchanged by batching.
+
+use std::sync::Arc;
+
+use keel_api::keelpb::peer_client::PeerClient;
+use keel_api::keelpb::{forwarded_outcome, ForwardedOutcome, ForwardedWrites, WriteRequest, WriteResponse};
+use keel_raft::NodeId;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// Batches in flight to the leader at once; the writes that arrive
+/// meanwhile wait for the next batch.
+const MAX_BATCHES_IN_FLIGHT: usize = 2;
+/// Most writes in one batch.
+const MAX_WRITES_PER_BATCH: usize = 256;
+/// Stop adding writes once a batch holds this many bytes of requests.
+const MAX_BYTES_PER_BATCH: usize = 1024 * 1024;
+
+type ForwardAnswer = Result<WriteResponse, Status>;
+
+struct QueuedWrite {
+    leader: NodeId,
+    client: PeerClient<Channel>,
+    request: WriteRequest,
+    deadline: Instant,
+    reply: oneshot::Sender<ForwardAnswer>,
+}
+
+/// The sending side of forwarded writes; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct WriteForwarder {
+    queue: mpsc::Sender<QueuedWrite>,
+}
+
+impl WriteForwarder {
+    pub(crate) fn start() -> WriteForwarder {
+        let (queue, queued) = mpsc::channel(16 * 1024);
+        tokio::spawn(run_forwarder(queued));
+        WriteForwarder { queue }
+    }
+
+    /// Hands `request` to `leader` (over `client`), in a batch with the
+    /// writes queued beside it, and returns its own answer.
+    pub(crate) async fn forward(
+        &self,
+        leader: NodeId,
+        client: PeerClient<Channel>,
+        request: WriteRequest,
+        deadline: Instant,
+    ) -> ForwardAnswer {
+        let (reply, answer) = oneshot::channel();
+        let queued = QueuedWrite {
+            leader,
+            client,
+            request,
+            deadline,
+            reply,
+        };
+        if self.queue.send(queued).await.is_err() {
+            return Err(stopped());
+        }
+        answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+/// The forwarder has stopped (the member is shutting down); nothing was sent.
+fn stopped() -> Status {
+    Status::from(keel_api::WireError::Stopped)
+}
+
+async fn run_forwarder(mut queued: mpsc::Receiver<QueuedWrite>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    // A write taken from the queue for another leader than the batch
+    // being filled; it starts the next batch.
+    let mut next_batch_start: Option<QueuedWrite> = None;
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match next_batch_start.take() {
+            Some(first) => first,
+            None => match queued.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        let mut bytes = first.request.encoded_len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_WRITES_PER_BATCH && bytes < MAX_BYTES_PER_BATCH {
+            let Ok(next) = queued.try_recv() else { break };
+            if next.leader != batch[0].leader {
+                next_batch_start = Some(next);
+                break;
+            }
+            bytes += next.request.encoded_len();
+            batch.push(next);
+        }
+        keel_metrics::metrics()
+            .writes_per_forwarded_batch
+            .observe(batch.len() as f64);
+        tokio::spawn(send_batch(batch, permit));
+    }
+}
+
+async fn send_batch(batch: Vec<QueuedWrite>, _permit: OwnedSemaphorePermit) {
+    let Some(latest_deadline) = batch.iter().map(|write| write.deadline).max() else {
+        return;
+    };
+    let mut client = batch[0].client.clone();
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut writes = Vec::with_capacity(batch.len());
+    for write in batch {
+        replies.push(write.reply);
+        writes.push(write.request);
+    }
+    let mut call = tonic::Request::new(ForwardedWrites { writes });
+    call.set_timeout(latest_deadline.saturating_duration_since(Instant::now()));
+    match client.forward_writes(call).await {
+        Ok(answered) => {
+            let outcomes = answered.into_inner().outcomes;
+            if outcomes.len() != replies.len() {
+                // The leader acted on the batch but its answer cannot be
+                // matched to the writes: each one's outcome is unknown.
+                let mismatch = Status::internal(format!(
+                    "keel: the leader answered {} outcomes for {} forwarded writes",
+                    outcomes.len(),
+                    replies.len()
+                ));
+                for reply in replies {
+                    let _ = reply.send(Err(mismatch.clone()));
+                }
+                return;
+            }
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(answer_of(outcome));
+            }
+        }
+        Err(failed) => {
+            for reply in replies {
+                let _ = reply.send(Err(failed.clone()));
+            }
+        }
+    }
+}
+
+/// One write's answer from the leader's outcome for it.
+fn answer_of(outcome: ForwardedOutcome) -> ForwardAnswer {
+    match outcome.outcome {
+        Some(forwarded_outcome::Outcome::Response(response)) => Ok(response),
+        Some(forwarded_outcome::Outcome::Failure(failure)) => {
+            Err(Status::new(Code::from(failure.code), failure.message))
+        }
+        None => Err(Status::internal(
+            "keel: the leader answered a forwarded write with no outcome",
+        )),
+    }
+}
+
+/// The leader's outcome for one forwarded write: the status a
+/// `ForwardWrite` call of its own would have answered it with.
+pub(crate) fn outcome_of(answer: ForwardAnswer) -> ForwardedOutcome {
+    let outcome = match answer {
+        Ok(response) => forwarded_outcome::Outcome::Response(response),
+        Err(status) => forwarded_outcome::Outcome::Failure(keel_api::keelpb::ForwardedFailure {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+        }),
+    };
+    ForwardedOutcome {
+        outcome: Some(outcome),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_api::keelpb::write_response;
+    use keel_api::WireError;
+
+    #[test]
+    fn an_etcd_error_crosses_a_batch_as_the_status_a_single_forward_would_carry() {
+        let answer = answer_of(outcome_of(Err(WireError::LeaseNotFound.into())));
+        let status = answer.expect_err("an error stays an error");
+        assert_eq!(WireError::from_status(&status), Some(WireError::LeaseNotFound));
+    }
+
+    #[test]
+    fn a_response_crosses_a_batch_unchanged() {
+        let response = WriteResponse {
+            response: Some(write_response::Response::Put(Default::default())),
+        };
+        let answer = answer_of(outcome_of(Ok(response.clone())));
+        assert_eq!(answer.expect("a response"), response);
+    }
+
+    #[test]
+    fn an_outcome_with_nothing_in_it_is_an_error_not_a_response() {
+        let answer = answer_of(ForwardedOutcome { outcome: None });
+        assert_eq!(answer.expect_err("no outcome").code(), Code::Internal);
+    }
+}

@@ -1,0 +1,143 @@
+//! Writes sent to a follower travel to the leader in batches
+//! (`ForwardWrites`): each write of a batch gets its own outcome, and a
+//! member that does not lead refuses a whole batch before proposing any of
+//! it. In-process members on 127.0.0.1.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use keel_api::etcdserverpb::{PutRequest, RangeRequest};
+use keel_api::keelpb::peer_client::PeerClient;
+use keel_api::keelpb::{write_request, ForwardedWrites, WriteRequest};
+use keel_api::WireError;
+use keel_tests::in_process::InProcessCluster;
+
+const LEADER: usize = 0;
+const FOLLOWER: usize = 1;
+const OTHER_FOLLOWER: usize = 2;
+/// A lease no one granted: a put naming it fails with etcd's "requested
+/// lease not found", after it reached the leader's apply.
+const UNGRANTED_LEASE: i64 = 0x7e57;
+
+fn put(key: &str, value: &str, lease: i64) -> PutRequest {
+    PutRequest {
+        key: key.into(),
+        value: value.into(),
+        lease,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_through_a_follower_go_in_batches_and_each_gets_its_own_outcome() {
+    let cluster = InProcessCluster::start(3, &[]).await.expect("start 3 members");
+    cluster.elect(LEADER).await.expect("elect m1");
+    let follower = cluster.client(FOLLOWER).expect("client of a follower");
+
+    const WRITES: usize = 300;
+    let mut sent = Vec::new();
+    for i in 0..WRITES {
+        let follower = follower.clone();
+        // Every fifth put names a lease that does not exist: it fails on
+        // the leader, beside the others of its batch, which succeed.
+        let lease = if i % 5 == 0 { UNGRANTED_LEASE } else { 0 };
+        sent.push(tokio::spawn(async move {
+            follower
+                .put(put(&format!("batched/{i:03}"), &format!("v{i}"), lease))
+                .await
+        }));
+    }
+    let mut revisions = HashSet::new();
+    let mut refused = 0;
+    for (i, answer) in futures::future::join_all(sent).await.into_iter().enumerate() {
+        match answer.expect("the put task") {
+            Ok(response) => {
+                assert_ne!(i % 5, 0, "put {i} named an ungranted lease yet succeeded");
+                let revision = response.header.expect("a header").revision;
+                assert!(
+                    revisions.insert(revision),
+                    "two puts answered revision {revision}"
+                );
+            }
+            Err(error) => {
+                assert_eq!(i % 5, 0, "put {i} failed: {error}");
+                let status = error.status().expect("a status from the leader");
+                assert_eq!(WireError::from_status(status), Some(WireError::LeaseNotFound));
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, WRITES / 5);
+
+    let leader = cluster.client(LEADER).expect("client of the leader");
+    let stored = leader
+        .range(RangeRequest {
+            key: "batched/".into(),
+            range_end: "batched0".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("range on the leader");
+    assert_eq!(stored.kvs.len(), WRITES - WRITES / 5);
+    for kv in &stored.kvs {
+        let key = String::from_utf8_lossy(&kv.key);
+        let i: usize = key["batched/".len()..].parse().expect("a numbered key");
+        assert_eq!(kv.value, format!("v{i}").into_bytes(), "{key}");
+        assert!(
+            revisions.contains(&kv.mod_revision),
+            "{key} at an unanswered revision"
+        );
+    }
+
+    let batches = &keel_metrics::metrics().writes_per_forwarded_batch;
+    assert!(
+        batches.get_sample_sum() > batches.get_sample_count() as f64,
+        "no batch held more than one write: {} writes in {} batches",
+        batches.get_sample_sum(),
+        batches.get_sample_count()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_forwarded_to_a_member_that_does_not_lead_is_refused_whole_and_none_of_it_applies() {
+    let cluster = InProcessCluster::start(3, &[]).await.expect("start 3 members");
+    cluster.elect(LEADER).await.expect("elect m1");
+
+    let mut not_the_leader = PeerClient::connect(cluster.peer_url(OTHER_FOLLOWER))
+        .await
+        .expect("connect to a follower's peer service");
+    let writes = ["refused/a", "refused/b"]
+        .into_iter()
+        .map(|key| WriteRequest {
+            request: Some(write_request::Request::Put(put(key, "never", 0))),
+            ..Default::default()
+        })
+        .collect();
+    let refusal = not_the_leader
+        .forward_writes(ForwardedWrites { writes })
+        .await
+        .expect_err("a follower refuses a forwarded batch");
+    assert_eq!(
+        refusal
+            .metadata()
+            .get("keel-refused")
+            .map(|value| value.as_bytes()),
+        Some(&b"not-leader"[..]),
+        "{refusal:?}"
+    );
+
+    // A write through the leader commits after anything the refused batch
+    // could have proposed; the batch's keys are still absent.
+    let leader = cluster.client(LEADER).expect("client of the leader");
+    leader.put(put("after", "x", 0)).await.expect("put on the leader");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let found = leader
+        .range(RangeRequest {
+            key: "refused/".into(),
+            range_end: "refused0".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("range on the leader");
+    assert!(found.kvs.is_empty(), "a refused batch applied: {:?}", found.kvs);
+}
