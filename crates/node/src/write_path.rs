@@ -186,8 +186,9 @@ impl WritePath {
     }
 }
 
-/// True when a forwarded write provably was not proposed: the leader
-/// refused it before proposing, or the connection to it was never made.
+/// The leader's proposer: packs the writes queued while earlier entries
+/// are in flight into one entry, at most `MAX_PROPOSALS_IN_FLIGHT` entries
+/// proposed and not yet answered.
 async fn run_proposer(raft: KeelRaft, mut queue: mpsc::Receiver<Proposal>) {
     let in_flight = Arc::new(Semaphore::new(MAX_PROPOSALS_IN_FLIGHT));
     loop {
