@@ -410,6 +410,48 @@ mod tests {
         );
     }
 
+    /// Whether the file's last `segment` bytes exist and are all zero.
+    fn ends_in_a_zeroed_segment(file: &Path, segment: u64) -> bool {
+        use std::os::unix::fs::FileExt;
+        let Ok(handle) = std::fs::File::open(file) else { return false };
+        let Ok(len) = handle.metadata().map(|metadata| metadata.len()) else { return false };
+        if len < 2 * segment || len % segment != 0 {
+            return false;
+        }
+        let mut tail = vec![1u8; segment as usize];
+        handle.read_exact_at(&mut tail, len - segment).is_ok() && tail.iter().all(|&byte| byte == 0)
+    }
+
+    #[test]
+    fn sled_writes_zeros_over_the_segment_past_its_tip_and_a_reopened_database_has_every_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let segment = SLED_DEFAULT_SEGMENT_BYTES as u64;
+        let value = |i: u32| vec![(i % 251) as u8; 4096];
+        {
+            let database = Database::open(&path, 1024 * 1024).expect("open");
+            // About 3 MiB of records: several segments, so the tip moved.
+            for i in 0..800u32 {
+                database.sled().insert(i.to_be_bytes(), value(i)).expect("insert");
+            }
+            database.make_durable().expect("durable");
+            // The zero fill runs on sled's pool: give it a moment.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !ends_in_a_zeroed_segment(&path.join("db"), segment) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the log file does not end in a whole zeroed segment past the tip"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        let database = reopen(&path);
+        for i in 0..800u32 {
+            let stored = database.sled().get(i.to_be_bytes()).expect("get");
+            assert_eq!(stored.as_deref(), Some(&value(i)[..]), "record {i}");
+        }
+    }
+
     #[tokio::test]
     async fn a_temporary_database_makes_durable_by_flushing() {
         let database = Database::open_temporary().expect("temporary");

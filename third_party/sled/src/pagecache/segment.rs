@@ -96,6 +96,9 @@ pub(crate) struct SegmentAccountant {
     segment_cleaner: SegmentCleaner,
     ordering: BTreeMap<Lsn, LogOffset>,
     async_truncations: BTreeMap<LogOffset, OneShot<Result<()>>>,
+    // keel: the zero fills of the segment past the tip still running; the
+    // tip is not handed out before they are done.
+    async_zero_fills: Vec<OneShot<std::io::Result<()>>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -485,6 +488,7 @@ impl SegmentAccountant {
             segment_cleaner,
             ordering: BTreeMap::default(),
             async_truncations: BTreeMap::default(),
+            async_zero_fills: Vec::new(),
         };
 
         ret.initialize_from_snapshot(snapshot)?;
@@ -993,11 +997,42 @@ impl SegmentAccountant {
             }
         }
 
+        // keel: no write lands in a zero fill's range while it runs; a
+        // failed fill only leaves that segment to grow the file as before.
+        for fill in self.async_zero_fills.drain(..) {
+            if let Err(error) = fill.wait().unwrap() {
+                debug!("writing zeros past the file tip failed: {:?}", error);
+            }
+        }
+
         self.tip += self.config.segment_size as LogOffset;
 
         trace!("advancing file tip from {} to {}", lid, self.tip);
 
+        self.zero_fill_past_tip();
+
         Ok(lid)
+    }
+
+    // keel: writes zeros (`MessageKind::Corrupted`, what recovery writes
+    // into garbage segments and reads as the end of the log) over the
+    // segment past the new tip, in the background. The log's writes there
+    // then change neither the file's size nor its block allocation, so the
+    // fdatasync that makes them durable writes no inode: measured on ext4,
+    // an fdatasync after a 4 KiB write at the end of a file takes about
+    // 0.2 ms, inside a written file 0.11-0.13 ms. Each chunk is written
+    // back at once, so a concurrent fdatasync never finds more than one
+    // chunk of zeros dirty.
+    fn zero_fill_past_tip(&mut self) {
+        if self.config.temporary {
+            return;
+        }
+        let config = self.config.clone();
+        let at = self.tip;
+        match threadpool::spawn(move || write_zeros(&config, at)) {
+            Ok(fill) => self.async_zero_fills.push(fill),
+            Err(error) => debug!("cannot start a zero fill: {:?}", error),
+        }
     }
 
     /// Returns the next offset to write a new segment in.
@@ -1127,4 +1162,36 @@ impl SegmentAccountant {
 
         idx
     }
+}
+
+// keel: the zero fill of one segment at `at` (see `zero_fill_past_tip`).
+fn write_zeros(config: &RunningConfig, at: LogOffset) -> std::io::Result<()> {
+    const CHUNK: usize = 256 * 1024;
+    let segment_size = config.segment_size;
+    let zeros = vec![0_u8; CHUNK.min(segment_size)];
+    let mut written = 0;
+    while written < segment_size {
+        let len = zeros.len().min(segment_size - written);
+        let offset = at + written as LogOffset;
+        pwrite_all(&config.file, &zeros[..len], offset)?;
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::io::AsRawFd;
+            let ret = unsafe {
+                libc::sync_file_range(
+                    config.file.as_raw_fd(),
+                    i64::try_from(offset).unwrap_or(i64::MAX),
+                    i64::try_from(len).unwrap_or(i64::MAX),
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                )
+            };
+            if ret < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        written += len;
+    }
+    Ok(())
 }
