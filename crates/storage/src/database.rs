@@ -413,8 +413,12 @@ mod tests {
     /// Whether the file's last `segment` bytes exist and are all zero.
     fn ends_in_a_zeroed_segment(file: &Path, segment: u64) -> bool {
         use std::os::unix::fs::FileExt;
-        let Ok(handle) = std::fs::File::open(file) else { return false };
-        let Ok(len) = handle.metadata().map(|metadata| metadata.len()) else { return false };
+        let Ok(handle) = std::fs::File::open(file) else {
+            return false;
+        };
+        let Ok(len) = handle.metadata().map(|metadata| metadata.len()) else {
+            return false;
+        };
         if len < 2 * segment || len % segment != 0 {
             return false;
         }
