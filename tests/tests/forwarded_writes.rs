@@ -6,10 +6,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use keel_api::etcdserverpb::{PutRequest, RangeRequest};
+use keel_api::etcdserverpb::{PutRequest, RangeRequest, RangeResponse};
 use keel_api::keelpb::peer_client::PeerClient;
 use keel_api::keelpb::{write_request, ForwardedWrites, WriteRequest};
 use keel_api::WireError;
+use keel_client::Client;
 use keel_tests::in_process::InProcessCluster;
 
 const LEADER: usize = 0;
@@ -26,6 +27,18 @@ fn put(key: &str, value: &str, lease: i64) -> PutRequest {
         lease,
         ..Default::default()
     }
+}
+
+/// The keys under `<name>/`, read through `client`.
+async fn under_prefix(client: &Client, name: &str) -> RangeResponse {
+    client
+        .range(RangeRequest {
+            key: format!("{name}/").into(),
+            range_end: format!("{name}0").into(),
+            ..Default::default()
+        })
+        .await
+        .expect("range")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,14 +83,7 @@ async fn concurrent_writes_through_a_follower_go_in_batches_and_each_gets_its_ow
     assert_eq!(refused, WRITES / 5);
 
     let leader = cluster.client(LEADER).expect("client of the leader");
-    let stored = leader
-        .range(RangeRequest {
-            key: "batched/".into(),
-            range_end: "batched0".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("range on the leader");
+    let stored = under_prefix(&leader, "batched").await;
     assert_eq!(stored.kvs.len(), WRITES - WRITES / 5);
     for kv in &stored.kvs {
         let key = String::from_utf8_lossy(&kv.key);
@@ -131,13 +137,6 @@ async fn a_batch_forwarded_to_a_member_that_does_not_lead_is_refused_whole_and_n
     let leader = cluster.client(LEADER).expect("client of the leader");
     leader.put(put("after", "x", 0)).await.expect("put on the leader");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let found = leader
-        .range(RangeRequest {
-            key: "refused/".into(),
-            range_end: "refused0".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("range on the leader");
+    let found = under_prefix(&leader, "refused").await;
     assert!(found.kvs.is_empty(), "a refused batch applied: {:?}", found.kvs);
 }
