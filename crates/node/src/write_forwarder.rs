@@ -11,8 +11,15 @@
 //! broken in flight leaves each one's effect unknown); a call that was
 //! answered gives each write its own outcome. The routing loop that decides
 //! what a failure means is `leader_call.rs`, unchanged by batching.
+//!
+//! A leader of an earlier keel serves only `ForwardWrite`: it answers a
+//! batch "unimplemented" without reading it, so each of its writes is
+//! answered with a not-leader refusal (routed again, never applied twice),
+//! and writes to that leader then go one per call for a while.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use keel_api::keelpb::peer_client::PeerClient;
 use keel_api::keelpb::{forwarded_outcome, ForwardedOutcome, ForwardedWrites, WriteRequest, WriteResponse};
@@ -23,6 +30,8 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::request_error::RequestError;
+
 /// Batches in flight to the leader at once; the writes that arrive
 /// meanwhile wait for the next batch.
 const MAX_BATCHES_IN_FLIGHT: usize = 2;
@@ -30,6 +39,9 @@ const MAX_BATCHES_IN_FLIGHT: usize = 2;
 const MAX_WRITES_PER_BATCH: usize = 256;
 /// Stop adding writes once a batch holds this many bytes of requests.
 const MAX_BYTES_PER_BATCH: usize = 1024 * 1024;
+/// How long writes to a leader that did not know `ForwardWrites` go one
+/// per call before a batch is tried again (it may have been upgraded).
+const SINGLE_WRITES_FOR: Duration = Duration::from_secs(60);
 
 type ForwardAnswer = Result<WriteResponse, Status>;
 
@@ -41,17 +53,46 @@ struct QueuedWrite {
     reply: oneshot::Sender<ForwardAnswer>,
 }
 
+/// Leaders that answered a batch "unimplemented" (an earlier keel), with
+/// the instant until which they get single writes.
+#[derive(Clone, Default)]
+struct SingleWriteLeaders(Arc<Mutex<HashMap<NodeId, Instant>>>);
+
+impl SingleWriteLeaders {
+    fn mark(&self, leader: NodeId) {
+        let mut leaders = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        leaders.insert(leader, Instant::now() + SINGLE_WRITES_FOR);
+    }
+
+    fn takes_single_writes(&self, leader: NodeId) -> bool {
+        let mut leaders = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match leaders.get(&leader) {
+            Some(until) if Instant::now() < *until => true,
+            Some(_) => {
+                leaders.remove(&leader);
+                false
+            }
+            None => false,
+        }
+    }
+}
+
 /// The sending side of forwarded writes; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct WriteForwarder {
     queue: mpsc::Sender<QueuedWrite>,
+    single_write_leaders: SingleWriteLeaders,
 }
 
 impl WriteForwarder {
     pub(crate) fn start() -> WriteForwarder {
         let (queue, queued) = mpsc::channel(16 * 1024);
-        tokio::spawn(run_forwarder(queued));
-        WriteForwarder { queue }
+        let single_write_leaders = SingleWriteLeaders::default();
+        tokio::spawn(run_forwarder(queued, single_write_leaders.clone()));
+        WriteForwarder {
+            queue,
+            single_write_leaders,
+        }
     }
 
     /// Hands `request` to `leader` (over `client`), in a batch with the
@@ -63,6 +104,12 @@ impl WriteForwarder {
         request: WriteRequest,
         deadline: Instant,
     ) -> ForwardAnswer {
+        if self.single_write_leaders.takes_single_writes(leader) {
+            let mut client = client;
+            let mut call = tonic::Request::new(request);
+            call.set_timeout(deadline.saturating_duration_since(Instant::now()));
+            return client.forward_write(call).await.map(tonic::Response::into_inner);
+        }
         let (reply, answer) = oneshot::channel();
         let queued = QueuedWrite {
             leader,
@@ -83,7 +130,7 @@ fn stopped() -> Status {
     Status::from(keel_api::WireError::Stopped)
 }
 
-async fn run_forwarder(mut queued: mpsc::Receiver<QueuedWrite>) {
+async fn run_forwarder(mut queued: mpsc::Receiver<QueuedWrite>, single_write_leaders: SingleWriteLeaders) {
     let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
     // A write taken from the queue for another leader than the batch
     // being filled; it starts the next batch.
@@ -113,14 +160,19 @@ async fn run_forwarder(mut queued: mpsc::Receiver<QueuedWrite>) {
         keel_metrics::metrics()
             .writes_per_forwarded_batch
             .observe(batch.len() as f64);
-        tokio::spawn(send_batch(batch, permit));
+        tokio::spawn(send_batch(batch, single_write_leaders.clone(), permit));
     }
 }
 
-async fn send_batch(batch: Vec<QueuedWrite>, _permit: OwnedSemaphorePermit) {
+async fn send_batch(
+    batch: Vec<QueuedWrite>,
+    single_write_leaders: SingleWriteLeaders,
+    _permit: OwnedSemaphorePermit,
+) {
     let Some(latest_deadline) = batch.iter().map(|write| write.deadline).max() else {
         return;
     };
+    let leader = batch[0].leader;
     let mut client = batch[0].client.clone();
     let mut replies = Vec::with_capacity(batch.len());
     let mut writes = Vec::with_capacity(batch.len());
@@ -148,6 +200,19 @@ async fn send_batch(batch: Vec<QueuedWrite>, _permit: OwnedSemaphorePermit) {
             }
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(answer_of(outcome));
+            }
+        }
+        Err(failed) if failed.code() == Code::Unimplemented => {
+            // An earlier keel's leader: it refused the batch unread, so
+            // each write is routed again, as a single forward.
+            single_write_leaders.mark(leader);
+            tracing::info!(
+                leader = %format_args!("{leader:x}"),
+                "the leader does not take batched forwards; forwarding writes one by one"
+            );
+            let refusal = Status::from(RequestError::RefusedNotLeader);
+            for reply in replies {
+                let _ = reply.send(Err(refusal.clone()));
             }
         }
         Err(failed) => {
@@ -206,6 +271,48 @@ mod tests {
         };
         let answer = answer_of(outcome_of(Ok(response.clone())));
         assert_eq!(answer.expect("a response"), response);
+    }
+
+    /// A peer address that serves no keel method: every call is answered
+    /// "unimplemented", as an earlier keel answers `ForwardWrites`.
+    async fn a_peer_serving_nothing() -> PeerClient<Channel> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(tonic::service::Routes::default())
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .expect("endpoint")
+            .connect_lazy();
+        PeerClient::new(channel)
+    }
+
+    #[tokio::test]
+    async fn a_leader_without_batched_forwards_gets_a_refusal_to_route_again_then_single_forwards() {
+        let leader = 7;
+        let client = a_peer_serving_nothing().await;
+        let forwarder = WriteForwarder::start();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let put = || WriteRequest {
+            request: Some(keel_api::keelpb::write_request::Request::Put(Default::default())),
+            ..Default::default()
+        };
+
+        let batched = forwarder.forward(leader, client.clone(), put(), deadline).await;
+        let refusal = batched.expect_err("nothing serves ForwardWrites");
+        assert!(
+            crate::request_error::is_not_leader_refusal(&refusal),
+            "a batch the leader did not read is a refusal to route again: {refusal:?}"
+        );
+
+        // The next write to that leader goes as a single ForwardWrite; this
+        // peer serves that neither, and its "unimplemented" comes back as is.
+        let single = forwarder.forward(leader, client, put(), deadline).await;
+        let answer = single.expect_err("nothing serves ForwardWrite");
+        assert_eq!(answer.code(), Code::Unimplemented, "{answer:?}");
+        assert!(!crate::request_error::is_not_leader_refusal(&answer));
     }
 
     #[test]
