@@ -610,6 +610,24 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Waits until the member list shows `members` members that each
+/// published their name and client URLs (etcd's "started" members, which
+/// `member add` and `--cluster` commands count on); panics after 10 s.
+pub async fn wait_for_published_members(client: &Client, members: usize) {
+    let published_by = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = client.member_list().await.expect("member list").members;
+        if listed.len() == members && listed.iter().all(|member| !member.client_ur_ls.is_empty()) {
+            return;
+        }
+        assert!(
+            Instant::now() < published_by,
+            "members never published their client URLs: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The first `name` on `$PATH`.
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use keel_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_api::etcdserverpb::{HashRequest, PutRequest, RangeRequest};
 use keel_client::ClientError;
+use keel_tests::cluster::wait_for_published_members;
 use keel_tests::{which, Cluster, ClusterOptions};
 use tokio::time::Instant;
 
@@ -241,7 +242,7 @@ async fn members_agree_on_hash_and_hashkv_and_a_write_changes_them() {
             .map(|line| line.rsplit(", ").next().unwrap_or_default().to_string())
             .collect()
     };
-    wait_for_published_client_urls(&client, 3).await;
+    wait_for_published_members(&client, 3).await;
     let (ok, first, stderr) = etcdctl(&cluster.endpoints(), &["endpoint", "hashkv", "--cluster"]).await;
     assert!(ok, "{stderr}");
     let first = hashkv_lines(&first);
@@ -258,23 +259,6 @@ async fn members_agree_on_hash_and_hashkv_and_a_write_changes_them() {
     let second = hashkv_lines(&second);
     assert!(second.iter().all(|h| *h == second[0]), "{second:?}");
     assert_ne!(second[0], first[0], "a write changes HashKV");
-}
-
-/// `--cluster` reads the client URLs from the member list: waits until
-/// every member has published its own.
-async fn wait_for_published_client_urls(client: &keel_client::Client, members: usize) {
-    let published_by = Instant::now() + Duration::from_secs(10);
-    loop {
-        let listed = client.member_list().await.expect("member list").members;
-        if listed.len() == members && listed.iter().all(|member| !member.client_ur_ls.is_empty()) {
-            return;
-        }
-        assert!(
-            Instant::now() < published_by,
-            "members never published their client URLs"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// `etcdctl endpoint status -w json` of one endpoint: (dbSize, dbSizeInUse).
@@ -295,7 +279,7 @@ async fn etcdctl_defrag_keeps_every_member_s_data_and_status_shows_what_compacti
         .await
         .expect("keel starts");
     let client = cluster.client().expect("client");
-    wait_for_published_client_urls(&client, 3).await;
+    wait_for_published_members(&client, 3).await;
     let (fresh_size, fresh_in_use) = db_sizes(&cluster.endpoint(0)).await;
     assert!(fresh_in_use <= fresh_size, "{fresh_in_use} of {fresh_size}");
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use keel_api::etcdserverpb::{PutRequest, RangeRequest};
 use keel_client::{Client, ClientConfig};
 use keel_node::PeerTlsConfig;
+use keel_tests::cluster::wait_for_published_members;
 use keel_tests::tls::{CertificateFiles, TestCertificates};
 use keel_tests::{Cluster, ClusterOptions};
 
@@ -160,6 +161,9 @@ async fn a_member_added_with_an_https_peer_url_joins_over_mutual_tls_and_serves(
         .expect("a mutual peer TLS cluster elects a leader");
     let client = cluster.client().expect("client");
     client.put(put("k", "before the add")).await.expect("put");
+    // etcd's check before an add counts the members that published their
+    // attributes; the followers publish theirs a moment after the start.
+    wait_for_published_members(&client, 3).await;
     let joining = cluster.prepare_member("m4").expect("ports for m4");
     let peer_url = cluster.peer_url(joining);
     assert!(peer_url.starts_with("https://"), "{peer_url}");
