@@ -369,10 +369,10 @@ async fn etcdctl_defrag_keeps_every_member_s_data_and_status_shows_what_compacti
     );
     // The keyspace's freed space went back to the file system (the Raft
     // log, counted in both figures, is not defragmented). The fresh
-    // keyspace file holds its first segment and the zeroed one sled keeps
-    // past its tip: 2 x 512 KiB for a few KiB of records.
+    // keyspace file is one 512 KiB segment for a few KiB of records (sled
+    // keeps no zeroed segment past the keyspace's tip).
     assert!(
-        compacted_size - defragmented_size > 3_000_000 && defragmented_size < defragmented_in_use + 1_200_000,
+        compacted_size - defragmented_size > 3_000_000 && defragmented_size < defragmented_in_use + 1_000_000,
         "db size {compacted_size} before the defragmentation, {defragmented_size} after \
          ({defragmented_in_use} in use)"
     );

@@ -45,6 +45,9 @@ use crate::{changes, compaction, leases, txn};
 pub struct ApplyBatch<'a> {
     shared: &'a Shared,
     _slot: WriterSlot<'a>,
+    /// Whether the batch waited for the snapshot cuts to finish, as it must
+    /// before its first compaction removes revision records (`store.rs`).
+    history_unpinned: bool,
     /// The committed tree and index; stable while the writer slot is held.
     /// The batch's clone of the index `Arc` is the only one besides the
     /// store's (readers borrow it under the lock), and the commit drops it
@@ -97,6 +100,7 @@ impl<'a> ApplyBatch<'a> {
         ApplyBatch {
             shared,
             _slot: slot,
+            history_unpinned: false,
             tree,
             index,
             overlay: Overlay::default(),
@@ -141,6 +145,10 @@ impl<'a> ApplyBatch<'a> {
     /// etcd's Compact: drops history at or below `revision` except the
     /// versions still visible there. The revision does not change.
     pub fn compact(&mut self, revision: i64) -> Result<(), MvccError> {
+        if !self.history_unpinned {
+            self.shared.wait_until_history_unpinned(&self._slot);
+            self.history_unpinned = true;
+        }
         self.run_request(|batch| compaction::compact(batch, revision))
     }
 
@@ -158,6 +166,7 @@ impl<'a> ApplyBatch<'a> {
         let ApplyBatch {
             shared,
             _slot,
+            history_unpinned: _,
             tree,
             index: committed_index,
             mut overlay,

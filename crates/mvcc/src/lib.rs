@@ -51,4 +51,5 @@ pub use changes::{ChangeEvent, Changes, PullBudget, RECENT_CHANGES_MAX_BYTES, RE
 pub use defrag::{DefragStats, DefragStep};
 pub use error::MvccError;
 pub use keys::LeaseRecord;
+pub use snapshot::SnapshotCut;
 pub use store::{KvHash, MvccStore, SnapshotStats};

@@ -10,6 +10,15 @@
 //! Format 2 streams carry keyspace format 2 (revision records only; the
 //! in-memory index is not in the stream, it is rebuilt from the records).
 //!
+//! Invariant (consistent cut while writes go on): a [`SnapshotCut`] is taken
+//! under the writer slot at store revision R. It copies then what later
+//! batches may change in place: the entries before the revision records
+//! (store and app meta) and those after them (leases and their keys). It
+//! streams the revision records at or below R from the live tree later:
+//! batches only add records above R, and whatever removes records (a
+//! compaction, an install, a defragmentation) waits for the cut's history
+//! pin (`store.rs`). So the stream is the keyspace exactly as it was at R.
+//!
 //! Invariant (atomic flip): an install writes into a FRESH tree, verifies
 //! the trailer and the store meta, builds the new tree's index, makes it
 //! durable (`Database::make_durable`), and only then, under the store's exclusive lock, points [`ACTIVE_POINTER`] at
@@ -25,7 +34,10 @@ use std::sync::Arc;
 
 use crate::changes::RecentChanges;
 use crate::error::{MvccError, Result};
-use crate::store::{keyspace_tree_name, load, Keyspace, Shared, SnapshotStats, ACTIVE_POINTER};
+use crate::keys::{self, Revision, REVISION_KEY_BYTES};
+use crate::store::{
+    keyspace_tree_name, load, HistoryPin, Keyspace, Shared, SnapshotStats, WriterSlot, ACTIVE_POINTER,
+};
 
 const MAGIC: &[u8; 8] = b"KEELMVCC";
 const STREAM_FORMAT_VERSION: u32 = 2;
@@ -57,8 +69,67 @@ impl HashingWriter<'_> {
     }
 }
 
-/// Dumps every entry of `tree`; the caller keeps writers out meanwhile.
-pub(crate) fn write(tree: &sled::Tree, out: &mut dyn Write) -> Result<SnapshotStats> {
+/// The keyspace at one store revision, to stream while writes go on (see
+/// the module's doc). Holds the history pin until dropped.
+pub struct SnapshotCut<'a> {
+    _history_pinned: HistoryPin<'a>,
+    tree: sled::Tree,
+    /// The store and app meta entries, copied at the cut.
+    entries_before_records: Vec<(sled::IVec, sled::IVec)>,
+    /// The key just past the last revision record of the cut.
+    records_end: [u8; REVISION_KEY_BYTES],
+    /// The lease and lease-key entries, copied at the cut.
+    entries_after_records: Vec<(sled::IVec, sled::IVec)>,
+}
+
+/// Takes a cut of the active keyspace; the caller holds the writer `slot`.
+pub(crate) fn cut<'a>(shared: &'a Shared, slot: &WriterSlot<'_>) -> Result<SnapshotCut<'a>> {
+    let history_pinned = shared.pin_history(slot);
+    let tree = shared.read_keyspace().tree.clone();
+    let revision = shared.revisions().current;
+    let records_start = [keys::REVISIONS];
+    let after_records = [keys::REVISIONS + 1];
+    let entries_before_records = tree
+        .range(..&records_start[..])
+        .collect::<sled::Result<Vec<_>>>()?;
+    let entries_after_records = tree
+        .range(&after_records[..]..)
+        .collect::<sled::Result<Vec<_>>>()?;
+    Ok(SnapshotCut {
+        _history_pinned: history_pinned,
+        tree,
+        entries_before_records,
+        records_end: keys::revision_key(Revision::new(revision.saturating_add(1), 0)),
+        entries_after_records,
+    })
+}
+
+impl SnapshotCut<'_> {
+    /// An application blob as committed at the cut
+    /// ([`crate::ApplyBatch::set_app_meta`]).
+    pub fn app_meta(&self, key: &str) -> Option<&[u8]> {
+        let wanted = keys::app_meta_key(key);
+        self.entries_before_records
+            .iter()
+            .find(|(stored, _)| stored[..] == wanted[..])
+            .map(|(_, value)| &value[..])
+    }
+
+    /// Streams the cut to `out` in the stream format above.
+    pub fn write(&self, out: &mut dyn Write) -> Result<SnapshotStats> {
+        let records_start = [keys::REVISIONS];
+        let records = self.tree.range(&records_start[..]..&self.records_end[..]);
+        let copied_before = self.entries_before_records.iter().cloned().map(Ok);
+        let copied_after = self.entries_after_records.iter().cloned().map(Ok);
+        write_entries(copied_before.chain(records).chain(copied_after), out)
+    }
+}
+
+/// Writes `entries` (in key order) as one stream.
+fn write_entries(
+    entries: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+    out: &mut dyn Write,
+) -> Result<SnapshotStats> {
     let mut writer = HashingWriter {
         out,
         hasher: crc32fast::Hasher::new(),
@@ -67,7 +138,7 @@ pub(crate) fn write(tree: &sled::Tree, out: &mut dyn Write) -> Result<SnapshotSt
     writer.put(MAGIC)?;
     writer.put(&STREAM_FORMAT_VERSION.to_be_bytes())?;
     let mut records = 0u64;
-    for entry in tree.iter() {
+    for entry in entries {
         let (key, value) = entry?;
         writer.put(&[RECORD_TAG])?;
         writer.put_len(key.len())?;

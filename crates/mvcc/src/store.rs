@@ -16,12 +16,19 @@
 //!   index before and holds it exclusively only to flip the pointer and swap
 //!   tree and index; a defragmentation holds it exclusively only to swap the
 //!   database and tree (the index stays: same records).
-//! - One writer at a time: an `ApplyBatch`, a snapshot dump, a snapshot
-//!   install, a defragmentation and a `hash_kv` scan each hold the writer slot for their whole
-//!   life, so the tree a batch reads cannot change under it and a dump or a
-//!   hash is a consistent cut. (A thread holding an `ApplyBatch` must
-//!   therefore not start another batch, dump, install, defragmentation or hash: it would
-//!   wait for itself.)
+//! - One writer at a time: an `ApplyBatch`, a snapshot install, a
+//!   defragmentation and a `hash_kv` scan each hold the writer slot for their whole
+//!   life, so the tree a batch reads cannot change under it and a hash is a
+//!   consistent cut. A snapshot dump holds it only while it takes its cut
+//!   (`snapshot.rs`), then streams while batches commit. (A thread holding
+//!   an `ApplyBatch` must therefore not start another batch, dump, install,
+//!   defragmentation or hash: it would wait for itself.)
+//! - History pins: while a snapshot cut streams, no revision record at or
+//!   below its revision may go. A cut pins the history while it holds the
+//!   writer slot and keeps the pin after; whatever removes records (a batch
+//!   that compacts, a snapshot install, a defragmentation) holds the writer
+//!   slot and first waits until no pin is left. Holding the slot, it knows
+//!   no new pin can start.
 
 use keel_storage::sled;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -36,8 +43,9 @@ use crate::error::{corrupt, MvccError, Result};
 use crate::index::{self, Index};
 use crate::keys;
 use crate::range::{self, ViewRevisions};
+use crate::snapshot::{self, SnapshotCut};
 use crate::view::CommittedView;
-use crate::{hash, leases, snapshot};
+use crate::{hash, leases};
 use keel_api::etcdserverpb::{RangeRequest, RangeResponse};
 use keel_api::key_range::KeySelection;
 
@@ -104,9 +112,27 @@ pub(crate) struct Shared {
     pub live_bytes: AtomicU64,
     writer_busy: Mutex<bool>,
     writer_free: Condvar,
+    /// The snapshot cuts streaming now (see the module's doc).
+    history_pins: Mutex<usize>,
+    history_unpinned: Condvar,
     /// The committed store revision, for watchers to wait on; sent after
     /// the exclusive section that committed it.
     revision_announcer: tokio::sync::watch::Sender<i64>,
+}
+
+/// A snapshot cut's pin on the history; see [`Shared::pin_history`].
+pub(crate) struct HistoryPin<'a> {
+    shared: &'a Shared,
+}
+
+impl Drop for HistoryPin<'_> {
+    fn drop(&mut self) {
+        let mut pins = self.shared.history_pins.lock().unwrap_or_else(|p| p.into_inner());
+        *pins = pins.saturating_sub(1);
+        if *pins == 0 {
+            self.shared.history_unpinned.notify_all();
+        }
+    }
 }
 
 /// Proof of holding the writer slot; releases it when dropped.
@@ -130,6 +156,27 @@ impl Shared {
         }
         *busy = true;
         WriterSlot { shared: self }
+    }
+
+    /// Keeps every revision record at or below the current revision in the
+    /// tree until dropped (a snapshot cut); `_slot` proves the caller holds
+    /// the writer slot.
+    pub fn pin_history(&self, _slot: &WriterSlot<'_>) -> HistoryPin<'_> {
+        *self.history_pins.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        HistoryPin { shared: self }
+    }
+
+    /// Waits until no snapshot cut pins the history; for whatever removes
+    /// revision records, holding the writer slot (`_slot`) so that no new
+    /// pin can start before it is done.
+    pub fn wait_until_history_unpinned(&self, _slot: &WriterSlot<'_>) {
+        let mut pins = self.history_pins.lock().unwrap_or_else(|p| p.into_inner());
+        while *pins > 0 {
+            pins = self
+                .history_unpinned
+                .wait(pins)
+                .unwrap_or_else(|p| p.into_inner());
+        }
     }
 
     /// The database the active keyspace is in (a handle; the active one
@@ -331,6 +378,8 @@ impl MvccStore {
             live_bytes: AtomicU64::new(live_bytes),
             writer_busy: Mutex::new(false),
             writer_free: Condvar::new(),
+            history_pins: Mutex::new(0),
+            history_unpinned: Condvar::new(),
             revision_announcer: tokio::sync::watch::Sender::new(revisions.current),
         };
         Ok(MvccStore {
@@ -467,18 +516,26 @@ impl MvccStore {
     }
 
     /// Streams the whole keyspace tree (revision records, meta, app meta) to
-    /// `out`; the index is rebuilt from it on install.
-    /// Writes wait until the dump is done, so it is one consistent cut.
+    /// `out`; the index is rebuilt from it on install. One consistent cut:
+    /// [`Self::snapshot_cut`] then [`SnapshotCut::write`].
     pub fn write_snapshot(&self, out: &mut dyn std::io::Write) -> Result<SnapshotStats, MvccError> {
-        let _slot = self.shared.acquire_writer();
-        let tree = self.shared.read_keyspace().tree.clone();
-        snapshot::write(&tree, out)
+        self.snapshot_cut()?.write(out)
+    }
+
+    /// The keyspace as it is now, to stream later: writes wait only while
+    /// the cut is taken (it copies the store and app meta and the leases),
+    /// not while it is written out. Compactions, snapshot installs and
+    /// defragmentations wait until the cut is dropped.
+    pub fn snapshot_cut(&self) -> Result<SnapshotCut<'_>, MvccError> {
+        let slot = self.shared.acquire_writer();
+        snapshot::cut(&self.shared, &slot)
     }
 
     /// Replaces the whole keyspace with a stream from [`Self::write_snapshot`].
     /// Atomic: on any error the store is left as it was.
     pub fn install_snapshot(&self, input: &mut dyn std::io::Read) -> Result<SnapshotStats, MvccError> {
-        let _slot = self.shared.acquire_writer();
+        let slot = self.shared.acquire_writer();
+        self.shared.wait_until_history_unpinned(&slot);
         snapshot::install(&self.shared, input)
     }
 
@@ -539,7 +596,8 @@ impl MvccStore {
         &self,
         step: &mut dyn FnMut(DefragStep) -> Result<(), MvccError>,
     ) -> Result<DefragStats, MvccError> {
-        let _slot = self.shared.acquire_writer();
+        let slot = self.shared.acquire_writer();
+        self.shared.wait_until_history_unpinned(&slot);
         defrag::defragment(&self.shared, step)
     }
 }

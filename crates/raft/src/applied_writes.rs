@@ -65,8 +65,10 @@ impl AppliedWrites {
         }
     }
 
-    /// Called with the apply gate held, when the state a snapshot covers is
-    /// fixed: everything applied so far is in it.
+    /// Called just before the keyspace cut a snapshot is built from: the
+    /// snapshot holds at least everything applied so far (writes applied
+    /// between this and the cut count towards the next snapshot, which
+    /// therefore comes a little early, never late).
     pub(crate) fn mark_snapshot(&self) {
         let applied = self.shared.applied.load(Ordering::Acquire);
         self.shared.at_last_snapshot.store(applied, Ordering::Release);

@@ -20,6 +20,7 @@ pub mod apply;
 pub mod durable_applied;
 pub mod fail_points;
 pub mod log_store;
+mod purged_entry_remover;
 pub mod snapshot_files;
 pub mod state_machine;
 pub mod storage_codec;

@@ -14,8 +14,10 @@
 //!
 //! Purge rule: a member's log is purged up to index i only once the
 //! state machine's applied state up to i is durable (`durable_applied.rs`);
-//! until then `purge` waits. A purge that a crash tore in two (purge point
-//! recorded, entries not yet removed) is harmless: the log's last id is
+//! until then `purge` waits. `purge` records the purge point durably and
+//! returns; the entries behind it are removed later on a thread of their
+//! own (`purged_entry_remover.rs`). Entries left behind the purge point (not
+//! yet removed, or left by a crash) are harmless: the log's last id is
 //! never reported below the purge point, and reads return only a gap-free
 //! run of entries.
 //!
@@ -28,14 +30,17 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 
 use keel_storage::sled;
-use keel_storage::{Database, GroupFlusher, RecordSizes};
+use keel_storage::{Database, DatabaseRole, GroupFlusher};
 
 use crate::durable_applied::DurableApplied;
+use crate::purged_entry_remover::PurgedEntryRemover;
 use crate::storage_codec::{decode_entry, decode_entry_log_id, encode_entry, StorageRecord};
 use crate::type_config::{Entry, LogId, TypeConfig, Vote};
 use crate::RaftStorageError;
@@ -57,6 +62,12 @@ pub struct SledLogStore {
     /// A member's state machine durability, which purges wait for; `None`
     /// for a log without a state machine (benchmarks, openraft's suite).
     purge_gate: Option<DurableApplied>,
+    /// Removes purged entries off the IO path; shared by the clones, and
+    /// stopped when the last one is dropped.
+    purged_entry_remover: Arc<PurgedEntryRemover>,
+    /// One past the purge point: reads start here, whatever entries the
+    /// remover has not removed yet.
+    first_unpurged_index: Arc<AtomicU64>,
 }
 
 fn read_logs_error(error: impl std::fmt::Display) -> io::Error {
@@ -84,17 +95,25 @@ impl SledLogStore {
     pub fn open(path: &std::path::Path) -> Result<Self, RaftStorageError> {
         // A group-committed entry can be MiBs: large-record segments keep
         // entries and the log tree's nodes in sled's log, not a file each.
-        let database = Database::open_holding(path, LOG_CACHE_BYTES, RecordSizes::Large)?;
+        let database = Database::open_holding(path, LOG_CACHE_BYTES, DatabaseRole::RaftLog)?;
         let log = database.sled().open_tree("log")?;
         let state = database.sled().open_tree("raft_state")?;
         let flusher = database.start_group_flusher()?;
-        Ok(SledLogStore {
+        let purged_entry_remover = Arc::new(PurgedEntryRemover::start(log.clone())?);
+        let mut store = SledLogStore {
             database,
             log,
             state,
             flusher,
             purge_gate: None,
-        })
+            purged_entry_remover,
+            first_unpurged_index: Arc::new(AtomicU64::new(0)),
+        };
+        let last_purged: Option<LogId> = store.read_state(LAST_PURGED_KEY)?;
+        store.first_unpurged_index = Arc::new(AtomicU64::new(
+            last_purged.map_or(0, |id| id.index.saturating_add(1)),
+        ));
+        Ok(store)
     }
 
     /// The database the log lives in (for its size on disk).
@@ -175,8 +194,19 @@ impl SledLogStore {
     }
 }
 
-fn index_key(index: u64) -> [u8; 8] {
+pub(crate) fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
+}
+
+/// The log index a key of the log tree names.
+pub(crate) fn entry_index(key: &[u8]) -> Result<u64, io::Error> {
+    let bytes = key.try_into().map_err(|_| {
+        read_logs_error(RaftStorageError::Corrupt {
+            what: "log key",
+            detail: format!("{key:?}"),
+        })
+    })?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
 impl RaftLogReader<TypeConfig> for SledLogStore {
@@ -188,16 +218,12 @@ impl RaftLogReader<TypeConfig> for SledLogStore {
             Bound::Included(&index) => index,
             Bound::Excluded(&index) => index.saturating_add(1),
             Bound::Unbounded => 0,
-        };
+        }
+        .max(self.first_unpurged_index.load(Ordering::Acquire));
         let mut entries: Vec<Entry> = Vec::new();
         for item in self.log.range(index_key(start)..) {
             let (key, bytes) = item.map_err(read_logs_error)?;
-            let index = u64::from_be_bytes(key.as_ref().try_into().map_err(|_| {
-                read_logs_error(RaftStorageError::Corrupt {
-                    what: "log key",
-                    detail: format!("{key:?}"),
-                })
-            })?);
+            let index = entry_index(&key)?;
             let contiguous = entries.last().is_none_or(|last| last.log_id.index + 1 == index);
             if !range.contains(&index) || !contiguous {
                 break;
@@ -282,13 +308,12 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         // extra entries behind it, which get_log_state ignores.
         self.write_state(LAST_PURGED_KEY, &log_id)?;
         self.flush().await?;
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(..=index_key(log_id.index)) {
-            let (key, _) = item.map_err(write_logs_error)?;
-            batch.remove(key);
-        }
-        self.log.apply_batch(batch).map_err(write_logs_error)?;
-        self.flush().await
+        self.first_unpurged_index
+            .fetch_max(log_id.index.saturating_add(1), Ordering::AcqRel);
+        // The entries go on the remover's thread: removing them here held
+        // the appends behind them for hundreds of ms (`purged_entry_remover.rs`).
+        self.purged_entry_remover.remove_up_to(log_id.index);
+        Ok(())
     }
 }
 
@@ -321,6 +346,87 @@ mod tests {
         let state = store.get_log_state().await.expect("log state");
         assert_eq!(state.last_purged_log_id.map(|id| id.index), Some(20));
         assert_eq!(state.last_log_id.map(|id| id.index), Some(20));
+    }
+
+    /// Waits until the log tree holds exactly the entries `expected` (the
+    /// remover works on its own thread).
+    async fn wait_for_stored_indexes(store: &SledLogStore, expected: Vec<u64>) {
+        let stored = || -> Vec<u64> {
+            store
+                .log
+                .iter()
+                .map(|item| entry_index(&item.expect("entry").0).expect("key"))
+                .collect()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while stored() != expected {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the log holds {:?}, not {expected:?}",
+                stored()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_purge_removes_every_entry_up_to_its_point_and_a_later_one_what_a_torn_purge_left() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = SledLogStore::open(dir.path()).expect("open");
+        store
+            .append_durably((1..=300).map(blank).collect())
+            .await
+            .expect("append");
+        store.purge(blank(4).log_id).await.expect("purge to 4");
+        // The purge point is recorded before any entry goes.
+        let state = store.get_log_state().await.expect("log state");
+        assert_eq!(state.last_purged_log_id.map(|id| id.index), Some(4));
+        assert_eq!(state.last_log_id.map(|id| id.index), Some(300));
+        // Reads start past it at once, removed or not.
+        let read = store.try_get_log_entries(0..10).await.expect("read");
+        assert_eq!(
+            read.iter().map(|entry| entry.log_id.index).collect::<Vec<_>>(),
+            (5..10).collect::<Vec<_>>()
+        );
+        wait_for_stored_indexes(&store, (5..=300).collect()).await;
+        // A purge to 7 torn by a crash: its point recorded, no entry gone.
+        store
+            .write_state(LAST_PURGED_KEY, &blank(7).log_id)
+            .expect("record the purge point");
+        // More entries than one removal batch.
+        store.purge(blank(208).log_id).await.expect("purge to 208");
+        wait_for_stored_indexes(&store, (209..=300).collect()).await;
+        // Up to the last entry, and past it (behind an installed snapshot).
+        store.purge(blank(400).log_id).await.expect("purge to 400");
+        wait_for_stored_indexes(&store, Vec::new()).await;
+        store.purge(blank(401).log_id).await.expect("purge an empty log");
+        let state = store.get_log_state().await.expect("log state");
+        assert_eq!(state.last_log_id.map(|id| id.index), Some(401));
+    }
+
+    #[tokio::test]
+    async fn a_closed_log_store_releases_its_database_for_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = SledLogStore::open(dir.path()).expect("open");
+        store
+            .append_durably((1..=10).map(blank).collect())
+            .await
+            .expect("append");
+        store.purge(blank(5).log_id).await.expect("purge");
+        drop(store);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut reopened = loop {
+            match SledLogStore::open(dir.path()) {
+                Ok(store) => break store,
+                Err(error) => {
+                    assert!(std::time::Instant::now() < deadline, "reopen: {error}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        };
+        let state = reopened.get_log_state().await.expect("log state");
+        assert_eq!(state.last_purged_log_id.map(|id| id.index), Some(5));
+        assert_eq!(state.last_log_id.map(|id| id.index), Some(10));
     }
 
     #[tokio::test]

@@ -14,18 +14,21 @@
 //! - The metadata (`last_applied`, the membership, the member attribute
 //!   table, the alarm table, the auth store) is kept as the protobuf records of
 //!   `storage_codec.rs`.
-//! - A snapshot is built under the apply gate, so the dump and the
-//!   `last_applied` it is labelled with describe the same point.
+//! - A snapshot is built from one keyspace cut (`MvccStore::snapshot_cut`),
+//!   whose app meta gives the `last_applied` and membership it is labelled
+//!   with, so the dump and its label describe the same point. Applies go on
+//!   while it is written; only the instant of the cut waits for them.
 //! - Every time the keyspace is made durable, the `last_applied` it holds is
 //!   published to [`DurableApplied`]; the log store purges only behind it.
 //! - A snapshot never replaces a newer current one (`snapshot_files.rs`).
 
-use std::io::{self, BufReader, BufWriter, Seek, Write};
+use std::io::{self, BufReader, BufWriter, Seek};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
 use keel_mvcc::MvccStore;
+use keel_storage::SteadyWritebackFile;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
@@ -72,8 +75,7 @@ pub struct SnapshotData {
 
 struct Shared {
     store: MvccStore,
-    /// Held for writing while a batch is applied or a snapshot installed, for
-    /// reading while a snapshot is dumped.
+    /// Held for writing while a batch is applied or a snapshot installed.
     apply_gate: RwLock<()>,
     members: RwLock<MemberAttributeTable>,
     alarms: RwLock<AlarmTable>,
@@ -181,14 +183,17 @@ fn dump_keyspace(
     snapshots: &SnapshotFiles,
     purpose: &str,
 ) -> Result<(SnapshotMeta, PathBuf, keel_mvcc::SnapshotStats), RaftStorageError> {
-    let last_applied = read_meta::<Option<LogId>>(store, LAST_APPLIED_KEY)?.flatten();
-    let last_membership: StoredMembership = read_meta(store, MEMBERSHIP_KEY)?.unwrap_or_default();
+    let cut = store.snapshot_cut()?;
+    let last_applied = decode_meta::<Option<LogId>>(cut.app_meta(LAST_APPLIED_KEY))?.flatten();
+    let last_membership: StoredMembership = decode_meta(cut.app_meta(MEMBERSHIP_KEY))?.unwrap_or_default();
     let partial = snapshots.partial_path(purpose);
-    let mut file = std::fs::File::create(&partial)?;
-    let mut writer = BufWriter::new(&mut file);
-    let stats = store.write_snapshot(&mut writer)?;
-    writer.flush()?;
-    drop(writer);
+    let mut writer = BufWriter::with_capacity(1024 * 1024, SteadyWritebackFile::create(&partial)?);
+    let stats = cut.write(&mut writer)?;
+    drop(cut);
+    let file = writer
+        .into_inner()
+        .map_err(|error| error.into_error())?
+        .into_file();
     file.sync_all()?;
     let meta = SnapshotMeta {
         last_log_id: last_applied,
@@ -222,9 +227,13 @@ pub struct KeelStateMachine {
 }
 
 fn read_meta<T: StorageRecord>(store: &MvccStore, key: &str) -> Result<Option<T>, RaftStorageError> {
-    match store.app_meta(key)? {
+    decode_meta(store.app_meta(key)?.as_deref())
+}
+
+fn decode_meta<T: StorageRecord>(bytes: Option<&[u8]>) -> Result<Option<T>, RaftStorageError> {
+    match bytes {
         None => Ok(None),
-        Some(bytes) => Ok(Some(T::decode_record(&bytes)?)),
+        Some(bytes) => Ok(Some(T::decode_record(bytes)?)),
     }
 }
 
@@ -564,17 +573,17 @@ impl RaftSnapshotBuilder<TypeConfig> for KeelSnapshotBuilder {
         let shared = self.shared.clone();
         let (meta, data_file) = tokio::task::spawn_blocking(move || -> Result<_, io::Error> {
             let write_error = |e: &dyn std::fmt::Display| snapshot_error(format!("building snapshot: {e}"));
-            let (meta, partial, stats) = {
-                let _gate = shared.apply_gate.read().unwrap_or_else(|p| p.into_inner());
-                let (meta, partial, stats) =
-                    dump_keyspace(&shared.store, &shared.snapshots, "build").map_err(|e| write_error(&e))?;
-                shared.applied_writes.mark_snapshot();
-                // The log is purged behind this snapshot: what it covers must be durable.
-                shared
-                    .flush_keyspace(meta.last_log_id)
-                    .map_err(|e| write_error(&e))?;
-                (meta, partial, stats)
-            };
+            // Applies go on meanwhile: the dump is of one cut, labelled
+            // with that cut's last applied log id.
+            shared.applied_writes.mark_snapshot();
+            let (meta, partial, stats) =
+                dump_keyspace(&shared.store, &shared.snapshots, "build").map_err(|e| write_error(&e))?;
+            // The log is purged behind this snapshot: what it covers must be
+            // durable (the flush covers everything applied before it starts,
+            // so the cut too).
+            shared
+                .flush_keyspace(meta.last_log_id)
+                .map_err(|e| write_error(&e))?;
             shared
                 .fail_points
                 .pass(BEFORE_SNAPSHOT_BUILD_COMMIT)

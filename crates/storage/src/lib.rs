@@ -14,6 +14,9 @@
 //! - [`GroupFlusher`] (`group_flush.rs`): one thread that makes a database
 //!   durable for every waiter queued when it starts, so many Raft log writes
 //!   share one flush.
+//! - [`SteadyWritebackFile`] (`steady_writeback.rs`): a long file (a Raft
+//!   snapshot) written back to the disk as it is written, so its final sync
+//!   does not stall the Raft log's syncs behind hundreds of MiB.
 //!
 //! Durability rule every caller relies on: after [`Database::make_durable`]
 //! (or a [`GroupFlusher`] completion) returns Ok, every write applied to the
@@ -28,10 +31,12 @@ mod database;
 mod fdatasync;
 mod generations;
 mod group_flush;
+mod steady_writeback;
 
-pub use database::{Database, RecordSizes};
+pub use database::{Database, DatabaseRole};
 pub use group_flush::{FlushCompletion, GroupFlusher};
 pub use sled;
+pub use steady_writeback::SteadyWritebackFile;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -207,6 +207,10 @@ pub struct Inner {
     pub compression_factor: i32,
     #[doc(hidden)]
     pub print_profile_on_drop: bool,
+    // keel: whether a pool job writes zeros over the segment past the file's
+    // tip whenever the tip moves (`SegmentAccountant::zero_fill_past_tip`).
+    #[doc(hidden)]
+    pub zero_past_tip: bool,
     #[doc(hidden)]
     pub idgen_persist_interval: u64,
     #[doc(hidden)]
@@ -235,6 +239,7 @@ impl Default for Inner {
             // useful in testing
             segment_size: 512 * 1024, // 512kb in bytes
             print_profile_on_drop: false,
+            zero_past_tip: false,
             flush_every_ms: Some(500),
             idgen_persist_interval: 1_000_000,
             global_error: Arc::new(Atomic::default()),
@@ -515,6 +520,11 @@ impl Config {
             print_profile_on_drop,
             bool,
             "print a performance profile when the Config is dropped"
+        ),
+        (
+            zero_past_tip,
+            bool,
+            "keel: write zeros over the segment past the file's tip whenever the tip moves, so that writes there do not grow the file"
         )
     );
 

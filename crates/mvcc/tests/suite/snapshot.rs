@@ -180,3 +180,124 @@ fn readers_see_the_old_or_the_new_keyspace_during_an_install_never_a_mix() {
         "the reader ends on the new keyspace"
     );
 }
+
+/// Puts, deletes, a compaction, leases with keys and a checkpoint, then the
+/// app meta `last_applied`: what both stores of the cut test get before it.
+fn write_history_before_the_cut(store: &MvccStore) {
+    for round in 0..3 {
+        let mut batch = store.begin_apply();
+        for i in 0..20 {
+            batch
+                .put(&put_request(&format!("key/{i:02}"), &format!("{round}-{i}")))
+                .expect("put");
+        }
+        batch.commit().expect("commit");
+    }
+    delete(store, "key/00", "");
+    compact(store, 30).expect("compact");
+    let mut batch = store.begin_apply();
+    batch.lease_grant(7, 60).expect("grant 7");
+    batch.lease_grant(8, 60).expect("grant 8");
+    for (key, lease) in [("leased/a", 7), ("leased/b", 7), ("leased/c", 8)] {
+        batch
+            .put(&keel_api::etcdserverpb::PutRequest {
+                lease,
+                ..put_request(key, "held")
+            })
+            .expect("put with lease");
+    }
+    batch.lease_checkpoint(&[(7, 40)]).expect("checkpoint");
+    batch.set_app_meta("raft/last_applied", b"at the cut".to_vec());
+    batch.commit().expect("commit");
+}
+
+/// Changes to every part of the keyspace a cut holds: new and overwritten
+/// keys, a delete, a revoke (its keys deleted), a grant, a checkpoint, a
+/// lease key moved, and the app meta.
+fn write_history_after_the_cut(store: &MvccStore) {
+    let mut batch = store.begin_apply();
+    for i in 0..20 {
+        batch
+            .put(&put_request(&format!("key/{i:02}"), &format!("after-{i}")))
+            .expect("put");
+    }
+    batch.put(&put_request("new/key", "after")).expect("put");
+    batch.lease_revoke(7).expect("revoke 7");
+    batch.lease_grant(9, 30).expect("grant 9");
+    batch
+        .put(&keel_api::etcdserverpb::PutRequest {
+            lease: 9,
+            ..put_request("leased/c", "moved")
+        })
+        .expect("move leased/c to lease 9");
+    batch.lease_checkpoint(&[(8, 5)]).expect("checkpoint");
+    batch.set_app_meta("raft/last_applied", b"after the cut".to_vec());
+    batch.commit().expect("commit");
+    delete(store, "key/05", "key/09");
+}
+
+#[test]
+fn a_snapshot_cut_streams_the_keyspace_as_it_was_at_the_cut_while_writes_commit() {
+    let source = temp_store();
+    let twin = temp_store();
+    write_history_before_the_cut(&source.store);
+    write_history_before_the_cut(&twin.store);
+    let cut = source.store.snapshot_cut().expect("cut");
+    assert_eq!(cut.app_meta("raft/last_applied"), Some(&b"at the cut"[..]));
+    // Commits on this very thread while the cut is held: a writer that
+    // waited for the cut would hang here.
+    write_history_after_the_cut(&source.store);
+    let mut stream = Vec::new();
+    cut.write(&mut stream).expect("write the cut");
+    drop(cut);
+
+    let target = temp_store();
+    target
+        .store
+        .install_snapshot(&mut stream.as_slice())
+        .expect("install");
+    assert_ne!(
+        fingerprint(&source.store),
+        fingerprint(&twin.store),
+        "the source moved on"
+    );
+    assert_eq!(fingerprint(&target.store), fingerprint(&twin.store));
+    assert_eq!(
+        target.store.leases().expect("leases"),
+        twin.store.leases().expect("leases")
+    );
+    for lease in [7, 8, 9] {
+        assert_eq!(
+            target.store.lease_keys(lease).expect("lease keys"),
+            twin.store.lease_keys(lease).expect("lease keys"),
+            "keys of lease {lease}"
+        );
+    }
+}
+
+#[test]
+fn a_compaction_waits_until_a_snapshot_cut_is_dropped() {
+    let source = with_history();
+    let at_cut = fingerprint(&source.store);
+    let cut = source.store.snapshot_cut().expect("cut");
+    let current = source.store.current_revision();
+    std::thread::scope(|scope| {
+        let compaction = scope.spawn(|| compact(&source.store, current));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            !compaction.is_finished(),
+            "a compaction removed records under a cut"
+        );
+        let mut stream = Vec::new();
+        cut.write(&mut stream).expect("write the cut");
+        drop(cut);
+        compaction.join().expect("compaction thread").expect("compact");
+        let target = temp_store();
+        target
+            .store
+            .install_snapshot(&mut stream.as_slice())
+            .expect("install");
+        assert_eq!(fingerprint(&target.store), at_cut);
+    });
+    assert_eq!(source.store.compact_revision(), current);
+}
