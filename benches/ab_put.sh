@@ -6,8 +6,12 @@
 # after 1 s of warm-up), prints one summary line per case, with the three
 # members' CPU time per put (user + system, from /proc/<pid>/stat, over the
 # 5 measured seconds), and stops the cluster. Extra NAME=VALUE arguments go into the members' environment.
-# AB_TARGET=followers sends the puts through the followers instead, and
-# AB_CASES="1:1 64:8" picks other CLIENTS:CONNS cases.
+# AB_TARGET=followers (or all) sends the puts through the followers (or every
+# member) instead, AB_CASES="1:1 64:8" picks other CLIENTS:CONNS cases, and
+# AB_SECONDS, AB_VALUE_BYTES and AB_KEY_SPACE change the measured time (5),
+# the value size (256) and the keys drawn from (100000). Snapshot stalls:
+#   AB_TARGET=all AB_CASES=64:8 AB_SECONDS=30 AB_VALUE_BYTES=4096 AB_KEY_SPACE=1000000
+# (100,000 puts, one snapshot per member, inside the measured 30 s).
 # Alternate builds over several rounds; quote medians, never one round.
 #
 #   benches/ab_put.sh /tmp/bin-before; benches/ab_put.sh /tmp/bin-after
@@ -27,17 +31,18 @@ member_pids=$(grep -o 'pid [0-9]*' "$log" | awk '{print $2}')
 member_ticks() { for pid in $member_pids; do awk '{print $14 + $15}' "/proc/$pid/stat"; done | awk '{t += $1} END {print t}'; }
 put() { # CLIENTS CONNS DURATION
     "$bin_dir/keel-bench" put --endpoints "$endpoints" --target "${AB_TARGET:-leader}" --conns "$2" --clients "$1" \
-        --duration "$3" --warmup 0s --key-size 8 --val-size 256 --key-space 100000 2>&1 >/dev/null
+        --duration "$3" --warmup 0s --key-size 8 --val-size "${AB_VALUE_BYTES:-256}" \
+        --key-space "${AB_KEY_SPACE:-100000}" 2>&1 >/dev/null
 }
 ticks_per_second=$(getconf CLK_TCK)
 for case in ${AB_CASES:-1:1 16:4 256:16}; do
     IFS=: read -r clients conns <<<"$case"
     put "$clients" "$conns" 1s >/dev/null # warm-up
     before=$(member_ticks)
-    summary=$(put "$clients" "$conns" 5s | grep -E '^(throughput|latency)' | tr -s ' ' | paste -sd' ')
+    summary=$(put "$clients" "$conns" "${AB_SECONDS:-5}s" | grep -E '^(throughput|latency)' | tr -s ' ' | paste -sd' ')
     after=$(member_ticks)
     throughput=$(echo "$summary" | awk '{print $2}')
     cpu=$(awk -v t=$((after - before)) -v hz="$ticks_per_second" -v tp="$throughput" \
-        'BEGIN {printf "%.0f", t * 1e6 / hz / (tp * 5)}')
+        'BEGIN {printf "%.0f", t * 1e6 / hz / (tp * '"${AB_SECONDS:-5}"')}')
     echo "$bin_dir $* target=${AB_TARGET:-leader} clients=$clients $summary server_cpu_us_per_put $cpu"
 done

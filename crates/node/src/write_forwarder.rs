@@ -18,6 +18,7 @@
 //! and writes to that leader then go one per call for a while.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::request_error::RequestError;
+use keel_api::WireError;
 
 /// Batches in flight to the leader at once; the writes that arrive
 /// meanwhile wait for the next batch.
@@ -54,26 +56,51 @@ struct QueuedWrite {
 }
 
 /// Leaders that answered a batch "unimplemented" (an earlier keel), with
-/// the instant until which they get single writes.
+/// the instant until which they get single writes. Every forwarded write
+/// asks; while no leader is marked (every cluster of one keel version) the
+/// answer is one atomic load, not a lock.
 #[derive(Clone, Default)]
-struct SingleWriteLeaders(Arc<Mutex<HashMap<NodeId, Instant>>>);
+struct SingleWriteLeaders(Arc<MarkedLeaders>);
+
+#[derive(Default)]
+struct MarkedLeaders {
+    /// Whether `until` may hold a leader; only changed under its lock.
+    any: AtomicBool,
+    until: Mutex<HashMap<NodeId, Instant>>,
+}
 
 impl SingleWriteLeaders {
     fn mark(&self, leader: NodeId) {
-        let mut leaders = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut leaders = self
+            .0
+            .until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         leaders.insert(leader, Instant::now() + SINGLE_WRITES_FOR);
+        self.0.any.store(true, Ordering::Release);
     }
 
     fn takes_single_writes(&self, leader: NodeId) -> bool {
-        let mut leaders = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        match leaders.get(&leader) {
+        if !self.0.any.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut leaders = self
+            .0
+            .until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let single = match leaders.get(&leader) {
             Some(until) if Instant::now() < *until => true,
             Some(_) => {
                 leaders.remove(&leader);
                 false
             }
             None => false,
+        };
+        if leaders.is_empty() {
+            self.0.any.store(false, Ordering::Release);
         }
+        single
     }
 }
 
@@ -187,14 +214,14 @@ async fn send_batch(
             let outcomes = answered.into_inner().outcomes;
             if outcomes.len() != replies.len() {
                 // The leader acted on the batch but its answer cannot be
-                // matched to the writes: each one's outcome is unknown.
-                let mismatch = Status::internal(format!(
-                    "keel: the leader answered {} outcomes for {} forwarded writes",
+                // matched to the writes: each one's effect is unknown.
+                let unknown = effect_unknown(&format!(
+                    "the leader answered {} outcomes for {} forwarded writes",
                     outcomes.len(),
                     replies.len()
                 ));
                 for reply in replies {
-                    let _ = reply.send(Err(mismatch.clone()));
+                    let _ = reply.send(Err(unknown.clone()));
                 }
                 return;
             }
@@ -230,10 +257,19 @@ fn answer_of(outcome: ForwardedOutcome) -> ForwardAnswer {
         Some(forwarded_outcome::Outcome::Failure(failure)) => {
             Err(Status::new(Code::from(failure.code), failure.message))
         }
-        None => Err(Status::internal(
-            "keel: the leader answered a forwarded write with no outcome",
+        None => Err(effect_unknown(
+            "the leader answered a forwarded write with no outcome",
         )),
     }
+}
+
+/// The answer to a forwarded write the leader answered unreadably: it may
+/// have applied the write, so the write's effect is unknown, which etcd
+/// answers "request timed out" (as for a proposal whose outcome it never
+/// learned), never an error that says it failed.
+fn effect_unknown(why: &str) -> Status {
+    tracing::warn!(why, "a forwarded write's effect is unknown");
+    Status::from(RequestError::Wire(WireError::Timeout))
 }
 
 /// The leader's outcome for one forwarded write: the status a
@@ -255,7 +291,6 @@ pub(crate) fn outcome_of(answer: ForwardAnswer) -> ForwardedOutcome {
 mod tests {
     use super::*;
     use keel_api::keelpb::write_response;
-    use keel_api::WireError;
 
     #[test]
     fn an_etcd_error_crosses_a_batch_as_the_status_a_single_forward_would_carry() {
@@ -315,9 +350,30 @@ mod tests {
         assert!(!crate::request_error::is_not_leader_refusal(&answer));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_marked_leader_takes_single_writes_until_its_time_is_up_then_none_is_marked() {
+        let leaders = SingleWriteLeaders::default();
+        assert!(!leaders.takes_single_writes(1));
+        leaders.mark(1);
+        assert!(leaders.takes_single_writes(1));
+        assert!(!leaders.takes_single_writes(2));
+        tokio::time::advance(SINGLE_WRITES_FOR + Duration::from_secs(1)).await;
+        assert!(!leaders.takes_single_writes(1));
+        assert!(
+            !leaders.0.any.load(Ordering::Acquire),
+            "no leader is marked any more"
+        );
+    }
+
     #[test]
-    fn an_outcome_with_nothing_in_it_is_an_error_not_a_response() {
+    fn an_outcome_with_nothing_in_it_is_an_unknown_effect_not_a_response() {
         let answer = answer_of(ForwardedOutcome { outcome: None });
-        assert_eq!(answer.expect_err("no outcome").code(), Code::Internal);
+        let expected = Status::from(RequestError::Wire(WireError::Timeout));
+        let status = answer.expect_err("no outcome");
+        assert_eq!(
+            (status.code(), status.message()),
+            (expected.code(), expected.message())
+        );
+        assert_eq!(status.message(), "etcdserver: request timed out");
     }
 }

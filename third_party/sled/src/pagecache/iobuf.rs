@@ -667,32 +667,7 @@ impl IoBufs {
         if self.config.temporary || len == 0 {
             return Ok(());
         }
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::unix::io::AsRawFd;
-            let f = &self.config.file;
-            let ret = unsafe {
-                libc::sync_file_range(
-                    f.as_raw_fd(),
-                    i64::try_from(log_offset).unwrap(),
-                    i64::try_from(len).unwrap(),
-                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                        | libc::SYNC_FILE_RANGE_WRITE
-                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-                )
-            };
-            if ret < 0 {
-                let err = std::io::Error::last_os_error();
-                if let Some(libc::ENOSYS) = err.raw_os_error() {
-                    f.sync_all()?;
-                } else {
-                    return Err(err.into());
-                }
-            }
-        }
-
-        #[cfg(not(target_os = "linux"))]
-        self.config.file.sync_all()?;
+        write_back_range(&self.config.file, log_offset, len)?;
         Ok(())
     }
 
@@ -1410,6 +1385,42 @@ impl Debug for IoBufs {
     ) -> std::result::Result<(), fmt::Error> {
         formatter.write_fmt(format_args!("IoBufs {{ buf: {:?} }}", self.iobuf))
     }
+}
+
+// keel: writes `len` bytes of `file` at `offset` back to the disk and
+// waits for them (`sync_file_range`; `sync_all` where the kernel lacks it);
+// shared by the buffer writes and the zero fill past the tip.
+pub(crate) fn write_back_range(
+    file: &std::fs::File,
+    offset: LogOffset,
+    len: usize,
+) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::io::AsRawFd;
+        let ret = unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                i64::try_from(offset).unwrap_or(i64::MAX),
+                i64::try_from(len).unwrap_or(i64::MAX),
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            )
+        };
+        if ret < 0 {
+            let err = std::io::Error::last_os_error();
+            if let Some(libc::ENOSYS) = err.raw_os_error() {
+                file.sync_all()?;
+            } else {
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    file.sync_all()
 }
 
 impl Debug for IoBuf {

@@ -1180,23 +1180,7 @@ fn write_zeros(config: &RunningConfig, at: LogOffset) -> std::io::Result<()> {
         let len = zeros.len().min(segment_size - written);
         let offset = at + written as LogOffset;
         pwrite_all(&config.file, &zeros[..len], offset)?;
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::unix::io::AsRawFd;
-            let ret = unsafe {
-                libc::sync_file_range(
-                    config.file.as_raw_fd(),
-                    i64::try_from(offset).unwrap_or(i64::MAX),
-                    i64::try_from(len).unwrap_or(i64::MAX),
-                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                        | libc::SYNC_FILE_RANGE_WRITE
-                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-                )
-            };
-            if ret < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
+        super::iobuf::write_back_range(&config.file, offset, len)?;
         written += len;
     }
     Ok(())
