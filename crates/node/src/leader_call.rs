@@ -195,6 +195,13 @@ mod tests {
                 ends_request(AttemptFailure::Here(WireError::Stopped.into()), repeat),
                 Some(RequestError::Wire(WireError::Stopped))
             ));
+            // A forwarded write whose batch answer could not be read
+            // (`write_forwarder.rs`): its effect is unknown, never repeated.
+            let unreadable_answer = Status::from(RequestError::Wire(WireError::Timeout));
+            assert!(matches!(
+                ends_request(AttemptFailure::Peer(unreadable_answer), repeat),
+                Some(RequestError::Wire(WireError::Timeout))
+            ));
         }
     }
 }

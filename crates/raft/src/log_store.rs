@@ -100,7 +100,7 @@ impl SledLogStore {
         let state = database.sled().open_tree("raft_state")?;
         let flusher = database.start_group_flusher()?;
         let purged_entry_remover = Arc::new(PurgedEntryRemover::start(log.clone())?);
-        let mut store = SledLogStore {
+        let store = SledLogStore {
             database,
             log,
             state,
@@ -110,9 +110,10 @@ impl SledLogStore {
             first_unpurged_index: Arc::new(AtomicU64::new(0)),
         };
         let last_purged: Option<LogId> = store.read_state(LAST_PURGED_KEY)?;
-        store.first_unpurged_index = Arc::new(AtomicU64::new(
+        store.first_unpurged_index.store(
             last_purged.map_or(0, |id| id.index.saturating_add(1)),
-        ));
+            Ordering::Release,
+        );
         Ok(store)
     }
 
@@ -330,14 +331,23 @@ mod tests {
         }
     }
 
+    /// A log store in `dir` holding the entries `indexes`, made durable.
+    async fn store_with_entries(
+        dir: &std::path::Path,
+        indexes: std::ops::RangeInclusive<u64>,
+    ) -> SledLogStore {
+        let mut store = SledLogStore::open(dir).expect("open");
+        store
+            .append_durably(indexes.map(blank).collect())
+            .await
+            .expect("append");
+        store
+    }
+
     #[tokio::test]
     async fn a_purge_torn_by_a_crash_never_reports_the_log_ending_below_the_purge_point() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut store = SledLogStore::open(dir.path()).expect("open");
-        store
-            .append_durably((1..=10).map(blank).collect())
-            .await
-            .expect("append");
+        let mut store = store_with_entries(dir.path(), 1..=10).await;
         // A purge up to 20 (behind an installed snapshot) that recorded its
         // point and crashed before removing any entry.
         store
@@ -372,11 +382,7 @@ mod tests {
     #[tokio::test]
     async fn a_purge_removes_every_entry_up_to_its_point_and_a_later_one_what_a_torn_purge_left() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut store = SledLogStore::open(dir.path()).expect("open");
-        store
-            .append_durably((1..=300).map(blank).collect())
-            .await
-            .expect("append");
+        let mut store = store_with_entries(dir.path(), 1..=300).await;
         store.purge(blank(4).log_id).await.expect("purge to 4");
         // The purge point is recorded before any entry goes.
         let state = store.get_log_state().await.expect("log state");
@@ -407,11 +413,7 @@ mod tests {
     #[tokio::test]
     async fn a_closed_log_store_releases_its_database_for_a_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut store = SledLogStore::open(dir.path()).expect("open");
-        store
-            .append_durably((1..=10).map(blank).collect())
-            .await
-            .expect("append");
+        let mut store = store_with_entries(dir.path(), 1..=10).await;
         store.purge(blank(5).log_id).await.expect("purge");
         drop(store);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

@@ -92,8 +92,9 @@ struct Shared {
 
 impl Shared {
     /// Makes every committed keyspace change durable (`MvccStore::flush`:
-    /// sled's flush, then fdatasync), and publishes `last_applied`, which the
-    /// caller read under the apply gate, as durable.
+    /// sled's flush, then fdatasync), and publishes `last_applied` as
+    /// durable; the caller read it before this call (under the apply gate,
+    /// or from the snapshot cut it dumped), so the flush covers it.
     fn flush_keyspace(&self, last_applied: Option<LogId>) -> Result<(), RaftStorageError> {
         self.store.flush()?;
         self.durable_applied.advance_to(last_applied.map(|id| id.index));
