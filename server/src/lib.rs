@@ -8,6 +8,7 @@
 mod auth_check;
 mod auth_service;
 mod authority_repair;
+mod caller_deadline;
 mod client_tls;
 mod cluster_service;
 pub mod config;

@@ -446,6 +446,7 @@ async fn serve_client_services(
                 .accept_http1(true)
                 .max_concurrent_streams(flags.max_concurrent_streams)
                 .layer(crate::metrics_endpoint::GrpcMetricsLayer)
+                .layer(crate::caller_deadline::CallerDeadlineLayer)
                 .add_routes(client_routes.clone())
                 .serve_with_incoming_shutdown(client_connections(listener), async move {
                     let _ = stop.wait_for(|stopped| *stopped).await;

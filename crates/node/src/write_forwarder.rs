@@ -148,11 +148,18 @@ impl WriteForwarder {
         if self.queue.send(queued).await.is_err() {
             return Err(stopped());
         }
-        answer.await.unwrap_or_else(|_| Err(stopped()))
+        // The reply dropped unanswered: the member is shutting down, and the
+        // batch may have reached the leader, so the effect is unknown.
+        answer.await.unwrap_or_else(|_| {
+            Err(effect_unknown(
+                "the forwarder stopped before the leader's answer came back",
+            ))
+        })
     }
 }
 
-/// The forwarder has stopped (the member is shutting down); nothing was sent.
+/// The forwarder has stopped (the member is shutting down) before the
+/// write was queued: nothing was sent.
 fn stopped() -> Status {
     Status::from(keel_api::WireError::Stopped)
 }
@@ -263,8 +270,9 @@ fn answer_of(outcome: ForwardedOutcome) -> ForwardAnswer {
     }
 }
 
-/// The answer to a forwarded write the leader answered unreadably: it may
-/// have applied the write, so the write's effect is unknown, which etcd
+/// The answer to a forwarded write whose outcome this member cannot learn
+/// (the leader answered unreadably, or the forwarder stopped with the call
+/// in flight): it may have applied the write, so its effect is unknown, which etcd
 /// answers "request timed out" (as for a proposal whose outcome it never
 /// learned), never an error that says it failed.
 fn effect_unknown(why: &str) -> Status {
@@ -363,6 +371,46 @@ mod tests {
             !leaders.0.any.load(Ordering::Acquire),
             "no leader is marked any more"
         );
+    }
+
+    /// Regression: a forwarder stopped with the batch in flight answered
+    /// "server stopped", as if nothing had been sent.
+    #[test]
+    fn a_forwarder_stopped_with_the_batch_in_flight_answers_an_unknown_effect() {
+        let forwarder_runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let caller_runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let (forwarder, client, _silent_peer) = forwarder_runtime.block_on(async {
+            // A peer that takes the connection and never answers.
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let address = listener.local_addr().expect("address");
+            let silent_peer = tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Ok((connection, _)) = listener.accept().await {
+                    held.push(connection);
+                }
+            });
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                .expect("endpoint")
+                .connect_lazy();
+            (WriteForwarder::start(), PeerClient::new(channel), silent_peer)
+        });
+        let answer = caller_runtime.block_on(async move {
+            let put = WriteRequest {
+                request: Some(keel_api::keelpb::write_request::Request::Put(Default::default())),
+                ..Default::default()
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let forwarded = tokio::spawn(async move { forwarder.forward(7, client, put, deadline).await });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(!forwarded.is_finished(), "the silent peer answered nothing");
+            forwarder_runtime.shutdown_background();
+            tokio::time::timeout(Duration::from_secs(5), forwarded)
+                .await
+                .expect("answered once the forwarder stopped")
+                .expect("the caller's task ran")
+        });
+        let status = answer.expect_err("the write's outcome never came back");
+        assert_eq!(status.message(), "etcdserver: request timed out", "{status:?}");
     }
 
     #[test]
