@@ -386,21 +386,28 @@ pub(crate) fn apply_pending(index: &mut Index, key: IndexKey, pending: PendingKe
         mut appended,
         live,
     } = pending;
-    // Most keys gain one older change per batch: no spare capacity for the
-    // first ones (later growth doubles as usual).
-    if appended.len() < appended.capacity() && history_len(index.get(key.as_slice())) == 0 {
+    // One search of the B-tree per key: the entry serves the read, the
+    // update and the removal.
+    let mut entry = match index.entry(key) {
+        std::collections::btree_map::Entry::Vacant(vacant) => {
+            // Most keys gain one older change per batch: no spare capacity
+            // for the first ones (later growth doubles as usual).
+            appended.shrink_to_fit();
+            let history = KeyHistory {
+                live,
+                earlier: (!appended.is_empty()).then(|| Box::new(appended)),
+            };
+            if !history.is_empty() {
+                vacant.insert(history);
+            }
+            return;
+        }
+        std::collections::btree_map::Entry::Occupied(occupied) => occupied,
+    };
+    let history = entry.get_mut();
+    if appended.len() < appended.capacity() && history.earlier().is_empty() {
         appended.shrink_to_fit();
     }
-    let Some(history) = index.get_mut(key.as_slice()) else {
-        let history = KeyHistory {
-            live,
-            earlier: (!appended.is_empty()).then(|| Box::new(appended)),
-        };
-        if !history.is_empty() {
-            index.insert(key, history);
-        }
-        return;
-    };
     history.live = live;
     if dropped > 0 || !appended.is_empty() {
         let earlier = history.earlier.get_or_insert_with(Default::default);
@@ -417,12 +424,8 @@ pub(crate) fn apply_pending(index: &mut Index, key: IndexKey, pending: PendingKe
         }
     }
     if history.is_empty() {
-        index.remove(key.as_slice());
+        entry.remove();
     }
-}
-
-fn history_len(history: Option<&KeyHistory>) -> usize {
-    history.map_or(0, |history| history.earlier().len())
 }
 
 /// What [`rebuild`] found in a keyspace tree's revision records.
