@@ -41,6 +41,7 @@ use results::{median, Better, RawRun, ResultsFile, Row, ScenarioReport};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum Scenario {
     Put,
+    SnapshotStall,
     Range,
     Txn,
     Kube,
@@ -55,8 +56,9 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 12] = [
+    pub const ALL: [Scenario; 13] = [
         Scenario::Put,
+        Scenario::SnapshotStall,
         Scenario::Range,
         Scenario::Txn,
         Scenario::Kube,
@@ -73,6 +75,7 @@ impl Scenario {
     pub fn id(self) -> &'static str {
         match self {
             Scenario::Put => "scenario:put",
+            Scenario::SnapshotStall => "scenario:snapshot-stall",
             Scenario::Range => "scenario:range",
             Scenario::Txn => "scenario:txn",
             Scenario::Kube => "scenario:kube",
@@ -89,9 +92,10 @@ impl Scenario {
 }
 
 /// Every section of RESULTS.md, in order.
-pub const SECTION_IDS: [&str; 14] = [
+pub const SECTION_IDS: [&str; 15] = [
     "machine",
     "scenario:put",
+    "scenario:snapshot-stall",
     "scenario:range",
     "scenario:txn",
     "scenario:kube",
@@ -108,7 +112,7 @@ pub const SECTION_IDS: [&str; 14] = [
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CompareOptions {
-    /// Scenarios to run (comma-separated; `membership` and `secure` only when named).
+    /// Scenarios to run (comma-separated; `membership`, `secure` and `snapshot-stall` only when named).
     #[arg(
         long,
         value_delimiter = ',',
@@ -501,7 +505,12 @@ pub async fn run_compare(options: CompareOptions) -> anyhow::Result<()> {
     let throughput_set: Vec<Scenario> = selected
         .iter()
         .copied()
-        .filter(|s| matches!(s, Scenario::Put | Scenario::Range | Scenario::Txn))
+        .filter(|s| {
+            matches!(
+                s,
+                Scenario::Put | Scenario::SnapshotStall | Scenario::Range | Scenario::Txn
+            )
+        })
         .collect();
     if !throughput_set.is_empty() {
         throughput::run(&ctx, &throughput_set).await?;

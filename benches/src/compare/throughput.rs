@@ -4,7 +4,10 @@
 //! clients through the followers, which forward to the leader; (2) linearizable and serializable
 //! single-key range at 1 and 256 clients through the leader and through a
 //! follower, over a preloaded key space; (3) txn-cas at 16 clients on 1,000
-//! keys. Each measurement alternates etcd and keel, repeated, medians kept.
+//! keys; and (1b) 4 KiB puts through every member for long enough that each
+//! member takes a snapshot of its keyspace in the measured time, with the
+//! slowest write. Each measurement alternates etcd and keel, repeated,
+//! medians kept.
 
 use keel_tests::Flavor;
 
@@ -37,11 +40,20 @@ pub async fn run(ctx: &Ctx, scenarios: &[Scenario]) -> anyhow::Result<()> {
         .collect();
     for &size in &ctx.sizes {
         let mut start_failures = Vec::new();
-        let mut pair = start_pair(ctx, size, &mut start_failures).await;
+        // The snapshot-stall case starts clusters of its own.
+        let shares_a_pair = sheets
+            .iter()
+            .any(|sheet| sheet.scenario != Scenario::SnapshotStall);
+        let mut pair = if shares_a_pair {
+            start_pair(ctx, size, &mut start_failures).await
+        } else {
+            Vec::new()
+        };
         for sheet in &mut sheets {
             sheet.report.failures.extend(start_failures.iter().cloned());
             match sheet.scenario {
                 Scenario::Put => put_scenario(ctx, sheet, &pair).await,
+                Scenario::SnapshotStall => snapshot_stall_scenario(ctx, sheet, size).await,
                 Scenario::Range => range_scenario(ctx, sheet, &mut pair).await?,
                 Scenario::Txn => txn_scenario(ctx, sheet, &pair).await,
                 _ => {}
@@ -67,6 +79,21 @@ fn describe(ctx: &Ctx, scenario: Scenario) -> (&'static str, String) {
                 "`keel-bench put` through the leader, keys drawn uniformly from 100,000; clients 1/16/64/256 \
                  over 1/4/8/16 connections; with 3 members also through the followers (`--target followers`, \
                  which forward each write to the leader) at 1 and 64 clients; {per}."
+            ),
+        ),
+        Scenario::SnapshotStall => (
+            "1b. Writes across a snapshot: 4 KiB puts through every member",
+            format!(
+                "`keel-bench put --target all` (each client on one member; followers forward to the leader), \
+                 {STALL_CLIENTS} clients over {STALL_CONNS} connections, 4 KiB values, keys drawn uniformly \
+                 from 1,000,000; {} measured after {} of warm-up, {} repetition(s) per system. Both systems \
+                 keep their default `--snapshot-count` of 100,000 applied entries; each repetition starts \
+                 fresh clusters, so each member takes its first snapshot (about 400 MiB of keyspace) \
+                 inside the measured time at the rates below: *max ms* is the slowest write, which a \
+                 snapshot that stalls writes shows.",
+                humantime(stall_duration(ctx)),
+                humantime(ctx.scale.warmup),
+                ctx.scale.reps
             ),
         ),
         Scenario::Range => (
@@ -190,6 +217,69 @@ async fn put_scenario(ctx: &Ctx, sheet: &mut Sheet, pair: &[BenchCluster]) {
                 );
                 record_latency(t, size, &case, clients, flavor, run.as_ref());
             }
+        }
+    }
+}
+
+/// The snapshot-stall case's load: enough 4 KiB puts at this concurrency
+/// (about 5,000/s here) to pass 100,000 entries in the measured time.
+const STALL_CLIENTS: usize = 64;
+const STALL_CONNS: usize = 8;
+const STALL_VALUE_BYTES: usize = 4096;
+const STALL_KEY_SPACE: u64 = 1_000_000;
+
+/// 45 s measured (the scale's duration when it is longer, or in a quick
+/// run): from a fresh cluster, 100,000 entries come well inside it.
+fn stall_duration(ctx: &Ctx) -> std::time::Duration {
+    if ctx.scale.quick {
+        ctx.scale.duration
+    } else {
+        ctx.scale.duration.max(std::time::Duration::from_secs(45))
+    }
+}
+
+/// Each repetition on fresh clusters, so that neither system's quota
+/// (2 GiB by default) fills over the repetitions.
+async fn snapshot_stall_scenario(ctx: &Ctx, sheet: &mut Sheet, size: usize) {
+    let case = format!("4 KiB via all clients={STALL_CLIENTS} conns={STALL_CONNS}");
+    for rep in 0..ctx.scale.reps {
+        for flavor in order(rep) {
+            let cluster = match BenchCluster::start(flavor, size, &ctx.data_root).await {
+                Ok(cluster) => cluster,
+                Err(error) => {
+                    sheet.report.failures.push(format!(
+                        "{} ×{size} did not start for {case} (rep {rep}): {error:#}",
+                        crate::compare::cluster::system_name(flavor)
+                    ));
+                    continue;
+                }
+            };
+            let mut spec = throughput_spec(ctx, &cluster, STALL_CLIENTS, STALL_CONNS);
+            spec.duration = Some(stall_duration(ctx));
+            spec.val_size = STALL_VALUE_BYTES;
+            spec.key_space = STALL_KEY_SPACE;
+            spec.target = Target::All;
+            let run = measure(&mut sheet.report, &cluster, Mode::Put, &spec, &case, rep).await;
+            let t = &mut sheet.table;
+            t.add(
+                size,
+                &case,
+                Some(STALL_CLIENTS),
+                "writes/s",
+                Better::Higher,
+                flavor,
+                run.as_ref().map(|r| r.throughput),
+            );
+            record_latency(t, size, &case, STALL_CLIENTS, flavor, run.as_ref());
+            t.add(
+                size,
+                &case,
+                Some(STALL_CLIENTS),
+                "max ms",
+                Better::Lower,
+                flavor,
+                run.as_ref().map(|r| r.latency_ms.max),
+            );
         }
     }
 }
