@@ -8,6 +8,7 @@
 //! tests that cut links per kind of message or stop storage at a fail point.
 
 pub mod auth_setup;
+pub mod bare_http2;
 pub mod binaries;
 pub mod cluster;
 pub mod curl;

@@ -230,3 +230,55 @@ async fn a_2_mib_value_is_refused_as_too_large_and_the_member_keeps_serving() {
         .expect("range");
     assert!(absent.kvs.is_empty(), "a refused write must not be applied");
 }
+
+#[tokio::test]
+async fn a_malformed_grpc_timeout_refuses_the_call_at_once_with_internal() {
+    // grpc-go's server refuses such a call with Internal "malformed
+    // grpc-timeout: ..." (etcd 3.4's older grpc-go resets the stream); keel
+    // once ran it with no deadline at all.
+    use keel_tests::bare_http2::unary_call_head;
+    use prost::Message;
+    use std::time::Duration;
+
+    let keel = Cluster::start(ClusterOptions::keel(1))
+        .await
+        .expect("keel starts");
+    let range = RangeRequest {
+        key: b"any".to_vec(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    for malformed in ["12x", "123456789m", "S1", "m"] {
+        let answer = unary_call_head(
+            &keel.endpoint(0),
+            "/etcdserverpb.KV/Range",
+            &range,
+            malformed,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("an answer");
+        let header = |name: &str| {
+            answer
+                .headers
+                .get(name)
+                .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+        };
+        assert_eq!(
+            header("content-type").as_deref(),
+            Some("application/grpc"),
+            "{malformed}"
+        );
+        assert_eq!(
+            header("grpc-status").as_deref(),
+            Some("13"),
+            "{malformed}: {answer:?}"
+        );
+        let message = header("grpc-message").unwrap_or_default();
+        assert!(
+            message.starts_with("malformed%20grpc-timeout"),
+            "{malformed}: {message}"
+        );
+    }
+    still_serving(&keel.client().expect("client"), "malformed grpc-timeouts").await;
+}

@@ -490,8 +490,9 @@ async fn a_move_to_a_member_that_cannot_take_over_ends_at_the_callers_deadline_a
 /// It must be answered as a gRPC status, `DeadlineExceeded`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_unanswered_at_the_callers_deadline_is_answered_deadline_exceeded_as_a_grpc_status() {
+    use keel_tests::bare_http2::unary_call_head;
     use prost::Message;
-    use tonic::codegen::{http, Bytes};
+    use tonic::codegen::http;
 
     let mut keel = Cluster::start(ClusterOptions::keel(3))
         .await
@@ -507,35 +508,21 @@ async fn a_call_unanswered_at_the_callers_deadline_is_answered_deadline_exceeded
         target_id: ids[target],
     }
     .encode_to_vec();
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
-    frame.extend_from_slice(&message);
     // A bare HTTP/2 connection: tonic's own client would time the call out
     // itself at the same deadline, before the member answers.
     let address = keel.endpoint(leader);
-    let connection = tokio::net::TcpStream::connect(&address).await.expect("connects");
-    let (mut sender, driver) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(connection),
-    )
-    .await
-    .expect("HTTP/2 handshake");
-    tokio::spawn(driver);
     for timeout in ["300m", "1S"] {
-        let request = http::Request::builder()
-            .method(http::Method::POST)
-            .uri(format!("http://{address}/etcdserverpb.Maintenance/MoveLeader"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .header("grpc-timeout", timeout)
-            .body(http_body_util::Full::new(Bytes::from(frame.clone())))
-            .expect("request");
-        let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
-            .await
-            .expect("answered near the caller's deadline")
-            .expect("an HTTP answer");
-        let headers = response.headers();
-        assert_eq!(response.status(), http::StatusCode::OK, "{timeout}");
+        let answer = unary_call_head(
+            &address,
+            "/etcdserverpb.Maintenance/MoveLeader",
+            &message,
+            timeout,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("answered near the caller's deadline");
+        let headers = &answer.headers;
+        assert_eq!(answer.status, http::StatusCode::OK, "{timeout}");
         assert_eq!(
             headers.get("content-type").map(|value| value.as_bytes()),
             Some(&b"application/grpc"[..]),
