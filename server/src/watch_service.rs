@@ -9,6 +9,8 @@ use std::time::Duration;
 use std::future::Future;
 use std::task::{Context, Poll};
 
+use prost::Message;
+use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
 use tonic::codegen::{http, Body, Service, StdError};
 
 use futures::Stream;
@@ -155,10 +157,46 @@ where
             if request.uri().path() != "/etcdserverpb.Watch/Watch" {
                 return Ok(Status::unimplemented("").into_http());
             }
-            let codec = tonic::codec::ProstCodec::<EncodedWatchResponse, WatchRequest>::default();
-            let mut grpc = tonic::server::Grpc::new(codec)
+            let mut grpc = tonic::server::Grpc::new(WatchCodec)
                 .apply_max_message_size_config(Some(max_decoding_message_size), Some(usize::MAX));
             Ok(grpc.streaming(WatchMethod(service), request).await)
         })
+    }
+}
+
+/// The Watch stream's codec: requests decoded as tonic's prost codec does;
+/// each response encoded into a buffer first reserved at its whole length.
+/// tonic's buffer would otherwise grow by doubling while a large response
+/// (a pull's worth of events, up to 128 KiB) is written into it, copying
+/// what it already holds at every step.
+struct WatchCodec;
+
+type WatchRequestDecoder = <tonic::codec::ProstCodec<EncodedWatchResponse, WatchRequest> as Codec>::Decoder;
+
+impl Codec for WatchCodec {
+    type Encode = EncodedWatchResponse;
+    type Decode = WatchRequest;
+    type Encoder = WatchResponseEncoder;
+    type Decoder = WatchRequestDecoder;
+
+    fn encoder(&mut self) -> WatchResponseEncoder {
+        WatchResponseEncoder
+    }
+
+    fn decoder(&mut self) -> WatchRequestDecoder {
+        tonic::codec::ProstCodec::<EncodedWatchResponse, WatchRequest>::raw_decoder(BufferSettings::default())
+    }
+}
+
+struct WatchResponseEncoder;
+
+impl Encoder for WatchResponseEncoder {
+    type Item = EncodedWatchResponse;
+    type Error = Status;
+
+    fn encode(&mut self, response: EncodedWatchResponse, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        buf.reserve(response.encoded_len());
+        response.encode_raw(buf);
+        Ok(())
     }
 }
