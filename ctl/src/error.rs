@@ -92,7 +92,7 @@ fn tls_error_text(error: &TlsError) -> String {
 pub fn client_error_text(error: &ClientError) -> String {
     match error {
         ClientError::Status(status) => status_text(status),
-        ClientError::Unreachable { .. } => format!("context deadline exceeded: {error}"),
+        ClientError::Unreachable { .. } => format!("{}: {error}", keel_api::DEADLINE_EXCEEDED_TEXT),
         other => other.to_string(),
     }
 }
@@ -102,7 +102,7 @@ pub fn client_error_text(error: &ClientError) -> String {
 pub fn status_text(status: &tonic::Status) -> String {
     let message = status.message();
     if status.code() == tonic::Code::DeadlineExceeded {
-        "context deadline exceeded".to_string()
+        keel_api::DEADLINE_EXCEEDED_TEXT.to_string()
     } else if keel_api::WireError::from_status(status).is_some() || message.starts_with("etcdserver: ") {
         message.to_string()
     } else {

@@ -27,9 +27,6 @@ use std::time::Duration;
 
 use tonic::body::BoxBody;
 
-/// grpc-go's message for a call whose context passed its deadline.
-const DEADLINE_EXCEEDED_MESSAGE: &str = "context deadline exceeded";
-
 /// Bounds each call by the `grpc-timeout` its caller sent.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CallerDeadlineLayer;
@@ -81,7 +78,7 @@ where
                 biased;
                 answered = answer => answered,
                 () = deadline => {
-                    Ok(tonic::Status::deadline_exceeded(DEADLINE_EXCEEDED_MESSAGE).into_http())
+                    Ok(tonic::Status::deadline_exceeded(keel_api::DEADLINE_EXCEEDED_TEXT).into_http())
                 }
             }
         })

@@ -81,6 +81,10 @@ pub mod wire_error;
 
 pub use wire_error::{WatchRefusal, WireError};
 
+/// grpc-go's text for a call whose deadline passed (its `context`
+/// package's error), which etcd and etcdctl print for `DeadlineExceeded`.
+pub const DEADLINE_EXCEEDED_TEXT: &str = "context deadline exceeded";
+
 /// The etcd API version keel reports in `Maintenance.Status` (clients such as
 /// etcdctl and Kubernetes compare it against their minimum).
 pub const REPORTED_ETCD_VERSION: &str = "3.5.0";
