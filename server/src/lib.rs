@@ -34,6 +34,7 @@ mod request_checks;
 pub mod signals;
 mod snapshot_stream;
 mod space_quota;
+mod stream_watchers;
 mod tls_options;
 mod watch_service;
 mod watch_stream;

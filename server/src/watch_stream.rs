@@ -20,7 +20,6 @@
 //! - The stream's watchers live in this loop; when the client's stream
 //!   ends or breaks, the loop ends and they are freed.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,9 +29,10 @@ use keel_api::etcdserverpb::{
     watch_request, RangeRequest, ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use keel_api::key_range::KeySelection;
-use keel_api::mvccpb::event::EventType;
 use keel_api::WatchRefusal;
 use keel_mvcc::{ChangeEvent, Changes, MvccError, MvccStore, PullBudget};
+
+use crate::stream_watchers::{StreamWatchers, Watcher};
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -122,31 +122,6 @@ impl WatchStreamContext {
     }
 }
 
-struct Watcher {
-    key: Vec<u8>,
-    range_end: Vec<u8>,
-    delivered_through: i64,
-    prev_kv: bool,
-    no_put: bool,
-    no_delete: bool,
-    progress_notify: bool,
-    fragment: bool,
-}
-
-impl Watcher {
-    fn selection(&self) -> KeySelection<'_> {
-        KeySelection::from_request(&self.key, &self.range_end)
-    }
-
-    fn wants(&self, event: &ChangeEvent) -> bool {
-        let passes_filters = match event.kind {
-            EventType::Put => !self.no_put,
-            EventType::Delete => !self.no_delete,
-        };
-        passes_filters && self.selection().contains(&event.key)
-    }
-}
-
 /// The stream's state: its watchers by id and the next id to hand out.
 /// Whether the stream's caller may read the range [key, range_end) (the
 /// auth check of a watch create).
@@ -155,7 +130,7 @@ pub type MayWatch = Box<dyn Fn(&[u8], &[u8]) -> bool + Send + Sync>;
 struct WatchStream {
     context: Arc<WatchStreamContext>,
     may_watch: MayWatch,
-    watchers: BTreeMap<i64, Watcher>,
+    watchers: StreamWatchers,
     next_watch_id: i64,
     responses: mpsc::Sender<Result<EncodedWatchResponse, Status>>,
 }
@@ -177,7 +152,7 @@ pub async fn serve(
     let mut stream = WatchStream {
         context,
         may_watch,
-        watchers: BTreeMap::new(),
+        watchers: StreamWatchers::default(),
         next_watch_id: 0,
         responses,
     };
@@ -264,7 +239,7 @@ impl WatchStream {
         match request.request_union {
             Some(watch_request::RequestUnion::CreateRequest(create)) => self.create(create).await,
             Some(watch_request::RequestUnion::CancelRequest(cancel)) => {
-                if self.watchers.remove(&cancel.watch_id).is_some() {
+                if self.watchers.remove(cancel.watch_id).is_some() {
                     let response = WatchResponse {
                         header: self.header_now(),
                         watch_id: cancel.watch_id,
@@ -322,13 +297,13 @@ impl WatchStream {
             return Err(WatchRefusal::PermissionDenied);
         }
         let id = if create.watch_id == 0 {
-            while self.watchers.contains_key(&self.next_watch_id) {
+            while self.watchers.contains(self.next_watch_id) {
                 self.next_watch_id += 1;
             }
             let id = self.next_watch_id;
             self.next_watch_id += 1;
             id
-        } else if self.watchers.contains_key(&create.watch_id) {
+        } else if self.watchers.contains(create.watch_id) {
             return Err(WatchRefusal::DuplicateWatchId);
         } else {
             create.watch_id
@@ -357,75 +332,104 @@ impl WatchStream {
         Ok(id)
     }
 
-    /// Gives every watcher the changes it has not had yet, one pull each.
-    /// Watchers at the same place share one pull of the feed. Returns
-    /// whether a watcher is still behind the store revision.
+    /// Gives every watcher the changes it has not had yet: one pull for
+    /// each group of watchers at the same place, the watchers of each
+    /// event found through the stream's key index. Returns whether a
+    /// watcher is still behind the store revision.
     async fn deliver(&mut self) -> Result<bool, ClientGone> {
         let current = self.context.store.current_revision();
-        let mut pulls: HashMap<i64, Result<Arc<Changes>, MvccError>> = HashMap::new();
-        let behind: Vec<i64> = self
-            .watchers
-            .iter()
-            .filter(|(_, watcher)| watcher.delivered_through < current)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in behind {
-            let Some(after) = self.watchers.get(&id).map(|watcher| watcher.delivered_through) else {
-                continue;
-            };
-            let pulled = pulls
-                .entry(after)
-                .or_insert_with(|| self.context.pull_after(after, current));
-            match pulled {
+        for (after, group) in self.watchers.behind(current) {
+            match self.context.pull_after(after, current) {
                 Ok(changes) => {
-                    let changes = changes.clone();
-                    self.send_events(id, &changes).await?;
+                    let mut single_key_matches = self.watchers.single_key_matches(after, &changes);
+                    for id in group {
+                        let events = self.events_for(id, &changes, single_key_matches.remove(&id));
+                        self.send_events(id, changes.through_revision, events).await?;
+                    }
                 }
                 Err(MvccError::Compacted { compacted, .. }) => {
-                    let compacted = *compacted;
-                    self.watchers.remove(&id);
-                    // etcd's header here carries revision 0.
-                    let response = WatchResponse {
-                        header: (self.context.header)(0),
-                        watch_id: id,
-                        canceled: true,
-                        compact_revision: compacted,
-                        ..Default::default()
-                    };
-                    self.send(response).await?;
+                    for id in group {
+                        self.watchers.remove(id);
+                        // etcd's header here carries revision 0.
+                        let response = WatchResponse {
+                            header: (self.context.header)(0),
+                            watch_id: id,
+                            canceled: true,
+                            compact_revision: compacted,
+                            ..Default::default()
+                        };
+                        self.send(response).await?;
+                    }
                 }
                 Err(error) => {
-                    tracing::error!(%error, watch_id = id, "reading the change feed failed; canceling the watch");
-                    self.watchers.remove(&id);
-                    let response = WatchResponse {
-                        header: (self.context.header)(current),
-                        watch_id: id,
-                        canceled: true,
-                        cancel_reason: format!("etcdserver: {error}"),
-                        ..Default::default()
-                    };
-                    self.send(response).await?;
+                    tracing::error!(%error, watchers = group.len(), "reading the change feed failed; canceling the watches");
+                    for id in group {
+                        self.watchers.remove(id);
+                        let response = WatchResponse {
+                            header: (self.context.header)(current),
+                            watch_id: id,
+                            canceled: true,
+                            cancel_reason: format!("etcdserver: {error}"),
+                            ..Default::default()
+                        };
+                        self.send(response).await?;
+                    }
                 }
             }
         }
         Ok(self
             .watchers
-            .values()
-            .any(|watcher| watcher.delivered_through < current))
+            .iter()
+            .any(|(_, watcher)| watcher.delivered_through < current))
     }
 
-    /// Sends a watcher the events it wants of a pull (none if nothing
-    /// matched), then records that it has every change the pull covered.
-    async fn send_events(&mut self, id: i64, changes: &Changes) -> Result<(), ClientGone> {
-        let through = changes.through_revision;
-        let Some(watcher) = self.watchers.get(&id) else {
-            return Ok(());
+    /// The events of a pull that watcher `id` wants, as it gets them
+    /// (with `prev_kv` if it asked): for a single-key watcher those its
+    /// stream's index found (`single_key_matches`), for a range or prefix
+    /// the events it tests true.
+    fn events_for(
+        &self,
+        id: i64,
+        changes: &Changes,
+        single_key_matches: Option<Vec<usize>>,
+    ) -> Vec<EncodedEvent> {
+        let Some(watcher) = self.watchers.get(id) else {
+            return Vec::new();
         };
-        let wanted = changes.events.iter().filter(|event| watcher.wants(event));
-        let events: Vec<EncodedEvent> = if watcher.prev_kv {
-            wanted.map(|event| self.with_previous_version(event)).collect()
+        let as_sent = |event: &ChangeEvent| {
+            if watcher.prev_kv {
+                self.with_previous_version(event)
+            } else {
+                event.encoded.clone()
+            }
+        };
+        if watcher.watches_one_key() {
+            single_key_matches
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|index| changes.events.get(*index))
+                .map(as_sent)
+                .collect()
         } else {
-            wanted.map(|event| event.encoded.clone()).collect()
+            changes
+                .events
+                .iter()
+                .filter(|event| watcher.wants(event))
+                .map(as_sent)
+                .collect()
+        }
+    }
+
+    /// Sends watcher `id` its `events` of a pull (nothing if none), then
+    /// records that it has every change through the pull's `through`.
+    async fn send_events(
+        &mut self,
+        id: i64,
+        through: i64,
+        events: Vec<EncodedEvent>,
+    ) -> Result<(), ClientGone> {
+        let Some(watcher) = self.watchers.get(id) else {
+            return Ok(());
         };
         if !events.is_empty() {
             let fragment = watcher.fragment;
@@ -446,9 +450,7 @@ impl WatchStream {
                 self.send_encoded(response).await?;
             }
         }
-        if let Some(watcher) = self.watchers.get_mut(&id) {
-            watcher.delivered_through = watcher.delivered_through.max(through);
-        }
+        self.watchers.delivered(id, through);
         Ok(())
     }
 
@@ -493,7 +495,7 @@ impl WatchStream {
             .watchers
             .iter()
             .filter(|(_, watcher)| watcher.progress_notify && watcher.delivered_through >= current)
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         for id in idle {
             let response = WatchResponse {
