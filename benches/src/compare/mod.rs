@@ -14,6 +14,7 @@
 //! and range with TLS and with auth ([`secure`], not in the default set).
 
 pub mod cluster;
+pub mod core_pinning;
 pub mod failover;
 pub mod kube;
 pub mod lease;

@@ -14,6 +14,7 @@ use anyhow::Context;
 use keel_api::key_range::prefix_range_end;
 
 use crate::compare::cluster::{order, system_name, BenchCluster};
+use crate::compare::core_pinning::CorePinning;
 use crate::compare::results::{Better, ScenarioReport};
 use crate::compare::{Ctx, Scenario, Table};
 use crate::load::spec::filler_value;
@@ -32,6 +33,11 @@ pub const SATURATION_WRITE_RATE: u32 = 800;
 const PREFIX: &str = "/watch/fanout/";
 const HISTORY_PREFIX: &str = "/watch/history/";
 const VALUE_BYTES: usize = 256;
+/// In the case whose client has a core of its own: the three members
+/// share this CPU, and the bench's process (watchers and writer) has
+/// [`CLIENT_CPU`].
+const SERVER_CPU: usize = 0;
+const CLIENT_CPU: usize = 1;
 /// Puts the writer may have unanswered before it skips a tick.
 const WRITER_IN_FLIGHT: usize = 256;
 /// How long after the writer stops the watchers may take to receive the
@@ -55,7 +61,11 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
             format!(
                 " Saturation case: {} watchers with the writer at {SATURATION_WRITE_RATE} puts/s, more \
                  events than either system delivers, so events/s delivered is each system's delivery \
-                 capacity on this machine (the watchers' client shares it).",
+                 capacity on this machine (the watchers' client shares it). The same case *client on its \
+                 own core* runs the three members on CPU {SERVER_CPU} and the bench's process (watchers \
+                 and writer) on CPU {CLIENT_CPU}, every thread pinned from just before the watchers are \
+                 opened, as if the client ran on another machine: the servers' delivery on one core, \
+                 without the client taking part of it.",
                 case.watchers
             )
         })
@@ -123,34 +133,53 @@ fn seconds(duration: Duration) -> String {
 pub struct FanoutCase {
     pub watchers: usize,
     pub puts_per_s: u32,
+    /// The members on one CPU, the bench's process on another.
+    pub client_on_own_core: bool,
 }
 
 /// Every level at [`WRITE_RATE`], then the largest level of at least
-/// 1,000 watchers again at [`SATURATION_WRITE_RATE`].
+/// 1,000 watchers again at [`SATURATION_WRITE_RATE`], the client first
+/// sharing the cores with the servers, then on a core of its own (on a
+/// machine of at least 2 CPUs).
 pub fn fanout_cases(levels: &[usize]) -> Vec<FanoutCase> {
     let mut cases: Vec<FanoutCase> = levels
         .iter()
         .map(|&watchers| FanoutCase {
             watchers,
             puts_per_s: WRITE_RATE,
+            client_on_own_core: false,
         })
         .collect();
     if let Some(&largest) = levels.iter().filter(|&&watchers| watchers >= 1_000).max() {
         cases.push(FanoutCase {
             watchers: largest,
             puts_per_s: SATURATION_WRITE_RATE,
+            client_on_own_core: false,
         });
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        if cpus > SERVER_CPU.max(CLIENT_CPU) {
+            cases.push(FanoutCase {
+                watchers: largest,
+                puts_per_s: SATURATION_WRITE_RATE,
+                client_on_own_core: true,
+            });
+        }
     }
     cases
 }
 
 pub fn case_name(case: FanoutCase) -> String {
     let streams = place_streams(case.watchers, 3, 0).len();
+    let cores = if case.client_on_own_core {
+        " client on its own core"
+    } else {
+        ""
+    };
     if case.puts_per_s == WRITE_RATE {
-        format!("watchers={} streams={streams}", case.watchers)
+        format!("watchers={} streams={streams}{cores}", case.watchers)
     } else {
         format!(
-            "watchers={} streams={streams} puts/s={}",
+            "watchers={} streams={streams} puts/s={}{cores}",
             case.watchers, case.puts_per_s
         )
     }
@@ -331,6 +360,12 @@ async fn measure_fanout(
         start_revision: 0,
     };
     let targets = vec![target; watchers];
+    let _pinning = if fanout.client_on_own_core {
+        let members: Vec<u32> = (0..3).filter_map(|index| cluster.cluster().pid(index)).collect();
+        Some(CorePinning::pin(&members, SERVER_CPU, CLIENT_CPU)?)
+    } else {
+        None
+    };
     let first_member = (leader + 1) % endpoints.len();
     let fleet = WatcherFleet::open(&endpoints, first_member, &targets, Some(ledger.clone()), None)
         .await
