@@ -58,7 +58,9 @@ pub async fn defrag(ctx: &Ctx, args: &DefragArgs) -> Result<Output, CtlError> {
 /// exceeded"; a server's error as clientv3 gives it.
 fn defrag_error_text(error: &ClientError) -> String {
     match error {
-        ClientError::Status(status) if transport_failure(status) => keel_api::DEADLINE_EXCEEDED_TEXT.to_string(),
+        ClientError::Status(status) if transport_failure(status) => {
+            keel_api::DEADLINE_EXCEEDED_TEXT.to_string()
+        }
         ClientError::Unreachable { .. } => keel_api::DEADLINE_EXCEEDED_TEXT.to_string(),
         other => client_error_text(other),
     }
