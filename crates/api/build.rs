@@ -38,7 +38,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for field in bytes_fields(&protoc, &files, &includes, &SERDE_PACKAGES)? {
         config = config.field_attribute(field, "#[serde(with = \"serde_bytes\")]");
     }
+    // Every generated service and client encodes through keel's codec
+    // (`src/reserving_codec.rs`): prost's bytes, written without regrowing
+    // tonic's buffer.
     config
+        .codec_path("crate::reserving_codec::ReservingProstCodec")
         .btree_map([".keelstoragepb"])
         .compile_protos(&files, &includes)?;
     Ok(())

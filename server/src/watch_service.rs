@@ -9,13 +9,12 @@ use std::time::Duration;
 use std::future::Future;
 use std::task::{Context, Poll};
 
-use prost::Message;
-use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
 use tonic::codegen::{http, Body, Service, StdError};
 
 use futures::Stream;
 use keel_api::encoded_watch::EncodedWatchResponse;
 use keel_api::etcdserverpb::{ResponseHeader, WatchRequest};
+use keel_api::reserving_codec::ReservingProstCodec;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -157,46 +156,10 @@ where
             if request.uri().path() != "/etcdserverpb.Watch/Watch" {
                 return Ok(Status::unimplemented("").into_http());
             }
-            let mut grpc = tonic::server::Grpc::new(WatchCodec)
+            let codec = ReservingProstCodec::<EncodedWatchResponse, WatchRequest>::default();
+            let mut grpc = tonic::server::Grpc::new(codec)
                 .apply_max_message_size_config(Some(max_decoding_message_size), Some(usize::MAX));
             Ok(grpc.streaming(WatchMethod(service), request).await)
         })
-    }
-}
-
-/// The Watch stream's codec: requests decoded as tonic's prost codec does;
-/// each response encoded into a buffer first reserved at its whole length.
-/// tonic's buffer would otherwise grow by doubling while a large response
-/// (a pull's worth of events, up to 128 KiB) is written into it, copying
-/// what it already holds at every step.
-struct WatchCodec;
-
-type WatchRequestDecoder = <tonic::codec::ProstCodec<EncodedWatchResponse, WatchRequest> as Codec>::Decoder;
-
-impl Codec for WatchCodec {
-    type Encode = EncodedWatchResponse;
-    type Decode = WatchRequest;
-    type Encoder = WatchResponseEncoder;
-    type Decoder = WatchRequestDecoder;
-
-    fn encoder(&mut self) -> WatchResponseEncoder {
-        WatchResponseEncoder
-    }
-
-    fn decoder(&mut self) -> WatchRequestDecoder {
-        tonic::codec::ProstCodec::<EncodedWatchResponse, WatchRequest>::raw_decoder(BufferSettings::default())
-    }
-}
-
-struct WatchResponseEncoder;
-
-impl Encoder for WatchResponseEncoder {
-    type Item = EncodedWatchResponse;
-    type Error = Status;
-
-    fn encode(&mut self, response: EncodedWatchResponse, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        buf.reserve(response.encoded_len());
-        response.encode_raw(buf);
-        Ok(())
     }
 }

@@ -76,6 +76,7 @@ pub mod encoded_watch;
 pub mod go_format;
 pub mod key_range;
 pub mod member_urls;
+pub mod reserving_codec;
 pub mod space_cost;
 pub mod wire_error;
 
