@@ -2,14 +2,13 @@
 //! and which of them want which events of a pull of the change feed.
 //!
 //! Invariant: `single_key` lists exactly the watchers of one key (an empty
-//! `range_end`) under that key, and `ranged` exactly the others; every
-//! insert and remove goes through [`StreamWatchers`], which keeps both in
-//! step with `by_id`. So after a commit a stream finds the single-key
+//! `range_end`), under that key; every insert and remove goes through
+//! [`StreamWatchers`], which keeps it in step with `by_id`. So after a commit a stream finds the single-key
 //! watchers of an event's key with one lookup, instead of testing each of
 //! them against every event (etcd keeps an interval tree of its watchers
 //! for the same reason); watchers of ranges and prefixes test each event.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use keel_api::key_range::KeySelection;
 use keel_api::mvccpb::event::EventType;
@@ -50,7 +49,6 @@ impl Watcher {
 pub struct StreamWatchers {
     by_id: BTreeMap<i64, Watcher>,
     single_key: HashMap<Vec<u8>, Vec<i64>>,
-    ranged: BTreeSet<i64>,
 }
 
 impl StreamWatchers {
@@ -66,8 +64,6 @@ impl StreamWatchers {
         self.remove(id);
         if watcher.watches_one_key() {
             self.single_key.entry(watcher.key.clone()).or_default().push(id);
-        } else {
-            self.ranged.insert(id);
         }
         self.by_id.insert(id, watcher);
     }
@@ -81,8 +77,6 @@ impl StreamWatchers {
                     self.single_key.remove(&watcher.key);
                 }
             }
-        } else {
-            self.ranged.remove(&id);
         }
         Some(watcher)
     }

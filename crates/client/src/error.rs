@@ -22,7 +22,7 @@ pub enum ClientError {
     /// A token (given, or answered by Authenticate) that gRPC metadata cannot carry.
     #[error("invalid auth token: not printable ASCII")]
     InvalidToken,
-    #[error("context deadline exceeded (no answer within {0:?})")]
+    #[error("{text} (no answer within {0:?})", text = keel_api::DEADLINE_EXCEEDED_TEXT)]
     Timeout(Duration),
     /// The TLS settings cannot be used (a file missing or unreadable, ...).
     #[error(transparent)]
@@ -149,5 +149,14 @@ mod tests {
         // The text alone proves nothing: only the error chain counts.
         let text_only = Status::unavailable("error trying to connect: tcp connect error: Connection refused");
         assert!(!never_reached_server(&text_only));
+    }
+
+    #[test]
+    fn a_call_past_its_timeout_reads_as_grpc_gos_deadline_text() {
+        let timeout = ClientError::Timeout(std::time::Duration::from_millis(1500));
+        assert_eq!(
+            timeout.to_string(),
+            "context deadline exceeded (no answer within 1.5s)"
+        );
     }
 }
