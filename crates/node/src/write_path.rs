@@ -2,8 +2,8 @@
 //! leader over the peer service, batched with the writes queued beside it
 //! (`write_forwarder.rs`); the leader group-commits.
 //!
-//! Group commit: the proposer packs every write that is queued while earlier
-//! proposals are in flight into ONE Raft log entry (a `WriteBatch`, applied
+//! Group commit: the proposer packs every write that is queued while the
+//! previous entry is in flight into ONE Raft log entry (a `WriteBatch`, applied
 //! in order, each request with its own revision and outcome), so one log
 //! fdatasync and one replication round carry many writes.
 //!
@@ -21,7 +21,6 @@
 //! decides; replaying it here could apply it twice. The routing loop that
 //! keeps this is `leader_call.rs` (a write is `Repeat::ActsOnce`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use keel_api::keelpb::{
@@ -31,7 +30,7 @@ use keel_api::WireError;
 use keel_raft::KeelRaft;
 use openraft::error::{ClientWriteError, RaftError};
 use prost::Message;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::leader_call::{AttemptFailure, LeaderAt, LeaderCall, Repeat};
@@ -45,16 +44,6 @@ use crate::write_forwarder::{outcome_of, WriteForwarder};
 const MAX_WRITES_PER_ENTRY: usize = 1024;
 /// Stop packing once an entry holds this many bytes of requests.
 const MAX_BYTES_PER_ENTRY: usize = 4 * 1024 * 1024;
-/// Log entries proposed but not yet applied, at most. openraft replicates
-/// and applies entries one after another anyway, and on a machine whose
-/// cores the members share every entry's fixed cost (flushes, peer RPCs,
-/// thread wake-ups on 3 members) is CPU the next writes wait for: one entry
-/// in flight packs the writes that queue meanwhile into fewer, larger
-/// entries. `benches/ab_put.sh`, 3 members on 2 cores, 4 alternating rounds
-/// (2026-12-04): 1 against 2 in flight gave put at 16 clients 4828 against
-/// 4421 writes/s (member CPU per put 274 against 313 µs), grant+revoke at 16
-/// clients 2802 against 2458 pairs/s, and no change at 1 or 256 clients.
-const MAX_PROPOSALS_IN_FLIGHT: usize = 1;
 
 struct Proposal {
     request: WriteRequest,
@@ -190,16 +179,19 @@ impl WritePath {
     }
 }
 
-/// The leader's proposer: packs the writes queued while earlier entries
-/// are in flight into one entry, at most `MAX_PROPOSALS_IN_FLIGHT` entries
-/// proposed and not yet answered.
+/// The leader's proposer: packs the writes queued while the previous entry
+/// is in flight into one entry, and proposes one entry at a time. openraft
+/// replicates and applies entries one after another anyway, and on a machine
+/// whose cores the members share every entry's fixed cost (flushes, peer
+/// RPCs, thread wake-ups on 3 members) is CPU the next writes wait for: one
+/// entry in flight packs the writes that queue meanwhile into fewer, larger
+/// entries. `benches/ab_put.sh`, 3 members on 2 cores, 4 alternating rounds
+/// (2026-12-04): 1 against 2 entries in flight gave put at 16 clients 4828
+/// against 4421 writes/s (member CPU per put 274 against 313 µs),
+/// grant+revoke at 16 clients 2802 against 2458 pairs/s, and no change at 1
+/// or 256 clients.
 async fn run_proposer(raft: KeelRaft, mut queue: mpsc::Receiver<Proposal>) {
-    let in_flight = Arc::new(Semaphore::new(MAX_PROPOSALS_IN_FLIGHT));
-    loop {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(first) = queue.recv().await else { return };
+    while let Some(first) = queue.recv().await {
         let mut bytes = first.request.encoded_len();
         let mut requests = vec![first.request];
         let mut replies = vec![first.reply];
@@ -209,18 +201,14 @@ async fn run_proposer(raft: KeelRaft, mut queue: mpsc::Receiver<Proposal>) {
             requests.push(next.request);
             replies.push(next.reply);
         }
-        let raft = raft.clone();
         keel_metrics::metrics()
             .writes_per_raft_entry
             .observe(requests.len() as f64);
-        tokio::spawn(async move {
-            let _permit = permit;
-            let written = raft.client_write(WriteBatch { requests }).await;
-            if written.is_err() {
-                keel_metrics::metrics().proposals_failed.inc();
-            }
-            deliver_outcomes(written, replies);
-        });
+        let written = raft.client_write(WriteBatch { requests }).await;
+        if written.is_err() {
+            keel_metrics::metrics().proposals_failed.inc();
+        }
+        deliver_outcomes(written, replies);
     }
 }
 
