@@ -35,7 +35,8 @@ pub struct LocalClusterFlags {
     /// First client port; every port of the cluster shifts with it.
     #[arg(long, default_value_t = 2379)]
     pub base_port: u16,
-    /// Do not stream the members' logs.
+    /// Do not stream the members' logs (a member that exits on an error
+    /// still has its error report shown).
     #[arg(long)]
     pub quiet: bool,
     /// Passed to every member (ms).
@@ -108,7 +109,10 @@ fn member_command(
 }
 
 /// Copies a member's output, line by line with its name as prefix, until
-/// the member closes it; the returned task ends then.
+/// the member closes it; the returned task ends then. With `quiet`, only
+/// the report a member prints when it exits on an error (its `Error: ...`
+/// line and the lines after it) is copied, to stderr: a quiet cluster still
+/// says why a member died.
 fn stream_lines(
     prefix: String,
     output: impl AsyncRead + Unpin + Send + 'static,
@@ -116,13 +120,22 @@ fn stream_lines(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut lines = BufReader::new(output).lines();
+        let mut in_exit_report = false;
         while let Ok(Some(line)) = lines.next_line().await {
             if !quiet {
                 println!("{prefix} | {line}");
+                continue;
+            }
+            in_exit_report |= line.starts_with(MEMBER_EXIT_REPORT_START);
+            if in_exit_report {
+                eprintln!("{prefix} | {line}");
             }
         }
     })
 }
+
+/// How a member's exit report begins: `main` returned an error.
+const MEMBER_EXIT_REPORT_START: &str = "Error: ";
 
 /// How often a starting local-cluster asks the members for a leader.
 const LEADER_POLL: Duration = Duration::from_millis(200);

@@ -32,12 +32,17 @@ const ADDED_MEMBER_OFFSET: u16 = 40000;
 /// member) are all free right now. Bases are multiples of 10 drawn from the
 /// process id: tests of this file run at once in processes with
 /// neighbouring ids, and bases one apart would share ports (one cluster's
-/// peer port is the other's client port).
+/// peer port is the other's client port). The three members' ports stay
+/// below Linux's ephemeral range (from 32768): a port found free there can
+/// be taken by any outgoing connection before the member binds it (a CI run
+/// lost keel2 that way, exit status 1, with the other tests' clusters busy).
 fn free_base_port() -> u16 {
+    const LOWEST_BASE: u16 = 1_030;
+    const BASES: u16 = (32_768 - 1 - OFFSETS[2] - LOWEST_BASE) / 10;
     let seed = std::process::id() as u16;
     for attempt in 0..2000u16 {
-        let slot = seed.wrapping_add(attempt.wrapping_mul(7919)) % 1_500;
-        let base = 10_000 + slot * 10;
+        let slot = seed.wrapping_add(attempt.wrapping_mul(7919)) % BASES;
+        let base = LOWEST_BASE + slot * 10;
         let all_free = OFFSETS.iter().chain([&ADDED_MEMBER_OFFSET]).all(|offset| {
             let client = base + offset;
             [client, client + 1]
@@ -324,6 +329,35 @@ async fn an_even_quiet_cluster_warns_hides_member_logs_and_reports_a_member_that
     assert!(
         member_log_lines.is_empty(),
         "--quiet streams no member log: {member_log_lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_cluster_shows_why_a_member_could_not_start() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let base_port = free_base_port();
+    let keel2_peer_port = base_port + OFFSETS[1] + 1;
+    let _taken = TcpListener::bind((Ipv4Addr::LOCALHOST, keel2_peer_port)).expect("hold keel2's peer port");
+    let mut cluster = LocalCluster::start_with(base_port, data.path(), &["--size", "3", "--quiet"]);
+    let report = cluster
+        .line_containing("keel2 | Error: cannot listen for peer traffic", LINE_WAIT)
+        .await;
+    assert!(
+        report.starts_with("stderr: ") && report.contains(&keel2_peer_port.to_string()),
+        "keel2's exit report goes to stderr even with --quiet: {report:?}"
+    );
+    cluster
+        .line_containing("member keel2 exited unexpectedly", LINE_WAIT)
+        .await;
+    cluster.terminate().await;
+    let other_member_lines: Vec<&String> = cluster
+        .seen
+        .iter()
+        .filter(|l| l.contains("keel1 | ") || l.contains("keel3 | "))
+        .collect();
+    assert!(
+        other_member_lines.is_empty(),
+        "members that did not fail stay quiet: {other_member_lines:?}"
     );
 }
 
