@@ -35,7 +35,8 @@ const ADDED_MEMBER_OFFSET: u16 = 40000;
 /// peer port is the other's client port). The three members' ports stay
 /// below Linux's ephemeral range (from 32768): a port found free there can
 /// be taken by any outgoing connection before the member binds it (a CI run
-/// lost keel2 that way, exit status 1, with the other tests' clusters busy).
+/// lost keel2 with exit status 1 while the other tests' clusters were busy,
+/// most likely that way: --quiet then hid the member's reason).
 fn free_base_port() -> u16 {
     const LOWEST_BASE: u16 = 1_030;
     const BASES: u16 = (32_768 - 1 - OFFSETS[2] - LOWEST_BASE) / 10;
