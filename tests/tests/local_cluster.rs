@@ -174,6 +174,19 @@ impl LocalCluster {
             .unwrap_or_else(|| panic!("no pid printed for {member}: {:?}", self.seen))
     }
 
+    /// The lines seen from the named members' own output (`<name> | ...`,
+    /// copied to local-cluster's stdout or stderr).
+    fn lines_of_members(&self, members: &[&str]) -> Vec<&String> {
+        self.seen
+            .iter()
+            .filter(|line| {
+                members
+                    .iter()
+                    .any(|member| line.contains(&format!("{member} | ")))
+            })
+            .collect()
+    }
+
     /// SIGTERM, then the exit code (within 30s).
     async fn terminate(&mut self) -> Option<i32> {
         let pid = self.child.id().expect("local-cluster is running");
@@ -322,11 +335,7 @@ async fn an_even_quiet_cluster_warns_hides_member_logs_and_reports_a_member_that
         "the survivor stops cleanly: {:?}",
         cluster.seen
     );
-    let member_log_lines: Vec<&String> = cluster
-        .seen
-        .iter()
-        .filter(|l| l.starts_with("keel1 | ") || l.starts_with("keel2 | "))
-        .collect();
+    let member_log_lines = cluster.lines_of_members(&["keel1", "keel2"]);
     assert!(
         member_log_lines.is_empty(),
         "--quiet streams no member log: {member_log_lines:?}"
@@ -351,11 +360,7 @@ async fn a_quiet_cluster_shows_why_a_member_could_not_start() {
         .line_containing("member keel2 exited unexpectedly", LINE_WAIT)
         .await;
     cluster.terminate().await;
-    let other_member_lines: Vec<&String> = cluster
-        .seen
-        .iter()
-        .filter(|l| l.contains("keel1 | ") || l.contains("keel3 | "))
-        .collect();
+    let other_member_lines = cluster.lines_of_members(&["keel1", "keel3"]);
     assert!(
         other_member_lines.is_empty(),
         "members that did not fail stay quiet: {other_member_lines:?}"
