@@ -27,27 +27,42 @@ static CLAIMED_PORTS: Mutex<Vec<File>> = Mutex::new(Vec::new());
 
 /// A port on 127.0.0.1 that is free and claimed for this process.
 pub fn free_port() -> std::io::Result<u16> {
-    let lock_dir = std::env::temp_dir().join("keel-test-ports");
-    std::fs::create_dir_all(&lock_dir)?;
     let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
     let mut candidate = starting_offset() % span;
     for _ in 0..span {
         candidate = (candidate + 1) % span;
         let port = TEST_PORTS.start + candidate as u16;
-        if let Some(lock) = claim(lock_dir.join(format!("{port}.lock")))? {
-            if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-                CLAIMED_PORTS
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .push(lock);
-                return Ok(port);
-            }
+        if claim_ports(&[port])? {
+            return Ok(port);
         }
     }
     Err(std::io::Error::new(
         std::io::ErrorKind::AddrInUse,
         format!("no free test port in {TEST_PORTS:?}"),
     ))
+}
+
+/// Claims every port of `ports` for this process, all or none: true when
+/// each was free and is now locked against the other test processes (as
+/// `free_port`'s are); false, with none of them kept, when one is taken.
+/// For callers whose ports follow a fixed layout (a local cluster's); such
+/// ports should stay below the ephemeral range too.
+pub fn claim_ports(ports: &[u16]) -> std::io::Result<bool> {
+    let lock_dir = std::env::temp_dir().join("keel-test-ports");
+    std::fs::create_dir_all(&lock_dir)?;
+    let mut locks = Vec::with_capacity(ports.len());
+    for port in ports {
+        match claim(lock_dir.join(format!("{port}.lock")))? {
+            Some(lock) if TcpListener::bind((Ipv4Addr::LOCALHOST, *port)).is_ok() => locks.push(lock),
+            // Dropping the locks taken so far releases them.
+            _ => return Ok(false),
+        }
+    }
+    CLAIMED_PORTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .extend(locks);
+    Ok(true)
 }
 
 /// The lock file, locked exclusively, or `None` if another process holds it.
@@ -89,5 +104,26 @@ mod tests {
             assert!(TEST_PORTS.contains(&port), "{port}");
             TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("claimed port binds");
         }
+    }
+
+    #[test]
+    fn claimed_ports_are_all_or_none_and_never_claimed_twice() {
+        let claimed = free_port().expect("port");
+        assert!(
+            !claim_ports(&[claimed]).expect("claim"),
+            "{claimed} claimed twice"
+        );
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let listening = listener.local_addr().expect("address").port();
+        assert!(
+            !claim_ports(&[listening]).expect("claim"),
+            "{listening} is listened on"
+        );
+        // A layout refused for its second port keeps none: its first port
+        // (unless another process holds it) can be claimed right after.
+        let first_port_released = (32_001..32_700).any(|port| {
+            !claim_ports(&[port, claimed]).expect("claim") && claim_ports(&[port]).expect("claim")
+        });
+        assert!(first_port_released, "a refused claim kept its first port");
     }
 }

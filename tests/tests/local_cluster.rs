@@ -29,14 +29,13 @@ const OFFSETS: [u16; 3] = [0, 20000, 30000];
 const ADDED_MEMBER_OFFSET: u16 = 40000;
 
 /// A base port whose ports (those of the three members and of one added
-/// member) are all free right now. Bases are multiples of 10 drawn from the
-/// process id: tests of this file run at once in processes with
-/// neighbouring ids, and bases one apart would share ports (one cluster's
-/// peer port is the other's client port). The three members' ports stay
-/// below Linux's ephemeral range (from 32768): a port found free there can
-/// be taken by any outgoing connection before the member binds it (a CI run
-/// lost keel2 with exit status 1 while the other tests' clusters were busy,
-/// most likely that way: --quiet then hid the member's reason).
+/// member) are free and claimed for this test process
+/// (`keel_tests::ports::claim_ports`), so no other test's member takes one.
+/// Bases are multiples of 10, so that one cluster's peer port is never
+/// another's client port. The three members' ports stay below Linux's
+/// ephemeral range (from 32768), where no outgoing connection draws a port
+/// (a CI run lost keel2 with exit status 1 while the other tests' clusters
+/// were busy, most likely to such a race: --quiet then hid its reason).
 fn free_base_port() -> u16 {
     const LOWEST_BASE: u16 = 1_030;
     const BASES: u16 = (32_768 - 1 - OFFSETS[2] - LOWEST_BASE) / 10;
@@ -44,13 +43,12 @@ fn free_base_port() -> u16 {
     for attempt in 0..2000u16 {
         let slot = seed.wrapping_add(attempt.wrapping_mul(7919)) % BASES;
         let base = LOWEST_BASE + slot * 10;
-        let all_free = OFFSETS.iter().chain([&ADDED_MEMBER_OFFSET]).all(|offset| {
-            let client = base + offset;
-            [client, client + 1]
-                .iter()
-                .all(|port| TcpListener::bind((Ipv4Addr::LOCALHOST, *port)).is_ok())
-        });
-        if all_free {
+        let ports: Vec<u16> = OFFSETS
+            .iter()
+            .chain([&ADDED_MEMBER_OFFSET])
+            .flat_map(|offset| [base + offset, base + offset + 1])
+            .collect();
+        if keel_tests::ports::claim_ports(&ports).expect("claiming test ports") {
             return base;
         }
     }
