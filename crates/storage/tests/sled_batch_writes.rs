@@ -6,6 +6,10 @@
 //! flushes racing never hang, and a batch nobody flushed is still written
 //! within sled's flush interval (so a process killed after it keeps it).
 //!
+//! The patch also inserts a batch's writes in key order and splits leaves
+//! that grow by appends near their end; a test holds those to keeping every
+//! key.
+//!
 //! The kill tests re-run this test binary as a child
 //! (`KEEL_SLED_BATCH_CHILD`) that writes and is then killed with SIGKILL.
 
@@ -64,6 +68,69 @@ fn batches_made_durable_are_all_there_after_reopening() {
     let database = Database::open(dir.path(), CACHE_BYTES).expect("reopen");
     let tree = database.sled().open_tree("t").expect("tree");
     assert_eq!(whole_rounds(&tree), (0..300).collect::<Vec<_>>());
+}
+
+/// Big-endian keys, so byte order is numeric order (as keel's revision
+/// records and Raft log indexes).
+fn ascending_key(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+/// The keys of `tree`, in order, as numbers.
+fn numbered_keys(tree: &sled::Tree) -> Vec<u64> {
+    tree.iter()
+        .keys()
+        .map(|key| u64::from_be_bytes(key.expect("key").as_ref().try_into().expect("8-byte key")))
+        .collect()
+}
+
+/// The patch inserts a batch's writes in key order and splits a leaf that
+/// grows by appends near its end (`Node::split`). Appended batches, a few
+/// keys inserted in the middle (middle splits), and the oldest keys removed
+/// as keel's compaction and log purge do (leaf merges): every key is there
+/// in order, before and after a reopen, and no split is undone by a merge
+/// (a split that left the right leaf below the merge threshold looped until
+/// sled gave up with a panic; seen failing so).
+#[test]
+fn appended_batches_split_at_the_end_keep_every_key_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let database = Database::open(&path, CACHE_BYTES).expect("open");
+        let tree = database.sled().open_tree("t").expect("tree");
+        let mut expected = std::collections::BTreeSet::new();
+        for round in 0..200u64 {
+            let mut batch = sled::Batch::default();
+            for n in round * 1000..round * 1000 + 100 {
+                batch.insert(&ascending_key(n), vec![1u8; 64]);
+                expected.insert(n);
+            }
+            // Between earlier batches' keys: a leaf split in the middle.
+            if round > 2 {
+                let middle = (round - 2) * 1000 + 500 + round % 7;
+                batch.insert(&ascending_key(middle), vec![2u8; 64]);
+                expected.insert(middle);
+            }
+            // The oldest keys go, 60 per batch: leaves empty and merge.
+            for n in expected.iter().take(60).copied().collect::<Vec<_>>() {
+                batch.remove(&ascending_key(n));
+                expected.remove(&n);
+            }
+            tree.apply_batch(batch).expect("batch");
+        }
+        assert_eq!(numbered_keys(&tree), expected.iter().copied().collect::<Vec<_>>());
+        database.make_durable().expect("durable");
+        drop(tree);
+        drop(database);
+        let _ = done.send(expected);
+    });
+    let expected = finished
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the batches finished within 120 s (a split that a merge undoes loops until sled panics)");
+    let database = Database::open(dir.path(), CACHE_BYTES).expect("reopen");
+    let tree = database.sled().open_tree("t").expect("tree");
+    assert_eq!(numbered_keys(&tree), expected.into_iter().collect::<Vec<_>>());
 }
 
 #[test]

@@ -2,6 +2,10 @@ use std::{num::NonZeroU64, ops::Bound};
 
 use super::*;
 
+/// keel: a leaf with fewer keys is merged into its left sibling
+/// (upstream's literal 4, named because `Node::split` depends on it).
+const LEAF_MERGE_BELOW: usize = 4;
+
 #[derive(Default, Debug, Clone, PartialEq)]
 pub struct Node {
     pub(crate) prefix_len: u8,
@@ -163,18 +167,43 @@ impl Node {
         true
     }
 
-    pub(crate) fn split(mut self) -> (Node, Node) {
+    /// keel: whether `key` (within this node's bounds) sorts after every
+    /// key of this leaf, i.e. inserting it appends at the leaf's end.
+    pub(crate) fn appends_to_leaf(&self, key: &[u8]) -> bool {
+        let prefix_len = self.prefix_len as usize;
+        match (self.data.leaf_ref(), key.get(prefix_len..)) {
+            (Some(leaf), Some(suffix)) => {
+                leaf.keys.last().map_or(false, |last| suffix > last.as_ref())
+            }
+            _ => false,
+        }
+    }
+
+    /// keel: `at_end` splits a leaf that grows by appends (keys inserted
+    /// in ascending order, as keel's revision records and Raft log
+    /// entries are) near its end instead of in the middle: the right node
+    /// keeps the fewest keys that do not make it a merge candidate
+    /// (`LEAF_MERGE_BELOW`; fewer would be merged back on the next visit
+    /// and split again, forever), the left one the rest, and the left is
+    /// never split again. Fewer splits than a middle split for the same
+    /// appends, and the node every append clones is smaller.
+    pub(crate) fn split(mut self, at_end: bool) -> (Node, Node) {
         fn split_inner<T>(
             keys: &mut Vec<IVec>,
             values: &mut Vec<T>,
             old_prefix: &[u8],
             old_hi: &[u8],
             suffix_truncation: bool,
+            at_end: bool,
         ) -> (IVec, u8, Vec<IVec>, Vec<T>)
         where
             T: Clone + Ord,
         {
-            let split_point = keys.len() / 2 + 1;
+            let split_point = if at_end && keys.len() > 2 * LEAF_MERGE_BELOW {
+                keys.len() - LEAF_MERGE_BELOW
+            } else {
+                keys.len() / 2 + 1
+            };
             let right_keys = keys.split_off(split_point);
             let right_values = values.split_off(split_point);
             let right_min = &right_keys[0];
@@ -252,6 +281,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         false,
+                        false,
                     );
 
                 (
@@ -271,6 +301,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         true,
+                        at_end,
                     );
 
                 (
@@ -617,7 +648,7 @@ impl Node {
         } else if self.data.is_index() {
             64
         } else {
-            4
+            LEAF_MERGE_BELOW
         };
 
         let size_checks = self.data.len() < threshold;

@@ -386,7 +386,16 @@ impl Tree {
     ) -> Result<()> {
         let peg = self.context.pin_log(guard)?;
         trace!("applying batch {:?}", batch);
-        for (k, v_opt) in batch.writes {
+        // keel: in key order. `Batch` keeps its writes in a HashMap, so
+        // upstream inserted them in hash order: a batch of ascending keys
+        // (keel's revision records) landed in random places of the leaves
+        // at the tree's end, each insert shifting the leaf's later keys and
+        // the leaves splitting in the middle; in key order every insert
+        // appends and `Node::split` splits such a leaf at its end.
+        let mut writes: Vec<(IVec, Option<IVec>)> =
+            batch.writes.into_iter().collect();
+        writes.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+        for (k, v_opt) in writes {
             loop {
                 if self.insert_inner(&k, v_opt.clone(), guard)?.is_ok() {
                     break;
@@ -1452,11 +1461,14 @@ impl Tree {
         view: &View<'g>,
         parent_view: &Option<View<'g>>,
         root_pid: PageId,
+        key: &[u8],
         guard: &'g Guard,
     ) -> Result<()> {
         trace!("splitting node {}", view.pid);
         // split node
-        let (mut lhs, rhs) = view.deref().clone().split();
+        // keel: a leaf that grows by appends is split at its end.
+        let at_end = view.appends_to_leaf(key);
+        let (mut lhs, rhs) = view.deref().clone().split(at_end);
         let rhs_lo = rhs.lo.clone();
 
         // install right side
@@ -1671,7 +1683,7 @@ impl Tree {
             }
 
             if view.should_split() {
-                self.split_node(&view, &parent_view, root_pid, guard)?;
+                self.split_node(&view, &parent_view, root_pid, key.as_ref(), guard)?;
                 retry!();
             }
 
