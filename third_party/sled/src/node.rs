@@ -167,9 +167,15 @@ impl Node {
         true
     }
 
-    /// keel: whether `key` (within this node's bounds) sorts after every
-    /// key of this leaf, i.e. inserting it appends at the leaf's end.
+    /// keel: whether `key` belongs in this leaf (between its `lo` and its
+    /// `hi`, both full keys) and sorts after every key it holds, i.e.
+    /// inserting it appends at the leaf's end. A traversal may find a leaf
+    /// to split on its way past it (`key` at or beyond `hi`): not an append.
     pub(crate) fn appends_to_leaf(&self, key: &[u8]) -> bool {
+        let past_hi = !self.hi.is_empty() && key >= self.hi.as_ref();
+        if past_hi || key < self.lo.as_ref() {
+            return false;
+        }
         let prefix_len = self.prefix_len as usize;
         match (self.data.leaf_ref(), key.get(prefix_len..)) {
             (Some(leaf), Some(suffix)) => {
