@@ -5,8 +5,9 @@
 //! `range_end`), under that key; every insert and remove goes through
 //! [`StreamWatchers`], which keeps it in step with `by_id`. So after a
 //! commit a stream finds the single-key watchers of an event's key with one
-//! lookup, instead of testing each of them against every event (etcd keeps an interval tree of its watchers
-//! for the same reason); watchers of ranges and prefixes test each event.
+//! lookup, instead of testing each of them against every event (etcd keeps
+//! an interval tree of its watchers for the same reason); watchers of
+//! ranges and prefixes test each event.
 
 use std::collections::{BTreeMap, HashMap};
 

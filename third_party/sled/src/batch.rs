@@ -1,11 +1,9 @@
 #![allow(unused_results)]
 
-#[cfg(not(feature = "testing"))]
-use std::collections::HashMap as Map;
-
-// we avoid HashMap while testing because
-// it makes tests non-deterministic
-#[cfg(feature = "testing")]
+// keel: always a BTreeMap (upstream used a HashMap outside its tests), so
+// `Tree::apply_batch` inserts a batch's writes in key order: keel's batches
+// of ascending revision records then append to the tree's last leaf instead
+// of landing at random places in it (`KEEL-PATCH.md`).
 use std::collections::BTreeMap as Map;
 
 use super::*;

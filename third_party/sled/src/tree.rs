@@ -386,16 +386,8 @@ impl Tree {
     ) -> Result<()> {
         let peg = self.context.pin_log(guard)?;
         trace!("applying batch {:?}", batch);
-        // keel: in key order. `Batch` keeps its writes in a HashMap, so
-        // upstream inserted them in hash order: a batch of ascending keys
-        // (keel's revision records) landed in random places of the leaves
-        // at the tree's end, each insert shifting the leaf's later keys and
-        // the leaves splitting in the middle; in key order every insert
-        // appends and `Node::split` splits such a leaf at its end.
-        let mut writes: Vec<(IVec, Option<IVec>)> =
-            batch.writes.into_iter().collect();
-        writes.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
-        for (k, v_opt) in writes {
+        // keel: in key order (`Batch` keeps a BTreeMap, `batch.rs`).
+        for (k, v_opt) in batch.writes {
             loop {
                 if self.insert_inner(&k, v_opt.clone(), guard)?.is_ok() {
                     break;
