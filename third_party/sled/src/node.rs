@@ -633,14 +633,35 @@ impl Node {
         }
     }
 
-    pub(crate) fn should_split(&self) -> bool {
-        let threshold = if cfg!(any(test, feature = "lock_free_delays")) {
+    fn split_threshold(&self) -> usize {
+        if cfg!(any(test, feature = "lock_free_delays")) {
             2
         } else if self.data.is_index() {
             256
         } else {
             16
-        };
+        }
+    }
+
+    /// keel: how many of `writes` (sorted by key, the first one in this
+    /// leaf) `Tree::apply_batch` applies to this leaf with one node copy:
+    /// those below its `hi`, and no more than the leaf can take before it
+    /// is one over the split threshold (the size a run of single inserts
+    /// lets a leaf reach before the next traversal splits it).
+    pub(crate) fn leaf_run_len(&self, writes: &[(IVec, Option<IVec>)]) -> usize {
+        if self.data.leaf_ref().is_none() || !self.can_merge_child() {
+            return 0;
+        }
+        let room = (self.split_threshold() + 1).saturating_sub(self.data.len());
+        writes
+            .iter()
+            .take(room)
+            .take_while(|(key, _)| self.hi.is_empty() || key.as_ref() < self.hi.as_ref())
+            .count()
+    }
+
+    pub(crate) fn should_split(&self) -> bool {
+        let threshold = self.split_threshold();
 
         let size_checks = self.data.len() > threshold;
         let safety_checks = self.merging_child.is_none() && !self.merging;

@@ -386,12 +386,13 @@ impl Tree {
     ) -> Result<()> {
         let peg = self.context.pin_log(guard)?;
         trace!("applying batch {:?}", batch);
-        // keel: in key order (`Batch` keeps a BTreeMap, `batch.rs`).
-        for (k, v_opt) in batch.writes {
-            loop {
-                if self.insert_inner(&k, v_opt.clone(), guard)?.is_ok() {
-                    break;
-                }
+        // keel: in key order (`Batch` keeps a BTreeMap, `batch.rs`), the
+        // writes that land in one leaf together (`insert_leaf_run`).
+        let writes: Vec<(IVec, Option<IVec>)> = batch.writes.into_iter().collect();
+        let mut next = 0;
+        while next < writes.len() {
+            if let Ok(applied) = self.insert_leaf_run(&writes[next..], guard)? {
+                next += applied;
             }
         }
 
@@ -399,6 +400,48 @@ impl Tree {
         // written to the log since its creation are
         // recovered atomically
         peg.seal_batch()
+    }
+
+    /// keel: applies the first of `writes` (sorted by key, not empty) and
+    /// the ones after it that land in the same leaf (`Node::leaf_run_len`)
+    /// to one copy of that leaf, which replaces it: one node copy and one
+    /// log write for the run, where one insert each copies the node and
+    /// writes a fragment (and every 10th fragment rewrites the node). A
+    /// run of one, or a tree with subscribers, takes upstream's
+    /// `insert_inner`. Answers how many writes it applied, or a conflict
+    /// (a concurrent change of the leaf) to retry.
+    fn insert_leaf_run(
+        &self,
+        writes: &[(IVec, Option<IVec>)],
+        guard: &mut Guard,
+    ) -> Result<Conflictable<usize>> {
+        let (first_key, first_value) = &writes[0];
+        let View { node_view, pid, .. } = self.view_for_key(first_key, guard)?;
+        let run_len = node_view.leaf_run_len(writes);
+        if run_len < 2 || self.subscribers.ever_used() {
+            let inserted = self.insert_inner(first_key, first_value.clone(), guard)?;
+            return Ok(inserted.map(|_| 1));
+        }
+        let mut node: Node = node_view.deref().clone();
+        for (key, value) in &writes[..run_len] {
+            let (encoded_key, last_value) = node.node_kv_pair(key);
+            if *value == last_value {
+                continue;
+            }
+            match value {
+                Some(value) => node.apply(&Link::Set(encoded_key, value.clone())),
+                None => node.apply(&Link::Del(encoded_key)),
+            }
+        }
+        let replaced =
+            self.context.pagecache.replace(pid, node_view.0, node, guard)?;
+        if replaced.is_ok() {
+            guard.writeset.push(pid);
+            Ok(Ok(run_len))
+        } else {
+            M.tree_looped();
+            Ok(Err(Conflict))
+        }
     }
 
     /// Retrieve a value from the `Tree` if it exists.
