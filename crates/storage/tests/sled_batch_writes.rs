@@ -172,7 +172,10 @@ fn batches_written_a_leaf_at_a_time_match_single_writes() {
             let mut scans = 0u32;
             while reading.load(std::sync::atomic::Ordering::Relaxed) {
                 let keys = numbered_keys(&tree);
-                assert!(keys.windows(2).all(|pair| pair[0] < pair[1]), "a scan saw keys out of order");
+                assert!(
+                    keys.windows(2).all(|pair| pair[0] < pair[1]),
+                    "a scan saw keys out of order"
+                );
                 scans += 1;
             }
             scans
@@ -228,7 +231,10 @@ fn batches_written_a_leaf_at_a_time_match_single_writes() {
         tree.iter()
             .map(|item| {
                 let (key, value) = item.expect("item");
-                (u64::from_be_bytes(key.as_ref().try_into().expect("8-byte key")), value.to_vec())
+                (
+                    u64::from_be_bytes(key.as_ref().try_into().expect("8-byte key")),
+                    value.to_vec(),
+                )
             })
             .collect()
     };
