@@ -6,6 +6,13 @@ use super::*;
 /// (upstream's literal 4, named because `Node::split` depends on it).
 const LEAF_MERGE_BELOW: usize = 4;
 
+/// keel: the most keys a leaf of small records holds before it splits
+/// (`Node::leaf_over_split_threshold`).
+const LEAF_KEYS_SMALL_RECORDS: usize = 64;
+
+/// keel: the bytes over which a leaf splits at upstream's 16 keys.
+const LEAF_BYTES_SMALL_RECORDS: usize = 24 * 1024;
+
 #[derive(Default, Debug, Clone, PartialEq)]
 pub struct Node {
     pub(crate) prefix_len: u8,
@@ -643,6 +650,30 @@ impl Node {
         }
     }
 
+    /// keel: whether a leaf of `len` keys holding `bytes` (keys plus
+    /// values) is over the split threshold: over `LEAF_KEYS_SMALL_RECORDS`
+    /// keys, or over upstream's 16 when they hold more than
+    /// `LEAF_BYTES_SMALL_RECORDS`. Leaves of small records (keel's
+    /// revision records) split 4 times less often than upstream's, each
+    /// split rewriting both halves and the parent; leaves of large ones
+    /// (Raft log entries) stay as upstream's, since every rewrite of a leaf
+    /// writes all of its bytes.
+    fn leaf_over_split_threshold(&self, len: usize, bytes: usize) -> bool {
+        let threshold = self.split_threshold();
+        if cfg!(any(test, feature = "lock_free_delays")) {
+            return len > threshold;
+        }
+        len > LEAF_KEYS_SMALL_RECORDS
+            || (len > threshold && bytes > LEAF_BYTES_SMALL_RECORDS)
+    }
+
+    fn leaf_bytes(&self) -> usize {
+        self.data.leaf_ref().map_or(0, |leaf| {
+            leaf.keys.iter().map(|key| key.len()).sum::<usize>()
+                + leaf.values.iter().map(|value| value.len()).sum::<usize>()
+        })
+    }
+
     /// keel: how many of `writes` (sorted by key, the first one in this
     /// leaf) `Tree::apply_batch` applies to this leaf with one node copy:
     /// those below its `hi`, and no more than the leaf can take before it
@@ -652,18 +683,33 @@ impl Node {
         if self.data.leaf_ref().is_none() || !self.can_merge_child() {
             return 0;
         }
-        let room = (self.split_threshold() + 1).saturating_sub(self.data.len());
-        writes
-            .iter()
-            .take(room)
-            .take_while(|(key, _)| self.hi.is_empty() || key.as_ref() < self.hi.as_ref())
-            .count()
+        let (mut len, mut bytes) = (self.data.len(), self.leaf_bytes());
+        let mut run_len = 0;
+        for (key, value) in writes {
+            let below_hi = self.hi.is_empty() || key.as_ref() < self.hi.as_ref();
+            if !below_hi || self.leaf_over_split_threshold(len, bytes) {
+                break;
+            }
+            len += 1;
+            bytes += key.len() + value.as_ref().map_or(0, |value| value.len());
+            run_len += 1;
+        }
+        run_len
     }
 
     pub(crate) fn should_split(&self) -> bool {
         let threshold = self.split_threshold();
 
-        let size_checks = self.data.len() > threshold;
+        // keel: leaves by `leaf_over_split_threshold`.
+        let size_checks = if self.data.leaf_ref().is_some() {
+            self.data.len() > threshold
+                && self.leaf_over_split_threshold(
+                    self.data.len(),
+                    self.leaf_bytes(),
+                )
+        } else {
+            self.data.len() > threshold
+        };
         let safety_checks = self.merging_child.is_none() && !self.merging;
 
         size_checks && safety_checks
