@@ -12,23 +12,48 @@
 # the value size (256) and the keys drawn from (100000). Snapshot stalls:
 #   AB_TARGET=all AB_CASES=64:8 AB_SECONDS=30 AB_VALUE_BYTES=4096 AB_KEY_SPACE=1000000
 # (100,000 puts, one snapshot per member, inside the measured 30 s).
+# AB_SYSTEM=etcd runs the same cases against a fresh 3-member etcd (Debian's
+# `etcd` on PATH, default flags) instead, with BIN_DIR's keel-bench: the
+# same-run etcd figures beside keel's. Each line ends with the machine's idle
+# cores over the measured seconds (how far from saturated the 2 cores were).
 # Alternate builds over several rounds; quote medians, never one round.
 #
 #   benches/ab_put.sh /tmp/bin-before; benches/ab_put.sh /tmp/bin-after
+#   AB_SYSTEM=etcd benches/ab_put.sh /tmp/bin-after
 set -euo pipefail
 bin_dir=${1:?usage: ab_put.sh BIN_DIR [NAME=VALUE ...]}
 shift
 data=$(mktemp -d "${TMPDIR:-/tmp}/keel-ab-put.XXXXXX")
-log="$data/local-cluster.log"
-env "$@" "$bin_dir/keel" local-cluster --size 3 --base-port 12379 --data-dir "$data/members" --quiet >"$log" 2>&1 &
-cluster=$!
-trap 'kill -TERM $cluster 2>/dev/null || true; wait $cluster 2>/dev/null || true; rm -rf "$data"' EXIT
-for _ in $(seq 1 100); do grep -q '^export KEELCTL_ENDPOINTS=' "$log" && break; sleep 0.2; done
-endpoints=$(sed -n 's/^export KEELCTL_ENDPOINTS=//p' "$log")
-[ -n "$endpoints" ] || { echo "ab_put.sh: the cluster did not come up:" >&2; cat "$log" >&2; exit 2; }
-member_pids=$(grep -o 'pid [0-9]*' "$log" | awk '{print $2}')
+member_pids=""
+trap 'kill -TERM $member_pids 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$data"' EXIT
+if [ "${AB_SYSTEM:-keel}" = etcd ]; then
+    initial_cluster="e0=http://127.0.0.1:22380,e1=http://127.0.0.1:22381,e2=http://127.0.0.1:22382"
+    for i in 0 1 2; do
+        env "$@" etcd --name "e$i" --data-dir "$data/e$i" --listen-client-urls "http://127.0.0.1:2237$i" \
+            --advertise-client-urls "http://127.0.0.1:2237$i" --listen-peer-urls "http://127.0.0.1:2238$i" \
+            --initial-advertise-peer-urls "http://127.0.0.1:2238$i" --initial-cluster "$initial_cluster" \
+            --initial-cluster-token ab-put --initial-cluster-state new >"$data/e$i.log" 2>&1 &
+        member_pids="$member_pids $!"
+    done
+    endpoints=127.0.0.1:22370,127.0.0.1:22371,127.0.0.1:22372
+    for _ in $(seq 1 100); do
+        ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint health >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+else
+    log="$data/local-cluster.log"
+    env "$@" "$bin_dir/keel" local-cluster --size 3 --base-port 12379 --data-dir "$data/members" --quiet >"$log" 2>&1 &
+    cluster=$!
+    trap 'kill -TERM $cluster 2>/dev/null || true; wait $cluster 2>/dev/null || true; rm -rf "$data"' EXIT
+    for _ in $(seq 1 100); do grep -q '^export KEELCTL_ENDPOINTS=' "$log" && break; sleep 0.2; done
+    endpoints=$(sed -n 's/^export KEELCTL_ENDPOINTS=//p' "$log")
+    [ -n "$endpoints" ] || { echo "ab_put.sh: the cluster did not come up:" >&2; cat "$log" >&2; exit 2; }
+    member_pids=$(grep -o 'pid [0-9]*' "$log" | awk '{print $2}')
+fi
 # CPU ticks (user + system) the members have used so far.
 member_ticks() { for pid in $member_pids; do awk '{print $14 + $15}' "/proc/$pid/stat"; done | awk '{t += $1} END {print t}'; }
+# The machine's idle ticks (idle + iowait) so far.
+idle_ticks() { awk '/^cpu / {print $5 + $6}' /proc/stat; }
 put() { # CLIENTS CONNS DURATION
     "$bin_dir/keel-bench" put --endpoints "$endpoints" --target "${AB_TARGET:-leader}" --conns "$2" --clients "$1" \
         --duration "$3" --warmup 0s --key-size 8 --val-size "${AB_VALUE_BYTES:-256}" \
@@ -39,10 +64,14 @@ for case in ${AB_CASES:-1:1 16:4 256:16}; do
     IFS=: read -r clients conns <<<"$case"
     put "$clients" "$conns" 1s >/dev/null # warm-up
     before=$(member_ticks)
+    idle_before=$(idle_ticks)
     summary=$(put "$clients" "$conns" "${AB_SECONDS:-5}s" | grep -E '^(throughput|latency)' | tr -s ' ' | paste -sd' ')
     after=$(member_ticks)
+    idle_after=$(idle_ticks)
     throughput=$(echo "$summary" | awk '{print $2}')
     cpu=$(awk -v t=$((after - before)) -v hz="$ticks_per_second" -v tp="$throughput" \
         'BEGIN {printf "%.0f", t * 1e6 / hz / (tp * '"${AB_SECONDS:-5}"')}')
-    echo "$bin_dir $* target=${AB_TARGET:-leader} clients=$clients $summary server_cpu_us_per_put $cpu"
+    idle=$(awk -v t=$((idle_after - idle_before)) -v hz="$ticks_per_second" \
+        'BEGIN {printf "%.2f", t / hz / '"${AB_SECONDS:-5}"'}')
+    echo "${AB_SYSTEM:-keel} $bin_dir $* target=${AB_TARGET:-leader} clients=$clients $summary server_cpu_us_per_put $cpu idle_cores $idle"
 done

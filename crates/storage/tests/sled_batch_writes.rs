@@ -133,6 +133,70 @@ fn appended_batches_split_at_the_end_keep_every_key_in_order() {
     assert_eq!(numbered_keys(&tree), expected.into_iter().collect::<Vec<_>>());
 }
 
+/// Leaves of large records (Raft log entries of a group commit) split over
+/// 8 keys, the right leaf of an end split keeps a single record of 24 KiB or
+/// more, and such a leaf is never merged (`Node::should_merge`). Appends of
+/// large and small records, one at a time and in batches, with the oldest
+/// removed as a log purge does: every key is there in order with its value,
+/// before and after a reopen, and no split is undone by a merge.
+#[test]
+fn appended_large_records_split_into_small_leaves_keep_every_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    let value_of = |n: u64| -> Vec<u8> {
+        let len = match n % 5 {
+            0 => 40_000,
+            1 => 300,
+            _ => 26_000 + (n % 3) as usize * 1000,
+        };
+        vec![(n % 251) as u8; len]
+    };
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let database = Database::open(&path, CACHE_BYTES).expect("open");
+        let tree = database.sled().open_tree("t").expect("tree");
+        let mut expected = std::collections::BTreeSet::new();
+        let mut next = 0u64;
+        for round in 0..120u64 {
+            if round % 3 == 0 {
+                tree.insert(ascending_key(next), value_of(next)).expect("insert");
+                expected.insert(next);
+                next += 1;
+            } else {
+                let mut batch = sled::Batch::default();
+                for _ in 0..1 + round % 4 {
+                    batch.insert(&ascending_key(next), value_of(next));
+                    expected.insert(next);
+                    next += 1;
+                }
+                tree.apply_batch(batch).expect("batch");
+            }
+            if round % 10 == 9 {
+                let mut purge = sled::Batch::default();
+                for n in expected.iter().take(12).copied().collect::<Vec<_>>() {
+                    purge.remove(&ascending_key(n));
+                    expected.remove(&n);
+                }
+                tree.apply_batch(purge).expect("purge");
+            }
+        }
+        database.make_durable().expect("durable");
+        drop(tree);
+        drop(database);
+        let _ = done.send(expected);
+    });
+    let expected = finished
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the appends finished within 120 s (a split that a merge undoes loops until sled panics)");
+    let database = Database::open(dir.path(), CACHE_BYTES).expect("reopen");
+    let tree = database.sled().open_tree("t").expect("tree");
+    assert_eq!(numbered_keys(&tree), expected.iter().copied().collect::<Vec<_>>());
+    for n in expected {
+        let value = tree.get(ascending_key(n)).expect("get").expect("present");
+        assert_eq!(value.as_ref(), value_of(n).as_slice(), "record {n}");
+    }
+}
+
 /// The patch applies the writes of a batch that land in one leaf to one
 /// copy of it (`Tree::insert_leaf_run`). Batches of every size, mixing new
 /// keys, overwrites, writes of the value already there and removals, spread
