@@ -93,12 +93,7 @@ fn numbered_keys(tree: &sled::Tree) -> Vec<u64> {
 /// sled gave up with a panic; seen failing so).
 #[test]
 fn appended_batches_split_at_the_end_keep_every_key_in_order() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().to_path_buf();
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let database = Database::open(&path, CACHE_BYTES).expect("open");
-        let tree = database.sled().open_tree("t").expect("tree");
+    let (_dir, _database, tree, expected) = write_then_reopen(|tree| {
         let mut expected = std::collections::BTreeSet::new();
         for round in 0..200u64 {
             let mut batch = sled::Batch::default();
@@ -119,18 +114,38 @@ fn appended_batches_split_at_the_end_keep_every_key_in_order() {
             }
             tree.apply_batch(batch).expect("batch");
         }
-        assert_eq!(numbered_keys(&tree), expected.iter().copied().collect::<Vec<_>>());
+        assert_eq!(numbered_keys(tree), expected.iter().copied().collect::<Vec<_>>());
+        expected
+    });
+    assert_eq!(numbered_keys(&tree), expected.into_iter().collect::<Vec<_>>());
+}
+
+/// Runs `write` on tree "t" of a fresh database on a thread of its own,
+/// makes the database durable and closes it, then reopens it: the
+/// directory, the reopened database and tree, and what `write` answered
+/// (the keys it left). Fails if `write` takes over 120 s: a split that a
+/// merge undoes loops until sled gives up with a panic.
+fn write_then_reopen<T: Send + 'static>(
+    write: impl FnOnce(&sled::Tree) -> T + Send + 'static,
+) -> (tempfile::TempDir, Database, sled::Tree, T) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let database = Database::open(&path, CACHE_BYTES).expect("open");
+        let tree = database.sled().open_tree("t").expect("tree");
+        let written = write(&tree);
         database.make_durable().expect("durable");
         drop(tree);
         drop(database);
-        let _ = done.send(expected);
+        let _ = done.send(written);
     });
-    let expected = finished
+    let written = finished
         .recv_timeout(Duration::from_secs(120))
-        .expect("the batches finished within 120 s (a split that a merge undoes loops until sled panics)");
+        .expect("the writes finished within 120 s (a split that a merge undoes loops until sled panics)");
     let database = Database::open(dir.path(), CACHE_BYTES).expect("reopen");
     let tree = database.sled().open_tree("t").expect("tree");
-    assert_eq!(numbered_keys(&tree), expected.into_iter().collect::<Vec<_>>());
+    (dir, database, tree, written)
 }
 
 /// Leaves of large records (Raft log entries of a group commit) split over
@@ -141,20 +156,15 @@ fn appended_batches_split_at_the_end_keep_every_key_in_order() {
 /// before and after a reopen, and no split is undone by a merge.
 #[test]
 fn appended_large_records_split_into_small_leaves_keep_every_record() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().to_path_buf();
-    let value_of = |n: u64| -> Vec<u8> {
+    fn value_of(n: u64) -> Vec<u8> {
         let len = match n % 5 {
             0 => 40_000,
             1 => 300,
             _ => 26_000 + (n % 3) as usize * 1000,
         };
         vec![(n % 251) as u8; len]
-    };
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let database = Database::open(&path, CACHE_BYTES).expect("open");
-        let tree = database.sled().open_tree("t").expect("tree");
+    }
+    let (_dir, _database, tree, expected) = write_then_reopen(|tree| {
         let mut expected = std::collections::BTreeSet::new();
         let mut next = 0u64;
         for round in 0..120u64 {
@@ -180,16 +190,8 @@ fn appended_large_records_split_into_small_leaves_keep_every_record() {
                 tree.apply_batch(purge).expect("purge");
             }
         }
-        database.make_durable().expect("durable");
-        drop(tree);
-        drop(database);
-        let _ = done.send(expected);
+        expected
     });
-    let expected = finished
-        .recv_timeout(Duration::from_secs(120))
-        .expect("the appends finished within 120 s (a split that a merge undoes loops until sled panics)");
-    let database = Database::open(dir.path(), CACHE_BYTES).expect("reopen");
-    let tree = database.sled().open_tree("t").expect("tree");
     assert_eq!(numbered_keys(&tree), expected.iter().copied().collect::<Vec<_>>());
     for n in expected {
         let value = tree.get(ascending_key(n)).expect("get").expect("present");
