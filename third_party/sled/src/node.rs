@@ -225,11 +225,11 @@ impl Node {
     /// keel: `at_end` splits a leaf that grows by appends (keys inserted
     /// in ascending order, as keel's revision records and Raft log
     /// entries are) near its end instead of in the middle: the right node
-    /// keeps the fewest keys that do not make it a merge candidate
-    /// (`LEAF_MERGE_BELOW`; fewer would be merged back on the next visit
-    /// and split again, forever), the left one the rest, and the left is
-    /// never split again. Fewer splits than a middle split for the same
-    /// appends, and the node every append clones is smaller.
+    /// keeps the fewest last keys that do not make it a merge candidate
+    /// (`end_split_right_len`; a merge candidate would be merged back on
+    /// the next visit and split again, forever), the left one the rest,
+    /// and the left is never split again. Fewer splits than a middle split
+    /// for the same appends, and the node every append clones is smaller.
     pub(crate) fn split(mut self, at_end: bool) -> (Node, Node) {
         fn split_inner<T>(
             keys: &mut Vec<IVec>,
