@@ -694,14 +694,20 @@ impl Node {
     /// since every rewrite of a leaf writes all of its bytes: a leaf grown
     /// by appends is rewritten at its split (and upstream rewrites a node
     /// at every 10th insert, which a 9-key leaf grown from 1 never reaches).
-    fn leaf_over_split_threshold(&self, len: usize, bytes: usize) -> bool {
+    /// `bytes` is summed only for a leaf of more than
+    /// `LEAF_KEYS_LARGE_RECORDS` keys (most traversals never need it).
+    fn leaf_over_split_threshold(
+        &self,
+        len: usize,
+        bytes: impl FnOnce() -> usize,
+    ) -> bool {
         let threshold = self.split_threshold();
         if cfg!(any(test, feature = "lock_free_delays")) {
             return len > threshold;
         }
         len > LEAF_KEYS_SMALL_RECORDS
             || (len > LEAF_KEYS_LARGE_RECORDS
-                && bytes > LEAF_BYTES_SMALL_RECORDS)
+                && bytes() > LEAF_BYTES_SMALL_RECORDS)
     }
 
     fn leaf_bytes(&self) -> usize {
@@ -721,7 +727,7 @@ impl Node {
         let mut run_len = 0;
         for (key, value) in writes {
             let below_hi = self.hi.is_empty() || key.as_ref() < self.hi.as_ref();
-            if !below_hi || self.leaf_over_split_threshold(len, bytes) {
+            if !below_hi || self.leaf_over_split_threshold(len, || bytes) {
                 break;
             }
             len += 1;
@@ -736,10 +742,9 @@ impl Node {
 
         // keel: leaves by `leaf_over_split_threshold`.
         let size_checks = if self.data.leaf_ref().is_some() {
-            self.leaf_over_split_threshold(
-                    self.data.len(),
-                    self.leaf_bytes(),
-                )
+            self.leaf_over_split_threshold(self.data.len(), || {
+                self.leaf_bytes()
+            })
         } else {
             self.data.len() > threshold
         };
