@@ -694,8 +694,8 @@ impl Node {
     /// since every rewrite of a leaf writes all of its bytes: a leaf grown
     /// by appends is rewritten at its split (and upstream rewrites a node
     /// at every 10th insert, which a 9-key leaf grown from 1 never reaches).
-    /// `bytes` is summed only for a leaf of more than
-    /// `LEAF_KEYS_LARGE_RECORDS` keys (most traversals never need it).
+    /// `bytes` is asked only for a leaf of more than
+    /// `LEAF_KEYS_LARGE_RECORDS` keys.
     fn leaf_over_split_threshold(
         &self,
         len: usize,
@@ -712,6 +712,23 @@ impl Node {
 
     fn leaf_bytes(&self) -> usize {
         self.data.leaf_ref().map_or(0, |leaf| records_bytes(&leaf.keys, &leaf.values))
+    }
+
+    /// keel: the leaf's bytes estimated from its first and last records,
+    /// for `should_split`, which every traversal asks of every leaf it
+    /// reaches (summing up to 64 records there would touch every key and
+    /// value slot of the leaf on every read). keel's trees hold records of
+    /// one kind each, so the two ends are typical. An estimate is safe
+    /// there: a split's halves are never merge candidates either way
+    /// (`end_split_right_len` and `should_merge` use the exact bytes).
+    fn leaf_bytes_estimate(&self) -> usize {
+        self.data.leaf_ref().map_or(0, |leaf| {
+            let record_bytes = |at: usize| leaf.keys[at].len() + leaf.values[at].len();
+            match leaf.keys.len() {
+                0 => 0,
+                len => len * (record_bytes(0) + record_bytes(len - 1)) / 2,
+            }
+        })
     }
 
     /// keel: how many of `writes` (sorted by key, the first one in this
@@ -743,7 +760,7 @@ impl Node {
         // keel: leaves by `leaf_over_split_threshold`.
         let size_checks = if self.data.leaf_ref().is_some() {
             self.leaf_over_split_threshold(self.data.len(), || {
-                self.leaf_bytes()
+                self.leaf_bytes_estimate()
             })
         } else {
             self.data.len() > threshold
