@@ -36,10 +36,12 @@ if [ "${AB_SYSTEM:-keel}" = etcd ]; then
         member_pids="$member_pids $!"
     done
     endpoints=127.0.0.1:22370,127.0.0.1:22371,127.0.0.1:22372
+    healthy=""
     for _ in $(seq 1 100); do
-        ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint health >/dev/null 2>&1 && break
+        ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint health >/dev/null 2>&1 && healthy=yes && break
         sleep 0.2
     done
+    [ -n "$healthy" ] || { echo "ab_put.sh: etcd did not come up:" >&2; tail -n 5 "$data"/e*.log >&2; exit 2; }
 else
     log="$data/local-cluster.log"
     env "$@" "$bin_dir/keel" local-cluster --size 3 --base-port 12379 --data-dir "$data/members" --quiet >"$log" 2>&1 &

@@ -13,7 +13,7 @@ const LEAF_KEYS_SMALL_RECORDS: usize = 64;
 /// keel: the bytes (keys plus values) over which a leaf holds large
 /// records: it splits over `LEAF_KEYS_LARGE_RECORDS` keys, and is never
 /// merged (`Node::should_merge`).
-const LEAF_BYTES_SMALL_RECORDS: usize = 24 * 1024;
+const LARGE_RECORDS_LEAF_BYTES: usize = 24 * 1024;
 
 /// keel: the most keys a leaf of large records holds before it splits.
 const LEAF_KEYS_LARGE_RECORDS: usize = 2 * LEAF_MERGE_BELOW;
@@ -25,7 +25,7 @@ fn records_bytes(keys: &[IVec], values: &[IVec]) -> usize {
 
 /// keel: how many keys the right leaf of an end split keeps: the fewest
 /// last ones that are not a merge candidate (`LEAF_MERGE_BELOW` keys, or
-/// `LEAF_BYTES_SMALL_RECORDS` of them; a merge candidate would be merged
+/// `LARGE_RECORDS_LEAF_BYTES` of them; a merge candidate would be merged
 /// back on the next visit and split again, forever). `None` (a middle
 /// split) when the left one would keep fewer than `LEAF_MERGE_BELOW`.
 fn end_split_right_len(keys: &[IVec], values: &[IVec]) -> Option<usize> {
@@ -36,7 +36,7 @@ fn end_split_right_len(keys: &[IVec], values: &[IVec]) -> Option<usize> {
     for right_len in 1..=LEAF_MERGE_BELOW {
         let at = keys.len() - right_len;
         bytes += keys[at].len() + values[at].len();
-        if right_len == LEAF_MERGE_BELOW || bytes >= LEAF_BYTES_SMALL_RECORDS {
+        if right_len == LEAF_MERGE_BELOW || bytes >= LARGE_RECORDS_LEAF_BYTES {
             return Some(right_len);
         }
     }
@@ -687,7 +687,7 @@ impl Node {
     /// keel: whether a leaf of `len` keys holding `bytes` (keys plus
     /// values) is over the split threshold: over `LEAF_KEYS_SMALL_RECORDS`
     /// keys, or over `LEAF_KEYS_LARGE_RECORDS` when they hold more than
-    /// `LEAF_BYTES_SMALL_RECORDS`. Leaves of small records (keel's
+    /// `LARGE_RECORDS_LEAF_BYTES`. Leaves of small records (keel's
     /// revision records) split 4 times less often than upstream's 16-key
     /// leaves, each split rewriting both halves and the parent; leaves of
     /// large ones (Raft log entries of a group commit) split twice as often,
@@ -707,7 +707,7 @@ impl Node {
         }
         len > LEAF_KEYS_SMALL_RECORDS
             || (len > LEAF_KEYS_LARGE_RECORDS
-                && bytes() > LEAF_BYTES_SMALL_RECORDS)
+                && bytes() > LARGE_RECORDS_LEAF_BYTES)
     }
 
     fn leaf_bytes(&self) -> usize {
@@ -779,12 +779,12 @@ impl Node {
             LEAF_MERGE_BELOW
         };
 
-        // keel: a leaf holding `LEAF_BYTES_SMALL_RECORDS` or more is not
+        // keel: a leaf holding `LARGE_RECORDS_LEAF_BYTES` or more is not
         // merged, however few its keys (the right leaf of an end split).
         let size_checks = self.data.len() < threshold
             && (self.data.is_index()
                 || cfg!(any(test, feature = "lock_free_delays"))
-                || self.leaf_bytes() < LEAF_BYTES_SMALL_RECORDS);
+                || self.leaf_bytes() < LARGE_RECORDS_LEAF_BYTES);
         let safety_checks = self.merging_child.is_none() && !self.merging;
 
         size_checks && safety_checks
