@@ -4,7 +4,8 @@
 //! - [`type_config`]: the openraft type configuration (node ids, member
 //!   records, the log entry payload = a group-committed batch of etcd writes).
 //! - [`log_store`]: the Raft log, vote and committed index in sled; durable
-//!   before acknowledged.
+//!   before acknowledged; its newest entries also in memory
+//!   (`recent_entries.rs`) for the reads that follow every append.
 //! - [`storage_codec`]: the protobuf records (`keelstoragepb`) all of that
 //!   and the state machine's metadata are kept as on disk.
 //! - [`state_machine`]: applies committed batches to the mvcc keyspace and
@@ -21,6 +22,7 @@ pub mod durable_applied;
 pub mod fail_points;
 pub mod log_store;
 mod purged_entry_remover;
+mod recent_entries;
 pub mod snapshot_files;
 pub mod state_machine;
 pub mod storage_codec;

@@ -21,6 +21,10 @@
 //! never reported below the purge point, and reads return only a gap-free
 //! run of entries.
 //!
+//! Reads: the newest entries are also kept in memory (`recent_entries.rs`,
+//! which states how it stays equal to the log tree), so replicating and
+//! applying an entry just appended reads neither sled nor protobuf.
+//!
 //! Layout: tree `log` maps the big-endian u64 index to the entry's
 //! `keelstoragepb.LogEntry` record; tree `raft_state` holds `vote` (a
 //! `Vote`), `committed` (an `OptionalLogId`) and `last_purged` (a `LogId`),
@@ -41,6 +45,7 @@ use keel_storage::{Database, DatabaseRole, GroupFlusher};
 
 use crate::durable_applied::DurableApplied;
 use crate::purged_entry_remover::PurgedEntryRemover;
+use crate::recent_entries::RecentEntries;
 use crate::storage_codec::{decode_entry, decode_entry_log_id, encode_entry, StorageRecord};
 use crate::type_config::{Entry, LogId, TypeConfig, Vote};
 use crate::RaftStorageError;
@@ -68,6 +73,8 @@ pub struct SledLogStore {
     /// One past the purge point: reads start here, whatever entries the
     /// remover has not removed yet.
     first_unpurged_index: Arc<AtomicU64>,
+    /// The log's newest entries, shared by the clones (the log readers).
+    recent_entries: Arc<RecentEntries>,
 }
 
 fn read_logs_error(error: impl std::fmt::Display) -> io::Error {
@@ -108,6 +115,7 @@ impl SledLogStore {
             purge_gate: None,
             purged_entry_remover,
             first_unpurged_index: Arc::new(AtomicU64::new(0)),
+            recent_entries: Arc::default(),
         };
         let last_purged: Option<LogId> = store.read_state(LAST_PURGED_KEY)?;
         store.first_unpurged_index.store(
@@ -167,24 +175,31 @@ impl SledLogStore {
     /// each written and `sync_file_range`d on sled's IO thread pool, so a
     /// batch costs two disk writes and two thread wake-ups before the flush.
     fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), io::Error> {
-        let mut entries = entries.into_iter();
-        let Some(first) = entries.next() else {
-            return Ok(());
-        };
-        let Some(second) = entries.next() else {
-            let key = index_key(first.log_id.index);
-            return self
-                .log
-                .insert(key, encode_entry(first))
-                .map(drop)
-                .map_err(write_logs_error);
-        };
-        let mut batch = sled::Batch::default();
-        for entry in [first, second].into_iter().chain(entries) {
-            let key = index_key(entry.log_id.index);
-            batch.insert(&key, encode_entry(entry));
+        let encoded: Vec<(Entry, Vec<u8>)> = entries
+            .into_iter()
+            .map(|entry| {
+                let bytes = encode_entry(&entry);
+                (entry, bytes)
+            })
+            .collect();
+        match encoded.as_slice() {
+            [] => return Ok(()),
+            [(entry, bytes)] => {
+                self.log
+                    .insert(index_key(entry.log_id.index), bytes.as_slice())
+                    .map_err(write_logs_error)?;
+            }
+            several => {
+                let mut batch = sled::Batch::default();
+                for (entry, bytes) in several {
+                    batch.insert(&index_key(entry.log_id.index), bytes.as_slice());
+                }
+                self.log.apply_batch(batch).map_err(write_logs_error)?;
+            }
         }
-        self.log.apply_batch(batch).map_err(write_logs_error)
+        self.recent_entries
+            .appended(encoded.into_iter().map(|(entry, bytes)| (entry, bytes.len())));
+        Ok(())
     }
 
     fn last_entry_log_id(&self) -> Result<Option<LogId>, io::Error> {
@@ -221,6 +236,9 @@ impl RaftLogReader<TypeConfig> for SledLogStore {
             Bound::Unbounded => 0,
         }
         .max(self.first_unpurged_index.load(Ordering::Acquire));
+        if let Some(entries) = self.recent_entries.read(start, &range) {
+            return Ok(entries);
+        }
         let mut entries: Vec<Entry> = Vec::new();
         for item in self.log.range(index_key(start)..) {
             let (key, bytes) = item.map_err(read_logs_error)?;
@@ -292,6 +310,7 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
             batch.remove(key);
         }
         self.log.apply_batch(batch).map_err(write_logs_error)?;
+        self.recent_entries.truncated_from(first_removed);
         self.flush().await
     }
 
@@ -311,6 +330,7 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         self.flush().await?;
         self.first_unpurged_index
             .fetch_max(log_id.index.saturating_add(1), Ordering::AcqRel);
+        self.recent_entries.purged_up_to(log_id.index);
         // The entries go on the remover's thread: removing them here held
         // the appends behind them for hundreds of ms (`purged_entry_remover.rs`).
         self.purged_entry_remover.remove_up_to(log_id.index);

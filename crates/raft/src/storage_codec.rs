@@ -324,9 +324,27 @@ pub fn entry_from_pb(record: pb::LogEntry) -> Result<Entry, StorageDecodeError> 
     Ok(Entry { log_id, payload })
 }
 
-/// The bytes the log store keeps for `entry`.
-pub fn encode_entry(entry: Entry) -> Vec<u8> {
-    entry_to_pb(entry).encode_to_vec()
+/// The bytes the log store keeps for `entry`: `keelstoragepb.LogEntry`,
+/// with a write batch encoded from where it is rather than copied into the
+/// record (the log store keeps the entry itself in `recent_entries.rs`). The
+/// fields come in tag order, as prost writes them, so the bytes are those of
+/// [`entry_to_pb`]'s record (the golden tests hold both to that).
+pub fn encode_entry(entry: &Entry) -> Vec<u8> {
+    /// `keelstoragepb.LogEntry.write_batch`'s field number.
+    const WRITE_BATCH_FIELD: u32 = 3;
+    let EntryPayload::Normal(write_batch) = &entry.payload else {
+        return entry_to_pb(entry.clone()).encode_to_vec();
+    };
+    let log_id = pb::LogEntry {
+        log_id: Some(log_id_to_pb(&entry.log_id)),
+        payload: None,
+    };
+    let mut bytes = Vec::with_capacity(
+        log_id.encoded_len() + prost::encoding::message::encoded_len(WRITE_BATCH_FIELD, write_batch),
+    );
+    log_id.encode_raw(&mut bytes);
+    prost::encoding::message::encode(WRITE_BATCH_FIELD, write_batch, &mut bytes);
+    bytes
 }
 
 /// The entry the log store kept as `bytes`.
