@@ -33,10 +33,11 @@ use crate::type_config::Entry;
 
 /// The most entries kept, whatever their size (an entry of a single small
 /// write is a few hundred bytes).
-const MOST_ENTRIES: usize = 4096;
+const MOST_ENTRIES: usize = 1024;
 /// The most encoded bytes kept: at 256 clients an entry packs a hundred
-/// writes (~30 KiB); replication and apply read it back within milliseconds.
-const MOST_BYTES: usize = 16 * 1024 * 1024;
+/// writes (~30 KiB), and replication and apply read it back within a few
+/// entries; a small bound keeps the memory figures of `benches/` honest.
+const MOST_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Default)]
 pub(crate) struct RecentEntries {
@@ -172,7 +173,7 @@ mod tests {
                 0..=4 => {
                     let count = 1 + next_random(4);
                     let appended: Vec<(Entry, usize)> = (last + 1..=last + count)
-                        .map(|index| (entry(step, index), 1 + next_random(3) as usize * 3_000_000))
+                        .map(|index| (entry(step, index), 1 + next_random(3) as usize * 1_000_000))
                         .collect();
                     for (entry, _) in &appended {
                         log.insert(entry.log_id.index, step);
