@@ -1,7 +1,8 @@
 //! Writes sent to a follower travel to the leader in batches
-//! (`ForwardWrites`): each write of a batch gets its own outcome, and a
-//! member that does not lead refuses a whole batch before proposing any of
-//! it. In-process members on 127.0.0.1.
+//! (`ForwardWrites`): each write of a batch gets its own outcome, the
+//! leader proposes a batch whole (in one log entry), and a member that does
+//! not lead refuses a whole batch before proposing any of it. In-process
+//! members on 127.0.0.1.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -139,4 +140,47 @@ async fn a_batch_forwarded_to_a_member_that_does_not_lead_is_refused_whole_and_n
     tokio::time::sleep(Duration::from_millis(200)).await;
     let found = under_prefix(&leader, "refused").await;
     assert!(found.kvs.is_empty(), "a refused batch applied: {:?}", found.kvs);
+}
+
+/// Regression: the leader proposed a forwarded batch one write at a time,
+/// and its proposer, woken by the first, took only what had arrived by
+/// then: a batch went into several small log entries, each with the fixed
+/// cost of an entry on every member. It is proposed whole now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_forwarded_to_the_leader_goes_into_one_log_entry() {
+    let cluster = InProcessCluster::start(3, &[]).await.expect("start 3 members");
+    cluster.elect(LEADER).await.expect("elect m1");
+    let leader = cluster.client(LEADER).expect("client of the leader");
+    leader
+        .put(put("settled", "x", 0))
+        .await
+        .expect("put on the leader");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    const WRITES: usize = 200;
+    let mut to_the_leader = PeerClient::connect(cluster.peer_url(LEADER))
+        .await
+        .expect("connect to the leader's peer service");
+    let writes = (0..WRITES)
+        .map(|i| WriteRequest {
+            request: Some(write_request::Request::Put(put(&format!("whole/{i:03}"), "v", 0))),
+            ..Default::default()
+        })
+        .collect();
+    let last_before = cluster.last_log_index(LEADER);
+    let outcomes = to_the_leader
+        .forward_writes(ForwardedWrites { writes })
+        .await
+        .expect("the leader answers the batch")
+        .into_inner()
+        .outcomes;
+    assert_eq!(outcomes.len(), WRITES);
+    // Raft's metrics trail the answer a little.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        cluster.last_log_index(LEADER),
+        last_before + 1,
+        "the batch's {WRITES} writes took more than one log entry"
+    );
+    assert_eq!(under_prefix(&leader, "whole").await.kvs.len(), WRITES);
 }

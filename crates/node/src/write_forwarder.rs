@@ -1,8 +1,8 @@
 //! A follower's forwarding of client writes to the leader, in batches: the
 //! writes that queue while this member's earlier forwards are in flight go
 //! to the leader in one `ForwardWrites` call, so a busy follower pays one
-//! peer call per batch, not one per write (the leader's proposer then packs
-//! them into its log entries with every other write).
+//! peer call per batch, not one per write (the leader proposes a batch
+//! whole: its writes go into one log entry, with whatever else is queued).
 //!
 //! Invariant: every write of a batch gets exactly the answer a
 //! `ForwardWrite` call of its own would have got. A call that failed is the
