@@ -269,6 +269,21 @@ async fn a_member_that_missed_more_than_the_snapshot_threshold_catches_up_throug
         installed_bytes.iter().any(|&bytes| bytes > SNAPSHOT_CHUNK_BYTES),
         "installed snapshot sizes {installed_bytes:?} should exceed one chunk"
     );
+    // The leader's own snapshots are its durable keyspace, never copied;
+    // the dump it sent was taken for the transfer and is gone.
+    let leader_log = std::fs::read_to_string(cluster.log_path(leader)).unwrap_or_default();
+    assert!(
+        leader_log.contains("took snapshot")
+            && leader_log.contains("dumped the keyspace for a snapshot transfer"),
+        "the leader took snapshots and dumped its keyspace only to send it:\n{leader_log}"
+    );
+    let dumps_kept: Vec<_> = std::fs::read_dir(cluster.data_dir(leader).join("snap"))
+        .expect("the leader's snapshot dir")
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".data") || name.ends_with(".partial"))
+        .collect();
+    assert_eq!(dumps_kept, Vec::<String>::new(), "the leader keeps no dump");
     let leader_hash = client
         .hash_kv(&cluster.endpoint(leader), 0)
         .await
@@ -332,7 +347,7 @@ async fn a_snapshot_is_taken_every_snapshot_count_writes_even_when_batched_into_
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let log = std::fs::read_to_string(cluster.log_path(leader)).unwrap_or_default();
-        if log.lines().any(|line| line.contains("built snapshot")) {
+        if log.lines().any(|line| line.contains("took snapshot")) {
             break;
         }
         assert!(

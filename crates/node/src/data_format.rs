@@ -9,19 +9,28 @@
 //! machine's metadata and the snapshot meta as keel's own protobuf records
 //! (`proto/keel/raft_storage.proto`) instead of bincode and JSON of
 //! openraft's serde types; a version 3 member cannot read version 2 records.
-//! Within version 3, records only ever gain fields, which older and newer
-//! builds both read, so adding a field needs no new version.
+//! Version 4 is version 3 where the current snapshot may have no data file
+//! (the member's durable keyspace stands for a snapshot it took, and is
+//! dumped only to send it; `keel_raft::snapshot_files`); a version 3 build
+//! cannot read that snapshot meta. Within a version, records only ever gain
+//! fields, which older and newer builds both read, so adding a field needs
+//! no new version.
 //!
 //! Rule: a member starts only on a data dir of exactly [`FORMAT_VERSION`],
 //! or on a fresh one (nothing of keel's in it yet), to which it writes the
-//! file before anything else. Any other dir is refused with a message that
+//! file before anything else, or on one of version 3, which it upgrades in
+//! place by rewriting the file (everything a version 3 build wrote reads
+//! the same in version 4). Any other dir is refused with a message that
 //! names the version found and the version this build needs; nothing in it
 //! is changed.
 
 use std::path::{Path, PathBuf};
 
 /// The data format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
+
+/// The one older format this build upgrades in place.
+const UPGRADED_IN_PLACE: u32 = 3;
 
 const FORMAT_FILE: &str = "format-version";
 
@@ -44,7 +53,7 @@ pub enum DataFormatError {
     #[error(
         "data dir {} has data format version 2, but this keel reads and writes format \
          version {FORMAT_VERSION} only (version 2 keeps the Raft log and the state \
-         machine's metadata as bincode of openraft's types; version 3 keeps them as \
+         machine's metadata as bincode of openraft's types; versions 3 and later keep them as \
          keel's protobuf records); refusing to start (use a keel release of format \
          version 2, or start this member on a new data dir)",
         data_dir.display()
@@ -79,6 +88,15 @@ pub fn check_or_record(data_dir: &Path) -> Result<(), DataFormatError> {
             })?;
             match found {
                 FORMAT_VERSION => Ok(()),
+                UPGRADED_IN_PLACE => {
+                    tracing::info!(
+                        data_dir = %data_dir.display(),
+                        from = UPGRADED_IN_PLACE,
+                        to = FORMAT_VERSION,
+                        "upgrading the data dir's format version (nothing else in it changes)"
+                    );
+                    record(data_dir, &path)
+                }
                 2 => Err(DataFormatError::VersionTwo {
                     data_dir: data_dir.to_path_buf(),
                 }),
@@ -105,7 +123,8 @@ pub fn check_or_record(data_dir: &Path) -> Result<(), DataFormatError> {
     }
 }
 
-/// Writes the format file into a fresh data dir, durably (file, then dir).
+/// Writes this build's format file into a data dir, durably (file, then
+/// dir), creating the dir if needed.
 fn record(data_dir: &Path, path: &Path) -> Result<(), DataFormatError> {
     let io = |action: &'static str, at: &Path| {
         let path = at.to_path_buf();
@@ -146,7 +165,10 @@ mod tests {
         let error = check_or_record(dir.path()).expect_err("version 1 refused");
         let message = error.to_string();
         assert!(message.contains("format version 1"), "{message}");
-        assert!(message.contains("format version 3"), "{message}");
+        assert!(
+            message.contains(&format!("format version {FORMAT_VERSION}")),
+            "{message}"
+        );
         assert!(
             !dir.path().join(FORMAT_FILE).exists(),
             "a refused dir is left as it was"
@@ -162,7 +184,8 @@ mod tests {
         assert!(matches!(error, DataFormatError::VersionTwo { .. }), "{error:?}");
         let message = error.to_string();
         assert!(
-            message.contains("data format version 2") && message.contains("format version 3 only"),
+            message.contains("data format version 2")
+                && message.contains(&format!("format version {FORMAT_VERSION} only")),
             "{message}"
         );
         assert!(message.contains("protobuf"), "{message}");
@@ -174,12 +197,27 @@ mod tests {
     }
 
     #[test]
+    fn a_data_dir_of_version_3_is_upgraded_to_the_current_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("raft")).expect("raft dir");
+        std::fs::write(dir.path().join(FORMAT_FILE), "3\n").expect("write");
+        check_or_record(dir.path()).expect("version 3 opens");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(FORMAT_FILE)).expect("the file"),
+            format!("{FORMAT_VERSION}\n"),
+            "a version 3 dir is recorded as the current version once opened"
+        );
+        check_or_record(dir.path()).expect("and opens again");
+    }
+
+    #[test]
     fn another_version_is_refused_naming_both() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join(FORMAT_FILE), "7\n").expect("write");
         let message = check_or_record(dir.path()).expect_err("refused").to_string();
         assert!(
-            message.contains("format version 7") && message.contains("format version 3"),
+            message.contains("format version 7")
+                && message.contains(&format!("format version {FORMAT_VERSION}")),
             "{message}"
         );
         std::fs::write(dir.path().join(FORMAT_FILE), "two\n").expect("write");

@@ -461,7 +461,16 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             .network
             .client(self.target, &self.peer_url, PeerMessage::InstallSnapshot)
             .map_err(|unavailable| StreamingError::Unreachable(Unreachable::new(&unavailable)))?;
-        let file = snapshot.snapshot.file;
+        // A snapshot without a dump (this member's keyspace) is dumped now:
+        // the receiver installs the dump labelled with the point it holds,
+        // at or after the snapshot's (openraft then sends the entries after
+        // the snapshot's point; the receiver skips those it holds).
+        let dump = snapshot
+            .snapshot
+            .into_dump(&snapshot.meta)
+            .await
+            .map_err(|e| StreamingError::Network(NetworkError::new(&SnapshotSendError::from(e))))?;
+        let file = dump.file;
         let size = file
             .metadata()
             .await
@@ -469,7 +478,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             .len();
         let header = encode_payload(&SnapshotHeader {
             vote,
-            meta: snapshot.meta.clone(),
+            meta: dump.meta,
             size,
         })
         .map_err(|e| StreamingError::Network(NetworkError::new(&SnapshotSendError::from(e))))?

@@ -210,9 +210,7 @@ impl Peer for PeerService {
             Ok(received) if received == header.size => received,
             outcome => {
                 // A cut or short stream: its partial file is useless.
-                if let Some(partial) = &incoming.incoming {
-                    let _ = tokio::fs::remove_file(partial).await;
-                }
+                let _ = tokio::fs::remove_file(&incoming.path).await;
                 return Err(match outcome {
                     Err(status) => status,
                     Ok(received) => bad_payload(format!(
@@ -224,10 +222,10 @@ impl Peer for PeerService {
         };
         tracing::debug!(bytes = received, "received a whole snapshot");
         let sender_vote = header.vote;
-        let partial = incoming.incoming.clone();
+        let partial = incoming.path.clone();
         let snapshot = Snapshot {
             meta: header.meta,
-            snapshot: incoming,
+            snapshot: incoming.into(),
         };
         let response = self
             .raft
@@ -236,9 +234,7 @@ impl Peer for PeerService {
             .map_err(|fatal| Status::internal(format!("installing a snapshot: {fatal}")));
         // An installed snapshot's file was renamed into place; one refused
         // (a stale sender) is left behind and is removed here.
-        if let Some(partial) = partial {
-            let _ = tokio::fs::remove_file(partial).await;
-        }
+        let _ = tokio::fs::remove_file(partial).await;
         let response = response?;
         if sender_is_current_leader(&sender_vote, &response.vote) {
             self.contact.touch();

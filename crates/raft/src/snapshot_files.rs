@@ -1,15 +1,21 @@
-//! The snapshot directory of a member: at most one current snapshot (a data
-//! file of the mvcc dump plus its openraft `SnapshotMeta`), and the files
-//! being received from a leader. `current.meta` holds the snapshot's meta
-//! and data file name as a `keelstoragepb.SnapshotMeta` record
+//! The snapshot directory of a member: at most one current snapshot (its
+//! openraft `SnapshotMeta`, and the data file of an mvcc dump when it has
+//! one), and the files being received from a leader. A snapshot this member
+//! took itself has no data file: the keyspace, durable at the snapshot's
+//! log id, is the snapshot, and it is dumped only when a follower needs it
+//! (`state_machine.rs`); a snapshot received from a leader keeps its dump.
+//! `current.meta` holds the snapshot's meta and data file name (empty when
+//! there is none) as a `keelstoragepb.SnapshotMeta` record
 //! (`storage_codec.rs`): it stays on disk as long as the snapshot, which on
 //! a quiet cluster is as long as the log, so it is kept in the same
 //! add-only protobuf encoding, not in openraft's serde layout.
 //!
 //! Invariants:
-//! - `current.meta` names a data file that was fully written and fsynced
-//!   before `current.meta` was atomically renamed into place, so a crash
-//!   leaves either the previous snapshot or the new one, never a torn one.
+//! - `current.meta` names a data file (if any) that was fully written and
+//!   fsynced before `current.meta` was atomically renamed into place, so a
+//!   crash leaves either the previous snapshot or the new one, never a torn
+//!   one. A snapshot without a data file is recorded only after the keyspace
+//!   it stands for was made durable at its log id.
 //! - The current snapshot never moves back: a snapshot is made current only
 //!   if it is newer (a higher last log id) than the current one. A build
 //!   that started before an install of a newer snapshot finished must not
@@ -70,13 +76,15 @@ impl SnapshotFiles {
     }
 
     /// Makes the fully written, fsynced file at `partial` the current
-    /// snapshot, unless the current one is at least as new (then `partial`
-    /// is removed). Returns the snapshot that is current afterwards, opened.
+    /// snapshot, or, with no `partial`, records a snapshot without a data
+    /// file (the caller made the keyspace durable at `meta`), unless the
+    /// current one is at least as new (then `partial` is removed). Returns
+    /// the snapshot that is current afterwards, its data file opened.
     pub fn commit(
         &self,
         meta: &SnapshotMeta,
-        partial: &Path,
-    ) -> Result<(SnapshotMeta, fs::File), RaftStorageError> {
+        partial: Option<&Path>,
+    ) -> Result<(SnapshotMeta, Option<fs::File>), RaftStorageError> {
         let _current = self.current_lock.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((current, current_path)) = self.read_current()? {
             if current.last_log_id >= meta.last_log_id {
@@ -85,16 +93,24 @@ impl SnapshotFiles {
                     dropped = ?meta.last_log_id,
                     "a snapshot at least as new is already current; dropping the older one"
                 );
-                let _ = fs::remove_file(partial);
-                let file = fs::File::open(current_path)?;
+                if let Some(partial) = partial {
+                    let _ = fs::remove_file(partial);
+                }
+                let file = current_path.map(fs::File::open).transpose()?;
                 return Ok((current, file));
             }
         }
-        let data_path = self.data_path(meta);
-        fs::rename(partial, &data_path)?;
+        let data_path = match partial {
+            Some(partial) => {
+                let data_path = self.data_path(meta);
+                fs::rename(partial, &data_path)?;
+                Some(data_path)
+            }
+            None => None,
+        };
         let meta_bytes = CurrentSnapshotRecord {
             meta: meta.clone(),
-            data_file: data_file_name(meta),
+            data_file: data_path.as_ref().map(|_| data_file_name(meta)),
         }
         .encode_record();
         let tmp_meta = self.dir.join(format!("{CURRENT_META}.partial"));
@@ -103,31 +119,32 @@ impl SnapshotFiles {
         file.sync_all()?;
         fs::rename(&tmp_meta, self.dir.join(CURRENT_META))?;
         fs::File::open(&self.dir)?.sync_all()?;
-        self.remove_stale_data_files(&data_path)?;
-        let file = fs::File::open(&data_path)?;
+        self.remove_stale_data_files(data_path.as_deref())?;
+        let file = data_path.map(fs::File::open).transpose()?;
         Ok((meta.clone(), file))
     }
 
-    fn remove_stale_data_files(&self, keep: &Path) -> Result<(), RaftStorageError> {
+    fn remove_stale_data_files(&self, keep: Option<&Path>) -> Result<(), RaftStorageError> {
         for entry in fs::read_dir(&self.dir)? {
             let path = entry?.path();
-            if path.extension().is_some_and(|ext| ext == "data") && path != keep {
+            if path.extension().is_some_and(|ext| ext == "data") && Some(path.as_path()) != keep {
                 let _ = fs::remove_file(&path);
             }
         }
         Ok(())
     }
 
-    /// The current snapshot's meta and its data file, opened, if any.
-    pub fn open_current(&self) -> Result<Option<(SnapshotMeta, fs::File)>, RaftStorageError> {
+    /// The current snapshot's meta and its data file (if it has one),
+    /// opened, if there is a current snapshot.
+    pub fn open_current(&self) -> Result<Option<(SnapshotMeta, Option<fs::File>)>, RaftStorageError> {
         let _current = self.current_lock.lock().unwrap_or_else(|p| p.into_inner());
         match self.read_current()? {
             None => Ok(None),
-            Some((meta, path)) => Ok(Some((meta, fs::File::open(path)?))),
+            Some((meta, path)) => Ok(Some((meta, path.map(fs::File::open).transpose()?))),
         }
     }
 
-    fn read_current(&self) -> Result<Option<(SnapshotMeta, PathBuf)>, RaftStorageError> {
+    fn read_current(&self) -> Result<Option<(SnapshotMeta, Option<PathBuf>)>, RaftStorageError> {
         let meta_path = self.dir.join(CURRENT_META);
         let bytes = match fs::read(&meta_path) {
             Ok(bytes) => bytes,
@@ -135,6 +152,9 @@ impl SnapshotFiles {
             Err(e) => return Err(e.into()),
         };
         let current = CurrentSnapshotRecord::decode_record(&bytes)?;
-        Ok(Some((current.meta, self.dir.join(current.data_file))))
+        Ok(Some((
+            current.meta,
+            current.data_file.map(|name| self.dir.join(name)),
+        )))
     }
 }

@@ -14,10 +14,18 @@
 //! - The metadata (`last_applied`, the membership, the member attribute
 //!   table, the alarm table, the auth store) is kept as the protobuf records of
 //!   `storage_codec.rs`.
-//! - A snapshot is built from one keyspace cut (`MvccStore::snapshot_cut`),
-//!   whose app meta gives the `last_applied` and membership it is labelled
-//!   with, so the dump and its label describe the same point. Applies go on
-//!   while it is written; only the instant of the cut waits for them.
+//! - A snapshot this member takes (`build_snapshot`, every
+//!   `--snapshot-count` writes, so that the log can be purged) is no copy:
+//!   it makes the keyspace durable and records the `last_applied` and
+//!   membership it held (read under the apply gate, so one point) as the
+//!   current snapshot, without a data file. The keyspace only moves forward
+//!   from there, so it holds that point or a later one.
+//! - A dump (`dump_keyspace`) is taken only when a snapshot without one must
+//!   leave the member (`SnapshotData::into_dump`: sent to a follower), from
+//!   one keyspace cut (`MvccStore::snapshot_cut`) whose app meta gives the
+//!   `last_applied` and membership it is labelled with: the point of the
+//!   dump, at or after the snapshot's own, is what the receiver installs.
+//!   Applies go on while it is written; only the instant of the cut waits.
 //! - Every time the keyspace is made durable, the `last_applied` it holds is
 //!   published to [`DurableApplied`]; the log store purges only behind it.
 //! - A snapshot never replaces a newer current one (`snapshot_files.rs`).
@@ -65,12 +73,90 @@ fn snapshot_error(error: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("snapshot: {error}"))
 }
 
-/// A snapshot's data as openraft passes it around: the open dump file, and,
-/// for a snapshot received from a leader, the partial file it was written to
-/// (which `install_snapshot` makes current; any other file is copied first).
-pub struct SnapshotData {
+/// A snapshot's data as openraft passes it around.
+pub enum SnapshotData {
+    /// A dump in a file, and, for a snapshot received from a leader, the
+    /// partial file it was written to (which `install_snapshot` makes
+    /// current; any other file is copied first).
+    Dump {
+        file: tokio::fs::File,
+        incoming: Option<PathBuf>,
+    },
+    /// A snapshot this member took: its keyspace, durable at the snapshot's
+    /// log id and at or past it since. Dumped when it leaves the member.
+    Keyspace(KeyspaceSnapshot),
+}
+
+/// The keyspace of a member standing for its snapshot (`SnapshotData::Keyspace`).
+pub struct KeyspaceSnapshot {
+    shared: Arc<Shared>,
+}
+
+/// A dump being received from a leader, into a partial file of the
+/// snapshot directory.
+pub struct IncomingSnapshot {
     pub file: tokio::fs::File,
+    pub path: PathBuf,
+}
+
+impl From<IncomingSnapshot> for SnapshotData {
+    fn from(incoming: IncomingSnapshot) -> Self {
+        SnapshotData::Dump {
+            file: incoming.file,
+            incoming: Some(incoming.path),
+        }
+    }
+}
+
+/// A snapshot's dump, ready to send or install.
+pub struct SnapshotDump {
+    /// The point the dump holds: the snapshot's own for a dump in a file,
+    /// the point of the cut for a keyspace dumped now.
+    pub meta: SnapshotMeta,
+    pub file: tokio::fs::File,
+    /// The partial file a received dump was written to (`SnapshotData::Dump`).
     pub incoming: Option<PathBuf>,
+}
+
+impl SnapshotData {
+    /// The dump of the snapshot labelled `meta`: its file, or for a
+    /// keyspace snapshot a dump taken now (its meta then names the point of
+    /// the dump, at or after `meta`'s; the file is unlinked already and
+    /// goes when it is closed).
+    pub async fn into_dump(self, meta: &SnapshotMeta) -> io::Result<SnapshotDump> {
+        match self {
+            SnapshotData::Dump { file, incoming } => Ok(SnapshotDump {
+                meta: meta.clone(),
+                file,
+                incoming,
+            }),
+            SnapshotData::Keyspace(keyspace) => {
+                let shared = keyspace.shared;
+                let (meta, file) = tokio::task::spawn_blocking(move || -> Result<_, io::Error> {
+                    let dump_error =
+                        |e: &dyn std::fmt::Display| snapshot_error(format!("dumping the keyspace: {e}"));
+                    let (meta, partial, stats) = dump_keyspace(&shared.store, &shared.snapshots, "send")
+                        .map_err(|e| dump_error(&e))?;
+                    let file = std::fs::File::open(&partial).map_err(|e| dump_error(&e))?;
+                    std::fs::remove_file(&partial).map_err(|e| dump_error(&e))?;
+                    tracing::info!(
+                        last_log_id = ?meta.last_log_id,
+                        records = stats.records,
+                        bytes = stats.bytes,
+                        "dumped the keyspace for a snapshot transfer"
+                    );
+                    Ok((meta, file))
+                })
+                .await
+                .map_err(snapshot_error)??;
+                Ok(SnapshotDump {
+                    meta,
+                    file: tokio::fs::File::from_std(file),
+                    incoming: None,
+                })
+            }
+        }
+    }
 }
 
 struct Shared {
@@ -161,7 +247,7 @@ impl StateView {
 
     /// A fresh file to receive a leader's snapshot into, for
     /// `Raft::install_full_snapshot`; it becomes current when installed.
-    pub async fn incoming_snapshot(&self) -> io::Result<SnapshotData> {
+    pub async fn incoming_snapshot(&self) -> io::Result<IncomingSnapshot> {
         let path = self.shared.snapshots.partial_path("incoming");
         let file = tokio::fs::OpenOptions::new()
             .read(true)
@@ -170,10 +256,7 @@ impl StateView {
             .truncate(true)
             .open(&path)
             .await?;
-        Ok(SnapshotData {
-            file,
-            incoming: Some(path),
-        })
+        Ok(IncomingSnapshot { file, path })
     }
 }
 
@@ -300,8 +383,11 @@ impl KeelStateMachine {
             "a snapshot install was cut off before its snapshot became current; making the installed keyspace the current snapshot"
         );
         shared.store.flush()?;
-        let (meta, partial, _) = dump_keyspace(&shared.store, &shared.snapshots, "finish-install")?;
-        shared.snapshots.commit(&meta, &partial)?;
+        let meta = SnapshotMeta {
+            last_log_id: applied,
+            last_membership: read_meta(&shared.store, MEMBERSHIP_KEY)?.unwrap_or_default(),
+        };
+        shared.snapshots.commit(&meta, None)?;
         shared.durable_applied.advance_to(applied_index);
         Ok(())
     }
@@ -454,10 +540,20 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let partial = snapshot.incoming;
+        let dump = snapshot.into_dump(meta).await?;
+        if dump.meta.last_log_id != meta.last_log_id {
+            // A keyspace snapshot handed over (not received from a leader)
+            // that moved on: installing it as `meta` would apply the
+            // entries in between twice.
+            return Err(snapshot_error(format!(
+                "installing snapshot: its keyspace is at {:?}, not at {:?}",
+                dump.meta.last_log_id, meta.last_log_id
+            )));
+        }
+        let partial = dump.incoming;
         let shared = self.shared.clone();
         let meta_owned = meta.clone();
-        let mut file = snapshot.file.into_std().await;
+        let mut file = dump.file.into_std().await;
         let installed = tokio::task::spawn_blocking(move || -> Result<(), io::Error> {
             let read_error = |e: &dyn std::fmt::Display| snapshot_error(format!("installing snapshot: {e}"));
             // A snapshot that is not in a file of this member's own (one
@@ -525,7 +621,7 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
             *shared.removed.write().unwrap_or_else(|p| p.into_inner()) = removed;
             shared
                 .snapshots
-                .commit(&meta_owned, &partial)
+                .commit(&meta_owned, Some(&partial))
                 .map_err(|e| read_error(&e))?;
             shared
                 .durable_applied
@@ -555,11 +651,21 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
         };
         Ok(Some(Snapshot {
             meta,
-            snapshot: SnapshotData {
-                file: tokio::fs::File::from_std(file),
-                incoming: None,
-            },
+            snapshot: snapshot_data(&self.shared, file),
         }))
+    }
+}
+
+/// The data of the current snapshot: its dump file, or this keyspace.
+fn snapshot_data(shared: &Arc<Shared>, dump_file: Option<std::fs::File>) -> SnapshotData {
+    match dump_file {
+        Some(file) => SnapshotData::Dump {
+            file: tokio::fs::File::from_std(file),
+            incoming: None,
+        },
+        None => SnapshotData::Keyspace(KeyspaceSnapshot {
+            shared: shared.clone(),
+        }),
     }
 }
 
@@ -573,34 +679,39 @@ impl RaftSnapshotBuilder<TypeConfig> for KeelSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let shared = self.shared.clone();
         let (meta, data_file) = tokio::task::spawn_blocking(move || -> Result<_, io::Error> {
-            let write_error = |e: &dyn std::fmt::Display| snapshot_error(format!("building snapshot: {e}"));
-            // Applies go on meanwhile: the dump is of one cut, labelled
-            // with that cut's last applied log id.
+            let build_error = |e: &dyn std::fmt::Display| snapshot_error(format!("taking snapshot: {e}"));
             shared.applied_writes.mark_snapshot();
-            let (meta, partial, stats) =
-                dump_keyspace(&shared.store, &shared.snapshots, "build").map_err(|e| write_error(&e))?;
+            // One point: nothing is applied while the gate is held.
+            let meta = {
+                let _gate = shared.apply_gate.read().unwrap_or_else(|p| p.into_inner());
+                SnapshotMeta {
+                    last_log_id: read_meta::<Option<LogId>>(&shared.store, LAST_APPLIED_KEY)
+                        .map_err(|e| build_error(&e))?
+                        .flatten(),
+                    last_membership: read_meta(&shared.store, MEMBERSHIP_KEY)
+                        .map_err(|e| build_error(&e))?
+                        .unwrap_or_default(),
+                }
+            };
             // The log is purged behind this snapshot: what it covers must be
-            // durable (the flush covers everything applied before it starts,
-            // so the cut too).
+            // durable (the flush covers everything applied before it starts).
             shared
                 .flush_keyspace(meta.last_log_id)
-                .map_err(|e| write_error(&e))?;
+                .map_err(|e| build_error(&e))?;
             shared
                 .fail_points
                 .pass(BEFORE_SNAPSHOT_BUILD_COMMIT)
-                .map_err(|e| write_error(&e))?;
-            // An install of a newer snapshot may have finished since the
-            // dump: then that one stays current and is what this returns.
+                .map_err(|e| build_error(&e))?;
+            // An install of a newer snapshot may have finished meanwhile:
+            // then that one stays current and is what this returns.
             let (current, file) = shared
                 .snapshots
-                .commit(&meta, &partial)
-                .map_err(|e| write_error(&e))?;
+                .commit(&meta, None)
+                .map_err(|e| build_error(&e))?;
             if current.last_log_id == meta.last_log_id {
                 tracing::info!(
                     last_log_id = ?meta.last_log_id,
-                    records = stats.records,
-                    bytes = stats.bytes,
-                    "built snapshot"
+                    "took snapshot (the keyspace made durable; dumped only if a follower needs it)"
                 );
             }
             Ok((current, file))
@@ -609,10 +720,7 @@ impl RaftSnapshotBuilder<TypeConfig> for KeelSnapshotBuilder {
         .map_err(snapshot_error)??;
         Ok(Snapshot {
             meta,
-            snapshot: SnapshotData {
-                file: tokio::fs::File::from_std(data_file),
-                incoming: None,
-            },
+            snapshot: snapshot_data(&self.shared, data_file),
         })
     }
 }

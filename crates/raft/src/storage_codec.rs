@@ -263,7 +263,9 @@ impl StorageRecord for RemovedMembers {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CurrentSnapshotRecord {
     pub meta: SnapshotMeta,
-    pub data_file: String,
+    /// The dump's file name; none for a snapshot that is the durable
+    /// keyspace itself (format version 4).
+    pub data_file: Option<String>,
 }
 
 impl StorageRecord for CurrentSnapshotRecord {
@@ -271,7 +273,7 @@ impl StorageRecord for CurrentSnapshotRecord {
         pb::SnapshotMeta {
             last_log_id: self.meta.last_log_id.as_ref().map(log_id_to_pb),
             last_membership: Some(stored_membership_to_pb(&self.meta.last_membership)),
-            data_file: self.data_file.clone(),
+            data_file: self.data_file.clone().unwrap_or_default(),
         }
         .encode_to_vec()
     }
@@ -279,18 +281,12 @@ impl StorageRecord for CurrentSnapshotRecord {
     fn decode_record(bytes: &[u8]) -> Result<Self, StorageDecodeError> {
         let record: pb::SnapshotMeta = decode_message("snapshot meta", bytes)?;
         let last_membership = required(record.last_membership, "snapshot meta", "last_membership")?;
-        if record.data_file.is_empty() {
-            return Err(StorageDecodeError::MissingField {
-                record: "snapshot meta",
-                field: "data_file",
-            });
-        }
         Ok(CurrentSnapshotRecord {
             meta: SnapshotMeta {
                 last_log_id: record.last_log_id.map(log_id_from_pb),
                 last_membership: stored_membership_from_pb(last_membership)?,
             },
-            data_file: record.data_file,
+            data_file: (!record.data_file.is_empty()).then_some(record.data_file),
         })
     }
 }

@@ -191,10 +191,16 @@ fn every_other_record_round_trips() {
             last_log_id: Some(log_id(3, 90)),
             last_membership: StoredMembership::new(Some(log_id(3, 9)), joint_membership()),
         },
-        data_file: "snapshot-3-90.data".to_string(),
+        data_file: Some("snapshot-3-90.data".to_string()),
     };
     let decoded = CurrentSnapshotRecord::decode_record(&snapshot.encode_record()).expect("snapshot");
     assert_eq!(decoded, snapshot);
+    let without_dump = CurrentSnapshotRecord {
+        data_file: None,
+        ..snapshot
+    };
+    let decoded = CurrentSnapshotRecord::decode_record(&without_dump.encode_record()).expect("snapshot");
+    assert_eq!(decoded, without_dump);
 }
 
 #[test]

@@ -82,12 +82,17 @@ async fn a_snapshot_build_racing_a_newer_install_never_replaces_the_installed_sn
 
     // ... while the leader's snapshot at 10 is received and installed ...
     let mut received = follower.view().incoming_snapshot().await.expect("receive");
-    let mut data = newer.snapshot.file;
+    let mut data = newer
+        .snapshot
+        .into_dump(&newer.meta)
+        .await
+        .expect("the leader's dump")
+        .file;
     tokio::io::copy(&mut data, &mut received.file)
         .await
         .expect("transfer");
     follower
-        .install_snapshot(&newer.meta, received)
+        .install_snapshot(&newer.meta, received.into())
         .await
         .expect("install the newer snapshot");
 
@@ -99,7 +104,7 @@ async fn a_snapshot_build_racing_a_newer_install_never_replaces_the_installed_sn
         Some(10),
         "the build answers with the snapshot that is current"
     );
-    let mut current = follower
+    let current = follower
         .get_current_snapshot()
         .await
         .expect("read the current snapshot")
@@ -110,8 +115,12 @@ async fn a_snapshot_build_racing_a_newer_install_never_replaces_the_installed_sn
         "the installed snapshot at 10 stays current"
     );
     let mut bytes = Vec::new();
+    let current_meta = current.meta.clone();
     current
         .snapshot
+        .into_dump(&current_meta)
+        .await
+        .expect("the installed snapshot's dump")
         .file
         .read_to_end(&mut bytes)
         .await
