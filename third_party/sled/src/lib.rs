@@ -237,6 +237,9 @@ pub use {
     },
 };
 
+// keel: lets a caller skip listing `blobs/` when no blob file was written.
+pub use self::pagecache::blob_files_written;
+
 pub use self::{
     batch::Batch,
     config::{Config, Mode},

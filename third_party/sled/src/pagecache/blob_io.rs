@@ -93,9 +93,26 @@ pub(crate) fn write_blob<T: Serialize>(
     f.write_all(&data)
         .map(|r| {
             trace!("successfully wrote blob at {:?}", path);
+            // keel: counted once written, before the log message that
+            // points at it can be flushed (see `blob_files_written`).
+            BLOB_FILES_WRITTEN
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             r
         })
         .map_err(|e| e.into())
+}
+
+// keel: how many blob files this process has written, in every database.
+static BLOB_FILES_WRITTEN: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
+/// keel: the number of blob files this process has written so far, in every
+/// database it opened. A blob file is counted once its bytes are written and
+/// before any log message pointing at it is flushed, so a caller that reads
+/// the same number before and after a `flush` (or before a flush and at a
+/// previous look) knows that flush made no new blob file to sync.
+pub fn blob_files_written() -> u64 {
+    BLOB_FILES_WRITTEN.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 pub(crate) fn gc_blobs(config: &Config, stable_lsn: Lsn) -> Result<()> {
