@@ -135,8 +135,8 @@ impl SnapshotData {
                 let (meta, file) = tokio::task::spawn_blocking(move || -> Result<_, io::Error> {
                     let dump_error =
                         |e: &dyn std::fmt::Display| snapshot_error(format!("dumping the keyspace: {e}"));
-                    let (meta, partial, stats) = dump_keyspace(&shared.store, &shared.snapshots, "send")
-                        .map_err(|e| dump_error(&e))?;
+                    let (meta, partial, stats) =
+                        dump_keyspace(&shared.store, &shared.snapshots).map_err(|e| dump_error(&e))?;
                     let file = std::fs::File::open(&partial).map_err(|e| dump_error(&e))?;
                     std::fs::remove_file(&partial).map_err(|e| dump_error(&e))?;
                     tracing::info!(
@@ -177,6 +177,16 @@ struct Shared {
 }
 
 impl Shared {
+    /// `last_applied` and the membership as the keyspace holds them now
+    /// (one point only if no apply runs meanwhile: hold the apply gate, or
+    /// call it before openraft starts).
+    fn applied_meta(&self) -> Result<SnapshotMeta, RaftStorageError> {
+        Ok(SnapshotMeta {
+            last_log_id: read_meta::<Option<LogId>>(&self.store, LAST_APPLIED_KEY)?.flatten(),
+            last_membership: read_meta(&self.store, MEMBERSHIP_KEY)?.unwrap_or_default(),
+        })
+    }
+
     /// Makes every committed keyspace change durable (`MvccStore::flush`:
     /// sled's flush, then fdatasync), and publishes `last_applied` as
     /// durable; the caller read it before this call (under the apply gate,
@@ -260,25 +270,22 @@ impl StateView {
     }
 }
 
-/// Dumps the keyspace into a new partial snapshot file, written and
-/// synced, with the meta of the state it holds.
+/// Dumps the keyspace into a new partial snapshot file, with the meta of
+/// the state it holds. Not synced: the dump is only sent (a copy of
+/// state this member keeps durably in its keyspace), and the receiver syncs
+/// what it installs.
 fn dump_keyspace(
     store: &MvccStore,
     snapshots: &SnapshotFiles,
-    purpose: &str,
 ) -> Result<(SnapshotMeta, PathBuf, keel_mvcc::SnapshotStats), RaftStorageError> {
     let cut = store.snapshot_cut()?;
     let last_applied = decode_meta::<Option<LogId>>(cut.app_meta(LAST_APPLIED_KEY))?.flatten();
     let last_membership: StoredMembership = decode_meta(cut.app_meta(MEMBERSHIP_KEY))?.unwrap_or_default();
-    let partial = snapshots.partial_path(purpose);
+    let partial = snapshots.partial_path("send");
     let mut writer = BufWriter::with_capacity(1024 * 1024, SteadyWritebackFile::create(&partial)?);
     let stats = cut.write(&mut writer)?;
     drop(cut);
-    let file = writer
-        .into_inner()
-        .map_err(|error| error.into_error())?
-        .into_file();
-    file.sync_all()?;
+    writer.into_inner().map_err(|error| error.into_error())?;
     let meta = SnapshotMeta {
         last_log_id: last_applied,
         last_membership,
@@ -383,11 +390,7 @@ impl KeelStateMachine {
             "a snapshot install was cut off before its snapshot became current; making the installed keyspace the current snapshot"
         );
         shared.store.flush()?;
-        let meta = SnapshotMeta {
-            last_log_id: applied,
-            last_membership: read_meta(&shared.store, MEMBERSHIP_KEY)?.unwrap_or_default(),
-        };
-        shared.snapshots.commit(&meta, None)?;
+        shared.snapshots.commit(&shared.applied_meta()?, None)?;
         shared.durable_applied.advance_to(applied_index);
         Ok(())
     }
@@ -407,12 +410,6 @@ impl KeelStateMachine {
             shared: self.shared.clone(),
         }
     }
-
-    fn applied_state_now(&self) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
-        let last_applied = read_meta::<Option<LogId>>(&self.shared.store, LAST_APPLIED_KEY)?.flatten();
-        let membership = read_meta(&self.shared.store, MEMBERSHIP_KEY)?.unwrap_or_default();
-        Ok((last_applied, membership))
-    }
 }
 
 impl RaftStateMachine<TypeConfig> for KeelStateMachine {
@@ -420,7 +417,8 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
     type SnapshotBuilder = KeelSnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        self.applied_state_now().map_err(sm_error)
+        let meta = self.shared.applied_meta().map_err(sm_error)?;
+        Ok((meta.last_log_id, meta.last_membership))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -684,14 +682,7 @@ impl RaftSnapshotBuilder<TypeConfig> for KeelSnapshotBuilder {
             // One point: nothing is applied while the gate is held.
             let meta = {
                 let _gate = shared.apply_gate.read().unwrap_or_else(|p| p.into_inner());
-                SnapshotMeta {
-                    last_log_id: read_meta::<Option<LogId>>(&shared.store, LAST_APPLIED_KEY)
-                        .map_err(|e| build_error(&e))?
-                        .flatten(),
-                    last_membership: read_meta(&shared.store, MEMBERSHIP_KEY)
-                        .map_err(|e| build_error(&e))?
-                        .unwrap_or_default(),
-                }
+                shared.applied_meta().map_err(|e| build_error(&e))?
             };
             // The log is purged behind this snapshot: what it covers must be
             // durable (the flush covers everything applied before it starts).

@@ -1,7 +1,10 @@
 //! Regression test for issue 9's third defect: a snapshot build that runs
 //! while a newer snapshot is installed must not make its older snapshot
 //! current again (the log is already purged up to the newer one, so a
-//! lagging follower sent the older one could never catch up).
+//! lagging follower sent the older one could never catch up). And a
+//! snapshot a member took (its keyspace, dumped when it leaves) is sent
+//! labelled with the point of its dump, never installed under an older
+//! label.
 
 use std::time::Duration;
 
@@ -126,4 +129,68 @@ async fn a_snapshot_build_racing_a_newer_install_never_replaces_the_installed_sn
         .await
         .expect("its data file is readable");
     assert!(!bytes.is_empty());
+}
+
+/// A member's own snapshot is its keyspace: taken at 5, then 5 more entries
+/// applied, its dump holds 10. Installed elsewhere under the label 5 it
+/// would have entries 6..=10 applied twice, so that install is refused; the
+/// dump's own label installs, and the receiver then holds entries 1..=10.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyspace_snapshot_that_moved_past_its_label_installs_only_under_the_dumps_own_label() {
+    let source_dir = tempfile::tempdir().expect("tempdir");
+    let mut source = open_state_machine(source_dir.path(), FailPoints::default());
+    source.apply(entries(1..=5)).await.expect("apply 1..=5");
+    let taken = source
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("take a snapshot");
+    assert_eq!(taken.meta.last_log_id.map(|id| id.index), Some(5));
+    source.apply(entries(6..=10)).await.expect("apply 6..=10");
+
+    let receiver_dir = tempfile::tempdir().expect("tempdir");
+    let mut receiver = open_state_machine(receiver_dir.path(), FailPoints::default());
+    let stale = source
+        .get_current_snapshot()
+        .await
+        .expect("read the current snapshot")
+        .expect("a current snapshot");
+    assert_eq!(stale.meta.last_log_id.map(|id| id.index), Some(5));
+    let refused = receiver.install_snapshot(&stale.meta, stale.snapshot).await;
+    assert!(refused.is_err(), "a dump at 10 installed under the label 5");
+
+    let current = source
+        .get_current_snapshot()
+        .await
+        .expect("read the current snapshot")
+        .expect("a current snapshot");
+    let dump = current.snapshot.into_dump(&current.meta).await.expect("dump");
+    assert_eq!(
+        dump.meta.last_log_id.map(|id| id.index),
+        Some(10),
+        "the dump is labelled with the point it holds"
+    );
+    let label = dump.meta.clone();
+    let data = keel_raft::state_machine::SnapshotData::Dump {
+        file: dump.file,
+        incoming: None,
+    };
+    receiver
+        .install_snapshot(&label, data)
+        .await
+        .expect("install under the dump's label");
+    let (applied, _) = receiver.applied_state().await.expect("applied state");
+    assert_eq!(applied.map(|id| id.index), Some(10));
+    let store = receiver.view().store().clone();
+    for index in 1..=10 {
+        let key = format!("key-{index}").into_bytes();
+        let found = store
+            .range(&keel_api::etcdserverpb::RangeRequest {
+                key,
+                ..Default::default()
+            })
+            .expect("range");
+        assert_eq!(found.count, 1, "key-{index} after the install");
+    }
 }
