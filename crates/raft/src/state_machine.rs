@@ -558,7 +558,12 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
             // another state machine handed over) is copied into one first,
             // so that it can become current.
             let partial = match partial {
-                Some(partial) => partial,
+                // Received here: the file itself becomes current, so it
+                // must be durable first.
+                Some(partial) => {
+                    file.sync_all().map_err(|e| read_error(&e))?;
+                    partial
+                }
                 None => {
                     let partial = shared.snapshots.partial_path("install");
                     let mut copy = std::fs::File::create(&partial).map_err(|e| read_error(&e))?;
@@ -568,7 +573,6 @@ impl RaftStateMachine<TypeConfig> for KeelStateMachine {
                     partial
                 }
             };
-            file.sync_all().map_err(|e| read_error(&e))?;
             file.rewind().map_err(|e| read_error(&e))?;
             shared
                 .fail_points

@@ -12,7 +12,7 @@ use keel_api::etcdserverpb::PutRequest;
 use keel_api::keelpb::{write_request, WriteBatch, WriteRequest};
 use keel_mvcc::MvccStore;
 use keel_raft::fail_points::BEFORE_SNAPSHOT_BUILD_COMMIT;
-use keel_raft::type_config::{CommittedLeaderId, Entry, LogId};
+use keel_raft::type_config::{CommittedLeaderId, Entry, LogId, Snapshot};
 use keel_raft::{FailPoints, KeelStateMachine};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
@@ -47,18 +47,29 @@ fn open_state_machine(dir: &std::path::Path, fail_points: FailPoints) -> KeelSta
     KeelStateMachine::open(store, &dir.join("snap"), fail_points).expect("open")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_build_racing_a_newer_install_never_replaces_the_installed_snapshot() {
-    let leader_dir = tempfile::tempdir().expect("tempdir");
-    let mut leader = open_state_machine(leader_dir.path(), FailPoints::default());
-    leader.apply(entries(1..=10)).await.expect("apply on the leader");
-    let newer = leader
+/// A state machine in `dir` that applied `indexes` and then took a
+/// snapshot, which is at the last of them.
+async fn state_machine_with_snapshot(
+    dir: &std::path::Path,
+    indexes: std::ops::RangeInclusive<u64>,
+) -> (KeelStateMachine, Snapshot) {
+    let last = *indexes.end();
+    let mut state_machine = open_state_machine(dir, FailPoints::default());
+    state_machine.apply(entries(indexes)).await.expect("apply");
+    let taken = state_machine
         .get_snapshot_builder()
         .await
         .build_snapshot()
         .await
-        .expect("the leader's snapshot");
-    assert_eq!(newer.meta.last_log_id.map(|id| id.index), Some(10));
+        .expect("take a snapshot");
+    assert_eq!(taken.meta.last_log_id.map(|id| id.index), Some(last));
+    (state_machine, taken)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_build_racing_a_newer_install_never_replaces_the_installed_snapshot() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let (_leader, newer) = state_machine_with_snapshot(leader_dir.path(), 1..=10).await;
 
     let follower_dir = tempfile::tempdir().expect("tempdir");
     let fail_points = FailPoints::default();
@@ -138,15 +149,7 @@ async fn a_snapshot_build_racing_a_newer_install_never_replaces_the_installed_sn
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyspace_snapshot_that_moved_past_its_label_installs_only_under_the_dumps_own_label() {
     let source_dir = tempfile::tempdir().expect("tempdir");
-    let mut source = open_state_machine(source_dir.path(), FailPoints::default());
-    source.apply(entries(1..=5)).await.expect("apply 1..=5");
-    let taken = source
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("take a snapshot");
-    assert_eq!(taken.meta.last_log_id.map(|id| id.index), Some(5));
+    let (mut source, _taken) = state_machine_with_snapshot(source_dir.path(), 1..=5).await;
     source.apply(entries(6..=10)).await.expect("apply 6..=10");
 
     let receiver_dir = tempfile::tempdir().expect("tempdir");
