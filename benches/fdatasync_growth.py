@@ -7,35 +7,30 @@ range; the measurement behind sled's zero fill past the log's tip
     python3 benches/fdatasync_growth.py [DIR]   # DIR: where the probe file goes (default .)
 """
 import os
-import statistics
 import sys
-import time
+
+from disk_probe import elapsed_ms, median_and_p99_ms
 
 ROUNDS = 400
 BLOCK = 4096
 
 
 def fdatasync_ms(path, layout):
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
+    def lay_out(fd):
         if layout == "inside written zeros":
             os.write(fd, b"\0" * (ROUNDS + 2) * BLOCK)
             os.fsync(fd)
         elif layout == "inside posix_fallocate":
             os.posix_fallocate(fd, 0, (ROUNDS + 2) * BLOCK)
             os.fsync(fd)
-        block = b"x" * BLOCK
-        samples = []
-        for i in range(ROUNDS):
-            os.pwrite(fd, block, i * BLOCK)
-            started = time.perf_counter()
-            os.fdatasync(fd)
-            samples.append((time.perf_counter() - started) * 1000)
-    finally:
-        os.close(fd)
-        os.unlink(path)
-    samples.sort()
-    return statistics.median(samples), samples[int(len(samples) * 0.99)]
+
+    block = b"x" * BLOCK
+
+    def write_then_time_its_fdatasync(fd, index):
+        os.pwrite(fd, block, index * BLOCK)
+        return elapsed_ms(lambda: os.fdatasync(fd))
+
+    return median_and_p99_ms(path, ROUNDS, lay_out, write_then_time_its_fdatasync)
 
 
 def main():

@@ -9,9 +9,9 @@ and one pwritev2 with RWF_DSYNC. Prints median and p99 per case, 3 rounds.
 """
 import ctypes
 import os
-import statistics
 import sys
-import time
+
+from disk_probe import elapsed_ms, median_and_p99_ms
 
 WRITES = 600
 BLOCK = 4096
@@ -26,39 +26,48 @@ def sync_file_range(fd, offset, length):
         raise OSError(ctypes.get_errno(), "sync_file_range")
 
 
-def durable_write_ms(path, calls):
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
+def pwrite_sync_file_range_fdatasync(fd, block, offset):
+    os.pwrite(fd, block, offset)
+    sync_file_range(fd, offset, BLOCK)
+    os.fdatasync(fd)
+
+
+def pwrite_fdatasync(fd, block, offset):
+    os.pwrite(fd, block, offset)
+    os.fdatasync(fd)
+
+
+def pwritev2_dsync(fd, block, offset):
+    os.pwritev(fd, [block], offset, os.RWF_DSYNC)
+
+
+CALLS = {
+    "pwrite + sync_file_range + fdatasync": pwrite_sync_file_range_fdatasync,
+    "pwrite + fdatasync": pwrite_fdatasync,
+    "pwritev2 RWF_DSYNC": pwritev2_dsync,
+}
+
+
+def durable_write_ms(path, durable_write):
+    def zeros_past_the_tip(fd):
         os.write(fd, b"\0" * (WRITES * BLOCK))
         os.fsync(fd)
-        block = os.urandom(BLOCK)
-        samples = []
-        for index in range(WRITES):
-            offset = index * BLOCK
-            started = time.perf_counter()
-            if calls == "pwrite + sync_file_range + fdatasync":
-                os.pwrite(fd, block, offset)
-                sync_file_range(fd, offset, BLOCK)
-                os.fdatasync(fd)
-            elif calls == "pwrite + fdatasync":
-                os.pwrite(fd, block, offset)
-                os.fdatasync(fd)
-            else:
-                os.pwritev(fd, [block], offset, os.RWF_DSYNC)
-            samples.append((time.perf_counter() - started) * 1000)
-    finally:
-        os.close(fd)
-        os.unlink(path)
-    samples.sort()
-    return statistics.median(samples), samples[int(len(samples) * 0.99)]
+
+    block = os.urandom(BLOCK)
+    return median_and_p99_ms(
+        path,
+        WRITES,
+        zeros_past_the_tip,
+        lambda fd, index: elapsed_ms(lambda: durable_write(fd, block, index * BLOCK)),
+    )
 
 
 def main():
     directory = sys.argv[1] if len(sys.argv) > 1 else "."
     path = os.path.join(directory, "keel-log-sync-calls.probe")
     for round_number in range(1, 4):
-        for calls in ("pwrite + sync_file_range + fdatasync", "pwrite + fdatasync", "pwritev2 RWF_DSYNC"):
-            p50, p99 = durable_write_ms(path, calls)
+        for calls, durable_write in CALLS.items():
+            p50, p99 = durable_write_ms(path, durable_write)
             print(f"round {round_number}  {calls:38s} p50 {p50:.3f} ms  p99 {p99:.3f} ms")
 
 
