@@ -36,7 +36,7 @@ pub struct LocalClusterFlags {
     #[arg(long, default_value_t = 2379)]
     pub base_port: u16,
     /// Do not stream the members' logs (a member that exits on an error
-    /// still has its error report shown).
+    /// or panics still has its report shown).
     #[arg(long)]
     pub quiet: bool,
     /// Passed to every member (ms).
@@ -110,9 +110,8 @@ fn member_command(
 
 /// Copies a member's output, line by line with its name as prefix, until
 /// the member closes it; the returned task ends then. With `quiet`, only
-/// the report a member prints when it exits on an error (its `Error: ...`
-/// line and the lines after it) is copied, to stderr: a quiet cluster still
-/// says why a member died.
+/// what says why a member died or failed ([`QuietFilter`]) is copied, to
+/// stderr.
 fn stream_lines(
     prefix: String,
     output: impl AsyncRead + Unpin + Send + 'static,
@@ -120,14 +119,11 @@ fn stream_lines(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut lines = BufReader::new(output).lines();
-        let mut in_exit_report = false;
+        let mut filter = QuietFilter::default();
         while let Ok(Some(line)) = lines.next_line().await {
             if !quiet {
                 println!("{prefix} | {line}");
-                continue;
-            }
-            in_exit_report |= line.starts_with(MEMBER_EXIT_REPORT_START);
-            if in_exit_report {
+            } else if filter.keeps(&line) {
                 eprintln!("{prefix} | {line}");
             }
         }
@@ -136,6 +132,35 @@ fn stream_lines(
 
 /// How a member's exit report begins: `main` returned an error.
 const MEMBER_EXIT_REPORT_START: &str = "Error: ";
+
+/// What a quiet local-cluster still shows of a member's output: the report
+/// a member prints when `main` returns an error (its `Error: ...` line and
+/// every line after it), and a panic's report from any thread (`thread
+/// 'name' (id) panicked at ...` and the lines after it: the message, the
+/// note, a backtrace) up to the member's next log line.
+#[derive(Default)]
+struct QuietFilter {
+    in_exit_report: bool,
+    in_panic_report: bool,
+}
+
+impl QuietFilter {
+    fn keeps(&mut self, line: &str) -> bool {
+        self.in_exit_report |= line.starts_with(MEMBER_EXIT_REPORT_START);
+        if self.in_exit_report {
+            return true;
+        }
+        let is_panic = line.starts_with("thread '") && line.contains(" panicked at ");
+        self.in_panic_report = is_panic || (self.in_panic_report && !is_log_line(line));
+        self.in_panic_report
+    }
+}
+
+/// A line of the member's log: it starts with its timestamp (`2026-12-05T...`).
+fn is_log_line(line: &str) -> bool {
+    let bytes = line.as_bytes();
+    bytes.len() > 5 && bytes[..4].iter().all(u8::is_ascii_digit) && bytes[4] == b'-'
+}
 
 /// How often a starting local-cluster asks the members for a leader.
 const LEADER_POLL: Duration = Duration::from_millis(200);
@@ -463,4 +488,49 @@ async fn stop_all(mut running: RunningMembers) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::QuietFilter;
+
+    fn kept(lines: &[&str]) -> Vec<String> {
+        let mut filter = QuietFilter::default();
+        lines
+            .iter()
+            .filter(|line| filter.keeps(line))
+            .map(|line| line.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_quiet_cluster_shows_a_members_panic_report_and_not_its_log() {
+        let output = [
+            "2026-12-05T17:14:47.096949Z  INFO member started name=keel1",
+            "thread 'main' (4242) panicked at server/src/main.rs:10:5:",
+            "the member's panic message",
+            "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
+            "2026-12-05T17:14:48.000000Z  INFO following leader member=keel1",
+            "thread 'tokio-rt-worker' (4250) panicked at crates/node/src/node.rs:1:1:",
+            "stack backtrace:",
+            "   0: std::panicking::begin_panic",
+            "2026-12-05T17:14:49.000000Z  INFO elected leader member=keel1",
+        ];
+        assert_eq!(
+            kept(&output),
+            [output[1], output[2], output[3], output[5], output[6], output[7]]
+        );
+    }
+
+    #[test]
+    fn a_quiet_cluster_shows_everything_from_a_members_exit_report_on() {
+        let output = [
+            "2026-12-05T17:14:47.096949Z  INFO member started name=keel1",
+            "Error: could not bind 127.0.0.1:2379",
+            "",
+            "Caused by:",
+            "2026-12-05T17:14:47.100000Z  INFO a line after the report",
+        ];
+        assert_eq!(kept(&output), output[1..]);
+    }
 }
