@@ -44,14 +44,9 @@ if [ "${AB_SYSTEM:-keel}" = etcd ]; then
     done
     [ -n "$healthy" ] || { echo "ab_put.sh: etcd did not come up:" >&2; tail -n 5 "$data"/e*.log >&2; exit 2; }
 else
-    log="$data/local-cluster.log"
-    env "$@" "$bin_dir/keel" local-cluster --size 3 --base-port 12379 --data-dir "$data/members" --quiet >"$log" 2>&1 &
-    cluster=$!
-    trap 'kill -TERM $cluster 2>/dev/null || true; wait $cluster 2>/dev/null || true; rm -rf "$data"' EXIT
-    for _ in $(seq 1 100); do grep -q '^export KEELCTL_ENDPOINTS=' "$log" && break; sleep 0.2; done
-    endpoints=$(sed -n 's/^export KEELCTL_ENDPOINTS=//p' "$log")
-    [ -n "$endpoints" ] || { echo "ab_put.sh: the cluster did not come up:" >&2; cat "$log" >&2; exit 2; }
-    member_pids=$(grep -o 'pid [0-9]*' "$log" | awk '{print $2}')
+    # shellcheck source=benches/keel_cluster.sh
+    source "$(dirname "$0")/keel_cluster.sh"
+    start_keel_cluster "$bin_dir" 12379 "$data" "$@"
 fi
 # CPU ticks (user + system) the members have used so far.
 member_ticks() { for pid in $member_pids; do awk '{print $14 + $15}' "/proc/$pid/stat"; done | awk '{t += $1} END {print t}'; }

@@ -15,32 +15,27 @@ set -euo pipefail
 usage="usage: profile_put.sh BIN_DIR CLIENTS CONNS OUT_DIR"
 bin_dir=${1:?$usage}; clients=${2:?$usage}; conns=${3:?$usage}; out=${4:?$usage}
 mkdir -p "$out"
-data=$(mktemp -d "${TMPDIR:-/tmp}/keel-profile-put.XXXXXX")
-log="$data/local-cluster.log"
-"$bin_dir/keel" local-cluster --size 3 --base-port 14379 --data-dir "$data/members" --quiet >"$log" 2>&1 &
-cluster=$!
-trap 'kill -TERM $cluster 2>/dev/null || true; wait $cluster 2>/dev/null || true; rm -rf "$data"' EXIT
-for _ in $(seq 1 100); do grep -q '^export KEELCTL_ENDPOINTS=' "$log" && break; sleep 0.2; done
-endpoints=$(sed -n 's/^export KEELCTL_ENDPOINTS=//p' "$log")
-[ -n "$endpoints" ] || { echo "profile_put.sh: the cluster did not come up:" >&2; cat "$log" >&2; exit 2; }
-member_pids=$(grep -o 'pid [0-9]*' "$log" | awk '{print $2}' | paste -sd, -)
+# shellcheck source=benches/keel_cluster.sh
+source "$(dirname "$0")/keel_cluster.sh"
+start_keel_cluster "$bin_dir" 14379 "$(mktemp -d "${TMPDIR:-/tmp}/keel-profile-put.XXXXXX")"
 "$bin_dir/keel-bench" put --endpoints "$endpoints" --target "${PROFILE_TARGET:-leader}" --conns "$conns" \
     --clients "$clients" --duration 9s --warmup 1s --key-size 8 --val-size 256 --key-space 100000 >"$out/bench.txt" 2>&1 &
 bench=$!
 sleep 3
 # CPU ticks (user + system) of each member and of the bench so far.
-ticks() { for pid in ${member_pids//,/ } $bench; do echo "$pid $(awk '{print $14 + $15}' "/proc/$pid/stat")"; done; }
-ticks >"$data/ticks-before"
+ticks() { for pid in $member_pids $bench; do echo "$pid $(awk '{print $14 + $15}' "/proc/$pid/stat")"; done; }
+ticks >"$out/ticks-before"
 started=$(date +%s.%N)
-perf record -F 499 --call-graph dwarf,16384 -p "$member_pids" -o "$out/perf.data" -- sleep 4 >/dev/null 2>&1
-ticks >"$data/ticks-after"
+perf record -F 499 --call-graph dwarf,16384 -p "${member_pids// /,}" -o "$out/perf.data" -- sleep 4 >/dev/null 2>&1
+ticks >"$out/ticks-after"
 seconds=$(awk -v from="$started" -v to="$(date +%s.%N)" 'BEGIN {printf "%.1f", to - from}')
 wait $bench
 grep -E '^(put|throughput|latency|client CPU)' "$out/bench.txt"
 echo "cores used while recording ($seconds s; perf's own work included): pid, the bench last"
-join "$data/ticks-before" "$data/ticks-after" | awk -v s="$seconds" '{printf "  %s %.2f\n", $1, ($3 - $2) / 100 / s}'
+join "$out/ticks-before" "$out/ticks-after" |
+    awk -v s="$seconds" -v hz="$(getconf CLK_TCK)" '{printf "  %s %.2f\n", $1, ($3 - $2) / hz / s}'
 # The member the bench wrote through (the leader, when PROFILE_TARGET is unset).
 target_port=$(sed -n 's/^put via [a-z]* (127\.0\.0\.1:\([0-9]*\)).*/\1/p' "$out/bench.txt")
-target_pid=$(grep "127.0.0.1:$target_port " "$log" | grep -o 'pid [0-9]*' | awk '{print $2}')
+target_pid=$(keel_member_pid "$target_port")
 perf script -i "$out/perf.data" -F comm,pid,tid,ip,sym 2>/dev/null >"$out/perf.txt"
 python3 "$(dirname "$0")/perf_tasks.py" "${target_pid:-0}" <"$out/perf.txt"
