@@ -8,7 +8,10 @@
 # and prints the bench's summary, the members' and the bench's CPU over the
 # recorded seconds, and the samples by task (benches/perf_tasks.py). The
 # recording stays in OUT_DIR (perf.data, perf.txt) for `perf report`.
-# PROFILE_TARGET=followers sends the puts through the followers instead.
+# PROFILE_TARGET=followers (or all) sends the puts through the followers
+# (or every member) instead; PROFILE_VAL_SIZE and PROFILE_KEY_SPACE change
+# the 256-byte values and the 100,000 keys (the kube scenario's shape:
+# PROFILE_TARGET=all PROFILE_VAL_SIZE=4096 PROFILE_KEY_SPACE=1000000).
 #
 #   benches/profile_put.sh /tmp/bin 256 16 /tmp/profile-256
 set -euo pipefail
@@ -19,7 +22,7 @@ mkdir -p "$out"
 source "$(dirname "$0")/keel_cluster.sh"
 start_keel_cluster "$bin_dir" 14379 "$(mktemp -d "${TMPDIR:-/tmp}/keel-profile-put.XXXXXX")"
 "$bin_dir/keel-bench" put --endpoints "$endpoints" --target "${PROFILE_TARGET:-leader}" --conns "$conns" \
-    --clients "$clients" --duration 9s --warmup 1s --key-size 8 --val-size 256 --key-space 100000 >"$out/bench.txt" 2>&1 &
+    --clients "$clients" --duration 9s --warmup 1s --key-size 8 --val-size "${PROFILE_VAL_SIZE:-256}" --key-space "${PROFILE_KEY_SPACE:-100000}" >"$out/bench.txt" 2>&1 &
 bench=$!
 sleep 3
 # CPU ticks (user + system) of each member and of the bench so far.

@@ -18,6 +18,16 @@ const LARGE_RECORDS_LEAF_BYTES: usize = 24 * 1024;
 /// keel: the most keys a leaf of large records holds before it splits.
 const LEAF_KEYS_LARGE_RECORDS: usize = 2 * LEAF_MERGE_BELOW;
 
+/// keel: a leaf holding this many bytes (keys plus values) or more is not
+/// a merge candidate, however few its keys (`Node::should_merge`), so the
+/// right leaf of an end split keeps one 4 KiB record rather than four.
+const NOT_MERGED_LEAF_BYTES: usize = 4 * 1024;
+
+/// keel: a run of writes whose records average this many bytes or more is
+/// applied one fragment each, not as a rewrite of its whole leaf
+/// (`Node::is_run_of_large_records`).
+const LARGE_RECORD_BYTES: usize = 1024;
+
 fn records_bytes(keys: &[IVec], values: &[IVec]) -> usize {
     keys.iter().map(|key| key.len()).sum::<usize>()
         + values.iter().map(|value| value.len()).sum::<usize>()
@@ -25,7 +35,7 @@ fn records_bytes(keys: &[IVec], values: &[IVec]) -> usize {
 
 /// keel: how many keys the right leaf of an end split keeps: the fewest
 /// last ones that are not a merge candidate (`LEAF_MERGE_BELOW` keys, or
-/// `LARGE_RECORDS_LEAF_BYTES` of them; a merge candidate would be merged
+/// `NOT_MERGED_LEAF_BYTES` of them; a merge candidate would be merged
 /// back on the next visit and split again, forever). `None` (a middle
 /// split) when the left one would keep fewer than `LEAF_MERGE_BELOW`.
 fn end_split_right_len(keys: &[IVec], values: &[IVec]) -> Option<usize> {
@@ -36,7 +46,7 @@ fn end_split_right_len(keys: &[IVec], values: &[IVec]) -> Option<usize> {
     for right_len in 1..=LEAF_MERGE_BELOW {
         let at = keys.len() - right_len;
         bytes += keys[at].len() + values[at].len();
-        if right_len == LEAF_MERGE_BELOW || bytes >= LARGE_RECORDS_LEAF_BYTES {
+        if right_len == LEAF_MERGE_BELOW || bytes >= NOT_MERGED_LEAF_BYTES {
             return Some(right_len);
         }
     }
@@ -754,6 +764,20 @@ impl Node {
         run_len
     }
 
+    /// keel: whether `run` (writes `leaf_run_len` lets into this leaf)
+    /// holds large records, `LARGE_RECORD_BYTES` or more on average: then
+    /// `Tree::insert_leaf_run` writes each as a fragment, since rewriting
+    /// the leaf for the run would write the leaf's earlier records again
+    /// (a leaf of 4 KiB records grown by small batches was rewritten
+    /// whole for every batch, and again at its split).
+    pub(crate) fn is_run_of_large_records(run: &[(IVec, Option<IVec>)]) -> bool {
+        let bytes: usize = run
+            .iter()
+            .map(|(key, value)| key.len() + value.as_ref().map_or(0, |value| value.len()))
+            .sum();
+        bytes >= run.len() * LARGE_RECORD_BYTES
+    }
+
     pub(crate) fn should_split(&self) -> bool {
         let threshold = self.split_threshold();
 
@@ -779,12 +803,12 @@ impl Node {
             LEAF_MERGE_BELOW
         };
 
-        // keel: a leaf holding `LARGE_RECORDS_LEAF_BYTES` or more is not
+        // keel: a leaf holding `NOT_MERGED_LEAF_BYTES` or more is not
         // merged, however few its keys (the right leaf of an end split).
         let size_checks = self.data.len() < threshold
             && (self.data.is_index()
                 || cfg!(any(test, feature = "lock_free_delays"))
-                || self.leaf_bytes() < LARGE_RECORDS_LEAF_BYTES);
+                || self.leaf_bytes() < NOT_MERGED_LEAF_BYTES);
         let safety_checks = self.merging_child.is_none() && !self.merging;
 
         size_checks && safety_checks

@@ -407,8 +407,9 @@ impl Tree {
     /// to one copy of that leaf, which replaces it: one node copy and one
     /// log write for the run, where one insert each copies the node and
     /// writes a fragment (and every 10th fragment rewrites the node). A
-    /// run of one, or a tree with subscribers, takes upstream's
-    /// `insert_inner`. Answers how many writes it applied, or a conflict
+    /// run of one, a run of large records (`Node::is_run_of_large_records`)
+    /// and a tree with subscribers take upstream's `insert_inner`, a
+    /// fragment for the first write. Answers how many writes it applied, or a conflict
     /// (a concurrent change of the leaf) to retry.
     fn insert_leaf_run(
         &self,
@@ -418,7 +419,10 @@ impl Tree {
         let (first_key, first_value) = &writes[0];
         let View { node_view, pid, .. } = self.view_for_key(first_key, guard)?;
         let run_len = node_view.leaf_run_len(writes);
-        if run_len < 2 || self.subscribers.ever_used() {
+        if run_len < 2
+            || self.subscribers.ever_used()
+            || Node::is_run_of_large_records(&writes[..run_len])
+        {
             let inserted = self.insert_inner(first_key, first_value.clone(), guard)?;
             return Ok(inserted.map(|_| 1));
         }
