@@ -39,6 +39,6 @@ join "$out/ticks-before" "$out/ticks-after" |
     awk -v s="$seconds" -v hz="$(getconf CLK_TCK)" '{printf "  %s %.2f\n", $1, ($3 - $2) / hz / s}'
 # The member the bench wrote through (the leader, when PROFILE_TARGET is unset).
 target_port=$(sed -n 's/^put via [a-z]* (127\.0\.0\.1:\([0-9]*\)).*/\1/p' "$out/bench.txt")
-target_pid=$(keel_member_pid "$target_port")
+target_pid=$(keel_member_pid "$target_port" || true)
 perf script -i "$out/perf.data" -F comm,pid,tid,ip,sym 2>/dev/null >"$out/perf.txt"
 python3 "$(dirname "$0")/perf_tasks.py" "${target_pid:-0}" <"$out/perf.txt"
