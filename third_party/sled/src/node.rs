@@ -25,8 +25,12 @@ const NOT_MERGED_LEAF_BYTES: usize = 4 * 1024;
 
 /// keel: a run of writes whose records average this many bytes or more is
 /// applied one fragment each, not as a rewrite of its whole leaf
-/// (`Node::is_run_of_large_records`).
-const LARGE_RECORD_BYTES: usize = 1024;
+/// (`Node::is_run_of_large_records`): records whose leaves split over
+/// `LEAF_KEYS_LARGE_RECORDS` keys, so a leaf grown by appends from one
+/// record takes its 8 fragments and splits before sled's 10th fragment
+/// would rewrite it. Smaller records keep the leaf runs (a leaf of 64 keys
+/// taking fragments would be rewritten whole at every 10th).
+const LARGE_RECORD_BYTES: usize = LARGE_RECORDS_LEAF_BYTES / LEAF_KEYS_LARGE_RECORDS;
 
 fn records_bytes(keys: &[IVec], values: &[IVec]) -> usize {
     keys.iter().map(|key| key.len()).sum::<usize>()
@@ -765,7 +769,7 @@ impl Node {
     }
 
     /// keel: whether `run` (writes `leaf_run_len` lets into this leaf)
-    /// holds large records, `LARGE_RECORD_BYTES` or more on average: then
+    /// holds large records, `LARGE_RECORD_BYTES` (3 KiB) or more on average: then
     /// `Tree::insert_leaf_run` writes each as a fragment, since rewriting
     /// the leaf for the run would write the leaf's earlier records again
     /// (a leaf of 4 KiB records grown by small batches was rewritten
