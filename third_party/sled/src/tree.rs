@@ -409,8 +409,8 @@ impl Tree {
     /// writes a fragment (and every 10th fragment rewrites the node). A
     /// run of one, a run of large records (`Node::is_run_of_large_records`)
     /// and a tree with subscribers take upstream's `insert_inner`, a
-    /// fragment for the first write. Answers how many writes it applied, or a conflict
-    /// (a concurrent change of the leaf) to retry.
+    /// fragment for the first write. Answers how many writes it applied,
+    /// or a conflict (a concurrent change of the leaf) to retry.
     fn insert_leaf_run(
         &self,
         writes: &[(IVec, Option<IVec>)],

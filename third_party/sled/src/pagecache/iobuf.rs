@@ -38,12 +38,13 @@ unsafe impl Sync for AlignedBuf {}
 // keel: a freed segment buffer is kept for the next segment of its size
 // (`SPARE_BYTES_PER_SIZE` of each size, or one buffer where one is larger;
 // `SPARE_SEGMENT_BUFFERS_MAX` in all) instead of going back to the
-// allocator. A keyspace of 512 KiB segments has several segments' buffers
-// waiting for their deferred write at once; a Raft log of 8 MiB ones, one. Each segment got a fresh buffer, and the allocator
+// allocator. Upstream gave each segment a fresh buffer, and the allocator
 // returns buffers of 8 MiB (keel's Raft log segments) to the kernel when
-// they are freed, so every page of every segment was a page fault when the
-// log's records were copied in: 9% of 3 members' CPU under 4 KiB puts
-// (`perf record -g`). A reused buffer's stale bytes are never written:
+// they are freed, so every page of every segment was a page fault when
+// records were copied in: 9% of 3 members' CPU under 4 KiB puts
+// (`perf record -g`). A keyspace of 512 KiB segments has several segments'
+// buffers waiting for their deferred write at once, hence several spares
+// of a small size. A reused buffer's stale bytes are never written:
 // `write_iobuf_data` writes only reserved (initialized) bytes and pads the
 // rest, as it must for the allocator's memory too.
 const SPARE_SEGMENT_BUFFERS_MAX: usize = 16;
