@@ -32,6 +32,11 @@ const NOT_MERGED_LEAF_BYTES: usize = 4 * 1024;
 /// taking fragments would be rewritten whole at every 10th).
 const LARGE_RECORD_BYTES: usize = LARGE_RECORDS_LEAF_BYTES / LEAF_KEYS_LARGE_RECORDS;
 
+/// keel: the bytes one batch write adds to a leaf (a removal, its key).
+fn write_bytes((key, value): &(IVec, Option<IVec>)) -> usize {
+    key.len() + value.as_ref().map_or(0, |value| value.len())
+}
+
 fn records_bytes(keys: &[IVec], values: &[IVec]) -> usize {
     keys.iter().map(|key| key.len()).sum::<usize>()
         + values.iter().map(|value| value.len()).sum::<usize>()
@@ -756,13 +761,13 @@ impl Node {
         }
         let (mut len, mut bytes) = (self.data.len(), self.leaf_bytes());
         let mut run_len = 0;
-        for (key, value) in writes {
-            let below_hi = self.hi.is_empty() || key.as_ref() < self.hi.as_ref();
+        for write in writes {
+            let below_hi = self.hi.is_empty() || write.0.as_ref() < self.hi.as_ref();
             if !below_hi || self.leaf_over_split_threshold(len, || bytes) {
                 break;
             }
             len += 1;
-            bytes += key.len() + value.as_ref().map_or(0, |value| value.len());
+            bytes += write_bytes(write);
             run_len += 1;
         }
         run_len
@@ -775,11 +780,7 @@ impl Node {
     /// (a leaf of 4 KiB records grown by small batches was rewritten
     /// whole for every batch, and again at its split).
     pub(crate) fn is_run_of_large_records(run: &[(IVec, Option<IVec>)]) -> bool {
-        let bytes: usize = run
-            .iter()
-            .map(|(key, value)| key.len() + value.as_ref().map_or(0, |value| value.len()))
-            .sum();
-        bytes >= run.len() * LARGE_RECORD_BYTES
+        run.iter().map(write_bytes).sum::<usize>() >= run.len() * LARGE_RECORD_BYTES
     }
 
     pub(crate) fn should_split(&self) -> bool {
