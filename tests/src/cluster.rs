@@ -475,6 +475,24 @@ impl Cluster {
         tail(&self.members[index].log_path, lines)
     }
 
+    /// Member `index`'s whole log once it contains `line`, or `None` when it
+    /// does not within `limit`. A member logs an event just after its effect
+    /// is visible (a snapshot installed, then the line), so a test that saw
+    /// the effect must still wait for the line.
+    pub async fn wait_for_log_line(&self, index: usize, line: &str, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let log = std::fs::read_to_string(&self.members[index].log_path).unwrap_or_default();
+            if log.contains(line) {
+                return Some(log);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Keeps the directory (data dirs, logs) after the cluster is dropped.
     pub fn keep_dir(&mut self) -> Option<PathBuf> {
         if let Some(temporary) = self.dir.take() {

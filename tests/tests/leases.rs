@@ -525,10 +525,13 @@ async fn leases_survive_a_snapshot_install_on_a_lagging_member_and_a_restart_of_
     }
     cluster.restart(lagging).expect("restart the follower");
     let hash = equal_hash_everywhere(&cluster).await;
-    let log = std::fs::read_to_string(cluster.log_path(lagging)).expect("log");
     assert!(
-        log.contains("installed snapshot received from the leader"),
-        "the lagging member caught up without a snapshot"
+        cluster
+            .wait_for_log_line(lagging, "installed snapshot received from the leader", WAIT)
+            .await
+            .is_some(),
+        "the lagging member caught up without a snapshot:\n{}",
+        cluster.log_tail(lagging, 40)
     );
     assert_eq!(listed(&cluster.endpoint(lagging)).await, vec![id]);
     assert_eq!(local_get(&cluster, lagging, "s/a").await, Some(id));

@@ -171,10 +171,17 @@ async fn add_serve_remove(flavor: ClusterOptions) {
     if cluster.flavor() == Flavor::Keel {
         // With a snapshot every 20 writes the leader's log no longer starts
         // at the beginning: the new member must have installed a snapshot.
-        let log = cluster.log_tail(joining, 200);
         assert!(
-            log.contains("installed snapshot received from the leader"),
-            "the added member did not catch up by snapshot:\n{log}"
+            cluster
+                .wait_for_log_line(
+                    joining,
+                    "installed snapshot received from the leader",
+                    Duration::from_secs(10)
+                )
+                .await
+                .is_some(),
+            "the added member did not catch up by snapshot:\n{}",
+            cluster.log_tail(joining, 200)
         );
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

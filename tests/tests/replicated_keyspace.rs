@@ -251,7 +251,10 @@ async fn a_member_that_missed_more_than_the_snapshot_threshold_catches_up_throug
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let log = std::fs::read_to_string(cluster.log_path(lagging)).unwrap_or_default();
+    let log = cluster
+        .wait_for_log_line(lagging, "installed snapshot", Duration::from_secs(10))
+        .await
+        .unwrap_or_default();
     let installed_bytes: Vec<u64> = log
         .lines()
         .filter(|line| line.contains("installed snapshot"))

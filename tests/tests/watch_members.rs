@@ -224,22 +224,6 @@ async fn follower_installs_a_snapshot_under_a_watch(
     (cluster, watch, follower, last, compacted)
 }
 
-/// Whether the member's log says it installed a snapshot; the line may
-/// follow the new state by a moment, so it is waited for.
-async fn installed_a_snapshot(cluster: &Cluster, member: usize) -> bool {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = std::fs::read_to_string(cluster.log_path(member)).unwrap_or_default();
-        if log.contains("installed snapshot") {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_follower_that_installs_a_snapshot_gives_its_watchers_every_event_from_history() {
     let (cluster, mut watch, follower, last, _) = follower_installs_a_snapshot_under_a_watch(None).await;
@@ -251,7 +235,10 @@ async fn a_follower_that_installs_a_snapshot_gives_its_watchers_every_event_from
     );
     assert_gap_free(&events);
     assert!(
-        installed_a_snapshot(&cluster, follower).await,
+        cluster
+            .wait_for_log_line(follower, "installed snapshot", Duration::from_secs(10))
+            .await
+            .is_some(),
         "the follower must have caught up through a snapshot:\n{}",
         cluster.log_tail(follower, 30)
     );
@@ -297,7 +284,10 @@ async fn a_follower_whose_watcher_history_was_compacted_cancels_it_with_the_comp
         "canceled with the compacted revision: {cancel:?}"
     );
     assert!(
-        installed_a_snapshot(&cluster, follower).await,
+        cluster
+            .wait_for_log_line(follower, "installed snapshot", Duration::from_secs(10))
+            .await
+            .is_some(),
         "the follower must have caught up through a snapshot:\n{}",
         cluster.log_tail(follower, 30)
     );
