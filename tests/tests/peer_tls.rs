@@ -239,8 +239,14 @@ async fn outsider_is_refused(
         read.is_err(),
         "the outsider answered a linearizable read: {read:?}"
     );
-    let log = std::fs::read_to_string(cluster.log_path(0)).expect("log");
-    assert!(log.contains(refusal), "member 1's log lacks {refusal:?}:\n{log}");
+    assert!(
+        cluster
+            .wait_for_log_line(0, refusal, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "member 1's log lacks {refusal:?}:\n{}",
+        cluster.log_tail(0, 40)
+    );
     assert!(cluster.exited_member().is_none(), "a member exited");
 }
 
