@@ -1,7 +1,9 @@
 //! Writes sent to a follower travel to the leader in batches
 //! (`ForwardWrites`): each write of a batch gets its own outcome, the
 //! leader proposes a batch whole (in one log entry), and a member that does
-//! not lead refuses a whole batch before proposing any of it. In-process
+//! not lead refuses a whole batch before proposing any of it; on a
+//! forwarding session (`StreamForwardWrites`) the same, answered in the
+//! order the batches were sent. In-process
 //! members on 127.0.0.1.
 
 use std::collections::HashSet;
@@ -183,4 +185,111 @@ async fn a_batch_forwarded_to_the_leader_goes_into_one_log_entry() {
         "the batch's {WRITES} writes took more than one log entry"
     );
     assert_eq!(under_prefix(&leader, "whole").await.kvs.len(), WRITES);
+}
+
+/// Puts of `values` under `name/`, as forwarded writes.
+fn forwarded_puts(name: &str, values: &[(&str, i64)]) -> ForwardedWrites {
+    ForwardedWrites {
+        writes: values
+            .iter()
+            .map(|(key, lease)| WriteRequest {
+                request: Some(write_request::Request::Put(put(
+                    &format!("{name}/{key}"),
+                    "v",
+                    *lease,
+                ))),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarding_session_answers_each_batch_in_the_order_sent_with_each_writes_own_outcome() {
+    let cluster = InProcessCluster::start(3, &[]).await.expect("start 3 members");
+    cluster.elect(LEADER).await.expect("elect m1");
+    let mut to_the_leader = PeerClient::connect(cluster.peer_url(LEADER))
+        .await
+        .expect("connect to the leader's peer service");
+    // Three batches of different sizes, so that each answer names its batch
+    // by its length; the second holds a put that fails on the leader.
+    let batches = vec![
+        forwarded_puts("session", &[("a1", 0), ("a2", 0)]),
+        forwarded_puts("session", &[("b1", 0), ("b2", UNGRANTED_LEASE), ("b3", 0)]),
+        forwarded_puts("session", &[("c1", 0)]),
+    ];
+    let mut answers = to_the_leader
+        .stream_forward_writes(tokio_stream::iter(batches))
+        .await
+        .expect("the leader opens the session")
+        .into_inner();
+    let mut lengths = Vec::new();
+    for _ in 0..3 {
+        let answer = answers
+            .message()
+            .await
+            .expect("an answer")
+            .expect("one answer per batch");
+        assert!(!answer.refused_not_leader);
+        lengths.push(answer.outcomes.len());
+        for (i, outcome) in answer.outcomes.iter().enumerate() {
+            let failed = matches!(
+                outcome.outcome,
+                Some(keel_api::keelpb::forwarded_outcome::Outcome::Failure(_))
+            );
+            assert_eq!(
+                failed,
+                answer.outcomes.len() == 3 && i == 1,
+                "outcome {i} of the batch of {}: {outcome:?}",
+                answer.outcomes.len()
+            );
+        }
+    }
+    assert_eq!(lengths, vec![2, 3, 1], "answers out of the batches' order");
+    assert!(
+        answers
+            .message()
+            .await
+            .expect("the session ends cleanly")
+            .is_none(),
+        "the session ends once the follower's batches end"
+    );
+    let leader = cluster.client(LEADER).expect("client of the leader");
+    assert_eq!(under_prefix(&leader, "session").await.kvs.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarding_session_with_a_member_that_does_not_lead_refuses_each_batch_and_none_of_it_applies() {
+    let cluster = InProcessCluster::start(3, &[]).await.expect("start 3 members");
+    cluster.elect(LEADER).await.expect("elect m1");
+    let mut not_the_leader = PeerClient::connect(cluster.peer_url(OTHER_FOLLOWER))
+        .await
+        .expect("connect to a follower's peer service");
+    let batches = vec![
+        forwarded_puts("refused-session", &[("a", 0), ("b", 0)]),
+        forwarded_puts("refused-session", &[("c", 0)]),
+    ];
+    let mut answers = not_the_leader
+        .stream_forward_writes(tokio_stream::iter(batches))
+        .await
+        .expect("a follower opens the session too")
+        .into_inner();
+    for _ in 0..2 {
+        let answer = answers
+            .message()
+            .await
+            .expect("an answer")
+            .expect("one answer per batch");
+        assert!(answer.refused_not_leader, "{answer:?}");
+        assert!(answer.outcomes.is_empty(), "{answer:?}");
+    }
+
+    let leader = cluster.client(LEADER).expect("client of the leader");
+    leader
+        .put(put("after-session", "x", 0))
+        .await
+        .expect("put on the leader");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let found = under_prefix(&leader, "refused-session").await;
+    assert!(found.kvs.is_empty(), "a refused batch applied: {:?}", found.kvs);
 }

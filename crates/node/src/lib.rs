@@ -30,6 +30,7 @@
 mod append_stream;
 pub mod config;
 pub mod data_format;
+mod forwarding_session;
 pub mod join;
 mod leader_call;
 pub mod leader_connection;

@@ -2,7 +2,8 @@
 //! replication streams, pre-votes, leadership transfers and whole streamed
 //! snapshots included) into openraft, noting leader contact for the
 //! leadership view and which connection carries whose leader messages (for
-//! `leader_connection.rs`); forwarded writes into the leader's proposer;
+//! `leader_connection.rs`); forwarded writes (single, batched, or on a
+//! forwarding session) into the leader's proposer;
 //! read-index requests into the leader's batcher; lease renewals and
 //! TimeToLive into the leader's lessor.
 
@@ -28,6 +29,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::forwarding_session::{answer_forwarded_batches, ForwardedAnswers};
 use crate::leader_connection::ConnectionOrigin;
 use crate::leadership::LeaderContact;
 use crate::lessor::Lessor;
@@ -259,7 +261,22 @@ impl Peer for PeerService {
             .propose_batch_as_leader(request.into_inner().writes)
             .await
             .map_err(Status::from)?;
-        Ok(Response::new(ForwardedOutcomes { outcomes }))
+        Ok(Response::new(ForwardedOutcomes {
+            outcomes,
+            refused_not_leader: false,
+        }))
+    }
+
+    type StreamForwardWritesStream = ForwardedAnswers;
+
+    async fn stream_forward_writes(
+        &self,
+        request: Request<Streaming<ForwardedWrites>>,
+    ) -> Result<Response<ForwardedAnswers>, Status> {
+        Ok(Response::new(answer_forwarded_batches(
+            self.write_path.clone(),
+            request.into_inner(),
+        )))
     }
 
     async fn read_index(&self, _: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {

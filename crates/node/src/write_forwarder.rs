@@ -1,21 +1,23 @@
 //! A follower's forwarding of client writes to the leader, in batches: the
-//! writes that queue while this member's earlier forwards are in flight go
-//! to the leader in one `ForwardWrites` call, so a busy follower pays one
-//! peer call per batch, not one per write (the leader proposes a batch
-//! whole: its writes go into one log entry, with whatever else is queued).
+//! writes that queue while this member waits to send go to the leader
+//! together, as one batch on this member's forwarding session with it
+//! (`forwarding_session.rs`), so a busy follower pays one message per batch,
+//! not one call per write (the leader proposes a batch whole: its writes go
+//! into one log entry, with whatever else is queued).
 //!
 //! Invariant: every write of a batch gets exactly the answer a
-//! `ForwardWrite` call of its own would have got. A call that failed is the
-//! failure of each of its writes (a not-leader refusal, which the leader
-//! answers before proposing any of them, lets each be routed again; a call
-//! broken in flight leaves each one's effect unknown); a call that was
-//! answered gives each write its own outcome. The routing loop that decides
-//! what a failure means is `leader_call.rs`, unchanged by batching.
+//! `ForwardWrite` call of its own would have got. A session that failed
+//! fails each write of its unanswered batches (a not-leader refusal, which
+//! the leader answers before proposing any of a batch, lets each be routed
+//! again; a session broken in flight leaves each one's effect unknown); an
+//! answered batch gives each write its own outcome. The routing loop that
+//! decides what a failure means is `leader_call.rs`, unchanged by batching.
 //!
-//! A leader of an earlier keel serves only `ForwardWrite`: it answers a
-//! batch "unimplemented" without reading it, so each of its writes is
-//! answered with a not-leader refusal (routed again, never applied twice),
-//! and writes to that leader then go one per call for a while.
+//! A leader of an earlier keel serves only `ForwardWrite` (or also the
+//! per-call `ForwardWrites`): it answers a session "unimplemented" without
+//! reading it, so each of its writes is answered with a not-leader refusal
+//! (routed again, never applied twice), and writes to that leader then go
+//! one per call for a while.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,17 +28,20 @@ use keel_api::keelpb::peer_client::PeerClient;
 use keel_api::keelpb::{forwarded_outcome, ForwardedOutcome, ForwardedWrites, WriteRequest, WriteResponse};
 use keel_raft::NodeId;
 use prost::Message;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::forwarding_session::{ForwardingSession, OutgoingBatch};
 use crate::request_error::RequestError;
 use keel_api::WireError;
 
-/// Batches in flight to the leader at once; the writes that arrive
-/// meanwhile wait for the next batch.
-const MAX_BATCHES_IN_FLIGHT: usize = 2;
+/// Batches sent to the leader and not answered yet; the writes that
+/// arrive while this many are unanswered wait for the next batch. Batches
+/// go out as soon as writes queue (a session makes a batch cheap), so
+/// this only bounds what a stalled leader holds.
+const MAX_BATCHES_IN_FLIGHT: usize = 64;
 /// Most writes in one batch.
 const MAX_WRITES_PER_BATCH: usize = 256;
 /// Stop adding writes once a batch holds this many bytes of requests.
@@ -45,7 +50,7 @@ const MAX_BYTES_PER_BATCH: usize = 1024 * 1024;
 /// per call before a batch is tried again (it may have been upgraded).
 const SINGLE_WRITES_FOR: Duration = Duration::from_secs(60);
 
-type ForwardAnswer = Result<WriteResponse, Status>;
+pub(crate) type ForwardAnswer = Result<WriteResponse, Status>;
 
 struct QueuedWrite {
     leader: NodeId,
@@ -169,6 +174,7 @@ async fn run_forwarder(mut queued: mpsc::Receiver<QueuedWrite>, single_write_lea
     // A write taken from the queue for another leader than the batch
     // being filled; it starts the next batch.
     let mut next_batch_start: Option<QueuedWrite> = None;
+    let mut session: Option<ForwardingSession> = None;
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
@@ -194,71 +200,45 @@ async fn run_forwarder(mut queued: mpsc::Receiver<QueuedWrite>, single_write_lea
         keel_metrics::metrics()
             .writes_per_forwarded_batch
             .observe(batch.len() as f64);
-        tokio::spawn(send_batch(batch, single_write_leaders.clone(), permit));
-    }
-}
-
-async fn send_batch(
-    batch: Vec<QueuedWrite>,
-    single_write_leaders: SingleWriteLeaders,
-    _permit: OwnedSemaphorePermit,
-) {
-    let Some(latest_deadline) = batch.iter().map(|write| write.deadline).max() else {
-        return;
-    };
-    let leader = batch[0].leader;
-    let mut client = batch[0].client.clone();
-    let mut replies = Vec::with_capacity(batch.len());
-    let mut writes = Vec::with_capacity(batch.len());
-    for write in batch {
-        replies.push(write.reply);
-        writes.push(write.request);
-    }
-    let mut call = tonic::Request::new(ForwardedWrites { writes });
-    call.set_timeout(latest_deadline.saturating_duration_since(Instant::now()));
-    match client.forward_writes(call).await {
-        Ok(answered) => {
-            let outcomes = answered.into_inner().outcomes;
-            if outcomes.len() != replies.len() {
-                // The leader acted on the batch but its answer cannot be
-                // matched to the writes: each one's effect is unknown.
-                let unknown = effect_unknown(&format!(
-                    "the leader answered {} outcomes for {} forwarded writes",
-                    outcomes.len(),
-                    replies.len()
-                ));
-                for reply in replies {
-                    let _ = reply.send(Err(unknown.clone()));
+        let leader = batch[0].leader;
+        let client = batch[0].client.clone();
+        let Some(deadline) = batch.iter().map(|write| write.deadline).max() else {
+            continue;
+        };
+        let (writes, replies) = batch
+            .into_iter()
+            .map(|write| (write.request, write.reply))
+            .unzip();
+        let mut unsent = OutgoingBatch {
+            writes: ForwardedWrites { writes },
+            replies,
+            deadline,
+            in_flight: permit,
+        };
+        loop {
+            let current = match session.take() {
+                Some(open) if open.leader == leader && !open.has_ended() => open,
+                other => {
+                    if let Some(previous) = other {
+                        previous.end_for_another_leader();
+                    }
+                    let marks = single_write_leaders.clone();
+                    ForwardingSession::open(leader, client.clone(), move |leader| marks.mark(leader))
                 }
-                return;
-            }
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                let _ = reply.send(answer_of(outcome));
-            }
-        }
-        Err(failed) if failed.code() == Code::Unimplemented => {
-            // An earlier keel's leader: it refused the batch unread, so
-            // each write is routed again, as a single forward.
-            single_write_leaders.mark(leader);
-            tracing::info!(
-                leader = %format_args!("{leader:x}"),
-                "the leader does not take batched forwards; forwarding writes one by one"
-            );
-            let refusal = Status::from(RequestError::RefusedNotLeader);
-            for reply in replies {
-                let _ = reply.send(Err(refusal.clone()));
-            }
-        }
-        Err(failed) => {
-            for reply in replies {
-                let _ = reply.send(Err(failed.clone()));
+            };
+            let sent = current.send(unsent);
+            session = Some(current);
+            match sent {
+                Ok(()) => break,
+                // The session ended before this batch went out: a new one.
+                Err(back) => unsent = back,
             }
         }
     }
 }
 
 /// One write's answer from the leader's outcome for it.
-fn answer_of(outcome: ForwardedOutcome) -> ForwardAnswer {
+pub(crate) fn answer_of(outcome: ForwardedOutcome) -> ForwardAnswer {
     match outcome.outcome {
         Some(forwarded_outcome::Outcome::Response(response)) => Ok(response),
         Some(forwarded_outcome::Outcome::Failure(failure)) => {
@@ -275,7 +255,7 @@ fn answer_of(outcome: ForwardedOutcome) -> ForwardAnswer {
 /// in flight): it may have applied the write, so its effect is unknown, which etcd
 /// answers "request timed out" (as for a proposal whose outcome it never
 /// learned), never an error that says it failed.
-fn effect_unknown(why: &str) -> Status {
+pub(crate) fn effect_unknown(why: &str) -> Status {
     tracing::warn!(why, "a forwarded write's effect is unknown");
     Status::from(RequestError::Wire(WireError::Timeout))
 }
@@ -411,6 +391,46 @@ mod tests {
         });
         let status = answer.expect_err("the write's outcome never came back");
         assert_eq!(status.message(), "etcdserver: request timed out", "{status:?}");
+    }
+
+    /// A session whose leader takes the connection and never answers ends
+    /// at its oldest batch's deadline: the write is answered "request timed
+    /// out" (its effect unknown), and the next write opens a new session.
+    #[tokio::test]
+    async fn a_leader_that_never_answers_times_the_forwarded_writes_out_at_their_deadline() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((connection, _)) = listener.accept().await {
+                held.push(connection);
+            }
+        });
+        let client = PeerClient::new(
+            tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                .expect("endpoint")
+                .connect_lazy(),
+        );
+        let forwarder = WriteForwarder::start();
+        let put = || WriteRequest {
+            request: Some(keel_api::keelpb::write_request::Request::Put(Default::default())),
+            ..Default::default()
+        };
+        for attempt in 0..2 {
+            let deadline = Instant::now() + Duration::from_millis(300);
+            let answer = tokio::time::timeout(
+                Duration::from_secs(5),
+                forwarder.forward(7, client.clone(), put(), deadline),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("attempt {attempt}: no answer long after the deadline"));
+            let status = answer.expect_err("the silent leader answered nothing");
+            assert_eq!(
+                status.message(),
+                "etcdserver: request timed out",
+                "attempt {attempt}: {status:?}"
+            );
+        }
     }
 
     #[test]

@@ -108,6 +108,14 @@ impl Peer for ScriptedReceiver {
     ) -> Result<Response<keel_api::keelpb::ForwardedOutcomes>, Status> {
         Err(Status::unimplemented("scripted receiver"))
     }
+    type StreamForwardWritesStream =
+        Pin<Box<dyn Stream<Item = Result<keel_api::keelpb::ForwardedOutcomes, Status>> + Send + 'static>>;
+    async fn stream_forward_writes(
+        &self,
+        _: Request<Streaming<keel_api::keelpb::ForwardedWrites>>,
+    ) -> Result<Response<Self::StreamForwardWritesStream>, Status> {
+        Err(Status::unimplemented("scripted receiver"))
+    }
     async fn read_index(&self, _: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
         Err(Status::unimplemented("scripted receiver"))
     }
