@@ -194,6 +194,9 @@ impl ForwardingSession {
             in_flight,
         } = batch;
         if let Err(unsent) = self.batches.send(writes) {
+            // The call is gone (its reader is ending the session): this
+            // session takes no more, so the batch goes on a new one.
+            queue.ended = true;
             return Err(OutgoingBatch {
                 writes: unsent.0,
                 replies,
