@@ -204,13 +204,32 @@ fn forwarded_puts(name: &str, values: &[(&str, i64)]) -> ForwardedWrites {
     }
 }
 
+/// Opens a forwarding session on `member`'s peer service, sends `batches`
+/// and ends the stream; the member's answers, in the order they came.
+async fn answers_of_a_session(
+    cluster: &InProcessCluster,
+    member: usize,
+    batches: Vec<ForwardedWrites>,
+) -> Vec<keel_api::keelpb::ForwardedOutcomes> {
+    let mut peer = PeerClient::connect(cluster.peer_url(member))
+        .await
+        .expect("connect to the member's peer service");
+    let mut answers = peer
+        .stream_forward_writes(tokio_stream::iter(batches))
+        .await
+        .expect("the member opens the session")
+        .into_inner();
+    let mut received = Vec::new();
+    while let Some(answer) = answers.message().await.expect("the session ends cleanly") {
+        received.push(answer);
+    }
+    received
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarding_session_answers_each_batch_in_the_order_sent_with_each_writes_own_outcome() {
     let cluster = InProcessCluster::start(3, &[]).await.expect("start 3 members");
     cluster.elect(LEADER).await.expect("elect m1");
-    let mut to_the_leader = PeerClient::connect(cluster.peer_url(LEADER))
-        .await
-        .expect("connect to the leader's peer service");
     // Three batches of different sizes, so that each answer names its batch
     // by its length; the second holds a put that fails on the leader.
     let batches = vec![
@@ -218,18 +237,9 @@ async fn a_forwarding_session_answers_each_batch_in_the_order_sent_with_each_wri
         forwarded_puts("session", &[("b1", 0), ("b2", UNGRANTED_LEASE), ("b3", 0)]),
         forwarded_puts("session", &[("c1", 0)]),
     ];
-    let mut answers = to_the_leader
-        .stream_forward_writes(tokio_stream::iter(batches))
-        .await
-        .expect("the leader opens the session")
-        .into_inner();
+    let answers = answers_of_a_session(&cluster, LEADER, batches).await;
     let mut lengths = Vec::new();
-    for _ in 0..3 {
-        let answer = answers
-            .message()
-            .await
-            .expect("an answer")
-            .expect("one answer per batch");
+    for answer in &answers {
         assert!(!answer.refused_not_leader);
         lengths.push(answer.outcomes.len());
         for (i, outcome) in answer.outcomes.iter().enumerate() {
@@ -246,14 +256,6 @@ async fn a_forwarding_session_answers_each_batch_in_the_order_sent_with_each_wri
         }
     }
     assert_eq!(lengths, vec![2, 3, 1], "answers out of the batches' order");
-    assert!(
-        answers
-            .message()
-            .await
-            .expect("the session ends cleanly")
-            .is_none(),
-        "the session ends once the follower's batches end"
-    );
     let leader = cluster.client(LEADER).expect("client of the leader");
     assert_eq!(under_prefix(&leader, "session").await.kvs.len(), 5);
 }
@@ -262,24 +264,13 @@ async fn a_forwarding_session_answers_each_batch_in_the_order_sent_with_each_wri
 async fn a_forwarding_session_with_a_member_that_does_not_lead_refuses_each_batch_and_none_of_it_applies() {
     let cluster = InProcessCluster::start(3, &[]).await.expect("start 3 members");
     cluster.elect(LEADER).await.expect("elect m1");
-    let mut not_the_leader = PeerClient::connect(cluster.peer_url(OTHER_FOLLOWER))
-        .await
-        .expect("connect to a follower's peer service");
     let batches = vec![
         forwarded_puts("refused-session", &[("a", 0), ("b", 0)]),
         forwarded_puts("refused-session", &[("c", 0)]),
     ];
-    let mut answers = not_the_leader
-        .stream_forward_writes(tokio_stream::iter(batches))
-        .await
-        .expect("a follower opens the session too")
-        .into_inner();
-    for _ in 0..2 {
-        let answer = answers
-            .message()
-            .await
-            .expect("an answer")
-            .expect("one answer per batch");
+    let answers = answers_of_a_session(&cluster, OTHER_FOLLOWER, batches).await;
+    assert_eq!(answers.len(), 2, "one answer per batch: {answers:?}");
+    for answer in &answers {
         assert!(answer.refused_not_leader, "{answer:?}");
         assert!(answer.outcomes.is_empty(), "{answer:?}");
     }

@@ -288,7 +288,7 @@ async fn read_answers(
             // The leader ended the session (it shut down) with batches of
             // this member's unanswered: their effect is unknown.
             Ok(None) => return SessionEnd::Failed(effect_unknown("the leader ended the forwarding session")),
-            Err(failed) => return SessionEnd::Failed(failed),
+            Err(failed) => return SessionEnd::Failed(broken_session_status(failed)),
         };
         let Some(batch) = queue
             .lock()
@@ -301,6 +301,18 @@ async fn read_answers(
             ));
         };
         answer_batch(batch, outcomes);
+    }
+}
+
+/// What the unanswered writes of a session that failed after it opened
+/// get: a transport failure as it is (the routing loop answers it "leader
+/// changed"); any other status (the leader lost a batch's answer) as an
+/// unknown effect, never as a failure that says the writes did not apply.
+fn broken_session_status(failed: Status) -> Status {
+    if keel_client::transport_failure(&failed) {
+        failed
+    } else {
+        effect_unknown(&format!("the forwarding session failed: {}", failed.message()))
     }
 }
 
@@ -328,5 +340,25 @@ fn answer_batch(batch: UnansweredBatch, answer: ForwardedOutcomes) {
     }
     for (reply, outcome) in batch.replies.into_iter().zip(answer.outcomes) {
         let _ = reply.send(answer_of(outcome));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a session that the leader ended with an error of its
+    /// own (a batch's answer lost) failed every unanswered write with that
+    /// error, as if none of them had applied.
+    #[test]
+    fn a_session_broken_by_the_leaders_error_leaves_its_writes_effect_unknown() {
+        let answered = broken_session_status(Status::internal("a forwarded batch was dropped unanswered"));
+        assert_eq!(
+            answered.message(),
+            "etcdserver: request timed out",
+            "{answered:?}"
+        );
+        let broken = Status::unavailable("connection reset");
+        assert_eq!(broken_session_status(broken.clone()).message(), broken.message());
     }
 }
