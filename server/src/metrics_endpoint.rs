@@ -35,6 +35,7 @@ async fn scrape(State(context): State<Arc<MemberContext>>) -> Response {
         committed_index: raft_metrics.local_committed.map_or(0, |id| id.index),
         applied_index: raft_metrics.last_applied.map_or(0, |id| id.index),
         last_log_index: raft_metrics.last_log_index.unwrap_or(0),
+        purged_index: raft_metrics.purged.map_or(0, |id| id.index),
         db_total_size_bytes: context.node.state().store().size_on_disk()
             + context.node.raft_log_size_on_disk(),
     });

@@ -493,6 +493,39 @@ impl Cluster {
         }
     }
 
+    /// Waits until member `index` (a leader) has purged its Raft log past
+    /// `raft_index` (its `keel_raft_log_purged_index` gauge), so that a
+    /// member whose log ends at `raft_index` must catch up by snapshot.
+    /// Taking a snapshot is not enough: the leader keeps entries behind it,
+    /// and postpones the purge while a replication session to a lagging
+    /// member (a paused one's, say) may still read them. False when the log
+    /// is not purged that far within `limit`.
+    pub async fn wait_for_log_purged_past(&self, index: usize, raft_index: u64, limit: Duration) -> bool {
+        let scheme = if self.options.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://127.0.0.1:{}/metrics", self.members[index].client_port);
+        let deadline = Instant::now() + limit;
+        loop {
+            let exposition = crate::curl(&url, &["--max-time", "5", "--insecure"]).await.body;
+            let purged = exposition.lines().find_map(|line| {
+                line.strip_prefix("keel_raft_log_purged_index ")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            });
+            if purged.is_some_and(|purged| purged > raft_index) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Keeps the directory (data dirs, logs) after the cluster is dropped.
     pub fn keep_dir(&mut self) -> Option<PathBuf> {
         if let Some(temporary) = self.dir.take() {

@@ -499,11 +499,12 @@ async fn leases_survive_a_snapshot_install_on_a_lagging_member_and_a_restart_of_
     let mut cluster = Cluster::start(options).await.expect("cluster");
     let leader = cluster.wait_for_leader(WAIT).await.expect("leader");
     let lagging = (leader + 1) % 3;
-    cluster.stop(lagging).await.expect("stop a follower");
+    let client = cluster.member_client(leader).expect("client");
     let endpoint = cluster.endpoint(leader);
+    let stopped_at = client.status(&endpoint).await.expect("status").raft_index;
+    cluster.stop(lagging).await.expect("stop a follower");
     let id = grant(&endpoint, 300, 0).await;
     let gone = grant(&endpoint, 300, 0).await;
-    let client = cluster.member_client(leader).expect("client");
     for key in ["s/b", "s/a"] {
         client.put(put_with_lease(key, id)).await.expect("put");
     }
@@ -523,6 +524,11 @@ async fn leases_survive_a_snapshot_install_on_a_lagging_member_and_a_restart_of_
             .await
             .expect("put");
     }
+    assert!(
+        cluster.wait_for_log_purged_past(leader, stopped_at, WAIT).await,
+        "the leader did not purge its log past the stopped member's:\n{}",
+        cluster.log_tail(leader, 30)
+    );
     cluster.restart(lagging).expect("restart the follower");
     let hash = equal_hash_everywhere(&cluster).await;
     assert!(

@@ -223,14 +223,26 @@ async fn a_member_that_missed_more_than_the_snapshot_threshold_catches_up_throug
         .await
         .expect("leader");
     let lagging = (leader + 1) % 3;
-    cluster.stop(lagging).await.expect("stop a follower");
     let client = cluster.member_client(leader).expect("client");
+    let stopped_at = client
+        .status(&cluster.endpoint(leader))
+        .await
+        .expect("status")
+        .raft_index;
+    cluster.stop(lagging).await.expect("stop a follower");
     for i in 0..400 {
         client
             .put(put(&format!("s/{i:04}"), &"v".repeat(VALUE_BYTES)))
             .await
             .expect("put while a member is down");
     }
+    assert!(
+        cluster
+            .wait_for_log_purged_past(leader, stopped_at, Duration::from_secs(10))
+            .await,
+        "the leader did not purge its log past the stopped member's:\n{}",
+        cluster.log_tail(leader, 30)
+    );
     cluster.restart(lagging).expect("restart the lagging member");
     let rejoined = cluster.member_client(lagging).expect("client");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -198,6 +198,11 @@ async fn follower_installs_a_snapshot_under_a_watch(
     let client = cluster.member_client(leader).expect("client");
     let start = current_revision(&client).await + 1;
     let watch = watch_prefix(&cluster.endpoint(follower), "s/", start).await;
+    let paused_at = client
+        .status(&cluster.endpoint(leader))
+        .await
+        .expect("status")
+        .raft_index;
     cluster.pause(follower).expect("pause the follower");
     let mut last = 0;
     let mut compacted = None;
@@ -220,6 +225,11 @@ async fn follower_installs_a_snapshot_under_a_watch(
             compacted = Some(last);
         }
     }
+    assert!(
+        cluster.wait_for_log_purged_past(leader, paused_at, WAIT).await,
+        "the leader did not purge its log past the paused follower's:\n{}",
+        cluster.log_tail(leader, 30)
+    );
     cluster.resume(follower).expect("resume the follower");
     (cluster, watch, follower, last, compacted)
 }

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub writes_per_raft_entry: Histogram,
     pub writes_per_forwarded_batch: Histogram,
     pub read_index_round_seconds: Histogram,
+    pub raft_log_purged_index: IntGauge,
 }
 
 /// The process's metrics.
@@ -47,6 +48,8 @@ pub struct MemberGauges {
     pub committed_index: u64,
     pub applied_index: u64,
     pub last_log_index: u64,
+    /// The last Raft log entry purged behind a snapshot (0: none).
+    pub purged_index: u64,
     pub db_total_size_bytes: u64,
 }
 
@@ -163,6 +166,12 @@ impl Metrics {
                 .buckets(exponential_buckets(0.0001, 2.0, 16).unwrap_or_default()),
             )
             .expect("valid metric"),
+            raft_log_purged_index: IntGauge::with_opts(Opts::new(
+                "keel_raft_log_purged_index",
+                "The index of the last Raft log entry this member purged behind its snapshot; \
+                 a follower whose log ends before it catches up by snapshot.",
+            ))
+            .expect("valid metric"),
             registry,
         };
         metrics.register_all();
@@ -170,7 +179,7 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
             Box::new(self.has_leader.clone()),
             Box::new(self.is_leader.clone()),
             Box::new(self.leader_changes_seen.clone()),
@@ -187,6 +196,7 @@ impl Metrics {
             Box::new(self.writes_per_raft_entry.clone()),
             Box::new(self.writes_per_forwarded_batch.clone()),
             Box::new(self.read_index_round_seconds.clone()),
+            Box::new(self.raft_log_purged_index.clone()),
         ];
         for collector in collectors {
             // Names are fixed and distinct: registering cannot collide.
@@ -202,6 +212,7 @@ impl Metrics {
         self.proposals_applied.set(gauges.applied_index as i64);
         self.proposals_pending
             .set(gauges.last_log_index.saturating_sub(gauges.committed_index) as i64);
+        self.raft_log_purged_index.set(gauges.purged_index as i64);
         self.db_total_size_bytes.set(gauges.db_total_size_bytes as i64);
     }
 
