@@ -145,6 +145,9 @@ pub(crate) struct ForwardingSession {
 enum SessionEnd {
     /// Each write gets this status.
     Failed(Status),
+    /// Each write's effect is unknown, for this reason (logged only when
+    /// the session left writes unanswered).
+    EffectUnknown(String),
     /// The leader never read them (an earlier keel): each write is refused
     /// so that it is routed again; `leader` then gets single forwards.
     NotRead,
@@ -213,8 +216,14 @@ impl ForwardingSession {
     }
 
     /// Ends the session because writes now go to another leader: what it
-    /// left unanswered may or may not be applied ("leader changed").
+    /// left unanswered may or may not be applied ("leader changed"). A
+    /// session that has already ended is left to its reader, which answers
+    /// what it left as the call's end says (a leader that never read the
+    /// batches refuses them, to be routed again).
     pub(crate) fn end_for_another_leader(self) {
+        if self.has_ended() {
+            return;
+        }
         self.reader.abort();
         end_session(&self.queue, SessionEnd::Failed(WireError::LeaderChanged.into()));
     }
@@ -231,8 +240,12 @@ fn end_session(queue: &Mutex<SessionQueue>, end: SessionEnd) {
         queue.ended = true;
         std::mem::take(&mut queue.unanswered)
     };
+    if unanswered.is_empty() {
+        return;
+    }
     let status = match end {
         SessionEnd::Failed(status) => status,
+        SessionEnd::EffectUnknown(why) => effect_unknown(&why),
         SessionEnd::NotRead => Status::from(RequestError::RefusedNotLeader),
     };
     for batch in unanswered {
@@ -287,8 +300,8 @@ async fn read_answers(
             Ok(Some(outcomes)) => outcomes,
             // The leader ended the session (it shut down) with batches of
             // this member's unanswered: their effect is unknown.
-            Ok(None) => return SessionEnd::Failed(effect_unknown("the leader ended the forwarding session")),
-            Err(failed) => return SessionEnd::Failed(broken_session_status(failed)),
+            Ok(None) => return SessionEnd::EffectUnknown("the leader ended the forwarding session".into()),
+            Err(failed) => return broken_session_end(failed),
         };
         let Some(batch) = queue
             .lock()
@@ -296,9 +309,7 @@ async fn read_answers(
             .unanswered
             .pop_front()
         else {
-            return SessionEnd::Failed(effect_unknown(
-                "the leader answered a batch this member did not send",
-            ));
+            return SessionEnd::EffectUnknown("the leader answered a batch this member did not send".into());
         };
         answer_batch(batch, outcomes);
     }
@@ -308,11 +319,11 @@ async fn read_answers(
 /// get: a transport failure as it is (the routing loop answers it "leader
 /// changed"); any other status (the leader lost a batch's answer) as an
 /// unknown effect, never as a failure that says the writes did not apply.
-fn broken_session_status(failed: Status) -> Status {
+fn broken_session_end(failed: Status) -> SessionEnd {
     if keel_client::transport_failure(&failed) {
-        failed
+        SessionEnd::Failed(failed)
     } else {
-        effect_unknown(&format!("the forwarding session failed: {}", failed.message()))
+        SessionEnd::EffectUnknown(format!("the forwarding session failed: {}", failed.message()))
     }
 }
 
@@ -347,18 +358,43 @@ fn answer_batch(batch: UnansweredBatch, answer: ForwardedOutcomes) {
 mod tests {
     use super::*;
 
+    /// What a write left unanswered by a session that ended as `end` gets.
+    fn answer_left_by(end: SessionEnd) -> ForwardAnswer {
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .expect("a free permit");
+        let (reply, mut answer) = oneshot::channel();
+        let queue = Mutex::new(SessionQueue::default());
+        queue
+            .lock()
+            .expect("queue")
+            .unanswered
+            .push_back(UnansweredBatch {
+                replies: vec![reply],
+                deadline: Instant::now(),
+                _in_flight: in_flight,
+            });
+        end_session(&queue, end);
+        assert!(queue.lock().expect("queue").ended);
+        answer.try_recv().expect("the session's end answered the write")
+    }
+
     /// Regression: a session that the leader ended with an error of its
     /// own (a batch's answer lost) failed every unanswered write with that
     /// error, as if none of them had applied.
     #[test]
     fn a_session_broken_by_the_leaders_error_leaves_its_writes_effect_unknown() {
-        let answered = broken_session_status(Status::internal("a forwarded batch was dropped unanswered"));
+        let answered = answer_left_by(broken_session_end(Status::internal(
+            "a forwarded batch was dropped unanswered",
+        )))
+        .expect_err("no outcome came back");
         assert_eq!(
             answered.message(),
             "etcdserver: request timed out",
             "{answered:?}"
         );
         let broken = Status::unavailable("connection reset");
-        assert_eq!(broken_session_status(broken.clone()).message(), broken.message());
+        let answered = answer_left_by(broken_session_end(broken.clone())).expect_err("no outcome came back");
+        assert_eq!(answered.message(), broken.message());
     }
 }

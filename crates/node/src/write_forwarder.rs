@@ -338,6 +338,45 @@ mod tests {
         assert!(!crate::request_error::is_not_leader_refusal(&answer));
     }
 
+    /// Regression: writes queued together for a leader that does not take
+    /// sessions were sent on the session, found it ended (its call already
+    /// refused) and opened a new one; opening it cut the old session's
+    /// reader off before it refused their batches, so they were answered
+    /// "leader changed" (an unknown effect) instead of a refusal to route
+    /// again, and the leader was never marked for single forwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_to_a_leader_without_sessions_are_each_refused_to_route_again() {
+        let leader = 7;
+        let client = a_peer_serving_nothing().await;
+        let forwarder = WriteForwarder::start();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut writes = tokio::task::JoinSet::new();
+        for i in 0..64u64 {
+            let (forwarder, client) = (forwarder.clone(), client.clone());
+            writes.spawn(async move {
+                // Spread over the session's short life, so that some come
+                // while its refused call is being torn down.
+                tokio::time::sleep(Duration::from_micros(50 * i)).await;
+                let put = WriteRequest {
+                    request: Some(keel_api::keelpb::write_request::Request::Put(Default::default())),
+                    ..Default::default()
+                };
+                forwarder.forward(leader, client, put, deadline).await
+            });
+        }
+        while let Some(answer) = writes.join_next().await {
+            let answer = answer.expect("the write's task ran");
+            let status = answer.expect_err("nothing serves the session");
+            // A write queued after the leader was marked goes single, and
+            // this peer answers that "unimplemented" too.
+            assert!(
+                crate::request_error::is_not_leader_refusal(&status) || status.code() == Code::Unimplemented,
+                "a write the leader never read must be routed again: {status:?}"
+            );
+        }
+        assert!(forwarder.single_write_leaders.takes_single_writes(leader));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_marked_leader_takes_single_writes_until_its_time_is_up_then_none_is_marked() {
         let leaders = SingleWriteLeaders::default();
