@@ -501,22 +501,10 @@ impl Cluster {
     /// member (a paused one's, say) may still read them. False when the log
     /// is not purged that far within `limit`.
     pub async fn wait_for_log_purged_past(&self, index: usize, raft_index: u64, limit: Duration) -> bool {
-        let scheme = if self.options.client_tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let url = format!("{scheme}://127.0.0.1:{}/metrics", self.members[index].client_port);
         let deadline = Instant::now() + limit;
         loop {
-            let exposition = crate::curl(&url, &["--max-time", "5", "--insecure"]).await.body;
-            let purged = exposition.lines().find_map(|line| {
-                line.strip_prefix("keel_raft_log_purged_index ")?
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            });
-            if purged.is_some_and(|purged| purged > raft_index) {
+            let purged = self.metric(index, "keel_raft_log_purged_index").await;
+            if purged.is_some_and(|purged| purged > raft_index as f64) {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -524,6 +512,22 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The value of the unlabeled sample `name` on member `index`'s
+    /// `/metrics` (a keel member's client port), or `None` when it has none.
+    pub async fn metric(&self, index: usize, name: &str) -> Option<f64> {
+        let scheme = if self.options.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://127.0.0.1:{}/metrics", self.members[index].client_port);
+        let exposition = crate::curl(&url, &["--max-time", "5", "--insecure"]).await.body;
+        exposition.lines().find_map(|line| {
+            let (sample, value) = line.split_once(' ')?;
+            (sample == name).then(|| value.trim().parse::<f64>().ok())?
+        })
     }
 
     /// Keeps the directory (data dirs, logs) after the cluster is dropped.

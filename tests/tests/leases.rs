@@ -729,3 +729,56 @@ async fn keep_alives_sent_at_once_on_one_stream_are_answered_in_request_order() 
         assert_eq!((answer.id, answer.ttl), (id, ttl), "answer {n}");
     }
 }
+
+/// Keep-alives taken by a follower reach the leader in batches (one peer
+/// call for many renewals, `keel_lease_renewals_per_forwarded_batch`), and
+/// each is still answered with its own lease's TTL, in request order.
+#[tokio::test]
+async fn keep_alives_on_a_follower_reach_the_leader_in_batches_each_answered_for_its_own_lease() {
+    let mut cluster = Cluster::start(ClusterOptions::keel(3)).await.expect("cluster");
+    let leader = cluster.wait_for_leader(WAIT).await.expect("a leader");
+    let follower = (leader + 1) % 3;
+    let endpoint = cluster.endpoint(follower);
+    let [first, second] = [grant(&endpoint, 60, 21).await, grant(&endpoint, 90, 22).await];
+    let unknown = 998;
+    let asked: Vec<i64> = [first, unknown, second].into_iter().cycle().take(600).collect();
+    let requests = tokio_stream::iter(
+        asked
+            .iter()
+            .map(|&id| LeaseKeepAliveRequest { id })
+            .collect::<Vec<_>>(),
+    );
+    let mut answers = lease_client(&endpoint)
+        .await
+        .lease_keep_alive(requests)
+        .await
+        .expect("keep-alive stream")
+        .into_inner();
+    for (n, &id) in asked.iter().enumerate() {
+        let answer = tokio::time::timeout(WAIT, answers.message())
+            .await
+            .expect("answered in time")
+            .expect("keep-alive answer")
+            .expect("an answer per request");
+        let ttl = match id {
+            21 => 60,
+            22 => 90,
+            _ => 0,
+        };
+        assert_eq!((answer.id, answer.ttl), (id, ttl), "answer {n}");
+    }
+    let metric = |name: &'static str| {
+        let cluster = &cluster;
+        async move { cluster.metric(follower, name).await.expect(name) }
+    };
+    let batches = metric("keel_lease_renewals_per_forwarded_batch_count").await;
+    let forwarded = metric("keel_lease_renewals_per_forwarded_batch_sum").await;
+    assert!(
+        forwarded >= 600.0,
+        "every renewal went to the leader: {forwarded}"
+    );
+    assert!(
+        batches < forwarded,
+        "{forwarded} renewals in {batches} calls: none batched"
+    );
+}

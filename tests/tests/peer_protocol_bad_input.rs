@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use keel_api::etcdserverpb::PutRequest;
 use keel_api::keelpb::peer_client::PeerClient;
-use keel_api::keelpb::{RaftPayload, SnapshotChunk};
+use keel_api::keelpb::{LeaseRenewalsRequest, RaftPayload, SnapshotChunk};
 use keel_node::network::SnapshotHeader;
 use keel_node::peer_codec::encode_payload;
 use keel_raft::type_config::{SnapshotMeta, Vote};
@@ -146,4 +146,30 @@ async fn undecodable_raft_messages_are_refused_with_invalid_argument_and_the_mem
         })
         .await
         .expect("the member still serves writes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_renewal_batch_over_its_limit_is_refused_with_invalid_argument_and_one_within_is_answered() {
+    let cluster = InProcessCluster::start(1, &[]).await.expect("cluster");
+    cluster
+        .wait_for("a leader", Duration::from_secs(20), |_, metrics| {
+            metrics.current_leader.is_some()
+        })
+        .await
+        .expect("leader");
+    let mut client = PeerClient::connect(cluster.peer_url(0))
+        .await
+        .expect("connect to the peer port");
+    let too_many = LeaseRenewalsRequest {
+        ids: (1..=1025).collect(),
+    };
+    let refused = client.lease_renewals(too_many).await.expect_err("refused");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    let unknown_leases = LeaseRenewalsRequest { ids: vec![5, 6] };
+    let answered = client
+        .lease_renewals(unknown_leases)
+        .await
+        .expect("a batch within the limit is answered")
+        .into_inner();
+    assert_eq!(answered.outcomes.len(), 2, "one outcome per renewal");
 }

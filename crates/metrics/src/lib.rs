@@ -31,6 +31,7 @@ pub struct Metrics {
     pub grpc_handled: IntCounterVec,
     pub writes_per_raft_entry: Histogram,
     pub writes_per_forwarded_batch: Histogram,
+    pub renewals_per_forwarded_batch: Histogram,
     pub read_index_round_seconds: Histogram,
     pub raft_log_purged_index: IntGauge,
 }
@@ -158,6 +159,14 @@ impl Metrics {
                 .buckets(exponential_buckets(1.0, 2.0, 10).unwrap_or_default()),
             )
             .expect("valid metric"),
+            renewals_per_forwarded_batch: Histogram::with_opts(
+                HistogramOpts::new(
+                    "keel_lease_renewals_per_forwarded_batch",
+                    "How many lease renewals (keep-alives) a follower forwarded to the leader in one call.",
+                )
+                .buckets(exponential_buckets(1.0, 2.0, 11).unwrap_or_default()),
+            )
+            .expect("valid metric"),
             read_index_round_seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     "keel_read_index_round_duration_seconds",
@@ -179,7 +188,7 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 18] = [
             Box::new(self.has_leader.clone()),
             Box::new(self.is_leader.clone()),
             Box::new(self.leader_changes_seen.clone()),
@@ -195,6 +204,7 @@ impl Metrics {
             Box::new(self.grpc_handled.clone()),
             Box::new(self.writes_per_raft_entry.clone()),
             Box::new(self.writes_per_forwarded_batch.clone()),
+            Box::new(self.renewals_per_forwarded_batch.clone()),
             Box::new(self.read_index_round_seconds.clone()),
             Box::new(self.raft_log_purged_index.clone()),
         ];

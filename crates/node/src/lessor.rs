@@ -31,8 +31,8 @@
 use std::time::Duration;
 
 use keel_api::etcdserverpb::{
-    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest,
-    LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeRequest, LeaseRevokeResponse,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use keel_api::keelpb::peer_client::PeerClient;
 use keel_api::keelpb::{
@@ -49,6 +49,7 @@ use crate::leadership::LeaderRoute;
 use crate::lease_clock::LeaseClock;
 use crate::network::PeerMessage;
 use crate::read_path::ReadPath;
+use crate::renewal_forwarder::RenewalForwarder;
 use crate::request_error::RequestError;
 use crate::write_path::WritePath;
 
@@ -80,27 +81,17 @@ fn random_lease_id() -> i64 {
     rand::thread_rng().gen_range(1..=i64::MAX)
 }
 
-/// Asks the leader's peer service `query`, within `deadline`.
-async fn ask_peer(
+/// Asks the leader's peer service for a lease's time to live, within
+/// `deadline` (renewals go through the batching `RenewalForwarder`).
+async fn ask_time_to_live(
     mut client: PeerClient<Channel>,
-    query: &LeaderQuery,
+    asked: &LeaseTimeToLiveRequest,
     deadline: Instant,
 ) -> Result<LeaderAnswer, tonic::Status> {
-    let timeout = deadline.saturating_duration_since(Instant::now());
-    match query {
-        LeaderQuery::Renew(id) => {
-            let mut request = tonic::Request::new(LeaseKeepAliveRequest { id: *id });
-            request.set_timeout(timeout);
-            let answer = client.lease_renew(request).await?;
-            Ok(LeaderAnswer::Renew(answer.into_inner()))
-        }
-        LeaderQuery::TimeToLive(asked) => {
-            let mut request = tonic::Request::new(*asked);
-            request.set_timeout(timeout);
-            let answer = client.lease_time_to_live(request).await?;
-            Ok(LeaderAnswer::TimeToLive(answer.into_inner()))
-        }
-    }
+    let mut request = tonic::Request::new(*asked);
+    request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    let answer = client.lease_time_to_live(request).await?;
+    Ok(LeaderAnswer::TimeToLive(answer.into_inner()))
 }
 
 /// A renewal's answer, or the news that the lease is being revoked.
@@ -125,6 +116,8 @@ pub struct Lessor {
     clock: LeaseClock,
     route: LeaderRoute,
     leader_call: LeaderCall,
+    /// Renewals forwarded to the leader, batched.
+    renewals: RenewalForwarder,
     write_path: WritePath,
     read_path: ReadPath,
     store: MvccStore,
@@ -149,6 +142,7 @@ impl Lessor {
         Lessor {
             clock,
             leader_call: LeaderCall::new(&route, retry_pause),
+            renewals: RenewalForwarder::start(),
             route,
             write_path,
             read_path,
@@ -260,9 +254,17 @@ impl Lessor {
             .until_answered(kind, Repeat::Harmless, deadline, |at| async move {
                 match at {
                     LeaderAt::Here => self.answer_as_leader(query).await.map_err(AttemptFailure::Here),
-                    LeaderAt::Peer(_, client) => ask_peer(client, query, deadline)
-                        .await
-                        .map_err(AttemptFailure::Peer),
+                    LeaderAt::Peer(leader, client) => match query {
+                        LeaderQuery::Renew(id) => self
+                            .renewals
+                            .forward(leader, client, *id, deadline)
+                            .await
+                            .map(LeaderAnswer::Renew)
+                            .map_err(AttemptFailure::Peer),
+                        LeaderQuery::TimeToLive(asked) => ask_time_to_live(client, asked, deadline)
+                            .await
+                            .map_err(AttemptFailure::Peer),
+                    },
                 }
             })
             .await

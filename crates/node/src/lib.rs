@@ -28,6 +28,7 @@
 #![allow(clippy::result_large_err)]
 
 mod append_stream;
+mod batchless_leaders;
 pub mod config;
 pub mod data_format;
 mod forwarding_session;
@@ -46,6 +47,7 @@ pub mod peer_codec;
 mod peer_service;
 pub mod peer_tls;
 pub mod read_path;
+mod renewal_forwarder;
 pub mod request_error;
 pub mod restore;
 mod snapshot_trigger;

@@ -16,8 +16,8 @@ use keel_api::etcdserverpb::{
 use keel_api::keelpb::peer_server::Peer;
 use keel_api::keelpb::{
     ClusterMember, ClusterMembersRequest, ClusterMembersResponse, ForwardedOutcomes, ForwardedWrites,
-    MembershipChange, MembershipChangeOutcome, RaftPayload, ReadIndexRequest, ReadIndexResponse,
-    SnapshotChunk, WriteRequest, WriteResponse,
+    LeaseRenewalsRequest, LeaseRenewalsResponse, MembershipChange, MembershipChangeOutcome, RaftPayload,
+    ReadIndexRequest, ReadIndexResponse, SnapshotChunk, WriteRequest, WriteResponse,
 };
 use keel_raft::state_machine::StateView;
 use keel_raft::type_config::{Snapshot, Vote};
@@ -37,6 +37,7 @@ use crate::membership::MembershipChanges;
 use crate::network::SnapshotHeader;
 use crate::peer_codec::{decode_payload, encode_payload};
 use crate::read_path::ReadPath;
+use crate::renewal_forwarder::{outcome_of as renewal_outcome_of, MAX_RENEWALS_PER_BATCH};
 use crate::request_error::member_removed_refusal;
 use crate::write_path::WritePath;
 
@@ -300,6 +301,24 @@ impl Peer for PeerService {
             .await
             .map(Response::new)
             .map_err(Status::from)
+    }
+
+    async fn lease_renewals(
+        &self,
+        request: Request<LeaseRenewalsRequest>,
+    ) -> Result<Response<LeaseRenewalsResponse>, Status> {
+        let ids = request.into_inner().ids;
+        if ids.len() > MAX_RENEWALS_PER_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "keel: {} lease renewals in one call, at most {MAX_RENEWALS_PER_BATCH}",
+                ids.len()
+            )));
+        }
+        let renewals = ids.into_iter().map(|id| self.lessor.renew_as_leader(id));
+        let outcomes = futures::future::join_all(renewals).await;
+        Ok(Response::new(LeaseRenewalsResponse {
+            outcomes: outcomes.into_iter().map(renewal_outcome_of).collect(),
+        }))
     }
 
     async fn lease_time_to_live(

@@ -19,9 +19,7 @@
 //! (routed again, never applied twice), and writes to that leader then go
 //! one per call for a while.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_api::keelpb::peer_client::PeerClient;
@@ -33,6 +31,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::batchless_leaders::BatchlessLeaders;
 use crate::forwarding_session::{ForwardingSession, OutgoingBatch};
 use crate::request_error::RequestError;
 use keel_api::WireError;
@@ -60,66 +59,17 @@ struct QueuedWrite {
     reply: oneshot::Sender<ForwardAnswer>,
 }
 
-/// Leaders that answered a batch "unimplemented" (an earlier keel), with
-/// the instant until which they get single writes. Every forwarded write
-/// asks; while no leader is marked (every cluster of one keel version) the
-/// answer is one atomic load, not a lock.
-#[derive(Clone, Default)]
-struct SingleWriteLeaders(Arc<MarkedLeaders>);
-
-#[derive(Default)]
-struct MarkedLeaders {
-    /// Whether `until` may hold a leader; only changed under its lock.
-    any: AtomicBool,
-    until: Mutex<HashMap<NodeId, Instant>>,
-}
-
-impl SingleWriteLeaders {
-    fn mark(&self, leader: NodeId) {
-        let mut leaders = self
-            .0
-            .until
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        leaders.insert(leader, Instant::now() + SINGLE_WRITES_FOR);
-        self.0.any.store(true, Ordering::Release);
-    }
-
-    fn takes_single_writes(&self, leader: NodeId) -> bool {
-        if !self.0.any.load(Ordering::Acquire) {
-            return false;
-        }
-        let mut leaders = self
-            .0
-            .until
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let single = match leaders.get(&leader) {
-            Some(until) if Instant::now() < *until => true,
-            Some(_) => {
-                leaders.remove(&leader);
-                false
-            }
-            None => false,
-        };
-        if leaders.is_empty() {
-            self.0.any.store(false, Ordering::Release);
-        }
-        single
-    }
-}
-
 /// The sending side of forwarded writes; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct WriteForwarder {
     queue: mpsc::Sender<QueuedWrite>,
-    single_write_leaders: SingleWriteLeaders,
+    single_write_leaders: BatchlessLeaders,
 }
 
 impl WriteForwarder {
     pub(crate) fn start() -> WriteForwarder {
         let (queue, queued) = mpsc::channel(16 * 1024);
-        let single_write_leaders = SingleWriteLeaders::default();
+        let single_write_leaders = BatchlessLeaders::new(SINGLE_WRITES_FOR);
         tokio::spawn(run_forwarder(queued, single_write_leaders.clone()));
         WriteForwarder {
             queue,
@@ -136,7 +86,7 @@ impl WriteForwarder {
         request: WriteRequest,
         deadline: Instant,
     ) -> ForwardAnswer {
-        if self.single_write_leaders.takes_single_writes(leader) {
+        if self.single_write_leaders.is_marked(leader) {
             let mut client = client;
             let mut call = tonic::Request::new(request);
             call.set_timeout(deadline.saturating_duration_since(Instant::now()));
@@ -169,7 +119,7 @@ fn stopped() -> Status {
     Status::from(keel_api::WireError::Stopped)
 }
 
-async fn run_forwarder(mut queued: mpsc::Receiver<QueuedWrite>, single_write_leaders: SingleWriteLeaders) {
+async fn run_forwarder(mut queued: mpsc::Receiver<QueuedWrite>, single_write_leaders: BatchlessLeaders) {
     let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
     // A write taken from the queue for another leader than the batch
     // being filled; it starts the next batch.
@@ -374,22 +324,7 @@ mod tests {
                 "a write the leader never read must be routed again: {status:?}"
             );
         }
-        assert!(forwarder.single_write_leaders.takes_single_writes(leader));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_marked_leader_takes_single_writes_until_its_time_is_up_then_none_is_marked() {
-        let leaders = SingleWriteLeaders::default();
-        assert!(!leaders.takes_single_writes(1));
-        leaders.mark(1);
-        assert!(leaders.takes_single_writes(1));
-        assert!(!leaders.takes_single_writes(2));
-        tokio::time::advance(SINGLE_WRITES_FOR + Duration::from_secs(1)).await;
-        assert!(!leaders.takes_single_writes(1));
-        assert!(
-            !leaders.0.any.load(Ordering::Acquire),
-            "no leader is marked any more"
-        );
+        assert!(forwarder.single_write_leaders.is_marked(leader));
     }
 
     /// Regression: a forwarder stopped with the batch in flight answered

@@ -125,6 +125,12 @@ impl Peer for ScriptedReceiver {
     ) -> Result<Response<keel_api::etcdserverpb::LeaseKeepAliveResponse>, Status> {
         Err(Status::unimplemented("scripted receiver"))
     }
+    async fn lease_renewals(
+        &self,
+        _: Request<keel_api::keelpb::LeaseRenewalsRequest>,
+    ) -> Result<Response<keel_api::keelpb::LeaseRenewalsResponse>, Status> {
+        Err(Status::unimplemented("scripted receiver"))
+    }
     async fn lease_time_to_live(
         &self,
         _: Request<keel_api::etcdserverpb::LeaseTimeToLiveRequest>,
