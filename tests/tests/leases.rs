@@ -696,20 +696,17 @@ async fn etcdctl_lease_commands_print_on_keel_what_they_print_on_etcd() {
     }
 }
 
-#[tokio::test]
-async fn keep_alives_sent_at_once_on_one_stream_are_answered_in_request_order() {
-    let cluster = Cluster::start(ClusterOptions::keel(3)).await.expect("cluster");
-    let endpoint = cluster.endpoint(1);
-    let [first, second] = [grant(&endpoint, 60, 11).await, grant(&endpoint, 90, 12).await];
-    let unknown = 999;
-    let asked: Vec<i64> = [first, unknown, second].into_iter().cycle().take(300).collect();
+/// Sends `asked` keep-alives at once on one stream at `endpoint` and checks
+/// that each answer, in request order, carries its own lease's TTL
+/// (`ttl_of`).
+async fn keep_alive_at_once_each_answered(endpoint: &str, asked: &[i64], ttl_of: impl Fn(i64) -> i64) {
     let requests = tokio_stream::iter(
         asked
             .iter()
             .map(|&id| LeaseKeepAliveRequest { id })
             .collect::<Vec<_>>(),
     );
-    let mut answers = lease_client(&endpoint)
+    let mut answers = lease_client(endpoint)
         .await
         .lease_keep_alive(requests)
         .await
@@ -721,13 +718,23 @@ async fn keep_alives_sent_at_once_on_one_stream_are_answered_in_request_order() 
             .expect("answered in time")
             .expect("keep-alive answer")
             .expect("an answer per request");
-        let ttl = match id {
-            11 => 60,
-            12 => 90,
-            _ => 0,
-        };
-        assert_eq!((answer.id, answer.ttl), (id, ttl), "answer {n}");
+        assert_eq!((answer.id, answer.ttl), (id, ttl_of(id)), "answer {n}");
     }
+}
+
+#[tokio::test]
+async fn keep_alives_sent_at_once_on_one_stream_are_answered_in_request_order() {
+    let cluster = Cluster::start(ClusterOptions::keel(3)).await.expect("cluster");
+    let endpoint = cluster.endpoint(1);
+    let [first, second] = [grant(&endpoint, 60, 11).await, grant(&endpoint, 90, 12).await];
+    let unknown = 999;
+    let asked: Vec<i64> = [first, unknown, second].into_iter().cycle().take(300).collect();
+    keep_alive_at_once_each_answered(&endpoint, &asked, |id| match id {
+        11 => 60,
+        12 => 90,
+        _ => 0,
+    })
+    .await;
 }
 
 /// Keep-alives taken by a follower reach the leader in batches (one peer
@@ -742,31 +749,12 @@ async fn keep_alives_on_a_follower_reach_the_leader_in_batches_each_answered_for
     let [first, second] = [grant(&endpoint, 60, 21).await, grant(&endpoint, 90, 22).await];
     let unknown = 998;
     let asked: Vec<i64> = [first, unknown, second].into_iter().cycle().take(600).collect();
-    let requests = tokio_stream::iter(
-        asked
-            .iter()
-            .map(|&id| LeaseKeepAliveRequest { id })
-            .collect::<Vec<_>>(),
-    );
-    let mut answers = lease_client(&endpoint)
-        .await
-        .lease_keep_alive(requests)
-        .await
-        .expect("keep-alive stream")
-        .into_inner();
-    for (n, &id) in asked.iter().enumerate() {
-        let answer = tokio::time::timeout(WAIT, answers.message())
-            .await
-            .expect("answered in time")
-            .expect("keep-alive answer")
-            .expect("an answer per request");
-        let ttl = match id {
-            21 => 60,
-            22 => 90,
-            _ => 0,
-        };
-        assert_eq!((answer.id, answer.ttl), (id, ttl), "answer {n}");
-    }
+    keep_alive_at_once_each_answered(&endpoint, &asked, |id| match id {
+        21 => 60,
+        22 => 90,
+        _ => 0,
+    })
+    .await;
     let metric = |name: &'static str| {
         let cluster = &cluster;
         async move { cluster.metric(follower, name).await.expect(name) }

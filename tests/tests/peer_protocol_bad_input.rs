@@ -52,6 +52,21 @@ fn header_claiming(size: u64) -> Vec<u8> {
     encode_payload(&header).expect("encode").data
 }
 
+/// A one-member in-process cluster once it leads, and a client of its peer port.
+async fn led_member_and_its_peer_client() -> (InProcessCluster, PeerClient<tonic::transport::Channel>) {
+    let cluster = InProcessCluster::start(1, &[]).await.expect("cluster");
+    cluster
+        .wait_for("a leader", Duration::from_secs(20), |_, metrics| {
+            metrics.current_leader.is_some()
+        })
+        .await
+        .expect("leader");
+    let client = PeerClient::connect(cluster.peer_url(0))
+        .await
+        .expect("connect to the peer port");
+    (cluster, client)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_empty_or_undecodable_snapshot_streams_are_refused_and_leave_no_partial_file() {
     let cluster = InProcessCluster::start(1, &[]).await.expect("cluster");
@@ -107,16 +122,7 @@ async fn short_empty_or_undecodable_snapshot_streams_are_refused_and_leave_no_pa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_raft_messages_are_refused_with_invalid_argument_and_the_member_keeps_serving() {
-    let cluster = InProcessCluster::start(1, &[]).await.expect("cluster");
-    cluster
-        .wait_for("a leader", Duration::from_secs(20), |_, metrics| {
-            metrics.current_leader.is_some()
-        })
-        .await
-        .expect("leader");
-    let mut client = PeerClient::connect(cluster.peer_url(0))
-        .await
-        .expect("connect to the peer port");
+    let (cluster, mut client) = led_member_and_its_peer_client().await;
     let garbage = || RaftPayload { data: vec![0xff; 5] };
 
     let unary = client.append_entries(garbage()).await;
@@ -150,16 +156,7 @@ async fn undecodable_raft_messages_are_refused_with_invalid_argument_and_the_mem
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_renewal_batch_over_its_limit_is_refused_with_invalid_argument_and_one_within_is_answered() {
-    let cluster = InProcessCluster::start(1, &[]).await.expect("cluster");
-    cluster
-        .wait_for("a leader", Duration::from_secs(20), |_, metrics| {
-            metrics.current_leader.is_some()
-        })
-        .await
-        .expect("leader");
-    let mut client = PeerClient::connect(cluster.peer_url(0))
-        .await
-        .expect("connect to the peer port");
+    let (_cluster, mut client) = led_member_and_its_peer_client().await;
     let too_many = LeaseRenewalsRequest {
         ids: (1..=1025).collect(),
     };

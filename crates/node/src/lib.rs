@@ -33,6 +33,7 @@ pub mod config;
 pub mod data_format;
 mod forwarding_session;
 pub mod join;
+mod leader_batch_queue;
 mod leader_call;
 pub mod leader_connection;
 mod leader_log;

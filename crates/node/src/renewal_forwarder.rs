@@ -22,12 +22,13 @@ use keel_api::keelpb::peer_client::PeerClient;
 use keel_api::keelpb::{lease_renewal_outcome, ForwardedFailure, LeaseRenewalOutcome, LeaseRenewalsRequest};
 use keel_api::WireError;
 use keel_raft::NodeId;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::batchless_leaders::BatchlessLeaders;
+use crate::leader_batch_queue::{batch_queue, latest_deadline, BatchQueue, BatchQueueSender, QueuedRequest};
 use crate::request_error::RequestError;
 
 /// Batches sent to the leader and not answered yet; renewals that arrive
@@ -41,24 +42,18 @@ const SINGLE_RENEWALS_FOR: Duration = Duration::from_secs(60);
 
 pub(crate) type RenewalAnswer = Result<LeaseKeepAliveResponse, Status>;
 
-struct QueuedRenewal {
-    leader: NodeId,
-    client: PeerClient<Channel>,
-    id: i64,
-    deadline: Instant,
-    reply: oneshot::Sender<RenewalAnswer>,
-}
+type QueuedRenewal = QueuedRequest<i64, RenewalAnswer>;
 
 /// The sending side of forwarded renewals; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct RenewalForwarder {
-    queue: mpsc::Sender<QueuedRenewal>,
+    queue: BatchQueueSender<i64, RenewalAnswer>,
     single_renewal_leaders: BatchlessLeaders,
 }
 
 impl RenewalForwarder {
     pub(crate) fn start() -> RenewalForwarder {
-        let (queue, queued) = mpsc::channel(16 * 1024);
+        let (queue, queued) = batch_queue();
         let single_renewal_leaders = BatchlessLeaders::new(SINGLE_RENEWALS_FOR);
         tokio::spawn(run_forwarder(queued, single_renewal_leaders.clone()));
         RenewalForwarder {
@@ -79,17 +74,9 @@ impl RenewalForwarder {
         if self.single_renewal_leaders.is_marked(leader) {
             return renew_alone(client, id, deadline).await;
         }
-        let (reply, answer) = oneshot::channel();
-        let queued = QueuedRenewal {
-            leader,
-            client,
-            id,
-            deadline,
-            reply,
-        };
-        if self.queue.send(queued).await.is_err() {
+        let Some(answer) = self.queue.queue(leader, client, id, deadline).await else {
             return Err(Status::from(WireError::Stopped));
-        }
+        };
         // Dropped unanswered: the member is shutting down.
         answer
             .await
@@ -97,31 +84,15 @@ impl RenewalForwarder {
     }
 }
 
-async fn run_forwarder(mut queued: mpsc::Receiver<QueuedRenewal>, single_renewal_leaders: BatchlessLeaders) {
+async fn run_forwarder(mut queued: BatchQueue<i64, RenewalAnswer>, single_renewal_leaders: BatchlessLeaders) {
     let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
-    // A renewal taken from the queue for another leader than the batch
-    // being filled; it starts the next batch.
-    let mut next_batch_start: Option<QueuedRenewal> = None;
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let first = match next_batch_start.take() {
-            Some(first) => first,
-            None => match queued.recv().await {
-                Some(first) => first,
-                None => return,
-            },
+        let Some(batch) = queued.next_batch(MAX_RENEWALS_PER_BATCH, usize::MAX, |_| 0).await else {
+            return;
         };
-        let mut batch = vec![first];
-        while batch.len() < MAX_RENEWALS_PER_BATCH {
-            let Ok(next) = queued.try_recv() else { break };
-            if next.leader != batch[0].leader {
-                next_batch_start = Some(next);
-                break;
-            }
-            batch.push(next);
-        }
         keel_metrics::metrics()
             .renewals_per_forwarded_batch
             .observe(batch.len() as f64);
@@ -135,13 +106,12 @@ async fn send_batch(
     single_renewal_leaders: BatchlessLeaders,
     _in_flight: OwnedSemaphorePermit,
 ) {
-    let (Some(first), Some(deadline)) = (batch.first(), batch.iter().map(|renewal| renewal.deadline).max())
-    else {
+    let (Some(first), Some(deadline)) = (batch.first(), latest_deadline(&batch)) else {
         return;
     };
     let (leader, mut client) = (first.leader, first.client.clone());
     let mut call = tonic::Request::new(LeaseRenewalsRequest {
-        ids: batch.iter().map(|renewal| renewal.id).collect(),
+        ids: batch.iter().map(|renewal| renewal.request).collect(),
     });
     call.set_timeout(deadline.saturating_duration_since(Instant::now()));
     match client.lease_renewals(call).await {
@@ -169,7 +139,7 @@ async fn send_batch(
             );
             single_renewal_leaders.mark(leader);
             let alone = batch.into_iter().map(|renewal| async move {
-                let answer = renew_alone(renewal.client, renewal.id, renewal.deadline).await;
+                let answer = renew_alone(renewal.client, renewal.request, renewal.deadline).await;
                 let _ = renewal.reply.send(answer);
             });
             futures::future::join_all(alone).await;

@@ -26,13 +26,14 @@ use keel_api::keelpb::peer_client::PeerClient;
 use keel_api::keelpb::{forwarded_outcome, ForwardedOutcome, ForwardedWrites, WriteRequest, WriteResponse};
 use keel_raft::NodeId;
 use prost::Message;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::batchless_leaders::BatchlessLeaders;
 use crate::forwarding_session::{ForwardingSession, OutgoingBatch};
+use crate::leader_batch_queue::{batch_queue, latest_deadline, BatchQueue, BatchQueueSender};
 use crate::request_error::RequestError;
 use keel_api::WireError;
 
@@ -51,24 +52,16 @@ const SINGLE_WRITES_FOR: Duration = Duration::from_secs(60);
 
 pub(crate) type ForwardAnswer = Result<WriteResponse, Status>;
 
-struct QueuedWrite {
-    leader: NodeId,
-    client: PeerClient<Channel>,
-    request: WriteRequest,
-    deadline: Instant,
-    reply: oneshot::Sender<ForwardAnswer>,
-}
-
 /// The sending side of forwarded writes; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct WriteForwarder {
-    queue: mpsc::Sender<QueuedWrite>,
+    queue: BatchQueueSender<WriteRequest, ForwardAnswer>,
     single_write_leaders: BatchlessLeaders,
 }
 
 impl WriteForwarder {
     pub(crate) fn start() -> WriteForwarder {
-        let (queue, queued) = mpsc::channel(16 * 1024);
+        let (queue, queued) = batch_queue();
         let single_write_leaders = BatchlessLeaders::new(SINGLE_WRITES_FOR);
         tokio::spawn(run_forwarder(queued, single_write_leaders.clone()));
         WriteForwarder {
@@ -92,17 +85,9 @@ impl WriteForwarder {
             call.set_timeout(deadline.saturating_duration_since(Instant::now()));
             return client.forward_write(call).await.map(tonic::Response::into_inner);
         }
-        let (reply, answer) = oneshot::channel();
-        let queued = QueuedWrite {
-            leader,
-            client,
-            request,
-            deadline,
-            reply,
-        };
-        if self.queue.send(queued).await.is_err() {
+        let Some(answer) = self.queue.queue(leader, client, request, deadline).await else {
             return Err(stopped());
-        }
+        };
         // The reply dropped unanswered: the member is shutting down, and the
         // batch may have reached the leader, so the effect is unknown.
         answer.await.unwrap_or_else(|_| {
@@ -119,40 +104,28 @@ fn stopped() -> Status {
     Status::from(keel_api::WireError::Stopped)
 }
 
-async fn run_forwarder(mut queued: mpsc::Receiver<QueuedWrite>, single_write_leaders: BatchlessLeaders) {
+async fn run_forwarder(
+    mut queued: BatchQueue<WriteRequest, ForwardAnswer>,
+    single_write_leaders: BatchlessLeaders,
+) {
     let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
-    // A write taken from the queue for another leader than the batch
-    // being filled; it starts the next batch.
-    let mut next_batch_start: Option<QueuedWrite> = None;
     let mut session: Option<ForwardingSession> = None;
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let first = match next_batch_start.take() {
-            Some(first) => first,
-            None => match queued.recv().await {
-                Some(first) => first,
-                None => return,
-            },
+        let Some(batch) = queued
+            .next_batch(MAX_WRITES_PER_BATCH, MAX_BYTES_PER_BATCH, Message::encoded_len)
+            .await
+        else {
+            return;
         };
-        let mut bytes = first.request.encoded_len();
-        let mut batch = vec![first];
-        while batch.len() < MAX_WRITES_PER_BATCH && bytes < MAX_BYTES_PER_BATCH {
-            let Ok(next) = queued.try_recv() else { break };
-            if next.leader != batch[0].leader {
-                next_batch_start = Some(next);
-                break;
-            }
-            bytes += next.request.encoded_len();
-            batch.push(next);
-        }
         keel_metrics::metrics()
             .writes_per_forwarded_batch
             .observe(batch.len() as f64);
         let leader = batch[0].leader;
         let client = batch[0].client.clone();
-        let Some(deadline) = batch.iter().map(|write| write.deadline).max() else {
+        let Some(deadline) = latest_deadline(&batch) else {
             continue;
         };
         let (writes, replies) = batch
