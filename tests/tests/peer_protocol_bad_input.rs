@@ -52,8 +52,8 @@ fn header_claiming(size: u64) -> Vec<u8> {
     encode_payload(&header).expect("encode").data
 }
 
-/// A one-member in-process cluster once it leads, and a client of its peer port.
-async fn led_member_and_its_peer_client() -> (InProcessCluster, PeerClient<tonic::transport::Channel>) {
+/// A one-member in-process cluster once it leads.
+async fn led_member() -> InProcessCluster {
     let cluster = InProcessCluster::start(1, &[]).await.expect("cluster");
     cluster
         .wait_for("a leader", Duration::from_secs(20), |_, metrics| {
@@ -61,6 +61,12 @@ async fn led_member_and_its_peer_client() -> (InProcessCluster, PeerClient<tonic
         })
         .await
         .expect("leader");
+    cluster
+}
+
+/// A one-member in-process cluster once it leads, and a client of its peer port.
+async fn led_member_and_its_peer_client() -> (InProcessCluster, PeerClient<tonic::transport::Channel>) {
+    let cluster = led_member().await;
     let client = PeerClient::connect(cluster.peer_url(0))
         .await
         .expect("connect to the peer port");
@@ -69,13 +75,7 @@ async fn led_member_and_its_peer_client() -> (InProcessCluster, PeerClient<tonic
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_empty_or_undecodable_snapshot_streams_are_refused_and_leave_no_partial_file() {
-    let cluster = InProcessCluster::start(1, &[]).await.expect("cluster");
-    cluster
-        .wait_for("a leader", Duration::from_secs(20), |_, metrics| {
-            metrics.current_leader.is_some()
-        })
-        .await
-        .expect("leader");
+    let cluster = led_member().await;
 
     let empty = send_snapshot_stream(&cluster, Vec::new()).await;
     assert_eq!(
