@@ -38,12 +38,15 @@ fn entry(index: u64) -> Entry {
     };
     Entry {
         log_id: openraft::testing::log_id::<keel_raft::TypeConfig>(1, 1, index),
-        payload: EntryPayload::Normal(WriteBatch {
-            requests: vec![WriteRequest {
-                checked_auth_revision: 0,
-                request: Some(write_request::Request::Put(put)),
-            }],
-        }),
+        payload: EntryPayload::Normal(
+            WriteBatch {
+                requests: vec![WriteRequest {
+                    checked_auth_revision: 0,
+                    request: Some(write_request::Request::Put(put)),
+                }],
+            }
+            .into(),
+        ),
     }
 }
 

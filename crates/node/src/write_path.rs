@@ -229,7 +229,7 @@ async fn run_proposer(raft: KeelRaft, mut queue: mpsc::Receiver<Proposal>) {
         keel_metrics::metrics()
             .writes_per_raft_entry
             .observe(requests.len() as f64);
-        let written = raft.client_write(WriteBatch { requests }).await;
+        let written = raft.client_write(WriteBatch { requests }.into()).await;
         if written.is_err() {
             keel_metrics::metrics().proposals_failed.inc();
         }

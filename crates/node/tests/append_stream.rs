@@ -366,7 +366,7 @@ async fn a_large_request_gets_the_time_to_be_stored_before_its_session_counts_as
     };
     large.entries = vec![keel_raft::type_config::Entry {
         log_id: log_id(2),
-        payload: openraft::EntryPayload::Normal(batch),
+        payload: openraft::EntryPayload::Normal(batch.into()),
     }];
     requests.unbounded_send(large).unwrap();
     let answer = tokio::time::timeout(Duration::from_secs(10), answers.next())

@@ -2,7 +2,8 @@
 //! store, state machine, snapshots) on keel-storage's sled databases.
 //!
 //! - [`type_config`]: the openraft type configuration (node ids, member
-//!   records, the log entry payload = a group-committed batch of etcd writes).
+//!   records, the log entry payload = a group-committed batch of etcd writes,
+//!   shared rather than copied by every clone of its entry: [`shared_write_batch`]).
 //! - [`log_store`]: the Raft log, vote and committed index in sled; durable
 //!   before acknowledged; its newest entries also in memory
 //!   (`recent_entries.rs`) for the reads that follow every append.
@@ -23,6 +24,7 @@ pub mod fail_points;
 pub mod log_store;
 mod purged_entry_remover;
 mod recent_entries;
+pub mod shared_write_batch;
 pub mod snapshot_files;
 pub mod state_machine;
 pub mod storage_codec;
@@ -32,6 +34,7 @@ pub use applied_writes::AppliedWrites;
 pub use durable_applied::DurableApplied;
 pub use fail_points::FailPoints;
 pub use log_store::SledLogStore;
+pub use shared_write_batch::SharedWriteBatch;
 pub use state_machine::KeelStateMachine;
 pub use type_config::{KeelRaft, MemberNode, NodeId, TypeConfig};
 

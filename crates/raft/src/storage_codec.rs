@@ -292,12 +292,12 @@ impl StorageRecord for CurrentSnapshotRecord {
 }
 
 /// The protobuf record of `entry` (`keelstoragepb.LogEntry`); the payload is
-/// moved into it, not copied.
+/// moved into it, not copied, unless another clone of the entry shares it.
 pub fn entry_to_pb(entry: Entry) -> pb::LogEntry {
     use pb::log_entry::Payload;
     let payload = match entry.payload {
         EntryPayload::Blank => Payload::Blank(pb::BlankPayload {}),
-        EntryPayload::Normal(write_batch) => Payload::WriteBatch(write_batch),
+        EntryPayload::Normal(write_batch) => Payload::WriteBatch(write_batch.into_write_batch()),
         EntryPayload::Membership(membership) => Payload::Membership(membership_to_pb(&membership)),
     };
     pb::LogEntry {
@@ -312,7 +312,7 @@ pub fn entry_from_pb(record: pb::LogEntry) -> Result<Entry, StorageDecodeError> 
     let log_id = log_id_from_pb(required(record.log_id, "log entry", "log_id")?);
     let payload = match record.payload {
         Some(Payload::Blank(_)) => EntryPayload::Blank,
-        Some(Payload::WriteBatch(write_batch)) => EntryPayload::Normal(write_batch),
+        Some(Payload::WriteBatch(write_batch)) => EntryPayload::Normal(write_batch.into()),
         Some(Payload::Membership(membership)) => EntryPayload::Membership(membership_from_pb(membership)?),
         // An unknown oneof field is skipped by the decoder: it reads as none.
         None => return Err(StorageDecodeError::UnknownPayload { index: log_id.index }),
@@ -328,9 +328,10 @@ pub fn entry_from_pb(record: pb::LogEntry) -> Result<Entry, StorageDecodeError> 
 pub fn encode_entry(entry: &Entry) -> Vec<u8> {
     /// `keelstoragepb.LogEntry.write_batch`'s field number.
     const WRITE_BATCH_FIELD: u32 = 3;
-    let EntryPayload::Normal(write_batch) = &entry.payload else {
+    let EntryPayload::Normal(shared_write_batch) = &entry.payload else {
         return entry_to_pb(entry.clone()).encode_to_vec();
     };
+    let write_batch: &keel_api::keelpb::WriteBatch = shared_write_batch;
     let log_id = pb::LogEntry {
         log_id: Some(log_id_to_pb(&entry.log_id)),
         payload: None,

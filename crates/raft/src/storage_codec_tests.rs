@@ -105,11 +105,11 @@ fn every_entry_kind() -> Vec<Entry> {
         },
         Entry {
             log_id: log_id(2, 7),
-            payload: EntryPayload::Normal(write_batch()),
+            payload: EntryPayload::Normal(write_batch().into()),
         },
         Entry {
             log_id: log_id(2, 8),
-            payload: EntryPayload::Normal(WriteBatch::default()),
+            payload: EntryPayload::Normal(WriteBatch::default().into()),
         },
         Entry {
             log_id: log_id(3, 9),
@@ -121,7 +121,7 @@ fn every_entry_kind() -> Vec<Entry> {
         },
         Entry {
             log_id: log_id(4, 10),
-            payload: EntryPayload::Normal(lease_batch()),
+            payload: EntryPayload::Normal(lease_batch().into()),
         },
     ]
 }
@@ -279,7 +279,7 @@ fn an_entry_written_today_decodes_after_a_field_is_added_and_the_other_way_round
     // the added one at its default.
     let today = Entry {
         log_id: log_id(2, 7),
-        payload: EntryPayload::Normal(write_batch()),
+        payload: EntryPayload::Normal(write_batch().into()),
     };
     let extended = LogEntryWithAddedFields::decode(encode_entry(&today).as_slice()).expect("extended");
     assert_eq!(extended.log_id, Some(pb::LogId { term: 2, index: 7 }));

@@ -1,12 +1,13 @@
 //! The openraft type configuration for keel: u64 member ids (etcd's member
 //! ids), member records carrying name and peer URL, a log entry payload that
-//! is one group-committed batch of etcd write requests, and standard Raft
+//! is one group-committed batch of etcd write requests (shared between the
+//! entry's clones, `shared_write_batch.rs`), and standard Raft
 //! leader ids (`leader_id_std`: at most one leader per term, as in the Raft
 //! paper; openraft's default lets a higher member id win a term already won).
 
 use std::fmt;
 
-use keel_api::keelpb::{WriteBatch, WriteBatchOutcome};
+use keel_api::keelpb::WriteBatchOutcome;
 use serde::{Deserialize, Serialize};
 
 pub type NodeId = u64;
@@ -26,7 +27,7 @@ impl fmt::Display for MemberNode {
 
 openraft::declare_raft_types!(
     pub TypeConfig:
-        D = WriteBatch,
+        D = crate::shared_write_batch::SharedWriteBatch,
         R = WriteBatchOutcome,
         NodeId = NodeId,
         Node = MemberNode,

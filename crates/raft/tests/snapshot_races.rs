@@ -21,16 +21,19 @@ use tokio::io::AsyncReadExt;
 fn put_entry(index: u64) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1), index),
-        payload: EntryPayload::Normal(WriteBatch {
-            requests: vec![WriteRequest {
-                checked_auth_revision: 0,
-                request: Some(write_request::Request::Put(PutRequest {
-                    key: format!("key-{index}").into_bytes(),
-                    value: b"value".to_vec(),
-                    ..Default::default()
-                })),
-            }],
-        }),
+        payload: EntryPayload::Normal(
+            WriteBatch {
+                requests: vec![WriteRequest {
+                    checked_auth_revision: 0,
+                    request: Some(write_request::Request::Put(PutRequest {
+                        key: format!("key-{index}").into_bytes(),
+                        value: b"value".to_vec(),
+                        ..Default::default()
+                    })),
+                }],
+            }
+            .into(),
+        ),
     }
 }
 
