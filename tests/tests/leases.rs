@@ -696,10 +696,26 @@ async fn etcdctl_lease_commands_print_on_keel_what_they_print_on_etcd() {
     }
 }
 
-/// Sends `asked` keep-alives at once on one stream at `endpoint` and checks
-/// that each answer, in request order, carries its own lease's TTL
-/// (`ttl_of`).
-async fn keep_alive_at_once_each_answered(endpoint: &str, asked: &[i64], ttl_of: impl Fn(i64) -> i64) {
+/// Grants leases `ids` (TTL 60 s and 90 s) at `endpoint`, sends `count`
+/// keep-alives at once on one stream, cycling over the two and the never
+/// granted lease `unknown`, and checks that each answer, in request order,
+/// carries its own lease's TTL (0 for `unknown`).
+async fn keep_alive_two_leases_and_an_unknown_at_once(
+    endpoint: &str,
+    ids: [i64; 2],
+    unknown: i64,
+    count: usize,
+) {
+    let [first, second] = [
+        grant(endpoint, 60, ids[0]).await,
+        grant(endpoint, 90, ids[1]).await,
+    ];
+    let ttl_of = |id: i64| match id {
+        id if id == first => 60,
+        id if id == second => 90,
+        _ => 0,
+    };
+    let asked: Vec<i64> = [first, unknown, second].into_iter().cycle().take(count).collect();
     let requests = tokio_stream::iter(
         asked
             .iter()
@@ -725,16 +741,7 @@ async fn keep_alive_at_once_each_answered(endpoint: &str, asked: &[i64], ttl_of:
 #[tokio::test]
 async fn keep_alives_sent_at_once_on_one_stream_are_answered_in_request_order() {
     let cluster = Cluster::start(ClusterOptions::keel(3)).await.expect("cluster");
-    let endpoint = cluster.endpoint(1);
-    let [first, second] = [grant(&endpoint, 60, 11).await, grant(&endpoint, 90, 12).await];
-    let unknown = 999;
-    let asked: Vec<i64> = [first, unknown, second].into_iter().cycle().take(300).collect();
-    keep_alive_at_once_each_answered(&endpoint, &asked, |id| match id {
-        11 => 60,
-        12 => 90,
-        _ => 0,
-    })
-    .await;
+    keep_alive_two_leases_and_an_unknown_at_once(&cluster.endpoint(1), [11, 12], 999, 300).await;
 }
 
 /// Keep-alives taken by a follower reach the leader in batches (one peer
@@ -745,16 +752,7 @@ async fn keep_alives_on_a_follower_reach_the_leader_in_batches_each_answered_for
     let mut cluster = Cluster::start(ClusterOptions::keel(3)).await.expect("cluster");
     let leader = cluster.wait_for_leader(WAIT).await.expect("a leader");
     let follower = (leader + 1) % 3;
-    let endpoint = cluster.endpoint(follower);
-    let [first, second] = [grant(&endpoint, 60, 21).await, grant(&endpoint, 90, 22).await];
-    let unknown = 998;
-    let asked: Vec<i64> = [first, unknown, second].into_iter().cycle().take(600).collect();
-    keep_alive_at_once_each_answered(&endpoint, &asked, |id| match id {
-        21 => 60,
-        22 => 90,
-        _ => 0,
-    })
-    .await;
+    keep_alive_two_leases_and_an_unknown_at_once(&cluster.endpoint(follower), [21, 22], 998, 600).await;
     let metric = |name: &'static str| {
         let cluster = &cluster;
         async move { cluster.metric(follower, name).await.expect(name) }
