@@ -32,8 +32,10 @@ for line in open(f"{out}/sockets.txt"):
     if m:
         sockets.append(Socket(m.group(1), m.group(2), m.group(3), int(m.group(4)), int(m.group(5))))
 members = set(tid_to_pid.values())
-bench = next(s for s in sockets if s.name == "keel-bench")
-client_end = next(s for s in sockets if s.local == bench.peer and s.peer == bench.local)
+bench = next((s for s in sockets if s.name == "keel-bench"), None)
+client_end = bench and next((s for s in sockets if s.local == bench.peer and s.peer == bench.local), None)
+if client_end is None:
+    sys.exit("chain_trace.py: no connection from keel-bench to a member in sockets.txt")
 leader, client_fd = client_end.pid, client_end.fd
 peer_port = int(client_end.local.rsplit(":", 1)[1]) + 1
 # (pid, fd) -> role of the socket
