@@ -31,7 +31,10 @@
 //!   left the next session idle forever (a member stuck behind);
 //! - a request on a link cut by [`LinkFaults`](crate::network::LinkFaults)
 //!   is never sent: the session ends, and reports the peer unreachable once
-//!   the requests already sent are answered.
+//!   the requests already sent are answered;
+//! - an entry-less request (a commit alone) may be folded into the next
+//!   request (`commit_only_folding.rs`); its answer is then made from that
+//!   one's and yielded right before it, so answers stay one per request.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -50,8 +53,12 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use crate::commit_only_folding::{
+    answers_of_folded, fold_commit_only as fold_commit_only_requests, Outgoing, COMMIT_ONLY_HOLD,
+};
 use crate::network::{rpc_failure, PeerMessage, PeerNetwork, PeerUnavailable, RemoteFailure};
 use crate::peer_codec::{decode_payload, encode_payload, PeerCodecError};
+use keel_raft::type_config::LogId;
 use keel_raft::{NodeId, TypeConfig};
 
 /// The slowest a receiver may store a request's bytes before its session
@@ -166,30 +173,44 @@ enum SendingStopped {
 /// answering half (polled by openraft).
 #[derive(Default)]
 struct Session {
-    /// When each request still unanswered was sent, and its size, oldest first.
-    unanswered: Mutex<VecDeque<(Instant, usize)>>,
+    /// Each request still unanswered, oldest first.
+    unanswered: Mutex<VecDeque<SentRequest>>,
     /// Signalled whenever a request is sent.
     request_sent: Notify,
     stopped: Mutex<Option<SendingStopped>>,
 }
 
+/// A request sent and not answered yet.
+struct SentRequest {
+    at: Instant,
+    bytes: usize,
+    /// The `prev_log_id` of an entry-less request folded into this one.
+    folded: Option<Option<LogId>>,
+}
+
 impl Session {
-    fn sent(&self, bytes: usize) {
+    fn sent(&self, bytes: usize, folded: Option<Option<LogId>>) {
         self.unanswered
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push_back((Instant::now(), bytes));
+            .push_back(SentRequest {
+                at: Instant::now(),
+                bytes,
+                folded,
+            });
         self.request_sent.notify_one();
     }
 
-    /// Records one answer and its round trip; the next one is owed from now on.
-    fn answered(&self, round_trip: &keel_metrics::HistogramChild) -> Instant {
+    /// Records one answer and its round trip; the next one is owed from now
+    /// on. Returns the time and the answered request's folded one, if any.
+    fn answered(&self, round_trip: &keel_metrics::HistogramChild) -> (Instant, Option<Option<LogId>>) {
         let mut unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        if let Some((sent, _)) = unanswered.pop_front() {
-            round_trip.observe(now.duration_since(sent).as_secs_f64());
-        }
-        now
+        let folded = unanswered.pop_front().and_then(|sent| {
+            round_trip.observe(now.duration_since(sent.at).as_secs_f64());
+            sent.folded
+        });
+        (now, folded)
     }
 
     /// When the next answer is overdue, if one is owed at all.
@@ -197,7 +218,7 @@ impl Session {
         let unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
         unanswered
             .front()
-            .map(|(sent, bytes)| (*sent).max(last_answer) + patience + storing_time(*bytes))
+            .map(|sent| sent.at.max(last_answer) + patience + storing_time(sent.bytes))
     }
 
     fn stop_sending(&self, why: SendingStopped) {
@@ -218,23 +239,30 @@ pub(crate) async fn open<S>(
     requests: S,
     option: RPCOption,
     target_patience: &SessionPatience,
+    fold_commit_only: bool,
 ) -> Result<impl Stream<Item = SessionAnswer> + Send + 'static, RPCError<TypeConfig>>
 where
     S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
 {
     let patience = target_patience.for_next_session(option.soft_ttl());
     let session = Arc::new(Session::default());
+    let hold = if fold_commit_only {
+        COMMIT_ONLY_HOLD
+    } else {
+        Duration::ZERO
+    };
+    let requests = Box::pin(fold_commit_only_requests(requests, hold));
     let outgoing = futures::stream::unfold((requests, session.clone()), move |(mut requests, session)| {
         let network = network.clone();
         async move {
-            let request = requests.next().await?;
+            let Outgoing { request, folded } = requests.next().await?;
             if let Err(cut) = network.check_link(target, PeerMessage::AppendEntries) {
                 session.stop_sending(SendingStopped::LinkCut(cut));
                 return None;
             }
             match encode_payload(&request) {
                 Ok(payload) => {
-                    session.sent(payload.data.len());
+                    session.sent(payload.data.len(), folded);
                     Some((payload, (requests, session)))
                 }
                 Err(error) => {
@@ -276,6 +304,7 @@ where
         target_patience: target_patience.clone(),
         _requests_closer: requests_closer,
         last_answer: Instant::now(),
+        answer_next: None,
         finished: false,
         round_trip: keel_metrics::metrics()
             .peer_round_trip_seconds
@@ -285,7 +314,10 @@ where
         if state.finished {
             return None;
         }
-        let answer = state.next_answer().await?;
+        let answer = match state.answer_next.take() {
+            Some(answer) => answer,
+            None => state.next_answer().await?,
+        };
         state.finished = !matches!(answer, Ok(Ok(_)));
         Some((answer, state))
     }))
@@ -316,6 +348,8 @@ struct AnswerState {
     /// Dropped with the session's answers: ends openraft's request stream.
     _requests_closer: SessionRequestsCloser,
     last_answer: Instant,
+    /// The answer of a request whose folded request was just answered.
+    answer_next: Option<SessionAnswer>,
     finished: bool,
     /// `etcd_network_peer_round_trip_time_seconds{To="<target>"}`.
     round_trip: keel_metrics::HistogramChild,
@@ -343,9 +377,16 @@ impl AnswerState {
             };
             match woken {
                 Woken::Answer(Ok(Some(payload))) => {
-                    self.last_answer = self.session.answered(&self.round_trip);
+                    let (answered_at, folded) = self.session.answered(&self.round_trip);
+                    self.last_answer = answered_at;
                     self.target_patience.answered();
-                    return Some(self.decode(&payload));
+                    let answer = self.decode(&payload);
+                    let Some(folded_prev_log_id) = folded else {
+                        return Some(answer);
+                    };
+                    let (folded_answer, own_answer) = answers_of_folded(folded_prev_log_id, answer);
+                    self.answer_next = own_answer;
+                    return Some(folded_answer);
                 }
                 Woken::Answer(Ok(None)) => {
                     return self.session.take_stop_reason().map(|why| Err(stopped_early(why)));

@@ -29,6 +29,7 @@
 
 mod append_stream;
 mod batchless_leaders;
+mod commit_only_folding;
 pub mod config;
 pub mod data_format;
 mod forwarding_session;

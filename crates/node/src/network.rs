@@ -282,6 +282,10 @@ pub struct PeerConnection {
     /// Kept across the replication sessions openraft opens on this
     /// connection (`append_stream.rs`).
     session_patience: crate::append_stream::SessionPatience,
+    /// Whether an entry-less request may wait for the next one to fold
+    /// into (`commit_only_folding.rs`): on replication connections, never
+    /// on heartbeat ones, whose requests confirm leadership for reads.
+    fold_commit_only: bool,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -293,6 +297,14 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             peer_url: node.peer_url.clone(),
             network: self.clone(),
             session_patience: Default::default(),
+            fold_commit_only: true,
+        }
+    }
+
+    async fn new_heartbeat_client(&mut self, target: NodeId, node: &MemberNode) -> PeerConnection {
+        PeerConnection {
+            fold_commit_only: false,
+            ..self.new_client(target, node).await
         }
     }
 }
@@ -414,6 +426,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 input,
                 option,
                 &self.session_patience,
+                self.fold_commit_only,
             )
             .await?;
             let answers: BoxStream<'s, _> = Box::pin(answers);
