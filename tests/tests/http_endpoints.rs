@@ -237,3 +237,51 @@ async fn a_raised_alarm_makes_health_false_until_disarmed_as_in_etcd() {
     );
     assert_eq!(from_keel, health_under_an_alarm(&etcd).await);
 }
+
+/// `etcd_network_peer_round_trip_time_seconds_count` per follower, from a
+/// member's `/metrics` (every AppendEntries answered on its sessions).
+async fn peer_round_trips(endpoint: &str) -> std::collections::BTreeMap<String, u64> {
+    let (_, body) = get(endpoint, "/metrics").await;
+    body.lines()
+        .filter_map(|line| line.strip_prefix("etcd_network_peer_round_trip_time_seconds_count{To=\""))
+        .filter_map(|rest| rest.split_once("\"} "))
+        .filter_map(|(to, count)| Some((to.to_string(), count.trim().parse().ok()?)))
+        .collect()
+}
+
+/// Regression: openraft 0.10 sends a commit alone when no entry waits, and
+/// keel proposes the next entry only after the previous one applied, so
+/// every write through the leader cost each follower two AppendEntries.
+/// The replication sessions now fold the commit into the next request.
+#[tokio::test]
+async fn sequential_writes_cost_each_follower_one_append_request_per_entry_not_two() {
+    let mut keel = Cluster::start(ClusterOptions::keel(3))
+        .await
+        .expect("keel starts");
+    let leader = keel
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("keel leader");
+    let client = keel.member_client(leader).expect("client");
+    const WRITES: u64 = 300;
+    let before = peer_round_trips(&keel.endpoint(leader)).await;
+    for i in 0..WRITES {
+        let put = keel_api::etcdserverpb::PutRequest {
+            key: format!("sequential/{i}").into_bytes(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        };
+        client.put(put).await.expect("put acknowledged");
+    }
+    let after = peer_round_trips(&keel.endpoint(leader)).await;
+    assert_eq!(after.len(), 2, "one round-trip count per follower: {after:?}");
+    for (follower, count) in &after {
+        let requests = count - before.get(follower).copied().unwrap_or(0);
+        // One per entry, plus heartbeats and the odd commit sent alone;
+        // two per entry before the fix.
+        assert!(
+            requests >= WRITES && requests < WRITES * 3 / 2,
+            "follower {follower} answered {requests} AppendEntries for {WRITES} sequential writes"
+        );
+    }
+}
