@@ -280,7 +280,7 @@ async fn sequential_writes_cost_each_follower_one_append_request_per_entry_not_t
         // One per entry, plus heartbeats and the odd commit sent alone;
         // two per entry before the fix.
         assert!(
-            requests >= WRITES && requests < WRITES * 3 / 2,
+            (WRITES..WRITES * 3 / 2).contains(&requests),
             "follower {follower} answered {requests} AppendEntries for {WRITES} sequential writes"
         );
     }
