@@ -42,6 +42,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
+use crate::local_apply::LocalApply;
 use crate::request_error::RequestError;
 use crate::write_forwarder::{answer_of, effect_unknown, ForwardAnswer};
 use crate::write_path::WritePath;
@@ -72,19 +73,18 @@ pub(crate) fn answer_forwarded_batches(
             tokio::spawn(async move {
                 let count = batch.writes.len();
                 let outcomes = match write_path.propose_batch_as_leader(batch.writes).await {
-                    Ok(outcomes) => ForwardedOutcomes {
-                        outcomes,
-                        refused_not_leader: false,
-                    },
+                    Ok(outcomes) => outcomes,
                     Err(RequestError::RefusedNotLeader) => ForwardedOutcomes {
                         outcomes: Vec::new(),
                         refused_not_leader: true,
+                        log_index: 0,
                     },
                     Err(other) => {
                         let failed = crate::write_forwarder::outcome_of(Err(Status::from(other)));
                         ForwardedOutcomes {
                             outcomes: vec![failed; count],
                             refused_not_leader: false,
+                            log_index: 0,
                         }
                     }
                 };
@@ -159,13 +159,14 @@ impl ForwardingSession {
     pub(crate) fn open(
         leader: NodeId,
         mut client: PeerClient<Channel>,
+        local_apply: LocalApply,
         not_read: impl FnOnce(NodeId) + Send + 'static,
     ) -> ForwardingSession {
         let (batches, outgoing) = mpsc::unbounded_channel();
         let queue = Arc::new(Mutex::new(SessionQueue::default()));
         let reader_queue = queue.clone();
         let reader = tokio::spawn(async move {
-            let end = read_answers(&mut client, outgoing, &reader_queue).await;
+            let end = read_answers(&mut client, outgoing, &reader_queue, &local_apply).await;
             if matches!(end, SessionEnd::NotRead) {
                 not_read(leader);
                 tracing::info!(
@@ -261,6 +262,7 @@ async fn read_answers(
     client: &mut PeerClient<Channel>,
     outgoing: mpsc::UnboundedReceiver<ForwardedWrites>,
     queue: &Mutex<SessionQueue>,
+    local_apply: &LocalApply,
 ) -> SessionEnd {
     let oldest_deadline = || {
         queue
@@ -311,8 +313,25 @@ async fn read_answers(
         else {
             return SessionEnd::EffectUnknown("the leader answered a batch this member did not send".into());
         };
-        answer_batch(batch, outcomes);
+        answer_once_applied_here(batch, outcomes, local_apply);
     }
+}
+
+/// Answers `batch` once this member has applied the entry that carried it
+/// (`local_apply.rs`); on a task of its own when that is still to come, so
+/// the session reads on (the batch is out of its queue: the session's end
+/// no longer fails it).
+fn answer_once_applied_here(batch: UnansweredBatch, answer: ForwardedOutcomes, local_apply: &LocalApply) {
+    let log_index = answer.log_index;
+    if log_index == 0 || local_apply.has_applied(log_index) {
+        answer_batch(batch, answer);
+        return;
+    }
+    let local_apply = local_apply.clone();
+    tokio::spawn(async move {
+        local_apply.until_applied(log_index, batch.deadline).await;
+        answer_batch(batch, answer);
+    });
 }
 
 /// What the unanswered writes of a session that failed after it opened

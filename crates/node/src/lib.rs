@@ -42,6 +42,7 @@ pub mod leader_transfer;
 pub mod leadership;
 mod lease_clock;
 pub mod lessor;
+mod local_apply;
 mod membership;
 pub mod network;
 pub mod node;

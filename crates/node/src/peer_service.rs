@@ -257,15 +257,11 @@ impl Peer for PeerService {
         &self,
         request: Request<ForwardedWrites>,
     ) -> Result<Response<ForwardedOutcomes>, Status> {
-        let outcomes = self
-            .write_path
+        self.write_path
             .propose_batch_as_leader(request.into_inner().writes)
             .await
-            .map_err(Status::from)?;
-        Ok(Response::new(ForwardedOutcomes {
-            outcomes,
-            refused_not_leader: false,
-        }))
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     type StreamForwardWritesStream = ForwardedAnswers;

@@ -34,6 +34,7 @@ use tonic::{Code, Status};
 use crate::batchless_leaders::BatchlessLeaders;
 use crate::forwarding_session::{ForwardingSession, OutgoingBatch};
 use crate::leader_batch_queue::{batch_queue, latest_deadline, BatchQueue, BatchQueueSender};
+use crate::local_apply::LocalApply;
 use crate::request_error::RequestError;
 use keel_api::WireError;
 
@@ -60,10 +61,12 @@ pub(crate) struct WriteForwarder {
 }
 
 impl WriteForwarder {
-    pub(crate) fn start() -> WriteForwarder {
+    /// Starts the forwarder; a batch's writes are answered once
+    /// `local_apply` has applied the entry that carried them.
+    pub(crate) fn start(local_apply: LocalApply) -> WriteForwarder {
         let (queue, queued) = batch_queue();
         let single_write_leaders = BatchlessLeaders::new(SINGLE_WRITES_FOR);
-        tokio::spawn(run_forwarder(queued, single_write_leaders.clone()));
+        tokio::spawn(run_forwarder(queued, single_write_leaders.clone(), local_apply));
         WriteForwarder {
             queue,
             single_write_leaders,
@@ -107,6 +110,7 @@ fn stopped() -> Status {
 async fn run_forwarder(
     mut queued: BatchQueue<WriteRequest, ForwardAnswer>,
     single_write_leaders: BatchlessLeaders,
+    local_apply: LocalApply,
 ) {
     let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
     let mut session: Option<ForwardingSession> = None;
@@ -146,7 +150,9 @@ async fn run_forwarder(
                         previous.end_for_another_leader();
                     }
                     let marks = single_write_leaders.clone();
-                    ForwardingSession::open(leader, client.clone(), move |leader| marks.mark(leader))
+                    ForwardingSession::open(leader, client.clone(), local_apply.clone(), move |leader| {
+                        marks.mark(leader)
+                    })
                 }
             };
             let sent = current.send(unsent);
@@ -239,7 +245,7 @@ mod tests {
     async fn a_leader_without_batched_forwards_gets_a_refusal_to_route_again_then_single_forwards() {
         let leader = 7;
         let client = a_peer_serving_nothing().await;
-        let forwarder = WriteForwarder::start();
+        let forwarder = WriteForwarder::start(LocalApply::none());
         let deadline = Instant::now() + Duration::from_secs(5);
         let put = || WriteRequest {
             request: Some(keel_api::keelpb::write_request::Request::Put(Default::default())),
@@ -271,7 +277,7 @@ mod tests {
     async fn concurrent_writes_to_a_leader_without_sessions_are_each_refused_to_route_again() {
         let leader = 7;
         let client = a_peer_serving_nothing().await;
-        let forwarder = WriteForwarder::start();
+        let forwarder = WriteForwarder::start(LocalApply::none());
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut writes = tokio::task::JoinSet::new();
         for i in 0..64u64 {
@@ -319,7 +325,11 @@ mod tests {
             let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
                 .expect("endpoint")
                 .connect_lazy();
-            (WriteForwarder::start(), PeerClient::new(channel), silent_peer)
+            (
+                WriteForwarder::start(LocalApply::none()),
+                PeerClient::new(channel),
+                silent_peer,
+            )
         });
         let answer = caller_runtime.block_on(async move {
             let put = WriteRequest {
@@ -358,7 +368,7 @@ mod tests {
                 .expect("endpoint")
                 .connect_lazy(),
         );
-        let forwarder = WriteForwarder::start();
+        let forwarder = WriteForwarder::start(LocalApply::none());
         let put = || WriteRequest {
             request: Some(keel_api::keelpb::write_request::Request::Put(Default::default())),
             ..Default::default()

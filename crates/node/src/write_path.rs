@@ -24,7 +24,7 @@
 use std::time::Duration;
 
 use keel_api::keelpb::{
-    write_outcome, write_request, write_response, ForwardedOutcome, WriteBatch, WriteRequest, WriteResponse,
+    write_outcome, write_request, write_response, ForwardedOutcomes, WriteBatch, WriteRequest, WriteResponse,
 };
 use keel_api::WireError;
 use keel_raft::KeelRaft;
@@ -36,6 +36,7 @@ use tokio::time::Instant;
 use crate::leader_call::{AttemptFailure, LeaderAt, LeaderCall, Repeat};
 use crate::leadership::LeaderRoute;
 use crate::lease_clock::LeaseClock;
+use crate::local_apply::LocalApply;
 use crate::network::PeerMessage;
 use crate::request_error::RequestError;
 use crate::write_forwarder::{outcome_of, WriteForwarder};
@@ -50,7 +51,15 @@ const MAX_BYTES_PER_ENTRY: usize = 4 * 1024 * 1024;
 /// it between entries), answered together with one outcome per write.
 struct Proposal {
     requests: Vec<WriteRequest>,
-    reply: oneshot::Sender<Vec<Result<WriteResponse, WireError>>>,
+    reply: oneshot::Sender<EntryOutcomes>,
+}
+
+/// A proposal's outcomes, one per write, in order, and the log index of
+/// the entry that carried them (`None` when none was committed).
+#[derive(Default)]
+pub(crate) struct EntryOutcomes {
+    pub(crate) log_index: Option<u64>,
+    pub(crate) outcomes: Vec<Result<WriteResponse, WireError>>,
 }
 
 #[derive(Clone)]
@@ -72,7 +81,7 @@ impl WritePath {
         WritePath {
             proposals,
             leader_call: LeaderCall::new(&route, retry_pause),
-            forwarder: WriteForwarder::start(),
+            forwarder: WriteForwarder::start(LocalApply::of(route.raft.clone())),
             request_timeout: route.request_timeout,
             lease_clock,
         }
@@ -124,15 +133,16 @@ impl WritePath {
     /// A grant applied here starts its lease's deadline at once (on the
     /// leader; `lease_clock.rs`).
     async fn propose_on_leader(&self, request: WriteRequest) -> Result<WriteResponse, WireError> {
-        let mut outcomes = self.propose_together_on_leader(vec![request]).await.into_iter();
+        let mut outcomes = self
+            .propose_together_on_leader(vec![request])
+            .await
+            .outcomes
+            .into_iter();
         outcomes.next().unwrap_or(Err(WireError::Stopped))
     }
 
     /// Proposes `requests` in one log entry; their outcomes, in order.
-    async fn propose_together_on_leader(
-        &self,
-        requests: Vec<WriteRequest>,
-    ) -> Vec<Result<WriteResponse, WireError>> {
+    async fn propose_together_on_leader(&self, requests: Vec<WriteRequest>) -> EntryOutcomes {
         let count = requests.len();
         let revoked: Vec<Option<i64>> = requests
             .iter()
@@ -142,10 +152,11 @@ impl WritePath {
             })
             .collect();
         let (reply, answer) = oneshot::channel();
-        let outcomes = match self.proposals.send(Proposal { requests, reply }).await {
-            Ok(()) => answer.await.unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
+        let EntryOutcomes { log_index, outcomes } =
+            match self.proposals.send(Proposal { requests, reply }).await {
+                Ok(()) => answer.await.unwrap_or_default(),
+                Err(_) => EntryOutcomes::default(),
+            };
         // Every write gets an outcome: a proposer that stopped answers none.
         let outcomes: Vec<Result<WriteResponse, WireError>> = outcomes
             .into_iter()
@@ -165,7 +176,7 @@ impl WritePath {
                 Err(_) => {}
             }
         }
-        outcomes
+        EntryOutcomes { log_index, outcomes }
     }
 
     /// What a leader answers a forwarded write with: refused (not proposed)
@@ -184,20 +195,24 @@ impl WritePath {
 
     /// What a leader answers a follower's batch of forwarded writes with:
     /// refused as a whole (none proposed) when this member does not lead,
-    /// else each write's own outcome, in order. The batch goes into one log
-    /// entry (with whatever else is queued).
+    /// else each write's own outcome, in order, with the log index of the one
+    /// entry the batch went into (with whatever else was queued).
     pub(crate) async fn propose_batch_as_leader(
         &self,
         requests: Vec<WriteRequest>,
-    ) -> Result<Vec<ForwardedOutcome>, RequestError> {
+    ) -> Result<ForwardedOutcomes, RequestError> {
         if !self.leader_call.leadership.is_leader() {
             return Err(RequestError::RefusedNotLeader);
         }
-        let answers = self.propose_together_on_leader(requests).await;
-        Ok(answers
-            .into_iter()
-            .map(|answer| outcome_of(answer.map_err(tonic::Status::from)))
-            .collect())
+        let EntryOutcomes { log_index, outcomes } = self.propose_together_on_leader(requests).await;
+        Ok(ForwardedOutcomes {
+            outcomes: outcomes
+                .into_iter()
+                .map(|answer| outcome_of(answer.map_err(tonic::Status::from)))
+                .collect(),
+            refused_not_leader: false,
+            log_index: log_index.unwrap_or(0),
+        })
     }
 }
 
@@ -244,16 +259,20 @@ type ClientWriteResult = Result<
 
 fn answer_every_write(replies: ProposalReplies, error: WireError) {
     for (reply, count) in replies {
-        let _ = reply.send(vec![Err(error); count]);
+        let _ = reply.send(EntryOutcomes {
+            log_index: None,
+            outcomes: vec![Err(error); count],
+        });
     }
 }
 
 /// Each proposal's reply, with how many of the entry's writes are its own.
-type ProposalReplies = Vec<(oneshot::Sender<Vec<Result<WriteResponse, WireError>>>, usize)>;
+type ProposalReplies = Vec<(oneshot::Sender<EntryOutcomes>, usize)>;
 
 fn deliver_outcomes(written: ClientWriteResult, replies: ProposalReplies) {
     match written {
         Ok(response) => {
+            let log_index = Some(response.log_id.index);
             let mut outcomes = response.data.outcomes.into_iter();
             for (reply, count) in replies {
                 let results = (&mut outcomes)
@@ -269,7 +288,10 @@ fn deliver_outcomes(written: ClientWriteResult, replies: ProposalReplies) {
                     .chain(std::iter::repeat_with(|| Err(WireError::Stopped)))
                     .take(count)
                     .collect();
-                let _ = reply.send(results);
+                let _ = reply.send(EntryOutcomes {
+                    log_index,
+                    outcomes: results,
+                });
             }
         }
         // This member lost leadership (or, under openraft's CheckQuorum, its
