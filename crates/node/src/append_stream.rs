@@ -251,7 +251,9 @@ where
     } else {
         Duration::ZERO
     };
-    let requests = Box::pin(fold_commit_only_requests(requests, hold));
+    let backlog = network.proposal_backlog().clone();
+    let commit_may_wait = move || backlog.commit_may_wait();
+    let requests = Box::pin(fold_commit_only_requests(requests, hold, commit_may_wait));
     let outgoing = futures::stream::unfold((requests, session.clone()), move |(mut requests, session)| {
         let network = network.clone();
         async move {

@@ -10,7 +10,10 @@
 //! write's chain at 1 client").
 //!
 //! Here an entry-less request waits up to [`COMMIT_ONLY_HOLD`] for the next
-//! request. When that one continues from the same `prev_log_id` under the
+//! request, but only while the leader's proposer says the commit may wait
+//! (`proposal_backlog.rs`: proposals are queued for the next entry, and the
+//! entry just committed carries no follower's forwarded writes, which that
+//! follower answers only once it learned this commit). When that one continues from the same `prev_log_id` under the
 //! same vote, only it is sent, and its answer answers the held request too
 //! ([`answers_of_folded`]): the follower would have answered the held
 //! request exactly so had it come just before (a success matching
@@ -50,54 +53,60 @@ pub(crate) struct Outgoing {
 
 /// `requests` with each entry-less request held up to `hold` and folded
 /// into the next request when that one continues from the same point; a
-/// zero `hold` passes every request on at once.
+/// zero `hold`, or `commit_may_wait()` false when the request comes, passes
+/// it on at once.
 pub(crate) fn fold_commit_only<S>(
     requests: S,
     hold: Duration,
+    commit_may_wait: impl Fn() -> bool + Send + Sync + 'static,
 ) -> impl Stream<Item = Outgoing> + Send + 'static
 where
     S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
 {
+    let commit_may_wait = std::sync::Arc::new(commit_may_wait);
     let start = (requests.fuse(), None::<AppendEntriesRequest<TypeConfig>>);
-    futures::stream::unfold(start, move |(mut requests, mut next_up)| async move {
-        let request = match next_up.take() {
-            Some(request) => request,
-            None => requests.next().await?,
-        };
-        if !request.entries.is_empty() || hold.is_zero() {
-            return Some((
-                Outgoing {
-                    request,
-                    folded: None,
-                },
-                (requests, None),
-            ));
-        }
-        match tokio::time::timeout(hold, requests.next()).await {
-            Ok(Some(next)) if next.prev_log_id == request.prev_log_id && next.vote == request.vote => {
-                let folded = Some(request.prev_log_id);
-                Some((
+    futures::stream::unfold(start, move |(mut requests, mut next_up)| {
+        let commit_may_wait = commit_may_wait.clone();
+        async move {
+            let request = match next_up.take() {
+                Some(request) => request,
+                None => requests.next().await?,
+            };
+            if !request.entries.is_empty() || hold.is_zero() || !commit_may_wait() {
+                return Some((
                     Outgoing {
-                        request: next,
-                        folded,
+                        request,
+                        folded: None,
                     },
                     (requests, None),
-                ))
+                ));
             }
-            Ok(Some(next)) => Some((
-                Outgoing {
-                    request,
-                    folded: None,
-                },
-                (requests, Some(next)),
-            )),
-            Ok(None) | Err(_) => Some((
-                Outgoing {
-                    request,
-                    folded: None,
-                },
-                (requests, None),
-            )),
+            match tokio::time::timeout(hold, requests.next()).await {
+                Ok(Some(next)) if next.prev_log_id == request.prev_log_id && next.vote == request.vote => {
+                    let folded = Some(request.prev_log_id);
+                    Some((
+                        Outgoing {
+                            request: next,
+                            folded,
+                        },
+                        (requests, None),
+                    ))
+                }
+                Ok(Some(next)) => Some((
+                    Outgoing {
+                        request,
+                        folded: None,
+                    },
+                    (requests, Some(next)),
+                )),
+                Ok(None) | Err(_) => Some((
+                    Outgoing {
+                        request,
+                        folded: None,
+                    },
+                    (requests, None),
+                )),
+            }
         }
     })
 }
@@ -151,7 +160,11 @@ mod tests {
         impl Stream<Item = Outgoing>,
     ) {
         let (requests, queue) = mpsc::unbounded_channel();
-        let outgoing = fold_commit_only(UnboundedReceiverStream::new(queue), Duration::from_millis(50));
+        let outgoing = fold_commit_only(
+            UnboundedReceiverStream::new(queue),
+            Duration::from_millis(50),
+            || true,
+        );
         (requests, outgoing)
     }
 
@@ -197,6 +210,7 @@ mod tests {
         let mut outgoing = Box::pin(fold_commit_only(
             UnboundedReceiverStream::new(queue),
             Duration::ZERO,
+            || true,
         ));
         requests.send(request(2, 7, 0, 7)).expect("send");
         requests.send(request(2, 7, 1, 7)).expect("send");
@@ -204,6 +218,22 @@ mod tests {
         let second = outgoing.next().await.expect("second");
         assert!(first.request.entries.is_empty() && first.folded.is_none());
         assert!(second.request.entries.len() == 1 && second.folded.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_commit_only_request_is_sent_at_once_and_never_folded_while_the_commit_may_not_wait() {
+        let (requests, queue) = mpsc::unbounded_channel();
+        let mut outgoing = Box::pin(fold_commit_only(
+            UnboundedReceiverStream::new(queue),
+            Duration::from_secs(60),
+            || false,
+        ));
+        requests.send(request(2, 7, 0, 7)).expect("send");
+        let first = tokio::time::timeout(Duration::from_secs(5), outgoing.next())
+            .await
+            .expect("not held")
+            .expect("first");
+        assert!(first.request.entries.is_empty() && first.folded.is_none());
     }
 
     #[tokio::test]

@@ -49,6 +49,7 @@ pub mod node;
 pub mod peer_codec;
 mod peer_service;
 pub mod peer_tls;
+mod proposal_backlog;
 pub mod read_path;
 mod renewal_forwarder;
 pub mod request_error;

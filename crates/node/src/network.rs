@@ -29,6 +29,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::peer_codec::{decode_payload, encode_payload, MAX_PEER_MESSAGE_BYTES};
 use crate::peer_tls::PeerTlsConfig;
+use crate::proposal_backlog::ProposalBacklog;
 use crate::request_error::is_member_removed_refusal;
 use keel_raft::type_config::{MemberNode, NodeId, Snapshot, TypeConfig, Vote};
 
@@ -120,6 +121,9 @@ pub struct PeerNetwork {
     member_urls: Arc<RwLock<HashMap<NodeId, String>>>,
     /// The peer certificate and CAs `https://` peers are dialled with.
     tls: Option<Arc<PeerTlsConfig>>,
+    /// This member's proposer queue, which replication sessions ask whether
+    /// a next entry is coming (`commit_only_folding.rs`).
+    proposal_backlog: ProposalBacklog,
 }
 
 /// The news that the cluster removed this member, from whoever learns it
@@ -248,6 +252,10 @@ impl PeerNetwork {
     /// The notice a peer's "you were removed" refusal sets.
     pub(crate) fn removal(&self) -> &RemovalNotice {
         &self.removal
+    }
+
+    pub(crate) fn proposal_backlog(&self) -> &ProposalBacklog {
+        &self.proposal_backlog
     }
 
     /// Fails when a test cut the link to `target` for `kind` messages.

@@ -38,6 +38,7 @@ use crate::leadership::LeaderRoute;
 use crate::lease_clock::LeaseClock;
 use crate::local_apply::LocalApply;
 use crate::network::PeerMessage;
+use crate::proposal_backlog::{ProposalBacklog, WaitingProposal};
 use crate::request_error::RequestError;
 use crate::write_forwarder::{outcome_of, WriteForwarder};
 
@@ -52,6 +53,19 @@ const MAX_BYTES_PER_ENTRY: usize = 4 * 1024 * 1024;
 struct Proposal {
     requests: Vec<WriteRequest>,
     reply: oneshot::Sender<EntryOutcomes>,
+    origin: Origin,
+    /// Counts it in the backlog until the proposer takes it.
+    waiting: WaitingProposal,
+}
+
+/// Where a proposal's writes were taken: a follower that forwarded a batch
+/// answers it once it applied the entry itself (`local_apply.rs`), so the
+/// commit of an entry that carries one is sent at once
+/// (`proposal_backlog.rs`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    ThisMember,
+    ForwardedBatch,
 }
 
 /// A proposal's outcomes, one per write, in order, and the log index of
@@ -65,6 +79,8 @@ pub(crate) struct EntryOutcomes {
 #[derive(Clone)]
 pub struct WritePath {
     proposals: mpsc::Sender<Proposal>,
+    /// The proposals queued for the next entry (`proposal_backlog.rs`).
+    backlog: ProposalBacklog,
     leader_call: LeaderCall,
     forwarder: WriteForwarder,
     request_timeout: Duration,
@@ -77,9 +93,11 @@ impl WritePath {
     /// proposed) after at most `retry_pause`.
     pub(crate) fn start(route: LeaderRoute, retry_pause: Duration, lease_clock: LeaseClock) -> Self {
         let (proposals, queue) = mpsc::channel(16 * 1024);
-        tokio::spawn(run_proposer(route.raft.clone(), queue));
+        let backlog = route.network.proposal_backlog().clone();
+        tokio::spawn(run_proposer(route.raft.clone(), backlog.clone(), queue));
         WritePath {
             proposals,
+            backlog,
             leader_call: LeaderCall::new(&route, retry_pause),
             forwarder: WriteForwarder::start(LocalApply::of(route.raft.clone())),
             request_timeout: route.request_timeout,
@@ -134,7 +152,7 @@ impl WritePath {
     /// leader; `lease_clock.rs`).
     async fn propose_on_leader(&self, request: WriteRequest) -> Result<WriteResponse, WireError> {
         let mut outcomes = self
-            .propose_together_on_leader(vec![request])
+            .propose_together_on_leader(vec![request], Origin::ThisMember)
             .await
             .outcomes
             .into_iter();
@@ -142,7 +160,7 @@ impl WritePath {
     }
 
     /// Proposes `requests` in one log entry; their outcomes, in order.
-    async fn propose_together_on_leader(&self, requests: Vec<WriteRequest>) -> EntryOutcomes {
+    async fn propose_together_on_leader(&self, requests: Vec<WriteRequest>, origin: Origin) -> EntryOutcomes {
         let count = requests.len();
         let revoked: Vec<Option<i64>> = requests
             .iter()
@@ -152,11 +170,19 @@ impl WritePath {
             })
             .collect();
         let (reply, answer) = oneshot::channel();
-        let EntryOutcomes { log_index, outcomes } =
-            match self.proposals.send(Proposal { requests, reply }).await {
-                Ok(()) => answer.await.unwrap_or_default(),
-                Err(_) => EntryOutcomes::default(),
-            };
+        let EntryOutcomes { log_index, outcomes } = match self
+            .proposals
+            .send(Proposal {
+                requests,
+                reply,
+                origin,
+                waiting: self.backlog.entering(),
+            })
+            .await
+        {
+            Ok(()) => answer.await.unwrap_or_default(),
+            Err(_) => EntryOutcomes::default(),
+        };
         // Every write gets an outcome: a proposer that stopped answers none.
         let outcomes: Vec<Result<WriteResponse, WireError>> = outcomes
             .into_iter()
@@ -204,7 +230,9 @@ impl WritePath {
         if !self.leader_call.leadership.is_leader() {
             return Err(RequestError::RefusedNotLeader);
         }
-        let EntryOutcomes { log_index, outcomes } = self.propose_together_on_leader(requests).await;
+        let EntryOutcomes { log_index, outcomes } = self
+            .propose_together_on_leader(requests, Origin::ForwardedBatch)
+            .await;
         Ok(ForwardedOutcomes {
             outcomes: outcomes
                 .into_iter()
@@ -227,16 +255,26 @@ impl WritePath {
 /// against 4421 writes/s (member CPU per put 274 against 313 µs),
 /// grant+revoke at 16 clients 2802 against 2458 pairs/s, and no change at 1
 /// or 256 clients.
-async fn run_proposer(raft: KeelRaft, mut queue: mpsc::Receiver<Proposal>) {
+async fn run_proposer(raft: KeelRaft, backlog: ProposalBacklog, mut queue: mpsc::Receiver<Proposal>) {
     let bytes_of = |requests: &[WriteRequest]| requests.iter().map(Message::encoded_len).sum::<usize>();
     while let Some(first) = queue.recv().await {
-        let mut bytes = bytes_of(&first.requests);
-        let mut replies = vec![(first.reply, first.requests.len())];
-        let mut requests = first.requests;
+        let Proposal {
+            mut requests,
+            reply,
+            mut origin,
+            waiting,
+        } = first;
+        drop(waiting);
+        let mut bytes = bytes_of(&requests);
+        let mut replies = vec![(reply, requests.len())];
         // Whole proposals only: a forwarded batch (at most 256 writes, 1 MiB)
         // may take an entry past these limits, never into two entries.
         while requests.len() < MAX_WRITES_PER_ENTRY && bytes < MAX_BYTES_PER_ENTRY {
             let Ok(next) = queue.try_recv() else { break };
+            drop(next.waiting);
+            if next.origin == Origin::ForwardedBatch {
+                origin = Origin::ForwardedBatch;
+            }
             bytes += bytes_of(&next.requests);
             replies.push((next.reply, next.requests.len()));
             requests.extend(next.requests);
@@ -244,6 +282,7 @@ async fn run_proposer(raft: KeelRaft, mut queue: mpsc::Receiver<Proposal>) {
         keel_metrics::metrics()
             .writes_per_raft_entry
             .observe(requests.len() as f64);
+        backlog.proposing(origin == Origin::ForwardedBatch);
         let written = raft.client_write(WriteBatch { requests }.into()).await;
         if written.is_err() {
             keel_metrics::metrics().proposals_failed.inc();
