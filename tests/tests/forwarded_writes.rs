@@ -290,7 +290,8 @@ async fn a_forwarding_session_with_a_member_that_does_not_lead_refuses_each_batc
 /// committed. A serializable read (or a watch, as the etcd-client crate's
 /// watch program found) on that follower right after the answer could miss
 /// the write, which etcd, whose members answer a proposal only once they
-/// applied it, never does.
+/// applied it, never does. Seen failing without the fix: 4-7 of 200 writes
+/// missed, and 199 of 200 with the commit-only folding holding commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_through_a_follower_is_seen_by_a_serializable_read_on_that_follower_at_once() {
     let cluster = InProcessCluster::start(3, &[]).await.expect("start 3 members");
