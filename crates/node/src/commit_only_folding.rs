@@ -58,16 +58,19 @@ pub(crate) struct Outgoing {
 pub(crate) fn fold_commit_only<S>(
     requests: S,
     hold: Duration,
-    commit_may_wait: impl Fn() -> bool + Send + Sync + 'static,
+    commit_may_wait: impl Fn() -> bool + Send + 'static,
 ) -> impl Stream<Item = Outgoing> + Send + 'static
 where
     S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
 {
-    let commit_may_wait = std::sync::Arc::new(commit_may_wait);
-    let start = (requests.fuse(), None::<AppendEntriesRequest<TypeConfig>>);
-    futures::stream::unfold(start, move |(mut requests, mut next_up)| {
-        let commit_may_wait = commit_may_wait.clone();
-        async move {
+    let start = (
+        requests.fuse(),
+        None::<AppendEntriesRequest<TypeConfig>>,
+        commit_may_wait,
+    );
+    futures::stream::unfold(
+        start,
+        move |(mut requests, mut next_up, commit_may_wait)| async move {
             let request = match next_up.take() {
                 Some(request) => request,
                 None => requests.next().await?,
@@ -78,7 +81,7 @@ where
                         request,
                         folded: None,
                     },
-                    (requests, None),
+                    (requests, None, commit_may_wait),
                 ));
             }
             match tokio::time::timeout(hold, requests.next()).await {
@@ -89,7 +92,7 @@ where
                             request: next,
                             folded,
                         },
-                        (requests, None),
+                        (requests, None, commit_may_wait),
                     ))
                 }
                 Ok(Some(next)) => Some((
@@ -97,18 +100,18 @@ where
                         request,
                         folded: None,
                     },
-                    (requests, Some(next)),
+                    (requests, Some(next), commit_may_wait),
                 )),
                 Ok(None) | Err(_) => Some((
                     Outgoing {
                         request,
                         folded: None,
                     },
-                    (requests, None),
+                    (requests, None, commit_may_wait),
                 )),
             }
-        }
-    })
+        },
+    )
 }
 
 /// The answers of a sent request that had an entry-less request with
