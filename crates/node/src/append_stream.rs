@@ -246,14 +246,13 @@ where
 {
     let patience = target_patience.for_next_session(option.soft_ttl());
     let session = Arc::new(Session::default());
-    let hold = if fold_commit_only {
-        COMMIT_ONLY_HOLD
-    } else {
-        Duration::ZERO
-    };
     let backlog = network.proposal_backlog().clone();
-    let commit_may_wait = move || backlog.commit_may_wait();
-    let requests = Box::pin(fold_commit_only_requests(requests, hold, commit_may_wait));
+    let commit_may_wait = move || fold_commit_only && backlog.commit_may_wait();
+    let requests = Box::pin(fold_commit_only_requests(
+        requests,
+        COMMIT_ONLY_HOLD,
+        commit_may_wait,
+    ));
     let outgoing = futures::stream::unfold((requests, session.clone()), move |(mut requests, session)| {
         let network = network.clone();
         async move {
