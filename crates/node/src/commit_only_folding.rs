@@ -22,7 +22,7 @@
 //! Holding a request is the same as the network delaying it, which Raft
 //! tolerates. Only replication sessions hold: openraft's heartbeats (which
 //! also confirm leadership for linearizable reads) come on sessions of
-//! their own, opened with a zero hold, and are sent at once.
+//! their own, whose commit never may wait, and are sent at once.
 //!
 //! Invariant: every request openraft produced is either sent, in its order,
 //! or folded into the next one sent, and then gets its answer, in its
