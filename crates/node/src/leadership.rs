@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_api::WireError;
-use keel_raft::{KeelRaft, MemberNode, NodeId};
+use keel_raft::{KeelRaft, MemberNode, NodeId, TypeConfig};
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::{Instant as _, ServerState};
+use openraft::{Instant as _, RaftMetrics, ServerState};
 use tokio::time::Instant;
 
 /// When this member last heard from a leader it accepts (or granted a
@@ -104,6 +104,23 @@ impl Leadership {
     pub fn known_leader(&self) -> Option<(NodeId, MemberNode)> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow_watched();
+        self.known_leader_in(&metrics)
+    }
+
+    /// The term and the leader this member trusts in it (0: none), read
+    /// from ONE snapshot of openraft's metrics. Reading the term and then
+    /// the leader separately can pair a term with the next term's leader
+    /// (the long partition suite once saw a deposed leader report its old
+    /// term with its successor as leader, and counted two leaders in
+    /// that term), which etcd's `Status` never reports to keel's checker.
+    pub fn term_and_known_leader(&self) -> (u64, NodeId) {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let leader = self.known_leader_in(&metrics).map_or(0, |(id, _)| id);
+        (metrics.current_term, leader)
+    }
+
+    fn known_leader_in(&self, metrics: &RaftMetrics<TypeConfig>) -> Option<(NodeId, MemberNode)> {
         let leader = metrics.current_leader?;
         if leader == self.self_id {
             if metrics.state != ServerState::Leader {
