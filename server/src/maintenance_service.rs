@@ -86,10 +86,14 @@ impl Maintenance for MaintenanceService {
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let context = &self.context;
+        // Every field from one snapshot: a term paired with another term's
+        // leader reads as two leaders in one term.
         let metrics = context.node.raft().metrics().borrow_watched().clone();
-        // One snapshot for both: a term paired with another term's leader
-        // reads as two leaders in one term.
-        let (raft_term, leader) = context.node.leadership().term_and_known_leader();
+        let leader = context
+            .node
+            .leadership()
+            .known_leader_in(&metrics)
+            .map_or(0, |(id, _)| id);
         let store = context.node.state().store();
         let raft_log_size = context.node.raft_log_size_on_disk();
         // sled writes some buffers to its file only at its next flush, so
@@ -109,7 +113,7 @@ impl Maintenance for MaintenanceService {
             db_size: db_size as i64,
             leader,
             raft_index: metrics.last_log_index.unwrap_or(0),
-            raft_term,
+            raft_term: metrics.current_term,
             raft_applied_index: metrics.last_applied.map_or(0, |id| id.index),
             errors: alarms
                 .into_iter()

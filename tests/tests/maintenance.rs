@@ -161,13 +161,9 @@ async fn etcdctl_move_leader_makes_the_named_member_lead_and_loses_no_acknowledg
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_never_pairs_a_term_with_another_terms_leader() {
     const MOVES: usize = 24;
-    let mut cluster = Cluster::start(ClusterOptions::keel(3))
+    let mut cluster = Cluster::start_led(ClusterOptions::keel(3))
         .await
-        .expect("keel starts");
-    cluster
-        .wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("a leader");
+        .expect("keel starts and elects");
     let ids = member_ids(&cluster).await;
     let stop = Arc::new(AtomicBool::new(false));
     let samplers: Vec<_> = (0..3)

@@ -107,20 +107,13 @@ impl Leadership {
         self.known_leader_in(&metrics)
     }
 
-    /// The term and the leader this member trusts in it (0: none), read
-    /// from ONE snapshot of openraft's metrics. Reading the term and then
-    /// the leader separately can pair a term with the next term's leader
-    /// (the long partition suite once saw a deposed leader report its old
-    /// term with its successor as leader, and counted two leaders in
-    /// that term), which etcd's `Status` never reports to keel's checker.
-    pub fn term_and_known_leader(&self) -> (u64, NodeId) {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow_watched();
-        let leader = self.known_leader_in(&metrics).map_or(0, |(id, _)| id);
-        (metrics.current_term, leader)
-    }
-
-    fn known_leader_in(&self, metrics: &RaftMetrics<TypeConfig>) -> Option<(NodeId, MemberNode)> {
+    /// [`Self::known_leader`] as of `metrics`, a snapshot of openraft's
+    /// metrics the caller also reads other fields from. Status reads its
+    /// term and its leader from one snapshot: read apart, a member whose
+    /// vote moved in between pairs its old term with the next term's leader
+    /// (the long partition suite once saw it, and counted two leaders in
+    /// that term).
+    pub fn known_leader_in(&self, metrics: &RaftMetrics<TypeConfig>) -> Option<(NodeId, MemberNode)> {
         let leader = metrics.current_leader?;
         if leader == self.self_id {
             if metrics.state != ServerState::Leader {
