@@ -189,10 +189,8 @@ pub async fn add_member(cluster: &mut BenchCluster) -> anyhow::Result<Duration> 
             // connected to the leader, or not yet started: published its
             // attributes): asking again is safe.
             Err(error)
-                if matches!(
-                    error.wire_error(),
-                    Some(keel_api::WireError::Unhealthy | keel_api::WireError::MemberNotEnoughStarted)
-                ) && asked.elapsed() < UNHEALTHY_LIMIT =>
+                if error.membership_change_refused_before_proposing()
+                    && asked.elapsed() < UNHEALTHY_LIMIT =>
             {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -56,6 +56,17 @@ impl ClientError {
     pub fn wire_error(&self) -> Option<WireError> {
         self.status().and_then(WireError::from_status)
     }
+
+    /// True when a membership change (member add, remove or promote) was
+    /// refused before anything was proposed, because members are not yet
+    /// started (published their attributes) or not yet connected to the
+    /// leader: asking again, as it was, cannot change the membership twice.
+    pub fn membership_change_refused_before_proposing(&self) -> bool {
+        matches!(
+            self.wire_error(),
+            Some(WireError::Unhealthy | WireError::MemberNotEnoughStarted)
+        )
+    }
 }
 
 impl From<Status> for ClientError {

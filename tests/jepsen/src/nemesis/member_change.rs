@@ -24,7 +24,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use keel_api::etcdserverpb::{Member, MemberAddResponse, MemberListResponse};
-use keel_api::WireError;
 use keel_client::launch::initial_cluster_after_add;
 use keel_client::{Client, ClientConfig, ClientError};
 use tokio::time::Instant;
@@ -127,15 +126,6 @@ impl Attempts {
     }
 }
 
-/// Whether the server refused the change before proposing it, so that it
-/// can be asked again as it is.
-fn refused_before_proposing(error: &ClientError) -> bool {
-    matches!(
-        error.wire_error(),
-        Some(WireError::Unhealthy | WireError::MemberNotEnoughStarted)
-    )
-}
-
 fn listed_with_url<'a>(list: &'a MemberListResponse, peer_url: &str) -> Option<&'a Member> {
     list.members
         .iter()
@@ -230,7 +220,7 @@ impl Nemesis {
             if Instant::now() >= deadline {
                 return Err(format!("not done within {CHANGE_BOUND:?}; last: {error}"));
             }
-            if refused_before_proposing(&error) {
+            if error.membership_change_refused_before_proposing() {
                 attempts.refused.push(error.to_string());
                 tokio::time::sleep(RETRY_PAUSE).await;
                 continue;
