@@ -79,7 +79,11 @@ for case in ${AB_CASES:-1:1 16:4 256:16}; do
         'BEGIN {printf "%.0f", t * 1e6 / hz / (tp * '"${AB_SECONDS:-5}"')}')
     idle=$(awk -v t=$((idle_after - idle_before)) -v hz="$ticks_per_second" \
         'BEGIN {printf "%.2f", t / hz / '"${AB_SECONDS:-5}"'}')
-    disk=$(awk -v b="$((disk_after - disk_before))" -v tp="$throughput" \
-        'BEGIN {printf "%.0f", b / (tp * '"${AB_SECONDS:-5}"')}')
+    if [ -n "$disk_before" ]; then
+        disk=$(awk -v b="$((disk_after - disk_before))" -v tp="$throughput" \
+            'BEGIN {printf "%.0f", b / (tp * '"${AB_SECONDS:-5}"')}')
+    else
+        disk="n/a" # the data dir's device is not in /proc/diskstats (device mapper, overlay, ...)
+    fi
     echo "${AB_SYSTEM:-keel} $bin_dir $* target=${AB_TARGET:-leader} clients=$clients $summary server_cpu_us_per_put $cpu disk_bytes_per_put $disk idle_cores $idle"
 done

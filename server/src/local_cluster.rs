@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use keel_client::launch::{wait_for_leader, LeaderWaitError, MemberLaunch};
-use keel_client::{Client, ClientConfig, ClientError, TlsOptions};
+use keel_client::{membership_change_when_ready, Client, ClientConfig, TlsOptions};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
@@ -385,7 +385,10 @@ async fn run_command(
         ["add"] => {
             let member = roster.next_member(flags.base_port)?;
             let client = client()?;
-            let added = asked_until_ready(|| client.member_add(vec![member.peer_url.clone()], false)).await?;
+            let added = membership_change_when_ready(MEMBERSHIP_READY_WAIT, || {
+                client.member_add(vec![member.peer_url.clone()], false)
+            })
+            .await?;
             let id = added.member.as_ref().map_or(0, |m| m.id);
             roster.members.push(member.clone());
             roster.last_number += 1;
@@ -416,7 +419,7 @@ async fn run_command(
             else {
                 bail!("the cluster lists no member at {peer_url}");
             };
-            asked_until_ready(|| client.member_remove(id)).await?;
+            membership_change_when_ready(MEMBERSHIP_READY_WAIT, || client.member_remove(id)).await?;
             roster.members.remove(position);
             roster.save(&flags.data_dir)?;
             if let Some(removed) = running.members.iter_mut().find(|m| m.name == *name) {
@@ -442,27 +445,6 @@ async fn run_command(
 /// not have published its attributes (etcd's "started") or been heard
 /// from by the leader yet, and etcd's checks refuse a change until it has.
 const MEMBERSHIP_READY_WAIT: Duration = Duration::from_secs(20);
-
-/// Runs the membership change `change`, again every 200 ms while the
-/// cluster refuses it before proposing anything (so asking again cannot
-/// apply it twice), for at most [`MEMBERSHIP_READY_WAIT`].
-async fn asked_until_ready<T, Change>(mut change: impl FnMut() -> Change) -> Result<T, ClientError>
-where
-    Change: std::future::Future<Output = Result<T, ClientError>>,
-{
-    let give_up = tokio::time::Instant::now() + MEMBERSHIP_READY_WAIT;
-    loop {
-        match change().await {
-            Err(error)
-                if error.membership_change_refused_before_proposing()
-                    && tokio::time::Instant::now() < give_up =>
-            {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            answered => return answered,
-        }
-    }
-}
 
 /// Reports (by name, with the exit status) each member that exited since
 /// the last look; such a member is not restarted. Returns how many did.
@@ -560,61 +542,5 @@ mod tests {
             "2026-12-05T17:14:47.100000Z  INFO a line after the report",
         ];
         assert_eq!(kept(&output), output[1..]);
-    }
-}
-
-#[cfg(test)]
-mod membership_retry_tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use keel_api::WireError;
-    use keel_client::ClientError;
-
-    use super::asked_until_ready;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_member_add_refused_because_members_are_not_yet_started_is_asked_again() {
-        let calls = AtomicUsize::new(0);
-        let refusals = [WireError::MemberNotEnoughStarted, WireError::Unhealthy];
-        let answered = asked_until_ready(|| async {
-            let call = calls.fetch_add(1, Ordering::SeqCst);
-            match refusals.get(call) {
-                Some(refusal) => Err(ClientError::from(refusal.to_status())),
-                None => Ok(call),
-            }
-        })
-        .await;
-        assert_eq!(answered.ok(), Some(2));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_change_refused_for_another_reason_is_not_asked_again() {
-        let calls = AtomicUsize::new(0);
-        let answered: Result<(), ClientError> = asked_until_ready(|| async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err(ClientError::from(WireError::MemberExists.to_status()))
-        })
-        .await;
-        assert_eq!(
-            answered.err().and_then(|e| e.wire_error()),
-            Some(WireError::MemberExists)
-        );
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_cluster_that_never_gets_ready_is_reported_after_the_wait() {
-        let calls = AtomicUsize::new(0);
-        let answered: Result<(), ClientError> = asked_until_ready(|| async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err(ClientError::from(WireError::MemberNotEnoughStarted.to_status()))
-        })
-        .await;
-        assert_eq!(
-            answered.err().and_then(|e| e.wire_error()),
-            Some(WireError::MemberNotEnoughStarted)
-        );
-        let asked = calls.load(Ordering::SeqCst);
-        assert!(asked > 10, "asked {asked} times");
     }
 }

@@ -180,23 +180,18 @@ pub async fn add_member(cluster: &mut BenchCluster) -> anyhow::Result<Duration> 
     let new_name = "added";
     let index = fixture.prepare_member(new_name)?;
     let peer_url = fixture.peer_url(index);
-    let asked = Instant::now();
-    let (started, added) = loop {
+    // Asked again while refused before anything was proposed (a member
+    // not yet connected to the leader, or not yet started); timed from the
+    // call that was accepted.
+    let (started, added) = keel_client::membership_change_when_ready(UNHEALTHY_LIMIT, || async {
         let started = Instant::now();
-        match client.member_add(vec![peer_url.clone()], false).await {
-            Ok(added) => break (started, added),
-            // Refused before anything was proposed (a member not yet
-            // connected to the leader, or not yet started: published its
-            // attributes): asking again is safe.
-            Err(error)
-                if error.membership_change_refused_before_proposing()
-                    && asked.elapsed() < UNHEALTHY_LIMIT =>
-            {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(error) => return Err(error).context("MemberAdd"),
-        }
-    };
+        client
+            .member_add(vec![peer_url.clone()], false)
+            .await
+            .map(|added| (started, added))
+    })
+    .await
+    .context("MemberAdd")?;
     let initial_cluster = keel_client::launch::initial_cluster_after_add(&added, new_name);
     fixture.start_joining(index, &initial_cluster)?;
     let endpoint = fixture.endpoint(index);

@@ -1,6 +1,7 @@
 //! The client's errors, and the one place that decides whether a failed call
 //! provably never reached a server (so that retrying it elsewhere cannot apply
-//! a write twice).
+//! a write twice), or whether a membership change was refused before it was
+//! proposed (so that asking again cannot change the membership twice).
 
 use std::time::Duration;
 
@@ -66,6 +67,33 @@ impl ClientError {
             self.wire_error(),
             Some(WireError::Unhealthy | WireError::MemberNotEnoughStarted)
         )
+    }
+}
+
+/// Runs the membership change `change` (member add, remove or promote), and
+/// again every 200 ms while the cluster refuses it before proposing it
+/// ([`ClientError::membership_change_refused_before_proposing`]: a member
+/// not yet started or not yet heard from by the leader, as just after a
+/// cluster starts), for at most `wait`; then returns its last answer. Any
+/// other failure, one whose effect is unknown included, is returned at once.
+pub async fn membership_change_when_ready<T, Change>(
+    wait: Duration,
+    mut change: impl FnMut() -> Change,
+) -> Result<T, ClientError>
+where
+    Change: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let give_up = tokio::time::Instant::now() + wait;
+    loop {
+        match change().await {
+            Err(error)
+                if error.membership_change_refused_before_proposing()
+                    && tokio::time::Instant::now() < give_up =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            answered => return answered,
+        }
     }
 }
 
@@ -169,5 +197,54 @@ mod tests {
             timeout.to_string(),
             "context deadline exceeded (no answer within 1.5s)"
         );
+    }
+
+    /// Asks `membership_change_when_ready` (20 s) a change answered with
+    /// `answers[n]` on its n-th call (`None`: accepted); returns the
+    /// outcome and the number of calls.
+    async fn asked_until_ready(answers: &[Option<WireError>]) -> (Result<usize, ClientError>, usize) {
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let outcome = membership_change_when_ready(Duration::from_secs(20), || async {
+            let call = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match answers.get(call).or(answers.last()).copied().flatten() {
+                Some(refusal) => Err(ClientError::from(refusal.to_status())),
+                None => Ok(call),
+            }
+        })
+        .await;
+        (outcome, calls.into_inner())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_membership_change_refused_because_members_are_not_yet_ready_is_asked_again() {
+        let refused_twice = [
+            Some(WireError::MemberNotEnoughStarted),
+            Some(WireError::Unhealthy),
+            None,
+        ];
+        let (outcome, calls) = asked_until_ready(&refused_twice).await;
+        assert_eq!(outcome.ok(), Some(2));
+        assert_eq!(calls, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_membership_change_refused_for_another_reason_is_not_asked_again() {
+        let (outcome, calls) = asked_until_ready(&[Some(WireError::MemberExists)]).await;
+        assert_eq!(
+            outcome.err().and_then(|e| e.wire_error()),
+            Some(WireError::MemberExists)
+        );
+        assert_eq!(calls, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cluster_that_never_gets_ready_is_answered_with_its_refusal_after_the_wait() {
+        let (outcome, calls) = asked_until_ready(&[Some(WireError::MemberNotEnoughStarted)]).await;
+        assert_eq!(
+            outcome.err().and_then(|e| e.wire_error()),
+            Some(WireError::MemberNotEnoughStarted)
+        );
+        // 20 s at one call per 200 ms.
+        assert!((95..=102).contains(&calls), "asked {calls} times");
     }
 }

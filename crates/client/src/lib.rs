@@ -50,7 +50,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 pub use auth_token::{ClientChannel, Credentials, TokenInterceptor};
-pub use error::{never_reached_server, transport_failure, ClientError};
+pub use error::{membership_change_when_ready, never_reached_server, transport_failure, ClientError};
 pub use lease::{KeepAliveInterval, LeaseError, LeaseKeepAliveStream, LeaseKeeper, LeaseLost, Renewal};
 pub use tls::{TlsError, TlsOptions};
 pub use watch::{WatchError, WatchReceiver, WatchSender, WatchStreamOptions};
