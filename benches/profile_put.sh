@@ -8,6 +8,8 @@
 # and prints the bench's summary, the members' and the bench's CPU over the
 # recorded seconds, and the samples by task (benches/perf_tasks.py). The
 # recording stays in OUT_DIR (perf.data, perf.txt) for `perf report`.
+# PROFILE_WORKLOAD names another `keel-bench` load with the same flags
+# (e.g. lease-grant-revoke, put-with-lease) in place of put.
 # PROFILE_TARGET=followers (or all) sends the puts through the followers
 # (or every member) instead; PROFILE_VAL_SIZE and PROFILE_KEY_SPACE change
 # the 256-byte values and the 100,000 keys (the kube scenario's shape:
@@ -21,7 +23,7 @@ mkdir -p "$out"
 # shellcheck source=benches/keel_cluster.sh
 source "$(dirname "$0")/keel_cluster.sh"
 start_keel_cluster "$bin_dir" 14379 "$(mktemp -d "${TMPDIR:-/tmp}/keel-profile-put.XXXXXX")"
-"$bin_dir/keel-bench" put --endpoints "$endpoints" --target "${PROFILE_TARGET:-leader}" --conns "$conns" \
+"$bin_dir/keel-bench" "${PROFILE_WORKLOAD:-put}" --endpoints "$endpoints" --target "${PROFILE_TARGET:-leader}" --conns "$conns" \
     --clients "$clients" --duration 9s --warmup 1s --key-size 8 --val-size "${PROFILE_VAL_SIZE:-256}" --key-space "${PROFILE_KEY_SPACE:-100000}" >"$out/bench.txt" 2>&1 &
 bench=$!
 sleep 3
@@ -33,12 +35,12 @@ perf record -F 499 --call-graph dwarf,16384 -p "${member_pids// /,}" -o "$out/pe
 ticks >"$out/ticks-after"
 seconds=$(awk -v from="$started" -v to="$(date +%s.%N)" 'BEGIN {printf "%.1f", to - from}')
 wait $bench
-grep -E '^(put|throughput|latency|client CPU)' "$out/bench.txt"
+grep -E "^(${PROFILE_WORKLOAD:-put}|throughput|latency|client CPU)" "$out/bench.txt"
 echo "cores used while recording ($seconds s; perf's own work included): pid, the bench last"
 join "$out/ticks-before" "$out/ticks-after" |
     awk -v s="$seconds" -v hz="$(getconf CLK_TCK)" '{printf "  %s %.2f\n", $1, ($3 - $2) / hz / s}'
 # The member the bench wrote through (the leader, when PROFILE_TARGET is unset).
-target_port=$(sed -n 's/^put via [a-z]* (127\.0\.0\.1:\([0-9]*\)).*/\1/p' "$out/bench.txt")
+target_port=$(sed -n 's/^[a-z-]* via [a-z]* (127\.0\.0\.1:\([0-9]*\)).*/\1/p' "$out/bench.txt")
 target_pid=$(keel_member_pid "$target_port" || true)
 perf script -i "$out/perf.data" -F comm,pid,tid,ip,sym 2>/dev/null >"$out/perf.txt"
 python3 "$(dirname "$0")/perf_tasks.py" "${target_pid:-0}" <"$out/perf.txt"
