@@ -14,6 +14,7 @@ use keel_api::keelpb::peer_client::PeerClient;
 use keel_api::keelpb::{write_request, ForwardedWrites, WriteRequest};
 use keel_api::WireError;
 use keel_client::Client;
+use keel_node::network::PeerMessage;
 use keel_tests::in_process::InProcessCluster;
 
 const LEADER: usize = 0;
@@ -323,5 +324,101 @@ async fn a_write_through_a_follower_is_seen_by_a_serializable_read_on_that_follo
         "{} of {WRITES} writes not yet visible on the follower that answered them: {:?}",
         missed.len(),
         &missed[..missed.len().min(5)]
+    );
+}
+
+/// The serializable value of `key` on member `index`, if it has one.
+async fn serializable_value(cluster: &InProcessCluster, index: usize, key: &str) -> Option<String> {
+    let read = cluster
+        .client(index)
+        .expect("client")
+        .range(RangeRequest {
+            key: key.into(),
+            serializable: true,
+            ..Default::default()
+        })
+        .await
+        .expect("serializable range");
+    read.kvs
+        .first()
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+}
+
+/// A follower whose forwarded write committed on the leader but which
+/// cannot apply it itself (the leader's AppendEntries to it are cut, so
+/// it never learns of the entry) keeps the write unanswered until the
+/// write's deadline, the member's request timeout (5 s + 2 election
+/// timeouts): it never answers before it applied, never hangs past the
+/// deadline, and never answers that the write failed. At the deadline the
+/// caller gets either the leader's answer or "request timed out" (effect
+/// unknown), as the two wake in the same timer tick. Once the cut heals
+/// the follower applies the write and serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_write_its_follower_cannot_apply_is_answered_at_the_deadline_never_failed() {
+    let cluster = InProcessCluster::start(3, &[]).await.expect("start 3 members");
+    cluster.elect(LEADER).await.expect("elect m1");
+    let follower = cluster.client(FOLLOWER).expect("client of a follower");
+    // The forwarding session is open before the cut: the write below is
+    // forwarded, not refused for want of a leader.
+    follower
+        .put(put("cut/warm", "up", 0))
+        .await
+        .expect("put before the cut");
+    cluster.cut(
+        &[LEADER],
+        &[FOLLOWER],
+        &[PeerMessage::AppendEntries, PeerMessage::InstallSnapshot],
+    );
+
+    let started = std::time::Instant::now();
+    let answer = follower.put(put("cut/key", "written", 0)).await;
+    let waited = started.elapsed();
+
+    let request_timeout = Duration::from_secs(5) + 2 * Duration::from_millis(1000);
+    assert!(
+        waited >= request_timeout - Duration::from_millis(500),
+        "answered after {waited:?}, before the follower applied the write and before its deadline \
+         ({request_timeout:?}): {answer:?}"
+    );
+    assert!(
+        waited < request_timeout + Duration::from_secs(3),
+        "answered only after {waited:?}, long past the deadline ({request_timeout:?})"
+    );
+    match &answer {
+        Ok(response) => assert!(
+            response.header.as_ref().is_some_and(|header| header.revision > 1),
+            "answered without the leader's revision: {response:?}"
+        ),
+        Err(error) => assert_eq!(
+            error.wire_error(),
+            Some(WireError::Timeout),
+            "a write that applied on the leader was answered with something else than an unknown \
+             effect: {error:?}"
+        ),
+    }
+    assert_eq!(
+        serializable_value(&cluster, LEADER, "cut/key").await.as_deref(),
+        Some("written"),
+        "the leader applied the write"
+    );
+    assert_eq!(
+        serializable_value(&cluster, FOLLOWER, "cut/key").await,
+        None,
+        "the cut follower cannot have applied the write"
+    );
+
+    cluster.links.heal();
+    let applied_here = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if serializable_value(&cluster, FOLLOWER, "cut/key").await.as_deref() == Some("written") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        applied_here.is_ok(),
+        "the follower did not apply the write within 15 s of the heal"
     );
 }
