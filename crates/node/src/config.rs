@@ -54,6 +54,13 @@ impl RaftTiming {
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms)
     }
+
+    /// How long a member works on a client request before it answers
+    /// "request timed out" (etcd's request timeout: 5 s + 2 election
+    /// timeouts).
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(5) + 2 * self.election_timeout()
+    }
 }
 
 /// What an in-process test cluster attaches to a node; production nodes

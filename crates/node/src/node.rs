@@ -348,7 +348,7 @@ fn start_paths(
 ) -> NodeHandle {
     let election_timeout = config.timing.election_timeout();
     let leadership = Leadership::new(raft.clone(), config.member_id, election_timeout, contact);
-    let request_timeout = Duration::from_secs(5) + 2 * election_timeout;
+    let request_timeout = config.timing.request_timeout();
     let leader_wait = 3 * election_timeout;
     let route = LeaderRoute {
         raft: raft.clone(),
