@@ -31,7 +31,7 @@
 //! The keel flavors are their own tests: they pass once keel serves the
 //! Lease service.
 
-mod keelctl_support;
+use crate::keelctl_support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -14,7 +14,7 @@
 //! never before the old lease could have run out, and an isolated leader
 //! that steps down (exits, its writer killed) before another takes over.
 
-mod keelctl_support;
+use crate::keelctl_support;
 
 use std::time::{Duration, Instant};
 

@@ -6,7 +6,7 @@
 //! and its members talk over mutual peer TLS (plaintext peer requests fail).
 //! The child (and through it its members) is killed if the test fails.
 
-mod keelctl_support;
+use crate::keelctl_support;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::process::Stdio;

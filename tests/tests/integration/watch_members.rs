@@ -4,7 +4,7 @@
 //! history; a follower that installs a snapshot skips no event, or cancels
 //! its watchers with the compacted revision when history is gone.
 
-mod watch_support;
+use crate::watch_support;
 
 use std::time::Duration;
 

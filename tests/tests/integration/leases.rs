@@ -7,7 +7,7 @@
 //! survive a restart and a snapshot install, with equal HashKV (which folds
 //! the leases in) on every member.
 
-mod watch_support;
+use crate::watch_support;
 
 use std::time::Duration;
 

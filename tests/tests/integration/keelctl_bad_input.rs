@@ -4,7 +4,7 @@
 //! within the dial timeout naming the endpoints tried. Also keelctl's own
 //! additions: `get -w table` and `--help`.
 
-mod keelctl_support;
+use crate::keelctl_support;
 
 use std::time::{Duration, Instant};
 

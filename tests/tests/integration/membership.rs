@@ -3,7 +3,7 @@
 //! against keel and against etcd through one `Cluster` fixture, and
 //! keelctl prints what etcdctl prints.
 
-mod keelctl_support;
+use crate::keelctl_support;
 
 use std::time::Duration;
 

@@ -10,7 +10,7 @@
 //! Named exclusion: `alarm ... -w fields`, where etcdctl 3.4 itself crashes
 //! (its fields printer reads the header etcd's alarm responses lack).
 
-mod keelctl_support;
+use crate::keelctl_support;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! responses, refusals, history replay, txn events, `prev_kv`, filters,
 //! cancel, progress and the cancel of a watch below the compacted revision.
 
-mod watch_support;
+use crate::watch_support;
 
 use std::time::Duration;
 

@@ -22,7 +22,7 @@
 //! Also here, the client half keelctl stands on: keel-client's watch API
 //! against etcd's fragmented responses, progress and cancel answers.
 
-mod keelctl_support;
+use crate::keelctl_support;
 
 use std::time::{Duration, Instant};
 

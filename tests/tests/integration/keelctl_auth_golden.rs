@@ -15,7 +15,7 @@
 //! `auth status` is etcdctl 3.5's (3.4 has none, and etcd 3.4 serves no
 //! AuthStatus), so keelctl's is checked against keel only, by expectation.
 
-mod keelctl_support;
+use crate::keelctl_support;
 
 use keel_tests::{Cluster, ClusterOptions};
 use keelctl_support::verdicts::Verdicts;

@@ -26,7 +26,7 @@
 //! The suite runs against keel (what the issue asks) and against etcd (to
 //! prove the expectations themselves).
 
-mod keelctl_support;
+use crate::keelctl_support;
 
 use keel_api::etcdserverpb::{PutRequest, RangeRequest};
 use keel_tests::{Cluster, ClusterOptions};
