@@ -251,7 +251,7 @@ async fn peer_round_trips(endpoint: &str) -> std::collections::BTreeMap<String, 
 
 /// Per follower of the leader, the AppendEntries it answered per log entry
 /// the leader proposed, and the share of them heartbeats can explain: the
-/// writes' time over the heartbeat interval (100 ms), per entry. On a slow
+/// writes' time over the cluster's heartbeat interval, per entry. On a slow
 /// machine the same writes take longer, so more heartbeats fall per entry.
 struct AppendRequestsPerEntry {
     per_follower: Vec<(String, f64)>,
@@ -265,9 +265,9 @@ async fn append_requests_per_entry(through_a_follower: bool) -> AppendRequestsPe
     const WRITERS: usize = 16;
     const WRITES_EACH: usize = 60;
     const ENTRIES: &str = "keel_writes_per_raft_entry_count";
-    let mut keel = Cluster::start(ClusterOptions::keel(3))
-        .await
-        .expect("keel starts");
+    let options = ClusterOptions::keel(3);
+    let heartbeat_interval = Duration::from_millis(options.heartbeat_interval_ms);
+    let mut keel = Cluster::start(options).await.expect("keel starts");
     let leader = keel
         .wait_for_leader(Duration::from_secs(10))
         .await
@@ -302,7 +302,7 @@ async fn append_requests_per_entry(through_a_follower: bool) -> AppendRequestsPe
     for writer in writers {
         writer.await.expect("writer task");
     }
-    let heartbeats = writing.elapsed().as_secs_f64() / 0.1;
+    let heartbeats = writing.elapsed().as_secs_f64() / heartbeat_interval.as_secs_f64();
     let entries = keel
         .metric(leader, ENTRIES)
         .await
