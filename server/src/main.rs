@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
 /// queues behind the other answers and writes them together (0.23 per put).
 /// `benches/ab_put.sh`, 3 rounds against the build before (2026-12-07,
 /// benches/RESULTS.md): 16 clients +10-15% writes/s, 256 clients +7-10%,
-/// member CPU per put 10-15% lower, 1 client's p50 no worse.
+/// member CPU per put 10-19% lower, 1 client's p50 no worse.
 /// `disable_lifo_slot` is one of tokio's unstable settings: `.cargo/config.toml`
 /// builds with `--cfg tokio_unstable`; a build without it (a `RUSTFLAGS`
 /// of its own replaces the config's) keeps the slot and warns at start-up.
