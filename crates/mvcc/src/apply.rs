@@ -36,7 +36,7 @@ use crate::keys::{self, ChangeKind, PutMeta, Revision};
 use crate::overlay::{IndexOverlay, Overlay};
 use crate::range::{self, header, ViewRevisions};
 use crate::store::{Shared, WriterSlot};
-use crate::view::{BatchView, CommittedView, View};
+use crate::view::{batch_key_state, BatchView, CommittedView};
 use crate::{changes, compaction, leases, txn};
 
 /// A batch of write requests applied in order, each seeing the ones before
@@ -274,16 +274,8 @@ impl<'a> ApplyBatch<'a> {
     /// The batch's pending index entry of `key` (created on first touch)
     /// and the committed entry it is a delta over.
     pub(crate) fn key_entry(&mut self, key: &[u8]) -> (&mut PendingKey, Option<&KeyHistory>) {
-        let committed = self.index.get(key);
+        let committed = index::find(&self.index, key);
         (self.keys.entry(key, committed), committed)
-    }
-
-    fn write_put(&mut self, key: &[u8], live: LiveVersion, value: &[u8]) {
-        self.overlay.insert(
-            &keys::revision_key(live.revision())[..],
-            keys::encode_put(key, live.meta(), value),
-        );
-        self.key_entry(key).0.put(live);
     }
 
     pub(crate) fn write_tombstone(&mut self, key: &[u8], revision: Revision) -> Result<()> {
@@ -302,7 +294,10 @@ impl<'a> ApplyBatch<'a> {
     ) -> Result<PutResponse> {
         leases::check_exists(&self.view(), request.lease)?;
         let key = request.key.as_slice();
-        let previous = self.view().key_state(key).and_then(|state| state.live());
+        // The put's one search of the committed index: it serves both the
+        // previous version and the pending entry the put writes.
+        let committed = index::find(&self.index, key);
+        let previous = batch_key_state(committed, self.keys.get(key)).and_then(|state| state.live());
         if previous.is_none() && (request.ignore_value || request.ignore_lease) {
             return Err(MvccError::KeyNotFound);
         }
@@ -327,7 +322,11 @@ impl<'a> ApplyBatch<'a> {
             lease,
         };
         let live = LiveVersion::new(revision, meta)?;
-        self.write_put(key, live, value);
+        self.overlay.insert(
+            &keys::revision_key(live.revision())[..],
+            keys::encode_put(key, live.meta(), value),
+        );
+        self.keys.entry(key, committed).put(live);
         leases::reattach(
             &mut self.overlay,
             key,

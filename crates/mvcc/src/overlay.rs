@@ -156,7 +156,7 @@ pub(crate) struct IndexOverlay {
 
 impl IndexOverlay {
     pub fn get(&self, key: &[u8]) -> Option<&PendingKey> {
-        self.map.pending.get(key)
+        crate::index::find(&self.map.pending, key)
     }
 
     /// The pending entry of `key` to change, starting from the committed

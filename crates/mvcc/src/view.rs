@@ -13,7 +13,7 @@ use std::iter::Peekable;
 use keel_storage::sled::{self, IVec};
 
 use crate::error::{MvccError, Result};
-use crate::index::{Index, IndexKey, KeyHistory, KeyState, PendingKey};
+use crate::index::{self, Index, IndexKey, KeyHistory, KeyState, PendingKey};
 use crate::keys::{self, Revision};
 use crate::overlay::{key_range, IndexOverlay, Overlay};
 
@@ -41,7 +41,7 @@ pub(crate) struct CommittedView<'a> {
 
 impl View for CommittedView<'_> {
     fn key_state(&self, key: &[u8]) -> Option<KeyState<'_>> {
-        self.index.get(key).map(KeyHistory::state)
+        index::find(self.index, key).map(KeyHistory::state)
     }
 
     fn key_states(&self, start: &[u8], end: Option<&[u8]>, reverse: bool) -> KeyStates<'_> {
@@ -89,11 +89,7 @@ impl BatchView<'_> {
 
 impl View for BatchView<'_> {
     fn key_state(&self, key: &[u8]) -> Option<KeyState<'_>> {
-        let committed = self.committed.index.get(key);
-        match self.keys.get(key) {
-            Some(pending) => Some(pending.state(committed)).filter(|state| !state.is_empty()),
-            None => committed.map(KeyHistory::state),
-        }
+        batch_key_state(index::find(self.committed.index, key), self.keys.get(key))
     }
 
     fn key_states(&self, start: &[u8], end: Option<&[u8]>, reverse: bool) -> KeyStates<'_> {
@@ -112,6 +108,19 @@ impl View for BatchView<'_> {
             Some(pending) => Ok(pending.clone()),
             None => Ok(self.committed.tree.get(key)?),
         }
+    }
+}
+
+/// A key's state in an apply batch: its `pending` change in the batch over
+/// its `committed` entry, or the committed entry when the batch has not
+/// touched it.
+pub(crate) fn batch_key_state<'a>(
+    committed: Option<&'a KeyHistory>,
+    pending: Option<&'a PendingKey>,
+) -> Option<KeyState<'a>> {
+    match pending {
+        Some(pending) => Some(pending.state(committed)).filter(|state| !state.is_empty()),
+        None => committed.map(KeyHistory::state),
     }
 }
 

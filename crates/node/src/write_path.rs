@@ -135,11 +135,14 @@ impl WritePath {
                             .propose_on_leader(request)
                             .await
                             .map_err(|wire| AttemptFailure::Here(wire.into())),
-                        LeaderAt::Peer(leader, client) => self
-                            .forwarder
-                            .forward(leader, client, request, deadline)
-                            .await
-                            .map_err(AttemptFailure::Peer),
+                        // Boxed: inline, the forwarding future (2.4 KB)
+                        // would make every write's future that large, and
+                        // each is moved into its own allocation per request.
+                        LeaderAt::Peer(leader, client) => {
+                            Box::pin(self.forwarder.forward(leader, client, request, deadline))
+                                .await
+                                .map_err(AttemptFailure::Peer)
+                        }
                     }
                 }
             })
@@ -344,5 +347,24 @@ fn deliver_outcomes(written: ClientWriteResult, replies: ProposalReplies) {
             tracing::warn!(%error, "proposing a write batch failed");
             answer_every_write(replies, WireError::Stopped);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn returned_size<A, B, R>(_: impl Fn(A, B) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// Every client write's future is moved into its own allocation, copied
+    /// whole (tonic boxes each call's future): the forwarding future (about
+    /// 2.4 KB) is boxed apart so a write proposed on the leader does not
+    /// carry it (3.6 KB before, 1.7 KB after in a release build).
+    #[test]
+    fn a_write_future_does_not_carry_the_forwarding_future_inline() {
+        let write = returned_size(WritePath::write);
+        assert!(write < 2400, "the write future is {write} bytes");
     }
 }
