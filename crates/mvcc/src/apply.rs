@@ -33,6 +33,7 @@ use keel_api::mvccpb::KeyValue;
 use crate::error::{MvccError, Result};
 use crate::index::{self, Change, Index, KeyHistory, LiveVersion, PendingKey};
 use crate::keys::{self, ChangeKind, PutMeta, Revision};
+use crate::leases::LeaseIds;
 use crate::overlay::{IndexOverlay, Overlay};
 use crate::range::{self, header, ViewRevisions};
 use crate::store::{Shared, WriterSlot};
@@ -54,6 +55,8 @@ pub struct ApplyBatch<'a> {
     /// before updating the index in place.
     tree: sled::Tree,
     index: Arc<Index>,
+    /// The committed lease ids, shared the same way as `index`.
+    pub(crate) lease_ids: Arc<LeaseIds>,
     /// Pending raw writes: revision records, store meta, app meta.
     pub(crate) overlay: Overlay,
     /// Pending index changes.
@@ -92,9 +95,13 @@ impl WriteCursor {
 impl<'a> ApplyBatch<'a> {
     pub(crate) fn begin(shared: &'a Shared) -> Self {
         let slot = shared.acquire_writer();
-        let (tree, index) = {
+        let (tree, index, lease_ids) = {
             let keyspace = shared.read_keyspace();
-            (keyspace.tree.clone(), keyspace.index.clone())
+            (
+                keyspace.tree.clone(),
+                keyspace.index.clone(),
+                keyspace.lease_ids.clone(),
+            )
         };
         let committed = shared.revisions();
         ApplyBatch {
@@ -103,6 +110,7 @@ impl<'a> ApplyBatch<'a> {
             history_unpinned: false,
             tree,
             index,
+            lease_ids,
             overlay: Overlay::default(),
             keys: IndexOverlay::default(),
             revision: committed.current,
@@ -169,6 +177,7 @@ impl<'a> ApplyBatch<'a> {
             history_unpinned: _,
             tree,
             index: committed_index,
+            lease_ids: committed_lease_ids,
             mut overlay,
             keys,
             revision,
@@ -176,6 +185,7 @@ impl<'a> ApplyBatch<'a> {
             committed_revisions,
         } = self;
         drop(committed_index);
+        drop(committed_lease_ids);
         if compact_revision != committed_revisions.compacted {
             overlay.insert(keys::META_COMPACT, &keys::encode_i64(compact_revision)[..]);
         }
@@ -195,9 +205,14 @@ impl<'a> ApplyBatch<'a> {
                 .range(&new_records_low, &new_records_high)
                 .filter_map(|(key, value)| value.as_ref().map(|value| (key, value))),
         )?;
+        let lease_id_changes = leases::lease_id_changes(&overlay)?;
         let batch = overlay.into_batch();
         let mut exclusive = shared.write_keyspace();
         exclusive.tree.apply_batch(batch)?;
+        if !lease_id_changes.is_empty() {
+            // In place, as the index below: the batch dropped its clone.
+            leases::apply_lease_id_changes(Arc::make_mut(&mut exclusive.lease_ids), lease_id_changes);
+        }
         // In place: nothing else holds the index `Arc` now (see `index`);
         // were it shared after all, `make_mut` would update a copy.
         if Arc::get_mut(&mut exclusive.index).is_none() {
@@ -292,7 +307,7 @@ impl<'a> ApplyBatch<'a> {
         cursor: &mut WriteCursor,
         request: &PutRequest,
     ) -> Result<PutResponse> {
-        leases::check_exists(&self.view(), request.lease)?;
+        self.check_lease_exists(request.lease)?;
         let key = request.key.as_slice();
         // The put's one search of the committed index: it serves both the
         // previous version and the pending entry the put writes.

@@ -16,9 +16,15 @@
 //!   in key order, as a txn's deletes), then drops the lease. A revoke of a
 //!   lease that is gone (already revoked or expired through the log) is the
 //!   deterministic outcome `LeaseNotFound`, never a crash.
+//! - [`LeaseIds`], the ids of the committed lease records, held in memory
+//!   beside the key index so a put with a lease checks it without reading
+//!   sled: built from the records when a keyspace is loaded, and changed
+//!   with them at commit, under the store's exclusive lock.
 //! - Nothing here reads a clock: TTLs are numbers the leader chose, so every
 //!   member applies the same entries into the same bytes (`hash_kv` folds
 //!   the lease records and attachments in, see `hash.rs`).
+
+use std::collections::HashSet;
 
 use keel_api::etcdserverpb::{LeaseGrantResponse, LeaseRevokeResponse};
 use keel_storage::sled;
@@ -40,12 +46,52 @@ fn pending_lease(view: &BatchView<'_>, id: i64) -> Result<Option<LeaseRecord>> {
     value.map(|value| keys::decode_lease(id, &value)).transpose()
 }
 
-/// Fails `LeaseNotFound` unless lease `id` exists (0 is "no lease").
-pub(crate) fn check_exists(view: &BatchView<'_>, id: i64) -> Result<()> {
-    if id == 0 || pending_lease(view, id)?.is_some() {
-        Ok(())
-    } else {
-        Err(MvccError::LeaseNotFound)
+/// The ids of the committed leases (see the module's invariants).
+pub(crate) type LeaseIds = HashSet<i64>;
+
+/// The ids of a keyspace tree's lease records.
+pub(crate) fn lease_ids(tree: &sled::Tree) -> Result<LeaseIds> {
+    tree.range(&[keys::LEASES][..]..&[keys::LEASES + 1][..])
+        .map(|entry| keys::parse_lease_key(&entry?.0))
+        .collect()
+}
+
+/// A batch's changes of lease records, from its overlay: each lease id
+/// with whether it exists after the batch.
+pub(crate) fn lease_id_changes(overlay: &Overlay) -> Result<Vec<(i64, bool)>> {
+    overlay
+        .range(&[keys::LEASES], &[keys::LEASES + 1])
+        .map(|(key, value)| Ok((keys::parse_lease_key(key)?, value.is_some())))
+        .collect()
+}
+
+/// Makes [`lease_id_changes`] part of the committed ids; the caller holds
+/// the store's exclusive lock and has written the batch to sled.
+pub(crate) fn apply_lease_id_changes(ids: &mut LeaseIds, changes: Vec<(i64, bool)>) {
+    for (id, exists) in changes {
+        if exists {
+            ids.insert(id);
+        } else {
+            ids.remove(&id);
+        }
+    }
+}
+
+impl ApplyBatch<'_> {
+    /// Fails `LeaseNotFound` unless lease `id` exists as the batch sees it
+    /// (0 is "no lease"): its pending change in the batch, else the
+    /// committed ids, with no read of sled.
+    pub(crate) fn check_lease_exists(&self, id: i64) -> Result<()> {
+        let exists = id == 0
+            || match self.overlay.get(&keys::lease_key(id)) {
+                Some(pending) => pending.is_some(),
+                None => self.lease_ids.contains(&id),
+            };
+        if exists {
+            Ok(())
+        } else {
+            Err(MvccError::LeaseNotFound)
+        }
     }
 }
 

@@ -294,6 +294,7 @@ pub(crate) fn install(shared: &Shared, input: &mut dyn Read) -> Result<SnapshotS
                 generation,
                 tree,
                 index: Arc::new(loaded.index),
+                lease_ids: Arc::new(loaded.lease_ids),
                 recent: RecentChanges::starting_after(loaded.revisions.current),
             },
         );

@@ -42,6 +42,7 @@ use crate::defrag::{self, DefragStats, DefragStep};
 use crate::error::{corrupt, MvccError, Result};
 use crate::index::{self, Index};
 use crate::keys;
+use crate::leases::LeaseIds;
 use crate::range::{self, ViewRevisions};
 use crate::snapshot::{self, SnapshotCut};
 use crate::view::CommittedView;
@@ -88,6 +89,8 @@ pub(crate) struct Keyspace {
     pub(crate) tree: sled::Tree,
     /// Shared only with the one running [`ApplyBatch`] (see its `index`).
     pub index: Arc<Index>,
+    /// The ids of the tree's lease records (`leases.rs`); shared as `index`.
+    pub(crate) lease_ids: Arc<LeaseIds>,
     /// The last committed changes, for watchers (`changes.rs`).
     pub(crate) recent: RecentChanges,
 }
@@ -275,6 +278,7 @@ fn load_meta(tree: &sled::Tree) -> Result<Option<i64>> {
 pub(crate) struct Loaded {
     pub revisions: ViewRevisions,
     pub index: Index,
+    pub lease_ids: LeaseIds,
     /// The bytes of its entries (keys plus values; see [`MvccStore::live_bytes`]).
     pub live_bytes: u64,
 }
@@ -303,6 +307,7 @@ pub(crate) fn load(tree: &sled::Tree) -> Result<Option<Loaded>> {
     Ok(Some(Loaded {
         revisions: ViewRevisions { current, compacted },
         index: rebuilt.index,
+        lease_ids: leases::lease_ids(tree)?,
         live_bytes,
     }))
 }
@@ -353,12 +358,14 @@ impl MvccStore {
         let Loaded {
             revisions,
             index,
+            lease_ids,
             live_bytes,
         } = match load(&tree)? {
             Some(loaded) => loaded,
             None => Loaded {
                 revisions: initialize(&tree)?,
                 index: Index::new(),
+                lease_ids: LeaseIds::new(),
                 live_bytes: bytes_beside_revisions(&tree)?,
             },
         };
@@ -371,6 +378,7 @@ impl MvccStore {
                 generation,
                 tree,
                 index: Arc::new(index),
+                lease_ids: Arc::new(lease_ids),
                 recent: RecentChanges::starting_after(revisions.current),
             }),
             revision: AtomicI64::new(revisions.current),

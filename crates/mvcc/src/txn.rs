@@ -176,7 +176,7 @@ fn check_put(batch: &ApplyBatch<'_>, op: &RequestOp) -> Result<()> {
             return Err(MvccError::KeyNotFound);
         }
     }
-    crate::leases::check_exists(&batch.view(), put.lease)
+    batch.check_lease_exists(put.lease)
 }
 
 fn check_range(batch: &ApplyBatch<'_>, op: &RequestOp) -> Result<()> {

@@ -287,3 +287,52 @@ fn a_hash_of_an_older_revision_ignores_lease_changes_made_after_it() {
         "the current revision's hash covers the leases"
     );
 }
+
+/// A put checks its lease against the committed lease ids held in memory
+/// (`leases.rs`), not sled: they must follow every commit, a reopen and a
+/// snapshot install.
+#[test]
+fn a_put_sees_the_committed_leases_after_a_grant_a_revoke_a_reopen_and_an_install() {
+    let t = temp_store();
+    grant(&t.store, 1, 30).expect("grant");
+    put_with_lease(&t.store, "a", 1).expect("a lease granted in an earlier batch");
+    revoke(&t.store, 1).expect("revoke");
+    assert!(matches!(
+        put_with_lease(&t.store, "a", 1),
+        Err(MvccError::LeaseNotFound)
+    ));
+    grant(&t.store, 3, 30).expect("grant");
+    let mut batch = t.store.begin_apply();
+    batch
+        .lease_checkpoint(&[(3, 12)])
+        .expect("a checkpoint rewrites the record");
+    batch.commit().expect("commit");
+    put_with_lease(&t.store, "b", 3).expect("a checkpointed lease");
+    let mut dump = Vec::new();
+    t.store.write_snapshot(&mut dump).expect("dump");
+
+    let path = t.dir.path().join("db");
+    let dir = t.dir;
+    drop(t.store);
+    drop(t.db);
+    let db = open_db(&path);
+    let reopened = MvccStore::open(&db).expect("reopen");
+    put_with_lease(&reopened, "c", 3).expect("a lease from before the reopen");
+    assert!(matches!(
+        put_with_lease(&reopened, "c", 1),
+        Err(MvccError::LeaseNotFound)
+    ));
+
+    let other = temp_store();
+    grant(&other.store, 99, 5).expect("grant");
+    other
+        .store
+        .install_snapshot(&mut dump.as_slice())
+        .expect("install");
+    assert!(matches!(
+        put_with_lease(&other.store, "d", 99),
+        Err(MvccError::LeaseNotFound)
+    ));
+    put_with_lease(&other.store, "d", 3).expect("a lease from the snapshot");
+    drop(dir);
+}
