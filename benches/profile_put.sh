@@ -14,6 +14,10 @@
 # (or every member) instead; PROFILE_VAL_SIZE and PROFILE_KEY_SPACE change
 # the 256-byte values and the 100,000 keys (the kube scenario's shape:
 # PROFILE_TARGET=all PROFILE_VAL_SIZE=4096 PROFILE_KEY_SPACE=1000000).
+# PROFILE_EXTRA adds flags to the load, e.g. put with one lease per key as
+# the lease compare runs it: PROFILE_WORKLOAD=put-with-lease
+# PROFILE_KEY_SPACE=1000 PROFILE_EXTRA="--prefix /lease/put/ --leases 0
+# --lease-ttl 300".
 #
 #   benches/profile_put.sh /tmp/bin 256 16 /tmp/profile-256
 set -euo pipefail
@@ -23,8 +27,10 @@ mkdir -p "$out"
 # shellcheck source=benches/keel_cluster.sh
 source "$(dirname "$0")/keel_cluster.sh"
 start_keel_cluster "$bin_dir" 14379 "$(mktemp -d "${TMPDIR:-/tmp}/keel-profile-put.XXXXXX")"
+# PROFILE_EXTRA is split into its flags on purpose.
+# shellcheck disable=SC2086
 "$bin_dir/keel-bench" "${PROFILE_WORKLOAD:-put}" --endpoints "$endpoints" --target "${PROFILE_TARGET:-leader}" --conns "$conns" \
-    --clients "$clients" --duration 9s --warmup 1s --key-size 8 --val-size "${PROFILE_VAL_SIZE:-256}" --key-space "${PROFILE_KEY_SPACE:-100000}" >"$out/bench.txt" 2>&1 &
+    --clients "$clients" --duration 9s --warmup 1s --key-size 8 --val-size "${PROFILE_VAL_SIZE:-256}" --key-space "${PROFILE_KEY_SPACE:-100000}" ${PROFILE_EXTRA:-} >"$out/bench.txt" 2>&1 &
 bench=$!
 sleep 3
 # CPU ticks (user + system) of each member and of the bench so far.
