@@ -28,6 +28,7 @@ mod loopback;
 mod maintenance_service;
 pub mod member;
 pub mod member_log;
+pub mod member_runtime;
 mod metrics_endpoint;
 mod peer_tls_flags;
 mod request_checks;

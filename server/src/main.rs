@@ -12,7 +12,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 /// 570, glibc 390).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-use keel_server::{config, local_cluster, member, member_log, signals};
+use keel_server::{config, local_cluster, member, member_log, member_runtime, signals};
 
 #[derive(Parser)]
 #[command(
@@ -37,29 +37,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    member_runtime()?.block_on(run())
-}
-
-/// The member's tokio runtime: multi-threaded, with tokio's LIFO slot off.
-///
-/// With the slot, a task woken by the running task runs next on the same
-/// worker. When an applied batch answers its puts, each answer's HTTP/2
-/// stream task wakes its connection's task, which then ran at once and
-/// wrote that one answer: one `writev` per put (0.93 per put at 256
-/// clients over 16 connections). Without the slot, the connection's task
-/// queues behind the other answers and writes them together (0.23 per put).
-/// `benches/ab_put.sh`, 3 rounds against the build before (2026-12-07,
-/// benches/RESULTS.md): 16 clients +10-15% writes/s, 256 clients +7-10%,
-/// member CPU per put 10-19% lower, 1 client's p50 no worse.
-/// `disable_lifo_slot` is one of tokio's unstable settings: `.cargo/config.toml`
-/// builds with `--cfg tokio_unstable`; a build without it (a `RUSTFLAGS`
-/// of its own replaces the config's) keeps the slot and warns at start-up.
-fn member_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    #[cfg(tokio_unstable)]
-    builder.disable_lifo_slot();
-    builder.build()
+    member_runtime::member_runtime_builder().build()?.block_on(run())
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -79,7 +57,7 @@ async fn run() -> anyhow::Result<()> {
     match cli.command {
         None => {
             member_log::init_member_logging(&cli.member)?;
-            if cfg!(not(tokio_unstable)) {
+            if !member_runtime::LIFO_SLOT_OFF {
                 tracing::warn!(
                     "built without --cfg tokio_unstable (a RUSTFLAGS replaced .cargo/config.toml's): \
                      tokio's LIFO slot stays on and writes cost more CPU"

@@ -141,9 +141,10 @@ impl InProcessCluster {
         let thread = std::thread::Builder::new()
             .name(format!("member-{}", slot.name))
             .spawn(move || -> anyhow::Result<()> {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
+                // The binary's runtime (no LIFO slot), with 2 workers per
+                // member however many cores the machine has.
+                let runtime = keel_server::member_runtime::member_runtime_builder()
                     .worker_threads(2)
-                    .enable_all()
                     .build()?;
                 let outcome = runtime.block_on(async move {
                     // A crash drops the member with every task it spawned.
