@@ -35,17 +35,36 @@ pub fn member_runtime_builder() -> tokio::runtime::Builder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
 
+    /// Two tasks spawned by a running task, on one worker: with the LIFO
+    /// slot the second runs first (it took the slot); without it they run
+    /// in the order they were woken. Fails on a build that lost
+    /// `--cfg tokio_unstable`.
     #[test]
-    fn members_are_built_with_tokio_unstable_so_their_lifo_slot_is_off() {
-        assert!(
-            LIFO_SLOT_OFF,
-            "built without --cfg tokio_unstable: a RUSTFLAGS replaced .cargo/config.toml's"
-        );
+    fn tasks_woken_by_a_running_task_run_in_wake_order_without_the_lifo_slot() {
         let runtime = member_runtime_builder()
             .worker_threads(1)
             .build()
             .expect("runtime");
-        assert_eq!(runtime.block_on(async { 1 + 1 }), 2);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let spawner_order = order.clone();
+        runtime.block_on(async move {
+            let spawner = tokio::spawn(async move {
+                let mut woken = Vec::new();
+                for name in ["first", "second"] {
+                    let order = spawner_order.clone();
+                    woken.push(tokio::spawn(async move {
+                        order.lock().expect("order").push(name);
+                    }));
+                }
+                woken
+            });
+            for task in spawner.await.expect("spawner") {
+                task.await.expect("woken task");
+            }
+        });
+        let order = order.lock().expect("order").clone();
+        assert_eq!(order, ["first", "second"], "LIFO slot off: {LIFO_SLOT_OFF}");
     }
 }
