@@ -532,6 +532,7 @@ pub(crate) fn rebuild(tree: &sled::Tree) -> Result<Rebuilt> {
 mod tests {
     use super::*;
     use std::alloc::{GlobalAlloc, Layout, System};
+    use std::sync::atomic::{AtomicIsize, Ordering};
 
     #[test]
     fn index_keys_order_as_their_bytes_and_find_searches_inline_and_boxed_keys() {
@@ -567,7 +568,6 @@ mod tests {
             assert_eq!(find(&map, &[key.as_slice(), &[3]].concat()), None);
         }
     }
-    use std::sync::atomic::{AtomicIsize, Ordering};
 
     /// Counts the bytes the test binary holds, for [`index_memory_per_key`].
     struct Counting;

@@ -57,18 +57,6 @@ fn pull_all(
     events
 }
 
-/// Closes the store and opens it again from disk, so that every change
-/// comes from the revision records (the in-memory feed starts empty).
-fn reopen(t: TestStore) -> (MvccStore, keel_storage::Database, tempfile::TempDir) {
-    let path = t.dir.path().join("db");
-    let dir = t.dir;
-    drop(t.store);
-    drop(t.db);
-    let db = open_db(&path);
-    let reopened = MvccStore::open(&db).expect("reopen");
-    (reopened, db, dir)
-}
-
 fn write_history(store: &MvccStore) {
     put(store, "a", "1"); // 2
     put(store, "b", "1"); // 3

@@ -41,6 +41,19 @@ pub fn temp_store() -> TestStore {
     TestStore { dir, db, store }
 }
 
+/// Closes the store and opens it again from disk: the store, its database
+/// and the temp dir that holds them (drop the dir last). Everything in
+/// memory (index, lease ids, the change feed) is rebuilt from the records.
+pub fn reopen(t: TestStore) -> (MvccStore, Database, tempfile::TempDir) {
+    let path = t.dir.path().join("db");
+    let dir = t.dir;
+    drop(t.store);
+    drop(t.db);
+    let db = open_db(&path);
+    let reopened = MvccStore::open(&db).expect("reopen");
+    (reopened, db, dir)
+}
+
 pub fn put_request(key: &str, value: &str) -> PutRequest {
     PutRequest {
         key: key.into(),

@@ -238,12 +238,7 @@ fn leases_survive_a_reopen_and_a_snapshot_install_and_are_folded_into_hash_kv() 
     let mut dump = Vec::new();
     t.store.write_snapshot(&mut dump).expect("dump");
 
-    let path = t.dir.path().join("db");
-    let dir = t.dir;
-    drop(t.store);
-    drop(t.db);
-    let db = open_db(&path);
-    let reopened = MvccStore::open(&db).expect("reopen");
+    let (reopened, _db, dir) = reopen(t);
     assert_eq!(reopened.hash_kv(0).expect("hash").hash, hash);
     assert_eq!(lease_keys(&reopened, -5), vec!["x"]);
 
@@ -311,12 +306,7 @@ fn a_put_sees_the_committed_leases_after_a_grant_a_revoke_a_reopen_and_an_instal
     let mut dump = Vec::new();
     t.store.write_snapshot(&mut dump).expect("dump");
 
-    let path = t.dir.path().join("db");
-    let dir = t.dir;
-    drop(t.store);
-    drop(t.db);
-    let db = open_db(&path);
-    let reopened = MvccStore::open(&db).expect("reopen");
+    let (reopened, _db, dir) = reopen(t);
     put_with_lease(&reopened, "c", 3).expect("a lease from before the reopen");
     assert!(matches!(
         put_with_lease(&reopened, "c", 1),
