@@ -60,7 +60,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
          (c) *put with lease*: `keel-bench put-with-lease` through the leader, {PUT_CLIENTS} clients over \
          {PUT_CONNS} connections, keys `{PUT_PREFIX}` + 8 digits drawn from {PUT_KEYS}, 256-byte values, \
          attached to {FEW_LEASES} leases (key i on lease i mod {FEW_LEASES}) or to one lease per key \
-         ({PUT_KEYS} leases), granted (TTL {PUT_LEASE_TTL} s) before and revoked after each measurement; \
+         ({PUT_KEYS} leases), granted (TTL {PUT_LEASE_TTL} s) before and revoked after each measurement (the \
+         CPU per request leaves those grants and revokes out); \
          beside them the same puts without a lease (`keel-bench put`). (a) and (c) run on one cluster per \
          system (both up), {warmup} of warm-up then {duration} measured, alternating the systems. \
          (b) *keep-alive*: a fresh cluster per system and repetition; {leases} leases of TTL {KEEPALIVE_TTL} s \

@@ -372,18 +372,18 @@ pub async fn measure(
     let name = cluster.name();
     let size = cluster.size();
     tracing::info!(system = name, size, case, rep, "measuring");
-    let server_cpu = || cluster.cpu_seconds().ok();
-    let cpu_before = server_cpu();
-    let outcome = match tokio::time::timeout(bound, crate::load::run(mode, spec)).await {
+    let servers_cpu_seconds = || cluster.cpu_seconds().ok();
+    let outcome = match tokio::time::timeout(
+        bound,
+        crate::load::run_sampling_servers(mode, spec, &servers_cpu_seconds),
+    )
+    .await
+    {
         Ok(outcome) => outcome,
         Err(_) => Err(anyhow::anyhow!("the run did not end within {bound:?}")),
     };
-    let server_cpu_s = cpu_before
-        .zip(server_cpu())
-        .map(|(before, after)| (after - before).max(0.0));
     match outcome {
-        Ok(mut run) => {
-            run.server_cpu_s = server_cpu_s;
+        Ok(run) => {
             if run.errors > 0 {
                 report.failures.push(format!(
                     "{name} ×{size} {case} (rep {rep}): {} of {} requests failed {:?}; first: {} — `{}`",

@@ -67,7 +67,8 @@ pub async fn run(ctx: &Ctx, scenarios: &[Scenario]) -> anyhow::Result<()> {
 
 fn describe(ctx: &Ctx, scenario: Scenario) -> (&'static str, String) {
     let per = format!(
-        "{} measured after {} of warm-up, {} repetition(s) per system",
+        "{} measured after {} of warm-up, {} repetition(s) per system; CPU µs/req: the members' CPU time \
+         (summed) and the bench's while the clients run (warm-up included) over the requests they sent",
         humantime(ctx.scale.duration),
         humantime(ctx.scale.warmup),
         ctx.scale.reps

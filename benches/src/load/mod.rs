@@ -15,6 +15,6 @@ pub mod targets;
 pub mod watchers;
 
 pub use report::{LatencySummary, RunReport};
-pub use run::{put_all, run, PutAll, PutAllReport};
+pub use run::{put_all, run, run_sampling_servers, PutAll, PutAllReport};
 pub use spec::{parse_duration, KeyLayout, LoadSpec, Mode, Target};
 pub use targets::{find_leader, member_status, open_connections, resolve_targets, Access, MemberStatus};

@@ -70,8 +70,9 @@ pub struct RunReport {
     pub requests_sent: u64,
     /// CPU time this process (the load generator) used while sending them.
     pub client_cpu_s: f64,
-    /// CPU time the servers used meanwhile (summed over members; filled in
-    /// by `keel-bench compare`, which knows their pids).
+    /// CPU time the servers used meanwhile (summed over members; measured
+    /// by `keel-bench compare`, which knows their pids, through
+    /// `run_sampling_servers`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_cpu_s: Option<f64>,
     /// Keys put by --preload before measuring.

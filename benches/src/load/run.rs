@@ -119,6 +119,19 @@ enum Outcome {
 
 /// Runs `mode` as `spec` says and reports it.
 pub async fn run(mode: Mode, spec: &LoadSpec) -> anyhow::Result<RunReport> {
+    run_sampling_servers(mode, spec, &|| None).await
+}
+
+/// [`run`], with the servers' CPU seconds so far read by `servers_cpu_seconds`
+/// right before the clients start and right after the last one ends (the
+/// window the client's own CPU is measured over), so the report's
+/// `server_cpu_s` leaves out what comes before and after the requests:
+/// connecting, preloading, granting and revoking put-with-lease's leases.
+pub async fn run_sampling_servers(
+    mode: Mode,
+    spec: &LoadSpec,
+    servers_cpu_seconds: &(dyn Fn() -> Option<f64> + Sync),
+) -> anyhow::Result<RunReport> {
     spec.validate()?;
     let layout = spec.layout()?;
     if mode == Mode::TxnCas && layout.space() > MAX_CAS_KEYS {
@@ -219,6 +232,7 @@ pub async fn run(mode: Mode, spec: &LoadSpec) -> anyhow::Result<RunReport> {
         Arc::new(move || shared.finished.load(Ordering::Relaxed))
     });
 
+    let servers_cpu_before = servers_cpu_seconds();
     let cpu_before = cpu_seconds("self").unwrap_or(0.0);
     let workers: Vec<_> = (0..spec.clients)
         .map(|index| {
@@ -234,6 +248,9 @@ pub async fn run(mode: Mode, spec: &LoadSpec) -> anyhow::Result<RunReport> {
         tally.merge(joined.context("a load worker panicked")?);
     }
     let client_cpu_s = (cpu_seconds("self").unwrap_or(0.0) - cpu_before).max(0.0);
+    let server_cpu_s = servers_cpu_before
+        .zip(servers_cpu_seconds())
+        .map(|(before, after)| (after - before).max(0.0));
     ticker.abort();
     progress.finish();
     if !shared.lease_ids.is_empty() {
@@ -274,7 +291,7 @@ pub async fn run(mode: Mode, spec: &LoadSpec) -> anyhow::Result<RunReport> {
         cas_conflicts: tally.cas_conflicts,
         requests_sent: shared.finished.load(Ordering::Relaxed),
         client_cpu_s,
-        server_cpu_s: None,
+        server_cpu_s,
         preloaded,
         elapsed_s: elapsed,
         throughput,

@@ -3,8 +3,11 @@
 //! attaches its keys to the leases it grants (so revoking them after the
 //! run leaves no key behind); the keep-alive fleet keeps leases alive past
 //! their TTL with every answer matched to its request, and reports leases
-//! the server no longer has as lost. Nothing here asserts a speed.
+//! the server no longer has as lost; the servers' CPU around a
+//! put-with-lease run is read while its leases exist (after the grants,
+//! before the revokes). Nothing here asserts a speed.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use keel_api::etcdserverpb::kv_client::KvClient;
@@ -14,7 +17,7 @@ use keel_api::key_range::prefix_range_end;
 use keel_bench::load::keepalive::{KeepAliveFleet, Pace};
 use keel_bench::load::leases::{grant_leases, open_lease_connections, revoke_leases};
 use keel_bench::load::watchers::connect_channel;
-use keel_bench::load::{run, Access, LoadSpec, Mode};
+use keel_bench::load::{run, run_sampling_servers, Access, LoadSpec, Mode};
 use keel_tests::{Cluster, ClusterOptions};
 
 const LEASE_TTL: i64 = 3;
@@ -30,6 +33,22 @@ async fn live_leases(endpoint: &str) -> Vec<i64> {
         .iter()
         .map(|lease| lease.id)
         .collect()
+}
+
+/// How many leases `endpoint` has, asked on a thread and runtime of its own
+/// (the bench reads its CPU sampler synchronously, inside its runtime).
+fn live_lease_count_from_own_thread(endpoint: &str) -> usize {
+    let endpoint = endpoint.to_string();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the lease count")
+            .block_on(live_leases(&endpoint))
+            .len()
+    })
+    .join()
+    .expect("the lease count thread")
 }
 
 async fn keys_under(endpoint: &str, prefix: &str) -> i64 {
@@ -74,7 +93,24 @@ async fn grant_revoke_and_put(endpoint: &str) {
         spec.prefix = "/leased/".into();
         spec.key_space = 50;
         spec.leases = leases;
-        let put = run(Mode::PutWithLease, &spec).await.expect("put-with-lease runs");
+        // The sampler stands in for the servers' CPU clock: it counts the
+        // live leases each time it is read and returns 1.0, then 3.0.
+        let leases_at_samples = Mutex::new(Vec::new());
+        let sampler = || {
+            let mut seen = leases_at_samples.lock().expect("sampler lock");
+            seen.push(live_lease_count_from_own_thread(endpoint));
+            Some(if seen.len() == 1 { 1.0 } else { 3.0 })
+        };
+        let put = run_sampling_servers(Mode::PutWithLease, &spec, &sampler)
+            .await
+            .expect("put-with-lease runs");
+        let expected_leases = usize::try_from(spec.lease_count()).expect("lease count");
+        assert_eq!(
+            *leases_at_samples.lock().expect("sampler lock"),
+            vec![expected_leases, expected_leases],
+            "the servers' CPU is read twice, both times while the run's leases exist"
+        );
+        assert_eq!(put.server_cpu_s, Some(2.0), "{put:?}");
         assert!(put.ops > 0, "{put:?}");
         assert_eq!(put.errors, 0, "{put:?}");
         assert!(
