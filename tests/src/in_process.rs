@@ -329,6 +329,21 @@ impl InProcessCluster {
         .await
     }
 
+    /// [`Self::elect`], then waits until a quorum has acknowledged member
+    /// `index`: keel refuses writes on a leader before that
+    /// (`Leadership::known_leader_in`), and a loaded CI machine once
+    /// forwarded a batch in between (answered "not leader"). Not for a
+    /// member elected apart from a quorum.
+    pub async fn elect_acknowledged_by_a_quorum(&self, index: usize) -> anyhow::Result<()> {
+        self.elect(index).await?;
+        self.wait_for(
+            &format!("a quorum to acknowledge m{}", index + 1),
+            Duration::from_secs(30),
+            |member, metrics| member != index || metrics.last_quorum_acked.is_some(),
+        )
+        .await
+    }
+
     /// Makes member `index` campaign, round after round (a round in a term
     /// the voters already gave away is lost), until it leads. Generous: on
     /// a loaded CI machine (debug builds, two cores) a round can be lost

@@ -50,7 +50,10 @@ async fn under_prefix(client: &Client, name: &str) -> RangeResponse {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_through_a_follower_go_in_batches_and_each_gets_its_own_outcome() {
     let cluster = InProcessCluster::start(3, &[]).await.expect("start 3 members");
-    elect_leader_acknowledged_by_a_quorum(&cluster).await;
+    cluster
+        .elect_acknowledged_by_a_quorum(LEADER)
+        .await
+        .expect("elect m1");
     let follower = cluster.client(FOLLOWER).expect("client of a follower");
 
     const WRITES: usize = 300;
@@ -113,7 +116,10 @@ async fn concurrent_writes_through_a_follower_go_in_batches_and_each_gets_its_ow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_forwarded_to_a_member_that_does_not_lead_is_refused_whole_and_none_of_it_applies() {
     let cluster = InProcessCluster::start(3, &[]).await.expect("start 3 members");
-    elect_leader_acknowledged_by_a_quorum(&cluster).await;
+    cluster
+        .elect_acknowledged_by_a_quorum(LEADER)
+        .await
+        .expect("elect m1");
 
     let mut not_the_leader = PeerClient::connect(cluster.peer_url(OTHER_FOLLOWER))
         .await
@@ -154,7 +160,10 @@ async fn a_batch_forwarded_to_a_member_that_does_not_lead_is_refused_whole_and_n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_forwarded_to_the_leader_goes_into_one_log_entry() {
     let cluster = InProcessCluster::start(3, &[]).await.expect("start 3 members");
-    elect_leader_acknowledged_by_a_quorum(&cluster).await;
+    cluster
+        .elect_acknowledged_by_a_quorum(LEADER)
+        .await
+        .expect("elect m1");
     let leader = cluster.client(LEADER).expect("client of the leader");
     leader
         .put(put("settled", "x", 0))
@@ -188,22 +197,6 @@ async fn a_batch_forwarded_to_the_leader_goes_into_one_log_entry() {
         "the batch's {WRITES} writes took more than one log entry"
     );
     assert_eq!(under_prefix(&leader, "whole").await.kvs.len(), WRITES);
-}
-
-/// Elects m1 and waits until a quorum has acknowledged it: keel refuses
-/// writes on a leader before that (`Leadership::known_leader_in`), and a
-/// loaded CI machine once forwarded a batch in between (answered "not
-/// leader").
-async fn elect_leader_acknowledged_by_a_quorum(cluster: &InProcessCluster) {
-    cluster.elect(LEADER).await.expect("elect m1");
-    cluster
-        .wait_for(
-            "a quorum to acknowledge m1",
-            Duration::from_secs(30),
-            |index, metrics| index != LEADER || metrics.last_quorum_acked.is_some(),
-        )
-        .await
-        .expect("a quorum acknowledges m1");
 }
 
 /// Puts of `values` under `name/`, as forwarded writes.
@@ -248,7 +241,10 @@ async fn answers_of_a_session(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarding_session_answers_each_batch_in_the_order_sent_with_each_writes_own_outcome() {
     let cluster = InProcessCluster::start(3, &[]).await.expect("start 3 members");
-    elect_leader_acknowledged_by_a_quorum(&cluster).await;
+    cluster
+        .elect_acknowledged_by_a_quorum(LEADER)
+        .await
+        .expect("elect m1");
     // Three batches of different sizes, so that each answer names its batch
     // by its length; the second holds a put that fails on the leader.
     let batches = vec![
@@ -282,7 +278,10 @@ async fn a_forwarding_session_answers_each_batch_in_the_order_sent_with_each_wri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarding_session_with_a_member_that_does_not_lead_refuses_each_batch_and_none_of_it_applies() {
     let cluster = InProcessCluster::start(3, &[]).await.expect("start 3 members");
-    elect_leader_acknowledged_by_a_quorum(&cluster).await;
+    cluster
+        .elect_acknowledged_by_a_quorum(LEADER)
+        .await
+        .expect("elect m1");
     let batches = vec![
         forwarded_puts("refused-session", &[("a", 0), ("b", 0)]),
         forwarded_puts("refused-session", &[("c", 0)]),
@@ -314,7 +313,10 @@ async fn a_forwarding_session_with_a_member_that_does_not_lead_refuses_each_batc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_through_a_follower_is_seen_by_a_serializable_read_on_that_follower_at_once() {
     let cluster = InProcessCluster::start(3, &[]).await.expect("start 3 members");
-    elect_leader_acknowledged_by_a_quorum(&cluster).await;
+    cluster
+        .elect_acknowledged_by_a_quorum(LEADER)
+        .await
+        .expect("elect m1");
     let follower = cluster.client(FOLLOWER).expect("client of a follower");
     const WRITES: usize = 200;
     let mut missed = Vec::new();
@@ -367,7 +369,10 @@ async fn serializable_value(client: &Client, key: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarded_write_its_follower_cannot_apply_is_answered_at_the_deadline_never_failed() {
     let cluster = InProcessCluster::start(3, &[]).await.expect("start 3 members");
-    elect_leader_acknowledged_by_a_quorum(&cluster).await;
+    cluster
+        .elect_acknowledged_by_a_quorum(LEADER)
+        .await
+        .expect("elect m1");
     let follower = cluster.client(FOLLOWER).expect("client of a follower");
     // The forwarding session is open before the cut: the write below is
     // forwarded, not refused for want of a leader.
