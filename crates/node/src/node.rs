@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{openraft_config, Bootstrap, NodeConfig};
 use crate::data_format::DataFormatError;
@@ -158,6 +159,10 @@ pub struct Node {
     handle: NodeHandle,
     peer_servers: JoinSet<Result<(), tonic::transport::Error>>,
     stop_peer_servers: tokio::sync::watch::Sender<bool>,
+    /// The peer protocol's Raft calls in progress: Raft is shut down after
+    /// them (or after `CONNECTION_DRAIN_LIMIT`), since a message left inside
+    /// a stopped Raft is reported by openraft as an error.
+    peer_raft_calls: TaskTracker,
     /// Acts on the leader's connection closing by calling into Raft; it is
     /// stopped before Raft is, so it never calls a stopped Raft (which
     /// openraft reports as an error).
@@ -199,7 +204,8 @@ impl Node {
             network.clone(),
             contact.clone(),
         );
-        let (stop_peer_servers, stop) = tokio::sync::watch::channel(false);
+        let (stop_peer_servers, stopping) = tokio::sync::watch::channel(false);
+        let peer_raft_calls = TaskTracker::new();
         let leader_connections = config.test_hooks.leader_connections;
         let peer_servers = serve_peer_protocol(
             config.cluster_id,
@@ -210,7 +216,10 @@ impl Node {
             &handle,
             contact.clone(),
             &leader_connections,
-            stop,
+            PeerProtocolStop {
+                stopping,
+                raft_calls: peer_raft_calls.clone(),
+            },
         )?;
         bootstrap(&handle.raft, config.bootstrap, config.initial_members).await?;
         let membership_watch = tokio::spawn(follow_membership(
@@ -240,6 +249,7 @@ impl Node {
             handle,
             peer_servers,
             stop_peer_servers,
+            peer_raft_calls,
             leader_connection_watch,
             membership_watch,
         })
@@ -274,6 +284,13 @@ impl Node {
         let _ = (&mut self.leader_connection_watch).await;
         self.membership_watch.abort();
         let _ = (&mut self.membership_watch).await;
+        self.peer_raft_calls.close();
+        if tokio::time::timeout(CONNECTION_DRAIN_LIMIT, self.peer_raft_calls.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("peer Raft calls still in progress at shutdown");
+        }
         if let Err(error) = self.handle.raft.shutdown().await {
             tracing::warn!(%error, "raft shutdown");
         }
@@ -423,6 +440,13 @@ async fn follow_membership(raft: KeelRaft, state: StateView, member_id: NodeId, 
     }
 }
 
+/// What tells the peer servers that the member stops, and counts the Raft
+/// calls they have in progress.
+struct PeerProtocolStop {
+    stopping: tokio::sync::watch::Receiver<bool>,
+    raft_calls: TaskTracker,
+}
+
 fn serve_peer_protocol(
     cluster_id: u64,
     listeners: Vec<TcpListener>,
@@ -430,7 +454,7 @@ fn serve_peer_protocol(
     handle: &NodeHandle,
     contact: LeaderContact,
     leader_connections: &LeaderConnectionWatch,
-    stop: tokio::sync::watch::Receiver<bool>,
+    stop: PeerProtocolStop,
 ) -> Result<JoinSet<Result<(), tonic::transport::Error>>, NodeError> {
     if listeners.is_empty() {
         return Err(NodeError::NoPeerListener);
@@ -447,10 +471,12 @@ fn serve_peer_protocol(
             read_path: handle.read_path.clone(),
             lessor: handle.lessor.clone(),
             contact: contact.clone(),
+            stopping: stop.stopping.clone(),
+            raft_calls: stop.raft_calls.clone(),
         })
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
-        let mut stop = stop.clone();
+        let mut stop = stop.stopping.clone();
         let watch = leader_connections.clone();
         let accepted = accepted_without_nagle(listener);
         let connections: std::pin::Pin<

@@ -27,6 +27,7 @@ use openraft::error::RaftError;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest};
 use tokio::io::AsyncWriteExt;
 use tokio_stream::{Stream, StreamExt};
+use tokio_util::task::{task_tracker::TaskTrackerToken, TaskTracker};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::forwarding_session::{answer_forwarded_batches, ForwardedAnswers};
@@ -52,6 +53,13 @@ pub(crate) struct PeerService {
     pub(crate) read_path: ReadPath,
     pub(crate) lessor: Lessor,
     pub(crate) contact: LeaderContact,
+    /// Becomes true when the member starts stopping: Raft messages are
+    /// refused from then on.
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
+    /// Holds one token per Raft call (or replication session) in progress;
+    /// the node shuts Raft down once they are done, so no message is left
+    /// unanswered inside a Raft that stopped.
+    pub(crate) raft_calls: TaskTracker,
 }
 
 fn bad_payload(error: impl std::fmt::Display) -> Status {
@@ -65,6 +73,18 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Response<RaftPayload>, Statu
 }
 
 impl PeerService {
+    /// Enters a Raft call, or refuses it once the member is stopping (the
+    /// sender takes `Unavailable` for an unreachable member, which a stopping
+    /// one is). The token is taken before the check: a call that passes it is
+    /// one the node's shutdown waits for.
+    fn enter_raft_call(&self) -> Result<TaskTrackerToken, Status> {
+        let call = self.raft_calls.token();
+        if *self.stopping.borrow() {
+            return Err(Status::unavailable("keel peer: the member is stopping"));
+        }
+        Ok(call)
+    }
+
     /// Refuses a (pre-)vote from a member the cluster removed: the refusal
     /// tells it to stop (`membership.rs`).
     fn refuse_removed_candidate(&self, request: &VoteRequest<TypeConfig>) -> Result<(), Status> {
@@ -99,6 +119,24 @@ fn note_leader_message(origin: Option<&ConnectionOrigin>, sender_vote: &Vote) {
 
 type AnswerStream = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
 
+/// A replication session's answers, holding its Raft-call token until the
+/// last answer went out (or the session was dropped).
+struct ReplicationSession {
+    answers: AnswerStream,
+    _call: TaskTrackerToken,
+}
+
+impl Stream for ReplicationSession {
+    type Item = Result<RaftPayload, Status>;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.get_mut().answers.as_mut().poll_next(cx)
+    }
+}
+
 /// Writes a snapshot stream's chunks (the first one's data already taken)
 /// into `file`; returns how many bytes the stream carried.
 async fn receive_chunks(
@@ -120,6 +158,7 @@ async fn receive_chunks(
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let _call = self.enter_raft_call()?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode_payload(request.get_ref()).map_err(bad_payload)?;
         note_leader_message(request.extensions().get(), &rpc.vote);
         let result = self.raft.append_entries(rpc).await;
@@ -135,25 +174,33 @@ impl Peer for PeerService {
         &self,
         request: Request<Streaming<RaftPayload>>,
     ) -> Result<Response<AnswerStream>, Status> {
+        let call = self.enter_raft_call()?;
         let origin = request.extensions().get::<ConnectionOrigin>().cloned();
         let undecodable: Arc<Mutex<Option<Status>>> = Arc::default();
+        let mut stopping = self.stopping.clone();
+        let member_stops = async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        };
         let requests = {
             let undecodable = undecodable.clone();
-            request.into_inner().map_while(move |message| match message {
-                Ok(payload) => match decode_payload::<AppendEntriesRequest<TypeConfig>>(&payload) {
-                    Ok(rpc) => {
-                        note_leader_message(origin.as_ref(), &rpc.vote);
-                        Some(rpc)
-                    }
-                    Err(error) => {
-                        *undecodable.lock().unwrap_or_else(|p| p.into_inner()) = Some(bad_payload(error));
-                        None
-                    }
+            // A stopping member takes no more messages from the session.
+            futures::StreamExt::take_until(request.into_inner(), Box::pin(member_stops)).map_while(
+                move |message| match message {
+                    Ok(payload) => match decode_payload::<AppendEntriesRequest<TypeConfig>>(&payload) {
+                        Ok(rpc) => {
+                            note_leader_message(origin.as_ref(), &rpc.vote);
+                            Some(rpc)
+                        }
+                        Err(error) => {
+                            *undecodable.lock().unwrap_or_else(|p| p.into_inner()) = Some(bad_payload(error));
+                            None
+                        }
+                    },
+                    // The sender ended the session or went away: what arrived
+                    // is still answered, then the session ends.
+                    Err(_) => None,
                 },
-                // The sender ended the session or went away: what arrived
-                // is still answered, then the session ends.
-                Err(_) => None,
-            })
+            )
         };
         let contact = self.contact.clone();
         let answers = self.raft.stream_append(requests).map(move |answer| {
@@ -171,10 +218,14 @@ impl Peer for PeerService {
                 async move { undecodable.lock().unwrap_or_else(|p| p.into_inner()).take() },
             )
             .filter_map(|refusal| refusal.map(Err));
-        Ok(Response::new(Box::pin(answers.chain(refusal))))
+        Ok(Response::new(Box::pin(ReplicationSession {
+            answers: Box::pin(answers.chain(refusal)),
+            _call: call,
+        })))
     }
 
     async fn transfer_leader(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let _call = self.enter_raft_call()?;
         let rpc: TransferLeaderRequest<TypeConfig> =
             decode_payload(request.get_ref()).map_err(bad_payload)?;
         let result = self.raft.handle_transfer_leader(rpc).await;
@@ -182,6 +233,7 @@ impl Peer for PeerService {
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let _call = self.enter_raft_call()?;
         let rpc: VoteRequest<TypeConfig> = decode_payload(request.get_ref()).map_err(bad_payload)?;
         self.refuse_removed_candidate(&rpc)?;
         let result = self.raft.vote(rpc).await;
@@ -230,6 +282,7 @@ impl Peer for PeerService {
             meta: header.meta,
             snapshot: incoming.into(),
         };
+        let _call = self.enter_raft_call()?;
         let response = self
             .raft
             .install_full_snapshot(sender_vote, snapshot)
@@ -329,6 +382,7 @@ impl Peer for PeerService {
     }
 
     async fn pre_vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let _call = self.enter_raft_call()?;
         let rpc: VoteRequest<TypeConfig> = decode_payload(request.get_ref()).map_err(bad_payload)?;
         self.refuse_removed_candidate(&rpc)?;
         encode(&self.raft.pre_vote(rpc).await)

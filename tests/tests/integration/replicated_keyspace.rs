@@ -372,3 +372,53 @@ async fn a_snapshot_is_taken_every_snapshot_count_writes_even_when_batched_into_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Regression (CI, 2026-12-07): a member stopping on SIGTERM kept taking its
+/// leader's appends on the open replication stream after its Raft had shut
+/// down, and openraft logged each as an ERROR ("failed to send RaftMsg to
+/// RaftCore ... raft stopped"). A stopping member refuses them instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_stopped_under_writes_logs_no_error_for_its_leaders_appends() {
+    let mut cluster = Cluster::start(ClusterOptions::keel(3))
+        .await
+        .expect("cluster starts");
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let client = cluster.member_client(leader).expect("client");
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let writing = writing.clone();
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut written = 0u64;
+            while writing.load(Ordering::Relaxed) {
+                let key = format!("busy/{}", written % 64);
+                if client.put(put(&key, "v")).await.is_ok() {
+                    written += 1;
+                }
+            }
+            written
+        })
+    };
+    for round in 0..3 {
+        let follower = (leader + 1 + round % 2) % 3;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cluster.stop(follower).await.expect("stop a follower");
+        let log = std::fs::read_to_string(cluster.log_path(follower)).expect("the follower's log");
+        let errors: Vec<&str> = log.lines().filter(|line| line.contains(" ERROR ")).collect();
+        assert!(
+            errors.is_empty(),
+            "round {round}: m{follower} logged errors while stopping: {errors:?}"
+        );
+        cluster.restart(follower).expect("restart the follower");
+        cluster
+            .wait_for_log_line(follower, "member started", Duration::from_secs(10))
+            .await
+            .expect("the follower restarts");
+    }
+    writing.store(false, Ordering::Relaxed);
+    let written = writer.await.expect("the writer");
+    assert!(written > 0, "no write succeeded while followers stopped");
+}
