@@ -337,12 +337,14 @@ async fn append_requests_per_entry(through_a_follower: bool) -> AppendRequestsPe
 async fn busy_writers_cost_each_follower_about_one_append_request_per_entry_not_two() {
     let counted = append_requests_per_entry(false).await;
     for (follower, per_entry) in counted.per_follower {
-        // About one per entry, plus heartbeats (left out here: CI's slow
-        // machine once had 1.51 with them) and the commits sent alone when
-        // no write was queued; two per entry before the fix.
+        // About one per entry, plus heartbeats (left out here) and the
+        // commits sent alone when the next entry came more than the hold
+        // later. Without heartbeats: 1.21-1.35 on an idle machine, 1.51 in a
+        // clean-clone CI run alone on a machine with a slow disk
+        // (2026-12-07); 1.94-1.99 with the hold at zero, as before the fix.
         let without_heartbeats = per_entry - counted.heartbeats_per_entry;
         assert!(
-            without_heartbeats < 1.5,
+            without_heartbeats < 1.75,
             "follower {follower} answered {per_entry:.2} AppendEntries per entry, \
              {without_heartbeats:.2} without the heartbeats its time allows"
         );
