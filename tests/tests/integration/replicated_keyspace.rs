@@ -406,6 +406,7 @@ async fn a_follower_stopped_under_writes_logs_no_error_for_its_leaders_appends()
         let follower = (leader + 1 + round % 2) % 3;
         tokio::time::sleep(Duration::from_millis(300)).await;
         cluster.stop(follower).await.expect("stop a follower");
+        // The log is appended to across restarts: every stop so far is in it.
         let log = std::fs::read_to_string(cluster.log_path(follower)).expect("the follower's log");
         let errors: Vec<&str> = log.lines().filter(|line| line.contains(" ERROR ")).collect();
         assert!(
@@ -413,10 +414,24 @@ async fn a_follower_stopped_under_writes_logs_no_error_for_its_leaders_appends()
             "round {round}: m{follower} logged errors while stopping: {errors:?}"
         );
         cluster.restart(follower).expect("restart the follower");
-        cluster
-            .wait_for_log_line(follower, "member started", Duration::from_secs(10))
+        // The next stop must find the follower replicating again.
+        let leader_index = client
+            .status(&cluster.endpoint(leader))
             .await
-            .expect("the follower restarts");
+            .expect("the leader's status")
+            .raft_index;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = client.status(&cluster.endpoint(follower)).await;
+            if status.is_ok_and(|status| status.raft_index >= leader_index) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: m{follower} did not catch up to index {leader_index} after its restart"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     writing.store(false, Ordering::Relaxed);
     let written = writer.await.expect("the writer");
