@@ -6,6 +6,12 @@ frames. The member given by pid is "the target" (the one clients write
 through); the others are "other members".
 
     python3 benches/perf_tasks.py TARGET_PID < perf.txt   (see profile_put.sh)
+
+With --crates instead of a pid, each sample goes to the innermost frame's
+crate among those named in CRATES (its own code, or the kernel and libc it
+called into), whatever task it ran in.
+
+    python3 benches/perf_tasks.py --crates < perf.txt
 """
 import collections
 import re
@@ -24,6 +30,15 @@ CATEGORIES = [
     ("client gRPC: HTTP/2 connections and request tasks, KV service, write path",
      r"hyper::server::conn::http2|H2Stream|KvServer|kv_service|write_path|write_forwarder"),
     ("tokio and mio polling, parking, other", r"."),
+]
+# (crate, pattern over one frame), first match wins; frames are read from
+# the leaf up and a sample belongs to the first frame that matches one.
+CRATES = [
+    ("HTTP/2 and gRPC (h2, hyper, tonic, http-body, bytes)", r"^<?(h2|hyper|tonic|http_body|bytes)::"),
+    ("openraft", r"openraft::"),
+    ("sled", r"sled::"),
+    ("tokio and mio", r"^<?(tokio|mio|tokio_util)::"),
+    ("keel", r"keel_"),
 ]
 INDEX_SEARCH = re.compile(r"btree::search|btree::node::NodeRef.*keys|IndexKey as core::cmp::Ord")
 
@@ -47,7 +62,26 @@ def stacks(lines):
         yield pid, "\n".join(frames)
 
 
+def by_crate(lines):
+    counts = collections.Counter()
+    total = 0
+    for _, text in stacks(lines):
+        total += 1
+        frames = text.split("\n")[1:]
+        owner = next((crate for frame in frames for crate, pattern in CRATES if re.search(pattern, frame)),
+                     "other (no frame of those crates)")
+        counts[owner] += 1
+    if total == 0:
+        sys.exit("perf_tasks.py: no samples")
+    print(f"{total} samples, by the innermost frame's crate")
+    for crate, count in counts.most_common():
+        print(f"{100 * count / total:5.1f}%  {crate}")
+
+
 def main():
+    if sys.argv[1:] == ["--crates"]:
+        by_crate(sys.stdin)
+        return
     target_pid = sys.argv[1] if len(sys.argv) > 1 else ""
     counts = collections.Counter()
     total = 0
