@@ -32,13 +32,15 @@ CATEGORIES = [
     ("tokio and mio polling, parking, other", r"."),
 ]
 # (crate, pattern over one frame), first match wins; frames are read from
-# the leaf up and a sample belongs to the first frame that matches one.
+# the leaf up and a sample belongs to the first frame that matches one. A
+# frame belongs to the crate it starts with: keel's implementation of an
+# openraft trait (`<keel_raft::... as openraft::...>`) is keel's.
 CRATES = [
     ("HTTP/2 and gRPC (h2, hyper, tonic, http-body, bytes)", r"^<?(h2|hyper|tonic|http_body|bytes)::"),
-    ("openraft", r"openraft::"),
-    ("sled", r"sled::"),
+    ("openraft", r"^<?openraft::"),
+    ("sled", r"^<?sled::"),
     ("tokio and mio", r"^<?(tokio|mio|tokio_util)::"),
-    ("keel", r"keel_"),
+    ("keel", r"^<?keel_"),
 ]
 INDEX_SEARCH = re.compile(r"btree::search|btree::node::NodeRef.*keys|IndexKey as core::cmp::Ord")
 
