@@ -20,6 +20,8 @@
 # `etcd` on PATH, default flags) instead, with BIN_DIR's keel-bench: the
 # same-run etcd figures beside keel's. Each line ends with the machine's idle
 # cores over the measured seconds (how far from saturated the 2 cores were).
+# AB_MEMBER_PIDS_FILE names a file to write the members' pids into once they
+# are up.
 # Alternate builds over several rounds; quote medians, never one round.
 #
 #   benches/ab_put.sh /tmp/bin-before; benches/ab_put.sh /tmp/bin-after
@@ -51,6 +53,8 @@ else
     source "$(dirname "$0")/keel_cluster.sh"
     start_keel_cluster "$bin_dir" 12379 "$data" "$@"
 fi
+# For tools that watch the members while a case runs (member_costs.sh).
+if [ -n "${AB_MEMBER_PIDS_FILE:-}" ]; then echo "$member_pids" >"$AB_MEMBER_PIDS_FILE"; fi
 # CPU ticks (user + system) the members have used so far.
 member_ticks() { for pid in $member_pids; do awk '{print $14 + $15}' "/proc/$pid/stat"; done | awk '{t += $1} END {print t}'; }
 # Bytes written to the data dir's disk so far (its sectors written).

@@ -17,18 +17,12 @@ system=${AB_SYSTEM:-keel}
 work=$(mktemp -d "${TMPDIR:-/tmp}/member-costs.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 cd "$(dirname "$0")/.."
-AB_CASES=${AB_CASES:-1:1} AB_SECONDS=10 benches/ab_put.sh "$bin_dir" "$@" >"$work/ab.txt" 2>&1 &
+AB_CASES=${AB_CASES:-1:1} AB_SECONDS=10 AB_MEMBER_PIDS_FILE="$work/pids" benches/ab_put.sh "$bin_dir" "$@" \
+    >"$work/ab.txt" 2>&1 &
 ab=$!
 sleep 6 # ab_put.sh's start, its 1 s warm-up, and 3 s of the measured load
-if [ "$system" = etcd ]; then
-    pids=$(pgrep -f "initial-cluster-token ab-put" || true)
-else
-    pids=$(for pid in $(pgrep -f "keel-ab-put" || true); do
-        # The members, not the `keel local-cluster` that started them.
-        [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = keel ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- '--name ' && echo "$pid"
-    done)
-fi
-[ -n "$pids" ] || { echo "member_costs.sh: no $system members found" >&2; wait "$ab"; cat "$work/ab.txt" >&2; exit 2; }
+pids=$(cat "$work/pids" 2>/dev/null || true)
+[ -n "$pids" ] || { echo "member_costs.sh: no $system members found" >&2; wait "$ab" || true; cat "$work/ab.txt" >&2; exit 2; }
 counters=()
 for pid in $pids; do
     awk '{print $14, $15}' "/proc/$pid/stat" >"$work/$pid.before"
